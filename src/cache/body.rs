@@ -1,0 +1,260 @@
+//! Response bodies for blobs: positional reads from a committed file, or from a fill still in
+//! progress (waiting on the flight's progress). A body from a fill never delivers its last byte
+//! before the blob is verified, so a client can never see a complete response of bad bytes:
+//! on failure the stream yields an error and the server aborts the response.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::watch;
+
+use super::flight::{FillError, FillState};
+
+/// Bytes read per positional read.
+pub const CHUNK: usize = 256 * 1024;
+
+/// A single satisfiable byte range, `start..end` (end exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// Parses a `Range` header against a known size.
+    /// `Ok(None)`: no usable single range (absent, malformed, or multi-range): send it all.
+    /// `Err(())`: syntactically fine but unsatisfiable: 416.
+    #[allow(clippy::result_unit_err)]
+    pub fn parse(header: Option<&str>, size: u64) -> Result<Option<ByteRange>, ()> {
+        let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+            return Ok(None);
+        };
+        if spec.contains(',') {
+            return Ok(None);
+        }
+        let Some((a, b)) = spec.trim().split_once('-') else {
+            return Ok(None);
+        };
+        let num = |s: &str| -> Option<u64> {
+            (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        };
+        let (a, b) = (a.trim(), b.trim());
+        let range = match (a.is_empty(), b.is_empty()) {
+            // bytes=-N: the last N bytes.
+            (true, false) => {
+                let Some(n) = num(b) else { return Ok(None) };
+                if n == 0 || size == 0 {
+                    return Err(());
+                }
+                ByteRange {
+                    start: size.saturating_sub(n),
+                    end: size,
+                }
+            }
+            (false, true) => {
+                let Some(s) = num(a) else { return Ok(None) };
+                ByteRange {
+                    start: s,
+                    end: size,
+                }
+            }
+            (false, false) => {
+                let (Some(s), Some(e)) = (num(a), num(b)) else {
+                    return Ok(None);
+                };
+                if e < s {
+                    return Ok(None);
+                }
+                ByteRange {
+                    start: s,
+                    end: e.saturating_add(1).min(size),
+                }
+            }
+            (true, true) => return Ok(None),
+        };
+        if range.start >= size {
+            return Err(());
+        }
+        Ok(Some(range))
+    }
+
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+enum Source {
+    File,
+    Fill(watch::Receiver<FillState>),
+}
+
+/// A stream of `Bytes` over `start..end` of a blob (end `None`: to the end of a fill of
+/// unknown size).
+pub struct BlobBody {
+    source: Source,
+    file: Option<Arc<File>>,
+    pos: u64,
+    end: Option<u64>,
+    done: bool,
+}
+
+impl BlobBody {
+    pub fn from_file(file: Arc<File>, start: u64, end: u64) -> BlobBody {
+        BlobBody {
+            source: Source::File,
+            file: Some(file),
+            pos: start,
+            end: Some(end),
+            done: false,
+        }
+    }
+
+    pub fn from_fill(rx: watch::Receiver<FillState>, start: u64, end: Option<u64>) -> BlobBody {
+        BlobBody {
+            source: Source::Fill(rx),
+            file: None,
+            pos: start,
+            end,
+            done: false,
+        }
+    }
+
+    pub fn into_stream(self) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        futures_util::stream::unfold(self, |mut b| async move {
+            if b.done {
+                return None;
+            }
+            match b.next_chunk().await {
+                Ok(Some(bytes)) => Some((Ok(bytes), b)),
+                Ok(None) => None,
+                Err(e) => {
+                    b.done = true;
+                    Some((Err(e), b))
+                }
+            }
+        })
+    }
+
+    /// How far this body may read now, or `None` when it is complete.
+    async fn readable_limit(&mut self) -> io::Result<Option<u64>> {
+        let rx = match &mut self.source {
+            Source::File => {
+                let end = self.end.unwrap_or(self.pos);
+                return Ok((self.pos < end).then_some(end));
+            }
+            Source::Fill(rx) => rx,
+        };
+        loop {
+            let state = rx.borrow_and_update().clone();
+            match state {
+                FillState::Pending => {}
+                FillState::Streaming {
+                    file,
+                    size,
+                    written,
+                } => {
+                    self.file.get_or_insert(file);
+                    // Hold back the last byte of the window until the blob is verified.
+                    let window_end = self.end.or(size).unwrap_or(u64::MAX);
+                    let limit = written.min(window_end.saturating_sub(1));
+                    if self.pos < limit {
+                        return Ok(Some(limit));
+                    }
+                }
+                FillState::Committed { file, size } => {
+                    self.file.get_or_insert(file);
+                    let end = self.end.unwrap_or(size).min(size);
+                    return Ok((self.pos < end).then_some(end));
+                }
+                FillState::Failed(e) => {
+                    let msg = match e {
+                        FillError::NotFound => "blob not found upstream".to_string(),
+                        FillError::Upstream(m) => m,
+                        FillError::Internal => "local storage error".to_string(),
+                    };
+                    return Err(io::Error::other(format!("blob fill failed: {msg}")));
+                }
+            }
+            if rx.changed().await.is_err() && !rx.borrow().is_terminal() {
+                return Err(io::Error::other("blob fill ended without a result"));
+            }
+        }
+    }
+
+    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        let Some(limit) = self.readable_limit().await? else {
+            return Ok(None);
+        };
+        let file = self
+            .file
+            .clone()
+            .ok_or_else(|| io::Error::other("no file to read"))?;
+        let pos = self.pos;
+        let n = (limit - pos).min(CHUNK as u64) as usize;
+        let buf = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let mut buf = vec![0u8; n];
+            file.read_exact_at(&mut buf, pos)?;
+            Ok(buf)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.pos += n as u64;
+        Ok(Some(Bytes::from(buf)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_like_rfc9110() {
+        let p = |h: &str| ByteRange::parse(Some(h), 100);
+        assert_eq!(p("bytes=0-9"), Ok(Some(ByteRange { start: 0, end: 10 })));
+        assert_eq!(
+            p("bytes=90-"),
+            Ok(Some(ByteRange {
+                start: 90,
+                end: 100
+            }))
+        );
+        assert_eq!(
+            p("bytes=-10"),
+            Ok(Some(ByteRange {
+                start: 90,
+                end: 100
+            }))
+        );
+        assert_eq!(p("bytes=-1000"), Ok(Some(ByteRange { start: 0, end: 100 })));
+        assert_eq!(
+            p("bytes=50-1000"),
+            Ok(Some(ByteRange {
+                start: 50,
+                end: 100
+            }))
+        );
+        assert_eq!(p("bytes=100-"), Err(()));
+        assert_eq!(p("bytes=-0"), Err(()));
+        for ignored in [
+            "bytes=0-1,5-6",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=5-1",
+            "bytes=-",
+            "bytes=+1-2",
+        ] {
+            assert_eq!(p(ignored), Ok(None), "{ignored}");
+        }
+        assert_eq!(ByteRange::parse(None, 100), Ok(None));
+    }
+}

@@ -1,0 +1,176 @@
+//! Single flight with fan-out. The first request for a key becomes the `Leader`: the caller
+//! spawns the fill with it, so a client going away cannot cancel the fill for the others. Every
+//! request, the first included, watches the fill's `FillState` and streams from the growing
+//! temp file through a shared handle.
+//!
+//! Invariants:
+//! 1. At most one fill per key is in flight (the map holds one receiver per key).
+//! 2. The leader's entry is removed on Drop, after its final state is published; a fill that
+//!    ends without publishing one is reported to every watcher as failed.
+//! 3. `Committed` is published only after the blob is verified, renamed and indexed.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+/// Why a fill failed; cloned to every watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FillError {
+    /// Upstream says the object does not exist.
+    NotFound,
+    /// Upstream failed or sent bad bytes; the message is safe to show a client.
+    Upstream(String),
+    /// Local I/O failed (disk full, ...); details are logged, not shown.
+    Internal,
+}
+
+#[derive(Debug, Clone)]
+pub enum FillState {
+    /// Waiting for upstream response headers.
+    Pending,
+    /// Bytes are arriving: `written` of `size` (unknown when upstream sent no length).
+    Streaming {
+        file: Arc<File>,
+        size: Option<u64>,
+        written: u64,
+    },
+    /// Verified, on disk, indexed.
+    Committed {
+        file: Arc<File>,
+        size: u64,
+    },
+    Failed(FillError),
+}
+
+impl FillState {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, FillState::Committed { .. } | FillState::Failed(_))
+    }
+}
+
+type Map<K> = Arc<Mutex<HashMap<K, watch::Receiver<FillState>>>>;
+
+pub struct Flights<K> {
+    map: Map<K>,
+    coalesced: AtomicU64,
+}
+
+impl<K> Default for Flights<K> {
+    fn default() -> Self {
+        Flights {
+            map: Arc::default(),
+            coalesced: AtomicU64::new(0),
+        }
+    }
+}
+
+pub enum Join<K: Hash + Eq + Clone> {
+    /// Start the fill with this leader (in a spawned task), then watch like everyone else.
+    Leader(Leader<K>, watch::Receiver<FillState>),
+    /// A fill is already running: watch it.
+    Follower(watch::Receiver<FillState>),
+}
+
+impl<K: Hash + Eq + Clone> Flights<K> {
+    pub fn join(&self, key: &K) -> Join<K> {
+        let mut map = lock(&self.map);
+        if let Some(rx) = map.get(key) {
+            self.coalesced.fetch_add(1, Ordering::Relaxed);
+            return Join::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(FillState::Pending);
+        map.insert(key.clone(), rx.clone());
+        Join::Leader(
+            Leader {
+                key: key.clone(),
+                map: self.map.clone(),
+                tx,
+            },
+            rx,
+        )
+    }
+
+    /// Requests that joined a fill already in flight, since start.
+    pub fn coalesced(&self) -> u64 {
+        self.coalesced.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        lock(&self.map).len()
+    }
+}
+
+/// The right and duty to fill one key. Dropping it ends the flight.
+pub struct Leader<K: Hash + Eq + Clone> {
+    key: K,
+    map: Map<K>,
+    tx: watch::Sender<FillState>,
+}
+
+impl<K: Hash + Eq + Clone> Leader<K> {
+    pub fn streaming(&self, file: Arc<File>, size: Option<u64>) {
+        self.tx.send_replace(FillState::Streaming {
+            file,
+            size,
+            written: 0,
+        });
+    }
+
+    pub fn progress(&self, now_written: u64) {
+        self.tx.send_modify(|s| {
+            if let FillState::Streaming { written, .. } = s {
+                *written = now_written;
+            }
+        });
+    }
+
+    pub fn commit(self, file: Arc<File>, size: u64) {
+        self.tx.send_replace(FillState::Committed { file, size });
+    }
+
+    pub fn fail(self, err: FillError) {
+        self.tx.send_replace(FillState::Failed(err));
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for Leader<K> {
+    fn drop(&mut self) {
+        // Publish a final state first, then leave the map, so no watcher waits forever.
+        if !self.tx.borrow().is_terminal() {
+            self.tx.send_replace(FillState::Failed(FillError::Upstream(
+                "the fill was abandoned".into(),
+            )));
+        }
+        lock(&self.map).remove(&self.key);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_join_follows_and_drop_frees_the_key() {
+        let f: Flights<&str> = Flights::default();
+        let Join::Leader(leader, rx1) = f.join(&"k") else {
+            panic!("first join must lead")
+        };
+        let Join::Follower(rx2) = f.join(&"k") else {
+            panic!("second join must follow")
+        };
+        assert_eq!(f.coalesced(), 1);
+        drop(leader);
+        assert!(matches!(*rx1.borrow(), FillState::Failed(_)));
+        assert!(matches!(*rx2.borrow(), FillState::Failed(_)));
+        assert_eq!(f.in_flight(), 0);
+        assert!(matches!(f.join(&"k"), Join::Leader(..)));
+    }
+}

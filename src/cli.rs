@@ -1,0 +1,69 @@
+//! Command line: clap derive, and how flags override the config file (flags win).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wharf",
+    version,
+    about = "A pull-through mirror for container images and Go modules"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct ConfigArgs {
+    /// Config file (TOML). Without one, built-in defaults are used.
+    #[arg(long, short, env = "WHARF_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long, env = "WHARF_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the mirror.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Address to listen on (overrides `listen`), e.g. 0.0.0.0:5000.
+        #[arg(long, env = "WHARF_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
+    /// Load and validate the config, then print the effective settings.
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Check every indexed blob against its digest; report orphans and dangling records.
+    Fsck {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Rebuild blob records from disk and drop records whose blob is gone or corrupt.
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+impl ConfigArgs {
+    /// The config file (or defaults) with these flags applied, validated.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,446 @@
+//! Configuration: the serde `Config` with every default in one `impl Default`, loading from TOML,
+//! and `validate()`. CLI flags are merged over it in `cli.rs`; nothing else reads the environment
+//! except the credential lookups named in the config itself (`password_env`).
+//!
+//! Every key here is documented, with its default and why, in `systemd/wharf.toml`; keep the two
+//! in step.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Docker Hub's registry API host; the default upstream.
+pub const DOCKER_HUB_NAME: &str = "docker.io";
+pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config{}: {message}", .path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    Parse {
+        path: Option<PathBuf>,
+        message: String,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Where blobs, temp files and the index live.
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub registry: RegistryConfig,
+    pub egress: EgressConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `wharf=debug,info`. `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// The upstream used when a request names none (`registry-mirrors` clients: Docker Hub).
+    pub default_upstream: String,
+    /// How long a tag -> digest answer is trusted before it is revalidated upstream with HEAD.
+    #[serde(deserialize_with = "de_duration")]
+    pub tag_ttl: Duration,
+    /// How long a tags/list answer is trusted before upstream is asked again.
+    #[serde(deserialize_with = "de_duration")]
+    pub tag_list_ttl: Duration,
+    /// Manifests larger than this are refused (the spec asks registries to accept at least 4 MiB).
+    pub max_manifest_size: ByteSize,
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The registry host name clients use for it (`docker.io`, `ghcr.io`): matched against `?ns=`
+    /// and against the first component of a repository name.
+    pub name: String,
+    /// Base URL of its registry API.
+    pub url: String,
+    /// Prefix single-component names with `library/` (Docker Hub's official images).
+    #[serde(default)]
+    pub library_prefix: Option<bool>,
+    /// Credentials for the token service or basic auth; the password comes from a file or an
+    /// environment variable, never from this file.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Hosts wharf may connect to: exact names or a leading `*.` wildcard (subdomains only).
+    pub allow: Vec<String>,
+    /// Time to establish a TCP (and TLS) connection.
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Longest silence while reading a response; there is no whole-request timeout, so large
+    /// layers on slow links still complete.
+    #[serde(deserialize_with = "de_duration")]
+    pub read_timeout: Duration,
+    /// Redirect hops followed per request (blob CDNs need one).
+    pub max_redirects: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            data_dir: default_data_dir(),
+            log: LogConfig::default(),
+            registry: RegistryConfig::default(),
+            egress: EgressConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            default_upstream: DOCKER_HUB_NAME.into(),
+            tag_ttl: Duration::from_secs(5 * 60),
+            tag_list_ttl: Duration::from_secs(60),
+            max_manifest_size: ByteSize(4 << 20),
+            upstreams: vec![UpstreamConfig {
+                name: DOCKER_HUB_NAME.into(),
+                url: DOCKER_HUB_URL.into(),
+                library_prefix: Some(true),
+                username: None,
+                password_file: None,
+                password_env: None,
+            }],
+        }
+    }
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            allow: [
+                "registry-1.docker.io",
+                "auth.docker.io",
+                "production.cloudflare.docker.com",
+                "production.cloudfront.docker.com",
+                "*.r2.cloudflarestorage.com",
+            ]
+            .map(String::from)
+            .to_vec(),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            max_redirects: 5,
+        }
+    }
+}
+
+/// The data directory when neither config nor flag names one: systemd's `STATE_DIRECTORY`, else
+/// `$XDG_STATE_HOME/wharf`, else `~/.local/state/wharf`, else `./wharf-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may pass several colon-separated directories; the first is ours.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if !first.is_empty() {
+            return PathBuf::from(first);
+        }
+    }
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&state).join("wharf");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&home).join(".local/state/wharf");
+    }
+    PathBuf::from("wharf-data")
+}
+
+impl Config {
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Self::parse(text, None)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, Some(path))
+    }
+
+    fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.map(Path::to_path_buf),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: cross-references, URL shapes, limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let reg = &self.registry;
+        if reg.upstreams.is_empty() {
+            return invalid("registry.upstream: at least one upstream is required".into());
+        }
+        for (i, up) in reg.upstreams.iter().enumerate() {
+            if up.name.is_empty()
+                || up.name.contains('/')
+                || up.name != up.name.to_ascii_lowercase()
+            {
+                return invalid(format!(
+                    "registry.upstream[{i}].name {:?}: must be a lower-case host name like \"ghcr.io\"",
+                    up.name
+                ));
+            }
+            if reg.upstreams[..i].iter().any(|u| u.name == up.name) {
+                return invalid(format!(
+                    "registry.upstream: name {:?} appears twice",
+                    up.name
+                ));
+            }
+            let url = reqwest::Url::parse(&up.url).map_err(|e| {
+                ConfigError::Invalid(format!("registry.upstream[{i}].url {:?}: {e}", up.url))
+            })?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return invalid(format!(
+                    "registry.upstream[{i}].url {:?}: must be an http:// or https:// URL with a host",
+                    up.url
+                ));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return invalid(format!(
+                    "registry.upstream[{i}].url: put credentials in username / password_file, not in the URL"
+                ));
+            }
+            if up.password_file.is_some() && up.password_env.is_some() {
+                return invalid(format!(
+                    "registry.upstream[{i}]: set password_file or password_env, not both"
+                ));
+            }
+            if (up.password_file.is_some() || up.password_env.is_some()) && up.username.is_none() {
+                return invalid(format!(
+                    "registry.upstream[{i}]: a password needs a username"
+                ));
+            }
+        }
+        if !reg.upstreams.iter().any(|u| u.name == reg.default_upstream) {
+            return invalid(format!(
+                "registry.default_upstream {:?} is not the name of any registry.upstream",
+                reg.default_upstream
+            ));
+        }
+        if reg.max_manifest_size.0 < 4 << 20 {
+            return invalid(
+                "registry.max_manifest_size must be at least 4MiB (the OCI spec's minimum)".into(),
+            );
+        }
+        for pattern in &self.egress.allow {
+            crate::upstream::egress::HostPattern::parse(pattern)
+                .map_err(|e| ConfigError::Invalid(format!("egress.allow {pattern:?}: {e}")))?;
+        }
+        if self.egress.max_redirects > 20 {
+            return invalid("egress.max_redirects must be at most 20".into());
+        }
+        Ok(())
+    }
+
+    /// The upstream named `name`, if configured.
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
+        self.registry.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+impl UpstreamConfig {
+    /// Docker Hub gets `library/` by default; others only when configured.
+    pub fn library_prefix(&self) -> bool {
+        self.library_prefix.unwrap_or(self.name == DOCKER_HUB_NAME)
+    }
+
+    /// Reads the configured password. Errors name the source, never the secret.
+    pub fn password(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            return Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()));
+        }
+        if let Some(var) = &self.password_env {
+            return match std::env::var(var) {
+                Ok(v) => Ok(Some(v)),
+                Err(_) => Err(ConfigError::Invalid(format!(
+                    "registry.upstream {:?}: environment variable {var} (password_env) is not set",
+                    self.name
+                ))),
+            };
+        }
+        Ok(None)
+    }
+}
+
+/// A byte count written as an integer or a string such as `"4MiB"`, `"512KiB"`, `"1GiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size like 4MiB"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" | "k" => 1 << 10,
+            "MiB" | "M" => 1 << 20,
+            "GiB" | "G" => 1 << 30,
+            "TiB" | "T" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?} (use B, KiB, MiB, GiB, TiB)"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+            if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+                return write!(f, "{}{unit}", n >> shift);
+            }
+        }
+        write!(f, "{n}B")
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration like \"30s\" or \"5m\": {e}"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults_that_validate() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.registry.default_upstream, "docker.io");
+        assert!(c.upstream("docker.io").unwrap().library_prefix());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml_str("listn = \"0.0.0.0:5000\"").unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        let c =
+            Config::from_toml_str("[registry]\ntag_ttl = \"90s\"\nmax_manifest_size = \"8MiB\"\n")
+                .unwrap();
+        assert_eq!(c.registry.tag_ttl, Duration::from_secs(90));
+        assert_eq!(c.registry.max_manifest_size, ByteSize(8 << 20));
+        assert!(Config::from_toml_str("[registry]\ntag_ttl = \"soon\"\n").is_err());
+    }
+
+    #[test]
+    fn small_manifest_cap_is_refused() {
+        let err = Config::from_toml_str("[registry]\nmax_manifest_size = \"1MiB\"\n").unwrap_err();
+        assert!(err.to_string().contains("4MiB"), "{err}");
+    }
+
+    #[test]
+    fn default_upstream_must_exist() {
+        let err =
+            Config::from_toml_str("[registry]\ndefault_upstream = \"nope.io\"\n").unwrap_err();
+        assert!(err.to_string().contains("nope.io"), "{err}");
+    }
+
+    #[test]
+    fn byte_sizes_print_and_parse() {
+        for (t, n) in [
+            ("4MiB", 4 << 20),
+            ("512KiB", 512 << 10),
+            ("7", 7),
+            ("1GiB", 1 << 30),
+        ] {
+            assert_eq!(ByteSize::parse(t).unwrap().0, n);
+        }
+        assert_eq!(ByteSize(4 << 20).to_string(), "4MiB");
+        assert!(ByteSize::parse("4 parsecs").is_err());
+        assert!(ByteSize::parse("99999999999999TiB").is_err());
+    }
+}

@@ -1,0 +1,60 @@
+//! wharf: a pull-through mirror for container images (Docker Registry HTTP API v2 / OCI
+//! distribution, read side) and, later, Go modules, on one port.
+//!
+//! # Layout
+//! * `config`: the TOML config, its defaults and validation.
+//! * `cli`: clap commands (`serve`, `check-config`, `fsck`) and how flags override config.
+//! * `app`: shared state (storage, upstream clients, flights) and the router.
+//! * `cache`: single-flight fills and the bodies that stream from them (protocol-agnostic).
+//! * `upstream`: egress policy, the per-upstream HTTP client, token auth.
+//! * `registry`: the `/v2/` routes, handlers and error format.
+//! * `error`: start-up and command errors.
+//!
+//! Storage (blobs on disk, the sled index, fsck) is the `wharf-storage` crate.
+//!
+//! `serve(listener, state, shutdown)` runs the server on a listener the caller bound, so tests
+//! bind port 0 and own shutdown.
+
+pub mod app;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod registry;
+pub mod upstream;
+
+use std::future::Future;
+
+pub use app::{AppState, router};
+pub use error::Error;
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+type MakeSpan = fn(&http::Request<axum::body::Body>) -> tracing::Span;
+type TraceLayer = tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    MakeSpan,
+>;
+
+/// One span per request, with the cache outcome recorded by the handler.
+pub fn trace_layer() -> TraceLayer {
+    fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
+        tracing::info_span!(
+            "request",
+            method = %req.method(),
+            path = %req.uri().path(),
+            cache = tracing::field::Empty,
+        )
+    }
+    tower_http::trace::TraceLayer::new_for_http().make_span_with(make_span as MakeSpan)
+}

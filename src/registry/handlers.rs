@@ -1,0 +1,929 @@
+//! Request handlers for `/v2/`. Parsing happens first (`routes::parse`), so nothing reaches
+//! disk or an upstream before the name, reference and digest are known to be valid.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use wharf_storage::{BlobRecord, Digest, TagListRecord, TagRecord};
+
+use super::errors::{ErrorCode, RegistryError};
+use super::manifest;
+use super::routes::{self, Reference, RepoName, Route, Tag, query_param};
+use crate::app::{AppState, now_unix};
+use crate::cache::{BlobBody, ByteRange, FillError, FillState, Join, Leader};
+use crate::config::{DOCKER_HUB_NAME, UpstreamConfig};
+use crate::upstream::client::read_limited;
+use crate::upstream::{UpstreamClient, UpstreamError};
+
+const API_VERSION: &str = "registry/2.0";
+/// Header telling clients (and operators) where an answer came from.
+pub const CACHE_HEADER: &str = "x-cache";
+/// Most tags returned by one tags/list page, whatever `n` asks for.
+const MAX_PAGE: usize = 10_000;
+/// Largest tags/list answer read from upstream.
+const MAX_TAG_LIST_BYTES: usize = 16 << 20;
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Hit,
+    Miss,
+    Stale,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "HIT",
+            Outcome::Miss => "MISS",
+            Outcome::Stale => "STALE",
+        }
+    }
+}
+
+/// Entry point for every `/v2` request.
+pub async fn handle(
+    State(app): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let mut resp = match dispatch(&app, &method, &uri, &headers).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::Span::current().record("cache", "ERROR");
+            e.into_response()
+        }
+    };
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static(API_VERSION),
+    );
+    resp.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+async fn dispatch(
+    app: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let head = match *method {
+        Method::GET => false,
+        Method::HEAD => true,
+        _ => {
+            return Err(RegistryError::new(
+                ErrorCode::Unsupported,
+                "wharf is a read-only pull-through mirror: push and delete are not supported",
+            ));
+        }
+    };
+    let path = uri.path();
+    let rest = path
+        .strip_prefix("/v2/")
+        .or_else(|| (path == "/v2").then_some(""))
+        .unwrap_or("");
+    let route = routes::parse(rest)?;
+    let ns = query_param(uri.query(), "ns");
+    match route {
+        Route::Base => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{}",
+        )
+            .into_response()),
+        Route::Catalog => Err(RegistryError::new(
+            ErrorCode::NotFound,
+            "this mirror does not serve a catalog",
+        )),
+        Route::Manifest { name, reference } => {
+            let t = resolve(app, &name, ns)?;
+            let resp = match reference {
+                Reference::Digest(d) => manifest_by_digest(app, &t, &d, head).await?,
+                Reference::Tag(tag) => manifest_by_tag(app, &t, &tag, head).await?,
+            };
+            Ok(t.annotate(resp))
+        }
+        Route::Blob { name, digest } => {
+            let t = resolve(app, &name, ns)?;
+            let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+            Ok(t.annotate(blob(app, &t, &digest, head, range).await?))
+        }
+        Route::TagsList { name } => {
+            let t = resolve(app, &name, ns)?;
+            Ok(t.annotate(tags_list(app, &t, &name, uri.query()).await?))
+        }
+    }
+}
+
+/// Where a request goes: the upstream, the name as the upstream knows it, and the `ns` used.
+struct Target {
+    up: Arc<UpstreamClient>,
+    name: RepoName,
+    ns: Option<String>,
+}
+
+impl Target {
+    fn scope(&self) -> String {
+        format!("repository:{}:pull", self.name)
+    }
+
+    fn annotate(&self, mut resp: Response) -> Response {
+        if let Some(ns) = self
+            .ns
+            .as_deref()
+            .and_then(|n| HeaderValue::from_str(n).ok())
+        {
+            resp.headers_mut().insert("oci-namespace", ns);
+        }
+        resp
+    }
+}
+
+fn resolve(app: &AppState, name: &RepoName, ns: Option<String>) -> Result<Target> {
+    let find = |n: &str| -> Option<&UpstreamConfig> {
+        app.config.upstream(n).or_else(|| {
+            // containerd and older configs name Docker Hub by its API hosts.
+            matches!(n, "index.docker.io" | "registry-1.docker.io")
+                .then(|| app.config.upstream(DOCKER_HUB_NAME))
+                .flatten()
+        })
+    };
+    let (cfg, name, ns) = if let Some(ns) = ns {
+        let cfg = find(&ns).ok_or_else(|| {
+            RegistryError::new(
+                ErrorCode::NameUnknown,
+                format!(
+                    "no upstream is configured for namespace {:?}; add a [[registry.upstream]] with that name",
+                    ns.chars().take(255).collect::<String>()
+                ),
+            )
+        })?;
+        (cfg, name.clone(), Some(ns))
+    } else if let (Some(cfg), Some(rest)) = (app.config.upstream(name.first()), name.strip_first())
+    {
+        (cfg, rest, None)
+    } else {
+        let cfg = app
+            .config
+            .upstream(&app.config.registry.default_upstream)
+            .ok_or_else(|| RegistryError::new(ErrorCode::Unknown, "no default upstream"))?;
+        (cfg, name.clone(), None)
+    };
+    let name = if cfg.library_prefix() && name.is_single_component() {
+        name.with_library()
+    } else {
+        name
+    };
+    let up = app
+        .upstreams
+        .get(&cfg.name)
+        .cloned()
+        .ok_or_else(|| RegistryError::new(ErrorCode::Unknown, "upstream client missing"))?;
+    Ok(Target { up, name, ns })
+}
+
+/// Why an upstream could not answer.
+enum Miss {
+    /// It says the object does not exist.
+    NotFound,
+    /// It refused access (401/403): the repository may not exist or needs credentials.
+    Denied(u16),
+    /// It failed (unreachable, 429, 5xx, bad bytes): a stale answer is better than none.
+    Failed(UpstreamError),
+}
+
+impl From<UpstreamError> for Miss {
+    fn from(e: UpstreamError) -> Self {
+        Miss::Failed(e)
+    }
+}
+
+fn classify(status: StatusCode) -> std::result::Result<(), Miss> {
+    match status.as_u16() {
+        200..=299 => Ok(()),
+        404 => Err(Miss::NotFound),
+        401 | 403 => Err(Miss::Denied(status.as_u16())),
+        s => Err(Miss::Failed(UpstreamError::Status { status: s })),
+    }
+}
+
+impl Miss {
+    fn into_error(self, t: &Target, what: &str, unknown: ErrorCode) -> RegistryError {
+        match self {
+            Miss::NotFound => RegistryError::new(
+                unknown,
+                format!("{what} not found in {} on upstream {}", t.name, t.up.name),
+            ),
+            Miss::Denied(s) => RegistryError::new(
+                ErrorCode::NameUnknown,
+                format!(
+                    "upstream {} refused access to {} ({s}): it may not exist, or wharf needs credentials for it",
+                    t.up.name, t.name
+                ),
+            ),
+            Miss::Failed(e) => {
+                tracing::warn!(upstream = %t.up.name, repo = %t.name, error = %e, "upstream failed");
+                let code = if e.is_rate_limited() {
+                    ErrorCode::TooManyRequests
+                } else {
+                    ErrorCode::BadGateway
+                };
+                RegistryError::new(
+                    code,
+                    format!(
+                        "upstream {} failed and {what} is not cached: {e}",
+                        t.up.name
+                    ),
+                )
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- manifests
+
+async fn manifest_by_digest(
+    app: &AppState,
+    t: &Target,
+    digest: &Digest,
+    head: bool,
+) -> Result<Response> {
+    if let Some((body, media)) = load_manifest(app, digest)? {
+        return Ok(manifest_response(digest, body, &media, Outcome::Hit, head));
+    }
+    match fetch_manifest(app, t, digest.as_str(), Some(digest)).await {
+        Ok((d, body, media)) => Ok(manifest_response(&d, body, &media, Outcome::Miss, head)),
+        Err(m) => Err(m.into_error(t, &format!("manifest {digest}"), ErrorCode::ManifestUnknown)),
+    }
+}
+
+async fn manifest_by_tag(app: &AppState, t: &Target, tag: &Tag, head: bool) -> Result<Response> {
+    let index = &app.storage.index;
+    let known = index
+        .get_tag(&t.up.name, t.name.as_str(), tag.as_str())
+        .map_err(internal)?;
+    let ttl = app.config.registry.tag_ttl;
+    if let Some(rec) = &known
+        && now_unix().saturating_sub(rec.learned_unix) < ttl.as_secs()
+        && let Some((body, media)) = load_manifest(app, &rec.digest)?
+    {
+        return Ok(manifest_response(
+            &rec.digest,
+            body,
+            &media,
+            Outcome::Hit,
+            head,
+        ));
+    }
+    let what = format!("tag {}", tag.as_str());
+    match resolve_tag(app, t, tag).await {
+        Ok((digest, body, media, outcome)) => {
+            let rec = TagRecord {
+                digest: digest.clone(),
+                media_type: media.clone(),
+                learned_unix: now_unix(),
+            };
+            index
+                .put_tag(&t.up.name, t.name.as_str(), tag.as_str(), &rec)
+                .map_err(internal)?;
+            Ok(manifest_response(&digest, body, &media, outcome, head))
+        }
+        Err(Miss::Failed(e)) => {
+            // Upstream down, rate limited or broken: the last known answer, marked stale.
+            if let Some(rec) = known
+                && let Some((body, media)) = load_manifest(app, &rec.digest)?
+            {
+                tracing::warn!(upstream = %t.up.name, repo = %t.name, tag = tag.as_str(), error = %e,
+                    "upstream failed; serving the last known digest");
+                return Ok(manifest_response(
+                    &rec.digest,
+                    body,
+                    &media,
+                    Outcome::Stale,
+                    head,
+                ));
+            }
+            Err(Miss::Failed(e).into_error(t, &what, ErrorCode::ManifestUnknown))
+        }
+        Err(m) => Err(m.into_error(t, &what, ErrorCode::ManifestUnknown)),
+    }
+}
+
+/// HEAD upstream (free on Docker Hub), then GET by digest only if that digest is not cached.
+async fn resolve_tag(
+    app: &AppState,
+    t: &Target,
+    tag: &Tag,
+) -> std::result::Result<(Digest, Vec<u8>, String, Outcome), Miss> {
+    let path = format!("/v2/{}/manifests/{}", t.name, tag.as_str());
+    let resp =
+        t.up.send(Method::HEAD, &path, manifest::ACCEPT, &t.scope())
+            .await?;
+    classify(resp.status())?;
+    let advertised = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Digest::parse(v.trim()).ok());
+    if let Some(d) = &advertised {
+        if let Some((body, media)) = load_manifest(app, d).map_err(|e| {
+            Miss::Failed(UpstreamError::Protocol(format!(
+                "local read failed: {}",
+                e.message
+            )))
+        })? {
+            return Ok((d.clone(), body, media, Outcome::Hit));
+        }
+        let (d, body, media) = fetch_manifest(app, t, d.as_str(), Some(d)).await?;
+        return Ok((d, body, media, Outcome::Miss));
+    }
+    // No digest header: fetch by tag and hash what arrives.
+    let (d, body, media) = fetch_manifest(app, t, tag.as_str(), None).await?;
+    Ok((d, body, media, Outcome::Miss))
+}
+
+/// GETs a manifest, verifies it (digest, size, media type) and stores it.
+async fn fetch_manifest(
+    app: &AppState,
+    t: &Target,
+    reference: &str,
+    expected: Option<&Digest>,
+) -> std::result::Result<(Digest, Vec<u8>, String), Miss> {
+    let path = format!("/v2/{}/manifests/{reference}", t.name);
+    let resp =
+        t.up.send(Method::GET, &path, manifest::ACCEPT, &t.scope())
+            .await?;
+    classify(resp.status())?;
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let url = resp.url().clone();
+    let limit = app.config.registry.max_manifest_size.0 as usize;
+    let body = read_limited(resp, limit, &url).await?;
+    let actual = Digest::of(&body);
+    if let Some(exp) = expected
+        && *exp != actual
+    {
+        tracing::error!(upstream = %t.up.name, repo = %t.name, expected = %exp, actual = %actual,
+            "upstream manifest does not match its digest; not cached");
+        return Err(Miss::Failed(UpstreamError::DigestMismatch {
+            expected: exp.to_string(),
+            actual: actual.to_string(),
+        }));
+    }
+    let media = manifest::check(&body, content_type.as_deref())
+        .map_err(|m| Miss::Failed(UpstreamError::Protocol(m)))?;
+    store_manifest(app, &actual, &body, &media)
+        .await
+        .map_err(|e| {
+            Miss::Failed(UpstreamError::Protocol(format!(
+                "cannot store manifest: {}",
+                e.message
+            )))
+        })?;
+    Ok((actual, body, media))
+}
+
+async fn store_manifest(app: &AppState, digest: &Digest, body: &[u8], media: &str) -> Result<()> {
+    let blobs = app.storage.blobs.clone();
+    let (d, b) = (digest.clone(), body.to_vec());
+    tokio::task::spawn_blocking(move || blobs.put_bytes(&d, &b))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    let rec = BlobRecord {
+        size: body.len() as u64,
+        media_type: Some(media.to_string()),
+        created_unix: now_unix(),
+    };
+    app.storage.index.put_blob(digest, &rec).map_err(internal)
+}
+
+/// A cached manifest and its media type, if on disk.
+fn load_manifest(app: &AppState, digest: &Digest) -> Result<Option<(Vec<u8>, String)>> {
+    let max = app.config.registry.max_manifest_size.0;
+    let Some(body) = app
+        .storage
+        .blobs
+        .read_small(digest, max)
+        .map_err(internal)?
+    else {
+        return Ok(None);
+    };
+    let media = app
+        .storage
+        .index
+        .get_blob(digest)
+        .ok()
+        .flatten()
+        .and_then(|r| r.media_type)
+        .unwrap_or_else(|| manifest::media_type_of_stored(&body));
+    Ok(Some((body, media)))
+}
+
+fn manifest_response(
+    digest: &Digest,
+    body: Vec<u8>,
+    media: &str,
+    outcome: Outcome,
+    head: bool,
+) -> Response {
+    tracing::Span::current().record("cache", outcome.as_str());
+    let len = body.len();
+    let mut resp = if head {
+        Body::empty()
+    } else {
+        Body::from(body)
+    }
+    .into_response();
+    let h = resp.headers_mut();
+    set(h, header::CONTENT_TYPE, media);
+    set(h, header::CONTENT_LENGTH, &len.to_string());
+    set(h, "docker-content-digest", digest.as_str());
+    set(h, header::ETAG, &format!("\"{digest}\""));
+    set(h, CACHE_HEADER, outcome.as_str());
+    resp
+}
+
+// ---------------------------------------------------------------- blobs
+
+async fn blob(
+    app: &AppState,
+    t: &Target,
+    digest: &Digest,
+    head: bool,
+    range: Option<&str>,
+) -> Result<Response> {
+    if let Ok(file) = app.storage.blobs.open_blob(digest) {
+        let size = file.metadata().map_err(internal)?.len();
+        return blob_response(
+            digest,
+            BlobSource::File(Arc::new(file)),
+            Some(size),
+            range,
+            head,
+            Outcome::Hit,
+        );
+    }
+    if head {
+        return blob_head_upstream(t, digest).await;
+    }
+    let mut rx = match app.blob_flights.join(digest) {
+        Join::Leader(leader, rx) => {
+            let (app, up, name, d) = (app.clone(), t.up.clone(), t.name.clone(), digest.clone());
+            let span = tracing::info_span!("fill", upstream = %up.name, repo = %name, digest = %d);
+            tokio::spawn(tracing::Instrument::instrument(
+                fill_blob(app, up, name, d, leader),
+                span,
+            ));
+            rx
+        }
+        Join::Follower(rx) => rx,
+    };
+    // Answer as soon as upstream headers arrive: clients give up after ~30 s without them.
+    loop {
+        let state = rx.borrow_and_update().clone();
+        match state {
+            FillState::Pending => {}
+            FillState::Streaming { size, .. } => {
+                return blob_response(
+                    digest,
+                    BlobSource::Fill(rx),
+                    size,
+                    range,
+                    false,
+                    Outcome::Miss,
+                );
+            }
+            FillState::Committed { file, size } => {
+                return blob_response(
+                    digest,
+                    BlobSource::File(file),
+                    Some(size),
+                    range,
+                    false,
+                    Outcome::Miss,
+                );
+            }
+            FillState::Failed(FillError::NotFound) => {
+                return Err(Miss::NotFound.into_error(
+                    t,
+                    &format!("blob {digest}"),
+                    ErrorCode::BlobUnknown,
+                ));
+            }
+            FillState::Failed(FillError::Upstream(m)) => {
+                return Err(RegistryError::new(
+                    ErrorCode::BadGateway,
+                    format!(
+                        "fetching blob {digest} from upstream {} failed: {m}",
+                        t.up.name
+                    ),
+                ));
+            }
+            FillState::Failed(FillError::Internal) => {
+                return Err(RegistryError::new(
+                    ErrorCode::Unknown,
+                    "local storage error; see the server log",
+                ));
+            }
+        }
+        if rx.changed().await.is_err() && !rx.borrow().is_terminal() {
+            return Err(RegistryError::new(
+                ErrorCode::Unknown,
+                "blob fill ended without a result",
+            ));
+        }
+    }
+}
+
+enum BlobSource {
+    File(Arc<std::fs::File>),
+    Fill(tokio::sync::watch::Receiver<FillState>),
+}
+
+fn blob_response(
+    digest: &Digest,
+    source: BlobSource,
+    size: Option<u64>,
+    range: Option<&str>,
+    head: bool,
+    outcome: Outcome,
+) -> Result<Response> {
+    tracing::Span::current().record("cache", outcome.as_str());
+    let window = match size {
+        Some(size) => match ByteRange::parse(range, size) {
+            Ok(r) => r,
+            Err(()) => {
+                return Err(RegistryError::new(
+                    ErrorCode::RangeInvalid,
+                    format!("range not satisfiable for a blob of {size} bytes"),
+                )
+                .with_header(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{size}")).map_err(internal)?,
+                ));
+            }
+        },
+        None => None,
+    };
+    let (start, end) = match (window, size) {
+        (Some(r), _) => (r.start, Some(r.end)),
+        (None, s) => (0, s),
+    };
+    let body = if head {
+        Body::empty()
+    } else {
+        let stream = match source {
+            BlobSource::File(f) => BlobBody::from_file(f, start, end.unwrap_or(start)),
+            BlobSource::Fill(rx) => BlobBody::from_fill(rx, start, end),
+        };
+        Body::from_stream(stream.into_stream())
+    };
+    let mut resp = body.into_response();
+    if let (Some(r), Some(size)) = (window, size) {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        set(
+            resp.headers_mut(),
+            header::CONTENT_RANGE,
+            &format!("bytes {}-{}/{size}", r.start, r.end - 1),
+        );
+    }
+    let h = resp.headers_mut();
+    if let Some(end) = end {
+        set(h, header::CONTENT_LENGTH, &(end - start).to_string());
+    }
+    set(h, header::CONTENT_TYPE, "application/octet-stream");
+    set(h, header::ACCEPT_RANGES, "bytes");
+    set(h, "docker-content-digest", digest.as_str());
+    set(h, header::ETAG, &format!("\"{digest}\""));
+    set(h, CACHE_HEADER, outcome.as_str());
+    Ok(resp)
+}
+
+/// HEAD of a blob not in cache: ask upstream, fetch nothing.
+async fn blob_head_upstream(t: &Target, digest: &Digest) -> Result<Response> {
+    let path = format!("/v2/{}/blobs/{digest}", t.name);
+    let what = format!("blob {digest}");
+    let resp =
+        t.up.send(Method::HEAD, &path, &[], &t.scope())
+            .await
+            .map_err(|e| Miss::Failed(e).into_error(t, &what, ErrorCode::BlobUnknown))?;
+    classify(resp.status()).map_err(|m| m.into_error(t, &what, ErrorCode::BlobUnknown))?;
+    tracing::Span::current().record("cache", Outcome::Miss.as_str());
+    let mut out = Body::empty().into_response();
+    let h = out.headers_mut();
+    if let Some(len) = resp.headers().get(header::CONTENT_LENGTH) {
+        h.insert(header::CONTENT_LENGTH, len.clone());
+    }
+    set(h, header::CONTENT_TYPE, "application/octet-stream");
+    set(h, header::ACCEPT_RANGES, "bytes");
+    set(h, "docker-content-digest", digest.as_str());
+    set(h, CACHE_HEADER, Outcome::Miss.as_str());
+    Ok(out)
+}
+
+/// The fill: one upstream GET, hashed while written, committed only if digest and size match.
+/// Runs in its own task, so it finishes even if every client leaves.
+async fn fill_blob(
+    app: AppState,
+    up: Arc<UpstreamClient>,
+    name: RepoName,
+    digest: Digest,
+    leader: Leader<Digest>,
+) {
+    // A fill that finished just before this one started: serve what is on disk.
+    if let Ok(file) = app.storage.blobs.open_blob(&digest)
+        && let Ok(meta) = file.metadata()
+    {
+        return leader.commit(Arc::new(file), meta.len());
+    }
+    match run_fill(&app, &up, &name, &digest, &leader).await {
+        Ok((file, size)) => {
+            tracing::info!(size, "blob verified and cached");
+            leader.commit(file, size)
+        }
+        Err(e) => {
+            match &e {
+                FillError::NotFound => tracing::info!("blob not found upstream"),
+                FillError::Upstream(m) => {
+                    tracing::warn!(error = %m, "blob fill failed; nothing cached")
+                }
+                FillError::Internal => tracing::error!("blob fill failed on local storage"),
+            }
+            leader.fail(e)
+        }
+    }
+}
+
+async fn run_fill(
+    app: &AppState,
+    up: &UpstreamClient,
+    name: &RepoName,
+    digest: &Digest,
+    leader: &Leader<Digest>,
+) -> std::result::Result<(Arc<std::fs::File>, u64), FillError> {
+    let upstream_err = |e: UpstreamError| FillError::Upstream(e.to_string());
+    let path = format!("/v2/{name}/blobs/{digest}");
+    let scope = format!("repository:{name}:pull");
+    let mut resp = up
+        .send(Method::GET, &path, &[], &scope)
+        .await
+        .map_err(upstream_err)?;
+    match resp.status().as_u16() {
+        200 => {}
+        404 => return Err(FillError::NotFound),
+        s => return Err(upstream_err(UpstreamError::Status { status: s })),
+    }
+    let size = resp.content_length();
+    let url = resp.url().clone();
+    let mut writer = app.storage.blobs.writer().map_err(|e| {
+        tracing::error!(error = %e, "cannot create a temp file");
+        FillError::Internal
+    })?;
+    let file = writer.file();
+    leader.streaming(file.clone(), size);
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(upstream_err(crate::upstream::client::transport_error(
+                    e, &url,
+                )));
+            }
+        };
+        if let Some(size) = size
+            && writer.written() + chunk.len() as u64 > size
+        {
+            return Err(upstream_err(UpstreamError::Protocol(format!(
+                "upstream sent more than its Content-Length of {size}"
+            ))));
+        }
+        writer.write_all(&chunk).map_err(|e| {
+            tracing::error!(error = %e, "writing the temp file failed");
+            FillError::Internal
+        })?;
+        leader.progress(writer.written());
+    }
+    let written = writer.written();
+    if let Some(size) = size
+        && written != size
+    {
+        return Err(upstream_err(UpstreamError::Truncated {
+            expected: size,
+            got: written,
+        }));
+    }
+    let d = digest.clone();
+    let committed = tokio::task::spawn_blocking(move || writer.commit(&d, Some(written)))
+        .await
+        .map_err(|_| FillError::Internal)?;
+    match committed {
+        Ok(_) => {}
+        Err(wharf_storage::StorageError::DigestMismatch { expected, actual }) => {
+            tracing::error!(%expected, %actual, "upstream blob does not match its digest; discarded");
+            return Err(upstream_err(UpstreamError::DigestMismatch {
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            }));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "committing the blob failed");
+            return Err(FillError::Internal);
+        }
+    }
+    let rec = BlobRecord {
+        size: written,
+        media_type: None,
+        created_unix: now_unix(),
+    };
+    if let Err(e) = app.storage.index.put_blob(digest, &rec) {
+        // The blob is committed and verified; fsck --repair can rebuild the record.
+        tracing::error!(error = %e, "indexing the blob failed");
+    }
+    Ok((file, written))
+}
+
+// ---------------------------------------------------------------- tags/list
+
+async fn tags_list(
+    app: &AppState,
+    t: &Target,
+    client_name: &RepoName,
+    query: Option<&str>,
+) -> Result<Response> {
+    let n = match query_param(query, "n") {
+        None => None,
+        Some(s) => Some(s.parse::<usize>().map_err(|_| {
+            RegistryError::new(ErrorCode::SizeInvalid, format!("n={s:?} is not a number"))
+        })?),
+    };
+    let last = query_param(query, "last").filter(|l| !l.is_empty());
+    let n_eff = n.map(|n| n.min(MAX_PAGE));
+    let mut path = format!("/v2/{}/tags/list", t.name);
+    let mut q = Vec::new();
+    if let Some(n) = n_eff {
+        q.push(format!("n={n}"));
+    }
+    if let Some(l) = &last {
+        q.push(format!("last={}", encode_query(l)));
+    }
+    if !q.is_empty() {
+        path = format!("{path}?{}", q.join("&"));
+    }
+    let what = "the tag list";
+    let fetched = fetch_tags(app, t, &path).await;
+    let (tags, more, outcome) = match fetched {
+        Ok((tags, more)) => {
+            if n.is_none() && last.is_none() {
+                let rec = TagListRecord {
+                    tags: tags.clone(),
+                    fetched_unix: now_unix(),
+                };
+                app.storage
+                    .index
+                    .put_tag_list(&t.up.name, t.name.as_str(), &rec)
+                    .map_err(internal)?;
+            }
+            (tags, more, Outcome::Miss)
+        }
+        Err(Miss::Failed(e)) => {
+            let cached = app
+                .storage
+                .index
+                .get_tag_list(&t.up.name, t.name.as_str())
+                .map_err(internal)?;
+            let Some(rec) = cached else {
+                return Err(Miss::Failed(e).into_error(t, what, ErrorCode::NameUnknown));
+            };
+            tracing::warn!(upstream = %t.up.name, repo = %t.name, error = %e, "serving a cached tag list");
+            let (page, more) = paginate(rec.tags, last.as_deref(), n_eff);
+            (page, more, Outcome::Stale)
+        }
+        Err(m) => return Err(m.into_error(t, what, ErrorCode::NameUnknown)),
+    };
+    tracing::Span::current().record("cache", outcome.as_str());
+    let body = serde_json::json!({ "name": client_name.as_str(), "tags": tags }).to_string();
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    set(h, header::CONTENT_TYPE, "application/json");
+    set(h, CACHE_HEADER, outcome.as_str());
+    if let (true, Some(n), Some(last_tag)) = (more, n_eff, tags.last()) {
+        let mut link = format!(
+            "</v2/{client_name}/tags/list?n={n}&last={}",
+            encode_query(last_tag)
+        );
+        if let Some(ns) = &t.ns {
+            link.push_str(&format!("&ns={}", encode_query(ns)));
+        }
+        link.push_str(">; rel=\"next\"");
+        set(h, header::LINK, &link);
+    }
+    Ok(resp)
+}
+
+/// Tags from upstream and whether it announced a next page.
+async fn fetch_tags(
+    app: &AppState,
+    t: &Target,
+    path: &str,
+) -> std::result::Result<(Vec<String>, bool), Miss> {
+    let _ = app;
+    let resp =
+        t.up.send(Method::GET, path, &["application/json"], &t.scope())
+            .await?;
+    classify(resp.status())?;
+    let more = resp.headers().contains_key(header::LINK);
+    let url = resp.url().clone();
+    let body = read_limited(resp, MAX_TAG_LIST_BYTES, &url).await?;
+    #[derive(serde::Deserialize)]
+    struct TagList {
+        #[serde(default)]
+        tags: Option<Vec<String>>,
+    }
+    let list: TagList = serde_json::from_slice(&body).map_err(|e| {
+        Miss::Failed(UpstreamError::Protocol(format!(
+            "tag list is not valid JSON: {e}"
+        )))
+    })?;
+    let tags: Vec<String> = list
+        .tags
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| Tag::parse(t).is_ok())
+        .collect();
+    Ok((tags, more))
+}
+
+/// Lexically ordered tags after `last`, at most `n`, and whether more remain.
+fn paginate(mut tags: Vec<String>, last: Option<&str>, n: Option<usize>) -> (Vec<String>, bool) {
+    tags.sort();
+    tags.dedup();
+    if let Some(l) = last {
+        tags.retain(|t| t.as_str() > l);
+    }
+    match n {
+        Some(n) if tags.len() > n => {
+            tags.truncate(n);
+            (tags, true)
+        }
+        _ => (tags, false),
+    }
+}
+
+fn encode_query(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn set(h: &mut HeaderMap, name: impl header::IntoHeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+/// A local failure: logged in full, answered without detail.
+fn internal(e: impl std::fmt::Display) -> RegistryError {
+    tracing::error!(error = %e, "internal error");
+    RegistryError::new(ErrorCode::Unknown, "internal error; see the server log")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pagination_is_lexical_and_bounded() {
+        let tags = ["b", "a", "c", "d"].map(String::from).to_vec();
+        assert_eq!(
+            paginate(tags.clone(), None, Some(2)),
+            (vec!["a".into(), "b".into()], true)
+        );
+        assert_eq!(
+            paginate(tags.clone(), Some("b"), Some(5)),
+            (vec!["c".into(), "d".into()], false)
+        );
+        assert_eq!(paginate(tags, Some("b"), Some(0)), (vec![], true));
+    }
+}

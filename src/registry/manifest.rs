@@ -1,0 +1,105 @@
+//! Manifest checks before anything is stored: size cap, JSON shape, and the media type agreeing
+//! between `Content-Type` and the document (CVE-2021-41190 type confusion). Bytes are never
+//! rewritten.
+
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// What wharf asks upstream for, most specific first.
+pub const ACCEPT: &[&str] = &[
+    OCI_INDEX,
+    OCI_MANIFEST,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "application/vnd.docker.distribution.manifest.v1+json",
+];
+
+/// Checks a manifest document and returns the media type to serve it with.
+/// `content_type` is the upstream's header, without parameters.
+pub fn check(body: &[u8], content_type: Option<&str>) -> Result<String, String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
+    let obj = doc
+        .as_object()
+        .ok_or_else(|| "manifest is not a JSON object".to_string())?;
+    if obj.contains_key("layers") && obj.contains_key("manifests") {
+        return Err("manifest has both \"layers\" and \"manifests\"".into());
+    }
+    let declared = match obj.get("mediaType") {
+        None => None,
+        Some(serde_json::Value::String(s)) => Some(s.as_str()),
+        Some(_) => return Err("manifest mediaType is not a string".into()),
+    };
+    let header = content_type
+        .map(|c| c.split(';').next().unwrap_or("").trim())
+        .filter(|c| !c.is_empty() && !is_generic(c));
+    match (header, declared) {
+        (Some(h), Some(d)) if h != d => Err(format!(
+            "Content-Type {h:?} disagrees with the manifest's mediaType {d:?}"
+        )),
+        (Some(h), _) => Ok(h.to_string()),
+        (None, Some(d)) => Ok(d.to_string()),
+        (None, None) => Ok(sniff(obj).to_string()),
+    }
+}
+
+fn is_generic(ct: &str) -> bool {
+    matches!(
+        ct,
+        "application/json" | "text/plain" | "application/octet-stream"
+    )
+}
+
+fn sniff(obj: &serde_json::Map<String, serde_json::Value>) -> &'static str {
+    if obj.contains_key("manifests") {
+        OCI_INDEX
+    } else {
+        OCI_MANIFEST
+    }
+}
+
+/// The media type of a stored manifest whose index record lacks one (rebuilt by fsck).
+pub fn media_type_of_stored(body: &[u8]) -> String {
+    check(body, None).unwrap_or_else(|_| OCI_MANIFEST.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_type_comes_from_header_or_document() {
+        let doc = format!(r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","layers":[]}}"#);
+        assert_eq!(
+            check(doc.as_bytes(), Some(DOCKER_MANIFEST)).unwrap(),
+            DOCKER_MANIFEST
+        );
+        assert_eq!(check(doc.as_bytes(), None).unwrap(), DOCKER_MANIFEST);
+        assert_eq!(
+            check(doc.as_bytes(), Some("application/json")).unwrap(),
+            DOCKER_MANIFEST
+        );
+        assert_eq!(check(br#"{"manifests":[]}"#, None).unwrap(), OCI_INDEX);
+        assert_eq!(
+            check(
+                br#"{"layers":[]}"#,
+                Some("application/vnd.oci.image.manifest.v1+json; charset=x")
+            )
+            .unwrap(),
+            OCI_MANIFEST
+        );
+    }
+
+    #[test]
+    fn confused_or_broken_manifests_are_refused() {
+        let doc = format!(r#"{{"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
+        assert!(check(doc.as_bytes(), Some(OCI_MANIFEST)).is_err());
+        assert!(check(br#"{"layers":[],"manifests":[]}"#, None).is_err());
+        assert!(check(b"not json", None).is_err());
+        assert!(check(b"[1,2]", None).is_err());
+        assert!(check(br#"{"mediaType":5}"#, None).is_err());
+    }
+}

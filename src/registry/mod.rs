@@ -1,0 +1,14 @@
+//! The Docker Registry HTTP API v2 / OCI distribution, read side: the URL grammar (`routes`),
+//! the spec's error envelope (`errors`), manifest checks (`manifest`) and the handlers, which
+//! pick an upstream, answer from the cache or fill it.
+//!
+//! Upstream selection, in order: `?ns=<host>` (containerd), a first name component equal to a
+//! configured upstream (podman/skopeo `registries.conf` mirrors), else the default upstream,
+//! where single-component names get `library/` on Docker Hub.
+
+pub mod errors;
+mod handlers;
+pub mod manifest;
+pub mod routes;
+
+pub use handlers::handle;

@@ -1,0 +1,420 @@
+//! One HTTP client per upstream registry: egress checks on every hop, manual redirects (so
+//! credentials are dropped for good on any change of host, port or scheme), bearer-token and
+//! basic auth from the registry's challenge, tokens cached per scope until they expire.
+//!
+//! It knows nothing of disk or caching; callers get a `reqwest::Response` whose status they
+//! interpret.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use reqwest::Url;
+
+use super::UpstreamError;
+use super::auth::{Challenge, TokenResponse, parse_challenge};
+use super::egress::{EgressError, EgressPolicy, redact};
+use crate::config::{EgressConfig, UpstreamConfig};
+
+/// Upstream credentials; `Debug` never prints the password.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Credentials {{ username: {:?}, password: <redacted> }}",
+            self.username
+        )
+    }
+}
+
+/// Largest token-service answer read.
+const MAX_TOKEN_RESPONSE: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+enum KnownAuth {
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+    Basic,
+}
+
+#[derive(Debug)]
+pub struct UpstreamClient {
+    pub name: String,
+    base: String,
+    http: reqwest::Client,
+    policy: Arc<EgressPolicy>,
+    creds: Option<Credentials>,
+    max_redirects: usize,
+    auth: Mutex<Option<KnownAuth>>,
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl UpstreamClient {
+    pub fn new(
+        cfg: &UpstreamConfig,
+        egress: &EgressConfig,
+        policy: Arc<EgressPolicy>,
+    ) -> Result<UpstreamClient, String> {
+        let creds = match (&cfg.username, cfg.password().map_err(|e| e.to_string())?) {
+            (Some(u), Some(p)) => Some(Credentials {
+                username: u.clone(),
+                password: p,
+            }),
+            (Some(u), None) => Some(Credentials {
+                username: u.clone(),
+                password: String::new(),
+            }),
+            _ => None,
+        };
+        let http = build_http(egress)?;
+        Ok(UpstreamClient {
+            name: cfg.name.clone(),
+            base: cfg.url.trim_end_matches('/').to_string(),
+            http,
+            policy,
+            creds,
+            max_redirects: egress.max_redirects,
+            auth: Mutex::new(None),
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sends `method path_and_query` (path starting with `/v2/`) with the given `Accept` list,
+    /// authenticating for `scope` (`repository:<name>:pull`) when the registry asks.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        accept: &[&str],
+        scope: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let url = Url::parse(&format!("{}{}", self.base, path_and_query))
+            .map_err(|e| UpstreamError::Protocol(format!("bad upstream URL: {e}")))?;
+        let mut authz = self.cached_authorization(scope).await?;
+        let mut retried = false;
+        loop {
+            let resp = self
+                .follow(method.clone(), url.clone(), accept, authz.clone())
+                .await?;
+            if resp.status() != StatusCode::UNAUTHORIZED || retried {
+                return Ok(resp);
+            }
+            retried = true;
+            let challenge = resp
+                .headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(parse_challenge)
+                .next();
+            authz = match challenge {
+                Some(Challenge::Bearer(b)) => {
+                    let known = KnownAuth::Bearer {
+                        realm: b.realm.clone(),
+                        service: b.service.clone(),
+                    };
+                    *lock(&self.auth) = Some(known);
+                    Some(
+                        self.fetch_token(&b.realm, b.service.as_deref(), scope)
+                            .await?,
+                    )
+                }
+                Some(Challenge::Basic { .. }) => match self.basic_header() {
+                    Some(h) => {
+                        *lock(&self.auth) = Some(KnownAuth::Basic);
+                        Some(h)
+                    }
+                    None => return Ok(resp),
+                },
+                None => return Ok(resp),
+            };
+        }
+    }
+
+    /// An `Authorization` value when the auth scheme is already known from an earlier challenge.
+    async fn cached_authorization(
+        &self,
+        scope: &str,
+    ) -> Result<Option<HeaderValue>, UpstreamError> {
+        let known = lock(&self.auth).clone();
+        match known {
+            None => Ok(None),
+            Some(KnownAuth::Basic) => Ok(self.basic_header()),
+            Some(KnownAuth::Bearer { realm, service }) => Ok(Some(
+                self.fetch_token(&realm, service.as_deref(), scope).await?,
+            )),
+        }
+    }
+
+    fn basic_header(&self) -> Option<HeaderValue> {
+        let c = self.creds.as_ref()?;
+        let raw = format!("{}:{}", c.username, c.password);
+        let mut v = HeaderValue::from_str(&format!("Basic {}", base64(raw.as_bytes()))).ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    }
+
+    /// A bearer token for `scope`, from the cache or the realm.
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<HeaderValue, UpstreamError> {
+        let key = format!("{realm}\0{}\0{scope}", service.unwrap_or(""));
+        if let Some((tok, until)) = lock(&self.tokens).get(&key)
+            && Instant::now() < *until
+        {
+            return bearer(tok);
+        }
+        let mut url = Url::parse(realm).map_err(|_| {
+            UpstreamError::Auth("the registry sent a token realm that is not a URL".into())
+        })?;
+        // The realm is an egress destination like any other, checked before credentials go to it.
+        self.policy.check(&url).map_err(UpstreamError::Egress)?;
+        if let Some(s) = service {
+            url.query_pairs_mut().append_pair("service", s);
+        }
+        url.query_pairs_mut().append_pair("scope", scope);
+        let mut req = self.http.get(url.clone());
+        if let Some(c) = &self.creds {
+            req = req.basic_auth(&c.username, Some(&c.password));
+        }
+        let resp = req.send().await.map_err(|e| transport_error(e, &url))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(UpstreamError::Auth(format!(
+                "token service {} answered {status}",
+                redact(&url)
+            )));
+        }
+        let body = read_limited(resp, MAX_TOKEN_RESPONSE, &url).await?;
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+            UpstreamError::Auth(format!(
+                "token service {} sent malformed JSON",
+                redact(&url)
+            ))
+        })?;
+        let token = parsed
+            .token()
+            .ok_or_else(|| {
+                UpstreamError::Auth(format!("token service {} sent no token", redact(&url)))
+            })?
+            .to_string();
+        let until = Instant::now() + parsed.lifetime();
+        let mut tokens = lock(&self.tokens);
+        if tokens.len() > 4096 {
+            tokens.retain(|_, (_, t)| Instant::now() < *t);
+        }
+        tokens.insert(key, (token.clone(), until));
+        bearer(&token)
+    }
+
+    /// Sends the request and follows redirects by hand, re-checking egress on every hop.
+    async fn follow(
+        &self,
+        method: Method,
+        mut url: Url,
+        accept: &[&str],
+        mut authz: Option<HeaderValue>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut method = method;
+        for hop in 0..=self.max_redirects {
+            self.policy.check(&url).map_err(UpstreamError::Egress)?;
+            let mut headers = HeaderMap::new();
+            for a in accept {
+                if let Ok(v) = HeaderValue::from_str(a) {
+                    headers.append(header::ACCEPT, v);
+                }
+            }
+            if let Some(a) = &authz {
+                headers.insert(header::AUTHORIZATION, a.clone());
+            }
+            let resp = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers)
+                .send()
+                .await
+                .map_err(|e| transport_error(e, &url))?;
+            if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
+                return Ok(resp);
+            }
+            let Some(location) = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+            else {
+                return Ok(resp);
+            };
+            let next = url.join(location).map_err(|_| {
+                UpstreamError::Protocol(format!("redirect from {} to an invalid URL", redact(&url)))
+            })?;
+            if url.scheme() == "https" && next.scheme() != "https" {
+                return Err(UpstreamError::Redirect(format!(
+                    "refused https -> {} downgrade to {}",
+                    next.scheme(),
+                    redact(&next)
+                )));
+            }
+            if next.host_str() != url.host_str()
+                || next.port_or_known_default() != url.port_or_known_default()
+                || next.scheme() != url.scheme()
+            {
+                // Once dropped, credentials never come back, even if a later hop returns.
+                authz = None;
+            }
+            if resp.status() == StatusCode::SEE_OTHER && method != Method::HEAD {
+                method = Method::GET;
+            }
+            tracing::debug!(hop, to = %redact(&next), "following upstream redirect");
+            url = next;
+        }
+        Err(UpstreamError::Redirect(format!(
+            "more than {} redirects (egress.max_redirects)",
+            self.max_redirects
+        )))
+    }
+}
+
+fn bearer(token: &str) -> Result<HeaderValue, UpstreamError> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        UpstreamError::Auth("token service sent a token with invalid characters".into())
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Shared reqwest settings: connect and idle-read timeouts, never a whole-request timeout.
+pub fn build_http(egress: &EgressConfig) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(egress.connect_timeout)
+        .read_timeout(egress.read_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_adaptive_window(true)
+        .no_proxy()
+        .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// A transport error described without its URL (signed URLs carry secrets in the query).
+pub fn transport_error(e: reqwest::Error, url: &Url) -> UpstreamError {
+    let target = redact(url);
+    let mut msg = String::new();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+    while let Some(s) = src {
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    if e.is_timeout() {
+        UpstreamError::Timeout(target)
+    } else if e.is_connect() {
+        UpstreamError::Connect {
+            target,
+            detail: msg,
+        }
+    } else {
+        UpstreamError::Transport {
+            target,
+            detail: msg,
+        }
+    }
+}
+
+/// Reads a whole (small) body, refusing more than `limit` bytes.
+pub async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: usize,
+    url: &Url,
+) -> Result<Vec<u8>, UpstreamError> {
+    if let Some(len) = resp.content_length()
+        && len > limit as u64
+    {
+        return Err(UpstreamError::TooLarge {
+            limit: limit as u64,
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(e, url))? {
+        if out.len() + chunk.len() > limit {
+            return Err(UpstreamError::TooLarge {
+                limit: limit as u64,
+            });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+impl From<EgressError> for UpstreamError {
+    fn from(e: EgressError) -> Self {
+        UpstreamError::Egress(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn credentials_debug_hides_the_password() {
+        let c = Credentials {
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

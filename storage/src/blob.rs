@@ -1,0 +1,241 @@
+//! `BlobStore`: committed blobs on disk, addressed by digest: open, stat, list, verify, remove.
+//! Must not write into `blobs/` except through `BlobWriter::commit`, and must not touch the index.
+//!
+//! Everything here is blocking file I/O; from async code use `spawn_blocking`.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use crate::digest::{Digest, Hasher};
+use crate::error::StorageError;
+use crate::layout::Layout;
+use crate::writer::{BlobWriter, Committed};
+
+/// Buffer size for hashing whole files in `verify`.
+const VERIFY_BUF: usize = 1 << 20;
+
+/// The blob directory of one data directory. Cheap to clone (a path).
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    layout: Layout,
+}
+
+/// One file found under `blobs/sha256` by `BlobStore::list`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DiskEntry {
+    /// A regular file at the path its name says: digest and size in bytes (not yet verified).
+    Blob(Digest, u64),
+    /// Anything else: a misnamed or misplaced file, a symlink, a nested directory.
+    Stray(PathBuf),
+}
+
+/// Result of hashing a blob file against its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobCheck {
+    Ok { size: u64 },
+    Missing,
+    Corrupt { actual: Digest, size: u64 },
+}
+
+impl BlobStore {
+    /// Creates `blobs/sha256` and `tmp/`, then deletes everything in `tmp/`: a fill left there
+    /// by an earlier process can never be completed. Only call this while holding the data
+    /// directory exclusively (`Storage::open` takes the index lock first), or a live fill of
+    /// another process would be swept away.
+    pub fn open(layout: Layout) -> Result<BlobStore, StorageError> {
+        for dir in [layout.blobs_dir(), layout.tmp_dir()] {
+            fs::create_dir_all(&dir).map_err(StorageError::io(format!(
+                "create directory {}",
+                dir.display()
+            )))?;
+        }
+        sweep(&layout.tmp_dir())?;
+        Ok(BlobStore { layout })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Starts a fill: a new temp file in `tmp/`.
+    pub fn writer(&self) -> Result<BlobWriter, StorageError> {
+        BlobWriter::create(self.layout.clone())
+    }
+
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.layout.blob_path(digest)
+    }
+
+    /// Whether a committed file exists for `digest` (not whether it is intact: see `verify`).
+    pub fn contains(&self, digest: &Digest) -> bool {
+        fs::symlink_metadata(self.path(digest)).is_ok_and(|m| m.is_file())
+    }
+
+    /// Opens the blob for reading; `NotFound` if absent.
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<File> {
+        File::open(self.path(digest))
+    }
+
+    /// The blob's size in bytes, or `None` if absent.
+    pub fn size(&self, digest: &Digest) -> io::Result<Option<u64>> {
+        match fs::metadata(self.path(digest)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the blob file; false if it was not there. Does not touch the index.
+    pub fn remove(&self, digest: &Digest) -> io::Result<bool> {
+        match fs::remove_file(self.path(digest)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a whole blob (a manifest, a .mod file) into memory; `None` if absent. A blob larger
+    /// than `max` bytes is an `InvalidData` error rather than a large allocation.
+    pub fn read_small(&self, digest: &Digest, max: u64) -> io::Result<Option<Vec<u8>>> {
+        let file = match self.open_blob(digest) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let too_large = |len: u64| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob {digest} is {len} bytes, more than the {max}-byte limit"),
+            )
+        };
+        let len = file.metadata()?.len();
+        if len > max {
+            return Err(too_large(len));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > max {
+            return Err(too_large(bytes.len() as u64));
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Stores `bytes` under `digest` (writer + commit); fails with `DigestMismatch` if they do
+    /// not hash to it. Blocking.
+    pub fn put_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<Committed, StorageError> {
+        let mut writer = self.writer()?;
+        writer.write_all(bytes).map_err(StorageError::io(format!(
+            "write temp file {}",
+            writer.temp_path().display()
+        )))?;
+        writer.commit(digest, Some(bytes.len() as u64))
+    }
+
+    /// Every file under `blobs/sha256`, sorted: blobs by digest, then strays by path. Files that
+    /// vanish while listing are skipped; other errors name the path.
+    pub fn list(&self) -> io::Result<Vec<DiskEntry>> {
+        let mut entries = Vec::new();
+        for fanout in read_dir_sorted(&self.layout.blobs_dir())? {
+            let Some(meta) = stat(&fanout)? else { continue };
+            if !meta.is_dir() {
+                entries.push(DiskEntry::Stray(fanout));
+                continue;
+            }
+            for path in read_dir_sorted(&fanout)? {
+                let Some(meta) = stat(&path)? else { continue };
+                match self.layout.digest_of_blob_path(&path) {
+                    Some(digest) if meta.is_file() => {
+                        entries.push(DiskEntry::Blob(digest, meta.len()))
+                    }
+                    _ => entries.push(DiskEntry::Stray(path)),
+                }
+            }
+        }
+        entries.sort();
+        Ok(entries)
+    }
+
+    /// Hashes the whole file and compares with its name. Errors name the path.
+    pub fn verify(&self, digest: &Digest) -> io::Result<BlobCheck> {
+        let path = self.path(digest);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BlobCheck::Missing),
+            Err(e) => return Err(naming(&path, e)),
+        };
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; VERIFY_BUF];
+        let mut size = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(naming(&path, e)),
+            };
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        let actual = hasher.finish();
+        Ok(if actual == *digest {
+            BlobCheck::Ok { size }
+        } else {
+            BlobCheck::Corrupt { actual, size }
+        })
+    }
+}
+
+/// Deletes every entry of `dir` (files and whole subdirectories).
+fn sweep(dir: &Path) -> Result<(), StorageError> {
+    let entries = read_dir_sorted(dir).map_err(StorageError::io(format!(
+        "list temp directory {}",
+        dir.display()
+    )))?;
+    for path in entries {
+        let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        let removed = if is_dir {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StorageError::Io {
+                    context: format!("remove stale temp file {}", path.display()),
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The entries of `dir`, sorted; errors name `dir`.
+fn read_dir_sorted(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    fs::read_dir(dir)
+        .and_then(|entries| {
+            let mut paths = entries
+                .map(|entry| entry.map(|e| e.path()))
+                .collect::<io::Result<Vec<_>>>()?;
+            paths.sort();
+            Ok(paths)
+        })
+        .map_err(|e| naming(dir, e))
+}
+
+/// `lstat`, with `None` for a path that no longer exists; errors name the path.
+fn stat(path: &Path) -> io::Result<Option<fs::Metadata>> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(naming(path, e)),
+    }
+}
+
+/// Puts `path` into an `io::Error`'s message, keeping its kind.
+fn naming(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,379 @@
+//! `Index`: the sled database of what wharf knows about its blobs and names. Owns the record
+//! encoding (one version byte, then JSON), decoded in one place (`decode_record`), and the trees:
+//!
+//! | tree       | key                         | value           |
+//! |------------|-----------------------------|-----------------|
+//! | `blobs`    | `sha256:<hex>`              | `BlobRecord`    |
+//! | `tags`     | upstream, repo, tag         | `TagRecord`     |
+//! | `taglists` | upstream, repo              | `TagListRecord` |
+//! | `meta`     | `format`                    | index format    |
+//!
+//! Composite keys come from `keys.rs`. A new key space (Go module versions, pins, access times) is
+//! one more `Space` field opened in `Index::open`, a record struct, and typed methods; nothing else
+//! changes. Must not touch blob files: blobs on disk are the source of truth and the index can be
+//! rebuilt from them (`fsck`). Every method blocks briefly on sled; none does file I/O of its own.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::StorageError;
+use crate::keys;
+
+/// Version byte in front of every record. Bump it (and teach `decode_record` the old one) when a
+/// record changes incompatibly.
+const RECORD_VERSION: u8 = 1;
+
+/// Layout of the trees themselves, stored under `meta/format`.
+const INDEX_FORMAT: u8 = 1;
+const FORMAT_KEY: &[u8] = b"format";
+
+/// A committed blob wharf knows about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRecord {
+    pub size: u64,
+    /// The media type it was served with (manifests), if known.
+    pub media_type: Option<String>,
+    pub created_unix: u64,
+}
+
+/// What a tag pointed at when last asked upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    pub learned_unix: u64,
+}
+
+/// A repository's tag list as last fetched upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagListRecord {
+    pub tags: Vec<String>,
+    pub fetched_unix: u64,
+}
+
+/// `(upstream, repo, tag)`, the key of a `TagRecord`.
+pub type TagKey = (String, String, String);
+
+/// `(upstream, repo)`, the key of a `TagListRecord`.
+pub type TagListKey = (String, String);
+
+/// Seconds since the Unix epoch (0 if the clock is before it), for record timestamps.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The sled index. Cheap to clone (handles to one database).
+#[derive(Clone, Debug)]
+pub struct Index {
+    db: sled::Db,
+    blobs: Space,
+    tags: Space,
+    taglists: Space,
+}
+
+impl Index {
+    /// Opens (or creates) the database at `path`. sled locks it: a second open of the same
+    /// directory, from this process or another, fails while the first is alive.
+    pub fn open(path: impl AsRef<Path>) -> Result<Index, StorageError> {
+        let db = sled::Config::new().path(path.as_ref()).open()?;
+        let meta = Space::open(&db, "meta")?;
+        match meta.tree.get(FORMAT_KEY)? {
+            None => {
+                meta.tree.insert(FORMAT_KEY, &[INDEX_FORMAT])?;
+            }
+            Some(v) if v.as_ref() == [INDEX_FORMAT] => {}
+            Some(v) => {
+                return Err(StorageError::CorruptRecord {
+                    key: meta.key_name(FORMAT_KEY),
+                    reason: format!(
+                        "index format {v:?} is not the one this build understands ({INDEX_FORMAT})"
+                    ),
+                });
+            }
+        }
+        Ok(Index {
+            blobs: Space::open(&db, "blobs")?,
+            tags: Space::open(&db, "tags")?,
+            taglists: Space::open(&db, "taglists")?,
+            db,
+        })
+    }
+
+    pub fn put_blob(&self, digest: &Digest, record: &BlobRecord) -> Result<(), StorageError> {
+        self.blobs.put(digest.as_str().as_bytes(), record)
+    }
+
+    pub fn get_blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, StorageError> {
+        self.blobs.get(digest.as_str().as_bytes())
+    }
+
+    /// Drops the record; false if there was none. The blob file is not touched.
+    pub fn remove_blob(&self, digest: &Digest) -> Result<bool, StorageError> {
+        self.blobs.remove(digest.as_str().as_bytes())
+    }
+
+    /// Every blob record, in digest order. A record that does not decode is an `Err` item naming
+    /// its key; iteration goes on past it. Does not borrow `self`.
+    pub fn blobs(
+        &self,
+    ) -> impl Iterator<Item = Result<(Digest, BlobRecord), StorageError>> + use<> {
+        self.blob_entries()
+            .map(|entry| entry.and_then(|entry| entry.decoded))
+    }
+
+    pub fn put_tag(
+        &self,
+        upstream: &str,
+        repo: &str,
+        tag: &str,
+        record: &TagRecord,
+    ) -> Result<(), StorageError> {
+        self.tags
+            .put(&keys::encode(&[upstream, repo, tag])?, record)
+    }
+
+    pub fn get_tag(
+        &self,
+        upstream: &str,
+        repo: &str,
+        tag: &str,
+    ) -> Result<Option<TagRecord>, StorageError> {
+        self.tags.get(&keys::encode(&[upstream, repo, tag])?)
+    }
+
+    pub fn remove_tag(&self, upstream: &str, repo: &str, tag: &str) -> Result<bool, StorageError> {
+        self.tags.remove(&keys::encode(&[upstream, repo, tag])?)
+    }
+
+    /// Every tag record, ordered by (upstream, repo, tag). Undecodable entries are `Err` items.
+    pub fn tags(&self) -> impl Iterator<Item = Result<(TagKey, TagRecord), StorageError>> + use<> {
+        self.tag_entries()
+            .map(|entry| entry.and_then(|entry| entry.decoded))
+    }
+
+    /// The tags recorded for one repository, ordered by tag.
+    pub fn tags_in_repo(
+        &self,
+        upstream: &str,
+        repo: &str,
+    ) -> Result<impl Iterator<Item = Result<(String, TagRecord), StorageError>> + use<>, StorageError>
+    {
+        let prefix = keys::prefix(&[upstream, repo])?;
+        let entries = self
+            .tags
+            .entries(self.tags.tree.scan_prefix(prefix), decode_tag_key);
+        Ok(entries.map(|entry| {
+            entry
+                .and_then(|entry| entry.decoded)
+                .map(|((_, _, tag), record)| (tag, record))
+        }))
+    }
+
+    pub fn put_tag_list(
+        &self,
+        upstream: &str,
+        repo: &str,
+        record: &TagListRecord,
+    ) -> Result<(), StorageError> {
+        self.taglists.put(&keys::encode(&[upstream, repo])?, record)
+    }
+
+    pub fn get_tag_list(
+        &self,
+        upstream: &str,
+        repo: &str,
+    ) -> Result<Option<TagListRecord>, StorageError> {
+        self.taglists.get(&keys::encode(&[upstream, repo])?)
+    }
+
+    pub fn remove_tag_list(&self, upstream: &str, repo: &str) -> Result<bool, StorageError> {
+        self.taglists.remove(&keys::encode(&[upstream, repo])?)
+    }
+
+    /// Writes everything to disk (sled otherwise flushes on a timer). Blocking.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// `flush` without blocking the async runtime.
+    pub async fn flush_async(&self) -> Result<(), StorageError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub(crate) fn blob_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<RawEntry<(Digest, BlobRecord)>, StorageError>> + use<> {
+        self.blobs.entries(self.blobs.tree.iter(), decode_blob_key)
+    }
+
+    pub(crate) fn tag_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<RawEntry<(TagKey, TagRecord)>, StorageError>> + use<> {
+        self.tags.entries(self.tags.tree.iter(), decode_tag_key)
+    }
+
+    pub(crate) fn tag_list_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<RawEntry<(TagListKey, TagListRecord)>, StorageError>> + use<>
+    {
+        self.taglists.entries(self.taglists.tree.iter(), |key| {
+            keys::decode::<2>(key).map(|[upstream, repo]| (upstream, repo))
+        })
+    }
+}
+
+fn decode_blob_key(key: &[u8]) -> Result<Digest, String> {
+    let text = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_owned())?;
+    Digest::parse(text).map_err(|e| e.to_string())
+}
+
+fn decode_tag_key(key: &[u8]) -> Result<TagKey, keys::KeyError> {
+    keys::decode::<3>(key).map(|[upstream, repo, tag]| (upstream, repo, tag))
+}
+
+/// One stored entry, with the raw key kept so a caller (fsck) can delete an undecodable one.
+pub(crate) struct RawEntry<T> {
+    pub key: sled::IVec,
+    pub key_name: String,
+    pub decoded: Result<T, StorageError>,
+    tree: sled::Tree,
+}
+
+impl<T> RawEntry<T> {
+    pub fn remove(&self) -> Result<(), StorageError> {
+        self.tree.remove(&self.key)?;
+        Ok(())
+    }
+}
+
+/// One sled tree with its name, for messages. All record encoding and decoding goes through here.
+#[derive(Clone, Debug)]
+struct Space {
+    name: &'static str,
+    tree: sled::Tree,
+}
+
+impl Space {
+    fn open(db: &sled::Db, name: &'static str) -> Result<Space, StorageError> {
+        Ok(Space {
+            name,
+            tree: db.open_tree(name)?,
+        })
+    }
+
+    /// `tree:"key"`, with NUL separators shown as `\0`.
+    fn key_name(&self, key: &[u8]) -> String {
+        format!("{}:{:?}", self.name, String::from_utf8_lossy(key))
+    }
+
+    fn put<T: Serialize>(&self, key: &[u8], record: &T) -> Result<(), StorageError> {
+        let value = encode_record(record).map_err(|reason| StorageError::CorruptRecord {
+            key: self.key_name(key),
+            reason,
+        })?;
+        self.tree.insert(key, value)?;
+        Ok(())
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        self.tree
+            .get(key)?
+            .map(|value| self.decode(key, &value))
+            .transpose()
+    }
+
+    fn remove(&self, key: &[u8]) -> Result<bool, StorageError> {
+        Ok(self.tree.remove(key)?.is_some())
+    }
+
+    fn decode<T: DeserializeOwned>(&self, key: &[u8], value: &[u8]) -> Result<T, StorageError> {
+        decode_record(value).map_err(|reason| StorageError::CorruptRecord {
+            key: self.key_name(key),
+            reason,
+        })
+    }
+
+    /// Decodes key and value of every item of `iter` (an iterator over this tree).
+    fn entries<K, V, E>(
+        &self,
+        iter: sled::Iter,
+        decode_key: fn(&[u8]) -> Result<K, E>,
+    ) -> impl Iterator<Item = Result<RawEntry<(K, V)>, StorageError>> + use<K, V, E>
+    where
+        V: DeserializeOwned,
+        E: ToString,
+    {
+        let space = self.clone();
+        iter.map(move |item| {
+            let (key, value) = item?;
+            let key_name = space.key_name(&key);
+            let decoded = match decode_key(&key) {
+                Ok(k) => space.decode(&key, &value).map(|v| (k, v)),
+                Err(e) => Err(StorageError::CorruptRecord {
+                    key: key_name.clone(),
+                    reason: format!("bad key: {}", e.to_string()),
+                }),
+            };
+            Ok(RawEntry {
+                key,
+                key_name,
+                decoded,
+                tree: space.tree.clone(),
+            })
+        })
+    }
+}
+
+/// The one encoder of index records: version byte, then JSON.
+fn encode_record<T: Serialize>(record: &T) -> Result<Vec<u8>, String> {
+    let mut value = vec![RECORD_VERSION];
+    serde_json::to_writer(&mut value, record).map_err(|e| format!("cannot encode: {e}"))?;
+    Ok(value)
+}
+
+/// The one decoder of index records. Errors are the reason, for `CorruptRecord`.
+fn decode_record<T: DeserializeOwned>(value: &[u8]) -> Result<T, String> {
+    match value.split_first() {
+        None => Err("empty value".to_owned()),
+        Some((&RECORD_VERSION, json)) => {
+            serde_json::from_slice(json).map_err(|e| format!("bad version-1 JSON: {e}"))
+        }
+        Some((version, _)) => Err(format!(
+            "unknown record version {version} (this build reads version {RECORD_VERSION})"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_encode_as_version_byte_then_json() {
+        let record = TagListRecord {
+            tags: vec!["latest".into()],
+            fetched_unix: 7,
+        };
+        let bytes = encode_record(&record).unwrap();
+        assert_eq!(bytes[0], 1);
+        assert_eq!(&bytes[1..], br#"{"tags":["latest"],"fetched_unix":7}"#);
+        assert_eq!(decode_record::<TagListRecord>(&bytes).unwrap(), record);
+    }
+
+    #[test]
+    fn undecodable_records_give_a_reason() {
+        let unknown = decode_record::<BlobRecord>(b"\x02{}").unwrap_err();
+        assert!(unknown.contains("unknown record version 2"), "{unknown}");
+        let bad_json = decode_record::<BlobRecord>(b"\x01{not json").unwrap_err();
+        assert!(bad_json.contains("JSON"), "{bad_json}");
+        assert_eq!(decode_record::<BlobRecord>(b"").unwrap_err(), "empty value");
+    }
+}

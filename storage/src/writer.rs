@@ -1,0 +1,231 @@
+//! `BlobWriter`: the only way into `blobs/`. Bytes go to a temp file in `tmp/` and are hashed and
+//! counted as they are written; `commit` checks digest and size, then makes the blob durable and
+//! visible with one rename. Dropping the writer without committing deletes the temp file. Must not
+//! re-read what it wrote to hash it, and must not touch the index (callers index after commit).
+//!
+//! All methods do blocking file I/O; `commit` also fsyncs. From async code call them through
+//! `tokio::task::spawn_blocking` (or `block_in_place`).
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::digest::{Digest, Hasher};
+use crate::error::StorageError;
+use crate::layout::Layout;
+
+/// Mode of committed blobs: nobody, not even wharf, writes a blob after commit.
+const BLOB_MODE: u32 = 0o444;
+
+/// A blob that is now in `blobs/` under its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub digest: Digest,
+    pub size: u64,
+    pub path: PathBuf,
+}
+
+/// A fill in progress: a temp file being written, hashed and counted.
+pub struct BlobWriter {
+    layout: Layout,
+    temp_path: PathBuf,
+    file: Arc<File>,
+    hasher: Hasher,
+    written: u64,
+    /// Set once the temp file is gone (renamed, or removed); Drop then has nothing to do.
+    finished: bool,
+}
+
+impl BlobWriter {
+    /// Creates a new temp file under `layout.tmp_dir()`. Called by `BlobStore::writer`.
+    pub(crate) fn create(layout: Layout) -> Result<BlobWriter, StorageError> {
+        let temp_path = layout.new_temp_path();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp_path)
+            .map_err(StorageError::io(format!(
+                "create temp file {}",
+                temp_path.display()
+            )))?;
+        Ok(BlobWriter {
+            layout,
+            temp_path,
+            file: Arc::new(file),
+            hasher: Hasher::new(),
+            written: 0,
+            finished: false,
+        })
+    }
+
+    /// Appends `buf`. Writes are positional (`pwrite` at `written()`), so readers sharing
+    /// `file()` may use `read_at` freely. Only bytes that reached the file are hashed and counted,
+    /// so after an error the writer still describes the file exactly (callers normally abort).
+    pub fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.file.write_at(buf, self.written) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.hasher.update(&buf[..n]);
+                    self.written += n as u64;
+                    buf = &buf[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far; readers of `file()` may read this many.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// A shared handle to the growing file, for concurrent readers. Read it only with positional
+    /// reads (`FileExt::read_at`); it stays valid after commit (same inode, now under `blobs/`)
+    /// and after abort (the inode lives until the last handle closes).
+    pub fn file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    /// Where the temp file is, for log lines.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp_path
+    }
+
+    /// Verifies and publishes the blob. Blocking (fsync), so call it from `spawn_blocking`.
+    ///
+    /// 1. Size (if given) and digest must match, else the temp file is removed and the mismatch
+    ///    returned; nothing reaches `blobs/`.
+    /// 2. The file is made read-only and fsynced.
+    /// 3. If `blob_path` already holds a file of the same size (a concurrent fill of the same
+    ///    digest won), that file is kept and the temp file dropped. A file of another size there is
+    ///    damaged and is replaced.
+    /// 4. Otherwise rename into place, then fsync the fan-out directory, and `blobs/sha256` too
+    ///    if the fan-out directory was just created, so the name survives a crash.
+    pub fn commit(
+        mut self,
+        expected: &Digest,
+        expected_size: Option<u64>,
+    ) -> Result<Committed, StorageError> {
+        let actual = std::mem::take(&mut self.hasher).finish();
+        let size = self.written;
+        if let Some(expected_size) = expected_size.filter(|&n| n != size) {
+            self.discard();
+            return Err(StorageError::SizeMismatch {
+                expected: expected_size,
+                actual: size,
+            });
+        }
+        if actual != *expected {
+            self.discard();
+            return Err(StorageError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+
+        let temp = self.temp_path.display().to_string();
+        self.file
+            .set_permissions(Permissions::from_mode(BLOB_MODE))
+            .map_err(StorageError::io(format!("make {temp} read-only")))?;
+        self.file
+            .sync_all()
+            .map_err(StorageError::io(format!("fsync {temp}")))?;
+
+        let path = self.layout.blob_path(expected);
+        let fanout = self.layout.fanout_dir(expected);
+        let fanout_created = create_dir_if_missing(&fanout)?;
+
+        match fs::symlink_metadata(&path) {
+            Ok(existing) if existing.is_file() && existing.len() == size => {
+                self.discard();
+                return Ok(Committed {
+                    digest: actual,
+                    size,
+                    path,
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StorageError::Io {
+                    context: format!("stat {}", path.display()),
+                    source: e,
+                });
+            }
+        }
+
+        fs::rename(&self.temp_path, &path).map_err(StorageError::io(format!(
+            "rename {temp} to {}",
+            path.display()
+        )))?;
+        self.finished = true;
+        sync_dir(&fanout)?;
+        if fanout_created {
+            sync_dir(&self.layout.blobs_dir())?;
+        }
+        Ok(Committed {
+            digest: actual,
+            size,
+            path,
+        })
+    }
+
+    /// Gives up on this fill and deletes the temp file (same as dropping the writer).
+    pub fn abort(self) {}
+
+    fn discard(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            // Best effort: a leftover temp file is swept at the next start.
+            let _ = fs::remove_file(&self.temp_path);
+        }
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+impl fmt::Debug for BlobWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobWriter")
+            .field("temp_path", &self.temp_path)
+            .field("written", &self.written)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates `dir` (its parent must exist); true if this call created it. When two fills race to
+/// create the same fan-out directory, the creator fsyncs the parent; the other may return first.
+/// That window exists once per fan-out directory, and a blob lost in it shows up in fsck as missing.
+fn create_dir_if_missing(dir: &Path) -> Result<bool, StorageError> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(StorageError::Io {
+            context: format!("create directory {}", dir.display()),
+            source: e,
+        }),
+    }
+}
+
+/// fsync a directory so renames and creations in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io(format!(
+            "fsync directory {}",
+            dir.display()
+        )))
+}

@@ -1,0 +1,556 @@
+//! Test harness: a fake upstream registry on port 0 that counts requests and can be told to
+//! misbehave (fail, truncate, corrupt, be slow, demand tokens, redirect), and wharf itself,
+//! in-process on port 0.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, header};
+use sha2::{Digest as _, Sha256};
+
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes_of(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum BlobMode {
+    #[default]
+    Normal,
+    /// Send this many bytes, then end the body early (Content-Length still the full size).
+    Truncate(usize),
+    /// Same length, one byte flipped.
+    Corrupt,
+    /// Sleep between 64 KiB chunks.
+    Slow(Duration),
+    /// 307 to this base URL (the path is kept).
+    Redirect(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub authorization: Option<String>,
+}
+
+/// A stored manifest: body and media type.
+pub type Stored = (Vec<u8>, String);
+
+#[derive(Default)]
+pub struct FakeState {
+    /// (repo, reference) -> (body, media type); references are tags and digests.
+    pub manifests: Mutex<HashMap<(String, String), Stored>>,
+    pub blobs: Mutex<HashMap<String, Vec<u8>>>,
+    pub tags: Mutex<HashMap<String, Vec<String>>>,
+    pub seen: Mutex<Vec<Seen>>,
+    pub blob_mode: Mutex<BlobMode>,
+    /// Answer every /v2 request with this status.
+    pub fail_with: Mutex<Option<u16>>,
+    /// Demand `Authorization: Bearer good-token` on /v2 requests.
+    pub require_token: Mutex<bool>,
+    /// Token realm to advertise (default: this server's /token).
+    pub realm: Mutex<Option<String>>,
+    /// Omit Docker-Content-Digest from manifest HEAD answers.
+    pub omit_digest_header: Mutex<bool>,
+    /// Override the Content-Type served with manifests.
+    pub manifest_content_type: Mutex<Option<String>>,
+    pub token_requests: AtomicUsize,
+    pub connections: AtomicUsize,
+}
+
+pub struct FakeRegistry {
+    pub addr: SocketAddr,
+    pub state: Arc<FakeState>,
+    task: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        // Stop accepting and cut every open connection: the upstream is gone.
+        self.task.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl FakeRegistry {
+    pub async fn start() -> FakeRegistry {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(addr: &str) -> FakeRegistry {
+        let state = Arc::new(FakeState::default());
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .fallback(fake_handler)
+            .with_state(state.clone());
+        let st = state.clone();
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let conns2 = conns.clone();
+        let task = tokio::spawn(async move {
+            // Count TCP connections, so tests can prove nothing connected.
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                st.connections.fetch_add(1, Ordering::SeqCst);
+                let svc = app.clone();
+                let handle = tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let svc = hyper_util::service::TowerToHyperService::new(svc);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, svc)
+                    .await;
+                });
+                conns2.lock().unwrap().push(handle);
+            }
+        });
+        FakeRegistry {
+            addr,
+            state,
+            task,
+            conns,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Adds a manifest under its digest and (optionally) a tag; returns the digest.
+    pub fn put_manifest(&self, repo: &str, tag: Option<&str>, body: &[u8], media: &str) -> String {
+        let d = sha256(body);
+        let mut m = self.state.manifests.lock().unwrap();
+        m.insert((repo.into(), d.clone()), (body.to_vec(), media.into()));
+        if let Some(t) = tag {
+            m.insert((repo.into(), t.into()), (body.to_vec(), media.into()));
+            self.state
+                .tags
+                .lock()
+                .unwrap()
+                .entry(repo.into())
+                .or_default()
+                .push(t.into());
+        }
+        d
+    }
+
+    pub fn put_blob(&self, body: &[u8]) -> String {
+        let d = sha256(body);
+        self.state
+            .blobs
+            .lock()
+            .unwrap()
+            .insert(d.clone(), body.to_vec());
+        d
+    }
+
+    /// A minimal image: config + layers; returns (manifest digest, manifest body).
+    pub fn put_image(&self, repo: &str, tag: &str, layers: &[Vec<u8>]) -> (String, Vec<u8>) {
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let cd = self.put_blob(config);
+        let layer_json: Vec<String> = layers
+            .iter()
+            .map(|l| {
+                let d = self.put_blob(l);
+                format!(
+                    r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{}}}"#,
+                    l.len()
+                )
+            })
+            .collect();
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{}]}}"#,
+            config.len(),
+            layer_json.join(",")
+        );
+        let d = self.put_manifest(
+            repo,
+            Some(tag),
+            body.as_bytes(),
+            "application/vnd.oci.image.manifest.v1+json",
+        );
+        (d, body.into_bytes())
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Requests whose method and path match.
+    pub fn count(&self, method: &str, path_contains: &str) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.method.as_str() == method && s.path.contains(path_contains))
+            .count()
+    }
+
+    pub fn total(&self) -> usize {
+        self.state.seen.lock().unwrap().len()
+    }
+
+    pub fn set_blob_mode(&self, m: BlobMode) {
+        *self.state.blob_mode.lock().unwrap() = m;
+    }
+
+    pub fn fail_with(&self, status: Option<u16>) {
+        *self.state.fail_with.lock().unwrap() = status;
+    }
+}
+
+async fn fake_handler(State(st): State<Arc<FakeState>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let headers: HeaderMap = req.headers().clone();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    st.seen.lock().unwrap().push(Seen {
+        method: method.clone(),
+        path: if query.is_empty() {
+            path.clone()
+        } else {
+            format!("{path}?{query}")
+        },
+        authorization: authorization.clone(),
+    });
+    if path == "/token" {
+        st.token_requests.fetch_add(1, Ordering::SeqCst);
+        return (
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"token":"good-token","expires_in":300}"#,
+        )
+            .into_response();
+    }
+    if let Some(code) = *st.fail_with.lock().unwrap() {
+        let mut r = (StatusCode::from_u16(code).unwrap(), "upstream says no").into_response();
+        if code == 429 {
+            r.headers_mut().insert("retry-after", "60".parse().unwrap());
+        }
+        return r;
+    }
+    if *st.require_token.lock().unwrap() && authorization.as_deref() != Some("Bearer good-token") {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let realm = st
+            .realm
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| format!("http://{host}/token"));
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                format!(r#"Bearer realm="{realm}",service="fake",scope="repository:x:pull""#),
+            )],
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"auth"}]}"#,
+        )
+            .into_response();
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if rest.is_empty() {
+        return "{}".into_response();
+    }
+    if let Some((repo, reference)) = rest.rsplit_once("/manifests/") {
+        let found = st
+            .manifests
+            .lock()
+            .unwrap()
+            .get(&(repo.to_string(), reference.to_string()))
+            .cloned();
+        let Some((body, media)) = found else {
+            return (
+                StatusCode::NOT_FOUND,
+                r#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#,
+            )
+                .into_response();
+        };
+        let media = st
+            .manifest_content_type
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or(media);
+        let mut resp = if method == Method::HEAD {
+            Response::new(Body::empty())
+        } else {
+            Response::new(Body::from(body.clone()))
+        };
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, media.parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, body.len().into());
+        if !*st.omit_digest_header.lock().unwrap() {
+            h.insert("docker-content-digest", sha256(&body).parse().unwrap());
+        }
+        return resp;
+    }
+    if let Some((_repo, digest)) = rest.rsplit_once("/blobs/") {
+        let Some(body) = st.blobs.lock().unwrap().get(digest).cloned() else {
+            return (
+                StatusCode::NOT_FOUND,
+                r#"{"errors":[{"code":"BLOB_UNKNOWN"}]}"#,
+            )
+                .into_response();
+        };
+        let mode = st.blob_mode.lock().unwrap().clone();
+        let len = body.len();
+        let body_out: Body = match mode {
+            BlobMode::Redirect(base) => {
+                return (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(header::LOCATION, format!("{base}{path}?sig=secret"))],
+                )
+                    .into_response();
+            }
+            _ if method == Method::HEAD => Body::empty(),
+            BlobMode::Normal => Body::from(body),
+            BlobMode::Corrupt => {
+                let mut b = body;
+                let mid = b.len() / 2;
+                b[mid] ^= 0xff;
+                Body::from(b)
+            }
+            BlobMode::Truncate(n) => {
+                let part = Bytes::from(body[..n.min(len)].to_vec());
+                // Let the headers and the first part go out, then cut the body.
+                let s = futures_util::stream::unfold(0u8, move |step| {
+                    let part = part.clone();
+                    async move {
+                        match step {
+                            0 => Some((Ok::<_, std::io::Error>(part), 1)),
+                            1 => {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                Some((Err(std::io::Error::other("cut")), 2))
+                            }
+                            _ => None,
+                        }
+                    }
+                });
+                Body::from_stream(s)
+            }
+            BlobMode::Slow(delay) => {
+                let chunks: Vec<Bytes> =
+                    body.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
+                let s =
+                    futures_util::stream::unfold(chunks.into_iter(), move |mut it| async move {
+                        let c = it.next()?;
+                        tokio::time::sleep(delay).await;
+                        Some((Ok::<_, std::io::Error>(c), it))
+                    });
+                Body::from_stream(s)
+            }
+        };
+        let mut resp = Response::new(body_out);
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, len.into());
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            "application/octet-stream".parse().unwrap(),
+        );
+        return resp;
+    }
+    if let Some(repo) = rest.strip_suffix("/tags/list") {
+        let Some(mut tags) = st.tags.lock().unwrap().get(repo).cloned() else {
+            return (
+                StatusCode::NOT_FOUND,
+                r#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#,
+            )
+                .into_response();
+        };
+        tags.sort();
+        let mut n = None;
+        let mut last = None;
+        for p in query.split('&') {
+            if let Some(v) = p.strip_prefix("n=") {
+                n = v.parse::<usize>().ok();
+            }
+            if let Some(v) = p.strip_prefix("last=") {
+                last = Some(v.to_string());
+            }
+        }
+        if let Some(l) = &last {
+            tags.retain(|t| t > l);
+        }
+        let mut more = false;
+        if let Some(n) = n
+            && tags.len() > n
+        {
+            tags.truncate(n);
+            more = true;
+        }
+        let body = serde_json::json!({"name": repo, "tags": tags}).to_string();
+        let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+        if more {
+            resp.headers_mut().insert(
+                header::LINK,
+                format!(
+                    "</v2/{repo}/tags/list?n={}&last={}>; rel=\"next\"",
+                    n.unwrap(),
+                    tags.last().unwrap()
+                )
+                .parse()
+                .unwrap(),
+            );
+        }
+        return resp;
+    }
+    StatusCode::NOT_FOUND.into_response()
+}
+
+/// The standard test config: one upstream `fake.test`, egress open to 127.0.0.1 only.
+pub fn config_toml(upstream_url: &str, data_dir: &Path, registry_keys: &str) -> String {
+    format!(
+        r#"data_dir = "{}"
+[registry]
+default_upstream = "fake.test"
+{registry_keys}
+[[registry.upstream]]
+name = "fake.test"
+url = "{upstream_url}"
+[egress]
+allow = ["127.0.0.1"]
+connect_timeout = "2s"
+read_timeout = "5s"
+"#,
+        data_dir.display()
+    )
+}
+
+/// wharf running in-process on port 0.
+pub struct Wharf {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Wharf {
+    /// Starts wharf with `fake.test` (at `upstream_url`) as the default upstream, egress open
+    /// to 127.0.0.1; `registry_keys` are extra `[registry]` keys such as `tag_ttl = "0s"`.
+    pub async fn start(upstream_url: &str, data_dir: &Path, registry_keys: &str) -> Wharf {
+        Self::start_with_config(
+            &config_toml(upstream_url, data_dir, registry_keys),
+            data_dir,
+        )
+        .await
+    }
+
+    pub async fn start_with_config(toml: &str, data_dir: &Path) -> Wharf {
+        let config = wharf::config::Config::from_toml_str(toml)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{toml}"));
+        let state = wharf::AppState::new(config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(wharf::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Wharf {
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+impl Drop for Wharf {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Files under `dir` (recursively), for "nothing was written" checks.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Sends a raw request line (no client-side path normalisation); returns status and body.
+pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: wharf\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// Reads a JSON error envelope's first code.
+pub async fn error_code(resp: reqwest::Response) -> String {
+    let v: serde_json::Value = resp.json().await.expect("error body is JSON");
+    v["errors"][0]["code"].as_str().unwrap_or("").to_string()
+}

@@ -1,0 +1,742 @@
+//! Black-box tests of the registry mirror over real sockets, against a fake upstream on port 0.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+async fn setup(registry_keys: &str) -> (FakeRegistry, Wharf, tempfile::TempDir) {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::start(&up.url(), dir.path(), registry_keys).await;
+    (up, w, dir)
+}
+
+#[tokio::test]
+async fn base_endpoint_answers_with_the_api_version_header() {
+    let (_up, w, _d) = setup("").await;
+    let r = client().get(w.url("/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
+}
+
+#[tokio::test]
+async fn manifest_by_tag_is_fetched_once_then_served_from_cache() {
+    let (up, w, _d) = setup("tag_ttl = \"1h\"").await;
+    let (digest, body) = up.put_image("team/app", "v1", &[bytes_of(1000, 1)]);
+    let c = client();
+    let r = c
+        .get(w.url("/v2/team/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
+    assert_eq!(
+        r.headers()["content-length"],
+        body.len().to_string().as_str()
+    );
+    assert_eq!(r.bytes().await.unwrap(), body);
+    let before = up.total();
+    let r = c
+        .get(w.url("/v2/team/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(r.bytes().await.unwrap(), body);
+    assert_eq!(up.total(), before, "a fresh tag must not go upstream");
+}
+
+#[tokio::test]
+async fn expired_tag_is_revalidated_with_head_and_content_is_not_refetched() {
+    let (up, w, _d) = setup("tag_ttl = \"0s\"").await;
+    let (digest, _) = up.put_image("team/app", "v1", &[bytes_of(10, 1)]);
+    let c = client();
+    c.get(w.url("/v2/team/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.count("GET", "/manifests/"), 1);
+    let r = c
+        .get(w.url("/v2/team/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(
+        up.count("HEAD", "/manifests/v1"),
+        2,
+        "each expired lookup is a HEAD"
+    );
+    assert_eq!(
+        up.count("GET", "/manifests/"),
+        1,
+        "known digest is not fetched again"
+    );
+    // The tag moves upstream: the next lookup follows it.
+    let (digest2, _) = up.put_image("team/app", "v1", &[bytes_of(10, 2)]);
+    assert_ne!(digest, digest2);
+    let r = c
+        .get(w.url("/v2/team/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["docker-content-digest"], digest2.as_str());
+}
+
+#[tokio::test]
+async fn manifest_head_has_every_header_and_no_body() {
+    let (up, w, _d) = setup("").await;
+    let (digest, body) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    let r = client()
+        .head(w.url(&format!("/v2/app/manifests/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    assert_eq!(
+        r.headers()["content-length"],
+        body.len().to_string().as_str()
+    );
+    assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
+    assert!(r.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn manifest_without_digest_header_is_hashed_on_arrival() {
+    let (up, w, _d) = setup("").await;
+    *up.state.omit_digest_header.lock().unwrap() = true;
+    let (digest, _) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    let r = client()
+        .get(w.url("/v2/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+}
+
+#[tokio::test]
+async fn blobs_are_served_whole_and_by_range() {
+    let (up, w, _d) = setup("").await;
+    let data = bytes_of(300_000, 7);
+    let d = up.put_blob(&data);
+    let c = client();
+    let url = w.url(&format!("/v2/app/blobs/{d}"));
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    assert_eq!(r.headers()["docker-content-digest"], d.as_str());
+    assert_eq!(r.bytes().await.unwrap(), data);
+    let r = c
+        .get(&url)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 100-199/300000");
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(r.bytes().await.unwrap(), &data[100..200]);
+    let r = c
+        .get(&url)
+        .header("range", "bytes=-10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), &data[data.len() - 10..]);
+    let r = c
+        .get(&url)
+        .header("range", "bytes=300000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(r.headers()["content-range"], "bytes */300000");
+    assert_eq!(error_code(r).await, "RANGE_INVALID");
+    let r = c.head(&url).send().await.unwrap();
+    assert_eq!(r.headers()["content-length"], "300000");
+    assert_eq!(up.count("GET", "/blobs/"), 1);
+}
+
+#[tokio::test]
+async fn range_on_a_cold_blob_is_served_from_the_fill() {
+    let (up, w, _d) = setup("").await;
+    let data = bytes_of(1_000_000, 3);
+    let d = up.put_blob(&data);
+    let r = client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .header("range", "bytes=500000-500099")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), &data[500_000..500_100]);
+}
+
+#[tokio::test]
+async fn unknown_blob_and_manifest_are_404_with_spec_codes() {
+    let (_up, w, _d) = setup("").await;
+    let c = client();
+    let missing = sha256(b"nope");
+    let r = c
+        .get(w.url(&format!("/v2/app/blobs/{missing}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
+    let r = c.get(w.url("/v2/app/manifests/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+}
+
+#[tokio::test]
+async fn tags_list_paginates_and_falls_back_to_the_cached_list() {
+    let (up, w, _d) = setup("").await;
+    for t in ["b", "a", "c"] {
+        up.put_image("app", t, &[bytes_of(5, 1)]);
+    }
+    let c = client();
+    let r = c.get(w.url("/v2/app/tags/list")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["a", "b", "c"]));
+    let r = c.get(w.url("/v2/app/tags/list?n=2")).send().await.unwrap();
+    let link = r.headers()["link"].to_str().unwrap().to_string();
+    assert!(link.starts_with("</v2/app/tags/list?n=2&last=b>"), "{link}");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["a", "b"]));
+    up.fail_with(Some(503));
+    let r = c
+        .get(w.url("/v2/app/tags/list?n=1&last=a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "STALE");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["b"]));
+    let r = c.get(w.url("/v2/other/tags/list")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(error_code(r).await, "UNAVAILABLE");
+}
+
+#[tokio::test]
+async fn token_challenge_is_answered_and_the_token_reused() {
+    let (up, w, _d) = setup("tag_ttl = \"0s\"").await;
+    *up.state.require_token.lock().unwrap() = true;
+    up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    let c = client();
+    for _ in 0..3 {
+        let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        up.state
+            .token_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[tokio::test]
+async fn token_realm_on_a_refused_host_gets_no_request() {
+    let (up, w, _d) = setup("").await;
+    let planted = FakeRegistry::start().await;
+    *up.state.require_token.lock().unwrap() = true;
+    *up.state.realm.lock().unwrap() =
+        Some(format!("http://localhost:{}/token", planted.addr.port()));
+    up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    let r = client()
+        .get(w.url("/v2/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("localhost") && body.contains("egress.allow"),
+        "{body}"
+    );
+    assert_eq!(
+        planted
+            .state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test]
+async fn rate_limited_or_failing_upstream_serves_the_last_known_tag_as_stale() {
+    let (up, w, _d) = setup("tag_ttl = \"0s\"").await;
+    let (digest, body) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    let c = client();
+    c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+    for code in [429, 500, 503] {
+        up.fail_with(Some(code));
+        let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "upstream {code}");
+        assert_eq!(r.headers()["x-cache"], "STALE");
+        assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+        assert_eq!(r.bytes().await.unwrap(), body);
+    }
+    up.fail_with(Some(429));
+    let r = c
+        .get(w.url("/v2/app/manifests/uncached"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(error_code(r).await, "TOOMANYREQUESTS");
+    up.fail_with(Some(500));
+    let r = c
+        .get(w.url("/v2/app/manifests/uncached"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("UNAVAILABLE") && text.contains("fake.test"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_upstream_serves_stale_tags() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (digest, _) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    let url = up.url();
+    let w = Wharf::start(&url, dir.path(), "tag_ttl = \"0s\"").await;
+    let c = client();
+    assert_eq!(
+        c.get(w.url("/v2/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    drop(up);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "STALE");
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+}
+
+#[tokio::test]
+async fn blob_redirect_to_an_allowed_host_is_followed_without_credentials() {
+    let up = FakeRegistry::start().await;
+    let cdn = FakeRegistry::start().await;
+    let data = bytes_of(50_000, 9);
+    let d = up.put_blob(&data);
+    cdn.put_blob(&data);
+    *up.state.require_token.lock().unwrap() = true;
+    up.set_blob_mode(BlobMode::Redirect(format!(
+        "http://localhost:{}",
+        cdn.addr.port()
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = config_toml(&up.url(), dir.path(), "");
+    toml = toml.replace(
+        "allow = [\"127.0.0.1\"]",
+        "allow = [\"127.0.0.1\", \"localhost\"]",
+    );
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let r = client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), data);
+    let cdn_seen = cdn.seen();
+    assert_eq!(cdn_seen.len(), 1);
+    assert_eq!(
+        cdn_seen[0].authorization, None,
+        "Authorization must not cross hosts"
+    );
+    assert!(
+        up.seen()
+            .iter()
+            .any(|s| s.authorization.as_deref() == Some("Bearer good-token"))
+    );
+}
+
+#[tokio::test]
+async fn blob_redirect_to_a_refused_host_fails_before_connecting() {
+    let (up, w, _d) = setup("").await;
+    let planted = FakeRegistry::start().await;
+    let data = bytes_of(5_000, 9);
+    let d = up.put_blob(&data);
+    planted.put_blob(&data);
+    up.set_blob_mode(BlobMode::Redirect(format!(
+        "http://localhost:{}",
+        planted.addr.port()
+    )));
+    let r = client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("localhost") && body.contains("egress.allow"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("secret"),
+        "signed query must not leak: {body}"
+    );
+    assert_eq!(
+        planted
+            .state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert!(
+        !w.data_dir
+            .join("blobs/sha256")
+            .join(&d[7..9])
+            .join(&d[7..])
+            .exists()
+    );
+}
+
+#[tokio::test]
+async fn blob_with_wrong_digest_is_never_cached() {
+    let (up, w, dir) = setup("").await;
+    let data = bytes_of(2_000_000, 5);
+    let d = up.put_blob(&data);
+    up.set_blob_mode(BlobMode::Corrupt);
+    let c = client();
+    let url = w.url(&format!("/v2/app/blobs/{d}"));
+    for _ in 0..2 {
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "headers go out before the digest is known");
+        assert!(
+            r.bytes().await.is_err(),
+            "the body must be aborted, never completed"
+        );
+    }
+    assert_eq!(
+        up.count("GET", "/blobs/"),
+        2,
+        "a failed fill is not remembered as content"
+    );
+    let blobs: Vec<_> = files_under(&dir.path().join("blobs"));
+    assert!(blobs.is_empty(), "nothing stored: {blobs:?}");
+    assert!(files_under(&dir.path().join("tmp")).is_empty());
+    // Upstream heals: the right bytes arrive and are cached.
+    up.set_blob_mode(BlobMode::Normal);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap(), data);
+    assert_eq!(
+        c.get(&url).send().await.unwrap().headers()["x-cache"],
+        "HIT"
+    );
+}
+
+#[tokio::test]
+async fn truncated_upstream_aborts_the_client_and_stores_nothing() {
+    let (up, w, dir) = setup("").await;
+    let data = bytes_of(1_000_000, 6);
+    let d = up.put_blob(&data);
+    up.set_blob_mode(BlobMode::Truncate(400_000));
+    let r = client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "headers go out as soon as upstream's arrive"
+    );
+    let got = r.bytes().await;
+    assert!(
+        got.is_err(),
+        "body completed with {:?} bytes",
+        got.map(|b| b.len())
+    );
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(files_under(&dir.path().join("tmp")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_concurrent_gets_of_a_cold_blob_cost_one_upstream_fetch() {
+    let (up, w, _d) = setup("").await;
+    let data = bytes_of(8 << 20, 11);
+    let d = up.put_blob(&data);
+    up.set_blob_mode(BlobMode::Slow(Duration::from_millis(2)));
+    let url = w.url(&format!("/v2/app/blobs/{d}"));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (c, url) = (client(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = c.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(
+                r.headers()["content-length"],
+                (8 << 20).to_string().as_str()
+            );
+            r.bytes().await.unwrap()
+        }));
+    }
+    for t in tasks {
+        let body = t.await.unwrap();
+        assert_eq!(sha256(&body), d, "every body is the verified blob");
+    }
+    assert_eq!(up.count("GET", "/blobs/"), 1, "exactly one upstream GET");
+}
+
+#[tokio::test]
+async fn a_fill_finishes_after_its_client_goes_away() {
+    let (up, w, dir) = setup("").await;
+    let data = bytes_of(2 << 20, 12);
+    let d = up.put_blob(&data);
+    up.set_blob_mode(BlobMode::Slow(Duration::from_millis(5)));
+    let r = client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(r);
+    let path = dir.path().join("blobs/sha256").join(&d[7..9]).join(&d[7..]);
+    for _ in 0..200 {
+        if path.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    assert_eq!(up.count("GET", "/blobs/"), 1);
+}
+
+#[tokio::test]
+async fn push_and_delete_are_unsupported() {
+    let (up, w, _d) = setup("").await;
+    let c = client();
+    for (m, path) in [
+        ("POST", "/v2/app/blobs/uploads/"),
+        ("PUT", "/v2/app/manifests/v1"),
+        ("DELETE", "/v2/app/manifests/v1"),
+        ("PATCH", "/v2/app/blobs/uploads/x"),
+    ] {
+        let r = c
+            .request(m.parse().unwrap(), w.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{m} {path}");
+        assert_eq!(error_code(r).await, "UNSUPPORTED");
+    }
+    assert_eq!(up.total(), 0);
+}
+
+#[tokio::test]
+async fn hostile_paths_get_4xx_and_no_upstream_request_or_file() {
+    let (up, w, dir) = setup("").await;
+    let before = files_under(dir.path()).len();
+    let c = client();
+    let long = "a".repeat(300);
+    let cases = [
+        ("/v2/../etc/passwd/manifests/latest", 400),
+        ("/v2/a/..%2f..%2fetc/manifests/latest", 400),
+        ("/v2/%2e%2e/x/manifests/latest", 400),
+        ("/v2/a%5cb/manifests/latest", 400),
+        ("/v2/UPPER/manifests/latest", 400),
+        (&format!("/v2/{long}/manifests/latest"), 400),
+        ("/v2/app/blobs/sha256:../../x", 404),
+        ("/v2/app/blobs/sha256:ABCDEF", 400),
+        ("/v2/app/blobs/md5:abc", 400),
+        ("/v2/app/manifests/-bad-tag", 404),
+        ("/v2/app/referrers/x", 404),
+    ];
+    for (path, status) in cases {
+        let (got, body) = raw_get(w.addr, path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(v["errors"][0]["code"].is_string(), "{path}: {v}");
+    }
+    assert_eq!(up.total(), 0, "no upstream request for invalid input");
+    assert_eq!(files_under(dir.path()).len(), before, "no file created");
+    assert_eq!(c.get(w.url("/v2/")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn upstream_is_chosen_by_ns_then_name_prefix_then_default() {
+    let up = FakeRegistry::start().await;
+    let other = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    up.put_image("team/app", "v1", &[bytes_of(10, 1)]);
+    let (od, _) = other.put_image("library/alpine", "3", &[bytes_of(10, 2)]);
+    let toml = format!(
+        r#"data_dir = "{}"
+[registry]
+default_upstream = "fake.test"
+[[registry.upstream]]
+name = "fake.test"
+url = "{}"
+[[registry.upstream]]
+name = "hub.test"
+url = "{}"
+library_prefix = true
+[egress]
+allow = ["127.0.0.1"]
+"#,
+        dir.path().display(),
+        up.url(),
+        other.url()
+    );
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let c = client();
+    // containerd: ?ns=, single-component names get library/ on a library_prefix upstream.
+    let r = c
+        .get(w.url("/v2/alpine/manifests/3?ns=hub.test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["oci-namespace"], "hub.test");
+    assert_eq!(r.headers()["docker-content-digest"], od.as_str());
+    // podman/skopeo mirror: host as the first name component.
+    let r = c
+        .get(w.url("/v2/hub.test/library/alpine/manifests/3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Docker registry-mirrors: bare name, default upstream.
+    let r = c
+        .get(w.url("/v2/team/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(other.count("GET", "/v2/team/app"), 0);
+    // Unknown namespace: clear 404, nothing sent anywhere.
+    let (a, b) = (up.total(), other.total());
+    let r = c
+        .get(w.url("/v2/team/app/manifests/v1?ns=evil.example"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("NAME_UNKNOWN") && text.contains("evil.example"),
+        "{text}"
+    );
+    assert_eq!((up.total(), other.total()), (a, b));
+}
+
+#[tokio::test]
+async fn oversized_manifest_is_refused_and_not_stored() {
+    let (up, w, dir) = setup("").await;
+    let big = format!(r#"{{"layers":[],"pad":"{}"}}"#, "x".repeat(4 << 20));
+    up.put_manifest("app", Some("big"), big.as_bytes(), OCI_MANIFEST);
+    let r = client()
+        .get(w.url("/v2/app/manifests/big"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("limit"));
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+}
+
+#[tokio::test]
+async fn manifest_whose_media_type_contradicts_its_content_type_is_refused() {
+    let (up, w, dir) = setup("").await;
+    let doc = r#"{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+    let d = up.put_manifest("app", Some("v1"), doc.as_bytes(), OCI_MANIFEST);
+    let c = client();
+    let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let r = c
+        .get(w.url(&format!("/v2/app/manifests/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+}
+
+#[tokio::test]
+async fn manifest_whose_bytes_do_not_match_the_requested_digest_is_refused() {
+    let (up, w, dir) = setup("").await;
+    let real = br#"{"layers":[]}"#;
+    let fake_digest = sha256(b"something else");
+    up.state.manifests.lock().unwrap().insert(
+        ("app".into(), fake_digest.clone()),
+        (real.to_vec(), OCI_MANIFEST.into()),
+    );
+    let r = client()
+        .get(w.url(&format!("/v2/app/manifests/{fake_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("does not match"));
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+}
+
+#[tokio::test]
+async fn the_cache_survives_a_restart() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes_of(100_000, 4);
+    let bd = up.put_blob(&data);
+    let (md, body) = up.put_image("app", "v1", std::slice::from_ref(&data));
+    let w = Wharf::start(&up.url(), dir.path(), "").await;
+    let c = client();
+    c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+    c.get(w.url(&format!("/v2/app/blobs/{bd}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    w.stop().await;
+    up.fail_with(Some(503));
+    let w = Wharf::start(&up.url(), dir.path(), "").await;
+    let r = c
+        .get(w.url(&format!("/v2/app/manifests/{md}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(r.bytes().await.unwrap(), body);
+    let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = c
+        .get(w.url(&format!("/v2/app/blobs/{bd}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(r.bytes().await.unwrap(), data);
+}
