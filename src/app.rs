@@ -12,6 +12,7 @@ use wharf_storage::{Digest, Storage};
 use crate::cache::Flights;
 use crate::config::Config;
 use crate::error::Error;
+use crate::goproxy::{self, GoState};
 use crate::registry;
 use crate::upstream::{EgressPolicy, UpstreamClient};
 
@@ -24,6 +25,8 @@ pub struct Inner {
     pub egress: Arc<EgressPolicy>,
     pub upstreams: HashMap<String, Arc<UpstreamClient>>,
     pub blob_flights: Flights<Digest>,
+    /// The Go module proxy, unless `go.enabled = false`.
+    pub go: Option<GoState>,
 }
 
 impl std::ops::Deref for AppState {
@@ -52,6 +55,16 @@ impl AppState {
                 })?;
             upstreams.insert(up.name.clone(), Arc::new(client));
         }
+        let go = if config.go.enabled {
+            Some(
+                GoState::new(&config, egress.clone()).map_err(|message| Error::Upstream {
+                    name: "go".into(),
+                    message,
+                })?,
+            )
+        } else {
+            None
+        };
         let storage = Storage::open(&config.data_dir)?;
         Ok(AppState(Arc::new(Inner {
             config,
@@ -59,6 +72,7 @@ impl AppState {
             egress,
             upstreams,
             blob_flights: Flights::default(),
+            go,
         })))
     }
 }
@@ -69,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", any(registry::handle))
         .route("/v2/", any(registry::handle))
         .route("/v2/{*rest}", any(registry::handle))
+        .route("/go/{*rest}", any(goproxy::handle))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .with_state(state)
         .layer(crate::trace_layer())

@@ -41,6 +41,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log: LogConfig,
     pub registry: RegistryConfig,
+    pub go: GoConfig,
     pub egress: EgressConfig,
 }
 
@@ -98,6 +99,106 @@ pub struct UpstreamConfig {
     pub password_env: Option<String>,
 }
 
+/// The Go module proxy under `/go/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GoConfig {
+    /// Serve `/go/` at all.
+    pub enabled: bool,
+    /// Upstream GOPROXY URLs, tried in order; the next only when one says "not found".
+    pub upstreams: Vec<String>,
+    /// How long `@v/list` and `@latest` answers are trusted before upstream is asked again.
+    #[serde(deserialize_with = "de_duration")]
+    pub list_ttl: Duration,
+    /// How long a "not found" is remembered (the go command probes every path prefix).
+    #[serde(deserialize_with = "de_duration")]
+    pub not_found_ttl: Duration,
+    /// Check `.mod` and `.zip` from public upstreams against the checksum database before
+    /// storing them.
+    pub verify: bool,
+    /// How long partial sumdb tiles are reused before upstream is asked again.
+    #[serde(deserialize_with = "de_duration")]
+    pub sumdb_ttl: Duration,
+    #[serde(rename = "sumdb")]
+    pub sumdbs: Vec<SumdbConfig>,
+    #[serde(rename = "private")]
+    pub private: Vec<PrivateModuleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SumdbConfig {
+    /// The database name clients use (`GOSUMDB`), e.g. `sum.golang.org`.
+    pub name: String,
+    /// Its verifier key, `<name>+<hash>+<key>`.
+    pub key: String,
+    /// Where it is served; default `https://<name>`.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// Modules that never go to public upstreams or the public checksum database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateModuleConfig {
+    /// GOPRIVATE-style patterns, comma-separated (`corp.example.com`, `*.corp.example.com/x`).
+    pub pattern: String,
+    /// A directory in the go command's `cache/download` layout.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Or a GOPROXY URL, optionally with basic auth.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+pub const SUM_GOLANG_ORG_KEY: &str =
+    "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8";
+
+impl Default for GoConfig {
+    fn default() -> Self {
+        GoConfig {
+            enabled: true,
+            upstreams: vec!["https://proxy.golang.org".into()],
+            list_ttl: Duration::from_secs(60),
+            not_found_ttl: Duration::from_secs(60),
+            verify: true,
+            sumdb_ttl: Duration::from_secs(60),
+            sumdbs: vec![SumdbConfig {
+                name: "sum.golang.org".into(),
+                key: SUM_GOLANG_ORG_KEY.into(),
+                url: None,
+            }],
+            private: Vec::new(),
+        }
+    }
+}
+
+impl SumdbConfig {
+    pub fn url(&self) -> String {
+        self.url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", self.name))
+            .trim_end_matches('/')
+            .to_string()
+    }
+}
+
+impl PrivateModuleConfig {
+    pub fn password(&self) -> Result<Option<String>, ConfigError> {
+        read_password(
+            &self.pattern,
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+        )
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EgressConfig {
@@ -121,6 +222,7 @@ impl Default for Config {
             data_dir: default_data_dir(),
             log: LogConfig::default(),
             registry: RegistryConfig::default(),
+            go: GoConfig::default(),
             egress: EgressConfig::default(),
         }
     }
@@ -163,6 +265,8 @@ impl Default for EgressConfig {
                 "production.cloudflare.docker.com",
                 "production.cloudfront.docker.com",
                 "*.r2.cloudflarestorage.com",
+                "proxy.golang.org",
+                "sum.golang.org",
             ]
             .map(String::from)
             .to_vec(),
@@ -278,12 +382,65 @@ impl Config {
                 "registry.max_manifest_size must be at least 4MiB (the OCI spec's minimum)".into(),
             );
         }
+        self.validate_go()?;
         for pattern in &self.egress.allow {
             crate::upstream::egress::HostPattern::parse(pattern)
                 .map_err(|e| ConfigError::Invalid(format!("egress.allow {pattern:?}: {e}")))?;
         }
         if self.egress.max_redirects > 20 {
             return invalid("egress.max_redirects must be at most 20".into());
+        }
+        Ok(())
+    }
+
+    fn validate_go(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let check_url = |key: &str, u: &str| -> Result<(), ConfigError> {
+            let url = reqwest::Url::parse(u)
+                .map_err(|e| ConfigError::Invalid(format!("{key} {u:?}: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} {u:?}: must be an http:// or https:// URL with a host"
+                )));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: put credentials in username / password_file, not in the URL"
+                )));
+            }
+            Ok(())
+        };
+        for u in &self.go.upstreams {
+            check_url("go.upstreams", u)?;
+        }
+        for (i, db) in self.go.sumdbs.iter().enumerate() {
+            if !db.key.starts_with(&format!("{}+", db.name)) {
+                return invalid(format!(
+                    "go.sumdb[{i}]: key must start with the database name {:?}",
+                    db.name
+                ));
+            }
+            check_url(&format!("go.sumdb[{i}].url"), &db.url())?;
+        }
+        for (i, p) in self.go.private.iter().enumerate() {
+            if p.pattern.split(',').all(|s| s.trim().is_empty()) {
+                return invalid(format!("go.private[{i}].pattern is empty"));
+            }
+            match (&p.dir, &p.url) {
+                (Some(_), None) => {}
+                (None, Some(u)) => check_url(&format!("go.private[{i}].url"), u)?,
+                _ => {
+                    return invalid(format!(
+                        "go.private[{i}] ({}): set exactly one of dir or url",
+                        p.pattern
+                    ));
+                }
+            }
+            if p.password_file.is_some() && p.password_env.is_some() {
+                return invalid(format!(
+                    "go.private[{i}]: set password_file or password_env, not both"
+                ));
+            }
         }
         Ok(())
     }
@@ -302,24 +459,36 @@ impl UpstreamConfig {
 
     /// Reads the configured password. Errors name the source, never the secret.
     pub fn password(&self) -> Result<Option<String>, ConfigError> {
-        if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            return Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()));
-        }
-        if let Some(var) = &self.password_env {
-            return match std::env::var(var) {
-                Ok(v) => Ok(Some(v)),
-                Err(_) => Err(ConfigError::Invalid(format!(
-                    "registry.upstream {:?}: environment variable {var} (password_env) is not set",
-                    self.name
-                ))),
-            };
-        }
-        Ok(None)
+        read_password(
+            &self.name,
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+        )
     }
+}
+
+/// A password from a file (trailing newline dropped) or an environment variable.
+fn read_password(
+    owner: &str,
+    file: Option<&Path>,
+    env: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        return Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()));
+    }
+    if let Some(var) = env {
+        return match std::env::var(var) {
+            Ok(v) => Ok(Some(v)),
+            Err(_) => Err(ConfigError::Invalid(format!(
+                "{owner:?}: environment variable {var} (password_env) is not set"
+            ))),
+        };
+    }
+    Ok(None)
 }
 
 /// A byte count written as an integer or a string such as `"4MiB"`, `"512KiB"`, `"1GiB"`.

@@ -1,5 +1,5 @@
 //! wharf: a pull-through mirror for container images (Docker Registry HTTP API v2 / OCI
-//! distribution, read side) and, later, Go modules, on one port.
+//! distribution, read side) and Go modules (GOPROXY and the checksum-database proxy), on one port.
 //!
 //! # Layout
 //! * `config`: the TOML config, its defaults and validation.
@@ -8,6 +8,7 @@
 //! * `cache`: single-flight fills and the bodies that stream from them (protocol-agnostic).
 //! * `upstream`: egress policy, the per-upstream HTTP client, token auth.
 //! * `registry`: the `/v2/` routes, handlers and error format.
+//! * `goproxy`: the `/go/` GOPROXY protocol, private modules, checksum-database proxy and checks.
 //! * `error`: start-up and command errors.
 //!
 //! Storage (blobs on disk, the sled index, fsck) is the `wharf-storage` crate.
@@ -20,6 +21,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod goproxy;
 pub mod registry;
 pub mod upstream;
 

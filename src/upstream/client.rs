@@ -158,10 +158,7 @@ impl UpstreamClient {
 
     fn basic_header(&self) -> Option<HeaderValue> {
         let c = self.creds.as_ref()?;
-        let raw = format!("{}:{}", c.username, c.password);
-        let mut v = HeaderValue::from_str(&format!("Basic {}", base64(raw.as_bytes()))).ok()?;
-        v.set_sensitive(true);
-        Some(v)
+        basic_authorization(&c.username, &c.password)
     }
 
     /// A bearer token for `scope`, from the cache or the realm.
@@ -220,71 +217,98 @@ impl UpstreamClient {
         bearer(&token)
     }
 
-    /// Sends the request and follows redirects by hand, re-checking egress on every hop.
     async fn follow(
         &self,
         method: Method,
-        mut url: Url,
+        url: Url,
         accept: &[&str],
-        mut authz: Option<HeaderValue>,
+        authz: Option<HeaderValue>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let mut method = method;
-        for hop in 0..=self.max_redirects {
-            self.policy.check(&url).map_err(UpstreamError::Egress)?;
-            let mut headers = HeaderMap::new();
-            for a in accept {
-                if let Ok(v) = HeaderValue::from_str(a) {
-                    headers.append(header::ACCEPT, v);
-                }
-            }
-            if let Some(a) = &authz {
-                headers.insert(header::AUTHORIZATION, a.clone());
-            }
-            let resp = self
-                .http
-                .request(method.clone(), url.clone())
-                .headers(headers)
-                .send()
-                .await
-                .map_err(|e| transport_error(e, &url))?;
-            if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
-                return Ok(resp);
-            }
-            let Some(location) = resp
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|l| l.to_str().ok())
-            else {
-                return Ok(resp);
-            };
-            let next = url.join(location).map_err(|_| {
-                UpstreamError::Protocol(format!("redirect from {} to an invalid URL", redact(&url)))
-            })?;
-            if url.scheme() == "https" && next.scheme() != "https" {
-                return Err(UpstreamError::Redirect(format!(
-                    "refused https -> {} downgrade to {}",
-                    next.scheme(),
-                    redact(&next)
-                )));
-            }
-            if next.host_str() != url.host_str()
-                || next.port_or_known_default() != url.port_or_known_default()
-                || next.scheme() != url.scheme()
-            {
-                // Once dropped, credentials never come back, even if a later hop returns.
-                authz = None;
-            }
-            if resp.status() == StatusCode::SEE_OTHER && method != Method::HEAD {
-                method = Method::GET;
-            }
-            tracing::debug!(hop, to = %redact(&next), "following upstream redirect");
-            url = next;
-        }
-        Err(UpstreamError::Redirect(format!(
-            "more than {} redirects (egress.max_redirects)",
-            self.max_redirects
-        )))
+        send_following(
+            &self.http,
+            &self.policy,
+            self.max_redirects,
+            method,
+            url,
+            accept,
+            authz,
+        )
+        .await
     }
+}
+
+/// Sends a request and follows redirects by hand: egress is checked before every hop, https ->
+/// http is refused, and `authz` is dropped for good on any change of host, port or scheme.
+pub async fn send_following(
+    http: &reqwest::Client,
+    policy: &EgressPolicy,
+    max_redirects: usize,
+    mut method: Method,
+    mut url: Url,
+    accept: &[&str],
+    mut authz: Option<HeaderValue>,
+) -> Result<reqwest::Response, UpstreamError> {
+    for hop in 0..=max_redirects {
+        policy.check(&url).map_err(UpstreamError::Egress)?;
+        let mut headers = HeaderMap::new();
+        for a in accept {
+            if let Ok(v) = HeaderValue::from_str(a) {
+                headers.append(header::ACCEPT, v);
+            }
+        }
+        if let Some(a) = &authz {
+            headers.insert(header::AUTHORIZATION, a.clone());
+        }
+        let resp = http
+            .request(method.clone(), url.clone())
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|e| transport_error(e, &url))?;
+        if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
+            return Ok(resp);
+        }
+        let Some(location) = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+        else {
+            return Ok(resp);
+        };
+        let next = url.join(location).map_err(|_| {
+            UpstreamError::Protocol(format!("redirect from {} to an invalid URL", redact(&url)))
+        })?;
+        if url.scheme() == "https" && next.scheme() != "https" {
+            return Err(UpstreamError::Redirect(format!(
+                "refused https -> {} downgrade to {}",
+                next.scheme(),
+                redact(&next)
+            )));
+        }
+        if next.host_str() != url.host_str()
+            || next.port_or_known_default() != url.port_or_known_default()
+            || next.scheme() != url.scheme()
+        {
+            // Once dropped, credentials never come back, even if a later hop returns.
+            authz = None;
+        }
+        if resp.status() == StatusCode::SEE_OTHER && method != Method::HEAD {
+            method = Method::GET;
+        }
+        tracing::debug!(hop, to = %redact(&next), "following upstream redirect");
+        url = next;
+    }
+    Err(UpstreamError::Redirect(format!(
+        "more than {max_redirects} redirects (egress.max_redirects)"
+    )))
+}
+
+/// `Authorization: Basic ...`, marked sensitive so it is never logged.
+pub fn basic_authorization(username: &str, password: &str) -> Option<HeaderValue> {
+    let raw = format!("{username}:{password}");
+    let mut v = HeaderValue::from_str(&format!("Basic {}", base64(raw.as_bytes()))).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 fn bearer(token: &str) -> Result<HeaderValue, UpstreamError> {

@@ -6,6 +6,10 @@
 //! | `blobs`    | `sha256:<hex>`              | `BlobRecord`    |
 //! | `tags`     | upstream, repo, tag         | `TagRecord`     |
 //! | `taglists` | upstream, repo              | `TagListRecord` |
+//! | `gofiles`  | module, version, kind       | `GoFileRecord`  |
+//! | `golists`  | module, kind (list, latest) | `GoListRecord`  |
+//! | `sumdb`    | database, path              | `SumdbRecord`   |
+//! | `gotrust`  | database                    | `TrustRecord`   |
 //! | `meta`     | `format`                    | index format    |
 //!
 //! Composite keys come from `keys.rs`. A new key space (Go module versions, pins, access times) is
@@ -55,6 +59,42 @@ pub struct TagListRecord {
     pub fetched_unix: u64,
 }
 
+/// An immutable Go module file (`.info`, `.mod`, `.zip` of a canonical version), stored as a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoFileRecord {
+    pub digest: Digest,
+    pub size: u64,
+    pub fetched_unix: u64,
+}
+
+/// A mutable Go answer (`@v/list`, `@latest`) as last fetched, verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoListRecord {
+    pub body: String,
+    pub fetched_unix: u64,
+}
+
+/// A checksum-database response (lookup or tile) kept as a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SumdbRecord {
+    pub digest: Digest,
+    pub fetched_unix: u64,
+}
+
+/// The last verified tree head of a checksum database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustRecord {
+    pub size: u64,
+    /// Root hash, lower-case hex.
+    pub hash: String,
+    /// The signed note it came from.
+    pub note: String,
+    pub learned_unix: u64,
+}
+
+/// `(module, version, kind)`, the key of a `GoFileRecord`.
+pub type GoFileKey = (String, String, String);
+
 /// `(upstream, repo, tag)`, the key of a `TagRecord`.
 pub type TagKey = (String, String, String);
 
@@ -75,6 +115,10 @@ pub struct Index {
     blobs: Space,
     tags: Space,
     taglists: Space,
+    gofiles: Space,
+    golists: Space,
+    sumdb: Space,
+    gotrust: Space,
 }
 
 impl Index {
@@ -101,6 +145,10 @@ impl Index {
             blobs: Space::open(&db, "blobs")?,
             tags: Space::open(&db, "tags")?,
             taglists: Space::open(&db, "taglists")?,
+            gofiles: Space::open(&db, "gofiles")?,
+            golists: Space::open(&db, "golists")?,
+            sumdb: Space::open(&db, "sumdb")?,
+            gotrust: Space::open(&db, "gotrust")?,
             db,
         })
     }
@@ -194,6 +242,91 @@ impl Index {
 
     pub fn remove_tag_list(&self, upstream: &str, repo: &str) -> Result<bool, StorageError> {
         self.taglists.remove(&keys::encode(&[upstream, repo])?)
+    }
+
+    pub fn put_go_file(
+        &self,
+        module: &str,
+        version: &str,
+        kind: &str,
+        record: &GoFileRecord,
+    ) -> Result<(), StorageError> {
+        self.gofiles
+            .put(&keys::encode(&[module, version, kind])?, record)
+    }
+
+    pub fn get_go_file(
+        &self,
+        module: &str,
+        version: &str,
+        kind: &str,
+    ) -> Result<Option<GoFileRecord>, StorageError> {
+        self.gofiles.get(&keys::encode(&[module, version, kind])?)
+    }
+
+    pub fn remove_go_file(
+        &self,
+        module: &str,
+        version: &str,
+        kind: &str,
+    ) -> Result<bool, StorageError> {
+        self.gofiles
+            .remove(&keys::encode(&[module, version, kind])?)
+    }
+
+    /// Every Go file record, ordered by (module, version, kind).
+    pub fn go_files(
+        &self,
+    ) -> impl Iterator<Item = Result<(GoFileKey, GoFileRecord), StorageError>> + use<> {
+        self.go_file_entries()
+            .map(|entry| entry.and_then(|entry| entry.decoded))
+    }
+
+    pub(crate) fn go_file_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<RawEntry<(GoFileKey, GoFileRecord)>, StorageError>> + use<>
+    {
+        self.gofiles.entries(self.gofiles.tree.iter(), |key| {
+            keys::decode::<3>(key).map(|[m, v, k]| (m, v, k))
+        })
+    }
+
+    pub fn put_go_list(
+        &self,
+        module: &str,
+        kind: &str,
+        record: &GoListRecord,
+    ) -> Result<(), StorageError> {
+        self.golists.put(&keys::encode(&[module, kind])?, record)
+    }
+
+    pub fn get_go_list(
+        &self,
+        module: &str,
+        kind: &str,
+    ) -> Result<Option<GoListRecord>, StorageError> {
+        self.golists.get(&keys::encode(&[module, kind])?)
+    }
+
+    pub fn put_sumdb(
+        &self,
+        db: &str,
+        path: &str,
+        record: &SumdbRecord,
+    ) -> Result<(), StorageError> {
+        self.sumdb.put(&keys::encode(&[db, path])?, record)
+    }
+
+    pub fn get_sumdb(&self, db: &str, path: &str) -> Result<Option<SumdbRecord>, StorageError> {
+        self.sumdb.get(&keys::encode(&[db, path])?)
+    }
+
+    pub fn put_trust(&self, db: &str, record: &TrustRecord) -> Result<(), StorageError> {
+        self.gotrust.put(&keys::encode(&[db])?, record)
+    }
+
+    pub fn get_trust(&self, db: &str) -> Result<Option<TrustRecord>, StorageError> {
+        self.gotrust.get(&keys::encode(&[db])?)
     }
 
     /// Writes everything to disk (sled otherwise flushes on a timer). Blocking.

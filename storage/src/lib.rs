@@ -31,7 +31,10 @@ pub use blob::{BlobCheck, BlobStore, DiskEntry};
 pub use digest::{Digest, DigestError, Hasher};
 pub use error::StorageError;
 pub use fsck::{FsckReport, fsck};
-pub use index::{BlobRecord, Index, TagKey, TagListKey, TagListRecord, TagRecord, unix_now};
+pub use index::{
+    BlobRecord, GoFileRecord, GoListRecord, Index, SumdbRecord, TagKey, TagListKey, TagListRecord,
+    TagRecord, TrustRecord, unix_now,
+};
 pub use keys::KeyError;
 pub use layout::Layout;
 pub use writer::{BlobWriter, Committed};

@@ -83,6 +83,12 @@ impl BlobWriter {
     }
 
     /// Bytes written so far; readers of `file()` may read this many.
+    /// The digest of everything written so far (the content's own name, for content whose digest
+    /// is not known in advance, such as Go module files).
+    pub fn digest(&self) -> Digest {
+        self.hasher.clone().finish()
+    }
+
     pub fn written(&self) -> u64 {
         self.written
     }

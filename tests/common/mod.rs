@@ -17,6 +17,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, header};
 use sha2::{Digest as _, Sha256};
 
+pub mod gofake;
+
 pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }

@@ -1,0 +1,15 @@
+//! The Go module proxy under `/go/`: the GOPROXY protocol (`path` parses it), immutable module
+//! files stored in the shared content-addressed store, mutable lists with a TTL, private module
+//! sources, and the checksum-database proxy with verification before anything is stored.
+//!
+//! Status semantics the go command relies on: 200 only for real content; 404 only when every
+//! source says the thing does not exist (so `GOPROXY=wharf,next` falls through); 5xx with a short
+//! `text/plain` reason for everything else.
+
+mod handlers;
+pub mod path;
+mod source;
+pub mod verify;
+
+pub use handlers::handle;
+pub use source::GoState;

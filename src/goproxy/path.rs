@@ -1,0 +1,574 @@
+//! The `/go/` URL grammar as a pure function: the go command's case encoding (`!x` for `X`),
+//! module path and version checks (golang.org/x/mod/module rules), and the route. Everything a
+//! client sends is checked here before any disk or upstream work.
+
+use std::fmt;
+
+/// Longest module path accepted.
+const MAX_PATH_LEN: usize = 512;
+/// Longest version or query accepted.
+const MAX_VERSION_LEN: usize = 256;
+
+/// Decodes the go command's case encoding strictly: no upper-case letters, `!` only before
+/// `a`-`z`, ASCII only.
+pub fn unescape(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut bang = false;
+    for c in s.chars() {
+        if !c.is_ascii() {
+            return Err(format!("{s:?}: non-ASCII character in escaped path"));
+        }
+        if bang {
+            if !c.is_ascii_lowercase() {
+                return Err(format!(
+                    "{s:?}: \"!\" must be followed by a lower-case letter"
+                ));
+            }
+            out.push(c.to_ascii_uppercase());
+            bang = false;
+        } else if c == '!' {
+            bang = true;
+        } else if c.is_ascii_uppercase() {
+            return Err(format!(
+                "{s:?}: upper-case letters must be escaped as \"!\" + lower case"
+            ));
+        } else {
+            out.push(c);
+        }
+    }
+    if bang {
+        return Err(format!("{s:?}: trailing \"!\""));
+    }
+    Ok(out)
+}
+
+/// The inverse of `unescape`.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for c in s.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('!');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A module path that passes the go command's `CheckPath`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModulePath(String);
+
+impl ModulePath {
+    pub fn parse(p: &str) -> Result<ModulePath, String> {
+        if p.is_empty() {
+            return Err("empty module path".into());
+        }
+        if p.len() > MAX_PATH_LEN {
+            return Err(format!("module path longer than {MAX_PATH_LEN} bytes"));
+        }
+        let mut elems = p.split('/');
+        let first = elems.next().unwrap_or("");
+        if first.is_empty() || !first.contains('.') {
+            return Err(format!(
+                "malformed module path {p:?}: missing dot in first path element"
+            ));
+        }
+        if first.starts_with('-') {
+            return Err(format!(
+                "malformed module path {p:?}: leading dash in first path element"
+            ));
+        }
+        if !first
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        {
+            return Err(format!(
+                "malformed module path {p:?}: invalid character in first path element"
+            ));
+        }
+        for e in p.split('/') {
+            check_elem(e).map_err(|m| format!("malformed module path {p:?}: {m}"))?;
+        }
+        Ok(ModulePath(p.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ModulePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn check_elem(e: &str) -> Result<(), String> {
+    if e.is_empty() {
+        return Err("empty path element".into());
+    }
+    if e.starts_with('.') || e.ends_with('.') {
+        return Err(format!("path element {e:?} starts or ends with a dot"));
+    }
+    if !e
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    {
+        return Err(format!("invalid character in path element {e:?}"));
+    }
+    // Windows reserved names, as golang.org/x/mod/module does.
+    let stem = e.split('.').next().unwrap_or("").to_ascii_lowercase();
+    const RESERVED: &[&str] = &[
+        "con", "prn", "aux", "nul", "com1", "com2", "com3", "com4", "com5", "com6", "com7", "com8",
+        "com9", "lpt1", "lpt2", "lpt3", "lpt4", "lpt5", "lpt6", "lpt7", "lpt8", "lpt9",
+    ];
+    if RESERVED.contains(&stem.as_str()) {
+        return Err(format!("{e:?} is a reserved file name"));
+    }
+    Ok(())
+}
+
+/// A version as requested: canonical semver (immutable content) or a query such as a branch
+/// name or commit (only meaningful for `.info`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Version {
+    Canonical(String),
+    Query(String),
+}
+
+impl Version {
+    pub fn parse(v: &str) -> Result<Version, String> {
+        if v.is_empty() || v.len() > MAX_VERSION_LEN {
+            return Err("empty or overlong version".into());
+        }
+        if is_canonical(v) {
+            return Ok(Version::Canonical(v.to_string()));
+        }
+        // Queries are passed to upstream; refuse anything that is not a plain file name
+        // (CVE-2025-68119: versions starting with '-' or '/').
+        let ok = !v.starts_with(['-', '.'])
+            && v != "latest"
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._+~".contains(&b));
+        if !ok {
+            return Err(format!("invalid version {v:?}"));
+        }
+        Ok(Version::Query(v.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Version::Canonical(s) | Version::Query(s) => s,
+        }
+    }
+}
+
+/// `vMAJOR.MINOR.PATCH[-prerelease][+incompatible]` with no leading zeros, as `semver.Canonical`
+/// produces (build metadata other than `+incompatible` is not canonical).
+pub fn is_canonical(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix('v') else {
+        return false;
+    };
+    let rest = rest.strip_suffix("+incompatible").unwrap_or(rest);
+    let (core, pre) = match rest.split_once('-') {
+        Some((c, p)) => (c, Some(p)),
+        None => (rest, None),
+    };
+    let nums: Vec<&str> = core.split('.').collect();
+    let num_ok = |n: &str| {
+        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0'))
+    };
+    if nums.len() != 3 || !nums.iter().all(|n| num_ok(n)) {
+        return false;
+    }
+    if let Some(pre) = pre {
+        for id in pre.split('.') {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return false;
+            }
+            if id.bytes().all(|b| b.is_ascii_digit()) && id.len() > 1 && id.starts_with('0') {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    Info,
+    Mod,
+    Zip,
+}
+
+impl FileKind {
+    pub fn ext(self) -> &'static str {
+        match self {
+            FileKind::Info => "info",
+            FileKind::Mod => "mod",
+            FileKind::Zip => "zip",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            FileKind::Info => "application/json",
+            FileKind::Mod => "text/plain; charset=utf-8",
+            FileKind::Zip => "application/zip",
+        }
+    }
+
+    /// The largest file accepted (golang.org/x/mod/zip limits; `.info` is small JSON).
+    pub fn max_size(self) -> u64 {
+        match self {
+            FileKind::Info => 1 << 20,
+            FileKind::Mod => 16 << 20,
+            FileKind::Zip => 500 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoRoute {
+    List(ModulePath),
+    Latest(ModulePath),
+    File(ModulePath, Version, FileKind),
+    SumdbSupported(String),
+    /// `lookup/<mod>@<ver>` or `tile/...`: the path below the database name, validated.
+    SumdbPath(String, SumdbPath),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SumdbPath {
+    Lookup {
+        module: ModulePath,
+        version: String,
+        /// The escaped form as it appears in the URL.
+        raw: String,
+    },
+    Tile {
+        raw: String,
+        partial: bool,
+    },
+}
+
+impl SumdbPath {
+    pub fn raw(&self) -> String {
+        match self {
+            SumdbPath::Lookup { raw, .. } => format!("lookup/{raw}"),
+            SumdbPath::Tile { raw, .. } => raw.clone(),
+        }
+    }
+}
+
+/// Why a `/go/` request was refused before any work: 400 or 404, with a reason for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathError {
+    pub status: u16,
+    pub message: String,
+}
+
+fn bad(status: u16, message: impl Into<String>) -> PathError {
+    PathError {
+        status,
+        message: message.into(),
+    }
+}
+
+/// Parses the raw path after `/go/`. `%` never appears in a valid escaped path, so nothing is
+/// percent-decoded and encoded traversal is just invalid.
+pub fn parse(rest: &str) -> Result<GoRoute, PathError> {
+    if rest.contains(['%', '\\'])
+        || rest.contains("//")
+        || rest.split('/').any(|e| e == ".." || e == ".")
+    {
+        return Err(bad(
+            400,
+            "invalid characters or path elements in request path",
+        ));
+    }
+    if let Some(db_rest) = rest.strip_prefix("sumdb/") {
+        return parse_sumdb(db_rest);
+    }
+    if let Some(m) = rest.strip_suffix("/@latest") {
+        return Ok(GoRoute::Latest(module(m)?));
+    }
+    let Some((m, file)) = rest.rsplit_once("/@v/") else {
+        return Err(bad(
+            404,
+            "not a GOPROXY path: expected <module>/@v/... or <module>/@latest",
+        ));
+    };
+    let module = module(m)?;
+    if file == "list" {
+        return Ok(GoRoute::List(module));
+    }
+    let (ver, kind) = match file.rsplit_once('.') {
+        Some((v, "info")) => (v, FileKind::Info),
+        Some((v, "mod")) => (v, FileKind::Mod),
+        Some((v, "zip")) => (v, FileKind::Zip),
+        _ => {
+            return Err(bad(
+                404,
+                format!("unknown file {file:?}: expected .info, .mod or .zip"),
+            ));
+        }
+    };
+    let ver = unescape(ver).map_err(|m| bad(400, format!("bad version: {m}")))?;
+    let version = Version::parse(&ver).map_err(|m| bad(400, m))?;
+    if kind != FileKind::Info && matches!(version, Version::Query(_)) {
+        return Err(bad(
+            400,
+            format!("{ver:?} is not a canonical version; .mod and .zip need one such as v1.2.3"),
+        ));
+    }
+    Ok(GoRoute::File(module, version, kind))
+}
+
+fn module(escaped: &str) -> Result<ModulePath, PathError> {
+    let p = unescape(escaped).map_err(|m| bad(400, format!("bad module path: {m}")))?;
+    ModulePath::parse(&p).map_err(|m| bad(400, m))
+}
+
+fn parse_sumdb(rest: &str) -> Result<GoRoute, PathError> {
+    let (name, path) = rest
+        .split_once('/')
+        .ok_or_else(|| bad(404, "no such sumdb path"))?;
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    {
+        return Err(bad(400, "invalid checksum database name"));
+    }
+    if path == "supported" {
+        return Ok(GoRoute::SumdbSupported(name.into()));
+    }
+    if let Some(lk) = path.strip_prefix("lookup/") {
+        let (m, v) = lk
+            .rsplit_once('@')
+            .ok_or_else(|| bad(400, "lookup needs <module>@<version>"))?;
+        let module = module(m)?;
+        let version = unescape(v).map_err(|e| bad(400, format!("bad version: {e}")))?;
+        if !is_canonical(&version) {
+            return Err(bad(400, format!("{version:?} is not a canonical version")));
+        }
+        return Ok(GoRoute::SumdbPath(
+            name.into(),
+            SumdbPath::Lookup {
+                module,
+                version,
+                raw: lk.to_string(),
+            },
+        ));
+    }
+    if path.starts_with("tile/") {
+        let partial = check_tile_path(path).ok_or_else(|| bad(400, "invalid tile path"))?;
+        return Ok(GoRoute::SumdbPath(
+            name.into(),
+            SumdbPath::Tile {
+                raw: path.to_string(),
+                partial,
+            },
+        ));
+    }
+    Err(bad(
+        404,
+        "no such sumdb path: only supported, lookup/ and tile/ are proxied",
+    ))
+}
+
+/// `tile/<H>/<L or data>/[x<ddd>/...]<ddd>[.p/<W>]`; returns whether it is a partial tile.
+fn check_tile_path(p: &str) -> Option<bool> {
+    let parts: Vec<&str> = p.split('/').collect();
+    if parts.len() < 4 || parts[0] != "tile" {
+        return None;
+    }
+    let small = |s: &str| !s.is_empty() && s.len() <= 2 && s.bytes().all(|b| b.is_ascii_digit());
+    if !small(parts[1]) || !(parts[2] == "data" || small(parts[2])) {
+        return None;
+    }
+    let mut rest = &parts[3..];
+    let mut partial = false;
+    if rest.len() >= 2 && rest[rest.len() - 2].ends_with(".p") {
+        let w = rest[rest.len() - 1];
+        if !(small(w) || (w.len() == 3 && w.bytes().all(|b| b.is_ascii_digit()))) {
+            return None;
+        }
+        partial = true;
+        rest = &rest[..rest.len() - 1];
+    }
+    let n = rest.len();
+    for (i, seg) in rest.iter().enumerate() {
+        let seg = if i + 1 == n && partial {
+            seg.strip_suffix(".p")?
+        } else {
+            seg
+        };
+        let digits = if i + 1 < n {
+            seg.strip_prefix('x')?
+        } else {
+            seg
+        };
+        if digits.len() != 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    }
+    Some(partial)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_encoding_round_trips_and_rejects_bad_escapes() {
+        for (esc, dec) in [
+            ("github.com/!azure/azure-sdk", "github.com/Azure/azure-sdk"),
+            ("v1.0.0-!r!c1", "v1.0.0-RC1"),
+            ("plain", "plain"),
+        ] {
+            assert_eq!(unescape(esc).unwrap(), dec);
+            assert_eq!(escape(dec), esc);
+        }
+        for bad in ["Upper", "a!", "a!1", "a!!b", "a!B", "é", "x/!"] {
+            assert!(unescape(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn module_paths_follow_check_path() {
+        for ok in [
+            "golang.org/x/text",
+            "github.com/Azure/go-autorest",
+            "example.com/a/v2",
+            "gopkg.in/yaml.v3",
+            "a.b/c~d_e",
+        ] {
+            assert!(ModulePath::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "nodot/x",
+            "-x.com/a",
+            "X.com/a",
+            "a.com//b",
+            "a.com/.hidden",
+            "a.com/b.",
+            "a.com/b c",
+            "a.com/con",
+            "a.com/b@v",
+        ] {
+            assert!(ModulePath::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn canonical_versions() {
+        for ok in [
+            "v0.0.0",
+            "v1.2.3",
+            "v1.2.3-pre.1",
+            "v2.0.0+incompatible",
+            "v0.0.0-20230101120000-abcdef123456",
+            "v1.0.0-rc.1",
+        ] {
+            assert!(is_canonical(ok), "{ok}");
+        }
+        for not in [
+            "1.2.3",
+            "v1.2",
+            "v01.2.3",
+            "v1.2.3+build",
+            "v1.2.3-",
+            "v1.2.3-01",
+            "v1.2.3-a..b",
+            "latest",
+        ] {
+            assert!(!is_canonical(not), "{not}");
+        }
+        assert_eq!(
+            Version::parse("master").unwrap(),
+            Version::Query("master".into())
+        );
+        for bad in ["-x", "/etc", "../x", "latest", ".hidden", "a b"] {
+            assert!(Version::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn routes_parse() {
+        let m = || ModulePath::parse("github.com/Azure/sdk").unwrap();
+        assert_eq!(
+            parse("github.com/!azure/sdk/@v/list"),
+            Ok(GoRoute::List(m()))
+        );
+        assert_eq!(
+            parse("github.com/!azure/sdk/@latest"),
+            Ok(GoRoute::Latest(m()))
+        );
+        assert_eq!(
+            parse("github.com/!azure/sdk/@v/v1.0.0-!r!c1.zip"),
+            Ok(GoRoute::File(
+                m(),
+                Version::Canonical("v1.0.0-RC1".into()),
+                FileKind::Zip
+            ))
+        );
+        assert_eq!(
+            parse("github.com/!azure/sdk/@v/main.info"),
+            Ok(GoRoute::File(
+                m(),
+                Version::Query("main".into()),
+                FileKind::Info
+            ))
+        );
+        assert_eq!(
+            parse("sumdb/sum.golang.org/supported"),
+            Ok(GoRoute::SumdbSupported("sum.golang.org".into()))
+        );
+        assert!(matches!(
+            parse("sumdb/sum.golang.org/lookup/golang.org/x/text@v0.14.0"),
+            Ok(GoRoute::SumdbPath(_, SumdbPath::Lookup { .. }))
+        ));
+        assert!(matches!(
+            parse("sumdb/sum.golang.org/tile/8/0/x001/234"),
+            Ok(GoRoute::SumdbPath(
+                _,
+                SumdbPath::Tile { partial: false, .. }
+            ))
+        ));
+        assert!(matches!(
+            parse("sumdb/sum.golang.org/tile/8/1/005.p/37"),
+            Ok(GoRoute::SumdbPath(_, SumdbPath::Tile { partial: true, .. }))
+        ));
+        assert!(matches!(
+            parse("sumdb/sum.golang.org/tile/8/data/000"),
+            Ok(GoRoute::SumdbPath(..))
+        ));
+    }
+
+    #[test]
+    fn hostile_routes_are_refused() {
+        let cases = [
+            ("example.com/m/@v/../../etc/passwd", 400),
+            ("example.com/m/@v/%2e%2e.zip", 400),
+            ("example.com/M/@v/list", 400),
+            ("example.com/!m!/@v/list", 400),
+            ("example.com/m/@v/main.zip", 400),
+            ("example.com/m/@v/-x.info", 400),
+            ("example.com/m/@v/v1.0.0.tar", 404),
+            ("example.com/m", 404),
+            ("example.com\\m/@v/list", 400),
+            ("sumdb/sum.golang.org/latest", 404),
+            ("sumdb/sum.golang.org/tile/8/0/1234", 400),
+            ("sumdb/sum.golang.org/tile/8/0/../x", 400),
+            ("sumdb/sum.golang.org/lookup/example.com/m@master", 400),
+        ];
+        for (p, status) in cases {
+            assert_eq!(parse(p).map_err(|e| e.status), Err(status), "{p}");
+        }
+    }
+}
