@@ -69,9 +69,6 @@ pub struct RegistryConfig {
     /// How long a tag -> digest answer is trusted before it is revalidated upstream with HEAD.
     #[serde(deserialize_with = "de_duration")]
     pub tag_ttl: Duration,
-    /// How long a tags/list answer is trusted before upstream is asked again.
-    #[serde(deserialize_with = "de_duration")]
-    pub tag_list_ttl: Duration,
     /// Manifests larger than this are refused (the spec asks registries to accept at least 4 MiB).
     pub max_manifest_size: ByteSize,
     #[serde(rename = "upstream")]
@@ -242,7 +239,6 @@ impl Default for RegistryConfig {
         RegistryConfig {
             default_upstream: DOCKER_HUB_NAME.into(),
             tag_ttl: Duration::from_secs(5 * 60),
-            tag_list_ttl: Duration::from_secs(60),
             max_manifest_size: ByteSize(4 << 20),
             upstreams: vec![UpstreamConfig {
                 name: DOCKER_HUB_NAME.into(),
@@ -439,6 +435,15 @@ impl Config {
             if p.password_file.is_some() && p.password_env.is_some() {
                 return invalid(format!(
                     "go.private[{i}]: set password_file or password_env, not both"
+                ));
+            }
+            let has_secret = p.password_file.is_some() || p.password_env.is_some();
+            if has_secret && p.username.is_none() {
+                return invalid(format!("go.private[{i}]: a password needs a username"));
+            }
+            if p.dir.is_some() && (has_secret || p.username.is_some()) {
+                return invalid(format!(
+                    "go.private[{i}]: username and password apply to url sources, not dir"
                 ));
             }
         }

@@ -47,7 +47,8 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             let config = config.load()?;
             let storage = wharf_storage::Storage::open(&config.data_dir)?;
             let report = wharf_storage::fsck(&storage, repair)?;
-            println!("{report}");
+            let _ =
+                std::io::Write::write_all(&mut std::io::stdout(), format!("{report}\n").as_bytes());
             Ok(if report.is_clean() || repair {
                 ExitCode::SUCCESS
             } else {
@@ -115,38 +116,89 @@ fn init_tracing(config: &Config) {
     }
 }
 
+/// The effective settings, one per line; secrets are named by their source, never printed.
 fn print_config(c: &Config) {
-    println!("config OK");
-    println!("listen            = {}", c.listen);
-    println!("data_dir          = {}", c.data_dir.display());
-    println!(
-        "tag_ttl           = {}",
-        humantime::format_duration(c.registry.tag_ttl)
+    use std::fmt::Write as _;
+    let d = |t: std::time::Duration| humantime::format_duration(t).to_string();
+    let mut o = String::new();
+    let _ = writeln!(o, "config OK");
+    let _ = writeln!(o, "listen                     = {}", c.listen);
+    let _ = writeln!(o, "data_dir                   = {}", c.data_dir.display());
+    let _ = writeln!(
+        o,
+        "log                        = {:?}, level {}",
+        c.log.format, c.log.level
     );
-    println!("max_manifest_size = {}", c.registry.max_manifest_size);
-    println!("default_upstream  = {}", c.registry.default_upstream);
+    let _ = writeln!(
+        o,
+        "registry.default_upstream  = {}",
+        c.registry.default_upstream
+    );
+    let _ = writeln!(o, "registry.tag_ttl           = {}", d(c.registry.tag_ttl));
+    let _ = writeln!(
+        o,
+        "registry.max_manifest_size = {}",
+        c.registry.max_manifest_size
+    );
     for u in &c.registry.upstreams {
-        let auth = match (&u.username, &u.password_file, &u.password_env) {
-            (Some(user), Some(f), _) => format!("user {user}, password from file {}", f.display()),
-            (Some(user), _, Some(v)) => format!("user {user}, password from ${v}"),
-            (Some(user), None, None) => format!("user {user}, no password"),
-            _ => "anonymous".into(),
+        let auth = auth_summary(&u.username, &u.password_file, &u.password_env);
+        let lib = if u.library_prefix() {
+            ", library/ prefix"
+        } else {
+            ""
         };
-        println!(
-            "upstream {:<16} {} ({auth}{})",
-            u.name,
-            u.url,
-            if u.library_prefix() {
-                ", library/ prefix"
-            } else {
-                ""
-            }
+        let _ = writeln!(
+            o,
+            "registry.upstream {:<16} {} ({auth}{lib})",
+            u.name, u.url
         );
     }
-    println!("egress.allow      = {}", c.egress.allow.join(", "));
-    println!(
-        "egress timeouts   = connect {}, read {}",
-        humantime::format_duration(c.egress.connect_timeout),
-        humantime::format_duration(c.egress.read_timeout)
+    let g = &c.go;
+    let _ = writeln!(o, "go.enabled                 = {}", g.enabled);
+    let _ = writeln!(o, "go.upstreams               = {}", g.upstreams.join(", "));
+    let _ = writeln!(o, "go.list_ttl                = {}", d(g.list_ttl));
+    let _ = writeln!(o, "go.not_found_ttl           = {}", d(g.not_found_ttl));
+    let _ = writeln!(o, "go.verify                  = {}", g.verify);
+    let _ = writeln!(o, "go.sumdb_ttl               = {}", d(g.sumdb_ttl));
+    for db in &g.sumdbs {
+        let _ = writeln!(o, "go.sumdb {:<25} {} (key {})", db.name, db.url(), db.key);
+    }
+    for p in &g.private {
+        let src = match (&p.dir, &p.url) {
+            (Some(dir), _) => format!("directory {}", dir.display()),
+            (None, Some(url)) => format!(
+                "{url} ({})",
+                auth_summary(&p.username, &p.password_file, &p.password_env)
+            ),
+            _ => "no source".into(),
+        };
+        let _ = writeln!(o, "go.private {:<23} {src}", p.pattern);
+    }
+    let _ = writeln!(
+        o,
+        "egress.allow               = {}",
+        c.egress.allow.join(", ")
     );
+    let _ = writeln!(
+        o,
+        "egress                     = connect {}, read {}, max {} redirects",
+        d(c.egress.connect_timeout),
+        d(c.egress.read_timeout),
+        c.egress.max_redirects
+    );
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), o.as_bytes());
+}
+
+fn auth_summary(
+    user: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+    env: &Option<String>,
+) -> String {
+    match (user, file, env) {
+        (Some(u), Some(f), _) => format!("user {u}, password from file {}", f.display()),
+        (Some(u), _, Some(v)) => format!("user {u}, password from ${v}"),
+        (Some(u), None, None) => format!("user {u}, no password"),
+        _ => "anonymous".into(),
+    }
 }

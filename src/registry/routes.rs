@@ -297,7 +297,7 @@ mod tests {
             ("a___b/manifests/latest", ErrorCode::NameInvalid),
             ("a/manifests/-bad", ErrorCode::ManifestUnknown),
             ("a/manifests/..", ErrorCode::ManifestUnknown),
-            ("a/blobs/sha256:../x", ErrorCode::DigestInvalid),
+            ("a/blobs/sha256:../x", ErrorCode::NotFound),
             ("a/blobs/sha256:ABC", ErrorCode::DigestInvalid),
             ("a/blobs/latest", ErrorCode::DigestInvalid),
             ("a/manifests/sha256:e3b0", ErrorCode::DigestInvalid),

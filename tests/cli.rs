@@ -1,0 +1,501 @@
+//! The `wharf` binary as operators run it: `check-config`, `serve` stopped by SIGTERM (drains)
+//! and by SIGKILL (leaves nothing half-written), and `fsck` finding and repairing damage.
+//! Each test drives the real executable against a fake upstream in this process.
+
+mod common;
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// The binary under test, with no configuration leaking in from the environment.
+fn wharf() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
+    for var in [
+        "WHARF_CONFIG",
+        "WHARF_DATA_DIR",
+        "WHARF_LISTEN",
+        "RUST_LOG",
+        "STATE_DIRECTORY",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run wharf")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "{}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+fn fsck(config: &Path, repair: bool) -> Output {
+    let mut cmd = wharf();
+    cmd.arg("fsck").arg("--config").arg(config);
+    if repair {
+        cmd.arg("--repair");
+    }
+    run(&mut cmd)
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes the standard test config (upstream `fake.test` at `upstream_url`) into `dir`.
+fn write_config(dir: &Path, upstream_url: &str, data_dir: &Path) -> PathBuf {
+    let path = dir.join("wharf.toml");
+    fs::write(&path, config_toml(upstream_url, data_dir, "")).unwrap();
+    path
+}
+
+/// The committed file of `digest` under `data_dir`.
+fn blob_path(data_dir: &Path, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    data_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+/// `wharf serve` as a child process; killed on Drop if still running.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `wharf serve --config <config>` on a free loopback port, logging to `log`, and
+    /// waits (at most 10 s) until it accepts connections.
+    async fn start(config: &Path, log: &Path) -> Server {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = wharf()
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .expect("spawn wharf serve");
+        let mut server = Server {
+            child,
+            addr,
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("wharf serve exited early ({status}):\n{}", server.logs());
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wharf serve did not listen on {addr} within 10 s:\n{}",
+                server.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn logs(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (a name such as `TERM` or `KILL`) to this server, by its pid.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed: {status}");
+    }
+
+    /// Waits (at most `limit`) for the process to exit.
+    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wharf serve did not exit within {limit:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// SIGTERM, then asserts a clean exit within 10 s.
+    async fn stop(mut self) {
+        self.signal("TERM");
+        let status = self.wait_exit(Duration::from_secs(10)).await;
+        assert!(
+            status.success(),
+            "wharf serve exited with {status} after SIGTERM:\n{}",
+            self.logs()
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls (at most 10 s) until `cond` holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[test]
+fn check_config_reports_the_effective_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flag_data = dir.path().join("from-flag");
+    let config = dir.path().join("wharf.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"listen = "0.0.0.0:5999"
+data_dir = "{}"
+[registry]
+default_upstream = "ghcr.io"
+tag_ttl = "90s"
+max_manifest_size = "8MiB"
+[[registry.upstream]]
+name = "ghcr.io"
+url = "https://ghcr.io"
+username = "mirrorbot"
+password_env = "WHARF_TEST_GHCR_TOKEN"
+[egress]
+allow = ["ghcr.io", "pkg-containers.githubusercontent.com"]
+connect_timeout = "3s"
+read_timeout = "2m"
+"#,
+            data.display()
+        ),
+    )
+    .unwrap();
+
+    let out = run(wharf()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .env("WHARF_TEST_GHCR_TOKEN", "hunter2-do-not-print"));
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    for expected in [
+        "config OK",
+        "listen                     = 0.0.0.0:5999",
+        &format!("data_dir                   = {}", data.display()),
+        "registry.tag_ttl           = 1m 30s",
+        "registry.max_manifest_size = 8MiB",
+        "registry.default_upstream  = ghcr.io",
+        "registry.upstream ghcr.io",
+        "https://ghcr.io (user mirrorbot, password from $WHARF_TEST_GHCR_TOKEN)",
+        "egress.allow               = ghcr.io, pkg-containers.githubusercontent.com",
+        "connect 3s, read 2m",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?}:\n{}",
+            describe(&out)
+        );
+    }
+    assert!(
+        !stdout.contains("docker.io"),
+        "an explicit upstream list replaces the default: {stdout}"
+    );
+    assert!(!format!("{stdout}{}", text(&out.stderr)).contains("hunter2"));
+
+    // Flags win over the file.
+    let out = run(wharf()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&flag_data));
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        text(&out.stdout).contains(&format!(
+            "data_dir                   = {}",
+            flag_data.display()
+        )),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        !data.exists() && !flag_data.exists(),
+        "check-config must not create the data directory"
+    );
+}
+
+#[test]
+fn check_config_rejects_unknown_keys_with_the_key_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (toml, key) in [
+        ("listn = \"0.0.0.0:5000\"\n", "listn"),
+        ("[egress]\nconect_timeout = \"5s\"\n", "conect_timeout"),
+        (
+            "[[registry.upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\npassword = \"x\"\n",
+            "password",
+        ),
+    ] {
+        let config = dir.path().join("wharf.toml");
+        fs::write(&config, toml).unwrap();
+        let out = run(wharf().arg("check-config").arg("--config").arg(&config));
+        assert!(
+            !out.status.success(),
+            "accepted {toml:?}: {}",
+            describe(&out)
+        );
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!("unknown field `{key}`")),
+            "stderr does not name {key:?}: {}",
+            describe(&out)
+        );
+        assert!(
+            stderr.contains(&config.display().to_string()),
+            "stderr does not name the file: {}",
+            describe(&out)
+        );
+        assert!(
+            !text(&out.stdout).contains("config OK"),
+            "{}",
+            describe(&out)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_an_in_flight_download_and_exits_zero() {
+    let up = FakeRegistry::start().await;
+    let blob = bytes_of(2 << 20, 7);
+    let digest = up.put_blob(&blob);
+    // 32 chunks of 64 KiB, 50 ms apart: about 1.6 s in flight.
+    up.set_blob_mode(BlobMode::Slow(Duration::from_millis(50)));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = write_config(dir.path(), &up.url(), &data);
+    let mut server = Server::start(&config, &dir.path().join("serve.log")).await;
+
+    let resp = client()
+        .get(server.url(&format!("/v2/team/app/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", server.logs());
+    let download = tokio::spawn(async move { resp.bytes().await });
+
+    // The response has started; now ask the server to stop.
+    server.signal("TERM");
+    let body = tokio::time::timeout(Duration::from_secs(15), download)
+        .await
+        .expect("the download finishes")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("download cut by SIGTERM: {e}\n{}", server.logs()));
+    assert_eq!(body.len(), blob.len());
+    assert_eq!(sha256(&body), digest);
+
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.success(),
+        "exit after draining: {status}\n{}",
+        server.logs()
+    );
+    assert!(
+        blob_path(&data, &digest).is_file(),
+        "the drained download was committed"
+    );
+    let out = fsck(&config, false);
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_a_fill_leaves_nothing_half_written_visible() {
+    let up = FakeRegistry::start().await;
+    let blob = bytes_of(2 << 20, 9);
+    let digest = up.put_blob(&blob);
+    up.set_blob_mode(BlobMode::Slow(Duration::from_millis(50)));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = write_config(dir.path(), &up.url(), &data);
+    let path = format!("/v2/team/app/blobs/{digest}");
+
+    let mut server = Server::start(&config, &dir.path().join("serve-1.log")).await;
+    let mut resp = client().get(server.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", server.logs());
+    let first = resp.chunk().await.unwrap().expect("some bytes arrive");
+    assert!(first.len() < blob.len(), "the fill is still running");
+    assert!(
+        !files_under(&data.join("tmp")).is_empty(),
+        "a fill in progress lives in tmp/"
+    );
+
+    server.signal("KILL");
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert!(!status.success(), "SIGKILL is not a clean exit: {status}");
+    assert!(
+        resp.bytes().await.is_err(),
+        "the client must see the download fail, never a clean end"
+    );
+    assert_eq!(
+        files_under(&data.join("blobs")),
+        Vec::<PathBuf>::new(),
+        "nothing may be committed by a killed fill"
+    );
+    assert!(
+        !files_under(&data.join("tmp")).is_empty(),
+        "the partial fill is left behind for the next start to sweep"
+    );
+
+    // A new process on the same data directory sweeps tmp/ and fills the blob again.
+    up.set_blob_mode(BlobMode::Normal);
+    let server = Server::start(&config, &dir.path().join("serve-2.log")).await;
+    assert_eq!(
+        files_under(&data.join("tmp")),
+        Vec::<PathBuf>::new(),
+        "tmp/ is swept on start"
+    );
+    let resp = client().get(server.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", server.logs());
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(sha256(&body), digest);
+    assert_eq!(
+        up.count("GET", "/blobs/"),
+        2,
+        "fetched again after the crash"
+    );
+    assert_eq!(
+        fs::read(blob_path(&data, &digest)).unwrap(),
+        blob,
+        "committed on the second try"
+    );
+    server.stop().await;
+
+    let out = fsck(&config, false);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(text(&out.stdout).contains("clean"), "{}", describe(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fsck_reports_and_repairs_a_corrupted_store() {
+    let up = FakeRegistry::start().await;
+    let layer = bytes_of(300_000, 3);
+    let (manifest_digest, manifest) = up.put_image("team/app", "v1", std::slice::from_ref(&layer));
+    let layer_digest = sha256(&layer);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = write_config(dir.path(), &up.url(), &data);
+
+    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    let c = client();
+    let r = c
+        .get(server.url("/v2/team/app/manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", server.logs());
+    assert_eq!(r.bytes().await.unwrap(), manifest);
+    let r = c
+        .get(server.url(&format!("/v2/team/app/blobs/{layer_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", server.logs());
+    assert_eq!(r.bytes().await.unwrap(), layer);
+    let layer_file = blob_path(&data, &layer_digest);
+    eventually("the layer is committed", || layer_file.is_file()).await;
+    assert!(blob_path(&data, &manifest_digest).is_file());
+    server.stop().await;
+
+    let out = fsck(&config, false);
+    assert!(
+        out.status.success(),
+        "a fresh cache is clean: {}",
+        describe(&out)
+    );
+
+    // Flip one byte of the layer (committed blobs are read-only).
+    fs::set_permissions(&layer_file, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = fs::read(&layer_file).unwrap();
+    bytes[1000] ^= 0x01;
+    fs::write(&layer_file, &bytes).unwrap();
+
+    let out = fsck(&config, false);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let report = text(&out.stdout);
+    assert!(report.contains(&layer_digest), "{}", describe(&out));
+    assert!(report.contains("corrupt"), "{}", describe(&out));
+    assert!(layer_file.exists(), "fsck without --repair changes nothing");
+
+    let out = fsck(&config, true);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        text(&out.stdout).contains(&layer_digest),
+        "{}",
+        describe(&out)
+    );
+    assert!(!layer_file.exists(), "the corrupt blob is deleted");
+
+    let out = fsck(&config, false);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(text(&out.stdout).contains("clean"), "{}", describe(&out));
+    assert!(
+        blob_path(&data, &manifest_digest).is_file(),
+        "intact blobs are kept"
+    );
+
+    // The repaired cache serves the layer again, fetched afresh.
+    let server = Server::start(&config, &dir.path().join("serve-2.log")).await;
+    let r = client()
+        .get(server.url(&format!("/v2/team/app/blobs/{layer_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", server.logs());
+    assert_eq!(r.bytes().await.unwrap(), layer);
+    server.stop().await;
+}

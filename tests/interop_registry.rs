@@ -1,0 +1,517 @@
+//! Real clients against wharf: skopeo pulls through wharf from a real origin registry (Debian's
+//! `docker-registry`, CNCF distribution 2.8), with images generated here so every digest is known.
+//!
+//! Each test starts its own origin and wharf on loopback ports. Without skopeo or docker-registry
+//! on PATH the tests print why and pass, unless `WHARF_REQUIRE_INTEROP` is set (CI sets it).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::oci::{
+    Compression, Descriptor, Image, ImageSpec, LayerSpec, Layout, LayoutReader, MultiArch,
+    sha256_digest,
+};
+use support::origin::{Origin, Skopeo, http_status, require_tools};
+use support::wharf::{MANIFEST_ACCEPT, Wharf};
+use tempfile::TempDir;
+
+/// The upstream name wharf knows the origin by; it does not resolve, so a client that reaches the
+/// image under this name can only have gone through wharf.
+const UPSTREAM: &str = "origin.test";
+const APP_REPO: &str = "test/app";
+const MULTI_REPO: &str = "test/multi";
+const TAG: &str = "v1";
+
+fn gzip_layer(size: usize) -> LayerSpec {
+    LayerSpec {
+        size,
+        compression: Compression::Gzip,
+    }
+}
+
+/// An origin holding a three-layer image (`test/app:v1`, one layer of several MiB) and a
+/// two-platform index (`test/multi:v1`), and skopeo set up to talk to it.
+struct Origined {
+    origin: Option<Origin>,
+    skopeo: Skopeo,
+    image: Image,
+    multi: MultiArch,
+    work: TempDir,
+}
+
+impl Origined {
+    /// `None` when the tools are missing and the test should be skipped.
+    async fn start(test: &str) -> Option<Origined> {
+        let tools = require_tools(test, &["skopeo", "docker-registry"])?;
+        let fixture = blocking(move || {
+            let origin = Origin::start(&tools[1]);
+            let skopeo = Skopeo::new(&tools[0]);
+            let work = tempfile::Builder::new()
+                .prefix("wharf-interop-")
+                .tempdir()
+                .expect("create work dir");
+
+            let mut layout = Layout::create(&work.path().join("generated"));
+            let image = layout.add_image(&ImageSpec::linux(
+                "amd64",
+                1,
+                &[gzip_layer(4096), gzip_layer(6 << 20), gzip_layer(100_000)],
+            ));
+            layout.tag(&image.manifest, TAG);
+            skopeo.push_layout(layout.root(), TAG, &origin, APP_REPO, false);
+
+            let mut layout = Layout::create(&work.path().join("generated-multi"));
+            let multi = layout.add_index(&[
+                ImageSpec::linux("amd64", 2, &[gzip_layer(70_000), gzip_layer(3000)]),
+                ImageSpec::linux("arm64", 3, &[gzip_layer(80_000), gzip_layer(2000)]),
+            ]);
+            layout.tag(&multi.index, TAG);
+            skopeo.push_layout(layout.root(), TAG, &origin, MULTI_REPO, true);
+
+            Origined {
+                origin: Some(origin),
+                skopeo,
+                image,
+                multi,
+                work,
+            }
+        })
+        .await;
+        Some(fixture)
+    }
+
+    fn origin(&self) -> &Origin {
+        self.origin.as_ref().expect("origin is running")
+    }
+
+    /// Serves wharf with the origin as upstream `origin.test`.
+    async fn wharf(&self) -> Wharf {
+        Wharf::start(&[(UPSTREAM, format!("http://{}", self.origin().host()))]).await
+    }
+
+    fn out(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+}
+
+/// Runs `f` on the blocking pool: skopeo and process management block.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+}
+
+/// `docker://<wharf>/origin.test/<repo><reference>` as podman/skopeo mirrors spell it.
+fn via_wharf(wharf: &Wharf, repo: &str, reference: &str) -> String {
+    format!("docker://{}/{UPSTREAM}/{repo}{reference}", wharf.host())
+}
+
+/// Asserts that the layout at `dir` names `tag` as `image`'s manifest and holds every blob of it,
+/// byte for byte.
+fn assert_layout_holds_image(dir: &Path, tag: &str, image: &Image) {
+    let reader = LayoutReader::open(dir);
+    let top = reader.resolve(tag);
+    assert_eq!(
+        top,
+        image.manifest,
+        "manifest descriptor in {}",
+        dir.display()
+    );
+    assert_image_blobs(&reader, image);
+}
+
+/// How many times the origin logged `GET <path>`, waiting up to five seconds for the first line:
+/// the registry writes a request's access-log line just after the response.
+fn origin_gets(origin: &Origin, path: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while origin.requests("GET", path) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    origin.requests("GET", path)
+}
+
+fn assert_image_blobs(reader: &LayoutReader, image: &Image) {
+    let expected: Vec<Descriptor> = image.blobs().cloned().collect();
+    assert_eq!(
+        reader.manifest_blobs(&image.manifest.digest),
+        expected,
+        "config and layers listed by the copied manifest"
+    );
+    for blob in &expected {
+        let bytes = reader.blob(&blob.digest);
+        assert_eq!(bytes.len() as u64, blob.size, "size of {}", blob.digest);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_accepts_generated_layouts() {
+    let Some(fx) = Origined::start("origin_accepts_generated_layouts").await else {
+        return;
+    };
+    blocking(move || {
+        let host = fx.origin().host();
+        let app = format!("{host}/{APP_REPO}:{TAG}");
+        assert_eq!(fx.skopeo.inspect_digest(&app), fx.image.manifest.digest);
+        let raw = fx.skopeo.inspect_raw(&format!("{host}/{MULTI_REPO}:{TAG}"));
+        assert_eq!(
+            sha256_digest(raw.as_bytes()),
+            fx.multi.index.digest,
+            "origin serves the generated index bytes unchanged"
+        );
+        let out = fx.out("from-origin");
+        fx.skopeo.run(&[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{app}"),
+            &format!("oci:{}:{TAG}", out.display()),
+        ]);
+        assert_layout_holds_image(&out, TAG, &fx.image);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skopeo_copy_through_wharf_preserves_digests() {
+    let Some(fx) = Origined::start("skopeo_copy_through_wharf_preserves_digests").await else {
+        return;
+    };
+    let wharf = fx.wharf().await;
+    let through = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
+    let out = fx.out("through-wharf");
+    let fx = blocking(move || {
+        let origin_digest = fx
+            .skopeo
+            .inspect_digest(&format!("{}/{APP_REPO}:{TAG}", fx.origin().host()));
+        assert_eq!(origin_digest, fx.image.manifest.digest);
+        let wharf_digest = fx
+            .skopeo
+            .inspect_digest(through.trim_start_matches("docker://"));
+        assert_eq!(
+            wharf_digest, origin_digest,
+            "skopeo inspect through wharf reports the origin's digest"
+        );
+        fx.skopeo.run(&[
+            "copy",
+            "--src-tls-verify=false",
+            &through,
+            &format!("oci:{}:{TAG}", out.display()),
+        ]);
+        assert_layout_holds_image(&out, TAG, &fx.image);
+        fx
+    })
+    .await;
+
+    let manifest = wharf
+        .get(
+            &format!("/v2/{UPSTREAM}/{APP_REPO}/manifests/{TAG}"),
+            Some(MANIFEST_ACCEPT),
+        )
+        .await;
+    assert_eq!(manifest.status, 200, "{}", manifest.describe());
+    assert_eq!(
+        manifest.header("content-type"),
+        Some(fx.image.manifest.media_type.as_str()),
+        "{}",
+        manifest.describe()
+    );
+    assert_eq!(
+        manifest.header("docker-content-digest"),
+        Some(fx.image.manifest.digest.as_str()),
+        "{}",
+        manifest.describe()
+    );
+    assert_eq!(sha256_digest(&manifest.body), fx.image.manifest.digest);
+    wharf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skopeo_copy_all_pulls_every_platform_of_an_index() {
+    let Some(fx) = Origined::start("skopeo_copy_all_pulls_every_platform_of_an_index").await else {
+        return;
+    };
+    let wharf = fx.wharf().await;
+    let through = via_wharf(&wharf, MULTI_REPO, &format!(":{TAG}"));
+    let out = fx.out("through-wharf-all");
+    blocking(move || {
+        fx.skopeo.run(&[
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            &through,
+            &format!("oci:{}:{TAG}", out.display()),
+        ]);
+        let reader = LayoutReader::open(&out);
+        assert_eq!(
+            reader.resolve(TAG),
+            fx.multi.index,
+            "the copied layout names the origin's index, same digest"
+        );
+        let children: Vec<String> = reader
+            .index_children(&fx.multi.index.digest)
+            .into_iter()
+            .map(|child| child.digest)
+            .collect();
+        let expected: Vec<String> = fx
+            .multi
+            .children
+            .iter()
+            .map(|child| child.manifest.digest.clone())
+            .collect();
+        assert_eq!(children, expected, "child manifests listed by the index");
+        for child in &fx.multi.children {
+            assert!(
+                reader.has_blob(&child.manifest.digest),
+                "{}/{} manifest {} was not copied",
+                child.os,
+                child.architecture,
+                child.manifest.digest
+            );
+            assert_image_blobs(&reader, child);
+        }
+    })
+    .await;
+    wharf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registries_conf_mirror_pulls_through_wharf() {
+    let Some(fx) = Origined::start("registries_conf_mirror_pulls_through_wharf").await else {
+        return;
+    };
+    let wharf = fx.wharf().await;
+    let conf = fx.skopeo.write_registries_conf(
+        "mirror.conf",
+        &format!(
+            "unqualified-search-registries = []\n\
+             \n\
+             [[registry]]\n\
+             prefix = \"{UPSTREAM}\"\n\
+             location = \"{UPSTREAM}\"\n\
+             \n\
+             [[registry.mirror]]\n\
+             location = \"{}/{UPSTREAM}\"\n\
+             insecure = true\n",
+            wharf.host()
+        ),
+    );
+    let out = fx.out("through-mirror");
+    let fx = blocking(move || {
+        // origin.test does not resolve: success means the mirror entry was used.
+        fx.skopeo.run_with_registries_conf(
+            &conf,
+            &[
+                "copy",
+                &format!("docker://{UPSTREAM}/{APP_REPO}:{TAG}"),
+                &format!("oci:{}:{TAG}", out.display()),
+            ],
+        );
+        assert_layout_holds_image(&out, TAG, &fx.image);
+        fx
+    })
+    .await;
+
+    let manifest = wharf
+        .get(
+            &format!(
+                "/v2/{UPSTREAM}/{APP_REPO}/manifests/{}",
+                fx.image.manifest.digest
+            ),
+            Some(MANIFEST_ACCEPT),
+        )
+        .await;
+    assert_eq!(manifest.status, 200, "{}", manifest.describe());
+    assert_eq!(
+        manifest.cache(),
+        "HIT",
+        "the mirror pull stored the manifest in wharf: {}",
+        manifest.describe()
+    );
+    wharf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_pull_is_served_from_cache_without_origin() {
+    let Some(mut fx) = Origined::start("second_pull_is_served_from_cache_without_origin").await
+    else {
+        return;
+    };
+    let wharf = fx.wharf().await;
+    let by_tag = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
+    let by_digest = via_wharf(&wharf, APP_REPO, &format!("@{}", fx.image.manifest.digest));
+    let (first, by_tag_again, by_digest_again) = (
+        fx.out("first"),
+        fx.out("second-tag"),
+        fx.out("second-digest"),
+    );
+
+    let origin_addr = fx.origin().addr;
+    let fx = blocking(move || {
+        let copy = |source: &str, dest: &Path| {
+            fx.skopeo.run(&[
+                "copy",
+                "--src-tls-verify=false",
+                source,
+                &format!("oci:{}:{TAG}", dest.display()),
+            ]);
+        };
+        copy(&by_tag, &first);
+        assert_layout_holds_image(&first, TAG, &fx.image);
+
+        drop(fx.origin.take());
+        assert_eq!(
+            http_status(origin_addr, "/v2/"),
+            None,
+            "the origin still answers after being stopped"
+        );
+
+        copy(&by_tag, &by_tag_again);
+        assert_layout_holds_image(&by_tag_again, TAG, &fx.image);
+        copy(&by_digest, &by_digest_again);
+        assert_layout_holds_image(&by_digest_again, TAG, &fx.image);
+        fx
+    })
+    .await;
+
+    let manifests = format!("/v2/{UPSTREAM}/{APP_REPO}/manifests");
+    let by_digest = wharf
+        .get(
+            &format!("{manifests}/{}", fx.image.manifest.digest),
+            Some(MANIFEST_ACCEPT),
+        )
+        .await;
+    assert_eq!(by_digest.status, 200, "{}", by_digest.describe());
+    assert_eq!(by_digest.cache(), "HIT", "{}", by_digest.describe());
+    assert_eq!(sha256_digest(&by_digest.body), fx.image.manifest.digest);
+
+    let by_tag = wharf
+        .get(&format!("{manifests}/{TAG}"), Some(MANIFEST_ACCEPT))
+        .await;
+    assert_eq!(by_tag.status, 200, "{}", by_tag.describe());
+    assert!(
+        matches!(by_tag.cache(), "HIT" | "STALE"),
+        "a tag with its origin down is answered from the cache: {}",
+        by_tag.describe()
+    );
+    assert_eq!(
+        by_tag.header("docker-content-digest"),
+        Some(fx.image.manifest.digest.as_str()),
+        "{}",
+        by_tag.describe()
+    );
+
+    for blob in fx.image.blobs() {
+        let answer = wharf
+            .get(
+                &format!("/v2/{UPSTREAM}/{APP_REPO}/blobs/{}", blob.digest),
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.describe());
+        assert_eq!(answer.cache(), "HIT", "{}", answer.describe());
+        assert_eq!(sha256_digest(&answer.body), blob.digest);
+    }
+    wharf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_cold_pulls_fetch_each_blob_from_origin_once() {
+    let Some(fx) = Origined::start("concurrent_cold_pulls_fetch_each_blob_from_origin_once").await
+    else {
+        return;
+    };
+    let wharf = fx.wharf().await;
+    let through = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
+    let fx = Arc::new(fx);
+    let pulls: Vec<_> = (0..4)
+        .map(|n| {
+            let (fx, through) = (fx.clone(), through.clone());
+            tokio::task::spawn_blocking(move || {
+                let out = fx.out(&format!("concurrent-{n}"));
+                fx.skopeo.run(&[
+                    "copy",
+                    "--src-tls-verify=false",
+                    &through,
+                    &format!("oci:{}:{TAG}", out.display()),
+                ]);
+                assert_layout_holds_image(&out, TAG, &fx.image);
+            })
+        })
+        .collect();
+    for pull in pulls {
+        pull.await
+            .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
+    }
+
+    let counts = blocking({
+        let fx = fx.clone();
+        move || {
+            fx.image
+                .blobs()
+                .map(|blob| {
+                    let path = format!("/v2/{APP_REPO}/blobs/{}", blob.digest);
+                    (origin_gets(fx.origin(), &path), path)
+                })
+                .collect::<Vec<_>>()
+        }
+    })
+    .await;
+    for (count, path) in counts {
+        assert_eq!(
+            count,
+            1,
+            "four concurrent pulls through wharf made the origin serve GET {path} {count} times; \
+             origin access log:\n{}",
+            fx.origin().access_log()
+        );
+    }
+    wharf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_survives_a_wharf_restart_with_the_origin_down() {
+    let Some(fx) = Origined::start("cache_survives_a_wharf_restart_with_the_origin_down").await
+    else {
+        return;
+    };
+    let wharf = fx.wharf().await;
+    let source = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
+    let first = fx.out("before-restart");
+    let mut fx = blocking(move || {
+        fx.skopeo.run(&[
+            "copy",
+            "--src-tls-verify=false",
+            &source,
+            &format!("oci:{}:{TAG}", first.display()),
+        ]);
+        assert_layout_holds_image(&first, TAG, &fx.image);
+        fx
+    })
+    .await;
+    drop(fx.origin.take());
+
+    let wharf = wharf.restart().await;
+    let by_digest = via_wharf(&wharf, APP_REPO, &format!("@{}", fx.image.manifest.digest));
+    let by_tag = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
+    let (after_digest, after_tag) = (fx.out("after-restart-digest"), fx.out("after-restart-tag"));
+    blocking(move || {
+        fx.skopeo.run(&[
+            "copy",
+            "--src-tls-verify=false",
+            &by_digest,
+            &format!("oci:{}:{TAG}", after_digest.display()),
+        ]);
+        assert_layout_holds_image(&after_digest, TAG, &fx.image);
+        fx.skopeo.run(&[
+            "copy",
+            "--src-tls-verify=false",
+            &by_tag,
+            &format!("oci:{}:{TAG}", after_tag.display()),
+        ]);
+        assert_layout_holds_image(&after_tag, TAG, &fx.image);
+    })
+    .await;
+    wharf.stop().await;
+}
