@@ -161,7 +161,8 @@ fn with_headers(
 fn upstream_failed(what: &str, e: &UpstreamError) -> GoError {
     tracing::warn!(error = %e, "{what}: upstream failed");
     GoError::bad_gateway(format!(
-        "wharf could not fetch {what}: {e}\nNothing is cached for it; retry later or check the upstream (go.upstreams)."
+        "wharf could not fetch {what}: {}\nNothing is cached for it; retry later or check the upstream (go.upstreams).",
+        e.summary()
     ))
 }
 
@@ -448,7 +449,10 @@ async fn run_fill(
             kind.ext()
         ))
     };
-    let up = |e: UpstreamError| FillError::Upstream(e.to_string());
+    let up = |e: UpstreamError| {
+        tracing::warn!(error = %e, "upstream failed");
+        FillError::Upstream(e.summary())
+    };
     let io_err = |e: std::io::Error| {
         tracing::error!(error = %e, "temp file write failed");
         FillError::Internal

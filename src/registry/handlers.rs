@@ -240,8 +240,9 @@ impl Miss {
                 RegistryError::new(
                     code,
                     format!(
-                        "upstream {} failed and {what} is not cached: {e}",
-                        t.up.name
+                        "upstream {} failed and {what} is not cached: {}",
+                        t.up.name,
+                        e.summary()
                     ),
                 )
             }
@@ -674,7 +675,10 @@ async fn run_fill(
     digest: &Digest,
     leader: &Leader<Digest>,
 ) -> std::result::Result<(Arc<std::fs::File>, u64), FillError> {
-    let upstream_err = |e: UpstreamError| FillError::Upstream(e.to_string());
+    let upstream_err = |e: UpstreamError| {
+        tracing::warn!(error = %e, "upstream failed");
+        FillError::Upstream(e.summary())
+    };
     let path = format!("/v2/{name}/blobs/{digest}");
     let scope = format!("repository:{name}:pull");
     let mut resp = up

@@ -36,6 +36,27 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A short description for clients: no URLs, no nested transport detail (those go to the
+    /// log). Egress refusals keep their full text, which names the host and the key to change.
+    pub fn summary(&self) -> String {
+        match self {
+            UpstreamError::Egress(e) => e.to_string(),
+            UpstreamError::Connect { detail, .. } => {
+                let cause = detail.rsplit(": ").next().unwrap_or("").trim();
+                if cause.is_empty() {
+                    "cannot connect to the upstream".into()
+                } else {
+                    format!("cannot connect to the upstream ({cause})")
+                }
+            }
+            UpstreamError::Timeout(_) => "the upstream timed out".into(),
+            UpstreamError::Transport { .. } => "the transfer from the upstream failed".into(),
+            UpstreamError::Redirect(m) => format!("upstream redirect refused: {m}"),
+            UpstreamError::Auth(_) => "authentication with the upstream failed".into(),
+            other => other.to_string(),
+        }
+    }
+
     /// A rate limit or server-side failure: worth serving a stale answer instead.
     pub fn is_rate_limited(&self) -> bool {
         matches!(self, UpstreamError::Status { status: 429 })
