@@ -41,7 +41,7 @@ impl AppState {
     pub fn new(config: Config) -> Result<AppState, Error> {
         config.validate()?;
         let egress = Arc::new(
-            EgressPolicy::new(&config.egress.allow)
+            EgressPolicy::from_config(&config.egress)
                 .map_err(|m| Error::Config(crate::config::ConfigError::Invalid(m)))?,
         );
         let mut upstreams = HashMap::new();

@@ -43,6 +43,13 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Show what the egress policy decides for a URL, and why.
+    CheckEgress {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The URL wharf would fetch, e.g. https://ghcr.io/v2/.
+        url: String,
+    },
     /// Check every indexed blob against its digest; report orphans and dangling records.
     Fsck {
         #[command(flatten)]

@@ -210,6 +210,14 @@ pub struct EgressConfig {
     pub read_timeout: Duration,
     /// Redirect hops followed per request (blob CDNs need one).
     pub max_redirects: usize,
+    /// Address ranges wharf may connect to although they are loopback, private, link-local,
+    /// CGNAT or unique-local (refused by default, so a name cannot lead wharf to internal
+    /// services or cloud metadata).
+    pub allow_cidrs: Vec<String>,
+    /// Names pinned to addresses, bypassing DNS (sites without DNS, or to pin a mirror).
+    pub resolve: std::collections::BTreeMap<String, Vec<String>>,
+    /// An HTTP(S) proxy for all outbound requests; the host allowlist still applies to targets.
+    pub proxy: Option<String>,
 }
 
 impl Default for Config {
@@ -269,6 +277,9 @@ impl Default for EgressConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             max_redirects: 5,
+            allow_cidrs: Vec::new(),
+            resolve: Default::default(),
+            proxy: None,
         }
     }
 }
@@ -379,9 +390,15 @@ impl Config {
             );
         }
         self.validate_go()?;
-        for pattern in &self.egress.allow {
-            crate::upstream::egress::HostPattern::parse(pattern)
-                .map_err(|e| ConfigError::Invalid(format!("egress.allow {pattern:?}: {e}")))?;
+        crate::upstream::EgressPolicy::from_config(&self.egress).map_err(ConfigError::Invalid)?;
+        if let Some(proxy) = &self.egress.proxy {
+            let url = reqwest::Url::parse(proxy)
+                .map_err(|e| ConfigError::Invalid(format!("egress.proxy {proxy:?}: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") {
+                return invalid(format!(
+                    "egress.proxy {proxy:?}: use an http:// or https:// URL"
+                ));
+            }
         }
         if self.egress.max_redirects > 20 {
             return invalid("egress.max_redirects must be at most 20".into());

@@ -43,6 +43,10 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             print_config(&config);
             Ok(ExitCode::SUCCESS)
         }
+        Command::CheckEgress { config, url } => {
+            let config = config.load()?;
+            check_egress(&config, &url).await
+        }
         Command::Fsck { config, repair } => {
             let config = config.load()?;
             let storage = wharf_storage::Storage::open(&config.data_dir)?;
@@ -114,6 +118,77 @@ fn init_tracing(config: &Config) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// Explains the egress decision for `url`: host rule, resolved addresses and their classes.
+async fn check_egress(config: &Config, url: &str) -> Result<ExitCode, wharf::Error> {
+    use std::fmt::Write as _;
+    let invalid = |m: String| wharf::Error::Config(wharf::config::ConfigError::Invalid(m));
+    let policy = wharf::upstream::EgressPolicy::from_config(&config.egress).map_err(invalid)?;
+    let url =
+        reqwest::Url::parse(url).map_err(|e| invalid(format!("{url:?} is not a URL: {e}")))?;
+    let mut o = String::new();
+    let _ = writeln!(o, "url:  {}", wharf::upstream::egress::redact(&url));
+    let host_ok = match policy.check(&url) {
+        Ok(()) => {
+            let rule = policy.matching_rule(&url).unwrap_or_default();
+            let _ = writeln!(o, "host: allowed by egress.allow entry {rule:?}");
+            true
+        }
+        Err(e) => {
+            let _ = writeln!(o, "host: REFUSED: {e}");
+            false
+        }
+    };
+    let mut any_addr = false;
+    if let Some(host) = url.host_str() {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            let _ = writeln!(
+                o,
+                "addresses (IP literal; allowed only when listed in egress.allow):"
+            );
+            let _ = writeln!(o, "  {ip:<40} {}", wharf::upstream::egress::classify(ip));
+            any_addr = host_ok;
+        } else {
+            let source = if policy.is_pinned(host) {
+                "egress.resolve"
+            } else {
+                "DNS"
+            };
+            match policy.resolve(host).await {
+                Ok(addrs) if addrs.is_empty() => {
+                    let _ = writeln!(o, "addresses ({source}): none");
+                }
+                Ok(addrs) => {
+                    let _ = writeln!(o, "addresses ({source}):");
+                    for (ip, verdict) in addrs {
+                        let (class, word) = match verdict {
+                            Ok(c) => (c, "allowed"),
+                            Err(c) => (c, "REFUSED (egress.allow_cidrs)"),
+                        };
+                        any_addr |= word == "allowed";
+                        let _ = writeln!(o, "  {ip:<40} {class:<45} {word}");
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(o, "addresses ({source}): cannot resolve: {e}");
+                }
+            }
+        }
+    }
+    let allowed = host_ok && any_addr;
+    let _ = writeln!(
+        o,
+        "verdict: {}",
+        if allowed { "allowed" } else { "refused" }
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), o.as_bytes());
+    Ok(if allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// The effective settings, one per line; secrets are named by their source, never printed.

@@ -110,7 +110,7 @@ impl GoState {
             });
         }
         Ok(GoState {
-            http: build_http(egress)?,
+            http: build_http(egress, policy.clone())?,
             policy,
             max_redirects: egress.max_redirects,
             public,

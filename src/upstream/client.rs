@@ -76,7 +76,7 @@ impl UpstreamClient {
             }),
             _ => None,
         };
-        let http = build_http(egress)?;
+        let http = build_http(egress, policy.clone())?;
         Ok(UpstreamClient {
             name: cfg.name.clone(),
             base: cfg.url.trim_end_matches('/').to_string(),
@@ -324,16 +324,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Shared reqwest settings: connect and idle-read timeouts, never a whole-request timeout.
-pub fn build_http(egress: &EgressConfig) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+pub fn build_http(
+    egress: &EgressConfig,
+    policy: Arc<EgressPolicy>,
+) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(super::egress::PolicyResolver(policy)))
         .connect_timeout(egress.connect_timeout)
         .read_timeout(egress.read_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .http2_adaptive_window(true)
         .no_proxy()
-        .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")));
+    if let Some(proxy) = &egress.proxy {
+        let p = reqwest::Proxy::all(proxy.as_str()).map_err(|e| format!("egress.proxy: {e}"))?;
+        b = b.proxy(p);
+    }
+    b.build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 

@@ -1,6 +1,19 @@
-//! The egress policy: which hosts wharf may contact. Every outbound request (registry, token
-//! realm, every redirect hop) is checked here before a connection is made. The policy only
-//! decides; the client in `upstream::client` enforces it.
+//! The egress policy: which hosts wharf may contact, and which addresses. Two layers:
+//! 1. the host allowlist, checked on the URL of every outbound request (registry, token realm,
+//!    every redirect hop) before anything is sent;
+//! 2. the address check, applied by `PolicyResolver` to every address a name resolves to, before
+//!    connecting. The connection goes to a vetted address only: there is no second lookup that a
+//!    rebinding DNS answer could change.
+//!
+//! Loopback, private, link-local (cloud metadata), CGNAT, unique-local, multicast and the IPv6
+//! forms that embed IPv4 are refused unless `egress.allow_cidrs` covers them, or the operator
+//! listed that very address in `egress.allow`. The policy only decides; `upstream::client`
+//! enforces it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use reqwest::Url;
 
@@ -75,18 +88,125 @@ pub enum EgressError {
     BadUrl { url: String },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EgressPolicy {
     allow: Vec<HostPattern>,
+    allow_cidrs: Vec<Cidr>,
+    /// Addresses listed literally in `egress.allow`: the operator allowed exactly these.
+    literal_ips: Vec<IpAddr>,
+    /// `egress.resolve`: names pinned to addresses, bypassing DNS.
+    pinned: HashMap<String, Vec<IpAddr>>,
+    /// The corporate proxy's host: its addresses are the operator's choice, not classified.
+    proxy_host: Option<String>,
 }
 
 impl EgressPolicy {
     pub fn new(allow: &[String]) -> Result<EgressPolicy, String> {
-        let allow = allow
+        let allow: Vec<HostPattern> = allow
             .iter()
             .map(|p| HostPattern::parse(p).map_err(|e| format!("egress.allow {p:?}: {e}")))
             .collect::<Result<_, _>>()?;
-        Ok(EgressPolicy { allow })
+        let literal_ips = allow
+            .iter()
+            .filter_map(|p| match p {
+                HostPattern::Exact(h) => {
+                    h.trim_start_matches('[').trim_end_matches(']').parse().ok()
+                }
+                HostPattern::Suffix(_) => None,
+            })
+            .map(canonical_ip)
+            .collect();
+        Ok(EgressPolicy {
+            allow,
+            literal_ips,
+            ..EgressPolicy::default()
+        })
+    }
+
+    /// The policy of a whole `[egress]` section.
+    pub fn from_config(cfg: &crate::config::EgressConfig) -> Result<EgressPolicy, String> {
+        let mut p = EgressPolicy::new(&cfg.allow)?;
+        p.allow_cidrs = cfg
+            .allow_cidrs
+            .iter()
+            .map(|c| Cidr::parse(c).map_err(|e| format!("egress.allow_cidrs {c:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        for (host, addrs) in &cfg.resolve {
+            let ips = addrs
+                .iter()
+                .map(|a| {
+                    a.parse::<IpAddr>()
+                        .map(canonical_ip)
+                        .map_err(|_| format!("egress.resolve {host:?}: {a:?} is not an IP address"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            p.pinned.insert(normalize_host(host), ips);
+        }
+        if let Some(proxy) = &cfg.proxy {
+            let url = Url::parse(proxy).map_err(|e| format!("egress.proxy {proxy:?}: {e}"))?;
+            p.proxy_host = url.host_str().map(normalize_host);
+        }
+        Ok(p)
+    }
+
+    /// The `egress.allow` entry that admits `url`'s host, as written in the config.
+    pub fn matching_rule(&self, url: &Url) -> Option<String> {
+        self.check(url).ok()?;
+        let host = url.host_str()?.trim_end_matches('.').to_ascii_lowercase();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.allow.iter().find_map(|p| match p {
+            HostPattern::Exact(h) if h.trim_start_matches('[').trim_end_matches(']') == host => {
+                Some(h.clone())
+            }
+            HostPattern::Suffix(s) if p.matches(host) => Some(format!("*.{s}")),
+            _ => None,
+        })
+    }
+
+    /// Whether `host` is pinned by `egress.resolve`.
+    pub fn is_pinned(&self, host: &str) -> bool {
+        self.pinned.contains_key(&normalize_host(host))
+    }
+
+    /// Whether connecting to `ip` is allowed, or the class that forbids it.
+    pub fn check_addr(&self, ip: IpAddr) -> Result<AddrClass, AddrClass> {
+        let ip = canonical_ip(ip);
+        let class = classify(ip);
+        if class == AddrClass::Public
+            || self.literal_ips.contains(&ip)
+            || self.allow_cidrs.iter().any(|c| c.contains(ip))
+        {
+            Ok(class)
+        } else {
+            Err(class)
+        }
+    }
+
+    /// What `name` resolves to: pinned addresses, else DNS. Each address with its verdict.
+    pub async fn resolve(
+        &self,
+        name: &str,
+    ) -> std::io::Result<Vec<(IpAddr, Result<AddrClass, AddrClass>)>> {
+        let name = normalize_host(name);
+        let ips: Vec<IpAddr> = match self.pinned.get(&name) {
+            Some(ips) => ips.clone(),
+            None => tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .map(|a| canonical_ip(a.ip()))
+                .collect(),
+        };
+        let trusted = self.proxy_host.as_deref() == Some(name.as_str());
+        Ok(ips
+            .into_iter()
+            .map(|ip| {
+                let verdict = if trusted {
+                    Ok(classify(ip))
+                } else {
+                    self.check_addr(ip)
+                };
+                (ip, verdict)
+            })
+            .collect())
     }
 
     /// Decides whether `url` may be fetched.
@@ -109,6 +229,187 @@ impl EgressPolicy {
                 host: host.to_string(),
             })
         }
+    }
+}
+
+/// What kind of address this is, for the egress check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrClass {
+    Public,
+    Unspecified,
+    Loopback,
+    Private,
+    LinkLocal,
+    Cgnat,
+    UniqueLocal,
+    Multicast,
+    Broadcast,
+    Reserved,
+    /// An IPv6 address that embeds an IPv4 one (NAT64, 6to4, Teredo).
+    EmbedsIpv4,
+}
+
+impl fmt::Display for AddrClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            AddrClass::Public => "public",
+            AddrClass::Unspecified => "unspecified / this network",
+            AddrClass::Loopback => "loopback",
+            AddrClass::Private => "private (RFC 1918)",
+            AddrClass::LinkLocal => "link-local (incl. cloud metadata)",
+            AddrClass::Cgnat => "carrier-grade NAT (100.64/10)",
+            AddrClass::UniqueLocal => "unique-local (fc00::/7)",
+            AddrClass::Multicast => "multicast",
+            AddrClass::Broadcast => "broadcast",
+            AddrClass::Reserved => "reserved",
+            AddrClass::EmbedsIpv4 => "IPv6 embedding IPv4 (NAT64 / 6to4 / Teredo)",
+        })
+    }
+}
+
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is the IPv4 address it carries.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// An explicit range table (`IpAddr::is_global` is unstable).
+pub fn classify(ip: IpAddr) -> AddrClass {
+    match canonical_ip(ip) {
+        IpAddr::V4(v4) => classify_v4(v4),
+        IpAddr::V6(v6) => classify_v6(v6),
+    }
+}
+
+fn classify_v4(ip: Ipv4Addr) -> AddrClass {
+    let o = ip.octets();
+    match o {
+        [0, ..] => AddrClass::Unspecified,
+        [127, ..] => AddrClass::Loopback,
+        [10, ..] | [172, 16..=31, ..] | [192, 168, ..] => AddrClass::Private,
+        [169, 254, ..] => AddrClass::LinkLocal,
+        [100, 64..=127, ..] => AddrClass::Cgnat,
+        [224..=239, ..] => AddrClass::Multicast,
+        [255, 255, 255, 255] => AddrClass::Broadcast,
+        [240..=255, ..] | [192, 0, 0, _] | [198, 18..=19, ..] => AddrClass::Reserved,
+        _ => AddrClass::Public,
+    }
+}
+
+fn classify_v6(ip: Ipv6Addr) -> AddrClass {
+    let s = ip.segments();
+    if ip.is_unspecified() {
+        AddrClass::Unspecified
+    } else if ip.is_loopback() {
+        AddrClass::Loopback
+    } else if s[0] & 0xfe00 == 0xfc00 {
+        AddrClass::UniqueLocal
+    } else if s[0] & 0xffc0 == 0xfe80 {
+        AddrClass::LinkLocal
+    } else if s[0] & 0xff00 == 0xff00 {
+        AddrClass::Multicast
+    } else if (s[0] == 0x64 && s[1] == 0xff9b) || s[0] == 0x2002 || (s[0] == 0x2001 && s[1] == 0) {
+        AddrClass::EmbedsIpv4
+    } else if s[..6] == [0, 0, 0, 0, 0, 0] {
+        // IPv4-compatible (deprecated) ::a.b.c.d
+        AddrClass::EmbedsIpv4
+    } else {
+        AddrClass::Public
+    }
+}
+
+/// An address range of `egress.allow_cidrs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (addr, bits) = match text.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (text, None),
+        };
+        let net: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            Some(b) => b
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("prefix length must be 0..={max}"))?,
+            None => max,
+        };
+        Ok(Cidr { net, bits })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// reqwest's resolver hook: resolves (or takes pinned addresses), keeps only the addresses the
+/// policy allows, and fails naming the refused ones when none is left. reqwest then connects to
+/// exactly these addresses.
+#[derive(Debug, Clone)]
+pub struct PolicyResolver(pub Arc<EgressPolicy>);
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let results = policy.resolve(&host).await.map_err(|e| {
+                Box::new(std::io::Error::other(format!("cannot resolve {host}: {e}")))
+                    as Box<dyn std::error::Error + Send + Sync>
+            })?;
+            let allowed: Vec<SocketAddr> = results
+                .iter()
+                .filter(|(_, v)| v.is_ok())
+                .map(|(ip, _)| SocketAddr::new(*ip, 0))
+                .collect();
+            if allowed.is_empty() {
+                let refused: Vec<String> = results
+                    .iter()
+                    .map(|(ip, v)| format!("{ip} ({})", v.unwrap_or_else(|c| c)))
+                    .collect();
+                let msg = if refused.is_empty() {
+                    format!("{host} has no addresses")
+                } else {
+                    format!(
+                        "egress to {host} refused: it resolves only to forbidden addresses {}; add a range to egress.allow_cidrs if wharf should connect there",
+                        refused.join(", ")
+                    )
+                };
+                tracing::warn!(%host, "{msg}");
+                return Err(Box::new(std::io::Error::other(msg))
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
@@ -194,6 +495,56 @@ mod tests {
         assert!(
             msg.contains("b.example") && msg.contains("egress.allow"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn address_classes_cover_the_forbidden_ranges() {
+        let c = |s: &str| classify(s.parse().unwrap());
+        assert_eq!(c("8.8.8.8"), AddrClass::Public);
+        assert_eq!(c("127.0.0.2"), AddrClass::Loopback);
+        assert_eq!(c("10.1.2.3"), AddrClass::Private);
+        assert_eq!(c("172.31.0.1"), AddrClass::Private);
+        assert_eq!(c("172.32.0.1"), AddrClass::Public);
+        assert_eq!(c("192.168.1.1"), AddrClass::Private);
+        assert_eq!(c("169.254.169.254"), AddrClass::LinkLocal);
+        assert_eq!(c("100.64.0.1"), AddrClass::Cgnat);
+        assert_eq!(c("0.1.2.3"), AddrClass::Unspecified);
+        assert_eq!(c("224.0.0.1"), AddrClass::Multicast);
+        assert_eq!(c("::1"), AddrClass::Loopback);
+        assert_eq!(c("fd00:ec2::254"), AddrClass::UniqueLocal);
+        assert_eq!(c("fe80::1"), AddrClass::LinkLocal);
+        assert_eq!(c("::ffff:10.0.0.1"), AddrClass::Private);
+        assert_eq!(c("::ffff:127.0.0.1"), AddrClass::Loopback);
+        assert_eq!(c("64:ff9b::a9fe:a9fe"), AddrClass::EmbedsIpv4);
+        assert_eq!(c("2002:a9fe:a9fe::1"), AddrClass::EmbedsIpv4);
+        assert_eq!(c("2001:0:4136:e378::1"), AddrClass::EmbedsIpv4);
+        assert_eq!(c("2606:4700::1111"), AddrClass::Public);
+    }
+
+    #[test]
+    fn cidrs_and_literal_entries_open_exactly_what_they_say() {
+        let mut p = policy(&["127.0.0.1", "registry.example"]);
+        assert!(p.check_addr("127.0.0.1".parse().unwrap()).is_ok());
+        assert!(p.check_addr("::ffff:127.0.0.1".parse().unwrap()).is_ok());
+        assert_eq!(
+            p.check_addr("127.0.0.2".parse().unwrap()),
+            Err(AddrClass::Loopback)
+        );
+        p.allow_cidrs.push(Cidr::parse("10.0.0.0/8").unwrap());
+        assert!(p.check_addr("10.9.9.9".parse().unwrap()).is_ok());
+        assert!(p.check_addr("11.0.0.1".parse().unwrap()).is_ok(), "public");
+        assert!(p.check_addr("192.168.0.1".parse().unwrap()).is_err());
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(
+            Cidr::parse("fd00::/8")
+                .unwrap()
+                .contains("fd12::1".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
         );
     }
 

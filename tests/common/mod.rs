@@ -254,6 +254,16 @@ async fn fake_handler(State(st): State<Arc<FakeState>>, req: Request) -> Respons
         )
             .into_response();
     }
+    // `/final/<path>`: the end of a redirect chain, served whatever the blob mode,
+    // without auth (like a CDN).
+    if let Some(fin) = path.strip_prefix("/final/")
+        && let Some((_repo, digest)) = fin.rsplit_once("/blobs/")
+    {
+        return match st.blobs.lock().unwrap().get(digest).cloned() {
+            Some(b) => b.into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        };
+    }
     if let Some(code) = *st.fail_with.lock().unwrap() {
         let mut r = (StatusCode::from_u16(code).unwrap(), "upstream says no").into_response();
         if code == 429 {

@@ -1,0 +1,563 @@
+//! The go command's `h1:` hashes (golang.org/x/mod/sumdb/dirhash `Hash1`) of module zips and
+//! go.mod files, and the module-zip rules of golang.org/x/mod/zip `CheckZip`.
+//!
+//! Pure functions over a reader the caller owns; nothing here touches the store. A zip that
+//! fails `check_zip` must not be stored or served: the go command would reject it anyway, and
+//! the sumdb hash is only meaningful for zips that obey these rules.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use sha2::{Digest, Sha256};
+
+/// Largest module zip, compressed or uncompressed (`zip.MaxZipFile`).
+pub const MAX_ZIP_FILE: u64 = 500 << 20;
+/// Largest go.mod (`zip.MaxGoMod`).
+pub const MAX_GO_MOD: u64 = 16 << 20;
+/// Largest LICENSE at the module root (`zip.MaxLICENSE`).
+pub const MAX_LICENSE: u64 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModZipError {
+    #[error("reading zip: {0}")]
+    Read(#[from] zip::result::ZipError),
+    #[error("reading zip entry {name:?}: {source}")]
+    Entry {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The zip reader keeps one entry per name, so duplicates cannot be hashed as Go does.
+    #[error("zip has duplicate file names")]
+    DuplicateNames,
+    #[error("dirhash: filenames with newlines are not supported")]
+    NewlineInName,
+    #[error("zip entry {name:?} holds {actual} bytes but declares {declared}")]
+    SizeMismatch {
+        name: String,
+        declared: u64,
+        actual: u64,
+    },
+    #[error("module zip file is too large ({0} bytes; limit is {MAX_ZIP_FILE} bytes)")]
+    ZipTooLarge(u64),
+    #[error(
+        "total uncompressed size of module contents too large (max size is {MAX_ZIP_FILE} bytes)"
+    )]
+    ContentTooLarge,
+    #[error("{name:?}: {reason}")]
+    InvalidFile { name: String, reason: String },
+}
+
+fn invalid(name: &str, reason: impl Into<String>) -> ModZipError {
+    ModZipError::InvalidFile {
+        name: name.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// `Hash1` over (file name, SHA-256 of contents) pairs: sort names bytewise, hash the lines
+/// `hex(sha256) + "  " + name + "\n"`, return `"h1:" + base64(sha256(lines))`.
+pub fn h1_from_digests(mut files: Vec<(Vec<u8>, [u8; 32])>) -> Result<String, ModZipError> {
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut summary = Sha256::new();
+    for (name, digest) in &files {
+        if name.contains(&b'\n') {
+            return Err(ModZipError::NewlineInName);
+        }
+        summary.update(hex::encode(digest).as_bytes());
+        summary.update(b"  ");
+        summary.update(name);
+        summary.update(b"\n");
+    }
+    Ok(format!("h1:{}", STANDARD.encode(summary.finalize())))
+}
+
+/// The `/go.mod` hash in go.sum: `Hash1` over a single file named `go.mod`.
+pub fn h1_of_gomod(bytes: &[u8]) -> String {
+    let digest: [u8; 32] = Sha256::digest(bytes).into();
+    // One fixed name without a newline: this cannot fail.
+    h1_from_digests(vec![(b"go.mod".to_vec(), digest)]).unwrap_or_default()
+}
+
+/// The zip hash in go.sum (`dirhash.HashZip`): `Hash1` over every entry, named exactly as
+/// stored (`module@version/...`). Directory entries count as empty files, as in Go.
+pub fn h1_of_zip<R: Read + Seek>(reader: R) -> Result<String, ModZipError> {
+    scan(reader, None)
+}
+
+/// Checks a module zip against the rules of `zip.CheckZip` (see `check_and_hash_zip`).
+pub fn check_zip<R: Read + Seek>(
+    reader: R,
+    module_path: &str,
+    version: &str,
+) -> Result<(), ModZipError> {
+    scan(reader, Some((module_path, version))).map(|_| ())
+}
+
+/// Checks a module zip and returns its `h1:` hash, reading it once.
+///
+/// The checks (golang.org/x/mod/zip `checkZip`, plus what `Unzip` enforces):
+/// * the zip is at most 500 MiB, and so is the sum of declared uncompressed sizes;
+/// * every entry starts with the unescaped `module@version/`;
+/// * each path below it is clean and a valid file path (no `..`, no empty elements, no
+///   backslash or shell-special characters, no Windows-reserved names);
+/// * no two paths are equal under case folding, and none is both file and directory;
+/// * `go.mod` appears only at the root, spelled exactly so, at most 16 MiB (LICENSE too);
+/// * no symlinks, and each entry holds exactly its declared number of bytes.
+///
+/// The module path and version are taken as given; validating them is the caller's job.
+pub fn check_and_hash_zip<R: Read + Seek>(
+    reader: R,
+    module_path: &str,
+    version: &str,
+) -> Result<String, ModZipError> {
+    scan(reader, Some((module_path, version)))
+}
+
+fn scan<R: Read + Seek>(mut reader: R, check: Option<(&str, &str)>) -> Result<String, ModZipError> {
+    let io_err = zip::result::ZipError::from;
+    let len = reader.seek(SeekFrom::End(0)).map_err(io_err)?;
+    if len > MAX_ZIP_FILE {
+        return Err(ModZipError::ZipTooLarge(len));
+    }
+    reader.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    let mut archive = zip::ZipArchive::new(reader)?;
+    if archive.has_duplicate_names() {
+        return Err(ModZipError::DuplicateNames);
+    }
+
+    // 1. Names and declared sizes, before decompressing anything.
+    let mut names: Vec<Vec<u8>> = Vec::with_capacity(archive.len());
+    let mut collisions = Collisions::default();
+    let mut total: u64 = 0;
+    for i in 0..archive.len() {
+        let entry = archive.by_index_data(i)?;
+        let name = entry.name_raw().to_vec();
+        if name.contains(&b'\n') {
+            return Err(ModZipError::NewlineInName);
+        }
+        let size = entry.size();
+        if let Some((module_path, version)) = check {
+            check_entry(
+                &name,
+                module_path,
+                version,
+                size,
+                entry.is_symlink(),
+                &mut collisions,
+            )?;
+        }
+        // Also when only hashing: never decompress more than a valid module can hold.
+        total = total.saturating_add(size);
+        if total > MAX_ZIP_FILE {
+            return Err(ModZipError::ContentTooLarge);
+        }
+        names.push(name);
+    }
+
+    // 2. Contents: hash each entry and count its bytes against the declared size.
+    let mut files = Vec::with_capacity(names.len());
+    let mut buf = vec![0u8; 64 * 1024];
+    for (i, name) in names.into_iter().enumerate() {
+        let mut file = archive.by_index(i)?;
+        let declared = file.size();
+        let display = String::from_utf8_lossy(&name).into_owned();
+        let mut hasher = Sha256::new();
+        let mut actual: u64 = 0;
+        loop {
+            let n = file.read(&mut buf).map_err(|source| ModZipError::Entry {
+                name: display.clone(),
+                source,
+            })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(buf.get(..n).unwrap_or_default());
+            actual += n as u64;
+            if actual > declared {
+                break;
+            }
+        }
+        if actual != declared {
+            return Err(ModZipError::SizeMismatch {
+                name: display,
+                declared,
+                actual,
+            });
+        }
+        files.push((name, hasher.finalize().into()));
+    }
+    h1_from_digests(files)
+}
+
+fn check_entry(
+    raw: &[u8],
+    module_path: &str,
+    version: &str,
+    size: u64,
+    symlink: bool,
+    collisions: &mut Collisions,
+) -> Result<(), ModZipError> {
+    let full = std::str::from_utf8(raw)
+        .map_err(|_| invalid(&String::from_utf8_lossy(raw), "invalid UTF-8"))?;
+    let prefix = format!("{module_path}@{version}/");
+    let name = full
+        .strip_prefix(&prefix)
+        .ok_or_else(|| invalid(full, format!("path does not have prefix {prefix:?}")))?;
+    if name.is_empty() {
+        return Ok(());
+    }
+    let (name, is_dir) = match name.strip_suffix('/') {
+        Some(dir) => (dir, true),
+        None => (name, false),
+    };
+    check_file_path(name).map_err(|reason| invalid(full, reason))?;
+    collisions
+        .check(name, is_dir)
+        .map_err(|reason| invalid(full, reason))?;
+    if is_dir {
+        return Ok(());
+    }
+    if symlink {
+        return Err(invalid(full, "symlinks are not allowed in module zips"));
+    }
+    let base = name.rsplit('/').next().unwrap_or(name);
+    if base.eq_ignore_ascii_case("go.mod") {
+        if base != name {
+            return Err(invalid(full, "go.mod file not in module root directory"));
+        }
+        if name != "go.mod" {
+            return Err(invalid(full, "go.mod files must have lowercase names"));
+        }
+    }
+    if name == "go.mod" && size > MAX_GO_MOD {
+        return Err(invalid(
+            full,
+            format!("go.mod file too large (max size is {MAX_GO_MOD} bytes)"),
+        ));
+    }
+    if name == "LICENSE" && size > MAX_LICENSE {
+        return Err(invalid(
+            full,
+            format!("LICENSE file too large (max size is {MAX_LICENSE} bytes)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reserved file names on Windows, compared case-insensitively before the first dot.
+const BAD_WINDOWS_NAMES: [&str; 22] = [
+    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+];
+
+/// `path.Clean(p) == p` plus `module.CheckFilePath(p)`: slash-separated, every element
+/// non-empty, not all dots, no trailing dot, only allowed characters, not Windows-reserved.
+fn check_file_path(p: &str) -> Result<(), String> {
+    for elem in p.split('/') {
+        if elem.is_empty() {
+            return Err("empty path element (absolute path or double slash)".into());
+        }
+        if elem.bytes().all(|b| b == b'.') {
+            return Err(format!("invalid path element {elem:?}"));
+        }
+        if elem.ends_with('.') {
+            return Err("trailing dot in path element".into());
+        }
+        if let Some(c) = elem.chars().find(|c| !file_name_ok(*c)) {
+            return Err(format!("invalid char {c:?}"));
+        }
+        let short = elem.split('.').next().unwrap_or(elem);
+        if BAD_WINDOWS_NAMES
+            .iter()
+            .any(|bad| bad.eq_ignore_ascii_case(short))
+        {
+            return Err(format!(
+                "{short:?} disallowed as path element component on Windows"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `module.fileNameOK`: ASCII letters, digits, space and `!#$%&()+,-.=@[]^_{}~`, or any
+/// Unicode letter (approximated by `char::is_alphabetic`).
+fn file_name_ok(c: char) -> bool {
+    if c.is_ascii() {
+        c.is_ascii_alphanumeric() || "!#$%&()+,-.=@[]^_{}~ ".contains(c)
+    } else {
+        c.is_alphabetic()
+    }
+}
+
+/// `zip.strToFold`: maps each character to a canonical member of its case-folding class.
+/// Approximates Go's `unicode.SimpleFold` orbit minimum with single-character case mappings.
+fn fold(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let lower = single(c.to_lowercase());
+            let upper = single(c.to_uppercase());
+            let lower_of_upper = upper.and_then(|u| single(u.to_lowercase()));
+            let min = [Some(c), lower, upper, lower_of_upper]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(c);
+            min.to_ascii_lowercase()
+        })
+        .collect()
+}
+
+/// The only character of a case mapping, if it maps to exactly one.
+fn single(mut it: impl Iterator<Item = char>) -> Option<char> {
+    let first = it.next()?;
+    it.next().is_none().then_some(first)
+}
+
+/// Paths seen so far, keyed by their case fold (`zip.collisionChecker`).
+#[derive(Default)]
+struct Collisions(HashMap<String, (String, bool)>);
+
+impl Collisions {
+    fn check(&mut self, p: &str, is_dir: bool) -> Result<(), String> {
+        let mut p = p;
+        let mut is_dir = is_dir;
+        loop {
+            match self.0.get(&fold(p)) {
+                Some((other, other_dir)) => {
+                    if other != p {
+                        return Err(format!(
+                            "case-insensitive file name collision: {other:?} and {p:?}"
+                        ));
+                    }
+                    if *other_dir != is_dir {
+                        return Err(format!("entry {p:?} is both a file and a directory"));
+                    }
+                    if !is_dir {
+                        return Err(format!("multiple entries for file {p:?}"));
+                    }
+                }
+                None => {
+                    self.0.insert(fold(p), (p.to_string(), is_dir));
+                }
+            }
+            match p.rsplit_once('/') {
+                Some((parent, _)) => {
+                    p = parent;
+                    is_dir = true;
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Cursor, Write};
+    use zip::write::SimpleFileOptions;
+
+    const HELLO_ZIP: &[u8] = include_bytes!("../../tests/fixtures/sumdb/hello.zip");
+    const DIRS_ZIP: &[u8] = include_bytes!("../../tests/fixtures/sumdb/dirs.zip");
+
+    #[test]
+    fn zip_hashes_match_the_go_implementation() {
+        // From tests/fixtures/sumdb/gen.go (dirhash.HashZip).
+        assert_eq!(
+            h1_of_zip(Cursor::new(HELLO_ZIP)).unwrap(),
+            "h1:O7hDq4Q2YAAmFx+TIuqbo/FqqyHkYm3E82ZVuDRZ1vU="
+        );
+        // Unsorted entries, stored and deflated, and a directory entry, which Go hashes too.
+        assert_eq!(
+            h1_of_zip(Cursor::new(DIRS_ZIP)).unwrap(),
+            "h1:LOgK4d5IGQ37nRhMbkjBPvrKvxhiLF/V9JwrxMfwk8Q="
+        );
+    }
+
+    #[test]
+    fn gomod_hashes_match_the_go_implementation() {
+        assert_eq!(
+            h1_of_gomod(b"module example.com/hello\n\ngo 1.19\n"),
+            "h1:RslnPMa/nR3RpskRbvoDBlr6/b2RhFS0EEnq72RQTo0="
+        );
+        assert_eq!(
+            h1_of_gomod(b"module example.com/Dirs\n"),
+            "h1:2KSOOb+eKRraWLWL93CexqeUadvmoVgP3k8JPSHlJU4="
+        );
+    }
+
+    #[test]
+    fn fixture_zips_pass_the_checks_with_the_same_hash() {
+        assert_eq!(
+            check_and_hash_zip(Cursor::new(HELLO_ZIP), "example.com/hello", "v1.0.0").unwrap(),
+            "h1:O7hDq4Q2YAAmFx+TIuqbo/FqqyHkYm3E82ZVuDRZ1vU="
+        );
+        check_zip(Cursor::new(DIRS_ZIP), "example.com/Dirs", "v0.1.0-RC1").unwrap();
+        // The prefix is the unescaped module path.
+        assert!(check_zip(Cursor::new(DIRS_ZIP), "example.com/!dirs", "v0.1.0-!r!c1").is_err());
+        assert!(check_zip(Cursor::new(HELLO_ZIP), "example.com/hello", "v1.0.1").is_err());
+    }
+
+    fn make_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        for (name, body) in entries {
+            if let Some(dir) = name.strip_suffix('/') {
+                w.add_directory(dir, SimpleFileOptions::default()).unwrap();
+            } else {
+                w.start_file(*name, SimpleFileOptions::default()).unwrap();
+                w.write_all(body).unwrap();
+            }
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    fn check(entries: &[(&str, &[u8])]) -> Result<(), ModZipError> {
+        check_zip(Cursor::new(make_zip(entries)), "example.com/m", "v1.0.0")
+    }
+
+    #[test]
+    fn well_formed_zip_passes() {
+        check(&[
+            ("example.com/m@v1.0.0/go.mod", b"module example.com/m\n"),
+            ("example.com/m@v1.0.0/a/", b""),
+            ("example.com/m@v1.0.0/a/b c+(1).go", b"package a\n"),
+            ("example.com/m@v1.0.0/LICENSE", b"MIT\n"),
+            ("example.com/m@v1.0.0/ünïcode.txt", b"x"),
+            ("example.com/m@v1.0.0/-dash", b"x"),
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn zip_breaking_a_module_rule_is_rejected() {
+        let cases: &[&[(&str, &[u8])]] = &[
+            &[("example.com/other@v1.0.0/x.go", b"")],
+            &[("example.com/m@v1.0.1/x.go", b"")],
+            &[("x.go", b"")],
+            &[("example.com/m@v1.0.0/../x.go", b"")],
+            &[("example.com/m@v1.0.0/a/../x.go", b"")],
+            &[("example.com/m@v1.0.0/./x.go", b"")],
+            &[("example.com/m@v1.0.0//x.go", b"")],
+            &[("example.com/m@v1.0.0/a\\b.go", b"")],
+            &[("example.com/m@v1.0.0/a:b.go", b"")],
+            &[("example.com/m@v1.0.0/a*.go", b"")],
+            &[("example.com/m@v1.0.0/x.", b"")],
+            &[("example.com/m@v1.0.0/CON", b"")],
+            &[("example.com/m@v1.0.0/sub/aux.txt", b"")],
+            &[
+                ("example.com/m@v1.0.0/README", b""),
+                ("example.com/m@v1.0.0/readme", b""),
+            ],
+            &[
+                ("example.com/m@v1.0.0/a/x", b""),
+                ("example.com/m@v1.0.0/A/y", b""),
+            ],
+            &[
+                ("example.com/m@v1.0.0/a", b""),
+                ("example.com/m@v1.0.0/a/b", b""),
+            ],
+            &[("example.com/m@v1.0.0/sub/go.mod", b"")],
+            &[("example.com/m@v1.0.0/GO.MOD", b"")],
+        ];
+        for entries in cases {
+            assert!(
+                matches!(check(entries), Err(ModZipError::InvalidFile { .. })),
+                "{entries:?} should be rejected, got {:?}",
+                check(entries)
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_entries_are_rejected() {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        // zip refuses duplicate names, so rename the second entry in the bytes afterwards.
+        for name in ["example.com/m@v1.0.0/a.go", "example.com/m@v1.0.0/b.go"] {
+            w.start_file(name, SimpleFileOptions::default()).unwrap();
+            w.write_all(b"package m\n").unwrap();
+        }
+        let mut bytes = w.finish().unwrap().into_inner();
+        let from = b"example.com/m@v1.0.0/b.go";
+        let to = b"example.com/m@v1.0.0/a.go";
+        let mut i = 0;
+        while i + from.len() <= bytes.len() {
+            if &bytes[i..i + from.len()] == from {
+                bytes[i..i + from.len()].copy_from_slice(to);
+            }
+            i += 1;
+        }
+        let err = check_zip(Cursor::new(&bytes), "example.com/m", "v1.0.0");
+        assert!(matches!(err, Err(ModZipError::DuplicateNames)), "{err:?}");
+        assert!(matches!(
+            h1_of_zip(Cursor::new(&bytes)),
+            Err(ModZipError::DuplicateNames)
+        ));
+    }
+
+    #[test]
+    fn symlinks_are_rejected() {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        w.add_symlink(
+            "example.com/m@v1.0.0/link",
+            "/etc/passwd",
+            SimpleFileOptions::default(),
+        )
+        .unwrap();
+        let bytes = w.finish().unwrap().into_inner();
+        let err = check_zip(Cursor::new(bytes), "example.com/m", "v1.0.0");
+        assert!(
+            matches!(err, Err(ModZipError::InvalidFile { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn entry_whose_data_disagrees_with_its_declared_size_is_rejected() {
+        // A stored entry: patch both size fields (local header and central directory) down by one.
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        w.start_file("example.com/m@v1.0.0/x.txt", opts).unwrap();
+        w.write_all(b"0123456789").unwrap();
+        let mut bytes = w.finish().unwrap().into_inner();
+        let ten = 10u32.to_le_bytes();
+        let nine = 9u32.to_le_bytes();
+        let mut patched = 0;
+        for i in 0..bytes.len() - 8 {
+            if bytes[i..i + 4] == ten && bytes[i + 4..i + 8] == ten {
+                bytes[i + 4..i + 8].copy_from_slice(&nine);
+                patched += 1;
+            }
+        }
+        assert_eq!(patched, 2);
+        assert!(check_zip(Cursor::new(&bytes), "example.com/m", "v1.0.0").is_err());
+        assert!(h1_of_zip(Cursor::new(&bytes)).is_err());
+    }
+
+    #[test]
+    fn names_with_newlines_cannot_be_hashed() {
+        let bytes = make_zip(&[("example.com/m@v1.0.0/a\nb", b"")]);
+        assert!(matches!(
+            h1_of_zip(Cursor::new(bytes)),
+            Err(ModZipError::NewlineInName)
+        ));
+    }
+
+    #[test]
+    fn garbage_is_not_a_zip() {
+        assert!(matches!(
+            h1_of_zip(Cursor::new(b"not a zip")),
+            Err(ModZipError::Read(_))
+        ));
+    }
+
+    #[test]
+    fn case_folding_matches_go_for_common_letters() {
+        assert_eq!(fold("ABC-xyz"), "abc-xyz");
+        assert_eq!(fold("\u{212A}"), fold("k")); // Kelvin sign folds with k
+        assert_eq!(fold("ÄÖÜ"), fold("äöü"));
+        assert_eq!(fold("\u{17F}"), fold("S")); // long s folds with s
+    }
+}

@@ -1,0 +1,231 @@
+//! The egress policy at work: every refused target gets a clear error and zero connections.
+//! Planted listeners sit on loopback addresses (127.0.0.2, ...) that the test policy treats as
+//! forbidden; `egress.resolve` pins test names, so the DNS cases are deterministic.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::*;
+
+fn conns(f: &FakeRegistry) -> usize {
+    f.state.connections.load(Ordering::SeqCst)
+}
+
+async fn wharf_with(up: &FakeRegistry, dir: &std::path::Path, egress: &str) -> Wharf {
+    let toml = format!(
+        r#"data_dir = "{}"
+[registry]
+default_upstream = "fake.test"
+[[registry.upstream]]
+name = "fake.test"
+url = "{}"
+[egress]
+connect_timeout = "2s"
+read_timeout = "5s"
+{egress}
+"#,
+        dir.display(),
+        up.url()
+    );
+    Wharf::start_with_config(&toml, dir).await
+}
+
+async fn get_blob(w: &Wharf, d: &str) -> (u16, String) {
+    let r = client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn redirect_to_cloud_metadata_is_refused_before_connecting() {
+    let up = FakeRegistry::start().await;
+    let d = up.put_blob(b"layer");
+    up.set_blob_mode(BlobMode::Redirect("http://169.254.169.254".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let w = wharf_with(&up, dir.path(), r#"allow = ["127.0.0.1"]"#).await;
+    let (status, body) = get_blob(&w, &d).await;
+    assert_eq!(status, 502);
+    assert!(
+        body.contains("169.254.169.254") && body.contains("egress.allow"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn names_resolving_to_forbidden_addresses_get_no_connection() {
+    let up = FakeRegistry::start().await;
+    let planted = FakeRegistry::start_on("127.0.0.2:0").await;
+    let port = planted.addr.port();
+    let d = up.put_blob(b"layer");
+    planted.put_blob(b"layer");
+    let dir = tempfile::tempdir().unwrap();
+    // Allowed names, but their addresses are loopback (private-range stand-ins here): refused.
+    let egress = r#"allow = ["127.0.0.1", "internal.test", "mapped.test"]
+resolve = { "internal.test" = ["127.0.0.2"], "mapped.test" = ["::ffff:127.0.0.2"] }"#;
+    let w = wharf_with(&up, dir.path(), egress).await;
+    for host in ["internal.test", "mapped.test"] {
+        up.set_blob_mode(BlobMode::Redirect(format!("http://{host}:{port}")));
+        let (status, body) = get_blob(&w, &d).await;
+        assert_eq!(status, 502, "{host}");
+        assert!(body.contains("cannot connect"), "{host}: {body}");
+    }
+    assert_eq!(conns(&planted), 0, "the planted listener saw a connection");
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+}
+
+#[tokio::test]
+async fn allow_cidrs_opens_a_range_on_purpose() {
+    let up = FakeRegistry::start().await;
+    let cdn = FakeRegistry::start_on("127.0.0.2:0").await;
+    let d = up.put_blob(b"layer");
+    cdn.put_blob(b"layer");
+    up.set_blob_mode(BlobMode::Redirect(format!(
+        "http://cdn.test:{}",
+        cdn.addr.port()
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    let egress = r#"allow = ["127.0.0.1", "cdn.test"]
+allow_cidrs = ["127.0.0.2/32"]
+resolve = { "cdn.test" = ["127.0.0.2"] }"#;
+    let w = wharf_with(&up, dir.path(), egress).await;
+    let (status, body) = get_blob(&w, &d).await;
+    assert_eq!((status, body.as_str()), (200, "layer"));
+    assert_eq!(conns(&cdn), 1);
+}
+
+#[tokio::test]
+async fn ip_literals_not_listed_are_refused() {
+    let up = FakeRegistry::start().await;
+    let planted = FakeRegistry::start_on("127.0.0.3:0").await;
+    let d = up.put_blob(b"layer");
+    up.set_blob_mode(BlobMode::Redirect(format!(
+        "http://127.0.0.3:{}",
+        planted.addr.port()
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    let w = wharf_with(&up, dir.path(), r#"allow = ["127.0.0.1"]"#).await;
+    let (status, body) = get_blob(&w, &d).await;
+    assert_eq!(status, 502);
+    assert!(body.contains("127.0.0.3"), "{body}");
+    assert_eq!(conns(&planted), 0);
+}
+
+#[tokio::test]
+async fn authorization_dropped_on_a_host_change_never_comes_back() {
+    // A (registry, wants a token) -> B (another host) -> A again: the last hop must carry no
+    // Authorization, although it returns to the host that was given one.
+    let a = FakeRegistry::start().await;
+    let b = FakeRegistry::start_on("127.0.0.4:0").await;
+    let data = bytes_of(10_000, 3);
+    let d = a.put_blob(&data);
+    b.put_blob(&data);
+    *a.state.require_token.lock().unwrap() = true;
+    a.set_blob_mode(BlobMode::Redirect(format!(
+        "http://b.test:{}",
+        b.addr.port()
+    )));
+    b.set_blob_mode(BlobMode::Redirect(format!(
+        "http://127.0.0.1:{}/final",
+        a.addr.port()
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    let egress = r#"allow = ["127.0.0.1", "b.test"]
+allow_cidrs = ["127.0.0.4/32"]
+resolve = { "b.test" = ["127.0.0.4"] }"#;
+    let w = wharf_with(&a, dir.path(), egress).await;
+    let r = client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), data);
+    let seen = a.seen();
+    let back = seen
+        .iter()
+        .find(|s| s.path.starts_with("/final/"))
+        .expect("chain returned to A");
+    assert_eq!(
+        back.authorization, None,
+        "credentials came back on the A -> B -> A chain"
+    );
+    assert!(b.seen().iter().all(|s| s.authorization.is_none()));
+    assert!(
+        seen.iter()
+            .any(|s| s.authorization.as_deref() == Some("Bearer good-token"))
+    );
+}
+
+#[tokio::test]
+async fn too_many_redirects_are_refused() {
+    let up = FakeRegistry::start().await;
+    let d = up.put_blob(b"layer");
+    // Redirects to itself forever.
+    up.set_blob_mode(BlobMode::Redirect(up.url()));
+    let dir = tempfile::tempdir().unwrap();
+    let w = wharf_with(
+        &up,
+        dir.path(),
+        "allow = [\"127.0.0.1\"]\nmax_redirects = 3",
+    )
+    .await;
+    let (status, body) = get_blob(&w, &d).await;
+    assert_eq!(status, 502);
+    assert!(body.contains("redirects"), "{body}");
+    assert_eq!(
+        up.count("GET", "/blobs/"),
+        4,
+        "the first request and three hops"
+    );
+}
+
+#[test]
+fn check_egress_explains_the_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("wharf.toml");
+    std::fs::write(
+        &cfg,
+        "[egress]\nallow = [\"mirror.test\", \"meta.test\"]\nresolve = { \"mirror.test\" = [\"10.0.0.7\", \"93.184.216.34\"], \"meta.test\" = [\"169.254.169.254\"] }\n",
+    )
+    .unwrap();
+    let run = |url: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["check-egress", "--config"])
+            .arg(&cfg)
+            .arg(url)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = run("https://mirror.test/v2/");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("allowed by egress.allow entry \"mirror.test\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("10.0.0.7") && text.contains("private") && text.contains("REFUSED"),
+        "{text}"
+    );
+    assert!(
+        text.contains("93.184.216.34") && text.contains("public"),
+        "{text}"
+    );
+    let (code, text) = run("http://meta.test/latest/meta-data/");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("link-local") && text.contains("verdict: refused"),
+        "{text}"
+    );
+    let (code, text) = run("https://elsewhere.test/");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("egress.allow"), "{text}");
+}
