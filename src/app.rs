@@ -5,15 +5,22 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::net::SocketAddr;
+
 use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use http::StatusCode;
 use wharf_storage::{Digest, Storage};
 
+use crate::access::{AccessControl, Denied};
 use crate::cache::Flights;
 use crate::config::Config;
 use crate::error::Error;
 use crate::goproxy::{self, GoState};
 use crate::registry;
+use crate::registry::errors::{ErrorCode, RegistryError};
 use crate::upstream::{EgressPolicy, UpstreamClient};
 
 #[derive(Clone)]
@@ -27,6 +34,9 @@ pub struct Inner {
     pub blob_flights: Flights<Digest>,
     /// The Go module proxy, unless `go.enabled = false`.
     pub go: Option<GoState>,
+    pub access: AccessControl,
+    /// One permit per running upstream fill (`server.max_concurrent_fills`).
+    pub fill_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::ops::Deref for AppState {
@@ -65,6 +75,11 @@ impl AppState {
         } else {
             None
         };
+        let access = AccessControl::new(&config.access)
+            .map_err(|m| Error::Config(crate::config::ConfigError::Invalid(m)))?;
+        let fill_permits = Arc::new(tokio::sync::Semaphore::new(
+            config.server.max_concurrent_fills,
+        ));
         let storage = Storage::open(&config.data_dir)?;
         Ok(AppState(Arc::new(Inner {
             config,
@@ -73,6 +88,8 @@ impl AppState {
             upstreams,
             blob_flights: Flights::default(),
             go,
+            access,
+            fill_permits,
         })))
     }
 }
@@ -84,9 +101,89 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/", any(registry::handle))
         .route("/v2/{*rest}", any(registry::handle))
         .route("/go/{*rest}", any(goproxy::handle))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .with_state(state)
         .layer(crate::trace_layer())
+}
+
+/// Checks every protocol request before its handler: URL length, then access control. Refusals
+/// use the protocol's own error format.
+async fn guard(
+    State(app): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let path = req.uri().path().to_string();
+    let go = path.starts_with("/go/");
+    if uri_len > app.config.server.max_url_length {
+        let msg = format!(
+            "request URL longer than {} bytes (server.max_url_length)",
+            app.config.server.max_url_length
+        );
+        return refuse(
+            go,
+            StatusCode::URI_TOO_LONG,
+            ErrorCode::NameInvalid,
+            msg,
+            None,
+        );
+    }
+    if !app.access.is_open() {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        match app.access.check(peer, &path, req.headers()) {
+            Ok(()) => {}
+            Err(Denied::Address) => {
+                tracing::info!(?peer, %path, "client address not in access.allow_clients");
+                return refuse(
+                    go,
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Denied,
+                    "this client address may not use this mirror".into(),
+                    None,
+                );
+            }
+            Err(Denied::Unauthorized(why)) => {
+                let challenge = format!("Basic realm=\"{}\"", app.access.realm.replace('"', ""));
+                return refuse(
+                    go,
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthorized,
+                    format!("{why}: log in with a wharf user or token"),
+                    Some(challenge),
+                );
+            }
+        }
+    }
+    next.run(req).await
+}
+
+fn refuse(
+    go: bool,
+    status: StatusCode,
+    code: ErrorCode,
+    msg: String,
+    challenge: Option<String>,
+) -> Response {
+    let mut resp = if go {
+        goproxy::GoError::new(status, msg).into_response()
+    } else {
+        let mut r = RegistryError::new(code, msg).into_response();
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            "docker-distribution-api-version",
+            http::HeaderValue::from_static("registry/2.0"),
+        );
+        r
+    };
+    if let Some(c) = challenge.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, c);
+    }
+    resp
 }
 
 pub fn now_unix() -> u64 {

@@ -40,9 +40,46 @@ pub struct Config {
     /// Where blobs, temp files and the index live.
     pub data_dir: PathBuf,
     pub log: LogConfig,
+    pub server: ServerConfig,
+    pub tls: Option<TlsConfig>,
     pub registry: RegistryConfig,
     pub go: GoConfig,
     pub egress: EgressConfig,
+    pub access: crate::access::AccessConfig,
+}
+
+/// Limits on what clients may send and hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Time a client has to send its request headers (slowloris defence).
+    #[serde(deserialize_with = "de_duration")]
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) accepted.
+    pub max_header_size: ByteSize,
+    /// Longest request URL (path and query) accepted; longer ones get 414.
+    pub max_url_length: usize,
+    /// Upstream fills running at once; more get 503 with Retry-After.
+    pub max_concurrent_fills: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_size: ByteSize(64 << 10),
+            max_url_length: 8192,
+            max_concurrent_fills: 256,
+        }
+    }
+}
+
+/// HTTPS with a certificate and key in PEM files, re-read on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,8 +263,11 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             data_dir: default_data_dir(),
             log: LogConfig::default(),
+            server: ServerConfig::default(),
+            tls: None,
             registry: RegistryConfig::default(),
             go: GoConfig::default(),
+            access: Default::default(),
             egress: EgressConfig::default(),
         }
     }
@@ -390,6 +430,10 @@ impl Config {
             );
         }
         self.validate_go()?;
+        crate::access::AccessControl::new(&self.access).map_err(ConfigError::Invalid)?;
+        if self.server.max_concurrent_fills == 0 {
+            return invalid("server.max_concurrent_fills must be at least 1".into());
+        }
         crate::upstream::EgressPolicy::from_config(&self.egress).map_err(ConfigError::Invalid)?;
         if let Some(proxy) = &self.egress.proxy {
             let url = reqwest::Url::parse(proxy)

@@ -4,6 +4,8 @@
 //! # Layout
 //! * `config`: the TOML config, its defaults and validation.
 //! * `cli`: clap commands (`serve`, `check-config`, `fsck`) and how flags override config.
+//! * `access`: client address allowlist, basic auth and tokens, per-prefix rules.
+//! * `server`: the listener loop (HTTP or TLS), connection limits, graceful shutdown.
 //! * `app`: shared state (storage, upstream clients, flights) and the router.
 //! * `cache`: single-flight fills and the bodies that stream from them (protocol-agnostic).
 //! * `upstream`: egress policy, the per-upstream HTTP client, token auth.
@@ -16,6 +18,7 @@
 //! `serve(listener, state, shutdown)` runs the server on a listener the caller bound, so tests
 //! bind port 0 and own shutdown.
 
+pub mod access;
 pub mod app;
 pub mod cache;
 pub mod cli;
@@ -23,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod goproxy;
 pub mod registry;
+pub mod server;
 pub mod upstream;
 
 use std::future::Future;
@@ -30,16 +34,23 @@ use std::future::Future;
 pub use app::{AppState, router};
 pub use error::Error;
 
-/// Serves until `shutdown` resolves, then drains in-flight requests.
+/// Serves plain HTTP until `shutdown` resolves, then drains in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::run(listener, state, None, shutdown).await
+}
+
+/// Serves HTTPS with `tls` until `shutdown` resolves.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    tls: server::TlsReloader,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    server::run(listener, state, Some(tls), shutdown).await
 }
 
 type MakeSpan = fn(&http::Request<axum::body::Body>) -> tracing::Span;

@@ -181,6 +181,7 @@ impl BlobBody {
                         FillError::NotFound => "blob not found upstream".to_string(),
                         FillError::Upstream(m) => m,
                         FillError::Internal => "local storage error".to_string(),
+                        FillError::Busy => "too many concurrent fills".to_string(),
                     };
                     return Err(io::Error::other(format!("blob fill failed: {msg}")));
                 }

@@ -26,6 +26,8 @@ pub enum FillError {
     Upstream(String),
     /// Local I/O failed (disk full, ...); details are logged, not shown.
     Internal,
+    /// Too many fills are running (`server.max_concurrent_fills`); retry shortly.
+    Busy,
 }
 
 #[derive(Debug, Clone)]

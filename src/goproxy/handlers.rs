@@ -350,10 +350,20 @@ async fn file(
     }
     let mut rx = match go.flights.join(&key) {
         Join::Leader(leader, rx) => {
+            let Ok(permit) = app.fill_permits.clone().try_acquire_owned() else {
+                leader.fail(FillError::Busy);
+                return Err(GoError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "wharf is busy fetching other modules (server.max_concurrent_fills); retry shortly",
+                ));
+            };
             let (app2, m2, v2) = (app.clone(), m.clone(), v.to_string());
             let span = tracing::info_span!("go_fill", module = %m, version = %v, kind = kind.ext());
             tokio::spawn(tracing::Instrument::instrument(
-                async move { fill(app2, m2, v2, kind, leader).await },
+                async move {
+                    fill(app2, m2, v2, kind, leader).await;
+                    drop(permit);
+                },
                 span,
             ));
             rx
@@ -394,6 +404,12 @@ async fn file(
                     kind.ext()
                 )));
             }
+            FillState::Failed(FillError::Busy) => {
+                return Err(GoError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "wharf is busy fetching other modules (server.max_concurrent_fills); retry shortly",
+                ));
+            }
             FillState::Failed(FillError::Internal) => {
                 return Err(GoError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -425,6 +441,7 @@ async fn fill(app: AppState, m: ModulePath, v: String, kind: FileKind, leader: L
                     tracing::warn!(error = %msg, "module fill failed; nothing cached")
                 }
                 FillError::Internal => tracing::error!("module fill failed on local storage"),
+                FillError::Busy => tracing::warn!("too many concurrent fills"),
             }
             leader.fail(e)
         }

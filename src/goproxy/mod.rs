@@ -7,9 +7,11 @@
 //! `text/plain` reason for everything else.
 
 mod handlers;
+pub mod hash;
 pub mod path;
 mod source;
+pub mod sumdb;
 pub mod verify;
 
-pub use handlers::handle;
+pub use handlers::{GoError, handle};
 pub use source::GoState;

@@ -277,9 +277,13 @@ fn bad(status: u16, message: impl Into<String>) -> PathError {
     }
 }
 
-/// Parses the raw path after `/go/`. `%` never appears in a valid escaped path, so nothing is
-/// percent-decoded and encoded traversal is just invalid.
+/// Parses the raw path after `/go/`. The go command percent-encodes `!` (`%21`), so the path is
+/// percent-decoded exactly once, to printable ASCII only; the checks then run on the decoded
+/// text, so encoded traversal (`%2e%2e`, `%2f`) fails them like the plain form.
 pub fn parse(rest: &str) -> Result<GoRoute, PathError> {
+    let decoded = percent_decode_once(rest)
+        .ok_or_else(|| bad(400, "invalid percent-encoding in request path"))?;
+    let rest = decoded.as_str();
     if rest.contains(['%', '\\'])
         || rest.contains("//")
         || rest.split('/').any(|e| e == ".." || e == ".")
@@ -325,6 +329,29 @@ pub fn parse(rest: &str) -> Result<GoRoute, PathError> {
         ));
     }
     Ok(GoRoute::File(module, version, kind))
+}
+
+/// `%XX` -> byte, once; `None` for a malformed escape or one that decodes to anything but
+/// printable ASCII.
+fn percent_decode_once(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            let v = u8::from_str_radix(hex, 16).ok()?;
+            if !(0x21..=0x7e).contains(&v) {
+                return None;
+            }
+            out.push(v as char);
+            i += 3;
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    s.is_ascii().then_some(out)
 }
 
 fn module(escaped: &str) -> Result<ModulePath, PathError> {
@@ -548,6 +575,11 @@ mod tests {
             parse("sumdb/sum.golang.org/tile/8/data/000"),
             Ok(GoRoute::SumdbPath(..))
         ));
+        // The go command sends `!` percent-encoded.
+        assert_eq!(
+            parse("github.com/%21azure/sdk/@v/list"),
+            Ok(GoRoute::List(m()))
+        );
     }
 
     #[test]
@@ -562,6 +594,12 @@ mod tests {
             ("example.com/m/@v/v1.0.0.tar", 404),
             ("example.com/m", 404),
             ("example.com\\m/@v/list", 400),
+            ("example.com/m/%2e%2e/@v/list", 400),
+            ("example.com%2fm/@v/../list", 400),
+            ("example.com/m/@v/%252e.info", 400),
+            ("example.com/m/@v/%zz.info", 400),
+            ("example.com/m/@v/%00.info", 400),
+            ("example.com/%c3%a9/@v/list", 400),
             ("sumdb/sum.golang.org/latest", 404),
             ("sumdb/sum.golang.org/tile/8/0/1234", 400),
             ("sumdb/sum.golang.org/tile/8/0/../x", 400),

@@ -60,6 +60,8 @@ pub struct GoState {
     pub flights: Flights<String>,
     negative: Mutex<HashMap<String, Instant>>,
     pub not_found_ttl: Duration,
+    /// Serialises checksum-database lookups, so the trusted tree head only moves forward.
+    pub sumdb_lock: tokio::sync::Mutex<()>,
 }
 
 impl GoState {
@@ -118,6 +120,7 @@ impl GoState {
             flights: Flights::default(),
             negative: Mutex::new(HashMap::new()),
             not_found_ttl: go.not_found_ttl,
+            sumdb_lock: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -78,6 +78,7 @@ pub(crate) async fn get_raw(
             let rec = SumdbRecord {
                 digest,
                 fetched_unix: now_unix(),
+                verified: false,
             };
             index
                 .put_sumdb(&db.name, raw, &rec)
@@ -125,8 +126,10 @@ async fn fetch(
     }
 }
 
-/// Verifies a downloaded `.mod` or `.zip` (in `file`) before it is committed. Private modules
-/// and `go.verify = false` skip the checksum database, but zips still pass the structural checks.
+/// Verifies a downloaded `.mod` or `.zip` (in `file`) before it is committed. Zips always pass
+/// the structural checks of golang.org/x/mod/zip; public modules are then checked against the
+/// checksum database (unless `go.verify = false`): their `h1:` must equal the authenticated
+/// record's. Errors are short texts for the client; both hashes are logged.
 pub async fn check_module_file(
     app: &AppState,
     m: &ModulePath,
@@ -135,6 +138,195 @@ pub async fn check_module_file(
     file: &Arc<std::fs::File>,
     public: bool,
 ) -> Result<(), String> {
-    let _ = (app, m, v, kind, file, public);
+    let h1 = compute_h1(m, v, kind, file).await?;
+    if !public || !app.config.go.verify {
+        return Ok(());
+    }
+    let Some(db) = app.config.go.sumdbs.first() else {
+        tracing::warn!(module = %m, version = v, "go.verify is on but no [[go.sumdb]] is configured; not verified");
+        return Ok(());
+    };
+    let expected = lookup_hashes(app, db, m, v).await?;
+    let want = match kind {
+        FileKind::Zip => expected.zip_hash,
+        _ => expected.mod_hash,
+    };
+    let Some(want) = want else {
+        return Err(format!(
+            "{} has no {} hash for {m}@{v}",
+            db.name,
+            kind.ext()
+        ));
+    };
+    if want != h1 {
+        tracing::error!(module = %m, version = v, kind = kind.ext(), downloaded = %h1, sumdb = %want,
+            "checksum mismatch: refusing the download");
+        return Err(format!(
+            "checksum mismatch for {m}@{v} .{}\n\tdownloaded: {h1}\n\t{}: {want}\nwharf refused to store or serve it.",
+            kind.ext(),
+            db.name
+        ));
+    }
     Ok(())
+}
+
+/// The `h1:` of a `.mod`, or of a `.zip` after its structural checks.
+async fn compute_h1(
+    m: &ModulePath,
+    v: &str,
+    kind: FileKind,
+    file: &Arc<std::fs::File>,
+) -> Result<String, String> {
+    let file = file.clone();
+    let (m, v) = (m.to_string(), v.to_string());
+    tokio::task::spawn_blocking(move || -> Result<String, String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = file
+            .try_clone()
+            .map_err(|e| format!("cannot reread the download: {e}"))?;
+        f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+        match kind {
+            FileKind::Zip => super::hash::check_and_hash_zip(std::io::BufReader::new(f), &m, &v)
+                .map_err(|e| format!("invalid module zip for {m}@{v}: {e}")),
+            _ => {
+                let mut bytes = Vec::new();
+                f.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+                Ok(super::hash::h1_of_gomod(&bytes))
+            }
+        }
+    })
+    .await
+    .map_err(|e| format!("hashing failed: {e}"))?
+}
+
+/// The checksum database's hashes for `m@v`, verified, with the trusted head persisted.
+async fn lookup_hashes(
+    app: &AppState,
+    db: &SumdbConfig,
+    m: &ModulePath,
+    v: &str,
+) -> Result<super::sumdb::LookupResult, String> {
+    use super::sumdb::{TrustedTree, Verifier};
+    let go = app.go.as_ref().ok_or("Go proxy disabled")?;
+    let verifier =
+        Verifier::new(&db.key).map_err(|e| format!("go.sumdb key for {}: {e}", db.name))?;
+    let _serial = go.sumdb_lock.lock().await;
+    let index = &app.storage.index;
+    let known = index
+        .get_trust(&db.name)
+        .map_err(|e| e.to_string())?
+        .and_then(|r| {
+            let hash: [u8; 32] = hex::decode(&r.hash).ok()?.try_into().ok()?;
+            Some(TrustedTree {
+                n: r.size,
+                hash,
+                note: r.note.into_bytes(),
+            })
+        });
+    let src = CachedSource {
+        app,
+        db,
+        authenticated: Default::default(),
+    };
+    let result = verifier
+        .lookup(&src, m.as_str(), v, known.as_ref())
+        .await
+        .map_err(|e| {
+            tracing::error!(db = %db.name, module = %m, version = v, error = %e, "checksum database verification failed");
+            format!("cannot verify {m}@{v} with {}: {e}", db.name)
+        })?;
+    // Persist the head first: it is what keeps the database from rolling back or forking.
+    if known.as_ref().is_none_or(|k| k.n < result.tree.n) {
+        let rec = wharf_storage::TrustRecord {
+            size: result.tree.n,
+            hash: hex::encode(result.tree.hash),
+            note: String::from_utf8_lossy(&result.tree.note).into_owned(),
+            learned_unix: now_unix(),
+        };
+        index.put_trust(&db.name, &rec).map_err(|e| e.to_string())?;
+    }
+    let lookup_path = format!(
+        "lookup/{}@{}",
+        super::path::escape(m.as_str()),
+        super::path::escape(v)
+    );
+    let mut verified =
+        std::mem::take(&mut *src.authenticated.lock().unwrap_or_else(|p| p.into_inner()));
+    verified.push((lookup_path, result.response.clone()));
+    for (path, data) in verified {
+        if let Err(e) = store_verified(app, db, &path, data).await {
+            tracing::warn!(path, error = %e, "cannot cache a verified sumdb response");
+        }
+    }
+    Ok(result)
+}
+
+async fn store_verified(
+    app: &AppState,
+    db: &SumdbConfig,
+    path: &str,
+    data: Vec<u8>,
+) -> Result<(), String> {
+    let digest = Digest::of(&data);
+    let blobs = app.storage.blobs.clone();
+    let d = digest.clone();
+    tokio::task::spawn_blocking(move || blobs.put_bytes(&d, &data))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let rec = SumdbRecord {
+        digest,
+        fetched_unix: now_unix(),
+        verified: true,
+    };
+    app.storage
+        .index
+        .put_sumdb(&db.name, path, &rec)
+        .map_err(|e| e.to_string())
+}
+
+/// Lookups and tiles for wharf's own verification: authenticated cache entries first, else the
+/// database. Nothing fetched here is stored until the verifier has authenticated it.
+struct CachedSource<'a> {
+    app: &'a AppState,
+    db: &'a SumdbConfig,
+    authenticated: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
+}
+
+impl CachedSource<'_> {
+    async fn get(&self, path: &str) -> Result<Vec<u8>, super::sumdb::SourceError> {
+        use super::sumdb::SourceError;
+        if let Ok(Some(rec)) = self.app.storage.index.get_sumdb(&self.db.name, path)
+            && rec.verified
+            && let Ok(Some(body)) = self
+                .app
+                .storage
+                .blobs
+                .read_small(&rec.digest, MAX_SUMDB_BODY as u64)
+        {
+            return Ok(body);
+        }
+        match fetch(self.app, self.db, path).await {
+            Ok(Some(body)) => Ok(body),
+            Ok(None) => Err(SourceError::NotFound),
+            Err(e) => Err(SourceError::Failed(e.summary())),
+        }
+    }
+}
+
+impl super::sumdb::SumdbSource for CachedSource<'_> {
+    async fn lookup(&self, key: &str) -> Result<Vec<u8>, super::sumdb::SourceError> {
+        self.get(&format!("lookup/{key}")).await
+    }
+
+    async fn tile(&self, path: &str) -> Result<Vec<u8>, super::sumdb::SourceError> {
+        self.get(path).await
+    }
+
+    fn authenticated_tile(&self, path: &str, data: &[u8]) {
+        self.authenticated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((path.to_string(), data.to_vec()));
+    }
 }

@@ -482,10 +482,17 @@ async fn blob(
     }
     let mut rx = match app.blob_flights.join(digest) {
         Join::Leader(leader, rx) => {
+            let Ok(permit) = app.fill_permits.clone().try_acquire_owned() else {
+                leader.fail(FillError::Busy);
+                return Err(busy());
+            };
             let (app, up, name, d) = (app.clone(), t.up.clone(), t.name.clone(), digest.clone());
             let span = tracing::info_span!("fill", upstream = %up.name, repo = %name, digest = %d);
             tokio::spawn(tracing::Instrument::instrument(
-                fill_blob(app, up, name, d, leader),
+                async move {
+                    fill_blob(app, up, name, d, leader).await;
+                    drop(permit);
+                },
                 span,
             ));
             rx
@@ -532,6 +539,9 @@ async fn blob(
                         t.up.name
                     ),
                 ));
+            }
+            FillState::Failed(FillError::Busy) => {
+                return Err(busy());
             }
             FillState::Failed(FillError::Internal) => {
                 return Err(RegistryError::new(
@@ -662,6 +672,7 @@ async fn fill_blob(
                     tracing::warn!(error = %m, "blob fill failed; nothing cached")
                 }
                 FillError::Internal => tracing::error!("blob fill failed on local storage"),
+                FillError::Busy => tracing::warn!("too many concurrent fills"),
             }
             leader.fail(e)
         }
@@ -905,6 +916,14 @@ fn set(h: &mut HeaderMap, name: impl header::IntoHeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
     }
+}
+
+fn busy() -> RegistryError {
+    RegistryError::new(
+        ErrorCode::Unavailable,
+        "wharf is busy fetching other blobs (server.max_concurrent_fills); retry shortly",
+    )
+    .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
 }
 
 /// A local failure: logged in full, answered without detail.

@@ -79,6 +79,9 @@ pub struct GoListRecord {
 pub struct SumdbRecord {
     pub digest: Digest,
     pub fetched_unix: u64,
+    /// Authenticated by wharf against a signed tree head (not just proxied for a client).
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// The last verified tree head of a checksum database.

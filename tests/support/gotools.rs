@@ -302,6 +302,7 @@ impl Upstream {
 /// One finished go command.
 pub struct GoRun {
     pub success: bool,
+    pub status: std::process::ExitStatus,
     pub stdout: String,
     pub stderr: String,
     pub command: String,
@@ -310,9 +311,10 @@ pub struct GoRun {
 impl GoRun {
     pub fn describe(&self) -> String {
         format!(
-            "`{}` {}\n--- stdout\n{}\n--- stderr\n{}",
+            "`{}` {}: {}\n--- stdout\n{}\n--- stderr\n{}",
             self.command,
             if self.success { "succeeded" } else { "failed" },
+            self.status,
             self.stdout,
             self.stderr
         )
@@ -384,6 +386,7 @@ impl GoClient {
             .unwrap_or_else(|e| panic!("run `{command}`: {e}"));
         GoRun {
             success: out.status.success(),
+            status: out.status,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             command,

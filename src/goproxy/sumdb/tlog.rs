@@ -770,12 +770,11 @@ impl TilePlan {
         //    the list, so each check rests on an already authenticated tile.
         for (i, t) in self.tiles.iter().enumerate().skip(self.stx_tiles) {
             let p = tile_parent(*t, 1, self.tree.n).ok_or(TlogError::InconsistentTile)?;
-            let j = *self
+            let j = self
                 .tiles
                 .iter()
                 .position(|x| *x == p)
                 .filter(|j| *j < i)
-                .as_ref()
                 .ok_or(TlogError::BadInput("lost parent tile"))?;
             let (pt, pd) = tile_data(j)?;
             let expected = hash_from_tile(pt, pd, stored_hash_index(p.l as u32 * p.h, t.n))?;
