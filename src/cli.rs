@@ -43,6 +43,8 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Print an argon2 hash of a password (read from standard input) for access.user.password_hash.
+    HashPassword,
     /// Show what the egress policy decides for a URL, and why.
     CheckEgress {
         #[command(flatten)]

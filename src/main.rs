@@ -43,6 +43,24 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             print_config(&config);
             Ok(ExitCode::SUCCESS)
         }
+        Command::HashPassword => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|source| wharf::Error::Io {
+                    context: "cannot read the password from standard input".into(),
+                    source,
+                })?;
+            let password = line.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                eprintln!("wharf: give the password on standard input, e.g. `wharf hash-password < file`");
+                return Ok(ExitCode::from(2));
+            }
+            let hash = wharf::access::hash_password(password)
+                .map_err(|m| wharf::Error::Config(wharf::config::ConfigError::Invalid(m)))?;
+            println!("{hash}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckEgress { config, url } => {
             let config = config.load()?;
             check_egress(&config, &url).await
@@ -73,15 +91,47 @@ async fn serve(config: Config) -> Result<ExitCode, wharf::Error> {
             source,
         })?;
     let addr = listener.local_addr().unwrap_or(listen);
-    tracing::info!(%addr, data_dir = %data_dir.display(), "wharf listening");
-    wharf::serve(listener, state, shutdown_signal())
-        .await
-        .map_err(|source| wharf::Error::Io {
-            context: "server error".into(),
-            source,
-        })?;
+    let tls = match &state.config.tls {
+        Some(t) => Some(
+            wharf::server::TlsReloader::load(&t.cert, &t.key)
+                .map_err(|m| wharf::Error::Config(wharf::config::ConfigError::Invalid(m)))?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, %scheme, data_dir = %data_dir.display(), "wharf listening");
+    if let Some(t) = tls.clone() {
+        tokio::spawn(reload_on_sighup(t));
+    }
+    let result = match tls {
+        Some(t) => wharf::serve_tls(listener, state, t, shutdown_signal()).await,
+        None => wharf::serve(listener, state, shutdown_signal()).await,
+    };
+    result.map_err(|source| wharf::Error::Io {
+        context: "server error".into(),
+        source,
+    })?;
     tracing::info!("drained; exiting");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Re-reads the TLS certificate and key on every SIGHUP (certificate rotation).
+async fn reload_on_sighup(tls: wharf::server::TlsReloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the old certificate"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
