@@ -37,6 +37,7 @@ pub struct Inner {
     pub access: AccessControl,
     /// One permit per running upstream fill (`server.max_concurrent_fills`).
     pub fill_permits: Arc<tokio::sync::Semaphore>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::ops::Deref for AppState {
@@ -56,12 +57,10 @@ impl AppState {
         );
         let mut upstreams = HashMap::new();
         for up in &config.registry.upstreams {
-            let client =
-                UpstreamClient::new(up, &config.egress, egress.clone()).map_err(|message| {
-                    Error::Upstream {
-                        name: up.name.clone(),
-                        message,
-                    }
+            let client = UpstreamClient::new(up, &config.egress, egress.clone(), config.offline)
+                .map_err(|message| Error::Upstream {
+                    name: up.name.clone(),
+                    message,
                 })?;
             upstreams.insert(up.name.clone(), Arc::new(client));
         }
@@ -90,6 +89,7 @@ impl AppState {
             go,
             access,
             fill_permits,
+            metrics: Default::default(),
         })))
     }
 }
@@ -102,7 +102,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/{*rest}", any(registry::handle))
         .route("/go/{*rest}", any(goproxy::handle))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/metrics", axum::routing::get(metrics))
         .with_state(state)
         .layer(crate::trace_layer())
 }
@@ -159,7 +160,36 @@ async fn guard(
             }
         }
     }
-    next.run(req).await
+    let resp = next.run(req).await;
+    let outcome = resp
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(if resp.status().is_success() {
+            "HIT"
+        } else {
+            "ERROR"
+        });
+    if path.starts_with("/v2/") || go {
+        app.metrics.count(go, outcome);
+    }
+    resp
+}
+
+async fn healthz(State(app): State<AppState>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        crate::metrics::health_json(&app),
+    )
+        .into_response()
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&app),
+    )
+        .into_response()
 }
 
 fn refuse(

@@ -37,6 +37,9 @@ pub enum Command {
         /// Address to listen on (overrides `listen`), e.g. 0.0.0.0:5000.
         #[arg(long, env = "WHARF_LISTEN")]
         listen: Option<SocketAddr>,
+        /// Never contact an upstream; serve only what is cached (overrides `offline`).
+        #[arg(long)]
+        offline: bool,
     },
     /// Load and validate the config, then print the effective settings.
     CheckConfig {

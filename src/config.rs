@@ -39,6 +39,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where blobs, temp files and the index live.
     pub data_dir: PathBuf,
+    /// Never contact any upstream: answer from the cache only (air-gapped sites).
+    pub offline: bool,
     pub log: LogConfig,
     pub server: ServerConfig,
     pub tls: Option<TlsConfig>,
@@ -255,6 +257,12 @@ pub struct EgressConfig {
     pub resolve: std::collections::BTreeMap<String, Vec<String>>,
     /// An HTTP(S) proxy for all outbound requests; the host allowlist still applies to targets.
     pub proxy: Option<String>,
+    /// Connection failures in a row after which an upstream is marked down (answered from
+    /// cache at once, without waiting for timeouts).
+    pub failure_threshold: u32,
+    /// How often a down upstream is probed in the background.
+    #[serde(deserialize_with = "de_duration")]
+    pub probe_interval: Duration,
 }
 
 impl Default for Config {
@@ -262,6 +270,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             data_dir: default_data_dir(),
+            offline: false,
             log: LogConfig::default(),
             server: ServerConfig::default(),
             tls: None,
@@ -320,6 +329,8 @@ impl Default for EgressConfig {
             allow_cidrs: Vec::new(),
             resolve: Default::default(),
             proxy: None,
+            failure_threshold: 3,
+            probe_interval: Duration::from_secs(10),
         }
     }
 }

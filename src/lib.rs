@@ -11,6 +11,7 @@
 //! * `upstream`: egress policy, the per-upstream HTTP client, token auth.
 //! * `registry`: the `/v2/` routes, handlers and error format.
 //! * `goproxy`: the `/go/` GOPROXY protocol, private modules, checksum-database proxy and checks.
+//! * `metrics`: request counters, upstream states (`/metrics`, `/healthz`).
 //! * `error`: start-up and command errors.
 //!
 //! Storage (blobs on disk, the sled index, fsck) is the `wharf-storage` crate.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod goproxy;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod upstream;

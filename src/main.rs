@@ -30,11 +30,16 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
     match cli.command {
-        Command::Serve { config, listen } => {
+        Command::Serve {
+            config,
+            listen,
+            offline,
+        } => {
             let mut config = config.load()?;
             if let Some(l) = listen {
                 config.listen = l;
             }
+            config.offline |= offline;
             init_tracing(&config);
             serve(config).await
         }
@@ -53,7 +58,9 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
                 })?;
             let password = line.trim_end_matches(['\n', '\r']);
             if password.is_empty() {
-                eprintln!("wharf: give the password on standard input, e.g. `wharf hash-password < file`");
+                eprintln!(
+                    "wharf: give the password on standard input, e.g. `wharf hash-password < file`"
+                );
                 return Ok(ExitCode::from(2));
             }
             let hash = wharf::access::hash_password(password)
@@ -126,7 +133,9 @@ async fn reload_on_sighup(tls: wharf::server::TlsReloader) {
         while hup.recv().await.is_some() {
             match tls.reload() {
                 Ok(()) => tracing::info!("TLS certificate reloaded"),
-                Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the old certificate"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the old certificate")
+                }
             }
         }
     }
@@ -249,6 +258,7 @@ fn print_config(c: &Config) {
     let _ = writeln!(o, "config OK");
     let _ = writeln!(o, "listen                     = {}", c.listen);
     let _ = writeln!(o, "data_dir                   = {}", c.data_dir.display());
+    let _ = writeln!(o, "offline                    = {}", c.offline);
     let _ = writeln!(
         o,
         "log                        = {:?}, level {}",
@@ -306,10 +316,12 @@ fn print_config(c: &Config) {
     );
     let _ = writeln!(
         o,
-        "egress                     = connect {}, read {}, max {} redirects",
+        "egress                     = connect {}, read {}, max {} redirects, down after {} failures, probe every {}",
         d(c.egress.connect_timeout),
         d(c.egress.read_timeout),
-        c.egress.max_redirects
+        c.egress.max_redirects,
+        c.egress.failure_threshold,
+        d(c.egress.probe_interval)
     );
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), o.as_bytes());

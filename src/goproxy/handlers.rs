@@ -159,6 +159,20 @@ fn with_headers(
 }
 
 fn upstream_failed(what: &str, e: &UpstreamError) -> GoError {
+    match e {
+        UpstreamError::Offline => {
+            return GoError::not_found(format!(
+                "{what}: not in this offline cache (wharf runs with offline = true)"
+            ));
+        }
+        UpstreamError::Down(_) => {
+            return GoError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{what} is not cached and {}", e.summary()),
+            );
+        }
+        _ => {}
+    }
     tracing::warn!(error = %e, "{what}: upstream failed");
     GoError::bad_gateway(format!(
         "wharf could not fetch {what}: {}\nNothing is cached for it; retry later or check the upstream (go.upstreams).",
@@ -343,6 +357,12 @@ async fn file(
         ));
     }
     let key = format!("{m}@{v}.{}", kind.ext());
+    if app.config.offline {
+        return Err(upstream_failed(
+            &format!("{m}@{v}"),
+            &UpstreamError::Offline,
+        ));
+    }
     if go.known_not_found(&key) {
         return Err(GoError::not_found(format!(
             "{m}@{v}: not found (cached answer)"

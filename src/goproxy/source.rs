@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method};
@@ -14,6 +14,7 @@ use super::path::{ModulePath, escape};
 use crate::cache::Flights;
 use crate::config::{Config, EgressConfig};
 use crate::upstream::client::{basic_authorization, build_http, send_following};
+use crate::upstream::health::{Health, spawn_probe};
 use crate::upstream::{EgressPolicy, UpstreamError};
 
 /// Most remembered "not found" answers.
@@ -34,6 +35,8 @@ pub enum SourceKind {
 pub struct Source {
     pub label: String,
     pub kind: SourceKind,
+    /// Fail-fast state of a network source.
+    pub health: Arc<Health>,
     /// False for private sources: their modules never reach the public checksum database.
     pub public: bool,
 }
@@ -62,6 +65,9 @@ pub struct GoState {
     pub not_found_ttl: Duration,
     /// Serialises checksum-database lookups, so the trusted tree head only moves forward.
     pub sumdb_lock: tokio::sync::Mutex<()>,
+    /// Fail-fast state per checksum database.
+    pub sumdb_health: HashMap<String, Arc<Health>>,
+    pub offline: bool,
 }
 
 impl GoState {
@@ -72,6 +78,11 @@ impl GoState {
             .upstreams
             .iter()
             .map(|u| Source {
+                health: Arc::new(Health::new(
+                    u,
+                    egress.failure_threshold,
+                    egress.probe_interval,
+                )),
                 label: u.clone(),
                 kind: SourceKind::Proxy {
                     base: u.trim_end_matches('/').to_string(),
@@ -105,6 +116,11 @@ impl GoState {
                     .filter(|s| !s.is_empty())
                     .collect(),
                 source: Source {
+                    health: Arc::new(Health::new(
+                        &p.pattern,
+                        egress.failure_threshold,
+                        egress.probe_interval,
+                    )),
                     label: format!("private source for {}", p.pattern),
                     kind,
                     public: false,
@@ -121,6 +137,15 @@ impl GoState {
             negative: Mutex::new(HashMap::new()),
             not_found_ttl: go.not_found_ttl,
             sumdb_lock: tokio::sync::Mutex::new(()),
+            sumdb_health: go
+                .sumdbs
+                .iter()
+                .map(|d| {
+                    let h = Health::new(&d.name, egress.failure_threshold, egress.probe_interval);
+                    (d.name.clone(), Arc::new(h))
+                })
+                .collect(),
+            offline: config.offline,
         })
     }
 
@@ -161,9 +186,13 @@ impl GoState {
                 })
             }
             SourceKind::Proxy { base, authz } => {
+                if self.offline {
+                    return Err(UpstreamError::Offline);
+                }
+                src.health.check()?;
                 let url = Url::parse(&format!("{base}/{rel}"))
                     .map_err(|e| UpstreamError::Protocol(format!("bad upstream URL: {e}")))?;
-                let resp = send_following(
+                let result = send_following(
                     &self.http,
                     &self.policy,
                     self.max_redirects,
@@ -172,7 +201,18 @@ impl GoState {
                     &[],
                     authz.clone(),
                 )
-                .await?;
+                .await;
+                if src.health.record(&result)
+                    && let Ok(probe) = Url::parse(&format!("{base}/"))
+                {
+                    spawn_probe(
+                        src.health.clone(),
+                        self.http.clone(),
+                        self.policy.clone(),
+                        probe,
+                    );
+                }
+                let resp = result?;
                 match resp.status().as_u16() {
                     200 => Ok(Fetched::Found(resp)),
                     404 | 410 => Ok(Fetched::NotFound),

@@ -104,9 +104,16 @@ async fn fetch(
     let Some(go) = app.go.as_ref() else {
         return Err(UpstreamError::Protocol("Go proxy disabled".into()));
     };
+    if go.offline {
+        return Err(UpstreamError::Offline);
+    }
+    let health = go.sumdb_health.get(&db.name).cloned();
+    if let Some(h) = &health {
+        h.check()?;
+    }
     let url = Url::parse(&format!("{}/{raw}", db.url()))
         .map_err(|e| UpstreamError::Protocol(format!("bad checksum database URL: {e}")))?;
-    let resp = send_following(
+    let result = send_following(
         &go.http,
         &go.policy,
         go.max_redirects,
@@ -115,7 +122,14 @@ async fn fetch(
         &[],
         None,
     )
-    .await?;
+    .await;
+    if let Some(h) = health
+        && h.record(&result)
+        && let Ok(probe) = Url::parse(&format!("{}/", db.url()))
+    {
+        crate::upstream::health::spawn_probe(h, go.http.clone(), go.policy.clone(), probe);
+    }
+    let resp = result?;
     match resp.status().as_u16() {
         200 => {
             let url = resp.url().clone();

@@ -230,6 +230,18 @@ impl Miss {
                     t.up.name, t.name
                 ),
             ),
+            Miss::Failed(UpstreamError::Offline) => RegistryError::new(
+                unknown,
+                format!(
+                    "{what} of {} is not in this offline cache (offline = true)",
+                    t.name
+                ),
+            ),
+            Miss::Failed(e @ UpstreamError::Down(_)) => RegistryError::new(
+                ErrorCode::Unavailable,
+                format!("{what} is not cached and {}", e.summary()),
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("10")),
             Miss::Failed(e) => {
                 tracing::warn!(upstream = %t.up.name, repo = %t.name, error = %e, "upstream failed");
                 let code = if e.is_rate_limited() {
@@ -476,6 +488,13 @@ async fn blob(
             head,
             Outcome::Hit,
         );
+    }
+    if app.config.offline {
+        return Err(Miss::Failed(UpstreamError::Offline).into_error(
+            t,
+            &format!("blob {digest}"),
+            ErrorCode::BlobUnknown,
+        ));
     }
     if head {
         return blob_head_upstream(t, digest).await;

@@ -57,6 +57,8 @@ pub struct UpstreamClient {
     max_redirects: usize,
     auth: Mutex<Option<KnownAuth>>,
     tokens: Mutex<HashMap<String, (String, Instant)>>,
+    pub health: Arc<super::health::Health>,
+    offline: bool,
 }
 
 impl UpstreamClient {
@@ -64,6 +66,7 @@ impl UpstreamClient {
         cfg: &UpstreamConfig,
         egress: &EgressConfig,
         policy: Arc<EgressPolicy>,
+        offline: bool,
     ) -> Result<UpstreamClient, String> {
         let creds = match (&cfg.username, cfg.password().map_err(|e| e.to_string())?) {
             (Some(u), Some(p)) => Some(Credentials {
@@ -86,12 +89,43 @@ impl UpstreamClient {
             max_redirects: egress.max_redirects,
             auth: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
+            health: Arc::new(super::health::Health::new(
+                &cfg.name,
+                egress.failure_threshold,
+                egress.probe_interval,
+            )),
+            offline,
         })
     }
 
     /// Sends `method path_and_query` (path starting with `/v2/`) with the given `Accept` list,
     /// authenticating for `scope` (`repository:<name>:pull`) when the registry asks.
     pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        accept: &[&str],
+        scope: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        if self.offline {
+            return Err(UpstreamError::Offline);
+        }
+        self.health.check()?;
+        let result = self.send_inner(method, path_and_query, accept, scope).await;
+        if self.health.record(&result)
+            && let Ok(probe) = Url::parse(&format!("{}/v2/", self.base))
+        {
+            super::health::spawn_probe(
+                self.health.clone(),
+                self.http.clone(),
+                self.policy.clone(),
+                probe,
+            );
+        }
+        result
+    }
+
+    async fn send_inner(
         &self,
         method: Method,
         path_and_query: &str,

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod client;
 pub mod egress;
+pub mod health;
 
 pub use client::UpstreamClient;
 pub use egress::{EgressError, EgressPolicy};
@@ -33,6 +34,12 @@ pub enum UpstreamError {
     DigestMismatch { expected: String, actual: String },
     #[error("upstream ended the body after {got} of {expected} bytes")]
     Truncated { expected: u64, got: u64 },
+    /// Marked down after repeated connection failures; not contacted until a probe succeeds.
+    #[error("upstream {0} is down (repeated connection failures); retrying in the background")]
+    Down(String),
+    /// `offline = true`: no upstream is ever contacted.
+    #[error("wharf is offline: this content is not in the offline cache")]
+    Offline,
 }
 
 impl UpstreamError {

@@ -78,6 +78,8 @@ pub struct FakeState {
     pub omit_digest_header: Mutex<bool>,
     /// Override the Content-Type served with manifests.
     pub manifest_content_type: Mutex<Option<String>>,
+    /// Never answer (a black-holed upstream): requests hang until the client gives up.
+    pub hang: std::sync::atomic::AtomicBool,
     pub token_requests: AtomicUsize,
     pub connections: AtomicUsize,
 }
@@ -237,6 +239,9 @@ async fn fake_handler(State(st): State<Arc<FakeState>>, req: Request) -> Respons
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    if st.hang.load(Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
     st.seen.lock().unwrap().push(Seen {
         method: method.clone(),
         path: if query.is_empty() {

@@ -1,0 +1,197 @@
+//! Fail fast when an upstream is down: after `egress.failure_threshold` connection failures in a
+//! row, the upstream is marked down and requests fail at once (and are answered from cache)
+//! instead of each waiting for a timeout. A background probe marks it up again as soon as it
+//! answers anything.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::UpstreamError;
+
+#[derive(Debug)]
+pub struct Health {
+    pub name: String,
+    threshold: u32,
+    pub probe_interval: Duration,
+    state: Mutex<State>,
+    probing: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    failures: u32,
+    down_since: Option<Instant>,
+    last_error: Option<String>,
+    last_change_unix: u64,
+}
+
+/// A snapshot for `/healthz` and metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HealthReport {
+    pub name: String,
+    pub up: bool,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub since_unix: u64,
+}
+
+impl Health {
+    pub fn new(name: &str, threshold: u32, probe_interval: Duration) -> Health {
+        Health {
+            name: name.to_string(),
+            threshold: threshold.max(1),
+            probe_interval,
+            state: Mutex::new(State::default()),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Err(Down)` while the upstream is marked down: no connection is attempted.
+    pub fn check(&self) -> Result<(), UpstreamError> {
+        match self.lock().down_since {
+            Some(_) => Err(UpstreamError::Down(self.name.clone())),
+            None => Ok(()),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.lock().down_since.is_none()
+    }
+
+    /// Records the outcome of a request. Returns true when this call marked the upstream down
+    /// (the caller then starts the probe).
+    pub fn record<T>(&self, result: &Result<T, UpstreamError>) -> bool {
+        let mut s = self.lock();
+        match result {
+            Err(e @ (UpstreamError::Connect { .. } | UpstreamError::Timeout(_))) => {
+                s.failures = s.failures.saturating_add(1);
+                s.last_error = Some(e.summary());
+                if s.failures >= self.threshold && s.down_since.is_none() {
+                    s.down_since = Some(Instant::now());
+                    s.last_change_unix = now_unix();
+                    tracing::warn!(upstream = %self.name, failures = s.failures,
+                        "upstream marked down; answering from cache until a probe succeeds");
+                    return true;
+                }
+                false
+            }
+            Err(_) => false,
+            Ok(_) => {
+                self.mark_up_locked(&mut s);
+                false
+            }
+        }
+    }
+
+    pub fn mark_up(&self) {
+        let mut s = self.lock();
+        self.mark_up_locked(&mut s);
+    }
+
+    fn mark_up_locked(&self, s: &mut State) {
+        if let Some(since) = s.down_since.take() {
+            s.last_change_unix = now_unix();
+            tracing::info!(upstream = %self.name, down_for = ?since.elapsed(), "upstream is back up");
+        }
+        s.failures = 0;
+    }
+
+    /// Claims the right to run the probe (one prober per upstream).
+    pub fn start_probing(&self) -> bool {
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn stop_probing(&self) {
+        self.probing.store(false, Ordering::Release);
+    }
+
+    pub fn report(&self) -> HealthReport {
+        let s = self.lock();
+        HealthReport {
+            name: self.name.clone(),
+            up: s.down_since.is_none(),
+            consecutive_failures: s.failures,
+            last_error: s.last_error.clone(),
+            since_unix: s.last_change_unix,
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Probes `url` every `health.probe_interval` until it answers with any HTTP status, then
+/// marks the upstream up. Runs in the background; one per upstream at a time.
+pub fn spawn_probe(
+    health: std::sync::Arc<Health>,
+    http: reqwest::Client,
+    policy: std::sync::Arc<super::EgressPolicy>,
+    url: reqwest::Url,
+) {
+    if !health.start_probing() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(health.probe_interval).await;
+            if health.is_up() {
+                break;
+            }
+            if policy.check(&url).is_err() {
+                continue;
+            }
+            match http.get(url.clone()).send().await {
+                Ok(_) => {
+                    health.mark_up();
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(upstream = %health.name, error = %e.without_url(), "probe failed")
+                }
+            }
+        }
+        health.stop_probing();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> Result<(), UpstreamError> {
+        Err(UpstreamError::Connect {
+            target: "x".into(),
+            detail: "refused".into(),
+        })
+    }
+
+    #[test]
+    fn repeated_connection_failures_mark_down_and_success_marks_up() {
+        let h = Health::new("up", 3, Duration::from_secs(1));
+        assert!(!h.record(&refused()));
+        assert!(!h.record(&refused()));
+        assert!(h.check().is_ok());
+        assert!(h.record(&refused()), "the third failure marks it down");
+        assert!(matches!(h.check(), Err(UpstreamError::Down(_))));
+        assert!(!h.record(&refused()), "only the transition reports true");
+        h.mark_up();
+        assert!(h.check().is_ok());
+        assert_eq!(h.report().consecutive_failures, 0);
+    }
+
+    #[test]
+    fn http_errors_do_not_count_as_down() {
+        let h = Health::new("up", 1, Duration::from_secs(1));
+        assert!(!h.record::<()>(&Err(UpstreamError::Status { status: 503 })));
+        assert!(h.is_up());
+    }
+}

@@ -1,0 +1,306 @@
+//! Offline mode and fail-fast upstreams: answers come from the cache, misses are clear 404s, and
+//! no connection is attempted (offline) or only a bounded number (upstream down).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::gofake::{GoFake, module_zip};
+use common::*;
+
+fn conns(f: &FakeRegistry) -> usize {
+    f.state.connections.load(Ordering::SeqCst)
+}
+
+fn config(reg: &str, go: &str, dir: &std::path::Path, top: &str, egress: &str) -> String {
+    format!(
+        r#"data_dir = "{}"
+{top}
+[registry]
+default_upstream = "fake.test"
+tag_ttl = "0s"
+[[registry.upstream]]
+name = "fake.test"
+url = "{reg}"
+[go]
+upstreams = ["{go}"]
+verify = false
+list_ttl = "0s"
+[egress]
+allow = ["127.0.0.1"]
+connect_timeout = "1s"
+read_timeout = "1s"
+{egress}
+"#,
+        dir.display()
+    )
+}
+
+#[tokio::test]
+async fn offline_mode_serves_the_cache_and_never_connects() {
+    let reg = FakeRegistry::start().await;
+    let go = GoFake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let layer = bytes_of(100_000, 1);
+    let bd = reg.put_blob(&layer);
+    let (md, body) = reg.put_image("team/app", "v1", std::slice::from_ref(&layer));
+    let zip = module_zip(
+        "example.com/m",
+        "v1.0.0",
+        &[("go.mod", "module example.com/m\n")],
+    );
+    go.put_module(
+        "example.com/m",
+        "v1.0.0",
+        "module example.com/m\n",
+        zip.clone(),
+    );
+    let c = client();
+    // Warm the cache online.
+    let w = Wharf::start_with_config(
+        &config(&reg.url(), &go.url(), dir.path(), "", ""),
+        dir.path(),
+    )
+    .await;
+    assert_eq!(
+        c.get(w.url("/v2/team/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    c.get(w.url(&format!("/v2/team/app/blobs/{bd}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    for p in [
+        "@v/list",
+        "@v/v1.0.0.info",
+        "@v/v1.0.0.mod",
+        "@v/v1.0.0.zip",
+    ] {
+        let r = c
+            .get(w.url(&format!("/go/example.com/m/{p}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{p}");
+        r.bytes().await.unwrap();
+    }
+    w.stop().await;
+
+    let (reg_before, go_seen) = (conns(&reg), go.seen().len());
+    let w = Wharf::start_with_config(
+        &config(&reg.url(), &go.url(), dir.path(), "offline = true", ""),
+        dir.path(),
+    )
+    .await;
+    let r = c
+        .get(w.url("/v2/team/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-cache"],
+        "STALE",
+        "an expired tag answered from the index"
+    );
+    assert_eq!(r.headers()["docker-content-digest"], md.as_str());
+    assert_eq!(r.bytes().await.unwrap(), body);
+    let r = c
+        .get(w.url(&format!("/v2/team/app/blobs/{bd}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(r.bytes().await.unwrap(), layer);
+    let r = c
+        .get(w.url("/go/example.com/m/@v/list"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["x-cache"].to_str().unwrap()
+        ),
+        (200, "STALE")
+    );
+    let r = c
+        .get(w.url("/go/example.com/m/@v/v1.0.0.zip"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), zip);
+    // Misses: clear 404s that say why.
+    let r = c
+        .get(w.url("/v2/team/app/manifests/v2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("offline cache"));
+    let r = c
+        .get(w.url(&format!("/v2/team/app/blobs/{}", sha256(b"other"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("offline cache"));
+    let r = c
+        .get(w.url("/go/example.com/other/@v/v1.0.0.mod"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("offline cache"));
+    let r = c
+        .get(w.url("/go/example.com/other/@v/list"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let health: serde_json::Value = c
+        .get(w.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["offline"], true);
+    assert_eq!(
+        conns(&reg),
+        reg_before,
+        "offline wharf connected to the registry"
+    );
+    assert_eq!(
+        go.seen().len(),
+        go_seen,
+        "offline wharf asked the Go upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_upstream_is_marked_down_and_answered_from_cache_at_once() {
+    let reg = FakeRegistry::start().await;
+    let go = GoFake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (md, _) = reg.put_image("app", "v1", &[bytes_of(10, 1)]);
+    let egress = "failure_threshold = 3\nprobe_interval = \"1h\"";
+    let w = Wharf::start_with_config(
+        &config(&reg.url(), &go.url(), dir.path(), "", egress),
+        dir.path(),
+    )
+    .await;
+    let c = client();
+    assert_eq!(
+        c.get(w.url("/v2/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The upstream black-holes: every attempt costs a read timeout, until it is marked down.
+    reg.state.hang.store(true, Ordering::SeqCst);
+    let before = conns(&reg);
+    for i in 0..20 {
+        let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(r.headers()["x-cache"], "STALE");
+        assert_eq!(r.headers()["docker-content-digest"], md.as_str());
+    }
+    let attempts = conns(&reg) - before;
+    assert!(
+        attempts <= 3,
+        "{attempts} connection attempts for 20 requests"
+    );
+    let health: serde_json::Value = c
+        .get(w.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "degraded");
+    let up = health["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "fake.test")
+        .unwrap()
+        .clone();
+    assert_eq!(up["up"], false);
+    let metrics = c
+        .get(w.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("wharf_upstream_up{kind=\"registry\",upstream=\"fake.test\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wharf_requests_total{protocol=\"registry\",outcome=\"stale\"} 20"),
+        "{metrics}"
+    );
+    // An uncached tag while down: a quick 503 that says so, not a timeout.
+    let r = c
+        .get(w.url("/v2/app/manifests/uncached"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("down"));
+}
+
+#[tokio::test]
+async fn a_down_upstream_comes_back_after_a_successful_probe() {
+    let reg = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    reg.put_image("app", "v1", &[bytes_of(10, 1)]);
+    let egress = "failure_threshold = 1\nprobe_interval = \"200ms\"";
+    let w = Wharf::start_with_config(
+        &config(&reg.url(), "http://127.0.0.1:9", dir.path(), "", egress),
+        dir.path(),
+    )
+    .await;
+    let c = client();
+    reg.state.hang.store(true, Ordering::SeqCst);
+    assert_eq!(
+        c.get(w.url("/v2/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        502
+    );
+    let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+    assert_eq!(r.status(), 503, "down: answered at once");
+    reg.state.hang.store(false, Ordering::SeqCst);
+    let mut up = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if c.get(w.url("/v2/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            up = true;
+            break;
+        }
+    }
+    assert!(up, "the probe never marked the upstream up again");
+}
