@@ -55,6 +55,25 @@ pub enum Command {
         /// The URL wharf would fetch, e.g. https://ghcr.io/v2/.
         url: String,
     },
+    /// Evict least-recently-used unpinned content down to the cache budget (cache.max_size).
+    Gc {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print what would be removed and how much it would free, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Evict down to this size instead of the configured low watermark (e.g. 10GiB).
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Print what the cache holds: bytes, objects, pinned, per-upstream and top content.
+    Stats {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check every indexed blob against its digest; report orphans and dangling records.
     Fsck {
         #[command(flatten)]

@@ -25,6 +25,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod goproxy;
 pub mod metrics;
 pub mod registry;

@@ -72,6 +72,18 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             let config = config.load()?;
             check_egress(&config, &url).await
         }
+        Command::Gc {
+            config,
+            dry_run,
+            target,
+        } => {
+            let config = config.load()?;
+            wharf::gc::command(&config, dry_run, target.as_deref()).await
+        }
+        Command::Stats { config, json } => {
+            let config = config.load()?;
+            wharf::gc::stats_command(&config, json).await
+        }
         Command::Fsck { config, repair } => {
             let config = config.load()?;
             let storage = wharf_storage::Storage::open(&config.data_dir)?;

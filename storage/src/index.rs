@@ -10,6 +10,9 @@
 //! | `golists`  | module, kind (list, latest) | `GoListRecord`  |
 //! | `sumdb`    | database, path              | `SumdbRecord`   |
 //! | `gotrust`  | database                    | `TrustRecord`   |
+//! | `pins`     | `sha256:<hex>`              | `PinRecord`     |
+//! | `refs`     | `sha256:<hex>` (a manifest) | `RefsRecord`    |
+//! | `atime`    | `sha256:<hex>`              | `AtimeRecord`   |
 //! | `meta`     | `format`                    | index format    |
 //!
 //! Composite keys come from `keys.rs`. A new key space (Go module versions, pins, access times) is
@@ -95,6 +98,27 @@ pub struct TrustRecord {
     pub learned_unix: u64,
 }
 
+/// A blob that eviction must keep (prefetched or imported content).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRecord {
+    /// Why: e.g. `prefetch docker.io/library/alpine:3.20`.
+    pub reason: String,
+    pub pinned_unix: u64,
+}
+
+/// The blobs a manifest or index refers to (config, layers, child manifests), so eviction can
+/// remove a manifest together with the blobs only it references.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefsRecord {
+    pub children: Vec<Digest>,
+}
+
+/// When a blob was last served, batched in memory and written now and then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtimeRecord {
+    pub last_access_unix: u64,
+}
+
 /// `(module, version, kind)`, the key of a `GoFileRecord`.
 pub type GoFileKey = (String, String, String);
 
@@ -122,6 +146,9 @@ pub struct Index {
     golists: Space,
     sumdb: Space,
     gotrust: Space,
+    pins: Space,
+    refs: Space,
+    atime: Space,
 }
 
 impl Index {
@@ -152,6 +179,9 @@ impl Index {
             golists: Space::open(&db, "golists")?,
             sumdb: Space::open(&db, "sumdb")?,
             gotrust: Space::open(&db, "gotrust")?,
+            pins: Space::open(&db, "pins")?,
+            refs: Space::open(&db, "refs")?,
+            atime: Space::open(&db, "atime")?,
             db,
         })
     }
@@ -330,6 +360,67 @@ impl Index {
 
     pub fn get_trust(&self, db: &str) -> Result<Option<TrustRecord>, StorageError> {
         self.gotrust.get(&keys::encode(&[db])?)
+    }
+
+    pub fn put_pin(&self, digest: &Digest, record: &PinRecord) -> Result<(), StorageError> {
+        self.pins.put(digest.as_str().as_bytes(), record)
+    }
+
+    pub fn get_pin(&self, digest: &Digest) -> Result<Option<PinRecord>, StorageError> {
+        self.pins.get(digest.as_str().as_bytes())
+    }
+
+    pub fn remove_pin(&self, digest: &Digest) -> Result<bool, StorageError> {
+        self.pins.remove(digest.as_str().as_bytes())
+    }
+
+    /// Every pin, in digest order; undecodable entries are `Err` items.
+    pub fn pins(&self) -> impl Iterator<Item = Result<(Digest, PinRecord), StorageError>> + use<> {
+        self.pins
+            .entries(self.pins.tree.iter(), decode_blob_key)
+            .map(|entry| entry.and_then(|entry| entry.decoded))
+    }
+
+    pub fn put_refs(&self, manifest: &Digest, record: &RefsRecord) -> Result<(), StorageError> {
+        self.refs.put(manifest.as_str().as_bytes(), record)
+    }
+
+    pub fn get_refs(&self, manifest: &Digest) -> Result<Option<RefsRecord>, StorageError> {
+        self.refs.get(manifest.as_str().as_bytes())
+    }
+
+    pub fn remove_refs(&self, manifest: &Digest) -> Result<bool, StorageError> {
+        self.refs.remove(manifest.as_str().as_bytes())
+    }
+
+    /// Every refs record: (manifest, children).
+    pub fn all_refs(&self) -> impl Iterator<Item = Result<(Digest, RefsRecord), StorageError>> + use<> {
+        self.refs
+            .entries(self.refs.tree.iter(), decode_blob_key)
+            .map(|entry| entry.and_then(|entry| entry.decoded))
+    }
+
+    /// Writes a batch of access times in one sled batch.
+    pub fn put_atimes(&self, batch: &[(Digest, u64)]) -> Result<(), StorageError> {
+        let mut b = sled::Batch::default();
+        for (d, t) in batch {
+            let rec = AtimeRecord { last_access_unix: *t };
+            let value = encode_record(&rec).map_err(|reason| StorageError::CorruptRecord {
+                key: self.atime.key_name(d.as_str().as_bytes()),
+                reason,
+            })?;
+            b.insert(d.as_str().as_bytes(), value);
+        }
+        self.atime.tree.apply_batch(b)?;
+        Ok(())
+    }
+
+    pub fn get_atime(&self, digest: &Digest) -> Result<Option<AtimeRecord>, StorageError> {
+        self.atime.get(digest.as_str().as_bytes())
+    }
+
+    pub fn remove_atime(&self, digest: &Digest) -> Result<bool, StorageError> {
+        self.atime.remove(digest.as_str().as_bytes())
     }
 
     /// Writes everything to disk (sled otherwise flushes on a timer). Blocking.

@@ -32,7 +32,7 @@ pub use digest::{Digest, DigestError, Hasher};
 pub use error::StorageError;
 pub use fsck::{FsckReport, fsck};
 pub use index::{
-    BlobRecord, GoFileRecord, GoListRecord, Index, SumdbRecord, TagKey, TagListKey, TagListRecord,
+    AtimeRecord, BlobRecord, GoFileRecord, GoListRecord, Index, PinRecord, RefsRecord, SumdbRecord, TagKey, TagListKey, TagListRecord,
     TagRecord, TrustRecord, unix_now,
 };
 pub use keys::KeyError;
