@@ -38,6 +38,8 @@ pub struct Inner {
     /// One permit per running upstream fill (`server.max_concurrent_fills`).
     pub fill_permits: Arc<tokio::sync::Semaphore>,
     pub metrics: crate::metrics::Metrics,
+    /// Access times of hits since the last flush: the hit path writes nothing to sled.
+    atimes: std::sync::Mutex<HashMap<Digest, u64>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -90,7 +92,91 @@ impl AppState {
             access,
             fill_permits,
             metrics: Default::default(),
+            atimes: Default::default(),
         })))
+    }
+}
+
+impl AppState {
+    /// Notes that `digest` was just served (batched; written by `flush_atimes`).
+    pub fn touch(&self, digest: &Digest) {
+        let mut a = self.atimes.lock().unwrap_or_else(|p| p.into_inner());
+        a.insert(digest.clone(), now_unix());
+    }
+
+    /// Writes the batched access times to the index in one sled batch.
+    pub async fn flush_atimes(&self) {
+        let batch: Vec<(Digest, u64)> = {
+            let mut a = self.atimes.lock().unwrap_or_else(|p| p.into_inner());
+            a.drain().collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let index = self.storage.index.clone();
+        let r = tokio::task::spawn_blocking(move || index.put_atimes(&batch)).await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "writing access times failed");
+        }
+    }
+
+    /// Evicts down to the low watermark when the store is over `cache.max_size`. Runs off the
+    /// async runtime; requests keep being served meanwhile.
+    pub async fn evict_if_needed(&self) -> Option<wharf_storage::GcReport> {
+        let max = self.config.cache.max_size.0;
+        if max == 0 {
+            return None;
+        }
+        self.flush_atimes().await;
+        let storage = self.storage.clone();
+        let target = self.config.cache.low_watermark();
+        let r = tokio::task::spawn_blocking(move || {
+            // Measure first (a dry run with no target); evict only when over budget.
+            let probe = wharf_storage::collect(&storage, u64::MAX, &HashMap::new(), true)?;
+            if probe.total_before <= max {
+                return Ok(probe);
+            }
+            wharf_storage::collect(&storage, target, &HashMap::new(), false)
+        })
+        .await;
+        match r {
+            Ok(Ok(report)) => {
+                if !report.removed.is_empty() {
+                    tracing::info!(
+                        freed = report.freed,
+                        objects = report.removed.len(),
+                        now = report.total_after(),
+                        "evicted least-recently-used content"
+                    );
+                }
+                Some(report)
+            }
+            Ok(Err(e)) => {
+                let e: wharf_storage::StorageError = e;
+                tracing::error!(error = %e, "eviction failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Background work of a serving process: access-time flushes and eviction.
+    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
+        let app = self.clone();
+        tokio::spawn(async move {
+            let mut flush = tokio::time::interval(app.config.cache.atime_flush_interval);
+            let mut gc = tokio::time::interval(app.config.cache.gc_interval);
+            flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = flush.tick() => app.flush_atimes().await,
+                    _ = gc.tick() => {
+                        app.evict_if_needed().await;
+                    }
+                }
+            }
+        })
     }
 }
 
@@ -104,6 +190,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .route("/healthz", axum::routing::get(healthz))
         .route("/metrics", axum::routing::get(metrics))
+        .route(
+            "/admin/stats",
+            axum::routing::get(crate::gc::stats_endpoint),
+        )
+        .route("/admin/gc", axum::routing::post(crate::gc::gc_endpoint))
         .with_state(state)
         .layer(crate::trace_layer())
 }

@@ -48,6 +48,7 @@ pub struct Config {
     pub go: GoConfig,
     pub egress: EgressConfig,
     pub access: crate::access::AccessConfig,
+    pub cache: CacheConfig,
 }
 
 /// Limits on what clients may send and hold.
@@ -73,6 +74,43 @@ impl Default for ServerConfig {
             max_url_length: 8192,
             max_concurrent_fills: 256,
         }
+    }
+}
+
+/// The disk budget and eviction.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Size the store may grow to before least-recently-used unpinned content is evicted;
+    /// 0 means no limit.
+    pub max_size: ByteSize,
+    /// Eviction brings the store down to this percentage of `max_size`, so it does not run
+    /// again at once.
+    pub low_watermark_percent: u8,
+    /// How often the store size is checked.
+    #[serde(deserialize_with = "de_duration")]
+    pub gc_interval: Duration,
+    /// How often access times, kept in memory on the hit path, are written to the index.
+    #[serde(deserialize_with = "de_duration")]
+    pub atime_flush_interval: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_size: ByteSize(0),
+            low_watermark_percent: 90,
+            gc_interval: Duration::from_secs(60),
+            atime_flush_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The size eviction brings the store down to.
+    pub fn low_watermark(&self) -> u64 {
+        self.max_size.0 / 100 * u64::from(self.low_watermark_percent)
+            + self.max_size.0 % 100 * u64::from(self.low_watermark_percent) / 100
     }
 }
 
@@ -277,6 +315,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             go: GoConfig::default(),
             access: Default::default(),
+            cache: CacheConfig::default(),
             egress: EgressConfig::default(),
         }
     }
@@ -442,6 +481,9 @@ impl Config {
         }
         self.validate_go()?;
         crate::access::AccessControl::new(&self.access).map_err(ConfigError::Invalid)?;
+        if !(1..=100).contains(&self.cache.low_watermark_percent) {
+            return invalid("cache.low_watermark_percent must be between 1 and 100".into());
+        }
         if self.server.max_concurrent_fills == 0 {
             return invalid("server.max_concurrent_fills must be at least 1".into());
         }

@@ -13,12 +13,43 @@ const OUTCOMES: [&str; 4] = ["HIT", "MISS", "STALE", "ERROR"];
 pub struct Metrics {
     /// [protocol][outcome]: protocol 0 = registry, 1 = go.
     requests: [[AtomicU64; 4]; 2],
+    /// Bytes committed from each upstream (counted once per fill, not per chunk).
+    upstream_bytes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Metrics {
     pub fn count(&self, go: bool, outcome: &str) {
         let o = OUTCOMES.iter().position(|x| *x == outcome).unwrap_or(3);
         self.requests[usize::from(go)][o].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_upstream_bytes(&self, upstream: &str, n: u64) {
+        let mut m = self
+            .upstream_bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *m.entry(upstream.to_string()).or_default() += n;
+    }
+
+    pub fn upstream_bytes(&self) -> std::collections::HashMap<String, u64> {
+        self.upstream_bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Requests per outcome (lower case), both protocols together.
+    pub fn outcome_totals(&self) -> std::collections::HashMap<String, u64> {
+        OUTCOMES
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                (
+                    o.to_ascii_lowercase(),
+                    self.get(false, i) + self.get(true, i),
+                )
+            })
+            .collect()
     }
 
     fn get(&self, go: bool, o: usize) -> u64 {
@@ -97,6 +128,17 @@ pub fn render(app: &AppState) -> String {
             "wharf_upstream_up{{kind=\"{kind}\",upstream=\"{name}\"}} {}",
             u8::from(r.up)
         );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP wharf_upstream_bytes_total Bytes fetched and verified from each upstream."
+    );
+    let _ = writeln!(o, "# TYPE wharf_upstream_bytes_total counter");
+    let mut ub: Vec<_> = m.upstream_bytes().into_iter().collect();
+    ub.sort();
+    for (u, b) in ub {
+        let name = u.replace(['"', '\\', '\n'], "_");
+        let _ = writeln!(o, "wharf_upstream_bytes_total{{upstream=\"{name}\"}} {b}");
     }
     let _ = writeln!(
         o,

@@ -94,6 +94,8 @@ pub async fn run(
         header_read_timeout: state.config.server.header_read_timeout,
         max_header_size: state.config.server.max_header_size.0 as usize,
     };
+    let background = state.spawn_background();
+    let flush_state = state.clone();
     let app: Router = router(state);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -156,6 +158,8 @@ pub async fn run(
     }
     drop(listener);
     graceful.shutdown().await;
+    background.abort();
+    flush_state.flush_atimes().await;
     Ok(())
 }
 

@@ -347,6 +347,7 @@ async fn file(
         .map_err(internal)?
         && let Ok(f) = app.storage.blobs.open_blob(&rec.digest)
     {
+        app.touch(&rec.digest);
         let size = f.metadata().map_err(internal)?.len();
         let body = BlobBody::from_file(Arc::new(f), 0, size).into_stream();
         return Ok(with_headers(
@@ -452,6 +453,7 @@ async fn fill(app: AppState, m: ModulePath, v: String, kind: FileKind, leader: L
     match run_fill(&app, &m, &v, kind, &leader).await {
         Ok((file, size)) => {
             tracing::info!(size, "module file verified and cached");
+            app.metrics.add_upstream_bytes("go", size);
             leader.commit(file, size)
         }
         Err(e) => {

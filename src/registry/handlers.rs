@@ -397,6 +397,8 @@ async fn fetch_manifest(
     }
     let media = manifest::check(&body, content_type.as_deref())
         .map_err(|m| Miss::Failed(UpstreamError::Protocol(m)))?;
+    app.metrics
+        .add_upstream_bytes(&t.up.name, body.len() as u64);
     store_manifest(app, &actual, &body, &media)
         .await
         .map_err(|e| {
@@ -682,6 +684,7 @@ async fn fill_blob(
     match run_fill(&app, &up, &name, &digest, &leader).await {
         Ok((file, size)) => {
             tracing::info!(size, "blob verified and cached");
+            app.metrics.add_upstream_bytes(&up.name, size);
             leader.commit(file, size)
         }
         Err(e) => {

@@ -61,6 +61,33 @@ fn sniff(obj: &serde_json::Map<String, serde_json::Value>) -> &'static str {
     }
 }
 
+/// The blobs a manifest refers to: its config and layers, or an index's child manifests (and a
+/// `subject`). Digests inside a manifest are untrusted input: invalid ones are skipped.
+pub fn children(body: &[u8]) -> Vec<wharf_storage::Digest> {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut push = |v: &serde_json::Value| {
+        if let Some(d) = v.get("digest").and_then(|d| d.as_str())
+            && let Ok(d) = wharf_storage::Digest::parse(d)
+        {
+            out.push(d);
+        }
+    };
+    for key in ["config", "subject"] {
+        if let Some(v) = doc.get(key) {
+            push(v);
+        }
+    }
+    for key in ["layers", "manifests", "blobs"] {
+        if let Some(arr) = doc.get(key).and_then(|a| a.as_array()) {
+            arr.iter().for_each(&mut push);
+        }
+    }
+    out
+}
+
 /// The media type of a stored manifest whose index record lacks one (rebuilt by fsck).
 pub fn media_type_of_stored(body: &[u8]) -> String {
     check(body, None).unwrap_or_else(|_| OCI_MANIFEST.to_string())
@@ -91,6 +118,18 @@ mod tests {
             .unwrap(),
             OCI_MANIFEST
         );
+    }
+
+    #[test]
+    fn children_are_config_layers_and_child_manifests() {
+        let d1 = format!("sha256:{}", "1".repeat(64));
+        let d2 = format!("sha256:{}", "2".repeat(64));
+        let doc = format!(
+            r#"{{"config":{{"digest":"{d1}"}},"layers":[{{"digest":"{d2}"}},{{"digest":"sha256:bad"}}]}}"#
+        );
+        let c = children(doc.as_bytes());
+        assert_eq!(c.len(), 2);
+        assert!(children(b"not json").is_empty());
     }
 
     #[test]

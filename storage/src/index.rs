@@ -394,7 +394,9 @@ impl Index {
     }
 
     /// Every refs record: (manifest, children).
-    pub fn all_refs(&self) -> impl Iterator<Item = Result<(Digest, RefsRecord), StorageError>> + use<> {
+    pub fn all_refs(
+        &self,
+    ) -> impl Iterator<Item = Result<(Digest, RefsRecord), StorageError>> + use<> {
         self.refs
             .entries(self.refs.tree.iter(), decode_blob_key)
             .map(|entry| entry.and_then(|entry| entry.decoded))
@@ -404,7 +406,9 @@ impl Index {
     pub fn put_atimes(&self, batch: &[(Digest, u64)]) -> Result<(), StorageError> {
         let mut b = sled::Batch::default();
         for (d, t) in batch {
-            let rec = AtimeRecord { last_access_unix: *t };
+            let rec = AtimeRecord {
+                last_access_unix: *t,
+            };
             let value = encode_record(&rec).map_err(|reason| StorageError::CorruptRecord {
                 key: self.atime.key_name(d.as_str().as_bytes()),
                 reason,

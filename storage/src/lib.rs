@@ -20,6 +20,7 @@ mod blob;
 mod digest;
 mod error;
 mod fsck;
+pub mod gc;
 mod index;
 mod keys;
 mod layout;
@@ -31,9 +32,10 @@ pub use blob::{BlobCheck, BlobStore, DiskEntry};
 pub use digest::{Digest, DigestError, Hasher};
 pub use error::StorageError;
 pub use fsck::{FsckReport, fsck};
+pub use gc::{GcReport, collect};
 pub use index::{
-    AtimeRecord, BlobRecord, GoFileRecord, GoListRecord, Index, PinRecord, RefsRecord, SumdbRecord, TagKey, TagListKey, TagListRecord,
-    TagRecord, TrustRecord, unix_now,
+    AtimeRecord, BlobRecord, GoFileRecord, GoListRecord, Index, PinRecord, RefsRecord, SumdbRecord,
+    TagKey, TagListKey, TagListRecord, TagRecord, TrustRecord, unix_now,
 };
 pub use keys::KeyError;
 pub use layout::Layout;

@@ -472,6 +472,8 @@ read_timeout = "5s"
 pub struct Wharf {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// The server's state, for tests that look inside (pins, index).
+    pub state: wharf::AppState,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -491,6 +493,7 @@ impl Wharf {
         let config = wharf::config::Config::from_toml_str(toml)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{toml}"));
         let state = wharf::AppState::new(config).unwrap();
+        let kept = state.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -499,6 +502,7 @@ impl Wharf {
         }));
         Wharf {
             addr,
+            state: kept,
             data_dir: data_dir.to_path_buf(),
             shutdown: Some(tx),
             task: Some(task),

@@ -1,0 +1,307 @@
+//! The admin API under `/admin/`, for wharf's own commands (prefetch, export, import) talking to
+//! a running server. Answers only requests from a loopback peer, addressed to a loopback host
+//! (not a DNS name, so a page in a browser on this machine cannot reach it by rebinding), and
+//! not relayed by a proxy; `[access]` still applies (the router's guard runs first).
+//!
+//! | route                         | what                                                      |
+//! |-------------------------------|-----------------------------------------------------------|
+//! | `HEAD/GET /admin/blobs/<d>`   | whether a blob is stored (size), its bytes                |
+//! | `PUT /admin/blobs/<d>?size=n` | store bytes that must hash to `<d>` (`BlobWriter::commit`) |
+//! | `POST /admin/blobs`           | store bytes whose digest is not known yet; returns it     |
+//! | `POST /admin/pins`            | pin digests and module versions (`PinRequest`)            |
+//! | `POST /admin/export`          | what a selection contains (`ExportRequest` -> manifest)   |
+//! | `POST /admin/import`          | verify, then index and pin uploaded content               |
+//!
+//! Blobs stored here are not indexed: only `/admin/import` indexes, after checking everything.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use http::{StatusCode, header};
+use wharf_storage::{Digest, PinRecord, StorageError};
+
+use crate::app::{AppState, now_unix};
+use crate::bundle::{
+    AdminErrorBody, ExportRequest, ImportRequest, PinReply, PinRequest, apply, plan,
+};
+use crate::cache::BlobBody;
+
+/// Largest JSON request (an import of many thousand objects).
+const MAX_JSON: usize = 256 << 20;
+
+/// The admin routes, loopback only.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/admin/blobs/{digest}",
+            get(get_blob).head(get_blob).put(put_blob),
+        )
+        .route("/admin/blobs", post(post_blob))
+        .route("/admin/pins", post(pins))
+        .route("/admin/export", post(export))
+        .route("/admin/import", post(import))
+        .layer(DefaultBodyLimit::max(MAX_JSON))
+        .layer(axum::middleware::from_fn(local_only))
+}
+
+/// An admin error: status and a message that names the object.
+#[derive(Debug)]
+pub struct AdminError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl AdminError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> AdminError {
+        AdminError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad(message: impl Into<String>) -> AdminError {
+        AdminError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> AdminError {
+        tracing::error!(error = %e, "admin request failed");
+        AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(AdminErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+async fn local_only(req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let relayed = ["forwarded", "x-forwarded-for", "x-real-ip"]
+        .iter()
+        .any(|h| req.headers().contains_key(*h));
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or("");
+    if !peer.is_some_and(|ip| ip.is_loopback()) || relayed || !loopback_host(host) {
+        tracing::warn!(?peer, host, "admin request refused: not from this machine");
+        return AdminError::new(
+            StatusCode::FORBIDDEN,
+            "the admin API answers only on this machine, at a loopback address (127.0.0.1, [::1], localhost)",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// `localhost`, `127.0.0.1:5000`, `[::1]:5000`.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn parse_digest(s: &str) -> Result<Digest, AdminError> {
+    Digest::parse(s).map_err(|e| AdminError::new(StatusCode::BAD_REQUEST, format!("{s:?}: {e}")))
+}
+
+async fn get_blob(
+    State(app): State<AppState>,
+    method: http::Method,
+    Path(digest): Path<String>,
+) -> Result<Response, AdminError> {
+    let digest = parse_digest(&digest)?;
+    let file = match app.storage.blobs.open_blob(&digest) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(AdminError::new(
+                StatusCode::NOT_FOUND,
+                format!("{digest} is not stored"),
+            ));
+        }
+        Err(e) => return Err(AdminError::internal(e)),
+    };
+    let size = file.metadata().map_err(AdminError::internal)?.len();
+    let body = if method == http::Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from_stream(BlobBody::from_file(std::sync::Arc::new(file), 0, size).into_stream())
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct SizeQuery {
+    size: Option<u64>,
+}
+
+#[derive(serde::Serialize)]
+struct Stored {
+    digest: Digest,
+    size: u64,
+    /// It was stored already; the body was not needed.
+    present: bool,
+}
+
+async fn put_blob(
+    State(app): State<AppState>,
+    Path(digest): Path<String>,
+    Query(q): Query<SizeQuery>,
+    body: Body,
+) -> Result<Response, AdminError> {
+    let digest = parse_digest(&digest)?;
+    if let Ok(Some(size)) = app.storage.blobs.size(&digest) {
+        return Ok(Json(Stored {
+            digest,
+            size,
+            present: true,
+        })
+        .into_response());
+    }
+    let stored = store(&app, body, Some(digest), q.size).await?;
+    Ok((StatusCode::CREATED, Json(stored)).into_response())
+}
+
+async fn post_blob(
+    State(app): State<AppState>,
+    Query(q): Query<SizeQuery>,
+    body: Body,
+) -> Result<Response, AdminError> {
+    let stored = store(&app, body, None, q.size).await?;
+    Ok((StatusCode::CREATED, Json(stored)).into_response())
+}
+
+/// Writes a request body through a `BlobWriter`; with `expected`, it must hash to that digest.
+async fn store(
+    app: &AppState,
+    body: Body,
+    expected: Option<Digest>,
+    size: Option<u64>,
+) -> Result<Stored, AdminError> {
+    let mut writer = app.storage.blobs.writer().map_err(AdminError::internal)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            AdminError::new(StatusCode::BAD_REQUEST, format!("upload cut short: {e}"))
+        })?;
+        writer.write_all(&chunk).map_err(AdminError::internal)?;
+    }
+    let target = expected.clone().unwrap_or_else(|| writer.digest());
+    let t = target.clone();
+    let committed = tokio::task::spawn_blocking(move || writer.commit(&t, size))
+        .await
+        .map_err(AdminError::internal)?;
+    match committed {
+        Ok(c) => Ok(Stored {
+            digest: target,
+            size: c.size,
+            present: false,
+        }),
+        Err(StorageError::DigestMismatch { expected, actual }) => Err(AdminError::bad(format!(
+            "content does not match its digest {expected} (it hashes to {actual})"
+        ))),
+        Err(StorageError::SizeMismatch { expected, actual }) => Err(AdminError::bad(format!(
+            "content of {target} is {actual} bytes, expected {expected}"
+        ))),
+        Err(e) => Err(AdminError::internal(e)),
+    }
+}
+
+async fn pins(
+    State(app): State<AppState>,
+    Json(req): Json<PinRequest>,
+) -> Result<Json<PinReply>, AdminError> {
+    let index = &app.storage.index;
+    let mut digests = req.digests.clone();
+    let mut reply = PinReply::default();
+    for m in &req.modules {
+        let mut any = false;
+        for kind in ["info", "mod", "zip"] {
+            if let Some(rec) = index
+                .get_go_file(&m.path, &m.version, kind)
+                .map_err(AdminError::internal)?
+            {
+                digests.push(rec.digest);
+                any = true;
+            }
+        }
+        if !any {
+            reply.missing.push(format!("{}@{}", m.path, m.version));
+        }
+    }
+    let record = PinRecord {
+        reason: req.reason.clone(),
+        pinned_unix: now_unix(),
+    };
+    for d in digests {
+        if app.storage.blobs.contains(&d) {
+            index.put_pin(&d, &record).map_err(AdminError::internal)?;
+            reply.pinned += 1;
+        } else {
+            reply.missing.push(d.to_string());
+        }
+    }
+    Ok(Json(reply))
+}
+
+async fn export(
+    State(app): State<AppState>,
+    Json(req): Json<ExportRequest>,
+) -> Result<Response, AdminError> {
+    let manifest = plan::plan(&app, &req).await?;
+    Ok(Json(manifest).into_response())
+}
+
+async fn import(
+    State(app): State<AppState>,
+    Json(req): Json<ImportRequest>,
+) -> Result<Response, AdminError> {
+    let reply = apply::apply(&app, req).await?;
+    Ok(Json(reply).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_are_admin_hosts() {
+        for ok in ["localhost", "127.0.0.1:5000", "[::1]:5000", "LOCALHOST:1", "127.9.9.9"] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for bad in ["", "wharf:5000", "evil.example", "10.0.0.1:5000", "[fe80::1]:5000"] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! Server side of `wharf import`: everything named in the request must already be stored (the
+//! uploads went through `BlobWriter::commit` with their digests). This checks what digests
+//! cannot (manifests are manifests and refer only to stored blobs; module files pass the zip
+//! rules and hash to the claimed `h1:`, proven by the checksum database when the bundle carries
+//! its lookup), and only when all of it holds, indexes and pins. A refusal indexes nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use wharf_storage::{
+    BlobRecord, Digest, GoFileRecord, GoListRecord, PinRecord, RefsRecord, SumdbRecord, TagRecord,
+};
+
+use super::sumdb::{StoreSource, verifiers};
+use super::{ImportReply, ImportRequest, ModuleEntry, children_of};
+use crate::admin::AdminError;
+use crate::app::{AppState, now_unix};
+use crate::goproxy::path::{self, GoRoute, ModulePath, escape, is_canonical};
+use crate::registry::manifest;
+use crate::registry::routes::{RepoName, Tag};
+
+/// A module version that passed its checks.
+struct CheckedModule<'a> {
+    entry: &'a ModuleEntry,
+    sumdb_verified: bool,
+}
+
+pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, AdminError> {
+    let c = &req.contents;
+    let mut reply = ImportReply::default();
+    let blobs = &app.storage.blobs;
+    let index = &app.storage.index;
+
+    // 1. Every blob is stored, at its size.
+    for b in &c.blobs {
+        match blobs.size(&b.digest).map_err(AdminError::internal)? {
+            Some(n) if n == b.size => {}
+            Some(n) => {
+                return Err(AdminError::bad(format!(
+                    "blob {} is {n} bytes, the bundle says {}",
+                    b.digest, b.size
+                )));
+            }
+            None => {
+                return Err(AdminError::bad(format!(
+                    "blob {} is not stored: upload it before importing",
+                    b.digest
+                )));
+            }
+        }
+    }
+
+    // 2. Manifests: valid documents whose config and layers are stored.
+    let mut refs: BTreeMap<Digest, Vec<Digest>> = BTreeMap::new();
+    for b in c.blobs.iter().filter(|b| b.media_type.is_some()) {
+        let media = b.media_type.as_deref().unwrap_or_default();
+        let body = blobs
+            .read_small(&b.digest, app.config.registry.max_manifest_size.0)
+            .map_err(|e| AdminError::bad(format!("manifest {}: {e}", b.digest)))?
+            .ok_or_else(|| AdminError::bad(format!("manifest {} is not stored", b.digest)))?;
+        manifest::check(&body, Some(media))
+            .map_err(|e| AdminError::bad(format!("manifest {}: {e}", b.digest)))?;
+        let children =
+            children_of(&body).map_err(|e| AdminError::bad(format!("manifest {}: {e}", b.digest)))?;
+        let mut all = Vec::new();
+        for (d, _, _, platform) in &children.manifests {
+            if !blobs.contains(d) {
+                reply.warnings.push(format!(
+                    "manifest {d} ({}/{}) of index {} is not in the bundle; that platform cannot be pulled",
+                    platform["os"].as_str().unwrap_or("?"),
+                    platform["architecture"].as_str().unwrap_or("?"),
+                    b.digest
+                ));
+            }
+            all.push(d.clone());
+        }
+        for (d, _) in &children.blobs {
+            if !blobs.contains(d) {
+                return Err(AdminError::bad(format!(
+                    "manifest {} refers to blob {d}, which the bundle does not hold",
+                    b.digest
+                )));
+            }
+            all.push(d.clone());
+        }
+        refs.insert(b.digest.clone(), all);
+    }
+
+    // 3. Tags name stored manifests under valid names.
+    for i in &c.images {
+        if !blobs.contains(&i.digest) {
+            return Err(AdminError::bad(format!(
+                "{}: manifest {} is not in the bundle",
+                i.reference, i.digest
+            )));
+        }
+        if let Some(t) = &i.tag {
+            Tag::parse(t).map_err(|e| AdminError::bad(format!("{}: {e}", i.reference)))?;
+            RepoName::parse(&i.repository)
+                .map_err(|e| AdminError::bad(format!("{}: {e}", i.reference)))?;
+            if app.config.upstream(&i.upstream).is_none() {
+                reply.warnings.push(format!(
+                    "{}: no [[registry.upstream]] is named {:?} here, so clients cannot ask for it by that name",
+                    i.reference, i.upstream
+                ));
+            }
+        }
+    }
+
+    // 4. Checksum-database files: valid paths of configured databases.
+    let mut sumdb_files: BTreeMap<String, HashMap<String, Digest>> = BTreeMap::new();
+    for s in &c.sumdb {
+        if !app.config.go.sumdbs.iter().any(|d| d.name == s.db) {
+            reply.warnings.push(format!(
+                "checksum database {} is not configured here ([[go.sumdb]]); its files were not imported",
+                s.db
+            ));
+            continue;
+        }
+        match path::parse(&format!("sumdb/{}/{}", s.db, s.path)) {
+            Ok(GoRoute::SumdbPath(..)) => {}
+            _ => {
+                return Err(AdminError::bad(format!(
+                    "sumdb/{}/{} is not a checksum-database path",
+                    s.db, s.path
+                )));
+            }
+        }
+        if !blobs.contains(&s.digest) {
+            return Err(AdminError::bad(format!(
+                "sumdb/{}/{} is not stored",
+                s.db, s.path
+            )));
+        }
+        sumdb_files
+            .entry(s.db.clone())
+            .or_default()
+            .insert(s.path.clone(), s.digest.clone());
+    }
+    reply.warnings.sort();
+    reply.warnings.dedup();
+
+    // 5. Module versions: .info, zip rules, h1: hashes, checksum-database proofs.
+    let dbs = verifiers(app);
+    let sources: Vec<(String, crate::goproxy::sumdb::Verifier, StoreSource)> = dbs
+        .into_iter()
+        .map(|(name, v)| {
+            let extra = sumdb_files.get(&name).cloned().unwrap_or_default();
+            let src = StoreSource::new(app, &name, extra);
+            (name, v, src)
+        })
+        .collect();
+    let mut checked = Vec::new();
+    let mut unproven = 0usize;
+    for m in &c.modules {
+        let name = m.name();
+        let module = ModulePath::parse(&m.path).map_err(|e| AdminError::bad(format!("{name}: {e}")))?;
+        if !is_canonical(&m.version) {
+            return Err(AdminError::bad(format!("{name}: not a canonical version")));
+        }
+        let (mod_h1, zip_h1) = hashes(app, m).await.map_err(|e| AdminError::bad(format!("{name}: {e}")))?;
+        for (what, claimed, actual) in [(".mod", &m.mod_h1, &mod_h1), (".zip", &m.zip_h1, &zip_h1)] {
+            if let (Some(c), Some(a)) = (claimed, actual)
+                && c != a
+            {
+                return Err(AdminError::bad(format!(
+                    "{name} {what}: its h1: hash is {a}, the bundle says {c}"
+                )));
+            }
+        }
+        let public = app
+            .go
+            .as_ref()
+            .is_none_or(|g| g.private_rule(&module).is_none());
+        let key = format!("lookup/{}@{}", escape(&m.path), escape(&m.version));
+        let mut proven = false;
+        for (db, verifier, src) in &sources {
+            let has_lookup = src_has(app, db, &sumdb_files, &key);
+            if !public || !has_lookup {
+                continue;
+            }
+            let r = verifier
+                .lookup(src, &m.path, &m.version, None)
+                .await
+                .map_err(|e| AdminError::bad(format!("{name}: cannot verify with {db}: {e}")))?;
+            for (what, proof, actual) in [(".mod", &r.mod_hash, &mod_h1), (".zip", &r.zip_hash, &zip_h1)] {
+                if let (Some(p), Some(a)) = (proof, actual)
+                    && p != a
+                {
+                    return Err(AdminError::bad(format!(
+                        "{name} {what}: its h1: hash is {a}, but {db} records {p}"
+                    )));
+                }
+            }
+            src.mark_authenticated(&key);
+            proven = true;
+        }
+        if public && !proven {
+            unproven += 1;
+        }
+        checked.push(CheckedModule {
+            entry: m,
+            sumdb_verified: proven,
+        });
+    }
+    if unproven > 0 && app.config.go.verify {
+        reply.warnings.push(format!(
+            "{unproven} module version(s) were checked against the bundle's h1: hashes only: it carries no checksum-database lookup for them"
+        ));
+    }
+
+    // Everything holds: index, then pin.
+    let now = now_unix();
+    let pin = PinRecord {
+        reason: req.reason.clone(),
+        pinned_unix: now,
+    };
+    let mut pinned: BTreeSet<Digest> = BTreeSet::new();
+    for b in &c.blobs {
+        let keep = index
+            .get_blob(&b.digest)
+            .map_err(AdminError::internal)?
+            .is_some_and(|r| r.media_type == b.media_type);
+        if !keep {
+            let rec = BlobRecord {
+                size: b.size,
+                media_type: b.media_type.clone(),
+                created_unix: now,
+            };
+            index.put_blob(&b.digest, &rec).map_err(AdminError::internal)?;
+        }
+        pinned.insert(b.digest.clone());
+        if b.media_type.is_some() {
+            reply.manifests += 1;
+        } else {
+            reply.blobs += 1;
+        }
+    }
+    for (d, children) in refs {
+        index
+            .put_refs(&d, &RefsRecord { children })
+            .map_err(AdminError::internal)?;
+    }
+    for i in &c.images {
+        let Some(tag) = &i.tag else { continue };
+        let newer = index
+            .get_tag(&i.upstream, &i.repository, tag)
+            .map_err(AdminError::internal)?
+            .is_some_and(|t| t.learned_unix > c.created_unix);
+        if !newer {
+            let rec = TagRecord {
+                digest: i.digest.clone(),
+                media_type: i.media_type.clone(),
+                learned_unix: c.created_unix,
+            };
+            index
+                .put_tag(&i.upstream, &i.repository, tag, &rec)
+                .map_err(AdminError::internal)?;
+        }
+        reply.tags += 1;
+    }
+    let mut lists: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for m in &checked {
+        for (kind, f) in m.entry.files() {
+            let rec = GoFileRecord {
+                digest: f.digest.clone(),
+                size: f.size,
+                fetched_unix: now,
+            };
+            index
+                .put_go_file(&m.entry.path, &m.entry.version, kind, &rec)
+                .map_err(AdminError::internal)?;
+            pinned.insert(f.digest.clone());
+        }
+        lists
+            .entry(m.entry.path.as_str())
+            .or_default()
+            .insert(m.entry.version.as_str());
+        reply.modules += 1;
+        reply.modules_sumdb_verified += usize::from(m.sumdb_verified);
+    }
+    for (module, versions) in lists {
+        merge_list(app, module, &versions)?;
+    }
+    for (db, _, src) in &sources {
+        let authenticated = src.authenticated();
+        for (p, digest) in sumdb_files.get(db).into_iter().flatten() {
+            let verified = authenticated.contains(p);
+            let existing = index.get_sumdb(db, p).map_err(AdminError::internal)?;
+            if existing.is_some_and(|e| e.verified && !verified) {
+                continue;
+            }
+            let rec = SumdbRecord {
+                digest: digest.clone(),
+                fetched_unix: now,
+                verified,
+            };
+            index.put_sumdb(db, p, &rec).map_err(AdminError::internal)?;
+            pinned.insert(digest.clone());
+            reply.sumdb_files += 1;
+        }
+    }
+    for d in &pinned {
+        index.put_pin(d, &pin).map_err(AdminError::internal)?;
+    }
+    reply.pinned = pinned.len();
+    index.flush_async().await.map_err(AdminError::internal)?;
+    tracing::info!(
+        reason = %req.reason,
+        tags = reply.tags,
+        manifests = reply.manifests,
+        blobs = reply.blobs,
+        modules = reply.modules,
+        "import indexed"
+    );
+    Ok(reply)
+}
+
+/// Whether a lookup is among the imported files or already cached.
+fn src_has(
+    app: &AppState,
+    db: &str,
+    files: &BTreeMap<String, HashMap<String, Digest>>,
+    key: &str,
+) -> bool {
+    files.get(db).is_some_and(|f| f.contains_key(key))
+        || app.storage.index.get_sumdb(db, key).ok().flatten().is_some()
+}
+
+/// Checks a module version's stored files and returns the `h1:` of its .mod and .zip.
+async fn hashes(
+    app: &AppState,
+    m: &ModuleEntry,
+) -> Result<(Option<String>, Option<String>), String> {
+    let blobs = app.storage.blobs.clone();
+    let m = m.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Some(info) = &m.info {
+            let body = blobs
+                .read_small(&info.digest, 1 << 20)
+                .map_err(|e| format!(".info: {e}"))?
+                .ok_or(".info is not stored")?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| format!(".info is not JSON: {e}"))?;
+            if v["Version"].as_str() != Some(m.version.as_str()) {
+                return Err(format!(".info is not for version {}", m.version));
+            }
+        }
+        let mod_h1 = match &m.go_mod {
+            Some(f) => {
+                let body = blobs
+                    .read_small(&f.digest, crate::goproxy::hash::MAX_GO_MOD)
+                    .map_err(|e| format!(".mod: {e}"))?
+                    .ok_or(".mod is not stored")?;
+                Some(crate::goproxy::hash::h1_of_gomod(&body))
+            }
+            None => None,
+        };
+        let zip_h1 = match &m.zip {
+            Some(f) => {
+                let file = blobs.open_blob(&f.digest).map_err(|e| format!(".zip: {e}"))?;
+                Some(
+                    crate::goproxy::hash::check_and_hash_zip(
+                        std::io::BufReader::new(file),
+                        &m.path,
+                        &m.version,
+                    )
+                    .map_err(|e| format!(".zip: {e}"))?,
+                )
+            }
+            None => None,
+        };
+        Ok((mod_h1, zip_h1))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Adds versions to a module's `@v/list`. A list wharf did not have is recorded as old, so a
+/// wharf that is online asks upstream for the full one.
+fn merge_list(app: &AppState, module: &str, versions: &BTreeSet<&str>) -> Result<(), AdminError> {
+    let index = &app.storage.index;
+    let old = index
+        .get_go_list(module, "list")
+        .map_err(AdminError::internal)?;
+    let mut all: BTreeSet<String> = old
+        .as_ref()
+        .map(|r| r.body.lines().map(str::to_string).collect())
+        .unwrap_or_default();
+    all.extend(versions.iter().map(|v| v.to_string()));
+    all.retain(|v| !v.trim().is_empty());
+    let mut body: String = all.into_iter().map(|v| v + "\n").collect::<String>();
+    if body.is_empty() {
+        body.clear();
+    }
+    let rec = GoListRecord {
+        body,
+        fetched_unix: old.map_or(0, |r| r.fetched_unix),
+    };
+    index
+        .put_go_list(module, "list", &rec)
+        .map_err(AdminError::internal)
+}

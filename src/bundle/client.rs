@@ -1,0 +1,316 @@
+//! How the air-gap commands reach wharf: over HTTP to the server that answers at `--server` (or
+//! at the config's `listen`), else in-process, driving the same router on a freshly opened data
+//! directory (which takes sled's lock, so two processes never share an index).
+//!
+//! In-process requests carry a loopback `ConnectInfo` and `Host: localhost`, so the admin API
+//! treats them exactly like a local operator's, and `[access]` is left out: whoever can open the
+//! data directory already owns everything in it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use tower::ServiceExt as _;
+
+use super::AdminErrorBody;
+use crate::app::AppState;
+use crate::config::Config;
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// Where requests go.
+pub enum Client {
+    Remote {
+        base: String,
+        http: reqwest::Client,
+        auth: Option<HeaderValue>,
+    },
+    Local {
+        state: AppState,
+        router: Router,
+    },
+}
+
+/// A request body.
+pub enum Body {
+    Empty,
+    Bytes(Vec<u8>),
+    Stream(ByteStream),
+}
+
+/// An answer: status, headers, and a body to read or stream.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: ByteStream,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The whole body, refused beyond `limit` bytes.
+    pub async fn bytes(mut self, limit: usize) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.body.next().await {
+            let chunk = chunk.map_err(|e| format!("reading the answer: {e}"))?;
+            if out.len() + chunk.len() > limit {
+                return Err(format!("answer larger than {limit} bytes"));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    pub fn into_stream(self) -> ByteStream {
+        self.body
+    }
+
+    /// Reads and discards the body, returning its length.
+    pub async fn drain(mut self, mut each: impl FnMut(u64)) -> Result<u64, String> {
+        let mut n = 0u64;
+        while let Some(chunk) = self.body.next().await {
+            let chunk = chunk.map_err(|e| format!("transfer cut short: {e}"))?;
+            n += chunk.len() as u64;
+            each(chunk.len() as u64);
+        }
+        Ok(n)
+    }
+
+    /// The error an answer carries: the admin API's `{"error": ...}`, a registry envelope's
+    /// first message, or the text body's first lines.
+    pub async fn error(self) -> String {
+        let status = self.status;
+        let body = self.bytes(64 << 10).await.unwrap_or_default();
+        if let Ok(e) = serde_json::from_slice::<AdminErrorBody>(&body) {
+            return e.error;
+        }
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+            && let Some(m) = v["errors"][0]["message"].as_str()
+        {
+            return format!("{status}: {m}");
+        }
+        let text = String::from_utf8_lossy(&body);
+        let text: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(4).collect();
+        if text.is_empty() {
+            status.to_string()
+        } else {
+            format!("{status}: {}", text.join(" "))
+        }
+    }
+}
+
+impl Client {
+    /// The running wharf at `server`, or at the config's `listen` address if it answers there;
+    /// otherwise the data directory opened in this process.
+    pub async fn connect(config: &Config, server: Option<&str>) -> Result<Client, String> {
+        let auth = credentials()?;
+        if let Some(url) = server {
+            let base = url.trim_end_matches('/').to_string();
+            let http = http_client(false)?;
+            return match probe(&http, &base).await {
+                Ok(()) => Ok(Client::Remote { base, http, auth }),
+                Err(e) => Err(format!("no wharf answers at {base}: {e}")),
+            };
+        }
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{}", loopback(config.listen));
+        // Our own server on loopback: its certificate names the public host, not 127.0.0.1.
+        let http = http_client(config.tls.is_some())?;
+        if probe(&http, &base).await.is_ok() {
+            return Ok(Client::Remote { base, http, auth });
+        }
+        let mut local = config.clone();
+        local.access = Default::default();
+        let state = match AppState::new(local) {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(format!(
+                    "no wharf answers at {base}, and the data directory {} cannot be opened: {e}\n\
+                     (if a wharf is running with another address, pass --server URL)",
+                    config.data_dir.display()
+                ));
+            }
+        };
+        let router = crate::app::router(state.clone());
+        Ok(Client::Local { state, router })
+    }
+
+    /// `in-process` or the server's URL, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Client::Remote { base, .. } => format!("wharf at {base}"),
+            Client::Local { state, .. } => {
+                format!("data directory {} (in-process)", state.config.data_dir.display())
+            }
+        }
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(HeaderName, &str)]) -> Result<Reply, String> {
+        self.request(Method::GET, path, headers, Body::Empty).await
+    }
+
+    /// `POST` a JSON body, expecting a JSON answer; non-2xx answers become their error text.
+    pub async fn post_json<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<R, String> {
+        let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        let reply = self
+            .request(
+                Method::POST,
+                path,
+                &[(header::CONTENT_TYPE, "application/json")],
+                Body::Bytes(bytes),
+            )
+            .await?;
+        if !reply.status.is_success() {
+            return Err(reply.error().await);
+        }
+        let bytes = reply.bytes(256 << 20).await?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{path}: unexpected answer: {e}"))
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(HeaderName, &str)],
+        body: Body,
+    ) -> Result<Reply, String> {
+        match self {
+            Client::Remote { base, http, auth } => {
+                let url = format!("{base}{path}");
+                let mut req = http.request(method, &url);
+                for (k, v) in headers {
+                    req = req.header(k, *v);
+                }
+                if let Some(a) = auth {
+                    req = req.header(header::AUTHORIZATION, a.clone());
+                }
+                req = match body {
+                    Body::Empty => req,
+                    Body::Bytes(b) => req.body(b),
+                    Body::Stream(s) => req.body(reqwest::Body::wrap_stream(s)),
+                };
+                let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+                let status = resp.status();
+                let headers = resp.headers().clone();
+                let body = resp.bytes_stream().map_err(std::io::Error::other).boxed();
+                Ok(Reply {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+            Client::Local { router, .. } => {
+                let body = match body {
+                    Body::Empty => axum::body::Body::empty(),
+                    Body::Bytes(b) => axum::body::Body::from(b),
+                    Body::Stream(s) => axum::body::Body::from_stream(s),
+                };
+                let mut req = http::Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header(header::HOST, "localhost");
+                for (k, v) in headers {
+                    req = req.header(k, *v);
+                }
+                let mut req = req.body(body).map_err(|e| format!("{path}: {e}"))?;
+                req.extensions_mut()
+                    .insert(ConnectInfo(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))));
+                let resp = match router.clone().oneshot(req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                };
+                let (parts, body) = resp.into_parts();
+                let body = body
+                    .into_data_stream()
+                    .map_err(std::io::Error::other)
+                    .boxed();
+                Ok(Reply {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body,
+                })
+            }
+        }
+    }
+
+    /// Makes everything written in-process durable; nothing to do for a server.
+    pub async fn finish(&self) -> Result<(), String> {
+        if let Client::Local { state, .. } = self {
+            state
+                .storage
+                .index
+                .flush_async()
+                .await
+                .map_err(|e| format!("flushing the index: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// `0.0.0.0:5000` is reached at `127.0.0.1:5000`, `[::]:5000` at `[::1]:5000`.
+fn loopback(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v) if v.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+fn http_client(accept_any_cert: bool) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(3))
+        .tls_danger_accept_invalid_certs(accept_any_cert)
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+/// Whether a wharf answers `/healthz` at `base`.
+async fn probe(http: &reqwest::Client, base: &str) -> Result<(), String> {
+    let resp = http
+        .get(format!("{base}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|_| "it does not answer /healthz like wharf".to_string())?;
+    if v.get("status").is_some() {
+        Ok(())
+    } else {
+        Err("it does not answer /healthz like wharf".into())
+    }
+}
+
+/// Credentials for a server with `[access]`: `WHARF_TOKEN` (bearer), or `WHARF_USER` with
+/// `WHARF_PASSWORD` (basic).
+fn credentials() -> Result<Option<HeaderValue>, String> {
+    use base64::Engine as _;
+    let value = if let Ok(t) = std::env::var("WHARF_TOKEN") {
+        format!("Bearer {t}")
+    } else if let Ok(u) = std::env::var("WHARF_USER") {
+        let p = std::env::var("WHARF_PASSWORD").unwrap_or_default();
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        format!("Basic {b}")
+    } else {
+        return Ok(None);
+    };
+    let mut v = HeaderValue::from_str(&value)
+        .map_err(|_| "WHARF_TOKEN / WHARF_USER contain characters a header cannot carry")?;
+    v.set_sensitive(true);
+    Ok(Some(v))
+}

@@ -1,0 +1,187 @@
+//! Eviction under a disk budget: the store stays under it, pinned content survives, and pulls
+//! during eviction still get verified bytes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use wharf_storage::{Digest, PinRecord};
+
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    files_under(&dir.join("blobs"))
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_stays_under_budget_and_pinned_content_survives() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = "[cache]\nmax_size = \"1MiB\"\nlow_watermark_percent = 80\ngc_interval = \"100ms\"\natime_flush_interval = \"50ms\"\n";
+    let toml = config_toml(&up.url(), dir.path(), "") + keys;
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let c = client();
+    let blobs: Vec<(String, Vec<u8>)> = (0..10u64)
+        .map(|i| {
+            let b = bytes_of(300_000, i + 1);
+            (up.put_blob(&b), b)
+        })
+        .collect();
+    // Pin the first one, as prefetch would.
+    let pinned = Digest::parse(&blobs[0].0).unwrap();
+    for (d, b) in &blobs {
+        let got = c
+            .get(w.url(&format!("/v2/app/blobs/{d}")))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &b[..]);
+        if d == &blobs[0].0 {
+            w.state
+                .storage
+                .index
+                .put_pin(
+                    &pinned,
+                    &PinRecord {
+                        reason: "test".into(),
+                        pinned_unix: 0,
+                    },
+                )
+                .unwrap();
+        }
+        // Pulls keep coming while eviction runs: every body is verified.
+        let (d0, b0) = &blobs[0];
+        let again = c
+            .get(w.url(&format!("/v2/app/blobs/{d0}")))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(sha256(&again), *d0);
+        assert_eq!(&again[..], &b0[..]);
+    }
+    let mut under = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if disk_bytes(dir.path()) <= 1 << 20 {
+            under = true;
+            break;
+        }
+    }
+    assert!(
+        under,
+        "store is {} bytes, budget 1 MiB",
+        disk_bytes(dir.path())
+    );
+    assert!(
+        w.state.storage.blobs.contains(&pinned),
+        "pinned blob was evicted"
+    );
+    // Evicted content is simply fetched again on the next pull.
+    let (dl, bl) = &blobs[9];
+    let got = c
+        .get(w.url(&format!("/v2/app/blobs/{dl}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &bl[..]);
+    let metrics = c
+        .get(w.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("wharf_upstream_bytes_total{upstream=\"fake.test\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn gc_dry_run_and_stats_answer_on_loopback() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::start(&up.url(), dir.path(), "").await;
+    let c = client();
+    let (d, _) = up.put_image("app", "v1", &[bytes_of(50_000, 3)]);
+    c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+    c.get(w.url(&format!("/v2/app/manifests/{d}")))
+        .send()
+        .await
+        .unwrap();
+    let r = c
+        .post(w.url("/admin/gc?dry_run=true&target=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("would remove") && text.contains(&d), "{text}");
+    assert!(
+        w.state.storage.blobs.contains(&Digest::parse(&d).unwrap()),
+        "dry run removed something"
+    );
+    let stats: serde_json::Value = c
+        .get(w.url("/admin/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["tags"], 1);
+    assert!(stats["bytes"].as_u64().unwrap() > 0);
+    assert!(stats["hit_ratio"].as_f64().is_some(), "{stats}");
+}
+
+#[test]
+fn gc_and_stats_commands_work_on_a_stopped_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let s = wharf_storage::Storage::open(&data).unwrap();
+        let b = bytes_of(10_000, 1);
+        s.blobs.put_bytes(&Digest::of(&b), &b).unwrap();
+    }
+    let cfg = dir.path().join("wharf.toml");
+    // A port nothing listens on: the commands fall back to the data directory.
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:9\"\ndata_dir = \"{}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = run(&["gc", "--dry-run", "--target", "0"]);
+    assert!(ok && text.contains("would remove 1 objects"), "{text}");
+    let (ok, text) = run(&["stats"]);
+    assert!(ok && text.contains("1 objects"), "{text}");
+    let (ok, text) = run(&["gc", "--target", "0"]);
+    assert!(ok && text.contains("removed 1 objects"), "{text}");
+}
