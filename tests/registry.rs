@@ -740,3 +740,38 @@ async fn the_cache_survives_a_restart() {
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(r.bytes().await.unwrap(), data);
 }
+
+#[tokio::test]
+async fn content_from_a_private_upstream_is_not_served_to_another_repository_unconfirmed() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes_of(20_000, 8);
+    let d = up.put_blob(&data);
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    let toml = config_toml(&up.url(), dir.path(), "").replace(
+        "url = \"",
+        &format!(
+            "username = \"mirror\"\npassword_file = \"{}\"\nurl = \"",
+            pw.display()
+        ),
+    );
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let c = client();
+    let get = |repo: &str| c.get(w.url(&format!("/v2/{repo}/blobs/{d}"))).send();
+    assert_eq!(get("team/a").await.unwrap().bytes().await.unwrap(), data);
+    // team/b does not hold it upstream: the cached copy must not leak to it.
+    up.state.hidden_repos.lock().unwrap().push("team/b".into());
+    let r = get("team/b").await.unwrap();
+    assert_eq!(r.status(), 404);
+    // team/c holds it: confirmed with a HEAD, then served from the cache.
+    let heads = up.count("HEAD", "/v2/team/c/blobs/");
+    let r = get("team/c").await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(r.bytes().await.unwrap(), data);
+    assert_eq!(up.count("HEAD", "/v2/team/c/blobs/"), heads + 1);
+    assert_eq!(up.count("GET", "/blobs/"), 1, "bytes were fetched once");
+    // Confirmed once is enough.
+    get("team/c").await.unwrap().bytes().await.unwrap();
+    assert_eq!(up.count("HEAD", "/v2/team/c/blobs/"), heads + 1);
+}

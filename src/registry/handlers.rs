@@ -271,6 +271,8 @@ async fn manifest_by_digest(
     head: bool,
 ) -> Result<Response> {
     if let Some((body, media)) = load_manifest(app, digest)? {
+        ensure_linked(app, t, digest, "manifests").await?;
+        app.touch(digest);
         return Ok(manifest_response(digest, body, &media, Outcome::Hit, head));
     }
     match fetch_manifest(app, t, digest.as_str(), Some(digest)).await {
@@ -289,6 +291,7 @@ async fn manifest_by_tag(app: &AppState, t: &Target, tag: &Tag, head: bool) -> R
         && now_unix().saturating_sub(rec.learned_unix) < ttl.as_secs()
         && let Some((body, media)) = load_manifest(app, &rec.digest)?
     {
+        app.touch(&rec.digest);
         return Ok(manifest_response(
             &rec.digest,
             body,
@@ -348,6 +351,8 @@ async fn resolve_tag(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| Digest::parse(v.trim()).ok());
     if let Some(d) = &advertised {
+        // The HEAD answered for this repository: it may be served from it.
+        link(app, t, d);
         if let Some((body, media)) = load_manifest(app, d).map_err(|e| {
             Miss::Failed(UpstreamError::Protocol(format!(
                 "local read failed: {}",
@@ -399,6 +404,7 @@ async fn fetch_manifest(
         .map_err(|m| Miss::Failed(UpstreamError::Protocol(m)))?;
     app.metrics
         .add_upstream_bytes(&t.up.name, body.len() as u64);
+    link(app, t, &actual);
     store_manifest(app, &actual, &body, &media)
         .await
         .map_err(|e| {
@@ -422,7 +428,60 @@ async fn store_manifest(app: &AppState, digest: &Digest, body: &[u8], media: &st
         media_type: Some(media.to_string()),
         created_unix: now_unix(),
     };
-    app.storage.index.put_blob(digest, &rec).map_err(internal)
+    app.storage.index.put_blob(digest, &rec).map_err(internal)?;
+    let children = manifest::children(body);
+    if !children.is_empty() {
+        let refs = wharf_storage::RefsRecord { children };
+        app.storage
+            .index
+            .put_refs(digest, &refs)
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
+/// Records that `t`'s repository holds `digest` (only needed for upstreams with credentials).
+fn link(app: &AppState, t: &Target, digest: &Digest) {
+    if t.up.has_credentials()
+        && let Err(e) = app
+            .storage
+            .index
+            .put_link(&t.up.name, t.name.as_str(), digest)
+    {
+        tracing::warn!(error = %e, "recording the repository link failed");
+    }
+}
+
+/// For an upstream wharf logs in to, content is private per repository: a digest cached from
+/// one repository is served to another only after the upstream confirms (HEAD) that this
+/// repository has it too.
+async fn ensure_linked(app: &AppState, t: &Target, digest: &Digest, kind: &str) -> Result<()> {
+    if !t.up.has_credentials()
+        || app
+            .storage
+            .index
+            .has_link(&t.up.name, t.name.as_str(), digest)
+            .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    let (unknown, what, accept) = if kind == "blobs" {
+        (ErrorCode::BlobUnknown, format!("blob {digest}"), &[][..])
+    } else {
+        (
+            ErrorCode::ManifestUnknown,
+            format!("manifest {digest}"),
+            manifest::ACCEPT,
+        )
+    };
+    let path = format!("/v2/{}/{kind}/{digest}", t.name);
+    let resp =
+        t.up.send(Method::HEAD, &path, accept, &t.scope())
+            .await
+            .map_err(|e| Miss::Failed(e).into_error(t, &what, unknown))?;
+    classify(resp.status()).map_err(|m| m.into_error(t, &what, unknown))?;
+    link(app, t, digest);
+    Ok(())
 }
 
 /// A cached manifest and its media type, if on disk.
@@ -481,6 +540,8 @@ async fn blob(
     range: Option<&str>,
 ) -> Result<Response> {
     if let Ok(file) = app.storage.blobs.open_blob(digest) {
+        ensure_linked(app, t, digest, "blobs").await?;
+        app.touch(digest);
         let size = file.metadata().map_err(internal)?.len();
         return blob_response(
             digest,
@@ -685,6 +746,11 @@ async fn fill_blob(
         Ok((file, size)) => {
             tracing::info!(size, "blob verified and cached");
             app.metrics.add_upstream_bytes(&up.name, size);
+            if up.has_credentials()
+                && let Err(e) = app.storage.index.put_link(&up.name, name.as_str(), &digest)
+            {
+                tracing::warn!(error = %e, "recording the repository link failed");
+            }
             leader.commit(file, size)
         }
         Err(e) => {

@@ -98,6 +98,11 @@ impl UpstreamClient {
         })
     }
 
+    /// Whether wharf authenticates to this upstream: its content may be private per repository.
+    pub fn has_credentials(&self) -> bool {
+        self.creds.is_some()
+    }
+
     /// Sends `method path_and_query` (path starting with `/v2/`) with the given `Accept` list,
     /// authenticating for `scope` (`repository:<name>:pull`) when the registry asks.
     pub async fn send(

@@ -13,6 +13,7 @@
 //! | `pins`     | `sha256:<hex>`              | `PinRecord`     |
 //! | `refs`     | `sha256:<hex>` (a manifest) | `RefsRecord`    |
 //! | `atime`    | `sha256:<hex>`              | `AtimeRecord`   |
+//! | `links`    | upstream, repo, digest      | `LinkRecord`    |
 //! | `meta`     | `format`                    | index format    |
 //!
 //! Composite keys come from `keys.rs`. A new key space (Go module versions, pins, access times) is
@@ -119,6 +120,13 @@ pub struct AtimeRecord {
     pub last_access_unix: u64,
 }
 
+/// That a repository of an upstream was seen to hold a blob or manifest: for upstreams with
+/// credentials, content cached from one repository is not served to another without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    pub linked_unix: u64,
+}
+
 /// `(module, version, kind)`, the key of a `GoFileRecord`.
 pub type GoFileKey = (String, String, String);
 
@@ -149,6 +157,7 @@ pub struct Index {
     pins: Space,
     refs: Space,
     atime: Space,
+    links: Space,
 }
 
 impl Index {
@@ -182,6 +191,7 @@ impl Index {
             pins: Space::open(&db, "pins")?,
             refs: Space::open(&db, "refs")?,
             atime: Space::open(&db, "atime")?,
+            links: Space::open(&db, "links")?,
             db,
         })
     }
@@ -400,6 +410,31 @@ impl Index {
         self.refs
             .entries(self.refs.tree.iter(), decode_blob_key)
             .map(|entry| entry.and_then(|entry| entry.decoded))
+    }
+
+    pub fn put_link(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<(), StorageError> {
+        let rec = LinkRecord {
+            linked_unix: unix_now(),
+        };
+        self.links
+            .put(&keys::encode(&[upstream, repo, digest.as_str()])?, &rec)
+    }
+
+    pub fn has_link(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<bool, StorageError> {
+        Ok(self
+            .links
+            .tree
+            .contains_key(keys::encode(&[upstream, repo, digest.as_str()])?)?)
     }
 
     /// Writes a batch of access times in one sled batch.

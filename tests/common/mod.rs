@@ -78,6 +78,8 @@ pub struct FakeState {
     pub omit_digest_header: Mutex<bool>,
     /// Override the Content-Type served with manifests.
     pub manifest_content_type: Mutex<Option<String>>,
+    /// Repositories this upstream says do not exist (404 for everything under them).
+    pub hidden_repos: Mutex<Vec<String>>,
     /// Never answer (a black-holed upstream): requests hang until the client gives up.
     pub hang: std::sync::atomic::AtomicBool,
     pub token_requests: AtomicUsize,
@@ -302,6 +304,19 @@ async fn fake_handler(State(st): State<Arc<FakeState>>, req: Request) -> Respons
     };
     if rest.is_empty() {
         return "{}".into_response();
+    }
+    if st
+        .hidden_repos
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| rest.starts_with(&format!("{r}/")))
+    {
+        return (
+            StatusCode::NOT_FOUND,
+            r#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#,
+        )
+            .into_response();
     }
     if let Some((repo, reference)) = rest.rsplit_once("/manifests/") {
         let found = st
