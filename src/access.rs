@@ -98,6 +98,9 @@ pub enum Denied {
     Unauthorized(&'static str),
 }
 
+/// `verify`'s answer for empty basic credentials: treated as no credentials at all.
+const ANONYMOUS: &str = "anonymous";
+
 /// Most remembered successful password checks (argon2 is slow on purpose; Docker sends basic
 /// auth on every request).
 const MAX_VERIFIED: usize = 4096;
@@ -114,7 +117,13 @@ pub struct AccessControl {
 }
 
 impl AccessControl {
-    pub fn new(cfg: &AccessConfig) -> Result<AccessControl, String> {
+    /// `upstreams` are the registry upstream names and `default` the default one: a registry
+    /// rule prefix that does not start with an upstream name is taken to be on the default.
+    pub fn new(
+        cfg: &AccessConfig,
+        upstreams: &[&str],
+        default: &str,
+    ) -> Result<AccessControl, String> {
         let allow_clients = cfg
             .allow_clients
             .iter()
@@ -151,7 +160,21 @@ impl AccessControl {
             realm: cfg.realm.clone(),
             users,
             tokens,
-            rules: cfg.rules.clone(),
+            rules: cfg
+                .rules
+                .iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    let first = r.prefix.split('/').next().unwrap_or("");
+                    if r.protocol == Protocol::Registry
+                        && !r.prefix.is_empty()
+                        && !upstreams.contains(&first)
+                    {
+                        r.prefix = format!("{default}/{}", r.prefix);
+                    }
+                    r
+                })
+                .collect(),
             verified: Mutex::new(Default::default()),
         })
     }
@@ -184,8 +207,11 @@ impl AccessControl {
                     .to_str()
                     .map_err(|_| Denied::Unauthorized("malformed Authorization header"))?;
                 // Credentials that are sent must be right, even where none are required.
-                self.verify(v).map_err(Denied::Unauthorized)?;
-                true
+                match self.verify(v) {
+                    Ok(()) => true,
+                    Err(ANONYMOUS) => false,
+                    Err(why) => return Err(Denied::Unauthorized(why)),
+                }
             }
         };
         if authenticated || !self.requires_auth(path) {
@@ -231,6 +257,11 @@ impl AccessControl {
         let raw = base64_decode(value).ok_or("malformed basic credentials")?;
         let text = String::from_utf8(raw).map_err(|_| "malformed basic credentials")?;
         let (user, password) = text.split_once(':').ok_or("malformed basic credentials")?;
+        if user.is_empty() && password.is_empty() {
+            // containers/image sends `Basic Og==` (":") once a registry has challenged: that
+            // is an anonymous client, not a wrong password.
+            return Err(ANONYMOUS);
+        }
         let key: [u8; 32] = Sha256::digest(text.as_bytes()).into();
         if self
             .verified
@@ -298,7 +329,7 @@ mod tests {
             sha256: hex::encode(Sha256::digest(b"tok")),
         });
         extra(&mut cfg);
-        AccessControl::new(&cfg).unwrap()
+        AccessControl::new(&cfg, &["docker.io"], "docker.io").unwrap()
     }
 
     #[test]
@@ -356,6 +387,32 @@ mod tests {
                 .is_ok(),
             "rules are per protocol"
         );
+        let mut anon = HeaderMap::new();
+        anon.insert(http::header::AUTHORIZATION, "Basic Og==".parse().unwrap());
+        assert!(
+            a.check(None, "/go/golang.org/x/text/@v/list", &anon)
+                .is_ok(),
+            "empty basic is anonymous"
+        );
+        assert!(
+            a.check(None, "/go/corp.example.com/tool/@v/list", &anon)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn registry_rules_without_an_upstream_are_on_the_default_one() {
+        let mut cfg = AccessConfig::default();
+        cfg.rules.push(RuleConfig {
+            protocol: Protocol::Registry,
+            prefix: "private/".into(),
+            require_auth: true,
+        });
+        let a = AccessControl::new(&cfg, &["hub.test", "ghcr.io"], "hub.test").unwrap();
+        let none = HeaderMap::new();
+        assert!(a.check(None, "/v2/hub.test/private/app/", &none).is_err());
+        assert!(a.check(None, "/v2/hub.test/public/app/", &none).is_ok());
+        assert!(a.check(None, "/v2/ghcr.io/private/app/", &none).is_ok());
     }
 
     #[test]

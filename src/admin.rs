@@ -146,6 +146,7 @@ async fn get_blob(
         Err(e) => return Err(AdminError::internal(e)),
     };
     let size = file.metadata().map_err(AdminError::internal)?.len();
+    touch(&app, &digest);
     let body = if method == http::Method::HEAD {
         Body::empty()
     } else {
@@ -182,6 +183,7 @@ async fn put_blob(
 ) -> Result<Response, AdminError> {
     let digest = parse_digest(&digest)?;
     if let Ok(Some(size)) = app.storage.blobs.size(&digest) {
+        touch(&app, &digest);
         return Ok(Json(Stored {
             digest,
             size,
@@ -223,11 +225,14 @@ async fn store(
         .await
         .map_err(AdminError::internal)?;
     match committed {
-        Ok(c) => Ok(Stored {
-            digest: target,
-            size: c.size,
-            present: false,
-        }),
+        Ok(c) => {
+            touch(app, &target);
+            Ok(Stored {
+                digest: target,
+                size: c.size,
+                present: false,
+            })
+        }
         Err(StorageError::DigestMismatch { expected, actual }) => Err(AdminError::bad(format!(
             "content does not match its digest {expected} (it hashes to {actual})"
         ))),
@@ -235,6 +240,18 @@ async fn store(
             "content of {target} is {actual} bytes, expected {expected}"
         ))),
         Err(e) => Err(AdminError::internal(e)),
+    }
+}
+
+/// Marks a blob as just used, so eviction keeps what an import has stored (not yet indexed,
+/// hence not yet pinned) until the import indexes it.
+fn touch(app: &AppState, digest: &Digest) {
+    if let Err(e) = app
+        .storage
+        .index
+        .put_atimes(&[(digest.clone(), now_unix())])
+    {
+        tracing::warn!(%digest, error = %e, "cannot record an access time");
     }
 }
 
@@ -297,10 +314,22 @@ mod tests {
 
     #[test]
     fn only_loopback_hosts_are_admin_hosts() {
-        for ok in ["localhost", "127.0.0.1:5000", "[::1]:5000", "LOCALHOST:1", "127.9.9.9"] {
+        for ok in [
+            "localhost",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "LOCALHOST:1",
+            "127.9.9.9",
+        ] {
             assert!(loopback_host(ok), "{ok}");
         }
-        for bad in ["", "wharf:5000", "evil.example", "10.0.0.1:5000", "[fe80::1]:5000"] {
+        for bad in [
+            "",
+            "wharf:5000",
+            "evil.example",
+            "10.0.0.1:5000",
+            "[fe80::1]:5000",
+        ] {
             assert!(!loopback_host(bad), "{bad}");
         }
     }

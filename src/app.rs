@@ -76,7 +76,13 @@ impl AppState {
         } else {
             None
         };
-        let access = AccessControl::new(&config.access)
+        let names: Vec<&str> = config
+            .registry
+            .upstreams
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect();
+        let access = AccessControl::new(&config.access, &names, &config.registry.default_upstream)
             .map_err(|m| Error::Config(crate::config::ConfigError::Invalid(m)))?;
         let fill_permits = Arc::new(tokio::sync::Semaphore::new(
             config.server.max_concurrent_fills,
@@ -187,14 +193,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/", any(registry::handle))
         .route("/v2/{*rest}", any(registry::handle))
         .route("/go/{*rest}", any(goproxy::handle))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
-        .route("/healthz", axum::routing::get(healthz))
+        .merge(crate::admin::routes())
         .route("/metrics", axum::routing::get(metrics))
         .route(
             "/admin/stats",
             axum::routing::get(crate::gc::stats_endpoint),
         )
         .route("/admin/gc", axum::routing::post(crate::gc::gc_endpoint))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .route("/healthz", axum::routing::get(healthz))
         .with_state(state)
         .layer(crate::trace_layer())
 }
@@ -227,7 +234,22 @@ async fn guard(
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        match app.access.check(peer, &path, req.headers()) {
+        // Rules see one spelling per resource: Go paths decoded as the handler decodes them,
+        // registry repositories as `<upstream>/<repository>/` whatever form the client used.
+        let rule_path = if let Some(rest) = path.strip_prefix("/go/") {
+            match crate::goproxy::path::percent_decode_once(rest) {
+                Some(d) => format!("/go/{d}"),
+                None => path.clone(),
+            }
+        } else if let Some(rest) = path.strip_prefix("/v2/") {
+            match crate::registry::canonical_repo(&app, rest, req.uri().query()) {
+                Some(c) => format!("/v2/{c}"),
+                None => path.clone(),
+            }
+        } else {
+            path.clone()
+        };
+        match app.access.check(peer, &rule_path, req.headers()) {
             Ok(()) => {}
             Err(Denied::Address) => {
                 tracing::info!(?peer, %path, "client address not in access.allow_clients");

@@ -74,6 +74,57 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch images and Go modules into the cache now, and pin them (works while wharf serves).
+    Prefetch {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        server: ServerArg,
+        /// Only this platform of multi-platform images, e.g. linux/amd64 (default: all).
+        #[arg(long)]
+        platform: Option<crate::bundle::Platform>,
+        /// A file listing images and module@version, one a line (# comments).
+        #[arg(long = "file", short = 'f')]
+        lists: Vec<PathBuf>,
+        /// Images (docker.io/library/alpine:3.20), modules (golang.org/x/text@v0.14.0), or the
+        /// path of a go.mod or go.sum whose modules to fetch.
+        items: Vec<String>,
+    },
+    /// Write cached images and modules into one bundle file for an air-gapped wharf.
+    Export {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        server: ServerArg,
+        /// The bundle file to write (an uncompressed tar).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Every tag and module version in the cache.
+        #[arg(long)]
+        all: bool,
+        /// Everything pinned (what prefetch and import brought).
+        #[arg(long)]
+        pinned: bool,
+        /// A file listing images and module@version, one a line.
+        #[arg(long = "file", short = 'f')]
+        lists: Vec<PathBuf>,
+        /// Images and module@version to export (or a go.mod / go.sum).
+        items: Vec<String>,
+    },
+    /// Verify and load a bundle, OCI layout, go module cache directory or docker save tarball.
+    Import {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        server: ServerArg,
+        /// For OCI layouts whose image names are bare tags: the image to file them under, e.g.
+        /// docker.io/library/alpine.
+        #[arg(long)]
+        name: Option<String>,
+        /// What to import: files or directories.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
     /// Check every indexed blob against its digest; report orphans and dangling records.
     Fsck {
         #[command(flatten)]
@@ -82,6 +133,15 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+}
+
+/// Where the air-gap commands find the server.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct ServerArg {
+    /// A running wharf to work through (default: the config's listen address, if one answers
+    /// there; otherwise the data directory is opened directly).
+    #[arg(long, env = "WHARF_SERVER")]
+    pub server: Option<String>,
 }
 
 impl ConfigArgs {

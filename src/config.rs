@@ -480,9 +480,21 @@ impl Config {
             );
         }
         self.validate_go()?;
-        crate::access::AccessControl::new(&self.access).map_err(ConfigError::Invalid)?;
+        let names: Vec<&str> = self
+            .registry
+            .upstreams
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect();
+        crate::access::AccessControl::new(&self.access, &names, &self.registry.default_upstream)
+            .map_err(ConfigError::Invalid)?;
         if !(1..=100).contains(&self.cache.low_watermark_percent) {
             return invalid("cache.low_watermark_percent must be between 1 and 100".into());
+        }
+        if self.server.max_header_size.0 < 8192 {
+            return invalid(
+                "server.max_header_size must be at least 8KiB (HTTP's smallest buffer)".into(),
+            );
         }
         if self.server.max_concurrent_fills == 0 {
             return invalid("server.max_concurrent_fills must be at least 1".into());

@@ -12,6 +12,8 @@
 //! * `registry`: the `/v2/` routes, handlers and error format.
 //! * `goproxy`: the `/go/` GOPROXY protocol, private modules, checksum-database proxy and checks.
 //! * `metrics`: request counters, upstream states (`/metrics`, `/healthz`).
+//! * `admin`: the loopback-only `/admin/` API the air-gap commands use.
+//! * `prefetch`, `bundle`: `wharf prefetch`, `wharf export` and `wharf import`.
 //! * `error`: start-up and command errors.
 //!
 //! Storage (blobs on disk, the sled index, fsck) is the `wharf-storage` crate.
@@ -20,7 +22,9 @@
 //! bind port 0 and own shutdown.
 
 pub mod access;
+pub mod admin;
 pub mod app;
+pub mod bundle;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -28,6 +32,7 @@ pub mod error;
 pub mod gc;
 pub mod goproxy;
 pub mod metrics;
+pub mod prefetch;
 pub mod registry;
 pub mod server;
 pub mod upstream;

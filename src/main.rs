@@ -84,6 +84,49 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             let config = config.load()?;
             wharf::gc::stats_command(&config, json).await
         }
+        Command::Prefetch {
+            config,
+            server,
+            platform,
+            lists,
+            items,
+        } => {
+            let config = config.load()?;
+            init_cli_tracing();
+            wharf::prefetch::command(&config, server.server.as_deref(), &items, &lists, platform)
+                .await
+        }
+        Command::Export {
+            config,
+            server,
+            output,
+            all,
+            pinned,
+            lists,
+            items,
+        } => {
+            let config = config.load()?;
+            init_cli_tracing();
+            let args = wharf::bundle::export::ExportArgs {
+                items,
+                lists,
+                all,
+                pinned,
+                output,
+            };
+            wharf::bundle::export::command(&config, server.server.as_deref(), args).await
+        }
+        Command::Import {
+            config,
+            server,
+            name,
+            inputs,
+        } => {
+            let config = config.load()?;
+            init_cli_tracing();
+            let args = wharf::bundle::import::ImportArgs { inputs, name };
+            wharf::bundle::import::command(&config, server.server.as_deref(), args).await
+        }
         Command::Fsck { config, repair } => {
             let config = config.load()?;
             let storage = wharf_storage::Storage::open(&config.data_dir)?;
@@ -189,6 +232,15 @@ fn init_tracing(config: &Config) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// Warnings and errors only, for commands whose own output is the report.
+fn init_cli_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Explains the egress decision for `url`: host rule, resolved addresses and their classes.

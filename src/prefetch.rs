@@ -71,7 +71,11 @@ pub async fn command(
             return Ok(ExitCode::FAILURE);
         }
     };
-    eprintln!("wharf: prefetching {} item(s) through {}", items.len(), client.describe());
+    eprintln!(
+        "wharf: prefetching {} item(s) through {}",
+        items.len(),
+        client.describe()
+    );
     let progress = Progress::new("prefetch", 0);
     let total = Stats::default();
     let (mut images, mut modules, mut pinned) = (0usize, 0usize, 0usize);
@@ -182,7 +186,11 @@ async fn get_retrying(
 }
 
 /// A manifest as wharf serves it, checked against its digest.
-async fn manifest_at(client: &Client, base: &str, reference: &str) -> Result<(Digest, Vec<u8>), String> {
+async fn manifest_at(
+    client: &Client,
+    base: &str,
+    reference: &str,
+) -> Result<(Digest, Vec<u8>), String> {
     let accept = manifest::ACCEPT.join(", ");
     let path = format!("{base}/manifests/{reference}");
     let reply = get_retrying(
@@ -201,7 +209,9 @@ async fn manifest_at(client: &Client, base: &str, reference: &str) -> Result<(Di
     let body = reply.bytes(MAX_MANIFEST).await?;
     let digest = Digest::of(&body);
     if advertised.is_some_and(|a| a != digest) {
-        return Err(format!("manifest {reference}: body does not match its digest"));
+        return Err(format!(
+            "manifest {reference}: body does not match its digest"
+        ));
     }
     Ok((digest, body))
 }
@@ -245,7 +255,11 @@ async fn image(
                 .manifests
                 .iter()
                 .filter_map(|(_, _, _, pl)| {
-                    Some(format!("{}/{}", pl.get("os")?.as_str()?, pl.get("architecture")?.as_str()?))
+                    Some(format!(
+                        "{}/{}",
+                        pl.get("os")?.as_str()?,
+                        pl.get("architecture")?.as_str()?
+                    ))
                 })
                 .collect();
             return Err(format!(
@@ -303,7 +317,11 @@ async fn blob(
         progress.inc(size);
         stats.objects.fetch_add(1, Ordering::Relaxed);
         stats.bytes.fetch_add(size, Ordering::Relaxed);
-        progress.done(&format!("  cached {} {}", short(&digest), progress::bytes(size)));
+        progress.done(&format!(
+            "  cached {} {}",
+            short(&digest),
+            progress::bytes(size)
+        ));
         return Ok(());
     }
     let reply = get_retrying(client, http::Method::GET, &path, &[]).await?;
@@ -327,7 +345,11 @@ async fn blob(
     }
     progress.done(&format!(
         "  {} {} {} ({})",
-        if outcome == "HIT" { "cached" } else { "fetched" },
+        if outcome == "HIT" {
+            "cached"
+        } else {
+            "fetched"
+        },
         short(&digest),
         progress::bytes(got),
         progress::rate(got, started.elapsed())
@@ -395,7 +417,11 @@ async fn module(
         }
         progress.done(&format!(
             "  {} {path}@{version}.{kind} {} ({})",
-            if outcome == "HIT" { "cached" } else { "fetched" },
+            if outcome == "HIT" {
+                "cached"
+            } else {
+                "fetched"
+            },
             progress::bytes(got),
             progress::rate(got, started.elapsed())
         ));

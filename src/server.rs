@@ -102,12 +102,15 @@ pub async fn run(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_size.max(8192));
+        .max_buf_size(limits.max_header_size);
     builder
         .http2()
         .timer(TokioTimer::new())
         .adaptive_window(true)
-        .max_header_list_size(limits.max_header_size as u32);
+        .max_header_list_size(limits.max_header_size as u32)
+        // A client that stops answering pings is dropped.
+        .keep_alive_interval(Some(limits.header_read_timeout.max(Duration::from_secs(1))))
+        .keep_alive_timeout(limits.header_read_timeout.max(Duration::from_secs(1)));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -127,17 +130,22 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let svc = service_for(app.clone(), peer);
         let builder = builder.clone();
+        let timeout = limits.header_read_timeout;
         match &tls {
             None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn.into_owned());
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    // A client must start its request in time, or it holds a connection for
+                    // nothing (hyper's own header timer starts only after version detection).
+                    let Some(io) = Prefixed::read_start(stream, timeout).await else {
+                        return;
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+                    let _ = watcher.watch(conn.into_owned()).await;
                 });
             }
             Some(t) => {
                 let acceptor = t.acceptor();
-                let timeout = limits.header_read_timeout;
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let tls_stream =
@@ -149,8 +157,10 @@ pub async fn run(
                             }
                             Err(_) => return,
                         };
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
+                    let Some(io) = Prefixed::read_start(tls_stream, timeout).await else {
+                        return;
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
                 });
             }
@@ -161,6 +171,99 @@ pub async fn run(
     background.abort();
     flush_state.flush_atimes().await;
     Ok(())
+}
+
+/// A connection whose first bytes were read ahead (to enforce a deadline on the start of the
+/// first request) and are replayed to hyper before the rest.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> Prefixed<S> {
+    /// Reads until the client has sent a line or the 24 bytes of an HTTP/2 preface, within
+    /// `timeout`; `None` when it does not (or closes).
+    async fn read_start(mut inner: S, timeout: Duration) -> Option<Prefixed<S>> {
+        use tokio::io::AsyncReadExt;
+        let mut prefix = Vec::with_capacity(1024);
+        let read = async {
+            let mut buf = [0u8; 1024];
+            // HTTP/1: a whole request line. HTTP/2: the whole 24-byte preface (whose first
+            // line alone would look like a request line).
+            while prefix.len() < 24 && (prefix.starts_with(b"PRI ") || !prefix.contains(&b'\n')) {
+                let n = inner.read(&mut buf).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                prefix.extend_from_slice(&buf[..n]);
+            }
+            Some(())
+        };
+        tokio::time::timeout(timeout, read).await.ok()??;
+        Some(Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        })
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// The router as a hyper service, with the peer address available as `ConnectInfo`.

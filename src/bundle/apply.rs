@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use wharf_storage::{
-    BlobRecord, Digest, GoFileRecord, GoListRecord, PinRecord, RefsRecord, SumdbRecord, TagRecord,
+    BlobRecord, Digest, GoFileRecord, GoListRecord, PinRecord, RefsRecord, SumdbRecord,
+    TagListRecord, TagRecord,
 };
 
 use super::sumdb::{StoreSource, verifiers};
@@ -59,8 +60,8 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
             .ok_or_else(|| AdminError::bad(format!("manifest {} is not stored", b.digest)))?;
         manifest::check(&body, Some(media))
             .map_err(|e| AdminError::bad(format!("manifest {}: {e}", b.digest)))?;
-        let children =
-            children_of(&body).map_err(|e| AdminError::bad(format!("manifest {}: {e}", b.digest)))?;
+        let children = children_of(&body)
+            .map_err(|e| AdminError::bad(format!("manifest {}: {e}", b.digest)))?;
         let mut all = Vec::new();
         for (d, _, _, platform) in &children.manifests {
             if !blobs.contains(d) {
@@ -153,12 +154,16 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
     let mut unproven = 0usize;
     for m in &c.modules {
         let name = m.name();
-        let module = ModulePath::parse(&m.path).map_err(|e| AdminError::bad(format!("{name}: {e}")))?;
+        let module =
+            ModulePath::parse(&m.path).map_err(|e| AdminError::bad(format!("{name}: {e}")))?;
         if !is_canonical(&m.version) {
             return Err(AdminError::bad(format!("{name}: not a canonical version")));
         }
-        let (mod_h1, zip_h1) = hashes(app, m).await.map_err(|e| AdminError::bad(format!("{name}: {e}")))?;
-        for (what, claimed, actual) in [(".mod", &m.mod_h1, &mod_h1), (".zip", &m.zip_h1, &zip_h1)] {
+        let (mod_h1, zip_h1) = hashes(app, m)
+            .await
+            .map_err(|e| AdminError::bad(format!("{name}: {e}")))?;
+        for (what, claimed, actual) in [(".mod", &m.mod_h1, &mod_h1), (".zip", &m.zip_h1, &zip_h1)]
+        {
             if let (Some(c), Some(a)) = (claimed, actual)
                 && c != a
             {
@@ -182,7 +187,10 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
                 .lookup(src, &m.path, &m.version, None)
                 .await
                 .map_err(|e| AdminError::bad(format!("{name}: cannot verify with {db}: {e}")))?;
-            for (what, proof, actual) in [(".mod", &r.mod_hash, &mod_h1), (".zip", &r.zip_hash, &zip_h1)] {
+            for (what, proof, actual) in [
+                (".mod", &r.mod_hash, &mod_h1),
+                (".zip", &r.zip_hash, &zip_h1),
+            ] {
                 if let (Some(p), Some(a)) = (proof, actual)
                     && p != a
                 {
@@ -226,7 +234,9 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
                 media_type: b.media_type.clone(),
                 created_unix: now,
             };
-            index.put_blob(&b.digest, &rec).map_err(AdminError::internal)?;
+            index
+                .put_blob(&b.digest, &rec)
+                .map_err(AdminError::internal)?;
         }
         pinned.insert(b.digest.clone());
         if b.media_type.is_some() {
@@ -257,6 +267,31 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
                 .map_err(AdminError::internal)?;
         }
         reply.tags += 1;
+    }
+    // Tag lists: what `skopeo inspect` and `tags/list` show when the upstream cannot be asked.
+    let mut repos: BTreeMap<(&str, &str), BTreeSet<String>> = BTreeMap::new();
+    for i in &c.images {
+        if let Some(tag) = &i.tag {
+            repos
+                .entry((i.upstream.as_str(), i.repository.as_str()))
+                .or_default()
+                .insert(tag.clone());
+        }
+    }
+    for ((up, repo), tags) in repos {
+        let old = index.get_tag_list(up, repo).map_err(AdminError::internal)?;
+        let fetched_unix = old.as_ref().map_or(0, |r| r.fetched_unix);
+        let mut all: BTreeSet<String> = old
+            .map(|r| r.tags.into_iter().collect())
+            .unwrap_or_default();
+        all.extend(tags);
+        let rec = TagListRecord {
+            tags: all.into_iter().collect(),
+            fetched_unix,
+        };
+        index
+            .put_tag_list(up, repo, &rec)
+            .map_err(AdminError::internal)?;
     }
     let mut lists: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for m in &checked {
@@ -323,7 +358,13 @@ fn src_has(
     key: &str,
 ) -> bool {
     files.get(db).is_some_and(|f| f.contains_key(key))
-        || app.storage.index.get_sumdb(db, key).ok().flatten().is_some()
+        || app
+            .storage
+            .index
+            .get_sumdb(db, key)
+            .ok()
+            .flatten()
+            .is_some()
 }
 
 /// Checks a module version's stored files and returns the `h1:` of its .mod and .zip.
@@ -357,7 +398,9 @@ async fn hashes(
         };
         let zip_h1 = match &m.zip {
             Some(f) => {
-                let file = blobs.open_blob(&f.digest).map_err(|e| format!(".zip: {e}"))?;
+                let file = blobs
+                    .open_blob(&f.digest)
+                    .map_err(|e| format!(".zip: {e}"))?;
                 Some(
                     crate::goproxy::hash::check_and_hash_zip(
                         std::io::BufReader::new(file),
@@ -388,10 +431,7 @@ fn merge_list(app: &AppState, module: &str, versions: &BTreeSet<&str>) -> Result
         .unwrap_or_default();
     all.extend(versions.iter().map(|v| v.to_string()));
     all.retain(|v| !v.trim().is_empty());
-    let mut body: String = all.into_iter().map(|v| v + "\n").collect::<String>();
-    if body.is_empty() {
-        body.clear();
-    }
+    let body: String = all.into_iter().map(|v| v + "\n").collect();
     let rec = GoListRecord {
         body,
         fetched_unix: old.map_or(0, |r| r.fetched_unix),

@@ -97,7 +97,11 @@ impl Reply {
             return format!("{status}: {m}");
         }
         let text = String::from_utf8_lossy(&body);
-        let text: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(4).collect();
+        let text: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(4)
+            .collect();
         if text.is_empty() {
             status.to_string()
         } else {
@@ -119,7 +123,11 @@ impl Client {
                 Err(e) => Err(format!("no wharf answers at {base}: {e}")),
             };
         }
-        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let base = format!("{scheme}://{}", loopback(config.listen));
         // Our own server on loopback: its certificate names the public host, not 127.0.0.1.
         let http = http_client(config.tls.is_some())?;
@@ -147,7 +155,10 @@ impl Client {
         match self {
             Client::Remote { base, .. } => format!("wharf at {base}"),
             Client::Local { state, .. } => {
-                format!("data directory {} (in-process)", state.config.data_dir.display())
+                format!(
+                    "data directory {} (in-process)",
+                    state.config.data_dir.display()
+                )
             }
         }
     }
@@ -285,9 +296,8 @@ async fn probe(http: &reqwest::Client, base: &str) -> Result<(), String> {
         .send()
         .await
         .map_err(|e| e.to_string())?;
-    let v: serde_json::Value = resp
-        .json()
-        .await
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|_| "it does not answer /healthz like wharf".to_string())?;
     if v.get("status").is_some() {
         Ok(())

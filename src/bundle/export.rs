@@ -15,7 +15,9 @@ use wharf_storage::{Digest, Hasher};
 
 use super::client::Client;
 use super::progress::{self, Progress};
-use super::{BundleManifest, ExportRequest, Item, MANIFEST_FILE, ModuleRef, REF_NAME, collect_items};
+use super::{
+    BundleManifest, ExportRequest, Item, MANIFEST_FILE, ModuleRef, REF_NAME, collect_items,
+};
 use crate::config::Config;
 use crate::error::Error;
 use crate::goproxy::path::escape;
@@ -43,7 +45,9 @@ pub async fn command(
         }
     };
     if items.is_empty() && !args.all && !args.pinned {
-        eprintln!("wharf: nothing to export: name images and module@version, or give --all or --pinned");
+        eprintln!(
+            "wharf: nothing to export: name images and module@version, or give --all or --pinned"
+        );
         return Ok(ExitCode::from(2));
     }
     let mut req = ExportRequest {
@@ -172,7 +176,10 @@ fn entries(plan: &BundleManifest) -> Result<Vec<(String, Data)>, String> {
     let mut dbs = std::collections::BTreeSet::new();
     for s in &plan.sumdb {
         if dbs.insert(s.db.as_str()) {
-            out.push((format!("go/sumdb/{}/supported", s.db), Data::Bytes(Vec::new())));
+            out.push((
+                format!("go/sumdb/{}/supported", s.db),
+                Data::Bytes(Vec::new()),
+            ));
         }
         out.push((
             format!("go/sumdb/{}/{}", s.db, s.path),
@@ -210,7 +217,8 @@ async fn write_bundle(
                 }
                 Data::Blob(digest, size) => {
                     header.set_size(size);
-                    let reply = handle.block_on(client.get(&format!("/admin/blobs/{digest}"), &[]))?;
+                    let reply =
+                        handle.block_on(client.get(&format!("/admin/blobs/{digest}"), &[]))?;
                     if !reply.status.is_success() {
                         let e = handle.block_on(reply.error());
                         return Err(format!("{path}: {e}"));
@@ -229,7 +237,9 @@ async fn write_bundle(
             .into_inner()
             .map_err(|e| format!("{}: {e}", p.display()))?;
         w.flush().map_err(|e| format!("{}: {e}", p.display()))?;
-        let f = w.into_inner().map_err(|e| format!("{}: {e}", p.display()))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| format!("{}: {e}", p.display()))?;
         f.sync_all().map_err(|e| format!("{}: {e}", p.display()))?;
         f.metadata()
             .map(|m| m.len())
@@ -241,7 +251,11 @@ async fn write_bundle(
     match written {
         Ok(n) => {
             std::fs::rename(&partial, output).map_err(|e| {
-                format!("cannot rename {} to {}: {e}", partial.display(), output.display())
+                format!(
+                    "cannot rename {} to {}: {e}",
+                    partial.display(),
+                    output.display()
+                )
             })?;
             Ok(n)
         }

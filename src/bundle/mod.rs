@@ -20,6 +20,7 @@
 //! | `progress` | progress bars on a terminal, plain lines otherwise                        |
 //! | `plan`     | server side of export: what a selection contains, h1 hashes, sumdb proofs  |
 //! | `apply`    | server side of import: verify everything, then index and pin               |
+//! | `sumdb`    | checksum-database proofs from stored lookups and tiles                      |
 //! | `export`   | `wharf export`: plan, then stream blobs into the tar                       |
 //! | `source`   | reading bundles, OCI layouts, go caches and `docker save` tarballs         |
 //! | `import`   | `wharf import`: upload verified blobs, then ask the server to index them   |
@@ -31,6 +32,7 @@ pub mod import;
 pub mod plan;
 pub mod progress;
 pub mod source;
+pub mod sumdb;
 
 use serde::{Deserialize, Serialize};
 use wharf_storage::Digest;
@@ -334,7 +336,7 @@ impl std::fmt::Display for ImageRef {
 }
 
 /// One thing to prefetch or export, as given on the command line or in a list file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Item {
     Image(String),
     /// `path@version`; the version may be a query such as `latest` (prefetch resolves it).
@@ -460,7 +462,7 @@ fn directive(verb: &str, rest: &str, add: &mut impl FnMut(&str, &str, bool)) {
 /// Everything named on a command line: items, list files (`-f`), go.mod / go.sum paths.
 pub fn collect_items(args: &[String], lists: &[std::path::PathBuf]) -> Result<Vec<Item>, String> {
     let mut items = Vec::new();
-    let mut read = |p: &std::path::Path| {
+    let read = |p: &std::path::Path| {
         std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
     };
     for l in lists {
@@ -648,7 +650,8 @@ url = "https://ghcr.io"
 
     #[test]
     fn go_sum_and_go_mod_name_their_modules() {
-        let sum = "a.com/x v1.0.0 h1:zip=\na.com/x v1.0.0/go.mod h1:mod=\nb.com/y v0.1.0/go.mod h1:m=\n";
+        let sum =
+            "a.com/x v1.0.0 h1:zip=\na.com/x v1.0.0/go.mod h1:mod=\nb.com/y v0.1.0/go.mod h1:m=\n";
         let m = modules_of_go_file("go.sum", sum).unwrap();
         assert_eq!(m.len(), 2);
         assert!(!m[0].1 && m[1].1);

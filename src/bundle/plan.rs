@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use wharf_storage::Digest;
 
 use super::sumdb::{StoreSource, trusted, verifiers};
-use super::{BlobEntry, BundleManifest, ExportRequest, FileEntry, ImageEntry, ImageRef, ModuleEntry, SumdbEntry, children_of};
+use super::{
+    BlobEntry, BundleManifest, ExportRequest, FileEntry, ImageEntry, ImageRef, ModuleEntry,
+    SumdbEntry, children_of,
+};
 use crate::admin::AdminError;
 use crate::app::{AppState, now_unix};
 use crate::goproxy::path::{ModulePath, escape, is_canonical};
@@ -68,49 +71,31 @@ pub async fn plan(app: &AppState, req: &ExportRequest) -> Result<BundleManifest,
             }
         }
     }
-    // Pinned manifests that no exported tag names (prefetched by digest, or children).
+    let mut blobs: BTreeMap<Digest, BlobEntry> = BTreeMap::new();
+    let mut exported = Vec::new();
+    walk_roots(app, roots, &mut blobs, &mut exported, &mut out.warnings)?;
+    // Pinned manifests that no exported image reaches (prefetched by digest).
     if req.pinned {
-        let tagged: HashSet<Digest> = roots.iter().map(|r| r.entry.digest.clone()).collect();
+        let mut extra = Vec::new();
         for d in &pinned {
             let is_manifest = index
                 .get_blob(d)
                 .ok()
                 .flatten()
                 .is_some_and(|b| b.media_type.is_some());
-            if is_manifest && !tagged.contains(d) {
-                roots.push(Root {
+            if is_manifest && !blobs.contains_key(d) {
+                extra.push(Root {
                     entry: image_entry("", "", None, d.clone()),
                     explicit: false,
                 });
             }
         }
+        walk_roots(app, extra, &mut blobs, &mut exported, &mut out.warnings)?;
     }
-
-    let mut blobs: BTreeMap<Digest, BlobEntry> = BTreeMap::new();
-    let mut exported_roots = Vec::new();
-    for mut root in roots {
-        match walk(app, &root.entry.digest, &mut blobs) {
-            Ok((media, warnings)) => {
-                root.entry.media_type = media;
-                out.warnings.extend(
-                    warnings
-                        .into_iter()
-                        .map(|w| format!("{}: {w}", root.entry.reference)),
-                );
-                exported_roots.push(root.entry);
-            }
-            Err(e) if root.explicit => {
-                return Err(AdminError::bad(format!("{}: {e}", root.entry.reference)));
-            }
-            Err(e) => out
-                .warnings
-                .push(format!("{}: skipped: {e}", root.entry.reference)),
-        }
-    }
-    // Children walked from a later root may have been exported as roots of their own already.
+    // The same tag named twice (explicitly and by --all) is exported once.
     let mut seen = HashSet::new();
-    exported_roots.retain(|e| seen.insert((e.reference.clone(), e.digest.clone())));
-    out.images = exported_roots;
+    exported.retain(|e| seen.insert((e.reference.clone(), e.digest.clone())));
+    out.images = exported;
     out.blobs = blobs.into_values().collect();
 
     // Go modules.
@@ -143,13 +128,37 @@ pub async fn plan(app: &AppState, req: &ExportRequest) -> Result<BundleManifest,
             Err(e) if explicit.contains(&(path.clone(), version.clone())) => {
                 return Err(AdminError::bad(format!("{path}@{version}: {e}")));
             }
-            Err(e) => out
-                .warnings
-                .push(format!("{path}@{version}: skipped: {e}")),
+            Err(e) => out.warnings.push(format!("{path}@{version}: skipped: {e}")),
         }
     }
     out.sumdb = proofs(app, &out.modules).await;
     Ok(out)
+}
+
+fn walk_roots(
+    app: &AppState,
+    roots: Vec<Root>,
+    blobs: &mut BTreeMap<Digest, BlobEntry>,
+    exported: &mut Vec<ImageEntry>,
+    warnings: &mut Vec<String>,
+) -> Result<(), AdminError> {
+    for mut root in roots {
+        match walk(app, &root.entry.digest, blobs) {
+            Ok((media, w)) => {
+                root.entry.media_type = media;
+                warnings.extend(
+                    w.into_iter()
+                        .map(|w| format!("{}: {w}", root.entry.reference)),
+                );
+                exported.push(root.entry);
+            }
+            Err(e) if root.explicit => {
+                return Err(AdminError::bad(format!("{}: {e}", root.entry.reference)));
+            }
+            Err(e) => warnings.push(format!("{}: skipped: {e}", root.entry.reference)),
+        }
+    }
+    Ok(())
 }
 
 fn image_entry(upstream: &str, repo: &str, tag: Option<String>, digest: Digest) -> ImageEntry {
@@ -287,7 +296,12 @@ async fn module_entry(app: &AppState, path: &str, version: &str) -> Result<Modul
         else {
             continue;
         };
-        let Some(size) = app.storage.blobs.size(&rec.digest).map_err(|e| e.to_string())? else {
+        let Some(size) = app
+            .storage
+            .blobs
+            .size(&rec.digest)
+            .map_err(|e| e.to_string())?
+        else {
             continue;
         };
         let f = FileEntry {
@@ -314,7 +328,9 @@ async fn module_entry(app: &AppState, path: &str, version: &str) -> Result<Modul
         let mod_h1 = crate::goproxy::hash::h1_of_gomod(&bytes);
         let zip_h1 = match zip {
             Some(z) => {
-                let f = blobs.open_blob(&z.digest).map_err(|e| format!(".zip: {e}"))?;
+                let f = blobs
+                    .open_blob(&z.digest)
+                    .map_err(|e| format!(".zip: {e}"))?;
                 Some(
                     crate::goproxy::hash::check_and_hash_zip(std::io::BufReader::new(f), &p, &v)
                         .map_err(|e| format!(".zip: {e}"))?,
@@ -344,7 +360,13 @@ async fn proofs(app: &AppState, modules: &[ModuleEntry]) -> Vec<SumdbEntry> {
                 .ok()
                 .is_some_and(|p| go.is_none_or(|g| g.private_rule(&p).is_none()));
             let key = format!("lookup/{}@{}", escape(&m.path), escape(&m.version));
-            let cached = app.storage.index.get_sumdb(&db, &key).ok().flatten().is_some();
+            let cached = app
+                .storage
+                .index
+                .get_sumdb(&db, &key)
+                .ok()
+                .flatten()
+                .is_some();
             if !public || !cached {
                 continue;
             }
@@ -355,7 +377,9 @@ async fn proofs(app: &AppState, modules: &[ModuleEntry]) -> Vec<SumdbEntry> {
                 tracing::warn!(module = %m.name(), error = %e, "cannot prove a cached lookup; exporting it without tiles");
             }
             if known.is_some() {
-                let _ = verifier.lookup(&src, &m.path, &m.version, known.as_ref()).await;
+                let _ = verifier
+                    .lookup(&src, &m.path, &m.version, known.as_ref())
+                    .await;
             }
         }
         for (path, digest) in src.seen() {

@@ -333,7 +333,7 @@ pub fn parse(rest: &str) -> Result<GoRoute, PathError> {
 
 /// `%XX` -> byte, once; `None` for a malformed escape or one that decodes to anything but
 /// printable ASCII.
-fn percent_decode_once(s: &str) -> Option<String> {
+pub fn percent_decode_once(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = String::with_capacity(b.len());
     let mut i = 0;

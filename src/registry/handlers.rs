@@ -124,6 +124,18 @@ async fn dispatch(
     }
 }
 
+/// `<upstream>/<repository>/` as the upstream knows it, for access rules: every spelling of a
+/// repository (`?ns=`, host prefix, default upstream, `library/`) maps to the same string.
+/// `None` when the path names no repository or does not parse (the handler refuses it).
+pub fn canonical_repo(app: &AppState, rest: &str, query: Option<&str>) -> Option<String> {
+    let name = match routes::parse(rest).ok()? {
+        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::TagsList { name } => name,
+        Route::Base | Route::Catalog => return None,
+    };
+    let t = resolve(app, &name, query_param(query, "ns")).ok()?;
+    Some(format!("{}/{}/", t.up.name, t.name))
+}
+
 /// Where a request goes: the upstream, the name as the upstream knows it, and the `ns` used.
 struct Target {
     up: Arc<UpstreamClient>,

@@ -11,4 +11,4 @@ mod handlers;
 pub mod manifest;
 pub mod routes;
 
-pub use handlers::handle;
+pub use handlers::{canonical_repo, handle};

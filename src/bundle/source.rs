@@ -1,0 +1,783 @@
+//! What `wharf import` reads: a wharf bundle, an OCI image layout, a go command module cache
+//! (`$GOPATH/pkg/mod/cache/download`), or a `docker save` tarball; each a directory or an
+//! uncompressed tar. Nothing is extracted: a tar is scanned once for where each member's bytes
+//! are, and uploads read those ranges. Parsing turns any of them into a `BundleManifest` plus
+//! the list of uploads; the server then verifies and indexes (`apply`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use wharf_storage::Digest;
+
+use super::{
+    BlobEntry, BundleManifest, CONTAINERD_NAME, FORMAT, FORMAT_VERSION, FileEntry, ImageEntry,
+    ImageRef, MANIFEST_FILE, ModuleEntry, REF_NAME, SumdbEntry, children_of,
+};
+use crate::config::Config;
+use crate::goproxy::path::{ModulePath, is_canonical, unescape};
+use crate::registry::manifest::{self, OCI_MANIFEST};
+use crate::registry::routes::Tag;
+
+/// Largest manifest or JSON file read into memory.
+const MAX_DOC: u64 = 16 << 20;
+
+/// Where one file's bytes are: a whole file, or a range of a tar.
+#[derive(Debug, Clone)]
+pub struct Loc {
+    pub file: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// The files of an input, by `/`-separated relative path.
+pub struct Tree {
+    files: BTreeMap<String, Loc>,
+}
+
+impl Tree {
+    /// A directory (walked, symlinks ignored) or a tar (scanned, nothing extracted).
+    pub fn open(path: &Path) -> Result<Tree, String> {
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut files = BTreeMap::new();
+        if meta.is_dir() {
+            walk_dir(path, path, &mut files)?;
+        } else {
+            scan_tar(path, &mut files)?;
+        }
+        Ok(Tree { files })
+    }
+
+    pub fn get(&self, rel: &str) -> Option<&Loc> {
+        self.files.get(rel)
+    }
+
+    pub fn contains(&self, rel: &str) -> bool {
+        self.files.contains_key(rel)
+    }
+
+    /// Reads a small file whole.
+    pub fn read(&self, rel: &str) -> Result<Vec<u8>, String> {
+        let loc = self.get(rel).ok_or_else(|| format!("{rel} is missing"))?;
+        read_loc(loc, MAX_DOC).map_err(|e| format!("{rel}: {e}"))
+    }
+
+    fn paths(&self) -> impl Iterator<Item = (&String, &Loc)> {
+        self.files.iter()
+    }
+}
+
+pub fn read_loc(loc: &Loc, max: u64) -> Result<Vec<u8>, String> {
+    if loc.len > max {
+        return Err(format!("{} bytes, more than the {max}-byte limit", loc.len));
+    }
+    let f = std::fs::File::open(&loc.file).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; loc.len as usize];
+    f.read_exact_at(&mut buf, loc.offset)
+        .map_err(|e| e.to_string())?;
+    Ok(buf)
+}
+
+fn walk_dir(root: &Path, dir: &Path, out: &mut BTreeMap<String, Loc>) -> Result<(), String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = entry.path();
+        let meta =
+            std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if meta.is_dir() {
+            walk_dir(root, &path, out)?;
+        } else if meta.is_file() {
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            let Some(rel) = rel.to_str() else { continue };
+            out.insert(
+                rel.replace(std::path::MAIN_SEPARATOR, "/"),
+                Loc {
+                    file: path.clone(),
+                    offset: 0,
+                    len: meta.len(),
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+fn scan_tar(path: &Path, out: &mut BTreeMap<String, Loc>) -> Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut archive = tar::Archive::new(file);
+    let entries = archive
+        .entries_with_seek()
+        .map_err(|e| format!("{}: not a tar: {e}", path.display()))?;
+    for (n, entry) in entries.enumerate() {
+        let entry = entry.map_err(|e| {
+            format!(
+                "{}: member {} is damaged: {e} (a gzip-compressed tar must be decompressed first)",
+                path.display(),
+                n + 1
+            )
+        })?;
+        if !matches!(
+            entry.header().entry_type(),
+            tar::EntryType::Regular | tar::EntryType::Continuous
+        ) {
+            continue;
+        }
+        let name = entry
+            .path()
+            .map_err(|e| format!("{}: member {}: {e}", path.display(), n + 1))?
+            .to_string_lossy()
+            .into_owned();
+        let name = name.trim_start_matches("./").to_string();
+        if name.starts_with('/') || name.split('/').any(|c| c == "..") {
+            continue;
+        }
+        out.insert(
+            name,
+            Loc {
+                file: path.to_path_buf(),
+                offset: entry.raw_file_position(),
+                len: entry.size(),
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Bytes to upload.
+#[derive(Debug, Clone)]
+pub enum Data {
+    Loc(Loc),
+    Memory(Vec<u8>),
+}
+
+impl Data {
+    pub fn len(&self) -> u64 {
+        match self {
+            Data::Loc(l) => l.len,
+            Data::Memory(m) => m.len() as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where an uploaded file's digest goes once the server has computed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    /// The digest is known in advance.
+    Known,
+    GoFile {
+        module: usize,
+        kind: &'static str,
+    },
+    Sumdb(usize),
+    /// A layer of a `docker save` image (legacy format): image, layer.
+    Layer(usize, usize),
+}
+
+/// One upload: what it is (for messages), its bytes, and its digest if known.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub label: String,
+    pub data: Data,
+    pub digest: Option<Digest>,
+    pub slot: Slot,
+}
+
+/// A `docker save` image in the legacy format, whose manifest is built after its layers are
+/// stored (their digests are only known then).
+#[derive(Debug, Clone)]
+pub struct LegacyImage {
+    pub tags: Vec<String>,
+    pub config: (Digest, u64),
+    pub layers: Vec<Option<(Digest, u64)>>,
+}
+
+/// An input, parsed.
+pub struct Parsed {
+    pub kind: &'static str,
+    pub contents: BundleManifest,
+    pub uploads: Vec<Upload>,
+    pub legacy: Vec<LegacyImage>,
+}
+
+/// Options of the import that shape how names are read.
+pub struct Naming<'a> {
+    pub config: &'a Config,
+    /// For OCI layouts whose `ref.name` is only a tag: the image name to put it under.
+    pub name: Option<&'a str>,
+}
+
+/// Recognises and parses an input.
+pub fn parse(tree: &Tree, naming: &Naming) -> Result<Parsed, String> {
+    if tree.contains(MANIFEST_FILE) {
+        return bundle(tree);
+    }
+    if tree.contains("index.json") && tree.contains("oci-layout") {
+        return oci(tree, "", naming, "OCI image layout");
+    }
+    if tree.contains("manifest.json") {
+        return docker_legacy(tree, naming);
+    }
+    let go = go_cache(tree, go_prefix(tree), "go module cache")?;
+    if go.contents.modules.is_empty() {
+        return Err(
+            "not a wharf bundle, an OCI image layout, a docker save tarball or a go module cache"
+                .into(),
+        );
+    }
+    Ok(go)
+}
+
+/// `cache/download/` (a `$GOPATH/pkg/mod`), or nothing (a `cache/download` itself).
+fn go_prefix(tree: &Tree) -> &'static str {
+    if tree.paths().any(|(p, _)| p.starts_with("cache/download/")) {
+        "cache/download/"
+    } else {
+        ""
+    }
+}
+
+fn bundle(tree: &Tree) -> Result<Parsed, String> {
+    let text = tree.read(MANIFEST_FILE)?;
+    let mut m: BundleManifest =
+        serde_json::from_slice(&text).map_err(|e| format!("{MANIFEST_FILE} is damaged: {e}"))?;
+    if m.format != FORMAT || m.version > FORMAT_VERSION {
+        return Err(format!(
+            "{MANIFEST_FILE}: format {:?} version {} is not one this wharf reads ({FORMAT} {FORMAT_VERSION})",
+            m.format, m.version
+        ));
+    }
+    m.warnings.clear();
+    let labels = labels(tree, "oci/", &m.images);
+    let mut uploads = Vec::new();
+    for b in &m.blobs {
+        let rel = format!("oci/blobs/sha256/{}", b.digest.hex());
+        let loc = tree.get(&rel).ok_or_else(|| {
+            format!(
+                "{rel} ({}) is listed in {MANIFEST_FILE} but missing",
+                b.digest
+            )
+        })?;
+        if loc.len != b.size {
+            return Err(format!(
+                "{rel} is {} bytes, {MANIFEST_FILE} says {}",
+                loc.len, b.size
+            ));
+        }
+        let label = labels
+            .get(&b.digest)
+            .cloned()
+            .unwrap_or_else(|| format!("blob {}", b.digest));
+        uploads.push(Upload {
+            label,
+            data: Data::Loc(loc.clone()),
+            digest: Some(b.digest.clone()),
+            slot: Slot::Known,
+        });
+    }
+    for md in &m.modules {
+        let base = format!(
+            "go/{}/@v/{}",
+            crate::goproxy::path::escape(&md.path),
+            crate::goproxy::path::escape(&md.version)
+        );
+        for (kind, f) in md.files() {
+            let rel = format!("{base}.{kind}");
+            let loc = tree
+                .get(&rel)
+                .ok_or_else(|| format!("{rel} is listed in {MANIFEST_FILE} but missing"))?;
+            uploads.push(Upload {
+                label: format!("{} .{kind}", md.name()),
+                data: Data::Loc(loc.clone()),
+                digest: Some(f.digest.clone()),
+                slot: Slot::Known,
+            });
+        }
+    }
+    for s in &m.sumdb {
+        let rel = format!("go/sumdb/{}/{}", s.db, s.path);
+        let loc = tree
+            .get(&rel)
+            .ok_or_else(|| format!("{rel} is listed in {MANIFEST_FILE} but missing"))?;
+        uploads.push(Upload {
+            label: format!("checksum-database file {}/{}", s.db, s.path),
+            data: Data::Loc(loc.clone()),
+            digest: Some(s.digest.clone()),
+            slot: Slot::Known,
+        });
+    }
+    Ok(Parsed {
+        kind: "wharf bundle",
+        contents: m,
+        uploads,
+        legacy: Vec::new(),
+    })
+}
+
+/// Names for messages: `manifest of X`, `config or layer of X`, from whatever parses.
+fn labels(tree: &Tree, prefix: &str, images: &[ImageEntry]) -> HashMap<Digest, String> {
+    let mut out = HashMap::new();
+    for i in images {
+        let mut queue = vec![(i.digest.clone(), "manifest")];
+        while let Some((d, what)) = queue.pop() {
+            if out.contains_key(&d) {
+                continue;
+            }
+            out.insert(d.clone(), format!("{what} {d} of {}", i.reference));
+            let Ok(body) = tree.read(&format!("{prefix}blobs/sha256/{}", d.hex())) else {
+                continue;
+            };
+            if Digest::of(&body) != d {
+                continue;
+            }
+            let Ok(c) = children_of(&body) else { continue };
+            queue.extend(c.manifests.into_iter().map(|m| (m.0, "manifest")));
+            queue.extend(c.blobs.into_iter().map(|b| (b.0, "layer or config")));
+        }
+    }
+    out
+}
+
+/// An OCI image layout at `prefix` (`""` or `oci/`): roots from `index.json`, named by their
+/// annotations, every manifest checked against its digest before it is read.
+fn oci(tree: &Tree, prefix: &str, naming: &Naming, kind: &'static str) -> Result<Parsed, String> {
+    let index_path = format!("{prefix}index.json");
+    let index: Value = serde_json::from_slice(&tree.read(&index_path)?)
+        .map_err(|e| format!("{index_path} is damaged: {e}"))?;
+    let roots = index["manifests"]
+        .as_array()
+        .ok_or_else(|| format!("{index_path} has no manifests"))?;
+    let mut contents = BundleManifest::new(crate::app::now_unix());
+    let mut blobs: BTreeMap<Digest, BlobEntry> = BTreeMap::new();
+    let mut labels: HashMap<Digest, String> = HashMap::new();
+    for r in roots {
+        let digest = r["digest"]
+            .as_str()
+            .and_then(|d| Digest::parse(d).ok())
+            .ok_or_else(|| format!("{index_path}: an entry has no valid digest"))?;
+        let media = r["mediaType"].as_str().unwrap_or(OCI_MANIFEST).to_string();
+        let annotations = &r["annotations"];
+        let name = annotations[CONTAINERD_NAME]
+            .as_str()
+            .or(annotations[REF_NAME].as_str());
+        let what = name.map_or_else(|| digest.to_string(), str::to_string);
+        walk_oci(
+            tree,
+            prefix,
+            &digest,
+            &media,
+            &what,
+            &mut blobs,
+            &mut labels,
+            &mut contents.warnings,
+        )?;
+        if let Some(name) = name {
+            match image_name(naming, name) {
+                Ok(r) => contents.images.push(ImageEntry {
+                    reference: r.to_string(),
+                    upstream: r.upstream.clone(),
+                    repository: r.repository.to_string(),
+                    tag: r.tag.map(|t| t.as_str().to_string()),
+                    digest: digest.clone(),
+                    media_type: media.clone(),
+                }),
+                Err(e) => contents
+                    .warnings
+                    .push(format!("{name}: imported by digest only ({digest}): {e}")),
+            }
+        }
+    }
+    let mut uploads = Vec::new();
+    for b in blobs.values() {
+        let rel = format!("{prefix}blobs/sha256/{}", b.digest.hex());
+        let Some(loc) = tree.get(&rel) else { continue };
+        uploads.push(Upload {
+            label: labels
+                .get(&b.digest)
+                .cloned()
+                .unwrap_or_else(|| format!("blob {}", b.digest)),
+            data: Data::Loc(loc.clone()),
+            digest: Some(b.digest.clone()),
+            slot: Slot::Known,
+        });
+    }
+    contents.blobs = blobs.into_values().collect();
+    Ok(Parsed {
+        kind,
+        contents,
+        uploads,
+        legacy: Vec::new(),
+    })
+}
+
+/// A `ref.name`: a full reference, or a tag put under `--name`.
+fn image_name(naming: &Naming, name: &str) -> Result<ImageRef, String> {
+    if Tag::parse(name).is_ok() && !name.contains(['/', ':']) {
+        let Some(base) = naming.name else {
+            return Err(
+                "its name is only a tag; give --name REPOSITORY to import it as REPOSITORY:tag"
+                    .into(),
+            );
+        };
+        return ImageRef::parse(naming.config, &format!("{base}:{name}"));
+    }
+    ImageRef::parse(naming.config, name)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn walk_oci(
+    tree: &Tree,
+    prefix: &str,
+    root: &Digest,
+    root_media: &str,
+    what: &str,
+    blobs: &mut BTreeMap<Digest, BlobEntry>,
+    labels: &mut HashMap<Digest, String>,
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
+    let mut queue = vec![(root.clone(), root_media.to_string(), true)];
+    while let Some((d, media, is_root)) = queue.pop() {
+        let rel = format!("{prefix}blobs/sha256/{}", d.hex());
+        if !tree.contains(&rel) {
+            if is_root {
+                return Err(format!("manifest {d} of {what} is missing ({rel})"));
+            }
+            warnings.push(format!(
+                "{what}: manifest {d} is not in the layout; left out"
+            ));
+            continue;
+        }
+        let body = tree.read(&rel)?;
+        if Digest::of(&body) != d {
+            return Err(format!(
+                "manifest {d} of {what} does not match its digest (it hashes to {}): the input is damaged",
+                Digest::of(&body)
+            ));
+        }
+        let media = manifest::check(&body, Some(&media))
+            .map_err(|e| format!("manifest {d} of {what}: {e}"))?;
+        labels.insert(d.clone(), format!("manifest {d} of {what}"));
+        blobs.insert(
+            d.clone(),
+            BlobEntry {
+                digest: d.clone(),
+                size: body.len() as u64,
+                media_type: Some(media),
+            },
+        );
+        let c = children_of(&body).map_err(|e| format!("manifest {d} of {what}: {e}"))?;
+        for (cd, cm, _, _) in c.manifests {
+            queue.push((cd, cm, false));
+        }
+        for (bd, size) in c.blobs {
+            let rel = format!("{prefix}blobs/sha256/{}", bd.hex());
+            let loc = tree
+                .get(&rel)
+                .ok_or_else(|| format!("{what}: blob {bd} is missing ({rel})"))?;
+            if size > 0 && loc.len != size {
+                return Err(format!(
+                    "{what}: blob {bd} is {} bytes, its manifest says {size}",
+                    loc.len
+                ));
+            }
+            labels
+                .entry(bd.clone())
+                .or_insert_with(|| format!("layer or config {bd} of {what}"));
+            blobs.entry(bd.clone()).or_insert(BlobEntry {
+                digest: bd,
+                size: loc.len,
+                media_type: None,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `docker save` without an OCI layout: `manifest.json` lists config and layer files and tags.
+/// The manifest is rebuilt from them (an OCI manifest of uncompressed layers), so its digest is
+/// not the one the registry had.
+fn docker_legacy(tree: &Tree, naming: &Naming) -> Result<Parsed, String> {
+    let list: Value = serde_json::from_slice(&tree.read("manifest.json")?)
+        .map_err(|e| format!("manifest.json is damaged: {e}"))?;
+    let list = list
+        .as_array()
+        .ok_or("manifest.json is not a docker save manifest")?;
+    let mut parsed = Parsed {
+        kind: "docker save tarball",
+        contents: BundleManifest::new(crate::app::now_unix()),
+        uploads: Vec::new(),
+        legacy: Vec::new(),
+    };
+    for (i, img) in list.iter().enumerate() {
+        let config_path = img["Config"].as_str().ok_or("manifest.json: no Config")?;
+        let config = tree.read(config_path)?;
+        let config_digest = Digest::of(&config);
+        let tags: Vec<String> = img["RepoTags"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for t in &tags {
+            if let Err(e) = ImageRef::parse(naming.config, t) {
+                parsed
+                    .contents
+                    .warnings
+                    .push(format!("{t}: not tagged: {e}"));
+            }
+        }
+        let what = tags
+            .first()
+            .cloned()
+            .unwrap_or_else(|| format!("image {}", i + 1));
+        parsed.uploads.push(Upload {
+            label: format!("config of {what}"),
+            data: Data::Memory(config.clone()),
+            digest: Some(config_digest.clone()),
+            slot: Slot::Known,
+        });
+        let layers = img["Layers"].as_array().ok_or("manifest.json: no Layers")?;
+        for (j, l) in layers.iter().enumerate() {
+            let p = l.as_str().ok_or("manifest.json: a layer is not a path")?;
+            let loc = tree
+                .get(p)
+                .ok_or_else(|| format!("{what}: layer {p} is missing"))?;
+            parsed.uploads.push(Upload {
+                label: format!("layer {p} of {what}"),
+                data: Data::Loc(loc.clone()),
+                digest: None,
+                slot: Slot::Layer(i, j),
+            });
+        }
+        parsed.legacy.push(LegacyImage {
+            tags,
+            config: (config_digest, config.len() as u64),
+            layers: vec![None; layers.len()],
+        });
+    }
+    Ok(parsed)
+}
+
+/// Builds the manifests of legacy `docker save` images once their layers are stored; returns
+/// the manifest uploads.
+pub fn finish_legacy(parsed: &mut Parsed, naming: &Naming) -> Result<Vec<Upload>, String> {
+    let mut uploads = Vec::new();
+    for img in &parsed.legacy {
+        let mut layers = Vec::new();
+        for l in &img.layers {
+            let (d, size) = l.clone().ok_or("a layer was not stored")?;
+            layers.push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": size
+            }));
+            parsed.contents.blobs.push(BlobEntry {
+                digest: d,
+                size,
+                media_type: None,
+            });
+        }
+        let body = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": img.config.0, "size": img.config.1
+            },
+            "layers": layers,
+        }))
+        .map_err(|e| e.to_string())?;
+        let digest = Digest::of(&body);
+        parsed.contents.blobs.push(BlobEntry {
+            digest: img.config.0.clone(),
+            size: img.config.1,
+            media_type: None,
+        });
+        parsed.contents.blobs.push(BlobEntry {
+            digest: digest.clone(),
+            size: body.len() as u64,
+            media_type: Some(OCI_MANIFEST.into()),
+        });
+        for t in &img.tags {
+            if let Ok(r) = ImageRef::parse(naming.config, t) {
+                parsed.contents.images.push(ImageEntry {
+                    reference: r.to_string(),
+                    upstream: r.upstream.clone(),
+                    repository: r.repository.to_string(),
+                    tag: r.tag.map(|t| t.as_str().to_string()),
+                    digest: digest.clone(),
+                    media_type: OCI_MANIFEST.into(),
+                });
+            }
+        }
+        uploads.push(Upload {
+            label: format!(
+                "manifest of {}",
+                img.tags.first().map_or("an image", String::as_str)
+            ),
+            data: Data::Memory(body),
+            digest: Some(digest),
+            slot: Slot::Known,
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    parsed
+        .contents
+        .blobs
+        .retain(|b| seen.insert(b.digest.clone()));
+    Ok(uploads)
+}
+
+/// The go command's download layout under `prefix`: `<module>/@v/<version>.info|.mod|.zip`,
+/// `.ziphash` (the zip's `h1:`), and `sumdb/<db>/...` answers it cached.
+fn go_cache(tree: &Tree, prefix: &str, kind: &'static str) -> Result<Parsed, String> {
+    let mut contents = BundleManifest::new(crate::app::now_unix());
+    let mut modules: BTreeMap<(String, String), ModuleEntry> = BTreeMap::new();
+    let mut files: Vec<((String, String), &'static str, Loc)> = Vec::new();
+    let mut sumdb: Vec<(String, String, Loc)> = Vec::new();
+    for (path, loc) in tree.paths() {
+        let Some(rel) = path.strip_prefix(prefix) else {
+            continue;
+        };
+        if let Some(s) = rel.strip_prefix("sumdb/") {
+            if let Some((db, p)) = s.split_once('/')
+                && (p.starts_with("lookup/") || p.starts_with("tile/"))
+            {
+                sumdb.push((db.into(), p.into(), loc.clone()));
+            }
+            continue;
+        }
+        let Some((m, file)) = rel.rsplit_once("/@v/") else {
+            continue;
+        };
+        let Some((v, ext)) = file.rsplit_once('.') else {
+            continue;
+        };
+        let kind: &'static str = match ext {
+            "info" => "info",
+            "mod" => "mod",
+            "zip" => "zip",
+            "ziphash" => "ziphash",
+            _ => continue,
+        };
+        let (Ok(module), Ok(version)) = (unescape(m), unescape(v)) else {
+            continue;
+        };
+        if ModulePath::parse(&module).is_err() || !is_canonical(&version) {
+            continue;
+        }
+        let key = (module.clone(), version.clone());
+        let entry = modules.entry(key.clone()).or_insert_with(|| ModuleEntry {
+            path: module,
+            version,
+            ..Default::default()
+        });
+        if kind == "ziphash" {
+            let text = read_loc(loc, 4096)?;
+            let h = String::from_utf8_lossy(&text).trim().to_string();
+            if h.starts_with("h1:") {
+                entry.zip_h1 = Some(h);
+            }
+            continue;
+        }
+        files.push((key, kind, loc.clone()));
+    }
+    // A version needs its .mod; the go command also keeps .info of versions it only listed.
+    let has_mod: std::collections::HashSet<(String, String)> = files
+        .iter()
+        .filter(|(_, k, _)| *k == "mod")
+        .map(|(key, _, _)| key.clone())
+        .collect();
+    modules.retain(|k, _| has_mod.contains(k));
+    let order: Vec<(String, String)> = modules.keys().cloned().collect();
+    let position: HashMap<(String, String), usize> = order
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, k)| (k, i))
+        .collect();
+    contents.modules = modules.into_values().collect();
+    let mut uploads = Vec::new();
+    let placeholder = Digest::of(b"");
+    for (key, kind, loc) in files {
+        let Some(&i) = position.get(&key) else {
+            continue;
+        };
+        let f = FileEntry {
+            digest: placeholder.clone(),
+            size: loc.len,
+        };
+        let m = &mut contents.modules[i];
+        match kind {
+            "info" => m.info = Some(f),
+            "mod" => m.go_mod = Some(f),
+            _ => m.zip = Some(f),
+        }
+        uploads.push(Upload {
+            label: format!("{}@{} .{kind}", key.0, key.1),
+            data: Data::Loc(loc),
+            digest: None,
+            slot: Slot::GoFile { module: i, kind },
+        });
+    }
+    for (db, p, loc) in sumdb {
+        let i = contents.sumdb.len();
+        contents.sumdb.push(SumdbEntry {
+            db: db.clone(),
+            path: p.clone(),
+            digest: placeholder.clone(),
+            size: loc.len,
+        });
+        uploads.push(Upload {
+            label: format!("checksum-database file {db}/{p}"),
+            data: Data::Loc(loc),
+            digest: None,
+            slot: Slot::Sumdb(i),
+        });
+    }
+    Ok(Parsed {
+        kind,
+        contents,
+        uploads,
+        legacy: Vec::new(),
+    })
+}
+
+/// Records a digest the server computed for an upload.
+pub fn fill_slot(parsed: &mut Parsed, slot: &Slot, digest: Digest, size: u64) {
+    match slot {
+        Slot::Known => {}
+        Slot::GoFile { module, kind } => {
+            if let Some(m) = parsed.contents.modules.get_mut(*module) {
+                let f = Some(FileEntry { digest, size });
+                match *kind {
+                    "info" => m.info = f,
+                    "mod" => m.go_mod = f,
+                    _ => m.zip = f,
+                }
+            }
+        }
+        Slot::Sumdb(i) => {
+            if let Some(s) = parsed.contents.sumdb.get_mut(*i) {
+                s.digest = digest;
+                s.size = size;
+            }
+        }
+        Slot::Layer(i, j) => {
+            if let Some(l) = parsed
+                .legacy
+                .get_mut(*i)
+                .and_then(|img| img.layers.get_mut(*j))
+            {
+                *l = Some((digest, size));
+            }
+        }
+    }
+}
