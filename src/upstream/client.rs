@@ -314,20 +314,8 @@ pub async fn send_following(
         else {
             return Ok(resp);
         };
-        let next = url.join(location).map_err(|_| {
-            UpstreamError::Protocol(format!("redirect from {} to an invalid URL", redact(&url)))
-        })?;
-        if url.scheme() == "https" && next.scheme() != "https" {
-            return Err(UpstreamError::Redirect(format!(
-                "refused https -> {} downgrade to {}",
-                next.scheme(),
-                redact(&next)
-            )));
-        }
-        if next.host_str() != url.host_str()
-            || next.port_or_known_default() != url.port_or_known_default()
-            || next.scheme() != url.scheme()
-        {
+        let (next, same_origin) = next_hop(&url, location)?;
+        if !same_origin {
             // Once dropped, credentials never come back, even if a later hop returns.
             authz = None;
         }
@@ -340,6 +328,25 @@ pub async fn send_following(
     Err(UpstreamError::Redirect(format!(
         "more than {max_redirects} redirects (egress.max_redirects)"
     )))
+}
+
+/// Where a redirect leads, and whether it stays on the same origin (scheme, host and port) so
+/// credentials may go along. https -> http is refused.
+pub fn next_hop(url: &Url, location: &str) -> Result<(Url, bool), UpstreamError> {
+    let next = url.join(location).map_err(|_| {
+        UpstreamError::Protocol(format!("redirect from {} to an invalid URL", redact(url)))
+    })?;
+    if url.scheme() == "https" && next.scheme() != "https" {
+        return Err(UpstreamError::Redirect(format!(
+            "refused https -> {} downgrade to {}",
+            next.scheme(),
+            redact(&next)
+        )));
+    }
+    let same_origin = next.scheme() == url.scheme()
+        && next.host_str() == url.host_str()
+        && next.port_or_known_default() == url.port_or_known_default();
+    Ok((next, same_origin))
 }
 
 /// `Authorization: Basic ...`, marked sensitive so it is never logged.
@@ -478,6 +485,29 @@ mod tests {
         ] {
             assert_eq!(base64(i.as_bytes()), o);
         }
+    }
+
+    #[test]
+    fn redirects_refuse_downgrades_and_know_their_origin() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let e = next_hop(&u("https://reg.example/v2/x"), "http://cdn.example/blob").unwrap_err();
+        assert!(e.to_string().contains("downgrade"), "{e}");
+        let (n, same) = next_hop(&u("https://reg.example/v2/x"), "/v2/y").unwrap();
+        assert_eq!((n.as_str(), same), ("https://reg.example/v2/y", true));
+        for other in [
+            "https://cdn.example/b",
+            "https://reg.example:444/b",
+            "https://REG.example.evil/b",
+        ] {
+            assert!(
+                !next_hop(&u("https://reg.example/v2/x"), other).unwrap().1,
+                "{other}"
+            );
+        }
+        let (_, same) =
+            next_hop(&u("http://reg.example/v2/x"), "https://reg.example/v2/x").unwrap();
+        assert!(!same, "a change of scheme drops credentials too");
+        assert!(next_hop(&u("https://reg.example/"), "https://[::1").is_err());
     }
 
     #[test]
