@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use wharf_storage::Digest;
@@ -218,16 +218,15 @@ async fn upload(
             f.seek(std::io::SeekFrom::Start(loc.offset))
                 .await
                 .map_err(|e| format!("{}: {e}", loc.file.display()))?;
-            let stream = tokio_util::io::ReaderStream::with_capacity(f.take(loc.len), 256 << 10);
+            let tick = progress.ticker();
+            let stream = tokio_util::io::ReaderStream::with_capacity(f.take(loc.len), 256 << 10)
+                .inspect_ok(move |chunk| tick(chunk.len() as u64));
             Body::Stream(stream.boxed())
         }
     };
     let reply = client.request(method, &path, &[], body).await?;
     if !reply.status.is_success() {
         return Err(reply.error().await);
-    }
-    if matches!(u.data, Data::Loc(_)) {
-        progress.inc(len);
     }
     let stored: Stored = serde_json::from_slice(&reply.bytes(1 << 20).await?)
         .map_err(|e| format!("unexpected answer: {e}"))?;

@@ -43,6 +43,16 @@ impl Progress {
         }
     }
 
+    /// A handle that advances the bar from a stream that outlives this borrow.
+    pub fn ticker(&self) -> impl Fn(u64) + Send + Sync + 'static {
+        let bar = self.bar.clone();
+        move |n| {
+            if let Some(b) = &bar {
+                b.inc(n);
+            }
+        }
+    }
+
     /// What is being worked on now (the bar's message).
     pub fn message(&self, m: &str) {
         if let Some(b) = &self.bar {

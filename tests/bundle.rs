@@ -1,0 +1,593 @@
+//! The air-gap commands as an operator runs them: `wharf prefetch` and `wharf export` against a
+//! running wharf (A) with fake upstreams, `wharf import` into a fresh data directory (B) whose
+//! upstreams do not exist, then B serving everything offline with the same bytes. Also: a
+//! damaged bundle is refused naming the damaged object, imports are idempotent and resume, the
+//! admin API answers only to this machine, and the other import formats (OCI layout, go module
+//! cache, docker save) load.
+
+mod common;
+#[path = "support/oci.rs"]
+#[allow(dead_code)]
+mod oci;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::gofake::{GoFake, module_zip};
+use common::{FakeRegistry, bytes_of, sha256};
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const ACCEPT: &str =
+    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
+const GO_MOD: &str = "module example.com/Mod\n";
+
+/// A loopback port that was free a moment ago (so no command finds someone else's server).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config_text(data: &Path, registry: &str, go: &str, offline: bool) -> String {
+    format!(
+        r#"listen = "127.0.0.1:{port}"
+data_dir = "{data}"
+offline = {offline}
+[registry]
+default_upstream = "fake.test"
+[[registry.upstream]]
+name = "fake.test"
+url = "{registry}"
+[go]
+upstreams = ["{go}"]
+verify = false
+[egress]
+allow = ["127.0.0.1"]
+connect_timeout = "2s"
+read_timeout = "5s"
+"#,
+        port = free_port(),
+        data = data.display()
+    )
+}
+
+/// `wharf <args>`, with nothing leaking in from the environment.
+async fn wharf(args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
+    for var in [
+        "WHARF_CONFIG",
+        "WHARF_DATA_DIR",
+        "WHARF_LISTEN",
+        "WHARF_SERVER",
+        "WHARF_TOKEN",
+        "WHARF_USER",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run wharf")
+}
+
+fn describe(o: &Output) -> String {
+    format!(
+        "{}\n--- stdout\n{}--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(o: Output) -> Output {
+    assert!(o.status.success(), "{}", describe(&o));
+    o
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Upstreams with one image, a two-platform index and a Go module; wharf A in front of them,
+/// prefetched and exported.
+struct Exported {
+    dir: tempfile::TempDir,
+    bundle: PathBuf,
+    app: (String, Vec<u8>),
+    layers: Vec<Vec<u8>>,
+    index: String,
+    arm64: String,
+    amd64: String,
+    zip: Vec<u8>,
+}
+
+async fn prefetch_and_export() -> Exported {
+    let reg = FakeRegistry::start().await;
+    let go = GoFake::start().await;
+    let layers = vec![bytes_of(300_000, 1), bytes_of(5000, 2)];
+    let app = reg.put_image("test/app", "v1", &layers);
+    let (amd64, b1) = reg.put_image("test/multi", "amd64", &[bytes_of(2000, 3)]);
+    let (arm64, b2) = reg.put_image("test/multi", "arm64", &[bytes_of(2000, 4)]);
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{amd64}","size":{},"platform":{{"os":"linux","architecture":"amd64"}}}},{{"mediaType":"{OCI_MANIFEST}","digest":"{arm64}","size":{},"platform":{{"os":"linux","architecture":"arm64"}}}}]}}"#,
+        b1.len(),
+        b2.len()
+    );
+    let index = reg.put_manifest("test/multi", Some("v1"), index.as_bytes(), OCI_INDEX);
+    let zip = module_zip(
+        "example.com/Mod",
+        "v1.2.0",
+        &[("go.mod", GO_MOD), ("a.go", "package mod\n")],
+    );
+    go.put_module("example.com/!mod", "v1.2.0", GO_MOD, zip.clone());
+    go.put(
+        "example.com/!mod/@latest",
+        r#"{"Version":"v1.2.0","Time":"2024-01-02T03:04:05Z"}"#,
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a-data");
+    let text = config_text(&data, &reg.url(), &go.url(), false);
+    let config = dir.path().join("a.toml");
+    std::fs::write(&config, &text).unwrap();
+    let a = common::Wharf::start_with_config(&text, &data).await;
+    let server = a.url("");
+    let list = dir.path().join("list.txt");
+    std::fs::write(
+        &list,
+        "# what the air-gapped site needs\nfake.test/test/app:v1\nexample.com/Mod@latest  # resolved to v1.2.0\n",
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let out = ok(wharf(&[
+        "prefetch",
+        "--config",
+        cfg,
+        "--server",
+        &server,
+        "--platform",
+        "linux/arm64",
+        "-f",
+        list.to_str().unwrap(),
+        "test/multi:v1",
+    ])
+    .await);
+    let summary = stdout(&out);
+    assert!(
+        summary.contains("2 image(s), 1 module version(s)") && summary.contains("0 failed"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        reg.count("GET", &format!("/blobs/{}", sha256(&layers[0]))),
+        1
+    );
+    assert_eq!(
+        reg.count("GET", &format!("/manifests/{amd64}")),
+        0,
+        "--platform ignored"
+    );
+    assert_eq!(go.count("example.com/!mod/@v/v1.2.0.zip"), 1);
+
+    // Again: everything is cached already, nothing goes upstream.
+    let blob_gets = reg.count("GET", "/blobs/");
+    let out = ok(wharf(&[
+        "prefetch",
+        "--config",
+        cfg,
+        "--server",
+        &server,
+        "-f",
+        list.to_str().unwrap(),
+    ])
+    .await);
+    assert!(
+        stdout(&out).contains("(0 B fetched upstream"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(reg.count("GET", "/blobs/"), blob_gets);
+
+    let bundle = dir.path().join("site.tar");
+    let out = ok(wharf(&[
+        "export",
+        "--config",
+        cfg,
+        "--server",
+        &server,
+        "--pinned",
+        "-o",
+        bundle.to_str().unwrap(),
+    ])
+    .await);
+    assert!(
+        stdout(&out).contains("export: 2 image(s)"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stderr(&out).contains("is not cached; left out"),
+        "{}",
+        describe(&out)
+    );
+    a.stop().await;
+    Exported {
+        dir,
+        bundle,
+        app,
+        layers,
+        index,
+        arm64,
+        amd64,
+        zip,
+    }
+}
+
+/// Config of a wharf B whose upstreams do not exist.
+fn offline_config(dir: &Path, name: &str) -> (PathBuf, String, PathBuf) {
+    let data = dir.join(format!("{name}-data"));
+    let text = config_text(&data, "http://127.0.0.1:9", "http://127.0.0.1:9", true);
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, &text).unwrap();
+    (path, text, data)
+}
+
+async fn get(w: &common::Wharf, path: &str) -> (u16, Vec<u8>, reqwest::header::HeaderMap) {
+    let r = common::client()
+        .get(w.url(path))
+        .header("accept", ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, r.bytes().await.unwrap().to_vec(), headers)
+}
+
+/// Scans a tar for a member; returns where its bytes start.
+fn member_offset(tar_path: &Path, name: &str) -> u64 {
+    let mut a = tar::Archive::new(std::fs::File::open(tar_path).unwrap());
+    for e in a.entries_with_seek().unwrap() {
+        let e = e.unwrap();
+        if e.path().unwrap().to_string_lossy() == name {
+            return e.raw_file_position();
+        }
+    }
+    panic!("{name} not in {}", tar_path.display());
+}
+
+fn flipped_copy(bundle: &Path, member: &str, to: &Path) {
+    std::fs::copy(bundle, to).unwrap();
+    let at = member_offset(to, member) + 7;
+    let mut bytes = std::fs::read(to).unwrap();
+    bytes[at as usize] ^= 0x40;
+    std::fs::write(to, bytes).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetched_content_exports_and_imports_into_an_offline_wharf_with_the_same_digests() {
+    let e = prefetch_and_export().await;
+    let names: Vec<String> = tar::Archive::new(std::fs::File::open(&e.bundle).unwrap())
+        .entries()
+        .unwrap()
+        .map(|m| m.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names[0], "wharf-bundle.json");
+    for n in [
+        "oci/oci-layout",
+        "oci/index.json",
+        "go/example.com/!mod/@v/v1.2.0.zip",
+        "go/example.com/!mod/@v/list",
+    ] {
+        assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+    }
+
+    let (config, text, data) = offline_config(e.dir.path(), "b");
+    let bundle = e.bundle.to_str().unwrap();
+    let out = ok(wharf(&["import", "--config", config.to_str().unwrap(), bundle]).await);
+    assert!(stdout(&out).contains("import:"), "{}", describe(&out));
+    // Idempotent: the second run stores nothing new.
+    let out = ok(wharf(&["import", "--config", config.to_str().unwrap(), bundle]).await);
+    assert!(stdout(&out).contains("stored 0 B"), "{}", describe(&out));
+
+    // In-process (B is not running): prefetch finds everything cached, export writes it again.
+    let cfg = config.to_str().unwrap();
+    let out = ok(wharf(&[
+        "prefetch",
+        "--config",
+        cfg,
+        "fake.test/test/app:v1",
+        "example.com/Mod@v1.2.0",
+    ])
+    .await);
+    assert!(
+        stdout(&out).contains("(0 B fetched upstream"),
+        "{}",
+        describe(&out)
+    );
+    let again = e.dir.path().join("again.tar");
+    let out = ok(wharf(&[
+        "export",
+        "--config",
+        cfg,
+        "--all",
+        "-o",
+        again.to_str().unwrap(),
+    ])
+    .await);
+    assert!(
+        stdout(&out).contains("export: 2 image(s) (3 manifests, 4 blobs), 1 module version(s)"),
+        "{}",
+        describe(&out)
+    );
+
+    let b = common::Wharf::start_with_config(&text, &data).await;
+    let (s, body, h) = get(&b, "/v2/fake.test/test/app/manifests/v1").await;
+    assert_eq!(s, 200);
+    assert_eq!(h["docker-content-digest"], e.app.0.as_str());
+    assert_eq!(body, e.app.1);
+    for l in &e.layers {
+        let (s, body, _) = get(&b, &format!("/v2/fake.test/test/app/blobs/{}", sha256(l))).await;
+        assert_eq!((s, body.len()), (200, l.len()));
+        assert_eq!(&body, l);
+    }
+    let (s, _, h) = get(&b, "/v2/fake.test/test/multi/manifests/v1").await;
+    assert_eq!(
+        (s, h["docker-content-digest"].to_str().unwrap()),
+        (200, e.index.as_str())
+    );
+    let (s, _, _) = get(
+        &b,
+        &format!("/v2/fake.test/test/multi/manifests/{}", e.arm64),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, _) = get(
+        &b,
+        &format!("/v2/fake.test/test/multi/manifests/{}", e.amd64),
+    )
+    .await;
+    assert_eq!(
+        s, 404,
+        "a platform that was never prefetched cannot be served offline"
+    );
+    let (s, body, _) = get(&b, "/go/example.com/!mod/@v/v1.2.0.zip").await;
+    assert_eq!((s, body), (200, e.zip.clone()));
+    let (s, body, _) = get(&b, "/go/example.com/!mod/@v/v1.2.0.mod").await;
+    assert_eq!((s, body), (200, GO_MOD.as_bytes().to_vec()));
+    let (s, body, _) = get(&b, "/go/example.com/!mod/@v/list").await;
+    assert_eq!(
+        (s, String::from_utf8(body).unwrap()),
+        (200, "v1.2.0\n".to_string())
+    );
+
+    // Imported into a running server: it goes through the admin API, and B serves it at once.
+    let out = ok(wharf(&[
+        "import",
+        "--config",
+        config.to_str().unwrap(),
+        "--server",
+        &b.url(""),
+        bundle,
+    ])
+    .await);
+    assert!(stdout(&out).contains("stored 0 B"), "{}", describe(&out));
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_with_one_flipped_byte_is_refused_naming_the_object_and_a_good_one_resumes() {
+    let e = prefetch_and_export().await;
+    let (config, text, data) = offline_config(e.dir.path(), "b");
+    let cfg = config.to_str().unwrap();
+
+    let layer = sha256(&e.layers[0]);
+    let bad = e.dir.path().join("bad-layer.tar");
+    flipped_copy(
+        &e.bundle,
+        &format!("oci/blobs/sha256/{}", &layer[7..]),
+        &bad,
+    );
+    let out = wharf(&["import", "--config", cfg, bad.to_str().unwrap()]).await;
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&layer)
+            && err.contains("fake.test/test/app:v1")
+            && err.contains("does not match"),
+        "the refusal does not name the layer:\n{err}"
+    );
+
+    // (Into another wharf: the first refusal stored the good zip, so this one would skip it.)
+    let (other, _, _) = offline_config(e.dir.path(), "b2");
+    let bad_zip = e.dir.path().join("bad-zip.tar");
+    flipped_copy(&e.bundle, "go/example.com/!mod/@v/v1.2.0.zip", &bad_zip);
+    let out = wharf(&[
+        "import",
+        "--config",
+        other.to_str().unwrap(),
+        bad_zip.to_str().unwrap(),
+    ])
+    .await;
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("example.com/Mod@v1.2.0 .zip"),
+        "the refusal does not name the zip:\n{}",
+        describe(&out)
+    );
+
+    // Nothing was indexed.
+    let b = common::Wharf::start_with_config(&text, &data).await;
+    let (s, _, _) = get(&b, "/v2/fake.test/test/app/manifests/v1").await;
+    assert_eq!(s, 404);
+    b.stop().await;
+
+    // The good bundle resumes: what the refused runs stored is not sent again.
+    let out = ok(wharf(&["import", "--config", cfg, e.bundle.to_str().unwrap()]).await);
+    let summary = stdout(&out);
+    assert!(!summary.contains("(0 B already present)"), "{summary}");
+    let b = common::Wharf::start_with_config(&text, &data).await;
+    let (s, body, _) = get(&b, &format!("/v2/fake.test/test/app/blobs/{layer}")).await;
+    assert_eq!((s, body), (200, e.layers[0].clone()));
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_answers_only_to_this_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let text = config_text(&data, "http://127.0.0.1:9", "http://127.0.0.1:9", true);
+    let w = common::Wharf::start_with_config(&text, &data).await;
+    let c = common::client();
+    let pins = r#"{"reason":"test","digests":[]}"#;
+    let post = |host: Option<&str>, fwd: bool| {
+        let mut r = c
+            .post(w.url("/admin/pins"))
+            .header("content-type", "application/json")
+            .body(pins);
+        if let Some(h) = host {
+            r = r.header("host", h);
+        }
+        if fwd {
+            r = r.header("x-forwarded-for", "203.0.113.9");
+        }
+        r.send()
+    };
+    assert_eq!(post(None, false).await.unwrap().status(), 200);
+    assert_eq!(
+        post(Some("localhost:5000"), false).await.unwrap().status(),
+        200
+    );
+    // A DNS name (a rebinding page in a browser), or a request relayed by a proxy: refused.
+    assert_eq!(
+        post(Some("wharf.example:5000"), false)
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(post(None, true).await.unwrap().status(), 403);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, text, data) = offline_config(dir.path(), "b");
+    let cfg = config.to_str().unwrap();
+
+    // An OCI layout whose ref.name is a bare tag: filed under --name.
+    let mut layout = oci::Layout::create(&dir.path().join("layout"));
+    let spec = oci::ImageSpec::linux(
+        "amd64",
+        7,
+        &[oci::LayerSpec {
+            size: 10_000,
+            compression: oci::Compression::Gzip,
+        }],
+    );
+    let image = layout.add_image(&spec);
+    layout.tag(&image.manifest, "v7");
+    let root = layout.root().to_str().unwrap().to_string();
+    let out = ok(wharf(&[
+        "import",
+        "--config",
+        cfg,
+        "--name",
+        "fake.test/gen/app",
+        &root,
+    ])
+    .await);
+    assert!(stdout(&out).contains("1 tag(s)"), "{}", describe(&out));
+
+    // A go module cache, with the .ziphash the go command writes.
+    let zip = module_zip(
+        "example.com/Mod",
+        "v1.2.0",
+        &[("go.mod", GO_MOD), ("a.go", "package mod\n")],
+    );
+    let h1 = wharf::goproxy::hash::h1_of_zip(std::io::Cursor::new(zip.clone())).unwrap();
+    let cache = dir.path().join("gopath/pkg/mod");
+    let v = cache.join("cache/download/example.com/!mod/@v");
+    std::fs::create_dir_all(&v).unwrap();
+    std::fs::write(v.join("v1.2.0.info"), r#"{"Version":"v1.2.0"}"#).unwrap();
+    std::fs::write(v.join("v1.2.0.mod"), GO_MOD).unwrap();
+    std::fs::write(v.join("v1.2.0.zip"), &zip).unwrap();
+    std::fs::write(
+        v.join("v1.2.0.ziphash"),
+        "h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
+    )
+    .unwrap();
+    let out = wharf(&["import", "--config", cfg, cache.to_str().unwrap()]).await;
+    assert!(
+        !out.status.success(),
+        "a wrong .ziphash must be refused: {}",
+        describe(&out)
+    );
+    assert!(
+        stderr(&out).contains("example.com/Mod@v1.2.0 .zip"),
+        "{}",
+        describe(&out)
+    );
+    std::fs::write(v.join("v1.2.0.ziphash"), format!("{h1}\n")).unwrap();
+    let out = ok(wharf(&["import", "--config", cfg, cache.to_str().unwrap()]).await);
+    assert!(
+        stdout(&out).contains("1 module version(s)"),
+        "{}",
+        describe(&out)
+    );
+
+    // A docker save tarball in the format before Docker 25 (no OCI layout inside).
+    let config_json =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let layer = oci::single_file_tar("hello.txt", b"hello from docker save\n");
+    let saved = dir.path().join("saved.tar");
+    {
+        let mut t = tar::Builder::new(std::fs::File::create(&saved).unwrap());
+        let mut add = |name: &str, bytes: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            t.append_data(&mut h, name, bytes).unwrap();
+        };
+        add(
+            "manifest.json",
+            br#"[{"Config":"cfg.json","RepoTags":["fake.test/test/saved:1"],"Layers":["abc/layer.tar"]}]"#,
+        );
+        add("cfg.json", config_json);
+        add("abc/layer.tar", &layer);
+        t.finish().unwrap();
+    }
+    let out = ok(wharf(&["import", "--config", cfg, saved.to_str().unwrap()]).await);
+    assert!(stdout(&out).contains("1 tag(s)"), "{}", describe(&out));
+
+    let b = common::Wharf::start_with_config(&text, &data).await;
+    let (s, _, h) = get(&b, "/v2/fake.test/gen/app/manifests/v7").await;
+    assert_eq!(
+        (s, h["docker-content-digest"].to_str().unwrap()),
+        (200, image.manifest.digest.as_str())
+    );
+    let (s, body, _) = get(&b, "/go/example.com/!mod/@v/v1.2.0.zip").await;
+    assert_eq!((s, body), (200, zip));
+    let (s, body, _) = get(&b, "/v2/fake.test/test/saved/manifests/1").await;
+    assert_eq!(s, 200);
+    let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(m["config"]["digest"], sha256(config_json));
+    assert_eq!(m["layers"][0]["digest"], sha256(&layer));
+    let (s, body, _) = get(
+        &b,
+        &format!("/v2/fake.test/test/saved/blobs/{}", sha256(&layer)),
+    )
+    .await;
+    assert_eq!((s, body), (200, layer));
+    b.stop().await;
+}
