@@ -515,3 +515,53 @@ async fn cache_survives_a_wharf_restart_with_the_origin_down() {
     .await;
     wharf.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offline_restart_pulls_by_tag_with_no_origin_request() {
+    let Some(fx) = Origined::start("offline_restart_pulls_by_tag_with_no_origin_request").await
+    else {
+        return;
+    };
+    let wharf = fx.wharf().await;
+    let source = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
+    let warm = fx.out("warm");
+    let fx = blocking(move || {
+        fx.skopeo.run(&[
+            "copy",
+            "--src-tls-verify=false",
+            &source,
+            &format!("oci:{}:{TAG}", warm.display()),
+        ]);
+        fx
+    })
+    .await;
+    // The origin keeps running: an offline wharf must not ask it anything.
+    let wharf = wharf.restart_offline().await;
+    let origin_requests = fx.origin.as_ref().map(|o| o.access_log().lines().count());
+    let by_tag = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
+    let out = fx.out("offline-tag");
+    let fx = blocking(move || {
+        fx.skopeo.run(&[
+            "copy",
+            "--src-tls-verify=false",
+            &by_tag,
+            &format!("oci:{}:{TAG}", out.display()),
+        ]);
+        assert_layout_holds_image(&out, TAG, &fx.image);
+        fx
+    })
+    .await;
+    let miss = wharf
+        .get(
+            &format!("/v2/{UPSTREAM}/{APP_REPO}/manifests/not-cached"),
+            None,
+        )
+        .await;
+    assert_eq!(miss.status, 404);
+    assert!(String::from_utf8_lossy(&miss.body).contains("offline cache"));
+    let after = fx.origin.as_ref().map(|o| o.access_log().lines().count());
+    assert_eq!(
+        after, origin_requests,
+        "the offline wharf contacted the origin"
+    );
+}

@@ -70,7 +70,16 @@ impl Wharf {
 
     /// Stops this server (checking that it stops cleanly) and serves a new one, on a new port,
     /// from the same data directory: what survives is what wharf put on disk.
-    pub async fn restart(mut self) -> Wharf {
+    pub async fn restart(self) -> Wharf {
+        self.restart_with(false).await
+    }
+
+    /// Like `restart`, with `offline = true`: the new server never contacts an upstream.
+    pub async fn restart_offline(self) -> Wharf {
+        self.restart_with(true).await
+    }
+
+    async fn restart_with(mut self, offline: bool) -> Wharf {
         let data = tempfile::Builder::new()
             .prefix("wharf-data-placeholder-")
             .tempdir()
@@ -78,13 +87,21 @@ impl Wharf {
         let data = std::mem::replace(&mut self.data, data);
         let upstreams = std::mem::take(&mut self.upstreams);
         self.stop().await;
-        Self::start_in(data, upstreams).await
+        Self::start_in_mode(data, upstreams, offline).await
     }
 
     async fn start_in(data: TempDir, upstreams: Vec<(String, String)>) -> Wharf {
+        Self::start_in_mode(data, upstreams, false).await
+    }
+
+    async fn start_in_mode(
+        data: TempDir,
+        upstreams: Vec<(String, String)>,
+        offline: bool,
+    ) -> Wharf {
         let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
         let mut text = format!(
-            "data_dir = {}\n[registry]\ndefault_upstream = {}\n",
+            "data_dir = {}\noffline = {offline}\n[registry]\ndefault_upstream = {}\n",
             quote(&data.path().to_string_lossy()),
             quote(&upstreams[0].0),
         );
