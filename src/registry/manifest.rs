@@ -33,9 +33,22 @@ pub fn check(body: &[u8], content_type: Option<&str>) -> Result<String, String> 
         Some(serde_json::Value::String(s)) => Some(s.as_str()),
         Some(_) => return Err("manifest mediaType is not a string".into()),
     };
+    if let Some(d) = declared
+        && !is_media_type(d)
+    {
+        return Err(format!(
+            "manifest mediaType {:?} is not a media type",
+            d.chars().take(80).collect::<String>()
+        ));
+    }
     let header = content_type
         .map(|c| c.split(';').next().unwrap_or("").trim())
         .filter(|c| !c.is_empty() && !is_generic(c));
+    if let Some(h) = header
+        && !is_media_type(h)
+    {
+        return Err("upstream Content-Type is not a media type".into());
+    }
     match (header, declared) {
         (Some(h), Some(d)) if h != d => Err(format!(
             "Content-Type {h:?} disagrees with the manifest's mediaType {d:?}"
@@ -44,6 +57,21 @@ pub fn check(body: &[u8], content_type: Option<&str>) -> Result<String, String> 
         (None, Some(d)) => Ok(d.to_string()),
         (None, None) => Ok(sniff(obj).to_string()),
     }
+}
+
+/// `type/subtype` of RFC 6838 token characters (no spaces, quotes or control characters), and
+/// not one a browser would render.
+fn is_media_type(t: &str) -> bool {
+    let tok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 127
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    let Some((ty, sub)) = t.split_once('/') else {
+        return false;
+    };
+    tok(ty) && tok(sub) && !t.eq_ignore_ascii_case("text/html") && !ty.eq_ignore_ascii_case("text")
 }
 
 fn is_generic(ct: &str) -> bool {
@@ -140,5 +168,12 @@ mod tests {
         assert!(check(b"not json", None).is_err());
         assert!(check(b"[1,2]", None).is_err());
         assert!(check(br#"{"mediaType":5}"#, None).is_err());
+        for bad in ["text/html", "", "a\r\nX-Evil: 1", "no-slash"] {
+            let doc = serde_json::json!({"mediaType": bad, "layers": []}).to_string();
+            assert!(
+                check(doc.as_bytes(), Some("application/json")).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -27,6 +27,9 @@ pub enum HostPattern {
 impl HostPattern {
     pub fn parse(text: &str) -> Result<HostPattern, String> {
         let raw = text.trim();
+        if raw.contains(['\\', '%']) || raw.chars().any(|c| c.is_control()) {
+            return Err("write a bare host name (no escapes or control characters)".into());
+        }
         let bracketed = raw.starts_with('[') && raw.ends_with(']');
         if raw.contains(['/', '@', ' ', '?', '#']) || (raw.contains(':') && !bracketed) {
             return Err("write a bare host name (no scheme, port or path)".into());
@@ -350,6 +353,15 @@ impl Cidr {
                 .ok_or_else(|| format!("prefix length must be 0..={max}"))?,
             None => max,
         };
+        // `::ffff:a.b.c.d/n` means the IPv4 range: addresses are compared in canonical form.
+        if let IpAddr::V6(v6) = net
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            return Ok(Cidr {
+                net: IpAddr::V4(v4),
+                bits: bits.saturating_sub(96),
+            });
+        }
         Ok(Cidr { net, bits })
     }
 
@@ -537,6 +549,11 @@ mod tests {
         assert!(p.check_addr("192.168.0.1".parse().unwrap()).is_err());
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(
+            Cidr::parse("::ffff:10.0.0.0/104")
+                .unwrap()
+                .contains("10.0.0.1".parse().unwrap())
+        );
+        assert!(
             Cidr::parse("fd00::/8")
                 .unwrap()
                 .contains("fd12::1".parse().unwrap())
@@ -556,5 +573,21 @@ mod tests {
             !r.contains("pw") && !r.contains("abc") && !r.contains("user"),
             "{r}"
         );
+    }
+}
+
+#[cfg(test)]
+mod pattern_escapes {
+    use super::*;
+
+    #[test]
+    fn patterns_with_escapes_or_control_characters_are_refused() {
+        for bad in [
+            "a.example\\evil.com",
+            "%2a.example.com",
+            "regis\ntry.example",
+        ] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }
