@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# benches/compare.sh: wharf against its peers, on this machine, over loopback only.
+#
+# Usage:
+#   benches/compare.sh [--quick] [--reps N] [--out FILE] [--keep] [--no-install] [--only PARTS]
+#
+#   --quick        2 repetitions, a 64 MiB layer, fewer layers and modules, shorter wrk runs
+#                  (a few minutes instead of about 20)
+#   --reps N       repetitions (default 5; the 64-stream run does min(N, 3))
+#   --out FILE     where the markdown table goes (default target/bench/compare-<UTC time>.md;
+#                  the raw samples go next to it as .json)
+#   --keep         keep the temporary directory (generated images, logs, server configs)
+#   --no-install   never run apt-get; fail with the package list if a tool is missing
+#   --only PARTS   comma-separated subset of blob,rss64,manifest,pull,herd,go
+#   --profile DIR  afterwards, run each wharf scenario once more under `perf record` (Debian
+#                  package linux-perf) and write flat and caller reports to DIR;
+#                  `--only profile` skips the measurements and only profiles
+#
+# What it does, all on 127.0.0.1:
+#   1. Checks for its tools and, as root, installs the missing Debian packages:
+#        apt-get install nginx wrk docker-registry skopeo golang-go python3 curl
+#      (Rust/cargo must already be there.)
+#   2. cargo build --release; builds benches/lib/fetch.go (a small concurrent GET client).
+#   3. benches/lib/gen.py generates, deterministically: an OCI layout with a 256 MiB-layer image,
+#      a many-small-layers image and a two-platform index (gzip "stored" layers, so skopeo keeps
+#      the digests), and a Go module tree in GOPROXY layout plus a main module requiring it all.
+#   4. benches/lib/bench.py starts the origin (Debian docker-registry, images pushed with skopeo),
+#      nginx serving the same bytes as static files (sendfile; also the Go origin), nginx
+#      proxy_cache in front of both origins, docker-registry in proxy mode, and wharf
+#      (target/release/wharf serve, default_upstream = the origin, go.upstreams = the Go tree,
+#      go.verify = false, egress.allow = ["127.0.0.1"]), and measures, interleaved and repeated:
+#        - warm blob throughput, 1 / 8 / 64 streams, server CPU per GiB, peak RSS (VmHWM)
+#        - warm manifest by tag and by digest, wrk --latency, 32 connections
+#        - cold `skopeo copy` of whole images (fresh caches) vs. straight from the origin
+#        - 1 and 16 concurrent cold GETs of the large layer, and the origin's GET count
+#        - `go mod download` of the module graph, cold and warm, empty GOMODCACHE each time
+#   5. Prints one markdown table (date, machine, medians, wharf / peer ratios, targets) and
+#      writes it to --out.
+#
+# Every process it starts runs in its own session and is stopped on exit, error or signal.
+set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+
+quick=0
+reps=""
+out=""
+keep=0
+install=1
+only=""
+profile=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --reps) reps="$2"; shift ;;
+    --out) out="$2"; shift ;;
+    --keep) keep=1 ;;
+    --no-install) install=0 ;;
+    --only) only="$2"; shift ;;
+    --profile) profile="$2"; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "compare.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+command_line="benches/compare.sh"
+[ "$quick" = 1 ] && command_line+=" --quick"
+command_line+="${reps:+ --reps $reps}${only:+ --only $only}"
+
+# Nothing this script starts may go through a proxy: the only traffic is loopback.
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY ftp_proxy FTP_PROXY
+export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
+
+# --- tools --------------------------------------------------------------------------------------
+need=()
+for pair in nginx:nginx wrk:wrk docker-registry:docker-registry skopeo:skopeo go:golang-go \
+            python3:python3 curl:curl; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if [ -n "$profile" ]; then
+  command -v perf >/dev/null 2>&1 || need+=(linux-perf)
+fi
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$install" = 1 ] && [ "$(id -u)" = 0 ]; then
+    echo "compare.sh: installing ${need[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+    # The nginx package may start a system-wide nginx; this script runs its own instances.
+  else
+    echo "compare.sh: missing tools; install them with: apt-get install -y ${need[*]}" >&2
+    exit 1
+  fi
+fi
+command -v cargo >/dev/null 2>&1 || { echo "compare.sh: cargo not found (install Rust)" >&2; exit 1; }
+
+# --- temporary directory and cleanup ------------------------------------------------------------
+work="$(mktemp -d "${TMPDIR:-/tmp}/wharf-bench.XXXXXX")"
+driver=""
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM HUP
+  if [ -n "$driver" ] && kill -0 "$driver" 2>/dev/null; then
+    kill -TERM "$driver" 2>/dev/null || true
+    wait "$driver" 2>/dev/null || true
+  fi
+  # Servers the driver started (each in its own session) that outlived it, e.g. after a SIGKILL.
+  if [ -f "$work/pids" ]; then
+    while read -r pid; do
+      if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM -- "-$pid" 2>/dev/null || true
+        sleep 1
+        kill -KILL -- "-$pid" 2>/dev/null || true
+      fi
+    done < "$work/pids"
+  fi
+  if [ "$keep" = 1 ]; then
+    echo "compare.sh: kept $work" >&2
+  else
+    chmod -R u+w "$work" 2>/dev/null || true
+    rm -rf "$work"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# --- build --------------------------------------------------------------------------------------
+echo "compare.sh: cargo build --release" >&2
+cargo build --release --locked --bin wharf >&2
+target_dir="$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+wharf_bin="$target_dir/release/wharf"
+wharf_version="${WHARF_BENCH_VERSION:-$(git describe --always --dirty 2>/dev/null || echo unknown)}"
+
+mkdir -p "$work/bin"
+GOTOOLCHAIN=local GO111MODULE=off GOFLAGS= GOPROXY=off \
+  go build -o "$work/bin/fetch" "$root/benches/lib/fetch.go"
+
+if [ -z "$out" ]; then
+  mkdir -p "$target_dir/bench"
+  out="$target_dir/bench/compare-$(date -u +%Y%m%dT%H%M%SZ).md"
+fi
+mkdir -p "$(dirname "$out")"
+
+# --- sizes --------------------------------------------------------------------------------------
+if [ "$quick" = 1 ]; then
+  big_mib=64; small_layers=16; go_modules=20; go_big=4
+  driver_args=(--reps "${reps:-2}" --reps64 1 --big-mib 64 --repeat1 8 --wrk-seconds 2)
+else
+  big_mib=256; small_layers=48; go_modules=60; go_big=8
+  driver_args=(--reps "${reps:-5}" --reps64 3 --big-mib 256 --repeat1 4 --wrk-seconds 4)
+fi
+
+profile_args=()
+if [ -n "$profile" ]; then
+  mkdir -p "$profile"
+  profile_args=(--profile "$(cd "$profile" && pwd)")
+fi
+
+echo "compare.sh: generating content in $work/data" >&2
+python3 "$root/benches/lib/gen.py" "$work/data" --big-mib "$big_mib" \
+  --small-layers "$small_layers" --go-modules "$go_modules" --go-big-mib "$go_big"
+
+python3 "$root/benches/lib/bench.py" \
+  --work "$work" --data "$work/data" --out "$out" --command "$command_line" \
+  --wharf "$wharf_bin" --wharf-version "$wharf_version" --fetch "$work/bin/fetch" \
+  --only "$only" "${profile_args[@]}" "${driver_args[@]}" &
+driver=$!
+wait "$driver"
+driver=""
+echo "compare.sh: table written to $out" >&2

@@ -1,0 +1,1028 @@
+#!/usr/bin/env python3
+"""The driver behind benches/compare.sh: starts the origin, the peers and wharf on loopback, runs
+every measurement interleaved over several repetitions and writes one markdown table.
+
+Run it through compare.sh, which installs the tools, builds wharf and the fetch client, and owns
+the temporary directory. Everything here listens on and connects to 127.0.0.1 only; every process
+it starts gets its own session and is stopped (TERM, then KILL) on exit, on error and on SIGINT /
+SIGTERM; their ids are also appended to WORK/pids so compare.sh can clean up after a crash.
+"""
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+MANIFEST_ACCEPT = (
+    "application/vnd.oci.image.manifest.v1+json, "
+    "application/vnd.oci.image.index.v1+json, "
+    "application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json"
+)
+
+# Column order of the table, and the names used in results.
+WHARF, STATIC, NGCACHE, REGPROXY, ORIGIN = "wharf", "static", "ngcache", "regproxy", "origin"
+COLUMNS = [
+    (WHARF, "wharf"),
+    (STATIC, "nginx static (sendfile)"),
+    (NGCACHE, "nginx proxy_cache"),
+    (REGPROXY, "docker-registry proxy"),
+    (ORIGIN, "origin direct"),
+]
+
+RUNNING = []
+ARGS = None
+
+
+def log(msg):
+    print("[%s] %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
+
+
+def clean_env(extra=None):
+    """The environment for child processes: no proxy variables, so nothing leaves loopback."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
+        and not k.startswith("GO")
+    }
+    env["NO_PROXY"] = "127.0.0.1,localhost"
+    env["no_proxy"] = "127.0.0.1,localhost"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_status(port, path, timeout=2.0):
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        return resp.status
+    except OSError:
+        return None
+
+
+def proc_children():
+    """pid -> parent pid, for every process."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    return parents
+
+
+class Server:
+    """One server process (and its children: nginx workers), started in its own session."""
+
+    def __init__(self, name, argv, log_path, env=None, cwd=None, stdout_path=None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.stdout_path = stdout_path or log_path
+        self.env = env or clean_env()
+        self.cwd = cwd
+        self.proc = None
+
+    def start(self, port, ready_path="/", timeout=60):
+        err = open(self.log_path, "ab")
+        out = open(self.stdout_path, "ab") if self.stdout_path != self.log_path else err
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,
+        )
+        RUNNING.append(self)
+        with open(os.path.join(ARGS.work, "pids"), "a") as f:
+            f.write("%d\n" % self.proc.pid)
+        deadline = time.time() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    "%s exited with %s; log %s:\n%s"
+                    % (self.name, self.proc.returncode, self.log_path, tail(self.log_path))
+                )
+            if http_status(port, ready_path) == 200:
+                return self
+            if time.time() > deadline:
+                raise RuntimeError("%s did not answer 200 on %s" % (self.name, ready_path))
+            time.sleep(0.05)
+
+    def pids(self):
+        parents = proc_children()
+        found = [self.proc.pid]
+        frontier = [self.proc.pid]
+        while frontier:
+            parent = frontier.pop()
+            kids = [pid for pid, ppid in parents.items() if ppid == parent]
+            found += kids
+            frontier += kids
+        return found
+
+    def cpu_seconds(self):
+        total = 0
+        for pid in self.pids():
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    fields = f.read()
+            except OSError:
+                continue
+            fields = fields[fields.rindex(")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / CLK_TCK
+
+    def reset_peak(self):
+        for pid in self.pids():
+            try:
+                with open("/proc/%d/clear_refs" % pid, "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+
+    def peak_mib(self):
+        """Sum of VmHWM over the process tree (nginx: master + workers; shared pages counted in
+        each worker, so an upper bound)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                with open("/proc/%d/status" % pid) as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+        return total / 1024
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            if self in RUNNING:
+                RUNNING.remove(self)
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        if self in RUNNING:
+            RUNNING.remove(self)
+
+
+def tail(path, n=30):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+def stop_all():
+    for server in list(reversed(RUNNING)):
+        try:
+            server.stop()
+        except Exception as exc:  # keep stopping the others
+            log("stopping %s: %s" % (server.name, exc))
+
+
+def on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def run(argv, env=None, cwd=None, timeout=None, check=True):
+    proc = subprocess.run(
+        argv,
+        env=env or clean_env(),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(
+            "%s failed (%d)\n--- stdout ---\n%s\n--- stderr ---\n%s"
+            % (" ".join(argv), proc.returncode, proc.stdout.decode()[-4000:], proc.stderr.decode()[-4000:])
+        )
+    return proc
+
+
+def rmtree(path):
+    """Removes a tree even where the go command left it read-only."""
+
+    def onerror(func, p, _exc):
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+def fresh_dir(name):
+    path = os.path.join(ARGS.work, "run", "%s-%d" % (name, time.monotonic_ns()))
+    os.makedirs(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The servers
+
+
+class Origin:
+    """Debian's docker-registry (distribution 2.8) holding the generated images."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = os.path.join(ARGS.work, "origin")
+        os.makedirs(os.path.join(self.dir, "storage"), exist_ok=True)
+        config = os.path.join(self.dir, "config.yml")
+        with open(config, "w") as f:
+            f.write(registry_config(self.port, os.path.join(self.dir, "storage")))
+        self.access = os.path.join(self.dir, "access.log")
+        self.server = Server(
+            "origin docker-registry",
+            [ARGS.registry, "serve", config],
+            os.path.join(self.dir, "registry.log"),
+            stdout_path=self.access,
+        ).start(self.port, "/v2/")
+
+    def blob_gets(self, hex_digest):
+        """Completed GETs of that blob, under any repository, so far."""
+        pattern = re.compile(r'"GET /v2/[^ "]*/blobs/sha256:%s HTTP/' % hex_digest)
+        with open(self.access, errors="replace") as f:
+            return len(pattern.findall(f.read()))
+
+    def requests(self):
+        with open(self.access, errors="replace") as f:
+            return sum(1 for line in f if '"GET ' in line or '"HEAD ' in line)
+
+
+def registry_config(port, storage, remote=None):
+    text = (
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        "storage:\n  filesystem:\n    rootdirectory: %s\n  cache:\n    blobdescriptor: inmemory\n"
+        "http:\n  addr: 127.0.0.1:%d\n  secret: wharf-bench\n" % (storage, port)
+    )
+    if remote:
+        text += "proxy:\n  remoteurl: %s\n" % remote
+    return text
+
+
+def start_regproxy(origin, name="regproxy"):
+    port = free_port()
+    d = fresh_dir(name)
+    os.makedirs(os.path.join(d, "storage"))
+    config = os.path.join(d, "config.yml")
+    with open(config, "w") as f:
+        f.write(registry_config(port, os.path.join(d, "storage"), "http://127.0.0.1:%d" % origin.port))
+    server = Server("docker-registry proxy", [ARGS.registry, "serve", config], os.path.join(d, "log"))
+    server.start(port, "/v2/")
+    server.port, server.dir = port, d
+    return server
+
+
+def nginx_user_line():
+    # Run as root (the usual case here: apt needs it), nginx would drop its workers to nobody,
+    # who cannot read the 0700 temporary directory.
+    return "user root;" if os.geteuid() == 0 else ""
+
+
+def render(template, values):
+    with open(os.path.join(HERE, template)) as f:
+        text = f.read()
+    for key, value in values.items():
+        text = text.replace("@@%s@@" % key, str(value))
+    leftover = re.findall(r"@@[A-Z_]+@@", text)
+    if leftover:
+        raise RuntimeError("unrendered placeholders in %s: %s" % (template, leftover))
+    return text
+
+
+def start_nginx(name, template, values, ready_port, ready_path):
+    d = fresh_dir(name)
+    for sub in ("tmp", "cache"):
+        os.makedirs(os.path.join(d, sub))
+    values = dict(values, PREFIX=d, USER=nginx_user_line(), WORKERS=ARGS.nginx_workers)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(render(template, values))
+    server = Server(
+        name,
+        [ARGS.nginx, "-p", d, "-e", "stderr", "-c", conf, "-g", "daemon off;"],
+        os.path.join(d, "stderr.log"),
+    )
+    server.start(ready_port, ready_path)
+    server.dir = d
+    return server
+
+
+def start_static(meta):
+    port = free_port()
+    blocks = []
+    for m in meta["static"]:
+        blocks.append(
+            "        location = /v2/%s/manifests/%s {\n"
+            "            types { }\n"
+            "            default_type %s;\n"
+            "            alias %s;\n"
+            "        }\n"
+            % (m["repo"], m["ref"], m["mediaType"], os.path.join(ARGS.data, "static", "manifests", m["repo"], m["ref"]))
+        )
+    server = start_nginx(
+        "nginx-static",
+        "nginx-static.conf",
+        {
+            "PORT": port,
+            "STATIC": os.path.join(ARGS.data, "static"),
+            "GOTREE": os.path.join(ARGS.data, "go"),
+            "MANIFESTS": "".join(blocks),
+        },
+        port,
+        "/v2/",
+    )
+    server.port = port
+    return server
+
+
+def start_ngcache(origin, static, name="ngcache"):
+    reg, go = free_port(), free_port()
+    server = start_nginx(
+        name,
+        "nginx-cache.conf",
+        {"ORIGIN_PORT": origin.port, "GO_PORT": static.port, "REG_PORT": reg, "GOCACHE_PORT": go},
+        reg,
+        "/v2/",
+    )
+    server.port, server.go_port = reg, go
+    return server
+
+
+def start_wharf(origin, static, name="wharf"):
+    port = free_port()
+    d = fresh_dir(name)
+    config = os.path.join(d, "wharf.toml")
+    with open(config, "w") as f:
+        f.write(
+            'listen = "127.0.0.1:%d"\n'
+            'data_dir = "%s"\n'
+            "[log]\nlevel = \"%s\"\n"
+            '[registry]\ndefault_upstream = "origin"\n'
+            '[[registry.upstream]]\nname = "origin"\nurl = "http://127.0.0.1:%d"\n'
+            '[go]\nupstreams = ["http://127.0.0.1:%d/go"]\nverify = false\n'
+            '[egress]\nallow = ["127.0.0.1"]\n'
+            % (port, os.path.join(d, "data"), ARGS.wharf_log_level, origin.port, static.port)
+        )
+    server = Server(name, [ARGS.wharf, "serve", "--config", config], os.path.join(d, "log"))
+    server.start(port, "/healthz")
+    server.port, server.dir = port, d
+    return server
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients
+
+
+def fetch(port, path, streams, size, repeat=1, accept=None):
+    argv = [ARGS.fetch, "-n", str(streams), "-repeat", str(repeat), "-size", str(size)]
+    if accept:
+        argv += ["-accept", accept]
+    argv.append("http://127.0.0.1:%d%s" % (port, path))
+    out = run(argv, timeout=900).stdout
+    result = json.loads(out)
+    if result.get("errors"):
+        raise RuntimeError("GET %s: %d errors, first: %s" % (path, len(result["errors"]), result["errors"][0]))
+    return result
+
+
+def wrk(port, path):
+    argv = [
+        ARGS.wrk,
+        "-t",
+        str(ARGS.wrk_threads),
+        "-c",
+        str(ARGS.wrk_connections),
+        "-d",
+        "%ds" % ARGS.wrk_seconds,
+        "--latency",
+        "-H",
+        "Accept: " + MANIFEST_ACCEPT,
+        "http://127.0.0.1:%d%s" % (port, path),
+    ]
+    out = run(argv, timeout=ARGS.wrk_seconds + 60).stdout.decode()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"\s99%\s+([\d.]+)(us|ms|s)\b", out)
+    p99 = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    if bad or errors:
+        raise RuntimeError("wrk against %s reported errors:\n%s" % (path, out))
+    return rps, p99
+
+
+def skopeo(args, extra_env=None):
+    conf = os.path.join(ARGS.work, "skopeo")
+    os.makedirs(os.path.join(conf, "tmp"), exist_ok=True)
+    with open(os.path.join(conf, "policy.json"), "w") as f:
+        f.write('{"default":[{"type":"insecureAcceptAnything"}]}')
+    with open(os.path.join(conf, "registries.conf"), "w") as f:
+        f.write("unqualified-search-registries = []\n")
+    env = clean_env({"TMPDIR": os.path.join(conf, "tmp"), "HOME": conf})
+    argv = [
+        ARGS.skopeo,
+        "--policy",
+        os.path.join(conf, "policy.json"),
+        "--registries-conf",
+        os.path.join(conf, "registries.conf"),
+    ] + args
+    return run(argv, env=env, timeout=900)
+
+
+def cold_pull(port, image):
+    dest = fresh_dir("pull")
+    ref = "docker://127.0.0.1:%d/%s:%s" % (port, image["repo"], image["tag"])
+    t0 = time.perf_counter()
+    skopeo(["copy", "--src-tls-verify=false", ref, "dir:" + dest])
+    wall = time.perf_counter() - t0
+    rmtree(dest)
+    return wall
+
+
+def go_download(proxy_url):
+    """`go mod download` of the whole generated graph, into a new, empty GOMODCACHE."""
+    d = fresh_dir("go")
+    main = os.path.join(d, "main")
+    shutil.copytree(os.path.join(ARGS.data, "gomain"), main)
+    env = clean_env(
+        {
+            "HOME": d,
+            "GOPATH": os.path.join(d, "gopath"),
+            "GOMODCACHE": os.path.join(d, "modcache"),
+            "GOCACHE": os.path.join(d, "gocache"),
+            "GOENV": "off",
+            "GOPROXY": proxy_url,
+            "GOSUMDB": "off",
+            "GONOSUMCHECK": "1",
+            "GONOSUMDB": "*",
+            "GOPRIVATE": "",
+            "GONOPROXY": "",
+            "GOFLAGS": "-mod=mod",
+            "GOTOOLCHAIN": "local",
+            "GO111MODULE": "on",
+            "GOVCS": "*:off",
+        }
+    )
+    t0 = time.perf_counter()
+    run([ARGS.go, "mod", "download"], env=env, cwd=main, timeout=600)
+    wall = time.perf_counter() - t0
+    zips = 0
+    for _root, _dirs, files in os.walk(os.path.join(d, "modcache", "cache", "download")):
+        zips += sum(1 for name in files if name.endswith(".zip"))
+    rmtree(d)
+    want = len(ARGS.meta["go"]["modules"])
+    if zips != want:
+        raise RuntimeError("go mod download via %s left %d zips, want %d" % (proxy_url, zips, want))
+    return wall
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+class Results:
+    def __init__(self):
+        self.values = {}
+
+    def add(self, metric, server, value):
+        self.values.setdefault(metric, {}).setdefault(server, []).append(value)
+
+    def median(self, metric, server):
+        vals = self.values.get(metric, {}).get(server)
+        return statistics.median(vals) if vals else None
+
+
+def rotate(items, n):
+    n %= len(items)
+    return items[n:] + items[:n]
+
+
+def blob_path(image):
+    return "/v2/%s/blobs/%s" % (image["repo"], image["layer"]["digest"])
+
+
+def measure_blob(res, servers, image, streams, repeat, label, rss_metric=None):
+    size = image["layer"]["size"]
+    for name, server in servers:
+        if rss_metric:
+            server.reset_peak()
+        cpu0 = server.cpu_seconds()
+        r = fetch(server.port, blob_path(image), streams, size, repeat)
+        cpu = server.cpu_seconds() - cpu0
+        gib = r["bytes"] / GIB
+        res.add("blob%s_mibs" % label, name, r["bytes"] / MIB / r["wall"])
+        res.add("blob%s_cpu" % label, name, cpu / gib)
+        if rss_metric:
+            res.add(rss_metric, name, server.peak_mib())
+
+
+def measure_manifests(res, servers, image):
+    by_tag = "/v2/%s/manifests/%s" % (image["repo"], image["tag"])
+    by_digest = "/v2/%s/manifests/%s" % (image["repo"], image["manifest"]["digest"])
+    for name, server in servers:
+        rps, p99 = wrk(server.port, by_tag)
+        res.add("tag_rps", name, rps)
+        res.add("tag_p99", name, p99)
+    for name, server in servers:
+        rps, p99 = wrk(server.port, by_digest)
+        res.add("digest_rps", name, rps)
+        res.add("digest_p99", name, p99)
+
+
+def fresh_proxy(kind, origin, static):
+    if kind == WHARF:
+        return start_wharf(origin, static, "wharf-cold")
+    if kind == NGCACHE:
+        return start_ngcache(origin, static, "ngcache-cold")
+    if kind == REGPROXY:
+        return start_regproxy(origin, "regproxy-cold")
+    raise ValueError(kind)
+
+
+def measure_cold_pulls(res, rep, origin, static):
+    for key in ("big", "small"):
+        image = ARGS.meta["images"][key]
+        for kind in rotate([ORIGIN, WHARF, NGCACHE, REGPROXY], rep):
+            if kind == ORIGIN:
+                res.add("pull_%s" % key, ORIGIN, cold_pull(origin.port, image))
+                continue
+            server = fresh_proxy(kind, origin, static)
+            try:
+                res.add("pull_%s" % key, kind, cold_pull(server.port, image))
+            finally:
+                server.stop()
+                rmtree(server.dir)
+
+
+def measure_herd(res, rep, origin, static):
+    image = ARGS.meta["images"]["big"]
+    size = image["layer"]["size"]
+    hexd = image["layer"]["digest"][7:]
+    for kind in rotate([WHARF, NGCACHE, REGPROXY], rep):
+        for streams in (1, ARGS.herd):
+            server = fresh_proxy(kind, origin, static)
+            try:
+                before = origin.blob_gets(hexd)
+                r = fetch(server.port, blob_path(image), streams, size)
+                time.sleep(0.3)  # the origin logs a request when it has sent the last byte
+                gets = origin.blob_gets(hexd) - before
+            finally:
+                server.stop()
+                rmtree(server.dir)
+            if streams == 1:
+                res.add("cold1_s", kind, r["wall"])
+            else:
+                res.add("herd_s", kind, r["wall"])
+                res.add("herd_origin_gets", kind, gets)
+
+
+def measure_herd_warm(res, servers):
+    """The same concurrent GETs from warm caches: what delivering that many copies costs here."""
+    image = ARGS.meta["images"]["big"]
+    for name, server in servers:
+        if name in (WHARF, STATIC):
+            res.add("herd_warm_s", name, fetch(server.port, blob_path(image), ARGS.herd, image["layer"]["size"])["wall"])
+
+
+def measure_go(res, rep, static, warm):
+    for kind in rotate([STATIC, WHARF, NGCACHE], rep):
+        if kind == STATIC:
+            res.add("go_cold", STATIC, go_download("http://127.0.0.1:%d/go" % static.port))
+            continue
+        server = fresh_proxy(kind, warm["origin"], static)
+        try:
+            port = server.go_port if kind == NGCACHE else server.port
+            res.add("go_cold", kind, go_download("http://127.0.0.1:%d/go" % port))
+        finally:
+            server.stop()
+            rmtree(server.dir)
+    for kind in rotate([STATIC, WHARF, NGCACHE], rep):
+        res.add("go_warm", kind, go_download(go_url(kind, warm)))
+
+
+def go_url(kind, warm):
+    server = warm[kind]
+    port = server.go_port if kind == NGCACHE else server.port
+    return "http://127.0.0.1:%d/go" % port
+
+
+def warm_up(origin, servers, images):
+    """Fills every warm server, then checks that a second round costs the origin nothing."""
+    for _ in range(60):
+        for name, server in servers:
+            for image in images:
+                fetch(server.port, blob_path(image), 1, image["layer"]["size"])
+                for ref in (image["tag"], image["manifest"]["digest"]):
+                    fetch(server.port, "/v2/%s/manifests/%s" % (image["repo"], ref), 1, image["manifest"]["size"], accept=MANIFEST_ACCEPT)
+        time.sleep(0.5)
+        before = {image["layer"]["digest"]: origin.blob_gets(image["layer"]["digest"][7:]) for image in images}
+        for name, server in servers:
+            for image in images:
+                fetch(server.port, blob_path(image), 1, image["layer"]["size"])
+        time.sleep(0.5)
+        after = {image["layer"]["digest"]: origin.blob_gets(image["layer"]["digest"][7:]) for image in images}
+        if before == after:
+            return
+        log("warm-up: the origin still saw blob requests; another round")
+    raise RuntimeError("warm servers kept asking the origin for blobs")
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+
+def fmt(value, digits):
+    if value is None:
+        return "–"
+    if digits == 0:
+        return "{:,.0f}".format(value)
+    return "{:,.{d}f}".format(value, d=digits)
+
+
+# metric, label, digits, servers, (ratio numerator server, ratio denominator server), target
+ROWS = [
+    ("blob1_mibs", "warm 256 MiB blob, 1 stream (MiB/s)", 0, [WHARF, STATIC, NGCACHE, REGPROXY], (WHARF, STATIC), ("ge", 0.9)),
+    ("blob8_mibs", "warm 256 MiB blob, 8 streams (MiB/s, aggregate)", 0, [WHARF, STATIC, NGCACHE, REGPROXY], (WHARF, STATIC), ("ge", 0.9)),
+    ("blob64_mibs", "warm 256 MiB blob, 64 streams (MiB/s, aggregate)", 0, [WHARF, STATIC, NGCACHE, REGPROXY], (WHARF, STATIC), None),
+    ("blob1_cpu", "server CPU per GiB served, 1 stream (s)", 3, [WHARF, STATIC, NGCACHE, REGPROXY], (WHARF, STATIC), ("le", 2.0)),
+    ("blob8_cpu", "server CPU per GiB served, 8 streams (s)", 3, [WHARF, STATIC, NGCACHE, REGPROXY], (WHARF, STATIC), ("le", 2.0)),
+    ("rss8", "peak RSS, 8 streams (MiB)", 1, [WHARF, STATIC, NGCACHE, REGPROXY], (WHARF, STATIC), None),
+    ("rss64", "peak RSS, 64 streams (MiB)", 1, [WHARF, STATIC, NGCACHE, REGPROXY], None, ("abs_le", 100.0)),
+    ("tag_rps", "warm manifest by tag, 32 conns (req/s)", 0, [WHARF, STATIC, NGCACHE, REGPROXY], (WHARF, NGCACHE), ("ge", 1.0)),
+    ("tag_p99", "warm manifest by tag, p99 (ms)", 2, [WHARF, STATIC, NGCACHE, REGPROXY], (WHARF, NGCACHE), ("le", 1.5)),
+    ("digest_rps", "warm manifest by digest, 32 conns (req/s)", 0, [WHARF, STATIC, NGCACHE, REGPROXY], (WHARF, NGCACHE), None),
+    ("digest_p99", "warm manifest by digest, p99 (ms)", 2, [WHARF, STATIC, NGCACHE, REGPROXY], (WHARF, NGCACHE), None),
+    ("pull_big", "cold pull, 256 MiB image, skopeo (s)", 2, [WHARF, NGCACHE, REGPROXY, ORIGIN], (WHARF, ORIGIN), ("le", 1.1)),
+    ("pull_small", "cold pull, many-small-layers image, skopeo (s)", 2, [WHARF, NGCACHE, REGPROXY, ORIGIN], (WHARF, ORIGIN), ("le", 1.1)),
+    ("cold1_s", "1 cold GET of the 256 MiB blob (s)", 2, [WHARF, NGCACHE, REGPROXY], None, None),
+    ("herd_s", "16 concurrent cold GETs of it, wall (s)", 2, [WHARF, NGCACHE, REGPROXY], ("self", "cold1_s"), ("le", 1.2)),
+    ("herd_origin_gets", "  origin GETs of that blob for the 16", 0, [WHARF, NGCACHE, REGPROXY], None, ("abs_eq", 1)),
+    ("herd_warm_s", "  for scale: 16 concurrent warm GETs, wall (s)", 2, [WHARF, STATIC], (WHARF, STATIC), None),
+    ("go_cold", "go mod download, cold (s)", 2, [WHARF, STATIC, NGCACHE], (WHARF, STATIC), None),
+    ("go_warm", "go mod download, warm (s)", 2, [WHARF, STATIC, NGCACHE], (WHARF, STATIC), ("le", 1.1)),
+]
+
+SHORT = {WHARF: "wharf", STATIC: "static", NGCACHE: "proxy_cache", REGPROXY: "registry proxy", ORIGIN: "direct"}
+
+
+def table(res):
+    head = "| measurement | " + " | ".join(label for _, label in COLUMNS) + " | wharf / peer | target | met |"
+    sep = "|---|" + "---:|" * len(COLUMNS) + "---:|---|---|"
+    lines = [head, sep]
+    verdicts = {}
+    for metric, label, digits, servers, ratio_spec, target in ROWS:
+        if metric not in res.values:
+            continue
+        label = label.replace("256 MiB", "%d MiB" % ARGS.big_mib).replace("16 concurrent", "%d concurrent" % ARGS.herd)
+        label = label.replace("the 16", "the %d" % ARGS.herd).replace("scale: 16", "scale: %d" % ARGS.herd)
+        cells = []
+        for server, _ in COLUMNS:
+            cells.append(fmt(res.median(metric, server), digits) if server in servers else "")
+        wharf = res.median(metric, WHARF)
+        ratio_text, ratio = "", None
+        if ratio_spec and ratio_spec[0] == "self":
+            other = res.median(ratio_spec[1], WHARF)
+            if wharf is not None and other:
+                ratio = wharf / other
+                ratio_text = "%.2f× its 1 cold GET" % ratio
+        elif ratio_spec:
+            other = res.median(metric, ratio_spec[1])
+            if wharf is not None and other:
+                ratio = wharf / other
+                ratio_text = "%.2f× %s" % (ratio, SHORT[ratio_spec[1]])
+        target_text, met = "", ""
+        if target:
+            kind, bound = target
+            if kind == "ge":
+                target_text, ok = "≥ %.1f×" % bound, ratio is not None and ratio >= bound
+            elif kind == "le":
+                target_text, ok = "≤ %.1f×" % bound, ratio is not None and ratio <= bound
+            elif kind == "abs_le":
+                target_text, ok = "< %g" % bound, wharf is not None and wharf < bound
+            else:
+                target_text, ok = "= %g" % bound, wharf is not None and wharf == bound
+            met = "yes" if ok else "**no**"
+            verdicts[metric] = ok
+        lines.append("| %s | %s | %s | %s | %s |" % (label, " | ".join(cells), ratio_text, target_text, met))
+    return "\n".join(lines), verdicts
+
+
+def machine():
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return "%d cores (%s), %.1f GiB RAM, Linux %s" % (os.cpu_count(), model, mem_kib / 1024 / 1024, platform.release())
+
+
+def versions():
+    def first_line(argv):
+        try:
+            p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=clean_env(), timeout=30)
+            return p.stdout.decode().strip().splitlines()[0]
+        except Exception:
+            return "?"
+
+    def word(text, n):
+        parts = text.split()
+        return parts[n] if len(parts) > n else "?"
+
+    return {
+        "wharf": ARGS.wharf_version,
+        "nginx": first_line([ARGS.nginx, "-v"]).split("/")[-1],
+        "docker-registry": word(first_line([ARGS.registry, "--version"]), 2),
+        "skopeo": word(first_line([ARGS.skopeo, "--version"]), 2),
+        "go": word(first_line([ARGS.go, "version"]), 2),
+        "wrk": word(first_line([ARGS.wrk, "-v"]), 1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# --profile: where wharf's CPU goes, per scenario, with perf
+
+
+class Perf:
+    """`perf record` attached to one process until stopped; then flat and caller reports."""
+
+    def __init__(self, name, pid):
+        self.name = name
+        self.data = os.path.join(ARGS.profile, name + ".perf.data")
+        self.proc = subprocess.Popen(
+            [ARGS.perf, "record", "-q", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384", "-p", str(pid), "-o", self.data],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(ARGS.profile, name + ".perf.log"), "wb"),
+            env=clean_env(),
+            start_new_session=True,
+        )
+        time.sleep(1.0)  # perf needs a moment to attach
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=120)
+        for kind, args in (
+            # Self time per function, and per binary (kernel, wharf, libc).
+            ("flat", ["--no-children", "--sort", "dso,symbol", "-g", "none", "--percent-limit", "0.3"]),
+            ("dso", ["--no-children", "--sort", "dso", "-g", "none"]),
+            # Inclusive time (the function and everything it calls).
+            ("inclusive", ["--children", "--sort", "symbol", "-g", "none", "--percent-limit", "1"]),
+        ):
+            argv = [ARGS.perf, "report", "-i", self.data, "--stdio", "--no-inline"] + args
+            out = run(argv, timeout=900, check=False).stdout
+            with open(os.path.join(ARGS.profile, "%s.%s.txt" % (self.name, kind)), "wb") as f:
+                f.write(out)
+        log("profile %s: %s" % (self.name, os.path.join(ARGS.profile, self.name + ".flat.txt")))
+
+
+def profile(origin, static, wharf):
+    """Runs each wharf scenario once more under perf (after the table, so it skews nothing)."""
+    os.makedirs(ARGS.profile, exist_ok=True)
+    images = ARGS.meta["images"]
+    big = images["big"]
+    size = big["layer"]["size"]
+
+    p = Perf("warm-blob-1-stream", wharf.proc.pid)
+    fetch(wharf.port, blob_path(big), 1, size, max(4, 2048 // ARGS.big_mib))
+    p.stop()
+    p = Perf("warm-blob-8-streams", wharf.proc.pid)
+    fetch(wharf.port, blob_path(big), 8, size, max(1, 1024 // ARGS.big_mib))
+    p.stop()
+    p = Perf("warm-manifest-by-tag", wharf.proc.pid)
+    wrk(wharf.port, "/v2/%s/manifests/%s" % (images["multi"]["repo"], images["multi"]["tag"]))
+    p.stop()
+    p = Perf("warm-manifest-by-digest", wharf.proc.pid)
+    wrk(wharf.port, "/v2/%s/manifests/%s" % (images["multi"]["repo"], images["multi"]["manifest"]["digest"]))
+    p.stop()
+    for name, streams in (("cold-blob-1-get", 1), ("cold-blob-%d-gets" % ARGS.herd, ARGS.herd)):
+        cold = start_wharf(origin, static, "wharf-profile")
+        try:
+            p = Perf(name, cold.proc.pid)
+            fetch(cold.port, blob_path(big), streams, size)
+            p.stop()
+        finally:
+            cold.stop()
+            rmtree(cold.dir)
+    cold = start_wharf(origin, static, "wharf-profile")
+    try:
+        p = Perf("cold-pull-small-layers", cold.proc.pid)
+        cold_pull(cold.port, images["small"])
+        p.stop()
+    finally:
+        cold.stop()
+        rmtree(cold.dir)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main():
+    global ARGS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--command", default="benches/compare.sh")
+    ap.add_argument("--wharf", required=True)
+    ap.add_argument("--wharf-version", default="?")
+    ap.add_argument("--wharf-log-level", default="info")
+    ap.add_argument("--fetch", required=True)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps64", type=int, default=3)
+    ap.add_argument("--big-mib", type=int, default=256)
+    ap.add_argument("--repeat1", type=int, default=4, help="sequential GETs per 1-stream sample")
+    ap.add_argument("--herd", type=int, default=16)
+    ap.add_argument("--wrk-seconds", type=int, default=4)
+    ap.add_argument("--wrk-threads", type=int, default=2)
+    ap.add_argument("--wrk-connections", type=int, default=32)
+    ap.add_argument("--nginx-workers", default="auto")
+    ap.add_argument("--only", default="", help="comma-separated subset: blob,rss64,manifest,pull,herd,go")
+    ap.add_argument("--profile", default="", help="after the table, profile wharf with perf into this directory")
+    ap.add_argument("--perf", default="perf")
+    for tool in ("nginx", "registry", "skopeo", "go", "wrk"):
+        ap.add_argument("--" + tool, default=tool if tool != "registry" else "docker-registry")
+    ARGS = ap.parse_args()
+    tools = ["nginx", "registry", "skopeo", "go", "wrk", "wharf", "fetch"] + (["perf"] if ARGS.profile else [])
+    for tool in tools:
+        path = shutil.which(getattr(ARGS, tool))
+        if not path:
+            sys.exit("bench.py: %s not found" % getattr(ARGS, tool))
+        setattr(ARGS, tool, path)
+    with open(os.path.join(ARGS.data, "meta.json")) as f:
+        ARGS.meta = json.load(f)
+    only = set(filter(None, ARGS.only.split(",")))
+    want = lambda part: not only or part in only  # noqa: E731
+
+    ARGS.load_before = os.getloadavg()
+    if ARGS.load_before[0] > 0.5:
+        log("warning: load average %.2f before the run: other work on this machine will skew the numbers" % ARGS.load_before[0])
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    started = time.time()
+    try:
+        return bench(want, started)
+    finally:
+        stop_all()
+
+
+def bench(want, started):
+    images = ARGS.meta["images"]
+    log("origin: docker-registry, pushing the generated images with skopeo")
+    origin = Origin()
+    for key in ("big", "small", "multi"):
+        image = images[key]
+        args = ["copy", "--preserve-digests", "--dest-tls-verify=false"]
+        if key == "multi":
+            args.append("--all")
+        args += ["oci:%s:%s" % (os.path.join(ARGS.data, "oci"), key), "docker://127.0.0.1:%d/%s:%s" % (origin.port, image["repo"], image["tag"])]
+        skopeo(args)
+
+    log("peers and wharf")
+    static = start_static(ARGS.meta)
+    warm = {
+        ORIGIN: origin,
+        STATIC: static,
+        NGCACHE: start_ngcache(origin, static),
+        REGPROXY: start_regproxy(origin),
+        WHARF: start_wharf(origin, static),
+    }
+    warm["origin"] = origin
+    servers = [(name, warm[name]) for name in (WHARF, STATIC, NGCACHE, REGPROXY)]
+    log("warming the caches")
+    warm_up(origin, [(n, s) for n, s in servers if n != STATIC], [images["big"]])
+    for name, server in servers:
+        for ref in (images["multi"]["tag"], images["multi"]["manifest"]["digest"]):
+            fetch(server.port, "/v2/%s/manifests/%s" % (images["multi"]["repo"], ref), 1, images["multi"]["manifest"]["size"], accept=MANIFEST_ACCEPT)
+    if want("go"):
+        for kind in (WHARF, NGCACHE):
+            go_download(go_url(kind, warm))
+
+    res = Results()
+    for rep in range(ARGS.reps):
+        log("repetition %d of %d" % (rep + 1, ARGS.reps))
+        order = rotate(servers, rep)
+        big = images["big"]
+        if want("blob"):
+            measure_blob(res, order, big, 1, ARGS.repeat1, "1")
+            measure_blob(res, order, big, 8, 1, "8", rss_metric="rss8")
+        if want("rss64") and rep < ARGS.reps64:
+            measure_blob(res, order, big, 64, 1, "64", rss_metric="rss64")
+        if want("manifest"):
+            measure_manifests(res, order, images["multi"])
+        if want("pull"):
+            measure_cold_pulls(res, rep, origin, static)
+        if want("herd"):
+            measure_herd(res, rep, origin, static)
+            measure_herd_warm(res, order)
+        if want("go"):
+            measure_go(res, rep, static, warm)
+        log("  %.0f s so far" % (time.time() - started))
+
+    text, verdicts = table(res)
+    go_bytes = 0
+    for root, _dirs, files in os.walk(os.path.join(ARGS.data, "go")):
+        go_bytes += sum(os.path.getsize(os.path.join(root, name)) for name in files if name.endswith(".zip"))
+    v = versions()
+    small = images["small"]
+    doc = [
+        "## wharf vs. its peers on loopback",
+        "",
+        "%s, %s. Command: `%s`. Medians of %d repetitions (64 streams: %d), servers interleaved, order rotated each repetition; %.1f min in all; 1-min load average before the run %.2f."
+        % (
+            datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            machine(),
+            ARGS.command,
+            ARGS.reps,
+            min(ARGS.reps, ARGS.reps64),
+            (time.time() - started) / 60,
+            ARGS.load_before[0],
+        ),
+        "",
+        text,
+        "",
+        "Versions: " + ", ".join("%s %s" % (k, val) for k, val in v.items()) + ".",
+        "",
+        "Setup: the origin is Debian's docker-registry (filesystem storage) holding a %d MiB-layer image, a %d-layer image (%.1f MiB of 4 KiB–1 MiB layers) and a two-platform index (the manifest rows use the index); the Go origin is nginx serving a generated module tree (%d modules, %.1f MiB of zips). "
+        "Blob rows: the fetch client (Go, 1 MiB reads, HTTP/1.1) takes the layer %d times in a row for 1 stream, once per stream otherwise; CPU is utime+stime of the server's processes (nginx: all workers) per GiB delivered; peak RSS is VmHWM summed over them after resetting it (`clear_refs` 5). "
+        "Manifest rows: wrk, %d threads, %d connections, %d s, `Accept` with all four manifest types. "
+        "Cold rows start each proxy on an empty store (wharf: new data dir; nginx: new cache; docker-registry proxy: new storage); cold pulls are `skopeo copy docker://… dir:…`. "
+        "The docker-registry proxy asks its origin for every tag on every request, by design. Go rows: `go mod download` with an empty GOMODCACHE each time, GOSUMDB=off, wharf with `go.verify = false`; the nginx static column is also the direct origin for Go. "
+        "Ratios are wharf's median over the named peer's median."
+        % (
+            ARGS.big_mib,
+            small["layers"],
+            small["blobs"] / MIB,
+            len(ARGS.meta["go"]["modules"]),
+            go_bytes / MIB,
+            ARGS.repeat1,
+            ARGS.wrk_threads,
+            ARGS.wrk_connections,
+            ARGS.wrk_seconds,
+        ),
+    ]
+    out = "\n".join(doc) + "\n"
+    with open(ARGS.out, "w") as f:
+        f.write(out)
+    with open(os.path.splitext(ARGS.out)[0] + ".json", "w") as f:
+        json.dump({"values": res.values, "verdicts": verdicts, "versions": v}, f, indent=1)
+    print(out)
+    sys.stdout.flush()
+    if ARGS.profile:
+        profile(origin, static, warm[WHARF])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
