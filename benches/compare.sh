@@ -5,7 +5,7 @@
 #   benches/compare.sh [--quick] [--reps N] [--out FILE] [--keep] [--no-install] [--only PARTS]
 #
 #   --quick        2 repetitions, a 64 MiB layer, fewer layers and modules, shorter wrk runs
-#                  (a few minutes instead of about 20)
+#                  (about 2 minutes instead of about 10 on a quiet 2-core machine)
 #   --reps N       repetitions (default 5; the 64-stream run does min(N, 3))
 #   --out FILE     where the markdown table goes (default target/bench/compare-<UTC time>.md;
 #                  the raw samples go next to it as .json)
@@ -13,8 +13,11 @@
 #   --no-install   never run apt-get; fail with the package list if a tool is missing
 #   --only PARTS   comma-separated subset of blob,rss64,manifest,pull,herd,go
 #   --profile DIR  afterwards, run each wharf scenario once more under `perf record` (Debian
-#                  package linux-perf) and write flat and caller reports to DIR;
+#                  package linux-perf) and write self-time, per-binary and inclusive reports
+#                  (<scenario>.flat.txt, .dso.txt, .inclusive.txt) and perf.data to DIR;
 #                  `--only profile` skips the measurements and only profiles
+#
+#   Environment: WHARF_BENCH_VERSION labels the wharf build in the table (default: git describe).
 #
 # What it does, all on 127.0.0.1:
 #   1. Checks for its tools and, as root, installs the missing Debian packages:
