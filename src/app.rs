@@ -38,6 +38,8 @@ pub struct Inner {
     /// One permit per running upstream fill (`server.max_concurrent_fills`).
     pub fill_permits: Arc<tokio::sync::Semaphore>,
     pub metrics: crate::metrics::Metrics,
+    /// Manifests and tag answers in memory (`cache.manifest_memory`).
+    pub hot: crate::registry::hot::HotManifests,
     /// Access times of hits since the last flush: the hit path writes nothing to sled.
     atimes: std::sync::Mutex<HashMap<Digest, u64>>,
 }
@@ -88,6 +90,7 @@ impl AppState {
             config.server.max_concurrent_fills,
         ));
         let storage = Storage::open(&config.data_dir)?;
+        let hot = crate::registry::hot::HotManifests::new(config.cache.manifest_memory.0);
         Ok(AppState(Arc::new(Inner {
             config,
             storage,
@@ -97,6 +100,7 @@ impl AppState {
             go,
             access,
             fill_permits,
+            hot,
             metrics: Default::default(),
             atimes: Default::default(),
         })))
@@ -106,8 +110,14 @@ impl AppState {
 impl AppState {
     /// Notes that `digest` was just served (batched; written by `flush_atimes`).
     pub fn touch(&self, digest: &Digest) {
+        let now = now_unix();
         let mut a = self.atimes.lock().unwrap_or_else(|p| p.into_inner());
-        a.insert(digest.clone(), now_unix());
+        match a.get_mut(digest) {
+            Some(t) => *t = now,
+            None => {
+                a.insert(digest.clone(), now);
+            }
+        }
     }
 
     /// Writes the batched access times to the index in one sled batch.
@@ -123,6 +133,22 @@ impl AppState {
         let r = tokio::task::spawn_blocking(move || index.put_atimes(&batch)).await;
         if let Ok(Err(e)) = r {
             tracing::warn!(error = %e, "writing access times failed");
+        }
+    }
+
+    /// Waits, at most `limit`, until no fill is running (each holds a fill permit).
+    pub async fn finish_fills(&self, limit: std::time::Duration) {
+        let all = u32::try_from(self.config.server.max_concurrent_fills).unwrap_or(u32::MAX);
+        let running = all as usize - self.fill_permits.available_permits().min(all as usize);
+        if running == 0 {
+            return;
+        }
+        tracing::info!(running, "waiting for fills to finish");
+        if tokio::time::timeout(limit, self.fill_permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("fills still running at shutdown were abandoned");
         }
     }
 
@@ -148,6 +174,7 @@ impl AppState {
         match r {
             Ok(Ok(report)) => {
                 if !report.removed.is_empty() {
+                    self.hot.clear();
                     tracing::info!(
                         freed = report.freed,
                         objects = report.removed.len(),

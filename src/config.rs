@@ -93,6 +93,9 @@ pub struct CacheConfig {
     /// How often access times, kept in memory on the hit path, are written to the index.
     #[serde(deserialize_with = "de_duration")]
     pub atime_flush_interval: Duration,
+    /// Memory for manifests and tag answers served most recently, so a warm manifest request
+    /// reads no file and no index; 0 turns it off.
+    pub manifest_memory: ByteSize,
 }
 
 impl Default for CacheConfig {
@@ -102,6 +105,7 @@ impl Default for CacheConfig {
             low_watermark_percent: 90,
             gc_interval: Duration::from_secs(60),
             atime_flush_interval: Duration::from_secs(30),
+            manifest_memory: ByteSize(32 << 20),
         }
     }
 }

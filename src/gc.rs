@@ -196,7 +196,12 @@ pub async fn gc_endpoint(
     })
     .await;
     match r {
-        Ok(Ok(report)) => format!("{report}\n").into_response(),
+        Ok(Ok(report)) => {
+            if !report.removed.is_empty() {
+                app.hot.clear();
+            }
+            format!("{report}\n").into_response()
+        }
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }

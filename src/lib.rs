@@ -70,7 +70,7 @@ type TraceLayer = tower_http::trace::TraceLayer<
 /// One span per request, with the cache outcome recorded by the handler.
 pub fn trace_layer() -> TraceLayer {
     fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
-        tracing::info_span!(
+        tracing::debug_span!(
             "request",
             method = %req.method(),
             path = %req.uri().path(),

@@ -168,10 +168,16 @@ pub async fn run(
     }
     drop(listener);
     graceful.shutdown().await;
+    flush_state.finish_fills(FILL_GRACE).await;
     background.abort();
     flush_state.flush_atimes().await;
     Ok(())
 }
+
+/// How long a shutdown waits for fills still running once every connection is closed: a fill
+/// whose bytes a client already has is being made durable and takes moments; one still
+/// downloading for nobody is abandoned (its temp file is swept at the next start).
+const FILL_GRACE: Duration = Duration::from_secs(10);
 
 /// A connection whose first bytes were read ahead (to enforce a deadline on the start of the
 /// first request) and are replayed to hyper before the rest.

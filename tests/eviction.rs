@@ -185,3 +185,34 @@ fn gc_and_stats_commands_work_on_a_stopped_store() {
     let (ok, text) = run(&["gc", "--target", "0"]);
     assert!(ok && text.contains("removed 1 objects"), "{text}");
 }
+
+#[tokio::test]
+async fn manifests_gone_from_the_store_are_not_answered_from_memory() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::start(&up.url(), dir.path(), "").await;
+    let c = client();
+    let (d, _) = up.put_image("app", "v1", &[bytes_of(10_000, 4)]);
+    let by_digest = w.url(&format!("/v2/app/manifests/{d}"));
+    let get = |url: String| c.get(url).send();
+    assert_eq!(
+        get(by_digest.clone()).await.unwrap().headers()["x-cache"],
+        "MISS"
+    );
+    let r = get(by_digest.clone()).await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(sha256(&r.bytes().await.unwrap()), d);
+    let fetched = up.count("GET", "/manifests/");
+    // Evict everything: the in-memory copy must go with the file.
+    let r = c.post(w.url("/admin/gc?target=0")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!w.state.storage.blobs.contains(&Digest::parse(&d).unwrap()));
+    let r = get(by_digest).await.unwrap();
+    assert_eq!(
+        r.headers()["x-cache"],
+        "MISS",
+        "served from memory after eviction"
+    );
+    assert_eq!(sha256(&r.bytes().await.unwrap()), d);
+    assert_eq!(up.count("GET", "/manifests/"), fetched + 1);
+}

@@ -775,3 +775,39 @@ async fn content_from_a_private_upstream_is_not_served_to_another_repository_unc
     get("team/c").await.unwrap().bytes().await.unwrap();
     assert_eq!(up.count("HEAD", "/v2/team/c/blobs/"), heads + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_in_flight_for_one_repository_is_not_joined_by_another_unconfirmed() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes_of(1 << 20, 12);
+    let d = up.put_blob(&data);
+    // 16 chunks, 50 ms apart: the fill for team/a is still running when team/b asks.
+    up.set_blob_mode(BlobMode::Slow(Duration::from_millis(50)));
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    let toml = config_toml(&up.url(), dir.path(), "").replace(
+        "url = \"",
+        &format!(
+            "username = \"mirror\"\npassword_file = \"{}\"\nurl = \"",
+            pw.display()
+        ),
+    );
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    up.state.hidden_repos.lock().unwrap().push("team/b".into());
+    let c = client();
+    let a = c
+        .get(w.url(&format!("/v2/team/a/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 200);
+    let b = c
+        .get(w.url(&format!("/v2/team/b/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(b.status(), 404, "joined another repository's fill");
+    assert_eq!(up.count("HEAD", "/v2/team/b/blobs/"), 1);
+    assert_eq!(a.bytes().await.unwrap(), data);
+}

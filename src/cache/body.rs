@@ -13,9 +13,7 @@ use futures_util::Stream;
 use tokio::sync::watch;
 
 use super::flight::{FillError, FillState};
-
-/// Bytes read per positional read.
-pub const CHUNK: usize = 256 * 1024;
+use super::pool::{self, CHUNK};
 
 /// A single satisfiable byte range, `start..end` (end exclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,9 +169,12 @@ impl BlobBody {
                         return Ok(Some(limit));
                     }
                 }
-                FillState::Committed { file, size } => {
+                FillState::Verified { file, size } | FillState::Committed { file, size } => {
+                    // Complete and verified: from now on this body reads a plain file.
                     self.file.get_or_insert(file);
                     let end = self.end.unwrap_or(size).min(size);
+                    self.source = Source::File;
+                    self.end = Some(end);
                     return Ok((self.pos < end).then_some(end));
                 }
                 FillState::Failed(e) => {
@@ -202,17 +203,69 @@ impl BlobBody {
             .ok_or_else(|| io::Error::other("no file to read"))?;
         let pos = self.pos;
         let n = (limit - pos).min(CHUNK as u64) as usize;
-        let buf = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
-            let mut buf = vec![0u8; n];
-            file.read_exact_at(&mut buf, pos)?;
-            Ok(buf)
-        })
-        .await
-        .map_err(io::Error::other)??;
-        self.pos += n as u64;
-        Ok(Some(Bytes::from(buf)))
+        let mut buf = pool::take();
+        // Bytes in the page cache are copied right here: that never waits for the disk. Only
+        // what must come from the disk goes to the blocking pool.
+        let got = read_cached(&file, &mut buf[..n], pos);
+        let (buf, got) = if got > 0 {
+            (buf, got)
+        } else {
+            tokio::task::spawn_blocking(move || -> io::Result<(Vec<u8>, usize)> {
+                file.read_exact_at(&mut buf[..n], pos)?;
+                advise_willneed(&file, pos + n as u64, 2 * CHUNK as u64);
+                Ok((buf, n))
+            })
+            .await
+            .map_err(io::Error::other)??
+        };
+        self.pos += got as u64;
+        Ok(Some(pool::freeze(buf, got)))
     }
 }
+
+/// Whether `preadv2(RWF_NOWAIT)` works here; cleared the first time the kernel or the
+/// filesystem says it does not.
+#[cfg(target_os = "linux")]
+static NOWAIT_WORKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Reads at `pos` only what is already in the page cache (`preadv2` with `RWF_NOWAIT`, Linux
+/// 4.14+); 0 when nothing is, or on any error (the blocking read then reports it).
+#[cfg(target_os = "linux")]
+fn read_cached(file: &File, buf: &mut [u8], pos: u64) -> usize {
+    use rustix::io::{Errno, ReadWriteFlags};
+    use std::sync::atomic::Ordering;
+    if buf.is_empty() || !NOWAIT_WORKS.load(Ordering::Relaxed) {
+        return 0;
+    }
+    let mut iov = [io::IoSliceMut::new(buf)];
+    match rustix::io::preadv2(file, &mut iov, pos, ReadWriteFlags::NOWAIT) {
+        Ok(n) => n,
+        Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
+            NOWAIT_WORKS.store(false, Ordering::Relaxed);
+            0
+        }
+        Err(_) => 0,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_cached(_file: &File, _buf: &mut [u8], _pos: u64) -> usize {
+    0
+}
+
+/// Starts the kernel reading the next chunks of a blob that was not in the page cache.
+#[cfg(target_os = "linux")]
+fn advise_willneed(file: &File, pos: u64, len: u64) {
+    let _ = rustix::fs::fadvise(
+        file,
+        pos,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::WillNeed,
+    );
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_willneed(_file: &File, _pos: u64, _len: u64) {}
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,9 @@
 //! 1. At most one fill per key is in flight (the map holds one receiver per key).
 //! 2. The leader's entry is removed on Drop, after its final state is published; a fill that
 //!    ends without publishing one is reported to every watcher as failed.
-//! 3. `Committed` is published only after the blob is verified, renamed and indexed.
+//! 3. `Verified` is published only after the bytes matched their digest (and any other check
+//!    of the caller): from then on watchers may read the whole file. `Committed` follows once
+//!    the blob is durable, renamed and indexed; a watcher cannot tell the two apart.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -39,6 +41,11 @@ pub enum FillState {
         file: Arc<File>,
         size: Option<u64>,
         written: u64,
+    },
+    /// All `size` bytes are in the file and verified; being made durable.
+    Verified {
+        file: Arc<File>,
+        size: u64,
     },
     /// Verified, on disk, indexed.
     Committed {
@@ -128,6 +135,11 @@ impl<K: Hash + Eq + Clone> Leader<K> {
                 *written = now_written;
             }
         });
+    }
+
+    /// The bytes are complete and verified: watchers may read them all.
+    pub fn verified(&self, file: Arc<File>, size: u64) {
+        self.tx.send_replace(FillState::Verified { file, size });
     }
 
     pub fn commit(self, file: Arc<File>, size: u64) {

@@ -3,7 +3,10 @@
 //! progress (`body`). It is handed a key and a fill; it knows nothing of registries or Go.
 
 pub mod body;
+pub mod fill;
 pub mod flight;
+pub mod pool;
 
-pub use body::{BlobBody, ByteRange, CHUNK};
+pub use body::{BlobBody, ByteRange};
 pub use flight::{FillError, FillState, Flights, Join, Leader};
+pub use pool::CHUNK;

@@ -13,6 +13,7 @@ use super::path::{self, FileKind, GoRoute, ModulePath, PathError, SumdbPath, Ver
 use super::source::{Fetched, GoState, Source};
 use super::verify;
 use crate::app::{AppState, now_unix};
+use crate::cache::fill::{CopyError, copy_body};
 use crate::cache::{BlobBody, FillError, FillState, Join, Leader};
 use crate::upstream::UpstreamError;
 use crate::upstream::client::{read_limited, transport_error};
@@ -369,7 +370,8 @@ async fn file(
             "{m}@{v}: not found (cached answer)"
         )));
     }
-    let mut rx = match go.flights.join(&key) {
+    // Joining a fill already complete and verified (being made durable) is a hit.
+    let (mut rx, mut complete_on_arrival) = match go.flights.join(&key) {
         Join::Leader(leader, rx) => {
             let Ok(permit) = app.fill_permits.clone().try_acquire_owned() else {
                 leader.fail(FillError::Busy);
@@ -387,9 +389,9 @@ async fn file(
                 },
                 span,
             ));
-            rx
+            (rx, false)
         }
-        Join::Follower(rx) => rx,
+        Join::Follower(rx) => (rx, true),
     };
     loop {
         let state = rx.borrow_and_update().clone();
@@ -404,13 +406,13 @@ async fn file(
                     "MISS",
                 ));
             }
-            FillState::Committed { file, size } => {
+            FillState::Verified { file, size } | FillState::Committed { file, size } => {
                 let body = BlobBody::from_file(file, 0, size).into_stream();
                 return Ok(with_headers(
                     Body::from_stream(body).into_response(),
                     kind.content_type(),
                     Some(size),
-                    "MISS",
+                    if complete_on_arrival { "HIT" } else { "MISS" },
                 ));
             }
             FillState::Failed(FillError::NotFound) => {
@@ -438,6 +440,7 @@ async fn file(
                 ));
             }
         }
+        complete_on_arrival = false;
         if rx.changed().await.is_err() && !rx.borrow().is_terminal() {
             return Err(GoError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -526,39 +529,21 @@ async fn run_fill(
             writer.write_all(&data).map_err(io_err)?;
             leader.progress(writer.written());
         }
-        Fetched::Found(mut resp) => {
-            let size = resp.content_length();
-            if size.is_some_and(|s| s > limit) {
-                return Err(too_big());
-            }
-            leader.streaming(file.clone(), size);
+        Fetched::Found(resp) => {
             let url = resp.url().clone();
-            loop {
-                let chunk = match resp.chunk().await {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break,
-                    Err(e) => return Err(up(transport_error(e, &url))),
-                };
-                if writer.written() + chunk.len() as u64 > size.unwrap_or(limit).min(limit) {
-                    return Err(if size.is_some() {
-                        up(UpstreamError::Protocol(
-                            "upstream sent more than its Content-Length".into(),
-                        ))
-                    } else {
-                        too_big()
-                    });
-                }
-                writer.write_all(&chunk).map_err(io_err)?;
-                leader.progress(writer.written());
-            }
-            if let Some(size) = size
-                && writer.written() != size
-            {
-                return Err(up(UpstreamError::Truncated {
-                    expected: size,
-                    got: writer.written(),
-                }));
-            }
+            copy_body(resp, &mut writer, leader, limit)
+                .await
+                .map_err(|e| match e {
+                    CopyError::Transport(e) => up(transport_error(e, &url)),
+                    CopyError::Overlong { .. } => up(UpstreamError::Protocol(
+                        "upstream sent more than its Content-Length".into(),
+                    )),
+                    CopyError::TooLarge { .. } => too_big(),
+                    CopyError::Truncated { expected, got } => {
+                        up(UpstreamError::Truncated { expected, got })
+                    }
+                    CopyError::Write(e) => io_err(e),
+                })?;
         }
     }
     let size = writer.written();
@@ -576,8 +561,13 @@ async fn run_fill(
         }
     }
     let digest = writer.digest();
-    let d = digest.clone();
-    let committed = tokio::task::spawn_blocking(move || writer.commit(&d, Some(size)))
+    let verified = writer.verify(&digest, Some(size)).map_err(|e| {
+        tracing::error!(error = %e, "verifying the temp file failed");
+        FillError::Internal
+    })?;
+    // Verified: clients may have the last bytes while the fsync runs.
+    leader.verified(file.clone(), size);
+    let committed = tokio::task::spawn_blocking(move || verified.persist())
         .await
         .map_err(|_| FillError::Internal)?;
     if let Err(e) = committed {

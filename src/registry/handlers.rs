@@ -10,9 +10,11 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use wharf_storage::{BlobRecord, Digest, TagListRecord, TagRecord};
 
 use super::errors::{ErrorCode, RegistryError};
+use super::hot::HotManifest;
 use super::manifest;
 use super::routes::{self, Reference, RepoName, Route, Tag, query_param};
 use crate::app::{AppState, now_unix};
+use crate::cache::fill::{CopyError, copy_body};
 use crate::cache::{BlobBody, ByteRange, FillError, FillState, Join, Leader};
 use crate::config::{DOCKER_HUB_NAME, UpstreamConfig};
 use crate::upstream::client::read_limited;
@@ -46,13 +48,8 @@ impl Outcome {
 }
 
 /// Entry point for every `/v2` request.
-pub async fn handle(
-    State(app): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let mut resp = match dispatch(&app, &method, &uri, &headers).await {
+pub async fn handle(State(app): State<AppState>, req: axum::extract::Request) -> Response {
+    let mut resp = match dispatch(&app, req.method(), req.uri(), req.headers()).await {
         Ok(r) => r,
         Err(e) => {
             tracing::Span::current().record("cache", "ERROR");
@@ -282,63 +279,59 @@ async fn manifest_by_digest(
     digest: &Digest,
     head: bool,
 ) -> Result<Response> {
-    if let Some((body, media)) = load_manifest(app, digest)? {
+    if let Some(m) = load_manifest(app, digest)? {
         ensure_linked(app, t, digest, "manifests").await?;
         app.touch(digest);
-        return Ok(manifest_response(digest, body, &media, Outcome::Hit, head));
+        return Ok(manifest_response(&m, Outcome::Hit, head));
     }
     match fetch_manifest(app, t, digest.as_str(), Some(digest)).await {
-        Ok((d, body, media)) => Ok(manifest_response(&d, body, &media, Outcome::Miss, head)),
+        Ok(m) => Ok(manifest_response(&m, Outcome::Miss, head)),
         Err(m) => Err(m.into_error(t, &format!("manifest {digest}"), ErrorCode::ManifestUnknown)),
     }
 }
 
 async fn manifest_by_tag(app: &AppState, t: &Target, tag: &Tag, head: bool) -> Result<Response> {
+    let (up, repo) = (t.up.name.as_str(), t.name.as_str());
+    // Fresh means learned less than `tag_ttl` ago.
+    let fresh_since = (now_unix() + 1).saturating_sub(app.config.registry.tag_ttl.as_secs());
+    if let Some(m) = app.hot.tag(up, repo, tag.as_str(), fresh_since) {
+        app.touch(&m.digest);
+        return Ok(manifest_response(&m, Outcome::Hit, head));
+    }
     let index = &app.storage.index;
-    let known = index
-        .get_tag(&t.up.name, t.name.as_str(), tag.as_str())
-        .map_err(internal)?;
-    let ttl = app.config.registry.tag_ttl;
+    let known = index.get_tag(up, repo, tag.as_str()).map_err(internal)?;
     if let Some(rec) = &known
-        && now_unix().saturating_sub(rec.learned_unix) < ttl.as_secs()
-        && let Some((body, media)) = load_manifest(app, &rec.digest)?
+        && rec.learned_unix >= fresh_since
+        && let Some(m) = load_manifest(app, &rec.digest)?
     {
-        app.touch(&rec.digest);
-        return Ok(manifest_response(
-            &rec.digest,
-            body,
-            &media,
-            Outcome::Hit,
-            head,
-        ));
+        app.hot
+            .put_tag(up, repo, tag.as_str(), &m.digest, rec.learned_unix);
+        app.touch(&m.digest);
+        return Ok(manifest_response(&m, Outcome::Hit, head));
     }
     let what = format!("tag {}", tag.as_str());
     match resolve_tag(app, t, tag).await {
-        Ok((digest, body, media, outcome)) => {
+        Ok((m, outcome)) => {
             let rec = TagRecord {
-                digest: digest.clone(),
-                media_type: media.clone(),
+                digest: m.digest.clone(),
+                media_type: m.media_type.to_str().unwrap_or_default().to_string(),
                 learned_unix: now_unix(),
             };
             index
-                .put_tag(&t.up.name, t.name.as_str(), tag.as_str(), &rec)
+                .put_tag(up, repo, tag.as_str(), &rec)
                 .map_err(internal)?;
-            Ok(manifest_response(&digest, body, &media, outcome, head))
+            app.hot
+                .put_tag(up, repo, tag.as_str(), &m.digest, rec.learned_unix);
+            Ok(manifest_response(&m, outcome, head))
         }
         Err(Miss::Failed(e)) => {
             // Upstream down, rate limited or broken: the last known answer, marked stale.
             if let Some(rec) = known
-                && let Some((body, media)) = load_manifest(app, &rec.digest)?
+                && let Some(m) = load_manifest(app, &rec.digest)?
             {
                 tracing::warn!(upstream = %t.up.name, repo = %t.name, tag = tag.as_str(), error = %e,
                     "upstream failed; serving the last known digest");
-                return Ok(manifest_response(
-                    &rec.digest,
-                    body,
-                    &media,
-                    Outcome::Stale,
-                    head,
-                ));
+                return Ok(manifest_response(&m, Outcome::Stale, head));
             }
             Err(Miss::Failed(e).into_error(t, &what, ErrorCode::ManifestUnknown))
         }
@@ -351,7 +344,7 @@ async fn resolve_tag(
     app: &AppState,
     t: &Target,
     tag: &Tag,
-) -> std::result::Result<(Digest, Vec<u8>, String, Outcome), Miss> {
+) -> std::result::Result<(HotManifest, Outcome), Miss> {
     let path = format!("/v2/{}/manifests/{}", t.name, tag.as_str());
     let resp =
         t.up.send(Method::HEAD, &path, manifest::ACCEPT, &t.scope())
@@ -365,20 +358,20 @@ async fn resolve_tag(
     if let Some(d) = &advertised {
         // The HEAD answered for this repository: it may be served from it.
         link(app, t, d);
-        if let Some((body, media)) = load_manifest(app, d).map_err(|e| {
+        if let Some(m) = load_manifest(app, d).map_err(|e| {
             Miss::Failed(UpstreamError::Protocol(format!(
                 "local read failed: {}",
                 e.message
             )))
         })? {
-            return Ok((d.clone(), body, media, Outcome::Hit));
+            return Ok((m, Outcome::Hit));
         }
-        let (d, body, media) = fetch_manifest(app, t, d.as_str(), Some(d)).await?;
-        return Ok((d, body, media, Outcome::Miss));
+        let m = fetch_manifest(app, t, d.as_str(), Some(d)).await?;
+        return Ok((m, Outcome::Miss));
     }
     // No digest header: fetch by tag and hash what arrives.
-    let (d, body, media) = fetch_manifest(app, t, tag.as_str(), None).await?;
-    Ok((d, body, media, Outcome::Miss))
+    let m = fetch_manifest(app, t, tag.as_str(), None).await?;
+    Ok((m, Outcome::Miss))
 }
 
 /// GETs a manifest, verifies it (digest, size, media type) and stores it.
@@ -387,7 +380,7 @@ async fn fetch_manifest(
     t: &Target,
     reference: &str,
     expected: Option<&Digest>,
-) -> std::result::Result<(Digest, Vec<u8>, String), Miss> {
+) -> std::result::Result<HotManifest, Miss> {
     let path = format!("/v2/{}/manifests/{reference}", t.name);
     let resp =
         t.up.send(Method::GET, &path, manifest::ACCEPT, &t.scope())
@@ -425,7 +418,9 @@ async fn fetch_manifest(
                 e.message
             )))
         })?;
-    Ok((actual, body, media))
+    let m = hot_manifest(actual, body, &media);
+    app.hot.put_manifest(m.clone());
+    Ok(m)
 }
 
 async fn store_manifest(app: &AppState, digest: &Digest, body: &[u8], media: &str) -> Result<()> {
@@ -496,8 +491,11 @@ async fn ensure_linked(app: &AppState, t: &Target, digest: &Digest, kind: &str) 
     Ok(())
 }
 
-/// A cached manifest and its media type, if on disk.
-fn load_manifest(app: &AppState, digest: &Digest) -> Result<Option<(Vec<u8>, String)>> {
+/// A cached manifest, from memory or else from disk (then kept in memory).
+fn load_manifest(app: &AppState, digest: &Digest) -> Result<Option<HotManifest>> {
+    if let Some(m) = app.hot.manifest(digest) {
+        return Ok(Some(m));
+    }
     let max = app.config.registry.max_manifest_size.0;
     let Some(body) = app
         .storage
@@ -515,30 +513,33 @@ fn load_manifest(app: &AppState, digest: &Digest) -> Result<Option<(Vec<u8>, Str
         .flatten()
         .and_then(|r| r.media_type)
         .unwrap_or_else(|| manifest::media_type_of_stored(&body));
-    Ok(Some((body, media)))
+    let m = hot_manifest(digest.clone(), body, &media);
+    app.hot.put_manifest(m.clone());
+    Ok(Some(m))
 }
 
-fn manifest_response(
-    digest: &Digest,
-    body: Vec<u8>,
-    media: &str,
-    outcome: Outcome,
-    head: bool,
-) -> Response {
+fn hot_manifest(digest: Digest, body: Vec<u8>, media: &str) -> HotManifest {
+    // Media types were checked to be header-safe when stored; an odd one is served as JSON.
+    let media_type =
+        HeaderValue::from_str(media).unwrap_or(HeaderValue::from_static("application/json"));
+    HotManifest::new(digest, body.into(), media_type)
+}
+
+fn manifest_response(m: &HotManifest, outcome: Outcome, head: bool) -> Response {
     tracing::Span::current().record("cache", outcome.as_str());
-    let len = body.len();
+    let len = m.body.len();
     let mut resp = if head {
         Body::empty()
     } else {
-        Body::from(body)
+        Body::from(m.body.clone())
     }
     .into_response();
     let h = resp.headers_mut();
-    set(h, header::CONTENT_TYPE, media);
-    set(h, header::CONTENT_LENGTH, &len.to_string());
-    set(h, "docker-content-digest", digest.as_str());
-    set(h, header::ETAG, &format!("\"{digest}\""));
-    set(h, CACHE_HEADER, outcome.as_str());
+    h.insert(header::CONTENT_TYPE, m.media_type.clone());
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert("docker-content-digest", m.digest_header.clone());
+    h.insert(header::ETAG, m.etag.clone());
+    h.insert(CACHE_HEADER, HeaderValue::from_static(outcome.as_str()));
     resp
 }
 
@@ -574,7 +575,9 @@ async fn blob(
     if head {
         return blob_head_upstream(t, digest).await;
     }
-    let mut rx = match app.blob_flights.join(digest) {
+    // A request that joins a fill already complete and verified (being made durable) is served
+    // from the local file without waiting on upstream: a hit.
+    let (mut rx, mut complete_on_arrival) = match app.blob_flights.join(digest) {
         Join::Leader(leader, rx) => {
             let Ok(permit) = app.fill_permits.clone().try_acquire_owned() else {
                 leader.fail(FillError::Busy);
@@ -589,9 +592,13 @@ async fn blob(
                 },
                 span,
             ));
-            rx
+            (rx, false)
         }
-        Join::Follower(rx) => rx,
+        Join::Follower(rx) => {
+            // The fill may be for another repository of an upstream wharf logs in to.
+            ensure_linked(app, t, digest, "blobs").await?;
+            (rx, true)
+        }
     };
     // Answer as soon as upstream headers arrive: clients give up after ~30 s without them.
     loop {
@@ -608,14 +615,19 @@ async fn blob(
                     Outcome::Miss,
                 );
             }
-            FillState::Committed { file, size } => {
+            FillState::Verified { file, size } | FillState::Committed { file, size } => {
+                let outcome = if complete_on_arrival {
+                    Outcome::Hit
+                } else {
+                    Outcome::Miss
+                };
                 return blob_response(
                     digest,
                     BlobSource::File(file),
                     Some(size),
                     range,
                     false,
-                    Outcome::Miss,
+                    outcome,
                 );
             }
             FillState::Failed(FillError::NotFound) => {
@@ -644,6 +656,7 @@ async fn blob(
                 ));
             }
         }
+        complete_on_arrival = false;
         if rx.changed().await.is_err() && !rx.borrow().is_terminal() {
             return Err(RegistryError::new(
                 ErrorCode::Unknown,
@@ -758,11 +771,6 @@ async fn fill_blob(
         Ok((file, size)) => {
             tracing::info!(size, "blob verified and cached");
             app.metrics.add_upstream_bytes(&up.name, size);
-            if up.has_credentials()
-                && let Err(e) = app.storage.index.put_link(&up.name, name.as_str(), &digest)
-            {
-                tracing::warn!(error = %e, "recording the repository link failed");
-            }
             leader.commit(file, size)
         }
         Err(e) => {
@@ -792,7 +800,7 @@ async fn run_fill(
     };
     let path = format!("/v2/{name}/blobs/{digest}");
     let scope = format!("repository:{name}:pull");
-    let mut resp = up
+    let resp = up
         .send(Method::GET, &path, &[], &scope)
         .await
         .map_err(upstream_err)?;
@@ -801,52 +809,40 @@ async fn run_fill(
         404 => return Err(FillError::NotFound),
         s => return Err(upstream_err(UpstreamError::Status { status: s })),
     }
-    let size = resp.content_length();
+    // The repository has the blob: requests for it may join this fill (see `ensure_linked`).
+    if up.has_credentials()
+        && let Err(e) = app.storage.index.put_link(&up.name, name.as_str(), digest)
+    {
+        tracing::warn!(error = %e, "recording the repository link failed");
+    }
     let url = resp.url().clone();
     let mut writer = app.storage.blobs.writer().map_err(|e| {
         tracing::error!(error = %e, "cannot create a temp file");
         FillError::Internal
     })?;
     let file = writer.file();
-    leader.streaming(file.clone(), size);
-    loop {
-        let chunk = match resp.chunk().await {
-            Ok(Some(c)) => c,
-            Ok(None) => break,
-            Err(e) => {
-                return Err(upstream_err(crate::upstream::client::transport_error(
-                    e, &url,
-                )));
-            }
-        };
-        if let Some(size) = size
-            && writer.written() + chunk.len() as u64 > size
-        {
-            return Err(upstream_err(UpstreamError::Protocol(format!(
-                "upstream sent more than its Content-Length of {size}"
-            ))));
-        }
-        writer.write_all(&chunk).map_err(|e| {
-            tracing::error!(error = %e, "writing the temp file failed");
-            FillError::Internal
-        })?;
-        leader.progress(writer.written());
-    }
-    let written = writer.written();
-    if let Some(size) = size
-        && written != size
-    {
-        return Err(upstream_err(UpstreamError::Truncated {
-            expected: size,
-            got: written,
-        }));
-    }
-    let d = digest.clone();
-    let committed = tokio::task::spawn_blocking(move || writer.commit(&d, Some(written)))
+    let written = copy_body(resp, &mut writer, leader, u64::MAX)
         .await
-        .map_err(|_| FillError::Internal)?;
-    match committed {
-        Ok(_) => {}
+        .map_err(|e| match e {
+            CopyError::Transport(e) => {
+                upstream_err(crate::upstream::client::transport_error(e, &url))
+            }
+            CopyError::Overlong { content_length } => upstream_err(UpstreamError::Protocol(
+                format!("upstream sent more than its Content-Length of {content_length}"),
+            )),
+            CopyError::TooLarge { limit } => upstream_err(UpstreamError::Protocol(format!(
+                "blob larger than {limit} bytes"
+            ))),
+            CopyError::Truncated { expected, got } => {
+                upstream_err(UpstreamError::Truncated { expected, got })
+            }
+            CopyError::Write(e) => {
+                tracing::error!(error = %e, "writing the temp file failed");
+                FillError::Internal
+            }
+        })?;
+    let verified = match writer.verify(digest, Some(written)) {
+        Ok(v) => v,
         Err(wharf_storage::StorageError::DigestMismatch { expected, actual }) => {
             tracing::error!(%expected, %actual, "upstream blob does not match its digest; discarded");
             return Err(upstream_err(UpstreamError::DigestMismatch {
@@ -855,9 +851,19 @@ async fn run_fill(
             }));
         }
         Err(e) => {
-            tracing::error!(error = %e, "committing the blob failed");
+            tracing::error!(error = %e, "verifying the blob failed");
             return Err(FillError::Internal);
         }
+    };
+    // Clients get their last bytes now; the fsync (for a large blob, a wait on the disk) runs
+    // behind them.
+    leader.verified(file.clone(), written);
+    let persisted = tokio::task::spawn_blocking(move || verified.persist())
+        .await
+        .map_err(|_| FillError::Internal)?;
+    if let Err(e) = persisted {
+        tracing::error!(error = %e, "committing the blob failed");
+        return Err(FillError::Internal);
     }
     let rec = BlobRecord {
         size: written,

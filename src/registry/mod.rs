@@ -8,6 +8,7 @@
 
 pub mod errors;
 mod handlers;
+pub mod hot;
 pub mod manifest;
 pub mod routes;
 

@@ -39,7 +39,7 @@ pub use index::{
 };
 pub use keys::KeyError;
 pub use layout::Layout;
-pub use writer::{BlobWriter, Committed};
+pub use writer::{BlobWriter, Committed, Verified};
 
 /// One data directory: its layout, blobs and index.
 #[derive(Clone, Debug)]

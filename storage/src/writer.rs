@@ -1,10 +1,14 @@
 //! `BlobWriter`: the only way into `blobs/`. Bytes go to a temp file in `tmp/` and are hashed and
-//! counted as they are written; `commit` checks digest and size, then makes the blob durable and
-//! visible with one rename. Dropping the writer without committing deletes the temp file. Must not
-//! re-read what it wrote to hash it, and must not touch the index (callers index after commit).
+//! counted as they are written; `verify` checks digest and size (`Verified`), then `persist` makes
+//! the blob durable and visible with one rename (`commit` does both). Dropping the writer or a
+//! `Verified` without persisting deletes the temp file. Must not re-read what it wrote to hash it,
+//! and must not touch the index (callers index after persisting).
 //!
-//! All methods do blocking file I/O; `commit` also fsyncs. From async code call them through
-//! `tokio::task::spawn_blocking` (or `block_in_place`).
+//! Why two steps: a fill may release its verified bytes to clients at once and leave the fsync
+//! (which for a large blob waits for the disk) to run behind them.
+//!
+//! Writes are blocking file I/O and `persist` fsyncs: from async code call them through
+//! `tokio::task::spawn_blocking` (or `block_in_place`). `verify` only finishes the hash.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions, Permissions};
@@ -105,21 +109,22 @@ impl BlobWriter {
         &self.temp_path
     }
 
-    /// Verifies and publishes the blob. Blocking (fsync), so call it from `spawn_blocking`.
-    ///
-    /// 1. Size (if given) and digest must match, else the temp file is removed and the mismatch
-    ///    returned; nothing reaches `blobs/`.
-    /// 2. The file is made read-only and fsynced.
-    /// 3. If `blob_path` already holds a file of the same size (a concurrent fill of the same
-    ///    digest won), that file is kept and the temp file dropped. A file of another size there is
-    ///    damaged and is replaced.
-    /// 4. Otherwise rename into place, then fsync the fan-out directory, and `blobs/sha256` too
-    ///    if the fan-out directory was just created, so the name survives a crash.
+    /// Verifies and publishes the blob: `verify`, then `persist`. Blocking (fsync).
     pub fn commit(
-        mut self,
+        self,
         expected: &Digest,
         expected_size: Option<u64>,
     ) -> Result<Committed, StorageError> {
+        self.verify(expected, expected_size)?.persist()
+    }
+
+    /// Checks size (if given) and digest. On a mismatch the temp file is removed and the mismatch
+    /// returned; nothing reaches `blobs/`. Does no I/O on success.
+    pub fn verify(
+        mut self,
+        expected: &Digest,
+        expected_size: Option<u64>,
+    ) -> Result<Verified, StorageError> {
         let actual = std::mem::take(&mut self.hasher).finish();
         let size = self.written;
         if let Some(expected_size) = expected_size.filter(|&n| n != size) {
@@ -136,24 +141,65 @@ impl BlobWriter {
                 actual,
             });
         }
+        Ok(Verified {
+            writer: self,
+            digest: actual,
+        })
+    }
 
-        let temp = self.temp_path.display().to_string();
-        self.file
+    /// Gives up on this fill and deletes the temp file (same as dropping the writer).
+    pub fn abort(self) {}
+
+    fn discard(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            // Best effort: a leftover temp file is swept at the next start.
+            let _ = fs::remove_file(&self.temp_path);
+        }
+    }
+}
+
+/// A temp file whose content matched its digest, not yet durable nor visible in `blobs/`.
+/// Dropping it deletes the temp file.
+#[derive(Debug)]
+pub struct Verified {
+    writer: BlobWriter,
+    digest: Digest,
+}
+
+impl Verified {
+    pub fn size(&self) -> u64 {
+        self.writer.written
+    }
+
+    /// Publishes the blob. Blocking (fsync), so call it from `spawn_blocking`.
+    ///
+    /// 1. The file is made read-only and fsynced.
+    /// 2. If `blob_path` already holds a file of the same size (a concurrent fill of the same
+    ///    digest won), that file is kept and the temp file dropped. A file of another size there is
+    ///    damaged and is replaced.
+    /// 3. Otherwise rename into place, then fsync the fan-out directory, and `blobs/sha256` too
+    ///    if the fan-out directory was just created, so the name survives a crash.
+    pub fn persist(mut self) -> Result<Committed, StorageError> {
+        let w = &mut self.writer;
+        let size = w.written;
+        let temp = w.temp_path.display().to_string();
+        w.file
             .set_permissions(Permissions::from_mode(BLOB_MODE))
             .map_err(StorageError::io(format!("make {temp} read-only")))?;
-        self.file
+        w.file
             .sync_all()
             .map_err(StorageError::io(format!("fsync {temp}")))?;
 
-        let path = self.layout.blob_path(expected);
-        let fanout = self.layout.fanout_dir(expected);
+        let path = w.layout.blob_path(&self.digest);
+        let fanout = w.layout.fanout_dir(&self.digest);
         let fanout_created = create_dir_if_missing(&fanout)?;
 
         match fs::symlink_metadata(&path) {
             Ok(existing) if existing.is_file() && existing.len() == size => {
-                self.discard();
+                w.discard();
                 return Ok(Committed {
-                    digest: actual,
+                    digest: self.digest,
                     size,
                     path,
                 });
@@ -168,31 +214,20 @@ impl BlobWriter {
             }
         }
 
-        fs::rename(&self.temp_path, &path).map_err(StorageError::io(format!(
+        fs::rename(&w.temp_path, &path).map_err(StorageError::io(format!(
             "rename {temp} to {}",
             path.display()
         )))?;
-        self.finished = true;
+        w.finished = true;
         sync_dir(&fanout)?;
         if fanout_created {
-            sync_dir(&self.layout.blobs_dir())?;
+            sync_dir(&w.layout.blobs_dir())?;
         }
         Ok(Committed {
-            digest: actual,
+            digest: self.digest,
             size,
             path,
         })
-    }
-
-    /// Gives up on this fill and deletes the temp file (same as dropping the writer).
-    pub fn abort(self) {}
-
-    fn discard(&mut self) {
-        if !self.finished {
-            self.finished = true;
-            // Best effort: a leftover temp file is swept at the next start.
-            let _ = fs::remove_file(&self.temp_path);
-        }
     }
 }
 

@@ -1,0 +1,284 @@
+//! Manifests and tag answers kept in memory, so a warm manifest request costs no file read and
+//! no index lookup. A cache of the cache: the store and the index stay the truth, and every
+//! entry here is a copy of something verified and stored there.
+//!
+//! Bounded by `cache.manifest_memory` (bodies, keys and a fixed overhead per entry); when full,
+//! the entries added longest ago go first. Emptied whenever content leaves the store (eviction,
+//! `gc`), so it never answers with a manifest the store no longer has.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use wharf_storage::Digest;
+
+/// Bytes charged per entry on top of its body and key (map slot, header values, queue slot).
+const OVERHEAD: usize = 256;
+
+/// A stored manifest, ready to serve (header values made once).
+#[derive(Clone)]
+pub struct HotManifest {
+    pub digest: Digest,
+    pub body: Bytes,
+    pub media_type: HeaderValue,
+    /// `Docker-Content-Digest` and `ETag`.
+    pub digest_header: HeaderValue,
+    pub etag: HeaderValue,
+}
+
+impl HotManifest {
+    pub fn new(digest: Digest, body: Bytes, media_type: HeaderValue) -> HotManifest {
+        // A digest's text is lowercase hex after a known algorithm: always a valid header.
+        let digest_header =
+            HeaderValue::from_str(digest.as_str()).unwrap_or(HeaderValue::from_static("invalid"));
+        let etag = HeaderValue::from_str(&format!("\"{digest}\""))
+            .unwrap_or(HeaderValue::from_static("\"invalid\""));
+        HotManifest {
+            digest,
+            body,
+            media_type,
+            digest_header,
+            etag,
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Manifest(Digest),
+    /// `upstream \0 repository \0 tag`.
+    Tag(String),
+}
+
+enum Value {
+    Manifest(HotManifest),
+    Tag { digest: Digest, learned_unix: u64 },
+}
+
+struct Entry {
+    value: Value,
+    cost: usize,
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<Key, Entry>,
+    /// Insertion order; a slot whose generation no longer matches its entry is stale.
+    order: VecDeque<(Key, u64)>,
+    used: usize,
+    generation: u64,
+}
+
+pub struct HotManifests {
+    budget: usize,
+    inner: Mutex<Inner>,
+}
+
+impl HotManifests {
+    pub fn new(budget: u64) -> HotManifests {
+        HotManifests {
+            budget: usize::try_from(budget).unwrap_or(usize::MAX),
+            inner: Mutex::default(),
+        }
+    }
+
+    pub fn manifest(&self, digest: &Digest) -> Option<HotManifest> {
+        if self.budget == 0 {
+            return None;
+        }
+        match self.lock().map.get(&Key::Manifest(digest.clone())) {
+            Some(Entry {
+                value: Value::Manifest(m),
+                ..
+            }) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    /// The manifest a tag pointed to, if learned at or after `fresh_since` and still held.
+    pub fn tag(
+        &self,
+        upstream: &str,
+        repo: &str,
+        tag: &str,
+        fresh_since: u64,
+    ) -> Option<HotManifest> {
+        if self.budget == 0 {
+            return None;
+        }
+        let inner = self.lock();
+        let Some(Entry {
+            value: Value::Tag {
+                digest,
+                learned_unix,
+            },
+            ..
+        }) = inner.map.get(&Key::Tag(tag_key(upstream, repo, tag)))
+        else {
+            return None;
+        };
+        if *learned_unix < fresh_since {
+            return None;
+        }
+        match inner.map.get(&Key::Manifest(digest.clone())) {
+            Some(Entry {
+                value: Value::Manifest(m),
+                ..
+            }) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn put_manifest(&self, m: HotManifest) {
+        let cost = m.body.len() + m.digest.as_str().len() + OVERHEAD;
+        self.put(Key::Manifest(m.digest.clone()), Value::Manifest(m), cost);
+    }
+
+    pub fn put_tag(
+        &self,
+        upstream: &str,
+        repo: &str,
+        tag: &str,
+        digest: &Digest,
+        learned_unix: u64,
+    ) {
+        let key = tag_key(upstream, repo, tag);
+        let cost = key.len() + digest.as_str().len() + OVERHEAD;
+        let value = Value::Tag {
+            digest: digest.clone(),
+            learned_unix,
+        };
+        self.put(Key::Tag(key), value, cost);
+    }
+
+    /// Forgets everything (content left the store).
+    pub fn clear(&self) {
+        *self.lock() = Inner::default();
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> usize {
+        self.lock().used
+    }
+
+    fn put(&self, key: Key, value: Value, cost: usize) {
+        if cost > self.budget / 8 {
+            return; // One entry may not crowd out the rest.
+        }
+        let mut inner = self.lock();
+        inner.generation += 1;
+        let generation = inner.generation;
+        if let Some(old) = inner.map.insert(
+            key.clone(),
+            Entry {
+                value,
+                cost,
+                generation,
+            },
+        ) {
+            inner.used -= old.cost;
+        }
+        inner.used += cost;
+        inner.order.push_back((key, generation));
+        while inner.used > self.budget {
+            let Some((k, g)) = inner.order.pop_front() else {
+                break;
+            };
+            if inner.map.get(&k).is_some_and(|e| e.generation == g)
+                && let Some(e) = inner.map.remove(&k)
+            {
+                inner.used -= e.cost;
+            }
+        }
+        // Replaced entries leave stale slots behind; drop them before they add up.
+        if inner.order.len() > 2 * inner.map.len() + 1024 {
+            let Inner { map, order, .. } = &mut *inner;
+            order.retain(|(k, g)| map.get(k).is_some_and(|e| e.generation == *g));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn tag_key(upstream: &str, repo: &str, tag: &str) -> String {
+    let mut k = String::with_capacity(upstream.len() + repo.len() + tag.len() + 2);
+    k.push_str(upstream);
+    k.push('\0');
+    k.push_str(repo);
+    k.push('\0');
+    k.push_str(tag);
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(n: u8, size: usize) -> HotManifest {
+        let body = Bytes::from(vec![n; size]);
+        HotManifest::new(
+            Digest::of(&body),
+            body,
+            HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+        )
+    }
+
+    #[test]
+    fn a_tag_answers_only_while_fresh_and_while_its_manifest_is_held() {
+        let hot = HotManifests::new(1 << 20);
+        let m = manifest(1, 100);
+        hot.put_tag("hub", "library/x", "1", &m.digest, 1000);
+        assert!(
+            hot.tag("hub", "library/x", "1", 0).is_none(),
+            "manifest not held yet"
+        );
+        hot.put_manifest(m.clone());
+        assert_eq!(
+            hot.tag("hub", "library/x", "1", 1000).unwrap().digest,
+            m.digest
+        );
+        assert!(hot.tag("hub", "library/x", "1", 1001).is_none(), "stale");
+        assert!(hot.tag("hub", "library/x", "2", 0).is_none());
+        assert!(hot.tag("other", "library/x", "1", 0).is_none());
+        hot.clear();
+        assert!(hot.manifest(&m.digest).is_none());
+        assert_eq!(hot.used(), 0);
+    }
+
+    #[test]
+    fn memory_stays_within_the_budget_oldest_out_first() {
+        let budget = 64 * 1024;
+        let hot = HotManifests::new(budget);
+        let all: Vec<HotManifest> = (0..100).map(|i| manifest(i, 4000)).collect();
+        for m in &all {
+            hot.put_manifest(m.clone());
+            assert!(hot.used() <= budget as usize);
+        }
+        assert!(hot.manifest(&all[99].digest).is_some());
+        assert!(hot.manifest(&all[0].digest).is_none());
+        // Re-adding the same key many times does not grow the order queue without bound.
+        for _ in 0..10_000 {
+            hot.put_manifest(all[99].clone());
+        }
+        let inner = hot.lock();
+        assert!(inner.order.len() < 2 * inner.map.len() + 1100);
+        drop(inner);
+        assert!(hot.used() <= budget as usize);
+    }
+
+    #[test]
+    fn zero_budget_holds_nothing_and_huge_entries_are_refused() {
+        let off = HotManifests::new(0);
+        let m = manifest(1, 10);
+        off.put_manifest(m.clone());
+        assert!(off.manifest(&m.digest).is_none());
+        let small = HotManifests::new(8 * 1024);
+        let big = manifest(2, 4096);
+        small.put_manifest(big.clone());
+        assert!(small.manifest(&big.digest).is_none());
+    }
+}
