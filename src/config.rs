@@ -64,6 +64,19 @@ pub struct ServerConfig {
     pub max_url_length: usize,
     /// Upstream fills running at once; more get 503 with Retry-After.
     pub max_concurrent_fills: usize,
+    /// Threads accepting and serving connections, each with its own event loop; 0 means one
+    /// per CPU the process may use.
+    pub workers: usize,
+}
+
+impl ServerConfig {
+    /// `workers`, with 0 resolved to the CPUs available.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -73,6 +86,7 @@ impl Default for ServerConfig {
             max_header_size: ByteSize(64 << 10),
             max_url_length: 8192,
             max_concurrent_fills: 256,
+            workers: 0,
         }
     }
 }

@@ -83,7 +83,14 @@ pub struct Limits {
     pub max_header_size: usize,
 }
 
-/// Accepts connections until `shutdown` resolves, then waits for in-flight requests.
+/// Accepts connections until `shutdown` resolves, then waits for in-flight requests and for
+/// fills still running (at most `FILL_GRACE`).
+///
+/// With `server.workers` above 1, each worker is a thread with its own single-threaded event
+/// loop accepting from the same socket, as nginx's worker processes do: a connection stays on
+/// the thread that accepted it, so a request costs no cross-thread wake-ups (on a warm manifest
+/// hit that halved the CPU time per request compared with one work-stealing runtime).
+/// Tasks a request spawns (fills) run on its worker; workers live until every fill is done.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -94,9 +101,70 @@ pub async fn run(
         header_read_timeout: state.config.server.header_read_timeout,
         max_header_size: state.config.server.max_header_size.0 as usize,
     };
+    let workers = state.config.server.worker_count();
     let background = state.spawn_background();
-    let flush_state = state.clone();
-    let app: Router = router(state);
+    let app: Router = router(state.clone());
+    let builder = Arc::new(http_builder(limits));
+    if workers <= 1 {
+        accept_loop(listener, app, builder, tls, limits, shutdown).await;
+        state.finish_fills(FILL_GRACE).await;
+    } else {
+        let listener = listener.into_std()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (exit_tx, exit_rx) = tokio::sync::watch::channel(false);
+        let mut drained = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..workers {
+            let listener = listener.try_clone()?;
+            let (app, builder, tls) = (app.clone(), builder.clone(), tls.clone());
+            let (mut stop, mut exit) = (stop_rx.clone(), exit_rx.clone());
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            drained.push(done_rx);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("wharf-worker-{i}"))
+                    .spawn(move || {
+                        rt.block_on(async move {
+                            match TcpListener::from_std(listener) {
+                                Ok(listener) => {
+                                    let stop = async move {
+                                        let _ = stop.wait_for(|s| *s).await;
+                                    };
+                                    accept_loop(listener, app, builder, tls, limits, stop).await;
+                                }
+                                Err(e) => tracing::error!(error = %e, "worker cannot listen"),
+                            }
+                            let _ = done_tx.send(());
+                            // Keep this event loop (and the fills on it) until the server ends.
+                            let _ = exit.wait_for(|e| *e).await;
+                        })
+                    })?,
+            );
+        }
+        drop(listener);
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        for d in drained {
+            let _ = d.await;
+        }
+        state.finish_fills(FILL_GRACE).await;
+        let _ = exit_tx.send(true);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+    background.abort();
+    state.flush_atimes().await;
+    Ok(())
+}
+
+fn http_builder(limits: Limits) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -111,7 +179,19 @@ pub async fn run(
         // A client that stops answering pings is dropped.
         .keep_alive_interval(Some(limits.header_read_timeout.max(Duration::from_secs(1))))
         .keep_alive_timeout(limits.header_read_timeout.max(Duration::from_secs(1)));
-    let builder = Arc::new(builder);
+    builder
+}
+
+/// One event loop's accept loop: serves every connection it accepts until `shutdown`
+/// resolves, then drains them.
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    builder: Arc<Builder<TokioExecutor>>,
+    tls: Option<TlsReloader>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -168,10 +248,6 @@ pub async fn run(
     }
     drop(listener);
     graceful.shutdown().await;
-    flush_state.finish_fills(FILL_GRACE).await;
-    background.abort();
-    flush_state.flush_atimes().await;
-    Ok(())
 }
 
 /// How long a shutdown waits for fills still running once every connection is closed: a fill

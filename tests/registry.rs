@@ -811,3 +811,33 @@ async fn a_fill_in_flight_for_one_repository_is_not_joined_by_another_unconfirme
     assert_eq!(up.count("HEAD", "/v2/team/b/blobs/"), 1);
     assert_eq!(a.bytes().await.unwrap(), data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_or_many_workers_serve_the_same_answers() {
+    let up = FakeRegistry::start().await;
+    let layer = bytes_of(300_000, 21);
+    let ld = sha256(&layer);
+    let (d, _) = up.put_image("app", "v1", &[layer]);
+    for workers in [1, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let toml =
+            config_toml(&up.url(), dir.path(), "") + &format!("[server]\nworkers = {workers}\n");
+        let w = Wharf::start_with_config(&toml, dir.path()).await;
+        let c = client();
+        // More connections than workers, all at once.
+        let gets = (0..16).map(|i| {
+            let c = c.clone();
+            let url = if i % 2 == 0 {
+                w.url("/v2/app/manifests/v1")
+            } else {
+                w.url(&format!("/v2/app/blobs/{ld}"))
+            };
+            async move { c.get(url).send().await.unwrap().bytes().await.unwrap() }
+        });
+        let bodies = futures_util::future::join_all(gets).await;
+        for (i, b) in bodies.iter().enumerate() {
+            let want = if i % 2 == 0 { &d } else { &ld };
+            assert_eq!(&sha256(b), want, "workers = {workers}, request {i}");
+        }
+    }
+}
