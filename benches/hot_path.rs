@@ -6,7 +6,10 @@
 //! - `index`: `wharf_storage::Index::get_blob` / `get_tag` in a sled database holding many
 //!   records (hits and misses);
 //! - `fill`: `BlobWriter::write_all` (pwrite into a temp file plus sha256), against sha256 alone
-//!   and `Hasher` alone, so the hashing share of a fill is visible.
+//!   and `Hasher` alone, so the hashing share of a fill is visible;
+//! - `memory`: the in-memory manifest and tag lookups of a warm manifest hit
+//!   (`wharf::registry::hot`), and a pooled 256 KiB buffer taken and returned
+//!   (`wharf::cache::pool`) against allocating one.
 //!
 //! Run: `cargo bench --bench hot_path` (add `-- routes` etc. to pick a group). Files go to a
 //! temporary directory that is removed afterwards.
@@ -199,11 +202,67 @@ fn fill(c: &mut Criterion) {
     group.finish();
 }
 
+fn memory(c: &mut Criterion) {
+    use bytes::Bytes;
+    use wharf::registry::hot::{HotManifest, HotManifests};
+    let mut group = c.benchmark_group("memory");
+    let hot = HotManifests::new(32 << 20);
+    let n = 10_000usize;
+    let digests: Vec<Digest> = (0..n as u64)
+        .map(|i| {
+            let body = Bytes::from(format!("{{\"schemaVersion\":2,\"n\":{i}}}").repeat(20));
+            let m = std::sync::Arc::new(HotManifest::new(
+                Digest::of(&body),
+                body,
+                http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+            ));
+            hot.put_tag(
+                "docker.io",
+                &format!("library/repo{}", i / 10),
+                &format!("v{i}"),
+                &m.digest,
+                1000,
+            );
+            let d = m.digest.clone();
+            hot.put_manifest(m);
+            d
+        })
+        .collect();
+    let mut i = 0usize;
+    group.bench_function("hot_manifest_by_digest", |b| {
+        b.iter(|| {
+            i = (i + 7919) % n;
+            black_box(hot.manifest(black_box(&digests[i])))
+        })
+    });
+    group.bench_function("hot_manifest_by_tag", |b| {
+        b.iter(|| {
+            i = (i + 7919) % n;
+            let (repo, tag) = (format!("library/repo{}", i / 10), format!("v{i}"));
+            black_box(hot.tag("docker.io", black_box(&repo), black_box(&tag), 0))
+        })
+    });
+    group.throughput(Throughput::Bytes(wharf::cache::CHUNK as u64));
+    group.bench_function("pooled_chunk_take_freeze_drop", |b| {
+        b.iter(|| {
+            let buf = wharf::cache::pool::take();
+            drop(black_box(wharf::cache::pool::freeze(
+                buf,
+                wharf::cache::CHUNK,
+            )))
+        })
+    });
+    group.bench_function("fresh_zeroed_chunk", |b| {
+        b.iter(|| drop(black_box(Bytes::from(vec![0u8; wharf::cache::CHUNK]))))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = routes, index, fill
+    targets = routes, index, fill, memory
 }
 criterion_main!(benches);

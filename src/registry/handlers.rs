@@ -344,7 +344,7 @@ async fn resolve_tag(
     app: &AppState,
     t: &Target,
     tag: &Tag,
-) -> std::result::Result<(HotManifest, Outcome), Miss> {
+) -> std::result::Result<(Arc<HotManifest>, Outcome), Miss> {
     let path = format!("/v2/{}/manifests/{}", t.name, tag.as_str());
     let resp =
         t.up.send(Method::HEAD, &path, manifest::ACCEPT, &t.scope())
@@ -380,7 +380,7 @@ async fn fetch_manifest(
     t: &Target,
     reference: &str,
     expected: Option<&Digest>,
-) -> std::result::Result<HotManifest, Miss> {
+) -> std::result::Result<Arc<HotManifest>, Miss> {
     let path = format!("/v2/{}/manifests/{reference}", t.name);
     let resp =
         t.up.send(Method::GET, &path, manifest::ACCEPT, &t.scope())
@@ -492,7 +492,7 @@ async fn ensure_linked(app: &AppState, t: &Target, digest: &Digest, kind: &str) 
 }
 
 /// A cached manifest, from memory or else from disk (then kept in memory).
-fn load_manifest(app: &AppState, digest: &Digest) -> Result<Option<HotManifest>> {
+fn load_manifest(app: &AppState, digest: &Digest) -> Result<Option<Arc<HotManifest>>> {
     if let Some(m) = app.hot.manifest(digest) {
         return Ok(Some(m));
     }
@@ -518,11 +518,11 @@ fn load_manifest(app: &AppState, digest: &Digest) -> Result<Option<HotManifest>>
     Ok(Some(m))
 }
 
-fn hot_manifest(digest: Digest, body: Vec<u8>, media: &str) -> HotManifest {
+fn hot_manifest(digest: Digest, body: Vec<u8>, media: &str) -> Arc<HotManifest> {
     // Media types were checked to be header-safe when stored; an odd one is served as JSON.
     let media_type =
         HeaderValue::from_str(media).unwrap_or(HeaderValue::from_static("application/json"));
-    HotManifest::new(digest, body.into(), media_type)
+    Arc::new(HotManifest::new(digest, body.into(), media_type))
 }
 
 fn manifest_response(m: &HotManifest, outcome: Outcome, head: bool) -> Response {

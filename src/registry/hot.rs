@@ -7,7 +7,7 @@
 //! `gc`), so it never answers with a manifest the store no longer has.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -51,24 +51,41 @@ enum Key {
     Tag(String),
 }
 
-enum Value {
-    Manifest(HotManifest),
-    Tag { digest: Digest, learned_unix: u64 },
-}
-
-struct Entry {
-    value: Value,
+struct Slot<T> {
+    value: T,
     cost: usize,
     generation: u64,
 }
 
 #[derive(Default)]
 struct Inner {
-    map: HashMap<Key, Entry>,
+    manifests: HashMap<Digest, Slot<Arc<HotManifest>>>,
+    tags: HashMap<String, Slot<(Digest, u64)>>,
     /// Insertion order; a slot whose generation no longer matches its entry is stale.
     order: VecDeque<(Key, u64)>,
     used: usize,
     generation: u64,
+}
+
+impl Inner {
+    fn generation_of(&self, key: &Key) -> Option<u64> {
+        match key {
+            Key::Manifest(d) => self.manifests.get(d).map(|s| s.generation),
+            Key::Tag(t) => self.tags.get(t).map(|s| s.generation),
+        }
+    }
+
+    fn remove(&mut self, key: &Key) {
+        let cost = match key {
+            Key::Manifest(d) => self.manifests.remove(d).map(|s| s.cost),
+            Key::Tag(t) => self.tags.remove(t).map(|s| s.cost),
+        };
+        self.used -= cost.unwrap_or(0);
+    }
+
+    fn len(&self) -> usize {
+        self.manifests.len() + self.tags.len()
+    }
 }
 
 pub struct HotManifests {
@@ -84,17 +101,11 @@ impl HotManifests {
         }
     }
 
-    pub fn manifest(&self, digest: &Digest) -> Option<HotManifest> {
+    pub fn manifest(&self, digest: &Digest) -> Option<Arc<HotManifest>> {
         if self.budget == 0 {
             return None;
         }
-        match self.lock().map.get(&Key::Manifest(digest.clone())) {
-            Some(Entry {
-                value: Value::Manifest(m),
-                ..
-            }) => Some(m.clone()),
-            _ => None,
-        }
+        self.lock().manifests.get(digest).map(|s| s.value.clone())
     }
 
     /// The manifest a tag pointed to, if learned at or after `fresh_since` and still held.
@@ -104,36 +115,42 @@ impl HotManifests {
         repo: &str,
         tag: &str,
         fresh_since: u64,
-    ) -> Option<HotManifest> {
+    ) -> Option<Arc<HotManifest>> {
         if self.budget == 0 {
             return None;
         }
+        let key = tag_key(upstream, repo, tag);
         let inner = self.lock();
-        let Some(Entry {
-            value: Value::Tag {
-                digest,
-                learned_unix,
-            },
-            ..
-        }) = inner.map.get(&Key::Tag(tag_key(upstream, repo, tag)))
-        else {
-            return None;
-        };
+        let (digest, learned_unix) = &inner.tags.get(&key)?.value;
         if *learned_unix < fresh_since {
             return None;
         }
-        match inner.map.get(&Key::Manifest(digest.clone())) {
-            Some(Entry {
-                value: Value::Manifest(m),
-                ..
-            }) => Some(m.clone()),
-            _ => None,
-        }
+        inner.manifests.get(digest).map(|s| s.value.clone())
     }
 
-    pub fn put_manifest(&self, m: HotManifest) {
+    pub fn put_manifest(&self, m: Arc<HotManifest>) {
         let cost = m.body.len() + m.digest.as_str().len() + OVERHEAD;
-        self.put(Key::Manifest(m.digest.clone()), Value::Manifest(m), cost);
+        if !self.fits(cost) {
+            return;
+        }
+        let key = m.digest.clone();
+        let mut inner = self.lock();
+        let generation = inner.next_generation();
+        let old = inner.manifests.insert(
+            key.clone(),
+            Slot {
+                value: m,
+                cost,
+                generation,
+            },
+        );
+        self.account(
+            &mut inner,
+            Key::Manifest(key),
+            generation,
+            cost,
+            old.map(|o| o.cost),
+        );
     }
 
     pub fn put_tag(
@@ -146,11 +163,26 @@ impl HotManifests {
     ) {
         let key = tag_key(upstream, repo, tag);
         let cost = key.len() + digest.as_str().len() + OVERHEAD;
-        let value = Value::Tag {
-            digest: digest.clone(),
-            learned_unix,
-        };
-        self.put(Key::Tag(key), value, cost);
+        if !self.fits(cost) {
+            return;
+        }
+        let mut inner = self.lock();
+        let generation = inner.next_generation();
+        let old = inner.tags.insert(
+            key.clone(),
+            Slot {
+                value: (digest.clone(), learned_unix),
+                cost,
+                generation,
+            },
+        );
+        self.account(
+            &mut inner,
+            Key::Tag(key),
+            generation,
+            cost,
+            old.map(|o| o.cost),
+        );
     }
 
     /// Forgets everything (content left the store).
@@ -163,44 +195,47 @@ impl HotManifests {
         self.lock().used
     }
 
-    fn put(&self, key: Key, value: Value, cost: usize) {
-        if cost > self.budget / 8 {
-            return; // One entry may not crowd out the rest.
-        }
-        let mut inner = self.lock();
-        inner.generation += 1;
-        let generation = inner.generation;
-        if let Some(old) = inner.map.insert(
-            key.clone(),
-            Entry {
-                value,
-                cost,
-                generation,
-            },
-        ) {
-            inner.used -= old.cost;
-        }
-        inner.used += cost;
+    /// One entry may not crowd out the rest.
+    fn fits(&self, cost: usize) -> bool {
+        cost <= self.budget / 8
+    }
+
+    /// Charges a new entry, then evicts the oldest until within budget.
+    fn account(
+        &self,
+        inner: &mut Inner,
+        key: Key,
+        generation: u64,
+        cost: usize,
+        replaced: Option<usize>,
+    ) {
+        inner.used = inner.used - replaced.unwrap_or(0) + cost;
         inner.order.push_back((key, generation));
         while inner.used > self.budget {
             let Some((k, g)) = inner.order.pop_front() else {
                 break;
             };
-            if inner.map.get(&k).is_some_and(|e| e.generation == g)
-                && let Some(e) = inner.map.remove(&k)
-            {
-                inner.used -= e.cost;
+            if inner.generation_of(&k) == Some(g) {
+                inner.remove(&k);
             }
         }
         // Replaced entries leave stale slots behind; drop them before they add up.
-        if inner.order.len() > 2 * inner.map.len() + 1024 {
-            let Inner { map, order, .. } = &mut *inner;
-            order.retain(|(k, g)| map.get(k).is_some_and(|e| e.generation == *g));
+        if inner.order.len() > 2 * inner.len() + 1024 {
+            let mut order = std::mem::take(&mut inner.order);
+            order.retain(|(k, g)| inner.generation_of(k) == Some(*g));
+            inner.order = order;
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Inner {
+    fn next_generation(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
     }
 }
 
@@ -218,13 +253,13 @@ fn tag_key(upstream: &str, repo: &str, tag: &str) -> String {
 mod tests {
     use super::*;
 
-    fn manifest(n: u8, size: usize) -> HotManifest {
+    fn manifest(n: u8, size: usize) -> Arc<HotManifest> {
         let body = Bytes::from(vec![n; size]);
-        HotManifest::new(
+        Arc::new(HotManifest::new(
             Digest::of(&body),
             body,
             HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
-        )
+        ))
     }
 
     #[test]
@@ -253,7 +288,7 @@ mod tests {
     fn memory_stays_within_the_budget_oldest_out_first() {
         let budget = 64 * 1024;
         let hot = HotManifests::new(budget);
-        let all: Vec<HotManifest> = (0..100).map(|i| manifest(i, 4000)).collect();
+        let all: Vec<Arc<HotManifest>> = (0..100).map(|i| manifest(i, 4000)).collect();
         for m in &all {
             hot.put_manifest(m.clone());
             assert!(hot.used() <= budget as usize);
@@ -265,7 +300,7 @@ mod tests {
             hot.put_manifest(all[99].clone());
         }
         let inner = hot.lock();
-        assert!(inner.order.len() < 2 * inner.map.len() + 1100);
+        assert!(inner.order.len() < 2 * inner.len() + 1100);
         drop(inner);
         assert!(hot.used() <= budget as usize);
     }
