@@ -103,10 +103,14 @@ pub async fn run(
     };
     let workers = state.config.server.worker_count();
     let background = state.spawn_background();
-    let app: Router = router(state.clone());
-    let builder = Arc::new(http_builder(limits));
+    let conns = Arc::new(Conns {
+        app: router(state.clone()),
+        builder: http_builder(limits),
+        tls,
+        limits,
+    });
     if workers <= 1 {
-        accept_loop(listener, app, builder, tls, limits, shutdown).await;
+        accept_loop(listener, &conns, shutdown).await;
         state.finish_fills(FILL_GRACE).await;
     } else {
         let listener = listener.into_std()?;
@@ -115,34 +119,19 @@ pub async fn run(
         let mut drained = Vec::new();
         let mut threads = Vec::new();
         for i in 0..workers {
-            let listener = listener.try_clone()?;
-            let (app, builder, tls) = (app.clone(), builder.clone(), tls.clone());
-            let (mut stop, mut exit) = (stop_rx.clone(), exit_rx.clone());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             drained.push(done_rx);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("wharf-worker-{i}"))
-                    .spawn(move || {
-                        rt.block_on(async move {
-                            match TcpListener::from_std(listener) {
-                                Ok(listener) => {
-                                    let stop = async move {
-                                        let _ = stop.wait_for(|s| *s).await;
-                                    };
-                                    accept_loop(listener, app, builder, tls, limits, stop).await;
-                                }
-                                Err(e) => tracing::error!(error = %e, "worker cannot listen"),
-                            }
-                            let _ = done_tx.send(());
-                            // Keep this event loop (and the fills on it) until the server ends.
-                            let _ = exit.wait_for(|e| *e).await;
-                        })
-                    })?,
-            );
+            let signals = WorkerSignals {
+                stop: stop_rx.clone(),
+                done: done_tx,
+                exit: exit_rx.clone(),
+            };
+            threads.push(spawn_worker(
+                i,
+                listener.try_clone()?,
+                conns.clone(),
+                signals,
+            )?);
         }
         drop(listener);
         shutdown.await;
@@ -182,16 +171,67 @@ fn http_builder(limits: Limits) -> Builder<TokioExecutor> {
     builder
 }
 
+/// What serving a connection needs, shared by every worker.
+struct Conns {
+    app: Router,
+    builder: Builder<TokioExecutor>,
+    tls: Option<TlsReloader>,
+    limits: Limits,
+}
+
+/// How the server steers a worker: `stop` accepting, report the connections `done`, `exit`.
+struct WorkerSignals {
+    stop: tokio::sync::watch::Receiver<bool>,
+    done: tokio::sync::oneshot::Sender<()>,
+    exit: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A worker thread with its own single-threaded event loop accepting from `listener`. After
+/// `stop` it drains its connections and reports `done`, then keeps the loop (and the fills on
+/// it) until `exit`.
+fn spawn_worker(
+    i: usize,
+    listener: std::net::TcpListener,
+    conns: Arc<Conns>,
+    signals: WorkerSignals,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let WorkerSignals {
+        mut stop,
+        done,
+        mut exit,
+    } = signals;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("wharf-worker-{i}"))
+        .spawn(move || {
+            rt.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        let stop = async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        };
+                        accept_loop(listener, &conns, stop).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "worker cannot listen"),
+                }
+                let _ = done.send(());
+                let _ = exit.wait_for(|e| *e).await;
+            })
+        })
+}
+
 /// One event loop's accept loop: serves every connection it accepts until `shutdown`
 /// resolves, then drains them.
 async fn accept_loop(
     listener: TcpListener,
-    app: Router,
-    builder: Arc<Builder<TokioExecutor>>,
-    tls: Option<TlsReloader>,
-    limits: Limits,
+    conns: &Arc<Conns>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Conns {
+        app, tls, limits, ..
+    } = &**conns;
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -209,7 +249,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let svc = service_for(app.clone(), peer);
-        let builder = builder.clone();
+        let ctx = conns.clone();
         let timeout = limits.header_read_timeout;
         match &tls {
             None => {
@@ -220,7 +260,9 @@ async fn accept_loop(
                     let Some(io) = Prefixed::read_start(stream, timeout).await else {
                         return;
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+                    let conn = ctx
+                        .builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
                 });
             }
@@ -240,7 +282,9 @@ async fn accept_loop(
                     let Some(io) = Prefixed::read_start(tls_stream, timeout).await else {
                         return;
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+                    let conn = ctx
+                        .builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
                 });
             }

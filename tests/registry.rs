@@ -752,16 +752,7 @@ async fn content_from_a_private_upstream_is_not_served_to_another_repository_unc
     let dir = tempfile::tempdir().unwrap();
     let data = bytes_of(20_000, 8);
     let d = up.put_blob(&data);
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, "secret\n").unwrap();
-    let toml = config_toml(&up.url(), dir.path(), "").replace(
-        "url = \"",
-        &format!(
-            "username = \"mirror\"\npassword_file = \"{}\"\nurl = \"",
-            pw.display()
-        ),
-    );
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let w = Wharf::start_with_config(&with_credentials(&up, dir.path()), dir.path()).await;
     let c = client();
     let get = |repo: &str| c.get(w.url(&format!("/v2/{repo}/blobs/{d}"))).send();
     assert_eq!(get("team/a").await.unwrap().bytes().await.unwrap(), data);
@@ -789,16 +780,7 @@ async fn a_fill_in_flight_for_one_repository_is_not_joined_by_another_unconfirme
     let d = up.put_blob(&data);
     // 16 chunks, 50 ms apart: the fill for team/a is still running when team/b asks.
     up.set_blob_mode(BlobMode::Slow(Duration::from_millis(50)));
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, "secret\n").unwrap();
-    let toml = config_toml(&up.url(), dir.path(), "").replace(
-        "url = \"",
-        &format!(
-            "username = \"mirror\"\npassword_file = \"{}\"\nurl = \"",
-            pw.display()
-        ),
-    );
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let w = Wharf::start_with_config(&with_credentials(&up, dir.path()), dir.path()).await;
     up.state.hidden_repos.lock().unwrap().push("team/b".into());
     let c = client();
     let a = c
@@ -845,4 +827,17 @@ async fn one_or_many_workers_serve_the_same_answers() {
             assert_eq!(&sha256(b), want, "workers = {workers}, request {i}");
         }
     }
+}
+
+/// A config whose upstream wharf logs in to (so content is private per repository).
+fn with_credentials(up: &FakeRegistry, dir: &std::path::Path) -> String {
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    config_toml(&up.url(), dir, "").replace(
+        "url = \"",
+        &format!(
+            "username = \"mirror\"\npassword_file = \"{}\"\nurl = \"",
+            pw.display()
+        ),
+    )
 }

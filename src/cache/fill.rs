@@ -18,8 +18,7 @@ pub enum CopyError {
     Transport(reqwest::Error),
     /// More bytes than the upstream's `Content-Length`.
     Overlong { content_length: u64 },
-    /// More bytes than the caller's limit (no `Content-Length`, or one within the limit that
-    /// was not honoured is reported as `Overlong`).
+    /// More bytes than the caller's limit, declared or sent.
     TooLarge { limit: u64 },
     /// The body ended before its `Content-Length`.
     Truncated { expected: u64, got: u64 },

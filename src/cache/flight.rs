@@ -163,6 +163,51 @@ impl<K: Hash + Eq + Clone> Drop for Leader<K> {
     }
 }
 
+/// How a fill first answers a request that watches it.
+pub enum Start {
+    /// Bytes are arriving: stream them from the fill.
+    Streaming {
+        rx: watch::Receiver<FillState>,
+        size: Option<u64>,
+    },
+    /// Complete and verified. `hit`: it already was when the request joined, so the request
+    /// waited on no upstream.
+    Complete {
+        file: Arc<File>,
+        size: u64,
+        hit: bool,
+    },
+    Failed(FillError),
+}
+
+/// Waits until the fill has bytes to stream, is complete, or failed: a response can then be
+/// started (clients give up after ~30 s without headers). `follower`: the request joined a
+/// fill someone else started.
+pub async fn first_answer(mut rx: watch::Receiver<FillState>, follower: bool) -> Start {
+    let mut on_arrival = follower;
+    loop {
+        let state = rx.borrow_and_update().clone();
+        match state {
+            FillState::Pending => {}
+            FillState::Streaming { size, .. } => return Start::Streaming { rx, size },
+            FillState::Verified { file, size } | FillState::Committed { file, size } => {
+                return Start::Complete {
+                    file,
+                    size,
+                    hit: on_arrival,
+                };
+            }
+            FillState::Failed(e) => return Start::Failed(e),
+        }
+        on_arrival = false;
+        if rx.changed().await.is_err() && !rx.borrow().is_terminal() {
+            return Start::Failed(FillError::Upstream(
+                "the fill ended without a result".into(),
+            ));
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -8,5 +8,5 @@ pub mod flight;
 pub mod pool;
 
 pub use body::{BlobBody, ByteRange};
-pub use flight::{FillError, FillState, Flights, Join, Leader};
+pub use flight::{FillError, FillState, Flights, Join, Leader, Start, first_answer};
 pub use pool::CHUNK;

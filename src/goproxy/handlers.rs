@@ -14,7 +14,7 @@ use super::source::{Fetched, GoState, Source};
 use super::verify;
 use crate::app::{AppState, now_unix};
 use crate::cache::fill::{CopyError, copy_body};
-use crate::cache::{BlobBody, FillError, FillState, Join, Leader};
+use crate::cache::{BlobBody, FillError, Join, Leader, Start, first_answer};
 use crate::upstream::UpstreamError;
 use crate::upstream::client::{read_limited, transport_error};
 
@@ -370,8 +370,7 @@ async fn file(
             "{m}@{v}: not found (cached answer)"
         )));
     }
-    // Joining a fill already complete and verified (being made durable) is a hit.
-    let (mut rx, mut complete_on_arrival) = match go.flights.join(&key) {
+    let (rx, follower) = match go.flights.join(&key) {
         Join::Leader(leader, rx) => {
             let Ok(permit) = app.fill_permits.clone().try_acquire_owned() else {
                 leader.fail(FillError::Busy);
@@ -393,60 +392,43 @@ async fn file(
         }
         Join::Follower(rx) => (rx, true),
     };
-    loop {
-        let state = rx.borrow_and_update().clone();
-        match state {
-            FillState::Pending => {}
-            FillState::Streaming { size, .. } => {
-                let body = BlobBody::from_fill(rx, 0, size).into_stream();
-                return Ok(with_headers(
-                    Body::from_stream(body).into_response(),
-                    kind.content_type(),
-                    size,
-                    "MISS",
-                ));
-            }
-            FillState::Verified { file, size } | FillState::Committed { file, size } => {
-                let body = BlobBody::from_file(file, 0, size).into_stream();
-                return Ok(with_headers(
-                    Body::from_stream(body).into_response(),
-                    kind.content_type(),
-                    Some(size),
-                    if complete_on_arrival { "HIT" } else { "MISS" },
-                ));
-            }
-            FillState::Failed(FillError::NotFound) => {
-                go.remember_not_found(&key);
-                return Err(GoError::not_found(format!(
-                    "{m}@{v}: not found on any upstream"
-                )));
-            }
-            FillState::Failed(FillError::Upstream(msg)) => {
-                return Err(GoError::bad_gateway(format!(
-                    "wharf could not fetch {m}@{v} .{}: {msg}",
-                    kind.ext()
-                )));
-            }
-            FillState::Failed(FillError::Busy) => {
-                return Err(GoError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "wharf is busy fetching other modules (server.max_concurrent_fills); retry shortly",
-                ));
-            }
-            FillState::Failed(FillError::Internal) => {
-                return Err(GoError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "wharf: local storage error; see the server log",
-                ));
-            }
+    match first_answer(rx, follower).await {
+        Start::Streaming { rx, size } => {
+            let body = BlobBody::from_fill(rx, 0, size).into_stream();
+            Ok(with_headers(
+                Body::from_stream(body).into_response(),
+                kind.content_type(),
+                size,
+                "MISS",
+            ))
         }
-        complete_on_arrival = false;
-        if rx.changed().await.is_err() && !rx.borrow().is_terminal() {
-            return Err(GoError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "wharf: fill ended without a result",
-            ));
+        Start::Complete { file, size, hit } => {
+            let body = BlobBody::from_file(file, 0, size).into_stream();
+            Ok(with_headers(
+                Body::from_stream(body).into_response(),
+                kind.content_type(),
+                Some(size),
+                if hit { "HIT" } else { "MISS" },
+            ))
         }
+        Start::Failed(FillError::NotFound) => {
+            go.remember_not_found(&key);
+            Err(GoError::not_found(format!(
+                "{m}@{v}: not found on any upstream"
+            )))
+        }
+        Start::Failed(FillError::Upstream(msg)) => Err(GoError::bad_gateway(format!(
+            "wharf could not fetch {m}@{v} .{}: {msg}",
+            kind.ext()
+        ))),
+        Start::Failed(FillError::Busy) => Err(GoError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "wharf is busy fetching other modules (server.max_concurrent_fills); retry shortly",
+        )),
+        Start::Failed(FillError::Internal) => Err(GoError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "wharf: local storage error; see the server log",
+        )),
     }
 }
 

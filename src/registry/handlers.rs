@@ -15,7 +15,7 @@ use super::manifest;
 use super::routes::{self, Reference, RepoName, Route, Tag, query_param};
 use crate::app::{AppState, now_unix};
 use crate::cache::fill::{CopyError, copy_body};
-use crate::cache::{BlobBody, ByteRange, FillError, FillState, Join, Leader};
+use crate::cache::{BlobBody, ByteRange, FillError, FillState, Join, Leader, Start, first_answer};
 use crate::config::{DOCKER_HUB_NAME, UpstreamConfig};
 use crate::upstream::client::read_limited;
 use crate::upstream::{UpstreamClient, UpstreamError};
@@ -575,9 +575,7 @@ async fn blob(
     if head {
         return blob_head_upstream(t, digest).await;
     }
-    // A request that joins a fill already complete and verified (being made durable) is served
-    // from the local file without waiting on upstream: a hit.
-    let (mut rx, mut complete_on_arrival) = match app.blob_flights.join(digest) {
+    let (rx, follower) = match app.blob_flights.join(digest) {
         Join::Leader(leader, rx) => {
             let Ok(permit) = app.fill_permits.clone().try_acquire_owned() else {
                 leader.fail(FillError::Busy);
@@ -600,69 +598,38 @@ async fn blob(
             (rx, true)
         }
     };
-    // Answer as soon as upstream headers arrive: clients give up after ~30 s without them.
-    loop {
-        let state = rx.borrow_and_update().clone();
-        match state {
-            FillState::Pending => {}
-            FillState::Streaming { size, .. } => {
-                return blob_response(
-                    digest,
-                    BlobSource::Fill(rx),
-                    size,
-                    range,
-                    false,
-                    Outcome::Miss,
-                );
-            }
-            FillState::Verified { file, size } | FillState::Committed { file, size } => {
-                let outcome = if complete_on_arrival {
-                    Outcome::Hit
-                } else {
-                    Outcome::Miss
-                };
-                return blob_response(
-                    digest,
-                    BlobSource::File(file),
-                    Some(size),
-                    range,
-                    false,
-                    outcome,
-                );
-            }
-            FillState::Failed(FillError::NotFound) => {
-                return Err(Miss::NotFound.into_error(
-                    t,
-                    &format!("blob {digest}"),
-                    ErrorCode::BlobUnknown,
-                ));
-            }
-            FillState::Failed(FillError::Upstream(m)) => {
-                return Err(RegistryError::new(
-                    ErrorCode::BadGateway,
-                    format!(
-                        "fetching blob {digest} from upstream {} failed: {m}",
-                        t.up.name
-                    ),
-                ));
-            }
-            FillState::Failed(FillError::Busy) => {
-                return Err(busy());
-            }
-            FillState::Failed(FillError::Internal) => {
-                return Err(RegistryError::new(
-                    ErrorCode::Unknown,
-                    "local storage error; see the server log",
-                ));
-            }
+    match first_answer(rx, follower).await {
+        Start::Streaming { rx, size } => blob_response(
+            digest,
+            BlobSource::Fill(rx),
+            size,
+            range,
+            false,
+            Outcome::Miss,
+        ),
+        Start::Complete { file, size, hit } => blob_response(
+            digest,
+            BlobSource::File(file),
+            Some(size),
+            range,
+            false,
+            if hit { Outcome::Hit } else { Outcome::Miss },
+        ),
+        Start::Failed(FillError::NotFound) => {
+            Err(Miss::NotFound.into_error(t, &format!("blob {digest}"), ErrorCode::BlobUnknown))
         }
-        complete_on_arrival = false;
-        if rx.changed().await.is_err() && !rx.borrow().is_terminal() {
-            return Err(RegistryError::new(
-                ErrorCode::Unknown,
-                "blob fill ended without a result",
-            ));
-        }
+        Start::Failed(FillError::Upstream(m)) => Err(RegistryError::new(
+            ErrorCode::BadGateway,
+            format!(
+                "fetching blob {digest} from upstream {} failed: {m}",
+                t.up.name
+            ),
+        )),
+        Start::Failed(FillError::Busy) => Err(busy()),
+        Start::Failed(FillError::Internal) => Err(RegistryError::new(
+            ErrorCode::Unknown,
+            "local storage error; see the server log",
+        )),
     }
 }
 

@@ -86,6 +86,11 @@ impl Inner {
     fn len(&self) -> usize {
         self.manifests.len() + self.tags.len()
     }
+
+    fn next_generation(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
 }
 
 pub struct HotManifests {
@@ -229,13 +234,6 @@ impl HotManifests {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Inner {
-    fn next_generation(&mut self) -> u64 {
-        self.generation += 1;
-        self.generation
     }
 }
 
