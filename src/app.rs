@@ -90,6 +90,7 @@ impl AppState {
             config.server.max_concurrent_fills,
         ));
         let storage = Storage::open(&config.data_dir)?;
+        registry::visibility::backfill(&storage, config.registry.max_manifest_size.0)?;
         let hot = crate::registry::hot::HotManifests::new(config.cache.manifest_memory.0);
         Ok(AppState(Arc::new(Inner {
             config,

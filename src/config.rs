@@ -166,6 +166,9 @@ pub struct RegistryConfig {
     pub tag_ttl: Duration,
     /// Manifests larger than this are refused (the spec asks registries to accept at least 4 MiB).
     pub max_manifest_size: ByteSize,
+    /// A blob fill stops here when no manifest declared the blob's size: an upstream sending
+    /// junk under a digest cannot fill the disk before the digest check fails.
+    pub max_blob_size: ByteSize,
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
 }
@@ -354,6 +357,7 @@ impl Default for RegistryConfig {
             default_upstream: DOCKER_HUB_NAME.into(),
             tag_ttl: Duration::from_secs(5 * 60),
             max_manifest_size: ByteSize(4 << 20),
+            max_blob_size: ByteSize(16 << 30),
             upstreams: vec![UpstreamConfig {
                 name: DOCKER_HUB_NAME.into(),
                 url: DOCKER_HUB_URL.into(),
@@ -496,6 +500,9 @@ impl Config {
             return invalid(
                 "registry.max_manifest_size must be at least 4MiB (the OCI spec's minimum)".into(),
             );
+        }
+        if reg.max_blob_size.0 == 0 {
+            return invalid("registry.max_blob_size must be more than 0".into());
         }
         self.validate_go()?;
         let names: Vec<&str> = self

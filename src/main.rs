@@ -339,6 +339,7 @@ fn print_config(c: &Config) {
         "registry.max_manifest_size = {}",
         c.registry.max_manifest_size
     );
+    let _ = writeln!(o, "registry.max_blob_size = {}", c.registry.max_blob_size);
     for u in &c.registry.upstreams {
         let auth = auth_summary(&u.username, &u.password_file, &u.password_env);
         let lib = if u.library_prefix() {

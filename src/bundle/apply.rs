@@ -250,6 +250,18 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
             .put_refs(&d, &RefsRecord { children })
             .map_err(AdminError::internal)?;
     }
+    // What the bundle says each repository holds is what it may serve (see `visibility`).
+    let max_manifest = app.config.registry.max_manifest_size.0;
+    for i in &c.images {
+        crate::registry::visibility::link(
+            &app.storage,
+            &i.upstream,
+            &i.repository,
+            &i.digest,
+            max_manifest,
+        )
+        .map_err(AdminError::internal)?;
+    }
     for i in &c.images {
         let Some(tag) = &i.tag else { continue };
         let newer = index

@@ -13,6 +13,7 @@ use super::errors::{ErrorCode, RegistryError};
 use super::hot::HotManifest;
 use super::manifest;
 use super::routes::{self, Reference, RepoName, Route, Tag, query_param};
+use super::visibility;
 use crate::app::{AppState, now_unix};
 use crate::cache::fill::{CopyError, copy_body};
 use crate::cache::{BlobBody, ByteRange, FillError, FillState, Join, Leader, Start, first_answer};
@@ -409,7 +410,6 @@ async fn fetch_manifest(
         .map_err(|m| Miss::Failed(UpstreamError::Protocol(m)))?;
     app.metrics
         .add_upstream_bytes(&t.up.name, body.len() as u64);
-    link(app, t, &actual);
     store_manifest(app, &actual, &body, &media)
         .await
         .map_err(|e| {
@@ -418,6 +418,9 @@ async fn fetch_manifest(
                 e.message
             )))
         })?;
+    // Fetched from this repository: it and what it lists may be served from it.
+    link(app, t, &actual);
+    declare_sizes(app, &body);
     let m = hot_manifest(actual, body, &media);
     app.hot.put_manifest(m.clone());
     Ok(m)
@@ -447,30 +450,26 @@ async fn store_manifest(app: &AppState, digest: &Digest, body: &[u8], media: &st
     Ok(())
 }
 
-/// Records that `t`'s repository holds `digest` (only needed for upstreams with credentials).
+/// Records that `t`'s repository holds `digest` (and what it lists, for a stored manifest).
 fn link(app: &AppState, t: &Target, digest: &Digest) {
-    if t.up.has_credentials()
-        && let Err(e) = app
-            .storage
-            .index
-            .put_link(&t.up.name, t.name.as_str(), digest)
-    {
+    let max = app.config.registry.max_manifest_size.0;
+    if let Err(e) = visibility::link(&app.storage, &t.up.name, t.name.as_str(), digest, max) {
         tracing::warn!(error = %e, "recording the repository link failed");
     }
 }
 
-/// For an upstream wharf logs in to, content is private per repository: a digest cached from
-/// one repository is served to another only after the upstream confirms (HEAD) that this
-/// repository has it too.
+/// Content is served for `t`'s (upstream, repository) only when that pair is known to hold it
+/// (see `visibility`). Without a link, the upstream is asked (HEAD) in this repository; a yes
+/// is remembered, so the question is asked once.
 async fn ensure_linked(app: &AppState, t: &Target, digest: &Digest, kind: &str) -> Result<()> {
-    if !t.up.has_credentials()
-        || app
-            .storage
-            .index
-            .has_link(&t.up.name, t.name.as_str(), digest)
-            .unwrap_or(false)
+    match app
+        .storage
+        .index
+        .has_link(&t.up.name, t.name.as_str(), digest)
     {
-        return Ok(());
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        Err(e) => return Err(internal(e)),
     }
     let (unknown, what, accept) = if kind == "blobs" {
         (ErrorCode::BlobUnknown, format!("blob {digest}"), &[][..])
@@ -513,9 +512,18 @@ fn load_manifest(app: &AppState, digest: &Digest) -> Result<Option<Arc<HotManife
         .flatten()
         .and_then(|r| r.media_type)
         .unwrap_or_else(|| manifest::media_type_of_stored(&body));
+    declare_sizes(app, &body);
     let m = hot_manifest(digest.clone(), body, &media);
     app.hot.put_manifest(m.clone());
     Ok(Some(m))
+}
+
+/// Remembers the blob sizes a manifest declares, so their fills stop there.
+fn declare_sizes(app: &AppState, body: &[u8]) {
+    let sizes = manifest::contents(body)
+        .into_iter()
+        .filter_map(|(d, size)| Some((d, size?)));
+    app.hot.declare(sizes);
 }
 
 fn hot_manifest(digest: Digest, body: Vec<u8>, media: &str) -> Arc<HotManifest> {
@@ -573,7 +581,7 @@ async fn blob(
         ));
     }
     if head {
-        return blob_head_upstream(t, digest).await;
+        return blob_head_upstream(app, t, digest).await;
     }
     let (rx, follower) = match app.blob_flights.join(digest) {
         Join::Leader(leader, rx) => {
@@ -592,13 +600,15 @@ async fn blob(
             ));
             (rx, false)
         }
-        Join::Follower(rx) => {
-            // The fill may be for another repository of an upstream wharf logs in to.
-            ensure_linked(app, t, digest, "blobs").await?;
-            (rx, true)
-        }
+        Join::Follower(rx) => (rx, true),
     };
-    match first_answer(rx, follower).await {
+    let start = first_answer(rx, follower).await;
+    if follower && !matches!(start, Start::Failed(_)) {
+        // The fill may be for another repository or upstream. Asked once it has started: a
+        // fill for this same repository has linked it by then, so no HEAD is needed.
+        ensure_linked(app, t, digest, "blobs").await?;
+    }
+    match start {
         Start::Streaming { rx, size } => blob_response(
             digest,
             BlobSource::Fill(rx),
@@ -698,7 +708,7 @@ fn blob_response(
 }
 
 /// HEAD of a blob not in cache: ask upstream, fetch nothing.
-async fn blob_head_upstream(t: &Target, digest: &Digest) -> Result<Response> {
+async fn blob_head_upstream(app: &AppState, t: &Target, digest: &Digest) -> Result<Response> {
     let path = format!("/v2/{}/blobs/{digest}", t.name);
     let what = format!("blob {digest}");
     let resp =
@@ -706,6 +716,7 @@ async fn blob_head_upstream(t: &Target, digest: &Digest) -> Result<Response> {
             .await
             .map_err(|e| Miss::Failed(e).into_error(t, &what, ErrorCode::BlobUnknown))?;
     classify(resp.status()).map_err(|m| m.into_error(t, &what, ErrorCode::BlobUnknown))?;
+    link(app, t, digest);
     tracing::Span::current().record("cache", Outcome::Miss.as_str());
     let mut out = Body::empty().into_response();
     let h = out.headers_mut();
@@ -777,18 +788,19 @@ async fn run_fill(
         s => return Err(upstream_err(UpstreamError::Status { status: s })),
     }
     // The repository has the blob: requests for it may join this fill (see `ensure_linked`).
-    if up.has_credentials()
-        && let Err(e) = app.storage.index.put_link(&up.name, name.as_str(), digest)
-    {
+    if let Err(e) = app.storage.index.put_link(&up.name, name.as_str(), digest) {
         tracing::warn!(error = %e, "recording the repository link failed");
     }
     let url = resp.url().clone();
+    // Never write more than the blob can be: what a manifest declared, else the configured cap.
+    let declared = app.hot.declared_size(digest);
+    let limit = declared.unwrap_or(app.config.registry.max_blob_size.0);
     let mut writer = app.storage.blobs.writer().map_err(|e| {
         tracing::error!(error = %e, "cannot create a temp file");
         FillError::Internal
     })?;
     let file = writer.file();
-    let written = copy_body(resp, &mut writer, leader, u64::MAX)
+    let written = copy_body(resp, &mut writer, leader, limit)
         .await
         .map_err(|e| match e {
             CopyError::Transport(e) => {
@@ -797,9 +809,21 @@ async fn run_fill(
             CopyError::Overlong { content_length } => upstream_err(UpstreamError::Protocol(
                 format!("upstream sent more than its Content-Length of {content_length}"),
             )),
-            CopyError::TooLarge { limit } => upstream_err(UpstreamError::Protocol(format!(
-                "blob larger than {limit} bytes"
-            ))),
+            CopyError::TooLarge { limit } => {
+                tracing::error!(
+                    limit,
+                    declared = declared.is_some(),
+                    "upstream sent more than the blob's size allows; fill stopped, nothing stored"
+                );
+                upstream_err(UpstreamError::Protocol(format!(
+                    "blob larger than {} ({limit} bytes)",
+                    if declared.is_some() {
+                        "its manifest declares"
+                    } else {
+                        "registry.max_blob_size"
+                    }
+                )))
+            }
             CopyError::Truncated { expected, got } => {
                 upstream_err(UpstreamError::Truncated { expected, got })
             }

@@ -96,14 +96,40 @@ impl Inner {
 pub struct HotManifests {
     budget: usize,
     inner: Mutex<Inner>,
+    /// Blob sizes declared by manifests seen lately: a fill stops there (`declared_size`).
+    declared: Mutex<HashMap<Digest, u64>>,
 }
+
+/// Most declared sizes remembered; past it the table starts over (a miss only means the fill
+/// is bounded by `registry.max_blob_size` instead).
+const MAX_DECLARED: usize = 65_536;
 
 impl HotManifests {
     pub fn new(budget: u64) -> HotManifests {
         HotManifests {
             budget: usize::try_from(budget).unwrap_or(usize::MAX),
             inner: Mutex::default(),
+            declared: Mutex::default(),
         }
+    }
+
+    /// Remembers the sizes a manifest declares for what it lists. Where manifests disagree the
+    /// largest is kept: a wrong small one must not cut a correct fill short.
+    pub fn declare(&self, sizes: impl IntoIterator<Item = (Digest, u64)>) {
+        let mut d = self.declared.lock().unwrap_or_else(|p| p.into_inner());
+        for (digest, size) in sizes {
+            if d.len() >= MAX_DECLARED && !d.contains_key(&digest) {
+                d.clear();
+            }
+            let e = d.entry(digest).or_insert(size);
+            *e = (*e).max(size);
+        }
+    }
+
+    /// The size a manifest declared for `digest`, if one was seen lately.
+    pub fn declared_size(&self, digest: &Digest) -> Option<u64> {
+        let d = self.declared.lock().unwrap_or_else(|p| p.into_inner());
+        d.get(digest).copied()
     }
 
     pub fn manifest(&self, digest: &Digest) -> Option<Arc<HotManifest>> {

@@ -116,6 +116,32 @@ pub fn children(body: &[u8]) -> Vec<wharf_storage::Digest> {
     out
 }
 
+/// What a manifest holds, for visibility: its config and layers (with the sizes it declares),
+/// or an index's child manifests. Not its `subject`: that is a pointer to another manifest,
+/// which a repository may not hold. Invalid digests are skipped.
+pub fn contents(body: &[u8]) -> Vec<(wharf_storage::Digest, Option<u64>)> {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut push = |v: &serde_json::Value| {
+        if let Some(d) = v.get("digest").and_then(|d| d.as_str())
+            && let Ok(d) = wharf_storage::Digest::parse(d)
+        {
+            out.push((d, v.get("size").and_then(|s| s.as_u64())));
+        }
+    };
+    if let Some(v) = doc.get("config") {
+        push(v);
+    }
+    for key in ["layers", "manifests", "blobs"] {
+        if let Some(arr) = doc.get(key).and_then(|a| a.as_array()) {
+            arr.iter().for_each(&mut push);
+        }
+    }
+    out
+}
+
 /// The media type of a stored manifest whose index record lacks one (rebuilt by fsck).
 pub fn media_type_of_stored(body: &[u8]) -> String {
     check(body, None).unwrap_or_else(|_| OCI_MANIFEST.to_string())

@@ -11,5 +11,6 @@ mod handlers;
 pub mod hot;
 pub mod manifest;
 pub mod routes;
+pub mod visibility;
 
 pub use handlers::{canonical_repo, handle};

@@ -35,7 +35,7 @@ pub enum StorageError {
 
 impl StorageError {
     /// Wraps an `io::Error` with what was being done, for `map_err`.
-    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> StorageError {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> StorageError {
         let context = context.into();
         move |source| StorageError::Io { context, source }
     }

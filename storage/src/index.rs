@@ -14,7 +14,7 @@
 //! | `refs`     | `sha256:<hex>` (a manifest) | `RefsRecord`    |
 //! | `atime`    | `sha256:<hex>`              | `AtimeRecord`   |
 //! | `links`    | upstream, repo, digest      | `LinkRecord`    |
-//! | `meta`     | `format`                    | index format    |
+//! | `meta`     | `format`, `done/<step>`     | index format, one-time steps run |
 //!
 //! Composite keys come from `keys.rs`. A new key space (Go module versions, pins, access times) is
 //! one more `Space` field opened in `Index::open`, a record struct, and typed methods; nothing else
@@ -120,8 +120,8 @@ pub struct AtimeRecord {
     pub last_access_unix: u64,
 }
 
-/// That a repository of an upstream was seen to hold a blob or manifest: for upstreams with
-/// credentials, content cached from one repository is not served to another without it.
+/// That a repository of an upstream is known to hold a blob or manifest: content is served for
+/// an (upstream, repository) only with one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkRecord {
     pub linked_unix: u64,
@@ -158,6 +158,7 @@ pub struct Index {
     refs: Space,
     atime: Space,
     links: Space,
+    meta: Space,
 }
 
 impl Index {
@@ -192,6 +193,7 @@ impl Index {
             refs: Space::open(&db, "refs")?,
             atime: Space::open(&db, "atime")?,
             links: Space::open(&db, "links")?,
+            meta,
             db,
         })
     }
@@ -435,6 +437,19 @@ impl Index {
             .links
             .tree
             .contains_key(keys::encode(&[upstream, repo, digest.as_str()])?)?)
+    }
+
+    /// Whether a one-time step named `name` (a migration) has run on this index.
+    pub fn done(&self, name: &str) -> Result<bool, StorageError> {
+        Ok(self.meta.tree.contains_key(format!("done/{name}"))?)
+    }
+
+    /// Records that the one-time step `name` has run.
+    pub fn mark_done(&self, name: &str) -> Result<(), StorageError> {
+        self.meta
+            .tree
+            .insert(format!("done/{name}"), &unix_now().to_be_bytes())?;
+        Ok(())
     }
 
     /// Writes a batch of access times in one sled batch.

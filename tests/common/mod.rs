@@ -48,6 +48,9 @@ pub enum BlobMode {
     Slow(Duration),
     /// 307 to this base URL (the path is kept).
     Redirect(String),
+    /// Junk without a Content-Length, 64 KiB at a time, until the client stops reading
+    /// (counted in `FakeState::endless_sent`).
+    Endless,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +87,8 @@ pub struct FakeState {
     pub hang: std::sync::atomic::AtomicBool,
     pub token_requests: AtomicUsize,
     pub connections: AtomicUsize,
+    /// Bytes of `BlobMode::Endless` bodies handed to the connection.
+    pub endless_sent: std::sync::atomic::AtomicU64,
 }
 
 pub struct FakeRegistry {
@@ -361,6 +366,7 @@ async fn fake_handler(State(st): State<Arc<FakeState>>, req: Request) -> Respons
         };
         let mode = st.blob_mode.lock().unwrap().clone();
         let len = body.len();
+        let endless = matches!(mode, BlobMode::Endless);
         let body_out: Body = match mode {
             BlobMode::Redirect(base) => {
                 return (
@@ -395,6 +401,14 @@ async fn fake_handler(State(st): State<Arc<FakeState>>, req: Request) -> Respons
                 });
                 Body::from_stream(s)
             }
+            BlobMode::Endless => {
+                let st = st.clone();
+                let s = futures_util::stream::repeat_with(move || {
+                    st.endless_sent.fetch_add(64 * 1024, Ordering::SeqCst);
+                    Ok::<_, std::io::Error>(Bytes::from(vec![0x5a; 64 * 1024]))
+                });
+                Body::from_stream(s)
+            }
             BlobMode::Slow(delay) => {
                 let chunks: Vec<Bytes> =
                     body.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
@@ -408,8 +422,10 @@ async fn fake_handler(State(st): State<Arc<FakeState>>, req: Request) -> Respons
             }
         };
         let mut resp = Response::new(body_out);
-        resp.headers_mut()
-            .insert(header::CONTENT_LENGTH, len.into());
+        if !endless {
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, len.into());
+        }
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             "application/octet-stream".parse().unwrap(),

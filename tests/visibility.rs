@@ -1,0 +1,281 @@
+//! Who may read what: content is stored once by digest, but served for an (upstream,
+//! repository) pair only when that pair is known to hold it. A digest learned elsewhere opens
+//! nothing, whichever upstream, repository or spelling it is asked under. Also: a blob fill
+//! never writes more than the blob can be.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use common::{BlobMode, FakeRegistry, Wharf, bytes_of, client, config_toml, files_under, sha256};
+
+const USER: &str = "ci";
+const PASSWORD: &str = "visibility pass";
+
+/// `private.test` (wharf logs in to it; an access rule protects it) and `public.test` (the
+/// default upstream, anonymous).
+fn two_upstreams(private: &FakeRegistry, public: &FakeRegistry, dir: &Path) -> String {
+    let pw = dir.join("upstream-password");
+    std::fs::write(&pw, "mirror-secret\n").unwrap();
+    let hash = wharf::access::hash_password(PASSWORD).unwrap();
+    format!(
+        r#"data_dir = "{data}"
+[registry]
+default_upstream = "public.test"
+[[registry.upstream]]
+name = "private.test"
+url = "{private}"
+username = "mirror"
+password_file = "{pw}"
+[[registry.upstream]]
+name = "public.test"
+url = "{public}"
+[egress]
+allow = ["127.0.0.1"]
+connect_timeout = "2s"
+read_timeout = "5s"
+[access]
+[[access.user]]
+name = "{USER}"
+password_hash = "{hash}"
+[[access.rule]]
+protocol = "registry"
+prefix = "private.test/"
+require_auth = true
+"#,
+        data = dir.display(),
+        private = private.url(),
+        public = public.url(),
+        pw = pw.display(),
+    )
+}
+
+#[tokio::test]
+async fn private_content_is_not_served_through_another_upstream_or_repository() {
+    let private = FakeRegistry::start().await;
+    let public = FakeRegistry::start().await;
+    let secret = bytes_of(50_000, 31);
+    let layer = sha256(&secret);
+    let (manifest, _) = private.put_image("team/secret", "v1", std::slice::from_ref(&secret));
+    let dir = tempfile::tempdir().unwrap();
+    let w =
+        Wharf::start_with_config(&two_upstreams(&private, &public, dir.path()), dir.path()).await;
+    let c = client();
+    // An authorised client pulls the private image: it is cached.
+    for path in [
+        "/v2/private.test/team/secret/manifests/v1".to_string(),
+        format!("/v2/private.test/team/secret/blobs/{layer}"),
+    ] {
+        let r = c
+            .get(w.url(&path))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.bytes().await.unwrap();
+    }
+    // Anonymous clients ask for the same digests through every other path.
+    for (path, kind) in [
+        (format!("/v2/public.test/any/repo/blobs/{layer}"), "blob"),
+        (format!("/v2/library/x/blobs/{layer}"), "blob"),
+        (format!("/v2/x/blobs/{layer}?ns=public.test"), "blob"),
+        (
+            format!("/v2/public.test/any/repo/manifests/{manifest}"),
+            "manifest",
+        ),
+        (format!("/v2/library/x/manifests/{manifest}"), "manifest"),
+    ] {
+        for head in [false, true] {
+            let req = if head {
+                c.head(w.url(&path))
+            } else {
+                c.get(w.url(&path))
+            };
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 404, "{path} (head: {head}) was served");
+            assert_ne!(
+                r.headers().get("x-cache").map(|v| v.as_bytes()),
+                Some(&b"HIT"[..])
+            );
+            let body = r.bytes().await.unwrap();
+            assert!(
+                !body
+                    .windows(64)
+                    .any(|w| secret.windows(64).next() == Some(w))
+            );
+        }
+        let _ = kind;
+    }
+    // The public upstream was asked whether it holds them (it does not); the private one was
+    // never asked on an anonymous client's behalf.
+    assert!(public.count("HEAD", &layer) >= 2, "{:?}", public.seen());
+    assert_eq!(private.count("HEAD", "/v2/team/secret/blobs/"), 0);
+    // The protected upstream's other repositories stay behind the rule.
+    let r = c
+        .get(w.url(&format!("/v2/private.test/other/repo/blobs/{layer}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn content_of_an_anonymous_upstream_is_confirmed_per_repository() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes_of(20_000, 32);
+    let d = up.put_blob(&data);
+    let w = Wharf::start(&up.url(), dir.path(), "").await;
+    let c = client();
+    let get = |repo: &str| c.get(w.url(&format!("/v2/{repo}/blobs/{d}"))).send();
+    assert_eq!(get("team/a").await.unwrap().bytes().await.unwrap(), data);
+    up.state.hidden_repos.lock().unwrap().push("team/b".into());
+    let r = get("team/b").await.unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "served to a repository that does not hold it"
+    );
+    let heads = up.count("HEAD", "/v2/team/c/blobs/");
+    let r = get("team/c").await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(r.bytes().await.unwrap(), data);
+    assert_eq!(up.count("HEAD", "/v2/team/c/blobs/"), heads + 1);
+    get("team/c").await.unwrap().bytes().await.unwrap();
+    assert_eq!(
+        up.count("HEAD", "/v2/team/c/blobs/"),
+        heads + 1,
+        "confirmed once is enough"
+    );
+    assert_eq!(up.count("GET", "/blobs/"), 1, "bytes were fetched once");
+}
+
+#[tokio::test]
+async fn a_pulled_image_serves_its_blobs_without_asking_and_offline_after_a_restart() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let layer = bytes_of(30_000, 33);
+    let ld = sha256(&layer);
+    up.put_image("team/app", "v1", std::slice::from_ref(&layer));
+    let w = Wharf::start(&up.url(), dir.path(), "").await;
+    let c = client();
+    let r = c
+        .get(w.url("/v2/team/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Cache the layer through another repository of the same upstream first.
+    up.state
+        .blobs
+        .lock()
+        .unwrap()
+        .insert(ld.clone(), layer.clone());
+    c.get(w.url(&format!("/v2/team/other/blobs/{ld}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    // team/app's manifest lists it: served without a HEAD.
+    let r = c
+        .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(up.count("HEAD", "/blobs/"), 0, "{:?}", up.seen());
+    w.stop().await;
+    let offline =
+        config_toml(&up.url(), dir.path(), "").replace("[registry]", "offline = true\n[registry]");
+    let w = Wharf::start_with_config(&offline, dir.path()).await;
+    let r = c
+        .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), layer);
+    let r = c
+        .get(w.url(&format!("/v2/team/never/blobs/{ld}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "offline, an unlinked repository gets nothing"
+    );
+}
+
+#[tokio::test]
+async fn blob_fill_stops_at_the_size_its_manifest_declares() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let layer = bytes_of(100_000, 34);
+    let ld = sha256(&layer);
+    up.put_image("team/app", "v1", &[layer]);
+    let w = Wharf::start(&up.url(), dir.path(), "").await;
+    let c = client();
+    c.get(w.url("/v2/team/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    up.set_blob_mode(BlobMode::Endless);
+    let r = c
+        .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        read_at_most(r, 200_000).await <= 100_000,
+        "more than the declared size reached the client"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let sent = up.state.endless_sent.load(Ordering::SeqCst);
+    assert!(sent < 32 << 20, "wharf kept reading junk: {sent} bytes");
+    assert!(files_under(&dir.path().join("tmp")).is_empty());
+    assert!(
+        !files_under(&dir.path().join("blobs"))
+            .iter()
+            .any(|p| p.ends_with(&ld[7..]))
+    );
+}
+
+#[tokio::test]
+async fn blob_fill_without_a_declared_size_stops_at_max_blob_size() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = bytes_of(10_000, 35);
+    let d = up.put_blob(&blob);
+    up.set_blob_mode(BlobMode::Endless);
+    let w = Wharf::start(&up.url(), dir.path(), "max_blob_size = \"1MiB\"").await;
+    let r = client()
+        .get(w.url(&format!("/v2/team/app/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(read_at_most(r, 2 << 20).await <= 1 << 20);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let sent = up.state.endless_sent.load(Ordering::SeqCst);
+    assert!(sent < 32 << 20, "wharf kept reading junk: {sent} bytes");
+    assert!(files_under(&dir.path().join("tmp")).is_empty());
+}
+
+/// Reads a body until it ends, fails or passes `cap` bytes; returns how many arrived.
+async fn read_at_most(mut r: reqwest::Response, cap: usize) -> usize {
+    let mut n = 0;
+    while let Ok(Some(chunk)) = r.chunk().await {
+        n += chunk.len();
+        if n > cap {
+            break;
+        }
+    }
+    n
+}
