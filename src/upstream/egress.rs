@@ -318,6 +318,11 @@ fn classify_v6(ip: Ipv6Addr) -> AddrClass {
         AddrClass::Multicast
     } else if (s[0] == 0x64 && s[1] == 0xff9b) || s[0] == 0x2002 || (s[0] == 0x2001 && s[1] == 0) {
         AddrClass::EmbedsIpv4
+    } else if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        // IPv4-translated (RFC 2765, ::ffff:0:a.b.c.d): it reaches the IPv4 address it embeds,
+        // like the IPv4-mapped form (which `canonical_ip` has already unwrapped).
+        let ([a, b], [c, d]) = (s[6].to_be_bytes(), s[7].to_be_bytes());
+        classify_v4(Ipv4Addr::new(a, b, c, d))
     } else if s[..6] == [0, 0, 0, 0, 0, 0] {
         // IPv4-compatible (deprecated) ::a.b.c.d
         AddrClass::EmbedsIpv4
@@ -532,6 +537,23 @@ mod tests {
         assert_eq!(c("2002:a9fe:a9fe::1"), AddrClass::EmbedsIpv4);
         assert_eq!(c("2001:0:4136:e378::1"), AddrClass::EmbedsIpv4);
         assert_eq!(c("2606:4700::1111"), AddrClass::Public);
+    }
+
+    #[test]
+    fn ipv4_translated_addresses_are_classified_by_their_ipv4() {
+        let c = |s: &str| classify(s.parse().unwrap());
+        assert_eq!(c("::ffff:0:127.0.0.1"), AddrClass::Loopback);
+        assert_eq!(c("::ffff:0:10.1.2.3"), AddrClass::Private);
+        assert_eq!(c("::ffff:0:169.254.169.254"), AddrClass::LinkLocal);
+        assert_eq!(c("::ffff:0:100.64.0.1"), AddrClass::Cgnat);
+        assert_eq!(c("::ffff:0:0.0.0.0"), AddrClass::Unspecified);
+        assert_eq!(c("::ffff:0:8.8.8.8"), AddrClass::Public);
+        let p = policy(&[]);
+        assert_eq!(
+            p.check_addr("::ffff:0:169.254.169.254".parse().unwrap()),
+            Err(AddrClass::LinkLocal)
+        );
+        assert!(p.check_addr("::ffff:0:8.8.8.8".parse().unwrap()).is_ok());
     }
 
     #[test]
