@@ -229,3 +229,32 @@ fn check_egress_explains_the_decision() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("egress.allow"), "{text}");
 }
+
+fn run_check_egress(cfg: &std::path::Path, url: &str) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["check-egress", "--config"])
+        .arg(cfg)
+        .arg(url)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn check_egress_does_not_resolve_refused_names() {
+    // `localhost` resolves anywhere (to loopback), so any lookup would show in the report.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("wharf.toml");
+    std::fs::write(&cfg, "[egress]\nallow = [\"mirror.test\"]\n").unwrap();
+    let (code, text) = run_check_egress(&cfg, "http://localhost:8080/v2/");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("host: REFUSED"), "{text}");
+    assert!(text.contains("not resolved"), "{text}");
+    assert!(
+        !text.contains("127.0.0.1") && !text.contains("::1") && !text.contains("DNS"),
+        "a refused name was looked up: {text}"
+    );
+}
