@@ -15,7 +15,7 @@ use reqwest::Url;
 
 use super::UpstreamError;
 use super::auth::{Challenge, TokenResponse, parse_challenge};
-use super::egress::{EgressError, EgressPolicy, redact};
+use super::egress::{EgressError, EgressPolicy, redact, strip_userinfo};
 use crate::config::{EgressConfig, UpstreamConfig};
 
 /// Upstream credentials; `Debug` never prints the password.
@@ -216,6 +216,10 @@ impl UpstreamClient {
         let mut url = Url::parse(realm).map_err(|_| {
             UpstreamError::Auth("the registry sent a token realm that is not a URL".into())
         })?;
+        if strip_userinfo(&mut url) {
+            tracing::warn!(upstream = %self.name, realm = %redact(&url),
+                "the token realm carries a user name or password; ignored");
+        }
         // The realm is an egress destination like any other, checked before credentials go to it.
         self.policy.check(&url).map_err(UpstreamError::Egress)?;
         if let Some(s) = service {
@@ -277,7 +281,8 @@ impl UpstreamClient {
 }
 
 /// Sends a request and follows redirects by hand: egress is checked before every hop, https ->
-/// http is refused, and `authz` is dropped for good on any change of host, port or scheme.
+/// http is refused, `authz` is dropped for good on any change of host, port or scheme, and
+/// userinfo in a URL is never sent (reqwest would turn it into Basic auth).
 pub async fn send_following(
     http: &reqwest::Client,
     policy: &EgressPolicy,
@@ -287,6 +292,7 @@ pub async fn send_following(
     accept: &[&str],
     mut authz: Option<HeaderValue>,
 ) -> Result<reqwest::Response, UpstreamError> {
+    strip_userinfo(&mut url);
     for hop in 0..=max_redirects {
         policy.check(&url).map_err(UpstreamError::Egress)?;
         let mut headers = HeaderMap::new();
@@ -331,11 +337,14 @@ pub async fn send_following(
 }
 
 /// Where a redirect leads, and whether it stays on the same origin (scheme, host and port) so
-/// credentials may go along. https -> http is refused.
+/// credentials may go along. https -> http is refused; userinfo in `location` is dropped.
 pub fn next_hop(url: &Url, location: &str) -> Result<(Url, bool), UpstreamError> {
-    let next = url.join(location).map_err(|_| {
+    let mut next = url.join(location).map_err(|_| {
         UpstreamError::Protocol(format!("redirect from {} to an invalid URL", redact(url)))
     })?;
+    if strip_userinfo(&mut next) {
+        tracing::warn!(to = %redact(&next), "redirect Location carries a user name or password; ignored");
+    }
     if url.scheme() == "https" && next.scheme() != "https" {
         return Err(UpstreamError::Redirect(format!(
             "refused https -> {} downgrade to {}",
@@ -508,6 +517,9 @@ mod tests {
             next_hop(&u("http://reg.example/v2/x"), "https://reg.example/v2/x").unwrap();
         assert!(!same, "a change of scheme drops credentials too");
         assert!(next_hop(&u("https://reg.example/"), "https://[::1").is_err());
+        let (n, same) =
+            next_hop(&u("https://reg.example/v2/x"), "https://u:pw@reg.example/y").unwrap();
+        assert_eq!((n.as_str(), same), ("https://reg.example/y", true));
     }
 
     #[test]

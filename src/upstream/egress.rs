@@ -430,6 +430,18 @@ impl reqwest::dns::Resolve for PolicyResolver {
     }
 }
 
+/// Removes `user:password@` from `url`; returns whether there was any. Credentials go only
+/// where the config puts them, never where a URL from an upstream (a redirect `Location`, a
+/// token realm) says; left in, reqwest would send them as Basic auth.
+pub fn strip_userinfo(url: &mut Url) -> bool {
+    if url.username().is_empty() && url.password().is_none() {
+        return false;
+    }
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    true
+}
+
 /// A URL safe to log: no userinfo, no query (signed CDN URLs carry credentials there).
 pub fn redact(url: &Url) -> String {
     let mut u = url.clone();
