@@ -470,3 +470,80 @@ async fn userinfo_in_realm_is_not_sent() {
         }
     }
 }
+
+#[tokio::test]
+async fn allow_entry_with_port_refuses_other_ports() {
+    let up = FakeRegistry::start().await;
+    let planted = FakeRegistry::start().await;
+    let d = up.put_blob(b"layer");
+    planted.put_blob(b"layer");
+    up.set_blob_mode(BlobMode::Redirect(planted.url()));
+    let dir = tempfile::tempdir().unwrap();
+    let egress = format!("allow = [\"127.0.0.1:{}\"]", up.addr.port());
+    let w = wharf_with(&up, dir.path(), &egress).await;
+    let (status, body) = get_blob(&w, &d).await;
+    assert_eq!(status, 502, "{body}");
+    let entry = format!("127.0.0.1:{}", planted.addr.port());
+    assert!(
+        body.contains(&entry) && body.contains("egress.allow"),
+        "{body}"
+    );
+    assert_eq!(
+        up.count("GET", "/blobs/"),
+        1,
+        "the listed port was contacted"
+    );
+    assert_eq!(conns(&planted), 0, "another port of the host was contacted");
+}
+
+#[tokio::test]
+async fn credentials_are_not_sent_to_a_realm_on_another_port() {
+    let up = FakeRegistry::start().await;
+    let realm = Trap::start().await;
+    *up.state.require_token.lock().unwrap() = true;
+    *up.state.realm.lock().unwrap() = Some(format!("{}/token", realm.url()));
+    up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    let entry = format!("127.0.0.1:{}", realm.addr.port());
+
+    // A bare entry lets wharf contact the realm's port, but not hand it the credentials.
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(&up.url(), dir.path(), "").replace("url = \"", &credentials(dir.path()));
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let r = client()
+        .get(w.url("/v2/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains(&entry) && body.contains("egress.allow"),
+        "{body}"
+    );
+    assert!(realm.seen().is_empty(), "{:?}", realm.seen());
+    w.stop().await;
+
+    // Listing the realm's host:port is the operator's say-so.
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(&up.url(), dir.path(), "")
+        .replace("url = \"", &credentials(dir.path()))
+        .replace(
+            "allow = [\"127.0.0.1\"]",
+            &format!("allow = [\"127.0.0.1\", \"{entry}\"]"),
+        );
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let r = client()
+        .get(w.url("/v2/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = realm.seen();
+    assert!(!seen.is_empty());
+    for (path, authorization) in seen {
+        assert_eq!(
+            (path.as_str(), authorization),
+            ("/token", vec![basic("mirror:secret")])
+        );
+    }
+}

@@ -51,6 +51,8 @@ enum KnownAuth {
 pub struct UpstreamClient {
     pub name: String,
     base: String,
+    /// The upstream's URL: the scheme and port its credentials are bound to.
+    origin: Url,
     http: reqwest::Client,
     policy: Arc<EgressPolicy>,
     creds: Option<Credentials>,
@@ -80,9 +82,12 @@ impl UpstreamClient {
             _ => None,
         };
         let http = build_http(egress, policy.clone())?;
+        let origin =
+            Url::parse(&cfg.url).map_err(|e| format!("registry.upstream {:?}: {e}", cfg.name))?;
         Ok(UpstreamClient {
             name: cfg.name.clone(),
             base: cfg.url.trim_end_matches('/').to_string(),
+            origin,
             http,
             policy,
             creds,
@@ -220,8 +225,15 @@ impl UpstreamClient {
             tracing::warn!(upstream = %self.name, realm = %redact(&url),
                 "the token realm carries a user name or password; ignored");
         }
-        // The realm is an egress destination like any other, checked before credentials go to it.
+        // The realm is an egress destination like any other, checked before credentials go to it;
+        // the credentials themselves go only to the upstream's scheme and port, or to a port
+        // the operator listed.
         self.policy.check(&url).map_err(UpstreamError::Egress)?;
+        if self.creds.is_some() {
+            self.policy
+                .check_credentials(&self.origin, &url)
+                .map_err(UpstreamError::Egress)?;
+        }
         if let Some(s) = service {
             url.query_pairs_mut().append_pair("service", s);
         }
