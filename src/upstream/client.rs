@@ -144,13 +144,30 @@ impl UpstreamClient {
     ) -> Result<reqwest::Response, UpstreamError> {
         let url = Url::parse(&format!("{}{}", self.base, path_and_query))
             .map_err(|e| UpstreamError::Protocol(format!("bad upstream URL: {e}")))?;
-        let mut authz = self.cached_authorization(scope).await?;
+        // A remembered scheme saves the 401 round trip. When it fails it is forgotten, and the
+        // registry's challenge decides afresh (it may name another realm) — within this request,
+        // unless the token service is unreachable, when asking again would only wait twice.
+        let mut authz = match self.cached_authorization(scope).await {
+            Ok(a) => a,
+            Err(e) => {
+                *lock(&self.auth) = None;
+                if matches!(e, UpstreamError::Connect { .. } | UpstreamError::Timeout(_)) {
+                    self.health.record_auth_failure(&e);
+                    return Err(e);
+                }
+                None
+            }
+        };
         let mut retried = false;
         loop {
             let resp = self
                 .follow(method.clone(), url.clone(), accept, authz.clone())
                 .await?;
-            if resp.status() != StatusCode::UNAUTHORIZED || retried {
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                self.health.record_auth_ok();
+                return Ok(resp);
+            }
+            if retried {
                 return Ok(resp);
             }
             retried = true;
@@ -163,15 +180,23 @@ impl UpstreamClient {
                 .next();
             authz = match challenge {
                 Some(Challenge::Bearer(b)) => {
-                    let known = KnownAuth::Bearer {
-                        realm: b.realm.clone(),
-                        service: b.service.clone(),
+                    // Decided per challenge: a realm is remembered only once it gave a token, so
+                    // one refused or failing realm cannot stick to the upstream.
+                    let token = match self
+                        .fetch_token(&b.realm, b.service.as_deref(), scope)
+                        .await
+                    {
+                        Ok(t) => t,
+                        Err(e) => {
+                            self.health.record_auth_failure(&e);
+                            return Err(e);
+                        }
                     };
-                    *lock(&self.auth) = Some(known);
-                    Some(
-                        self.fetch_token(&b.realm, b.service.as_deref(), scope)
-                            .await?,
-                    )
+                    *lock(&self.auth) = Some(KnownAuth::Bearer {
+                        realm: b.realm,
+                        service: b.service,
+                    });
+                    Some(token)
                 }
                 Some(Challenge::Basic { .. }) => match self.basic_header() {
                     Some(h) => {
