@@ -297,7 +297,10 @@ impl PrivateModuleConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EgressConfig {
-    /// Hosts wharf may connect to: exact names or a leading `*.` wildcard (subdomains only).
+    /// Hosts wharf may connect to: exact names or a leading `*.` wildcard (subdomains only),
+    /// each optionally `host:port` to allow that port only (a bare host allows every port). The
+    /// upstream's credentials go to a token realm on another scheme or port only when a
+    /// `host:port` entry names it.
     pub allow: Vec<String>,
     /// Time to establish a TCP (and TLS) connection.
     #[serde(deserialize_with = "de_duration")]

@@ -273,6 +273,9 @@ async fn check_egress(config: &Config, url: &str) -> Result<ExitCode, wharf::Err
             );
             let _ = writeln!(o, "  {ip:<40} {}", wharf::upstream::egress::classify(ip));
             any_addr = host_ok;
+        } else if !host_ok {
+            // A refused name is never looked up: the query itself would reach the outside.
+            let _ = writeln!(o, "addresses: not resolved (the host is refused)");
         } else {
             let source = if policy.is_pinned(host) {
                 "egress.resolve"

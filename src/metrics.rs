@@ -131,6 +131,19 @@ pub fn render(app: &AppState) -> String {
     }
     let _ = writeln!(
         o,
+        "# HELP wharf_upstream_auth_failures Requests in a row that could not authenticate with an upstream (token realm refused or failing); 0 once one does."
+    );
+    let _ = writeln!(o, "# TYPE wharf_upstream_auth_failures gauge");
+    for (kind, r) in upstream_reports(app) {
+        let name = r.name.replace(['"', '\\', '\n'], "_");
+        let _ = writeln!(
+            o,
+            "wharf_upstream_auth_failures{{kind=\"{kind}\",upstream=\"{name}\"}} {}",
+            r.auth_failures
+        );
+    }
+    let _ = writeln!(
+        o,
         "# HELP wharf_upstream_bytes_total Bytes fetched and verified from each upstream."
     );
     let _ = writeln!(o, "# TYPE wharf_upstream_bytes_total counter");
@@ -149,7 +162,8 @@ pub fn render(app: &AppState) -> String {
     o
 }
 
-/// `/healthz`: 200 while serving; `status` says `degraded` when an upstream is down.
+/// `/healthz`: 200 while serving; `status` says `degraded` when an upstream is down or cannot
+/// authenticate.
 pub fn health_json(app: &AppState) -> String {
     let ups: Vec<serde_json::Value> = upstream_reports(app)
         .into_iter()
@@ -158,10 +172,13 @@ pub fn health_json(app: &AppState) -> String {
                 "kind": kind, "name": r.name, "up": r.up,
                 "consecutive_failures": r.consecutive_failures,
                 "last_error": r.last_error, "since_unix": r.since_unix,
+                "auth_failures": r.auth_failures, "auth_error": r.auth_error,
             })
         })
         .collect();
-    let degraded = ups.iter().any(|u| u["up"] == false);
+    let degraded = ups
+        .iter()
+        .any(|u| u["up"] == false || u["auth_failures"] != 0);
     serde_json::json!({
         "status": if degraded { "degraded" } else { "ok" },
         "offline": app.config.offline,

@@ -4,9 +4,155 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
 use common::*;
+use http::{Method, StatusCode, header};
+
+/// A trap listener that records every request with *all* its `Authorization` headers. It
+/// answers as a token service (`/token`), as a CDN (any path ending in a digest it holds) and,
+/// with `realm` set, as a registry that demands `Bearer good-token` and challenges for `realm`.
+struct Trap {
+    addr: SocketAddr,
+    state: Arc<TrapState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct TrapState {
+    seen: Mutex<Vec<(String, Vec<String>)>>,
+    blobs: Mutex<HashMap<String, Vec<u8>>>,
+    realm: Mutex<Option<String>>,
+}
+
+impl Drop for Trap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Trap {
+    async fn start() -> Trap {
+        let state = Arc::new(TrapState::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .fallback(trap_handler)
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Trap { addr, state, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn put_blob(&self, body: &[u8]) -> String {
+        let d = sha256(body);
+        self.state
+            .blobs
+            .lock()
+            .unwrap()
+            .insert(d.clone(), body.to_vec());
+        d
+    }
+
+    fn seen(&self) -> Vec<(String, Vec<String>)> {
+        self.state.seen.lock().unwrap().clone()
+    }
+}
+
+async fn trap_handler(State(st): State<Arc<TrapState>>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let authorization: Vec<String> = req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    st.seen
+        .lock()
+        .unwrap()
+        .push((path.clone(), authorization.clone()));
+    if path == "/token" {
+        return (
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"token":"good-token","expires_in":300}"#,
+        )
+            .into_response();
+    }
+    let realm = st.realm.lock().unwrap().clone();
+    if let Some(realm) = realm
+        && authorization != ["Bearer good-token"]
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                format!(r#"Bearer realm="{realm}",service="trap""#),
+            )],
+        )
+            .into_response();
+    }
+    let digest = path.rsplit('/').next().unwrap_or("");
+    let Some(body) = st.blobs.lock().unwrap().get(digest).cloned() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let len = body.len();
+    let body = if req.method() == Method::HEAD {
+        Vec::new()
+    } else {
+        body
+    };
+    (
+        [
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_TYPE, "application/octet-stream".into()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `Authorization: Basic` for `user:password`, as a client would send it.
+fn basic(user_and_password: &str) -> String {
+    let raw = user_and_password.as_bytes();
+    let t = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::from("Basic ");
+    for chunk in raw.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                t[(n >> (18 - 6 * i)) as usize & 63] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// The `[[registry.upstream]]` keys that make wharf log in as `mirror` / `secret`.
+fn credentials(dir: &std::path::Path) -> String {
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    format!(
+        "username = \"mirror\"\npassword_file = \"{}\"\nurl = \"",
+        pw.display()
+    )
+}
 
 fn conns(f: &FakeRegistry) -> usize {
     f.state.connections.load(Ordering::SeqCst)
@@ -228,4 +374,176 @@ fn check_egress_explains_the_decision() {
     let (code, text) = run("https://elsewhere.test/");
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("egress.allow"), "{text}");
+}
+
+fn run_check_egress(cfg: &std::path::Path, url: &str) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["check-egress", "--config"])
+        .arg(cfg)
+        .arg(url)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn check_egress_does_not_resolve_refused_names() {
+    // `localhost` resolves anywhere (to loopback), so any lookup would show in the report.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("wharf.toml");
+    std::fs::write(&cfg, "[egress]\nallow = [\"mirror.test\"]\n").unwrap();
+    let (code, text) = run_check_egress(&cfg, "http://localhost:8080/v2/");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("host: REFUSED"), "{text}");
+    assert!(text.contains("not resolved"), "{text}");
+    assert!(
+        !text.contains("127.0.0.1") && !text.contains("::1") && !text.contains("DNS"),
+        "a refused name was looked up: {text}"
+    );
+}
+
+#[tokio::test]
+async fn userinfo_in_redirect_location_is_not_sent() {
+    let up = FakeRegistry::start().await;
+    let cdn = Trap::start().await;
+    let d = up.put_blob(b"layer");
+    cdn.put_blob(b"layer");
+    up.set_blob_mode(BlobMode::Redirect(format!(
+        "http://user:secret@127.0.0.1:{}",
+        cdn.addr.port()
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    let w = wharf_with(&up, dir.path(), r#"allow = ["127.0.0.1"]"#).await;
+    let (status, body) = get_blob(&w, &d).await;
+    assert_eq!((status, body.as_str()), (200, "layer"));
+    let seen = cdn.seen();
+    assert!(!seen.is_empty());
+    for (path, authorization) in seen {
+        assert!(
+            authorization.is_empty(),
+            "{path}: the Location's userinfo went out as {authorization:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn userinfo_in_realm_is_not_sent() {
+    // The registry and its token service on one origin, so the upstream's own credentials may
+    // go to the realm; the realm's userinfo must not go anywhere, alone or as a second header.
+    for with_credentials in [false, true] {
+        let up = Trap::start().await;
+        let data = bytes_of(1000, 4);
+        let d = up.put_blob(&data);
+        *up.state.realm.lock().unwrap() = Some(format!(
+            "http://realm-user:realm-pw@127.0.0.1:{}/token",
+            up.addr.port()
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let mut toml = format!(
+            "data_dir = \"{}\"\n[registry]\ndefault_upstream = \"trap\"\n[[registry.upstream]]\nname = \"trap\"\nurl = \"{}\"\n[egress]\nallow = [\"127.0.0.1\"]\n",
+            dir.path().display(),
+            up.url()
+        );
+        if with_credentials {
+            toml = toml.replace("url = \"", &credentials(dir.path()));
+        }
+        let w = Wharf::start_with_config(&toml, dir.path()).await;
+        let (status, body) = get_blob(&w, &d).await;
+        assert_eq!(status, 200, "{body}");
+        let tokens: Vec<Vec<String>> = up
+            .seen()
+            .into_iter()
+            .filter(|(path, _)| path == "/token")
+            .map(|(_, a)| a)
+            .collect();
+        assert!(!tokens.is_empty());
+        let want: Vec<String> = if with_credentials {
+            vec![basic("mirror:secret")]
+        } else {
+            Vec::new()
+        };
+        for authorization in tokens {
+            assert_eq!(authorization, want, "credentials: {with_credentials}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn allow_entry_with_port_refuses_other_ports() {
+    let up = FakeRegistry::start().await;
+    let planted = FakeRegistry::start().await;
+    let d = up.put_blob(b"layer");
+    planted.put_blob(b"layer");
+    up.set_blob_mode(BlobMode::Redirect(planted.url()));
+    let dir = tempfile::tempdir().unwrap();
+    let egress = format!("allow = [\"127.0.0.1:{}\"]", up.addr.port());
+    let w = wharf_with(&up, dir.path(), &egress).await;
+    let (status, body) = get_blob(&w, &d).await;
+    assert_eq!(status, 502, "{body}");
+    let entry = format!("127.0.0.1:{}", planted.addr.port());
+    assert!(
+        body.contains(&entry) && body.contains("egress.allow"),
+        "{body}"
+    );
+    assert_eq!(
+        up.count("GET", "/blobs/"),
+        1,
+        "the listed port was contacted"
+    );
+    assert_eq!(conns(&planted), 0, "another port of the host was contacted");
+}
+
+#[tokio::test]
+async fn credentials_are_not_sent_to_a_realm_on_another_port() {
+    let up = FakeRegistry::start().await;
+    let realm = Trap::start().await;
+    *up.state.require_token.lock().unwrap() = true;
+    *up.state.realm.lock().unwrap() = Some(format!("{}/token", realm.url()));
+    up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    let entry = format!("127.0.0.1:{}", realm.addr.port());
+
+    // A bare entry lets wharf contact the realm's port, but not hand it the credentials.
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(&up.url(), dir.path(), "").replace("url = \"", &credentials(dir.path()));
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let r = client()
+        .get(w.url("/v2/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains(&entry) && body.contains("egress.allow"),
+        "{body}"
+    );
+    assert!(realm.seen().is_empty(), "{:?}", realm.seen());
+    w.stop().await;
+
+    // Listing the realm's host:port is the operator's say-so.
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(&up.url(), dir.path(), "")
+        .replace("url = \"", &credentials(dir.path()))
+        .replace(
+            "allow = [\"127.0.0.1\"]",
+            &format!("allow = [\"127.0.0.1\", \"{entry}\"]"),
+        );
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let r = client()
+        .get(w.url("/v2/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = realm.seen();
+    assert!(!seen.is_empty());
+    for (path, authorization) in seen {
+        assert_eq!(
+            (path.as_str(), authorization),
+            ("/token", vec![basic("mirror:secret")])
+        );
+    }
 }

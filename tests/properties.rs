@@ -22,7 +22,9 @@ use wharf::goproxy::path::{
 use wharf::registry::manifest;
 use wharf::registry::routes::{self, Reference, RepoName, Route, Tag, query_param};
 use wharf::upstream::auth::{Challenge, parse_challenge};
-use wharf::upstream::egress::{AddrClass, Cidr, EgressPolicy, HostPattern, canonical_ip, classify};
+use wharf::upstream::egress::{
+    AddrClass, AllowEntry, Cidr, EgressPolicy, HostPattern, canonical_ip, classify,
+};
 use wharf_storage::{Digest, Layout};
 
 const CASES: u32 = 256;
@@ -853,6 +855,24 @@ proptest! {
             prop_assert!(!host.contains(['/', '@', '?', '#', ' ', '*']), "{:?} -> {:?}", s, p);
         }
         let _ = EgressPolicy::new(std::slice::from_ref(&s));
+    }
+
+    #[test]
+    fn allow_entries_never_panic_and_a_port_entry_admits_its_port_only(
+        s in hostile(),
+        port in 1u16..,
+        other in 1u16..,
+    ) {
+        if let Ok(e) = AllowEntry::parse(&s) {
+            prop_assert!(e.port != Some(0));
+            prop_assert!(AllowEntry::parse(&e.to_string()).is_ok(), "{:?} -> {}", s, e);
+        }
+        let p = policy(&[format!("reg.example:{port}")]);
+        let same = format!("http://reg.example:{port}/v2/");
+        let another = format!("http://reg.example:{other}/v2/");
+        prop_assert!(admits(&p, &same));
+        prop_assert_eq!(admits(&p, &another), other == port);
+        prop_assert!(admits(&policy(&["reg.example".into()]), &another));
     }
 
     #[test]

@@ -282,6 +282,108 @@ async fn token_realm_on_a_refused_host_gets_no_request() {
 }
 
 #[tokio::test]
+async fn refused_realm_does_not_disable_the_upstream() {
+    let (up, w, _d) = setup("").await;
+    let planted = FakeRegistry::start().await;
+    *up.state.require_token.lock().unwrap() = true;
+    *up.state.realm.lock().unwrap() =
+        Some(format!("http://localhost:{}/token", planted.addr.port()));
+    up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    up.put_image("other", "v1", &[bytes_of(10, 2)]);
+    let c = client();
+    let upstream_state = || async {
+        let health: serde_json::Value = c
+            .get(w.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let up = health["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == "fake.test")
+            .unwrap()
+            .clone();
+        let metrics = c
+            .get(w.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        (health["status"].clone(), up, metrics)
+    };
+
+    // While the realm is refused, each request fails, but each is sent and challenged afresh.
+    for (i, repo) in ["app", "other"].into_iter().enumerate() {
+        let r = c
+            .get(w.url(&format!("/v2/{repo}/manifests/v1")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502, "{repo}");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("localhost") && body.contains("egress.allow"),
+            "{body}"
+        );
+        let asked = up
+            .seen()
+            .iter()
+            .filter(|s| s.path.ends_with("/manifests/v1"))
+            .count();
+        assert_eq!(asked, i + 1, "{repo} was not asked: {:?}", up.seen());
+    }
+    let (status, state, metrics) = upstream_state().await;
+    assert_eq!(status, "degraded");
+    assert_eq!(state["up"], true, "an auth failure is not an outage");
+    assert_eq!(state["auth_failures"], 2);
+    assert!(
+        state["auth_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("localhost"),
+        "{state}"
+    );
+    assert!(
+        metrics
+            .contains("wharf_upstream_auth_failures{kind=\"registry\",upstream=\"fake.test\"} 2"),
+        "{metrics}"
+    );
+    assert_eq!(
+        planted
+            .state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+
+    // The registry now names an allowed realm (its own /token): the next request works.
+    *up.state.realm.lock().unwrap() = None;
+    for repo in ["other", "app"] {
+        let r = c
+            .get(w.url(&format!("/v2/{repo}/manifests/v1")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{repo}");
+    }
+    let (status, state, metrics) = upstream_state().await;
+    assert_eq!(status, "ok");
+    assert_eq!(state["auth_failures"], 0);
+    assert_eq!(state["auth_error"], serde_json::Value::Null);
+    assert!(
+        metrics
+            .contains("wharf_upstream_auth_failures{kind=\"registry\",upstream=\"fake.test\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn rate_limited_or_failing_upstream_serves_the_last_known_tag_as_stale() {
     let (up, w, _d) = setup("tag_ttl = \"0s\"").await;
     let (digest, body) = up.put_image("app", "v1", &[bytes_of(10, 1)]);

@@ -15,7 +15,7 @@ use reqwest::Url;
 
 use super::UpstreamError;
 use super::auth::{Challenge, TokenResponse, parse_challenge};
-use super::egress::{EgressError, EgressPolicy, redact};
+use super::egress::{EgressError, EgressPolicy, redact, strip_userinfo};
 use crate::config::{EgressConfig, UpstreamConfig};
 
 /// Upstream credentials; `Debug` never prints the password.
@@ -51,6 +51,8 @@ enum KnownAuth {
 pub struct UpstreamClient {
     pub name: String,
     base: String,
+    /// The upstream's URL: the scheme and port its credentials are bound to.
+    origin: Url,
     http: reqwest::Client,
     policy: Arc<EgressPolicy>,
     creds: Option<Credentials>,
@@ -80,9 +82,12 @@ impl UpstreamClient {
             _ => None,
         };
         let http = build_http(egress, policy.clone())?;
+        let origin =
+            Url::parse(&cfg.url).map_err(|e| format!("registry.upstream {:?}: {e}", cfg.name))?;
         Ok(UpstreamClient {
             name: cfg.name.clone(),
             base: cfg.url.trim_end_matches('/').to_string(),
+            origin,
             http,
             policy,
             creds,
@@ -139,13 +144,30 @@ impl UpstreamClient {
     ) -> Result<reqwest::Response, UpstreamError> {
         let url = Url::parse(&format!("{}{}", self.base, path_and_query))
             .map_err(|e| UpstreamError::Protocol(format!("bad upstream URL: {e}")))?;
-        let mut authz = self.cached_authorization(scope).await?;
+        // A remembered scheme saves the 401 round trip. When it fails it is forgotten, and the
+        // registry's challenge decides afresh (it may name another realm) — within this request,
+        // unless the token service is unreachable, when asking again would only wait twice.
+        let mut authz = match self.cached_authorization(scope).await {
+            Ok(a) => a,
+            Err(e) => {
+                *lock(&self.auth) = None;
+                if matches!(e, UpstreamError::Connect { .. } | UpstreamError::Timeout(_)) {
+                    self.health.record_auth_failure(&e);
+                    return Err(e);
+                }
+                None
+            }
+        };
         let mut retried = false;
         loop {
             let resp = self
                 .follow(method.clone(), url.clone(), accept, authz.clone())
                 .await?;
-            if resp.status() != StatusCode::UNAUTHORIZED || retried {
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                self.health.record_auth_ok();
+                return Ok(resp);
+            }
+            if retried {
                 return Ok(resp);
             }
             retried = true;
@@ -158,15 +180,23 @@ impl UpstreamClient {
                 .next();
             authz = match challenge {
                 Some(Challenge::Bearer(b)) => {
-                    let known = KnownAuth::Bearer {
-                        realm: b.realm.clone(),
-                        service: b.service.clone(),
+                    // Decided per challenge: a realm is remembered only once it gave a token, so
+                    // one refused or failing realm cannot stick to the upstream.
+                    let token = match self
+                        .fetch_token(&b.realm, b.service.as_deref(), scope)
+                        .await
+                    {
+                        Ok(t) => t,
+                        Err(e) => {
+                            self.health.record_auth_failure(&e);
+                            return Err(e);
+                        }
                     };
-                    *lock(&self.auth) = Some(known);
-                    Some(
-                        self.fetch_token(&b.realm, b.service.as_deref(), scope)
-                            .await?,
-                    )
+                    *lock(&self.auth) = Some(KnownAuth::Bearer {
+                        realm: b.realm,
+                        service: b.service,
+                    });
+                    Some(token)
                 }
                 Some(Challenge::Basic { .. }) => match self.basic_header() {
                     Some(h) => {
@@ -216,8 +246,19 @@ impl UpstreamClient {
         let mut url = Url::parse(realm).map_err(|_| {
             UpstreamError::Auth("the registry sent a token realm that is not a URL".into())
         })?;
-        // The realm is an egress destination like any other, checked before credentials go to it.
+        if strip_userinfo(&mut url) {
+            tracing::warn!(upstream = %self.name, realm = %redact(&url),
+                "the token realm carries a user name or password; ignored");
+        }
+        // The realm is an egress destination like any other, checked before credentials go to it;
+        // the credentials themselves go only to the upstream's scheme and port, or to a port
+        // the operator listed.
         self.policy.check(&url).map_err(UpstreamError::Egress)?;
+        if self.creds.is_some() {
+            self.policy
+                .check_credentials(&self.origin, &url)
+                .map_err(UpstreamError::Egress)?;
+        }
         if let Some(s) = service {
             url.query_pairs_mut().append_pair("service", s);
         }
@@ -277,7 +318,8 @@ impl UpstreamClient {
 }
 
 /// Sends a request and follows redirects by hand: egress is checked before every hop, https ->
-/// http is refused, and `authz` is dropped for good on any change of host, port or scheme.
+/// http is refused, `authz` is dropped for good on any change of host, port or scheme, and
+/// userinfo in a URL is never sent (reqwest would turn it into Basic auth).
 pub async fn send_following(
     http: &reqwest::Client,
     policy: &EgressPolicy,
@@ -287,6 +329,7 @@ pub async fn send_following(
     accept: &[&str],
     mut authz: Option<HeaderValue>,
 ) -> Result<reqwest::Response, UpstreamError> {
+    strip_userinfo(&mut url);
     for hop in 0..=max_redirects {
         policy.check(&url).map_err(UpstreamError::Egress)?;
         let mut headers = HeaderMap::new();
@@ -331,11 +374,14 @@ pub async fn send_following(
 }
 
 /// Where a redirect leads, and whether it stays on the same origin (scheme, host and port) so
-/// credentials may go along. https -> http is refused.
+/// credentials may go along. https -> http is refused; userinfo in `location` is dropped.
 pub fn next_hop(url: &Url, location: &str) -> Result<(Url, bool), UpstreamError> {
-    let next = url.join(location).map_err(|_| {
+    let mut next = url.join(location).map_err(|_| {
         UpstreamError::Protocol(format!("redirect from {} to an invalid URL", redact(url)))
     })?;
+    if strip_userinfo(&mut next) {
+        tracing::warn!(to = %redact(&next), "redirect Location carries a user name or password; ignored");
+    }
     if url.scheme() == "https" && next.scheme() != "https" {
         return Err(UpstreamError::Redirect(format!(
             "refused https -> {} downgrade to {}",
@@ -508,6 +554,9 @@ mod tests {
             next_hop(&u("http://reg.example/v2/x"), "https://reg.example/v2/x").unwrap();
         assert!(!same, "a change of scheme drops credentials too");
         assert!(next_hop(&u("https://reg.example/"), "https://[::1").is_err());
+        let (n, same) =
+            next_hop(&u("https://reg.example/v2/x"), "https://u:pw@reg.example/y").unwrap();
+        assert_eq!((n.as_str(), same), ("https://reg.example/y", true));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The egress policy: which hosts wharf may contact, and which addresses. Two layers:
 //! 1. the host allowlist, checked on the URL of every outbound request (registry, token realm,
-//!    every redirect hop) before anything is sent;
+//!    every redirect hop) before anything is sent. An entry is a host (every port) or
+//!    `host:port` (that port only); `check_credentials` decides whether an upstream's
+//!    credentials may go to a token realm on another scheme or port;
 //! 2. the address check, applied by `PolicyResolver` to every address a name resolves to, before
 //!    connecting. The connection goes to a vetted address only: there is no second lookup that a
 //!    rebinding DNS answer could change.
@@ -17,7 +19,88 @@ use std::sync::Arc;
 
 use reqwest::Url;
 
-/// One entry of `egress.allow`: an exact host or `*.suffix` (subdomains only, not the apex).
+/// One entry of `egress.allow`: a host pattern and, in the `host:port` form, the one port it
+/// opens. A bare host opens every port of that host (what entries always meant); a port entry
+/// opens only its port, and is what lets upstream credentials go to a token realm whose scheme
+/// or port differs from the upstream's (`EgressPolicy::check_credentials`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowEntry {
+    pub host: HostPattern,
+    pub port: Option<u16>,
+}
+
+impl AllowEntry {
+    /// `host`, `*.suffix`, `[v6]`, each optionally followed by `:port`.
+    pub fn parse(text: &str) -> Result<AllowEntry, String> {
+        let raw = text.trim();
+        if let Some(e) = forbidden_chars(raw) {
+            return Err(e.into());
+        }
+        let (host, port) = if let Some(close) = raw.strip_prefix('[').and_then(|r| r.find(']')) {
+            let (host, rest) = raw.split_at(close + 2);
+            match rest.strip_prefix(':') {
+                Some(p) => (host, Some(parse_port(p)?)),
+                None if rest.is_empty() => (host, None),
+                None => return Err("write \"[address]\" or \"[address]:port\"".into()),
+            }
+        } else {
+            match raw.rsplit_once(':') {
+                Some((host, _)) if host.contains(':') => {
+                    return Err(
+                        "write an IPv6 address in brackets: \"[2001:db8::1]\" or \"[2001:db8::1]:5000\""
+                            .into(),
+                    );
+                }
+                Some((host, p)) => (host, Some(parse_port(p)?)),
+                None => (raw, None),
+            }
+        };
+        Ok(AllowEntry {
+            host: HostPattern::parse(host)?,
+            port,
+        })
+    }
+
+    /// Whether this entry admits `host` (normalised, brackets removed) on `port`.
+    fn admits(&self, host: &str, port: Option<u16>) -> bool {
+        self.host.matches(host) && (self.port.is_none() || self.port == port)
+    }
+}
+
+impl fmt::Display for AllowEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            HostPattern::Exact(h) => f.write_str(h)?,
+            HostPattern::Suffix(s) => write!(f, "*.{s}")?,
+        }
+        match self.port {
+            Some(p) => write!(f, ":{p}"),
+            None => Ok(()),
+        }
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    text.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0 && text.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| format!("port {text:?} must be a number from 1 to 65535"))
+}
+
+/// Why `raw` cannot be a host pattern whatever its port: escapes, control characters, or the
+/// parts of a URL other than host and port.
+fn forbidden_chars(raw: &str) -> Option<&'static str> {
+    if raw.contains(['\\', '%']) || raw.chars().any(|c| c.is_control()) {
+        return Some("write a bare host name (no escapes or control characters)");
+    }
+    if raw.contains(['/', '@', ' ', '?', '#']) {
+        return Some("write a host name, optionally with :port (no scheme, path or userinfo)");
+    }
+    None
+}
+
+/// The host part of an `egress.allow` entry: an exact host or `*.suffix` (subdomains only, not
+/// the apex). Never a port: `AllowEntry` splits that off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
     Exact(String),
@@ -27,11 +110,11 @@ pub enum HostPattern {
 impl HostPattern {
     pub fn parse(text: &str) -> Result<HostPattern, String> {
         let raw = text.trim();
-        if raw.contains(['\\', '%']) || raw.chars().any(|c| c.is_control()) {
-            return Err("write a bare host name (no escapes or control characters)".into());
+        if let Some(e) = forbidden_chars(raw) {
+            return Err(e.into());
         }
         let bracketed = raw.starts_with('[') && raw.ends_with(']');
-        if raw.contains(['/', '@', ' ', '?', '#']) || (raw.contains(':') && !bracketed) {
+        if raw.contains(':') && !bracketed {
             return Err("write a bare host name (no scheme, port or path)".into());
         }
         let t = normalize_host(raw);
@@ -50,9 +133,10 @@ impl HostPattern {
         Ok(HostPattern::Exact(t))
     }
 
+    /// `host` is normalised, without IPv6 brackets.
     fn matches(&self, host: &str) -> bool {
         match self {
-            HostPattern::Exact(h) => h == host,
+            HostPattern::Exact(h) => h.trim_start_matches('[').trim_end_matches(']') == host,
             HostPattern::Suffix(s) => {
                 host.len() > s.len() + 1
                     && host.ends_with(s.as_str())
@@ -87,13 +171,21 @@ pub enum EgressError {
         "egress to host {host:?} is not allowed; add it to egress.allow in the config if wharf should contact it"
     )]
     HostNotAllowed { host: String },
+    #[error(
+        "egress to port {port} of host {host:?} is not allowed: egress.allow lists that host only with other ports; add \"{host}:{port}\" if wharf should contact it"
+    )]
+    PortNotAllowed { host: String, port: u16 },
+    #[error(
+        "the upstream's credentials are not sent to {target}: its scheme or port differs from the upstream's{why}"
+    )]
+    CredentialsRefused { target: String, why: String },
     #[error("egress to {url} refused: only http and https URLs with a host are fetched")]
     BadUrl { url: String },
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct EgressPolicy {
-    allow: Vec<HostPattern>,
+    allow: Vec<AllowEntry>,
     allow_cidrs: Vec<Cidr>,
     /// Addresses listed literally in `egress.allow`: the operator allowed exactly these.
     literal_ips: Vec<IpAddr>,
@@ -105,13 +197,13 @@ pub struct EgressPolicy {
 
 impl EgressPolicy {
     pub fn new(allow: &[String]) -> Result<EgressPolicy, String> {
-        let allow: Vec<HostPattern> = allow
+        let allow: Vec<AllowEntry> = allow
             .iter()
-            .map(|p| HostPattern::parse(p).map_err(|e| format!("egress.allow {p:?}: {e}")))
+            .map(|p| AllowEntry::parse(p).map_err(|e| format!("egress.allow {p:?}: {e}")))
             .collect::<Result<_, _>>()?;
         let literal_ips = allow
             .iter()
-            .filter_map(|p| match p {
+            .filter_map(|p| match &p.host {
                 HostPattern::Exact(h) => {
                     h.trim_start_matches('[').trim_end_matches(']').parse().ok()
                 }
@@ -152,18 +244,14 @@ impl EgressPolicy {
         Ok(p)
     }
 
-    /// The `egress.allow` entry that admits `url`'s host, as written in the config.
+    /// The `egress.allow` entry that admits `url`'s host and port, as written in the config.
     pub fn matching_rule(&self, url: &Url) -> Option<String> {
         self.check(url).ok()?;
-        let host = url.host_str()?.trim_end_matches('.').to_ascii_lowercase();
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        self.allow.iter().find_map(|p| match p {
-            HostPattern::Exact(h) if h.trim_start_matches('[').trim_end_matches(']') == host => {
-                Some(h.clone())
-            }
-            HostPattern::Suffix(s) if p.matches(host) => Some(format!("*.{s}")),
-            _ => None,
-        })
+        let (host, port) = host_and_port(url)?;
+        self.allow
+            .iter()
+            .find(|e| e.admits(&host, port))
+            .map(|e| e.to_string())
     }
 
     /// Whether `host` is pinned by `egress.resolve`.
@@ -217,21 +305,81 @@ impl EgressPolicy {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(EgressError::BadUrl { url: redact(url) });
         }
-        let Some(host) = url.host_str() else {
+        let Some((host, port)) = host_and_port(url) else {
             return Err(EgressError::BadUrl { url: redact(url) });
         };
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if self.allow.iter().any(|p| match p {
-            HostPattern::Exact(h) => h.trim_start_matches('[').trim_end_matches(']') == host,
-            HostPattern::Suffix(_) => p.matches(host),
-        }) {
-            Ok(())
-        } else {
-            Err(EgressError::HostNotAllowed {
-                host: host.to_string(),
-            })
+        if self.allow.iter().any(|e| e.admits(&host, port)) {
+            return Ok(());
         }
+        match port {
+            Some(port) if self.allow.iter().any(|e| e.host.matches(&host)) => {
+                Err(EgressError::PortNotAllowed {
+                    host: bracketed(&host),
+                    port,
+                })
+            }
+            _ => Err(EgressError::HostNotAllowed { host }),
+        }
+    }
+
+    /// Whether the credentials configured for the upstream at `origin` may go to `target`, a
+    /// token realm its challenge named (already admitted by `check`). They may when `target`
+    /// has the upstream's scheme and port, or when an `egress.allow` entry names `target`'s
+    /// port explicitly (`host:port`), so the operator chose that service; never from an https
+    /// upstream to a plain-http realm. A bare host entry opens every port for contacting a host,
+    /// not for handing it the upstream's password.
+    pub fn check_credentials(&self, origin: &Url, target: &Url) -> Result<(), EgressError> {
+        let port = target.port_or_known_default();
+        if target.scheme() == origin.scheme() && port == origin.port_or_known_default() {
+            return Ok(());
+        }
+        let (host, _) = host_and_port(target).ok_or_else(|| EgressError::BadUrl {
+            url: redact(target),
+        })?;
+        let written = match port {
+            Some(p) => format!("{}:{p}", bracketed(&host)),
+            None => bracketed(&host),
+        };
+        let downgrade = origin.scheme() == "https" && target.scheme() != "https";
+        if downgrade {
+            return Err(EgressError::CredentialsRefused {
+                target: format!("{}://{written}", target.scheme()),
+                why: " (https -> http is never allowed)".into(),
+            });
+        }
+        if self
+            .allow
+            .iter()
+            .any(|e| e.port.is_some() && e.admits(&host, port))
+        {
+            return Ok(());
+        }
+        Err(EgressError::CredentialsRefused {
+            target: format!("{}://{written}", target.scheme()),
+            why: format!(
+                "; add \"{written}\" to egress.allow if it is the upstream's token service"
+            ),
+        })
+    }
+}
+
+/// `url`'s host, lower-case without trailing dot or IPv6 brackets, and its port (explicit or
+/// the scheme's default).
+fn host_and_port(url: &Url) -> Option<(String, Option<u16>)> {
+    let host = url.host_str()?.trim_end_matches('.').to_ascii_lowercase();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Some((host, url.port_or_known_default()))
+}
+
+/// A host as written in `egress.allow`: IPv6 addresses in brackets.
+fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
     }
 }
 
@@ -318,6 +466,11 @@ fn classify_v6(ip: Ipv6Addr) -> AddrClass {
         AddrClass::Multicast
     } else if (s[0] == 0x64 && s[1] == 0xff9b) || s[0] == 0x2002 || (s[0] == 0x2001 && s[1] == 0) {
         AddrClass::EmbedsIpv4
+    } else if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        // IPv4-translated (RFC 2765, ::ffff:0:a.b.c.d): it reaches the IPv4 address it embeds,
+        // like the IPv4-mapped form (which `canonical_ip` has already unwrapped).
+        let ([a, b], [c, d]) = (s[6].to_be_bytes(), s[7].to_be_bytes());
+        classify_v4(Ipv4Addr::new(a, b, c, d))
     } else if s[..6] == [0, 0, 0, 0, 0, 0] {
         // IPv4-compatible (deprecated) ::a.b.c.d
         AddrClass::EmbedsIpv4
@@ -425,6 +578,18 @@ impl reqwest::dns::Resolve for PolicyResolver {
     }
 }
 
+/// Removes `user:password@` from `url`; returns whether there was any. Credentials go only
+/// where the config puts them, never where a URL from an upstream (a redirect `Location`, a
+/// token realm) says; left in, reqwest would send them as Basic auth.
+pub fn strip_userinfo(url: &mut Url) -> bool {
+    if url.username().is_empty() && url.password().is_none() {
+        return false;
+    }
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    true
+}
+
 /// A URL safe to log: no userinfo, no query (signed CDN URLs carry credentials there).
 pub fn redact(url: &Url) -> String {
     let mut u = url.clone();
@@ -498,6 +663,101 @@ mod tests {
     }
 
     #[test]
+    fn allow_entries_take_an_optional_port() {
+        let e = |s: &str| AllowEntry::parse(s).map(|e| (e.to_string(), e.port));
+        assert_eq!(
+            e("Reg.Example:5000"),
+            Ok(("reg.example:5000".into(), Some(5000)))
+        );
+        assert_eq!(e("reg.example"), Ok(("reg.example".into(), None)));
+        assert_eq!(
+            e("*.cdn.example:443"),
+            Ok(("*.cdn.example:443".into(), Some(443)))
+        );
+        assert_eq!(e("[::1]:8080"), Ok(("[::1]:8080".into(), Some(8080))));
+        assert_eq!(e("[::1]"), Ok(("[::1]".into(), None)));
+        for bad in [
+            "x.com:",
+            "x.com:0",
+            "x.com:65536",
+            "x.com:+80",
+            "x.com:80:80",
+            "::1",
+            "::1:80",
+            "[::1]x",
+            "[::1]:",
+            ":80",
+            "https://x.com",
+            "x.com:443/v2",
+            "user@x.com:443",
+        ] {
+            assert!(AllowEntry::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn port_entries_admit_their_port_only() {
+        let p = policy(&["reg.example:5000", "[::1]:8080", "*.cdn.example:443"]);
+        assert!(allowed(&p, "http://reg.example:5000/v2/"));
+        assert!(allowed(&p, "https://reg.example:5000/v2/"));
+        assert!(!allowed(&p, "http://reg.example/v2/"));
+        assert!(!allowed(&p, "http://reg.example:5001/v2/"));
+        assert!(allowed(&p, "http://[::1]:8080/"));
+        assert!(!allowed(&p, "http://[::1]:8081/"));
+        assert!(
+            allowed(&p, "https://a.cdn.example/blob"),
+            "443 is https's default"
+        );
+        assert!(!allowed(&p, "http://a.cdn.example/blob"), "80 is not 443");
+        let e = p
+            .check(&Url::parse("http://reg.example:5001/").unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(e, EgressError::PortNotAllowed { port: 5001, .. })
+                && e.to_string().contains("\"reg.example:5001\""),
+            "{e}"
+        );
+        let e = p
+            .check(&Url::parse("http://[::1]:1/").unwrap())
+            .unwrap_err();
+        assert!(e.to_string().contains("\"[::1]:1\""), "{e}");
+        assert_eq!(
+            p.matching_rule(&Url::parse("http://reg.example:5000/").unwrap()),
+            Some("reg.example:5000".into())
+        );
+        // A bare entry still opens every port of its host.
+        let bare = policy(&["reg.example"]);
+        assert!(allowed(&bare, "http://reg.example:5001/v2/"));
+        let both = policy(&["reg.example", "reg.example:5000"]);
+        assert!(allowed(&both, "http://reg.example:6000/v2/"));
+    }
+
+    #[test]
+    fn credentials_stay_on_the_upstreams_scheme_and_port() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let creds = |p: &EgressPolicy, origin: &str, realm: &str| {
+            p.check_credentials(&u(origin), &u(realm))
+        };
+        let hub = "https://registry-1.docker.io";
+        let p = policy(&["registry-1.docker.io", "auth.docker.io"]);
+        assert!(creds(&p, hub, "https://auth.docker.io/token").is_ok());
+        assert!(creds(&p, hub, "https://auth.docker.io:443/token").is_ok());
+        let e = creds(&p, hub, "https://auth.docker.io:8443/token").unwrap_err();
+        assert!(
+            e.to_string().contains("\"auth.docker.io:8443\"")
+                && e.to_string().contains("egress.allow"),
+            "{e}"
+        );
+        assert!(creds(&p, hub, "http://auth.docker.io/token").is_err());
+        let p = policy(&["reg.internal", "reg.internal:5001", "auth.internal:80"]);
+        assert!(creds(&p, "http://reg.internal:5000", "http://reg.internal:5001/t").is_ok());
+        assert!(creds(&p, "http://reg.internal:5000", "http://reg.internal:5002/t").is_err());
+        assert!(creds(&p, "https://reg.internal", "https://reg.internal:5001/t").is_ok());
+        let e = creds(&p, "https://reg.internal", "http://auth.internal/t").unwrap_err();
+        assert!(e.to_string().contains("https -> http"), "{e}");
+    }
+
+    #[test]
     fn refusal_names_the_host_and_the_key() {
         let p = policy(&["a.example"]);
         let e = p
@@ -532,6 +792,23 @@ mod tests {
         assert_eq!(c("2002:a9fe:a9fe::1"), AddrClass::EmbedsIpv4);
         assert_eq!(c("2001:0:4136:e378::1"), AddrClass::EmbedsIpv4);
         assert_eq!(c("2606:4700::1111"), AddrClass::Public);
+    }
+
+    #[test]
+    fn ipv4_translated_addresses_are_classified_by_their_ipv4() {
+        let c = |s: &str| classify(s.parse().unwrap());
+        assert_eq!(c("::ffff:0:127.0.0.1"), AddrClass::Loopback);
+        assert_eq!(c("::ffff:0:10.1.2.3"), AddrClass::Private);
+        assert_eq!(c("::ffff:0:169.254.169.254"), AddrClass::LinkLocal);
+        assert_eq!(c("::ffff:0:100.64.0.1"), AddrClass::Cgnat);
+        assert_eq!(c("::ffff:0:0.0.0.0"), AddrClass::Unspecified);
+        assert_eq!(c("::ffff:0:8.8.8.8"), AddrClass::Public);
+        let p = policy(&[]);
+        assert_eq!(
+            p.check_addr("::ffff:0:169.254.169.254".parse().unwrap()),
+            Err(AddrClass::LinkLocal)
+        );
+        assert!(p.check_addr("::ffff:0:8.8.8.8".parse().unwrap()).is_ok());
     }
 
     #[test]

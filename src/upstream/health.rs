@@ -2,6 +2,10 @@
 //! row, the upstream is marked down and requests fail at once (and are answered from cache)
 //! instead of each waiting for a timeout. A background probe marks it up again as soon as it
 //! answers anything.
+//!
+//! Authentication failures (a refused or failing token realm) are only reported here, for
+//! `/healthz` and `/metrics`: they never mark the upstream down, since the next request asks
+//! the registry afresh and may succeed.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +28,8 @@ struct State {
     down_since: Option<Instant>,
     last_error: Option<String>,
     last_change_unix: u64,
+    auth_failures: u32,
+    auth_error: Option<String>,
 }
 
 /// A snapshot for `/healthz` and metrics.
@@ -34,6 +40,10 @@ pub struct HealthReport {
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
     pub since_unix: u64,
+    /// Requests in a row that could not obtain credentials (0 once one does).
+    pub auth_failures: u32,
+    /// Why the last of them failed, while `auth_failures > 0`.
+    pub auth_error: Option<String>,
 }
 
 impl Health {
@@ -88,6 +98,27 @@ impl Health {
         }
     }
 
+    /// Records that a request could not obtain credentials from the upstream's token realm.
+    pub fn record_auth_failure(&self, e: &UpstreamError) {
+        let mut s = self.lock();
+        if s.auth_failures == 0 {
+            tracing::warn!(upstream = %self.name, error = %e,
+                "authentication with the upstream failed; the next request asks again");
+        }
+        s.auth_failures = s.auth_failures.saturating_add(1);
+        s.auth_error = Some(e.summary());
+    }
+
+    /// Records a request the upstream answered without `401`: authentication, if needed, works.
+    pub fn record_auth_ok(&self) {
+        let mut s = self.lock();
+        if s.auth_failures > 0 {
+            tracing::info!(upstream = %self.name, "authentication with the upstream works again");
+            s.auth_failures = 0;
+            s.auth_error = None;
+        }
+    }
+
     pub fn mark_up(&self) {
         let mut s = self.lock();
         self.mark_up_locked(&mut s);
@@ -118,6 +149,8 @@ impl Health {
             consecutive_failures: s.failures,
             last_error: s.last_error.clone(),
             since_unix: s.last_change_unix,
+            auth_failures: s.auth_failures,
+            auth_error: s.auth_error.clone(),
         }
     }
 }
@@ -186,6 +219,20 @@ mod tests {
         h.mark_up();
         assert!(h.check().is_ok());
         assert_eq!(h.report().consecutive_failures, 0);
+    }
+
+    #[test]
+    fn auth_failures_are_reported_until_authentication_works_and_never_mark_down() {
+        let h = Health::new("up", 1, Duration::from_secs(1));
+        let e = UpstreamError::Auth("token service answered 500".into());
+        h.record_auth_failure(&e);
+        h.record_auth_failure(&e);
+        let r = h.report();
+        assert!(r.up && h.check().is_ok());
+        assert_eq!(r.auth_failures, 2);
+        assert!(r.auth_error.is_some());
+        h.record_auth_ok();
+        assert_eq!((h.report().auth_failures, h.report().auth_error), (0, None));
     }
 
     #[test]
