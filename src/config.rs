@@ -58,6 +58,10 @@ pub struct ServerConfig {
     /// Time a client has to send its request headers (slowloris defence).
     #[serde(deserialize_with = "de_duration")]
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/1 keep-alive and
+    /// HTTP/2 alike; an HTTP/2 client answering pings does not keep it open).
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
     /// Largest request head (request line and headers) accepted.
     pub max_header_size: ByteSize,
     /// Longest request URL (path and query) accepted; longer ones get 414.
@@ -83,6 +87,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
             max_header_size: ByteSize(64 << 10),
             max_url_length: 8192,
             max_concurrent_fills: 256,

@@ -1,19 +1,24 @@
 //! The listener loop: plain HTTP or TLS (rustls, certificate reloadable), HTTP/1.1 and HTTP/2,
-//! with limits on header size and a read timeout on request headers (slowloris), the client's
-//! address handed to the router, and graceful shutdown that drains in-flight requests.
+//! with limits on header size, a read timeout on request headers (slowloris) and an idle timeout
+//! on connections with no request in flight, the client's address handed to the router, and
+//! graceful shutdown that drains in-flight requests.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
 use tower::ServiceExt as _;
 
 use crate::app::{AppState, router};
@@ -80,6 +85,7 @@ fn load_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_header_size: usize,
 }
 
@@ -99,6 +105,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let limits = Limits {
         header_read_timeout: state.config.server.header_read_timeout,
+        idle_timeout: state.config.server.idle_timeout,
         max_header_size: state.config.server.max_header_size.0 as usize,
     };
     let workers = state.config.server.worker_count();
@@ -229,10 +236,9 @@ async fn accept_loop(
     conns: &Arc<Conns>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let Conns {
-        app, tls, limits, ..
-    } = &**conns;
-    let graceful = GracefulShutdown::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Every connection task holds a sender: when all are gone, the receiver sees the end.
+    let (live_tx, mut live_rx) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -248,50 +254,149 @@ async fn accept_loop(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = service_for(app.clone(), peer);
         let ctx = conns.clone();
-        let timeout = limits.header_read_timeout;
-        match &tls {
+        let (stop, live) = (stop_rx.clone(), live_tx.clone());
+        let timeout = conns.limits.header_read_timeout;
+        match conns.tls.as_ref().map(TlsReloader::acceptor) {
             None => {
-                let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     // A client must start its request in time, or it holds a connection for
                     // nothing (hyper's own header timer starts only after version detection).
-                    let Some(io) = Prefixed::read_start(stream, timeout).await else {
-                        return;
-                    };
-                    let conn = ctx
-                        .builder
-                        .serve_connection_with_upgrades(TokioIo::new(io), svc);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    if let Some(io) = Prefixed::read_start(stream, timeout).await {
+                        serve_connection(&ctx, io, peer, stop).await;
+                    }
+                    drop(live);
                 });
             }
-            Some(t) => {
-                let acceptor = t.acceptor();
-                let watcher = graceful.watcher();
+            Some(acceptor) => {
                 tokio::spawn(async move {
-                    let tls_stream =
-                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            if let Some(io) = Prefixed::read_start(tls_stream, timeout).await {
+                                serve_connection(&ctx, io, peer, stop).await;
                             }
-                            Err(_) => return,
-                        };
-                    let Some(io) = Prefixed::read_start(tls_stream, timeout).await else {
-                        return;
-                    };
-                    let conn = ctx
-                        .builder
-                        .serve_connection_with_upgrades(TokioIo::new(io), svc);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => {}
+                    }
+                    drop(live);
                 });
             }
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    let _ = stop_tx.send(true);
+    drop(live_tx);
+    let _ = live_rx.recv().await;
+}
+
+/// Serves one connection until it ends, the server stops (then in-flight requests finish), or
+/// no request has been in flight for `server.idle_timeout`.
+async fn serve_connection<I>(
+    conns: &Conns,
+    io: I,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let svc = service_for(conns.app.clone(), peer, activity.clone());
+    let conn = conns
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.wait_for(|s| *s) => {}
+        _ = activity.idle_for(conns.limits.idle_timeout) => {
+            tracing::debug!(%peer, "closing a connection idle for server.idle_timeout");
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// Requests in flight on one connection, and since when there have been none.
+struct Activity {
+    in_flight: AtomicUsize,
+    idle_since: Mutex<Instant>,
+    changed: Notify,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Resolves once no request has been in flight for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                self.changed.notified().await;
+                continue;
+            }
+            let since = *self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+            let deadline = since + limit;
+            if Instant::now() >= deadline && self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.changed.notified() => {}
+            }
+        }
+    }
+}
+
+/// One request in flight, from the request's arrival until its response body is dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(a: Arc<Activity>) -> InFlight {
+        a.in_flight.fetch_add(1, Ordering::AcqRel);
+        a.changed.notify_one();
+        InFlight(a)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
+        self.0.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request counted as in flight until hyper is done with it.
+pub struct Tracked {
+    inner: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// How long a shutdown waits for fills still running once every connection is closed: a fill
@@ -392,18 +497,28 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
     }
 }
 
-/// The router as a hyper service, with the peer address available as `ConnectInfo`.
+/// The router as a hyper service, with the peer address available as `ConnectInfo` and each
+/// request counted in the connection's `activity` until its response body is done.
 fn service_for(
     app: Router,
     peer: SocketAddr,
+    activity: Arc<Activity>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
-    Response = axum::response::Response,
+    Response = http::Response<Tracked>,
     Error = std::convert::Infallible,
-    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+    Future = impl Future<Output = Result<http::Response<Tracked>, std::convert::Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        let in_flight = InFlight::start(activity.clone());
         req.extensions_mut().insert(ConnectInfo(peer));
-        app.clone().oneshot(req.map(axum::body::Body::new))
+        let resp = app.clone().oneshot(req.map(axum::body::Body::new));
+        async move {
+            let resp = resp.await?;
+            Ok(resp.map(|inner| Tracked {
+                inner,
+                _in_flight: in_flight,
+            }))
+        }
     })
 }

@@ -1,0 +1,53 @@
+//! Who may read `/healthz` and `/metrics`: health answers everyone (load balancers, liveness
+//! probes); metrics go through `[access]` like the protocols, as README says.
+
+mod common;
+
+use common::{FakeRegistry, Wharf, client, config_toml};
+use sha2::{Digest as _, Sha256};
+
+const TOKEN: &str = "scraper-token-0123456789";
+
+async fn start(access: &str) -> (FakeRegistry, Wharf, tempfile::TempDir) {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(&up.url(), dir.path(), "") + access;
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    (up, w, dir)
+}
+
+#[tokio::test]
+async fn metrics_obey_allow_clients_and_healthz_does_not() {
+    let (_up, w, _d) = start("[access]\nallow_clients = [\"10.0.0.0/8\"]\n").await;
+    let c = client();
+    let r = c.get(w.url("/metrics")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "metrics served to an address outside allow_clients"
+    );
+    let r = c.get(w.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn metrics_need_credentials_where_access_requires_them() {
+    let access = format!(
+        "[access]\nrequire_auth = true\n[[access.token]]\nname = \"prometheus\"\nsha256 = \"{}\"\n",
+        hex::encode(Sha256::digest(TOKEN.as_bytes()))
+    );
+    let (_up, w, _d) = start(&access).await;
+    let c = client();
+    let r = c.get(w.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(w.url("/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("wharf_"));
+    let r = c.get(w.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
