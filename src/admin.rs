@@ -14,6 +14,8 @@
 //!
 //! Blobs stored here are not indexed: only `/admin/import` indexes, after checking everything.
 
+pub mod secret;
+
 use std::net::SocketAddr;
 
 use axum::Json;

@@ -40,6 +40,9 @@ pub struct Inner {
     pub metrics: crate::metrics::Metrics,
     /// Manifests and tag answers in memory (`cache.manifest_memory`).
     pub hot: crate::registry::hot::HotManifests,
+    /// What every `/admin/` request must carry; new for each state, written to the data
+    /// directory by `serve` (an in-process CLI client holds it without writing it).
+    pub admin_secret: crate::admin::secret::AdminSecret,
     /// Access times of hits since the last flush: the hit path writes nothing to sled.
     atimes: std::sync::Mutex<HashMap<Digest, u64>>,
 }
@@ -91,6 +94,11 @@ impl AppState {
         ));
         let storage = Storage::open(&config.data_dir)?;
         let hot = crate::registry::hot::HotManifests::new(config.cache.manifest_memory.0);
+        let admin_secret =
+            crate::admin::secret::AdminSecret::generate().map_err(|source| Error::Io {
+                context: "making the admin secret".into(),
+                source,
+            })?;
         Ok(AppState(Arc::new(Inner {
             config,
             storage,
@@ -101,6 +109,7 @@ impl AppState {
             access,
             fill_permits,
             hot,
+            admin_secret,
             metrics: Default::default(),
             atimes: Default::default(),
         })))

@@ -5,6 +5,7 @@
 //! <root>/blobs/sha256/<hex[..2]>/<hex>   committed blobs, read-only
 //! <root>/tmp/<fill-pid-n-random>         fills in progress (same filesystem, so rename is atomic)
 //! <root>/index/                          sled
+//! <root>/admin.token                      the running server's admin secret (mode 0600)
 //! ```
 
 use std::hash::{BuildHasher, RandomState};
@@ -56,6 +57,12 @@ impl Layout {
 
     pub fn index_dir(&self) -> PathBuf {
         self.root.join("index")
+    }
+
+    /// `<root>/admin.token`: the secret every `/admin/` request must carry, written by the
+    /// serving process at start (its format belongs to the wharf crate's `admin::secret`).
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.root.join("admin.token")
     }
 
     /// A fresh name in `tmp/`: `fill-<pid>-<counter>-<random>`. Unique within this process by the
