@@ -229,13 +229,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/", any(registry::handle))
         .route("/v2/{*rest}", any(registry::handle))
         .route("/go/{*rest}", any(goproxy::handle))
-        .merge(crate::admin::routes())
+        .merge(crate::admin::routes(state.clone()))
         .route("/metrics", axum::routing::get(metrics))
-        .route(
-            "/admin/stats",
-            axum::routing::get(crate::gc::stats_endpoint),
-        )
-        .route("/admin/gc", axum::routing::post(crate::gc::gc_endpoint))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .route("/healthz", axum::routing::get(healthz))
         .with_state(state)

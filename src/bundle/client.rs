@@ -2,9 +2,13 @@
 //! at the config's `listen`), else in-process, driving the same router on a freshly opened data
 //! directory (which takes sled's lock, so two processes never share an index).
 //!
-//! In-process requests carry a loopback `ConnectInfo` and `Host: localhost`, so the admin API
-//! treats them exactly like a local operator's, and `[access]` is left out: whoever can open the
-//! data directory already owns everything in it.
+//! `wharf gc` and `wharf stats` use it too: it is the one way the CLI talks to a server.
+//!
+//! Admin requests carry the admin secret (`admin::secret`): read from the data directory when
+//! the server is on this machine, never sent anywhere else. In-process requests carry a loopback
+//! `ConnectInfo`, `Host: localhost` and the in-process state's secret, so the admin guard treats
+//! them exactly like a local operator's, and `[access]` is left out: whoever can open the data
+//! directory already owns everything in it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
@@ -18,6 +22,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use tower::ServiceExt as _;
 
 use super::AdminErrorBody;
+use crate::admin::secret::{self, AdminSecret};
 use crate::app::AppState;
 use crate::config::Config;
 
@@ -29,6 +34,8 @@ pub enum Client {
         base: String,
         http: reqwest::Client,
         auth: Option<HeaderValue>,
+        /// The admin secret, when the server is on this machine.
+        admin: Option<HeaderValue>,
     },
     Local {
         state: AppState,
@@ -118,10 +125,16 @@ impl Client {
         if let Some(url) = server {
             let base = url.trim_end_matches('/').to_string();
             let http = http_client(false)?;
-            return match probe(&http, &base).await {
-                Ok(()) => Ok(Client::Remote { base, http, auth }),
-                Err(e) => Err(format!("no wharf answers at {base}: {e}")),
-            };
+            probe(&http, &base)
+                .await
+                .map_err(|e| format!("no wharf answers at {base}: {e}"))?;
+            let admin = admin_header(config, &base)?;
+            return Ok(Client::Remote {
+                base,
+                http,
+                auth,
+                admin,
+            });
         }
         let scheme = if config.tls.is_some() {
             "https"
@@ -132,7 +145,13 @@ impl Client {
         // Our own server on loopback: its certificate names the public host, not 127.0.0.1.
         let http = http_client(config.tls.is_some())?;
         if probe(&http, &base).await.is_ok() {
-            return Ok(Client::Remote { base, http, auth });
+            let admin = admin_header(config, &base)?;
+            return Ok(Client::Remote {
+                base,
+                http,
+                auth,
+                admin,
+            });
         }
         let mut local = config.clone();
         local.access = Default::default();
@@ -197,7 +216,12 @@ impl Client {
         body: Body,
     ) -> Result<Reply, String> {
         match self {
-            Client::Remote { base, http, auth } => {
+            Client::Remote {
+                base,
+                http,
+                auth,
+                admin,
+            } => {
                 let url = format!("{base}{path}");
                 let mut req = http.request(method, &url);
                 for (k, v) in headers {
@@ -205,6 +229,9 @@ impl Client {
                 }
                 if let Some(a) = auth {
                     req = req.header(header::AUTHORIZATION, a.clone());
+                }
+                if let Some(s) = admin.as_ref().filter(|_| is_admin(path)) {
+                    req = req.header(secret::HEADER, s.clone());
                 }
                 req = match body {
                     Body::Empty => req,
@@ -221,7 +248,7 @@ impl Client {
                     body,
                 })
             }
-            Client::Local { router, .. } => {
+            Client::Local { router, state } => {
                 let body = match body {
                     Body::Empty => axum::body::Body::empty(),
                     Body::Bytes(b) => axum::body::Body::from(b),
@@ -233,6 +260,9 @@ impl Client {
                     .header(header::HOST, "localhost");
                 for (k, v) in headers {
                     req = req.header(k, *v);
+                }
+                if is_admin(path) {
+                    req = req.header(secret::HEADER, state.admin_secret.as_str());
                 }
                 let mut req = req.body(body).map_err(|e| format!("{path}: {e}"))?;
                 req.extensions_mut()
@@ -286,6 +316,25 @@ fn http_client(accept_any_cert: bool) -> Result<reqwest::Client, String> {
         .tls_danger_accept_invalid_certs(accept_any_cert)
         .build()
         .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+fn is_admin(path: &str) -> bool {
+    path.starts_with("/admin/")
+}
+
+/// The admin secret for a server at `base`, if it is on this machine (the admin API answers
+/// nowhere else, so the secret never goes anywhere else).
+fn admin_header(config: &Config, base: &str) -> Result<Option<HeaderValue>, String> {
+    let url = reqwest::Url::parse(base).map_err(|e| format!("{base}: {e}"))?;
+    let host = url.host_str().unwrap_or("");
+    if !crate::admin::loopback_host(host) {
+        return Ok(None);
+    }
+    let found = AdminSecret::read(&wharf_storage::Layout::new(&config.data_dir))?;
+    let mut v = HeaderValue::from_str(found.as_str())
+        .map_err(|_| "the admin secret is not a header value".to_string())?;
+    v.set_sensitive(true);
+    Ok(Some(v))
 }
 
 /// Whether a wharf answers `/healthz` at `base`.
