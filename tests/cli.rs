@@ -1,9 +1,11 @@
 //! The `wharf` binary as operators run it: `check-config`, `serve` stopped by SIGTERM (drains)
 //! and by SIGKILL (leaves nothing half-written), `fsck` finding and repairing damage, and
-//! `gc` / `stats` reaching a running server with the admin secret.
+//! `gc` / `stats` reaching a running server with the admin secret (and its pinned certificate).
 //! Each test drives the real executable against a fake upstream in this process.
 
 mod common;
+#[path = "support/tlsgen.rs"]
+mod tlsgen;
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
@@ -633,4 +635,48 @@ fn can_run_as_nobody() -> bool {
         eprintln!("skipping the unreadable-secret case: needs root and setpriv");
     }
     root && setpriv
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_trust_only_the_configured_certificate_of_their_own_tls_server() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ca = tlsgen::Ca::new("wharf test CA");
+    // Named for the public host, as a real certificate would be: not 127.0.0.1.
+    let files = tlsgen::TlsFiles::in_dir(dir.path());
+    files.write(&ca.server_cert(&["wharf.test"]));
+    let tls = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        files.cert.display(),
+        files.key.display()
+    );
+    let config = dir.path().join("wharf.toml");
+    fs::write(&config, config_toml(&up.url(), &data, "") + &tls).unwrap();
+    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+
+    let cli = cli_config(dir.path(), "cli.toml", &server, &data, &tls);
+    let out = run(wharf().arg("stats").arg("--config").arg(&cli));
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(text(&out.stdout).contains("on disk"), "{}", describe(&out));
+
+    // Whoever answers on that port with another certificate (even one from the same CA) is
+    // not the server: the command does not send it the admin secret, and stops.
+    let impostor = tlsgen::TlsFiles::in_dir(&dir.path().join("impostor"));
+    fs::create_dir(dir.path().join("impostor")).unwrap();
+    impostor.write(&ca.server_cert(&["wharf.test"]));
+    let other_tls = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        impostor.cert.display(),
+        impostor.key.display()
+    );
+    let wrong = cli_config(dir.path(), "wrong.toml", &server, &data, &other_tls);
+    let out = run(wharf().arg("stats").arg("--config").arg(&wrong));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("certificate"),
+        "{}",
+        describe(&out)
+    );
+    server.stop().await;
 }

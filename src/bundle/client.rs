@@ -9,9 +9,15 @@
 //! `ConnectInfo`, `Host: localhost` and the in-process state's secret, so the admin guard treats
 //! them exactly like a local operator's, and `[access]` is left out: whoever can open the data
 //! directory already owns everything in it.
+//!
+//! TLS: a `--server` URL is verified as any HTTPS client would (system roots, the URL's host).
+//! Our own `listen` address is reached on loopback, where the certificate's names do not match,
+//! so there the server must present exactly the certificate in `tls.cert` (pinned), never "any".
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -124,7 +130,7 @@ impl Client {
         let auth = credentials()?;
         if let Some(url) = server {
             let base = url.trim_end_matches('/').to_string();
-            let http = http_client(false)?;
+            let http = http_client(None)?;
             probe(&http, &base)
                 .await
                 .map_err(|e| format!("no wharf answers at {base}: {e}"))?;
@@ -142,9 +148,13 @@ impl Client {
             "http"
         };
         let base = format!("{scheme}://{}", loopback(config.listen));
-        // Our own server on loopback: its certificate names the public host, not 127.0.0.1.
-        let http = http_client(config.tls.is_some())?;
-        if probe(&http, &base).await.is_ok() {
+        let pinned = match &config.tls {
+            Some(t) => Some(pinned_tls(&t.cert)?),
+            None => None,
+        };
+        let http = http_client(pinned)?;
+        let probed = probe(&http, &base).await;
+        if probed.is_ok() {
             let admin = admin_header(config, &base)?;
             return Ok(Client::Remote {
                 base,
@@ -158,9 +168,10 @@ impl Client {
         let state = match AppState::new(local) {
             Ok(s) => s,
             Err(e) => {
+                let why = probed.err().unwrap_or_default();
                 return Err(format!(
-                    "no wharf answers at {base}, and the data directory {} cannot be opened: {e}\n\
-                     (if a wharf is running with another address, pass --server URL)",
+                    "no wharf answers at {base} ({why}), and the data directory {} cannot be \
+                     opened: {e}\n(if a wharf is running with another address, pass --server URL)",
                     config.data_dir.display()
                 ));
             }
@@ -309,11 +320,16 @@ fn loopback(listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listen.port())
 }
 
-fn http_client(accept_any_cert: bool) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+/// With `pinned`, the server must present that configuration's one certificate; without, the
+/// usual verification.
+fn http_client(pinned: Option<rustls::ClientConfig>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
         .no_proxy()
-        .connect_timeout(Duration::from_secs(3))
-        .tls_danger_accept_invalid_certs(accept_any_cert)
+        .connect_timeout(Duration::from_secs(3));
+    if let Some(tls) = pinned {
+        builder = builder.tls_backend_preconfigured(tls);
+    }
+    builder
         .build()
         .map_err(|e| format!("cannot build an HTTP client: {e}"))
 }
@@ -337,6 +353,87 @@ fn admin_header(config: &Config, base: &str) -> Result<Option<HeaderValue>, Stri
     Ok(Some(v))
 }
 
+/// A TLS client configuration that accepts exactly the first certificate of `cert` (the
+/// server's own, as `tls.cert` lists it) and checks the handshake is signed by its key.
+fn pinned_tls(cert: &Path) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let unreadable = |e: &dyn std::fmt::Display| format!("tls.cert {}: {e}", cert.display());
+    let leaf = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| unreadable(&e))?
+        .next()
+        .ok_or_else(|| unreadable(&"no certificate in it"))?
+        .map_err(|e| unreadable(&e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned { leaf, provider }))
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// Trusts one certificate, by its exact bytes; signatures are still checked with its key.
+#[derive(Debug)]
+struct Pinned {
+    leaf: rustls_pki_types::CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.leaf.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the server does not present the certificate in tls.cert".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Whether a wharf answers `/healthz` at `base`.
 async fn probe(http: &reqwest::Client, base: &str) -> Result<(), String> {
     let resp = http
@@ -344,8 +441,8 @@ async fn probe(http: &reqwest::Client, base: &str) -> Result<(), String> {
         .timeout(Duration::from_secs(5))
         .send()
         .await
-        .map_err(|e| e.to_string())?;
-    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        .map_err(|e| innermost(&e))?;
+    let body = resp.bytes().await.map_err(|e| innermost(&e))?;
     let v: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|_| "it does not answer /healthz like wharf".to_string())?;
     if v.get("status").is_some() {
@@ -353,6 +450,16 @@ async fn probe(http: &reqwest::Client, base: &str) -> Result<(), String> {
     } else {
         Err("it does not answer /healthz like wharf".into())
     }
+}
+
+/// The deepest cause of a transport error ("connection refused", a certificate refusal), not
+/// reqwest's "error sending request".
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = e;
+    while let Some(source) = e.source() {
+        e = source;
+    }
+    e.to_string()
 }
 
 /// Credentials for a server with `[access]`: `WHARF_TOKEN` (bearer), or `WHARF_USER` with
