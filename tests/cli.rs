@@ -602,6 +602,9 @@ async fn gc_and_stats_reach_a_running_server_with_the_admin_secret_only_it_can_r
     let old = admin_secret_of(&data);
     server.stop().await;
     let server = Server::start(&config, &dir.path().join("serve-2.log")).await;
+    // Listening is not answering: the secret is written before the first answer.
+    let r = client().get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     let new = admin_secret_of(&data);
     assert_ne!(old, new);
     let stale = client()

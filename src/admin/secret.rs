@@ -74,9 +74,14 @@ impl AdminSecret {
 
     /// Writes the secret to `admin.token`, replacing any older one atomically: a temp file
     /// created with mode 0600 (never readable by anyone else, not even for a moment), synced,
-    /// then renamed over the old name.
+    /// then renamed over the old name. One process at a time serves a data directory (sled's
+    /// lock), so the temp file's fixed name is its own; one a crash left is replaced.
     pub fn publish(&self, layout: &Layout) -> std::io::Result<()> {
-        let temp = layout.new_temp_path();
+        let temp = layout.admin_token_temp_path();
+        match std::fs::remove_file(&temp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let written = (|| {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -161,7 +166,8 @@ mod tests {
     fn a_published_secret_is_private_to_its_owner_and_replaces_the_old_one() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path());
-        std::fs::create_dir_all(layout.tmp_dir()).unwrap();
+        // What a crash between create and rename leaves: replaced, not an error.
+        std::fs::write(layout.admin_token_temp_path(), "stale").unwrap();
         let old = AdminSecret::generate().unwrap();
         old.publish(&layout).unwrap();
         let new = AdminSecret::generate().unwrap();
@@ -173,7 +179,7 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(std::fs::read_dir(layout.tmp_dir()).unwrap().count(), 0);
+        assert!(!layout.admin_token_temp_path().exists());
     }
 
     #[test]
