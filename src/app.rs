@@ -40,8 +40,8 @@ pub struct Inner {
     pub metrics: crate::metrics::Metrics,
     /// Manifests and tag answers in memory (`cache.manifest_memory`).
     pub hot: crate::registry::hot::HotManifests,
-    /// What every `/admin/` request must carry; new for each state, written to the data
-    /// directory by `serve` (an in-process CLI client holds it without writing it).
+    /// What every `/admin/` request must carry: new for each state, written to the data
+    /// directory (`admin.token`) as soon as the state holds sled's lock on it.
     pub admin_secret: crate::admin::secret::AdminSecret,
     /// Access times of hits since the last flush: the hit path writes nothing to sled.
     atimes: std::sync::Mutex<HashMap<Digest, u64>>,
@@ -94,9 +94,16 @@ impl AppState {
         ));
         let storage = Storage::open(&config.data_dir)?;
         let hot = crate::registry::hot::HotManifests::new(config.cache.manifest_memory.0);
-        let admin_secret =
-            crate::admin::secret::AdminSecret::generate().map_err(|source| Error::Io {
-                context: "making the admin secret".into(),
+        // Published before anything can answer (tests and `serve` bind before serving), so a
+        // command that finds the server finds its secret; sled's lock makes this the only
+        // writer.
+        let admin_secret = crate::admin::secret::AdminSecret::generate()
+            .and_then(|s| s.publish(&storage.layout).map(|()| s))
+            .map_err(|source| Error::Io {
+                context: format!(
+                    "writing the admin secret {}",
+                    storage.layout.admin_token_path().display()
+                ),
                 source,
             })?;
         Ok(AppState(Arc::new(Inner {

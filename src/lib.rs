@@ -49,7 +49,6 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    publish_admin_secret(&state)?;
     server::run(listener, state, None, shutdown).await
 }
 
@@ -60,23 +59,7 @@ pub async fn serve_tls(
     tls: server::TlsReloader,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    publish_admin_secret(&state)?;
     server::run(listener, state, Some(tls), shutdown).await
-}
-
-/// Writes this process's admin secret to the data directory before the first request is
-/// answered, so a command that finds the server also finds the secret.
-fn publish_admin_secret(state: &AppState) -> std::io::Result<()> {
-    let layout = &state.storage.layout;
-    state.admin_secret.publish(layout).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!(
-                "writing the admin secret {}: {e}",
-                layout.admin_token_path().display()
-            ),
-        )
-    })
 }
 
 type MakeSpan = fn(&http::Request<axum::body::Body>) -> tracing::Span;

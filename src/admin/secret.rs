@@ -9,9 +9,10 @@
 //! a browser sends only after a CORS preflight, which wharf never grants, so neither a form post
 //! nor a `no-cors` fetch from a web page gets through.
 //!
-//! A serving process makes a fresh secret each time it starts (`publish`) and never reads an old
-//! one: a copy taken earlier (for instance by a process that held the port while wharf was down
-//! and answered the CLI) is worthless once the real server runs.
+//! Every process that opens the data directory to serve it (`AppState::new`: `wharf serve`, or a
+//! command working in-process when no server runs) makes a fresh secret and `publish`es it, and
+//! never reads an old one: a copy taken earlier (for instance by a process that held the port
+//! while wharf was down and answered the CLI) is worthless once the real server runs.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;

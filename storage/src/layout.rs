@@ -61,7 +61,8 @@ impl Layout {
     }
 
     /// `<root>/admin.token`: the secret every `/admin/` request must carry, written by the
-    /// serving process at start (its format belongs to the wharf crate's `admin::secret`).
+    /// process that opens the directory to serve it (its format belongs to the wharf crate's
+    /// `admin::secret`).
     pub fn admin_token_path(&self) -> PathBuf {
         self.root.join("admin.token")
     }
