@@ -1,7 +1,17 @@
-//! The admin API under `/admin/`, for wharf's own commands (prefetch, export, import) talking to
-//! a running server. Answers only requests from a loopback peer, addressed to a loopback host
-//! (not a DNS name, so a page in a browser on this machine cannot reach it by rebinding), and
-//! not relayed by a proxy; `[access]` still applies (the router's guard runs first).
+//! The admin API under `/admin/`, for wharf's own commands (prefetch, export, import, gc, stats)
+//! talking to a running server. Every route sits behind one guard, `guard`, which answers only
+//! a request that
+//!
+//! 1. comes from a loopback peer,
+//! 2. is addressed to a loopback host (not a DNS name, so a page in a browser on this machine
+//!    cannot reach it by rebinding),
+//! 3. was not relayed by a proxy that says so (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`),
+//! 4. carries the admin secret in `X-Wharf-Admin-Token` (see `secret`): a proxy that rewrites
+//!    `Host` and adds no header passes 1 to 3, and a browser needs a CORS preflight (never
+//!    granted) before it sends a custom header.
+//!
+//! `[access]` still applies (the router's guard runs first). Nothing else may mount a route
+//! under `/admin/`: unknown paths there are answered here too, after the guard.
 //!
 //! | route                         | what                                                      |
 //! |-------------------------------|-----------------------------------------------------------|
@@ -11,8 +21,12 @@
 //! | `POST /admin/pins`            | pin digests and module versions (`PinRequest`)            |
 //! | `POST /admin/export`          | what a selection contains (`ExportRequest` -> manifest)   |
 //! | `POST /admin/import`          | verify, then index and pin uploaded content               |
+//! | `GET /admin/stats`            | what the cache holds (`gc::Stats`)                        |
+//! | `POST /admin/gc?dry_run&target` | evict down to `target` bytes; the report as text        |
 //!
 //! Blobs stored here are not indexed: only `/admin/import` indexes, after checking everything.
+
+pub mod secret;
 
 use std::net::SocketAddr;
 
@@ -22,7 +36,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use futures_util::StreamExt;
 use http::{StatusCode, header};
 use wharf_storage::{Digest, PinRecord, StorageError};
@@ -36,8 +50,8 @@ use crate::cache::BlobBody;
 /// Largest JSON request (an import of many thousand objects).
 const MAX_JSON: usize = 256 << 20;
 
-/// The admin routes, loopback only.
-pub fn routes() -> Router<AppState> {
+/// Every route under `/admin/`, behind `guard`.
+pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route(
             "/admin/blobs/{digest}",
@@ -47,8 +61,13 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/pins", post(pins))
         .route("/admin/export", post(export))
         .route("/admin/import", post(import))
+        .route("/admin/stats", get(crate::gc::stats_endpoint))
+        .route("/admin/gc", post(crate::gc::gc_endpoint))
+        .route("/admin", any(unknown))
+        .route("/admin/", any(unknown))
+        .route("/admin/{*rest}", any(unknown))
         .layer(DefaultBodyLimit::max(MAX_JSON))
-        .layer(axum::middleware::from_fn(local_only))
+        .layer(axum::middleware::from_fn_with_state(state, guard))
 }
 
 /// An admin error: status and a message that names the object.
@@ -70,9 +89,13 @@ impl AdminError {
         AdminError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
     }
 
+    /// A failure inside wharf: logged in full, answered without details (paths, OS errors).
     pub fn internal(e: impl std::fmt::Display) -> AdminError {
         tracing::error!(error = %e, "admin request failed");
-        AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        AdminError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; the server's log has the details",
+        )
     }
 }
 
@@ -88,7 +111,9 @@ impl IntoResponse for AdminError {
     }
 }
 
-async fn local_only(req: Request, next: Next) -> Response {
+/// The one gate of the admin API (see the module comment); refusals say which rule failed
+/// without echoing anything back.
+async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -110,11 +135,29 @@ async fn local_only(req: Request, next: Next) -> Response {
         )
         .into_response();
     }
+    let presented = req.headers().get(secret::HEADER).map(|v| v.as_bytes());
+    if !presented.is_some_and(|p| app.admin_secret.matches(p)) {
+        tracing::warn!(
+            ?peer,
+            path = req.uri().path(),
+            present = presented.is_some(),
+            "admin request refused: no valid admin secret"
+        );
+        return AdminError::new(
+            StatusCode::FORBIDDEN,
+            "admin requests must carry the admin secret (X-Wharf-Admin-Token, from admin.token in the data directory)",
+        )
+        .into_response();
+    }
     next.run(req).await
 }
 
+async fn unknown() -> AdminError {
+    AdminError::new(StatusCode::NOT_FOUND, "no such admin route")
+}
+
 /// `localhost`, `127.0.0.1:5000`, `[::1]:5000`.
-fn loopback_host(host: &str) -> bool {
+pub(crate) fn loopback_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(""),
         None => host.rsplit_once(':').map_or(host, |(h, _)| h),

@@ -40,6 +40,9 @@ pub struct Inner {
     pub metrics: crate::metrics::Metrics,
     /// Manifests and tag answers in memory (`cache.manifest_memory`).
     pub hot: crate::registry::hot::HotManifests,
+    /// What every `/admin/` request must carry: new for each state, written to the data
+    /// directory (`admin.token`) as soon as the state holds sled's lock on it.
+    pub admin_secret: crate::admin::secret::AdminSecret,
     /// Access times of hits since the last flush: the hit path writes nothing to sled.
     atimes: std::sync::Mutex<HashMap<Digest, u64>>,
 }
@@ -92,6 +95,18 @@ impl AppState {
         let storage = Storage::open(&config.data_dir)?;
         registry::visibility::backfill(&storage, config.registry.max_manifest_size.0)?;
         let hot = crate::registry::hot::HotManifests::new(config.cache.manifest_memory.0);
+        // Published before anything can answer (tests and `serve` bind before serving), so a
+        // command that finds the server finds its secret; sled's lock makes this the only
+        // writer.
+        let admin_secret = crate::admin::secret::AdminSecret::generate()
+            .and_then(|s| s.publish(&storage.layout).map(|()| s))
+            .map_err(|source| Error::Io {
+                context: format!(
+                    "writing the admin secret {}",
+                    storage.layout.admin_token_path().display()
+                ),
+                source,
+            })?;
         Ok(AppState(Arc::new(Inner {
             config,
             storage,
@@ -102,6 +117,7 @@ impl AppState {
             access,
             fill_permits,
             hot,
+            admin_secret,
             metrics: Default::default(),
             atimes: Default::default(),
         })))
@@ -221,13 +237,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/", any(registry::handle))
         .route("/v2/{*rest}", any(registry::handle))
         .route("/go/{*rest}", any(goproxy::handle))
-        .merge(crate::admin::routes())
+        .merge(crate::admin::routes(state.clone()))
         .route("/metrics", axum::routing::get(metrics))
-        .route(
-            "/admin/stats",
-            axum::routing::get(crate::gc::stats_endpoint),
-        )
-        .route("/admin/gc", axum::routing::post(crate::gc::gc_endpoint))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .route("/healthz", axum::routing::get(healthz))
         .with_state(state)

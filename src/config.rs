@@ -37,7 +37,7 @@ pub enum ConfigError {
 pub struct Config {
     /// Address and port to listen on.
     pub listen: SocketAddr,
-    /// Where blobs, temp files and the index live.
+    /// Where blobs, temp files, the index and the admin secret (`admin.token`) live.
     pub data_dir: PathBuf,
     /// Never contact any upstream: answer from the cache only (air-gapped sites).
     pub offline: bool,

@@ -1,16 +1,20 @@
-//! `wharf gc` and `wharf stats`, and the loopback-only endpoints a running server answers them
-//! with (sled admits one process, so a CLI next to a running server asks it instead).
+//! `wharf gc` and `wharf stats`, and the admin endpoints that answer them (`/admin/gc`,
+//! `/admin/stats`, mounted behind the admin guard by `admin::routes`). The commands go through
+//! `bundle::client` like the air-gap commands: to the running server (sled admits one process),
+//! else in-process on the data directory.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-use axum::extract::{ConnectInfo, Query, State};
+use axum::Json;
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
 use serde::{Deserialize, Serialize};
-use wharf_storage::{DiskEntry, GcReport, Storage, gc::human};
+use wharf_storage::{DiskEntry, Storage, gc::human};
 
+use crate::admin::AdminError;
 use crate::app::AppState;
+use crate::bundle::client::{Body, Client};
 use crate::config::{ByteSize, Config};
 use crate::error::Error;
 
@@ -146,26 +150,12 @@ pub async fn server_stats(app: &AppState) -> Result<Stats, Error> {
     Ok(s)
 }
 
-fn loopback(peer: std::net::SocketAddr) -> bool {
-    peer.ip().is_loopback()
-}
-
-/// `GET /admin/stats` (loopback only).
-pub async fn stats_endpoint(
-    State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-) -> Response {
-    if !loopback(peer) {
-        return (
-            StatusCode::FORBIDDEN,
-            "admin endpoints answer on loopback only\n",
-        )
-            .into_response();
-    }
-    match server_stats(&app).await {
-        Ok(s) => axum::Json(s).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-    }
+/// `GET /admin/stats` (behind the admin guard).
+pub async fn stats_endpoint(State(app): State<AppState>) -> Result<Json<Stats>, AdminError> {
+    server_stats(&app)
+        .await
+        .map(Json)
+        .map_err(AdminError::internal)
 }
 
 #[derive(Deserialize)]
@@ -175,36 +165,24 @@ pub struct GcQuery {
     target: Option<u64>,
 }
 
-/// `POST /admin/gc?dry_run=true&target=<bytes>` (loopback only): the report as text.
+/// `POST /admin/gc?dry_run=true&target=<bytes>` (behind the admin guard): the report as text.
 pub async fn gc_endpoint(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Query(q): Query<GcQuery>,
-) -> Response {
-    if !loopback(peer) {
-        return (
-            StatusCode::FORBIDDEN,
-            "admin endpoints answer on loopback only\n",
-        )
-            .into_response();
-    }
+) -> Result<Response, AdminError> {
     app.flush_atimes().await;
     let target = q.target.unwrap_or_else(|| default_target(&app.config));
     let storage = app.storage.clone();
-    let r = tokio::task::spawn_blocking(move || {
+    let report = tokio::task::spawn_blocking(move || {
         wharf_storage::collect(&storage, target, &HashMap::new(), q.dry_run)
     })
-    .await;
-    match r {
-        Ok(Ok(report)) => {
-            if !report.removed.is_empty() {
-                app.hot.clear();
-            }
-            format!("{report}\n").into_response()
-        }
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    .await
+    .map_err(AdminError::internal)?
+    .map_err(AdminError::internal)?;
+    if !report.removed.is_empty() {
+        app.hot.clear();
     }
+    Ok(format!("{report}\n").into_response())
 }
 
 /// With a budget: its low watermark. Without one there is nothing to evict down to.
@@ -216,50 +194,36 @@ fn default_target(config: &Config) -> u64 {
     }
 }
 
-fn server_url(config: &Config, path: &str) -> String {
-    let addr = config.listen;
-    let host = if addr.ip().is_unspecified() {
-        if addr.is_ipv4() {
-            "127.0.0.1".to_string()
-        } else {
-            "[::1]".to_string()
+/// Largest answer read back (a gc report lists every object it removes).
+const MAX_ANSWER: usize = 256 << 20;
+
+/// One admin request through the commands' client (the running server, else the data directory
+/// in-process); `None` once it has said on stderr why not.
+async fn ask(config: &Config, method: http::Method, path: &str) -> Option<Vec<u8>> {
+    let client = match Client::connect(config, None).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wharf: {e}");
+            return None;
         }
-    } else if addr.is_ipv6() {
-        format!("[{}]", addr.ip())
-    } else {
-        addr.ip().to_string()
     };
-    let scheme = if config.tls.is_some() {
-        "https"
-    } else {
-        "http"
+    let answer = match client.request(method, path, &[], Body::Empty).await {
+        Ok(reply) if reply.status.is_success() => reply.bytes(MAX_ANSWER).await,
+        Ok(reply) => Err(format!(
+            "{} refused: {}",
+            client.describe(),
+            reply.error().await
+        )),
+        Err(e) => Err(e),
     };
-    format!("{scheme}://{host}:{}{path}", addr.port())
-}
-
-/// Asks a running server; `None` when nothing answers (the CLI then works on the data dir).
-async fn ask_server(
-    config: &Config,
-    method: http::Method,
-    path: &str,
-) -> Option<Result<String, String>> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .tls_danger_accept_invalid_certs(true)
-        .build()
-        .ok()?;
-    let resp = http
-        .request(method, server_url(config, path))
-        .send()
-        .await
-        .ok()?;
-    let ok = resp.status().is_success();
-    let body = resp.text().await.unwrap_or_default();
-    Some(if ok { Ok(body) } else { Err(body) })
-}
-
-fn open_storage(config: &Config) -> Result<Storage, Error> {
-    Storage::open(&config.data_dir).map_err(Error::Storage)
+    let finished = client.finish().await;
+    match answer.and_then(|a| finished.map(|()| a)) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            eprintln!("wharf: {e}");
+            None
+        }
+    }
 }
 
 /// `wharf gc [--dry-run] [--target SIZE]`.
@@ -286,37 +250,22 @@ pub async fn command(
         );
     }
     let path = format!("/admin/gc?dry_run={dry_run}&target={target}");
-    if let Some(answer) = ask_server(config, http::Method::POST, &path).await {
-        return match answer {
-            Ok(text) => {
-                print!("{text}");
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(text) => {
-                eprintln!("wharf: the running server refused: {}", text.trim());
-                Ok(ExitCode::FAILURE)
-            }
-        };
-    }
-    let storage = open_storage(config)?;
-    let report: GcReport = wharf_storage::collect(&storage, target, &HashMap::new(), dry_run)?;
-    println!("{report}");
+    let Some(report) = ask(config, http::Method::POST, &path).await else {
+        return Ok(ExitCode::FAILURE);
+    };
+    print!("{}", String::from_utf8_lossy(&report));
     Ok(ExitCode::SUCCESS)
 }
 
 /// `wharf stats [--json]`.
 pub async fn stats_command(config: &Config, json: bool) -> Result<ExitCode, Error> {
-    let stats = match ask_server(config, http::Method::GET, "/admin/stats").await {
-        Some(Ok(body)) => serde_json::from_str::<Stats>(&body).map_err(|e| Error::Io {
-            context: "reading the server's stats".into(),
-            source: std::io::Error::other(e),
-        })?,
-        Some(Err(text)) => {
-            eprintln!("wharf: the running server refused: {}", text.trim());
-            return Ok(ExitCode::FAILURE);
-        }
-        None => compute_stats(&open_storage(config)?, config.cache.max_size.0)?,
+    let Some(body) = ask(config, http::Method::GET, "/admin/stats").await else {
+        return Ok(ExitCode::FAILURE);
     };
+    let stats = serde_json::from_slice::<Stats>(&body).map_err(|e| Error::Io {
+        context: "reading the server's stats".into(),
+        source: std::io::Error::other(e),
+    })?;
     if json {
         println!(
             "{}",

@@ -12,7 +12,8 @@
 //! * `registry`: the `/v2/` routes, handlers and error format.
 //! * `goproxy`: the `/go/` GOPROXY protocol, private modules, checksum-database proxy and checks.
 //! * `metrics`: request counters, upstream states (`/metrics`, `/healthz`).
-//! * `admin`: the loopback-only `/admin/` API the air-gap commands use.
+//! * `admin`: the `/admin/` API wharf's own commands use (loopback, plus a secret in the data
+//!   directory).
 //! * `prefetch`, `bundle`: `wharf prefetch`, `wharf export` and `wharf import`.
 //! * `error`: start-up and command errors.
 //!

@@ -78,10 +78,12 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             target,
         } => {
             let config = config.load()?;
+            init_cli_tracing();
             wharf::gc::command(&config, dry_run, target.as_deref()).await
         }
         Command::Stats { config, json } => {
             let config = config.load()?;
+            init_cli_tracing();
             wharf::gc::stats_command(&config, json).await
         }
         Command::Prefetch {

@@ -449,10 +449,12 @@ async fn the_admin_api_answers_only_to_this_machine() {
     let w = common::Wharf::start_with_config(&text, &data).await;
     let c = common::client();
     let pins = r#"{"reason":"test","digests":[]}"#;
+    let secret = w.admin_secret();
     let post = |host: Option<&str>, fwd: bool| {
         let mut r = c
             .post(w.url("/admin/pins"))
             .header("content-type", "application/json")
+            .header("x-wharf-admin-token", &secret)
             .body(pins);
         if let Some(h) = host {
             r = r.header("host", h);

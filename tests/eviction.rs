@@ -124,6 +124,7 @@ async fn gc_dry_run_and_stats_answer_on_loopback() {
         .unwrap();
     let r = c
         .post(w.url("/admin/gc?dry_run=true&target=0"))
+        .header("x-wharf-admin-token", w.admin_secret())
         .send()
         .await
         .unwrap();
@@ -136,6 +137,7 @@ async fn gc_dry_run_and_stats_answer_on_loopback() {
     );
     let stats: serde_json::Value = c
         .get(w.url("/admin/stats"))
+        .header("x-wharf-admin-token", w.admin_secret())
         .send()
         .await
         .unwrap()
@@ -204,7 +206,12 @@ async fn manifests_gone_from_the_store_are_not_answered_from_memory() {
     assert_eq!(sha256(&r.bytes().await.unwrap()), d);
     let fetched = up.count("GET", "/manifests/");
     // Evict everything: the in-memory copy must go with the file.
-    let r = c.post(w.url("/admin/gc?target=0")).send().await.unwrap();
+    let r = c
+        .post(w.url("/admin/gc?target=0"))
+        .header("x-wharf-admin-token", w.admin_secret())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(!w.state.storage.blobs.contains(&Digest::parse(&d).unwrap()));
     let r = get(by_digest).await.unwrap();

@@ -2,12 +2,22 @@
 //! at the config's `listen`), else in-process, driving the same router on a freshly opened data
 //! directory (which takes sled's lock, so two processes never share an index).
 //!
-//! In-process requests carry a loopback `ConnectInfo` and `Host: localhost`, so the admin API
-//! treats them exactly like a local operator's, and `[access]` is left out: whoever can open the
-//! data directory already owns everything in it.
+//! `wharf gc` and `wharf stats` use it too: it is the one way the CLI talks to a server.
+//!
+//! Admin requests carry the admin secret (`admin::secret`): read from the data directory when
+//! the server is on this machine, never sent anywhere else. In-process requests carry a loopback
+//! `ConnectInfo`, `Host: localhost` and the in-process state's secret, so the admin guard treats
+//! them exactly like a local operator's, and `[access]` is left out: whoever can open the data
+//! directory already owns everything in it.
+//!
+//! TLS: a `--server` URL is verified as any HTTPS client would (system roots, the URL's host).
+//! Our own `listen` address is reached on loopback, where the certificate's names do not match,
+//! so there the server must present exactly the certificate in `tls.cert` (pinned), never "any".
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -18,6 +28,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use tower::ServiceExt as _;
 
 use super::AdminErrorBody;
+use crate::admin::secret::{self, AdminSecret};
 use crate::app::AppState;
 use crate::config::Config;
 
@@ -29,6 +40,8 @@ pub enum Client {
         base: String,
         http: reqwest::Client,
         auth: Option<HeaderValue>,
+        /// The admin secret, when the server is on this machine.
+        admin: Option<HeaderValue>,
     },
     Local {
         state: AppState,
@@ -117,11 +130,17 @@ impl Client {
         let auth = credentials()?;
         if let Some(url) = server {
             let base = url.trim_end_matches('/').to_string();
-            let http = http_client(false)?;
-            return match probe(&http, &base).await {
-                Ok(()) => Ok(Client::Remote { base, http, auth }),
-                Err(e) => Err(format!("no wharf answers at {base}: {e}")),
-            };
+            let http = http_client(None)?;
+            probe(&http, &base)
+                .await
+                .map_err(|e| format!("no wharf answers at {base}: {e}"))?;
+            let admin = admin_header(config, &base)?;
+            return Ok(Client::Remote {
+                base,
+                http,
+                auth,
+                admin,
+            });
         }
         let scheme = if config.tls.is_some() {
             "https"
@@ -129,19 +148,30 @@ impl Client {
             "http"
         };
         let base = format!("{scheme}://{}", loopback(config.listen));
-        // Our own server on loopback: its certificate names the public host, not 127.0.0.1.
-        let http = http_client(config.tls.is_some())?;
-        if probe(&http, &base).await.is_ok() {
-            return Ok(Client::Remote { base, http, auth });
+        let pinned = match &config.tls {
+            Some(t) => Some(pinned_tls(&t.cert)?),
+            None => None,
+        };
+        let http = http_client(pinned)?;
+        let probed = probe(&http, &base).await;
+        if probed.is_ok() {
+            let admin = admin_header(config, &base)?;
+            return Ok(Client::Remote {
+                base,
+                http,
+                auth,
+                admin,
+            });
         }
         let mut local = config.clone();
         local.access = Default::default();
         let state = match AppState::new(local) {
             Ok(s) => s,
             Err(e) => {
+                let why = probed.err().unwrap_or_default();
                 return Err(format!(
-                    "no wharf answers at {base}, and the data directory {} cannot be opened: {e}\n\
-                     (if a wharf is running with another address, pass --server URL)",
+                    "no wharf answers at {base} ({why}), and the data directory {} cannot be \
+                     opened: {e}\n(if a wharf is running with another address, pass --server URL)",
                     config.data_dir.display()
                 ));
             }
@@ -197,7 +227,12 @@ impl Client {
         body: Body,
     ) -> Result<Reply, String> {
         match self {
-            Client::Remote { base, http, auth } => {
+            Client::Remote {
+                base,
+                http,
+                auth,
+                admin,
+            } => {
                 let url = format!("{base}{path}");
                 let mut req = http.request(method, &url);
                 for (k, v) in headers {
@@ -205,6 +240,9 @@ impl Client {
                 }
                 if let Some(a) = auth {
                     req = req.header(header::AUTHORIZATION, a.clone());
+                }
+                if let Some(s) = admin.as_ref().filter(|_| is_admin(path)) {
+                    req = req.header(secret::HEADER, s.clone());
                 }
                 req = match body {
                     Body::Empty => req,
@@ -221,7 +259,7 @@ impl Client {
                     body,
                 })
             }
-            Client::Local { router, .. } => {
+            Client::Local { router, state } => {
                 let body = match body {
                     Body::Empty => axum::body::Body::empty(),
                     Body::Bytes(b) => axum::body::Body::from(b),
@@ -233,6 +271,9 @@ impl Client {
                     .header(header::HOST, "localhost");
                 for (k, v) in headers {
                     req = req.header(k, *v);
+                }
+                if is_admin(path) {
+                    req = req.header(secret::HEADER, state.admin_secret.as_str());
                 }
                 let mut req = req.body(body).map_err(|e| format!("{path}: {e}"))?;
                 req.extensions_mut()
@@ -279,13 +320,118 @@ fn loopback(listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listen.port())
 }
 
-fn http_client(accept_any_cert: bool) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+/// With `pinned`, the server must present that configuration's one certificate; without, the
+/// usual verification.
+fn http_client(pinned: Option<rustls::ClientConfig>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
         .no_proxy()
-        .connect_timeout(Duration::from_secs(3))
-        .tls_danger_accept_invalid_certs(accept_any_cert)
+        .connect_timeout(Duration::from_secs(3));
+    if let Some(tls) = pinned {
+        builder = builder.tls_backend_preconfigured(tls);
+    }
+    builder
         .build()
         .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+fn is_admin(path: &str) -> bool {
+    path.starts_with("/admin/")
+}
+
+/// The admin secret for a server at `base`, if it is on this machine (the admin API answers
+/// nowhere else, so the secret never goes anywhere else).
+fn admin_header(config: &Config, base: &str) -> Result<Option<HeaderValue>, String> {
+    let url = reqwest::Url::parse(base).map_err(|e| format!("{base}: {e}"))?;
+    let host = url.host_str().unwrap_or("");
+    if !crate::admin::loopback_host(host) {
+        return Ok(None);
+    }
+    let found = AdminSecret::read(&wharf_storage::Layout::new(&config.data_dir))?;
+    let mut v = HeaderValue::from_str(found.as_str())
+        .map_err(|_| "the admin secret is not a header value".to_string())?;
+    v.set_sensitive(true);
+    Ok(Some(v))
+}
+
+/// A TLS client configuration that accepts exactly the first certificate of `cert` (the
+/// server's own, as `tls.cert` lists it) and checks the handshake is signed by its key.
+fn pinned_tls(cert: &Path) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let unreadable = |e: &dyn std::fmt::Display| format!("tls.cert {}: {e}", cert.display());
+    let leaf = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| unreadable(&e))?
+        .next()
+        .ok_or_else(|| unreadable(&"no certificate in it"))?
+        .map_err(|e| unreadable(&e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned { leaf, provider }))
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// Trusts one certificate, by its exact bytes; signatures are still checked with its key.
+#[derive(Debug)]
+struct Pinned {
+    leaf: rustls_pki_types::CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.leaf.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the server does not present the certificate in tls.cert".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// Whether a wharf answers `/healthz` at `base`.
@@ -295,8 +441,8 @@ async fn probe(http: &reqwest::Client, base: &str) -> Result<(), String> {
         .timeout(Duration::from_secs(5))
         .send()
         .await
-        .map_err(|e| e.to_string())?;
-    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        .map_err(|e| innermost(&e))?;
+    let body = resp.bytes().await.map_err(|e| innermost(&e))?;
     let v: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|_| "it does not answer /healthz like wharf".to_string())?;
     if v.get("status").is_some() {
@@ -304,6 +450,16 @@ async fn probe(http: &reqwest::Client, base: &str) -> Result<(), String> {
     } else {
         Err("it does not answer /healthz like wharf".into())
     }
+}
+
+/// The deepest cause of a transport error ("connection refused", a certificate refusal), not
+/// reqwest's "error sending request".
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = e;
+    while let Some(source) = e.source() {
+        e = source;
+    }
+    e.to_string()
 }
 
 /// Credentials for a server with `[access]`: `WHARF_TOKEN` (bearer), or `WHARF_USER` with

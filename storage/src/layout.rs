@@ -5,6 +5,8 @@
 //! <root>/blobs/sha256/<hex[..2]>/<hex>   committed blobs, read-only
 //! <root>/tmp/<fill-pid-n-random>         fills in progress (same filesystem, so rename is atomic)
 //! <root>/index/                          sled
+//! <root>/admin.token                      the running server's admin secret (mode 0600)
+//! <root>/admin.token.new                  the next one, while it is written
 //! ```
 
 use std::hash::{BuildHasher, RandomState};
@@ -56,6 +58,19 @@ impl Layout {
 
     pub fn index_dir(&self) -> PathBuf {
         self.root.join("index")
+    }
+
+    /// `<root>/admin.token`: the secret every `/admin/` request must carry, written by the
+    /// process that opens the directory to serve it (its format belongs to the wharf crate's
+    /// `admin::secret`).
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.root.join("admin.token")
+    }
+
+    /// `<root>/admin.token.new`: where a new secret is written before it is renamed over
+    /// `admin_token_path`. Not in `tmp/`, which holds fills only (and is swept at start).
+    pub fn admin_token_temp_path(&self) -> PathBuf {
+        self.root.join("admin.token.new")
     }
 
     /// A fresh name in `tmp/`: `fill-<pid>-<counter>-<random>`. Unique within this process by the

@@ -544,6 +544,15 @@ impl Wharf {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The admin secret this wharf published in its data directory (what `/admin/` requires in
+    /// `X-Wharf-Admin-Token`).
+    pub fn admin_secret(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("the admin secret is published at start")
+            .trim_end()
+            .to_string()
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
