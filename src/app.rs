@@ -35,16 +35,14 @@ pub struct Inner {
     /// The Go module proxy, unless `go.enabled = false`.
     pub go: Option<GoState>,
     pub access: AccessControl,
-    /// One permit per running upstream fill (`server.max_concurrent_fills`).
-    pub fill_permits: Arc<tokio::sync::Semaphore>,
-    pub metrics: crate::metrics::Metrics,
+    /// The cache engine: hits, fills, access times (`cache::Engine`).
+    pub engine: crate::cache::Engine,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Manifests and tag answers in memory (`cache.manifest_memory`).
     pub hot: crate::registry::hot::HotManifests,
     /// What every `/admin/` request must carry: new for each state, written to the data
     /// directory (`admin.token`) as soon as the state holds sled's lock on it.
     pub admin_secret: crate::admin::secret::AdminSecret,
-    /// Access times of hits since the last flush: the hit path writes nothing to sled.
-    atimes: std::sync::Mutex<HashMap<Digest, u64>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -89,11 +87,13 @@ impl AppState {
             .collect();
         let access = AccessControl::new(&config.access, &names, &config.registry.default_upstream)
             .map_err(|m| Error::Config(crate::config::ConfigError::Invalid(m)))?;
-        let fill_permits = Arc::new(tokio::sync::Semaphore::new(
-            config.server.max_concurrent_fills,
-        ));
         let storage = Storage::open(&config.data_dir)?;
         registry::visibility::backfill(&storage, config.registry.max_manifest_size.0)?;
+        let engine = crate::cache::Engine::new(
+            storage.clone(),
+            config.server.max_concurrent_fills,
+            config.offline,
+        );
         let hot = crate::registry::hot::HotManifests::new(config.cache.manifest_memory.0);
         // Published before anything can answer (tests and `serve` bind before serving), so a
         // command that finds the server finds its secret; sled's lock makes this the only
@@ -115,11 +115,10 @@ impl AppState {
             blob_flights: Flights::default(),
             go,
             access,
-            fill_permits,
+            engine,
             hot,
             admin_secret,
             metrics: Default::default(),
-            atimes: Default::default(),
         })))
     }
 }
@@ -127,46 +126,17 @@ impl AppState {
 impl AppState {
     /// Notes that `digest` was just served (batched; written by `flush_atimes`).
     pub fn touch(&self, digest: &Digest) {
-        let now = now_unix();
-        let mut a = self.atimes.lock().unwrap_or_else(|p| p.into_inner());
-        match a.get_mut(digest) {
-            Some(t) => *t = now,
-            None => {
-                a.insert(digest.clone(), now);
-            }
-        }
+        self.engine.touch(digest);
     }
 
     /// Writes the batched access times to the index in one sled batch.
     pub async fn flush_atimes(&self) {
-        let batch: Vec<(Digest, u64)> = {
-            let mut a = self.atimes.lock().unwrap_or_else(|p| p.into_inner());
-            a.drain().collect()
-        };
-        if batch.is_empty() {
-            return;
-        }
-        let index = self.storage.index.clone();
-        let r = tokio::task::spawn_blocking(move || index.put_atimes(&batch)).await;
-        if let Ok(Err(e)) = r {
-            tracing::warn!(error = %e, "writing access times failed");
-        }
+        self.engine.flush_atimes().await;
     }
 
-    /// Waits, at most `limit`, until no fill is running (each holds a fill permit).
+    /// Waits, at most `limit`, until no fill is running.
     pub async fn finish_fills(&self, limit: std::time::Duration) {
-        let all = u32::try_from(self.config.server.max_concurrent_fills).unwrap_or(u32::MAX);
-        let running = all as usize - self.fill_permits.available_permits().min(all as usize);
-        if running == 0 {
-            return;
-        }
-        tracing::info!(running, "waiting for fills to finish");
-        if tokio::time::timeout(limit, self.fill_permits.acquire_many(all))
-            .await
-            .is_err()
-        {
-            tracing::warn!("fills still running at shutdown were abandoned");
-        }
+        self.engine.finish_fills(limit).await;
     }
 
     /// Evicts down to the low watermark when the store is over `cache.max_size`. Runs off the

@@ -114,7 +114,7 @@ pub fn render(app: &AppState) -> String {
         "# HELP wharf_fills_in_flight Upstream fills running now."
     );
     let _ = writeln!(o, "# TYPE wharf_fills_in_flight gauge");
-    let running = app.config.server.max_concurrent_fills - app.fill_permits.available_permits();
+    let running = app.engine.fills_running();
     let _ = writeln!(o, "wharf_fills_in_flight {running}");
     let _ = writeln!(
         o,

@@ -181,8 +181,9 @@ impl BlobBody {
                     let msg = match e {
                         FillError::NotFound => "blob not found upstream".to_string(),
                         FillError::Upstream(m) => m,
-                        FillError::Internal => "local storage error".to_string(),
+                        FillError::Local => "local storage error".to_string(),
                         FillError::Busy => "too many concurrent fills".to_string(),
+                        FillError::Offline => "offline".to_string(),
                     };
                     return Err(io::Error::other(format!("blob fill failed: {msg}")));
                 }

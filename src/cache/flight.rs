@@ -26,10 +26,12 @@ pub enum FillError {
     NotFound,
     /// Upstream failed or sent bad bytes; the message is safe to show a client.
     Upstream(String),
-    /// Local I/O failed (disk full, ...); details are logged, not shown.
-    Internal,
+    /// Local I/O or the index failed (disk full, ...); details are logged, not shown.
+    Local,
     /// Too many fills are running (`server.max_concurrent_fills`); retry shortly.
     Busy,
+    /// `offline = true`: nothing is fetched.
+    Offline,
 }
 
 #[derive(Debug, Clone)]

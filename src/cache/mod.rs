@@ -1,12 +1,17 @@
-//! Protocol-agnostic cache machinery: the single flight that fills a blob once however many
-//! clients ask (`flight`), and the body streams that serve a committed file or a fill still in
-//! progress (`body`). It is handed a key and a fill; it knows nothing of registries or Go.
+//! The cache engine (`engine`): the life of an immutable object from miss to committed file,
+//! once however many clients ask, and the bodies that serve a committed file or a fill still in
+//! progress (`body`), with the single flight (`flight`) and buffer pool (`pool`) under them.
+//! Also the typed cache outcome (`outcome`) and the freshness rule for mutable keys
+//! (`revalidate`). It knows storage, not HTTP: no axum, reqwest, registry or goproxy types.
 
 pub mod body;
-pub mod fill;
+pub mod engine;
 pub mod flight;
+pub mod outcome;
 pub mod pool;
 
 pub use body::{BlobBody, ByteRange};
+pub use engine::{BlobSource, Engine, Fetch, Incoming, Served};
 pub use flight::{FillError, FillState, Flights, Join, Leader, Start, first_answer};
+pub use outcome::Outcome;
 pub use pool::CHUNK;

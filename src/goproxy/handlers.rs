@@ -1,22 +1,20 @@
 //! Request handlers for `/go/`. Parsing happens first (`path::parse`); errors are `text/plain`
 //! of a few lines, because the go command prints such bodies to the user.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode, Uri, header};
-use wharf_storage::{GoFileRecord, GoListRecord};
+use wharf_storage::GoListRecord;
 
+use super::fetch::ModuleFileFetch;
 use super::path::{self, FileKind, GoRoute, ModulePath, PathError, SumdbPath, Version, escape};
-use super::source::{Fetched, GoState, Source};
+use super::source::{Fetched, GoState};
 use super::verify;
 use crate::app::{AppState, now_unix};
-use crate::cache::fill::{CopyError, copy_body};
-use crate::cache::{BlobBody, FillError, Join, Leader, Start, first_answer};
+use crate::cache::{BlobBody, BlobSource, FillError};
 use crate::upstream::UpstreamError;
-use crate::upstream::client::{read_limited, transport_error};
+use crate::upstream::client::read_limited;
 
 const CACHE_HEADER: &str = "x-cache";
 /// Largest `@v/list` or `@latest` answer read.
@@ -312,7 +310,7 @@ async fn query_info(go: &GoState, m: &ModulePath, q: &str) -> Result<Response> {
 }
 
 /// `.info` must be JSON with a `Version`; for a canonical request, that very version.
-fn check_info(body: &str, requested: Option<&str>) -> std::result::Result<(), String> {
+pub(super) fn check_info(body: &str, requested: Option<&str>) -> std::result::Result<(), String> {
     #[derive(serde::Deserialize)]
     struct Info {
         #[serde(rename = "Version")]
@@ -342,15 +340,14 @@ async fn file(
     v: &str,
     kind: FileKind,
 ) -> Result<Response> {
-    let index = &app.storage.index;
-    if let Some(rec) = index
+    if let Some(rec) = app
+        .storage
+        .index
         .get_go_file(m.as_str(), v, kind.ext())
         .map_err(internal)?
-        && let Ok(f) = app.storage.blobs.open_blob(&rec.digest)
+        && let Some((file, size)) = app.engine.open(&rec.digest)
     {
-        app.touch(&rec.digest);
-        let size = f.metadata().map_err(internal)?.len();
-        let body = BlobBody::from_file(Arc::new(f), 0, size).into_stream();
+        let body = BlobBody::from_file(file, 0, size).into_stream();
         return Ok(with_headers(
             Body::from_stream(body).into_response(),
             kind.content_type(),
@@ -358,226 +355,50 @@ async fn file(
             "HIT",
         ));
     }
-    let key = format!("{m}@{v}.{}", kind.ext());
-    if app.config.offline {
-        return Err(upstream_failed(
-            &format!("{m}@{v}"),
-            &UpstreamError::Offline,
-        ));
-    }
-    if go.known_not_found(&key) {
+    let key = ModuleFileFetch::key(m, v, kind);
+    if !app.engine.offline() && go.known_not_found(&key) {
         return Err(GoError::not_found(format!(
             "{m}@{v}: not found (cached answer)"
         )));
     }
-    let (rx, follower) = match go.flights.join(&key) {
-        Join::Leader(leader, rx) => {
-            let Ok(permit) = app.fill_permits.clone().try_acquire_owned() else {
-                leader.fail(FillError::Busy);
-                return Err(GoError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "wharf is busy fetching other modules (server.max_concurrent_fills); retry shortly",
-                ));
+    let fetch = || ModuleFileFetch::new(app.clone(), m.clone(), v.to_string(), kind);
+    let span = tracing::info_span!("go_fill", module = %m, version = %v, kind = kind.ext());
+    match app.engine.fill(&go.flights, &key, fetch, span).await {
+        Ok(served) => {
+            let body = match served.source {
+                BlobSource::File(f) => BlobBody::from_file(f, 0, served.size.unwrap_or(0)),
+                BlobSource::Fill(rx) => BlobBody::from_fill(rx, 0, served.size),
             };
-            let (app2, m2, v2) = (app.clone(), m.clone(), v.to_string());
-            let span = tracing::info_span!("go_fill", module = %m, version = %v, kind = kind.ext());
-            tokio::spawn(tracing::Instrument::instrument(
-                async move {
-                    fill(app2, m2, v2, kind, leader).await;
-                    drop(permit);
-                },
-                span,
-            ));
-            (rx, false)
-        }
-        Join::Follower(rx) => (rx, true),
-    };
-    match first_answer(rx, follower).await {
-        Start::Streaming { rx, size } => {
-            let body = BlobBody::from_fill(rx, 0, size).into_stream();
             Ok(with_headers(
-                Body::from_stream(body).into_response(),
+                Body::from_stream(body.into_stream()).into_response(),
                 kind.content_type(),
-                size,
-                "MISS",
+                served.size,
+                served.outcome.as_str(),
             ))
         }
-        Start::Complete { file, size, hit } => {
-            let body = BlobBody::from_file(file, 0, size).into_stream();
-            Ok(with_headers(
-                Body::from_stream(body).into_response(),
-                kind.content_type(),
-                Some(size),
-                if hit { "HIT" } else { "MISS" },
-            ))
-        }
-        Start::Failed(FillError::NotFound) => {
+        Err(FillError::NotFound) => {
             go.remember_not_found(&key);
             Err(GoError::not_found(format!(
                 "{m}@{v}: not found on any upstream"
             )))
         }
-        Start::Failed(FillError::Upstream(msg)) => Err(GoError::bad_gateway(format!(
+        Err(FillError::Offline) => Err(upstream_failed(
+            &format!("{m}@{v}"),
+            &UpstreamError::Offline,
+        )),
+        Err(FillError::Upstream(msg)) => Err(GoError::bad_gateway(format!(
             "wharf could not fetch {m}@{v} .{}: {msg}",
             kind.ext()
         ))),
-        Start::Failed(FillError::Busy) => Err(GoError::new(
+        Err(FillError::Busy) => Err(GoError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "wharf is busy fetching other modules (server.max_concurrent_fills); retry shortly",
         )),
-        Start::Failed(FillError::Internal) => Err(GoError::new(
+        Err(FillError::Local) => Err(GoError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "wharf: local storage error; see the server log",
         )),
     }
-}
-
-/// Fetches one immutable file, checks it (size limit, `.info` shape, zip rules, checksum
-/// database), and only then commits it. Runs in its own task.
-async fn fill(app: AppState, m: ModulePath, v: String, kind: FileKind, leader: Leader<String>) {
-    match run_fill(&app, &m, &v, kind, &leader).await {
-        Ok((file, size)) => {
-            tracing::info!(size, "module file verified and cached");
-            app.metrics.add_upstream_bytes("go", size);
-            leader.commit(file, size)
-        }
-        Err(e) => {
-            match &e {
-                FillError::NotFound => tracing::debug!("not found upstream"),
-                FillError::Upstream(msg) => {
-                    tracing::warn!(error = %msg, "module fill failed; nothing cached")
-                }
-                FillError::Internal => tracing::error!("module fill failed on local storage"),
-                FillError::Busy => tracing::warn!("too many concurrent fills"),
-            }
-            leader.fail(e)
-        }
-    }
-}
-
-async fn run_fill(
-    app: &AppState,
-    m: &ModulePath,
-    v: &str,
-    kind: FileKind,
-    leader: &Leader<String>,
-) -> std::result::Result<(Arc<std::fs::File>, u64), FillError> {
-    let Some(go) = app.go.as_ref() else {
-        return Err(FillError::Internal);
-    };
-    let rest = format!("@v/{}.{}", escape(v), kind.ext());
-    let limit = kind.max_size();
-    let too_big = || {
-        FillError::Upstream(format!(
-            "the .{} is larger than the {limit}-byte limit",
-            kind.ext()
-        ))
-    };
-    let up = |e: UpstreamError| {
-        tracing::warn!(error = %e, "upstream failed");
-        FillError::Upstream(e.summary())
-    };
-    let io_err = |e: std::io::Error| {
-        tracing::error!(error = %e, "temp file write failed");
-        FillError::Internal
-    };
-    let mut found: Option<(&Source, Fetched)> = None;
-    for src in go.sources(m) {
-        match go.fetch(src, m, &rest).await.map_err(up)? {
-            Fetched::NotFound => continue,
-            other => {
-                found = Some((src, other));
-                break;
-            }
-        }
-    }
-    let Some((src, fetched)) = found else {
-        return Err(FillError::NotFound);
-    };
-    let mut writer = app.storage.blobs.writer().map_err(|e| {
-        tracing::error!(error = %e, "cannot create a temp file");
-        FillError::Internal
-    })?;
-    let file = writer.file();
-    match fetched {
-        Fetched::NotFound => return Err(FillError::NotFound),
-        Fetched::File(p) => {
-            let size = std::fs::metadata(&p).map_err(io_err)?.len();
-            if size > limit {
-                return Err(too_big());
-            }
-            leader.streaming(file.clone(), Some(size));
-            let data = tokio::fs::read(&p).await.map_err(io_err)?;
-            writer.write_all(&data).map_err(io_err)?;
-            leader.progress(writer.written());
-        }
-        Fetched::Found(resp) => {
-            let url = resp.url().clone();
-            copy_body(resp, &mut writer, leader, limit)
-                .await
-                .map_err(|e| match e {
-                    CopyError::Transport(e) => up(transport_error(e, &url)),
-                    CopyError::Overlong { .. } => up(UpstreamError::Protocol(
-                        "upstream sent more than its Content-Length".into(),
-                    )),
-                    CopyError::TooLarge { .. } => too_big(),
-                    CopyError::Truncated { expected, got } => {
-                        up(UpstreamError::Truncated { expected, got })
-                    }
-                    CopyError::Write(e) => io_err(e),
-                })?;
-        }
-    }
-    let size = writer.written();
-    // Checks before commit: nothing unverified is ever stored or served in full.
-    match kind {
-        FileKind::Info => {
-            let text = read_back(&file, size).map_err(io_err)?;
-            check_info(&String::from_utf8_lossy(&text), Some(v))
-                .map_err(|e| FillError::Upstream(format!("bad .info from {}: {e}", src.label)))?;
-        }
-        FileKind::Mod | FileKind::Zip => {
-            verify::check_module_file(app, m, v, kind, &file, src.public)
-                .await
-                .map_err(FillError::Upstream)?;
-        }
-    }
-    let digest = writer.digest();
-    let verified = writer.verify(&digest, Some(size)).map_err(|e| {
-        tracing::error!(error = %e, "verifying the temp file failed");
-        FillError::Internal
-    })?;
-    // Verified: clients may have the last bytes while the fsync runs.
-    leader.verified(file.clone(), size);
-    let committed = tokio::task::spawn_blocking(move || verified.persist())
-        .await
-        .map_err(|_| FillError::Internal)?;
-    if let Err(e) = committed {
-        tracing::error!(error = %e, "commit failed");
-        return Err(FillError::Internal);
-    }
-    let rec = GoFileRecord {
-        digest,
-        size,
-        fetched_unix: now_unix(),
-    };
-    if let Err(e) = app
-        .storage
-        .index
-        .put_go_file(m.as_str(), v, kind.ext(), &rec)
-    {
-        tracing::error!(error = %e, "indexing the module file failed");
-        return Err(FillError::Internal);
-    }
-    go.forget_not_found(&format!("{m}@{v}.{}", kind.ext()));
-    Ok((file, size))
-}
-
-fn read_back(file: &std::fs::File, size: u64) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; size as usize];
-    file.read_exact_at(&mut buf, 0)?;
-    Ok(buf)
 }
 
 // ------------------------------------------------------------- sumdb

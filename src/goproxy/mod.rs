@@ -6,6 +6,7 @@
 //! source says the thing does not exist (so `GOPROXY=wharf,next` falls through); 5xx with a short
 //! `text/plain` reason for everything else.
 
+mod fetch;
 mod handlers;
 pub mod hash;
 pub mod path;

@@ -144,6 +144,27 @@ async fn fetch(
 /// the structural checks of golang.org/x/mod/zip; public modules are then checked against the
 /// checksum database (unless `go.verify = false`): their `h1:` must equal the authenticated
 /// record's. Errors are short texts for the client; both hashes are logged.
+/// Why a downloaded module file was not accepted: who failed.
+#[derive(Debug)]
+pub enum CheckError {
+    /// This machine failed (reading the download back, the index); logged, not shown.
+    Local(String),
+    /// The download or the checksum database is wrong or unreachable; safe to show a client.
+    Upstream(String),
+}
+
+impl From<CheckError> for crate::cache::FillError {
+    fn from(e: CheckError) -> Self {
+        match e {
+            CheckError::Local(m) => {
+                tracing::error!(error = %m, "checking a module file failed locally");
+                crate::cache::FillError::Local
+            }
+            CheckError::Upstream(m) => crate::cache::FillError::Upstream(m),
+        }
+    }
+}
+
 pub async fn check_module_file(
     app: &AppState,
     m: &ModulePath,
@@ -151,7 +172,7 @@ pub async fn check_module_file(
     kind: FileKind,
     file: &Arc<std::fs::File>,
     public: bool,
-) -> Result<(), String> {
+) -> Result<(), CheckError> {
     let h1 = compute_h1(m, v, kind, file).await?;
     if !public || !app.config.go.verify {
         return Ok(());
@@ -166,20 +187,20 @@ pub async fn check_module_file(
         _ => expected.mod_hash,
     };
     let Some(want) = want else {
-        return Err(format!(
+        return Err(CheckError::Upstream(format!(
             "{} has no {} hash for {m}@{v}",
             db.name,
             kind.ext()
-        ));
+        )));
     };
     if want != h1 {
         tracing::error!(module = %m, version = v, kind = kind.ext(), downloaded = %h1, sumdb = %want,
             "checksum mismatch: refusing the download");
-        return Err(format!(
+        return Err(CheckError::Upstream(format!(
             "checksum mismatch for {m}@{v} .{}\n\tdownloaded: {h1}\n\t{}: {want}\nwharf refused to store or serve it.",
             kind.ext(),
             db.name
-        ));
+        )));
     }
     Ok(())
 }
@@ -190,27 +211,33 @@ async fn compute_h1(
     v: &str,
     kind: FileKind,
     file: &Arc<std::fs::File>,
-) -> Result<String, String> {
+) -> Result<String, CheckError> {
     let file = file.clone();
     let (m, v) = (m.to_string(), v.to_string());
-    tokio::task::spawn_blocking(move || -> Result<String, String> {
+    let local = |what: &str| {
+        let what = what.to_string();
+        move |e: std::io::Error| CheckError::Local(format!("{what}: {e}"))
+    };
+    tokio::task::spawn_blocking(move || -> Result<String, CheckError> {
         use std::io::{Read, Seek, SeekFrom};
         let mut f = file
             .try_clone()
-            .map_err(|e| format!("cannot reread the download: {e}"))?;
-        f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+            .map_err(local("cannot reread the download"))?;
+        f.seek(SeekFrom::Start(0))
+            .map_err(local("cannot reread the download"))?;
         match kind {
             FileKind::Zip => super::hash::check_and_hash_zip(std::io::BufReader::new(f), &m, &v)
-                .map_err(|e| format!("invalid module zip for {m}@{v}: {e}")),
+                .map_err(|e| CheckError::Upstream(format!("invalid module zip for {m}@{v}: {e}"))),
             _ => {
                 let mut bytes = Vec::new();
-                f.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+                f.read_to_end(&mut bytes)
+                    .map_err(local("cannot reread the download"))?;
                 Ok(super::hash::h1_of_gomod(&bytes))
             }
         }
     })
     .await
-    .map_err(|e| format!("hashing failed: {e}"))?
+    .map_err(|e| CheckError::Local(format!("hashing failed: {e}")))?
 }
 
 /// The checksum database's hashes for `m@v`, verified, with the trusted head persisted.
@@ -219,16 +246,19 @@ async fn lookup_hashes(
     db: &SumdbConfig,
     m: &ModulePath,
     v: &str,
-) -> Result<super::sumdb::LookupResult, String> {
+) -> Result<super::sumdb::LookupResult, CheckError> {
     use super::sumdb::{TrustedTree, Verifier};
-    let go = app.go.as_ref().ok_or("Go proxy disabled")?;
-    let verifier =
-        Verifier::new(&db.key).map_err(|e| format!("go.sumdb key for {}: {e}", db.name))?;
+    let go = app
+        .go
+        .as_ref()
+        .ok_or(CheckError::Local("Go proxy disabled".into()))?;
+    let verifier = Verifier::new(&db.key)
+        .map_err(|e| CheckError::Local(format!("go.sumdb key for {}: {e}", db.name)))?;
     let _serial = go.sumdb_lock.lock().await;
     let index = &app.storage.index;
     let known = index
         .get_trust(&db.name)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| CheckError::Local(e.to_string()))?
         .and_then(|r| {
             let hash: [u8; 32] = hex::decode(&r.hash).ok()?.try_into().ok()?;
             Some(TrustedTree {
@@ -247,7 +277,7 @@ async fn lookup_hashes(
         .await
         .map_err(|e| {
             tracing::error!(db = %db.name, module = %m, version = v, error = %e, "checksum database verification failed");
-            format!("cannot verify {m}@{v} with {}: {e}", db.name)
+            CheckError::Upstream(format!("cannot verify {m}@{v} with {}: {e}", db.name))
         })?;
     // Persist the head first: it is what keeps the database from rolling back or forking.
     if known.as_ref().is_none_or(|k| k.n < result.tree.n) {
@@ -257,7 +287,9 @@ async fn lookup_hashes(
             note: String::from_utf8_lossy(&result.tree.note).into_owned(),
             learned_unix: now_unix(),
         };
-        index.put_trust(&db.name, &rec).map_err(|e| e.to_string())?;
+        index
+            .put_trust(&db.name, &rec)
+            .map_err(|e| CheckError::Local(e.to_string()))?;
     }
     let lookup_path = format!(
         "lookup/{}@{}",

@@ -10,13 +10,13 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use wharf_storage::{BlobRecord, Digest, TagListRecord, TagRecord};
 
 use super::errors::{ErrorCode, RegistryError};
+use super::fetch::BlobFetch;
 use super::hot::HotManifest;
 use super::manifest;
 use super::routes::{self, Reference, RepoName, Route, Tag, query_param};
 use super::visibility;
 use crate::app::{AppState, now_unix};
-use crate::cache::fill::{CopyError, copy_body};
-use crate::cache::{BlobBody, ByteRange, FillError, FillState, Join, Leader, Start, first_answer};
+use crate::cache::{BlobBody, BlobSource, ByteRange, FillError, Outcome};
 use crate::config::{DOCKER_HUB_NAME, UpstreamConfig};
 use crate::upstream::client::read_limited;
 use crate::upstream::{UpstreamClient, UpstreamError};
@@ -30,23 +30,6 @@ const MAX_PAGE: usize = 10_000;
 const MAX_TAG_LIST_BYTES: usize = 16 << 20;
 
 type Result<T> = std::result::Result<T, RegistryError>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Hit,
-    Miss,
-    Stale,
-}
-
-impl Outcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Hit => "HIT",
-            Outcome::Miss => "MISS",
-            Outcome::Stale => "STALE",
-        }
-    }
-}
 
 /// Entry point for every `/v2` request.
 pub async fn handle(State(app): State<AppState>, req: axum::extract::Request) -> Response {
@@ -282,7 +265,7 @@ async fn manifest_by_digest(
 ) -> Result<Response> {
     if let Some(m) = load_manifest(app, digest)? {
         ensure_linked(app, t, digest, "manifests").await?;
-        app.touch(digest);
+        app.engine.touch(digest);
         return Ok(manifest_response(&m, Outcome::Hit, head));
     }
     match fetch_manifest(app, t, digest.as_str(), Some(digest)).await {
@@ -296,7 +279,7 @@ async fn manifest_by_tag(app: &AppState, t: &Target, tag: &Tag, head: bool) -> R
     // Fresh means learned less than `tag_ttl` ago.
     let fresh_since = (now_unix() + 1).saturating_sub(app.config.registry.tag_ttl.as_secs());
     if let Some(m) = app.hot.tag(up, repo, tag.as_str(), fresh_since) {
-        app.touch(&m.digest);
+        app.engine.touch(&m.digest);
         return Ok(manifest_response(&m, Outcome::Hit, head));
     }
     let index = &app.storage.index;
@@ -307,7 +290,7 @@ async fn manifest_by_tag(app: &AppState, t: &Target, tag: &Tag, head: bool) -> R
     {
         app.hot
             .put_tag(up, repo, tag.as_str(), &m.digest, rec.learned_unix);
-        app.touch(&m.digest);
+        app.engine.touch(&m.digest);
         return Ok(manifest_response(&m, Outcome::Hit, head));
     }
     let what = format!("tag {}", tag.as_str());
@@ -560,92 +543,77 @@ async fn blob(
     head: bool,
     range: Option<&str>,
 ) -> Result<Response> {
-    if let Ok(file) = app.storage.blobs.open_blob(digest) {
+    if let Some((file, size)) = app.engine.open(digest) {
         ensure_linked(app, t, digest, "blobs").await?;
-        app.touch(digest);
-        let size = file.metadata().map_err(internal)?.len();
         return blob_response(
             digest,
-            BlobSource::File(Arc::new(file)),
+            BlobSource::File(file),
             Some(size),
             range,
             head,
             Outcome::Hit,
         );
     }
-    if app.config.offline {
-        return Err(Miss::Failed(UpstreamError::Offline).into_error(
-            t,
-            &format!("blob {digest}"),
-            ErrorCode::BlobUnknown,
-        ));
-    }
     if head {
         return blob_head_upstream(app, t, digest).await;
     }
-    let (rx, follower) = match app.blob_flights.join(digest) {
-        Join::Leader(leader, rx) => {
-            let Ok(permit) = app.fill_permits.clone().try_acquire_owned() else {
-                leader.fail(FillError::Busy);
-                return Err(busy());
-            };
-            let (app, up, name, d) = (app.clone(), t.up.clone(), t.name.clone(), digest.clone());
-            let span = tracing::info_span!("fill", upstream = %up.name, repo = %name, digest = %d);
-            tokio::spawn(tracing::Instrument::instrument(
-                async move {
-                    fill_blob(app, up, name, d, leader).await;
-                    drop(permit);
-                },
-                span,
-            ));
-            (rx, false)
-        }
-        Join::Follower(rx) => (rx, true),
+    let fetch = || BlobFetch {
+        up: t.up.clone(),
+        name: t.name.clone(),
+        digest: digest.clone(),
+        declared: app.hot.declared_size(digest),
+        max_blob_size: app.config.registry.max_blob_size.0,
+        storage: app.storage.clone(),
+        metrics: app.metrics.clone(),
     };
-    let start = first_answer(rx, follower).await;
-    if follower && !matches!(start, Start::Failed(_)) {
+    let span = tracing::info_span!("fill", upstream = %t.up.name, repo = %t.name, digest = %digest);
+    let what = || format!("blob {digest}");
+    let served = match app
+        .engine
+        .fill(&app.blob_flights, digest, fetch, span)
+        .await
+    {
+        Ok(s) => s,
+        Err(FillError::NotFound) => {
+            return Err(Miss::NotFound.into_error(t, &what(), ErrorCode::BlobUnknown));
+        }
+        Err(FillError::Offline) => {
+            return Err(Miss::Failed(UpstreamError::Offline).into_error(
+                t,
+                &what(),
+                ErrorCode::BlobUnknown,
+            ));
+        }
+        Err(FillError::Upstream(m)) => {
+            return Err(RegistryError::new(
+                ErrorCode::BadGateway,
+                format!(
+                    "fetching blob {digest} from upstream {} failed: {m}",
+                    t.up.name
+                ),
+            ));
+        }
+        Err(FillError::Busy) => return Err(busy()),
+        Err(FillError::Local) => {
+            return Err(RegistryError::new(
+                ErrorCode::Unknown,
+                "local storage error; see the server log",
+            ));
+        }
+    };
+    if served.joined {
         // The fill may be for another repository or upstream. Asked once it has started: a
         // fill for this same repository has linked it by then, so no HEAD is needed.
         ensure_linked(app, t, digest, "blobs").await?;
     }
-    match start {
-        Start::Streaming { rx, size } => blob_response(
-            digest,
-            BlobSource::Fill(rx),
-            size,
-            range,
-            false,
-            Outcome::Miss,
-        ),
-        Start::Complete { file, size, hit } => blob_response(
-            digest,
-            BlobSource::File(file),
-            Some(size),
-            range,
-            false,
-            if hit { Outcome::Hit } else { Outcome::Miss },
-        ),
-        Start::Failed(FillError::NotFound) => {
-            Err(Miss::NotFound.into_error(t, &format!("blob {digest}"), ErrorCode::BlobUnknown))
-        }
-        Start::Failed(FillError::Upstream(m)) => Err(RegistryError::new(
-            ErrorCode::BadGateway,
-            format!(
-                "fetching blob {digest} from upstream {} failed: {m}",
-                t.up.name
-            ),
-        )),
-        Start::Failed(FillError::Busy) => Err(busy()),
-        Start::Failed(FillError::Internal) => Err(RegistryError::new(
-            ErrorCode::Unknown,
-            "local storage error; see the server log",
-        )),
-    }
-}
-
-enum BlobSource {
-    File(Arc<std::fs::File>),
-    Fill(tokio::sync::watch::Receiver<FillState>),
+    blob_response(
+        digest,
+        served.source,
+        served.size,
+        range,
+        false,
+        served.outcome,
+    )
 }
 
 fn blob_response(
@@ -728,144 +696,6 @@ async fn blob_head_upstream(app: &AppState, t: &Target, digest: &Digest) -> Resu
     set(h, "docker-content-digest", digest.as_str());
     set(h, CACHE_HEADER, Outcome::Miss.as_str());
     Ok(out)
-}
-
-/// The fill: one upstream GET, hashed while written, committed only if digest and size match.
-/// Runs in its own task, so it finishes even if every client leaves.
-async fn fill_blob(
-    app: AppState,
-    up: Arc<UpstreamClient>,
-    name: RepoName,
-    digest: Digest,
-    leader: Leader<Digest>,
-) {
-    // A fill that finished just before this one started: serve what is on disk.
-    if let Ok(file) = app.storage.blobs.open_blob(&digest)
-        && let Ok(meta) = file.metadata()
-    {
-        return leader.commit(Arc::new(file), meta.len());
-    }
-    match run_fill(&app, &up, &name, &digest, &leader).await {
-        Ok((file, size)) => {
-            tracing::info!(size, "blob verified and cached");
-            app.metrics.add_upstream_bytes(&up.name, size);
-            leader.commit(file, size)
-        }
-        Err(e) => {
-            match &e {
-                FillError::NotFound => tracing::info!("blob not found upstream"),
-                FillError::Upstream(m) => {
-                    tracing::warn!(error = %m, "blob fill failed; nothing cached")
-                }
-                FillError::Internal => tracing::error!("blob fill failed on local storage"),
-                FillError::Busy => tracing::warn!("too many concurrent fills"),
-            }
-            leader.fail(e)
-        }
-    }
-}
-
-async fn run_fill(
-    app: &AppState,
-    up: &UpstreamClient,
-    name: &RepoName,
-    digest: &Digest,
-    leader: &Leader<Digest>,
-) -> std::result::Result<(Arc<std::fs::File>, u64), FillError> {
-    let upstream_err = |e: UpstreamError| {
-        tracing::warn!(error = %e, "upstream failed");
-        FillError::Upstream(e.summary())
-    };
-    let path = format!("/v2/{name}/blobs/{digest}");
-    let scope = format!("repository:{name}:pull");
-    let resp = up
-        .send(Method::GET, &path, &[], &scope)
-        .await
-        .map_err(upstream_err)?;
-    match resp.status().as_u16() {
-        200 => {}
-        404 => return Err(FillError::NotFound),
-        s => return Err(upstream_err(UpstreamError::Status { status: s })),
-    }
-    // The repository has the blob: requests for it may join this fill (see `ensure_linked`).
-    if let Err(e) = app.storage.index.put_link(&up.name, name.as_str(), digest) {
-        tracing::warn!(error = %e, "recording the repository link failed");
-    }
-    let url = resp.url().clone();
-    // Never write more than the blob can be: what a manifest declared, else the configured cap.
-    let declared = app.hot.declared_size(digest);
-    let limit = declared.unwrap_or(app.config.registry.max_blob_size.0);
-    let mut writer = app.storage.blobs.writer().map_err(|e| {
-        tracing::error!(error = %e, "cannot create a temp file");
-        FillError::Internal
-    })?;
-    let file = writer.file();
-    let written = copy_body(resp, &mut writer, leader, limit)
-        .await
-        .map_err(|e| match e {
-            CopyError::Transport(e) => {
-                upstream_err(crate::upstream::client::transport_error(e, &url))
-            }
-            CopyError::Overlong { content_length } => upstream_err(UpstreamError::Protocol(
-                format!("upstream sent more than its Content-Length of {content_length}"),
-            )),
-            CopyError::TooLarge { limit } => {
-                tracing::error!(
-                    limit,
-                    declared = declared.is_some(),
-                    "upstream sent more than the blob's size allows; fill stopped, nothing stored"
-                );
-                upstream_err(UpstreamError::Protocol(format!(
-                    "blob larger than {} ({limit} bytes)",
-                    if declared.is_some() {
-                        "its manifest declares"
-                    } else {
-                        "registry.max_blob_size"
-                    }
-                )))
-            }
-            CopyError::Truncated { expected, got } => {
-                upstream_err(UpstreamError::Truncated { expected, got })
-            }
-            CopyError::Write(e) => {
-                tracing::error!(error = %e, "writing the temp file failed");
-                FillError::Internal
-            }
-        })?;
-    let verified = match writer.verify(digest, Some(written)) {
-        Ok(v) => v,
-        Err(wharf_storage::StorageError::DigestMismatch { expected, actual }) => {
-            tracing::error!(%expected, %actual, "upstream blob does not match its digest; discarded");
-            return Err(upstream_err(UpstreamError::DigestMismatch {
-                expected: expected.to_string(),
-                actual: actual.to_string(),
-            }));
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "verifying the blob failed");
-            return Err(FillError::Internal);
-        }
-    };
-    // Clients get their last bytes now; the fsync (for a large blob, a wait on the disk) runs
-    // behind them.
-    leader.verified(file.clone(), written);
-    let persisted = tokio::task::spawn_blocking(move || verified.persist())
-        .await
-        .map_err(|_| FillError::Internal)?;
-    if let Err(e) = persisted {
-        tracing::error!(error = %e, "committing the blob failed");
-        return Err(FillError::Internal);
-    }
-    let rec = BlobRecord {
-        size: written,
-        media_type: None,
-        created_unix: now_unix(),
-    };
-    if let Err(e) = app.storage.index.put_blob(digest, &rec) {
-        // The blob is committed and verified; fsck --repair can rebuild the record.
-        tracing::error!(error = %e, "indexing the blob failed");
-    }
-    Ok((file, written))
 }
 
 // ---------------------------------------------------------------- tags/list

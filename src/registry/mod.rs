@@ -7,6 +7,7 @@
 //! where single-component names get `library/` on Docker Hub.
 
 pub mod errors;
+mod fetch;
 mod handlers;
 pub mod hot;
 pub mod manifest;

@@ -438,6 +438,25 @@ pub fn build_http(
 }
 
 /// A transport error described without its URL (signed URLs carry secrets in the query).
+/// An upstream answer's body as the cache engine reads it: transport failures are logged and
+/// reported as upstream failures with a client-safe summary.
+pub fn into_incoming(resp: reqwest::Response) -> crate::cache::Incoming {
+    use futures_util::StreamExt as _;
+    let url = resp.url().clone();
+    let len = resp.content_length();
+    let body = resp
+        .bytes_stream()
+        .map(move |r| {
+            r.map_err(|e| {
+                let e = transport_error(e, &url);
+                tracing::warn!(error = %e, "upstream failed mid-body");
+                crate::cache::FillError::Upstream(e.summary())
+            })
+        })
+        .boxed();
+    crate::cache::Incoming { len, body }
+}
+
 pub fn transport_error(e: reqwest::Error, url: &Url) -> UpstreamError {
     let target = redact(url);
     let mut msg = String::new();

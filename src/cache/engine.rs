@@ -1,0 +1,576 @@
+//! The engine: the one place that owns the life of an immutable object. A hit is a committed
+//! file (`open`); a miss runs offline check -> single flight -> fill permit -> fill task ->
+//! copy (hashed as written, bounded) -> whole-object checks -> verify -> persist -> index ->
+//! commit, and every request, the first included, streams from the fill as bytes arrive
+//! (`fill`). Access times of hits are batched here, so the hit path writes nothing to sled.
+//!
+//! A protocol supplies only a `Fetch`: how to open the transfer and check one object. The engine
+//! knows storage, not HTTP: it must not depend on axum, reqwest, `registry` or `goproxy`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use futures_util::stream::BoxStream;
+use tokio::sync::Semaphore;
+use tracing::Instrument as _;
+use wharf_storage::{BlobWriter, Digest, Index, Storage, StorageError, unix_now};
+
+use super::flight::{FillError, FillState, Flights, Join, Leader, Start, first_answer};
+use super::outcome::Outcome;
+
+/// Watchers are woken at most once per this many new bytes (and at the end), not per network
+/// read: a wake-up costs more than the few kilobytes one read brings.
+const PROGRESS_STEP: u64 = 64 * 1024;
+
+/// The bytes of one object on their way in: a length if the source announced one, and the body.
+pub struct Incoming {
+    pub len: Option<u64>,
+    pub body: BoxStream<'static, Result<Bytes, FillError>>,
+}
+
+impl Incoming {
+    /// Bytes already in memory (a file of a directory source).
+    pub fn from_bytes(data: Vec<u8>) -> Incoming {
+        Incoming {
+            len: Some(data.len() as u64),
+            body: futures_util::stream::once(async move { Ok(Bytes::from(data)) }).boxed(),
+        }
+    }
+}
+
+/// How a protocol fills one immutable object. Built only on a miss.
+pub trait Fetch: Send + 'static {
+    /// Starts the transfer. `Ok(None)`: every source says the object does not exist.
+    fn open(&mut self) -> impl Future<Output = Result<Option<Incoming>, FillError>> + Send;
+
+    /// The digest the bytes must hash to, when known up front; `None`: named by content.
+    fn expected(&self) -> Option<&Digest> {
+        None
+    }
+
+    /// Most bytes accepted, and the error when a source sends more.
+    fn limit(&self) -> u64 {
+        u64::MAX
+    }
+
+    fn too_large(&self, limit: u64) -> FillError {
+        FillError::Upstream(format!("larger than the {limit}-byte limit"))
+    }
+
+    /// Whole-object checks before anything is committed. Local I/O failures are `Local`.
+    fn check(
+        &mut self,
+        _file: &Arc<File>,
+        _size: u64,
+    ) -> impl Future<Output = Result<(), FillError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// The index records to write once the object is durable.
+    fn record(&self, index: &Index, digest: &Digest, size: u64) -> Result<(), StorageError>;
+
+    /// Called once the object is committed (metrics, negative-cache upkeep).
+    fn committed(&self, _size: u64) {}
+}
+
+/// Where an answer's bytes come from.
+pub enum BlobSource {
+    File(Arc<File>),
+    Fill(tokio::sync::watch::Receiver<FillState>),
+}
+
+/// A request's answer from the engine.
+pub struct Served {
+    pub source: BlobSource,
+    pub size: Option<u64>,
+    pub outcome: Outcome,
+    /// The request joined a fill someone else started (possibly for another name of the same
+    /// content): the protocol decides whether this request may see it.
+    pub joined: bool,
+}
+
+#[derive(Clone)]
+pub struct Engine(Arc<Inner>);
+
+struct Inner {
+    storage: Storage,
+    permits: Arc<Semaphore>,
+    max_fills: usize,
+    offline: bool,
+    /// Access times of hits since the last flush.
+    atimes: Mutex<HashMap<Digest, u64>>,
+}
+
+impl Engine {
+    pub fn new(storage: Storage, max_fills: usize, offline: bool) -> Engine {
+        Engine(Arc::new(Inner {
+            storage,
+            permits: Arc::new(Semaphore::new(max_fills)),
+            max_fills,
+            offline,
+            atimes: Mutex::default(),
+        }))
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.0.storage
+    }
+
+    pub fn offline(&self) -> bool {
+        self.0.offline
+    }
+
+    /// A committed object for a hit: the open file and its size, access time noted.
+    pub fn open(&self, digest: &Digest) -> Option<(Arc<File>, u64)> {
+        let file = self.0.storage.blobs.open_blob(digest).ok()?;
+        let size = file.metadata().ok()?.len();
+        self.touch(digest);
+        Some((Arc::new(file), size))
+    }
+
+    /// Fills `key` with what `fetch` brings, once however many requests ask; every request
+    /// streams from the fill. `fetch` is called only by the request that starts the fill.
+    pub async fn fill<K, F>(
+        &self,
+        flights: &Flights<K>,
+        key: &K,
+        fetch: impl FnOnce() -> F,
+        span: tracing::Span,
+    ) -> Result<Served, FillError>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        F: Fetch,
+    {
+        if self.0.offline {
+            return Err(FillError::Offline);
+        }
+        let (rx, joined) = match flights.join(key) {
+            Join::Leader(leader, rx) => {
+                let Ok(permit) = self.0.permits.clone().try_acquire_owned() else {
+                    leader.fail(FillError::Busy);
+                    return Err(FillError::Busy);
+                };
+                let (engine, fetch) = (self.clone(), fetch());
+                tokio::spawn(
+                    async move {
+                        engine.run(fetch, leader).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+                (rx, false)
+            }
+            Join::Follower(rx) => (rx, true),
+        };
+        match first_answer(rx, joined).await {
+            Start::Streaming { rx, size } => Ok(Served {
+                source: BlobSource::Fill(rx),
+                size,
+                outcome: Outcome::Miss,
+                joined,
+            }),
+            Start::Complete { file, size, hit } => Ok(Served {
+                source: BlobSource::File(file),
+                size: Some(size),
+                outcome: if hit { Outcome::Hit } else { Outcome::Miss },
+                joined,
+            }),
+            Start::Failed(e) => Err(e),
+        }
+    }
+
+    /// The fill task: runs to the end even if every client leaves.
+    async fn run<K: Hash + Eq + Clone, F: Fetch>(&self, mut fetch: F, leader: Leader<K>) {
+        // A fill of the same digest that finished just before this one started.
+        if let Some(d) = fetch.expected()
+            && let Ok(file) = self.0.storage.blobs.open_blob(d)
+            && let Ok(meta) = file.metadata()
+        {
+            return leader.commit(Arc::new(file), meta.len());
+        }
+        match self.fill_once(&mut fetch, &leader).await {
+            Ok((file, size)) => {
+                tracing::info!(size, "verified and cached");
+                fetch.committed(size);
+                leader.commit(file, size)
+            }
+            Err(e) => {
+                match &e {
+                    FillError::NotFound => tracing::debug!("not found upstream"),
+                    FillError::Upstream(m) => {
+                        tracing::warn!(error = %m, "fill failed; nothing cached")
+                    }
+                    FillError::Local => tracing::error!("fill failed on local storage"),
+                    FillError::Busy | FillError::Offline => {}
+                }
+                leader.fail(e)
+            }
+        }
+    }
+
+    async fn fill_once<K: Hash + Eq + Clone, F: Fetch>(
+        &self,
+        fetch: &mut F,
+        leader: &Leader<K>,
+    ) -> Result<(Arc<File>, u64), FillError> {
+        let incoming = fetch.open().await?.ok_or(FillError::NotFound)?;
+        let mut writer = self
+            .0
+            .storage
+            .blobs
+            .writer()
+            .map_err(local("cannot create a temp file"))?;
+        let file = writer.file();
+        let limit = fetch.limit();
+        let size = copy(incoming, &mut writer, leader, limit)
+            .await
+            .map_err(|e| match e {
+                Copied::TooLarge => fetch.too_large(limit),
+                Copied::Failed(e) => e,
+            })?;
+        // Checks before commit: nothing unverified is ever stored or served in full.
+        fetch.check(&file, size).await?;
+        let digest = fetch.expected().cloned().unwrap_or_else(|| writer.digest());
+        let verified = match writer.verify(&digest, Some(size)) {
+            Ok(v) => v,
+            Err(StorageError::DigestMismatch { expected, actual }) => {
+                tracing::error!(%expected, %actual, "content does not match its digest; discarded");
+                return Err(FillError::Upstream(format!(
+                    "content does not match its digest {expected} (it hashes to {actual})"
+                )));
+            }
+            Err(e) => return Err(local("verifying the temp file failed")(e)),
+        };
+        // Clients get their last bytes now; the fsync runs behind them.
+        leader.verified(file.clone(), size);
+        tokio::task::spawn_blocking(move || verified.persist())
+            .await
+            .map_err(local("the commit task failed"))?
+            .map_err(local("committing failed"))?;
+        // The object is verified and durable. A lost record costs a refetch (Go files) or is
+        // rebuilt by `fsck --repair` (blobs); the clients already have their bytes.
+        if let Err(e) = fetch.record(&self.0.storage.index, &digest, size) {
+            tracing::error!(error = %e, "indexing failed; the content stays on disk");
+        }
+        Ok((file, size))
+    }
+
+    /// Stores a small object (manifest, list, checksum-database record) by its digest.
+    pub async fn put_small(&self, bytes: Vec<u8>) -> Result<Digest, StorageError> {
+        let blobs = self.0.storage.blobs.clone();
+        let digest = Digest::of(&bytes);
+        let d = digest.clone();
+        tokio::task::spawn_blocking(move || blobs.put_bytes(&d, &bytes))
+            .await
+            .map_err(|e| StorageError::Io {
+                context: "storing a small object".into(),
+                source: std::io::Error::other(e),
+            })??;
+        Ok(digest)
+    }
+
+    /// Notes that `digest` was just served (batched; written by `flush_atimes`).
+    pub fn touch(&self, digest: &Digest) {
+        let now = unix_now();
+        let mut a = self.0.atimes.lock().unwrap_or_else(|p| p.into_inner());
+        match a.get_mut(digest) {
+            Some(t) => *t = now,
+            None => {
+                a.insert(digest.clone(), now);
+            }
+        }
+    }
+
+    /// Writes the batched access times to the index in one sled batch.
+    pub async fn flush_atimes(&self) {
+        let batch: Vec<(Digest, u64)> = {
+            let mut a = self.0.atimes.lock().unwrap_or_else(|p| p.into_inner());
+            a.drain().collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let index = self.0.storage.index.clone();
+        let r = tokio::task::spawn_blocking(move || index.put_atimes(&batch)).await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "writing access times failed");
+        }
+    }
+
+    /// Fills running now.
+    pub fn fills_running(&self) -> usize {
+        self.0.max_fills - self.0.permits.available_permits().min(self.0.max_fills)
+    }
+
+    /// Waits, at most `limit`, until no fill is running (each holds a fill permit).
+    pub async fn finish_fills(&self, limit: std::time::Duration) {
+        let running = self.fills_running();
+        if running == 0 {
+            return;
+        }
+        let all = u32::try_from(self.0.max_fills).unwrap_or(u32::MAX);
+        tracing::info!(running, "waiting for fills to finish");
+        if tokio::time::timeout(limit, self.0.permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("fills still running at shutdown were abandoned");
+        }
+    }
+}
+
+/// A local failure: logged in full with what was being done, reported as `Local`.
+fn local<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> FillError {
+    move |e| {
+        tracing::error!(error = %e, "{what}");
+        FillError::Local
+    }
+}
+
+enum Copied {
+    TooLarge,
+    Failed(FillError),
+}
+
+/// Copies `incoming` into `writer`, at most `limit` bytes and never more than its announced
+/// length. Publishes `Streaming` first, then progress. Returns the bytes written.
+async fn copy<K: Hash + Eq + Clone>(
+    incoming: Incoming,
+    writer: &mut BlobWriter,
+    leader: &Leader<K>,
+    limit: u64,
+) -> Result<u64, Copied> {
+    let Incoming { len, mut body } = incoming;
+    if len.is_some_and(|n| n > limit) {
+        return Err(Copied::TooLarge);
+    }
+    leader.streaming(writer.file(), len);
+    let mut notified = writer.written();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(Copied::Failed)?;
+        let after = writer.written() + chunk.len() as u64;
+        match len {
+            Some(n) if after > n => {
+                return Err(Copied::Failed(FillError::Upstream(format!(
+                    "upstream sent more than its Content-Length of {n}"
+                ))));
+            }
+            None if after > limit => return Err(Copied::TooLarge),
+            _ => {}
+        }
+        writer
+            .write_all(&chunk)
+            .map_err(|e| Copied::Failed(local("writing the temp file failed")(e)))?;
+        if writer.written() - notified >= PROGRESS_STEP {
+            notified = writer.written();
+            leader.progress(notified);
+        }
+    }
+    let written = writer.written();
+    leader.progress(written);
+    if let Some(expected) = len.filter(|&n| n != written) {
+        return Err(Copied::Failed(FillError::Upstream(format!(
+            "upstream body ended after {written} of {expected} bytes"
+        ))));
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::cache::BlobBody;
+
+    /// An in-memory source: `data` in two chunks, optionally failing its check locally.
+    struct Mem {
+        data: Vec<u8>,
+        expected: Option<Digest>,
+        opened: Arc<AtomicUsize>,
+        check_fails_locally: bool,
+        gate: Option<Arc<tokio::sync::Notify>>,
+    }
+
+    impl Mem {
+        fn new(data: &[u8], opened: &Arc<AtomicUsize>) -> Mem {
+            Mem {
+                data: data.to_vec(),
+                expected: Some(Digest::of(data)),
+                opened: opened.clone(),
+                check_fails_locally: false,
+                gate: None,
+            }
+        }
+    }
+
+    impl Fetch for Mem {
+        async fn open(&mut self) -> Result<Option<Incoming>, FillError> {
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            if let Some(g) = &self.gate {
+                g.notified().await;
+            }
+            let (a, b) = self.data.split_at(self.data.len() / 2);
+            let chunks = vec![Ok(Bytes::copy_from_slice(a)), Ok(Bytes::copy_from_slice(b))];
+            Ok(Some(Incoming {
+                len: Some(self.data.len() as u64),
+                body: futures_util::stream::iter(chunks).boxed(),
+            }))
+        }
+
+        fn expected(&self) -> Option<&Digest> {
+            self.expected.as_ref()
+        }
+
+        async fn check(&mut self, _f: &Arc<File>, _s: u64) -> Result<(), FillError> {
+            if self.check_fails_locally {
+                Err(FillError::Local)
+            } else {
+                Ok(())
+            }
+        }
+
+        fn record(&self, _i: &Index, _d: &Digest, _s: u64) -> Result<(), StorageError> {
+            Ok(())
+        }
+    }
+
+    fn engine(offline: bool) -> (Engine, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        (Engine::new(storage, 4, offline), dir)
+    }
+
+    async fn read_all(served: Served) -> std::io::Result<Vec<u8>> {
+        let body = match served.source {
+            BlobSource::File(f) => BlobBody::from_file(f, 0, served.size.unwrap_or(0)),
+            BlobSource::Fill(rx) => BlobBody::from_fill(rx, 0, served.size),
+        };
+        let mut out = Vec::new();
+        let mut s = std::pin::pin!(body.into_stream());
+        while let Some(chunk) = s.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn many_requests_cost_one_fetch_and_all_get_the_bytes() {
+        let (e, _d) = engine(false);
+        let flights = Arc::new(Flights::default());
+        let data = vec![7u8; 300_000];
+        let key = Digest::of(&data);
+        let opened = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let requests: Vec<_> = (0..8)
+            .map(|_| {
+                let (e, flights, key) = (e.clone(), flights.clone(), key.clone());
+                let (data, opened, gate) = (data.clone(), opened.clone(), gate.clone());
+                tokio::spawn(async move {
+                    let mk = || Mem {
+                        gate: Some(gate),
+                        ..Mem::new(&data, &opened)
+                    };
+                    let served = e.fill(&flights, &key, mk, tracing::Span::none()).await;
+                    read_all(served.expect("served")).await.expect("complete body")
+                })
+            })
+            .collect();
+        // Every request has joined before the source answers.
+        while flights.coalesced() < 7 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        for r in requests {
+            assert_eq!(r.await.unwrap(), data);
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 1, "one fetch for eight requests");
+    }
+
+    #[tokio::test]
+    async fn a_digest_mismatch_is_an_upstream_failure_and_nothing_is_stored() {
+        let (e, _d) = engine(false);
+        let flights = Flights::default();
+        let opened = Arc::new(AtomicUsize::new(0));
+        let wrong = Digest::of(b"something else");
+        let mk = || Mem {
+            expected: Some(wrong.clone()),
+            ..Mem::new(b"the real bytes", &opened)
+        };
+        let served = e.fill(&flights, &wrong, mk, tracing::Span::none()).await;
+        let result = match served {
+            Ok(s) => read_all(s).await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("{e:?}")),
+        };
+        assert!(result.is_err(), "a mismatching body was served complete");
+        assert!(e.open(&wrong).is_none());
+        assert!(e.open(&Digest::of(b"the real bytes")).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_local_failure_in_the_checks_is_local_not_upstream() {
+        let (e, _d) = engine(false);
+        let flights = Flights::default();
+        let opened = Arc::new(AtomicUsize::new(0));
+        let data = b"module bytes".to_vec();
+        let key = Digest::of(&data);
+        let mk = || Mem {
+            check_fails_locally: true,
+            ..Mem::new(&data, &opened)
+        };
+        let served = e.fill(&flights, &key, mk, tracing::Span::none()).await;
+        let err = match served {
+            Ok(s) => {
+                let _ = read_all(s).await;
+                // Watch the final state through a second request on the same key.
+                e.fill(&flights, &key, mk, tracing::Span::none()).await.err()
+            }
+            Err(e) => Some(e),
+        };
+        assert_eq!(err, Some(FillError::Local));
+        assert!(e.open(&key).is_none());
+    }
+
+    #[tokio::test]
+    async fn offline_never_opens_a_source() {
+        let (e, _d) = engine(true);
+        let flights = Flights::default();
+        let opened = Arc::new(AtomicUsize::new(0));
+        let key = Digest::of(b"x");
+        let r = e
+            .fill(&flights, &key, || Mem::new(b"x", &opened), tracing::Span::none())
+            .await;
+        assert_eq!(r.err(), Some(FillError::Offline));
+        assert_eq!(opened.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_committed_fill_is_a_hit_afterwards() {
+        let (e, _d) = engine(false);
+        let flights = Flights::default();
+        let opened = Arc::new(AtomicUsize::new(0));
+        let data = vec![3u8; 200_000];
+        let key = Digest::of(&data);
+        let served = e
+            .fill(&flights, &key, || Mem::new(&data, &opened), tracing::Span::none())
+            .await
+            .unwrap();
+        assert_eq!(read_all(served).await.unwrap(), data);
+        // The fill task commits in the background; wait for the flight to end.
+        for _ in 0..100 {
+            if flights.in_flight() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let (f, size) = e.open(&key).expect("committed");
+        assert_eq!(size, data.len() as u64);
+        drop(f);
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+    }
+}
