@@ -477,7 +477,9 @@ mod tests {
                         ..Mem::new(&data, &opened)
                     };
                     let served = e.fill(&flights, &key, mk, tracing::Span::none()).await;
-                    read_all(served.expect("served")).await.expect("complete body")
+                    read_all(served.expect("served"))
+                        .await
+                        .expect("complete body")
                 })
             })
             .collect();
@@ -489,7 +491,11 @@ mod tests {
         for r in requests {
             assert_eq!(r.await.unwrap(), data);
         }
-        assert_eq!(opened.load(Ordering::SeqCst), 1, "one fetch for eight requests");
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            1,
+            "one fetch for eight requests"
+        );
     }
 
     #[tokio::test]
@@ -528,7 +534,9 @@ mod tests {
             Ok(s) => {
                 let _ = read_all(s).await;
                 // Watch the final state through a second request on the same key.
-                e.fill(&flights, &key, mk, tracing::Span::none()).await.err()
+                e.fill(&flights, &key, mk, tracing::Span::none())
+                    .await
+                    .err()
             }
             Err(e) => Some(e),
         };
@@ -543,7 +551,12 @@ mod tests {
         let opened = Arc::new(AtomicUsize::new(0));
         let key = Digest::of(b"x");
         let r = e
-            .fill(&flights, &key, || Mem::new(b"x", &opened), tracing::Span::none())
+            .fill(
+                &flights,
+                &key,
+                || Mem::new(b"x", &opened),
+                tracing::Span::none(),
+            )
             .await;
         assert_eq!(r.err(), Some(FillError::Offline));
         assert_eq!(opened.load(Ordering::SeqCst), 0);
@@ -557,7 +570,12 @@ mod tests {
         let data = vec![3u8; 200_000];
         let key = Digest::of(&data);
         let served = e
-            .fill(&flights, &key, || Mem::new(&data, &opened), tracing::Span::none())
+            .fill(
+                &flights,
+                &key,
+                || Mem::new(&data, &opened),
+                tracing::Span::none(),
+            )
             .await
             .unwrap();
         assert_eq!(read_all(served).await.unwrap(), data);

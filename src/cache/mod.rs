@@ -9,9 +9,11 @@ pub mod engine;
 pub mod flight;
 pub mod outcome;
 pub mod pool;
+pub mod revalidate;
 
 pub use body::{BlobBody, ByteRange};
 pub use engine::{BlobSource, Engine, Fetch, Incoming, Served};
 pub use flight::{FillError, FillState, Flights, Join, Leader, Start, first_answer};
 pub use outcome::Outcome;
 pub use pool::CHUNK;
+pub use revalidate::{Cached, revalidate};

@@ -12,7 +12,7 @@ use super::path::{self, FileKind, GoRoute, ModulePath, PathError, SumdbPath, Ver
 use super::source::{Fetched, GoState};
 use super::verify;
 use crate::app::{AppState, now_unix};
-use crate::cache::{BlobBody, BlobSource, FillError};
+use crate::cache::{BlobBody, BlobSource, Cached, FillError, Outcome, revalidate};
 use crate::upstream::UpstreamError;
 use crate::upstream::client::read_limited;
 
@@ -181,6 +181,22 @@ fn upstream_failed(what: &str, e: &UpstreamError) -> GoError {
 
 // ------------------------------------------------------------- list and @latest
 
+/// Why a list could not be fetched: the upstream failed (a stale answer is better), or an
+/// answer that must be passed on as it is (not found, bad content, a local failure).
+enum ListError {
+    Upstream(UpstreamError),
+    Answer(GoError),
+}
+
+impl std::fmt::Display for ListError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListError::Upstream(e) => write!(f, "{e}"),
+            ListError::Answer(e) => f.write_str(&e.message),
+        }
+    }
+}
+
 /// `@v/list` and `@latest`: fresh from the index, else upstream, else the stale answer.
 async fn mutable(
     app: &AppState,
@@ -191,69 +207,63 @@ async fn mutable(
     content_type: &str,
 ) -> Result<Response> {
     let index = &app.storage.index;
-    let cached = index.get_go_list(m.as_str(), kind).map_err(internal)?;
-    let ttl = app.config.go.list_ttl.as_secs();
-    if let Some(rec) = &cached
-        && now_unix().saturating_sub(rec.fetched_unix) < ttl
-    {
-        let len = rec.body.len() as u64;
-        return Ok(with_headers(
-            rec.body.clone().into_response(),
-            content_type,
-            Some(len),
-            "HIT",
-        ));
-    }
-    let neg_key = format!("{m}/{rest}");
-    if go.known_not_found(&neg_key) {
-        return Err(GoError::not_found(format!(
-            "{m}: not found (cached answer)"
-        )));
-    }
+    let cached = index
+        .get_go_list(m.as_str(), kind)
+        .map_err(internal)?
+        .map(|rec| Cached {
+            value: rec.body,
+            learned_unix: rec.fetched_unix,
+        });
     let what = format!("{m}/{rest}");
-    match fetch_small(go, m, rest).await {
-        Ok(Some(body)) => {
-            let body = String::from_utf8(body)
-                .map_err(|_| GoError::bad_gateway(format!("upstream sent a non-UTF-8 {what}")))?;
-            if kind == "latest" {
-                check_info(&body, None)
-                    .map_err(|e| GoError::bad_gateway(format!("upstream {what}: {e}")))?;
-            }
-            let rec = GoListRecord {
-                body: body.clone(),
-                fetched_unix: now_unix(),
-            };
-            index
-                .put_go_list(m.as_str(), kind, &rec)
-                .map_err(internal)?;
-            let len = body.len() as u64;
-            Ok(with_headers(
-                body.into_response(),
-                content_type,
-                Some(len),
-                "MISS",
-            ))
+    let fetch = async {
+        if go.known_not_found(&what) {
+            return Err(ListError::Answer(GoError::not_found(format!(
+                "{m}: not found (cached answer)"
+            ))));
         }
-        Ok(None) => {
-            go.remember_not_found(&neg_key);
-            Err(GoError::not_found(format!(
+        let Some(body) = fetch_small(go, m, rest)
+            .await
+            .map_err(ListError::Upstream)?
+        else {
+            go.remember_not_found(&what);
+            return Err(ListError::Answer(GoError::not_found(format!(
                 "{m}: not found on any upstream"
+            ))));
+        };
+        let body = String::from_utf8(body).map_err(|_| {
+            ListError::Answer(GoError::bad_gateway(format!(
+                "upstream sent a non-UTF-8 {what}"
             )))
+        })?;
+        if kind == "latest" {
+            check_info(&body, None).map_err(|e| {
+                ListError::Answer(GoError::bad_gateway(format!("upstream {what}: {e}")))
+            })?;
         }
-        Err(e) => match cached {
-            Some(rec) => {
-                tracing::warn!(error = %e, module = %m, "upstream failed; serving the cached {kind}");
-                let len = rec.body.len() as u64;
-                Ok(with_headers(
-                    rec.body.into_response(),
-                    content_type,
-                    Some(len),
-                    "STALE",
-                ))
-            }
-            None => Err(upstream_failed(&what, &e)),
-        },
-    }
+        let rec = GoListRecord {
+            body: body.clone(),
+            fetched_unix: now_unix(),
+        };
+        index
+            .put_go_list(m.as_str(), kind, &rec)
+            .map_err(|e| ListError::Answer(internal(e)))?;
+        Ok((body, Outcome::Miss))
+    };
+    let ttl = Some(app.config.go.list_ttl);
+    let stale_if = |e: &ListError| matches!(e, ListError::Upstream(_));
+    let (body, outcome) = revalidate(&what, cached, ttl, now_unix(), fetch, stale_if)
+        .await
+        .map_err(|e| match e {
+            ListError::Upstream(e) => upstream_failed(&what, &e),
+            ListError::Answer(e) => e,
+        })?;
+    let len = body.len() as u64;
+    Ok(with_headers(
+        body.into_response(),
+        content_type,
+        Some(len),
+        outcome.as_str(),
+    ))
 }
 
 /// Tries the module's sources in order; `None` when every one says "not found".

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use http::Method;
 use reqwest::Url;
-use wharf_storage::{Digest, SumdbRecord};
+use wharf_storage::SumdbRecord;
 
 use super::path::{FileKind, ModulePath, SumdbPath};
 use crate::app::{AppState, now_unix};
+use crate::cache::{Cached, Outcome, revalidate};
 use crate::config::SumdbConfig;
 use crate::upstream::UpstreamError;
 use crate::upstream::client::{read_limited, send_following};
@@ -17,10 +18,13 @@ use crate::upstream::client::{read_limited, send_following};
 /// Largest lookup or tile answer read.
 const MAX_SUMDB_BODY: usize = 1 << 20;
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum SumdbFetchError {
+    #[error("not found")]
     NotFound,
+    #[error("{0}")]
     Upstream(UpstreamError),
+    #[error("local failure: {0}")]
     Internal(String),
 }
 
@@ -49,51 +53,52 @@ pub(crate) async fn get_raw(
 ) -> Result<(Vec<u8>, &'static str), SumdbFetchError> {
     let index = &app.storage.index;
     let internal = |e: &dyn std::fmt::Display| SumdbFetchError::Internal(e.to_string());
-    let cached = index.get_sumdb(&db.name, raw).map_err(|e| internal(&e))?;
-    let read_cached = |rec: &SumdbRecord| {
-        app.storage
-            .blobs
-            .read_small(&rec.digest, MAX_SUMDB_BODY as u64)
-            .ok()
-            .flatten()
+    let cached = index
+        .get_sumdb(&db.name, raw)
+        .map_err(|e| internal(&e))?
+        .and_then(|rec| {
+            let body = app
+                .storage
+                .blobs
+                .read_small(&rec.digest, MAX_SUMDB_BODY as u64)
+                .ok()
+                .flatten()?;
+            Some(Cached {
+                value: body,
+                learned_unix: rec.fetched_unix,
+            })
+        });
+    let fetch = async {
+        let body = match fetch(app, db, raw).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return Err(SumdbFetchError::NotFound),
+            Err(e) => return Err(SumdbFetchError::Upstream(e)),
+        };
+        let digest = app
+            .engine
+            .put_small(body.clone())
+            .await
+            .map_err(|e| internal(&e))?;
+        let rec = SumdbRecord {
+            digest,
+            fetched_unix: now_unix(),
+            verified: false,
+        };
+        index
+            .put_sumdb(&db.name, raw, &rec)
+            .map_err(|e| internal(&e))?;
+        Ok((body, Outcome::Miss))
     };
-    if let Some(rec) = &cached {
-        let fresh = now_unix().saturating_sub(rec.fetched_unix) < app.config.go.sumdb_ttl.as_secs();
-        if (!mutable || fresh)
-            && let Some(body) = read_cached(rec)
-        {
-            return Ok((body, "HIT"));
-        }
-    }
-    let fetched = fetch(app, db, raw).await;
-    match fetched {
-        Ok(Some(body)) => {
-            let digest = Digest::of(&body);
-            let blobs = app.storage.blobs.clone();
-            let (d, b) = (digest.clone(), body.clone());
-            tokio::task::spawn_blocking(move || blobs.put_bytes(&d, &b))
-                .await
-                .map_err(|e| internal(&e))?
-                .map_err(|e| internal(&e))?;
-            let rec = SumdbRecord {
-                digest,
-                fetched_unix: now_unix(),
-                verified: false,
-            };
-            index
-                .put_sumdb(&db.name, raw, &rec)
-                .map_err(|e| internal(&e))?;
-            Ok((body, "MISS"))
-        }
-        Ok(None) => Err(SumdbFetchError::NotFound),
-        Err(e) => match cached.as_ref().and_then(read_cached) {
-            Some(body) => {
-                tracing::warn!(db = %db.name, path = raw, error = %e, "checksum database failed; serving cached copy");
-                Ok((body, "STALE"))
-            }
-            None => Err(SumdbFetchError::Upstream(e)),
-        },
-    }
+    // Lookups and full tiles never change; partial tiles are kept for `go.sumdb_ttl`.
+    let ttl = if mutable {
+        Some(app.config.go.sumdb_ttl)
+    } else {
+        None
+    };
+    let what = format!("{}/{raw}", db.name);
+    let stale_if = |e: &SumdbFetchError| matches!(e, SumdbFetchError::Upstream(_));
+    let (body, outcome) = revalidate(&what, cached, ttl, now_unix(), fetch, stale_if).await?;
+    Ok((body, outcome.as_str()))
 }
 
 async fn fetch(
@@ -313,12 +318,10 @@ async fn store_verified(
     path: &str,
     data: Vec<u8>,
 ) -> Result<(), String> {
-    let digest = Digest::of(&data);
-    let blobs = app.storage.blobs.clone();
-    let d = digest.clone();
-    tokio::task::spawn_blocking(move || blobs.put_bytes(&d, &data))
+    let digest = app
+        .engine
+        .put_small(data)
         .await
-        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let rec = SumdbRecord {
         digest,

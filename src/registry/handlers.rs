@@ -2,6 +2,8 @@
 //! disk or an upstream before the name, reference and digest are known to be valid.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -16,7 +18,7 @@ use super::manifest;
 use super::routes::{self, Reference, RepoName, Route, Tag, query_param};
 use super::visibility;
 use crate::app::{AppState, now_unix};
-use crate::cache::{BlobBody, BlobSource, ByteRange, FillError, Outcome};
+use crate::cache::{BlobBody, BlobSource, ByteRange, Cached, FillError, Outcome, revalidate};
 use crate::config::{DOCKER_HUB_NAME, UpstreamConfig};
 use crate::upstream::client::read_limited;
 use crate::upstream::{UpstreamClient, UpstreamError};
@@ -192,6 +194,19 @@ enum Miss {
     Denied(u16),
     /// It failed (unreachable, 429, 5xx, bad bytes): a stale answer is better than none.
     Failed(UpstreamError),
+    /// This machine failed (disk, index); already logged. Never a reason to serve stale.
+    Local(RegistryError),
+}
+
+impl std::fmt::Display for Miss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Miss::NotFound => f.write_str("not found"),
+            Miss::Denied(s) => write!(f, "access refused ({s})"),
+            Miss::Failed(e) => write!(f, "{e}"),
+            Miss::Local(_) => f.write_str("local failure"),
+        }
+    }
 }
 
 impl From<UpstreamError> for Miss {
@@ -212,6 +227,7 @@ fn classify(status: StatusCode) -> std::result::Result<(), Miss> {
 impl Miss {
     fn into_error(self, t: &Target, what: &str, unknown: ErrorCode) -> RegistryError {
         match self {
+            Miss::Local(e) => e,
             Miss::NotFound => RegistryError::new(
                 unknown,
                 format!("{what} not found in {} on upstream {}", t.name, t.up.name),
@@ -276,51 +292,59 @@ async fn manifest_by_digest(
 
 async fn manifest_by_tag(app: &AppState, t: &Target, tag: &Tag, head: bool) -> Result<Response> {
     let (up, repo) = (t.up.name.as_str(), t.name.as_str());
-    // Fresh means learned less than `tag_ttl` ago.
-    let fresh_since = (now_unix() + 1).saturating_sub(app.config.registry.tag_ttl.as_secs());
+    let now = now_unix();
+    let ttl = app.config.registry.tag_ttl;
+    // The warm path: a fresh answer in memory, no index read.
+    let fresh_since = (now + 1).saturating_sub(ttl.as_secs());
     if let Some(m) = app.hot.tag(up, repo, tag.as_str(), fresh_since) {
         app.engine.touch(&m.digest);
         return Ok(manifest_response(&m, Outcome::Hit, head));
     }
     let index = &app.storage.index;
     let known = index.get_tag(up, repo, tag.as_str()).map_err(internal)?;
-    if let Some(rec) = &known
-        && rec.learned_unix >= fresh_since
-        && let Some(m) = load_manifest(app, &rec.digest)?
-    {
-        app.hot
-            .put_tag(up, repo, tag.as_str(), &m.digest, rec.learned_unix);
-        app.engine.touch(&m.digest);
-        return Ok(manifest_response(&m, Outcome::Hit, head));
+    let cached = match known {
+        Some(rec) => load_manifest(app, &rec.digest)?.map(|m| Cached {
+            value: m,
+            learned_unix: rec.learned_unix,
+        }),
+        None => None,
+    };
+    let learned = AtomicU64::new(cached.as_ref().map_or(now, |c| c.learned_unix));
+    let fetch = async {
+        let (m, outcome) = resolve_tag(app, t, tag).await?;
+        let rec = TagRecord {
+            digest: m.digest.clone(),
+            media_type: m.media_type.to_str().unwrap_or_default().to_string(),
+            learned_unix: now,
+        };
+        index
+            .put_tag(up, repo, tag.as_str(), &rec)
+            .map_err(|e| Miss::Local(internal(e)))?;
+        learned.store(now, Ordering::Relaxed);
+        Ok((m, outcome))
+    };
+    let key = format!("{up}/{repo}:{}", tag.as_str());
+    let stale_if = |e: &Miss| matches!(e, Miss::Failed(_));
+    let (m, outcome) = revalidate(&key, cached, Some(ttl), now, fetch, stale_if)
+        .await
+        .map_err(|m| {
+            m.into_error(
+                t,
+                &format!("tag {}", tag.as_str()),
+                ErrorCode::ManifestUnknown,
+            )
+        })?;
+    if outcome != Outcome::Stale {
+        app.hot.put_tag(
+            up,
+            repo,
+            tag.as_str(),
+            &m.digest,
+            learned.load(Ordering::Relaxed),
+        );
     }
-    let what = format!("tag {}", tag.as_str());
-    match resolve_tag(app, t, tag).await {
-        Ok((m, outcome)) => {
-            let rec = TagRecord {
-                digest: m.digest.clone(),
-                media_type: m.media_type.to_str().unwrap_or_default().to_string(),
-                learned_unix: now_unix(),
-            };
-            index
-                .put_tag(up, repo, tag.as_str(), &rec)
-                .map_err(internal)?;
-            app.hot
-                .put_tag(up, repo, tag.as_str(), &m.digest, rec.learned_unix);
-            Ok(manifest_response(&m, outcome, head))
-        }
-        Err(Miss::Failed(e)) => {
-            // Upstream down, rate limited or broken: the last known answer, marked stale.
-            if let Some(rec) = known
-                && let Some(m) = load_manifest(app, &rec.digest)?
-            {
-                tracing::warn!(upstream = %t.up.name, repo = %t.name, tag = tag.as_str(), error = %e,
-                    "upstream failed; serving the last known digest");
-                return Ok(manifest_response(&m, Outcome::Stale, head));
-            }
-            Err(Miss::Failed(e).into_error(t, &what, ErrorCode::ManifestUnknown))
-        }
-        Err(m) => Err(m.into_error(t, &what, ErrorCode::ManifestUnknown)),
-    }
+    app.engine.touch(&m.digest);
+    Ok(manifest_response(&m, outcome, head))
 }
 
 /// HEAD upstream (free on Docker Hub), then GET by digest only if that digest is not cached.
@@ -342,12 +366,7 @@ async fn resolve_tag(
     if let Some(d) = &advertised {
         // The HEAD answered for this repository: it may be served from it.
         link(app, t, d);
-        if let Some(m) = load_manifest(app, d).map_err(|e| {
-            Miss::Failed(UpstreamError::Protocol(format!(
-                "local read failed: {}",
-                e.message
-            )))
-        })? {
+        if let Some(m) = load_manifest(app, d).map_err(Miss::Local)? {
             return Ok((m, Outcome::Hit));
         }
         let m = fetch_manifest(app, t, d.as_str(), Some(d)).await?;
@@ -395,12 +414,7 @@ async fn fetch_manifest(
         .add_upstream_bytes(&t.up.name, body.len() as u64);
     store_manifest(app, &actual, &body, &media)
         .await
-        .map_err(|e| {
-            Miss::Failed(UpstreamError::Protocol(format!(
-                "cannot store manifest: {}",
-                e.message
-            )))
-        })?;
+        .map_err(Miss::Local)?;
     // Fetched from this repository: it and what it lists may be served from it.
     link(app, t, &actual);
     declare_sizes(app, &body);
@@ -410,11 +424,9 @@ async fn fetch_manifest(
 }
 
 async fn store_manifest(app: &AppState, digest: &Digest, body: &[u8], media: &str) -> Result<()> {
-    let blobs = app.storage.blobs.clone();
-    let (d, b) = (digest.clone(), body.to_vec());
-    tokio::task::spawn_blocking(move || blobs.put_bytes(&d, &b))
+    app.engine
+        .put_small(body.to_vec())
         .await
-        .map_err(internal)?
         .map_err(internal)?;
     let rec = BlobRecord {
         size: body.len() as u64,
@@ -726,35 +738,48 @@ async fn tags_list(
         path = format!("{path}?{}", q.join("&"));
     }
     let what = "the tag list";
-    let fetched = fetch_tags(app, t, &path).await;
-    let (tags, more, outcome) = match fetched {
-        Ok((tags, more)) => {
-            if n.is_none() && last.is_none() {
-                let rec = TagListRecord {
-                    tags: tags.clone(),
-                    fetched_unix: now_unix(),
-                };
-                app.storage
-                    .index
-                    .put_tag_list(&t.up.name, t.name.as_str(), &rec)
-                    .map_err(internal)?;
-            }
-            (tags, more, Outcome::Miss)
-        }
-        Err(Miss::Failed(e)) => {
-            let cached = app
-                .storage
-                .index
-                .get_tag_list(&t.up.name, t.name.as_str())
-                .map_err(internal)?;
-            let Some(rec) = cached else {
-                return Err(Miss::Failed(e).into_error(t, what, ErrorCode::NameUnknown));
+    let whole = n.is_none() && last.is_none();
+    // A tag list is always asked upstream (TTL zero); the kept full list answers when it fails.
+    let cached = app
+        .storage
+        .index
+        .get_tag_list(&t.up.name, t.name.as_str())
+        .map_err(internal)?
+        .map(|rec| Cached {
+            value: (rec.tags, true),
+            learned_unix: rec.fetched_unix,
+        });
+    let fetch = async {
+        let (tags, more) = fetch_tags(t, &path).await?;
+        if whole {
+            let rec = TagListRecord {
+                tags: tags.clone(),
+                fetched_unix: now_unix(),
             };
-            tracing::warn!(upstream = %t.up.name, repo = %t.name, error = %e, "serving a cached tag list");
-            let (page, more) = paginate(rec.tags, last.as_deref(), n_eff);
-            (page, more, Outcome::Stale)
+            app.storage
+                .index
+                .put_tag_list(&t.up.name, t.name.as_str(), &rec)
+                .map_err(|e| Miss::Local(internal(e)))?;
         }
-        Err(m) => return Err(m.into_error(t, what, ErrorCode::NameUnknown)),
+        Ok(((tags, more), Outcome::Miss))
+    };
+    let key = format!("{}/{} tags", t.up.name, t.name);
+    let stale_if = |e: &Miss| matches!(e, Miss::Failed(_));
+    let ((tags, more), outcome) = revalidate(
+        &key,
+        cached,
+        Some(Duration::ZERO),
+        now_unix(),
+        fetch,
+        stale_if,
+    )
+    .await
+    .map_err(|m| m.into_error(t, what, ErrorCode::NameUnknown))?;
+    // A kept list is the whole list: paginated here.
+    let (tags, more) = if outcome == Outcome::Stale {
+        paginate(tags, last.as_deref(), n_eff)
+    } else {
+        (tags, more)
     };
     tracing::Span::current().record("cache", outcome.as_str());
     let body = serde_json::json!({ "name": client_name.as_str(), "tags": tags }).to_string();
@@ -777,12 +802,7 @@ async fn tags_list(
 }
 
 /// Tags from upstream and whether it announced a next page.
-async fn fetch_tags(
-    app: &AppState,
-    t: &Target,
-    path: &str,
-) -> std::result::Result<(Vec<String>, bool), Miss> {
-    let _ = app;
+async fn fetch_tags(t: &Target, path: &str) -> std::result::Result<(Vec<String>, bool), Miss> {
     let resp =
         t.up.send(Method::GET, path, &["application/json"], &t.scope())
             .await?;
