@@ -2,6 +2,10 @@
 //! argon2 password hashes, static bearer tokens (stored as SHA-256), and rules that require
 //! authentication per protocol and path prefix. Refusals are rendered in each protocol's own
 //! error format by the middleware in `app`.
+//!
+//! Empty or blank passwords and tokens are refused before anything is hashed, whatever the HTTP
+//! version: hyper trims the trailing space of an HTTP/1 `Authorization: Bearer ` but passes it
+//! through in HTTP/2, where it used to leave an empty token.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -131,6 +135,12 @@ impl AccessControl {
             .collect::<Result<_, _>>()?;
         let mut users = HashMap::new();
         for u in &cfg.users {
+            if u.name.trim().is_empty() || u.name.contains(':') {
+                return Err(format!(
+                    "access.user {:?}: name must not be blank or contain ':' (basic auth could not carry it)",
+                    u.name
+                ));
+            }
             argon2::password_hash::phc::PasswordHash::new(&u.password_hash).map_err(|e| {
                 format!("access.user {:?}: password_hash is not a PHC string from `wharf hash-password`: {e}", u.name)
             })?;
@@ -141,6 +151,7 @@ impl AccessControl {
                 return Err(format!("access.user {:?} appears twice", u.name));
             }
         }
+        let empty: [u8; 32] = Sha256::digest(b"").into();
         let tokens = cfg
             .tokens
             .iter()
@@ -151,6 +162,13 @@ impl AccessControl {
                     .ok_or_else(|| {
                         format!("access.token {:?}: sha256 must be 64 hex digits", t.name)
                     })?;
+                if bytes == empty {
+                    return Err(format!(
+                        "access.token {:?}: sha256 is the SHA-256 of the empty string, a token \
+                         no client may use; set it to `printf %s \"$TOKEN\" | sha256sum` of a real token",
+                        t.name
+                    ));
+                }
                 Ok(bytes)
             })
             .collect::<Result<_, String>>()?;
@@ -239,20 +257,33 @@ impl AccessControl {
     }
 
     fn verify(&self, header: &str) -> Result<(), &'static str> {
-        let (scheme, value) = header
-            .split_once(' ')
-            .ok_or("malformed Authorization header")?;
-        let value = value.trim();
+        let header = header.trim();
+        let (scheme, value) = match header.split_once([' ', '\t']) {
+            Some((scheme, value)) => (scheme, value.trim()),
+            None => (header, ""),
+        };
         if scheme.eq_ignore_ascii_case("bearer") {
+            if value.is_empty() {
+                return Err("empty token");
+            }
             let h: [u8; 32] = Sha256::digest(value.as_bytes()).into();
-            return if self.tokens.iter().any(|t| constant_time_eq(t, &h)) {
+            // Every configured token is compared, so the time does not tell which one matched.
+            let matched = self
+                .tokens
+                .iter()
+                .fold(false, |m, t| m | constant_time_eq(t, &h));
+            return if matched {
                 Ok(())
             } else {
                 Err("invalid token")
             };
         }
         if !scheme.eq_ignore_ascii_case("basic") {
-            return Err("unsupported authorization scheme");
+            return Err(if scheme.is_empty() {
+                "malformed Authorization header"
+            } else {
+                "unsupported authorization scheme"
+            });
         }
         let raw = base64_decode(value).ok_or("malformed basic credentials")?;
         let text = String::from_utf8(raw).map_err(|_| "malformed basic credentials")?;
@@ -261,6 +292,9 @@ impl AccessControl {
             // containers/image sends `Basic Og==` (":") once a registry has challenged: that
             // is an anonymous client, not a wrong password.
             return Err(ANONYMOUS);
+        }
+        if password.trim().is_empty() {
+            return Err("empty password");
         }
         let key: [u8; 32] = Sha256::digest(text.as_bytes()).into();
         if self
@@ -294,9 +328,13 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
-/// An argon2id PHC string for `password`, for `access.user.password_hash`.
+/// An argon2id PHC string for `password`, for `access.user.password_hash`. Empty and blank
+/// passwords are refused: wharf never accepts them.
 pub fn hash_password(password: &str) -> Result<String, String> {
     use argon2::password_hash::PasswordHasher;
+    if password.trim().is_empty() {
+        return Err("the password is empty or blank".into());
+    }
     argon2::Argon2::default()
         .hash_password(password.as_bytes())
         .map(|h| h.to_string())
@@ -354,6 +392,69 @@ mod tests {
         assert!(a.check(None, "/go/x.com/@v/list", &h).is_ok());
         h.insert(http::header::AUTHORIZATION, "Bearer nope".parse().unwrap());
         assert!(a.check(None, "/go/x.com/@v/list", &h).is_err());
+    }
+
+    #[test]
+    fn blank_tokens_and_passwords_are_refused() {
+        let a = control(|_| {});
+        for value in [
+            "Bearer",
+            "Bearer ",
+            "Bearer \t ",
+            "bearer\t",
+            "Basic",
+            "Basic  ",
+        ] {
+            let mut h = HeaderMap::new();
+            // What an HTTP/2 client can send: the value exactly, trailing blanks included.
+            h.insert(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+            assert!(
+                matches!(a.check(None, "/v2/", &h), Err(Denied::Unauthorized(_))),
+                "{value:?}"
+            );
+        }
+        for pw in ["", " ", "\t \t"] {
+            assert_eq!(
+                a.check(None, "/v2/", &basic("ci", pw)),
+                Err(Denied::Unauthorized("empty password")),
+                "{pw:?}"
+            );
+        }
+        assert!(hash_password("").is_err());
+        assert!(hash_password(" \t").is_err());
+    }
+
+    #[test]
+    fn token_hash_of_the_empty_string_is_refused_with_its_name() {
+        let mut cfg = AccessConfig::default();
+        cfg.tokens.push(TokenConfig {
+            name: "build-farm".into(),
+            sha256: "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855".into(),
+        });
+        let e = AccessControl::new(&cfg, &["docker.io"], "docker.io")
+            .err()
+            .expect("refused");
+        assert!(e.contains("access.token \"build-farm\": sha256"), "{e}");
+        assert!(e.contains("empty string"), "{e}");
+    }
+
+    #[test]
+    fn user_names_must_fit_basic_auth() {
+        let hash = hash_password("x").unwrap();
+        for name in ["", " ", "a:b"] {
+            let mut cfg = AccessConfig::default();
+            cfg.users.push(UserConfig {
+                name: name.into(),
+                password_hash: hash.clone(),
+            });
+            assert!(
+                AccessControl::new(&cfg, &["docker.io"], "docker.io").is_err(),
+                "{name:?}"
+            );
+        }
     }
 
     #[test]

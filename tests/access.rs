@@ -1161,3 +1161,137 @@ async fn tls_client_that_handshakes_and_sends_nothing_is_disconnected_after_head
         started.elapsed()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Blank credentials and what password checks cost
+
+/// An argon2id hash of `password` with small parameters (`m` KiB, one pass): the tests run
+/// unoptimised, where the default parameters take about a second.
+fn cheap_hash(password: &str, m: u32) -> String {
+    use argon2::password_hash::PasswordHasher as _;
+    let params = argon2::Params::new(m, 1, 1, None).unwrap();
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(password.as_bytes())
+        .unwrap()
+        .to_string()
+}
+
+/// A client that speaks HTTP/2 without TLS (h2c, prior knowledge), as the go command and curl
+/// `--http2-prior-knowledge` can.
+fn h2c() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+/// The `sha256` of the example `[[access.token]]` in systemd/wharf.toml.
+fn example_token_sha256() -> String {
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/wharf.toml"))
+            .unwrap();
+    let token = example
+        .split("#[[access.token]]")
+        .nth(1)
+        .expect("the example has an [[access.token]]");
+    let line = token
+        .lines()
+        .find(|l| l.starts_with("#sha256 = "))
+        .expect("the example token has a sha256");
+    line.trim_start_matches("#sha256 = ")
+        .trim_matches('"')
+        .to_string()
+}
+
+#[tokio::test]
+async fn empty_bearer_token_is_refused_over_http2() {
+    // The shipped example token configured as it stands, next to a real one.
+    let extra = format!(
+        "{}[[access.token]]\nname = \"build-farm\"\nsha256 = \"{}\"\n",
+        access("require_auth = true"),
+        example_token_sha256()
+    );
+    let m = Mirror::start(&extra).await;
+    let url = m.w.url("/v2/team/app/manifests/v1");
+    let clients = [
+        (h2c(), http::Version::HTTP_2),
+        (client(), http::Version::HTTP_11),
+    ];
+    for (client, version) in &clients {
+        for value in ["Bearer ", "Bearer  ", "Bearer \t", "bearer", "Bearer"] {
+            let r = client
+                .get(&url)
+                .header("authorization", value)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.version(), *version);
+            assert_eq!(r.status(), 401, "{value:?} over {version:?}");
+            assert_eq!(error_code(r).await, "UNAUTHORIZED");
+        }
+    }
+    assert_eq!(
+        m.upstream_traffic(),
+        (0, 0),
+        "a refused request reached upstream"
+    );
+    for (client, version) in &clients {
+        let r = client.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.status(), 200, "the real token over {version:?}");
+        assert_eq!(r.version(), *version);
+    }
+}
+
+#[tokio::test]
+async fn blank_basic_password_is_refused() {
+    // Users whose hashes are of blank passwords (made by hand: `wharf hash-password` refuses).
+    let extra = format!(
+        "[access]\nrequire_auth = true\n\
+         [[access.user]]\nname = \"ci\"\npassword_hash = \"{}\"\n\
+         [[access.user]]\nname = \"ops\"\npassword_hash = \"{}\"\n",
+        cheap_hash("", 64),
+        cheap_hash("  ", 64)
+    );
+    let m = Mirror::start(&extra).await;
+    let url = m.w.url("/v2/team/app/manifests/v1");
+    for client in [client(), h2c()] {
+        for (user, password) in [("ci", ""), ("ops", "  "), ("ops", " "), ("ops", "\t")] {
+            let r = client
+                .get(&url)
+                .basic_auth(user, Some(password))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status(),
+                401,
+                "{user}:{password:?} over {:?}",
+                r.version()
+            );
+            assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
+        }
+    }
+    assert_eq!(m.upstream_traffic(), (0, 0));
+}
+
+#[tokio::test]
+async fn token_hash_of_the_empty_string_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for sha in [
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+    ] {
+        let toml = mirror_toml(
+            "http://127.0.0.1:9",
+            "http://127.0.0.1:9",
+            dir.path(),
+            &format!("[access]\n[[access.token]]\nname = \"build-farm\"\nsha256 = \"{sha}\"\n"),
+        );
+        let e = wharf::config::Config::from_toml_str(&toml)
+            .expect_err("the empty string's hash loads")
+            .to_string();
+        assert!(e.contains("access.token \"build-farm\": sha256"), "{e}");
+        assert!(e.contains("empty string"), "{e}");
+    }
+}
