@@ -1272,6 +1272,11 @@ async fn blank_basic_password_is_refused() {
             assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
         }
     }
+    assert_eq!(
+        m.w.state.access.password_checks().hashed,
+        0,
+        "refused unhashed"
+    );
     assert_eq!(m.upstream_traffic(), (0, 0));
 }
 
@@ -1294,4 +1299,101 @@ async fn token_hash_of_the_empty_string_is_refused_at_load() {
         assert!(e.contains("access.token \"build-farm\": sha256"), "{e}");
         assert!(e.contains("empty string"), "{e}");
     }
+}
+
+/// Sends `user:password` to `/v2/` and returns the status and body.
+async fn try_password(m: &Mirror, user: &str, password: &str) -> (u16, String) {
+    let r = m
+        .get("/v2/")
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn unknown_user_pays_the_same_hash_work() {
+    let m = Mirror::start(&access_with_hash(
+        "require_auth = true",
+        &cheap_hash(PASSWORD, 64),
+    ))
+    .await;
+    let hashed = || m.w.state.access.password_checks().hashed;
+    let known = try_password(&m, USER, "wrong").await;
+    assert_eq!(hashed(), 1, "a known user's wrong password is hashed");
+    let unknown = try_password(&m, "nobody", "wrong").await;
+    assert_eq!(hashed(), 2, "so is an unknown user's");
+    let unknown_right = try_password(&m, "nobody", PASSWORD).await;
+    assert_eq!(hashed(), 3);
+    assert_eq!(known.0, 401);
+    assert_eq!(unknown, known, "the answers are the same too");
+    assert_eq!(unknown_right, known, "another user's password is no key");
+}
+
+#[tokio::test]
+async fn a_successful_password_is_verified_once() {
+    let m = Mirror::start(&access_with_hash(
+        "require_auth = true",
+        &cheap_hash(PASSWORD, 64),
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(try_password(&m, USER, PASSWORD).await.0, 200);
+    }
+    let r = m
+        .get("/v2/team/app/manifests/v1")
+        .basic_auth(USER, Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let checks = m.w.state.access.password_checks();
+    assert_eq!((checks.hashed, checks.remembered), (1, 3));
+    // Remembering a password does not let a wrong one through.
+    assert_eq!(try_password(&m, USER, "s3cret pass ").await.0, 401);
+    assert_eq!(m.w.state.access.password_checks().hashed, 2);
+}
+
+#[tokio::test]
+async fn argon2_work_is_bounded() {
+    let m = Mirror::start(&access_with_hash(
+        "require_auth = true",
+        &cheap_hash(PASSWORD, 1024),
+    ))
+    .await;
+    let limit = m.w.state.access.password_checks().limit;
+    let n = 4 * limit + 8;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        // A client each, so each request has its own connection.
+        let url = m.w.url("/v2/");
+        tasks.push(tokio::spawn(async move {
+            let user = if i % 2 == 0 { USER } else { "nobody" };
+            client()
+                .get(url)
+                .basic_auth(user, Some(format!("wrong {i}")))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 401);
+    }
+    let checks = m.w.state.access.password_checks();
+    assert_eq!(checks.hashed, n as u64);
+    assert!(
+        (1..=limit).contains(&checks.most_at_once),
+        "{} argon2 runs at once, limit {limit}",
+        checks.most_at_once
+    );
+    let r = m.get("/metrics").bearer_auth(TOKEN).send().await.unwrap();
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(&format!("wharf_password_hashes_total {n}")),
+        "{text}"
+    );
 }

@@ -235,8 +235,8 @@ fn example_config_with_every_commented_setting_enabled_is_valid() {
     }
 }
 
-#[test]
-fn example_config_token_cannot_match() {
+#[tokio::test]
+async fn example_config_token_cannot_match() {
     let enabled = uncomment_settings(&read("systemd/wharf.toml"));
     let config = Config::from_toml_str(&enabled).unwrap_or_else(|e| panic!("{e}"));
     let example = &config.access.tokens[0].sha256;
@@ -266,7 +266,7 @@ fn example_config_token_cannot_match() {
             http::HeaderValue::from_str(&format!("Bearer {guess}")).unwrap(),
         );
         assert!(
-            access.check(None, "/v2/", &headers).is_err(),
+            access.check(None, "/v2/", &headers).await.is_err(),
             "`Bearer {guess}` authenticates with the example config"
         );
     }
