@@ -258,7 +258,7 @@ async fn guard(
         } else {
             path.clone()
         };
-        match app.access.check(peer, &rule_path, req.headers()) {
+        match app.access.check(peer, &rule_path, req.headers()).await {
             Ok(()) => {}
             Err(Denied::Address) => {
                 tracing::info!(?peer, %path, "client address not in access.allow_clients");
@@ -279,6 +279,20 @@ async fn guard(
                     format!("{why}: log in with a wharf user or token"),
                     Some(challenge),
                 );
+            }
+            Err(Denied::Busy) => {
+                let mut resp = refuse(
+                    go,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "too many password checks at once; retry shortly".into(),
+                    None,
+                );
+                resp.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                return resp;
             }
         }
     }

@@ -153,6 +153,28 @@ pub fn render(app: &AppState) -> String {
         let name = u.replace(['"', '\\', '\n'], "_");
         let _ = writeln!(o, "wharf_upstream_bytes_total{{upstream=\"{name}\"}} {b}");
     }
+    let checks = app.access.password_checks();
+    for (name, help, value) in [
+        (
+            "wharf_password_hashes_total",
+            "Password checks that ran argon2, for unknown user names too.",
+            checks.hashed,
+        ),
+        (
+            "wharf_password_checks_remembered_total",
+            "Password checks answered from a recently verified credential.",
+            checks.remembered,
+        ),
+        (
+            "wharf_password_checks_busy_total",
+            "Password checks answered 503 because every hashing slot stayed taken.",
+            checks.busy,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} counter");
+        let _ = writeln!(o, "{name} {value}");
+    }
     let _ = writeln!(
         o,
         "# HELP wharf_offline Whether wharf runs with offline = true."

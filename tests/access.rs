@@ -1161,3 +1161,239 @@ async fn tls_client_that_handshakes_and_sends_nothing_is_disconnected_after_head
         started.elapsed()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Blank credentials and what password checks cost
+
+/// An argon2id hash of `password` with small parameters (`m` KiB, one pass): the tests run
+/// unoptimised, where the default parameters take about a second.
+fn cheap_hash(password: &str, m: u32) -> String {
+    use argon2::password_hash::PasswordHasher as _;
+    let params = argon2::Params::new(m, 1, 1, None).unwrap();
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(password.as_bytes())
+        .unwrap()
+        .to_string()
+}
+
+/// A client that speaks HTTP/2 without TLS (h2c, prior knowledge), as the go command and curl
+/// `--http2-prior-knowledge` can.
+fn h2c() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+/// The `sha256` of the example `[[access.token]]` in systemd/wharf.toml.
+fn example_token_sha256() -> String {
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/wharf.toml"))
+            .unwrap();
+    let token = example
+        .split("#[[access.token]]")
+        .nth(1)
+        .expect("the example has an [[access.token]]");
+    let line = token
+        .lines()
+        .find(|l| l.starts_with("#sha256 = "))
+        .expect("the example token has a sha256");
+    line.trim_start_matches("#sha256 = ")
+        .trim_matches('"')
+        .to_string()
+}
+
+#[tokio::test]
+async fn empty_bearer_token_is_refused_over_http2() {
+    // The shipped example token configured as it stands, next to a real one.
+    let extra = format!(
+        "{}[[access.token]]\nname = \"build-farm\"\nsha256 = \"{}\"\n",
+        access("require_auth = true"),
+        example_token_sha256()
+    );
+    let m = Mirror::start(&extra).await;
+    let url = m.w.url("/v2/team/app/manifests/v1");
+    let clients = [
+        (h2c(), http::Version::HTTP_2),
+        (client(), http::Version::HTTP_11),
+    ];
+    for (client, version) in &clients {
+        for value in ["Bearer ", "Bearer  ", "Bearer \t", "bearer", "Bearer"] {
+            let r = client
+                .get(&url)
+                .header("authorization", value)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.version(), *version);
+            assert_eq!(r.status(), 401, "{value:?} over {version:?}");
+            assert_eq!(error_code(r).await, "UNAUTHORIZED");
+        }
+    }
+    assert_eq!(
+        m.upstream_traffic(),
+        (0, 0),
+        "a refused request reached upstream"
+    );
+    for (client, version) in &clients {
+        let r = client.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.status(), 200, "the real token over {version:?}");
+        assert_eq!(r.version(), *version);
+    }
+}
+
+#[tokio::test]
+async fn blank_basic_password_is_refused() {
+    // Users whose hashes are of blank passwords (made by hand: `wharf hash-password` refuses).
+    let extra = format!(
+        "[access]\nrequire_auth = true\n\
+         [[access.user]]\nname = \"ci\"\npassword_hash = \"{}\"\n\
+         [[access.user]]\nname = \"ops\"\npassword_hash = \"{}\"\n",
+        cheap_hash("", 64),
+        cheap_hash("  ", 64)
+    );
+    let m = Mirror::start(&extra).await;
+    let url = m.w.url("/v2/team/app/manifests/v1");
+    for client in [client(), h2c()] {
+        for (user, password) in [("ci", ""), ("ops", "  "), ("ops", " "), ("ops", "\t")] {
+            let r = client
+                .get(&url)
+                .basic_auth(user, Some(password))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status(),
+                401,
+                "{user}:{password:?} over {:?}",
+                r.version()
+            );
+            assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
+        }
+    }
+    assert_eq!(
+        m.w.state.access.password_checks().hashed,
+        0,
+        "refused unhashed"
+    );
+    assert_eq!(m.upstream_traffic(), (0, 0));
+}
+
+#[tokio::test]
+async fn token_hash_of_the_empty_string_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for sha in [
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+    ] {
+        let toml = mirror_toml(
+            "http://127.0.0.1:9",
+            "http://127.0.0.1:9",
+            dir.path(),
+            &format!("[access]\n[[access.token]]\nname = \"build-farm\"\nsha256 = \"{sha}\"\n"),
+        );
+        let e = wharf::config::Config::from_toml_str(&toml)
+            .expect_err("the empty string's hash loads")
+            .to_string();
+        assert!(e.contains("access.token \"build-farm\": sha256"), "{e}");
+        assert!(e.contains("empty string"), "{e}");
+    }
+}
+
+/// Sends `user:password` to `/v2/` and returns the status and body.
+async fn try_password(m: &Mirror, user: &str, password: &str) -> (u16, String) {
+    let r = m
+        .get("/v2/")
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn unknown_user_pays_the_same_hash_work() {
+    let m = Mirror::start(&access_with_hash(
+        "require_auth = true",
+        &cheap_hash(PASSWORD, 64),
+    ))
+    .await;
+    let hashed = || m.w.state.access.password_checks().hashed;
+    let known = try_password(&m, USER, "wrong").await;
+    assert_eq!(hashed(), 1, "a known user's wrong password is hashed");
+    let unknown = try_password(&m, "nobody", "wrong").await;
+    assert_eq!(hashed(), 2, "so is an unknown user's");
+    let unknown_right = try_password(&m, "nobody", PASSWORD).await;
+    assert_eq!(hashed(), 3);
+    assert_eq!(known.0, 401);
+    assert_eq!(unknown, known, "the answers are the same too");
+    assert_eq!(unknown_right, known, "another user's password is no key");
+}
+
+#[tokio::test]
+async fn a_successful_password_is_verified_once() {
+    let m = Mirror::start(&access_with_hash(
+        "require_auth = true",
+        &cheap_hash(PASSWORD, 64),
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(try_password(&m, USER, PASSWORD).await.0, 200);
+    }
+    let r = m
+        .get("/v2/team/app/manifests/v1")
+        .basic_auth(USER, Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let checks = m.w.state.access.password_checks();
+    assert_eq!((checks.hashed, checks.remembered), (1, 3));
+    // Remembering a password does not let a wrong one through.
+    assert_eq!(try_password(&m, USER, "s3cret pass ").await.0, 401);
+    assert_eq!(m.w.state.access.password_checks().hashed, 2);
+}
+
+#[tokio::test]
+async fn argon2_work_is_bounded() {
+    let m = Mirror::start(&access_with_hash(
+        "require_auth = true",
+        &cheap_hash(PASSWORD, 1024),
+    ))
+    .await;
+    let limit = m.w.state.access.password_checks().limit;
+    let n = 4 * limit + 8;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        // A client each, so each request has its own connection.
+        let url = m.w.url("/v2/");
+        tasks.push(tokio::spawn(async move {
+            let user = if i % 2 == 0 { USER } else { "nobody" };
+            client()
+                .get(url)
+                .basic_auth(user, Some(format!("wrong {i}")))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 401);
+    }
+    let checks = m.w.state.access.password_checks();
+    assert_eq!(checks.hashed, n as u64);
+    assert!(
+        (1..=limit).contains(&checks.most_at_once),
+        "{} argon2 runs at once, limit {limit}",
+        checks.most_at_once
+    );
+    let r = m.get("/metrics").bearer_auth(TOKEN).send().await.unwrap();
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(&format!("wharf_password_hashes_total {n}")),
+        "{text}"
+    );
+}

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sha2::{Digest as _, Sha256};
 use wharf::config::Config;
 use wharf::upstream::EgressPolicy;
 
@@ -231,6 +232,43 @@ fn example_config_with_every_commented_setting_enabled_is_valid() {
         policy
             .check(&parsed)
             .unwrap_or_else(|e| panic!("{url} is not covered by the example's egress.allow: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn example_config_token_cannot_match() {
+    let enabled = uncomment_settings(&read("systemd/wharf.toml"));
+    let config = Config::from_toml_str(&enabled).unwrap_or_else(|e| panic!("{e}"));
+    let example = &config.access.tokens[0].sha256;
+    let access = wharf::access::AccessControl::new(&config.access, &["docker.io"], "docker.io")
+        .unwrap_or_else(|e| panic!("{e}"));
+    // What someone who copied the example might send: nothing, blanks, the words around it.
+    let guesses = [
+        "",
+        " ",
+        "\t",
+        "build-farm",
+        "TOKEN",
+        "$TOKEN",
+        "token",
+        "changeme",
+    ];
+    for guess in guesses {
+        assert_ne!(
+            *example,
+            hex::encode(Sha256::digest(guess.as_bytes())),
+            "the example token's sha256 is that of {guess:?}"
+        );
+        // As an HTTP/2 client can send it: the value exactly, blanks included.
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&format!("Bearer {guess}")).unwrap(),
+        );
+        assert!(
+            access.check(None, "/v2/", &headers).await.is_err(),
+            "`Bearer {guess}` authenticates with the example config"
+        );
     }
 }
 
