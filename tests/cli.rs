@@ -503,6 +503,63 @@ async fn fsck_reports_and_repairs_a_corrupted_store() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn fsck_of_a_store_holding_go_modules_and_checksum_data_is_clean() {
+    let go = common::gofake::GoFake::start().await;
+    let go_mod = "module example.com/m\n";
+    let zip = common::gofake::module_zip("example.com/m", "v1.0.0", &[("go.mod", go_mod)]);
+    go.put_module("example.com/m", "v1.0.0", go_mod, zip);
+    go.put(
+        "lookup/example.com/m@v1.0.0",
+        "7\nexample.com/m v1.0.0 h1:x=\n\nnote\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("wharf.toml");
+    let toml = format!(
+        r#"data_dir = "{}"
+[go]
+upstreams = ["{url}"]
+verify = false
+[[go.sumdb]]
+name = "sum.golang.org"
+key = "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8"
+url = "{url}"
+[egress]
+allow = ["127.0.0.1"]
+connect_timeout = "2s"
+read_timeout = "5s"
+"#,
+        data.display(),
+        url = go.url()
+    );
+    fs::write(&config, toml).unwrap();
+
+    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    for path in [
+        "/go/example.com/m/@v/v1.0.0.info",
+        "/go/example.com/m/@v/v1.0.0.mod",
+        "/go/example.com/m/@v/v1.0.0.zip",
+        "/go/sumdb/sum.golang.org/lookup/example.com/m@v1.0.0",
+    ] {
+        let r = client().get(server.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}: {}", server.logs());
+        r.bytes().await.unwrap();
+    }
+    server.stop().await;
+
+    let out = fsck(&config, false);
+    assert!(out.status.success(), "{}", describe(&out));
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("blobs of Go files and checksum-database records: ok"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!report.contains("orphan"), "{}", describe(&out));
+    assert!(report.ends_with("clean\n"), "{}", describe(&out));
+}
+
 /// A config for commands run next to `server`: its data directory and listen address.
 fn cli_config(dir: &Path, name: &str, server: &Server, data: &Path, extra: &str) -> PathBuf {
     let path = dir.join(name);

@@ -16,10 +16,14 @@
 //! | `links`    | upstream, repo, digest      | `LinkRecord`    |
 //! | `meta`     | `format`, `done/<step>`     | index format, one-time steps run |
 //!
-//! Composite keys come from `keys.rs`. A new key space (Go module versions, pins, access times) is
-//! one more `Space` field opened in `Index::open`, a record struct, and typed methods; nothing else
-//! changes. Must not touch blob files: blobs on disk are the source of truth and the index can be
-//! rebuilt from them (`fsck`). Every method blocks briefly on sled; none does file I/O of its own.
+//! Composite keys come from `keys.rs`. A new key space is one more `Space` field opened in
+//! `Index::open`, a record struct, typed methods, a `pub(crate)` `*_entries` iterator, and a phase
+//! in `fsck.rs`: fsck must see every tree, or its records are never checked to decode, and blobs
+//! its records name are reported as orphans. If the records name blobs, that phase says whether
+//! they own them (a blob with no `BlobRecord` is then not an orphan) and reports references to
+//! blobs that are gone. Must not touch blob files: blobs on disk are the source of truth and the
+//! index can be rebuilt from them (`fsck`). Every method blocks briefly on sled; none does file
+//! I/O of its own.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,6 +42,9 @@ const RECORD_VERSION: u8 = 1;
 /// Layout of the trees themselves, stored under `meta/format`.
 const INDEX_FORMAT: u8 = 1;
 const FORMAT_KEY: &[u8] = b"format";
+/// Prefix of the `meta` keys that mark a one-time step as run; the value is the Unix time, 8 bytes
+/// big-endian.
+const DONE_PREFIX: &str = "done/";
 
 /// A committed blob wharf knows about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +142,15 @@ pub type TagKey = (String, String, String);
 
 /// `(upstream, repo)`, the key of a `TagListRecord`.
 pub type TagListKey = (String, String);
+
+/// `(module, kind)`, the key of a `GoListRecord`.
+pub type GoListKey = (String, String);
+
+/// `(database, path)`, the key of a `SumdbRecord`.
+pub type SumdbKey = (String, String);
+
+/// `(upstream, repo, digest)`, the key of a `LinkRecord`.
+pub type LinkKey = (String, String, Digest);
 
 /// Seconds since the Unix epoch (0 if the clock is before it), for record timestamps.
 pub fn unix_now() -> u64 {
@@ -353,6 +369,10 @@ impl Index {
         self.golists.get(&keys::encode(&[module, kind])?)
     }
 
+    pub fn remove_go_list(&self, module: &str, kind: &str) -> Result<bool, StorageError> {
+        self.golists.remove(&keys::encode(&[module, kind])?)
+    }
+
     pub fn put_sumdb(
         &self,
         db: &str,
@@ -366,12 +386,20 @@ impl Index {
         self.sumdb.get(&keys::encode(&[db, path])?)
     }
 
+    pub fn remove_sumdb(&self, db: &str, path: &str) -> Result<bool, StorageError> {
+        self.sumdb.remove(&keys::encode(&[db, path])?)
+    }
+
     pub fn put_trust(&self, db: &str, record: &TrustRecord) -> Result<(), StorageError> {
         self.gotrust.put(&keys::encode(&[db])?, record)
     }
 
     pub fn get_trust(&self, db: &str) -> Result<Option<TrustRecord>, StorageError> {
         self.gotrust.get(&keys::encode(&[db])?)
+    }
+
+    pub fn remove_trust(&self, db: &str) -> Result<bool, StorageError> {
+        self.gotrust.remove(&keys::encode(&[db])?)
     }
 
     pub fn put_pin(&self, digest: &Digest, record: &PinRecord) -> Result<(), StorageError> {
@@ -388,8 +416,7 @@ impl Index {
 
     /// Every pin, in digest order; undecodable entries are `Err` items.
     pub fn pins(&self) -> impl Iterator<Item = Result<(Digest, PinRecord), StorageError>> + use<> {
-        self.pins
-            .entries(self.pins.tree.iter(), decode_blob_key)
+        self.pin_entries()
             .map(|entry| entry.and_then(|entry| entry.decoded))
     }
 
@@ -409,8 +436,7 @@ impl Index {
     pub fn all_refs(
         &self,
     ) -> impl Iterator<Item = Result<(Digest, RefsRecord), StorageError>> + use<> {
-        self.refs
-            .entries(self.refs.tree.iter(), decode_blob_key)
+        self.refs_entries()
             .map(|entry| entry.and_then(|entry| entry.decoded))
     }
 
@@ -439,16 +465,29 @@ impl Index {
             .contains_key(keys::encode(&[upstream, repo, digest.as_str()])?)?)
     }
 
+    pub fn remove_link(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<bool, StorageError> {
+        self.links
+            .remove(&keys::encode(&[upstream, repo, digest.as_str()])?)
+    }
+
     /// Whether a one-time step named `name` (a migration) has run on this index.
     pub fn done(&self, name: &str) -> Result<bool, StorageError> {
-        Ok(self.meta.tree.contains_key(format!("done/{name}"))?)
+        Ok(self
+            .meta
+            .tree
+            .contains_key(format!("{DONE_PREFIX}{name}"))?)
     }
 
     /// Records that the one-time step `name` has run.
     pub fn mark_done(&self, name: &str) -> Result<(), StorageError> {
         self.meta
             .tree
-            .insert(format!("done/{name}"), &unix_now().to_be_bytes())?;
+            .insert(format!("{DONE_PREFIX}{name}"), &unix_now().to_be_bytes())?;
         Ok(())
     }
 
@@ -505,10 +544,103 @@ impl Index {
         &self,
     ) -> impl Iterator<Item = Result<RawEntry<(TagListKey, TagListRecord)>, StorageError>> + use<>
     {
-        self.taglists.entries(self.taglists.tree.iter(), |key| {
-            keys::decode::<2>(key).map(|[upstream, repo]| (upstream, repo))
+        self.taglists
+            .entries(self.taglists.tree.iter(), decode_pair_key)
+    }
+
+    pub(crate) fn go_list_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<RawEntry<(GoListKey, GoListRecord)>, StorageError>> + use<>
+    {
+        self.golists
+            .entries(self.golists.tree.iter(), decode_pair_key)
+    }
+
+    pub(crate) fn sumdb_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<RawEntry<(SumdbKey, SumdbRecord)>, StorageError>> + use<> {
+        self.sumdb.entries(self.sumdb.tree.iter(), decode_pair_key)
+    }
+
+    pub(crate) fn trust_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<RawEntry<(String, TrustRecord)>, StorageError>> + use<> {
+        self.gotrust.entries(self.gotrust.tree.iter(), |key| {
+            keys::decode::<1>(key).map(|[db]| db)
         })
     }
+
+    pub(crate) fn pin_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<RawEntry<(Digest, PinRecord)>, StorageError>> + use<> {
+        self.pins.entries(self.pins.tree.iter(), decode_blob_key)
+    }
+
+    pub(crate) fn refs_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<RawEntry<(Digest, RefsRecord)>, StorageError>> + use<> {
+        self.refs.entries(self.refs.tree.iter(), decode_blob_key)
+    }
+
+    pub(crate) fn atime_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<RawEntry<(Digest, AtimeRecord)>, StorageError>> + use<> {
+        self.atime.entries(self.atime.tree.iter(), decode_blob_key)
+    }
+
+    pub(crate) fn link_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<RawEntry<(LinkKey, LinkRecord)>, StorageError>> + use<> {
+        self.links.entries(self.links.tree.iter(), decode_link_key)
+    }
+
+    /// Every `meta` entry. These are not versioned records: `format` holds the index format
+    /// byte, `done/<step>` an 8-byte time; anything else does not decode.
+    pub(crate) fn meta_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<RawEntry<()>, StorageError>> + use<> {
+        let space = self.meta.clone();
+        self.meta.tree.iter().map(move |item| {
+            let (key, value) = item?;
+            let key_name = space.key_name(&key);
+            let decoded = check_meta(&key, &value).map_err(|reason| StorageError::CorruptRecord {
+                key: key_name.clone(),
+                reason,
+            });
+            Ok(RawEntry {
+                key,
+                key_name,
+                decoded,
+                tree: space.tree.clone(),
+            })
+        })
+    }
+}
+
+fn check_meta(key: &[u8], value: &[u8]) -> Result<(), String> {
+    if key == FORMAT_KEY {
+        return match value {
+            [INDEX_FORMAT] => Ok(()),
+            _ => Err(format!("index format {value:?} is not {INDEX_FORMAT}")),
+        };
+    }
+    if key.starts_with(DONE_PREFIX.as_bytes()) {
+        return match value.len() {
+            8 => Ok(()),
+            n => Err(format!("a done marker holds an 8-byte time, not {n} bytes")),
+        };
+    }
+    Err("unknown meta key".to_owned())
+}
+
+fn decode_pair_key(key: &[u8]) -> Result<(String, String), keys::KeyError> {
+    keys::decode::<2>(key).map(|[a, b]| (a, b))
+}
+
+fn decode_link_key(key: &[u8]) -> Result<LinkKey, String> {
+    let [upstream, repo, digest] = keys::decode::<3>(key).map_err(|e| e.to_string())?;
+    let digest = Digest::parse(&digest).map_err(|e| e.to_string())?;
+    Ok((upstream, repo, digest))
 }
 
 fn decode_blob_key(key: &[u8]) -> Result<Digest, String> {

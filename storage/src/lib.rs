@@ -34,8 +34,9 @@ pub use error::StorageError;
 pub use fsck::{FsckReport, fsck};
 pub use gc::{GcReport, collect};
 pub use index::{
-    AtimeRecord, BlobRecord, GoFileRecord, GoListRecord, Index, LinkRecord, PinRecord, RefsRecord,
-    SumdbRecord, TagKey, TagListKey, TagListRecord, TagRecord, TrustRecord, unix_now,
+    AtimeRecord, BlobRecord, GoFileKey, GoFileRecord, GoListKey, GoListRecord, Index, LinkKey,
+    LinkRecord, PinRecord, RefsRecord, SumdbKey, SumdbRecord, TagKey, TagListKey, TagListRecord,
+    TagRecord, TrustRecord, unix_now,
 };
 pub use keys::KeyError;
 pub use layout::Layout;

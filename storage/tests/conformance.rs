@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
 use wharf_storage::{
-    BlobCheck, BlobRecord, Digest, DiskEntry, Storage, StorageError, TagListRecord, TagRecord, fsck,
+    BlobCheck, BlobRecord, Digest, DiskEntry, GoListRecord, Storage, StorageError, SumdbRecord,
+    TagListRecord, TagRecord, TrustRecord, fsck,
 };
 
 fn open(dir: &Path) -> Storage {
@@ -469,6 +470,60 @@ fn records_round_trip_through_the_index_and_survive_reopen() {
     );
     assert!(index.remove_blob(&digest).unwrap());
     assert_eq!(index.get_blob(&digest).unwrap(), None);
+}
+
+#[test]
+fn go_list_sumdb_trust_and_link_records_can_be_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let index = &storage.index;
+    let digest = Digest::of(b"tile");
+    let list = GoListRecord {
+        body: "v1.0.0\n".into(),
+        fetched_unix: 1,
+    };
+    index.put_go_list("example.com/m", "list", &list).unwrap();
+    let sumdb = SumdbRecord {
+        digest: digest.clone(),
+        fetched_unix: 1,
+        verified: false,
+    };
+    index
+        .put_sumdb("sum.golang.org", "tile/8/0/000", &sumdb)
+        .unwrap();
+    let trust = TrustRecord {
+        size: 1,
+        hash: "00".into(),
+        note: "note".into(),
+        learned_unix: 1,
+    };
+    index.put_trust("sum.golang.org", &trust).unwrap();
+    index.put_link("docker.io", "library/x", &digest).unwrap();
+
+    assert!(index.remove_go_list("example.com/m", "list").unwrap());
+    assert!(
+        index
+            .remove_sumdb("sum.golang.org", "tile/8/0/000")
+            .unwrap()
+    );
+    assert!(index.remove_trust("sum.golang.org").unwrap());
+    assert!(
+        index
+            .remove_link("docker.io", "library/x", &digest)
+            .unwrap()
+    );
+    assert_eq!(index.get_go_list("example.com/m", "list").unwrap(), None);
+    assert_eq!(
+        index.get_sumdb("sum.golang.org", "tile/8/0/000").unwrap(),
+        None
+    );
+    assert_eq!(index.get_trust("sum.golang.org").unwrap(), None);
+    assert!(!index.has_link("docker.io", "library/x", &digest).unwrap());
+    assert!(
+        !index
+            .remove_sumdb("sum.golang.org", "tile/8/0/000")
+            .unwrap()
+    );
 }
 
 #[test]
