@@ -297,16 +297,16 @@ async fn guard(
         }
     }
     let resp = next.run(req).await;
-    let outcome = resp
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or(if resp.status().is_success() {
-            "HIT"
-        } else {
-            "ERROR"
-        });
-    if path.starts_with("/v2/") || go {
+    // Cache answers carry their typed outcome; errors count as such; other answers (the `/v2/`
+    // ping, `sumdb/.../supported`) are not cache answers and are not counted.
+    let outcome = match resp.extensions().get::<crate::cache::Outcome>() {
+        Some(o) => Some(o.as_str()),
+        None if !resp.status().is_success() => Some("ERROR"),
+        None => None,
+    };
+    if let Some(outcome) = outcome
+        && (path.starts_with("/v2/") || go)
+    {
         app.metrics.count(go, outcome);
     }
     resp

@@ -51,3 +51,32 @@ async fn metrics_need_credentials_where_access_requires_them() {
     let r = c.get(w.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn the_v2_ping_is_not_counted_as_a_cache_hit() {
+    let (up, w, _d) = start("").await;
+    up.put_image("team/app", "v1", &[common::bytes_of(100, 1)]);
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(c.get(w.url("/v2/")).send().await.unwrap().status(), 200);
+    }
+    let r = c
+        .get(w.url("/v2/team/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    let m = c
+        .get(w.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("wharf_requests_total{protocol=\"registry\",outcome=\"hit\"} 0"),
+        "{m}"
+    );
+    assert!(m.contains("wharf_requests_total{protocol=\"registry\",outcome=\"miss\"} 1"));
+}

@@ -16,7 +16,6 @@ use crate::cache::{BlobBody, BlobSource, Cached, FillError, Outcome, revalidate}
 use crate::upstream::UpstreamError;
 use crate::upstream::client::read_limited;
 
-const CACHE_HEADER: &str = "x-cache";
 /// Largest `@v/list` or `@latest` answer read.
 const MAX_LIST: usize = 4 << 20;
 
@@ -139,9 +138,9 @@ fn with_headers(
     mut resp: Response,
     content_type: &str,
     len: Option<u64>,
-    outcome: &'static str,
+    outcome: Outcome,
 ) -> Response {
-    tracing::Span::current().record("cache", outcome);
+    outcome.mark(&mut resp);
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(content_type) {
         h.insert(header::CONTENT_TYPE, v);
@@ -149,7 +148,6 @@ fn with_headers(
     if let Some(len) = len {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
-    h.insert(CACHE_HEADER, HeaderValue::from_static(outcome));
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
@@ -262,7 +260,7 @@ async fn mutable(
         body.into_response(),
         content_type,
         Some(len),
-        outcome.as_str(),
+        outcome,
     ))
 }
 
@@ -311,7 +309,7 @@ async fn query_info(go: &GoState, m: &ModulePath, q: &str) -> Result<Response> {
                 body.into_response(),
                 "application/json",
                 Some(len),
-                "MISS",
+                Outcome::Miss,
             ))
         }
         Ok(None) => Err(GoError::not_found(format!("{what}: unknown revision"))),
@@ -362,7 +360,7 @@ async fn file(
             Body::from_stream(body).into_response(),
             kind.content_type(),
             Some(size),
-            "HIT",
+            Outcome::Hit,
         ));
     }
     let key = ModuleFileFetch::key(m, v, kind);
@@ -383,7 +381,7 @@ async fn file(
                 Body::from_stream(body.into_stream()).into_response(),
                 kind.content_type(),
                 served.size,
-                served.outcome.as_str(),
+                served.outcome,
             ))
         }
         Err(FillError::NotFound) => {

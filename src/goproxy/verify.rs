@@ -34,7 +34,7 @@ pub async fn sumdb_get(
     app: &AppState,
     db: &SumdbConfig,
     p: &SumdbPath,
-) -> Result<(Vec<u8>, &'static str), SumdbFetchError> {
+) -> Result<(Vec<u8>, Outcome), SumdbFetchError> {
     let raw = p.raw();
     get_raw(
         app,
@@ -50,7 +50,7 @@ pub(crate) async fn get_raw(
     db: &SumdbConfig,
     raw: &str,
     mutable: bool,
-) -> Result<(Vec<u8>, &'static str), SumdbFetchError> {
+) -> Result<(Vec<u8>, Outcome), SumdbFetchError> {
     let index = &app.storage.index;
     let internal = |e: &dyn std::fmt::Display| SumdbFetchError::Internal(e.to_string());
     let cached = index
@@ -98,7 +98,7 @@ pub(crate) async fn get_raw(
     let what = format!("{}/{raw}", db.name);
     let stale_if = |e: &SumdbFetchError| matches!(e, SumdbFetchError::Upstream(_));
     let (body, outcome) = revalidate(&what, cached, ttl, now_unix(), fetch, stale_if).await?;
-    Ok((body, outcome.as_str()))
+    Ok((body, outcome))
 }
 
 async fn fetch(

@@ -24,8 +24,6 @@ use crate::upstream::client::read_limited;
 use crate::upstream::{UpstreamClient, UpstreamError};
 
 const API_VERSION: &str = "registry/2.0";
-/// Header telling clients (and operators) where an answer came from.
-pub const CACHE_HEADER: &str = "x-cache";
 /// Most tags returned by one tags/list page, whatever `n` asks for.
 const MAX_PAGE: usize = 10_000;
 /// Largest tags/list answer read from upstream.
@@ -529,7 +527,6 @@ fn hot_manifest(digest: Digest, body: Vec<u8>, media: &str) -> Arc<HotManifest> 
 }
 
 fn manifest_response(m: &HotManifest, outcome: Outcome, head: bool) -> Response {
-    tracing::Span::current().record("cache", outcome.as_str());
     let len = m.body.len();
     let mut resp = if head {
         Body::empty()
@@ -542,7 +539,7 @@ fn manifest_response(m: &HotManifest, outcome: Outcome, head: bool) -> Response 
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert("docker-content-digest", m.digest_header.clone());
     h.insert(header::ETAG, m.etag.clone());
-    h.insert(CACHE_HEADER, HeaderValue::from_static(outcome.as_str()));
+    outcome.mark(&mut resp);
     resp
 }
 
@@ -636,7 +633,6 @@ fn blob_response(
     head: bool,
     outcome: Outcome,
 ) -> Result<Response> {
-    tracing::Span::current().record("cache", outcome.as_str());
     let window = match size {
         Some(size) => match ByteRange::parse(range, size) {
             Ok(r) => r,
@@ -683,7 +679,7 @@ fn blob_response(
     set(h, header::ACCEPT_RANGES, "bytes");
     set(h, "docker-content-digest", digest.as_str());
     set(h, header::ETAG, &format!("\"{digest}\""));
-    set(h, CACHE_HEADER, outcome.as_str());
+    outcome.mark(&mut resp);
     Ok(resp)
 }
 
@@ -697,7 +693,6 @@ async fn blob_head_upstream(app: &AppState, t: &Target, digest: &Digest) -> Resu
             .map_err(|e| Miss::Failed(e).into_error(t, &what, ErrorCode::BlobUnknown))?;
     classify(resp.status()).map_err(|m| m.into_error(t, &what, ErrorCode::BlobUnknown))?;
     link(app, t, digest);
-    tracing::Span::current().record("cache", Outcome::Miss.as_str());
     let mut out = Body::empty().into_response();
     let h = out.headers_mut();
     if let Some(len) = resp.headers().get(header::CONTENT_LENGTH) {
@@ -706,7 +701,7 @@ async fn blob_head_upstream(app: &AppState, t: &Target, digest: &Digest) -> Resu
     set(h, header::CONTENT_TYPE, "application/octet-stream");
     set(h, header::ACCEPT_RANGES, "bytes");
     set(h, "docker-content-digest", digest.as_str());
-    set(h, CACHE_HEADER, Outcome::Miss.as_str());
+    Outcome::Miss.mark(&mut out);
     Ok(out)
 }
 
@@ -781,12 +776,11 @@ async fn tags_list(
     } else {
         (tags, more)
     };
-    tracing::Span::current().record("cache", outcome.as_str());
     let body = serde_json::json!({ "name": client_name.as_str(), "tags": tags }).to_string();
     let mut resp = (StatusCode::OK, body).into_response();
+    outcome.mark(&mut resp);
     let h = resp.headers_mut();
     set(h, header::CONTENT_TYPE, "application/json");
-    set(h, CACHE_HEADER, outcome.as_str());
     if let (true, Some(n), Some(last_tag)) = (more, n_eff, tags.last()) {
         let mut link = format!(
             "</v2/{client_name}/tags/list?n={n}&last={}",
