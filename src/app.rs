@@ -27,22 +27,25 @@ use crate::upstream::{EgressPolicy, UpstreamClient};
 pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
-    pub config: Config,
+    pub config: Arc<Config>,
     pub storage: Storage,
-    pub egress: Arc<EgressPolicy>,
-    pub upstreams: HashMap<String, Arc<UpstreamClient>>,
-    pub blob_flights: Flights<Digest>,
+    /// The registry front end: its upstream clients, flights and manifests in memory.
+    pub registry: Arc<registry::Registry>,
     /// The Go module proxy, unless `go.enabled = false`.
     pub go: Option<GoState>,
     pub access: AccessControl,
     /// The cache engine: hits, fills, access times (`cache::Engine`).
     pub engine: crate::cache::Engine,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Manifests and tag answers in memory (`cache.manifest_memory`).
-    pub hot: crate::registry::hot::HotManifests,
     /// What every `/admin/` request must carry: new for each state, written to the data
     /// directory (`admin.token`) as soon as the state holds sled's lock on it.
     pub admin_secret: crate::admin::secret::AdminSecret,
+}
+
+impl axum::extract::FromRef<AppState> for Arc<registry::Registry> {
+    fn from_ref(app: &AppState) -> Self {
+        app.registry.clone()
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -107,18 +110,26 @@ impl AppState {
                 ),
                 source,
             })?;
+        let config = Arc::new(config);
+        let metrics: Arc<crate::metrics::Metrics> = Default::default();
+        let registry = Arc::new(registry::Registry {
+            config: config.clone(),
+            storage: storage.clone(),
+            engine: engine.clone(),
+            upstreams,
+            blob_flights: Flights::default(),
+            hot,
+            metrics: metrics.clone(),
+        });
         Ok(AppState(Arc::new(Inner {
             config,
             storage,
-            egress,
-            upstreams,
-            blob_flights: Flights::default(),
+            registry,
             go,
             access,
             engine,
-            hot,
             admin_secret,
-            metrics: Default::default(),
+            metrics,
         })))
     }
 }
@@ -161,7 +172,7 @@ impl AppState {
         match r {
             Ok(Ok(report)) => {
                 if !report.removed.is_empty() {
-                    self.hot.clear();
+                    self.registry.hot.clear();
                     tracing::info!(
                         freed = report.freed,
                         objects = report.removed.len(),
@@ -251,7 +262,7 @@ async fn guard(
                 None => path.clone(),
             }
         } else if let Some(rest) = path.strip_prefix("/v2/") {
-            match crate::registry::canonical_repo(&app, rest, req.uri().query()) {
+            match crate::registry::canonical_repo(&app.registry, rest, req.uri().query()) {
                 Some(c) => format!("/v2/{c}"),
                 None => path.clone(),
             }

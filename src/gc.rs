@@ -180,7 +180,7 @@ pub async fn gc_endpoint(
     .map_err(AdminError::internal)?
     .map_err(AdminError::internal)?;
     if !report.removed.is_empty() {
-        app.hot.clear();
+        app.registry.hot.clear();
     }
     Ok(format!("{report}\n").into_response())
 }

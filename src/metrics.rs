@@ -60,6 +60,7 @@ impl Metrics {
 /// Every upstream's fail-fast state.
 pub fn upstream_reports(app: &AppState) -> Vec<(String, HealthReport)> {
     let mut out: Vec<(String, HealthReport)> = app
+        .registry
         .upstreams
         .values()
         .map(|u| ("registry".to_string(), u.health.report()))
@@ -106,7 +107,7 @@ pub fn render(app: &AppState) -> String {
     let _ = writeln!(
         o,
         "wharf_coalesced_total{{protocol=\"registry\"}} {}",
-        app.blob_flights.coalesced()
+        app.registry.blob_flights.coalesced()
     );
     let _ = writeln!(o, "wharf_coalesced_total{{protocol=\"go\"}} {go_coalesced}");
     let _ = writeln!(

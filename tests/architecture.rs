@@ -50,7 +50,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("goproxy", "app"),
     ("metrics", "app"),
     ("metrics", "upstream"),
-    ("registry", "app"),
     ("access", "upstream"),
 ];
 

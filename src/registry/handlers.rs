@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use wharf_storage::{BlobRecord, Digest, TagListRecord, TagRecord};
+use wharf_storage::{BlobRecord, Digest, TagListRecord, TagRecord, unix_now};
 
 use super::errors::{ErrorCode, RegistryError};
 use super::fetch::BlobFetch;
@@ -17,7 +17,8 @@ use super::hot::HotManifest;
 use super::manifest;
 use super::routes::{self, Reference, RepoName, Route, Tag, query_param};
 use super::visibility;
-use crate::app::{AppState, now_unix};
+use super::service::Registry;
+
 use crate::cache::{BlobBody, BlobSource, ByteRange, Cached, FillError, Outcome, revalidate};
 use crate::config::{DOCKER_HUB_NAME, UpstreamConfig};
 use crate::upstream::client::read_limited;
@@ -32,7 +33,7 @@ const MAX_TAG_LIST_BYTES: usize = 16 << 20;
 type Result<T> = std::result::Result<T, RegistryError>;
 
 /// Entry point for every `/v2` request.
-pub async fn handle(State(app): State<AppState>, req: axum::extract::Request) -> Response {
+pub async fn handle(State(app): State<Arc<Registry>>, req: axum::extract::Request) -> Response {
     let mut resp = match dispatch(&app, req.method(), req.uri(), req.headers()).await {
         Ok(r) => r,
         Err(e) => {
@@ -52,7 +53,7 @@ pub async fn handle(State(app): State<AppState>, req: axum::extract::Request) ->
 }
 
 async fn dispatch(
-    app: &AppState,
+    app: &Registry,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -108,7 +109,7 @@ async fn dispatch(
 /// `<upstream>/<repository>/` as the upstream knows it, for access rules: every spelling of a
 /// repository (`?ns=`, host prefix, default upstream, `library/`) maps to the same string.
 /// `None` when the path names no repository or does not parse (the handler refuses it).
-pub fn canonical_repo(app: &AppState, rest: &str, query: Option<&str>) -> Option<String> {
+pub fn canonical_repo(app: &Registry, rest: &str, query: Option<&str>) -> Option<String> {
     let name = match routes::parse(rest).ok()? {
         Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::TagsList { name } => name,
         Route::Base | Route::Catalog => return None,
@@ -141,7 +142,7 @@ impl Target {
     }
 }
 
-fn resolve(app: &AppState, name: &RepoName, ns: Option<String>) -> Result<Target> {
+fn resolve(app: &Registry, name: &RepoName, ns: Option<String>) -> Result<Target> {
     let find = |n: &str| -> Option<&UpstreamConfig> {
         app.config.upstream(n).or_else(|| {
             // containerd and older configs name Docker Hub by its API hosts.
@@ -272,7 +273,7 @@ impl Miss {
 // ---------------------------------------------------------------- manifests
 
 async fn manifest_by_digest(
-    app: &AppState,
+    app: &Registry,
     t: &Target,
     digest: &Digest,
     head: bool,
@@ -288,9 +289,9 @@ async fn manifest_by_digest(
     }
 }
 
-async fn manifest_by_tag(app: &AppState, t: &Target, tag: &Tag, head: bool) -> Result<Response> {
+async fn manifest_by_tag(app: &Registry, t: &Target, tag: &Tag, head: bool) -> Result<Response> {
     let (up, repo) = (t.up.name.as_str(), t.name.as_str());
-    let now = now_unix();
+    let now = unix_now();
     let ttl = app.config.registry.tag_ttl;
     // The warm path: a fresh answer in memory, no index read.
     let fresh_since = (now + 1).saturating_sub(ttl.as_secs());
@@ -347,7 +348,7 @@ async fn manifest_by_tag(app: &AppState, t: &Target, tag: &Tag, head: bool) -> R
 
 /// HEAD upstream (free on Docker Hub), then GET by digest only if that digest is not cached.
 async fn resolve_tag(
-    app: &AppState,
+    app: &Registry,
     t: &Target,
     tag: &Tag,
 ) -> std::result::Result<(Arc<HotManifest>, Outcome), Miss> {
@@ -377,7 +378,7 @@ async fn resolve_tag(
 
 /// GETs a manifest, verifies it (digest, size, media type) and stores it.
 async fn fetch_manifest(
-    app: &AppState,
+    app: &Registry,
     t: &Target,
     reference: &str,
     expected: Option<&Digest>,
@@ -421,7 +422,7 @@ async fn fetch_manifest(
     Ok(m)
 }
 
-async fn store_manifest(app: &AppState, digest: &Digest, body: &[u8], media: &str) -> Result<()> {
+async fn store_manifest(app: &Registry, digest: &Digest, body: &[u8], media: &str) -> Result<()> {
     app.engine
         .put_small(body.to_vec())
         .await
@@ -429,7 +430,7 @@ async fn store_manifest(app: &AppState, digest: &Digest, body: &[u8], media: &st
     let rec = BlobRecord {
         size: body.len() as u64,
         media_type: Some(media.to_string()),
-        created_unix: now_unix(),
+        created_unix: unix_now(),
     };
     app.storage.index.put_blob(digest, &rec).map_err(internal)?;
     let children = manifest::children(body);
@@ -444,7 +445,7 @@ async fn store_manifest(app: &AppState, digest: &Digest, body: &[u8], media: &st
 }
 
 /// Records that `t`'s repository holds `digest` (and what it lists, for a stored manifest).
-fn link(app: &AppState, t: &Target, digest: &Digest) {
+fn link(app: &Registry, t: &Target, digest: &Digest) {
     let max = app.config.registry.max_manifest_size.0;
     if let Err(e) = visibility::link(&app.storage, &t.up.name, t.name.as_str(), digest, max) {
         tracing::warn!(error = %e, "recording the repository link failed");
@@ -454,7 +455,7 @@ fn link(app: &AppState, t: &Target, digest: &Digest) {
 /// Content is served for `t`'s (upstream, repository) only when that pair is known to hold it
 /// (see `visibility`). Without a link, the upstream is asked (HEAD) in this repository; a yes
 /// is remembered, so the question is asked once.
-async fn ensure_linked(app: &AppState, t: &Target, digest: &Digest, kind: &str) -> Result<()> {
+async fn ensure_linked(app: &Registry, t: &Target, digest: &Digest, kind: &str) -> Result<()> {
     match app
         .storage
         .index
@@ -484,7 +485,7 @@ async fn ensure_linked(app: &AppState, t: &Target, digest: &Digest, kind: &str) 
 }
 
 /// A cached manifest, from memory or else from disk (then kept in memory).
-fn load_manifest(app: &AppState, digest: &Digest) -> Result<Option<Arc<HotManifest>>> {
+fn load_manifest(app: &Registry, digest: &Digest) -> Result<Option<Arc<HotManifest>>> {
     if let Some(m) = app.hot.manifest(digest) {
         return Ok(Some(m));
     }
@@ -512,7 +513,7 @@ fn load_manifest(app: &AppState, digest: &Digest) -> Result<Option<Arc<HotManife
 }
 
 /// Remembers the blob sizes a manifest declares, so their fills stop there.
-fn declare_sizes(app: &AppState, body: &[u8]) {
+fn declare_sizes(app: &Registry, body: &[u8]) {
     let sizes = manifest::contents(body)
         .into_iter()
         .filter_map(|(d, size)| Some((d, size?)));
@@ -546,7 +547,7 @@ fn manifest_response(m: &HotManifest, outcome: Outcome, head: bool) -> Response 
 // ---------------------------------------------------------------- blobs
 
 async fn blob(
-    app: &AppState,
+    app: &Registry,
     t: &Target,
     digest: &Digest,
     head: bool,
@@ -684,7 +685,7 @@ fn blob_response(
 }
 
 /// HEAD of a blob not in cache: ask upstream, fetch nothing.
-async fn blob_head_upstream(app: &AppState, t: &Target, digest: &Digest) -> Result<Response> {
+async fn blob_head_upstream(app: &Registry, t: &Target, digest: &Digest) -> Result<Response> {
     let path = format!("/v2/{}/blobs/{digest}", t.name);
     let what = format!("blob {digest}");
     let resp =
@@ -708,7 +709,7 @@ async fn blob_head_upstream(app: &AppState, t: &Target, digest: &Digest) -> Resu
 // ---------------------------------------------------------------- tags/list
 
 async fn tags_list(
-    app: &AppState,
+    app: &Registry,
     t: &Target,
     client_name: &RepoName,
     query: Option<&str>,
@@ -749,7 +750,7 @@ async fn tags_list(
         if whole {
             let rec = TagListRecord {
                 tags: tags.clone(),
-                fetched_unix: now_unix(),
+                fetched_unix: unix_now(),
             };
             app.storage
                 .index
@@ -764,7 +765,7 @@ async fn tags_list(
         &key,
         cached,
         Some(Duration::ZERO),
-        now_unix(),
+        unix_now(),
         fetch,
         stale_if,
     )

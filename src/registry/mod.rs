@@ -12,6 +12,8 @@ mod handlers;
 pub mod hot;
 pub mod manifest;
 pub mod routes;
+mod service;
 pub mod visibility;
 
 pub use handlers::{canonical_repo, handle};
+pub use service::Registry;
