@@ -18,7 +18,7 @@ use crate::access::{AccessControl, Denied};
 use crate::cache::Flights;
 use crate::config::Config;
 use crate::error::Error;
-use crate::goproxy::{self, GoState};
+use crate::goproxy::{self, GoProxy, GoState};
 use crate::registry;
 use crate::registry::errors::{ErrorCode, RegistryError};
 use crate::upstream::{EgressPolicy, UpstreamClient};
@@ -32,7 +32,7 @@ pub struct Inner {
     /// The registry front end: its upstream clients, flights and manifests in memory.
     pub registry: Arc<registry::Registry>,
     /// The Go module proxy, unless `go.enabled = false`.
-    pub go: Option<GoState>,
+    pub go: Option<Arc<GoProxy>>,
     pub access: AccessControl,
     /// The cache engine: hits, fills, access times (`cache::Engine`).
     pub engine: crate::cache::Engine,
@@ -120,6 +120,15 @@ impl AppState {
             blob_flights: Flights::default(),
             hot,
             metrics: metrics.clone(),
+        });
+        let go = go.map(|go| {
+            Arc::new(GoProxy {
+                config: config.clone(),
+                storage: storage.clone(),
+                engine: engine.clone(),
+                metrics: metrics.clone(),
+                go,
+            })
         });
         Ok(AppState(Arc::new(Inner {
             config,
@@ -213,11 +222,16 @@ impl AppState {
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
+    // The Go handlers exist only when the Go proxy does.
+    let go_routes = match &state.go {
+        Some(go) => any(goproxy::handle).with_state(go.clone()),
+        None => any(goproxy::disabled),
+    };
     Router::new()
         .route("/v2", any(registry::handle))
         .route("/v2/", any(registry::handle))
         .route("/v2/{*rest}", any(registry::handle))
-        .route("/go/{*rest}", any(goproxy::handle))
+        .route("/go/{*rest}", go_routes)
         .merge(crate::admin::routes(state.clone()))
         .route("/metrics", axum::routing::get(metrics))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))

@@ -47,7 +47,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("bundle", "app"),
     ("config", "access"),
     ("config", "upstream"),
-    ("goproxy", "app"),
     ("metrics", "app"),
     ("metrics", "upstream"),
     ("access", "upstream"),

@@ -9,15 +9,15 @@ use wharf_storage::{Digest, GoFileRecord, Index, StorageError, unix_now};
 
 use super::handlers::check_info;
 use super::path::{FileKind, ModulePath, escape};
+use super::service::GoProxy;
 use super::source::Fetched;
 use super::verify;
-use crate::app::AppState;
 use crate::cache::{Fetch, FillError, Incoming};
 use crate::upstream::UpstreamError;
 use crate::upstream::client::into_incoming;
 
 pub struct ModuleFileFetch {
-    pub app: AppState,
+    pub app: Arc<GoProxy>,
     pub module: ModulePath,
     pub version: String,
     pub kind: FileKind,
@@ -26,7 +26,7 @@ pub struct ModuleFileFetch {
 }
 
 impl ModuleFileFetch {
-    pub fn new(app: AppState, module: ModulePath, version: String, kind: FileKind) -> Self {
+    pub fn new(app: Arc<GoProxy>, module: ModulePath, version: String, kind: FileKind) -> Self {
         ModuleFileFetch {
             app,
             module,
@@ -49,9 +49,7 @@ fn upstream(e: UpstreamError) -> FillError {
 
 impl Fetch for ModuleFileFetch {
     async fn open(&mut self) -> Result<Option<Incoming>, FillError> {
-        let Some(go) = self.app.go.as_ref() else {
-            return Err(FillError::Local);
-        };
+        let go = &self.app.go;
         let rest = format!("@v/{}.{}", escape(&self.version), self.kind.ext());
         for src in go.sources(&self.module) {
             let incoming = match go.fetch(src, &self.module, &rest).await.map_err(upstream)? {
@@ -125,9 +123,8 @@ impl Fetch for ModuleFileFetch {
 
     fn committed(&self, size: u64) {
         self.app.metrics.add_upstream_bytes("go", size);
-        if let Some(go) = self.app.go.as_ref() {
-            go.forget_not_found(&Self::key(&self.module, &self.version, self.kind));
-        }
+        let key = Self::key(&self.module, &self.version, self.kind);
+        self.app.go.forget_not_found(&key);
     }
 }
 

@@ -1,6 +1,8 @@
 //! Request handlers for `/go/`. Parsing happens first (`path::parse`); errors are `text/plain`
 //! of a few lines, because the go command prints such bodies to the user.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -9,12 +11,13 @@ use wharf_storage::GoListRecord;
 
 use super::fetch::ModuleFileFetch;
 use super::path::{self, FileKind, GoRoute, ModulePath, PathError, SumdbPath, Version, escape};
+use super::service::GoProxy;
 use super::source::{Fetched, GoState};
 use super::verify;
-use crate::app::{AppState, now_unix};
 use crate::cache::{BlobBody, BlobSource, Cached, FillError, Outcome, revalidate};
 use crate::upstream::UpstreamError;
 use crate::upstream::client::read_limited;
+use wharf_storage::unix_now as now_unix;
 
 /// Largest `@v/list` or `@latest` answer read.
 const MAX_LIST: usize = 4 << 20;
@@ -77,7 +80,7 @@ impl From<PathError> for GoError {
 type Result<T> = std::result::Result<T, GoError>;
 
 /// Entry point for every `/go/` request.
-pub async fn handle(State(app): State<AppState>, method: Method, uri: Uri) -> Response {
+pub async fn handle(State(app): State<Arc<GoProxy>>, method: Method, uri: Uri) -> Response {
     let resp = match dispatch(&app, &method, &uri).await {
         Ok(r) => r,
         Err(e) => {
@@ -92,18 +95,20 @@ pub async fn handle(State(app): State<AppState>, method: Method, uri: Uri) -> Re
     resp
 }
 
-async fn dispatch(app: &AppState, method: &Method, uri: &Uri) -> Result<Response> {
+/// `/go/` when `go.enabled = false`: a 404 the go command passes over to its next proxy.
+pub async fn disabled() -> Response {
+    GoError::not_found("the Go module proxy is disabled on this wharf (go.enabled = false)")
+        .into_response()
+}
+
+async fn dispatch(app: &Arc<GoProxy>, method: &Method, uri: &Uri) -> Result<Response> {
     if *method != Method::GET && *method != Method::HEAD {
         return Err(GoError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "wharf's Go proxy is read-only: only GET and HEAD are supported",
         ));
     }
-    let Some(go) = app.go.as_ref() else {
-        return Err(GoError::not_found(
-            "the Go module proxy is disabled on this wharf (go.enabled = false)",
-        ));
-    };
+    let go = &app.go;
     let rest = uri.path().strip_prefix("/go/").unwrap_or("");
     match path::parse(rest)? {
         GoRoute::List(m) => {
@@ -197,7 +202,7 @@ impl std::fmt::Display for ListError {
 
 /// `@v/list` and `@latest`: fresh from the index, else upstream, else the stale answer.
 async fn mutable(
-    app: &AppState,
+    app: &Arc<GoProxy>,
     go: &GoState,
     m: &ModulePath,
     kind: &str,
@@ -342,7 +347,7 @@ pub(super) fn check_info(body: &str, requested: Option<&str>) -> std::result::Re
 // ------------------------------------------------------------- .info/.mod/.zip
 
 async fn file(
-    app: &AppState,
+    app: &Arc<GoProxy>,
     go: &GoState,
     m: &ModulePath,
     v: &str,
@@ -411,7 +416,7 @@ async fn file(
 
 // ------------------------------------------------------------- sumdb
 
-async fn sumdb(app: &AppState, go: &GoState, name: &str, p: &SumdbPath) -> Result<Response> {
+async fn sumdb(app: &Arc<GoProxy>, go: &GoState, name: &str, p: &SumdbPath) -> Result<Response> {
     let Some(db) = app.config.go.sumdbs.iter().find(|d| d.name == name) else {
         return Err(GoError::not_found(format!(
             "checksum database {name} is not proxied here"

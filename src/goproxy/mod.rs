@@ -10,9 +10,11 @@ mod fetch;
 mod handlers;
 pub mod hash;
 pub mod path;
+mod service;
 mod source;
 pub mod sumdb;
 pub mod verify;
 
-pub use handlers::{GoError, handle};
+pub use handlers::{GoError, disabled, handle};
+pub use service::GoProxy;
 pub use source::GoState;

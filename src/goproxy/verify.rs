@@ -9,11 +9,12 @@ use reqwest::Url;
 use wharf_storage::SumdbRecord;
 
 use super::path::{FileKind, ModulePath, SumdbPath};
-use crate::app::{AppState, now_unix};
+use super::service::GoProxy;
 use crate::cache::{Cached, Outcome, revalidate};
 use crate::config::SumdbConfig;
 use crate::upstream::UpstreamError;
 use crate::upstream::client::{read_limited, send_following};
+use wharf_storage::unix_now as now_unix;
 
 /// Largest lookup or tile answer read.
 const MAX_SUMDB_BODY: usize = 1 << 20;
@@ -31,7 +32,7 @@ pub enum SumdbFetchError {
 /// A lookup or tile: from the index when immutable (lookups, full tiles) or fresh (partial
 /// tiles), else from the database, else the stale copy.
 pub async fn sumdb_get(
-    app: &AppState,
+    app: &Arc<GoProxy>,
     db: &SumdbConfig,
     p: &SumdbPath,
 ) -> Result<(Vec<u8>, Outcome), SumdbFetchError> {
@@ -46,7 +47,7 @@ pub async fn sumdb_get(
 }
 
 pub(crate) async fn get_raw(
-    app: &AppState,
+    app: &Arc<GoProxy>,
     db: &SumdbConfig,
     raw: &str,
     mutable: bool,
@@ -102,13 +103,11 @@ pub(crate) async fn get_raw(
 }
 
 async fn fetch(
-    app: &AppState,
+    app: &Arc<GoProxy>,
     db: &SumdbConfig,
     raw: &str,
 ) -> Result<Option<Vec<u8>>, UpstreamError> {
-    let Some(go) = app.go.as_ref() else {
-        return Err(UpstreamError::Protocol("Go proxy disabled".into()));
-    };
+    let go = &app.go;
     if go.offline {
         return Err(UpstreamError::Offline);
     }
@@ -171,7 +170,7 @@ impl From<CheckError> for crate::cache::FillError {
 }
 
 pub async fn check_module_file(
-    app: &AppState,
+    app: &Arc<GoProxy>,
     m: &ModulePath,
     v: &str,
     kind: FileKind,
@@ -247,16 +246,13 @@ async fn compute_h1(
 
 /// The checksum database's hashes for `m@v`, verified, with the trusted head persisted.
 async fn lookup_hashes(
-    app: &AppState,
+    app: &Arc<GoProxy>,
     db: &SumdbConfig,
     m: &ModulePath,
     v: &str,
 ) -> Result<super::sumdb::LookupResult, CheckError> {
     use super::sumdb::{TrustedTree, Verifier};
-    let go = app
-        .go
-        .as_ref()
-        .ok_or(CheckError::Local("Go proxy disabled".into()))?;
+    let go = &app.go;
     let verifier = Verifier::new(&db.key)
         .map_err(|e| CheckError::Local(format!("go.sumdb key for {}: {e}", db.name)))?;
     let _serial = go.sumdb_lock.lock().await;
@@ -313,7 +309,7 @@ async fn lookup_hashes(
 }
 
 async fn store_verified(
-    app: &AppState,
+    app: &Arc<GoProxy>,
     db: &SumdbConfig,
     path: &str,
     data: Vec<u8>,
@@ -337,7 +333,7 @@ async fn store_verified(
 /// Lookups and tiles for wharf's own verification: authenticated cache entries first, else the
 /// database. Nothing fetched here is stored until the verifier has authenticated it.
 struct CachedSource<'a> {
-    app: &'a AppState,
+    app: &'a Arc<GoProxy>,
     db: &'a SumdbConfig,
     authenticated: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
 }

@@ -16,8 +16,8 @@ use super::fetch::BlobFetch;
 use super::hot::HotManifest;
 use super::manifest;
 use super::routes::{self, Reference, RepoName, Route, Tag, query_param};
-use super::visibility;
 use super::service::Registry;
+use super::visibility;
 
 use crate::cache::{BlobBody, BlobSource, ByteRange, Cached, FillError, Outcome, revalidate};
 use crate::config::{DOCKER_HUB_NAME, UpstreamConfig};
