@@ -80,3 +80,15 @@ async fn the_v2_ping_is_not_counted_as_a_cache_hit() {
     );
     assert!(m.contains("wharf_requests_total{protocol=\"registry\",outcome=\"miss\"} 1"));
 }
+
+#[tokio::test]
+async fn a_disabled_go_proxy_answers_404_with_the_reason() {
+    let (_up, w, _d) = start("[go]\nenabled = false\n").await;
+    let r = client()
+        .get(w.url("/go/golang.org/x/text/@v/list"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("go.enabled = false"));
+}
