@@ -340,7 +340,7 @@ async fn guard(
 async fn healthz(State(app): State<AppState>) -> Response {
     (
         [(http::header::CONTENT_TYPE, "application/json")],
-        crate::metrics::health_json(&app),
+        crate::ops::health_json(&app),
     )
         .into_response()
 }
@@ -348,7 +348,7 @@ async fn healthz(State(app): State<AppState>) -> Response {
 async fn metrics(State(app): State<AppState>) -> Response {
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(&app),
+        crate::ops::render(&app),
     )
         .into_response()
 }

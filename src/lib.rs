@@ -11,7 +11,7 @@
 //! * `upstream`: egress policy, the per-upstream HTTP client, token auth.
 //! * `registry`: the `/v2/` routes, handlers and error format.
 //! * `goproxy`: the `/go/` GOPROXY protocol, private modules, checksum-database proxy and checks.
-//! * `metrics`: request counters, upstream states (`/metrics`, `/healthz`).
+//! * `metrics`: request counters; `ops`: `/metrics` and `/healthz` rendered from the state.
 //! * `admin`: the `/admin/` API wharf's own commands use (loopback, plus a secret in the data
 //!   directory).
 //! * `prefetch`, `bundle`: `wharf prefetch`, `wharf export` and `wharf import`.
@@ -33,6 +33,7 @@ pub mod error;
 pub mod gc;
 pub mod goproxy;
 pub mod metrics;
+pub mod ops;
 pub mod prefetch;
 pub mod registry;
 pub mod server;

@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("state", 6),
     // L5: router, admin API, listeners.
     ("admin", 7),
+    ("ops", 7),
     ("http", 7),
     ("server", 8),
     ("gc", 8),
@@ -43,12 +44,11 @@ const LAYERS: &[(&str, u8)] = &[
 const KNOWN: &[(&str, &str)] = &[
     ("admin", "gc"),
     ("app", "admin"),
+    ("app", "ops"),
     ("bundle", "admin"),
     ("bundle", "app"),
     ("config", "access"),
     ("config", "upstream"),
-    ("metrics", "app"),
-    ("metrics", "upstream"),
     ("access", "upstream"),
 ];
 
