@@ -7,14 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use wharf_storage::{
-    BlobRecord, Digest, GoFileRecord, GoListRecord, PinRecord, RefsRecord, SumdbRecord,
-    TagListRecord, TagRecord,
+    BlobRecord, Digest, GoFileRecord, GoListRecord, PinRecord, RefsRecord, StorageError,
+    SumdbRecord, TagListRecord, TagRecord, unix_now,
 };
 
 use super::sumdb::{StoreSource, verifiers};
-use super::{ImportReply, ImportRequest, ModuleEntry, children_of};
-use crate::admin::AdminError;
-use crate::app::{AppState, now_unix};
+use super::{BundleError, ImportReply, ImportRequest, Mirror, ModuleEntry, children_of};
 use crate::goproxy::path::{self, GoRoute, ModulePath, escape, is_canonical};
 use crate::registry::manifest;
 use crate::registry::routes::{RepoName, Tag};
@@ -25,7 +23,7 @@ struct CheckedModule<'a> {
     sumdb_verified: bool,
 }
 
-pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, AdminError> {
+pub async fn apply(app: Mirror<'_>, req: ImportRequest) -> Result<ImportReply, BundleError> {
     let c = &req.contents;
     let mut reply = ImportReply::default();
     let blobs = &app.storage.blobs;
@@ -33,16 +31,20 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
 
     // 1. Every blob is stored, at its size.
     for b in &c.blobs {
-        match blobs.size(&b.digest).map_err(AdminError::internal)? {
+        let stored = blobs.size(&b.digest).map_err(StorageError::io(format!(
+            "cannot read the size of blob {}",
+            b.digest
+        )))?;
+        match stored {
             Some(n) if n == b.size => {}
             Some(n) => {
-                return Err(AdminError::bad(format!(
+                return Err(BundleError::refused(format!(
                     "blob {} is {n} bytes, the bundle says {}",
                     b.digest, b.size
                 )));
             }
             None => {
-                return Err(AdminError::bad(format!(
+                return Err(BundleError::refused(format!(
                     "blob {} is not stored: upload it before importing",
                     b.digest
                 )));
@@ -55,13 +57,13 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
     for b in c.blobs.iter().filter(|b| b.media_type.is_some()) {
         let media = b.media_type.as_deref().unwrap_or_default();
         let body = blobs
-            .read_small(&b.digest, app.config.registry.max_manifest_size.0)
-            .map_err(|e| AdminError::bad(format!("manifest {}: {e}", b.digest)))?
-            .ok_or_else(|| AdminError::bad(format!("manifest {} is not stored", b.digest)))?;
+            .read_small(&b.digest, app.max_manifest())
+            .map_err(|e| BundleError::refused(format!("manifest {}: {e}", b.digest)))?
+            .ok_or_else(|| BundleError::refused(format!("manifest {} is not stored", b.digest)))?;
         manifest::check(&body, Some(media))
-            .map_err(|e| AdminError::bad(format!("manifest {}: {e}", b.digest)))?;
+            .map_err(|e| BundleError::refused(format!("manifest {}: {e}", b.digest)))?;
         let children = children_of(&body)
-            .map_err(|e| AdminError::bad(format!("manifest {}: {e}", b.digest)))?;
+            .map_err(|e| BundleError::refused(format!("manifest {}: {e}", b.digest)))?;
         let mut all = Vec::new();
         for (d, _, _, platform) in &children.manifests {
             if !blobs.contains(d) {
@@ -76,7 +78,7 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
         }
         for (d, _) in &children.blobs {
             if !blobs.contains(d) {
-                return Err(AdminError::bad(format!(
+                return Err(BundleError::refused(format!(
                     "manifest {} refers to blob {d}, which the bundle does not hold",
                     b.digest
                 )));
@@ -89,15 +91,15 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
     // 3. Tags name stored manifests under valid names.
     for i in &c.images {
         if !blobs.contains(&i.digest) {
-            return Err(AdminError::bad(format!(
+            return Err(BundleError::refused(format!(
                 "{}: manifest {} is not in the bundle",
                 i.reference, i.digest
             )));
         }
         if let Some(t) = &i.tag {
-            Tag::parse(t).map_err(|e| AdminError::bad(format!("{}: {e}", i.reference)))?;
+            Tag::parse(t).map_err(|e| BundleError::refused(format!("{}: {e}", i.reference)))?;
             RepoName::parse(&i.repository)
-                .map_err(|e| AdminError::bad(format!("{}: {e}", i.reference)))?;
+                .map_err(|e| BundleError::refused(format!("{}: {e}", i.reference)))?;
             if app.config.upstream(&i.upstream).is_none() {
                 reply.warnings.push(format!(
                     "{}: no [[registry.upstream]] is named {:?} here, so clients cannot ask for it by that name",
@@ -120,14 +122,14 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
         match path::parse(&format!("sumdb/{}/{}", s.db, s.path)) {
             Ok(GoRoute::SumdbPath(..)) => {}
             _ => {
-                return Err(AdminError::bad(format!(
+                return Err(BundleError::refused(format!(
                     "sumdb/{}/{} is not a checksum-database path",
                     s.db, s.path
                 )));
             }
         }
         if !blobs.contains(&s.digest) {
-            return Err(AdminError::bad(format!(
+            return Err(BundleError::refused(format!(
                 "sumdb/{}/{} is not stored",
                 s.db, s.path
             )));
@@ -141,12 +143,12 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
     reply.warnings.dedup();
 
     // 5. Module versions: .info, zip rules, h1: hashes, checksum-database proofs.
-    let dbs = verifiers(app);
+    let dbs = verifiers(app.config);
     let sources: Vec<(String, crate::goproxy::sumdb::Verifier, StoreSource)> = dbs
         .into_iter()
         .map(|(name, v)| {
             let extra = sumdb_files.get(&name).cloned().unwrap_or_default();
-            let src = StoreSource::new(app, &name, extra);
+            let src = StoreSource::new(app.storage, &name, extra);
             (name, v, src)
         })
         .collect();
@@ -155,27 +157,26 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
     for m in &c.modules {
         let name = m.name();
         let module =
-            ModulePath::parse(&m.path).map_err(|e| AdminError::bad(format!("{name}: {e}")))?;
+            ModulePath::parse(&m.path).map_err(|e| BundleError::refused(format!("{name}: {e}")))?;
         if !is_canonical(&m.version) {
-            return Err(AdminError::bad(format!("{name}: not a canonical version")));
+            return Err(BundleError::refused(format!(
+                "{name}: not a canonical version"
+            )));
         }
         let (mod_h1, zip_h1) = hashes(app, m)
             .await
-            .map_err(|e| AdminError::bad(format!("{name}: {e}")))?;
+            .map_err(|e| BundleError::refused(format!("{name}: {e}")))?;
         for (what, claimed, actual) in [(".mod", &m.mod_h1, &mod_h1), (".zip", &m.zip_h1, &zip_h1)]
         {
             if let (Some(c), Some(a)) = (claimed, actual)
                 && c != a
             {
-                return Err(AdminError::bad(format!(
+                return Err(BundleError::refused(format!(
                     "{name} {what}: its h1: hash is {a}, the bundle says {c}"
                 )));
             }
         }
-        let public = app
-            .go
-            .as_ref()
-            .is_none_or(|g| g.private_rule(&module).is_none());
+        let public = app.is_public(&module);
         let key = format!("lookup/{}@{}", escape(&m.path), escape(&m.version));
         let mut proven = false;
         for (db, verifier, src) in &sources {
@@ -186,7 +187,9 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
             let r = verifier
                 .lookup(src, &m.path, &m.version, None)
                 .await
-                .map_err(|e| AdminError::bad(format!("{name}: cannot verify with {db}: {e}")))?;
+                .map_err(|e| {
+                    BundleError::refused(format!("{name}: cannot verify with {db}: {e}"))
+                })?;
             for (what, proof, actual) in [
                 (".mod", &r.mod_hash, &mod_h1),
                 (".zip", &r.zip_hash, &zip_h1),
@@ -194,7 +197,7 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
                 if let (Some(p), Some(a)) = (proof, actual)
                     && p != a
                 {
-                    return Err(AdminError::bad(format!(
+                    return Err(BundleError::refused(format!(
                         "{name} {what}: its h1: hash is {a}, but {db} records {p}"
                     )));
                 }
@@ -217,7 +220,7 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
     }
 
     // Everything holds: index, then pin.
-    let now = now_unix();
+    let now = unix_now();
     let pin = PinRecord {
         reason: req.reason.clone(),
         pinned_unix: now,
@@ -225,8 +228,7 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
     let mut pinned: BTreeSet<Digest> = BTreeSet::new();
     for b in &c.blobs {
         let keep = index
-            .get_blob(&b.digest)
-            .map_err(AdminError::internal)?
+            .get_blob(&b.digest)?
             .is_some_and(|r| r.media_type == b.media_type);
         if !keep {
             let rec = BlobRecord {
@@ -234,9 +236,7 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
                 media_type: b.media_type.clone(),
                 created_unix: now,
             };
-            index
-                .put_blob(&b.digest, &rec)
-                .map_err(AdminError::internal)?;
+            index.put_blob(&b.digest, &rec)?;
         }
         pinned.insert(b.digest.clone());
         if b.media_type.is_some() {
@@ -246,12 +246,10 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
         }
     }
     for (d, children) in refs {
-        index
-            .put_refs(&d, &RefsRecord { children })
-            .map_err(AdminError::internal)?;
+        index.put_refs(&d, &RefsRecord { children })?;
     }
     // What the bundle says each repository holds is what it may serve (see `visibility`).
-    let max_manifest = app.config.registry.max_manifest_size.0;
+    let max_manifest = app.max_manifest();
     for i in &c.images {
         crate::registry::visibility::link(
             &app.storage,
@@ -259,14 +257,12 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
             &i.repository,
             &i.digest,
             max_manifest,
-        )
-        .map_err(AdminError::internal)?;
+        )?;
     }
     for i in &c.images {
         let Some(tag) = &i.tag else { continue };
         let newer = index
-            .get_tag(&i.upstream, &i.repository, tag)
-            .map_err(AdminError::internal)?
+            .get_tag(&i.upstream, &i.repository, tag)?
             .is_some_and(|t| t.learned_unix > c.created_unix);
         if !newer {
             let rec = TagRecord {
@@ -274,9 +270,7 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
                 media_type: i.media_type.clone(),
                 learned_unix: c.created_unix,
             };
-            index
-                .put_tag(&i.upstream, &i.repository, tag, &rec)
-                .map_err(AdminError::internal)?;
+            index.put_tag(&i.upstream, &i.repository, tag, &rec)?;
         }
         reply.tags += 1;
     }
@@ -291,7 +285,7 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
         }
     }
     for ((up, repo), tags) in repos {
-        let old = index.get_tag_list(up, repo).map_err(AdminError::internal)?;
+        let old = index.get_tag_list(up, repo)?;
         let fetched_unix = old.as_ref().map_or(0, |r| r.fetched_unix);
         let mut all: BTreeSet<String> = old
             .map(|r| r.tags.into_iter().collect())
@@ -301,9 +295,7 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
             tags: all.into_iter().collect(),
             fetched_unix,
         };
-        index
-            .put_tag_list(up, repo, &rec)
-            .map_err(AdminError::internal)?;
+        index.put_tag_list(up, repo, &rec)?;
     }
     let mut lists: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for m in &checked {
@@ -313,9 +305,7 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
                 size: f.size,
                 fetched_unix: now,
             };
-            index
-                .put_go_file(&m.entry.path, &m.entry.version, kind, &rec)
-                .map_err(AdminError::internal)?;
+            index.put_go_file(&m.entry.path, &m.entry.version, kind, &rec)?;
             pinned.insert(f.digest.clone());
         }
         lists
@@ -332,7 +322,7 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
         let authenticated = src.authenticated();
         for (p, digest) in sumdb_files.get(db).into_iter().flatten() {
             let verified = authenticated.contains(p);
-            let existing = index.get_sumdb(db, p).map_err(AdminError::internal)?;
+            let existing = index.get_sumdb(db, p)?;
             if existing.is_some_and(|e| e.verified && !verified) {
                 continue;
             }
@@ -341,16 +331,16 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
                 fetched_unix: now,
                 verified,
             };
-            index.put_sumdb(db, p, &rec).map_err(AdminError::internal)?;
+            index.put_sumdb(db, p, &rec)?;
             pinned.insert(digest.clone());
             reply.sumdb_files += 1;
         }
     }
     for d in &pinned {
-        index.put_pin(d, &pin).map_err(AdminError::internal)?;
+        index.put_pin(d, &pin)?;
     }
     reply.pinned = pinned.len();
-    index.flush_async().await.map_err(AdminError::internal)?;
+    index.flush_async().await?;
     tracing::info!(
         reason = %req.reason,
         tags = reply.tags,
@@ -364,7 +354,7 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
 
 /// Whether a lookup is among the imported files or already cached.
 fn src_has(
-    app: &AppState,
+    app: Mirror<'_>,
     db: &str,
     files: &BTreeMap<String, HashMap<String, Digest>>,
     key: &str,
@@ -381,7 +371,7 @@ fn src_has(
 
 /// Checks a module version's stored files and returns the `h1:` of its .mod and .zip.
 async fn hashes(
-    app: &AppState,
+    app: Mirror<'_>,
     m: &ModuleEntry,
 ) -> Result<(Option<String>, Option<String>), String> {
     let blobs = app.storage.blobs.clone();
@@ -432,11 +422,9 @@ async fn hashes(
 
 /// Adds versions to a module's `@v/list`. A list wharf did not have is recorded as old, so a
 /// wharf that is online asks upstream for the full one.
-fn merge_list(app: &AppState, module: &str, versions: &BTreeSet<&str>) -> Result<(), AdminError> {
+fn merge_list(app: Mirror<'_>, module: &str, versions: &BTreeSet<&str>) -> Result<(), BundleError> {
     let index = &app.storage.index;
-    let old = index
-        .get_go_list(module, "list")
-        .map_err(AdminError::internal)?;
+    let old = index.get_go_list(module, "list")?;
     let mut all: BTreeSet<String> = old
         .as_ref()
         .map(|r| r.body.lines().map(str::to_string).collect())
@@ -448,7 +436,6 @@ fn merge_list(app: &AppState, module: &str, versions: &BTreeSet<&str>) -> Result
         body,
         fetched_unix: old.map_or(0, |r| r.fetched_unix),
     };
-    index
-        .put_go_list(module, "list", &rec)
-        .map_err(AdminError::internal)
+    index.put_go_list(module, "list", &rec)?;
+    Ok(())
 }

@@ -21,18 +21,25 @@
 //! | `plan`     | server side of export: what a selection contains, h1 hashes, sumdb proofs  |
 //! | `apply`    | server side of import: verify everything, then index and pin               |
 //! | `sumdb`    | checksum-database proofs from stored lookups and tiles                      |
+//! | `mirror`   | what the server side reads and writes (`Mirror`: storage, config, private) |
+//! | `error`    | how the server side fails (`BundleError`), mapped to HTTP by `admin`       |
 //! | `export`   | `wharf export`: plan, then stream blobs into the tar                       |
 //! | `source`   | reading bundles, OCI layouts, go caches and `docker save` tarballs         |
 //! | `import`   | `wharf import`: upload verified blobs, then ask the server to index them   |
 
 pub mod apply;
 pub mod client;
+mod error;
 pub mod export;
 pub mod import;
+mod mirror;
 pub mod plan;
 pub mod progress;
 pub mod source;
 pub mod sumdb;
+
+pub use error::BundleError;
+pub use mirror::Mirror;
 
 use serde::{Deserialize, Serialize};
 use wharf_storage::Digest;

@@ -5,15 +5,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use wharf_storage::Digest;
+use wharf_storage::{Digest, unix_now};
 
 use super::sumdb::{StoreSource, trusted, verifiers};
 use super::{
-    BlobEntry, BundleManifest, ExportRequest, FileEntry, ImageEntry, ImageRef, ModuleEntry,
-    SumdbEntry, children_of,
+    BlobEntry, BundleError, BundleManifest, ExportRequest, FileEntry, ImageEntry, ImageRef, Mirror,
+    ModuleEntry, SumdbEntry, children_of,
 };
-use crate::admin::AdminError;
-use crate::app::{AppState, now_unix};
 use crate::goproxy::path::{ModulePath, escape, is_canonical};
 use crate::registry::manifest;
 
@@ -24,8 +22,8 @@ struct Root {
     explicit: bool,
 }
 
-pub async fn plan(app: &AppState, req: &ExportRequest) -> Result<BundleManifest, AdminError> {
-    let mut out = BundleManifest::new(now_unix());
+pub async fn plan(app: Mirror<'_>, req: &ExportRequest) -> Result<BundleManifest, BundleError> {
+    let mut out = BundleManifest::new(unix_now());
     let index = &app.storage.index;
     let pinned: HashSet<Digest> = if req.pinned {
         index
@@ -39,21 +37,20 @@ pub async fn plan(app: &AppState, req: &ExportRequest) -> Result<BundleManifest,
     // Images.
     let mut roots: Vec<Root> = Vec::new();
     for s in &req.images {
-        let r = ImageRef::parse(&app.config, s).map_err(AdminError::bad)?;
+        let r = ImageRef::parse(app.config, s).map_err(BundleError::Refused)?;
         let (digest, tag) = match (&r.digest, &r.tag) {
             (Some(d), _) => (d.clone(), None),
             (None, Some(t)) => {
                 let rec = index
-                    .get_tag(&r.upstream, r.repository.as_str(), t.as_str())
-                    .map_err(AdminError::internal)?
+                    .get_tag(&r.upstream, r.repository.as_str(), t.as_str())?
                     .ok_or_else(|| {
-                        AdminError::bad(format!(
+                        BundleError::refused(format!(
                             "{s}: not in this cache; prefetch it first (wharf prefetch {s})"
                         ))
                     })?;
                 (rec.digest, Some(t.as_str().to_string()))
             }
-            (None, None) => return Err(AdminError::bad(format!("{s}: no tag or digest"))),
+            (None, None) => return Err(BundleError::refused(format!("{s}: no tag or digest"))),
         };
         roots.push(Root {
             entry: image_entry(&r.upstream, r.repository.as_str(), tag, digest),
@@ -62,7 +59,7 @@ pub async fn plan(app: &AppState, req: &ExportRequest) -> Result<BundleManifest,
     }
     if req.all || req.pinned {
         for t in index.tags() {
-            let ((up, repo, tag), rec) = t.map_err(AdminError::internal)?;
+            let ((up, repo, tag), rec) = t?;
             if req.all || pinned.contains(&rec.digest) {
                 roots.push(Root {
                     entry: image_entry(&up, &repo, Some(tag), rec.digest),
@@ -102,7 +99,7 @@ pub async fn plan(app: &AppState, req: &ExportRequest) -> Result<BundleManifest,
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     for m in &req.modules {
         if !is_canonical(&m.version) {
-            return Err(AdminError::bad(format!(
+            return Err(BundleError::refused(format!(
                 "{}@{}: export needs a canonical version such as v1.2.3",
                 m.path, m.version
             )));
@@ -111,7 +108,7 @@ pub async fn plan(app: &AppState, req: &ExportRequest) -> Result<BundleManifest,
     }
     if req.all || req.pinned {
         for f in index.go_files() {
-            let ((module, version, _kind), rec) = f.map_err(AdminError::internal)?;
+            let ((module, version, _kind), rec) = f?;
             if req.all || pinned.contains(&rec.digest) {
                 wanted.insert((module, version));
             }
@@ -126,7 +123,7 @@ pub async fn plan(app: &AppState, req: &ExportRequest) -> Result<BundleManifest,
         match module_entry(app, &path, &version).await {
             Ok(e) => out.modules.push(e),
             Err(e) if explicit.contains(&(path.clone(), version.clone())) => {
-                return Err(AdminError::bad(format!("{path}@{version}: {e}")));
+                return Err(BundleError::refused(format!("{path}@{version}: {e}")));
             }
             Err(e) => out.warnings.push(format!("{path}@{version}: skipped: {e}")),
         }
@@ -136,12 +133,12 @@ pub async fn plan(app: &AppState, req: &ExportRequest) -> Result<BundleManifest,
 }
 
 fn walk_roots(
-    app: &AppState,
+    app: Mirror<'_>,
     roots: Vec<Root>,
     blobs: &mut BTreeMap<Digest, BlobEntry>,
     exported: &mut Vec<ImageEntry>,
     warnings: &mut Vec<String>,
-) -> Result<(), AdminError> {
+) -> Result<(), BundleError> {
     for mut root in roots {
         match walk(app, &root.entry.digest, blobs) {
             Ok((media, w)) => {
@@ -153,7 +150,10 @@ fn walk_roots(
                 exported.push(root.entry);
             }
             Err(e) if root.explicit => {
-                return Err(AdminError::bad(format!("{}: {e}", root.entry.reference)));
+                return Err(BundleError::refused(format!(
+                    "{}: {e}",
+                    root.entry.reference
+                )));
             }
             Err(e) => warnings.push(format!("{}: skipped: {e}", root.entry.reference)),
         }
@@ -180,7 +180,7 @@ fn image_entry(upstream: &str, repo: &str, tag: Option<String>, digest: Digest) 
 /// Adds a manifest and everything it refers to; returns its media type and what was left out
 /// (children of an index that are not cached, e.g. other platforms).
 fn walk(
-    app: &AppState,
+    app: Mirror<'_>,
     root: &Digest,
     blobs: &mut BTreeMap<Digest, BlobEntry>,
 ) -> Result<(String, Vec<String>), String> {
@@ -192,7 +192,7 @@ fn walk(
         let body = app
             .storage
             .blobs
-            .read_small(&d, app.config.registry.max_manifest_size.0)
+            .read_small(&d, app.max_manifest())
             .map_err(|e| format!("manifest {d}: {e}"))?
             .ok_or_else(|| format!("manifest {d} is not cached"))?;
         let children = children_of(&body).map_err(|e| format!("manifest {d}: {e}"))?;
@@ -245,7 +245,7 @@ fn walk(
 
 /// Records a manifest blob with its media type.
 fn read_manifest(
-    app: &AppState,
+    app: Mirror<'_>,
     d: &Digest,
     added: &mut Vec<(Digest, BlobEntry)>,
     root: bool,
@@ -253,7 +253,7 @@ fn read_manifest(
     let body = app
         .storage
         .blobs
-        .read_small(d, app.config.registry.max_manifest_size.0)
+        .read_small(d, app.max_manifest())
         .map_err(|e| format!("manifest {d}: {e}"))?
         .ok_or_else(|| {
             if root {
@@ -282,7 +282,7 @@ fn read_manifest(
 }
 
 /// A module version's cached files and their `h1:` hashes.
-async fn module_entry(app: &AppState, path: &str, version: &str) -> Result<ModuleEntry, String> {
+async fn module_entry(app: Mirror<'_>, path: &str, version: &str) -> Result<ModuleEntry, String> {
     let index = &app.storage.index;
     let mut e = ModuleEntry {
         path: path.into(),
@@ -349,16 +349,15 @@ async fn module_entry(app: &AppState, path: &str, version: &str) -> Result<Modul
 
 /// The cached lookups and tiles that prove the modules' hashes, for every configured database.
 /// A module without a cached lookup (private, or `go.verify = false`) gets none.
-async fn proofs(app: &AppState, modules: &[ModuleEntry]) -> Vec<SumdbEntry> {
+async fn proofs(app: Mirror<'_>, modules: &[ModuleEntry]) -> Vec<SumdbEntry> {
     let mut out = Vec::new();
-    let go = app.go.as_ref();
-    for (db, verifier) in verifiers(app) {
-        let src = StoreSource::new(app, &db, HashMap::new());
-        let known = trusted(app, &db);
+    for (db, verifier) in verifiers(app.config) {
+        let src = StoreSource::new(app.storage, &db, HashMap::new());
+        let known = trusted(&app.storage.index, &db);
         for m in modules {
             let public = ModulePath::parse(&m.path)
                 .ok()
-                .is_some_and(|p| go.is_none_or(|g| g.private_rule(&p).is_none()));
+                .is_some_and(|p| app.is_public(&p));
             let key = format!("lookup/{}@{}", escape(&m.path), escape(&m.version));
             let cached = app
                 .storage
