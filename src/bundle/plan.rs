@@ -22,43 +22,38 @@ struct Root {
     explicit: bool,
 }
 
+/// What the selection contains: images with every cached manifest and blob they refer to, then
+/// module versions with their `h1:` hashes, then the checksum-database files that prove them.
 pub async fn plan(app: Mirror<'_>, req: &ExportRequest) -> Result<BundleManifest, BundleError> {
     let mut out = BundleManifest::new(unix_now());
-    let index = &app.storage.index;
     let pinned: HashSet<Digest> = if req.pinned {
-        index
+        app.storage
+            .index
             .pins()
             .filter_map(|p| p.ok().map(|(d, _)| d))
             .collect()
     } else {
         HashSet::new()
     };
+    plan_images(app, req, &pinned, &mut out)?;
+    plan_modules(app, req, &pinned, &mut out).await?;
+    out.sumdb = proofs(app, &out.modules).await;
+    Ok(out)
+}
 
-    // Images.
-    let mut roots: Vec<Root> = Vec::new();
+/// Images named, tagged (`all`) or pinned, and pinned manifests no exported tag reaches.
+fn plan_images(
+    app: Mirror<'_>,
+    req: &ExportRequest,
+    pinned: &HashSet<Digest>,
+    out: &mut BundleManifest,
+) -> Result<(), BundleError> {
+    let mut roots = Vec::new();
     for s in &req.images {
-        let r = ImageRef::parse(app.config, s).map_err(BundleError::Refused)?;
-        let (digest, tag) = match (&r.digest, &r.tag) {
-            (Some(d), _) => (d.clone(), None),
-            (None, Some(t)) => {
-                let rec = index
-                    .get_tag(&r.upstream, r.repository.as_str(), t.as_str())?
-                    .ok_or_else(|| {
-                        BundleError::refused(format!(
-                            "{s}: not in this cache; prefetch it first (wharf prefetch {s})"
-                        ))
-                    })?;
-                (rec.digest, Some(t.as_str().to_string()))
-            }
-            (None, None) => return Err(BundleError::refused(format!("{s}: no tag or digest"))),
-        };
-        roots.push(Root {
-            entry: image_entry(&r.upstream, r.repository.as_str(), tag, digest),
-            explicit: true,
-        });
+        roots.push(named_root(app, s)?);
     }
     if req.all || req.pinned {
-        for t in index.tags() {
+        for t in app.storage.index.tags() {
             let ((up, repo, tag), rec) = t?;
             if req.all || pinned.contains(&rec.digest) {
                 roots.push(Root {
@@ -74,8 +69,10 @@ pub async fn plan(app: Mirror<'_>, req: &ExportRequest) -> Result<BundleManifest
     // Pinned manifests that no exported image reaches (prefetched by digest).
     if req.pinned {
         let mut extra = Vec::new();
-        for d in &pinned {
-            let is_manifest = index
+        for d in pinned {
+            let is_manifest = app
+                .storage
+                .index
                 .get_blob(d)
                 .ok()
                 .flatten()
@@ -94,8 +91,42 @@ pub async fn plan(app: Mirror<'_>, req: &ExportRequest) -> Result<BundleManifest
     exported.retain(|e| seen.insert((e.reference.clone(), e.digest.clone())));
     out.images = exported;
     out.blobs = blobs.into_values().collect();
+    Ok(())
+}
 
-    // Go modules.
+/// An image the request names, resolved to a digest through the cached tag.
+fn named_root(app: Mirror<'_>, s: &str) -> Result<Root, BundleError> {
+    let r = ImageRef::parse(app.config, s).map_err(BundleError::Refused)?;
+    let (digest, tag) = match (&r.digest, &r.tag) {
+        (Some(d), _) => (d.clone(), None),
+        (None, Some(t)) => {
+            let rec = app
+                .storage
+                .index
+                .get_tag(&r.upstream, r.repository.as_str(), t.as_str())?
+                .ok_or_else(|| {
+                    BundleError::refused(format!(
+                        "{s}: not in this cache; prefetch it first (wharf prefetch {s})"
+                    ))
+                })?;
+            (rec.digest, Some(t.as_str().to_string()))
+        }
+        (None, None) => return Err(BundleError::refused(format!("{s}: no tag or digest"))),
+    };
+    Ok(Root {
+        entry: image_entry(&r.upstream, r.repository.as_str(), tag, digest),
+        explicit: true,
+    })
+}
+
+/// Module versions named, cached (`all`) or pinned. One named but not cached is an error; one
+/// selected otherwise is skipped with a warning.
+async fn plan_modules(
+    app: Mirror<'_>,
+    req: &ExportRequest,
+    pinned: &HashSet<Digest>,
+    out: &mut BundleManifest,
+) -> Result<(), BundleError> {
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     for m in &req.modules {
         if !is_canonical(&m.version) {
@@ -107,7 +138,7 @@ pub async fn plan(app: Mirror<'_>, req: &ExportRequest) -> Result<BundleManifest
         wanted.insert((m.path.clone(), m.version.clone()));
     }
     if req.all || req.pinned {
-        for f in index.go_files() {
+        for f in app.storage.index.go_files() {
             let ((module, version, _kind), rec) = f?;
             if req.all || pinned.contains(&rec.digest) {
                 wanted.insert((module, version));
@@ -128,8 +159,7 @@ pub async fn plan(app: Mirror<'_>, req: &ExportRequest) -> Result<BundleManifest
             Err(e) => out.warnings.push(format!("{path}@{version}: skipped: {e}")),
         }
     }
-    out.sumdb = proofs(app, &out.modules).await;
-    Ok(out)
+    Ok(())
 }
 
 fn walk_roots(
