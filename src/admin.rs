@@ -43,9 +43,11 @@ use wharf_storage::{Digest, PinRecord, StorageError};
 
 use crate::app::{AppState, now_unix};
 use crate::bundle::{
-    AdminErrorBody, ExportRequest, ImportRequest, PinReply, PinRequest, apply, plan,
+    AdminErrorBody, BundleError, ExportRequest, ImportRequest, Mirror, PinReply, PinRequest, apply,
+    plan,
 };
 use crate::cache::BlobBody;
+use crate::goproxy::path::ModulePath;
 
 /// Largest JSON request (an import of many thousand objects).
 const MAX_JSON: usize = 256 << 20;
@@ -96,6 +98,16 @@ impl AdminError {
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal error; the server's log has the details",
         )
+    }
+}
+
+/// The bundle side says who failed; the status is decided here.
+impl From<BundleError> for AdminError {
+    fn from(e: BundleError) -> AdminError {
+        match e {
+            BundleError::Refused(message) => AdminError::bad(message),
+            BundleError::Local(e) => AdminError::internal(e),
+        }
     }
 }
 
@@ -339,7 +351,8 @@ async fn export(
     State(app): State<AppState>,
     Json(req): Json<ExportRequest>,
 ) -> Result<Response, AdminError> {
-    let manifest = plan::plan(&app, &req).await?;
+    let is_private = private_rules(&app);
+    let manifest = plan::plan(mirror(&app, &is_private), &req).await?;
     Ok(Json(manifest).into_response())
 }
 
@@ -347,8 +360,27 @@ async fn import(
     State(app): State<AppState>,
     Json(req): Json<ImportRequest>,
 ) -> Result<Response, AdminError> {
-    let reply = apply::apply(&app, req).await?;
+    let is_private = private_rules(&app);
+    let reply = apply::apply(mirror(&app, &is_private), req).await?;
     Ok(Json(reply).into_response())
+}
+
+/// Whether a `[[go.private]]` rule covers a module (none does with the Go proxy disabled).
+fn private_rules(app: &AppState) -> impl Fn(&ModulePath) -> bool + Send + Sync + '_ {
+    let go = app.go.as_ref();
+    move |m| go.is_some_and(|g| g.private_rule(m).is_some())
+}
+
+/// What `bundle::{plan, apply}` read and write.
+fn mirror<'a>(
+    app: &'a AppState,
+    is_private: &'a (dyn Fn(&ModulePath) -> bool + Send + Sync),
+) -> Mirror<'a> {
+    Mirror {
+        storage: &app.storage,
+        config: &app.config,
+        is_private,
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! * `config`: the TOML config, its defaults and validation.
-//! * `cli`: clap commands (`serve`, `check-config`, `fsck`) and how flags override config.
+//! * `cli`: the command line (clap), how flags override config, and what each command runs.
 //! * `access`: client address allowlist, basic auth and tokens, per-prefix rules.
 //! * `server`: the listener loop (HTTP or TLS), connection limits, graceful shutdown.
 //! * `app`: shared state (storage, upstream clients, flights) and the router.

@@ -77,47 +77,44 @@ pub async fn command(
         client.describe()
     );
     let progress = Progress::new("prefetch", 0);
-    let total = Stats::default();
-    let (mut images, mut modules, mut pinned) = (0usize, 0usize, 0usize);
-    let mut failed = Vec::new();
+    let mut totals = Totals::default();
     for item in &items {
         let stats = Stats::default();
-        let (label, result) = match item {
-            Item::Image(r) => {
-                progress.message(r);
-                let res = image(&client, config, r, platform.as_ref(), &progress, &stats).await;
-                (r.clone(), res)
-            }
-            Item::Module {
-                path,
-                version,
-                mod_only,
-            } => {
-                let label = format!("{path}@{version}");
-                progress.message(&label);
-                let res = module(&client, path, version, *mod_only, &progress, &stats).await;
-                (label, res)
-            }
-        };
-        let pins = match result {
-            Ok(p) => p,
+        let (label, pinned) =
+            one(&client, config, item, platform.as_ref(), &progress, &stats).await;
+        match pinned {
+            Ok(n) => totals.add(item, n, &stats, &label, &progress),
             Err(e) => {
                 progress.println(&format!("FAILED {label}: {e}"));
-                failed.push(label);
-                continue;
-            }
-        };
-        match client.post_json::<_, PinReply>("/admin/pins", &pins).await {
-            Ok(r) => pinned += r.pinned,
-            Err(e) => {
-                progress.println(&format!("FAILED {label}: fetched, but pinning failed: {e}"));
-                failed.push(label);
-                continue;
+                totals.failed.push(label);
             }
         }
+    }
+    progress.finish();
+    if let Err(e) = client.finish().await {
+        eprintln!("wharf: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(totals.report(&progress))
+}
+
+/// What the whole run did.
+#[derive(Default)]
+struct Totals {
+    images: usize,
+    modules: usize,
+    pinned: usize,
+    failed: Vec<String>,
+    stats: Stats,
+}
+
+impl Totals {
+    /// Counts an item that was fetched and pinned, and says so.
+    fn add(&mut self, item: &Item, pinned: usize, stats: &Stats, label: &str, progress: &Progress) {
+        self.pinned += pinned;
         match item {
-            Item::Image(_) => images += 1,
-            Item::Module { .. } => modules += 1,
+            Item::Image(_) => self.images += 1,
+            Item::Module { .. } => self.modules += 1,
         }
         let (b, f) = (
             stats.bytes.load(Ordering::Relaxed),
@@ -129,29 +126,68 @@ pub async fn command(
             progress::bytes(b),
             progress::bytes(f)
         ));
-        total.bytes.fetch_add(b, Ordering::Relaxed);
-        total.fetched.fetch_add(f, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(b, Ordering::Relaxed);
+        self.stats.fetched.fetch_add(f, Ordering::Relaxed);
     }
-    progress.finish();
-    if let Err(e) = client.finish().await {
-        eprintln!("wharf: {e}");
-        return Ok(ExitCode::FAILURE);
+
+    /// The summary line (and the failed items); failure if any item failed.
+    fn report(&self, progress: &Progress) -> ExitCode {
+        let elapsed = progress.elapsed();
+        let bytes = self.stats.bytes.load(Ordering::Relaxed);
+        println!(
+            "prefetch: {} image(s), {} module version(s), {} ({} fetched upstream, {}), {} object(s) pinned, {} failed, in {:.1} s",
+            self.images,
+            self.modules,
+            progress::bytes(bytes),
+            progress::bytes(self.stats.fetched.load(Ordering::Relaxed)),
+            progress::rate(bytes, elapsed),
+            self.pinned,
+            self.failed.len(),
+            elapsed.as_secs_f64()
+        );
+        if self.failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            println!("failed: {}", self.failed.join(", "));
+            ExitCode::FAILURE
+        }
     }
-    let elapsed = progress.elapsed();
-    let bytes = total.bytes.load(Ordering::Relaxed);
-    println!(
-        "prefetch: {images} image(s), {modules} module version(s), {} ({} fetched upstream, {}), {pinned} object(s) pinned, {} failed, in {:.1} s",
-        progress::bytes(bytes),
-        progress::bytes(total.fetched.load(Ordering::Relaxed)),
-        progress::rate(bytes, elapsed),
-        failed.len(),
-        elapsed.as_secs_f64()
-    );
-    if failed.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("failed: {}", failed.join(", "));
-        Ok(ExitCode::FAILURE)
+}
+
+/// Fetches one item through wharf and pins it: its label, and how many objects were pinned or
+/// why it failed.
+async fn one(
+    client: &Client,
+    config: &Config,
+    item: &Item,
+    platform: Option<&Platform>,
+    progress: &Progress,
+    stats: &Stats,
+) -> (String, Result<usize, String>) {
+    let (label, result) = match item {
+        Item::Image(r) => {
+            progress.message(r);
+            let res = image(client, config, r, platform, progress, stats).await;
+            (r.clone(), res)
+        }
+        Item::Module {
+            path,
+            version,
+            mod_only,
+        } => {
+            let label = format!("{path}@{version}");
+            progress.message(&label);
+            let res = module(client, path, version, *mod_only, progress, stats).await;
+            (label, res)
+        }
+    };
+    let pins = match result {
+        Ok(p) => p,
+        Err(e) => return (label, Err(e)),
+    };
+    match client.post_json::<_, PinReply>("/admin/pins", &pins).await {
+        Ok(r) => (label, Ok(r.pinned)),
+        Err(e) => (label, Err(format!("fetched, but pinning failed: {e}"))),
     }
 }
 

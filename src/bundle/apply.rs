@@ -3,69 +3,138 @@
 //! cannot (manifests are manifests and refer only to stored blobs; module files pass the zip
 //! rules and hash to the claimed `h1:`, proven by the checksum database when the bundle carries
 //! its lookup), and only when all of it holds, indexes and pins. A refusal indexes nothing.
+//!
+//! The two halves are two types: `check` runs the numbered phases and is the only maker of a
+//! `Checked`; `commit` takes one and is the only code here that writes to the index.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use wharf_storage::{
-    BlobRecord, Digest, GoFileRecord, GoListRecord, PinRecord, RefsRecord, SumdbRecord,
-    TagListRecord, TagRecord,
+    BlobRecord, Digest, GoFileRecord, GoListRecord, PinRecord, RefsRecord, StorageError,
+    SumdbRecord, TagListRecord, TagRecord, unix_now,
 };
 
 use super::sumdb::{StoreSource, verifiers};
-use super::{ImportReply, ImportRequest, ModuleEntry, children_of};
-use crate::admin::AdminError;
-use crate::app::{AppState, now_unix};
+use super::{
+    BundleError, BundleManifest, ImportReply, ImportRequest, Mirror, ModuleEntry, children_of,
+};
 use crate::goproxy::path::{self, GoRoute, ModulePath, escape, is_canonical};
+use crate::goproxy::sumdb::Verifier;
 use crate::registry::manifest;
 use crate::registry::routes::{RepoName, Tag};
 
+/// Checks everything the request names, then indexes and pins it.
+pub async fn apply(app: Mirror<'_>, req: ImportRequest) -> Result<ImportReply, BundleError> {
+    let checked = check(app, &req).await?;
+    commit(app, checked).await
+}
+
+/// An import whose every part passed its checks: made only by `check`, consumed by `commit`.
+struct Checked<'r> {
+    req: &'r ImportRequest,
+    /// Each manifest's children (child manifests, then config and layers), for `RefsRecord`.
+    refs: BTreeMap<Digest, Vec<Digest>>,
+    modules: Vec<CheckedModule<'r>>,
+    /// Per configured checksum database (whose key parses), in config order.
+    sumdb: Vec<CheckedSumdb>,
+    warnings: Vec<String>,
+}
+
 /// A module version that passed its checks.
-struct CheckedModule<'a> {
-    entry: &'a ModuleEntry,
+struct CheckedModule<'r> {
+    entry: &'r ModuleEntry,
     sumdb_verified: bool,
 }
 
-pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, AdminError> {
-    let c = &req.contents;
-    let mut reply = ImportReply::default();
-    let blobs = &app.storage.blobs;
-    let index = &app.storage.index;
+/// The imported files of one checksum database, and which of them a proof authenticated.
+struct CheckedSumdb {
+    db: String,
+    files: HashMap<String, Digest>,
+    authenticated: BTreeSet<String>,
+}
 
-    // 1. Every blob is stored, at its size.
+/// Imported checksum-database files: database, path, digest.
+type SumdbFiles = BTreeMap<String, HashMap<String, Digest>>;
+
+/// The `h1:` hashes of a module version's .mod and .zip (when the bundle carries them).
+type Hashes = (Option<String>, Option<String>);
+
+/// A verifier and the lookups and tiles it may read, per configured checksum database.
+type Sources<'a> = Vec<(String, Verifier, StoreSource<'a>)>;
+
+/// Runs the phases in order; the first refusal ends the import before anything is written.
+async fn check<'r>(app: Mirror<'_>, req: &'r ImportRequest) -> Result<Checked<'r>, BundleError> {
+    let c = &req.contents;
+    let mut warnings = Vec::new();
+    check_blobs(app, c)?;
+    let refs = check_manifests(app, c, &mut warnings)?;
+    check_images(app, c, &mut warnings)?;
+    let files = check_sumdb_files(app, c, &mut warnings)?;
+    warnings.sort();
+    warnings.dedup();
+    let (modules, sumdb) = check_modules(app, c, files, &mut warnings).await?;
+    Ok(Checked {
+        req,
+        refs,
+        modules,
+        sumdb,
+        warnings,
+    })
+}
+
+/// Phase 1: every blob is stored, at its size.
+fn check_blobs(app: Mirror<'_>, c: &BundleManifest) -> Result<(), BundleError> {
     for b in &c.blobs {
-        match blobs.size(&b.digest).map_err(AdminError::internal)? {
+        let stored = app
+            .storage
+            .blobs
+            .size(&b.digest)
+            .map_err(StorageError::io(format!(
+                "cannot read the size of blob {}",
+                b.digest
+            )))?;
+        match stored {
             Some(n) if n == b.size => {}
             Some(n) => {
-                return Err(AdminError::bad(format!(
+                return Err(BundleError::refused(format!(
                     "blob {} is {n} bytes, the bundle says {}",
                     b.digest, b.size
                 )));
             }
             None => {
-                return Err(AdminError::bad(format!(
+                return Err(BundleError::refused(format!(
                     "blob {} is not stored: upload it before importing",
                     b.digest
                 )));
             }
         }
     }
+    Ok(())
+}
 
-    // 2. Manifests: valid documents whose config and layers are stored.
-    let mut refs: BTreeMap<Digest, Vec<Digest>> = BTreeMap::new();
+/// Phase 2: manifests are valid documents whose config and layers are stored. Returns each
+/// one's children; a child manifest that is missing (another platform) is a warning.
+fn check_manifests(
+    app: Mirror<'_>,
+    c: &BundleManifest,
+    warnings: &mut Vec<String>,
+) -> Result<BTreeMap<Digest, Vec<Digest>>, BundleError> {
+    let blobs = &app.storage.blobs;
+    let mut refs = BTreeMap::new();
     for b in c.blobs.iter().filter(|b| b.media_type.is_some()) {
         let media = b.media_type.as_deref().unwrap_or_default();
         let body = blobs
-            .read_small(&b.digest, app.config.registry.max_manifest_size.0)
-            .map_err(|e| AdminError::bad(format!("manifest {}: {e}", b.digest)))?
-            .ok_or_else(|| AdminError::bad(format!("manifest {} is not stored", b.digest)))?;
+            .read_small(&b.digest, app.max_manifest())
+            .map_err(|e| BundleError::refused(format!("manifest {}: {e}", b.digest)))?
+            .ok_or_else(|| BundleError::refused(format!("manifest {} is not stored", b.digest)))?;
         manifest::check(&body, Some(media))
-            .map_err(|e| AdminError::bad(format!("manifest {}: {e}", b.digest)))?;
+            .map_err(|e| BundleError::refused(format!("manifest {}: {e}", b.digest)))?;
         let children = children_of(&body)
-            .map_err(|e| AdminError::bad(format!("manifest {}: {e}", b.digest)))?;
+            .map_err(|e| BundleError::refused(format!("manifest {}: {e}", b.digest)))?;
         let mut all = Vec::new();
         for (d, _, _, platform) in &children.manifests {
             if !blobs.contains(d) {
-                reply.warnings.push(format!(
+                warnings.push(format!(
                     "manifest {d} ({}/{}) of index {} is not in the bundle; that platform cannot be pulled",
                     platform["os"].as_str().unwrap_or("?"),
                     platform["architecture"].as_str().unwrap_or("?"),
@@ -76,7 +145,7 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
         }
         for (d, _) in &children.blobs {
             if !blobs.contains(d) {
-                return Err(AdminError::bad(format!(
+                return Err(BundleError::refused(format!(
                     "manifest {} refers to blob {d}, which the bundle does not hold",
                     b.digest
                 )));
@@ -85,33 +154,48 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
         }
         refs.insert(b.digest.clone(), all);
     }
+    Ok(refs)
+}
 
-    // 3. Tags name stored manifests under valid names.
+/// Phase 3: tags name stored manifests under valid names.
+fn check_images(
+    app: Mirror<'_>,
+    c: &BundleManifest,
+    warnings: &mut Vec<String>,
+) -> Result<(), BundleError> {
     for i in &c.images {
-        if !blobs.contains(&i.digest) {
-            return Err(AdminError::bad(format!(
+        if !app.storage.blobs.contains(&i.digest) {
+            return Err(BundleError::refused(format!(
                 "{}: manifest {} is not in the bundle",
                 i.reference, i.digest
             )));
         }
         if let Some(t) = &i.tag {
-            Tag::parse(t).map_err(|e| AdminError::bad(format!("{}: {e}", i.reference)))?;
+            Tag::parse(t).map_err(|e| BundleError::refused(format!("{}: {e}", i.reference)))?;
             RepoName::parse(&i.repository)
-                .map_err(|e| AdminError::bad(format!("{}: {e}", i.reference)))?;
+                .map_err(|e| BundleError::refused(format!("{}: {e}", i.reference)))?;
             if app.config.upstream(&i.upstream).is_none() {
-                reply.warnings.push(format!(
+                warnings.push(format!(
                     "{}: no [[registry.upstream]] is named {:?} here, so clients cannot ask for it by that name",
                     i.reference, i.upstream
                 ));
             }
         }
     }
+    Ok(())
+}
 
-    // 4. Checksum-database files: valid paths of configured databases.
-    let mut sumdb_files: BTreeMap<String, HashMap<String, Digest>> = BTreeMap::new();
+/// Phase 4: checksum-database files have valid paths of configured databases (files of other
+/// databases are left out, with a warning).
+fn check_sumdb_files(
+    app: Mirror<'_>,
+    c: &BundleManifest,
+    warnings: &mut Vec<String>,
+) -> Result<SumdbFiles, BundleError> {
+    let mut files = SumdbFiles::new();
     for s in &c.sumdb {
         if !app.config.go.sumdbs.iter().any(|d| d.name == s.db) {
-            reply.warnings.push(format!(
+            warnings.push(format!(
                 "checksum database {} is not configured here ([[go.sumdb]]); its files were not imported",
                 s.db
             ));
@@ -120,88 +204,48 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
         match path::parse(&format!("sumdb/{}/{}", s.db, s.path)) {
             Ok(GoRoute::SumdbPath(..)) => {}
             _ => {
-                return Err(AdminError::bad(format!(
+                return Err(BundleError::refused(format!(
                     "sumdb/{}/{} is not a checksum-database path",
                     s.db, s.path
                 )));
             }
         }
-        if !blobs.contains(&s.digest) {
-            return Err(AdminError::bad(format!(
+        if !app.storage.blobs.contains(&s.digest) {
+            return Err(BundleError::refused(format!(
                 "sumdb/{}/{} is not stored",
                 s.db, s.path
             )));
         }
-        sumdb_files
+        files
             .entry(s.db.clone())
             .or_default()
             .insert(s.path.clone(), s.digest.clone());
     }
-    reply.warnings.sort();
-    reply.warnings.dedup();
+    Ok(files)
+}
 
-    // 5. Module versions: .info, zip rules, h1: hashes, checksum-database proofs.
-    let dbs = verifiers(app);
-    let sources: Vec<(String, crate::goproxy::sumdb::Verifier, StoreSource)> = dbs
+/// Phase 5: module versions (.info, zip rules, h1: hashes, checksum-database proofs). Returns
+/// the checked versions and, per database, the files and what the proofs authenticated.
+async fn check_modules<'r>(
+    app: Mirror<'_>,
+    c: &'r BundleManifest,
+    files: SumdbFiles,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<CheckedModule<'r>>, Vec<CheckedSumdb>), BundleError> {
+    let sources: Sources = verifiers(app.config)
         .into_iter()
         .map(|(name, v)| {
-            let extra = sumdb_files.get(&name).cloned().unwrap_or_default();
-            let src = StoreSource::new(app, &name, extra);
+            let extra = files.get(&name).cloned().unwrap_or_default();
+            let src = StoreSource::new(app.storage, &name, extra);
             (name, v, src)
         })
         .collect();
     let mut checked = Vec::new();
     let mut unproven = 0usize;
     for m in &c.modules {
-        let name = m.name();
-        let module =
-            ModulePath::parse(&m.path).map_err(|e| AdminError::bad(format!("{name}: {e}")))?;
-        if !is_canonical(&m.version) {
-            return Err(AdminError::bad(format!("{name}: not a canonical version")));
-        }
-        let (mod_h1, zip_h1) = hashes(app, m)
-            .await
-            .map_err(|e| AdminError::bad(format!("{name}: {e}")))?;
-        for (what, claimed, actual) in [(".mod", &m.mod_h1, &mod_h1), (".zip", &m.zip_h1, &zip_h1)]
-        {
-            if let (Some(c), Some(a)) = (claimed, actual)
-                && c != a
-            {
-                return Err(AdminError::bad(format!(
-                    "{name} {what}: its h1: hash is {a}, the bundle says {c}"
-                )));
-            }
-        }
-        let public = app
-            .go
-            .as_ref()
-            .is_none_or(|g| g.private_rule(&module).is_none());
-        let key = format!("lookup/{}@{}", escape(&m.path), escape(&m.version));
-        let mut proven = false;
-        for (db, verifier, src) in &sources {
-            let has_lookup = src_has(app, db, &sumdb_files, &key);
-            if !public || !has_lookup {
-                continue;
-            }
-            let r = verifier
-                .lookup(src, &m.path, &m.version, None)
-                .await
-                .map_err(|e| AdminError::bad(format!("{name}: cannot verify with {db}: {e}")))?;
-            for (what, proof, actual) in [
-                (".mod", &r.mod_hash, &mod_h1),
-                (".zip", &r.zip_hash, &zip_h1),
-            ] {
-                if let (Some(p), Some(a)) = (proof, actual)
-                    && p != a
-                {
-                    return Err(AdminError::bad(format!(
-                        "{name} {what}: its h1: hash is {a}, but {db} records {p}"
-                    )));
-                }
-            }
-            src.mark_authenticated(&key);
-            proven = true;
-        }
+        let (module, hashes) = check_module(app, m).await?;
+        let public = app.is_public(&module);
+        let proven = public && prove(app, m, &hashes, &sources, &files).await?;
         if public && !proven {
             unproven += 1;
         }
@@ -211,22 +255,138 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
         });
     }
     if unproven > 0 && app.config.go.verify {
-        reply.warnings.push(format!(
+        warnings.push(format!(
             "{unproven} module version(s) were checked against the bundle's h1: hashes only: it carries no checksum-database lookup for them"
         ));
     }
+    let sumdb = sources
+        .into_iter()
+        .map(|(db, _, src)| CheckedSumdb {
+            files: files.get(&db).cloned().unwrap_or_default(),
+            authenticated: src.authenticated(),
+            db,
+        })
+        .collect();
+    Ok((checked, sumdb))
+}
 
-    // Everything holds: index, then pin.
-    let now = now_unix();
+/// One module version on its own: a valid path, a canonical version, and stored files that pass
+/// the zip rules and hash to the `h1:` the bundle claims.
+async fn check_module(
+    app: Mirror<'_>,
+    m: &ModuleEntry,
+) -> Result<(ModulePath, Hashes), BundleError> {
+    let name = m.name();
+    let module =
+        ModulePath::parse(&m.path).map_err(|e| BundleError::refused(format!("{name}: {e}")))?;
+    if !is_canonical(&m.version) {
+        return Err(BundleError::refused(format!(
+            "{name}: not a canonical version"
+        )));
+    }
+    let (mod_h1, zip_h1) = hashes(app, m)
+        .await
+        .map_err(|e| BundleError::refused(format!("{name}: {e}")))?;
+    for (what, claimed, actual) in [(".mod", &m.mod_h1, &mod_h1), (".zip", &m.zip_h1, &zip_h1)] {
+        if let (Some(c), Some(a)) = (claimed, actual)
+            && c != a
+        {
+            return Err(BundleError::refused(format!(
+                "{name} {what}: its h1: hash is {a}, the bundle says {c}"
+            )));
+        }
+    }
+    Ok((module, (mod_h1, zip_h1)))
+}
+
+/// Verifies a public module version with every database whose lookup for it is imported or
+/// cached; a hash a database contradicts is refused. Whether any database proved it.
+async fn prove(
+    app: Mirror<'_>,
+    m: &ModuleEntry,
+    (mod_h1, zip_h1): &Hashes,
+    sources: &Sources<'_>,
+    files: &SumdbFiles,
+) -> Result<bool, BundleError> {
+    let name = m.name();
+    let key = format!("lookup/{}@{}", escape(&m.path), escape(&m.version));
+    let mut proven = false;
+    for (db, verifier, src) in sources {
+        if !src_has(app, db, files, &key) {
+            continue;
+        }
+        let r = verifier
+            .lookup(src, &m.path, &m.version, None)
+            .await
+            .map_err(|e| BundleError::refused(format!("{name}: cannot verify with {db}: {e}")))?;
+        for (what, proof, actual) in [(".mod", &r.mod_hash, mod_h1), (".zip", &r.zip_hash, zip_h1)]
+        {
+            if let (Some(p), Some(a)) = (proof, actual)
+                && p != a
+            {
+                return Err(BundleError::refused(format!(
+                    "{name} {what}: its h1: hash is {a}, but {db} records {p}"
+                )));
+            }
+        }
+        src.mark_authenticated(&key);
+        proven = true;
+    }
+    Ok(proven)
+}
+
+/// Everything holds: index, then pin, then flush.
+async fn commit(app: Mirror<'_>, checked: Checked<'_>) -> Result<ImportReply, BundleError> {
+    let Checked {
+        req,
+        refs,
+        modules,
+        sumdb,
+        warnings,
+    } = checked;
+    let c = &req.contents;
+    let now = unix_now();
+    let mut reply = ImportReply {
+        warnings,
+        ..ImportReply::default()
+    };
+    let mut pinned: BTreeSet<Digest> = BTreeSet::new();
+    index_blobs(app, c, now, &mut pinned, &mut reply)?;
+    index_images(app, c, refs, &mut reply)?;
+    index_modules(app, &modules, now, &mut pinned, &mut reply)?;
+    index_sumdb(app, &sumdb, now, &mut pinned, &mut reply)?;
     let pin = PinRecord {
         reason: req.reason.clone(),
         pinned_unix: now,
     };
-    let mut pinned: BTreeSet<Digest> = BTreeSet::new();
+    for d in &pinned {
+        app.storage.index.put_pin(d, &pin)?;
+    }
+    reply.pinned = pinned.len();
+    app.storage.index.flush_async().await?;
+    tracing::info!(
+        reason = %req.reason,
+        tags = reply.tags,
+        manifests = reply.manifests,
+        blobs = reply.blobs,
+        modules = reply.modules,
+        "import indexed"
+    );
+    Ok(reply)
+}
+
+/// Blob records (a manifest's keeps its media type), counted as manifests or blobs.
+fn index_blobs(
+    app: Mirror<'_>,
+    c: &BundleManifest,
+    now: u64,
+    pinned: &mut BTreeSet<Digest>,
+    reply: &mut ImportReply,
+) -> Result<(), BundleError> {
+    let index = &app.storage.index;
     for b in &c.blobs {
         let keep = index
-            .get_blob(&b.digest)
-            .map_err(AdminError::internal)?
+            .get_blob(&b.digest)?
             .is_some_and(|r| r.media_type == b.media_type);
         if !keep {
             let rec = BlobRecord {
@@ -234,9 +394,7 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
                 media_type: b.media_type.clone(),
                 created_unix: now,
             };
-            index
-                .put_blob(&b.digest, &rec)
-                .map_err(AdminError::internal)?;
+            index.put_blob(&b.digest, &rec)?;
         }
         pinned.insert(b.digest.clone());
         if b.media_type.is_some() {
@@ -245,28 +403,36 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
             reply.blobs += 1;
         }
     }
+    Ok(())
+}
+
+/// Manifest refs, what each repository holds, tags (unless this wharf learned a newer one) and
+/// tag lists.
+fn index_images(
+    app: Mirror<'_>,
+    c: &BundleManifest,
+    refs: BTreeMap<Digest, Vec<Digest>>,
+    reply: &mut ImportReply,
+) -> Result<(), BundleError> {
+    let index = &app.storage.index;
     for (d, children) in refs {
-        index
-            .put_refs(&d, &RefsRecord { children })
-            .map_err(AdminError::internal)?;
+        index.put_refs(&d, &RefsRecord { children })?;
     }
     // What the bundle says each repository holds is what it may serve (see `visibility`).
-    let max_manifest = app.config.registry.max_manifest_size.0;
+    let max_manifest = app.max_manifest();
     for i in &c.images {
         crate::registry::visibility::link(
-            &app.storage,
+            app.storage,
             &i.upstream,
             &i.repository,
             &i.digest,
             max_manifest,
-        )
-        .map_err(AdminError::internal)?;
+        )?;
     }
     for i in &c.images {
         let Some(tag) = &i.tag else { continue };
         let newer = index
-            .get_tag(&i.upstream, &i.repository, tag)
-            .map_err(AdminError::internal)?
+            .get_tag(&i.upstream, &i.repository, tag)?
             .is_some_and(|t| t.learned_unix > c.created_unix);
         if !newer {
             let rec = TagRecord {
@@ -274,13 +440,16 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
                 media_type: i.media_type.clone(),
                 learned_unix: c.created_unix,
             };
-            index
-                .put_tag(&i.upstream, &i.repository, tag, &rec)
-                .map_err(AdminError::internal)?;
+            index.put_tag(&i.upstream, &i.repository, tag, &rec)?;
         }
         reply.tags += 1;
     }
-    // Tag lists: what `skopeo inspect` and `tags/list` show when the upstream cannot be asked.
+    index_tag_lists(app, c)
+}
+
+/// Tag lists: what `skopeo inspect` and `tags/list` show when the upstream cannot be asked.
+fn index_tag_lists(app: Mirror<'_>, c: &BundleManifest) -> Result<(), BundleError> {
+    let index = &app.storage.index;
     let mut repos: BTreeMap<(&str, &str), BTreeSet<String>> = BTreeMap::new();
     for i in &c.images {
         if let Some(tag) = &i.tag {
@@ -291,7 +460,7 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
         }
     }
     for ((up, repo), tags) in repos {
-        let old = index.get_tag_list(up, repo).map_err(AdminError::internal)?;
+        let old = index.get_tag_list(up, repo)?;
         let fetched_unix = old.as_ref().map_or(0, |r| r.fetched_unix);
         let mut all: BTreeSet<String> = old
             .map(|r| r.tags.into_iter().collect())
@@ -301,21 +470,30 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
             tags: all.into_iter().collect(),
             fetched_unix,
         };
-        index
-            .put_tag_list(up, repo, &rec)
-            .map_err(AdminError::internal)?;
+        index.put_tag_list(up, repo, &rec)?;
     }
+    Ok(())
+}
+
+/// Module files and `@v/list`s.
+fn index_modules(
+    app: Mirror<'_>,
+    modules: &[CheckedModule<'_>],
+    now: u64,
+    pinned: &mut BTreeSet<Digest>,
+    reply: &mut ImportReply,
+) -> Result<(), BundleError> {
     let mut lists: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for m in &checked {
+    for m in modules {
         for (kind, f) in m.entry.files() {
             let rec = GoFileRecord {
                 digest: f.digest.clone(),
                 size: f.size,
                 fetched_unix: now,
             };
-            index
-                .put_go_file(&m.entry.path, &m.entry.version, kind, &rec)
-                .map_err(AdminError::internal)?;
+            app.storage
+                .index
+                .put_go_file(&m.entry.path, &m.entry.version, kind, &rec)?;
             pinned.insert(f.digest.clone());
         }
         lists
@@ -328,11 +506,23 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
     for (module, versions) in lists {
         merge_list(app, module, &versions)?;
     }
-    for (db, _, src) in &sources {
-        let authenticated = src.authenticated();
-        for (p, digest) in sumdb_files.get(db).into_iter().flatten() {
-            let verified = authenticated.contains(p);
-            let existing = index.get_sumdb(db, p).map_err(AdminError::internal)?;
+    Ok(())
+}
+
+/// Checksum-database files; one already recorded as verified is not replaced by an unverified
+/// copy.
+fn index_sumdb(
+    app: Mirror<'_>,
+    sumdb: &[CheckedSumdb],
+    now: u64,
+    pinned: &mut BTreeSet<Digest>,
+    reply: &mut ImportReply,
+) -> Result<(), BundleError> {
+    let index = &app.storage.index;
+    for s in sumdb {
+        for (p, digest) in &s.files {
+            let verified = s.authenticated.contains(p);
+            let existing = index.get_sumdb(&s.db, p)?;
             if existing.is_some_and(|e| e.verified && !verified) {
                 continue;
             }
@@ -341,34 +531,16 @@ pub async fn apply(app: &AppState, req: ImportRequest) -> Result<ImportReply, Ad
                 fetched_unix: now,
                 verified,
             };
-            index.put_sumdb(db, p, &rec).map_err(AdminError::internal)?;
+            index.put_sumdb(&s.db, p, &rec)?;
             pinned.insert(digest.clone());
             reply.sumdb_files += 1;
         }
     }
-    for d in &pinned {
-        index.put_pin(d, &pin).map_err(AdminError::internal)?;
-    }
-    reply.pinned = pinned.len();
-    index.flush_async().await.map_err(AdminError::internal)?;
-    tracing::info!(
-        reason = %req.reason,
-        tags = reply.tags,
-        manifests = reply.manifests,
-        blobs = reply.blobs,
-        modules = reply.modules,
-        "import indexed"
-    );
-    Ok(reply)
+    Ok(())
 }
 
 /// Whether a lookup is among the imported files or already cached.
-fn src_has(
-    app: &AppState,
-    db: &str,
-    files: &BTreeMap<String, HashMap<String, Digest>>,
-    key: &str,
-) -> bool {
+fn src_has(app: Mirror<'_>, db: &str, files: &SumdbFiles, key: &str) -> bool {
     files.get(db).is_some_and(|f| f.contains_key(key))
         || app
             .storage
@@ -381,7 +553,7 @@ fn src_has(
 
 /// Checks a module version's stored files and returns the `h1:` of its .mod and .zip.
 async fn hashes(
-    app: &AppState,
+    app: Mirror<'_>,
     m: &ModuleEntry,
 ) -> Result<(Option<String>, Option<String>), String> {
     let blobs = app.storage.blobs.clone();
@@ -432,11 +604,9 @@ async fn hashes(
 
 /// Adds versions to a module's `@v/list`. A list wharf did not have is recorded as old, so a
 /// wharf that is online asks upstream for the full one.
-fn merge_list(app: &AppState, module: &str, versions: &BTreeSet<&str>) -> Result<(), AdminError> {
+fn merge_list(app: Mirror<'_>, module: &str, versions: &BTreeSet<&str>) -> Result<(), BundleError> {
     let index = &app.storage.index;
-    let old = index
-        .get_go_list(module, "list")
-        .map_err(AdminError::internal)?;
+    let old = index.get_go_list(module, "list")?;
     let mut all: BTreeSet<String> = old
         .as_ref()
         .map(|r| r.body.lines().map(str::to_string).collect())
@@ -448,7 +618,6 @@ fn merge_list(app: &AppState, module: &str, versions: &BTreeSet<&str>) -> Result
         body,
         fetched_unix: old.map_or(0, |r| r.fetched_unix),
     };
-    index
-        .put_go_list(module, "list", &rec)
-        .map_err(AdminError::internal)
+    index.put_go_list(module, "list", &rec)?;
+    Ok(())
 }

@@ -21,24 +21,32 @@
 //! | `plan`     | server side of export: what a selection contains, h1 hashes, sumdb proofs  |
 //! | `apply`    | server side of import: verify everything, then index and pin               |
 //! | `sumdb`    | checksum-database proofs from stored lookups and tiles                      |
+//! | `mirror`   | what the server side reads and writes (`Mirror`: storage, config, private) |
+//! | `error`    | how the server side fails (`BundleError`), mapped to HTTP by `admin`       |
 //! | `export`   | `wharf export`: plan, then stream blobs into the tar                       |
 //! | `source`   | reading bundles, OCI layouts, go caches and `docker save` tarballs         |
 //! | `import`   | `wharf import`: upload verified blobs, then ask the server to index them   |
 
 pub mod apply;
 pub mod client;
+mod error;
 pub mod export;
 pub mod import;
+mod mirror;
 pub mod plan;
 pub mod progress;
 pub mod source;
 pub mod sumdb;
+
+pub use error::BundleError;
+pub use mirror::Mirror;
 
 use serde::{Deserialize, Serialize};
 use wharf_storage::Digest;
 
 use crate::config::{Config, DOCKER_HUB_NAME};
 use crate::goproxy::path::{ModulePath, is_canonical};
+use crate::registry::manifest::{self, Role};
 use crate::registry::routes::{RepoName, Tag};
 
 /// `format` of `wharf-bundle.json`.
@@ -537,50 +545,45 @@ impl Platform {
 pub struct Children {
     /// Child manifests of an index: digest, media type, size, platform.
     pub manifests: Vec<(Digest, String, u64, serde_json::Value)>,
-    /// Config and layers (and subject-less blobs) of an image manifest: digest, size.
+    /// Config and layers of an image manifest (schema 1 `fsLayers`, size 0), each once: digest,
+    /// size.
     pub blobs: Vec<(Digest, u64)>,
 }
 
-/// Children of a manifest document. Schema 1 manifests (`fsLayers`) list layers without sizes.
+/// Children of a manifest document, as the bundle commands walk it (`manifest::descriptors`):
+/// child manifests apart from config and layers, schema 1 `fsLayers` as layers without sizes,
+/// and neither `subject` (another manifest's) nor artifact `blobs` (wharf does not pull them).
+/// Unlike the registry's projections, a descriptor without a valid digest is an error.
 pub fn children_of(body: &[u8]) -> Result<Children, String> {
     let doc: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("not valid JSON: {e}"))?;
     let mut out = Children::default();
-    let digest_of = |d: &serde_json::Value, key: &str| -> Result<Digest, String> {
+    let mut seen = std::collections::HashSet::new();
+    for (role, d) in manifest::descriptors(&doc) {
+        if matches!(role, Role::Subject | Role::Blob) {
+            continue;
+        }
         let s = d
-            .get(key)
+            .get(role.digest_key())
             .and_then(|v| v.as_str())
             .ok_or_else(|| "descriptor without a digest".to_string())?;
-        Digest::parse(s).map_err(|e| format!("descriptor digest {s:?}: {e}"))
-    };
-    let size_of = |d: &serde_json::Value| d.get("size").and_then(|v| v.as_u64()).unwrap_or(0);
-    if let Some(list) = doc.get("manifests").and_then(|v| v.as_array()) {
-        for d in list {
+        let digest = Digest::parse(s).map_err(|e| format!("descriptor digest {s:?}: {e}"))?;
+        let size = match role {
+            Role::FsLayer => 0,
+            _ => d.get("size").and_then(|v| v.as_u64()).unwrap_or(0),
+        };
+        if role == Role::Manifest {
             let media = d
                 .get("mediaType")
                 .and_then(|v| v.as_str())
-                .unwrap_or(crate::registry::manifest::OCI_MANIFEST)
+                .unwrap_or(manifest::OCI_MANIFEST)
                 .to_string();
             let platform = d.get("platform").cloned().unwrap_or_default();
-            out.manifests
-                .push((digest_of(d, "digest")?, media, size_of(d), platform));
+            out.manifests.push((digest, media, size, platform));
+        } else if seen.insert(digest.clone()) {
+            out.blobs.push((digest, size));
         }
     }
-    if let Some(c) = doc.get("config").filter(|c| c.is_object()) {
-        out.blobs.push((digest_of(c, "digest")?, size_of(c)));
-    }
-    if let Some(list) = doc.get("layers").and_then(|v| v.as_array()) {
-        for d in list {
-            out.blobs.push((digest_of(d, "digest")?, size_of(d)));
-        }
-    }
-    if let Some(list) = doc.get("fsLayers").and_then(|v| v.as_array()) {
-        for d in list {
-            out.blobs.push((digest_of(d, "blobSum")?, 0));
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    out.blobs.retain(|(d, _)| seen.insert(d.clone()));
     Ok(out)
 }
 
@@ -699,5 +702,22 @@ url = "https://ghcr.io"
         let c = children_of(index.as_bytes()).unwrap();
         assert_eq!(c.manifests[0].1, "x");
         assert!(children_of(b"[").is_err());
+    }
+
+    #[test]
+    fn schema1_layers_are_children_but_subjects_and_artifact_blobs_are_not() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let doc = format!(
+            r#"{{"subject":{{"digest":"{}"}},"blobs":[{{"digest":"{}"}}],"fsLayers":[{{"blobSum":"{}"}},{{"blobSum":"{}"}}]}}"#,
+            d('a'),
+            d('b'),
+            d('c'),
+            d('c')
+        );
+        let c = children_of(doc.as_bytes()).unwrap();
+        assert_eq!(c.blobs, [(Digest::parse(&d('c')).unwrap(), 0)]);
+        assert!(c.manifests.is_empty());
+        assert!(children_of(br#"{"layers":[{"size":1}]}"#).is_err());
+        assert!(children_of(br#"{"layers":[{"digest":"sha256:bad"}]}"#).is_err());
     }
 }

@@ -5,15 +5,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use wharf_storage::Digest;
+use wharf_storage::{Digest, unix_now};
 
 use super::sumdb::{StoreSource, trusted, verifiers};
 use super::{
-    BlobEntry, BundleManifest, ExportRequest, FileEntry, ImageEntry, ImageRef, ModuleEntry,
-    SumdbEntry, children_of,
+    BlobEntry, BundleError, BundleManifest, ExportRequest, FileEntry, ImageEntry, ImageRef, Mirror,
+    ModuleEntry, SumdbEntry, children_of,
 };
-use crate::admin::AdminError;
-use crate::app::{AppState, now_unix};
 use crate::goproxy::path::{ModulePath, escape, is_canonical};
 use crate::registry::manifest;
 
@@ -24,45 +22,39 @@ struct Root {
     explicit: bool,
 }
 
-pub async fn plan(app: &AppState, req: &ExportRequest) -> Result<BundleManifest, AdminError> {
-    let mut out = BundleManifest::new(now_unix());
-    let index = &app.storage.index;
+/// What the selection contains: images with every cached manifest and blob they refer to, then
+/// module versions with their `h1:` hashes, then the checksum-database files that prove them.
+pub async fn plan(app: Mirror<'_>, req: &ExportRequest) -> Result<BundleManifest, BundleError> {
+    let mut out = BundleManifest::new(unix_now());
     let pinned: HashSet<Digest> = if req.pinned {
-        index
+        app.storage
+            .index
             .pins()
             .filter_map(|p| p.ok().map(|(d, _)| d))
             .collect()
     } else {
         HashSet::new()
     };
+    plan_images(app, req, &pinned, &mut out)?;
+    plan_modules(app, req, &pinned, &mut out).await?;
+    out.sumdb = proofs(app, &out.modules).await;
+    Ok(out)
+}
 
-    // Images.
-    let mut roots: Vec<Root> = Vec::new();
+/// Images named, tagged (`all`) or pinned, and pinned manifests no exported tag reaches.
+fn plan_images(
+    app: Mirror<'_>,
+    req: &ExportRequest,
+    pinned: &HashSet<Digest>,
+    out: &mut BundleManifest,
+) -> Result<(), BundleError> {
+    let mut roots = Vec::new();
     for s in &req.images {
-        let r = ImageRef::parse(&app.config, s).map_err(AdminError::bad)?;
-        let (digest, tag) = match (&r.digest, &r.tag) {
-            (Some(d), _) => (d.clone(), None),
-            (None, Some(t)) => {
-                let rec = index
-                    .get_tag(&r.upstream, r.repository.as_str(), t.as_str())
-                    .map_err(AdminError::internal)?
-                    .ok_or_else(|| {
-                        AdminError::bad(format!(
-                            "{s}: not in this cache; prefetch it first (wharf prefetch {s})"
-                        ))
-                    })?;
-                (rec.digest, Some(t.as_str().to_string()))
-            }
-            (None, None) => return Err(AdminError::bad(format!("{s}: no tag or digest"))),
-        };
-        roots.push(Root {
-            entry: image_entry(&r.upstream, r.repository.as_str(), tag, digest),
-            explicit: true,
-        });
+        roots.push(named_root(app, s)?);
     }
     if req.all || req.pinned {
-        for t in index.tags() {
-            let ((up, repo, tag), rec) = t.map_err(AdminError::internal)?;
+        for t in app.storage.index.tags() {
+            let ((up, repo, tag), rec) = t?;
             if req.all || pinned.contains(&rec.digest) {
                 roots.push(Root {
                     entry: image_entry(&up, &repo, Some(tag), rec.digest),
@@ -77,8 +69,10 @@ pub async fn plan(app: &AppState, req: &ExportRequest) -> Result<BundleManifest,
     // Pinned manifests that no exported image reaches (prefetched by digest).
     if req.pinned {
         let mut extra = Vec::new();
-        for d in &pinned {
-            let is_manifest = index
+        for d in pinned {
+            let is_manifest = app
+                .storage
+                .index
                 .get_blob(d)
                 .ok()
                 .flatten()
@@ -97,12 +91,46 @@ pub async fn plan(app: &AppState, req: &ExportRequest) -> Result<BundleManifest,
     exported.retain(|e| seen.insert((e.reference.clone(), e.digest.clone())));
     out.images = exported;
     out.blobs = blobs.into_values().collect();
+    Ok(())
+}
 
-    // Go modules.
+/// An image the request names, resolved to a digest through the cached tag.
+fn named_root(app: Mirror<'_>, s: &str) -> Result<Root, BundleError> {
+    let r = ImageRef::parse(app.config, s).map_err(BundleError::Refused)?;
+    let (digest, tag) = match (&r.digest, &r.tag) {
+        (Some(d), _) => (d.clone(), None),
+        (None, Some(t)) => {
+            let rec = app
+                .storage
+                .index
+                .get_tag(&r.upstream, r.repository.as_str(), t.as_str())?
+                .ok_or_else(|| {
+                    BundleError::refused(format!(
+                        "{s}: not in this cache; prefetch it first (wharf prefetch {s})"
+                    ))
+                })?;
+            (rec.digest, Some(t.as_str().to_string()))
+        }
+        (None, None) => return Err(BundleError::refused(format!("{s}: no tag or digest"))),
+    };
+    Ok(Root {
+        entry: image_entry(&r.upstream, r.repository.as_str(), tag, digest),
+        explicit: true,
+    })
+}
+
+/// Module versions named, cached (`all`) or pinned. One named but not cached is an error; one
+/// selected otherwise is skipped with a warning.
+async fn plan_modules(
+    app: Mirror<'_>,
+    req: &ExportRequest,
+    pinned: &HashSet<Digest>,
+    out: &mut BundleManifest,
+) -> Result<(), BundleError> {
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     for m in &req.modules {
         if !is_canonical(&m.version) {
-            return Err(AdminError::bad(format!(
+            return Err(BundleError::refused(format!(
                 "{}@{}: export needs a canonical version such as v1.2.3",
                 m.path, m.version
             )));
@@ -110,8 +138,8 @@ pub async fn plan(app: &AppState, req: &ExportRequest) -> Result<BundleManifest,
         wanted.insert((m.path.clone(), m.version.clone()));
     }
     if req.all || req.pinned {
-        for f in index.go_files() {
-            let ((module, version, _kind), rec) = f.map_err(AdminError::internal)?;
+        for f in app.storage.index.go_files() {
+            let ((module, version, _kind), rec) = f?;
             if req.all || pinned.contains(&rec.digest) {
                 wanted.insert((module, version));
             }
@@ -126,22 +154,21 @@ pub async fn plan(app: &AppState, req: &ExportRequest) -> Result<BundleManifest,
         match module_entry(app, &path, &version).await {
             Ok(e) => out.modules.push(e),
             Err(e) if explicit.contains(&(path.clone(), version.clone())) => {
-                return Err(AdminError::bad(format!("{path}@{version}: {e}")));
+                return Err(BundleError::refused(format!("{path}@{version}: {e}")));
             }
             Err(e) => out.warnings.push(format!("{path}@{version}: skipped: {e}")),
         }
     }
-    out.sumdb = proofs(app, &out.modules).await;
-    Ok(out)
+    Ok(())
 }
 
 fn walk_roots(
-    app: &AppState,
+    app: Mirror<'_>,
     roots: Vec<Root>,
     blobs: &mut BTreeMap<Digest, BlobEntry>,
     exported: &mut Vec<ImageEntry>,
     warnings: &mut Vec<String>,
-) -> Result<(), AdminError> {
+) -> Result<(), BundleError> {
     for mut root in roots {
         match walk(app, &root.entry.digest, blobs) {
             Ok((media, w)) => {
@@ -153,7 +180,10 @@ fn walk_roots(
                 exported.push(root.entry);
             }
             Err(e) if root.explicit => {
-                return Err(AdminError::bad(format!("{}: {e}", root.entry.reference)));
+                return Err(BundleError::refused(format!(
+                    "{}: {e}",
+                    root.entry.reference
+                )));
             }
             Err(e) => warnings.push(format!("{}: skipped: {e}", root.entry.reference)),
         }
@@ -180,7 +210,7 @@ fn image_entry(upstream: &str, repo: &str, tag: Option<String>, digest: Digest) 
 /// Adds a manifest and everything it refers to; returns its media type and what was left out
 /// (children of an index that are not cached, e.g. other platforms).
 fn walk(
-    app: &AppState,
+    app: Mirror<'_>,
     root: &Digest,
     blobs: &mut BTreeMap<Digest, BlobEntry>,
 ) -> Result<(String, Vec<String>), String> {
@@ -192,7 +222,7 @@ fn walk(
         let body = app
             .storage
             .blobs
-            .read_small(&d, app.config.registry.max_manifest_size.0)
+            .read_small(&d, app.max_manifest())
             .map_err(|e| format!("manifest {d}: {e}"))?
             .ok_or_else(|| format!("manifest {d} is not cached"))?;
         let children = children_of(&body).map_err(|e| format!("manifest {d}: {e}"))?;
@@ -245,7 +275,7 @@ fn walk(
 
 /// Records a manifest blob with its media type.
 fn read_manifest(
-    app: &AppState,
+    app: Mirror<'_>,
     d: &Digest,
     added: &mut Vec<(Digest, BlobEntry)>,
     root: bool,
@@ -253,7 +283,7 @@ fn read_manifest(
     let body = app
         .storage
         .blobs
-        .read_small(d, app.config.registry.max_manifest_size.0)
+        .read_small(d, app.max_manifest())
         .map_err(|e| format!("manifest {d}: {e}"))?
         .ok_or_else(|| {
             if root {
@@ -282,7 +312,7 @@ fn read_manifest(
 }
 
 /// A module version's cached files and their `h1:` hashes.
-async fn module_entry(app: &AppState, path: &str, version: &str) -> Result<ModuleEntry, String> {
+async fn module_entry(app: Mirror<'_>, path: &str, version: &str) -> Result<ModuleEntry, String> {
     let index = &app.storage.index;
     let mut e = ModuleEntry {
         path: path.into(),
@@ -349,16 +379,15 @@ async fn module_entry(app: &AppState, path: &str, version: &str) -> Result<Modul
 
 /// The cached lookups and tiles that prove the modules' hashes, for every configured database.
 /// A module without a cached lookup (private, or `go.verify = false`) gets none.
-async fn proofs(app: &AppState, modules: &[ModuleEntry]) -> Vec<SumdbEntry> {
+async fn proofs(app: Mirror<'_>, modules: &[ModuleEntry]) -> Vec<SumdbEntry> {
     let mut out = Vec::new();
-    let go = app.go.as_ref();
-    for (db, verifier) in verifiers(app) {
-        let src = StoreSource::new(app, &db, HashMap::new());
-        let known = trusted(app, &db);
+    for (db, verifier) in verifiers(app.config) {
+        let src = StoreSource::new(app.storage, &db, HashMap::new());
+        let known = trusted(&app.storage.index, &db);
         for m in modules {
             let public = ModulePath::parse(&m.path)
                 .ok()
-                .is_some_and(|p| go.is_none_or(|g| g.private_rule(&p).is_none()));
+                .is_some_and(|p| app.is_public(&p));
             let key = format!("lookup/{}@{}", escape(&m.path), escape(&m.version));
             let cached = app
                 .storage

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use wharf_storage::Digest;
+use wharf_storage::{Digest, unix_now};
 
 use super::{
     BlobEntry, BundleManifest, CONTAINERD_NAME, FORMAT, FORMAT_VERSION, FileEntry, ImageEntry,
@@ -354,7 +354,7 @@ fn oci(tree: &Tree, prefix: &str, naming: &Naming, kind: &'static str) -> Result
     let roots = index["manifests"]
         .as_array()
         .ok_or_else(|| format!("{index_path} has no manifests"))?;
-    let mut contents = BundleManifest::new(crate::app::now_unix());
+    let mut contents = BundleManifest::new(unix_now());
     let mut blobs: BTreeMap<Digest, BlobEntry> = BTreeMap::new();
     let mut labels: HashMap<Digest, String> = HashMap::new();
     for r in roots {
@@ -511,7 +511,7 @@ fn docker_legacy(tree: &Tree, naming: &Naming) -> Result<Parsed, String> {
         .ok_or("manifest.json is not a docker save manifest")?;
     let mut parsed = Parsed {
         kind: "docker save tarball",
-        contents: BundleManifest::new(crate::app::now_unix()),
+        contents: BundleManifest::new(unix_now()),
         uploads: Vec::new(),
         legacy: Vec::new(),
     };
@@ -635,51 +635,83 @@ pub fn finish_legacy(parsed: &mut Parsed, naming: &Naming) -> Result<Vec<Upload>
     Ok(uploads)
 }
 
+/// A file of the go command's download cache, by its path under the cache root.
+#[derive(Debug, PartialEq, Eq)]
+enum GoCachePath {
+    /// `sumdb/<db>/lookup/...` or `sumdb/<db>/tile/...`.
+    Sumdb { db: String, path: String },
+    /// `<module>/@v/<version>.<kind>`, unescaped: a valid module path and a canonical version.
+    File {
+        module: String,
+        version: String,
+        kind: &'static str,
+    },
+}
+
+/// What a path under the cache root is, if wharf imports it: `info`, `mod`, `zip` or `ziphash`
+/// files of canonical versions, and checksum-database lookups and tiles.
+fn go_cache_path(rel: &str) -> Option<GoCachePath> {
+    if let Some(s) = rel.strip_prefix("sumdb/") {
+        let (db, p) = s.split_once('/')?;
+        return (p.starts_with("lookup/") || p.starts_with("tile/")).then(|| GoCachePath::Sumdb {
+            db: db.into(),
+            path: p.into(),
+        });
+    }
+    let (m, file) = rel.rsplit_once("/@v/")?;
+    let (v, ext) = file.rsplit_once('.')?;
+    let kind: &'static str = match ext {
+        "info" => "info",
+        "mod" => "mod",
+        "zip" => "zip",
+        "ziphash" => "ziphash",
+        _ => return None,
+    };
+    let (Ok(module), Ok(version)) = (unescape(m), unescape(v)) else {
+        return None;
+    };
+    if ModulePath::parse(&module).is_err() || !is_canonical(&version) {
+        return None;
+    }
+    Some(GoCachePath::File {
+        module,
+        version,
+        kind,
+    })
+}
+
+/// A module version: path, version.
+type VersionKey = (String, String);
+
 /// The go command's download layout under `prefix`: `<module>/@v/<version>.info|.mod|.zip`,
 /// `.ziphash` (the zip's `h1:`), and `sumdb/<db>/...` answers it cached.
 fn go_cache(tree: &Tree, prefix: &str, kind: &'static str) -> Result<Parsed, String> {
-    let mut contents = BundleManifest::new(crate::app::now_unix());
-    let mut modules: BTreeMap<(String, String), ModuleEntry> = BTreeMap::new();
-    let mut files: Vec<((String, String), &'static str, Loc)> = Vec::new();
+    let mut modules: BTreeMap<VersionKey, ModuleEntry> = BTreeMap::new();
+    let mut files: Vec<(VersionKey, &'static str, Loc)> = Vec::new();
     let mut sumdb: Vec<(String, String, Loc)> = Vec::new();
     for (path, loc) in tree.paths() {
         let Some(rel) = path.strip_prefix(prefix) else {
             continue;
         };
-        if let Some(s) = rel.strip_prefix("sumdb/") {
-            if let Some((db, p)) = s.split_once('/')
-                && (p.starts_with("lookup/") || p.starts_with("tile/"))
-            {
-                sumdb.push((db.into(), p.into(), loc.clone()));
+        let (module, version, file_kind) = match go_cache_path(rel) {
+            Some(GoCachePath::Sumdb { db, path }) => {
+                sumdb.push((db, path, loc.clone()));
+                continue;
             }
-            continue;
-        }
-        let Some((m, file)) = rel.rsplit_once("/@v/") else {
-            continue;
+            Some(GoCachePath::File {
+                module,
+                version,
+                kind,
+            }) => (module, version, kind),
+            None => continue,
         };
-        let Some((v, ext)) = file.rsplit_once('.') else {
-            continue;
-        };
-        let kind: &'static str = match ext {
-            "info" => "info",
-            "mod" => "mod",
-            "zip" => "zip",
-            "ziphash" => "ziphash",
-            _ => continue,
-        };
-        let (Ok(module), Ok(version)) = (unescape(m), unescape(v)) else {
-            continue;
-        };
-        if ModulePath::parse(&module).is_err() || !is_canonical(&version) {
-            continue;
-        }
         let key = (module.clone(), version.clone());
         let entry = modules.entry(key.clone()).or_insert_with(|| ModuleEntry {
             path: module,
             version,
             ..Default::default()
         });
-        if kind == "ziphash" {
+        if file_kind == "ziphash" {
             let text = read_loc(loc, 4096)?;
             let h = String::from_utf8_lossy(&text).trim().to_string();
             if h.starts_with("h1:") {
@@ -687,18 +719,35 @@ fn go_cache(tree: &Tree, prefix: &str, kind: &'static str) -> Result<Parsed, Str
             }
             continue;
         }
-        files.push((key, kind, loc.clone()));
+        files.push((key, file_kind, loc.clone()));
     }
     // A version needs its .mod; the go command also keeps .info of versions it only listed.
-    let has_mod: std::collections::HashSet<(String, String)> = files
+    let has_mod: std::collections::HashSet<VersionKey> = files
         .iter()
         .filter(|(_, k, _)| *k == "mod")
         .map(|(key, _, _)| key.clone())
         .collect();
     modules.retain(|k, _| has_mod.contains(k));
-    let order: Vec<(String, String)> = modules.keys().cloned().collect();
-    let position: HashMap<(String, String), usize> = order
-        .iter()
+    let mut contents = BundleManifest::new(unix_now());
+    let mut uploads = go_file_uploads(&mut contents, modules, files);
+    uploads.extend(sumdb_uploads(&mut contents, sumdb));
+    Ok(Parsed {
+        kind,
+        contents,
+        uploads,
+        legacy: Vec::new(),
+    })
+}
+
+/// Puts the module versions into `contents` and one upload per file; the server names each
+/// file's digest (`fill_slot`).
+fn go_file_uploads(
+    contents: &mut BundleManifest,
+    modules: BTreeMap<VersionKey, ModuleEntry>,
+    files: Vec<(VersionKey, &'static str, Loc)>,
+) -> Vec<Upload> {
+    let position: HashMap<VersionKey, usize> = modules
+        .keys()
         .cloned()
         .enumerate()
         .map(|(i, k)| (k, i))
@@ -727,6 +776,13 @@ fn go_cache(tree: &Tree, prefix: &str, kind: &'static str) -> Result<Parsed, Str
             slot: Slot::GoFile { module: i, kind },
         });
     }
+    uploads
+}
+
+/// Puts the checksum-database files into `contents`, one upload each.
+fn sumdb_uploads(contents: &mut BundleManifest, sumdb: Vec<(String, String, Loc)>) -> Vec<Upload> {
+    let placeholder = Digest::of(b"");
+    let mut uploads = Vec::new();
     for (db, p, loc) in sumdb {
         let i = contents.sumdb.len();
         contents.sumdb.push(SumdbEntry {
@@ -742,12 +798,7 @@ fn go_cache(tree: &Tree, prefix: &str, kind: &'static str) -> Result<Parsed, Str
             slot: Slot::Sumdb(i),
         });
     }
-    Ok(Parsed {
-        kind,
-        contents,
-        uploads,
-        legacy: Vec::new(),
-    })
+    uploads
 }
 
 /// Records a digest the server computed for an upload.
@@ -778,6 +829,39 @@ pub fn fill_slot(parsed: &mut Parsed, slot: &Slot, digest: Digest, size: u64) {
             {
                 *l = Some((digest, size));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_cache_paths_name_module_files_and_checksum_database_answers() {
+        assert_eq!(
+            go_cache_path("github.com/!azure/x/@v/v1.2.0.zip"),
+            Some(GoCachePath::File {
+                module: "github.com/Azure/x".into(),
+                version: "v1.2.0".into(),
+                kind: "zip",
+            })
+        );
+        assert_eq!(
+            go_cache_path("sumdb/sum.golang.org/lookup/a.com/x@v1.0.0"),
+            Some(GoCachePath::Sumdb {
+                db: "sum.golang.org".into(),
+                path: "lookup/a.com/x@v1.0.0".into(),
+            })
+        );
+        for skipped in [
+            "sumdb/sum.golang.org/latest",
+            "a.com/x/@v/list",
+            "a.com/x/@v/v1.0.0.lock",
+            "a.com/x/@v/master.info",
+            "a.com/x/@v/v1.0.0.partial",
+        ] {
+            assert_eq!(go_cache_path(skipped), None, "{skipped}");
         }
     }
 }

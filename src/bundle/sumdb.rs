@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use wharf_storage::Digest;
+use wharf_storage::{Digest, Index, Storage};
 
-use crate::app::AppState;
+use crate::config::Config;
 use crate::goproxy::sumdb::{SourceError, SumdbSource, TrustedTree, Verifier};
 
 /// Largest lookup or tile read.
@@ -17,7 +17,7 @@ const MAX_SUMDB_FILE: u64 = 1 << 20;
 /// Lookups and tiles of one database: the given files first, then the cache. Records what it
 /// served and which tiles the verifier authenticated.
 pub struct StoreSource<'a> {
-    app: &'a AppState,
+    storage: &'a Storage,
     db: String,
     extra: HashMap<String, Digest>,
     seen: Mutex<BTreeMap<String, Digest>>,
@@ -25,9 +25,9 @@ pub struct StoreSource<'a> {
 }
 
 impl<'a> StoreSource<'a> {
-    pub fn new(app: &'a AppState, db: &str, extra: HashMap<String, Digest>) -> StoreSource<'a> {
+    pub fn new(storage: &'a Storage, db: &str, extra: HashMap<String, Digest>) -> StoreSource<'a> {
         StoreSource {
-            app,
+            storage,
             db: db.into(),
             extra,
             seen: Mutex::default(),
@@ -58,13 +58,13 @@ impl<'a> StoreSource<'a> {
     fn get(&self, path: &str) -> Result<Vec<u8>, SourceError> {
         let digest = match self.extra.get(path) {
             Some(d) => d.clone(),
-            None => match self.app.storage.index.get_sumdb(&self.db, path) {
+            None => match self.storage.index.get_sumdb(&self.db, path) {
                 Ok(Some(rec)) => rec.digest,
                 Ok(None) => return Err(SourceError::NotFound),
                 Err(e) => return Err(SourceError::Failed(e.to_string())),
             },
         };
-        match self.app.storage.blobs.read_small(&digest, MAX_SUMDB_FILE) {
+        match self.storage.blobs.read_small(&digest, MAX_SUMDB_FILE) {
             Ok(Some(body)) => {
                 self.seen
                     .lock()
@@ -93,8 +93,8 @@ impl SumdbSource for StoreSource<'_> {
 }
 
 /// The database's trusted head as the cache records it.
-pub fn trusted(app: &AppState, db: &str) -> Option<TrustedTree> {
-    let r = app.storage.index.get_trust(db).ok()??;
+pub fn trusted(index: &Index, db: &str) -> Option<TrustedTree> {
+    let r = index.get_trust(db).ok()??;
     let hash: [u8; 32] = hex::decode(&r.hash).ok()?.try_into().ok()?;
     Some(TrustedTree {
         n: r.size,
@@ -104,8 +104,8 @@ pub fn trusted(app: &AppState, db: &str) -> Option<TrustedTree> {
 }
 
 /// A verifier for each configured database whose key parses.
-pub fn verifiers(app: &AppState) -> Vec<(String, Verifier)> {
-    app.config
+pub fn verifiers(config: &Config) -> Vec<(String, Verifier)> {
+    config
         .go
         .sumdbs
         .iter()

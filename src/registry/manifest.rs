@@ -1,6 +1,7 @@
 //! Manifest checks before anything is stored: size cap, JSON shape, and the media type agreeing
 //! between `Content-Type` and the document (CVE-2021-41190 type confusion). Bytes are never
-//! rewritten.
+//! rewritten. Also the one walker over a manifest's descriptors (`descriptors`), which the
+//! registry (`children`, `contents`) and the bundle commands (`bundle::children_of`) project.
 
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -89,31 +90,77 @@ fn sniff(obj: &serde_json::Map<String, serde_json::Value>) -> &'static str {
     }
 }
 
+/// Where a descriptor sits in a manifest document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `config` of an image manifest.
+    Config,
+    /// `subject`: the manifest this one is about (a signature's image). A pointer, not content:
+    /// a repository holding this manifest need not hold its subject.
+    Subject,
+    /// `layers` of an image manifest.
+    Layer,
+    /// `manifests` of an index: child manifests, with `mediaType` and `platform`.
+    Manifest,
+    /// `blobs` of an OCI artifact manifest.
+    Blob,
+    /// `fsLayers` of a schema 1 manifest: `blobSum`, no size.
+    FsLayer,
+}
+
+impl Role {
+    /// The member that holds the descriptor's digest.
+    pub fn digest_key(self) -> &'static str {
+        match self {
+            Role::FsLayer => "blobSum",
+            _ => "digest",
+        }
+    }
+}
+
+/// Every descriptor of a parsed manifest document, in one fixed order: config, subject, layers,
+/// manifests, blobs, fsLayers. `config` and `subject` count only when they are objects; every
+/// element of the lists is yielded (callers decide whether a broken one is skipped or refused).
+/// The one manifest walker: `children`, `contents` and the bundle's `children_of` project it.
+pub fn descriptors(
+    doc: &serde_json::Value,
+) -> impl Iterator<Item = (Role, &serde_json::Value)> + '_ {
+    const KEYS: [(Role, &str); 6] = [
+        (Role::Config, "config"),
+        (Role::Subject, "subject"),
+        (Role::Layer, "layers"),
+        (Role::Manifest, "manifests"),
+        (Role::Blob, "blobs"),
+        (Role::FsLayer, "fsLayers"),
+    ];
+    KEYS.into_iter().flat_map(move |(role, key)| {
+        let items: &[serde_json::Value] = match (role, doc.get(key)) {
+            (Role::Config | Role::Subject, Some(v)) if v.is_object() => std::slice::from_ref(v),
+            (Role::Config | Role::Subject, _) => &[],
+            (_, Some(serde_json::Value::Array(list))) => list,
+            _ => &[],
+        };
+        items.iter().map(move |d| (role, d))
+    })
+}
+
+/// A descriptor's digest, if it names a valid one (digests in a manifest are untrusted input).
+fn valid_digest(role: Role, d: &serde_json::Value) -> Option<wharf_storage::Digest> {
+    let s = d.get(role.digest_key())?.as_str()?;
+    wharf_storage::Digest::parse(s).ok()
+}
+
 /// The blobs a manifest refers to: its config and layers, or an index's child manifests (and a
-/// `subject`). Digests inside a manifest are untrusted input: invalid ones are skipped.
+/// `subject`, and an artifact's `blobs`). Not schema 1 `fsLayers`. Digests inside a manifest are
+/// untrusted input: invalid ones are skipped.
 pub fn children(body: &[u8]) -> Vec<wharf_storage::Digest> {
     let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    let mut push = |v: &serde_json::Value| {
-        if let Some(d) = v.get("digest").and_then(|d| d.as_str())
-            && let Ok(d) = wharf_storage::Digest::parse(d)
-        {
-            out.push(d);
-        }
-    };
-    for key in ["config", "subject"] {
-        if let Some(v) = doc.get(key) {
-            push(v);
-        }
-    }
-    for key in ["layers", "manifests", "blobs"] {
-        if let Some(arr) = doc.get(key).and_then(|a| a.as_array()) {
-            arr.iter().for_each(&mut push);
-        }
-    }
-    out
+    descriptors(&doc)
+        .filter(|(role, _)| *role != Role::FsLayer)
+        .filter_map(|(role, d)| valid_digest(role, d))
+        .collect()
 }
 
 /// What a manifest holds, for visibility: its config and layers (with the sizes it declares),
@@ -123,23 +170,12 @@ pub fn contents(body: &[u8]) -> Vec<(wharf_storage::Digest, Option<u64>)> {
     let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    let mut push = |v: &serde_json::Value| {
-        if let Some(d) = v.get("digest").and_then(|d| d.as_str())
-            && let Ok(d) = wharf_storage::Digest::parse(d)
-        {
-            out.push((d, v.get("size").and_then(|s| s.as_u64())));
-        }
-    };
-    if let Some(v) = doc.get("config") {
-        push(v);
-    }
-    for key in ["layers", "manifests", "blobs"] {
-        if let Some(arr) = doc.get(key).and_then(|a| a.as_array()) {
-            arr.iter().for_each(&mut push);
-        }
-    }
-    out
+    descriptors(&doc)
+        .filter(|(role, _)| !matches!(role, Role::Subject | Role::FsLayer))
+        .filter_map(|(role, d)| {
+            valid_digest(role, d).map(|digest| (digest, d.get("size").and_then(|s| s.as_u64())))
+        })
+        .collect()
 }
 
 /// The media type of a stored manifest whose index record lacks one (rebuilt by fsck).
@@ -184,6 +220,23 @@ mod tests {
         let c = children(doc.as_bytes());
         assert_eq!(c.len(), 2);
         assert!(children(b"not json").is_empty());
+    }
+
+    #[test]
+    fn contents_leave_out_the_subject_and_keep_declared_sizes() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let doc = format!(
+            r#"{{"subject":{{"digest":"{}"}},"config":{{"digest":"{}","size":3}},"blobs":[{{"digest":"{}"}}]}}"#,
+            d('1'),
+            d('2'),
+            d('3')
+        );
+        let digest = |c| wharf_storage::Digest::parse(&d(c)).unwrap();
+        assert_eq!(
+            contents(doc.as_bytes()),
+            [(digest('2'), Some(3)), (digest('3'), None)]
+        );
+        assert_eq!(children(doc.as_bytes()).len(), 3);
     }
 
     #[test]

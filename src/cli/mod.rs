@@ -1,11 +1,25 @@
-//! Command line: clap derive, and how flags override the config file (flags win).
+//! Command line: clap derive, how flags override the config file (flags win), and the commands
+//! that are not a client of the server (`serve`, the checks, `hash-password`, `fsck`). `main.rs`
+//! only dispatches: it sits above every command, which `tests/architecture.rs` requires of
+//! whatever calls `prefetch` and the bundle tools (the same layer as `cli`).
+//!
+//! | module  | owns                                                           |
+//! |---------|----------------------------------------------------------------|
+//! | `serve` | `wharf serve`: listener, TLS and its reload, shutdown, logging |
+//! | `check` | `check-config` and `check-egress` reports                      |
+
+pub mod check;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigError};
+use crate::error::Error;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -157,4 +171,52 @@ impl ConfigArgs {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The config of a command whose own output is the report, with logging for warnings only.
+pub fn load_for_tool(args: &ConfigArgs) -> Result<Config, Error> {
+    let config = args.load()?;
+    init_cli_tracing();
+    Ok(config)
+}
+
+/// `wharf hash-password`: an argon2 hash of the password on standard input.
+pub fn hash_password() -> Result<ExitCode, Error> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|source| Error::Io {
+            context: "cannot read the password from standard input".into(),
+            source,
+        })?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        eprintln!("wharf: give the password on standard input, e.g. `wharf hash-password < file`");
+        return Ok(ExitCode::from(2));
+    }
+    let hash = crate::access::hash_password(password)
+        .map_err(|m| Error::Config(ConfigError::Invalid(m)))?;
+    println!("{hash}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wharf fsck`: the report on standard output; failure if it found problems it did not repair.
+pub fn fsck(config: &Config, repair: bool) -> Result<ExitCode, Error> {
+    let storage = wharf_storage::Storage::open(&config.data_dir)?;
+    let report = wharf_storage::fsck(&storage, repair)?;
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), format!("{report}\n").as_bytes());
+    Ok(if report.is_clean() || repair {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Warnings and errors only, for commands whose own output is the report.
+fn init_cli_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

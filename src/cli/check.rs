@@ -1,0 +1,171 @@
+//! `wharf check-config` and `wharf check-egress`: what the config and the egress policy decide,
+//! printed for a person.
+
+use std::process::ExitCode;
+
+use crate::config::Config;
+
+/// Explains the egress decision for `url`: host rule, resolved addresses and their classes.
+pub async fn check_egress(config: &Config, url: &str) -> Result<ExitCode, crate::Error> {
+    use std::fmt::Write as _;
+    let invalid = |m: String| crate::Error::Config(crate::config::ConfigError::Invalid(m));
+    let policy = crate::upstream::EgressPolicy::from_config(&config.egress).map_err(invalid)?;
+    let url =
+        reqwest::Url::parse(url).map_err(|e| invalid(format!("{url:?} is not a URL: {e}")))?;
+    let mut o = String::new();
+    let _ = writeln!(o, "url:  {}", crate::upstream::egress::redact(&url));
+    let host_ok = match policy.check(&url) {
+        Ok(()) => {
+            let rule = policy.matching_rule(&url).unwrap_or_default();
+            let _ = writeln!(o, "host: allowed by egress.allow entry {rule:?}");
+            true
+        }
+        Err(e) => {
+            let _ = writeln!(o, "host: REFUSED: {e}");
+            false
+        }
+    };
+    let mut any_addr = false;
+    if let Some(host) = url.host_str() {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            let _ = writeln!(
+                o,
+                "addresses (IP literal; allowed only when listed in egress.allow):"
+            );
+            let _ = writeln!(o, "  {ip:<40} {}", crate::upstream::egress::classify(ip));
+            any_addr = host_ok;
+        } else if !host_ok {
+            // A refused name is never looked up: the query itself would reach the outside.
+            let _ = writeln!(o, "addresses: not resolved (the host is refused)");
+        } else {
+            let source = if policy.is_pinned(host) {
+                "egress.resolve"
+            } else {
+                "DNS"
+            };
+            match policy.resolve(host).await {
+                Ok(addrs) if addrs.is_empty() => {
+                    let _ = writeln!(o, "addresses ({source}): none");
+                }
+                Ok(addrs) => {
+                    let _ = writeln!(o, "addresses ({source}):");
+                    for (ip, verdict) in addrs {
+                        let (class, word) = match verdict {
+                            Ok(c) => (c, "allowed"),
+                            Err(c) => (c, "REFUSED (egress.allow_cidrs)"),
+                        };
+                        any_addr |= word == "allowed";
+                        let _ = writeln!(o, "  {ip:<40} {class:<45} {word}");
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(o, "addresses ({source}): cannot resolve: {e}");
+                }
+            }
+        }
+    }
+    let allowed = host_ok && any_addr;
+    let _ = writeln!(
+        o,
+        "verdict: {}",
+        if allowed { "allowed" } else { "refused" }
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), o.as_bytes());
+    Ok(if allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The effective settings, one per line; secrets are named by their source, never printed.
+pub fn print_config(c: &Config) {
+    use std::fmt::Write as _;
+    let d = |t: std::time::Duration| humantime::format_duration(t).to_string();
+    let mut o = String::new();
+    let _ = writeln!(o, "config OK");
+    let _ = writeln!(o, "listen                     = {}", c.listen);
+    let _ = writeln!(o, "data_dir                   = {}", c.data_dir.display());
+    let _ = writeln!(o, "offline                    = {}", c.offline);
+    let _ = writeln!(
+        o,
+        "log                        = {:?}, level {}",
+        c.log.format, c.log.level
+    );
+    let _ = writeln!(
+        o,
+        "registry.default_upstream  = {}",
+        c.registry.default_upstream
+    );
+    let _ = writeln!(o, "registry.tag_ttl           = {}", d(c.registry.tag_ttl));
+    let _ = writeln!(
+        o,
+        "registry.max_manifest_size = {}",
+        c.registry.max_manifest_size
+    );
+    let _ = writeln!(o, "registry.max_blob_size = {}", c.registry.max_blob_size);
+    for u in &c.registry.upstreams {
+        let auth = auth_summary(&u.username, &u.password_file, &u.password_env);
+        let lib = if u.library_prefix() {
+            ", library/ prefix"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "registry.upstream {:<16} {} ({auth}{lib})",
+            u.name, u.url
+        );
+    }
+    let g = &c.go;
+    let _ = writeln!(o, "go.enabled                 = {}", g.enabled);
+    let _ = writeln!(o, "go.upstreams               = {}", g.upstreams.join(", "));
+    let _ = writeln!(o, "go.list_ttl                = {}", d(g.list_ttl));
+    let _ = writeln!(o, "go.not_found_ttl           = {}", d(g.not_found_ttl));
+    let _ = writeln!(o, "go.verify                  = {}", g.verify);
+    let _ = writeln!(o, "go.sumdb_ttl               = {}", d(g.sumdb_ttl));
+    for db in &g.sumdbs {
+        let _ = writeln!(o, "go.sumdb {:<25} {} (key {})", db.name, db.url(), db.key);
+    }
+    for p in &g.private {
+        let src = match (&p.dir, &p.url) {
+            (Some(dir), _) => format!("directory {}", dir.display()),
+            (None, Some(url)) => format!(
+                "{url} ({})",
+                auth_summary(&p.username, &p.password_file, &p.password_env)
+            ),
+            _ => "no source".into(),
+        };
+        let _ = writeln!(o, "go.private {:<23} {src}", p.pattern);
+    }
+    let _ = writeln!(
+        o,
+        "egress.allow               = {}",
+        c.egress.allow.join(", ")
+    );
+    let _ = writeln!(
+        o,
+        "egress                     = connect {}, read {}, max {} redirects, down after {} failures, probe every {}",
+        d(c.egress.connect_timeout),
+        d(c.egress.read_timeout),
+        c.egress.max_redirects,
+        c.egress.failure_threshold,
+        d(c.egress.probe_interval)
+    );
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), o.as_bytes());
+}
+
+fn auth_summary(
+    user: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+    env: &Option<String>,
+) -> String {
+    match (user, file, env) {
+        (Some(u), Some(f), _) => format!("user {u}, password from file {}", f.display()),
+        (Some(u), _, Some(v)) => format!("user {u}, password from ${v}"),
+        (Some(u), None, None) => format!("user {u}, no password"),
+        _ => "anonymous".into(),
+    }
+}

@@ -1,0 +1,117 @@
+//! `wharf serve`: bind the listener, load TLS, serve until SIGTERM or Ctrl-C, reload the
+//! certificate on SIGHUP.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+
+use super::ConfigArgs;
+use crate::config::{Config, LogFormat};
+
+/// Runs `wharf serve`: flags over the config file, then logging, then the server.
+pub async fn command(
+    config: &ConfigArgs,
+    listen: Option<SocketAddr>,
+    offline: bool,
+) -> Result<ExitCode, crate::Error> {
+    let mut config = config.load()?;
+    if let Some(l) = listen {
+        config.listen = l;
+    }
+    config.offline |= offline;
+    init_tracing(&config);
+    serve(config).await
+}
+
+async fn serve(config: Config) -> Result<ExitCode, crate::Error> {
+    let listen = config.listen;
+    let data_dir = config.data_dir.clone();
+    let state = crate::AppState::new(config)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| crate::Error::Io {
+            context: format!("cannot listen on {listen}"),
+            source,
+        })?;
+    let addr = listener.local_addr().unwrap_or(listen);
+    let tls = match &state.config.tls {
+        Some(t) => Some(
+            crate::server::TlsReloader::load(&t.cert, &t.key)
+                .map_err(|m| crate::Error::Config(crate::config::ConfigError::Invalid(m)))?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, %scheme, data_dir = %data_dir.display(), "wharf listening");
+    if let Some(t) = tls.clone() {
+        tokio::spawn(reload_on_sighup(t));
+    }
+    let result = match tls {
+        Some(t) => crate::serve_tls(listener, state, t, shutdown_signal()).await,
+        None => crate::serve(listener, state, shutdown_signal()).await,
+    };
+    result.map_err(|source| crate::Error::Io {
+        context: "server error".into(),
+        source,
+    })?;
+    tracing::info!("drained; exiting");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Re-reads the TLS certificate and key on every SIGHUP (certificate rotation).
+async fn reload_on_sighup(tls: crate::server::TlsReloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the old certificate")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; draining in-flight requests");
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
