@@ -153,7 +153,7 @@ async fn content_of_an_anonymous_upstream_is_confirmed_per_repository() {
 }
 
 #[tokio::test]
-async fn a_pulled_image_serves_its_blobs_without_asking_and_offline_after_a_restart() {
+async fn a_pulled_image_serves_shared_blobs_after_one_confirmation_and_offline_after_a_restart() {
     let up = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
     let layer = bytes_of(30_000, 33);
@@ -180,14 +180,21 @@ async fn a_pulled_image_serves_its_blobs_without_asking_and_offline_after_a_rest
         .bytes()
         .await
         .unwrap();
-    // team/app's manifest lists it: served without a HEAD.
+    // team/app's manifest lists it: a listing is not proof (foreign layers), so the upstream
+    // confirms once, and the cached bytes are served.
     let r = c
         .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
         .send()
         .await
         .unwrap();
     assert_eq!(r.headers()["x-cache"], "HIT");
-    assert_eq!(up.count("HEAD", "/blobs/"), 0, "{:?}", up.seen());
+    assert_eq!(
+        up.count("HEAD", "/v2/team/app/blobs/"),
+        1,
+        "{:?}",
+        up.seen()
+    );
+    assert_eq!(up.count("GET", "/blobs/"), 1, "bytes fetched once");
     w.stop().await;
     let offline =
         config_toml(&up.url(), dir.path(), "").replace("[registry]", "offline = true\n[registry]");
@@ -278,4 +285,106 @@ async fn read_at_most(mut r: reqwest::Response, cap: usize) -> usize {
         }
     }
     n
+}
+
+#[tokio::test]
+async fn a_manifest_listing_a_private_digest_does_not_open_it() {
+    let private = FakeRegistry::start().await;
+    let public = FakeRegistry::start().await;
+    let secret = bytes_of(40_000, 36);
+    let layer = sha256(&secret);
+    let (pm, _) = private.put_image("team/secret", "v1", std::slice::from_ref(&secret));
+    // The attacker's repository on an honest public registry: a manifest whose "foreign" layer
+    // is the private layer, and an index listing the private manifest. The registry never held
+    // either (it answers 404 for them in that repository).
+    let evil = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{layer}","size":40000}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":40000,"urls":["https://example.com/x"]}}]}}"#
+    );
+    public.put_manifest(
+        "evil/e",
+        Some("latest"),
+        evil.as_bytes(),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{pm}","size":400,"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#
+    );
+    public.put_manifest(
+        "evil/i",
+        Some("latest"),
+        index.as_bytes(),
+        "application/vnd.oci.image.index.v1+json",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let w =
+        Wharf::start_with_config(&two_upstreams(&private, &public, dir.path()), dir.path()).await;
+    let c = client();
+    for path in [
+        "/v2/private.test/team/secret/manifests/v1".to_string(),
+        format!("/v2/private.test/team/secret/blobs/{layer}"),
+    ] {
+        let r = c
+            .get(w.url(&path))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    for tag in ["/v2/evil/e/manifests/latest", "/v2/evil/i/manifests/latest"] {
+        assert_eq!(
+            c.get(w.url(tag)).send().await.unwrap().status(),
+            200,
+            "{tag}"
+        );
+    }
+    for path in [
+        format!("/v2/evil/e/blobs/{layer}"),
+        format!("/v2/evil/i/manifests/{pm}"),
+    ] {
+        let r = c.get(w.url(&path)).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            404,
+            "{path}: listed by a public manifest, served"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_declared_size_cannot_lift_max_blob_size() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = bytes_of(10_000, 37);
+    let d = up.put_blob(&blob);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{d}","size":10000}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":10000000000000}}]}}"#
+    );
+    up.put_manifest(
+        "team/app",
+        Some("v1"),
+        manifest.as_bytes(),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    let w = Wharf::start(&up.url(), dir.path(), "max_blob_size = \"1MiB\"").await;
+    let c = client();
+    c.get(w.url("/v2/team/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    up.set_blob_mode(BlobMode::Endless);
+    let r = c
+        .get(w.url(&format!("/v2/team/app/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(read_at_most(r, 2 << 20).await <= 1 << 20);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let sent = up.state.endless_sent.load(Ordering::SeqCst);
+    assert!(
+        sent < 32 << 20,
+        "a 10 TB declaration lifted the cap: {sent} bytes read"
+    );
+    assert!(files_under(&dir.path().join("tmp")).is_empty());
 }

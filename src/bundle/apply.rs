@@ -421,12 +421,14 @@ fn index_images(
     // What the bundle says each repository holds is what it may serve (see `visibility`).
     let max_manifest = app.max_manifest();
     for i in &c.images {
+        // The bundle carried every byte it lists: held, not merely listed.
         crate::registry::visibility::link(
             app.storage,
             &i.upstream,
             &i.repository,
             &i.digest,
             max_manifest,
+            crate::registry::visibility::Listed::Held,
         )?;
     }
     for i in &c.images {

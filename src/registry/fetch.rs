@@ -58,11 +58,13 @@ impl Fetch for BlobFetch {
     }
 
     fn limit(&self) -> u64 {
-        self.declared.unwrap_or(self.max_blob_size)
+        // A manifest may declare anything: it can lower the bound, never lift it.
+        self.declared
+            .map_or(self.max_blob_size, |d| d.min(self.max_blob_size))
     }
 
     fn too_large(&self, limit: u64) -> FillError {
-        let bound = if self.declared.is_some() {
+        let bound = if self.declared.is_some_and(|d| d <= self.max_blob_size) {
             "its manifest declares"
         } else {
             "registry.max_blob_size"

@@ -447,7 +447,14 @@ async fn store_manifest(app: &Registry, digest: &Digest, body: &[u8], media: &st
 /// Records that `t`'s repository holds `digest` (and what it lists, for a stored manifest).
 fn link(app: &Registry, t: &Target, digest: &Digest) {
     let max = app.config.registry.max_manifest_size.0;
-    if let Err(e) = visibility::link(&app.storage, &t.up.name, t.name.as_str(), digest, max) {
+    if let Err(e) = visibility::link(
+        &app.storage,
+        &t.up.name,
+        t.name.as_str(),
+        digest,
+        max,
+        visibility::Listed::Unconfirmed,
+    ) {
         tracing::warn!(error = %e, "recording the repository link failed");
     }
 }
@@ -456,11 +463,7 @@ fn link(app: &Registry, t: &Target, digest: &Digest) {
 /// (see `visibility`). Without a link, the upstream is asked (HEAD) in this repository; a yes
 /// is remembered, so the question is asked once.
 async fn ensure_linked(app: &Registry, t: &Target, digest: &Digest, kind: &str) -> Result<()> {
-    match app
-        .storage
-        .index
-        .has_link(&t.up.name, t.name.as_str(), digest)
-    {
+    match visibility::held(&app.storage, &t.up.name, t.name.as_str(), digest) {
         Ok(true) => return Ok(()),
         Ok(false) => {}
         Err(e) => return Err(internal(e)),
@@ -611,11 +614,10 @@ async fn blob(
             ));
         }
     };
-    if served.joined {
-        // The fill may be for another repository or upstream. Asked once it has started: a
-        // fill for this same repository has linked it by then, so no HEAD is needed.
-        ensure_linked(app, t, digest, "blobs").await?;
-    }
+    // The fill may be for another repository or upstream (a request that joined it, or a fill
+    // that found the blob committed just before it started). Asked once it has started: a fill
+    // from this repository has linked it by then, so no HEAD is needed.
+    ensure_linked(app, t, digest, "blobs").await?;
     blob_response(
         digest,
         served.source,

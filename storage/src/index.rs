@@ -132,6 +132,10 @@ pub struct AtimeRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkRecord {
     pub linked_unix: u64,
+    /// Only listed by a manifest fetched from the repository, not fetched or confirmed there:
+    /// such a link does not by itself let cached content be served (the upstream is asked).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub listed_only: bool,
 }
 
 /// `(module, version, kind)`, the key of a `GoFileRecord`.
@@ -448,9 +452,39 @@ impl Index {
     ) -> Result<(), StorageError> {
         let rec = LinkRecord {
             linked_unix: unix_now(),
+            listed_only: false,
         };
         self.links
             .put(&keys::encode(&[upstream, repo, digest.as_str()])?, &rec)
+    }
+
+    /// Records that a manifest of `upstream/repo` lists `digest`, unless a link exists already
+    /// (a confirmed link is never downgraded).
+    pub fn put_listed_link(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<(), StorageError> {
+        let key = keys::encode(&[upstream, repo, digest.as_str()])?;
+        if self.links.tree.contains_key(&key)? {
+            return Ok(());
+        }
+        let rec = LinkRecord {
+            linked_unix: unix_now(),
+            listed_only: true,
+        };
+        self.links.put(&key, &rec)
+    }
+
+    pub fn get_link(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<LinkRecord>, StorageError> {
+        self.links
+            .get(&keys::encode(&[upstream, repo, digest.as_str()])?)
     }
 
     pub fn has_link(
