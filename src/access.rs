@@ -30,7 +30,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::upstream::egress::Cidr;
+use crate::net::Cidr;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

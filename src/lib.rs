@@ -2,6 +2,7 @@
 //! distribution, read side) and Go modules (GOPROXY and the checksum-database proxy), on one port.
 //!
 //! # Layout
+//! * `net`: address classes, CIDR ranges and egress host patterns, parsed (a leaf).
 //! * `config`: the TOML config, its defaults and validation.
 //! * `cli`: clap commands (`serve`, `check-config`, `fsck`) and how flags override config.
 //! * `access`: client address allowlist, basic auth and tokens, per-prefix rules.
@@ -33,6 +34,7 @@ pub mod error;
 pub mod gc;
 pub mod goproxy;
 pub mod metrics;
+pub mod net;
 pub mod prefetch;
 pub mod registry;
 pub mod server;
