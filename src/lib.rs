@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! * `net`: address classes, CIDR ranges and egress host patterns, parsed (a leaf).
-//! * `config`: the TOML config, its defaults and validation.
+//! * `config`: the TOML config, its defaults and validation (a leaf over `net`).
 //! * `cli`: clap commands (`serve`, `check-config`, `fsck`) and how flags override config.
 //! * `access`: client address allowlist, basic auth and tokens, per-prefix rules.
 //! * `server`: the listener loop (HTTP or TLS), connection limits, graceful shutdown.

@@ -10,7 +10,8 @@
 //! Loopback, private, link-local (cloud metadata), CGNAT, unique-local, multicast and the IPv6
 //! forms that embed IPv4 are refused unless `egress.allow_cidrs` covers them, or the operator
 //! listed that very address in `egress.allow`. The policy only decides; `upstream::client`
-//! enforces it. The address classes and the parsed entry types are `net`'s.
+//! enforces it. The entries are parsed by `config` (into `net`'s types), the address classes
+//! come from `net`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use reqwest::Url;
 
+use crate::config::{EgressConfig, parse_egress_allow};
 use crate::net::normalize_host;
 // The parsed forms of the `[egress]` entries and the address classes live in `net`; these
 // paths are kept for `main` and the property tests.
@@ -55,10 +57,11 @@ pub struct EgressPolicy {
 
 impl EgressPolicy {
     pub fn new(allow: &[String]) -> Result<EgressPolicy, String> {
-        let allow: Vec<AllowEntry> = allow
-            .iter()
-            .map(|p| AllowEntry::parse(p).map_err(|e| format!("egress.allow {p:?}: {e}")))
-            .collect::<Result<_, _>>()?;
+        Ok(EgressPolicy::of_allow(parse_egress_allow(allow)?))
+    }
+
+    /// The policy of parsed `egress.allow` entries alone.
+    fn of_allow(allow: Vec<AllowEntry>) -> EgressPolicy {
         let literal_ips = allow
             .iter()
             .filter_map(|p| match &p.host {
@@ -69,36 +72,27 @@ impl EgressPolicy {
             })
             .map(canonical_ip)
             .collect();
-        Ok(EgressPolicy {
+        EgressPolicy {
             allow,
             literal_ips,
             ..EgressPolicy::default()
-        })
+        }
     }
 
-    /// The policy of a whole `[egress]` section.
-    pub fn from_config(cfg: &crate::config::EgressConfig) -> Result<EgressPolicy, String> {
-        let mut p = EgressPolicy::new(&cfg.allow)?;
-        p.allow_cidrs = cfg
-            .allow_cidrs
-            .iter()
-            .map(|c| Cidr::parse(c).map_err(|e| format!("egress.allow_cidrs {c:?}: {e}")))
-            .collect::<Result<_, _>>()?;
-        for (host, addrs) in &cfg.resolve {
-            let ips = addrs
-                .iter()
-                .map(|a| {
-                    a.parse::<IpAddr>()
-                        .map(canonical_ip)
-                        .map_err(|_| format!("egress.resolve {host:?}: {a:?} is not an IP address"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            p.pinned.insert(normalize_host(host), ips);
+    /// The policy of a whole `[egress]` section. Every entry is parsed (and refused) by
+    /// `EgressConfig::parse`, the same function `Config::validate` runs.
+    pub fn from_config(cfg: &EgressConfig) -> Result<EgressPolicy, String> {
+        let parsed = cfg.parse()?;
+        let mut p = EgressPolicy::of_allow(parsed.allow);
+        p.allow_cidrs = parsed.allow_cidrs;
+        for (host, ips) in parsed.resolve {
+            p.pinned.insert(normalize_host(&host), ips);
         }
-        if let Some(proxy) = &cfg.proxy {
-            let url = Url::parse(proxy).map_err(|e| format!("egress.proxy {proxy:?}: {e}"))?;
-            p.proxy_host = url.host_str().map(normalize_host);
-        }
+        p.proxy_host = parsed
+            .proxy
+            .as_ref()
+            .and_then(|url| url.host_str())
+            .map(normalize_host);
         Ok(p)
     }
 
