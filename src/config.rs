@@ -266,6 +266,7 @@ pub struct PrivateModuleConfig {
     pub password_env: Option<String>,
 }
 
+/// The verifier key of sum.golang.org (`golang/go:src/cmd/go/internal/modfetch/key.go`).
 pub const SUM_GOLANG_ORG_KEY: &str =
     "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8";
 
