@@ -2,6 +2,7 @@
 //! argon2 password hashes, static bearer tokens (stored as SHA-256), and rules that require
 //! authentication per protocol and path prefix. Refusals are rendered in each protocol's own
 //! error format by the middleware in `app`.
+//! The `[access]` schema, and the parsing that refuses a bad entry, are `config`'s.
 //!
 //! Empty or blank passwords and tokens are refused before anything is hashed, whatever the HTTP
 //! version: hyper trims the trailing space of an HTTP/1 `Authorization: Bearer ` but passes it
@@ -26,87 +27,12 @@ use std::time::{Duration, Instant};
 
 use argon2::password_hash::phc::{Output, PasswordHash};
 use http::HeaderMap;
-use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::upstream::egress::Cidr;
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AccessConfig {
-    /// Client address ranges allowed at all; empty means every client.
-    pub allow_clients: Vec<String>,
-    /// Require authentication for every request (except `/healthz`).
-    pub require_auth: bool,
-    /// The realm named in `WWW-Authenticate: Basic realm=...`.
-    pub realm: String,
-    #[serde(rename = "user")]
-    pub users: Vec<UserConfig>,
-    #[serde(rename = "token")]
-    pub tokens: Vec<TokenConfig>,
-    #[serde(rename = "rule")]
-    pub rules: Vec<RuleConfig>,
-}
-
-impl Default for AccessConfig {
-    fn default() -> Self {
-        AccessConfig {
-            allow_clients: Vec::new(),
-            require_auth: false,
-            realm: "wharf".into(),
-            users: Vec::new(),
-            tokens: Vec::new(),
-            rules: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    pub name: String,
-    /// An argon2 PHC string from `wharf hash-password`.
-    pub password_hash: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenConfig {
-    /// A label for logs.
-    pub name: String,
-    /// SHA-256 of the token, lower-case hex (`printf %s "$TOKEN" | sha256sum`).
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// `registry` (paths under /v2/) or `go` (paths under /go/).
-    pub protocol: Protocol,
-    /// A prefix of the path after `/v2/` or `/go/`, as clients send it (Go paths case-escaped).
-    pub prefix: String,
-    pub require_auth: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Registry,
-    Go,
-}
-
-impl Protocol {
-    pub fn of_path(path: &str) -> Option<(Protocol, &str)> {
-        if let Some(rest) = path.strip_prefix("/v2/") {
-            Some((Protocol::Registry, rest))
-        } else if path == "/v2" {
-            Some((Protocol::Registry, ""))
-        } else {
-            path.strip_prefix("/go/").map(|rest| (Protocol::Go, rest))
-        }
-    }
-}
+// The `[access]` schema is config's; these paths are kept for code written against them.
+pub use crate::config::{AccessConfig, Protocol, RuleConfig, TokenConfig, UserConfig};
+use crate::net::Cidr;
 
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,62 +126,27 @@ impl AccessControl {
         upstreams: &[&str],
         default: &str,
     ) -> Result<AccessControl, String> {
-        let allow_clients = cfg
-            .allow_clients
-            .iter()
-            .map(|c| Cidr::parse(c).map_err(|e| format!("access.allow_clients {c:?}: {e}")))
-            .collect::<Result<_, _>>()?;
-        let mut users = HashMap::new();
-        let mut decoy = None;
-        for u in &cfg.users {
-            if u.name.trim().is_empty() || u.name.contains(':') {
-                return Err(format!(
-                    "access.user {:?}: name must not be blank or contain ':' (basic auth could not carry it)",
-                    u.name
-                ));
+        // Every entry is parsed (and refused) by `AccessConfig::parse`, the same function
+        // `Config::validate` runs.
+        let parsed = cfg.parse()?;
+        let decoy = match parsed.users.first() {
+            Some((name, hash)) => {
+                Some(decoy_of(hash).map_err(|e| format!("access.user {name:?}: {e}"))?)
             }
-            let hash = parse_password_hash(&u.password_hash)
-                .map_err(|e| format!("access.user {:?}: password_hash {e}", u.name))?;
-            if decoy.is_none() {
-                decoy =
-                    Some(decoy_of(&hash).map_err(|e| format!("access.user {:?}: {e}", u.name))?);
-            }
-            if users.insert(u.name.clone(), hash).is_some() {
-                return Err(format!("access.user {:?} appears twice", u.name));
-            }
-        }
-        let empty: [u8; 32] = Sha256::digest(b"").into();
-        let tokens = cfg
-            .tokens
-            .iter()
-            .map(|t| {
-                let bytes = hex::decode(t.sha256.trim())
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .ok_or_else(|| {
-                        format!("access.token {:?}: sha256 must be 64 hex digits", t.name)
-                    })?;
-                if bytes == empty {
-                    return Err(format!(
-                        "access.token {:?}: sha256 is the SHA-256 of the empty string, a token \
-                         no client may use; set it to `printf %s \"$TOKEN\" | sha256sum` of a real token",
-                        t.name
-                    ));
-                }
-                Ok(bytes)
-            })
-            .collect::<Result<_, String>>()?;
+            None => None,
+        };
+        let users: HashMap<String, PasswordHash> = parsed.users.into_iter().collect();
         let remember_key = random_key()?;
         let hashing_limit = std::thread::available_parallelism()
             .map_or(1, |n| n.get() / 2)
             .max(1);
         Ok(AccessControl {
-            allow_clients,
+            allow_clients: parsed.allow_clients,
             require_auth: cfg.require_auth,
             realm: cfg.realm.clone(),
             users,
             decoy,
-            tokens,
+            tokens: parsed.tokens,
             rules: cfg
                 .rules
                 .iter()
@@ -443,23 +334,6 @@ impl AccessControl {
     fn remembered(&self) -> std::sync::MutexGuard<'_, Remembered> {
         self.remembered.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// A `password_hash` as `wharf hash-password` writes it: argon2, with parameters, salt and
-/// output (a hash without an output would be refused instantly, unlike every other).
-fn parse_password_hash(s: &str) -> Result<PasswordHash, String> {
-    let hash = PasswordHash::new(s)
-        .map_err(|e| format!("is not a PHC string from `wharf hash-password`: {e}"))?;
-    argon2::Algorithm::try_from(hash.algorithm.as_str())
-        .map_err(|e| format!("is not an argon2 hash: {e}"))?;
-    if let Some(v) = hash.version {
-        argon2::Version::try_from(v).map_err(|e| format!("has an unknown argon2 version: {e}"))?;
-    }
-    argon2::Params::try_from(&hash).map_err(|e| format!("has invalid argon2 parameters: {e}"))?;
-    if hash.salt.is_none() || hash.hash.is_none() {
-        return Err("lacks a salt or an output; make one with `wharf hash-password`".into());
-    }
-    Ok(hash)
 }
 
 /// `hash` with its output zeroed: the same argon2 work to check, and no password gives it.

@@ -4,13 +4,22 @@
 //!
 //! Every key here is documented, with its default and why, in `systemd/wharf.toml`; keep the two
 //! in step.
+//!
+//! A leaf over `net`: `validate()` parses every entry the runtime objects are built from
+//! (`EgressConfig::parse`, `AccessConfig::parse`) with the same functions their constructors
+//! call, and never builds an `EgressPolicy` or `AccessControl` itself.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use argon2::password_hash::phc::PasswordHash;
+use reqwest::Url;
 use serde::{Deserialize, Deserializer};
+use sha2::{Digest as _, Sha256};
+
+use crate::net::{AllowEntry, Cidr, canonical_ip};
 
 /// Docker Hub's registry API host; the default upstream.
 pub const DOCKER_HUB_NAME: &str = "docker.io";
@@ -47,7 +56,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub go: GoConfig,
     pub egress: EgressConfig,
-    pub access: crate::access::AccessConfig,
+    pub access: AccessConfig,
     pub cache: CacheConfig,
 }
 
@@ -257,6 +266,7 @@ pub struct PrivateModuleConfig {
     pub password_env: Option<String>,
 }
 
+/// The verifier key of sum.golang.org (`golang/go:src/cmd/go/internal/modfetch/key.go`).
 pub const SUM_GOLANG_ORG_KEY: &str =
     "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8";
 
@@ -404,6 +414,219 @@ impl Default for EgressConfig {
     }
 }
 
+/// The `[egress]` entries, parsed: what `EgressPolicy::from_config` is built from.
+#[derive(Debug, Clone)]
+pub struct ParsedEgress {
+    pub allow: Vec<AllowEntry>,
+    pub allow_cidrs: Vec<Cidr>,
+    /// `egress.resolve`, names as written, addresses in canonical form.
+    pub resolve: Vec<(String, Vec<IpAddr>)>,
+    pub proxy: Option<Url>,
+}
+
+impl EgressConfig {
+    /// Parses every entry, refusing the first bad one with its key.
+    pub fn parse(&self) -> Result<ParsedEgress, String> {
+        let allow = parse_egress_allow(&self.allow)?;
+        let allow_cidrs = self
+            .allow_cidrs
+            .iter()
+            .map(|c| Cidr::parse(c).map_err(|e| format!("egress.allow_cidrs {c:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        let resolve = self
+            .resolve
+            .iter()
+            .map(|(host, addrs)| {
+                let ips = addrs
+                    .iter()
+                    .map(|a| {
+                        a.parse::<IpAddr>().map(canonical_ip).map_err(|_| {
+                            format!("egress.resolve {host:?}: {a:?} is not an IP address")
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((host.clone(), ips))
+            })
+            .collect::<Result<_, String>>()?;
+        let proxy = self
+            .proxy
+            .as_ref()
+            .map(|proxy| Url::parse(proxy).map_err(|e| format!("egress.proxy {proxy:?}: {e}")))
+            .transpose()?;
+        Ok(ParsedEgress {
+            allow,
+            allow_cidrs,
+            resolve,
+            proxy,
+        })
+    }
+}
+
+/// `egress.allow` entries, parsed; the first bad one is refused with its text.
+pub fn parse_egress_allow(allow: &[String]) -> Result<Vec<AllowEntry>, String> {
+    allow
+        .iter()
+        .map(|p| AllowEntry::parse(p).map_err(|e| format!("egress.allow {p:?}: {e}")))
+        .collect()
+}
+
+/// Client access control (`[access]`); off unless something is configured. `AccessControl`
+/// in `access` enforces it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Client address ranges allowed at all; empty means every client.
+    pub allow_clients: Vec<String>,
+    /// Require authentication for every request (except `/healthz`).
+    pub require_auth: bool,
+    /// The realm named in `WWW-Authenticate: Basic realm=...`.
+    pub realm: String,
+    #[serde(rename = "user")]
+    pub users: Vec<UserConfig>,
+    #[serde(rename = "token")]
+    pub tokens: Vec<TokenConfig>,
+    #[serde(rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            allow_clients: Vec::new(),
+            require_auth: false,
+            realm: "wharf".into(),
+            users: Vec::new(),
+            tokens: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// An argon2 PHC string from `wharf hash-password`.
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A label for logs.
+    pub name: String,
+    /// SHA-256 of the token, lower-case hex (`printf %s "$TOKEN" | sha256sum`).
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// `registry` (paths under /v2/) or `go` (paths under /go/).
+    pub protocol: Protocol,
+    /// A prefix of the path after `/v2/` or `/go/`, as clients send it (Go paths case-escaped).
+    pub prefix: String,
+    pub require_auth: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Registry,
+    Go,
+}
+
+impl Protocol {
+    pub fn of_path(path: &str) -> Option<(Protocol, &str)> {
+        if let Some(rest) = path.strip_prefix("/v2/") {
+            Some((Protocol::Registry, rest))
+        } else if path == "/v2" {
+            Some((Protocol::Registry, ""))
+        } else {
+            path.strip_prefix("/go/").map(|rest| (Protocol::Go, rest))
+        }
+    }
+}
+
+/// The `[access]` entries, parsed: what `AccessControl::new` is built from.
+#[derive(Debug, Clone)]
+pub struct ParsedAccess {
+    pub allow_clients: Vec<Cidr>,
+    /// In config order, names unique.
+    pub users: Vec<(String, PasswordHash)>,
+    /// The SHA-256 of each token.
+    pub tokens: Vec<[u8; 32]>,
+}
+
+impl AccessConfig {
+    /// Parses every entry, refusing the first bad one with its key and name.
+    pub fn parse(&self) -> Result<ParsedAccess, String> {
+        let allow_clients = self
+            .allow_clients
+            .iter()
+            .map(|c| Cidr::parse(c).map_err(|e| format!("access.allow_clients {c:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        let mut users: Vec<(String, PasswordHash)> = Vec::new();
+        for u in &self.users {
+            if u.name.trim().is_empty() || u.name.contains(':') {
+                return Err(format!(
+                    "access.user {:?}: name must not be blank or contain ':' (basic auth could not carry it)",
+                    u.name
+                ));
+            }
+            let hash = parse_password_hash(&u.password_hash)
+                .map_err(|e| format!("access.user {:?}: password_hash {e}", u.name))?;
+            if users.iter().any(|(name, _)| *name == u.name) {
+                return Err(format!("access.user {:?} appears twice", u.name));
+            }
+            users.push((u.name.clone(), hash));
+        }
+        let empty: [u8; 32] = Sha256::digest(b"").into();
+        let tokens = self
+            .tokens
+            .iter()
+            .map(|t| {
+                let bytes = hex::decode(t.sha256.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| {
+                        format!("access.token {:?}: sha256 must be 64 hex digits", t.name)
+                    })?;
+                if bytes == empty {
+                    return Err(format!(
+                        "access.token {:?}: sha256 is the SHA-256 of the empty string, a token \
+                         no client may use; set it to `printf %s \"$TOKEN\" | sha256sum` of a real token",
+                        t.name
+                    ));
+                }
+                Ok(bytes)
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(ParsedAccess {
+            allow_clients,
+            users,
+            tokens,
+        })
+    }
+}
+
+/// A `password_hash` as `wharf hash-password` writes it: argon2, with parameters, salt and
+/// output (a hash without an output would be refused instantly, unlike every other).
+fn parse_password_hash(s: &str) -> Result<PasswordHash, String> {
+    let hash = PasswordHash::new(s)
+        .map_err(|e| format!("is not a PHC string from `wharf hash-password`: {e}"))?;
+    argon2::Algorithm::try_from(hash.algorithm.as_str())
+        .map_err(|e| format!("is not an argon2 hash: {e}"))?;
+    if let Some(v) = hash.version {
+        argon2::Version::try_from(v).map_err(|e| format!("has an unknown argon2 version: {e}"))?;
+    }
+    argon2::Params::try_from(&hash).map_err(|e| format!("has invalid argon2 parameters: {e}"))?;
+    if hash.salt.is_none() || hash.hash.is_none() {
+        return Err("lacks a salt or an output; make one with `wharf hash-password`".into());
+    }
+    Ok(hash)
+}
+
 /// The data directory when neither config nor flag names one: systemd's `STATE_DIRECTORY`, else
 /// `$XDG_STATE_HOME/wharf`, else `~/.local/state/wharf`, else `./wharf-data`.
 pub fn default_data_dir() -> PathBuf {
@@ -473,7 +696,7 @@ impl Config {
                     up.name
                 ));
             }
-            let url = reqwest::Url::parse(&up.url).map_err(|e| {
+            let url = Url::parse(&up.url).map_err(|e| {
                 ConfigError::Invalid(format!("registry.upstream[{i}].url {:?}: {e}", up.url))
             })?;
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -513,14 +736,7 @@ impl Config {
             return invalid("registry.max_blob_size must be more than 0".into());
         }
         self.validate_go()?;
-        let names: Vec<&str> = self
-            .registry
-            .upstreams
-            .iter()
-            .map(|u| u.name.as_str())
-            .collect();
-        crate::access::AccessControl::new(&self.access, &names, &self.registry.default_upstream)
-            .map_err(ConfigError::Invalid)?;
+        self.access.parse().map_err(ConfigError::Invalid)?;
         if !(1..=100).contains(&self.cache.low_watermark_percent) {
             return invalid("cache.low_watermark_percent must be between 1 and 100".into());
         }
@@ -532,15 +748,13 @@ impl Config {
         if self.server.max_concurrent_fills == 0 {
             return invalid("server.max_concurrent_fills must be at least 1".into());
         }
-        crate::upstream::EgressPolicy::from_config(&self.egress).map_err(ConfigError::Invalid)?;
-        if let Some(proxy) = &self.egress.proxy {
-            let url = reqwest::Url::parse(proxy)
-                .map_err(|e| ConfigError::Invalid(format!("egress.proxy {proxy:?}: {e}")))?;
-            if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") {
-                return invalid(format!(
-                    "egress.proxy {proxy:?}: use an http:// or https:// URL"
-                ));
-            }
+        let egress = self.egress.parse().map_err(ConfigError::Invalid)?;
+        if let (Some(proxy), Some(url)) = (&self.egress.proxy, &egress.proxy)
+            && !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h")
+        {
+            return invalid(format!(
+                "egress.proxy {proxy:?}: use an http:// or https:// URL"
+            ));
         }
         if self.egress.max_redirects > 20 {
             return invalid("egress.max_redirects must be at most 20".into());
@@ -551,8 +765,8 @@ impl Config {
     fn validate_go(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let check_url = |key: &str, u: &str| -> Result<(), ConfigError> {
-            let url = reqwest::Url::parse(u)
-                .map_err(|e| ConfigError::Invalid(format!("{key} {u:?}: {e}")))?;
+            let url =
+                Url::parse(u).map_err(|e| ConfigError::Invalid(format!("{key} {u:?}: {e}")))?;
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
                 return Err(ConfigError::Invalid(format!(
                     "{key} {u:?}: must be an http:// or https:// URL with a host"
@@ -760,6 +974,54 @@ mod tests {
         let err =
             Config::from_toml_str("[registry]\ndefault_upstream = \"nope.io\"\n").unwrap_err();
         assert!(err.to_string().contains("nope.io"), "{err}");
+    }
+
+    #[test]
+    fn bad_access_and_egress_entries_are_refused_at_load_with_their_key() {
+        use argon2::password_hash::PasswordHasher;
+        let params = argon2::Params::new(64, 1, 1, None).unwrap();
+        let hash = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(b"pw")
+            .unwrap()
+            .to_string();
+        let user =
+            |name: &str| format!("[[access.user]]\nname = {name:?}\npassword_hash = {hash:?}\n");
+        for (toml, key) in [
+            (
+                "[egress]\nallow = [\"x.test/path\"]\n".to_string(),
+                "egress.allow \"x.test/path\"",
+            ),
+            (
+                "[egress]\nallow_cidrs = [\"10.0.0.0/33\"]\n".into(),
+                "egress.allow_cidrs",
+            ),
+            (
+                "[egress.resolve]\n\"a.test\" = [\"nope\"]\n".into(),
+                "egress.resolve \"a.test\"",
+            ),
+            ("[egress]\nproxy = \"no url\"\n".into(), "egress.proxy"),
+            (
+                "[egress]\nproxy = \"ftp://p.test\"\n".into(),
+                "egress.proxy",
+            ),
+            (
+                "[access]\nallow_clients = [\"nope\"]\n".into(),
+                "access.allow_clients",
+            ),
+            (user("a:b"), "access.user \"a:b\": name"),
+            (
+                format!("{}{}", user("ci"), user("ci")),
+                "access.user \"ci\" appears twice",
+            ),
+            (
+                "[[access.token]]\nname = \"t\"\nsha256 = \"zz\"\n".into(),
+                "access.token \"t\"",
+            ),
+        ] {
+            let err = Config::from_toml_str(&toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        assert!(Config::from_toml_str(&user("ci")).is_ok());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! distribution, read side) and Go modules (GOPROXY and the checksum-database proxy), on one port.
 //!
 //! # Layout
-//! * `config`: the TOML config, its defaults and validation.
+//! * `net`: address classes, CIDR ranges and egress host patterns, parsed (a leaf).
+//! * `config`: the TOML config, its defaults and validation (a leaf over `net`).
 //! * `cli`: the command line (clap), how flags override config, and what each command runs.
 //! * `access`: client address allowlist, basic auth and tokens, per-prefix rules.
 //! * `server`: the listener loop (HTTP or TLS), connection limits, graceful shutdown.
@@ -33,6 +34,7 @@ pub mod error;
 pub mod gc;
 pub mod goproxy;
 pub mod metrics;
+pub mod net;
 pub mod ops;
 pub mod prefetch;
 pub mod registry;

@@ -47,9 +47,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("app", "ops"),
     ("bundle", "admin"),
     ("bundle", "app"),
-    ("config", "access"),
-    ("config", "upstream"),
-    ("access", "upstream"),
 ];
 
 fn layer(module: &str) -> Option<u8> {

@@ -13,6 +13,5 @@ pub use note::{NoteError, VerifiedNote, VerifierKey};
 pub use tlog::Tree;
 pub use verifier::{LookupResult, SourceError, SumdbSource, TrustedTree, Verifier, VerifyError};
 
-/// The verifier key of sum.golang.org (`golang/go:src/cmd/go/internal/modfetch/key.go`).
-pub const SUM_GOLANG_ORG_KEY: &str =
-    "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8";
+/// The verifier key of sum.golang.org, defined once in `config` (its default `go.sumdb`).
+pub use crate::config::SUM_GOLANG_ORG_KEY;
