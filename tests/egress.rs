@@ -547,3 +547,45 @@ async fn credentials_are_not_sent_to_a_realm_on_another_port() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_challenge_from_a_redirected_hop_gets_no_login() {
+    // The upstream (wharf logs in to it) redirects a blob to a CDN host on the same port class;
+    // the CDN answers 401 naming its own token service. wharf must not log in there.
+    let up = FakeRegistry::start().await;
+    let cdn = Trap::start().await;
+    let data = bytes_of(5_000, 4);
+    let d = up.put_blob(&data);
+    *cdn.state.realm.lock().unwrap() = Some(format!("http://{}/token", cdn.addr));
+    up.set_blob_mode(BlobMode::Redirect(format!("http://{}", cdn.addr)));
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"data_dir = "{}"
+[registry]
+default_upstream = "fake.test"
+[[registry.upstream]]
+name = "fake.test"
+{}{}"
+[egress]
+allow = ["127.0.0.1", "127.0.0.1:{}"]
+connect_timeout = "2s"
+read_timeout = "5s"
+"#,
+        dir.path().display(),
+        credentials(dir.path()),
+        up.url(),
+        cdn.addr.port()
+    );
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let (status, _) = get_blob(&w, &d).await;
+    assert_ne!(status, 200);
+    let seen = cdn.seen();
+    assert!(
+        !seen.iter().any(|(p, _)| p == "/token"),
+        "wharf logged in to a realm named by a redirected hop: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|(_, a)| a.is_empty()),
+        "credentials reached the CDN: {seen:?}"
+    );
+}

@@ -167,7 +167,9 @@ impl UpstreamClient {
                 self.health.record_auth_ok();
                 return Ok(resp);
             }
-            if retried {
+            // Only the upstream itself may ask for its credentials: a 401 from a hop it
+            // redirected to (a blob CDN) names a realm wharf has no reason to log in to.
+            if retried || !same_origin(resp.url(), &url) {
                 return Ok(resp);
             }
             retried = true;
@@ -438,6 +440,13 @@ pub fn build_http(
 }
 
 /// A transport error described without its URL (signed URLs carry secrets in the query).
+/// Same scheme, host and port.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
 /// An upstream answer's body as the cache engine reads it: transport failures are logged and
 /// reported as upstream failures with a client-safe summary.
 pub fn into_incoming(resp: reqwest::Response) -> crate::cache::Incoming {
