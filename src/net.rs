@@ -236,6 +236,9 @@ fn classify_v6(ip: Ipv6Addr) -> AddrClass {
         AddrClass::UniqueLocal
     } else if s[0] & 0xffc0 == 0xfe80 {
         AddrClass::LinkLocal
+    } else if s[0] & 0xffc0 == 0xfec0 {
+        // Site-local (deprecated by RFC 3879, still routed inside some sites): private.
+        AddrClass::UniqueLocal
     } else if s[0] & 0xff00 == 0xff00 {
         AddrClass::Multicast
     } else if (s[0] == 0x64 && s[1] == 0xff9b) || s[0] == 0x2002 || (s[0] == 0x2001 && s[1] == 0) {
@@ -312,6 +315,13 @@ impl Cidr {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn site_local_ipv6_is_not_public() {
+        let ip: std::net::IpAddr = "fec0::1".parse().unwrap();
+        assert_ne!(classify(ip), AddrClass::Public);
+    }
+
     use super::*;
 
     #[test]
