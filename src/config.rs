@@ -71,6 +71,12 @@ pub struct ServerConfig {
     /// HTTP/2 alike; an HTTP/2 client answering pings does not keep it open).
     #[serde(deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
+    /// A connection whose client stops reading a response for this long is closed outright
+    /// (a slow-read client holds a descriptor and an open file per stream otherwise).
+    #[serde(deserialize_with = "de_duration")]
+    pub send_timeout: Duration,
+    /// Requests one HTTP/2 connection may have in flight at once.
+    pub max_streams_per_connection: u32,
     /// Largest request head (request line and headers) accepted.
     pub max_header_size: ByteSize,
     /// Longest request URL (path and query) accepted; longer ones get 414.
@@ -97,6 +103,8 @@ impl Default for ServerConfig {
         ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(60),
+            max_streams_per_connection: 64,
             max_header_size: ByteSize(64 << 10),
             max_url_length: 8192,
             max_concurrent_fills: 256,
@@ -744,6 +752,12 @@ impl Config {
             return invalid(
                 "server.max_header_size must be at least 8KiB (HTTP's smallest buffer)".into(),
             );
+        }
+        if self.server.max_streams_per_connection == 0 {
+            return invalid("server.max_streams_per_connection must be at least 1".into());
+        }
+        if self.server.send_timeout.is_zero() {
+            return invalid("server.send_timeout must be more than 0s".into());
         }
         if self.server.max_concurrent_fills == 0 {
             return invalid("server.max_concurrent_fills must be at least 1".into());

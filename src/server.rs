@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -86,6 +86,8 @@ fn load_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub send_timeout: Duration,
+    pub max_streams: u32,
     pub max_header_size: usize,
 }
 
@@ -106,6 +108,8 @@ pub async fn run(
     let limits = Limits {
         header_read_timeout: state.config.server.header_read_timeout,
         idle_timeout: state.config.server.idle_timeout,
+        send_timeout: state.config.server.send_timeout,
+        max_streams: state.config.server.max_streams_per_connection,
         max_header_size: state.config.server.max_header_size.0 as usize,
     };
     let workers = state.config.server.worker_count();
@@ -171,6 +175,7 @@ fn http_builder(limits: Limits) -> Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .adaptive_window(true)
+        .max_concurrent_streams(limits.max_streams)
         .max_header_list_size(limits.max_header_size as u32)
         // A client that stops answering pings is dropped.
         .keep_alive_interval(Some(limits.header_read_timeout.max(Duration::from_secs(1))))
@@ -312,16 +317,27 @@ async fn serve_connection<I>(
         _ = activity.idle_for(conns.limits.idle_timeout) => {
             tracing::debug!(%peer, "closing a connection idle for server.idle_timeout");
         }
+        _ = activity.stalled_for(conns.limits.send_timeout) => {
+            // Not gracefully: a graceful close would wait for the very responses it stalls.
+            tracing::info!(%peer, "closing a connection whose client stopped reading (server.send_timeout)");
+            return;
+        }
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
 }
 
-/// Requests in flight on one connection, and since when there have been none.
+/// Requests in flight on one connection, and since when there have been none; response bodies
+/// being sent, and when one last moved.
 struct Activity {
     in_flight: AtomicUsize,
     idle_since: Mutex<Instant>,
     changed: Notify,
+    /// Response bodies hyper may read from now (not waiting on their source, e.g. a fill).
+    sending: AtomicUsize,
+    /// When a response body was last asked for data, in milliseconds since `start`.
+    last_progress_ms: AtomicU64,
+    start: Instant,
 }
 
 impl Activity {
@@ -330,6 +346,30 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
             changed: Notify::new(),
+            sending: AtomicUsize::new(0),
+            last_progress_ms: AtomicU64::new(0),
+            start: Instant::now(),
+        }
+    }
+
+    fn progress(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_progress_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once a response body that could be sent has not been asked for data for
+    /// `limit`: the client stopped reading (a zero HTTP/2 window, a full TCP buffer).
+    async fn stalled_for(&self, limit: Duration) {
+        let step = (limit / 4).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(step).await;
+            if self.sending.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            let last = Duration::from_millis(self.last_progress_ms.load(Ordering::Relaxed));
+            if self.start.elapsed().saturating_sub(last) >= limit {
+                return;
+            }
         }
     }
 
@@ -373,10 +413,33 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted as in flight until hyper is done with it.
+/// A response body that keeps its request counted as in flight until hyper is done with it,
+/// and tells the connection when it was last read from (`Activity::stalled_for`).
 pub struct Tracked {
     inner: axum::body::Body,
-    _in_flight: InFlight,
+    /// Waiting on its source (Pending): not the client's stall.
+    waiting: bool,
+    in_flight: InFlight,
+}
+
+impl Tracked {
+    fn new(inner: axum::body::Body, in_flight: InFlight) -> Tracked {
+        in_flight.0.sending.fetch_add(1, Ordering::AcqRel);
+        in_flight.0.progress();
+        Tracked {
+            inner,
+            waiting: false,
+            in_flight,
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if !self.waiting {
+            self.in_flight.0.sending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl hyper::body::Body for Tracked {
@@ -387,7 +450,23 @@ impl hyper::body::Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let activity = &this.in_flight.0;
+        activity.progress();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match (r.is_pending(), this.waiting) {
+            (true, false) => {
+                this.waiting = true;
+                activity.sending.fetch_sub(1, Ordering::AcqRel);
+            }
+            (false, true) => {
+                this.waiting = false;
+                activity.sending.fetch_add(1, Ordering::AcqRel);
+                activity.progress();
+            }
+            _ => {}
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -515,10 +594,7 @@ fn service_for(
         let resp = app.clone().oneshot(req.map(axum::body::Body::new));
         async move {
             let resp = resp.await?;
-            Ok(resp.map(|inner| Tracked {
-                inner,
-                _in_flight: in_flight,
-            }))
+            Ok(resp.map(|inner| Tracked::new(inner, in_flight)))
         }
     })
 }

@@ -75,3 +75,78 @@ async fn idle_http2_connection_answering_pings_is_closed_after_idle_timeout() {
     );
     assert!(goaway, "closed without a GOAWAY");
 }
+
+/// A request HEADERS frame for `GET path` on stream 1 (HPACK literals, no Huffman).
+fn get_headers(path: &str, authority: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    block.push(0x44); // :path, literal with incremental indexing, name index 4
+    block.push(path.len() as u8);
+    block.extend_from_slice(path.as_bytes());
+    block.push(0x41); // :authority, name index 1
+    block.push(authority.len() as u8);
+    block.extend_from_slice(authority.as_bytes());
+    let mut f = frame(1, 0x5, &block); // END_STREAM | END_HEADERS
+    f[8] = 1; // stream 1
+    f
+}
+
+#[tokio::test]
+async fn http2_client_that_stops_reading_is_closed_after_send_timeout() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = common::bytes_of(200_000, 9);
+    let d = up.put_blob(&blob);
+    let toml = config_toml(&up.url(), dir.path(), "")
+        + "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"60s\"\nsend_timeout = \"2s\"\n";
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    // Cache the blob first, over HTTP/1.
+    let r = common::client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), blob.len());
+    let mut s = TcpStream::connect(w.addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: the server may send no DATA until told.
+    s.write_all(&frame(SETTINGS, 0, &[0, 4, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    s.write_all(&get_headers(
+        &format!("/v2/app/blobs/{d}"),
+        &w.addr.to_string(),
+    ))
+    .await
+    .unwrap();
+    let mut pings = 0;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).await.is_err() {
+                return true;
+            }
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                return true;
+            }
+            match (head[3], head[4] & 1) {
+                (SETTINGS, 0) => {
+                    let _ = s.write_all(&frame(SETTINGS, 1, &[])).await;
+                }
+                (PING, 0) => {
+                    pings += 1;
+                    let _ = s.write_all(&frame(PING, 1, &payload)).await;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        closed,
+        "a client that never reads kept its connection ({pings} pings answered)"
+    );
+}
