@@ -16,6 +16,25 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// Waits (at most 30 s) until no fill is running, as `/metrics` reports it.
+async fn wait_for_fills(w: &Wharf) {
+    for _ in 0..300 {
+        let m = client()
+            .get(w.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("wharf_fills_in_flight 0") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("fills still running after 30 s");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_stays_under_budget_and_pinned_content_survives() {
     let up = FakeRegistry::start().await;
@@ -68,6 +87,9 @@ async fn the_store_stays_under_budget_and_pinned_content_survives() {
         assert_eq!(sha256(&again), *d0);
         assert_eq!(&again[..], &b0[..]);
     }
+    // Clients get their last bytes before the fsync; wait until every fill is committed, so
+    // the budget is measured over committed content (a busy disk can take seconds).
+    wait_for_fills(&w).await;
     let mut under = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -96,6 +118,7 @@ async fn the_store_stays_under_budget_and_pinned_content_survives() {
         .await
         .unwrap();
     assert_eq!(&got[..], &bl[..]);
+    wait_for_fills(&w).await;
     let metrics = c
         .get(w.url("/metrics"))
         .send()
