@@ -14,7 +14,7 @@ use super::path::{ModulePath, escape};
 use crate::cache::Flights;
 use crate::config::{Config, EgressConfig};
 use crate::upstream::client::{basic_authorization, build_http, send_following};
-use crate::upstream::health::{Health, spawn_probe};
+use crate::upstream::health::{Health, guarded};
 use crate::upstream::{EgressPolicy, UpstreamError};
 
 /// Most remembered "not found" answers.
@@ -189,10 +189,9 @@ impl GoState {
                 if self.offline {
                     return Err(UpstreamError::Offline);
                 }
-                src.health.check()?;
                 let url = Url::parse(&format!("{base}/{rel}"))
                     .map_err(|e| UpstreamError::Protocol(format!("bad upstream URL: {e}")))?;
-                let result = send_following(
+                let call = send_following(
                     &self.http,
                     &self.policy,
                     self.max_redirects,
@@ -200,19 +199,9 @@ impl GoState {
                     url,
                     &[],
                     authz.clone(),
-                )
-                .await;
-                if src.health.record(&result)
-                    && let Ok(probe) = Url::parse(&format!("{base}/"))
-                {
-                    spawn_probe(
-                        src.health.clone(),
-                        self.http.clone(),
-                        self.policy.clone(),
-                        probe,
-                    );
-                }
-                let resp = result?;
+                );
+                let probe = format!("{base}/");
+                let resp = guarded(&src.health, &self.http, &self.policy, &probe, call).await?;
                 match resp.status().as_u16() {
                     200 => Ok(Fetched::Found(resp)),
                     404 | 410 => Ok(Fetched::NotFound),

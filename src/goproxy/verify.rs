@@ -111,13 +111,9 @@ async fn fetch(
     if go.offline {
         return Err(UpstreamError::Offline);
     }
-    let health = go.sumdb_health.get(&db.name).cloned();
-    if let Some(h) = &health {
-        h.check()?;
-    }
     let url = Url::parse(&format!("{}/{raw}", db.url()))
         .map_err(|e| UpstreamError::Protocol(format!("bad checksum database URL: {e}")))?;
-    let result = send_following(
+    let call = send_following(
         &go.http,
         &go.policy,
         go.max_redirects,
@@ -125,15 +121,14 @@ async fn fetch(
         url,
         &[],
         None,
-    )
-    .await;
-    if let Some(h) = health
-        && h.record(&result)
-        && let Ok(probe) = Url::parse(&format!("{}/", db.url()))
-    {
-        crate::upstream::health::spawn_probe(h, go.http.clone(), go.policy.clone(), probe);
-    }
-    let resp = result?;
+    );
+    let resp = match go.sumdb_health.get(&db.name) {
+        Some(h) => {
+            let probe = format!("{}/", db.url());
+            crate::upstream::health::guarded(h, &go.http, &go.policy, &probe, call).await?
+        }
+        None => call.await?,
+    };
     match resp.status().as_u16() {
         200 => {
             let url = resp.url().clone();

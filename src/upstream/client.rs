@@ -120,19 +120,9 @@ impl UpstreamClient {
         if self.offline {
             return Err(UpstreamError::Offline);
         }
-        self.health.check()?;
-        let result = self.send_inner(method, path_and_query, accept, scope).await;
-        if self.health.record(&result)
-            && let Ok(probe) = Url::parse(&format!("{}/v2/", self.base))
-        {
-            super::health::spawn_probe(
-                self.health.clone(),
-                self.http.clone(),
-                self.policy.clone(),
-                probe,
-            );
-        }
-        result
+        let call = self.send_inner(method, path_and_query, accept, scope);
+        let probe = format!("{}/v2/", self.base);
+        super::health::guarded(&self.health, &self.http, &self.policy, &probe, call).await
     }
 
     async fn send_inner(

@@ -162,6 +162,26 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// One guarded upstream call, the same for every kind of upstream: refused at once while the
+/// upstream is down; the result recorded; and when this failure marks it down, a background
+/// probe of `probe` (the upstream's base URL) started.
+pub async fn guarded<T>(
+    health: &std::sync::Arc<Health>,
+    http: &reqwest::Client,
+    policy: &std::sync::Arc<super::EgressPolicy>,
+    probe: &str,
+    call: impl std::future::Future<Output = Result<T, UpstreamError>>,
+) -> Result<T, UpstreamError> {
+    health.check()?;
+    let result = call.await;
+    if health.record(&result)
+        && let Ok(url) = reqwest::Url::parse(probe)
+    {
+        spawn_probe(health.clone(), http.clone(), policy.clone(), url);
+    }
+    result
+}
+
 /// Probes `url` every `health.probe_interval` until it answers with any HTTP status, then
 /// marks the upstream up. Runs in the background; one per upstream at a time.
 pub fn spawn_probe(
