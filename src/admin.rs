@@ -21,12 +21,13 @@
 //! | `POST /admin/pins`            | pin digests and module versions (`PinRequest`)            |
 //! | `POST /admin/export`          | what a selection contains (`ExportRequest` -> manifest)   |
 //! | `POST /admin/import`          | verify, then index and pin uploaded content               |
-//! | `GET /admin/stats`            | what the cache holds (`gc::Stats`)                        |
+//! | `GET /admin/stats`            | what the cache holds (`maintenance::Stats`)                        |
 //! | `POST /admin/gc?dry_run&target` | evict down to `target` bytes; the report as text        |
 //!
 //! Blobs stored here are not indexed: only `/admin/import` indexes, after checking everything.
 
-pub mod secret;
+pub mod maintenance;
+pub use crate::secret;
 
 use std::net::SocketAddr;
 
@@ -63,8 +64,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/pins", post(pins))
         .route("/admin/export", post(export))
         .route("/admin/import", post(import))
-        .route("/admin/stats", get(crate::gc::stats_endpoint))
-        .route("/admin/gc", post(crate::gc::gc_endpoint))
+        .route("/admin/stats", get(maintenance::stats_endpoint))
+        .route("/admin/gc", post(maintenance::gc_endpoint))
         .route("/admin", any(unknown))
         .route("/admin/", any(unknown))
         .route("/admin/{*rest}", any(unknown))
@@ -139,7 +140,7 @@ async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Respons
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().host())
         .unwrap_or("");
-    if !peer.is_some_and(|ip| ip.is_loopback()) || relayed || !loopback_host(host) {
+    if !peer.is_some_and(|ip| ip.is_loopback()) || relayed || !crate::net::loopback_host(host) {
         tracing::warn!(?peer, host, "admin request refused: not from this machine");
         return AdminError::new(
             StatusCode::FORBIDDEN,
@@ -166,18 +167,6 @@ async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Respons
 
 async fn unknown() -> AdminError {
     AdminError::new(StatusCode::NOT_FOUND, "no such admin route")
-}
-
-/// `localhost`, `127.0.0.1:5000`, `[::1]:5000`.
-pub(crate) fn loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn parse_digest(s: &str) -> Result<Digest, AdminError> {
@@ -380,32 +369,5 @@ fn mirror<'a>(
         storage: &app.storage,
         config: &app.config,
         is_private,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_loopback_hosts_are_admin_hosts() {
-        for ok in [
-            "localhost",
-            "127.0.0.1:5000",
-            "[::1]:5000",
-            "LOCALHOST:1",
-            "127.9.9.9",
-        ] {
-            assert!(loopback_host(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "wharf:5000",
-            "evil.example",
-            "10.0.0.1:5000",
-            "[fe80::1]:5000",
-        ] {
-            assert!(!loopback_host(bad), "{bad}");
-        }
     }
 }

@@ -7,14 +7,15 @@
 //! * `cli`: the command line (clap), how flags override config, and what each command runs.
 //! * `access`: client address allowlist, basic auth and tokens, per-prefix rules.
 //! * `server`: the listener loop (HTTP or TLS), connection limits, graceful shutdown.
-//! * `app`: shared state (storage, upstream clients, flights) and the router.
+//! * `app`: the application state (the protocol services, engine, access, metrics).
+//! * `web`: the router and the guard every protocol request passes first.
 //! * `cache`: single-flight fills and the bodies that stream from them (protocol-agnostic).
 //! * `upstream`: egress policy, the per-upstream HTTP client, token auth.
 //! * `registry`: the `/v2/` routes, handlers and error format.
 //! * `goproxy`: the `/go/` GOPROXY protocol, private modules, checksum-database proxy and checks.
 //! * `metrics`: request counters; `ops`: `/metrics` and `/healthz` rendered from the state.
-//! * `admin`: the `/admin/` API wharf's own commands use (loopback, plus a secret in the data
-//!   directory).
+//! * `admin`: the `/admin/` API wharf's own commands use (loopback, plus the secret of `secret`
+//!   in the data directory).
 //! * `prefetch`, `bundle`: `wharf prefetch`, `wharf export` and `wharf import`.
 //! * `error`: start-up and command errors.
 //!
@@ -38,13 +39,16 @@ pub mod net;
 pub mod ops;
 pub mod prefetch;
 pub mod registry;
+pub mod secret;
 pub mod server;
 pub mod upstream;
+pub mod web;
 
 use std::future::Future;
 
-pub use app::{AppState, router};
+pub use app::AppState;
 pub use error::Error;
+pub use web::router;
 
 /// Serves plain HTTP until `shutdown` resolves, then drains in-flight requests.
 pub async fn serve(

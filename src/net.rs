@@ -313,8 +313,41 @@ impl Cidr {
     }
 }
 
+/// A `Host` header naming this machine: `localhost`, `127.0.0.1:5000`, `[::1]:5000`.
+pub fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_loopback_hosts_are_admin_hosts() {
+        for ok in [
+            "localhost",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "LOCALHOST:1",
+            "127.9.9.9",
+        ] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "wharf:5000",
+            "evil.example",
+            "10.0.0.1:5000",
+            "[fe80::1]:5000",
+        ] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn site_local_ipv6_is_not_public() {

@@ -21,7 +21,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
-use crate::app::{AppState, router};
+use crate::app::AppState;
+use crate::web::router;
 
 /// A TLS server configuration that can be swapped while serving (SIGHUP).
 #[derive(Clone)]

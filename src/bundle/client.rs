@@ -28,9 +28,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use tower::ServiceExt as _;
 
 use super::AdminErrorBody;
-use crate::admin::secret::{self, AdminSecret};
 use crate::app::AppState;
 use crate::config::Config;
+use crate::secret::{self, AdminSecret};
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
@@ -176,7 +176,7 @@ impl Client {
                 ));
             }
         };
-        let router = crate::app::router(state.clone());
+        let router = crate::web::router(state.clone());
         Ok(Client::Local { state, router })
     }
 
@@ -343,7 +343,7 @@ fn is_admin(path: &str) -> bool {
 fn admin_header(config: &Config, base: &str) -> Result<Option<HeaderValue>, String> {
     let url = reqwest::Url::parse(base).map_err(|e| format!("{base}: {e}"))?;
     let host = url.host_str().unwrap_or("");
-    if !crate::admin::loopback_host(host) {
+    if !crate::net::loopback_host(host) {
         return Ok(None);
     }
     let found = AdminSecret::read(&wharf_storage::Layout::new(&config.data_dir))?;

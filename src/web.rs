@@ -1,0 +1,174 @@
+//! The HTTP surface: the router (registry, Go proxy, admin API, `/metrics`, `/healthz`) and the
+//! guard every protocol request passes first (URL length, `[access]`, metrics by typed cache
+//! outcome). Refusals use each protocol's own error format.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use http::StatusCode;
+
+use crate::access::Denied;
+use crate::app::AppState;
+use crate::goproxy;
+use crate::registry;
+use crate::registry::errors::{ErrorCode, RegistryError};
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    // The Go handlers exist only when the Go proxy does.
+    let go_routes = match &state.go {
+        Some(go) => any(goproxy::handle).with_state(go.clone()),
+        None => any(goproxy::disabled),
+    };
+    Router::new()
+        .route("/v2", any(registry::handle))
+        .route("/v2/", any(registry::handle))
+        .route("/v2/{*rest}", any(registry::handle))
+        .route("/go/{*rest}", go_routes)
+        .merge(crate::admin::routes(state.clone()))
+        .route("/metrics", axum::routing::get(metrics))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .route("/healthz", axum::routing::get(healthz))
+        .with_state(state)
+        .layer(crate::trace_layer())
+}
+
+/// Checks every protocol request before its handler: URL length, then access control. Refusals
+/// use the protocol's own error format.
+async fn guard(
+    State(app): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let path = req.uri().path().to_string();
+    let go = path.starts_with("/go/");
+    if uri_len > app.config.server.max_url_length {
+        let msg = format!(
+            "request URL longer than {} bytes (server.max_url_length)",
+            app.config.server.max_url_length
+        );
+        return refuse(
+            go,
+            StatusCode::URI_TOO_LONG,
+            ErrorCode::NameInvalid,
+            msg,
+            None,
+        );
+    }
+    if !app.access.is_open() {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        // Rules see one spelling per resource: Go paths decoded as the handler decodes them,
+        // registry repositories as `<upstream>/<repository>/` whatever form the client used.
+        let rule_path = if let Some(rest) = path.strip_prefix("/go/") {
+            match crate::goproxy::path::percent_decode_once(rest) {
+                Some(d) => format!("/go/{d}"),
+                None => path.clone(),
+            }
+        } else if let Some(rest) = path.strip_prefix("/v2/") {
+            match crate::registry::canonical_repo(&app.registry, rest, req.uri().query()) {
+                Some(c) => format!("/v2/{c}"),
+                None => path.clone(),
+            }
+        } else {
+            path.clone()
+        };
+        match app.access.check(peer, &rule_path, req.headers()).await {
+            Ok(()) => {}
+            Err(Denied::Address) => {
+                tracing::info!(?peer, %path, "client address not in access.allow_clients");
+                return refuse(
+                    go,
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Denied,
+                    "this client address may not use this mirror".into(),
+                    None,
+                );
+            }
+            Err(Denied::Unauthorized(why)) => {
+                let challenge = format!("Basic realm=\"{}\"", app.access.realm.replace('"', ""));
+                return refuse(
+                    go,
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthorized,
+                    format!("{why}: log in with a wharf user or token"),
+                    Some(challenge),
+                );
+            }
+            Err(Denied::Busy) => {
+                let mut resp = refuse(
+                    go,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "too many password checks at once; retry shortly".into(),
+                    None,
+                );
+                resp.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                return resp;
+            }
+        }
+    }
+    let resp = next.run(req).await;
+    // Cache answers carry their typed outcome; errors count as such; other answers (the `/v2/`
+    // ping, `sumdb/.../supported`) are not cache answers and are not counted.
+    let outcome = match resp.extensions().get::<crate::cache::Outcome>() {
+        Some(o) => Some(o.as_str()),
+        None if !resp.status().is_success() => Some("ERROR"),
+        None => None,
+    };
+    if let Some(outcome) = outcome
+        && (path.starts_with("/v2/") || go)
+    {
+        app.metrics.count(go, outcome);
+    }
+    resp
+}
+
+async fn healthz(State(app): State<AppState>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        crate::ops::health_json(&app),
+    )
+        .into_response()
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::ops::render(&app),
+    )
+        .into_response()
+}
+
+fn refuse(
+    go: bool,
+    status: StatusCode,
+    code: ErrorCode,
+    msg: String,
+    challenge: Option<String>,
+) -> Response {
+    let mut resp = if go {
+        goproxy::GoError::new(status, msg).into_response()
+    } else {
+        let mut r = RegistryError::new(code, msg).into_response();
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            "docker-distribution-api-version",
+            http::HeaderValue::from_static("registry/2.0"),
+        );
+        r
+    };
+    if let Some(c) = challenge.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, c);
+    }
+    resp
+}
