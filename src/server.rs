@@ -328,18 +328,21 @@ async fn serve_connection<I>(
     let _ = conn.await;
 }
 
-/// Requests in flight on one connection, and since when there have been none; response bodies
-/// being sent, and when one last moved.
+/// Requests in flight on one connection, and since when there have been none; the response
+/// bodies being sent, each with when it last moved.
 struct Activity {
     in_flight: AtomicUsize,
     idle_since: Mutex<Instant>,
     changed: Notify,
-    /// Response bodies hyper may read from now (not waiting on their source, e.g. a fill).
-    sending: AtomicUsize,
-    /// When a response body was last asked for data, in milliseconds since `start`.
-    last_progress_ms: AtomicU64,
+    /// One clock per response body: milliseconds since `start` when hyper last asked it for
+    /// data, or `WAITING` while it waits on its source (a fill), which is no stall of the
+    /// client's. Each body is judged on its own: one that moves says nothing of another.
+    bodies: Mutex<Vec<Arc<AtomicU64>>>,
     start: Instant,
 }
+
+/// A body's clock while it waits on its source.
+const WAITING: u64 = u64::MAX;
 
 impl Activity {
     fn new() -> Activity {
@@ -347,28 +350,38 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
             changed: Notify::new(),
-            sending: AtomicUsize::new(0),
-            last_progress_ms: AtomicU64::new(0),
+            bodies: Mutex::default(),
             start: Instant::now(),
         }
     }
 
-    fn progress(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_progress_ms.store(ms, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(WAITING - 1)
     }
 
-    /// Resolves once a response body that could be sent has not been asked for data for
-    /// `limit`: the client stopped reading (a zero HTTP/2 window, a full TCP buffer).
+    fn add_body(&self) -> Arc<AtomicU64> {
+        let clock = Arc::new(AtomicU64::new(self.now_ms()));
+        lock(&self.bodies).push(clock.clone());
+        clock
+    }
+
+    fn remove_body(&self, clock: &Arc<AtomicU64>) {
+        lock(&self.bodies).retain(|c| !Arc::ptr_eq(c, clock));
+    }
+
+    /// Resolves once some response body that could be sent has not been asked for data for
+    /// `limit`: its client stopped reading it (a zero HTTP/2 window, a full TCP buffer).
     async fn stalled_for(&self, limit: Duration) {
         let step = (limit / 4).max(Duration::from_millis(100));
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         loop {
             tokio::time::sleep(step).await;
-            if self.sending.load(Ordering::Acquire) == 0 {
-                continue;
-            }
-            let last = Duration::from_millis(self.last_progress_ms.load(Ordering::Relaxed));
-            if self.start.elapsed().saturating_sub(last) >= limit {
+            let now = self.now_ms();
+            let stalled = lock(&self.bodies).iter().any(|c| {
+                let t = c.load(Ordering::Relaxed);
+                t != WAITING && now.saturating_sub(t) >= limit_ms
+            });
+            if stalled {
                 return;
             }
         }
@@ -415,21 +428,19 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps its request counted as in flight until hyper is done with it,
-/// and tells the connection when it was last read from (`Activity::stalled_for`).
+/// and keeps its own clock of when it was last read from (`Activity::stalled_for`).
 pub struct Tracked {
     inner: axum::body::Body,
-    /// Waiting on its source (Pending): not the client's stall.
-    waiting: bool,
+    clock: Arc<AtomicU64>,
     in_flight: InFlight,
 }
 
 impl Tracked {
     fn new(inner: axum::body::Body, in_flight: InFlight) -> Tracked {
-        in_flight.0.sending.fetch_add(1, Ordering::AcqRel);
-        in_flight.0.progress();
+        let clock = in_flight.0.add_body();
         Tracked {
             inner,
-            waiting: false,
+            clock,
             in_flight,
         }
     }
@@ -437,9 +448,7 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        if !self.waiting {
-            self.in_flight.0.sending.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.in_flight.0.remove_body(&self.clock);
     }
 }
 
@@ -452,21 +461,14 @@ impl hyper::body::Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
         let this = self.get_mut();
-        let activity = &this.in_flight.0;
-        activity.progress();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match (r.is_pending(), this.waiting) {
-            (true, false) => {
-                this.waiting = true;
-                activity.sending.fetch_sub(1, Ordering::AcqRel);
-            }
-            (false, true) => {
-                this.waiting = false;
-                activity.sending.fetch_add(1, Ordering::AcqRel);
-                activity.progress();
-            }
-            _ => {}
-        }
+        // Pending: waiting on its source, not on the client; ready: it just moved.
+        let t = if r.is_pending() {
+            WAITING
+        } else {
+            this.in_flight.0.now_ms()
+        };
+        this.clock.store(t, Ordering::Relaxed);
         r
     }
 
@@ -598,4 +600,8 @@ fn service_for(
             Ok(resp.map(|inner| Tracked::new(inner, in_flight)))
         }
     })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -78,7 +78,17 @@ async fn idle_http2_connection_answering_pings_is_closed_after_idle_timeout() {
 
 /// A request HEADERS frame for `GET path` on stream 1 (HPACK literals, no Huffman).
 fn get_headers(path: &str, authority: &str) -> Vec<u8> {
-    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    request_headers(false, path, authority, 1)
+}
+
+/// A request HEADERS frame for `GET` or `HEAD path` on `stream`.
+fn request_headers(head: bool, path: &str, authority: &str, stream: u8) -> Vec<u8> {
+    let mut block = if head {
+        // :method HEAD (literal, name index 2), :scheme http
+        vec![0x42, 4, b'H', b'E', b'A', b'D', 0x86]
+    } else {
+        vec![0x82, 0x86] // :method GET, :scheme http
+    };
     block.push(0x44); // :path, literal with incremental indexing, name index 4
     block.push(path.len() as u8);
     block.extend_from_slice(path.as_bytes());
@@ -86,7 +96,7 @@ fn get_headers(path: &str, authority: &str) -> Vec<u8> {
     block.push(authority.len() as u8);
     block.extend_from_slice(authority.as_bytes());
     let mut f = frame(1, 0x5, &block); // END_STREAM | END_HEADERS
-    f[8] = 1; // stream 1
+    f[8] = stream;
     f
 }
 
@@ -148,5 +158,63 @@ async fn http2_client_that_stops_reading_is_closed_after_send_timeout() {
     assert!(
         closed,
         "a client that never reads kept its connection ({pings} pings answered)"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_stream_is_not_excused_by_new_requests_on_its_connection() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = common::bytes_of(200_000, 10);
+    let d = up.put_blob(&blob);
+    let toml = config_toml(&up.url(), dir.path(), "")
+        + "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"60s\"\nsend_timeout = \"2s\"\n";
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let r = common::client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), blob.len());
+    let path = format!("/v2/app/blobs/{d}");
+    let authority = w.addr.to_string();
+    let s = TcpStream::connect(w.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(PREFACE).await.unwrap();
+    wr.write_all(&frame(SETTINGS, 0, &[0, 4, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    wr.write_all(&request_headers(false, &path, &authority, 1))
+        .await
+        .unwrap();
+    // A HEAD on a new stream every 300 ms: each finishes at once (no window needed).
+    let writer = tokio::spawn(async move {
+        for i in 0..60u8 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let stream = 3 + 2 * i;
+            if wr
+                .write_all(&request_headers(true, &path, &authority, stream))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    writer.abort();
+    assert!(
+        closed,
+        "new HEADs kept a connection with a stalled stream open"
     );
 }

@@ -388,3 +388,80 @@ async fn a_declared_size_cannot_lift_max_blob_size() {
     );
     assert!(files_under(&dir.path().join("tmp")).is_empty());
 }
+
+#[tokio::test]
+async fn a_tag_naming_a_digest_cached_elsewhere_must_hand_over_the_bytes() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (m, body) = up.put_image("team/a", "v1", &[bytes_of(1_000, 38)]);
+    let w = Wharf::start(&up.url(), dir.path(), "").await;
+    let c = client();
+    assert_eq!(
+        c.get(w.url("/v2/team/a/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // team/b's tag names that digest in its HEAD answer, but team/b cannot serve the bytes.
+    up.put_manifest(
+        "team/b",
+        Some("latest"),
+        &body,
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    up.state
+        .manifests
+        .lock()
+        .unwrap()
+        .remove(&("team/b".to_string(), m.clone()));
+    let r = c
+        .get(w.url("/v2/team/b/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "a digest header opened content cached from team/a"
+    );
+    assert_eq!(up.count("GET", &format!("/v2/team/b/manifests/{m}")), 1);
+}
+
+#[tokio::test]
+async fn another_repositorys_manifest_cannot_lower_a_blobs_size_limit() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let layer = bytes_of(200_000, 39);
+    let ld = sha256(&layer);
+    up.put_image("team/app", "v1", std::slice::from_ref(&layer));
+    // evil/x declares the same layer as 1 byte long.
+    let evil = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{ld}","size":1}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":1}}]}}"#
+    );
+    up.put_manifest(
+        "evil/x",
+        Some("latest"),
+        evil.as_bytes(),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    let w = Wharf::start(&up.url(), dir.path(), "").await;
+    let c = client();
+    c.get(w.url("/v2/evil/x/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
+    // A client that knows team/app's layer (from its own manifest) pulls it.
+    let r = c
+        .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.bytes().await.unwrap(),
+        layer,
+        "evil/x's declaration cut team/app's blob"
+    );
+}

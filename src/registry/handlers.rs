@@ -363,9 +363,12 @@ async fn resolve_tag(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| Digest::parse(v.trim()).ok());
     if let Some(d) = &advertised {
-        // The HEAD answered for this repository: it may be served from it.
-        link(app, t, d);
-        if let Some(m) = load_manifest(app, d).map_err(Miss::Local)? {
+        // Cached and held by this repository: nothing to fetch. Cached from elsewhere only: a
+        // header is no proof (an upstream could name any digest), so this repository must
+        // hand over the bytes themselves, which then hash to `d`.
+        let held = visibility::held(&app.storage, &t.up.name, t.name.as_str(), d)
+            .map_err(|e| Miss::Local(internal(e)))?;
+        if held && let Some(m) = load_manifest(app, d).map_err(Miss::Local)? {
             return Ok((m, Outcome::Hit));
         }
         let m = fetch_manifest(app, t, d.as_str(), Some(d)).await?;
@@ -416,7 +419,7 @@ async fn fetch_manifest(
         .map_err(Miss::Local)?;
     // Fetched from this repository: it and what it lists may be served from it.
     link(app, t, &actual);
-    declare_sizes(app, &body);
+    declare_sizes(app, t, &body);
     let m = hot_manifest(actual, body, &media);
     app.hot.put_manifest(m.clone());
     Ok(m)
@@ -509,18 +512,18 @@ fn load_manifest(app: &Registry, digest: &Digest) -> Result<Option<Arc<HotManife
         .flatten()
         .and_then(|r| r.media_type)
         .unwrap_or_else(|| manifest::media_type_of_stored(&body));
-    declare_sizes(app, &body);
     let m = hot_manifest(digest.clone(), body, &media);
     app.hot.put_manifest(m.clone());
     Ok(Some(m))
 }
 
-/// Remembers the blob sizes a manifest declares, so their fills stop there.
-fn declare_sizes(app: &Registry, body: &[u8]) {
+/// Remembers the blob sizes a manifest fetched from `t`'s repository declares, so fills of
+/// them for that repository stop there (another repository's manifest cannot lower them).
+fn declare_sizes(app: &Registry, t: &Target, body: &[u8]) {
     let sizes = manifest::contents(body)
         .into_iter()
         .filter_map(|(d, size)| Some((d, size?)));
-    app.hot.declare(sizes);
+    app.hot.declare(&t.up.name, t.name.as_str(), sizes);
 }
 
 fn hot_manifest(digest: Digest, body: Vec<u8>, media: &str) -> Arc<HotManifest> {
@@ -574,7 +577,7 @@ async fn blob(
         up: t.up.clone(),
         name: t.name.clone(),
         digest: digest.clone(),
-        declared: app.hot.declared_size(digest),
+        declared: app.hot.declared_size(&t.up.name, t.name.as_str(), digest),
         max_blob_size: app.config.registry.max_blob_size.0,
         storage: app.storage.clone(),
         metrics: app.metrics.clone(),

@@ -96,12 +96,13 @@ impl Inner {
 pub struct HotManifests {
     budget: usize,
     inner: Mutex<Inner>,
-    /// Blob sizes declared by manifests seen lately: a fill stops there (`declared_size`).
-    declared: Mutex<HashMap<Digest, u64>>,
+    /// Blob sizes declared by manifests fetched lately, per upstream and repository
+    /// (`upstream \0 repository \0 digest`): a fill for that repository stops there.
+    declared: Mutex<HashMap<String, u64>>,
 }
 
-/// Most declared sizes remembered; past it the table starts over (a miss only means the fill
-/// is bounded by `registry.max_blob_size` instead).
+/// Most declared sizes remembered; past it new ones are not (a fill without one is bounded by
+/// `registry.max_blob_size` instead), so filling the table cannot evict a repository's own.
 const MAX_DECLARED: usize = 65_536;
 
 impl HotManifests {
@@ -113,23 +114,29 @@ impl HotManifests {
         }
     }
 
-    /// Remembers the sizes a manifest declares for what it lists. Where manifests disagree the
-    /// largest is kept: a wrong small one must not cut a correct fill short.
-    pub fn declare(&self, sizes: impl IntoIterator<Item = (Digest, u64)>) {
+    /// Remembers the sizes a manifest of `upstream/repo` declares for what it lists. Where its
+    /// manifests disagree the largest is kept: a wrong small one must not cut a correct fill.
+    pub fn declare(
+        &self,
+        upstream: &str,
+        repo: &str,
+        sizes: impl IntoIterator<Item = (Digest, u64)>,
+    ) {
         let mut d = self.declared.lock().unwrap_or_else(|p| p.into_inner());
         for (digest, size) in sizes {
-            if d.len() >= MAX_DECLARED && !d.contains_key(&digest) {
-                d.clear();
+            let key = format!("{upstream}\0{repo}\0{digest}");
+            if d.len() >= MAX_DECLARED && !d.contains_key(&key) {
+                continue;
             }
-            let e = d.entry(digest).or_insert(size);
+            let e = d.entry(key).or_insert(size);
             *e = (*e).max(size);
         }
     }
 
-    /// The size a manifest declared for `digest`, if one was seen lately.
-    pub fn declared_size(&self, digest: &Digest) -> Option<u64> {
+    /// The size a manifest of `upstream/repo` declared for `digest`, if one was seen lately.
+    pub fn declared_size(&self, upstream: &str, repo: &str, digest: &Digest) -> Option<u64> {
         let d = self.declared.lock().unwrap_or_else(|p| p.into_inner());
-        d.get(digest).copied()
+        d.get(&format!("{upstream}\0{repo}\0{digest}")).copied()
     }
 
     pub fn manifest(&self, digest: &Digest) -> Option<Arc<HotManifest>> {
