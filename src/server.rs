@@ -17,7 +17,7 @@ use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
@@ -332,8 +332,8 @@ async fn serve_connection<I>(
 /// bodies being sent, each with when it last moved.
 struct Activity {
     in_flight: AtomicUsize,
-    idle_since: Mutex<Instant>,
-    changed: Notify,
+    /// When the last request ended, in milliseconds since `start`.
+    idle_since_ms: AtomicU64,
     /// One clock per response body: milliseconds since `start` when hyper last asked it for
     /// data, or `WAITING` while it waits on its source (a fill), which is no stall of the
     /// client's. Each body is judged on its own: one that moves says nothing of another.
@@ -348,8 +348,7 @@ impl Activity {
     fn new() -> Activity {
         Activity {
             in_flight: AtomicUsize::new(0),
-            idle_since: Mutex::new(Instant::now()),
-            changed: Notify::new(),
+            idle_since_ms: AtomicU64::new(0),
             bodies: Mutex::default(),
             start: Instant::now(),
         }
@@ -389,19 +388,16 @@ impl Activity {
 
     /// Resolves once no request has been in flight for `limit`.
     async fn idle_for(&self, limit: Duration) {
+        // Checked every quarter of the limit, so a request costs no wake-up of this task.
+        let step = (limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         loop {
-            if self.in_flight.load(Ordering::Acquire) > 0 {
-                self.changed.notified().await;
-                continue;
-            }
-            let since = *self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
-            let deadline = since + limit;
-            if Instant::now() >= deadline && self.in_flight.load(Ordering::Acquire) == 0 {
+            tokio::time::sleep(step).await;
+            let since = self.idle_since_ms.load(Ordering::Acquire);
+            if self.in_flight.load(Ordering::Acquire) == 0
+                && self.now_ms().saturating_sub(since) >= limit_ms
+            {
                 return;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.changed.notified() => {}
             }
         }
     }
@@ -413,17 +409,17 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn start(a: Arc<Activity>) -> InFlight {
         a.in_flight.fetch_add(1, Ordering::AcqRel);
-        a.changed.notify_one();
         InFlight(a)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        }
-        self.0.changed.notify_one();
+        // The time first, then the count: `idle_for` never sees 0 with an older time.
+        self.0
+            .idle_since_ms
+            .store(self.0.now_ms(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -431,13 +427,21 @@ impl Drop for InFlight {
 /// and keeps its own clock of when it was last read from (`Activity::stalled_for`).
 pub struct Tracked {
     inner: axum::body::Body,
-    clock: Arc<AtomicU64>,
+    /// Only for bodies that can hold a file open or stream for long (over `UNTIMED` bytes, or
+    /// of unknown length): a small answer in memory costs a stalled client nothing but memory.
+    clock: Option<Arc<AtomicU64>>,
     in_flight: InFlight,
 }
 
+/// Largest response body sent without a stall clock (a manifest, an error, a list).
+const UNTIMED: u64 = 64 << 10;
+
 impl Tracked {
     fn new(inner: axum::body::Body, in_flight: InFlight) -> Tracked {
-        let clock = in_flight.0.add_body();
+        let small = hyper::body::Body::size_hint(&inner)
+            .exact()
+            .is_some_and(|n| n <= UNTIMED);
+        let clock = (!small).then(|| in_flight.0.add_body());
         Tracked {
             inner,
             clock,
@@ -448,7 +452,9 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.in_flight.0.remove_body(&self.clock);
+        if let Some(clock) = &self.clock {
+            self.in_flight.0.remove_body(clock);
+        }
     }
 }
 
@@ -462,13 +468,15 @@ impl hyper::body::Body for Tracked {
     ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        // Pending: waiting on its source, not on the client; ready: it just moved.
-        let t = if r.is_pending() {
-            WAITING
-        } else {
-            this.in_flight.0.now_ms()
-        };
-        this.clock.store(t, Ordering::Relaxed);
+        if let Some(clock) = &this.clock {
+            // Pending: waiting on its source, not on the client; ready: it just moved.
+            let t = if r.is_pending() {
+                WAITING
+            } else {
+                this.in_flight.0.now_ms()
+            };
+            clock.store(t, Ordering::Relaxed);
+        }
         r
     }
 

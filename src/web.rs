@@ -118,9 +118,9 @@ async fn guard(
         }
     }
     let resp = next.run(req).await;
-    // Cache answers carry their typed outcome; errors count as such; other answers (the `/v2/`
+    // Cache answers carry their outcome (`Outcome::of`); errors count as such; other answers (the `/v2/`
     // ping, `sumdb/.../supported`) are not cache answers and are not counted.
-    let outcome = match resp.extensions().get::<crate::cache::Outcome>() {
+    let outcome = match crate::cache::Outcome::of(&resp) {
         Some(o) => Some(o.as_str()),
         None if !resp.status().is_success() => Some("ERROR"),
         None => None,

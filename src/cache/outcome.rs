@@ -1,6 +1,7 @@
-//! Where an answer came from, typed: set by the handlers (`mark`), which also writes the
-//! `X-Cache` header; read back from the response's extensions by the router's guard for
-//! metrics, so no one parses a header string. One label set for every protocol.
+//! Where an answer came from, typed: set by the handlers (`mark`) as the `X-Cache` header, and
+//! read back as an `Outcome` by the router's guard for metrics (`of`). This module is the only
+//! place that knows the header and its values. (Not a response extension: inserting one costs
+//! two allocations per answer, measured at 5-7% of warm manifest requests per second.)
 
 use http::{HeaderName, HeaderValue};
 
@@ -27,12 +28,21 @@ impl Outcome {
         }
     }
 
-    /// Marks `resp` as answered with this outcome: the `X-Cache` header, the response's
-    /// extensions (for metrics) and the request's span.
+    /// Marks `resp` as answered with this outcome: the `X-Cache` header and the request's span.
     pub fn mark<B>(self, resp: &mut http::Response<B>) {
         tracing::Span::current().record("cache", self.as_str());
         resp.headers_mut()
             .insert(HEADER, HeaderValue::from_static(self.as_str()));
-        resp.extensions_mut().insert(self);
+    }
+
+    /// The outcome a handler marked `resp` with; `None` for answers that are not cache answers
+    /// (the `/v2/` ping, errors).
+    pub fn of<B>(resp: &http::Response<B>) -> Option<Outcome> {
+        match resp.headers().get(HEADER)?.as_bytes() {
+            b"HIT" => Some(Outcome::Hit),
+            b"MISS" => Some(Outcome::Miss),
+            b"STALE" => Some(Outcome::Stale),
+            _ => None,
+        }
     }
 }

@@ -466,8 +466,15 @@ fn link(app: &Registry, t: &Target, digest: &Digest) {
 /// (see `visibility`). Without a link, the upstream is asked (HEAD) in this repository; a yes
 /// is remembered, so the question is asked once.
 async fn ensure_linked(app: &Registry, t: &Target, digest: &Digest, kind: &str) -> Result<()> {
-    match visibility::held(&app.storage, &t.up.name, t.name.as_str(), digest) {
-        Ok(true) => return Ok(()),
+    let (up, repo) = (t.up.name.as_str(), t.name.as_str());
+    if app.hot.is_held(up, repo, digest) {
+        return Ok(());
+    }
+    match visibility::held(&app.storage, up, repo, digest) {
+        Ok(true) => {
+            app.hot.mark_held(up, repo, digest);
+            return Ok(());
+        }
         Ok(false) => {}
         Err(e) => return Err(internal(e)),
     }

@@ -99,6 +99,9 @@ pub struct HotManifests {
     /// Blob sizes declared by manifests fetched lately, per upstream and repository
     /// (`upstream \0 repository \0 digest`): a fill for that repository stops there.
     declared: Mutex<HashMap<String, u64>>,
+    /// (upstream, repository, digest) known to be held (`visibility::held`), so a warm hit by
+    /// digest reads no index record. Only ever a copy of a link in the index.
+    held: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Most declared sizes remembered; past it new ones are not (a fill without one is bounded by
@@ -111,6 +114,24 @@ impl HotManifests {
             budget: usize::try_from(budget).unwrap_or(usize::MAX),
             inner: Mutex::default(),
             declared: Mutex::default(),
+            held: Mutex::default(),
+        }
+    }
+
+    /// Whether `upstream/repo` is known here to hold `digest` (a copy of its index link).
+    pub fn is_held(&self, upstream: &str, repo: &str, digest: &Digest) -> bool {
+        let key = format!("{upstream}\0{repo}\0{digest}");
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key)
+    }
+
+    /// Remembers that the index links `digest` to `upstream/repo` as held.
+    pub fn mark_held(&self, upstream: &str, repo: &str, digest: &Digest) {
+        let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if h.len() < MAX_DECLARED {
+            h.insert(format!("{upstream}\0{repo}\0{digest}"));
         }
     }
 
