@@ -1,13 +1,13 @@
-//! `wharf gc` and `wharf stats`. The commands go through `bundle::client` like the air-gap
+//! `wharf gc` and `wharf stats`. The commands go through `tools::client` like the air-gap
 //! commands: to the running server (sled admits one process), else in-process on the data
 //! directory; the server side is `admin::maintenance`.
 
 use std::process::ExitCode;
 
 use crate::admin::maintenance::{Stats, default_target};
-use crate::bundle::client::{Body, Client};
 use crate::config::{ByteSize, Config};
 use crate::error::Error;
+use crate::tools::client::{Body, Client};
 
 /// Largest answer read back (a gc report lists every object it removes).
 const MAX_ANSWER: usize = 256 << 20;

@@ -16,7 +16,9 @@
 //! * `metrics`: request counters; `ops`: `/metrics` and `/healthz` rendered from the state.
 //! * `admin`: the `/admin/` API wharf's own commands use (loopback, plus the secret of `secret`
 //!   in the data directory).
-//! * `prefetch`, `bundle`: `wharf prefetch`, `wharf export` and `wharf import`.
+//! * `bundle`: the bundle format and its server side (plan an export, check and commit an import).
+//! * `tools`: the client side of `wharf prefetch`, `wharf export` and `wharf import`, and the one
+//!   CLI-to-server client (the running server, else the router in-process).
 //! * `error`: start-up and command errors.
 //!
 //! Storage (blobs on disk, the sled index, fsck) is the `wharf-storage` crate.
@@ -37,10 +39,10 @@ pub mod goproxy;
 pub mod metrics;
 pub mod net;
 pub mod ops;
-pub mod prefetch;
 pub mod registry;
 pub mod secret;
 pub mod server;
+pub mod tools;
 pub mod upstream;
 pub mod web;
 

@@ -62,8 +62,14 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             items,
         } => {
             let config = cli::load_for_tool(&config)?;
-            wharf::prefetch::command(&config, server.server.as_deref(), &items, &lists, platform)
-                .await
+            wharf::tools::prefetch::command(
+                &config,
+                server.server.as_deref(),
+                &items,
+                &lists,
+                platform,
+            )
+            .await
         }
         Command::Export {
             config,
@@ -75,14 +81,14 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             items,
         } => {
             let config = cli::load_for_tool(&config)?;
-            let args = wharf::bundle::export::ExportArgs {
+            let args = wharf::tools::export::ExportArgs {
                 items,
                 lists,
                 all,
                 pinned,
                 output,
             };
-            wharf::bundle::export::command(&config, server.server.as_deref(), args).await
+            wharf::tools::export::command(&config, server.server.as_deref(), args).await
         }
         Command::Import {
             config,
@@ -91,8 +97,8 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             inputs,
         } => {
             let config = cli::load_for_tool(&config)?;
-            let args = wharf::bundle::import::ImportArgs { inputs, name };
-            wharf::bundle::import::command(&config, server.server.as_deref(), args).await
+            let args = wharf::tools::import::ImportArgs { inputs, name };
+            wharf::tools::import::command(&config, server.server.as_deref(), args).await
         }
         Command::Fsck { config, repair } => cli::fsck(&config.load()?, repair),
     }

@@ -28,14 +28,9 @@
 //! | `import`   | `wharf import`: upload verified blobs, then ask the server to index them   |
 
 pub mod apply;
-pub mod client;
 mod error;
-pub mod export;
-pub mod import;
 mod mirror;
 pub mod plan;
-pub mod progress;
-pub mod source;
 pub mod sumdb;
 
 pub use error::BundleError;

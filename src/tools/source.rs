@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use wharf_storage::{Digest, unix_now};
 
-use super::{
+use crate::bundle::{
     BlobEntry, BundleManifest, CONTAINERD_NAME, FORMAT, FORMAT_VERSION, FileEntry, ImageEntry,
     ImageRef, MANIFEST_FILE, ModuleEntry, REF_NAME, SumdbEntry, children_of,
 };

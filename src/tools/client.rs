@@ -27,8 +27,8 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use tower::ServiceExt as _;
 
-use super::AdminErrorBody;
 use crate::app::AppState;
+use crate::bundle::AdminErrorBody;
 use crate::config::Config;
 use crate::secret::{self, AdminSecret};
 

@@ -16,7 +16,7 @@ use wharf_storage::Digest;
 use super::client::{Body, Client};
 use super::progress::{self, Progress};
 use super::source::{self, Data, Naming, Parsed, Tree, Upload};
-use super::{ImportReply, ImportRequest};
+use crate::bundle::{ImportReply, ImportRequest};
 use crate::config::Config;
 use crate::error::Error;
 
@@ -233,7 +233,7 @@ async fn upload(
     counts.uploaded.fetch_add(stored.size, Ordering::Relaxed);
     progress.done(&format!(
         "  stored {} {}",
-        super::short(&stored.digest),
+        crate::bundle::short(&stored.digest),
         progress::bytes(stored.size)
     ));
     Ok((stored.digest, stored.size))

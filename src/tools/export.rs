@@ -15,7 +15,7 @@ use wharf_storage::{Digest, Hasher};
 
 use super::client::Client;
 use super::progress::{self, Progress};
-use super::{
+use crate::bundle::{
     BundleManifest, ExportRequest, Item, MANIFEST_FILE, ModuleRef, REF_NAME, collect_items,
 };
 use crate::config::Config;

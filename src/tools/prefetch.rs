@@ -17,8 +17,6 @@ use futures_util::StreamExt;
 use http::{HeaderName, StatusCode, header};
 use wharf_storage::Digest;
 
-use crate::bundle::client::{Client, Reply};
-use crate::bundle::progress::{self, Progress};
 use crate::bundle::{
     ImageRef, Item, ModuleRef, PinReply, PinRequest, Platform, children_of, collect_items, short,
 };
@@ -26,6 +24,8 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::goproxy::path::{escape, is_canonical};
 use crate::registry::manifest;
+use crate::tools::client::{Client, Reply};
+use crate::tools::progress::{self, Progress};
 
 /// Blobs fetched at once for one image.
 const PARALLEL_BLOBS: usize = 4;
@@ -205,7 +205,7 @@ async fn get_retrying(
                 method.clone(),
                 path,
                 headers,
-                crate::bundle::client::Body::Empty,
+                crate::tools::client::Body::Empty,
             )
             .await?;
         tries += 1;
