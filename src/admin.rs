@@ -38,7 +38,6 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use futures_util::StreamExt;
 use http::{StatusCode, header};
 use wharf_storage::{Digest, PinRecord, StorageError};
 
@@ -47,7 +46,7 @@ use crate::bundle::{
     AdminErrorBody, BundleError, ExportRequest, ImportRequest, Mirror, PinReply, PinRequest, apply,
     plan,
 };
-use crate::cache::BlobBody;
+use crate::cache::{BlobBody, UploadError};
 use crate::goproxy::path::ModulePath;
 
 /// Largest JSON request (an import of many thousand objects).
@@ -248,42 +247,40 @@ async fn post_blob(
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
 
-/// Writes a request body through a `BlobWriter`; with `expected`, it must hash to that digest.
+/// Stores a request body through the engine; with `expected`, it must hash to that digest.
 async fn store(
     app: &AppState,
     body: Body,
     expected: Option<Digest>,
     size: Option<u64>,
 ) -> Result<Stored, AdminError> {
-    let mut writer = app.storage.blobs.writer().map_err(AdminError::internal)?;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            AdminError::new(StatusCode::BAD_REQUEST, format!("upload cut short: {e}"))
-        })?;
-        writer.write_all(&chunk).map_err(AdminError::internal)?;
-    }
-    let target = expected.clone().unwrap_or_else(|| writer.digest());
-    let t = target.clone();
-    let committed = tokio::task::spawn_blocking(move || writer.commit(&t, size))
-        .await
-        .map_err(AdminError::internal)?;
-    match committed {
-        Ok(c) => {
-            touch(app, &target);
+    let stream = body.into_data_stream();
+    let named = expected.clone();
+    match app.engine.store_upload(stream, expected, size).await {
+        Ok((digest, size)) => {
+            touch(app, &digest);
             Ok(Stored {
-                digest: target,
-                size: c.size,
+                digest,
+                size,
                 present: false,
             })
         }
-        Err(StorageError::DigestMismatch { expected, actual }) => Err(AdminError::bad(format!(
-            "content does not match its digest {expected} (it hashes to {actual})"
-        ))),
-        Err(StorageError::SizeMismatch { expected, actual }) => Err(AdminError::bad(format!(
-            "content of {target} is {actual} bytes, expected {expected}"
-        ))),
-        Err(e) => Err(AdminError::internal(e)),
+        Err(UploadError::Cut(e)) => Err(AdminError::new(
+            StatusCode::BAD_REQUEST,
+            format!("upload cut short: {e}"),
+        )),
+        Err(UploadError::Storage(StorageError::DigestMismatch { expected, actual })) => {
+            Err(AdminError::bad(format!(
+                "content does not match its digest {expected} (it hashes to {actual})"
+            )))
+        }
+        Err(UploadError::Storage(StorageError::SizeMismatch { expected, actual })) => {
+            let what = named.map_or("the upload".to_string(), |d| d.to_string());
+            Err(AdminError::bad(format!(
+                "content of {what} is {actual} bytes, expected {expected}"
+            )))
+        }
+        Err(UploadError::Storage(e)) => Err(AdminError::internal(e)),
     }
 }
 

@@ -274,6 +274,33 @@ impl Engine {
         Ok(digest)
     }
 
+    /// Stores an uploaded object (an import), hashed as written; with `expected`, it must hash
+    /// to that digest (and have `size` bytes, if given) or nothing is stored.
+    pub async fn store_upload<E: std::fmt::Display>(
+        &self,
+        body: impl futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+        expected: Option<Digest>,
+        size: Option<u64>,
+    ) -> Result<(Digest, u64), UploadError> {
+        let mut body = body;
+        let mut writer = self.0.storage.blobs.writer()?;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| UploadError::Cut(e.to_string()))?;
+            writer
+                .write_all(&chunk)
+                .map_err(StorageError::io("writing an upload"))?;
+        }
+        let target = expected.unwrap_or_else(|| writer.digest());
+        let t = target.clone();
+        let committed = tokio::task::spawn_blocking(move || writer.commit(&t, size))
+            .await
+            .map_err(|e| StorageError::Io {
+                context: "the commit task failed".into(),
+                source: std::io::Error::other(e),
+            })??;
+        Ok((target, committed.size))
+    }
+
     /// Notes that `digest` was just served (batched; written by `flush_atimes`).
     pub fn touch(&self, digest: &Digest) {
         let now = unix_now();
@@ -322,6 +349,17 @@ impl Engine {
             tracing::warn!("fills still running at shutdown were abandoned");
         }
     }
+}
+
+/// Why an upload was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The client's body ended in an error.
+    #[error("upload cut short: {0}")]
+    Cut(String),
+    /// Digest or size mismatch (the client's fault), or local storage (ours).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// A local failure: logged in full with what was being done, reported as `Local`.

@@ -12,7 +12,7 @@ pub mod pool;
 pub mod revalidate;
 
 pub use body::{BlobBody, ByteRange};
-pub use engine::{BlobSource, Engine, Fetch, Incoming, Served};
+pub use engine::{BlobSource, Engine, Fetch, Incoming, Served, UploadError};
 pub use flight::{FillError, FillState, Flights, Join, Leader, Start, first_answer};
 pub use outcome::Outcome;
 pub use pool::CHUNK;
