@@ -664,21 +664,34 @@ impl Config {
         Self::parse(text, None)
     }
 
+    /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Self::read(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads `path` without validating it: for merging command-line flags first, then
+    /// validating once (`cli::ConfigArgs::load`).
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, Some(path))
+        Self::deserialize(&text, Some(path))
     }
 
     fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.map(Path::to_path_buf),
-            message: e.to_string(),
-        })?;
+        let config = Self::deserialize(text, path)?;
         config.validate()?;
         Ok(config)
+    }
+
+    fn deserialize(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.map(Path::to_path_buf),
+            message: e.to_string(),
+        })
     }
 
     /// Checks what serde cannot: cross-references, URL shapes, limits.

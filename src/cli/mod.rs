@@ -161,16 +161,32 @@ pub struct ServerArg {
 impl ConfigArgs {
     /// The config file (or defaults) with these flags applied, validated.
     pub fn load(&self) -> Result<Config, ConfigError> {
+        self.load_with(&Overrides::default())
+    }
+
+    /// The one place flags meet the file: every flag applied, then validated once.
+    pub fn load_with(&self, o: &Overrides) -> Result<Config, ConfigError> {
         let mut config = match &self.config {
-            Some(path) => Config::load(path)?,
+            Some(path) => Config::read(path)?,
             None => Config::default(),
         };
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
         }
+        if let Some(l) = o.listen {
+            config.listen = l;
+        }
+        config.offline |= o.offline;
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Flags of `wharf serve` that override the file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides {
+    pub listen: Option<std::net::SocketAddr>,
+    pub offline: bool,
 }
 
 /// The config of a command whose own output is the report, with logging for warnings only.

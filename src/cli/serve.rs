@@ -15,11 +15,7 @@ pub async fn command(
     listen: Option<SocketAddr>,
     offline: bool,
 ) -> Result<ExitCode, crate::Error> {
-    let mut config = config.load()?;
-    if let Some(l) = listen {
-        config.listen = l;
-    }
-    config.offline |= offline;
+    let config = config.load_with(&super::Overrides { listen, offline })?;
     init_tracing(&config);
     serve(config).await
 }
