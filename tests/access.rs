@@ -7,8 +7,8 @@
 //! reach an upstream, so several tests count what the fakes saw.
 
 mod common;
-#[path = "support/tlsgen.rs"]
-mod tlsgen;
+mod support;
+use support::tlsgen;
 
 use std::net::SocketAddr;
 use std::path::Path;

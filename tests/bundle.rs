@@ -6,9 +6,8 @@
 //! cache, docker save) load.
 
 mod common;
-#[path = "support/oci.rs"]
-#[allow(dead_code)]
-mod oci;
+mod support;
+use support::oci;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -4,8 +4,8 @@
 //! Each test drives the real executable against a fake upstream in this process.
 
 mod common;
-#[path = "support/tlsgen.rs"]
-mod tlsgen;
+mod support;
+use support::tlsgen;
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener};

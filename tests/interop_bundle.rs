@@ -11,8 +11,7 @@
 //! `WHARF_REQUIRE_INTEROP` is set (CI sets it).
 
 mod common;
-#[path = "support/gotools.rs"]
-mod gotools;
+use support::gotools;
 mod support;
 
 use std::collections::BTreeMap;

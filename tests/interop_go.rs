@@ -10,8 +10,8 @@
 //! print why and pass, unless `WHARF_REQUIRE_INTEROP` is set (CI sets it).
 
 mod common;
-#[path = "support/gotools.rs"]
-mod gotools;
+mod support;
+use support::gotools;
 
 use std::collections::BTreeMap;
 use std::path::Path;

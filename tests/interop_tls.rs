@@ -7,8 +7,7 @@
 //! on PATH the tests print why and pass, unless `WHARF_REQUIRE_INTEROP` is set.
 
 mod support;
-#[path = "support/tlsgen.rs"]
-mod tlsgen;
+use support::tlsgen;
 
 use std::fs;
 use std::io::Write as _;

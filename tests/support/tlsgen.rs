@@ -1,8 +1,7 @@
 //! Certificates for TLS tests, generated with rcgen: a throw-away CA and server certificates it
 //! signs for `localhost` and `127.0.0.1`, written as the PEM files wharf's `[tls]` reads.
 //!
-//! Included by path (`#[path = "support/tlsgen.rs"] mod tlsgen;`) from the test binaries that
-//! need it; `support/mod.rs` does not declare it.
+//! Used as `support::tlsgen` by the test binaries that need it.
 //! Must not: touch the machine's trust store; clients are given the CA explicitly.
 #![allow(dead_code)]
 
