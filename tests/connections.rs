@@ -31,19 +31,18 @@ fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-#[tokio::test]
-async fn idle_http2_connection_answering_pings_is_closed_after_idle_timeout() {
-    let up = FakeRegistry::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    // Pings every second (header_read_timeout), idle after two.
-    let toml = config_toml(&up.url(), dir.path(), "")
-        + "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n";
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
-    let mut s = TcpStream::connect(w.addr).await.unwrap();
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(SETTINGS, 0, &[])).await.unwrap();
+/// What a live HTTP/2 client saw until the server closed the connection or `within` passed.
+struct Seen {
+    closed: bool,
+    pings: usize,
+    goaway: bool,
+}
+
+/// Plays a live client on `s`: acknowledges SETTINGS and answers every PING, never reads
+/// DATA on purpose (the window stays as the client set it), until the server closes.
+async fn answer_until_closed(s: &mut TcpStream, within: Duration) -> Seen {
     let (mut pings, mut goaway) = (0, false);
-    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+    let closed = tokio::time::timeout(within, async {
         loop {
             let mut head = [0u8; 9];
             if s.read_exact(&mut head).await.is_err() {
@@ -56,10 +55,11 @@ async fn idle_http2_connection_answering_pings_is_closed_after_idle_timeout() {
                 return true;
             }
             match (head[3], head[4] & 1) {
-                (SETTINGS, 0) => s.write_all(&frame(SETTINGS, 1, &[])).await.unwrap(),
+                (SETTINGS, 0) => {
+                    let _ = s.write_all(&frame(SETTINGS, 1, &[])).await;
+                }
                 (PING, 0) => {
                     pings += 1;
-                    // A live client: every ping is answered.
                     let _ = s.write_all(&frame(PING, 1, &payload)).await;
                 }
                 (GOAWAY, _) => goaway = true,
@@ -69,6 +69,47 @@ async fn idle_http2_connection_answering_pings_is_closed_after_idle_timeout() {
     })
     .await
     .unwrap_or(false);
+    Seen {
+        closed,
+        pings,
+        goaway,
+    }
+}
+
+/// wharf with `send_timeout = "2s"`, holding a 200 KB blob already cached over HTTP/1.
+async fn wharf_holding_a_blob(seed: u64) -> (FakeRegistry, Wharf, tempfile::TempDir, String) {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = common::bytes_of(200_000, seed);
+    let d = up.put_blob(&blob);
+    let toml = config_toml(&up.url(), dir.path(), "")
+        + "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"60s\"\nsend_timeout = \"2s\"\n";
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let r = common::client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), blob.len());
+    (up, w, dir, d)
+}
+
+#[tokio::test]
+async fn idle_http2_connection_answering_pings_is_closed_after_idle_timeout() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Pings every second (header_read_timeout), idle after two.
+    let toml = config_toml(&up.url(), dir.path(), "")
+        + "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n";
+    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let mut s = TcpStream::connect(w.addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(SETTINGS, 0, &[])).await.unwrap();
+    let Seen {
+        closed,
+        pings,
+        goaway,
+    } = answer_until_closed(&mut s, Duration::from_secs(8)).await;
     assert!(
         closed,
         "the idle connection was still open after 8 s ({pings} pings answered)"
@@ -102,20 +143,7 @@ fn request_headers(head: bool, path: &str, authority: &str, stream: u8) -> Vec<u
 
 #[tokio::test]
 async fn http2_client_that_stops_reading_is_closed_after_send_timeout() {
-    let up = FakeRegistry::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let blob = common::bytes_of(200_000, 9);
-    let d = up.put_blob(&blob);
-    let toml = config_toml(&up.url(), dir.path(), "")
-        + "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"60s\"\nsend_timeout = \"2s\"\n";
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
-    // Cache the blob first, over HTTP/1.
-    let r = common::client()
-        .get(w.url(&format!("/v2/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.bytes().await.unwrap().len(), blob.len());
+    let (_up, w, _dir, d) = wharf_holding_a_blob(9).await;
     let mut s = TcpStream::connect(w.addr).await.unwrap();
     s.write_all(PREFACE).await.unwrap();
     // SETTINGS_INITIAL_WINDOW_SIZE = 0: the server may send no DATA until told.
@@ -128,33 +156,7 @@ async fn http2_client_that_stops_reading_is_closed_after_send_timeout() {
     ))
     .await
     .unwrap();
-    let mut pings = 0;
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let mut head = [0u8; 9];
-            if s.read_exact(&mut head).await.is_err() {
-                return true;
-            }
-            let len =
-                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-            let mut payload = vec![0u8; len];
-            if s.read_exact(&mut payload).await.is_err() {
-                return true;
-            }
-            match (head[3], head[4] & 1) {
-                (SETTINGS, 0) => {
-                    let _ = s.write_all(&frame(SETTINGS, 1, &[])).await;
-                }
-                (PING, 0) => {
-                    pings += 1;
-                    let _ = s.write_all(&frame(PING, 1, &payload)).await;
-                }
-                _ => {}
-            }
-        }
-    })
-    .await
-    .unwrap_or(false);
+    let Seen { closed, pings, .. } = answer_until_closed(&mut s, Duration::from_secs(10)).await;
     assert!(
         closed,
         "a client that never reads kept its connection ({pings} pings answered)"
@@ -163,19 +165,7 @@ async fn http2_client_that_stops_reading_is_closed_after_send_timeout() {
 
 #[tokio::test]
 async fn a_stalled_stream_is_not_excused_by_new_requests_on_its_connection() {
-    let up = FakeRegistry::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let blob = common::bytes_of(200_000, 10);
-    let d = up.put_blob(&blob);
-    let toml = config_toml(&up.url(), dir.path(), "")
-        + "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"60s\"\nsend_timeout = \"2s\"\n";
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
-    let r = common::client()
-        .get(w.url(&format!("/v2/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.bytes().await.unwrap().len(), blob.len());
+    let (_up, w, _dir, d) = wharf_holding_a_blob(10).await;
     let path = format!("/v2/app/blobs/{d}");
     let authority = w.addr.to_string();
     let s = TcpStream::connect(w.addr).await.unwrap();

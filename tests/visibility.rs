@@ -51,6 +51,28 @@ require_auth = true
     )
 }
 
+/// An OCI image manifest whose config and one layer are both `digest` with the sizes given;
+/// `layer_extra` is added to the layer descriptor (e.g. foreign-layer `urls`).
+fn manifest_naming(digest: &str, config_size: u64, layer_size: u64, layer_extra: &str) -> String {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{digest}","size":{config_size}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{digest}","size":{layer_size}{layer_extra}}}]}}"#
+    )
+}
+
+/// An authorised client pulls `paths` (each must answer 200): they are cached.
+async fn pull_as_user(w: &Wharf, paths: &[String]) {
+    for path in paths {
+        let r = client()
+            .get(w.url(path))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.bytes().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn private_content_is_not_served_through_another_upstream_or_repository() {
     let private = FakeRegistry::start().await;
@@ -63,19 +85,14 @@ async fn private_content_is_not_served_through_another_upstream_or_repository() 
         Wharf::start_with_config(&two_upstreams(&private, &public, dir.path()), dir.path()).await;
     let c = client();
     // An authorised client pulls the private image: it is cached.
-    for path in [
-        "/v2/private.test/team/secret/manifests/v1".to_string(),
-        format!("/v2/private.test/team/secret/blobs/{layer}"),
-    ] {
-        let r = c
-            .get(w.url(&path))
-            .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-        r.bytes().await.unwrap();
-    }
+    pull_as_user(
+        &w,
+        &[
+            "/v2/private.test/team/secret/manifests/v1".to_string(),
+            format!("/v2/private.test/team/secret/blobs/{layer}"),
+        ],
+    )
+    .await;
     // Anonymous clients ask for the same digests through every other path.
     for (path, kind) in [
         (format!("/v2/public.test/any/repo/blobs/{layer}"), "blob"),
@@ -297,8 +314,11 @@ async fn a_manifest_listing_a_private_digest_does_not_open_it() {
     // The attacker's repository on an honest public registry: a manifest whose "foreign" layer
     // is the private layer, and an index listing the private manifest. The registry never held
     // either (it answers 404 for them in that repository).
-    let evil = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{layer}","size":40000}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":40000,"urls":["https://example.com/x"]}}]}}"#
+    let evil = manifest_naming(
+        &layer,
+        40_000,
+        40_000,
+        r#","urls":["https://example.com/x"]"#,
     );
     public.put_manifest(
         "evil/e",
@@ -319,19 +339,15 @@ async fn a_manifest_listing_a_private_digest_does_not_open_it() {
     let w =
         Wharf::start_with_config(&two_upstreams(&private, &public, dir.path()), dir.path()).await;
     let c = client();
-    for path in [
-        "/v2/private.test/team/secret/manifests/v1".to_string(),
-        format!("/v2/private.test/team/secret/blobs/{layer}"),
-    ] {
-        let r = c
-            .get(w.url(&path))
-            .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.bytes().await.unwrap();
-    }
+    // An authorised client pulls the private image: it is cached.
+    pull_as_user(
+        &w,
+        &[
+            "/v2/private.test/team/secret/manifests/v1".to_string(),
+            format!("/v2/private.test/team/secret/blobs/{layer}"),
+        ],
+    )
+    .await;
     for tag in ["/v2/evil/e/manifests/latest", "/v2/evil/i/manifests/latest"] {
         assert_eq!(
             c.get(w.url(tag)).send().await.unwrap().status(),
@@ -358,9 +374,7 @@ async fn a_declared_size_cannot_lift_max_blob_size() {
     let dir = tempfile::tempdir().unwrap();
     let blob = bytes_of(10_000, 37);
     let d = up.put_blob(&blob);
-    let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{d}","size":10000}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":10000000000000}}]}}"#
-    );
+    let manifest = manifest_naming(&d, 10_000, 10_000_000_000_000, "");
     up.put_manifest(
         "team/app",
         Some("v1"),
@@ -437,9 +451,7 @@ async fn another_repositorys_manifest_cannot_lower_a_blobs_size_limit() {
     let ld = sha256(&layer);
     up.put_image("team/app", "v1", std::slice::from_ref(&layer));
     // evil/x declares the same layer as 1 byte long.
-    let evil = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{ld}","size":1}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":1}}]}}"#
-    );
+    let evil = manifest_naming(&ld, 1, 1, "");
     up.put_manifest(
         "evil/x",
         Some("latest"),

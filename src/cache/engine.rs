@@ -89,9 +89,6 @@ pub struct Served {
     pub source: BlobSource,
     pub size: Option<u64>,
     pub outcome: Outcome,
-    /// The request joined a fill someone else started (possibly for another name of the same
-    /// content): the protocol decides whether this request may see it.
-    pub joined: bool,
 }
 
 #[derive(Clone)]
@@ -172,13 +169,11 @@ impl Engine {
                 source: BlobSource::Fill(rx),
                 size,
                 outcome: Outcome::Miss,
-                joined,
             }),
             Start::Complete { file, size, hit } => Ok(Served {
                 source: BlobSource::File(file),
                 size: Some(size),
                 outcome: if hit { Outcome::Hit } else { Outcome::Miss },
-                joined,
             }),
             Start::Failed(e) => Err(e),
         }
