@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::goproxy::{GoProxy, GoState};
 use crate::registry;
+use crate::shared::Shared;
 use crate::upstream::{EgressPolicy, UpstreamClient};
 
 #[derive(Clone)]
@@ -32,6 +33,8 @@ pub struct Inner {
     /// What every `/admin/` request must carry: new for each state, written to the data
     /// directory (`admin.token`) as soon as the state holds sled's lock on it.
     pub admin_secret: crate::secret::AdminSecret,
+    /// The shared tier (`[shared]`), if configured.
+    pub shared: Option<Arc<Shared>>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<registry::Registry> {
@@ -84,11 +87,20 @@ impl AppState {
             .map_err(|m| Error::Config(crate::config::ConfigError::Invalid(m)))?;
         let storage = Storage::open(&config.data_dir)?;
         registry::visibility::backfill(&storage, config.registry.max_manifest_size.0)?;
-        let engine = crate::cache::Engine::new(
+        let mut engine = crate::cache::Engine::new(
             storage.clone(),
             config.server.max_concurrent_fills,
             config.offline,
         );
+        let shared = match &config.shared {
+            Some(cfg) => {
+                let shared = Shared::new(cfg, &config.egress, egress.clone(), storage.clone())
+                    .map_err(|m| Error::Config(crate::config::ConfigError::Invalid(m)))?;
+                engine = engine.with_tier(Arc::new(shared.clone()));
+                Some(shared)
+            }
+            None => None,
+        };
         let hot = crate::registry::hot::HotManifests::new(config.cache.manifest_memory.0);
         // Published before anything can answer (tests and `serve` bind before serving), so a
         // command that finds the server finds its secret; sled's lock makes this the only
@@ -131,6 +143,7 @@ impl AppState {
             engine,
             admin_secret,
             metrics,
+            shared,
         })))
     }
 }
@@ -190,6 +203,18 @@ impl AppState {
             }
             Err(_) => None,
         }
+    }
+
+    /// Joins the shared tier: reads the records other replicas wrote (for at most `limit`, so a
+    /// store that is down does not keep the server from starting), then keeps copying and
+    /// reading in the background.
+    pub async fn start_shared(&self, limit: std::time::Duration) {
+        let Some(shared) = &self.shared else { return };
+        match tokio::time::timeout(limit, shared.sync()).await {
+            Ok(n) => tracing::info!(records = n, "joined the shared tier"),
+            Err(_) => tracing::warn!("the shared tier did not answer in time; serving meanwhile"),
+        }
+        shared.spawn();
     }
 
     /// Background work of a serving process: access-time flushes and eviction.

@@ -58,6 +58,8 @@ pub struct Config {
     pub egress: EgressConfig,
     pub access: AccessConfig,
     pub cache: CacheConfig,
+    /// The shared tier several replicas use (`[shared]`); none by default.
+    pub shared: Option<SharedConfig>,
 }
 
 /// Limits on what clients may send and hold.
@@ -110,6 +112,79 @@ impl Default for ServerConfig {
             max_concurrent_fills: 256,
             workers: 0,
         }
+    }
+}
+
+/// The shared tier: an S3-compatible bucket every replica reads and writes. Credentials come
+/// from files or the environment (`WHARF_SHARED_ACCESS_KEY_ID`,
+/// `WHARF_SHARED_SECRET_ACCESS_KEY`), never from this file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedConfig {
+    /// The store's URL, e.g. `http://garage.internal:3900`; its host must be in `egress.allow`.
+    pub endpoint: String,
+    pub bucket: String,
+    /// A key prefix inside the bucket, so several fleets can share one.
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub access_key_id_file: Option<PathBuf>,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// `bucket.host` addressing instead of `host/bucket` (AWS wants it; Garage and MinIO do not).
+    #[serde(default)]
+    pub virtual_hosted_style: bool,
+    /// How often this replica reads the records other replicas wrote (tags, lists, links).
+    #[serde(default = "default_sync_interval", deserialize_with = "de_duration")]
+    pub sync_interval: Duration,
+    /// This replica's name in the bucket's journal; default: a random name kept in the data
+    /// directory (`replica-id`).
+    pub replica_id: Option<String>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_sync_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl SharedConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        match Url::parse(&self.endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            _ => {
+                return invalid(format!(
+                    "shared.endpoint {:?}: must be an http:// or https:// URL with a host",
+                    self.endpoint
+                ));
+            }
+        }
+        if self.bucket.is_empty() {
+            return invalid("shared.bucket: required".into());
+        }
+        if self.prefix.starts_with('/') || self.prefix.contains("//") {
+            return invalid(format!(
+                "shared.prefix {:?}: a relative key prefix like \"fleet-a\"",
+                self.prefix
+            ));
+        }
+        if let Some(id) = &self.replica_id
+            && (id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        {
+            return invalid(format!(
+                "shared.replica_id {id:?}: letters, digits, '_' and '.' only"
+            ));
+        }
+        if self.sync_interval.is_zero() {
+            return invalid("shared.sync_interval: must be more than 0".into());
+        }
+        Ok(())
     }
 }
 
@@ -364,6 +439,7 @@ impl Default for Config {
             access: Default::default(),
             cache: CacheConfig::default(),
             egress: EgressConfig::default(),
+            shared: None,
         }
     }
 }
@@ -697,6 +773,9 @@ impl Config {
     /// Checks what serde cannot: cross-references, URL shapes, limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(shared) = &self.shared {
+            shared.validate()?;
+        }
         let reg = &self.registry;
         if reg.upstreams.is_empty() {
             return invalid("registry.upstream: at least one upstream is required".into());

@@ -42,6 +42,7 @@ pub mod ops;
 pub mod registry;
 pub mod secret;
 pub mod server;
+pub mod shared;
 pub mod tools;
 pub mod upstream;
 pub mod web;

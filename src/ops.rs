@@ -132,7 +132,76 @@ pub fn render(app: &AppState) -> String {
     );
     let _ = writeln!(o, "# TYPE wharf_offline gauge");
     let _ = writeln!(o, "wharf_offline {}", u8::from(app.config.offline));
+    if let Some(shared) = &app.shared {
+        render_shared(&mut o, shared);
+    }
     o
+}
+
+fn render_shared(o: &mut String, shared: &crate::shared::Shared) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let st = &shared.stats;
+    let r = shared.report();
+    for (name, kind, help, value) in [
+        (
+            "wharf_shared_up",
+            "gauge",
+            "Whether the shared tier is considered up (1) or down (0).",
+            u64::from(r.up),
+        ),
+        (
+            "wharf_shared_pending",
+            "gauge",
+            "Objects and records committed here and not yet copied to the shared tier.",
+            r.pending as u64,
+        ),
+        (
+            "wharf_shared_hits_total",
+            "counter",
+            "Misses here filled from the shared tier.",
+            st.hits.load(Relaxed),
+        ),
+        (
+            "wharf_shared_read_bytes_total",
+            "counter",
+            "Bytes read from the shared tier.",
+            st.bytes_read.load(Relaxed),
+        ),
+        (
+            "wharf_shared_uploads_total",
+            "counter",
+            "Objects copied to the shared tier.",
+            st.uploads.load(Relaxed),
+        ),
+        (
+            "wharf_shared_uploaded_bytes_total",
+            "counter",
+            "Bytes copied to the shared tier.",
+            st.bytes_uploaded.load(Relaxed),
+        ),
+        (
+            "wharf_shared_records_written_total",
+            "counter",
+            "Index records written to the shared journal.",
+            st.journal_written.load(Relaxed),
+        ),
+        (
+            "wharf_shared_records_applied_total",
+            "counter",
+            "Index records of other replicas applied here.",
+            st.records_applied.load(Relaxed),
+        ),
+        (
+            "wharf_shared_discarded_total",
+            "counter",
+            "Objects in the shared tier that failed verification and were removed.",
+            st.discarded.load(Relaxed),
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} {kind}");
+        let _ = writeln!(o, "{name} {value}");
+    }
 }
 
 /// `/healthz`: 200 while serving; `status` says `degraded` when an upstream is down or cannot
@@ -149,13 +218,18 @@ pub fn health_json(app: &AppState) -> String {
             })
         })
         .collect();
+    let shared = app.shared.as_ref().map(|s| s.report());
     let degraded = ups
         .iter()
-        .any(|u| u["up"] == false || u["auth_failures"] != 0);
-    serde_json::json!({
+        .any(|u| u["up"] == false || u["auth_failures"] != 0)
+        || shared.as_ref().is_some_and(|s| !s.up);
+    let mut body = serde_json::json!({
         "status": if degraded { "degraded" } else { "ok" },
         "offline": app.config.offline,
         "upstreams": ups,
-    })
-    .to_string()
+    });
+    if let Some(s) = shared {
+        body["shared"] = serde_json::json!(s);
+    }
+    body.to_string()
 }

@@ -100,6 +100,9 @@ pub struct Limits {
 /// the thread that accepted it, so a request costs no cross-thread wake-ups (on a warm manifest
 /// hit that halved the CPU time per request compared with one work-stealing runtime).
 /// Tasks a request spawns (fills) run on its worker; workers live until every fill is done.
+/// How long a starting replica waits for the shared tier's records before serving.
+const SHARED_JOIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -114,6 +117,7 @@ pub async fn run(
         max_header_size: state.config.server.max_header_size.0 as usize,
     };
     let workers = state.config.server.worker_count();
+    state.start_shared(SHARED_JOIN).await;
     let background = state.spawn_background();
     let conns = Arc::new(Conns {
         app: router(state.clone()),

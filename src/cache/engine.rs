@@ -22,6 +22,7 @@ use wharf_storage::{BlobWriter, Digest, Index, Storage, StorageError, unix_now};
 
 use super::flight::{FillError, FillState, Flights, Join, Leader, Start, first_answer};
 use super::outcome::Outcome;
+use super::tier::Tier;
 
 /// Watchers are woken at most once per this many new bytes (and at the end), not per network
 /// read: a wake-up costs more than the few kilobytes one read brings.
@@ -53,6 +54,12 @@ pub trait Fetch: Send + 'static {
         None
     }
 
+    /// The digest the object had when a replica last stored it, if known: the shared tier is
+    /// asked for it first. Defaults to `expected`.
+    fn known(&self) -> Option<Digest> {
+        self.expected().cloned()
+    }
+
     /// Most bytes accepted, and the error when a source sends more.
     fn limit(&self) -> u64 {
         u64::MAX
@@ -74,8 +81,9 @@ pub trait Fetch: Send + 'static {
     /// The index records to write once the object is durable.
     fn record(&self, index: &Index, digest: &Digest, size: u64) -> Result<(), StorageError>;
 
-    /// Called once the object is committed (metrics, negative-cache upkeep).
-    fn committed(&self, _size: u64) {}
+    /// Called once the object is committed (metrics, negative-cache upkeep); `shared`: its
+    /// bytes came from the shared tier, not from this protocol's source.
+    fn committed(&self, _size: u64, _shared: bool) {}
 }
 
 /// Where an answer's bytes come from.
@@ -99,6 +107,8 @@ struct Inner {
     permits: Arc<Semaphore>,
     max_fills: usize,
     offline: bool,
+    /// The shared tier, asked before a protocol's source when the digest is known.
+    tier: Option<Arc<dyn Tier>>,
     /// Access times of hits since the last flush.
     atimes: Mutex<HashMap<Digest, u64>>,
 }
@@ -110,8 +120,23 @@ impl Engine {
             permits: Arc::new(Semaphore::new(max_fills)),
             max_fills,
             offline,
+            tier: None,
             atimes: Mutex::default(),
         }))
+    }
+
+    /// The same engine with a shared tier: misses ask it first, and every commit is queued
+    /// for it in the index's outbox. Call before the engine is cloned.
+    pub fn with_tier(mut self, tier: Arc<dyn Tier>) -> Engine {
+        self.0.storage.index.set_sharing(true);
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.tier = Some(tier);
+        }
+        self
+    }
+
+    pub fn has_tier(&self) -> bool {
+        self.0.tier.is_some()
     }
 
     pub fn storage(&self) -> &Storage {
@@ -143,7 +168,8 @@ impl Engine {
         K: Hash + Eq + Clone + Send + Sync + 'static,
         F: Fetch,
     {
-        if self.0.offline {
+        // Offline, only the shared tier may fill a miss.
+        if self.0.offline && self.0.tier.is_none() {
             return Err(FillError::Offline);
         }
         let (rx, joined) = match flights.join(key) {
@@ -182,16 +208,16 @@ impl Engine {
     /// The fill task: runs to the end even if every client leaves.
     async fn run<K: Hash + Eq + Clone, F: Fetch>(&self, mut fetch: F, leader: Leader<K>) {
         // A fill of the same digest that finished just before this one started.
-        if let Some(d) = fetch.expected()
-            && let Ok(file) = self.0.storage.blobs.open_blob(d)
+        if let Some(d) = fetch.known()
+            && let Ok(file) = self.0.storage.blobs.open_blob(&d)
             && let Ok(meta) = file.metadata()
         {
             return leader.commit(Arc::new(file), meta.len());
         }
         match self.fill_once(&mut fetch, &leader).await {
-            Ok((file, size)) => {
-                tracing::info!(size, "verified and cached");
-                fetch.committed(size);
+            Ok((file, size, shared)) => {
+                tracing::info!(size, shared, "verified and cached");
+                fetch.committed(size, shared);
                 leader.commit(file, size)
             }
             Err(e) => {
@@ -212,8 +238,26 @@ impl Engine {
         &self,
         fetch: &mut F,
         leader: &Leader<K>,
-    ) -> Result<(Arc<File>, u64), FillError> {
-        let incoming = fetch.open().await?.ok_or(FillError::NotFound)?;
+    ) -> Result<(Arc<File>, u64, bool), FillError> {
+        let from_tier = match (&self.0.tier, fetch.known()) {
+            (Some(tier), Some(d)) => tier.get(&d).await.map(|i| (i, d)),
+            _ => None,
+        };
+        let (incoming, tier_digest) = match from_tier {
+            Some((incoming, d)) => (incoming, Some(d)),
+            None if self.0.offline => return Err(FillError::Offline),
+            None => (fetch.open().await?.ok_or(FillError::NotFound)?, None),
+        };
+        // Bytes from the shared tier that fail a check are removed there.
+        let discard = |e: FillError| {
+            if let (Some(tier), Some(d)) = (&self.0.tier, &tier_digest)
+                && matches!(e, FillError::Upstream(_))
+            {
+                tracing::error!(digest = %d, "the shared tier's copy failed its checks; removing it");
+                tier.discard(d);
+            }
+            e
+        };
         let mut writer = self
             .0
             .storage
@@ -227,17 +271,22 @@ impl Engine {
             .map_err(|e| match e {
                 Copied::TooLarge => fetch.too_large(limit),
                 Copied::Failed(e) => e,
-            })?;
+            })
+            .map_err(discard)?;
         // Checks before commit: nothing unverified is ever stored or served in full.
-        fetch.check(&file, size).await?;
-        let digest = fetch.expected().cloned().unwrap_or_else(|| writer.digest());
+        fetch.check(&file, size).await.map_err(discard)?;
+        let digest = fetch
+            .expected()
+            .or(tier_digest.as_ref())
+            .cloned()
+            .unwrap_or_else(|| writer.digest());
         let verified = match writer.verify(&digest, Some(size)) {
             Ok(v) => v,
             Err(StorageError::DigestMismatch { expected, actual }) => {
                 tracing::error!(%expected, %actual, "content does not match its digest; discarded");
-                return Err(FillError::Upstream(format!(
+                return Err(discard(FillError::Upstream(format!(
                     "content does not match its digest {expected} (it hashes to {actual})"
-                )));
+                ))));
             }
             Err(e) => return Err(local("verifying the temp file failed")(e)),
         };
@@ -247,12 +296,69 @@ impl Engine {
             .await
             .map_err(local("the commit task failed"))?
             .map_err(local("committing failed"))?;
+        // Queued for the shared tier before the records that name it (a no-op without one).
+        if tier_digest.is_none() {
+            self.queue(&digest);
+        }
         // The object is verified and durable. A lost record costs a refetch (Go files) or is
         // rebuilt by `fsck --repair` (blobs); the clients already have their bytes.
         if let Err(e) = fetch.record(&self.0.storage.index, &digest, size) {
             tracing::error!(error = %e, "indexing failed; the content stays on disk");
         }
-        Ok((file, size))
+        Ok((file, size, tier_digest.is_some()))
+    }
+
+    /// Queues a committed object for the shared tier, if there is one.
+    fn queue(&self, digest: &Digest) {
+        if self.0.tier.is_some()
+            && let Err(e) = self.0.storage.index.queue_blob(digest)
+        {
+            tracing::warn!(error = %e, "queueing an object for the shared tier failed");
+        }
+    }
+
+    /// A small object (manifest, checksum-database record) by digest, read whole: from local
+    /// disk, else from the shared tier (verified, then stored here). `None` if neither has it
+    /// or it is larger than `max`.
+    pub async fn read_small(
+        &self,
+        digest: &Digest,
+        max: u64,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let local = self.0.storage.blobs.read_small(digest, max);
+        if let Some(body) = local.map_err(StorageError::io("reading a small object"))? {
+            return Ok(Some(body));
+        }
+        let Some(tier) = &self.0.tier else {
+            return Ok(None);
+        };
+        let Some(Incoming { len, mut body }) = tier.get(digest).await else {
+            return Ok(None);
+        };
+        if len.is_some_and(|n| n > max) {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else { return Ok(None) };
+            if bytes.len() as u64 + chunk.len() as u64 > max {
+                return Ok(None);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if Digest::of(&bytes) != *digest {
+            tracing::error!(%digest, "the shared tier's copy does not match its digest; removing it");
+            tier.discard(digest);
+            return Ok(None);
+        }
+        let (blobs, d, b) = (self.0.storage.blobs.clone(), digest.clone(), bytes.clone());
+        tokio::task::spawn_blocking(move || blobs.put_bytes(&d, &b))
+            .await
+            .map_err(|e| StorageError::Io {
+                context: "storing a small object".into(),
+                source: std::io::Error::other(e),
+            })??;
+        Ok(Some(bytes))
     }
 
     /// Stores a small object (manifest, list, checksum-database record) by its digest.
@@ -266,6 +372,7 @@ impl Engine {
                 context: "storing a small object".into(),
                 source: std::io::Error::other(e),
             })??;
+        self.queue(&digest);
         Ok(digest)
     }
 
@@ -293,6 +400,7 @@ impl Engine {
                 context: "the commit task failed".into(),
                 source: std::io::Error::other(e),
             })??;
+        self.queue(&target);
         Ok((target, committed.size))
     }
 

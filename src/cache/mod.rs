@@ -2,7 +2,7 @@
 //! once however many clients ask, and the bodies that serve a committed file or a fill still in
 //! progress (`body`), with the single flight (`flight`) and buffer pool (`pool`) under them.
 //! Also the typed cache outcome (`outcome`) and the freshness rule for mutable keys
-//! (`revalidate`). It knows storage, not HTTP: no axum, reqwest, registry or goproxy types.
+//! (`revalidate`), and the shared tier as one more place a miss may be filled from (`tier`). It knows storage, not HTTP: no axum, reqwest, registry or goproxy types.
 
 pub mod body;
 pub mod engine;
@@ -10,6 +10,7 @@ pub mod flight;
 pub mod outcome;
 pub mod pool;
 pub mod revalidate;
+pub mod tier;
 
 pub use body::{BlobBody, ByteRange};
 pub use engine::{BlobSource, Engine, Fetch, Incoming, Served, UploadError};
@@ -17,3 +18,4 @@ pub use flight::{FillError, FillState, Flights, Join, Leader, Start, first_answe
 pub use outcome::Outcome;
 pub use pool::CHUNK;
 pub use revalidate::{Cached, revalidate};
+pub use tier::Tier;

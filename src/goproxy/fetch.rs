@@ -23,6 +23,8 @@ pub struct ModuleFileFetch {
     pub kind: FileKind,
     /// The source that had it: its label (for messages) and whether it is public.
     found: Option<(String, bool)>,
+    /// The digest a record names (another replica stored it): the shared tier is asked first.
+    known: Option<Digest>,
 }
 
 impl ModuleFileFetch {
@@ -33,7 +35,14 @@ impl ModuleFileFetch {
             version,
             kind,
             found: None,
+            known: None,
         }
+    }
+
+    /// The file as a record names it, so the shared tier may have it.
+    pub fn known_as(mut self, digest: Option<Digest>) -> Self {
+        self.known = digest;
+        self
     }
 
     /// The negative-cache and flight key of this file.
@@ -76,6 +85,10 @@ impl Fetch for ModuleFileFetch {
             return Ok(Some(incoming));
         }
         Ok(None)
+    }
+
+    fn known(&self) -> Option<Digest> {
+        self.known.clone()
     }
 
     fn limit(&self) -> u64 {
@@ -121,8 +134,10 @@ impl Fetch for ModuleFileFetch {
         index.put_go_file(self.module.as_str(), &self.version, self.kind.ext(), &rec)
     }
 
-    fn committed(&self, size: u64) {
-        self.app.metrics.add_upstream_bytes("go", size);
+    fn committed(&self, size: u64, shared: bool) {
+        if !shared {
+            self.app.metrics.add_upstream_bytes("go", size);
+        }
         let key = Self::key(&self.module, &self.version, self.kind);
         self.app.go.forget_not_found(&key);
     }

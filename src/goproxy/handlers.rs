@@ -353,12 +353,14 @@ async fn file(
     v: &str,
     kind: FileKind,
 ) -> Result<Response> {
-    if let Some(rec) = app
+    let known = app
         .storage
         .index
         .get_go_file(m.as_str(), v, kind.ext())
         .map_err(internal)?
-        && let Some((file, size)) = app.engine.open(&rec.digest)
+        .map(|rec| rec.digest);
+    if let Some(d) = &known
+        && let Some((file, size)) = app.engine.open(d)
     {
         let body = BlobBody::from_file(file, 0, size).into_stream();
         return Ok(with_headers(
@@ -374,7 +376,8 @@ async fn file(
             "{m}@{v}: not found (cached answer)"
         )));
     }
-    let fetch = || ModuleFileFetch::new(app.clone(), m.clone(), v.to_string(), kind);
+    let fetch =
+        || ModuleFileFetch::new(app.clone(), m.clone(), v.to_string(), kind).known_as(known);
     let span = tracing::info_span!("go_fill", module = %m, version = %v, kind = kind.ext());
     match app.engine.fill(&go.flights, &key, fetch, span).await {
         Ok(served) => {

@@ -54,21 +54,19 @@ pub(crate) async fn get_raw(
 ) -> Result<(Vec<u8>, Outcome), SumdbFetchError> {
     let index = &app.storage.index;
     let internal = |e: &dyn std::fmt::Display| SumdbFetchError::Internal(e.to_string());
-    let cached = index
-        .get_sumdb(&db.name, raw)
-        .map_err(|e| internal(&e))?
-        .and_then(|rec| {
-            let body = app
-                .storage
-                .blobs
-                .read_small(&rec.digest, MAX_SUMDB_BODY as u64)
-                .ok()
-                .flatten()?;
-            Some(Cached {
+    let cached = match index.get_sumdb(&db.name, raw).map_err(|e| internal(&e))? {
+        Some(rec) => app
+            .engine
+            .read_small(&rec.digest, MAX_SUMDB_BODY as u64)
+            .await
+            .ok()
+            .flatten()
+            .map(|body| Cached {
                 value: body,
                 learned_unix: rec.fetched_unix,
-            })
-        });
+            }),
+        None => None,
+    };
     let fetch = async {
         let body = match fetch(app, db, raw).await {
             Ok(Some(body)) => body,

@@ -85,7 +85,9 @@ impl Fetch for BlobFetch {
         index.put_blob(digest, &rec)
     }
 
-    fn committed(&self, size: u64) {
-        self.metrics.add_upstream_bytes(&self.up.name, size);
+    fn committed(&self, size: u64, shared: bool) {
+        if !shared {
+            self.metrics.add_upstream_bytes(&self.up.name, size);
+        }
     }
 }

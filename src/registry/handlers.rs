@@ -278,7 +278,7 @@ async fn manifest_by_digest(
     digest: &Digest,
     head: bool,
 ) -> Result<Response> {
-    if let Some(m) = load_manifest(app, digest)? {
+    if let Some(m) = load_manifest(app, digest).await? {
         ensure_linked(app, t, digest, "manifests").await?;
         app.engine.touch(digest);
         return Ok(manifest_response(&m, Outcome::Hit, head));
@@ -302,7 +302,7 @@ async fn manifest_by_tag(app: &Registry, t: &Target, tag: &Tag, head: bool) -> R
     let index = &app.storage.index;
     let known = index.get_tag(up, repo, tag.as_str()).map_err(internal)?;
     let cached = match known {
-        Some(rec) => load_manifest(app, &rec.digest)?.map(|m| Cached {
+        Some(rec) => load_manifest(app, &rec.digest).await?.map(|m| Cached {
             value: m,
             learned_unix: rec.learned_unix,
         }),
@@ -368,7 +368,7 @@ async fn resolve_tag(
         // hand over the bytes themselves, which then hash to `d`.
         let held = visibility::held(&app.storage, &t.up.name, t.name.as_str(), d)
             .map_err(|e| Miss::Local(internal(e)))?;
-        if held && let Some(m) = load_manifest(app, d).map_err(Miss::Local)? {
+        if held && let Some(m) = load_manifest(app, d).await.map_err(Miss::Local)? {
             return Ok((m, Outcome::Hit));
         }
         let m = fetch_manifest(app, t, d.as_str(), Some(d)).await?;
@@ -498,17 +498,12 @@ async fn ensure_linked(app: &Registry, t: &Target, digest: &Digest, kind: &str) 
 }
 
 /// A cached manifest, from memory or else from disk (then kept in memory).
-fn load_manifest(app: &Registry, digest: &Digest) -> Result<Option<Arc<HotManifest>>> {
+async fn load_manifest(app: &Registry, digest: &Digest) -> Result<Option<Arc<HotManifest>>> {
     if let Some(m) = app.hot.manifest(digest) {
         return Ok(Some(m));
     }
     let max = app.config.registry.max_manifest_size.0;
-    let Some(body) = app
-        .storage
-        .blobs
-        .read_small(digest, max)
-        .map_err(internal)?
-    else {
+    let Some(body) = app.engine.read_small(digest, max).await.map_err(internal)? else {
         return Ok(None);
     };
     let media = app

@@ -124,6 +124,7 @@ pub fn fsck(storage: &Storage, repair: bool) -> Result<FsckReport, StorageError>
     run.check_decodes(index.go_list_entries())?;
     run.check_decodes(index.trust_entries())?;
     run.check_decodes(index.meta_entries())?;
+    run.check_decodes(index.outbox_entries())?;
     if repair {
         index.flush()?;
     }

@@ -14,7 +14,11 @@
 //! | `refs`     | `sha256:<hex>` (a manifest) | `RefsRecord`    |
 //! | `atime`    | `sha256:<hex>`              | `AtimeRecord`   |
 //! | `links`    | upstream, repo, digest      | `LinkRecord`    |
-//! | `meta`     | `format`, `done/<step>`     | index format, one-time steps run |
+//! | `meta`     | `format`, `done/<step>`, `shared/<name>` | index format, one-time steps run, shared-tier cursor |
+//! | `outbox`   | sequence number             | `Pending` (`outbox.rs`): what the shared tier still lacks |
+//!
+//! The trees in `SHARED_TREES` queue every write in the outbox while sharing is on; another
+//! replica applies them with `apply_shared`.
 //!
 //! Composite keys come from `keys.rs`. A new key space is one more `Space` field opened in
 //! `Index::open`, a record struct, typed methods, a `pub(crate)` `*_entries` iterator, and a phase
@@ -34,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::error::StorageError;
 use crate::keys;
+use crate::outbox::{Outbox, Pending};
 
 /// Version byte in front of every record. Bump it (and teach `decode_record` the old one) when a
 /// record changes incompatibly.
@@ -45,6 +50,14 @@ const FORMAT_KEY: &[u8] = b"format";
 /// Prefix of the `meta` keys that mark a one-time step as run; the value is the Unix time, 8 bytes
 /// big-endian.
 const DONE_PREFIX: &str = "done/";
+
+/// Prefix of the `meta` keys the shared tier keeps (its journal cursor); values are UTF-8.
+const SHARED_PREFIX: &str = "shared/";
+
+/// The trees another replica may read, through the shared tier's journal.
+pub const SHARED_TREES: [&str; 9] = [
+    "tags", "taglists", "gofiles", "golists", "sumdb", "gotrust", "pins", "refs", "links",
+];
 
 /// A committed blob wharf knows about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +192,7 @@ pub struct Index {
     atime: Space,
     links: Space,
     meta: Space,
+    outbox: Outbox,
 }
 
 impl Index {
@@ -201,19 +215,22 @@ impl Index {
                 });
             }
         }
+        let outbox = Outbox::open(&db)?;
+        let shared = |name| Space::open(&db, name).map(|s| s.replicated(&outbox));
         Ok(Index {
             blobs: Space::open(&db, "blobs")?,
-            tags: Space::open(&db, "tags")?,
-            taglists: Space::open(&db, "taglists")?,
-            gofiles: Space::open(&db, "gofiles")?,
-            golists: Space::open(&db, "golists")?,
-            sumdb: Space::open(&db, "sumdb")?,
-            gotrust: Space::open(&db, "gotrust")?,
-            pins: Space::open(&db, "pins")?,
-            refs: Space::open(&db, "refs")?,
+            tags: shared("tags")?,
+            taglists: shared("taglists")?,
+            gofiles: shared("gofiles")?,
+            golists: shared("golists")?,
+            sumdb: shared("sumdb")?,
+            gotrust: shared("gotrust")?,
+            pins: shared("pins")?,
+            refs: shared("refs")?,
             atime: Space::open(&db, "atime")?,
-            links: Space::open(&db, "links")?,
+            links: shared("links")?,
             meta,
+            outbox,
             db,
         })
     }
@@ -525,6 +542,80 @@ impl Index {
         Ok(())
     }
 
+    /// Turns the outbox on (a shared tier is configured) or off. Off by default: nothing is
+    /// queued and the outbox is not read.
+    pub fn set_sharing(&self, on: bool) {
+        self.outbox.set_on(on);
+    }
+
+    /// Queues a committed blob for the shared tier (before the records that name it).
+    pub fn queue_blob(&self, digest: &Digest) -> Result<(), StorageError> {
+        self.outbox.push(&Pending::Blob(digest.clone()))
+    }
+
+    /// The oldest `max` outbox entries with their ids; `None` for one that does not decode.
+    pub fn outbox_batch(&self, max: usize) -> Result<Vec<(u64, Option<Pending>)>, StorageError> {
+        self.outbox.batch(max)
+    }
+
+    /// Drops outbox entries once they are in the shared tier.
+    pub fn outbox_done(&self, ids: &[u64]) -> Result<(), StorageError> {
+        self.outbox.done(ids)
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Applies a record another replica wrote (read from the shared tier's journal), without
+    /// queueing it again. Mutable records keep the newer of the two (tags, lists: the later
+    /// fetch; trust: the larger tree; links: held over listed; checksum-database records:
+    /// verified over not); immutable ones keep what is here. Returns whether it was written.
+    pub fn apply_shared(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<bool, StorageError> {
+        let space = match tree {
+            "tags" => &self.tags,
+            "taglists" => &self.taglists,
+            "gofiles" => &self.gofiles,
+            "golists" => &self.golists,
+            "sumdb" => &self.sumdb,
+            "gotrust" => &self.gotrust,
+            "pins" => &self.pins,
+            "refs" => &self.refs,
+            "links" => &self.links,
+            _ => {
+                return Err(StorageError::CorruptRecord {
+                    key: format!("{tree}:{:?}", String::from_utf8_lossy(key)),
+                    reason: "not a shared tree".into(),
+                });
+            }
+        };
+        let remote: serde_json::Value = space.decode(key, value)?;
+        if let Some(local) = space.tree.get(key)? {
+            let local: serde_json::Value = space.decode(key, &local).unwrap_or_default();
+            if !supersedes(tree, &remote, &local) {
+                return Ok(false);
+            }
+        }
+        space.tree.insert(key, value)?;
+        Ok(true)
+    }
+
+    /// A value the shared tier keeps in `meta` (its journal cursor).
+    pub fn shared_meta(&self, name: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .meta
+            .tree
+            .get(format!("{SHARED_PREFIX}{name}"))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn set_shared_meta(&self, name: &str, value: &str) -> Result<(), StorageError> {
+        self.meta
+            .tree
+            .insert(format!("{SHARED_PREFIX}{name}"), value.as_bytes())?;
+        Ok(())
+    }
+
     /// Writes a batch of access times in one sled batch.
     pub fn put_atimes(&self, batch: &[(Digest, u64)]) -> Result<(), StorageError> {
         let mut b = sled::Batch::default();
@@ -628,6 +719,29 @@ impl Index {
         self.links.entries(self.links.tree.iter(), decode_link_key)
     }
 
+    /// Every outbox entry; one that does not decode is an error naming its key.
+    pub(crate) fn outbox_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<RawEntry<()>, StorageError>> + use<> {
+        let tree = self.outbox.tree().clone();
+        tree.clone().iter().map(move |item| {
+            let (key, value) = item?;
+            let key_name = format!("outbox:{key:?}");
+            let decoded = crate::outbox::decode(&value).map(|_| ()).ok_or_else(|| {
+                StorageError::CorruptRecord {
+                    key: key_name.clone(),
+                    reason: "not an outbox entry".into(),
+                }
+            });
+            Ok(RawEntry {
+                key,
+                key_name,
+                decoded,
+                tree: tree.clone(),
+            })
+        })
+    }
+
     /// Every `meta` entry. These are not versioned records: `format` holds the index format
     /// byte, `done/<step>` an 8-byte time; anything else does not decode.
     pub(crate) fn meta_entries(
@@ -664,7 +778,28 @@ fn check_meta(key: &[u8], value: &[u8]) -> Result<(), String> {
             n => Err(format!("a done marker holds an 8-byte time, not {n} bytes")),
         };
     }
+    if key.starts_with(SHARED_PREFIX.as_bytes()) {
+        return std::str::from_utf8(value)
+            .map(|_| ())
+            .map_err(|_| "a shared-tier value is not UTF-8".to_owned());
+    }
     Err("unknown meta key".to_owned())
+}
+
+/// Whether a record from another replica replaces the one here (see `Index::apply_shared`).
+fn supersedes(tree: &str, remote: &serde_json::Value, local: &serde_json::Value) -> bool {
+    let num = |v: &serde_json::Value, f: &str| v.get(f).and_then(serde_json::Value::as_u64);
+    let flag = |v: &serde_json::Value, f: &str| v.get(f).and_then(serde_json::Value::as_bool);
+    match tree {
+        "tags" => num(remote, "learned_unix") > num(local, "learned_unix"),
+        "taglists" | "golists" => num(remote, "fetched_unix") > num(local, "fetched_unix"),
+        "gotrust" => num(remote, "size") > num(local, "size"),
+        "links" => {
+            flag(local, "listed_only") == Some(true) && flag(remote, "listed_only") != Some(true)
+        }
+        "sumdb" => flag(remote, "verified") == Some(true) && flag(local, "verified") != Some(true),
+        _ => false,
+    }
 }
 
 fn decode_pair_key(key: &[u8]) -> Result<(String, String), keys::KeyError> {
@@ -706,6 +841,8 @@ impl<T> RawEntry<T> {
 struct Space {
     name: &'static str,
     tree: sled::Tree,
+    /// Set on the trees another replica may read (`Index::apply_shared`): writes are queued.
+    outbox: Option<Outbox>,
 }
 
 impl Space {
@@ -713,7 +850,13 @@ impl Space {
         Ok(Space {
             name,
             tree: db.open_tree(name)?,
+            outbox: None,
         })
+    }
+
+    fn replicated(mut self, outbox: &Outbox) -> Space {
+        self.outbox = Some(outbox.clone());
+        self
     }
 
     /// `tree:"key"`, with NUL separators shown as `\0`.
@@ -726,6 +869,13 @@ impl Space {
             key: self.key_name(key),
             reason,
         })?;
+        if let Some(o) = self.outbox.as_ref().filter(|o| o.is_on()) {
+            o.push(&Pending::Record {
+                tree: self.name.to_owned(),
+                key: key.to_vec(),
+                value: value.clone(),
+            })?;
+        }
         self.tree.insert(key, value)?;
         Ok(())
     }
@@ -822,5 +972,46 @@ mod tests {
         let bad_json = decode_record::<BlobRecord>(b"\x01{not json").unwrap_err();
         assert!(bad_json.contains("JSON"), "{bad_json}");
         assert_eq!(decode_record::<BlobRecord>(b"").unwrap_err(), "empty value");
+    }
+
+    #[test]
+    fn shared_records_keep_the_newer_and_never_queue_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        index.set_sharing(true);
+        let tag = |d: &[u8], t| TagRecord {
+            digest: Digest::of(d),
+            media_type: "m".into(),
+            learned_unix: t,
+        };
+        index
+            .put_tag("up", "r", "latest", &tag(b"new", 200))
+            .unwrap();
+        index.put_link("up", "r", &Digest::of(b"l")).unwrap();
+        let queued = index.outbox_batch(10).unwrap();
+        assert_eq!(queued.len(), 2, "both writes are queued");
+        let Some(Pending::Record { tree, key, .. }) = &queued[0].1 else {
+            panic!("a record first: {queued:?}");
+        };
+        assert_eq!(tree, "tags");
+        let older = encode_record(&tag(b"old", 100)).unwrap();
+        assert!(!index.apply_shared("tags", key, &older).unwrap());
+        assert_eq!(
+            index.get_tag("up", "r", "latest").unwrap().unwrap().digest,
+            Digest::of(b"new")
+        );
+        let newer = encode_record(&tag(b"newer", 300)).unwrap();
+        assert!(index.apply_shared("tags", key, &newer).unwrap());
+        assert_eq!(
+            index.get_tag("up", "r", "latest").unwrap().unwrap().digest,
+            Digest::of(b"newer")
+        );
+        assert_eq!(
+            index.outbox_len(),
+            2,
+            "applied records are not queued again"
+        );
+        assert!(index.apply_shared("blobs", key, &newer).is_err());
+        assert!(index.apply_shared("tags", key, b"\x01not json").is_err());
     }
 }

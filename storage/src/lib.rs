@@ -10,6 +10,7 @@
 //! | `blob`      | `BlobStore`: committed blobs: open, stat, list, verify, remove        |
 //! | `keys`      | composite index keys (NUL-separated components)                      |
 //! | `index`     | sled trees and versioned records                                     |
+//! | `outbox`    | what is still to be copied to the shared tier, in commit order       |
 //! | `fsck`      | index vs. disk check and repair (blobs on disk are the truth)         |
 //! | `error`     | `StorageError`                                                       |
 //!
@@ -24,6 +25,7 @@ pub mod gc;
 mod index;
 mod keys;
 mod layout;
+mod outbox;
 mod writer;
 
 use std::path::PathBuf;
@@ -35,11 +37,12 @@ pub use fsck::{FsckReport, fsck};
 pub use gc::{GcReport, collect};
 pub use index::{
     AtimeRecord, BlobRecord, GoFileKey, GoFileRecord, GoListKey, GoListRecord, Index, LinkKey,
-    LinkRecord, PinRecord, RefsRecord, SumdbKey, SumdbRecord, TagKey, TagListKey, TagListRecord,
-    TagRecord, TrustRecord, unix_now,
+    LinkRecord, PinRecord, RefsRecord, SHARED_TREES, SumdbKey, SumdbRecord, TagKey, TagListKey,
+    TagListRecord, TagRecord, TrustRecord, unix_now,
 };
 pub use keys::KeyError;
 pub use layout::Layout;
+pub use outbox::Pending;
 pub use writer::{BlobWriter, Committed, Verified};
 
 /// One data directory: its layout, blobs and index.
