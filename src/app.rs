@@ -1,20 +1,21 @@
 //! Application state shared by every request (storage, upstream clients, flights, config) and
 //! the router with its layers.
 
+mod checked;
+pub use checked::Checked;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use wharf_storage::{Digest, Storage};
 
-use crate::access::AccessControl;
 use crate::cache::Flights;
 use crate::config::Config;
 use crate::error::Error;
-use crate::goproxy::{GoProxy, GoState};
+use crate::goproxy::GoProxy;
 use crate::registry;
 use crate::shared::Shared;
-use crate::upstream::{EgressPolicy, UpstreamClient};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -26,7 +27,7 @@ pub struct Inner {
     pub registry: Arc<registry::Registry>,
     /// The Go module proxy, unless `go.enabled = false`.
     pub go: Option<Arc<GoProxy>>,
-    pub access: AccessControl,
+    pub access: crate::access::AccessControl,
     /// The cache engine: hits, fills, access times (`cache::Engine`).
     pub engine: crate::cache::Engine,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -51,40 +52,26 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// Opens storage (sweeping leftover temp files) and builds one client per upstream.
+    /// Checks `config` and builds the state from it (`Checked::new`, then `from_checked`).
     pub fn new(config: Config) -> Result<AppState, Error> {
-        config.validate()?;
-        let egress = Arc::new(
-            EgressPolicy::from_config(&config.egress)
-                .map_err(|m| Error::Config(crate::config::ConfigError::Invalid(m)))?,
-        );
-        let mut upstreams = HashMap::new();
-        for up in &config.registry.upstreams {
-            let client = UpstreamClient::new(up, &config.egress, egress.clone(), config.offline)
-                .map_err(|message| Error::Upstream {
-                    name: up.name.clone(),
-                    message,
-                })?;
-            upstreams.insert(up.name.clone(), Arc::new(client));
+        AppState::from_checked(Checked::new(config)?)
+    }
+
+    /// Opens storage (sweeping leftover temp files) and assembles the services from the runtime
+    /// objects `checked` built; no second validation. Refuses credentials it could not read.
+    pub fn from_checked(checked: Checked) -> Result<AppState, Error> {
+        let Checked {
+            config,
+            egress: _,
+            store,
+            upstreams,
+            go,
+            access,
+            unread,
+        } = checked;
+        if let Some(e) = unread.into_iter().next() {
+            return Err(e);
         }
-        let go = if config.go.enabled {
-            Some(
-                GoState::new(&config, egress.clone()).map_err(|message| Error::Upstream {
-                    name: "go".into(),
-                    message,
-                })?,
-            )
-        } else {
-            None
-        };
-        let names: Vec<&str> = config
-            .registry
-            .upstreams
-            .iter()
-            .map(|u| u.name.as_str())
-            .collect();
-        let access = AccessControl::new(&config.access, &names, &config.registry.default_upstream)
-            .map_err(|m| Error::Config(crate::config::ConfigError::Invalid(m)))?;
         let storage = Storage::open(&config.data_dir)?;
         registry::visibility::backfill(&storage, config.registry.max_manifest_size.0)?;
         let mut engine = crate::cache::Engine::new(
@@ -92,14 +79,14 @@ impl AppState {
             config.server.max_concurrent_fills,
             config.offline,
         );
-        let shared = match &config.shared {
-            Some(cfg) => {
-                let shared = Shared::new(cfg, &config.egress, egress.clone(), storage.clone())
+        let shared = match (&config.shared, store) {
+            (Some(cfg), Some(store)) => {
+                let shared = Shared::new(cfg, &config.egress, store, storage.clone())
                     .map_err(|m| Error::Config(crate::config::ConfigError::Invalid(m)))?;
                 engine = engine.with_tier(Arc::new(shared.clone()));
                 Some(shared)
             }
-            None => None,
+            _ => None,
         };
         let hot = crate::registry::hot::HotManifests::new(config.cache.manifest_memory.0);
         // Published before anything can answer (tests and `serve` bind before serving), so a

@@ -748,7 +748,7 @@ impl Config {
     }
 
     /// Reads `path` without validating it: for merging command-line flags first, then
-    /// validating once (`cli::ConfigArgs::load`).
+    /// validating once (`app::Checked::new`, or `cli::ConfigArgs::load` for the tools).
     pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),

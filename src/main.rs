@@ -35,12 +35,12 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             offline,
         } => cli::serve::command(&config, listen, offline).await,
         Command::CheckConfig { config } => {
-            cli::check::print_config(&config.load()?);
+            cli::check::print_config(&config.check(&cli::Overrides::default())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::HashPassword => cli::hash_password(),
         Command::CheckEgress { config, url } => {
-            cli::check::check_egress(&config.load()?, &url).await
+            cli::check::check_egress(&config.check(&cli::Overrides::default())?, &url).await
         }
         Command::Gc {
             config,

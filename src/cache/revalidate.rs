@@ -26,6 +26,8 @@ pub fn is_fresh(learned_unix: u64, ttl: Option<Duration>, now: u64) -> bool {
 /// Serves `cached` while fresh; else runs `fetch` (which stores what it gets and says whether
 /// that was a MISS or a confirming HIT). When `fetch` fails with an error `stale_if` accepts and
 /// something is cached, that is served STALE, with one warning naming `what` and the error.
+/// `now` is the caller's clock (unix seconds, `app::now_unix` in production; tests pass their
+/// own), the only time this rule reads.
 pub async fn revalidate<T, E, F>(
     what: &str,
     cached: Option<Cached<T>>,
@@ -106,5 +108,204 @@ mod tests {
         assert_eq!(r, Err("not found"));
         let r = run(None, Some(60), Err("down")).await;
         assert_eq!(r, Err("down"));
+    }
+
+    /// One mutable key over a fake upstream, on a clock the test moves by hand (the rule reads
+    /// no time of its own).
+    struct Key {
+        now: u64,
+        ttl: Option<Duration>,
+        /// What the caller keeps: the value and when it was learned.
+        stored: Option<(&'static str, u64)>,
+        upstream: Upstream,
+        calls: usize,
+    }
+
+    #[derive(Clone, Copy)]
+    enum Upstream {
+        Says(&'static str),
+        Down,
+        Gone,
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Miss {
+        NotFound,
+        Failed,
+    }
+
+    impl Display for Miss {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{self:?}")
+        }
+    }
+
+    impl Key {
+        fn new(ttl_secs: u64) -> Key {
+            Key {
+                now: 1_700_000_000,
+                ttl: Some(Duration::from_secs(ttl_secs)),
+                stored: None,
+                upstream: Upstream::Says("v1"),
+                calls: 0,
+            }
+        }
+
+        fn advance(&mut self, secs: u64) {
+            self.now += secs;
+        }
+
+        /// A request for the key, as the handlers make it.
+        async fn get(&mut self) -> Result<(&'static str, Outcome), Miss> {
+            let Key {
+                now,
+                ttl,
+                stored,
+                upstream,
+                calls,
+            } = self;
+            let now = *now;
+            let cached = stored.map(|(value, learned_unix)| Cached {
+                value,
+                learned_unix,
+            });
+            let fetch = async {
+                *calls += 1;
+                match *upstream {
+                    Upstream::Says(v) => {
+                        let outcome = match stored {
+                            Some((old, _)) if *old == v => Outcome::Hit,
+                            _ => Outcome::Miss,
+                        };
+                        *stored = Some((v, now));
+                        Ok((v, outcome))
+                    }
+                    Upstream::Down => Err(Miss::Failed),
+                    Upstream::Gone => Err(Miss::NotFound),
+                }
+            };
+            revalidate("k", cached, *ttl, now, fetch, |e| *e == Miss::Failed).await
+        }
+    }
+
+    #[tokio::test]
+    async fn within_the_ttl_the_upstream_is_not_asked() {
+        let mut k = Key::new(60);
+        assert_eq!(k.get().await, Ok(("v1", Outcome::Miss)));
+        assert_eq!(k.calls, 1);
+        // Whatever the upstream would say now, a fresh answer does not ask it.
+        k.upstream = Upstream::Down;
+        for _ in 0..3 {
+            k.advance(19);
+            assert_eq!(k.get().await, Ok(("v1", Outcome::Hit)), "at +{}s", k.now);
+        }
+        assert_eq!(k.calls, 1, "fresh answers must not reach the upstream");
+    }
+
+    #[tokio::test]
+    async fn at_the_ttl_the_upstream_is_asked_and_the_answer_restarts_the_ttl() {
+        let mut k = Key::new(60);
+        k.get().await.ok();
+        k.advance(59);
+        assert_eq!(k.get().await, Ok(("v1", Outcome::Hit)));
+        assert_eq!(k.calls, 1);
+        // Exactly `ttl` old is expired; the upstream confirms: a HIT, but asked.
+        k.advance(1);
+        assert_eq!(k.get().await, Ok(("v1", Outcome::Hit)));
+        assert_eq!(k.calls, 2);
+        // The confirmation is fresh for a whole TTL again.
+        k.advance(59);
+        k.upstream = Upstream::Says("v2");
+        assert_eq!(k.get().await, Ok(("v1", Outcome::Hit)));
+        assert_eq!(k.calls, 2);
+        // A new answer replaces the old one.
+        k.advance(1);
+        assert_eq!(k.get().await, Ok(("v2", Outcome::Miss)));
+        assert_eq!(k.calls, 3);
+        assert_eq!(k.stored, Some(("v2", k.now)));
+    }
+
+    #[tokio::test]
+    async fn a_failing_upstream_past_the_ttl_gets_the_stale_answer_with_no_age_bound() {
+        let mut k = Key::new(60);
+        k.get().await.ok();
+        k.upstream = Upstream::Down;
+        k.advance(61);
+        assert_eq!(k.get().await, Ok(("v1", Outcome::Stale)));
+        // No bound on staleness: ten years on, the last known answer is still served.
+        k.advance(10 * 365 * 86_400);
+        assert_eq!(k.get().await, Ok(("v1", Outcome::Stale)));
+        // A stale answer is not a new one: every request keeps asking the upstream.
+        assert_eq!(k.calls, 3);
+        assert_eq!(k.stored.map(|(_, at)| at), Some(1_700_000_000));
+        // Once the upstream answers again, its answer wins.
+        k.upstream = Upstream::Says("v2");
+        assert_eq!(k.get().await, Ok(("v2", Outcome::Miss)));
+        assert_eq!(k.calls, 4);
+    }
+
+    #[tokio::test]
+    async fn gone_upstream_past_the_ttl_is_not_found_never_stale() {
+        let mut k = Key::new(60);
+        k.get().await.ok();
+        k.upstream = Upstream::Gone;
+        // Within the TTL the removal is not seen.
+        k.advance(30);
+        assert_eq!(k.get().await, Ok(("v1", Outcome::Hit)));
+        k.advance(30);
+        assert_eq!(k.get().await, Err(Miss::NotFound));
+        assert_eq!(k.calls, 2);
+        // The rule deletes nothing (callers keep their records); the next request asks again.
+        assert!(k.stored.is_some());
+        assert_eq!(k.get().await, Err(Miss::NotFound));
+        assert_eq!(k.calls, 3);
+    }
+
+    #[tokio::test]
+    async fn nothing_cached_and_a_failing_upstream_is_the_failure() {
+        let mut k = Key::new(60);
+        k.upstream = Upstream::Down;
+        assert_eq!(k.get().await, Err(Miss::Failed));
+        assert_eq!(k.calls, 1);
+        assert_eq!(k.stored, None);
+    }
+
+    #[tokio::test]
+    async fn no_ttl_never_expires_and_zero_always_asks() {
+        let mut k = Key::new(0);
+        k.ttl = None;
+        k.get().await.ok();
+        k.upstream = Upstream::Down;
+        k.advance(10 * 365 * 86_400);
+        assert_eq!(k.get().await, Ok(("v1", Outcome::Hit)));
+        assert_eq!(k.calls, 1);
+
+        let mut k = Key::new(0);
+        k.get().await.ok();
+        assert_eq!(k.get().await, Ok(("v1", Outcome::Hit)));
+        assert_eq!(
+            k.calls, 2,
+            "a zero TTL asks on every request, even in the same second"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_ttl_counts_whole_seconds_and_a_clock_set_back_keeps_the_answer_fresh() {
+        // 1.9s is one second: answers carry whole unix seconds.
+        let mut k = Key::new(0);
+        k.ttl = Some(Duration::from_millis(1900));
+        k.get().await.ok();
+        assert_eq!(k.get().await, Ok(("v1", Outcome::Hit)));
+        assert_eq!(k.calls, 1);
+        k.advance(1);
+        k.get().await.ok();
+        assert_eq!(k.calls, 2);
+
+        // Learned "in the future" (the clock was set back): as if learned just now.
+        let mut k = Key::new(60);
+        k.get().await.ok();
+        k.now -= 3600;
+        assert_eq!(k.get().await, Ok(("v1", Outcome::Hit)));
+        assert_eq!(k.calls, 1);
     }
 }

@@ -3,13 +3,13 @@
 
 use std::process::ExitCode;
 
-use crate::config::Config;
+use crate::app::Checked;
 
 /// Explains the egress decision for `url`: host rule, resolved addresses and their classes.
-pub async fn check_egress(config: &Config, url: &str) -> Result<ExitCode, crate::Error> {
+pub async fn check_egress(checked: &Checked, url: &str) -> Result<ExitCode, crate::Error> {
     use std::fmt::Write as _;
     let invalid = |m: String| crate::Error::Config(crate::config::ConfigError::Invalid(m));
-    let policy = crate::upstream::EgressPolicy::from_config(&config.egress).map_err(invalid)?;
+    let policy = checked.egress();
     let url =
         reqwest::Url::parse(url).map_err(|e| invalid(format!("{url:?} is not a URL: {e}")))?;
     let mut o = String::new();
@@ -79,9 +79,15 @@ pub async fn check_egress(config: &Config, url: &str) -> Result<ExitCode, crate:
     })
 }
 
-/// The effective settings, one per line; secrets are named by their source, never printed.
-pub fn print_config(c: &Config) {
+/// The effective settings, one per line; secrets are named by their source, never printed. A
+/// credential that cannot be read here is a warning on standard error: `serve` would stop on it,
+/// but the check may run where the secrets are not.
+pub fn print_config(checked: &Checked) {
     use std::fmt::Write as _;
+    for e in checked.unread_credentials() {
+        eprintln!("wharf: warning: {e} (serve will not start without it)");
+    }
+    let c = checked.config();
     let d = |t: std::time::Duration| humantime::format_duration(t).to_string();
     let mut o = String::new();
     let _ = writeln!(o, "config OK");

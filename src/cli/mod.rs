@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use crate::app::Checked;
 use crate::config::{Config, ConfigError};
 use crate::error::Error;
 
@@ -159,13 +160,22 @@ pub struct ServerArg {
 }
 
 impl ConfigArgs {
-    /// The config file (or defaults) with these flags applied, validated.
+    /// The config file (or defaults) with these flags applied, validated: for the commands that
+    /// need no runtime objects.
     pub fn load(&self) -> Result<Config, ConfigError> {
-        self.load_with(&Overrides::default())
+        let config = self.merged(&Overrides::default())?;
+        config.validate()?;
+        Ok(config)
     }
 
-    /// The one place flags meet the file: every flag applied, then validated once.
-    pub fn load_with(&self, o: &Overrides) -> Result<Config, ConfigError> {
+    /// The config with these flags applied, checked once with its runtime objects built: what
+    /// `serve`, `check-config` and `check-egress` run on.
+    pub fn check(&self, o: &Overrides) -> Result<Checked, Error> {
+        Checked::new(self.merged(o)?)
+    }
+
+    /// The one place flags meet the file: every flag applied, not yet validated.
+    fn merged(&self, o: &Overrides) -> Result<Config, ConfigError> {
         let mut config = match &self.config {
             Some(path) => Config::read(path)?,
             None => Config::default(),
@@ -177,7 +187,6 @@ impl ConfigArgs {
             config.listen = l;
         }
         config.offline |= o.offline;
-        config.validate()?;
         Ok(config)
     }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 use super::ConfigArgs;
+use crate::app::Checked;
 use crate::config::{Config, LogFormat};
 
 /// Runs `wharf serve`: flags over the config file, then logging, then the server.
@@ -15,15 +16,15 @@ pub async fn command(
     listen: Option<SocketAddr>,
     offline: bool,
 ) -> Result<ExitCode, crate::Error> {
-    let config = config.load_with(&super::Overrides { listen, offline })?;
-    init_tracing(&config);
-    serve(config).await
+    let checked = config.check(&super::Overrides { listen, offline })?;
+    init_tracing(checked.config());
+    serve(checked).await
 }
 
-async fn serve(config: Config) -> Result<ExitCode, crate::Error> {
-    let listen = config.listen;
-    let data_dir = config.data_dir.clone();
-    let state = crate::AppState::new(config)?;
+async fn serve(checked: Checked) -> Result<ExitCode, crate::Error> {
+    let listen = checked.config().listen;
+    let data_dir = checked.config().data_dir.clone();
+    let state = crate::AppState::from_checked(checked)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| crate::Error::Io {

@@ -149,3 +149,294 @@ fn read_back(file: &std::fs::File, size: u64) -> std::io::Result<Vec<u8>> {
     file.read_exact_at(&mut buf, 0)?;
     Ok(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use futures_util::StreamExt as _;
+
+    use super::*;
+    use crate::cache::{BlobBody, BlobSource, Engine};
+    use crate::config::Config;
+    use crate::upstream::EgressPolicy;
+    use wharf_storage::Storage;
+
+    const MODULE: &str = "corp.test/m";
+    const VERSION: &str = "v1.0.0";
+    const INFO: &str = r#"{"Version":"v1.0.0","Time":"2024-01-01T00:00:00Z"}"#;
+
+    /// A Go proxy whose `corp.test` modules come from a directory (no network), and a store.
+    struct Setup {
+        app: Arc<GoProxy>,
+        src: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    fn setup(extra: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        let config: Config = toml::from_str(&format!(
+            "[egress]\nallow = [\"127.0.0.1\"]\n[go]\n{extra}\n[[go.private]]\n\
+             pattern = \"corp.test\"\ndir = \"{}\"\n",
+            src.display()
+        ))
+        .expect("test config");
+        let policy = Arc::new(EgressPolicy::from_config(&config.egress).expect("policy"));
+        let go = super::super::source::GoState::new(&config, policy, |_| None).expect("go");
+        let storage = Storage::open(dir.path().join("data")).expect("storage");
+        let app = Arc::new(GoProxy {
+            config: Arc::new(config),
+            engine: Engine::new(storage.clone(), 2, false),
+            storage,
+            metrics: Arc::default(),
+            go,
+        });
+        Setup {
+            app,
+            src,
+            _dir: dir,
+        }
+    }
+
+    impl Setup {
+        fn put(&self, kind: FileKind, bytes: &[u8]) {
+            let dir = self.src.join(MODULE).join("@v");
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(dir.join(format!("{VERSION}.{}", kind.ext())), bytes).expect("write");
+        }
+
+        fn fetch(&self, module: &str, kind: FileKind) -> ModuleFileFetch {
+            let m = ModulePath::parse(module).expect("module path");
+            ModuleFileFetch::new(self.app.clone(), m, VERSION.into(), kind)
+        }
+
+        /// Opens `kind` from the directory source and runs its checks on what it read.
+        async fn open_and_check(&self, kind: FileKind) -> Result<(), FillError> {
+            let mut f = self.fetch(MODULE, kind);
+            let incoming = f.open().await?.ok_or(FillError::NotFound)?;
+            let bytes = collect(incoming).await;
+            f.check(&file_of(&bytes), bytes.len() as u64).await
+        }
+    }
+
+    async fn collect(incoming: Incoming) -> Vec<u8> {
+        let mut body = incoming.body;
+        let mut out = Vec::new();
+        while let Some(chunk) = body.next().await {
+            out.extend_from_slice(&chunk.expect("chunk"));
+        }
+        out
+    }
+
+    fn file_of(bytes: &[u8]) -> Arc<std::fs::File> {
+        let mut f = tempfile::tempfile().expect("tempfile");
+        f.write_all(bytes).expect("write");
+        Arc::new(f)
+    }
+
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, body) in entries {
+            w.start_file(*name, zip::write::SimpleFileOptions::default())
+                .expect("zip entry");
+            w.write_all(body).expect("zip write");
+        }
+        w.finish().expect("zip").into_inner()
+    }
+
+    fn message(r: Result<(), FillError>) -> String {
+        match r {
+            Err(FillError::Upstream(m)) => m,
+            other => panic!("not an upstream failure: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn info_must_be_json_for_the_requested_canonical_version() {
+        let s = setup("");
+        s.put(FileKind::Info, INFO.as_bytes());
+        s.open_and_check(FileKind::Info).await.expect("good .info");
+        for (body, why) in [
+            (
+                r#"{"Version":"v1.0.1"}"#,
+                "info is for version v1.0.1 instead of requested v1.0.0",
+            ),
+            (r#"{"Version":"v1.0"}"#, "Version \"v1.0\" is not canonical"),
+            ("not json", "invalid JSON"),
+            (r#"{"Time":"2024-01-01T00:00:00Z"}"#, "invalid JSON"),
+        ] {
+            s.put(FileKind::Info, body.as_bytes());
+            let m = message(s.open_and_check(FileKind::Info).await);
+            assert!(
+                m.starts_with("bad .info from private source for corp.test: ") && m.contains(why),
+                "{body}: {m}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn zip_must_follow_the_module_zip_rules() {
+        let s = setup("");
+        let good = zip_of(&[
+            ("corp.test/m@v1.0.0/go.mod", b"module corp.test/m\n"),
+            ("corp.test/m@v1.0.0/m.go", b"package m\n"),
+        ]);
+        s.put(FileKind::Zip, &good);
+        s.open_and_check(FileKind::Zip).await.expect("good zip");
+        let bad: [&[u8]; 3] = [
+            &zip_of(&[("corp.test/other@v1.0.0/m.go", b"package m\n")]),
+            &zip_of(&[("corp.test/m@v1.0.0/../m.go", b"package m\n")]),
+            b"not a zip at all",
+        ];
+        for bytes in bad {
+            s.put(FileKind::Zip, bytes);
+            let m = message(s.open_and_check(FileKind::Zip).await);
+            assert!(
+                m.starts_with("invalid module zip for corp.test/m@v1.0.0: "),
+                "{m}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_private_mod_is_not_sent_to_the_checksum_database() {
+        // go.verify is on by default; a private module must pass without any sumdb request
+        // (egress here refuses sum.golang.org, so asking would fail).
+        let s = setup("");
+        assert!(s.app.config.go.verify);
+        s.put(FileKind::Mod, b"module corp.test/m\n");
+        s.open_and_check(FileKind::Mod).await.expect("private .mod");
+    }
+
+    #[tokio::test]
+    async fn a_public_file_is_checked_against_the_checksum_database_when_verify_is_on() {
+        let bytes = b"module example.com/m\n";
+        let mut f = setup("").fetch("example.com/m", FileKind::Mod);
+        f.found = Some(("https://proxy.golang.org".into(), true));
+        let m = message(f.check(&file_of(bytes), bytes.len() as u64).await);
+        assert!(
+            m.starts_with("cannot verify example.com/m@v1.0.0 with sum.golang.org"),
+            "{m}"
+        );
+        let mut f = setup("verify = false").fetch("example.com/m", FileKind::Mod);
+        f.found = Some(("https://proxy.golang.org".into(), true));
+        f.check(&file_of(bytes), bytes.len() as u64)
+            .await
+            .expect("not verified when go.verify = false");
+    }
+
+    #[tokio::test]
+    async fn each_kind_has_its_size_limit_and_a_larger_file_is_refused() {
+        let s = setup("");
+        for kind in [FileKind::Info, FileKind::Mod, FileKind::Zip] {
+            assert_eq!(s.fetch(MODULE, kind).limit(), kind.max_size());
+        }
+        s.put(FileKind::Info, &vec![b' '; (1 << 20) + 1]);
+        let m = message(s.open_and_check(FileKind::Info).await);
+        assert_eq!(m, "the .info is larger than the 1048576-byte limit");
+    }
+
+    #[tokio::test]
+    async fn a_file_no_source_has_is_not_found() {
+        let s = setup("");
+        let mut f = s.fetch(MODULE, FileKind::Mod);
+        assert!(f.open().await.expect("an answer").is_none());
+        assert!(f.found.is_none());
+    }
+
+    #[tokio::test]
+    async fn through_the_engine_a_file_is_stored_recorded_and_its_negative_entry_dropped() {
+        let s = setup("");
+        s.put(FileKind::Info, INFO.as_bytes());
+        let key = ModuleFileFetch::key(
+            &ModulePath::parse(MODULE).expect("path"),
+            VERSION,
+            FileKind::Info,
+        );
+        assert_eq!(key, "corp.test/m@v1.0.0.info");
+        s.app.go.remember_not_found(&key);
+        let served = s
+            .app
+            .engine
+            .fill(
+                &s.app.go.flights,
+                &key,
+                || s.fetch(MODULE, FileKind::Info),
+                tracing::Span::none(),
+            )
+            .await
+            .expect("served");
+        let body = match served.source {
+            BlobSource::File(f) => BlobBody::from_file(f, 0, served.size.unwrap_or(0)),
+            BlobSource::Fill(rx) => BlobBody::from_fill(rx, 0, served.size),
+        };
+        let mut stream = std::pin::pin!(body.into_stream());
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.expect("complete body"));
+        }
+        assert_eq!(out, INFO.as_bytes());
+        s.app
+            .engine
+            .finish_fills(std::time::Duration::from_secs(10))
+            .await;
+        let rec = s
+            .app
+            .storage
+            .index
+            .get_go_file(MODULE, VERSION, "info")
+            .expect("index")
+            .expect("a record");
+        assert_eq!(
+            (rec.digest, rec.size),
+            (Digest::of(INFO.as_bytes()), INFO.len() as u64)
+        );
+        assert!(!s.app.go.known_not_found(&key));
+        assert_eq!(
+            s.app.metrics.upstream_bytes().get("go"),
+            Some(&(INFO.len() as u64))
+        );
+    }
+
+    #[tokio::test]
+    async fn through_the_engine_a_bad_file_is_not_stored() {
+        let s = setup("");
+        s.put(FileKind::Info, br#"{"Version":"v9.9.9"}"#);
+        let key = "corp.test/m@v1.0.0.info".to_string();
+        let r = s
+            .app
+            .engine
+            .fill(
+                &s.app.go.flights,
+                &key,
+                || s.fetch(MODULE, FileKind::Info),
+                tracing::Span::none(),
+            )
+            .await;
+        if let Ok(served) = r {
+            // Streaming had begun: the body must end in an error, not cleanly.
+            let body = match served.source {
+                BlobSource::File(_) => panic!("a bad file was committed"),
+                BlobSource::Fill(rx) => BlobBody::from_fill(rx, 0, served.size),
+            };
+            let mut stream = std::pin::pin!(body.into_stream());
+            let mut failed = false;
+            while let Some(chunk) = stream.next().await {
+                failed |= chunk.is_err();
+            }
+            assert!(failed, "the body of a refused file must fail");
+        }
+        s.app
+            .engine
+            .finish_fills(std::time::Duration::from_secs(10))
+            .await;
+        let rec = s
+            .app
+            .storage
+            .index
+            .get_go_file(MODULE, VERSION, "info")
+            .expect("index");
+        assert!(rec.is_none(), "nothing unverified is recorded");
+    }
+}

@@ -12,7 +12,7 @@ use reqwest::Url;
 
 use super::path::{ModulePath, escape};
 use crate::cache::Flights;
-use crate::config::{Config, EgressConfig};
+use crate::config::{Config, EgressConfig, PrivateModuleConfig};
 use crate::upstream::client::{basic_authorization, build_http, send_following};
 use crate::upstream::health::{Health, guarded};
 use crate::upstream::{EgressPolicy, UpstreamError};
@@ -71,7 +71,12 @@ pub struct GoState {
 }
 
 impl GoState {
-    pub fn new(config: &Config, policy: std::sync::Arc<EgressPolicy>) -> Result<GoState, String> {
+    /// `password` gives each private source's `password()`, read by the caller (`app::Checked`).
+    pub fn new(
+        config: &Config,
+        policy: std::sync::Arc<EgressPolicy>,
+        mut password: impl FnMut(&PrivateModuleConfig) -> Option<String>,
+    ) -> Result<GoState, String> {
         let go = &config.go;
         let egress: &EgressConfig = &config.egress;
         let public = go
@@ -96,7 +101,7 @@ impl GoState {
             let kind = match (&p.dir, &p.url) {
                 (Some(dir), _) => SourceKind::Dir(dir.clone()),
                 (None, Some(url)) => {
-                    let password = p.password().map_err(|e| e.to_string())?;
+                    let password = password(p);
                     let authz = p
                         .username
                         .as_deref()

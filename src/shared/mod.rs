@@ -20,6 +20,8 @@ mod journal;
 mod store;
 mod upload;
 
+pub use store::{Store, check_endpoint, connect};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -74,14 +76,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Connects nothing yet: builds the client and checks the settings.
+    /// The tier over `store` (from `connect`), for the data directory of `storage`. Contacts
+    /// nothing yet.
     pub fn new(
         cfg: &SharedConfig,
         egress: &EgressConfig,
-        policy: Arc<EgressPolicy>,
+        store: Store,
         storage: Storage,
     ) -> Result<Arc<Shared>, String> {
-        let store = store::build(cfg, egress, policy.clone())?;
+        let policy = Arc::new(EgressPolicy::from_config(egress)?);
         let replica = match &cfg.replica_id {
             Some(id) => id.clone(),
             None => replica_id(&storage)?,

@@ -18,16 +18,25 @@ use crate::upstream::client::build_http;
 const KEY_ID_ENV: &str = "WHARF_SHARED_ACCESS_KEY_ID";
 const SECRET_ENV: &str = "WHARF_SHARED_SECRET_ACCESS_KEY";
 
-/// Builds the S3 client. Errors name the setting to fix and never carry a secret.
-pub fn build(
-    cfg: &SharedConfig,
-    egress: &EgressConfig,
-    policy: Arc<EgressPolicy>,
-) -> Result<Arc<dyn ObjectStore>, String> {
+/// The S3 client of the shared tier.
+pub type Store = Arc<dyn ObjectStore>;
+
+/// Whether the egress policy lets wharf reach the store at all (a configuration error if not).
+pub fn check_endpoint(cfg: &SharedConfig, policy: &EgressPolicy) -> Result<(), String> {
     let endpoint = Url::parse(&cfg.endpoint).map_err(|e| format!("shared.endpoint: {e}"))?;
     policy
         .check(&endpoint)
-        .map_err(|e| format!("shared.endpoint: {e}; add the store's host:port to egress.allow"))?;
+        .map_err(|e| format!("shared.endpoint: {e}; add the store's host:port to egress.allow"))
+}
+
+/// Builds the S3 client. Errors name the setting to fix and never carry a secret.
+pub fn connect(
+    cfg: &SharedConfig,
+    egress: &EgressConfig,
+    policy: Arc<EgressPolicy>,
+) -> Result<Store, String> {
+    check_endpoint(cfg, &policy)?;
+    let endpoint = Url::parse(&cfg.endpoint).map_err(|e| format!("shared.endpoint: {e}"))?;
     let key_id = credential(
         cfg.access_key_id_file.as_deref(),
         KEY_ID_ENV,

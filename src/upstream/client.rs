@@ -64,23 +64,18 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
+    /// `password` is `cfg.password()`, read by the caller (`app::Checked`).
     pub fn new(
         cfg: &UpstreamConfig,
+        password: Option<String>,
         egress: &EgressConfig,
         policy: Arc<EgressPolicy>,
         offline: bool,
     ) -> Result<UpstreamClient, String> {
-        let creds = match (&cfg.username, cfg.password().map_err(|e| e.to_string())?) {
-            (Some(u), Some(p)) => Some(Credentials {
-                username: u.clone(),
-                password: p,
-            }),
-            (Some(u), None) => Some(Credentials {
-                username: u.clone(),
-                password: String::new(),
-            }),
-            _ => None,
-        };
+        let creds = cfg.username.as_ref().map(|u| Credentials {
+            username: u.clone(),
+            password: password.unwrap_or_default(),
+        });
         let http = build_http(egress, policy.clone())?;
         let origin =
             Url::parse(&cfg.url).map_err(|e| format!("registry.upstream {:?}: {e}", cfg.name))?;
