@@ -2,13 +2,13 @@
 //! client address allowlist, basic auth and bearer tokens, per-prefix rules, the `server` limits
 //! (URL length, header size, slow headers), `wharf hash-password`, and TLS with certificate reload.
 //!
-//! wharf runs in-process on port 0 in front of a fake registry and a fake GOPROXY (tests/common);
+//! wharf runs in-process on port 0 in front of a fake registry and a fake GOPROXY (tests/support);
 //! certificates are generated per test (tests/support/tlsgen.rs). Refused requests must never
 //! reach an upstream, so several tests count what the fakes saw.
 
-mod common;
 mod support;
 use support::tlsgen;
+use support::*;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,8 +16,6 @@ use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::gofake::GoFake;
-use common::{FakeRegistry, Wharf, bytes_of, client, error_code, raw_get};
 use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 use tlsgen::{Ca, TlsFiles};
@@ -139,7 +137,7 @@ fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
 async fn registry_without_credentials_is_challenged_in_the_registry_error_format() {
     let m = Mirror::start(&access("require_auth = true")).await;
     for path in ["/v2/", "/v2/team/app/manifests/v1"] {
-        let r = m.get(path).send().await.unwrap();
+        let r = m.get(path).sent().await;
         assert_eq!(r.status(), 401, "{path}");
         assert_eq!(header(&r, "www-authenticate"), CHALLENGE, "{path}");
         assert_eq!(
@@ -167,9 +165,8 @@ async fn registry_with_a_wrong_password_or_unknown_user_is_refused() {
         let r = m
             .get("/v2/team/app/manifests/v1")
             .basic_auth(user, Some(password))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(r.status(), 401, "{user}:{password}");
         assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
         assert_eq!(error_code(r).await, "UNAUTHORIZED");
@@ -177,9 +174,8 @@ async fn registry_with_a_wrong_password_or_unknown_user_is_refused() {
     let r = m
         .get("/v2/")
         .header("authorization", "Basic not-base64!")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 401, "malformed basic credentials");
     assert_eq!(
         m.upstream_traffic(),
@@ -191,12 +187,7 @@ async fn registry_with_a_wrong_password_or_unknown_user_is_refused() {
 #[tokio::test]
 async fn registry_with_the_right_password_serves_the_base_endpoint_and_a_pull() {
     let m = Mirror::start(&access("require_auth = true")).await;
-    let r = m
-        .get("/v2/")
-        .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+    let r = m.get("/v2/").basic_auth(USER, Some(PASSWORD)).sent().await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         header(&r, "docker-distribution-api-version"),
@@ -206,26 +197,24 @@ async fn registry_with_the_right_password_serves_the_base_endpoint_and_a_pull() 
     let r = m
         .get("/v2/team/app/manifests/v1")
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         header(&r, "docker-content-digest"),
         m.manifest_digest.as_str()
     );
-    assert_eq!(r.bytes().await.unwrap(), m.manifest);
+    assert_eq!(read_body(r).await, m.manifest);
 
     let manifest: serde_json::Value = serde_json::from_slice(&m.manifest).unwrap();
     let layer = manifest["layers"][0]["digest"].as_str().unwrap();
     let r = m
         .get(&format!("/v2/team/app/blobs/{layer}"))
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(common::sha256(&r.bytes().await.unwrap()), layer);
+    assert_eq!(support::sha256(&read_body(r).await), layer);
 }
 
 #[tokio::test]
@@ -234,16 +223,14 @@ async fn upstream_never_sees_the_clients_credentials() {
     let r = m
         .get("/v2/team/app/manifests/v1")
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     let r = m
         .get("/go/golang.org/x/text/@v/list")
         .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     let seen = m.up.seen();
     assert!(!seen.is_empty(), "the pull went upstream");
@@ -259,16 +246,15 @@ async fn upstream_never_sees_the_clients_credentials() {
 #[tokio::test]
 async fn a_valid_bearer_token_is_accepted_and_an_invalid_one_refused() {
     let m = Mirror::start(&access("require_auth = true")).await;
-    let r = m.get("/v2/").bearer_auth(TOKEN).send().await.unwrap();
+    let r = m.get("/v2/").bearer_auth(TOKEN).sent().await;
     assert_eq!(r.status(), 200);
 
     for bad in ["nope", &TOKEN[..TOKEN.len() - 1], &format!("{TOKEN}x")] {
         let r = m
             .get("/v2/team/app/manifests/v1")
             .bearer_auth(bad)
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(r.status(), 401, "token {bad:?}");
         assert_eq!(error_code(r).await, "UNAUTHORIZED");
     }
@@ -281,24 +267,22 @@ async fn a_valid_bearer_token_is_accepted_and_an_invalid_one_refused() {
     let r = m
         .get("/v2/team/app/manifests/v1")
         .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap(), m.manifest);
+    assert_eq!(read_body(r).await, m.manifest);
 }
 
 #[tokio::test]
 async fn wrong_credentials_are_refused_even_where_none_are_required() {
     let m = Mirror::start(&access("")).await;
-    let r = m.get("/v2/team/app/manifests/v1").send().await.unwrap();
+    let r = m.get("/v2/team/app/manifests/v1").sent().await;
     assert_eq!(r.status(), 200, "no credentials, none required");
     let r = m
         .get("/v2/team/app/manifests/v1")
         .basic_auth(USER, Some("wrong"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
 }
@@ -306,7 +290,7 @@ async fn wrong_credentials_are_refused_even_where_none_are_required() {
 #[tokio::test]
 async fn challenge_names_the_configured_realm() {
     let m = Mirror::start(&access("require_auth = true\nrealm = \"corp mirror\"")).await;
-    let r = m.get("/v2/").send().await.unwrap();
+    let r = m.get("/v2/").sent().await;
     assert_eq!(r.status(), 401);
     assert_eq!(
         header(&r, "www-authenticate"),
@@ -317,7 +301,7 @@ async fn challenge_names_the_configured_realm() {
 #[tokio::test]
 async fn healthz_stays_open_when_auth_is_required() {
     let m = Mirror::start(&access("require_auth = true")).await;
-    let r = m.get("/healthz").send().await.unwrap();
+    let r = m.get("/healthz").sent().await;
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("www-authenticate").is_none());
 }
@@ -328,7 +312,7 @@ async fn healthz_stays_open_when_auth_is_required() {
 #[tokio::test]
 async fn client_outside_allow_clients_gets_403_denied_even_with_credentials() {
     let m = Mirror::start(&access("allow_clients = [\"10.0.0.0/8\"]")).await;
-    let r = m.get("/v2/").send().await.unwrap();
+    let r = m.get("/v2/").sent().await;
     assert_eq!(r.status(), 403);
     assert!(
         r.headers().get("www-authenticate").is_none(),
@@ -344,15 +328,14 @@ async fn client_outside_allow_clients_gets_403_denied_even_with_credentials() {
     let r = m
         .get("/v2/team/app/manifests/v1")
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 403, "an address check is not lifted by a login");
 
-    let r = m.get("/go/golang.org/x/text/@v/list").send().await.unwrap();
+    let r = m.get("/go/golang.org/x/text/@v/list").sent().await;
     assert_eq!(r.status(), 403);
     assert!(header(&r, "content-type").starts_with("text/plain"));
-    assert!(!r.text().await.unwrap().trim().is_empty());
+    assert!(!read_text(r).await.trim().is_empty());
 
     assert_eq!(
         m.upstream_traffic(),
@@ -365,9 +348,9 @@ async fn client_outside_allow_clients_gets_403_denied_even_with_credentials() {
 #[tokio::test]
 async fn client_inside_allow_clients_is_served() {
     let m = Mirror::start(&access("allow_clients = [\"10.0.0.0/8\", \"127.0.0.0/8\"]")).await;
-    let r = m.get("/v2/team/app/manifests/v1").send().await.unwrap();
+    let r = m.get("/v2/team/app/manifests/v1").sent().await;
     assert_eq!(r.status(), 200);
-    let r = m.get("/go/golang.org/x/text/@v/list").send().await.unwrap();
+    let r = m.get("/go/golang.org/x/text/@v/list").sent().await;
     assert_eq!(r.status(), 200);
 }
 
@@ -382,11 +365,7 @@ async fn go_rule_challenges_its_prefix_in_plain_text_and_leaves_the_rest_open() 
         rule("go", "corp.example.com/")
     ))
     .await;
-    let r = m
-        .get("/go/corp.example.com/tool/@v/list")
-        .send()
-        .await
-        .unwrap();
+    let r = m.get("/go/corp.example.com/tool/@v/list").sent().await;
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
     assert!(
@@ -394,7 +373,7 @@ async fn go_rule_challenges_its_prefix_in_plain_text_and_leaves_the_rest_open() 
         "Go errors are plain text: {:?}",
         r.headers()
     );
-    let body = r.text().await.unwrap();
+    let body = read_text(r).await;
     assert!(
         !body.trim().is_empty() && !body.trim_start().starts_with('{'),
         "{body:?}"
@@ -408,48 +387,41 @@ async fn go_rule_challenges_its_prefix_in_plain_text_and_leaves_the_rest_open() 
     let r = m
         .get("/go/corp.example.com/tool/@v/list")
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "v1.0.0\n");
+    assert_eq!(read_text(r).await, "v1.0.0\n");
 
-    let r = m.get("/go/golang.org/x/text/@v/list").send().await.unwrap();
+    let r = m.get("/go/golang.org/x/text/@v/list").sent().await;
     assert_ne!(r.status(), 401, "golang.org is outside the rule");
     assert_eq!(r.status(), 200);
 
-    let r = m.get("/v2/").send().await.unwrap();
+    let r = m.get("/v2/").sent().await;
     assert_eq!(r.status(), 200, "a go rule does not guard the registry");
 }
 
 #[tokio::test]
 async fn registry_rule_makes_the_base_endpoint_challenge_so_docker_login_works() {
     let m = Mirror::start(&format!("{}{}", access(""), rule("registry", "private/"))).await;
-    let r = m.get("/v2/").send().await.unwrap();
+    let r = m.get("/v2/").sent().await;
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
-    let r = m
-        .get("/v2/")
-        .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+    let r = m.get("/v2/").basic_auth(USER, Some(PASSWORD)).sent().await;
     assert_eq!(r.status(), 200);
 
-    let r = m.get("/v2/private/app/manifests/v1").send().await.unwrap();
+    let r = m.get("/v2/private/app/manifests/v1").sent().await;
     assert_eq!(r.status(), 401);
     assert_eq!(error_code(r).await, "UNAUTHORIZED");
     assert_eq!(m.up.count("GET", "private/"), 0);
     assert_eq!(m.up.count("HEAD", "private/"), 0);
 
-    let r = m.get("/v2/public/app/manifests/v1").send().await.unwrap();
+    let r = m.get("/v2/public/app/manifests/v1").sent().await;
     assert_eq!(r.status(), 200, "public/ is outside the rule");
     let r = m
         .get("/v2/private/app/manifests/v1")
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
 }
 
@@ -461,9 +433,8 @@ async fn empty_basic_credentials_count_as_anonymous_where_none_are_required() {
     let r = m
         .get("/v2/public/app/manifests/v1")
         .header("authorization", "Basic Og==")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(
         r.status(),
         200,
@@ -472,9 +443,8 @@ async fn empty_basic_credentials_count_as_anonymous_where_none_are_required() {
     let r = m
         .get("/v2/private/app/manifests/v1")
         .header("authorization", "Basic Og==")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(
         r.status(),
         401,
@@ -490,17 +460,9 @@ async fn the_longest_matching_rule_decides() {
         access("")
     ))
     .await;
-    let r = m
-        .get("/go/corp.example.com/tool/@v/list")
-        .send()
-        .await
-        .unwrap();
+    let r = m.get("/go/corp.example.com/tool/@v/list").sent().await;
     assert_eq!(r.status(), 200, "the more specific open rule wins");
-    let r = m
-        .get("/go/corp.example.com/other/@v/list")
-        .send()
-        .await
-        .unwrap();
+    let r = m.get("/go/corp.example.com/other/@v/list").sent().await;
     assert_eq!(r.status(), 401);
 }
 
@@ -537,14 +499,10 @@ async fn percent_encoded_go_path_does_not_slip_past_a_rule() {
 #[tokio::test]
 async fn registry_rule_covers_the_upstream_qualified_spelling_of_a_repository() {
     let m = Mirror::start(&format!("{}{}", access(""), rule("registry", "private/"))).await;
-    let r = m.get("/v2/private/app/manifests/v1").send().await.unwrap();
+    let r = m.get("/v2/private/app/manifests/v1").sent().await;
     assert_eq!(r.status(), 401);
     // `fake.test` is the default upstream: this is the same repository.
-    let r = m
-        .get("/v2/fake.test/private/app/manifests/v1")
-        .send()
-        .await
-        .unwrap();
+    let r = m.get("/v2/fake.test/private/app/manifests/v1").sent().await;
     assert_ne!(
         r.status(),
         200,
@@ -561,17 +519,13 @@ async fn registry_rule_naming_the_upstream_covers_the_default_spelling() {
         rule("registry", "fake.test/private/")
     ))
     .await;
-    let r = m
-        .get("/v2/fake.test/private/app/manifests/v1")
-        .send()
-        .await
-        .unwrap();
+    let r = m.get("/v2/fake.test/private/app/manifests/v1").sent().await;
     assert_eq!(r.status(), 401);
     for path in [
         "/v2/private/app/manifests/v1",
         "/v2/private/app/manifests/v1?ns=fake.test",
     ] {
-        let r = m.get(path).send().await.unwrap();
+        let r = m.get(path).sent().await;
         assert_ne!(
             r.status(),
             200,
@@ -820,19 +774,13 @@ async fn hash_password_output_in_a_config_authenticates_that_password() {
     assert!(!hash.contains(password));
 
     let m = Mirror::start(&access_with_hash("require_auth = true", hash)).await;
-    let r = m
-        .get("/v2/")
-        .basic_auth(USER, Some(password))
-        .send()
-        .await
-        .unwrap();
+    let r = m.get("/v2/").basic_auth(USER, Some(password)).sent().await;
     assert_eq!(r.status(), 200, "the hashed password logs in");
     let r = m
         .get("/v2/")
         .basic_auth(USER, Some(format!("{password}\n")))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 401, "the newline was not part of the password");
 }
 
@@ -944,7 +892,7 @@ async fn tls_listener_serves_clients_that_trust_its_ca_over_http2() {
     let m = TlsMirror::start(&files, "").await;
     let c = trusting(&ca);
     for host in ["127.0.0.1", "localhost"] {
-        let r = c.get(m.url(host, "/v2/")).send().await.unwrap();
+        let r = c.get(m.url(host, "/v2/")).sent().await;
         assert_eq!(r.status(), 200, "{host}");
         assert_eq!(
             r.version(),
@@ -956,12 +904,11 @@ async fn tls_listener_serves_clients_that_trust_its_ca_over_http2() {
     let (digest, body) = m.up.put_image("team/app", "v1", &[bytes_of(70_000, 3)]);
     let r = c
         .get(m.url("127.0.0.1", "/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "docker-content-digest"), digest.as_str());
-    assert_eq!(r.bytes().await.unwrap(), body);
+    assert_eq!(read_body(r).await, body);
 
     let stranger = trusting(&Ca::new("some other CA"));
     let err = stranger
@@ -977,15 +924,14 @@ async fn basic_auth_is_checked_over_tls() {
     let (_d, files, ca, _cert) = tls_setup();
     let m = TlsMirror::start(&files, &access("require_auth = true")).await;
     let c = trusting(&ca);
-    let r = c.get(m.url("localhost", "/v2/")).send().await.unwrap();
+    let r = c.get(m.url("localhost", "/v2/")).sent().await;
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
     let r = c
         .get(m.url("localhost", "/v2/"))
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
 }
 
@@ -1011,11 +957,7 @@ async fn plain_http_to_the_tls_port_gets_no_http_answer() {
         .expect_err("plain HTTP to the TLS port must fail");
     assert!(!err.is_status(), "{err:?}");
 
-    let r = trusting(&ca)
-        .get(m.url("127.0.0.1", "/v2/"))
-        .send()
-        .await
-        .unwrap();
+    let r = trusting(&ca).get(m.url("127.0.0.1", "/v2/")).sent().await;
     assert_eq!(r.status(), 200, "the TLS port still serves TLS clients");
 }
 
@@ -1024,11 +966,7 @@ async fn reloaded_certificate_is_served_to_new_connections() {
     let (_d, files, old_ca, old_cert) = tls_setup();
     let m = TlsMirror::start(&files, "").await;
     let old_client = trusting(&old_ca);
-    let r = old_client
-        .get(m.url("127.0.0.1", "/v2/"))
-        .send()
-        .await
-        .unwrap();
+    let r = old_client.get(m.url("127.0.0.1", "/v2/")).sent().await;
     assert_eq!(peer_certificate(&r), old_cert.cert_der);
 
     let new_ca = Ca::new("wharf test CA two");
@@ -1036,9 +974,8 @@ async fn reloaded_certificate_is_served_to_new_connections() {
     files.write(&new_cert);
     let r = trusting(&old_ca)
         .get(m.url("127.0.0.1", "/v2/"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(
         peer_certificate(&r),
         old_cert.cert_der,
@@ -1048,9 +985,8 @@ async fn reloaded_certificate_is_served_to_new_connections() {
     m.tls.reload().expect("reload the new certificate");
     let r = trusting(&new_ca)
         .get(m.url("localhost", "/v2/"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         peer_certificate(&r),
@@ -1084,11 +1020,7 @@ async fn failed_reload_keeps_serving_the_old_certificate() {
     std::fs::remove_file(&files.key).unwrap();
     assert!(m.tls.reload().is_err(), "a missing key file");
 
-    let r = trusting(&ca)
-        .get(m.url("127.0.0.1", "/v2/"))
-        .send()
-        .await
-        .unwrap();
+    let r = trusting(&ca).get(m.url("127.0.0.1", "/v2/")).sent().await;
     assert_eq!(r.status(), 200);
     assert_eq!(peer_certificate(&r), cert.cert_der);
 }
@@ -1106,11 +1038,7 @@ async fn tls_client_that_never_handshakes_is_disconnected_after_header_read_time
     ));
 
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = trusting(&ca)
-        .get(m.url("127.0.0.1", "/v2/"))
-        .send()
-        .await
-        .unwrap();
+    let r = trusting(&ca).get(m.url("127.0.0.1", "/v2/")).sent().await;
     assert_eq!(r.status(), 200, "others are served meanwhile");
 
     for (what, task) in [("idle", idle), ("half a ClientHello", half_hello)] {
@@ -1220,12 +1148,7 @@ async fn empty_bearer_token_is_refused_over_http2() {
     ];
     for (client, version) in &clients {
         for value in ["Bearer ", "Bearer  ", "Bearer \t", "bearer", "Bearer"] {
-            let r = client
-                .get(&url)
-                .header("authorization", value)
-                .send()
-                .await
-                .unwrap();
+            let r = client.get(&url).header("authorization", value).sent().await;
             assert_eq!(r.version(), *version);
             assert_eq!(r.status(), 401, "{value:?} over {version:?}");
             assert_eq!(error_code(r).await, "UNAUTHORIZED");
@@ -1237,7 +1160,7 @@ async fn empty_bearer_token_is_refused_over_http2() {
         "a refused request reached upstream"
     );
     for (client, version) in &clients {
-        let r = client.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+        let r = client.get(&url).bearer_auth(TOKEN).sent().await;
         assert_eq!(r.status(), 200, "the real token over {version:?}");
         assert_eq!(r.version(), *version);
     }
@@ -1260,9 +1183,8 @@ async fn blank_basic_password_is_refused() {
             let r = client
                 .get(&url)
                 .basic_auth(user, Some(password))
-                .send()
-                .await
-                .unwrap();
+                .sent()
+                .await;
             assert_eq!(
                 r.status(),
                 401,
@@ -1303,13 +1225,8 @@ async fn token_hash_of_the_empty_string_is_refused_at_load() {
 
 /// Sends `user:password` to `/v2/` and returns the status and body.
 async fn try_password(m: &Mirror, user: &str, password: &str) -> (u16, String) {
-    let r = m
-        .get("/v2/")
-        .basic_auth(user, Some(password))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    let r = m.get("/v2/").basic_auth(user, Some(password)).sent().await;
+    (r.status().as_u16(), read_text(r).await)
 }
 
 #[tokio::test]
@@ -1344,9 +1261,8 @@ async fn a_successful_password_is_verified_once() {
     let r = m
         .get("/v2/team/app/manifests/v1")
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     let checks = m.w.state.access.password_checks();
     assert_eq!((checks.hashed, checks.remembered), (1, 3));
@@ -1373,9 +1289,8 @@ async fn argon2_work_is_bounded() {
             client()
                 .get(url)
                 .basic_auth(user, Some(format!("wrong {i}")))
-                .send()
+                .sent()
                 .await
-                .unwrap()
                 .status()
                 .as_u16()
         }));
@@ -1390,8 +1305,8 @@ async fn argon2_work_is_bounded() {
         "{} argon2 runs at once, limit {limit}",
         checks.most_at_once
     );
-    let r = m.get("/metrics").bearer_auth(TOKEN).send().await.unwrap();
-    let text = r.text().await.unwrap();
+    let r = m.get("/metrics").bearer_auth(TOKEN).sent().await;
+    let text = read_text(r).await;
     assert!(
         text.contains(&format!("wharf_password_hashes_total {n}")),
         "{text}"

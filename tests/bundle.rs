@@ -5,15 +5,12 @@
 //! admin API answers only to this machine, and the other import formats (OCI layout, go module
 //! cache, docker save) load.
 
-mod common;
 mod support;
 use support::oci;
+use support::*;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-
-use common::gofake::{GoFake, module_zip};
-use common::{FakeRegistry, bytes_of, sha256};
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -138,7 +135,7 @@ async fn prefetch_and_export() -> Exported {
     let text = config_text(&data, &reg.url(), &go.url(), false);
     let config = dir.path().join("a.toml");
     std::fs::write(&config, &text).unwrap();
-    let a = common::Wharf::start_with_config(&text, &data).await;
+    let a = support::Wharf::start_with_config(&text, &data).await;
     let server = a.url("");
     let list = dir.path().join("list.txt");
     std::fs::write(
@@ -240,16 +237,15 @@ fn offline_config(dir: &Path, name: &str) -> (PathBuf, String, PathBuf) {
     (path, text, data)
 }
 
-async fn get(w: &common::Wharf, path: &str) -> (u16, Vec<u8>, reqwest::header::HeaderMap) {
-    let r = common::client()
+async fn get(w: &support::Wharf, path: &str) -> (u16, Vec<u8>, reqwest::header::HeaderMap) {
+    let r = support::client()
         .get(w.url(path))
         .header("accept", ACCEPT)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     let status = r.status().as_u16();
     let headers = r.headers().clone();
-    (status, r.bytes().await.unwrap().to_vec(), headers)
+    (status, read_body(r).await.to_vec(), headers)
 }
 
 /// Scans a tar for a member; returns where its bytes start.
@@ -329,7 +325,7 @@ async fn prefetched_content_exports_and_imports_into_an_offline_wharf_with_the_s
         describe(&out)
     );
 
-    let b = common::Wharf::start_with_config(&text, &data).await;
+    let b = support::Wharf::start_with_config(&text, &data).await;
     let (s, body, h) = get(&b, "/v2/fake.test/test/app/manifests/v1").await;
     assert_eq!(s, 200);
     assert_eq!(h["docker-content-digest"], e.app.0.as_str());
@@ -425,7 +421,7 @@ async fn a_bundle_with_one_flipped_byte_is_refused_naming_the_object_and_a_good_
     );
 
     // Nothing was indexed.
-    let b = common::Wharf::start_with_config(&text, &data).await;
+    let b = support::Wharf::start_with_config(&text, &data).await;
     let (s, _, _) = get(&b, "/v2/fake.test/test/app/manifests/v1").await;
     assert_eq!(s, 404);
     b.stop().await;
@@ -434,7 +430,7 @@ async fn a_bundle_with_one_flipped_byte_is_refused_naming_the_object_and_a_good_
     let out = ok(wharf(&["import", "--config", cfg, e.bundle.to_str().unwrap()]).await);
     let summary = stdout(&out);
     assert!(!summary.contains("(0 B already present)"), "{summary}");
-    let b = common::Wharf::start_with_config(&text, &data).await;
+    let b = support::Wharf::start_with_config(&text, &data).await;
     let (s, body, _) = get(&b, &format!("/v2/fake.test/test/app/blobs/{layer}")).await;
     assert_eq!((s, body), (200, e.layers[0].clone()));
     b.stop().await;
@@ -445,8 +441,8 @@ async fn the_admin_api_answers_only_to_this_machine() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let text = config_text(&data, "http://127.0.0.1:9", "http://127.0.0.1:9", true);
-    let w = common::Wharf::start_with_config(&text, &data).await;
-    let c = common::client();
+    let w = support::Wharf::start_with_config(&text, &data).await;
+    let c = support::client();
     let pins = r#"{"reason":"test","digests":[]}"#;
     let secret = w.admin_secret();
     let post = |host: Option<&str>, fwd: bool| {
@@ -571,7 +567,7 @@ async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
     let out = ok(wharf(&["import", "--config", cfg, saved.to_str().unwrap()]).await);
     assert!(stdout(&out).contains("1 tag(s)"), "{}", describe(&out));
 
-    let b = common::Wharf::start_with_config(&text, &data).await;
+    let b = support::Wharf::start_with_config(&text, &data).await;
     let (s, _, h) = get(&b, "/v2/fake.test/gen/app/manifests/v7").await;
     assert_eq!(
         (s, h["docker-content-digest"].to_str().unwrap()),

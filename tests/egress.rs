@@ -2,7 +2,8 @@
 //! Planted listeners sit on loopback addresses (127.0.0.2, ...) that the test policy treats as
 //! forbidden; `egress.resolve` pins test names, so the DNS cases are deterministic.
 
-mod common;
+mod support;
+use support::*;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,7 +12,6 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use common::*;
 use http::{Method, StatusCode, header};
 
 /// A trap listener that records every request with *all* its `Authorization` headers. It
@@ -144,14 +144,9 @@ fn basic(user_and_password: &str) -> String {
     out
 }
 
-/// The `[[registry.upstream]]` keys that make wharf log in as `mirror` / `secret`.
-fn credentials(dir: &std::path::Path) -> String {
-    let pw = dir.join("pw");
-    std::fs::write(&pw, "secret\n").unwrap();
-    format!(
-        "username = \"mirror\"\npassword_file = \"{}\"\nurl = \"",
-        pw.display()
-    )
+/// `config` with wharf logging in to its last upstream as `mirror` / `secret`.
+fn with_login(config: WharfConfig, dir: &std::path::Path) -> WharfConfig {
+    config.login(&dir.join("pw"), "secret")
 }
 
 fn conns(f: &FakeRegistry) -> usize {
@@ -159,30 +154,18 @@ fn conns(f: &FakeRegistry) -> usize {
 }
 
 async fn wharf_with(up: &FakeRegistry, dir: &std::path::Path, egress: &str) -> Wharf {
-    let toml = format!(
-        r#"data_dir = "{}"
-[registry]
-default_upstream = "fake.test"
-[[registry.upstream]]
-name = "fake.test"
-url = "{}"
-[egress]
-connect_timeout = "2s"
-read_timeout = "5s"
-{egress}
-"#,
-        dir.display(),
-        up.url()
-    );
-    Wharf::start_with_config(&toml, dir).await
+    Wharf::serve(
+        WharfConfig::new(dir)
+            .upstream("fake.test", &up.url())
+            .no_allow()
+            .egress("connect_timeout = \"2s\"\nread_timeout = \"5s\"")
+            .egress(egress),
+    )
+    .await
 }
 
 async fn get_blob(w: &Wharf, d: &str) -> (u16, String) {
-    let r = client()
-        .get(w.url(&format!("/v2/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
     let status = r.status().as_u16();
     (status, r.text().await.unwrap_or_default())
 }
@@ -284,13 +267,9 @@ async fn authorization_dropped_on_a_host_change_never_comes_back() {
 allow_cidrs = ["127.0.0.4/32"]
 resolve = { "b.test" = ["127.0.0.4"] }"#;
     let w = wharf_with(&a, dir.path(), egress).await;
-    let r = client()
-        .get(w.url(&format!("/v2/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap(), data);
+    assert_eq!(read_body(r).await, data);
     let seen = a.seen();
     let back = seen
         .iter()
@@ -442,15 +421,11 @@ async fn userinfo_in_realm_is_not_sent() {
             up.addr.port()
         ));
         let dir = tempfile::tempdir().unwrap();
-        let mut toml = format!(
-            "data_dir = \"{}\"\n[registry]\ndefault_upstream = \"trap\"\n[[registry.upstream]]\nname = \"trap\"\nurl = \"{}\"\n[egress]\nallow = [\"127.0.0.1\"]\n",
-            dir.path().display(),
-            up.url()
-        );
+        let mut config = WharfConfig::new(dir.path()).upstream("trap", &up.url());
         if with_credentials {
-            toml = toml.replace("url = \"", &credentials(dir.path()));
+            config = with_login(config, dir.path());
         }
-        let w = Wharf::start_with_config(&toml, dir.path()).await;
+        let w = Wharf::serve(config).await;
         let (status, body) = get_blob(&w, &d).await;
         assert_eq!(status, 200, "{body}");
         let tokens: Vec<Vec<String>> = up
@@ -507,15 +482,14 @@ async fn credentials_are_not_sent_to_a_realm_on_another_port() {
 
     // A bare entry lets wharf contact the realm's port, but not hand it the credentials.
     let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(&up.url(), dir.path(), "").replace("url = \"", &credentials(dir.path()));
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
-    let r = client()
-        .get(w.url("/v2/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let w = Wharf::serve(with_login(
+        WharfConfig::fake(&up.url(), dir.path()),
+        dir.path(),
+    ))
+    .await;
+    let r = get(w.url("/v2/app/manifests/v1")).await;
     assert_eq!(r.status(), 502);
-    let body = r.text().await.unwrap();
+    let body = read_text(r).await;
     assert!(
         body.contains(&entry) && body.contains("egress.allow"),
         "{body}"
@@ -525,18 +499,9 @@ async fn credentials_are_not_sent_to_a_realm_on_another_port() {
 
     // Listing the realm's host:port is the operator's say-so.
     let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(&up.url(), dir.path(), "")
-        .replace("url = \"", &credentials(dir.path()))
-        .replace(
-            "allow = [\"127.0.0.1\"]",
-            &format!("allow = [\"127.0.0.1\", \"{entry}\"]"),
-        );
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
-    let r = client()
-        .get(w.url("/v2/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let config = WharfConfig::fake(&up.url(), dir.path()).allow(&["127.0.0.1", &entry]);
+    let w = Wharf::serve(with_login(config, dir.path())).await;
+    let r = get(w.url("/v2/app/manifests/v1")).await;
     assert_eq!(r.status(), 200);
     let seen = realm.seen();
     assert!(!seen.is_empty());
@@ -559,24 +524,9 @@ async fn a_challenge_from_a_redirected_hop_gets_no_login() {
     *cdn.state.realm.lock().unwrap() = Some(format!("http://{}/token", cdn.addr));
     up.set_blob_mode(BlobMode::Redirect(format!("http://{}", cdn.addr)));
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        r#"data_dir = "{}"
-[registry]
-default_upstream = "fake.test"
-[[registry.upstream]]
-name = "fake.test"
-{}{}"
-[egress]
-allow = ["127.0.0.1", "127.0.0.1:{}"]
-connect_timeout = "2s"
-read_timeout = "5s"
-"#,
-        dir.path().display(),
-        credentials(dir.path()),
-        up.url(),
-        cdn.addr.port()
-    );
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let cdn_entry = format!("127.0.0.1:{}", cdn.addr.port());
+    let config = WharfConfig::fake(&up.url(), dir.path()).allow(&["127.0.0.1", &cdn_entry]);
+    let w = Wharf::serve(with_login(config, dir.path())).await;
     let (status, _) = get_blob(&w, &d).await;
     assert_ne!(status, 200);
     let seen = cdn.seen();

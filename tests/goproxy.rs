@@ -1,11 +1,9 @@
 //! Black-box tests of the Go module proxy over real sockets, against a fake GOPROXY on port 0.
 
-mod common;
+mod support;
+use support::*;
 
 use std::path::Path;
-
-use common::gofake::{GoFake, module_zip};
-use common::{client, files_under, raw_get};
 
 fn go_config(upstream: &str, data_dir: &Path, go_keys: &str, extra: &str) -> String {
     format!(
@@ -24,10 +22,10 @@ read_timeout = "5s"
     )
 }
 
-async fn setup(go_keys: &str) -> (GoFake, common::Wharf, tempfile::TempDir) {
+async fn setup(go_keys: &str) -> (GoFake, support::Wharf, tempfile::TempDir) {
     let up = GoFake::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let w = common::Wharf::start_with_config(
+    let w = support::Wharf::start_with_config(
         &go_config(&up.url(), dir.path(), go_keys, ""),
         dir.path(),
     )
@@ -70,15 +68,15 @@ async fn every_endpoint_is_served_and_immutable_files_are_fetched_once() {
         ("/@v/v1.2.0.mod", "text/plain; charset=utf-8"),
         ("/@v/v1.2.0.zip", "application/zip"),
     ] {
-        let r = c.get(format!("{base}{path}")).send().await.unwrap();
+        let r = c.get(format!("{base}{path}")).sent().await;
         assert_eq!(r.status(), 200, "{path}");
         assert_eq!(r.headers()["content-type"], ct, "{path}");
         assert_eq!(r.headers()["x-cache"], "MISS", "{path}");
-        assert!(!r.bytes().await.unwrap().is_empty(), "{path}");
+        assert!(!read_body(r).await.is_empty(), "{path}");
     }
-    let r = c.get(format!("{base}/@v/v1.2.0.zip")).send().await.unwrap();
+    let r = c.get(format!("{base}/@v/v1.2.0.zip")).sent().await;
     assert_eq!(r.headers()["x-cache"], "HIT");
-    assert_eq!(r.bytes().await.unwrap(), zip);
+    assert_eq!(read_body(r).await, zip);
     for kind in ["info", "mod", "zip"] {
         assert_eq!(
             up.count(&format!("v1.2.0.{kind}")),
@@ -94,19 +92,16 @@ async fn lists_are_revalidated_after_their_ttl_and_served_stale_when_upstream_fa
     publish(&up);
     let c = client();
     let url = w.url("/go/example.com/!mod/@v/list");
-    assert_eq!(
-        c.get(&url).send().await.unwrap().text().await.unwrap(),
-        "v1.2.0\n"
-    );
+    assert_eq!(c.get(&url).sent().await.body_text().await, "v1.2.0\n");
     up.put("example.com/!mod/@v/list", "v1.2.0\nv1.3.0\n");
-    let r = c.get(&url).send().await.unwrap();
+    let r = c.get(&url).sent().await;
     assert_eq!(r.headers()["x-cache"], "MISS");
-    assert_eq!(r.text().await.unwrap(), "v1.2.0\nv1.3.0\n");
+    assert_eq!(read_text(r).await, "v1.2.0\nv1.3.0\n");
     up.fail_with(Some(503));
-    let r = c.get(&url).send().await.unwrap();
+    let r = c.get(&url).sent().await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "STALE");
-    assert_eq!(r.text().await.unwrap(), "v1.2.0\nv1.3.0\n");
+    assert_eq!(read_text(r).await, "v1.2.0\nv1.3.0\n");
 }
 
 #[tokio::test]
@@ -115,8 +110,8 @@ async fn fresh_lists_do_not_go_upstream() {
     publish(&up);
     let c = client();
     let url = w.url("/go/example.com/!mod/@v/list");
-    c.get(&url).send().await.unwrap();
-    let r = c.get(&url).send().await.unwrap();
+    c.get(&url).sent().await;
+    let r = c.get(&url).sent().await;
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(up.count("@v/list"), 1);
 }
@@ -126,11 +121,7 @@ async fn not_found_is_404_and_cached_and_upstream_failure_is_5xx() {
     let (up, w, _d) = setup("").await;
     let c = client();
     for _ in 0..3 {
-        let r = c
-            .get(w.url("/go/example.com/nope/@v/list"))
-            .send()
-            .await
-            .unwrap();
+        let r = c.get(w.url("/go/example.com/nope/@v/list")).sent().await;
         assert_eq!(r.status(), 404);
         assert!(
             r.headers()["content-type"]
@@ -147,22 +138,20 @@ async fn not_found_is_404_and_cached_and_upstream_failure_is_5xx() {
     *up.state.missing_status.lock().unwrap() = Some(410);
     let r = c
         .get(w.url("/go/example.com/gone/@v/v1.0.0.mod"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 404, "410 upstream is 'not found' too");
     up.fail_with(Some(500));
     let r = c
         .get(w.url("/go/example.com/other/@v/v1.0.0.mod"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(
         r.status(),
         502,
         "a broken upstream must not look like 'not found'"
     );
-    let text = r.text().await.unwrap();
+    let text = read_text(r).await;
     assert!(
         text.lines().count() <= 8 && text.contains("example.com/other"),
         "{text}"
@@ -179,22 +168,20 @@ async fn upstreams_are_tried_in_order_on_not_found_only() {
         &format!("upstreams = [\"{}\"]", first.url()),
         &format!("upstreams = [\"{}\", \"{}\"]", first.url(), second.url()),
     );
-    let w = common::Wharf::start_with_config(&toml, dir.path()).await;
+    let w = support::Wharf::start_with_config(&toml, dir.path()).await;
     let c = client();
     let r = c
         .get(w.url("/go/example.com/!mod/@v/v1.2.0.mod"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(first.count("v1.2.0.mod"), 1);
     assert_eq!(second.count("v1.2.0.mod"), 1);
     first.fail_with(Some(500));
     let r = c
         .get(w.url("/go/example.com/!mod/@v/v1.2.0.info"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(
         r.status(),
         502,
@@ -208,11 +195,7 @@ async fn oversize_go_mod_is_refused_and_not_cached() {
     let (up, w, dir) = setup("").await;
     let big = format!("module example.com/big\n// {}\n", "x".repeat(16 << 20));
     up.put("example.com/big/@v/v1.0.0.mod", big);
-    let r = client()
-        .get(w.url("/go/example.com/big/@v/v1.0.0.mod"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/go/example.com/big/@v/v1.0.0.mod")).await;
     assert!(r.status() == 502 || r.bytes().await.is_err());
     assert!(files_under(&dir.path().join("blobs")).is_empty());
 }
@@ -221,11 +204,7 @@ async fn oversize_go_mod_is_refused_and_not_cached() {
 async fn info_for_another_version_is_refused() {
     let (up, w, dir) = setup("").await;
     up.put("example.com/m/@v/v1.0.0.info", r#"{"Version":"v9.9.9"}"#);
-    let r = client()
-        .get(w.url("/go/example.com/m/@v/v1.0.0.info"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/go/example.com/m/@v/v1.0.0.info")).await;
     let served = r.status() == 200 && r.bytes().await.is_ok();
     assert!(!served, "a mismatched .info must never be served complete");
     assert!(files_under(&dir.path().join("blobs")).is_empty());
@@ -254,7 +233,7 @@ async fn private_modules_come_from_their_source_and_never_reach_public_services(
     );
     let toml = go_config(&public.url(), dir.path(), "verify = true", &extra)
         .replace("verify = false\nverify = true", "verify = true");
-    let w = common::Wharf::start_with_config(&toml, dir.path()).await;
+    let w = support::Wharf::start_with_config(&toml, dir.path()).await;
     let c = client();
     for p in [
         "@v/list",
@@ -264,32 +243,27 @@ async fn private_modules_come_from_their_source_and_never_reach_public_services(
     ] {
         let r = c
             .get(w.url(&format!("/go/corp.example.com/tool/{p}")))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(r.status(), 200, "{p}");
     }
     assert_eq!(
         c.get(w.url("/go/corp.example.com/tool/@v/v0.1.0.zip"))
-            .send()
+            .sent()
             .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
+            .body()
+            .await,
         zip
     );
     let r = c
         .get(w.url("/go/corp.example.com/missing/@v/list"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 404);
     let r = c
         .get(w.url("/go/sumdb/sum.golang.org/lookup/corp.example.com/tool@v0.1.0"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 403);
     assert!(
         public.seen().is_empty(),
@@ -312,23 +286,23 @@ async fn sumdb_supported_lookup_and_tiles_are_proxied_and_cached() {
         "sumdb_ttl = \"0s\"\n[[go.sumdb]]\nname = \"sum.golang.org\"\nkey = \"sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8\"\nurl = \"{}\"\n",
         db.url()
     );
-    let w =
-        common::Wharf::start_with_config(&go_config(&db.url(), dir.path(), &extra, ""), dir.path())
-            .await;
+    let w = support::Wharf::start_with_config(
+        &go_config(&db.url(), dir.path(), &extra, ""),
+        dir.path(),
+    )
+    .await;
     let c = client();
     assert_eq!(
         c.get(w.url("/go/sumdb/sum.golang.org/supported"))
-            .send()
+            .sent()
             .await
-            .unwrap()
             .status(),
         200
     );
     assert_eq!(
         c.get(w.url("/go/sumdb/other.example/supported"))
-            .send()
+            .sent()
             .await
-            .unwrap()
             .status(),
         404
     );
@@ -339,25 +313,22 @@ async fn sumdb_supported_lookup_and_tiles_are_proxied_and_cached() {
     ] {
         let r = c
             .get(w.url(&format!("/go/sumdb/sum.golang.org/{p}")))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(r.status(), 200, "{p}");
     }
     db.fail_with(Some(503));
     for p in ["lookup/example.com/m@v1.0.0", "tile/8/0/000"] {
         let r = c
             .get(w.url(&format!("/go/sumdb/sum.golang.org/{p}")))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(r.headers()["x-cache"], "HIT", "{p} is immutable");
     }
     let r = c
         .get(w.url("/go/sumdb/sum.golang.org/tile/8/0/001.p/5"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "STALE");
     assert_eq!(db.count("tile/8/0/000"), 1);

@@ -10,7 +10,6 @@
 //! Without skopeo, docker-registry or go on PATH the test prints why and passes, unless
 //! `WHARF_REQUIRE_INTEROP` is set (CI sets it).
 
-mod common;
 use support::gotools;
 mod support;
 
@@ -273,7 +272,7 @@ async fn a_bundle_carries_images_and_modules_to_an_offline_wharf_with_identical_
     );
     let a_config = w.join("a.toml");
     std::fs::write(&a_config, &a_text).unwrap();
-    let a = common::Wharf::start_with_config(&a_text, &a_data).await;
+    let a = support::Wharf::start_with_config(&a_text, &a_data).await;
     let list = w.join("site.list");
     let mut text = format!("{UPSTREAM}/test/app:v1\n{UPSTREAM}/test/multi:v1\n");
     for (p, v, _) in MODULES {
@@ -338,7 +337,7 @@ async fn a_bundle_carries_images_and_modules_to_an_offline_wharf_with_identical_
         )),
         "every module's hashes must be proven by the bundle's checksum-database files: {summary}"
     );
-    let b = common::Wharf::start_with_config(&b_text, &b_data).await;
+    let b = support::Wharf::start_with_config(&b_text, &b_data).await;
     let b_host = b.addr.to_string();
 
     // skopeo through B: the same digests as at the origin.

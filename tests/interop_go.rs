@@ -9,9 +9,9 @@
 //! version (`!` escaping), a `/v2` major version, and pre-releases. Without `go` on PATH the tests
 //! print why and pass, unless `WHARF_REQUIRE_INTEROP` is set (CI sets it).
 
-mod common;
 mod support;
 use support::gotools;
+use support::*;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -188,7 +188,7 @@ read_timeout = "10s"
 struct Setup {
     go: Go,
     up: Upstream,
-    wharf: common::Wharf,
+    wharf: support::Wharf,
     goproxy: String,
     work: TempDir,
 }
@@ -207,7 +207,7 @@ impl Setup {
         let up = Upstream::start(&helper, &src, tamper).await;
         let data = work.path().join("wharf-data");
         std::fs::create_dir_all(&data).unwrap();
-        let wharf = common::Wharf::start_with_config(&wharf_config(&data, &up), &data).await;
+        let wharf = support::Wharf::start_with_config(&wharf_config(&data, &up), &data).await;
         let goproxy = wharf.url("/go");
         eprintln!("{test}: {}; upstream {}", go.version, up.addr);
         Some(Setup {
@@ -433,9 +433,9 @@ async fn zip_that_does_not_match_the_checksum_database_is_refused_and_never_stor
     );
 
     // Asked directly, wharf never completes the tampered body either.
-    let http = common::client();
+    let http = support::client();
     let zip_url = s.wharf.url("/go/example.com/lib/@v/v1.0.0.zip");
-    let resp = http.get(&zip_url).send().await.unwrap();
+    let resp = http.get(&zip_url).sent().await;
     let status = resp.status();
     if status == 200 {
         let body = resp.bytes().await;
@@ -448,18 +448,17 @@ async fn zip_that_does_not_match_the_checksum_database_is_refused_and_never_stor
     // The genuine go.mod of the same version passed verification and is cached.
     let resp = http
         .get(s.wharf.url("/go/example.com/lib/@v/v1.0.0.mod"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-cache"], "HIT");
 
     // Nothing in wharf's data directory holds the tampered zip.
-    let stored: Vec<_> = common::files_under(&s.wharf.data_dir)
+    let stored: Vec<_> = support::files_under(&s.wharf.data_dir)
         .into_iter()
         .filter(|p| {
             std::fs::read(p).is_ok_and(|bytes| {
-                common::sha256(&bytes) == format!("sha256:{}", published.zip_sha256)
+                support::sha256(&bytes) == format!("sha256:{}", published.zip_sha256)
             })
         })
         .collect();

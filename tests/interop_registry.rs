@@ -15,7 +15,7 @@ use support::oci::{
     sha256_digest,
 };
 use support::origin::{Origin, Skopeo, http_status, require_tools};
-use support::wharf::{MANIFEST_ACCEPT, Wharf};
+use support::{MANIFEST_ACCEPT, Wharf, WharfConfig};
 use tempfile::TempDir;
 
 /// The upstream name wharf knows the origin by; it does not resolve, so a client that reaches the
@@ -89,7 +89,13 @@ impl Origined {
 
     /// Serves wharf with the origin as upstream `origin.test`.
     async fn wharf(&self) -> Wharf {
-        Wharf::start(&[(UPSTREAM, format!("http://{}", self.origin().host()))]).await
+        let url = format!("http://{}", self.origin().host());
+        Wharf::in_temp_dir(|data| {
+            WharfConfig::new(data)
+                .upstream(UPSTREAM, &url)
+                .offline(false)
+        })
+        .await
     }
 
     fn out(&self, name: &str) -> PathBuf {
@@ -224,7 +230,7 @@ async fn skopeo_copy_through_wharf_preserves_digests() {
         manifest.describe()
     );
     assert_eq!(sha256_digest(&manifest.body), fx.image.manifest.digest);
-    wharf.stop().await;
+    wharf.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -273,7 +279,7 @@ async fn skopeo_copy_all_pulls_every_platform_of_an_index() {
         }
     })
     .await;
-    wharf.stop().await;
+    wharf.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -329,7 +335,7 @@ async fn registries_conf_mirror_pulls_through_wharf() {
         "the mirror pull stored the manifest in wharf: {}",
         manifest.describe()
     );
-    wharf.stop().await;
+    wharf.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -413,7 +419,7 @@ async fn second_pull_is_served_from_cache_without_origin() {
         assert_eq!(answer.cache(), "HIT", "{}", answer.describe());
         assert_eq!(sha256_digest(&answer.body), blob.digest);
     }
-    wharf.stop().await;
+    wharf.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -467,7 +473,7 @@ async fn concurrent_cold_pulls_fetch_each_blob_from_origin_once() {
             fx.origin().access_log()
         );
     }
-    wharf.stop().await;
+    wharf.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -513,7 +519,7 @@ async fn cache_survives_a_wharf_restart_with_the_origin_down() {
         assert_layout_holds_image(&after_tag, TAG, &fx.image);
     })
     .await;
-    wharf.stop().await;
+    wharf.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,12 +1,10 @@
 //! Offline mode and fail-fast upstreams: answers come from the cache, misses are clear 404s, and
 //! no connection is attempted (offline) or only a bounded number (upstream down).
 
-mod common;
+mod support;
+use support::*;
 
 use std::sync::atomic::Ordering;
-
-use common::gofake::{GoFake, module_zip};
-use common::*;
 
 fn conns(f: &FakeRegistry) -> usize {
     f.state.connections.load(Ordering::SeqCst)
@@ -64,32 +62,25 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
     .await;
     assert_eq!(
         c.get(w.url("/v2/team/app/manifests/v1"))
-            .send()
+            .sent()
             .await
-            .unwrap()
             .status(),
         200
     );
     c.get(w.url(&format!("/v2/team/app/blobs/{bd}")))
-        .send()
+        .sent()
         .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .body()
+        .await;
     for p in [
         "@v/list",
         "@v/v1.0.0.info",
         "@v/v1.0.0.mod",
         "@v/v1.0.0.zip",
     ] {
-        let r = c
-            .get(w.url(&format!("/go/example.com/m/{p}")))
-            .send()
-            .await
-            .unwrap();
+        let r = c.get(w.url(&format!("/go/example.com/m/{p}"))).sent().await;
         assert_eq!(r.status(), 200, "{p}");
-        r.bytes().await.unwrap();
+        read_body(r).await;
     }
     w.stop().await;
 
@@ -99,11 +90,7 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
         dir.path(),
     )
     .await;
-    let r = c
-        .get(w.url("/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(w.url("/v2/team/app/manifests/v1")).sent().await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()["x-cache"],
@@ -111,19 +98,14 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
         "an expired tag answered from the index"
     );
     assert_eq!(r.headers()["docker-content-digest"], md.as_str());
-    assert_eq!(r.bytes().await.unwrap(), body);
+    assert_eq!(read_body(r).await, body);
     let r = c
         .get(w.url(&format!("/v2/team/app/blobs/{bd}")))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.headers()["x-cache"], "HIT");
-    assert_eq!(r.bytes().await.unwrap(), layer);
-    let r = c
-        .get(w.url("/go/example.com/m/@v/list"))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(read_body(r).await, layer);
+    let r = c.get(w.url("/go/example.com/m/@v/list")).sent().await;
     assert_eq!(
         (
             r.status().as_u16(),
@@ -131,48 +113,27 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
         ),
         (200, "STALE")
     );
-    let r = c
-        .get(w.url("/go/example.com/m/@v/v1.0.0.zip"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.bytes().await.unwrap(), zip);
+    let r = c.get(w.url("/go/example.com/m/@v/v1.0.0.zip")).sent().await;
+    assert_eq!(read_body(r).await, zip);
     // Misses: clear 404s that say why.
-    let r = c
-        .get(w.url("/v2/team/app/manifests/v2"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(w.url("/v2/team/app/manifests/v2")).sent().await;
     assert_eq!(r.status(), 404);
-    assert!(r.text().await.unwrap().contains("offline cache"));
+    assert!(read_text(r).await.contains("offline cache"));
     let r = c
         .get(w.url(&format!("/v2/team/app/blobs/{}", sha256(b"other"))))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 404);
-    assert!(r.text().await.unwrap().contains("offline cache"));
+    assert!(read_text(r).await.contains("offline cache"));
     let r = c
         .get(w.url("/go/example.com/other/@v/v1.0.0.mod"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 404);
-    assert!(r.text().await.unwrap().contains("offline cache"));
-    let r = c
-        .get(w.url("/go/example.com/other/@v/list"))
-        .send()
-        .await
-        .unwrap();
+    assert!(read_text(r).await.contains("offline cache"));
+    let r = c.get(w.url("/go/example.com/other/@v/list")).sent().await;
     assert_eq!(r.status(), 404);
-    let health: serde_json::Value = c
-        .get(w.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: serde_json::Value = c.get(w.url("/healthz")).sent().await.json().await.unwrap();
     assert_eq!(health["offline"], true);
     assert_eq!(
         conns(&reg),
@@ -200,18 +161,14 @@ async fn a_dead_upstream_is_marked_down_and_answered_from_cache_at_once() {
     .await;
     let c = client();
     assert_eq!(
-        c.get(w.url("/v2/app/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        c.get(w.url("/v2/app/manifests/v1")).sent().await.status(),
         200
     );
     // The upstream black-holes: every attempt costs a read timeout, until it is marked down.
     reg.state.hang.store(true, Ordering::SeqCst);
     let before = conns(&reg);
     for i in 0..20 {
-        let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+        let r = c.get(w.url("/v2/app/manifests/v1")).sent().await;
         assert_eq!(r.status(), 200, "request {i}");
         assert_eq!(r.headers()["x-cache"], "STALE");
         assert_eq!(r.headers()["docker-content-digest"], md.as_str());
@@ -221,14 +178,7 @@ async fn a_dead_upstream_is_marked_down_and_answered_from_cache_at_once() {
         attempts <= 3,
         "{attempts} connection attempts for 20 requests"
     );
-    let health: serde_json::Value = c
-        .get(w.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: serde_json::Value = c.get(w.url("/healthz")).sent().await.json().await.unwrap();
     assert_eq!(health["status"], "degraded");
     let up = health["upstreams"]
         .as_array()
@@ -238,14 +188,7 @@ async fn a_dead_upstream_is_marked_down_and_answered_from_cache_at_once() {
         .unwrap()
         .clone();
     assert_eq!(up["up"], false);
-    let metrics = c
-        .get(w.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.get(w.url("/metrics")).sent().await.body_text().await;
     assert!(
         metrics.contains("wharf_upstream_up{kind=\"registry\",upstream=\"fake.test\"} 0"),
         "{metrics}"
@@ -255,13 +198,9 @@ async fn a_dead_upstream_is_marked_down_and_answered_from_cache_at_once() {
         "{metrics}"
     );
     // An uncached tag while down: a quick 503 that says so, not a timeout.
-    let r = c
-        .get(w.url("/v2/app/manifests/uncached"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(w.url("/v2/app/manifests/uncached")).sent().await;
     assert_eq!(r.status(), 503);
-    assert!(r.text().await.unwrap().contains("down"));
+    assert!(read_text(r).await.contains("down"));
 }
 
 #[tokio::test]
@@ -278,26 +217,16 @@ async fn a_down_upstream_comes_back_after_a_successful_probe() {
     let c = client();
     reg.state.hang.store(true, Ordering::SeqCst);
     assert_eq!(
-        c.get(w.url("/v2/app/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        c.get(w.url("/v2/app/manifests/v1")).sent().await.status(),
         502
     );
-    let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+    let r = c.get(w.url("/v2/app/manifests/v1")).sent().await;
     assert_eq!(r.status(), 503, "down: answered at once");
     reg.state.hang.store(false, Ordering::SeqCst);
     let mut up = false;
     for _ in 0..50 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        if c.get(w.url("/v2/app/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-        {
+        if c.get(w.url("/v2/app/manifests/v1")).sent().await.status() == 200 {
             up = true;
             break;
         }

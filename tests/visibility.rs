@@ -3,12 +3,11 @@
 //! nothing, whichever upstream, repository or spelling it is asked under. Also: a blob fill
 //! never writes more than the blob can be.
 
-mod common;
+mod support;
+use support::*;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-
-use common::{BlobMode, FakeRegistry, Wharf, bytes_of, client, config_toml, files_under, sha256};
 
 const USER: &str = "ci";
 const PASSWORD: &str = "visibility pass";
@@ -65,11 +64,10 @@ async fn pull_as_user(w: &Wharf, paths: &[String]) {
         let r = client()
             .get(w.url(path))
             .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(r.status(), 200, "{path}");
-        r.bytes().await.unwrap();
+        read_body(r).await;
     }
 }
 
@@ -110,13 +108,13 @@ async fn private_content_is_not_served_through_another_upstream_or_repository() 
             } else {
                 c.get(w.url(&path))
             };
-            let r = req.send().await.unwrap();
+            let r = req.sent().await;
             assert_eq!(r.status(), 404, "{path} (head: {head}) was served");
             assert_ne!(
                 r.headers().get("x-cache").map(|v| v.as_bytes()),
                 Some(&b"HIT"[..])
             );
-            let body = r.bytes().await.unwrap();
+            let body = read_body(r).await;
             assert!(
                 !body
                     .windows(64)
@@ -132,9 +130,8 @@ async fn private_content_is_not_served_through_another_upstream_or_repository() 
     // The protected upstream's other repositories stay behind the rule.
     let r = c
         .get(w.url(&format!("/v2/private.test/other/repo/blobs/{layer}")))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 401);
 }
 
@@ -158,7 +155,7 @@ async fn content_of_an_anonymous_upstream_is_confirmed_per_repository() {
     let heads = up.count("HEAD", "/v2/team/c/blobs/");
     let r = get("team/c").await.unwrap();
     assert_eq!(r.headers()["x-cache"], "HIT");
-    assert_eq!(r.bytes().await.unwrap(), data);
+    assert_eq!(read_body(r).await, data);
     assert_eq!(up.count("HEAD", "/v2/team/c/blobs/"), heads + 1);
     get("team/c").await.unwrap().bytes().await.unwrap();
     assert_eq!(
@@ -178,11 +175,7 @@ async fn a_pulled_image_serves_shared_blobs_after_one_confirmation_and_offline_a
     up.put_image("team/app", "v1", std::slice::from_ref(&layer));
     let w = Wharf::start(&up.url(), dir.path(), "").await;
     let c = client();
-    let r = c
-        .get(w.url("/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(w.url("/v2/team/app/manifests/v1")).sent().await;
     assert_eq!(r.status(), 200);
     // Cache the layer through another repository of the same upstream first.
     up.state
@@ -191,19 +184,16 @@ async fn a_pulled_image_serves_shared_blobs_after_one_confirmation_and_offline_a
         .unwrap()
         .insert(ld.clone(), layer.clone());
     c.get(w.url(&format!("/v2/team/other/blobs/{ld}")))
-        .send()
+        .sent()
         .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .body()
+        .await;
     // team/app's manifest lists it: a listing is not proof (foreign layers), so the upstream
     // confirms once, and the cached bytes are served.
     let r = c
         .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(
         up.count("HEAD", "/v2/team/app/blobs/"),
@@ -213,21 +203,17 @@ async fn a_pulled_image_serves_shared_blobs_after_one_confirmation_and_offline_a
     );
     assert_eq!(up.count("GET", "/blobs/"), 1, "bytes fetched once");
     w.stop().await;
-    let offline =
-        config_toml(&up.url(), dir.path(), "").replace("[registry]", "offline = true\n[registry]");
-    let w = Wharf::start_with_config(&offline, dir.path()).await;
+    let w = Wharf::serve(WharfConfig::fake(&up.url(), dir.path()).offline(true)).await;
     let r = c
         .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap(), layer);
+    assert_eq!(read_body(r).await, layer);
     let r = c
         .get(w.url(&format!("/v2/team/never/blobs/{ld}")))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(
         r.status(),
         404,
@@ -245,18 +231,15 @@ async fn blob_fill_stops_at_the_size_its_manifest_declares() {
     let w = Wharf::start(&up.url(), dir.path(), "").await;
     let c = client();
     c.get(w.url("/v2/team/app/manifests/v1"))
-        .send()
+        .sent()
         .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .body()
+        .await;
     up.set_blob_mode(BlobMode::Endless);
     let r = c
         .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert!(
         read_at_most(r, 200_000).await <= 100_000,
         "more than the declared size reached the client"
@@ -280,11 +263,7 @@ async fn blob_fill_without_a_declared_size_stops_at_max_blob_size() {
     let d = up.put_blob(&blob);
     up.set_blob_mode(BlobMode::Endless);
     let w = Wharf::start(&up.url(), dir.path(), "max_blob_size = \"1MiB\"").await;
-    let r = client()
-        .get(w.url(&format!("/v2/team/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/team/app/blobs/{d}"))).await;
     assert!(read_at_most(r, 2 << 20).await <= 1 << 20);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let sent = up.state.endless_sent.load(Ordering::SeqCst);
@@ -349,17 +328,13 @@ async fn a_manifest_listing_a_private_digest_does_not_open_it() {
     )
     .await;
     for tag in ["/v2/evil/e/manifests/latest", "/v2/evil/i/manifests/latest"] {
-        assert_eq!(
-            c.get(w.url(tag)).send().await.unwrap().status(),
-            200,
-            "{tag}"
-        );
+        assert_eq!(c.get(w.url(tag)).sent().await.status(), 200, "{tag}");
     }
     for path in [
         format!("/v2/evil/e/blobs/{layer}"),
         format!("/v2/evil/i/manifests/{pm}"),
     ] {
-        let r = c.get(w.url(&path)).send().await.unwrap();
+        let r = c.get(w.url(&path)).sent().await;
         assert_eq!(
             r.status(),
             404,
@@ -383,16 +358,12 @@ async fn a_declared_size_cannot_lift_max_blob_size() {
     );
     let w = Wharf::start(&up.url(), dir.path(), "max_blob_size = \"1MiB\"").await;
     let c = client();
-    c.get(w.url("/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    c.get(w.url("/v2/team/app/manifests/v1")).sent().await;
     up.set_blob_mode(BlobMode::Endless);
     let r = c
         .get(w.url(&format!("/v2/team/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert!(read_at_most(r, 2 << 20).await <= 1 << 20);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let sent = up.state.endless_sent.load(Ordering::SeqCst);
@@ -412,9 +383,8 @@ async fn a_tag_naming_a_digest_cached_elsewhere_must_hand_over_the_bytes() {
     let c = client();
     assert_eq!(
         c.get(w.url("/v2/team/a/manifests/v1"))
-            .send()
+            .sent()
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -430,11 +400,7 @@ async fn a_tag_naming_a_digest_cached_elsewhere_must_hand_over_the_bytes() {
         .lock()
         .unwrap()
         .remove(&("team/b".to_string(), m.clone()));
-    let r = c
-        .get(w.url("/v2/team/b/manifests/latest"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(w.url("/v2/team/b/manifests/latest")).sent().await;
     assert_eq!(
         r.status(),
         404,
@@ -460,19 +426,15 @@ async fn another_repositorys_manifest_cannot_lower_a_blobs_size_limit() {
     );
     let w = Wharf::start(&up.url(), dir.path(), "").await;
     let c = client();
-    c.get(w.url("/v2/evil/x/manifests/latest"))
-        .send()
-        .await
-        .unwrap();
+    c.get(w.url("/v2/evil/x/manifests/latest")).sent().await;
     // A client that knows team/app's layer (from its own manifest) pulls it.
     let r = c
         .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
-        r.bytes().await.unwrap(),
+        read_body(r).await,
         layer,
         "evil/x's declaration cut team/app's blob"
     );

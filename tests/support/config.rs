@@ -1,0 +1,218 @@
+//! The one builder for the TOML configs the tests write: wharf in-process takes its text, and
+//! files for the binary are written from it.
+//!
+//! Sections come out in a fixed order (top-level keys, `[registry]`, each `[[registry.upstream]]`,
+//! `[go]`, `[egress]`, then any extra tables given verbatim), so every test config is a few
+//! calls, not a copy of a TOML string.
+
+use std::path::{Path, PathBuf};
+
+/// TOML basic string for `s` (quotes and escapes included).
+pub fn quote(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+#[derive(Clone, Debug)]
+pub struct WharfConfig {
+    data_dir: PathBuf,
+    top: Vec<String>,
+    default_upstream: Option<String>,
+    registry: Vec<String>,
+    upstreams: Vec<(String, Vec<String>)>,
+    go: Vec<String>,
+    egress: Vec<String>,
+    tables: String,
+}
+
+impl WharfConfig {
+    /// `data_dir` only, with egress allowed to 127.0.0.1: no upstream of either protocol.
+    pub fn new(data_dir: &Path) -> WharfConfig {
+        WharfConfig {
+            data_dir: data_dir.to_path_buf(),
+            top: Vec::new(),
+            default_upstream: None,
+            registry: Vec::new(),
+            upstreams: Vec::new(),
+            go: Vec::new(),
+            egress: vec![r#"allow = ["127.0.0.1"]"#.to_owned()],
+            tables: String::new(),
+        }
+    }
+
+    /// The standard test config: one registry upstream `fake.test` at `url` (the default),
+    /// egress to 127.0.0.1 only with 2 s connect and 5 s read timeouts.
+    pub fn fake(url: &str, data_dir: &Path) -> WharfConfig {
+        WharfConfig::new(data_dir)
+            .upstream("fake.test", url)
+            .egress("connect_timeout = \"2s\"\nread_timeout = \"5s\"")
+    }
+
+    /// A Go-only config: GOPROXY `url` without checksum verification, loopback egress with the
+    /// standard timeouts.
+    pub fn go_only(url: &str, data_dir: &Path) -> WharfConfig {
+        WharfConfig::new(data_dir)
+            .go(url)
+            .egress("connect_timeout = \"2s\"\nread_timeout = \"5s\"")
+    }
+
+    /// Top-level keys (`listen = ...`, `offline = true`).
+    pub fn top(mut self, keys: &str) -> WharfConfig {
+        push_lines(&mut self.top, keys);
+        self
+    }
+
+    pub fn offline(self, offline: bool) -> WharfConfig {
+        self.top(&format!("offline = {offline}"))
+    }
+
+    pub fn listen(self, addr: impl std::fmt::Display) -> WharfConfig {
+        self.top(&format!("listen = \"{addr}\""))
+    }
+
+    /// Extra `[registry]` keys (`tag_ttl = "0s"`).
+    pub fn registry(mut self, keys: &str) -> WharfConfig {
+        push_lines(&mut self.registry, keys);
+        self
+    }
+
+    /// The default upstream, when it is not the first one added.
+    pub fn default_upstream(mut self, name: &str) -> WharfConfig {
+        self.default_upstream = Some(name.to_owned());
+        self
+    }
+
+    /// One more `[[registry.upstream]]`; the first added is the default.
+    pub fn upstream(mut self, name: &str, url: &str) -> WharfConfig {
+        self.upstreams.push((
+            name.to_owned(),
+            vec![
+                format!("name = {}", quote(name)),
+                format!("url = {}", quote(url)),
+            ],
+        ));
+        self
+    }
+
+    /// Extra keys for the upstream added last (`library_prefix = true`).
+    pub fn upstream_keys(mut self, keys: &str) -> WharfConfig {
+        let (_, lines) = self
+            .upstreams
+            .last_mut()
+            .expect("an upstream to add keys to");
+        push_lines(lines, keys);
+        self
+    }
+
+    /// Credentials for the upstream added last: user `mirror`, with `password` written to `file`.
+    pub fn login(self, file: &Path, password: &str) -> WharfConfig {
+        std::fs::write(file, format!("{password}\n")).expect("write the upstream password");
+        self.upstream_keys(&format!(
+            "username = \"mirror\"\npassword_file = {}",
+            quote(&file.to_string_lossy())
+        ))
+    }
+
+    /// `[go]` with upstream `url` and `verify = false`.
+    pub fn go(mut self, url: &str) -> WharfConfig {
+        self.go = vec![
+            format!("upstreams = [{}]", quote(url)),
+            "verify = false".into(),
+        ];
+        self
+    }
+
+    /// Extra `[go]` keys (`list_ttl = "0s"`).
+    pub fn go_keys(mut self, keys: &str) -> WharfConfig {
+        push_lines(&mut self.go, keys);
+        self
+    }
+
+    /// Extra `[egress]` keys.
+    pub fn egress(mut self, keys: &str) -> WharfConfig {
+        push_lines(&mut self.egress, keys);
+        self
+    }
+
+    /// `egress.allow` set to `entries` in place of 127.0.0.1 alone.
+    pub fn allow(mut self, entries: &[&str]) -> WharfConfig {
+        let list: Vec<String> = entries.iter().map(|e| quote(e)).collect();
+        self.egress[0] = format!("allow = [{}]", list.join(", "));
+        self
+    }
+
+    /// No `egress.allow` line: the test gives its own `[egress]` keys.
+    pub fn no_allow(mut self) -> WharfConfig {
+        self.egress.remove(0);
+        self
+    }
+
+    /// Tables appended verbatim (`[server]`, `[access]`, `[tls]`, `[[go.sumdb]]`).
+    pub fn tables(mut self, text: &str) -> WharfConfig {
+        self.tables.push_str(text);
+        if !self.tables.is_empty() && !self.tables.ends_with('\n') {
+            self.tables.push('\n');
+        }
+        self
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The same config with `offline = true`, whatever it said before.
+    pub fn into_offline(mut self) -> WharfConfig {
+        self.top.retain(|l| !l.starts_with("offline"));
+        self.offline(true)
+    }
+
+    pub fn toml(&self) -> String {
+        let mut t = format!("data_dir = {}\n", quote(&self.data_dir.to_string_lossy()));
+        for l in &self.top {
+            t += &format!("{l}\n");
+        }
+        if !self.upstreams.is_empty() || !self.registry.is_empty() {
+            t += "[registry]\n";
+            if let Some(d) = self
+                .default_upstream
+                .as_ref()
+                .or(self.upstreams.first().map(|(n, _)| n))
+            {
+                t += &format!("default_upstream = {}\n", quote(d));
+            }
+            for l in &self.registry {
+                t += &format!("{l}\n");
+            }
+            for (_, lines) in &self.upstreams {
+                t += "[[registry.upstream]]\n";
+                for l in lines {
+                    t += &format!("{l}\n");
+                }
+            }
+        }
+        if !self.go.is_empty() {
+            t += "[go]\n";
+            for l in &self.go {
+                t += &format!("{l}\n");
+            }
+        }
+        t += "[egress]\n";
+        for l in &self.egress {
+            t += &format!("{l}\n");
+        }
+        t + &self.tables
+    }
+
+    /// Writes the config to `path` and returns it.
+    pub fn write(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.toml()).expect("write the test config");
+        path.to_path_buf()
+    }
+}
+
+fn push_lines(to: &mut Vec<String>, keys: &str) {
+    to.extend(
+        keys.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned),
+    );
+}
