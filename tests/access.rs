@@ -57,23 +57,9 @@ fn rule(protocol: &str, prefix: &str) -> String {
 /// Registry upstream `fake.test`, the fake GOPROXY, egress to loopback only, then `extra`
 /// (`[server]`, `[access]`, `[tls]` tables).
 fn mirror_toml(registry: &str, goproxy: &str, data_dir: &Path, extra: &str) -> String {
-    format!(
-        r#"data_dir = "{}"
-[registry]
-default_upstream = "fake.test"
-[[registry.upstream]]
-name = "fake.test"
-url = "{registry}"
-[go]
-upstreams = ["{goproxy}"]
-verify = false
-[egress]
-allow = ["127.0.0.1"]
-connect_timeout = "2s"
-read_timeout = "5s"
-{extra}"#,
-        data_dir.display()
-    )
+    WharfConfig::fakes(registry, goproxy, data_dir)
+        .tables(extra)
+        .toml()
 }
 
 /// wharf over plain HTTP with both fakes behind it; the fakes hold `team/app:v1` and
@@ -735,9 +721,8 @@ async fn a_small_max_header_size_is_enforced_or_refused_by_the_config() {
 
 fn hash_password_cli(stdin: &str) -> std::process::Output {
     use std::io::Write as _;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+    let mut child = wharf_command()
         .arg("hash-password")
-        .env_remove("WHARF_CONFIG")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -10,7 +10,6 @@ use support::oci;
 use support::*;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -18,79 +17,13 @@ const ACCEPT: &str =
     "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
 const GO_MOD: &str = "module example.com/Mod\n";
 
-/// A loopback port that was free a moment ago (so no command finds someone else's server).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// The standard config with both fakes, listening on a free loopback port (so no command finds
+/// someone else's server).
 fn config_text(data: &Path, registry: &str, go: &str, offline: bool) -> String {
-    format!(
-        r#"listen = "127.0.0.1:{port}"
-data_dir = "{data}"
-offline = {offline}
-[registry]
-default_upstream = "fake.test"
-[[registry.upstream]]
-name = "fake.test"
-url = "{registry}"
-[go]
-upstreams = ["{go}"]
-verify = false
-[egress]
-allow = ["127.0.0.1"]
-connect_timeout = "2s"
-read_timeout = "5s"
-"#,
-        port = free_port(),
-        data = data.display()
-    )
-}
-
-/// `wharf <args>`, with nothing leaking in from the environment.
-async fn wharf(args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
-    for var in [
-        "WHARF_CONFIG",
-        "WHARF_DATA_DIR",
-        "WHARF_LISTEN",
-        "WHARF_SERVER",
-        "WHARF_TOKEN",
-        "WHARF_USER",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .expect("run wharf")
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "{}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(o: Output) -> Output {
-    assert!(o.status.success(), "{}", describe(&o));
-    o
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    WharfConfig::fakes(registry, go, data)
+        .listen_anywhere()
+        .offline(offline)
+        .toml()
 }
 
 /// Upstreams with one image, a two-platform index and a Go module; wharf A in front of them,
@@ -144,7 +77,7 @@ async fn prefetch_and_export() -> Exported {
     )
     .unwrap();
     let cfg = config.to_str().unwrap();
-    let out = ok(wharf(&[
+    let out = ok(run_wharf(&[
         "prefetch",
         "--config",
         cfg,
@@ -176,7 +109,7 @@ async fn prefetch_and_export() -> Exported {
 
     // Again: everything is cached already, nothing goes upstream.
     let blob_gets = reg.count("GET", "/blobs/");
-    let out = ok(wharf(&[
+    let out = ok(run_wharf(&[
         "prefetch",
         "--config",
         cfg,
@@ -194,7 +127,7 @@ async fn prefetch_and_export() -> Exported {
     assert_eq!(reg.count("GET", "/blobs/"), blob_gets);
 
     let bundle = dir.path().join("site.tar");
-    let out = ok(wharf(&[
+    let out = ok(run_wharf(&[
         "export",
         "--config",
         cfg,
@@ -288,15 +221,15 @@ async fn prefetched_content_exports_and_imports_into_an_offline_wharf_with_the_s
 
     let (config, text, data) = offline_config(e.dir.path(), "b");
     let bundle = e.bundle.to_str().unwrap();
-    let out = ok(wharf(&["import", "--config", config.to_str().unwrap(), bundle]).await);
+    let out = ok(run_wharf(&["import", "--config", config.to_str().unwrap(), bundle]).await);
     assert!(stdout(&out).contains("import:"), "{}", describe(&out));
     // Idempotent: the second run stores nothing new.
-    let out = ok(wharf(&["import", "--config", config.to_str().unwrap(), bundle]).await);
+    let out = ok(run_wharf(&["import", "--config", config.to_str().unwrap(), bundle]).await);
     assert!(stdout(&out).contains("stored 0 B"), "{}", describe(&out));
 
     // In-process (B is not running): prefetch finds everything cached, export writes it again.
     let cfg = config.to_str().unwrap();
-    let out = ok(wharf(&[
+    let out = ok(run_wharf(&[
         "prefetch",
         "--config",
         cfg,
@@ -310,7 +243,7 @@ async fn prefetched_content_exports_and_imports_into_an_offline_wharf_with_the_s
         describe(&out)
     );
     let again = e.dir.path().join("again.tar");
-    let out = ok(wharf(&[
+    let out = ok(run_wharf(&[
         "export",
         "--config",
         cfg,
@@ -366,7 +299,7 @@ async fn prefetched_content_exports_and_imports_into_an_offline_wharf_with_the_s
     );
 
     // Imported into a running server: it goes through the admin API, and B serves it at once.
-    let out = ok(wharf(&[
+    let out = ok(run_wharf(&[
         "import",
         "--config",
         config.to_str().unwrap(),
@@ -392,7 +325,7 @@ async fn a_bundle_with_one_flipped_byte_is_refused_naming_the_object_and_a_good_
         &format!("oci/blobs/sha256/{}", &layer[7..]),
         &bad,
     );
-    let out = wharf(&["import", "--config", cfg, bad.to_str().unwrap()]).await;
+    let out = run_wharf(&["import", "--config", cfg, bad.to_str().unwrap()]).await;
     assert!(!out.status.success(), "{}", describe(&out));
     let err = stderr(&out);
     assert!(
@@ -406,7 +339,7 @@ async fn a_bundle_with_one_flipped_byte_is_refused_naming_the_object_and_a_good_
     let (other, _, _) = offline_config(e.dir.path(), "b2");
     let bad_zip = e.dir.path().join("bad-zip.tar");
     flipped_copy(&e.bundle, "go/example.com/!mod/@v/v1.2.0.zip", &bad_zip);
-    let out = wharf(&[
+    let out = run_wharf(&[
         "import",
         "--config",
         other.to_str().unwrap(),
@@ -427,7 +360,7 @@ async fn a_bundle_with_one_flipped_byte_is_refused_naming_the_object_and_a_good_
     b.stop().await;
 
     // The good bundle resumes: what the refused runs stored is not sent again.
-    let out = ok(wharf(&["import", "--config", cfg, e.bundle.to_str().unwrap()]).await);
+    let out = ok(run_wharf(&["import", "--config", cfg, e.bundle.to_str().unwrap()]).await);
     let summary = stdout(&out);
     assert!(!summary.contains("(0 B already present)"), "{summary}");
     let b = support::Wharf::start_with_config(&text, &data).await;
@@ -495,7 +428,7 @@ async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
     let image = layout.add_image(&spec);
     layout.tag(&image.manifest, "v7");
     let root = layout.root().to_str().unwrap().to_string();
-    let out = ok(wharf(&[
+    let out = ok(run_wharf(&[
         "import",
         "--config",
         cfg,
@@ -524,7 +457,7 @@ async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
         "h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
     )
     .unwrap();
-    let out = wharf(&["import", "--config", cfg, cache.to_str().unwrap()]).await;
+    let out = run_wharf(&["import", "--config", cfg, cache.to_str().unwrap()]).await;
     assert!(
         !out.status.success(),
         "a wrong .ziphash must be refused: {}",
@@ -536,7 +469,7 @@ async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
         describe(&out)
     );
     std::fs::write(v.join("v1.2.0.ziphash"), format!("{h1}\n")).unwrap();
-    let out = ok(wharf(&["import", "--config", cfg, cache.to_str().unwrap()]).await);
+    let out = ok(run_wharf(&["import", "--config", cfg, cache.to_str().unwrap()]).await);
     assert!(
         stdout(&out).contains("1 module version(s)"),
         "{}",
@@ -564,7 +497,7 @@ async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
         add("abc/layer.tar", &layer);
         t.finish().unwrap();
     }
-    let out = ok(wharf(&["import", "--config", cfg, saved.to_str().unwrap()]).await);
+    let out = ok(run_wharf(&["import", "--config", cfg, saved.to_str().unwrap()]).await);
     assert!(stdout(&out).contains("1 tag(s)"), "{}", describe(&out));
 
     let b = support::Wharf::start_with_config(&text, &data).await;

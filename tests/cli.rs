@@ -16,22 +16,6 @@ use std::time::{Duration, Instant};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-/// The binary under test, with no configuration leaking in from the environment.
-fn wharf() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
-    for var in [
-        "WHARF_CONFIG",
-        "WHARF_DATA_DIR",
-        "WHARF_LISTEN",
-        "RUST_LOG",
-        "STATE_DIRECTORY",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run wharf")
 }
@@ -40,17 +24,8 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn describe(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    )
-}
-
 fn fsck(config: &Path, repair: bool) -> Output {
-    let mut cmd = wharf();
+    let mut cmd = wharf_command();
     cmd.arg("fsck").arg("--config").arg(config);
     if repair {
         cmd.arg("--repair");
@@ -90,7 +65,7 @@ impl Server {
     /// waits (at most 10 s) until it accepts connections.
     async fn start(config: &Path, log: &Path) -> Server {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = wharf()
+        let child = wharf_command()
             .arg("serve")
             .arg("--config")
             .arg(config)
@@ -216,7 +191,7 @@ read_timeout = "2m"
     )
     .unwrap();
 
-    let out = run(wharf()
+    let out = run(wharf_command()
         .arg("check-config")
         .arg("--config")
         .arg(&config)
@@ -248,7 +223,7 @@ read_timeout = "2m"
     assert!(!format!("{stdout}{}", text(&out.stderr)).contains("hunter2"));
 
     // Flags win over the file.
-    let out = run(wharf()
+    let out = run(wharf_command()
         .arg("check-config")
         .arg("--config")
         .arg(&config)
@@ -282,7 +257,10 @@ fn check_config_rejects_unknown_keys_with_the_key_name() {
     ] {
         let config = dir.path().join("wharf.toml");
         fs::write(&config, toml).unwrap();
-        let out = run(wharf().arg("check-config").arg("--config").arg(&config));
+        let out = run(wharf_command()
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config));
         assert!(
             !out.status.success(),
             "accepted {toml:?}: {}",
@@ -591,14 +569,14 @@ async fn gc_and_stats_reach_a_running_server_with_the_admin_secret_only_it_can_r
         "the admin secret is readable by others"
     );
     let cli = cli_config(dir.path(), "cli.toml", &server, &data, "");
-    let out = run(wharf().arg("stats").arg("--config").arg(&cli));
+    let out = run(wharf_command().arg("stats").arg("--config").arg(&cli));
     assert!(out.status.success(), "{}", describe(&out));
     assert!(
         text(&out.stdout).contains("repository  fake.test/team/app"),
         "{}",
         describe(&out)
     );
-    let out = run(wharf()
+    let out = run(wharf_command()
         .args(["gc", "--dry-run", "--target", "0", "--config"])
         .arg(&cli));
     assert!(out.status.success(), "{}", describe(&out));
@@ -608,7 +586,7 @@ async fn gc_and_stats_reach_a_running_server_with_the_admin_secret_only_it_can_r
     let other = dir.path().join("other");
     fs::create_dir(&other).unwrap();
     let wrong = cli_config(dir.path(), "wrong.toml", &server, &other, "");
-    let out = run(wharf().arg("stats").arg("--config").arg(&wrong));
+    let out = run(wharf_command().arg("stats").arg("--config").arg(&wrong));
     assert!(!out.status.success(), "{}", describe(&out));
     let err = text(&out.stderr);
     assert!(
@@ -701,7 +679,7 @@ async fn commands_trust_only_the_configured_certificate_of_their_own_tls_server(
     let server = Server::start(&config, &dir.path().join("serve.log")).await;
 
     let cli = cli_config(dir.path(), "cli.toml", &server, &data, &tls);
-    let out = run(wharf().arg("stats").arg("--config").arg(&cli));
+    let out = run(wharf_command().arg("stats").arg("--config").arg(&cli));
     assert!(out.status.success(), "{}", describe(&out));
     assert!(text(&out.stdout).contains("on disk"), "{}", describe(&out));
 
@@ -716,7 +694,7 @@ async fn commands_trust_only_the_configured_certificate_of_their_own_tls_server(
         impostor.key.display()
     );
     let wrong = cli_config(dir.path(), "wrong.toml", &server, &data, &other_tls);
-    let out = run(wharf().arg("stats").arg("--config").arg(&wrong));
+    let out = run(wharf_command().arg("stats").arg("--config").arg(&wrong));
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(
         text(&out.stderr).contains("certificate"),

@@ -158,7 +158,7 @@ async fn wharf_with(up: &FakeRegistry, dir: &std::path::Path, egress: &str) -> W
         WharfConfig::new(dir)
             .upstream("fake.test", &up.url())
             .no_allow()
-            .egress("connect_timeout = \"2s\"\nread_timeout = \"5s\"")
+            .timeouts()
             .egress(egress),
     )
     .await
@@ -318,18 +318,7 @@ fn check_egress_explains_the_decision() {
         "[egress]\nallow = [\"mirror.test\", \"meta.test\"]\nresolve = { \"mirror.test\" = [\"10.0.0.7\", \"93.184.216.34\"], \"meta.test\" = [\"169.254.169.254\"] }\n",
     )
     .unwrap();
-    let run = |url: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .args(["check-egress", "--config"])
-            .arg(&cfg)
-            .arg(url)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let run = |url: &str| run_check_egress(&cfg, url);
     let (code, text) = run("https://mirror.test/v2/");
     assert_eq!(code, Some(0), "{text}");
     assert!(
@@ -356,16 +345,13 @@ fn check_egress_explains_the_decision() {
 }
 
 fn run_check_egress(cfg: &std::path::Path, url: &str) -> (Option<i32>, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+    let out = wharf_command()
         .args(["check-egress", "--config"])
         .arg(cfg)
         .arg(url)
         .output()
         .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    (out.status.code(), stdout(&out))
 }
 
 #[test]

@@ -166,16 +166,13 @@ fn gc_and_stats_commands_work_on_a_stopped_store() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        let out = wharf_command()
             .args(args)
             .arg("--config")
             .arg(&cfg)
             .output()
             .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        (out.status.success(), stdout(&out))
     };
     let (ok, text) = run(&["gc", "--dry-run", "--target", "0"]);
     assert!(ok && text.contains("would remove 1 objects"), "{text}");

@@ -3,33 +3,20 @@
 mod support;
 use support::*;
 
-use std::path::Path;
-
-fn go_config(upstream: &str, data_dir: &Path, go_keys: &str, extra: &str) -> String {
+/// `[[go.sumdb]]` for sum.golang.org (its real key) served at `url`.
+fn sum_golang_org(url: &str) -> String {
     format!(
-        r#"data_dir = "{}"
-[go]
-upstreams = ["{upstream}"]
-verify = false
-{go_keys}
-{extra}
-[egress]
-allow = ["127.0.0.1"]
-connect_timeout = "2s"
-read_timeout = "5s"
-"#,
-        data_dir.display()
+        "[[go.sumdb]]\nname = \"sum.golang.org\"\nkey = \"{SUM_GOLANG_ORG_KEY}\"\nurl = \"{url}\"\n"
     )
 }
 
-async fn setup(go_keys: &str) -> (GoFake, support::Wharf, tempfile::TempDir) {
+const SUM_GOLANG_ORG_KEY: &str =
+    "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8";
+
+async fn setup(go_keys: &str) -> (GoFake, Wharf, tempfile::TempDir) {
     let up = GoFake::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let w = support::Wharf::start_with_config(
-        &go_config(&up.url(), dir.path(), go_keys, ""),
-        dir.path(),
-    )
-    .await;
+    let w = Wharf::serve(WharfConfig::go_only(&up.url(), dir.path()).go_keys(go_keys)).await;
     (up, w, dir)
 }
 
@@ -164,11 +151,8 @@ async fn upstreams_are_tried_in_order_on_not_found_only() {
     let second = GoFake::start().await;
     publish(&second);
     let dir = tempfile::tempdir().unwrap();
-    let toml = go_config(&first.url(), dir.path(), "", "").replace(
-        &format!("upstreams = [\"{}\"]", first.url()),
-        &format!("upstreams = [\"{}\", \"{}\"]", first.url(), second.url()),
-    );
-    let w = support::Wharf::start_with_config(&toml, dir.path()).await;
+    let config = WharfConfig::go_only(&first.url(), dir.path());
+    let w = Wharf::serve(config.go_upstreams(&[&first.url(), &second.url()])).await;
     let c = client();
     let r = c
         .get(w.url("/go/example.com/!mod/@v/v1.2.0.mod"))
@@ -226,14 +210,15 @@ async fn private_modules_come_from_their_source_and_never_reach_public_services(
         &[("go.mod", "module corp.example.com/tool\n")],
     );
     std::fs::write(vdir.join("v0.1.0.zip"), &zip).unwrap();
-    let extra = format!(
-        "[[go.sumdb]]\nname = \"sum.golang.org\"\nkey = \"sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8\"\nurl = \"{}\"\n[[go.private]]\npattern = \"corp.example.com\"\ndir = \"{}\"\n",
-        public.url(),
-        store.path().display()
+    let private = format!(
+        "[[go.private]]\npattern = \"corp.example.com\"\ndir = {}\n",
+        quote(&store.path().to_string_lossy())
     );
-    let toml = go_config(&public.url(), dir.path(), "verify = true", &extra)
-        .replace("verify = false\nverify = true", "verify = true");
-    let w = support::Wharf::start_with_config(&toml, dir.path()).await;
+    let config = WharfConfig::go_only(&public.url(), dir.path())
+        .go_keys("verify = true")
+        .tables(&sum_golang_org(&public.url()))
+        .tables(&private);
+    let w = Wharf::serve(config).await;
     let c = client();
     for p in [
         "@v/list",
@@ -282,15 +267,10 @@ async fn sumdb_supported_lookup_and_tiles_are_proxied_and_cached() {
     db.put("tile/8/0/000", vec![1u8; 32 * 256]);
     db.put("tile/8/0/001.p/5", vec![2u8; 32 * 5]);
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "sumdb_ttl = \"0s\"\n[[go.sumdb]]\nname = \"sum.golang.org\"\nkey = \"sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8\"\nurl = \"{}\"\n",
-        db.url()
-    );
-    let w = support::Wharf::start_with_config(
-        &go_config(&db.url(), dir.path(), &extra, ""),
-        dir.path(),
-    )
-    .await;
+    let config = WharfConfig::go_only(&db.url(), dir.path())
+        .go_keys("sumdb_ttl = \"0s\"")
+        .tables(&sum_golang_org(&db.url()));
+    let w = Wharf::serve(config).await;
     let c = client();
     assert_eq!(
         c.get(w.url("/go/sumdb/sum.golang.org/supported"))

@@ -12,6 +12,7 @@
 
 use support::gotools;
 mod support;
+use support::*;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -126,30 +127,14 @@ read_timeout = "10s"
     )
 }
 
+/// `wharf <args>`, which must succeed.
 async fn wharf(args: &[&str]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
-    for var in [
-        "WHARF_CONFIG",
-        "WHARF_DATA_DIR",
-        "WHARF_LISTEN",
-        "WHARF_SERVER",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    let out = cmd
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .expect("run wharf");
+    let out = run_wharf(args).await;
     assert!(
         out.status.success(),
-        "wharf {} failed: {}\n--- stdout\n{}--- stderr\n{}",
+        "wharf {} failed: {}",
         args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        describe(&out)
     );
     out
 }

@@ -10,28 +10,13 @@ fn conns(f: &FakeRegistry) -> usize {
     f.state.connections.load(Ordering::SeqCst)
 }
 
-fn config(reg: &str, go: &str, dir: &std::path::Path, top: &str, egress: &str) -> String {
-    format!(
-        r#"data_dir = "{}"
-{top}
-[registry]
-default_upstream = "fake.test"
-tag_ttl = "0s"
-[[registry.upstream]]
-name = "fake.test"
-url = "{reg}"
-[go]
-upstreams = ["{go}"]
-verify = false
-list_ttl = "0s"
-[egress]
-allow = ["127.0.0.1"]
-connect_timeout = "1s"
-read_timeout = "1s"
-{egress}
-"#,
-        dir.display()
-    )
+fn config(reg: &str, go: &str, dir: &std::path::Path, top: &str, egress: &str) -> WharfConfig {
+    WharfConfig::fakes(reg, go, dir)
+        .top(top)
+        .registry("tag_ttl = \"0s\"")
+        .go_keys("list_ttl = \"0s\"")
+        .egress("connect_timeout = \"1s\"\nread_timeout = \"1s\"")
+        .egress(egress)
 }
 
 #[tokio::test]
@@ -55,11 +40,7 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
     );
     let c = client();
     // Warm the cache online.
-    let w = Wharf::start_with_config(
-        &config(&reg.url(), &go.url(), dir.path(), "", ""),
-        dir.path(),
-    )
-    .await;
+    let w = Wharf::serve(config(&reg.url(), &go.url(), dir.path(), "", "")).await;
     assert_eq!(
         c.get(w.url("/v2/team/app/manifests/v1"))
             .sent()
@@ -85,10 +66,13 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
     w.stop().await;
 
     let (reg_before, go_seen) = (conns(&reg), go.seen().len());
-    let w = Wharf::start_with_config(
-        &config(&reg.url(), &go.url(), dir.path(), "offline = true", ""),
+    let w = Wharf::serve(config(
+        &reg.url(),
+        &go.url(),
         dir.path(),
-    )
+        "offline = true",
+        "",
+    ))
     .await;
     let r = c.get(w.url("/v2/team/app/manifests/v1")).sent().await;
     assert_eq!(r.status(), 200);
@@ -154,11 +138,7 @@ async fn a_dead_upstream_is_marked_down_and_answered_from_cache_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (md, _) = reg.put_image("app", "v1", &[bytes_of(10, 1)]);
     let egress = "failure_threshold = 3\nprobe_interval = \"1h\"";
-    let w = Wharf::start_with_config(
-        &config(&reg.url(), &go.url(), dir.path(), "", egress),
-        dir.path(),
-    )
-    .await;
+    let w = Wharf::serve(config(&reg.url(), &go.url(), dir.path(), "", egress)).await;
     let c = client();
     assert_eq!(
         c.get(w.url("/v2/app/manifests/v1")).sent().await.status(),
@@ -209,10 +189,13 @@ async fn a_down_upstream_comes_back_after_a_successful_probe() {
     let dir = tempfile::tempdir().unwrap();
     reg.put_image("app", "v1", &[bytes_of(10, 1)]);
     let egress = "failure_threshold = 1\nprobe_interval = \"200ms\"";
-    let w = Wharf::start_with_config(
-        &config(&reg.url(), "http://127.0.0.1:9", dir.path(), "", egress),
+    let w = Wharf::serve(config(
+        &reg.url(),
+        "http://127.0.0.1:9",
         dir.path(),
-    )
+        "",
+        egress,
+    ))
     .await;
     let c = client();
     reg.state.hang.store(true, Ordering::SeqCst);

@@ -596,25 +596,11 @@ async fn upstream_is_chosen_by_ns_then_name_prefix_then_default() {
     let dir = tempfile::tempdir().unwrap();
     up.put_image("team/app", "v1", &[bytes_of(10, 1)]);
     let (od, _) = other.put_image("library/alpine", "3", &[bytes_of(10, 2)]);
-    let toml = format!(
-        r#"data_dir = "{}"
-[registry]
-default_upstream = "fake.test"
-[[registry.upstream]]
-name = "fake.test"
-url = "{}"
-[[registry.upstream]]
-name = "hub.test"
-url = "{}"
-library_prefix = true
-[egress]
-allow = ["127.0.0.1"]
-"#,
-        dir.path().display(),
-        up.url(),
-        other.url()
-    );
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let config = WharfConfig::new(dir.path())
+        .upstream("fake.test", &up.url())
+        .upstream("hub.test", &other.url())
+        .upstream_keys("library_prefix = true");
+    let w = Wharf::serve(config).await;
     let c = client();
     // containerd: ?ns=, single-component names get library/ on a library_prefix upstream.
     let r = c

@@ -14,40 +14,18 @@ const PASSWORD: &str = "visibility pass";
 
 /// `private.test` (wharf logs in to it; an access rule protects it) and `public.test` (the
 /// default upstream, anonymous).
-fn two_upstreams(private: &FakeRegistry, public: &FakeRegistry, dir: &Path) -> String {
-    let pw = dir.join("upstream-password");
-    std::fs::write(&pw, "mirror-secret\n").unwrap();
+fn two_upstreams(private: &FakeRegistry, public: &FakeRegistry, dir: &Path) -> WharfConfig {
     let hash = wharf::access::hash_password(PASSWORD).unwrap();
-    format!(
-        r#"data_dir = "{data}"
-[registry]
-default_upstream = "public.test"
-[[registry.upstream]]
-name = "private.test"
-url = "{private}"
-username = "mirror"
-password_file = "{pw}"
-[[registry.upstream]]
-name = "public.test"
-url = "{public}"
-[egress]
-allow = ["127.0.0.1"]
-connect_timeout = "2s"
-read_timeout = "5s"
-[access]
-[[access.user]]
-name = "{USER}"
-password_hash = "{hash}"
-[[access.rule]]
-protocol = "registry"
-prefix = "private.test/"
-require_auth = true
-"#,
-        data = dir.display(),
-        private = private.url(),
-        public = public.url(),
-        pw = pw.display(),
-    )
+    WharfConfig::new(dir)
+        .timeouts()
+        .default_upstream("public.test")
+        .upstream("private.test", &private.url())
+        .login(&dir.join("upstream-password"), "mirror-secret")
+        .upstream("public.test", &public.url())
+        .tables(&format!(
+            "[access]\n[[access.user]]\nname = \"{USER}\"\npassword_hash = \"{hash}\"\n\
+             [[access.rule]]\nprotocol = \"registry\"\nprefix = \"private.test/\"\nrequire_auth = true\n"
+        ))
 }
 
 /// An OCI image manifest whose config and one layer are both `digest` with the sizes given;
@@ -79,8 +57,7 @@ async fn private_content_is_not_served_through_another_upstream_or_repository() 
     let layer = sha256(&secret);
     let (manifest, _) = private.put_image("team/secret", "v1", std::slice::from_ref(&secret));
     let dir = tempfile::tempdir().unwrap();
-    let w =
-        Wharf::start_with_config(&two_upstreams(&private, &public, dir.path()), dir.path()).await;
+    let w = Wharf::serve(two_upstreams(&private, &public, dir.path())).await;
     let c = client();
     // An authorised client pulls the private image: it is cached.
     pull_as_user(
@@ -315,8 +292,7 @@ async fn a_manifest_listing_a_private_digest_does_not_open_it() {
         "application/vnd.oci.image.index.v1+json",
     );
     let dir = tempfile::tempdir().unwrap();
-    let w =
-        Wharf::start_with_config(&two_upstreams(&private, &public, dir.path()), dir.path()).await;
+    let w = Wharf::serve(two_upstreams(&private, &public, dir.path())).await;
     let c = client();
     // An authorised client pulls the private image: it is cached.
     pull_as_user(

@@ -25,6 +25,11 @@ pub struct WharfConfig {
 }
 
 impl WharfConfig {
+    /// The standard test config with the fake GOPROXY `go` too (`verify = false`).
+    pub fn fakes(registry: &str, go: &str, data_dir: &Path) -> WharfConfig {
+        WharfConfig::fake(registry, data_dir).go(go)
+    }
+
     /// `data_dir` only, with egress allowed to 127.0.0.1: no upstream of either protocol.
     pub fn new(data_dir: &Path) -> WharfConfig {
         WharfConfig {
@@ -44,15 +49,13 @@ impl WharfConfig {
     pub fn fake(url: &str, data_dir: &Path) -> WharfConfig {
         WharfConfig::new(data_dir)
             .upstream("fake.test", url)
-            .egress("connect_timeout = \"2s\"\nread_timeout = \"5s\"")
+            .timeouts()
     }
 
     /// A Go-only config: GOPROXY `url` without checksum verification, loopback egress with the
     /// standard timeouts.
     pub fn go_only(url: &str, data_dir: &Path) -> WharfConfig {
-        WharfConfig::new(data_dir)
-            .go(url)
-            .egress("connect_timeout = \"2s\"\nread_timeout = \"5s\"")
+        WharfConfig::new(data_dir).go(url).timeouts()
     }
 
     /// Top-level keys (`listen = ...`, `offline = true`).
@@ -63,6 +66,15 @@ impl WharfConfig {
 
     pub fn offline(self, offline: bool) -> WharfConfig {
         self.top(&format!("offline = {offline}"))
+    }
+
+    /// `listen` on a loopback port that was free a moment ago.
+    pub fn listen_anywhere(self) -> WharfConfig {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("find a free port")
+            .port();
+        self.listen(format!("127.0.0.1:{port}"))
     }
 
     pub fn listen(self, addr: impl std::fmt::Display) -> WharfConfig {
@@ -113,15 +125,21 @@ impl WharfConfig {
     }
 
     /// `[go]` with upstream `url` and `verify = false`.
-    pub fn go(mut self, url: &str) -> WharfConfig {
+    pub fn go(self, url: &str) -> WharfConfig {
+        self.go_upstreams(&[url])
+    }
+
+    /// `[go]` with `urls` tried in order and `verify = false`.
+    pub fn go_upstreams(mut self, urls: &[&str]) -> WharfConfig {
+        let list: Vec<String> = urls.iter().map(|u| quote(u)).collect();
         self.go = vec![
-            format!("upstreams = [{}]", quote(url)),
+            format!("upstreams = [{}]", list.join(", ")),
             "verify = false".into(),
         ];
         self
     }
 
-    /// Extra `[go]` keys (`list_ttl = "0s"`).
+    /// Extra `[go]` keys (`list_ttl = "0s"`, or `verify = true` in place of false).
     pub fn go_keys(mut self, keys: &str) -> WharfConfig {
         push_lines(&mut self.go, keys);
         self
@@ -131,6 +149,11 @@ impl WharfConfig {
     pub fn egress(mut self, keys: &str) -> WharfConfig {
         push_lines(&mut self.egress, keys);
         self
+    }
+
+    /// The standard egress timeouts: 2 s to connect, 5 s between reads.
+    pub fn timeouts(self) -> WharfConfig {
+        self.egress("connect_timeout = \"2s\"\nread_timeout = \"5s\"")
     }
 
     /// `egress.allow` set to `entries` in place of 127.0.0.1 alone.
@@ -160,8 +183,7 @@ impl WharfConfig {
     }
 
     /// The same config with `offline = true`, whatever it said before.
-    pub fn into_offline(mut self) -> WharfConfig {
-        self.top.retain(|l| !l.starts_with("offline"));
+    pub fn into_offline(self) -> WharfConfig {
         self.offline(true)
     }
 
@@ -209,10 +231,13 @@ impl WharfConfig {
     }
 }
 
+/// Adds the `key = value` lines of `keys`; a key already there gets the new value in its place.
 fn push_lines(to: &mut Vec<String>, keys: &str) {
-    to.extend(
-        keys.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_owned),
-    );
+    for line in keys.lines().filter(|l| !l.trim().is_empty()) {
+        let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_owned();
+        match to.iter_mut().find(|l| key(l) == key(line)) {
+            Some(old) => *old = line.to_owned(),
+            None => to.push(line.to_owned()),
+        }
+    }
 }
