@@ -17,18 +17,11 @@ use support::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use gotools::GoClient;
+use gotools::{GoClient, ModuleSource};
 use support::oci::{Compression, ImageSpec, LayerSpec, Layout, LayoutReader};
 use support::origin::{Origin, Skopeo, require_tools};
 
 const UPSTREAM: &str = "origin.test";
-
-/// A published module version: path, version, files.
-type ModuleSource = (
-    &'static str,
-    &'static str,
-    &'static [(&'static str, &'static str)],
-);
 
 const MODULES: &[ModuleSource] = &[
     (

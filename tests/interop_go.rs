@@ -16,16 +16,9 @@ use support::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use gotools::{Go, GoClient, Upstream};
+use gotools::{Go, GoClient, ModuleSource, Upstream};
 use serde::Deserialize;
 use tempfile::TempDir;
-
-/// One published module version: path, version, files.
-type ModuleSource = (
-    &'static str,
-    &'static str,
-    &'static [(&'static str, &'static str)],
-);
 
 const MODULES: &[ModuleSource] = &[
     (

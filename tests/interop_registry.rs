@@ -168,12 +168,8 @@ async fn origin_accepts_generated_layouts() {
             "origin serves the generated index bytes unchanged"
         );
         let out = fx.out("from-origin");
-        fx.skopeo.run(&[
-            "copy",
-            "--src-tls-verify=false",
-            &format!("docker://{app}"),
-            &format!("oci:{}:{TAG}", out.display()),
-        ]);
+        fx.skopeo
+            .copy_to_layout(&format!("docker://{app}"), &out, TAG);
         assert_layout_holds_image(&out, TAG, &fx.image);
     })
     .await;
@@ -199,12 +195,7 @@ async fn skopeo_copy_through_wharf_preserves_digests() {
             wharf_digest, origin_digest,
             "skopeo inspect through wharf reports the origin's digest"
         );
-        fx.skopeo.run(&[
-            "copy",
-            "--src-tls-verify=false",
-            &through,
-            &format!("oci:{}:{TAG}", out.display()),
-        ]);
+        fx.skopeo.copy_to_layout(&through, &out, TAG);
         assert_layout_holds_image(&out, TAG, &fx.image);
         fx
     })
@@ -356,12 +347,7 @@ async fn second_pull_is_served_from_cache_without_origin() {
     let origin_addr = fx.origin().addr;
     let fx = blocking(move || {
         let copy = |source: &str, dest: &Path| {
-            fx.skopeo.run(&[
-                "copy",
-                "--src-tls-verify=false",
-                source,
-                &format!("oci:{}:{TAG}", dest.display()),
-            ]);
+            fx.skopeo.copy_to_layout(source, dest, TAG);
         };
         copy(&by_tag, &first);
         assert_layout_holds_image(&first, TAG, &fx.image);
@@ -436,12 +422,7 @@ async fn concurrent_cold_pulls_fetch_each_blob_from_origin_once() {
             let (fx, through) = (fx.clone(), through.clone());
             tokio::task::spawn_blocking(move || {
                 let out = fx.out(&format!("concurrent-{n}"));
-                fx.skopeo.run(&[
-                    "copy",
-                    "--src-tls-verify=false",
-                    &through,
-                    &format!("oci:{}:{TAG}", out.display()),
-                ]);
+                fx.skopeo.copy_to_layout(&through, &out, TAG);
                 assert_layout_holds_image(&out, TAG, &fx.image);
             })
         })
@@ -486,12 +467,7 @@ async fn cache_survives_a_wharf_restart_with_the_origin_down() {
     let source = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
     let first = fx.out("before-restart");
     let mut fx = blocking(move || {
-        fx.skopeo.run(&[
-            "copy",
-            "--src-tls-verify=false",
-            &source,
-            &format!("oci:{}:{TAG}", first.display()),
-        ]);
+        fx.skopeo.copy_to_layout(&source, &first, TAG);
         assert_layout_holds_image(&first, TAG, &fx.image);
         fx
     })
@@ -503,19 +479,9 @@ async fn cache_survives_a_wharf_restart_with_the_origin_down() {
     let by_tag = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
     let (after_digest, after_tag) = (fx.out("after-restart-digest"), fx.out("after-restart-tag"));
     blocking(move || {
-        fx.skopeo.run(&[
-            "copy",
-            "--src-tls-verify=false",
-            &by_digest,
-            &format!("oci:{}:{TAG}", after_digest.display()),
-        ]);
+        fx.skopeo.copy_to_layout(&by_digest, &after_digest, TAG);
         assert_layout_holds_image(&after_digest, TAG, &fx.image);
-        fx.skopeo.run(&[
-            "copy",
-            "--src-tls-verify=false",
-            &by_tag,
-            &format!("oci:{}:{TAG}", after_tag.display()),
-        ]);
+        fx.skopeo.copy_to_layout(&by_tag, &after_tag, TAG);
         assert_layout_holds_image(&after_tag, TAG, &fx.image);
     })
     .await;
@@ -532,12 +498,7 @@ async fn offline_restart_pulls_by_tag_with_no_origin_request() {
     let source = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
     let warm = fx.out("warm");
     let fx = blocking(move || {
-        fx.skopeo.run(&[
-            "copy",
-            "--src-tls-verify=false",
-            &source,
-            &format!("oci:{}:{TAG}", warm.display()),
-        ]);
+        fx.skopeo.copy_to_layout(&source, &warm, TAG);
         fx
     })
     .await;
@@ -547,12 +508,7 @@ async fn offline_restart_pulls_by_tag_with_no_origin_request() {
     let by_tag = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
     let out = fx.out("offline-tag");
     let fx = blocking(move || {
-        fx.skopeo.run(&[
-            "copy",
-            "--src-tls-verify=false",
-            &by_tag,
-            &format!("oci:{}:{TAG}", out.display()),
-        ]);
+        fx.skopeo.copy_to_layout(&by_tag, &out, TAG);
         assert_layout_holds_image(&out, TAG, &fx.image);
         fx
     })

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use support::oci::{Compression, Image, ImageSpec, LayerSpec, Layout, LayoutReader};
-use support::origin::{Origin, Skopeo, require_tools};
+use support::origin::{Origin, Skopeo, require_tools, skopeo_dir};
 use tempfile::TempDir;
 use tlsgen::{Ca, TlsFiles};
 
@@ -50,20 +50,7 @@ struct IsolatedSkopeo {
 
 impl IsolatedSkopeo {
     fn new(program: &Path) -> IsolatedSkopeo {
-        let dir = tempfile::Builder::new()
-            .prefix("wharf-skopeo-tls-")
-            .tempdir()
-            .expect("create skopeo dir");
-        fs::write(
-            dir.path().join("policy.json"),
-            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .unwrap();
-        fs::write(
-            dir.path().join("registries.conf"),
-            "unqualified-search-registries = []\n",
-        )
-        .unwrap();
+        let dir = skopeo_dir("wharf-skopeo-tls-");
         for sub in ["home", "run", "config", "tmp"] {
             fs::create_dir(dir.path().join(sub)).unwrap();
         }

@@ -27,6 +27,13 @@ const HELPER_SOURCE: &str = include_str!("gosumdb/main.go");
 /// Longest any one go command may run before the test fails.
 const GO_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// One published module version: path, version, files.
+pub type ModuleSource = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 /// The `go` binary found on PATH.
 #[derive(Debug, Clone)]
 pub struct Go {
