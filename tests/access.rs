@@ -99,6 +99,11 @@ impl Mirror {
         client().get(self.w.url(path))
     }
 
+    /// The status of an anonymous `GET path`.
+    async fn status(&self, path: &str) -> u16 {
+        self.get(path).sent().await.status().as_u16()
+    }
+
     /// Requests and TCP connections the fake registry has seen.
     fn upstream_traffic(&self) -> (usize, usize) {
         (
@@ -232,8 +237,7 @@ async fn upstream_never_sees_the_clients_credentials() {
 #[tokio::test]
 async fn a_valid_bearer_token_is_accepted_and_an_invalid_one_refused() {
     let m = Mirror::start(&access("require_auth = true")).await;
-    let r = m.get("/v2/").bearer_auth(TOKEN).sent().await;
-    assert_eq!(r.status(), 200);
+    assert_eq!(m.get("/v2/").bearer_auth(TOKEN).sent().await.status(), 200);
 
     for bad in ["nope", &TOKEN[..TOKEN.len() - 1], &format!("{TOKEN}x")] {
         let r = m
@@ -262,8 +266,11 @@ async fn a_valid_bearer_token_is_accepted_and_an_invalid_one_refused() {
 #[tokio::test]
 async fn wrong_credentials_are_refused_even_where_none_are_required() {
     let m = Mirror::start(&access("")).await;
-    let r = m.get("/v2/team/app/manifests/v1").sent().await;
-    assert_eq!(r.status(), 200, "no credentials, none required");
+    assert_eq!(
+        m.status("/v2/team/app/manifests/v1").await,
+        200,
+        "no credentials, none required"
+    );
     let r = m
         .get("/v2/team/app/manifests/v1")
         .basic_auth(USER, Some("wrong"))
@@ -334,10 +341,8 @@ async fn client_outside_allow_clients_gets_403_denied_even_with_credentials() {
 #[tokio::test]
 async fn client_inside_allow_clients_is_served() {
     let m = Mirror::start(&access("allow_clients = [\"10.0.0.0/8\", \"127.0.0.0/8\"]")).await;
-    let r = m.get("/v2/team/app/manifests/v1").sent().await;
-    assert_eq!(r.status(), 200);
-    let r = m.get("/go/golang.org/x/text/@v/list").sent().await;
-    assert_eq!(r.status(), 200);
+    assert_eq!(m.status("/v2/team/app/manifests/v1").await, 200);
+    assert_eq!(m.status("/go/golang.org/x/text/@v/list").await, 200);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -345,12 +350,7 @@ async fn client_inside_allow_clients_is_served() {
 
 #[tokio::test]
 async fn go_rule_challenges_its_prefix_in_plain_text_and_leaves_the_rest_open() {
-    let m = Mirror::start(&format!(
-        "{}{}",
-        access(""),
-        rule("go", "corp.example.com/")
-    ))
-    .await;
+    let m = Mirror::start(&(access("") + &rule("go", "corp.example.com/"))).await;
     let r = m.get("/go/corp.example.com/tool/@v/list").sent().await;
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
@@ -382,18 +382,27 @@ async fn go_rule_challenges_its_prefix_in_plain_text_and_leaves_the_rest_open() 
     assert_ne!(r.status(), 401, "golang.org is outside the rule");
     assert_eq!(r.status(), 200);
 
-    let r = m.get("/v2/").sent().await;
-    assert_eq!(r.status(), 200, "a go rule does not guard the registry");
+    assert_eq!(
+        m.status("/v2/").await,
+        200,
+        "a go rule does not guard the registry"
+    );
 }
 
 #[tokio::test]
 async fn registry_rule_makes_the_base_endpoint_challenge_so_docker_login_works() {
-    let m = Mirror::start(&format!("{}{}", access(""), rule("registry", "private/"))).await;
+    let m = Mirror::start(&(access("") + &rule("registry", "private/"))).await;
     let r = m.get("/v2/").sent().await;
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
-    let r = m.get("/v2/").basic_auth(USER, Some(PASSWORD)).sent().await;
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        m.get("/v2/")
+            .basic_auth(USER, Some(PASSWORD))
+            .sent()
+            .await
+            .status(),
+        200
+    );
 
     let r = m.get("/v2/private/app/manifests/v1").sent().await;
     assert_eq!(r.status(), 401);
@@ -401,8 +410,11 @@ async fn registry_rule_makes_the_base_endpoint_challenge_so_docker_login_works()
     assert_eq!(m.up.count("GET", "private/"), 0);
     assert_eq!(m.up.count("HEAD", "private/"), 0);
 
-    let r = m.get("/v2/public/app/manifests/v1").sent().await;
-    assert_eq!(r.status(), 200, "public/ is outside the rule");
+    assert_eq!(
+        m.status("/v2/public/app/manifests/v1").await,
+        200,
+        "public/ is outside the rule"
+    );
     let r = m
         .get("/v2/private/app/manifests/v1")
         .basic_auth(USER, Some(PASSWORD))
@@ -415,7 +427,7 @@ async fn registry_rule_makes_the_base_endpoint_challenge_so_docker_login_works()
 async fn empty_basic_credentials_count_as_anonymous_where_none_are_required() {
     // skopeo, podman and CRI-O answer the `/v2/` Basic challenge without a login by sending
     // `Basic Og==` (":") on every later request.
-    let m = Mirror::start(&format!("{}{}", access(""), rule("registry", "private/"))).await;
+    let m = Mirror::start(&(access("") + &rule("registry", "private/"))).await;
     let r = m
         .get("/v2/public/app/manifests/v1")
         .header("authorization", "Basic Og==")
@@ -446,20 +458,17 @@ async fn the_longest_matching_rule_decides() {
         access("")
     ))
     .await;
-    let r = m.get("/go/corp.example.com/tool/@v/list").sent().await;
-    assert_eq!(r.status(), 200, "the more specific open rule wins");
-    let r = m.get("/go/corp.example.com/other/@v/list").sent().await;
-    assert_eq!(r.status(), 401);
+    assert_eq!(
+        m.status("/go/corp.example.com/tool/@v/list").await,
+        200,
+        "the more specific open rule wins"
+    );
+    assert_eq!(m.status("/go/corp.example.com/other/@v/list").await, 401);
 }
 
 #[tokio::test]
 async fn percent_encoded_go_path_does_not_slip_past_a_rule() {
-    let m = Mirror::start(&format!(
-        "{}{}",
-        access(""),
-        rule("go", "corp.example.com/")
-    ))
-    .await;
+    let m = Mirror::start(&(access("") + &rule("go", "corp.example.com/"))).await;
     // The go command percent-encodes `!` and wharf decodes the path once, so these all name
     // corp.example.com/tool to the handler.
     for path in [
@@ -484,9 +493,8 @@ async fn percent_encoded_go_path_does_not_slip_past_a_rule() {
 
 #[tokio::test]
 async fn registry_rule_covers_the_upstream_qualified_spelling_of_a_repository() {
-    let m = Mirror::start(&format!("{}{}", access(""), rule("registry", "private/"))).await;
-    let r = m.get("/v2/private/app/manifests/v1").sent().await;
-    assert_eq!(r.status(), 401);
+    let m = Mirror::start(&(access("") + &rule("registry", "private/"))).await;
+    assert_eq!(m.status("/v2/private/app/manifests/v1").await, 401);
     // `fake.test` is the default upstream: this is the same repository.
     let r = m.get("/v2/fake.test/private/app/manifests/v1").sent().await;
     assert_ne!(
@@ -499,14 +507,11 @@ async fn registry_rule_covers_the_upstream_qualified_spelling_of_a_repository() 
 
 #[tokio::test]
 async fn registry_rule_naming_the_upstream_covers_the_default_spelling() {
-    let m = Mirror::start(&format!(
-        "{}{}",
-        access(""),
-        rule("registry", "fake.test/private/")
-    ))
-    .await;
-    let r = m.get("/v2/fake.test/private/app/manifests/v1").sent().await;
-    assert_eq!(r.status(), 401);
+    let m = Mirror::start(&(access("") + &rule("registry", "fake.test/private/"))).await;
+    assert_eq!(
+        m.status("/v2/fake.test/private/app/manifests/v1").await,
+        401
+    );
     for path in [
         "/v2/private/app/manifests/v1",
         "/v2/private/app/manifests/v1?ns=fake.test",
@@ -759,8 +764,15 @@ async fn hash_password_output_in_a_config_authenticates_that_password() {
     assert!(!hash.contains(password));
 
     let m = Mirror::start(&access_with_hash("require_auth = true", hash)).await;
-    let r = m.get("/v2/").basic_auth(USER, Some(password)).sent().await;
-    assert_eq!(r.status(), 200, "the hashed password logs in");
+    assert_eq!(
+        m.get("/v2/")
+            .basic_auth(USER, Some(password))
+            .sent()
+            .await
+            .status(),
+        200,
+        "the hashed password logs in"
+    );
     let r = m
         .get("/v2/")
         .basic_auth(USER, Some(format!("{password}\n")))

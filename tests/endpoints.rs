@@ -18,15 +18,12 @@ async fn start(access: &str) -> (FakeRegistry, Wharf, tempfile::TempDir) {
 #[tokio::test]
 async fn metrics_obey_allow_clients_and_healthz_does_not() {
     let (_up, w, _d) = start("[access]\nallow_clients = [\"10.0.0.0/8\"]\n").await;
-    let c = client();
-    let r = c.get(w.url("/metrics")).sent().await;
     assert_eq!(
-        r.status(),
+        status_of(w.url("/metrics")).await,
         403,
         "metrics served to an address outside allow_clients"
     );
-    let r = c.get(w.url("/healthz")).sent().await;
-    assert_eq!(r.status(), 200);
+    assert_eq!(status_of(w.url("/healthz")).await, 200);
 }
 
 #[tokio::test]
@@ -37,13 +34,11 @@ async fn metrics_need_credentials_where_access_requires_them() {
     );
     let (_up, w, _d) = start(&access).await;
     let c = client();
-    let r = c.get(w.url("/metrics")).sent().await;
-    assert_eq!(r.status(), 401);
+    assert_eq!(status_of(w.url("/metrics")).await, 401);
     let r = c.get(w.url("/metrics")).bearer_auth(TOKEN).sent().await;
     assert_eq!(r.status(), 200);
     assert!(read_text(r).await.contains("wharf_"));
-    let r = c.get(w.url("/healthz")).sent().await;
-    assert_eq!(r.status(), 200);
+    assert_eq!(status_of(w.url("/healthz")).await, 200);
 }
 
 #[tokio::test]

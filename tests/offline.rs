@@ -115,8 +115,7 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
         .await;
     assert_eq!(r.status(), 404);
     assert!(read_text(r).await.contains("offline cache"));
-    let r = c.get(w.url("/go/example.com/other/@v/list")).sent().await;
-    assert_eq!(r.status(), 404);
+    assert_eq!(status_of(w.url("/go/example.com/other/@v/list")).await, 404);
     let health: serde_json::Value = c.get(w.url("/healthz")).sent().await.json().await.unwrap();
     assert_eq!(health["offline"], true);
     assert_eq!(
@@ -203,8 +202,11 @@ async fn a_down_upstream_comes_back_after_a_successful_probe() {
         c.get(w.url("/v2/app/manifests/v1")).sent().await.status(),
         502
     );
-    let r = c.get(w.url("/v2/app/manifests/v1")).sent().await;
-    assert_eq!(r.status(), 503, "down: answered at once");
+    assert_eq!(
+        status_of(w.url("/v2/app/manifests/v1")).await,
+        503,
+        "down: answered at once"
+    );
     reg.state.hang.store(false, Ordering::SeqCst);
     let mut up = false;
     for _ in 0..50 {

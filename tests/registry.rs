@@ -195,10 +195,8 @@ async fn token_challenge_is_answered_and_the_token_reused() {
     let (up, w, _d) = setup("tag_ttl = \"0s\"").await;
     *up.state.require_token.lock().unwrap() = true;
     up.put_image("app", "v1", &[bytes_of(10, 1)]);
-    let c = client();
     for _ in 0..3 {
-        let r = c.get(w.url("/v2/app/manifests/v1")).sent().await;
-        assert_eq!(r.status(), 200);
+        assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
     }
     assert_eq!(
         up.state
@@ -617,8 +615,7 @@ async fn upstream_is_chosen_by_ns_then_name_prefix_then_default() {
         .await;
     assert_eq!(r.status(), 200);
     // Docker registry-mirrors: bare name, default upstream.
-    let r = c.get(w.url("/v2/team/app/manifests/v1")).sent().await;
-    assert_eq!(r.status(), 200);
+    assert_eq!(status_of(w.url("/v2/team/app/manifests/v1")).await, 200);
     assert_eq!(other.count("GET", "/v2/team/app"), 0);
     // Unknown namespace: clear 404, nothing sent anywhere.
     let (a, b) = (up.total(), other.total());
@@ -651,11 +648,11 @@ async fn manifest_whose_media_type_contradicts_its_content_type_is_refused() {
     let (up, w, dir) = setup("").await;
     let doc = r#"{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
     let d = up.put_manifest("app", Some("v1"), doc.as_bytes(), OCI_MANIFEST);
-    let c = client();
-    let r = c.get(w.url("/v2/app/manifests/v1")).sent().await;
-    assert_eq!(r.status(), 502);
-    let r = c.get(w.url(&format!("/v2/app/manifests/{d}"))).sent().await;
-    assert_eq!(r.status(), 502);
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 502);
+    assert_eq!(
+        status_of(w.url(&format!("/v2/app/manifests/{d}"))).await,
+        502
+    );
     assert!(files_under(&dir.path().join("blobs")).is_empty());
 }
 
@@ -698,8 +695,10 @@ async fn the_cache_survives_a_restart() {
         .await;
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(read_body(r).await, body);
-    let r = c.get(w.url("/v2/app/manifests/v1")).sent().await;
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        status_of(w.url("/v2/app/manifests/v1")).await,
+        StatusCode::OK
+    );
     let r = c.get(w.url(&format!("/v2/app/blobs/{bd}"))).sent().await;
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(read_body(r).await, data);

@@ -152,8 +152,7 @@ async fn a_pulled_image_serves_shared_blobs_after_one_confirmation_and_offline_a
     up.put_image("team/app", "v1", std::slice::from_ref(&layer));
     let w = Wharf::start(&up.url(), dir.path(), "").await;
     let c = client();
-    let r = c.get(w.url("/v2/team/app/manifests/v1")).sent().await;
-    assert_eq!(r.status(), 200);
+    assert_eq!(status_of(w.url("/v2/team/app/manifests/v1")).await, 200);
     // Cache the layer through another repository of the same upstream first.
     up.state
         .blobs
@@ -310,9 +309,8 @@ async fn a_manifest_listing_a_private_digest_does_not_open_it() {
         format!("/v2/evil/e/blobs/{layer}"),
         format!("/v2/evil/i/manifests/{pm}"),
     ] {
-        let r = c.get(w.url(&path)).sent().await;
         assert_eq!(
-            r.status(),
+            status_of(w.url(&path)).await,
             404,
             "{path}: listed by a public manifest, served"
         );
@@ -376,9 +374,8 @@ async fn a_tag_naming_a_digest_cached_elsewhere_must_hand_over_the_bytes() {
         .lock()
         .unwrap()
         .remove(&("team/b".to_string(), m.clone()));
-    let r = c.get(w.url("/v2/team/b/manifests/latest")).sent().await;
     assert_eq!(
-        r.status(),
+        status_of(w.url("/v2/team/b/manifests/latest")).await,
         404,
         "a digest header opened content cached from team/a"
     );
