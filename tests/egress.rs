@@ -39,14 +39,10 @@ impl Drop for Trap {
 impl Trap {
     async fn start() -> Trap {
         let state = Arc::new(TrapState::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let app = axum::Router::new()
             .fallback(trap_handler)
             .with_state(state.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = serve_router("127.0.0.1:0", app).await;
         Trap { addr, state, task }
     }
 
@@ -55,13 +51,7 @@ impl Trap {
     }
 
     fn put_blob(&self, body: &[u8]) -> String {
-        let d = sha256(body);
-        self.state
-            .blobs
-            .lock()
-            .unwrap()
-            .insert(d.clone(), body.to_vec());
-        d
+        insert_blob(&self.state.blobs, body)
     }
 
     fn seen(&self) -> Vec<(String, Vec<String>)> {
@@ -198,7 +188,7 @@ async fn names_resolving_to_forbidden_addresses_get_no_connection() {
 resolve = { "internal.test" = ["127.0.0.2"], "mapped.test" = ["::ffff:127.0.0.2"] }"#;
     let w = wharf_with(&up, dir.path(), egress).await;
     for host in ["internal.test", "mapped.test"] {
-        up.set_blob_mode(BlobMode::Redirect(format!("http://{host}:{port}")));
+        up.redirect_to(format!("{host}:{port}"));
         let (status, body) = get_blob(&w, &d).await;
         assert_eq!(status, 502, "{host}");
         assert!(body.contains("cannot connect"), "{host}: {body}");
@@ -213,10 +203,7 @@ async fn allow_cidrs_opens_a_range_on_purpose() {
     let cdn = FakeRegistry::start_on("127.0.0.2:0").await;
     let d = up.put_blob(b"layer");
     cdn.put_blob(b"layer");
-    up.set_blob_mode(BlobMode::Redirect(format!(
-        "http://cdn.test:{}",
-        cdn.addr.port()
-    )));
+    up.redirect_to(format!("cdn.test:{}", cdn.addr.port()));
     let dir = tempfile::tempdir().unwrap();
     let egress = r#"allow = ["127.0.0.1", "cdn.test"]
 allow_cidrs = ["127.0.0.2/32"]
@@ -232,10 +219,7 @@ async fn ip_literals_not_listed_are_refused() {
     let up = FakeRegistry::start().await;
     let planted = FakeRegistry::start_on("127.0.0.3:0").await;
     let d = up.put_blob(b"layer");
-    up.set_blob_mode(BlobMode::Redirect(format!(
-        "http://127.0.0.3:{}",
-        planted.addr.port()
-    )));
+    up.redirect_to(format!("127.0.0.3:{}", planted.addr.port()));
     let dir = tempfile::tempdir().unwrap();
     let w = wharf_with(&up, dir.path(), r#"allow = ["127.0.0.1"]"#).await;
     let (status, body) = get_blob(&w, &d).await;
@@ -254,14 +238,8 @@ async fn authorization_dropped_on_a_host_change_never_comes_back() {
     let d = a.put_blob(&data);
     b.put_blob(&data);
     *a.state.require_token.lock().unwrap() = true;
-    a.set_blob_mode(BlobMode::Redirect(format!(
-        "http://b.test:{}",
-        b.addr.port()
-    )));
-    b.set_blob_mode(BlobMode::Redirect(format!(
-        "http://127.0.0.1:{}/final",
-        a.addr.port()
-    )));
+    a.redirect_to(format!("b.test:{}", b.addr.port()));
+    b.redirect_to(format!("127.0.0.1:{}/final", a.addr.port()));
     let dir = tempfile::tempdir().unwrap();
     let egress = r#"allow = ["127.0.0.1", "b.test"]
 allow_cidrs = ["127.0.0.4/32"]
@@ -376,10 +354,7 @@ async fn userinfo_in_redirect_location_is_not_sent() {
     let cdn = Trap::start().await;
     let d = up.put_blob(b"layer");
     cdn.put_blob(b"layer");
-    up.set_blob_mode(BlobMode::Redirect(format!(
-        "http://user:secret@127.0.0.1:{}",
-        cdn.addr.port()
-    )));
+    up.redirect_to(format!("user:secret@127.0.0.1:{}", cdn.addr.port()));
     let dir = tempfile::tempdir().unwrap();
     let w = wharf_with(&up, dir.path(), r#"allow = ["127.0.0.1"]"#).await;
     let (status, body) = get_blob(&w, &d).await;
@@ -508,7 +483,7 @@ async fn a_challenge_from_a_redirected_hop_gets_no_login() {
     let data = bytes_of(5_000, 4);
     let d = up.put_blob(&data);
     *cdn.state.realm.lock().unwrap() = Some(format!("http://{}/token", cdn.addr));
-    up.set_blob_mode(BlobMode::Redirect(format!("http://{}", cdn.addr)));
+    up.redirect_to(cdn.addr);
     let dir = tempfile::tempdir().unwrap();
     let cdn_entry = format!("127.0.0.1:{}", cdn.addr.port());
     let config = WharfConfig::fake(&up.url(), dir.path()).allow(&["127.0.0.1", &cdn_entry]);

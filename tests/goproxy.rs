@@ -3,13 +3,6 @@
 mod support;
 use support::*;
 
-/// `[[go.sumdb]]` for sum.golang.org (its real key) served at `url`.
-fn sum_golang_org(url: &str) -> String {
-    format!(
-        "[[go.sumdb]]\nname = \"sum.golang.org\"\nkey = \"{SUM_GOLANG_ORG_KEY}\"\nurl = \"{url}\"\n"
-    )
-}
-
 const SUM_GOLANG_ORG_KEY: &str =
     "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8";
 
@@ -215,8 +208,7 @@ async fn private_modules_come_from_their_source_and_never_reach_public_services(
         quote(&store.path().to_string_lossy())
     );
     let config = WharfConfig::go_only(&public.url(), dir.path())
-        .go_keys("verify = true")
-        .tables(&sum_golang_org(&public.url()))
+        .sumdb("sum.golang.org", SUM_GOLANG_ORG_KEY, &public.url())
         .tables(&private);
     let w = Wharf::serve(config).await;
     let c = client();
@@ -268,8 +260,8 @@ async fn sumdb_supported_lookup_and_tiles_are_proxied_and_cached() {
     db.put("tile/8/0/001.p/5", vec![2u8; 32 * 5]);
     let dir = tempfile::tempdir().unwrap();
     let config = WharfConfig::go_only(&db.url(), dir.path())
-        .go_keys("sumdb_ttl = \"0s\"")
-        .tables(&sum_golang_org(&db.url()));
+        .sumdb("sum.golang.org", SUM_GOLANG_ORG_KEY, &db.url())
+        .go_keys("sumdb_ttl = \"0s\"\nverify = false");
     let w = Wharf::serve(config).await;
     let c = client();
     assert_eq!(

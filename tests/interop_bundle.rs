@@ -69,18 +69,6 @@ fn gzip(size: usize) -> LayerSpec {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn quote(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
-}
-
 /// A wharf config: `registry` and `goproxy`/`sumdb` URLs, `vkey` the checksum database's key.
 fn config(
     data: &Path,
@@ -90,34 +78,14 @@ fn config(
     vkey: &str,
     offline: bool,
 ) -> String {
-    format!(
-        r#"listen = "127.0.0.1:{}"
-data_dir = {}
-offline = {offline}
-[registry]
-default_upstream = "{UPSTREAM}"
-[[registry.upstream]]
-name = "{UPSTREAM}"
-url = {}
-[go]
-upstreams = [{}]
-verify = true
-[[go.sumdb]]
-name = "sum.test"
-key = {}
-url = {}
-[egress]
-allow = ["127.0.0.1"]
-connect_timeout = "2s"
-read_timeout = "10s"
-"#,
-        free_port(),
-        quote(&data.to_string_lossy()),
-        quote(registry),
-        quote(goproxy),
-        quote(vkey),
-        quote(sumdb),
-    )
+    WharfConfig::new(data)
+        .listen_anywhere()
+        .offline(offline)
+        .upstream(UPSTREAM, registry)
+        .go(goproxy)
+        .sumdb("sum.test", vkey, sumdb)
+        .egress("connect_timeout = \"2s\"\nread_timeout = \"10s\"")
+        .toml()
 }
 
 /// `wharf <args>`, which must succeed.
@@ -250,7 +218,7 @@ async fn a_bundle_carries_images_and_modules_to_an_offline_wharf_with_identical_
     );
     let a_config = w.join("a.toml");
     std::fs::write(&a_config, &a_text).unwrap();
-    let a = support::Wharf::start_with_config(&a_text, &a_data).await;
+    let a = Wharf::start_with_config(&a_text, &a_data).await;
     let list = w.join("site.list");
     let mut text = format!("{UPSTREAM}/test/app:v1\n{UPSTREAM}/test/multi:v1\n");
     for (p, v, _) in MODULES {
@@ -315,7 +283,7 @@ async fn a_bundle_carries_images_and_modules_to_an_offline_wharf_with_identical_
         )),
         "every module's hashes must be proven by the bundle's checksum-database files: {summary}"
     );
-    let b = support::Wharf::start_with_config(&b_text, &b_data).await;
+    let b = Wharf::start_with_config(&b_text, &b_data).await;
     let b_host = b.addr.to_string();
 
     // skopeo through B: the same digests as at the origin.

@@ -154,27 +154,11 @@ fn all_versions() -> Vec<String> {
     MODULES.iter().map(|(p, v, _)| format!("{p}@{v}")).collect()
 }
 
-fn wharf_config(data_dir: &Path, up: &Upstream) -> String {
-    let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
-    format!(
-        r#"data_dir = {}
-[go]
-upstreams = [{}]
-verify = true
-[[go.sumdb]]
-name = "sum.test"
-key = {}
-url = {}
-[egress]
-allow = ["127.0.0.1"]
-connect_timeout = "2s"
-read_timeout = "10s"
-"#,
-        quote(&data_dir.to_string_lossy()),
-        quote(&up.url("/mod")),
-        quote(&up.vkey),
-        quote(&up.url("/sumdb")),
-    )
+fn wharf_config(data_dir: &Path, up: &Upstream) -> WharfConfig {
+    WharfConfig::new(data_dir)
+        .go(&up.url("/mod"))
+        .sumdb("sum.test", &up.vkey, &up.url("/sumdb"))
+        .egress("connect_timeout = \"2s\"\nread_timeout = \"10s\"")
 }
 
 /// go, the built helper, the generated module sources, an upstream, and wharf in front of it.
@@ -200,7 +184,7 @@ impl Setup {
         let up = Upstream::start(&helper, &src, tamper).await;
         let data = work.path().join("wharf-data");
         std::fs::create_dir_all(&data).unwrap();
-        let wharf = support::Wharf::start_with_config(&wharf_config(&data, &up), &data).await;
+        let wharf = Wharf::serve(wharf_config(&data, &up)).await;
         let goproxy = wharf.url("/go");
         eprintln!("{test}: {}; upstream {}", go.version, up.addr);
         Some(Setup {

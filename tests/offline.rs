@@ -157,15 +157,8 @@ async fn a_dead_upstream_is_marked_down_and_answered_from_cache_at_once() {
         attempts <= 3,
         "{attempts} connection attempts for 20 requests"
     );
-    let health: serde_json::Value = c.get(w.url("/healthz")).sent().await.json().await.unwrap();
+    let (health, up) = health_of(&w.url(""), "fake.test").await;
     assert_eq!(health["status"], "degraded");
-    let up = health["upstreams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["name"] == "fake.test")
-        .unwrap()
-        .clone();
     assert_eq!(up["up"], false);
     let metrics = c.get(w.url("/metrics")).sent().await.body_text().await;
     assert!(

@@ -241,14 +241,7 @@ async fn refused_realm_does_not_disable_the_upstream() {
     up.put_image("other", "v1", &[bytes_of(10, 2)]);
     let c = client();
     let upstream_state = || async {
-        let health: serde_json::Value = c.get(w.url("/healthz")).sent().await.json().await.unwrap();
-        let up = health["upstreams"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|u| u["name"] == "fake.test")
-            .unwrap()
-            .clone();
+        let (health, up) = health_of(&w.url(""), "fake.test").await;
         let metrics = c.get(w.url("/metrics")).sent().await.body_text().await;
         (health["status"].clone(), up, metrics)
     };
@@ -372,10 +365,7 @@ async fn blob_redirect_to_an_allowed_host_is_followed_without_credentials() {
     let d = up.put_blob(&data);
     cdn.put_blob(&data);
     *up.state.require_token.lock().unwrap() = true;
-    up.set_blob_mode(BlobMode::Redirect(format!(
-        "http://localhost:{}",
-        cdn.addr.port()
-    )));
+    up.redirect_to(format!("localhost:{}", cdn.addr.port()));
     let dir = tempfile::tempdir().unwrap();
     let w =
         Wharf::serve(WharfConfig::fake(&up.url(), dir.path()).allow(&["127.0.0.1", "localhost"]))
@@ -403,10 +393,7 @@ async fn blob_redirect_to_a_refused_host_fails_before_connecting() {
     let data = bytes_of(5_000, 9);
     let d = up.put_blob(&data);
     planted.put_blob(&data);
-    up.set_blob_mode(BlobMode::Redirect(format!(
-        "http://localhost:{}",
-        planted.addr.port()
-    )));
+    up.redirect_to(format!("localhost:{}", planted.addr.port()));
     let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
     assert_eq!(r.status(), 502);
     let body = read_text(r).await;

@@ -145,6 +145,16 @@ impl WharfConfig {
         self
     }
 
+    /// `verify = true` against one `[[go.sumdb]]` named `name` with verifier key `key` at `url`.
+    pub fn sumdb(self, name: &str, key: &str, url: &str) -> WharfConfig {
+        self.go_keys("verify = true").tables(&format!(
+            "[[go.sumdb]]\nname = {}\nkey = {}\nurl = {}\n",
+            quote(name),
+            quote(key),
+            quote(url)
+        ))
+    }
+
     /// Extra `[egress]` keys.
     pub fn egress(mut self, keys: &str) -> WharfConfig {
         push_lines(&mut self.egress, keys);

@@ -32,6 +32,26 @@ pub fn bytes_of(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Stores `body` under its digest in `blobs`; returns the digest.
+pub fn insert_blob(blobs: &Mutex<HashMap<String, Vec<u8>>>, body: &[u8]) -> String {
+    let d = sha256(body);
+    blobs.lock().unwrap().insert(d.clone(), body.to_vec());
+    d
+}
+
+/// Serves `app` on `addr` (port 0 for any) until the task is aborted.
+pub async fn serve_router(
+    addr: &str,
+    app: axum::Router,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, task)
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum BlobMode {
     #[default]
@@ -170,13 +190,7 @@ impl FakeRegistry {
     }
 
     pub fn put_blob(&self, body: &[u8]) -> String {
-        let d = sha256(body);
-        self.state
-            .blobs
-            .lock()
-            .unwrap()
-            .insert(d.clone(), body.to_vec());
-        d
+        insert_blob(&self.state.blobs, body)
     }
 
     /// A minimal image: config + layers; returns (manifest digest, manifest body).
@@ -226,6 +240,11 @@ impl FakeRegistry {
 
     pub fn set_blob_mode(&self, m: BlobMode) {
         *self.state.blob_mode.lock().unwrap() = m;
+    }
+
+    /// Blobs answer 307 to `http://<authority>` (the path kept).
+    pub fn redirect_to(&self, authority: impl std::fmt::Display) {
+        self.set_blob_mode(BlobMode::Redirect(format!("http://{authority}")));
     }
 
     pub fn fail_with(&self, status: Option<u16>) {

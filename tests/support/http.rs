@@ -146,6 +146,20 @@ pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// `/healthz` of the wharf at `base`: the whole answer and the entry of upstream `name`.
+pub async fn health_of(base: &str, name: &str) -> (serde_json::Value, serde_json::Value) {
+    let health: serde_json::Value =
+        serde_json::from_slice(&read_body(get(format!("{base}/healthz")).await).await).unwrap();
+    let up = health["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == name)
+        .unwrap()
+        .clone();
+    (health, up)
+}
+
 /// Reads a JSON error envelope's first code.
 pub async fn error_code(resp: reqwest::Response) -> String {
     let v: serde_json::Value =

@@ -25,8 +25,8 @@ pub use config::{WharfConfig, quote};
 pub use fake::*;
 pub use gofake::*;
 pub use http::{
-    Answer, Body, Sent, client, error_code, expect_header, expect_status, get, header, raw_get,
-    read_body, read_text, status_of,
+    Answer, Body, Sent, client, error_code, expect_header, expect_status, get, header, health_of,
+    raw_get, read_body, read_text, status_of,
 };
 pub use wharf::{MANIFEST_ACCEPT, Wharf};
 
