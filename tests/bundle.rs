@@ -138,16 +138,8 @@ async fn prefetch_and_export() -> Exported {
         bundle.to_str().unwrap(),
     ])
     .await);
-    assert!(
-        stdout(&out).contains("export: 2 image(s)"),
-        "{}",
-        describe(&out)
-    );
-    assert!(
-        stderr(&out).contains("is not cached; left out"),
-        "{}",
-        describe(&out)
-    );
+    expect_stdout(&out, "export: 2 image(s)");
+    expect_stderr(&out, "is not cached; left out");
     a.stop().await;
     Exported {
         dir,
@@ -222,10 +214,10 @@ async fn prefetched_content_exports_and_imports_into_an_offline_wharf_with_the_s
     let (config, text, data) = offline_config(e.dir.path(), "b");
     let bundle = e.bundle.to_str().unwrap();
     let out = ok(run_wharf(&["import", "--config", config.to_str().unwrap(), bundle]).await);
-    assert!(stdout(&out).contains("import:"), "{}", describe(&out));
+    expect_stdout(&out, "import:");
     // Idempotent: the second run stores nothing new.
     let out = ok(run_wharf(&["import", "--config", config.to_str().unwrap(), bundle]).await);
-    assert!(stdout(&out).contains("stored 0 B"), "{}", describe(&out));
+    expect_stdout(&out, "stored 0 B");
 
     // In-process (B is not running): prefetch finds everything cached, export writes it again.
     let cfg = config.to_str().unwrap();
@@ -252,10 +244,9 @@ async fn prefetched_content_exports_and_imports_into_an_offline_wharf_with_the_s
         again.to_str().unwrap(),
     ])
     .await);
-    assert!(
-        stdout(&out).contains("export: 2 image(s) (3 manifests, 4 blobs), 1 module version(s)"),
-        "{}",
-        describe(&out)
+    expect_stdout(
+        &out,
+        "export: 2 image(s) (3 manifests, 4 blobs), 1 module version(s)",
     );
 
     let b = support::Wharf::start_with_config(&text, &data).await;
@@ -308,7 +299,7 @@ async fn prefetched_content_exports_and_imports_into_an_offline_wharf_with_the_s
         bundle,
     ])
     .await);
-    assert!(stdout(&out).contains("stored 0 B"), "{}", describe(&out));
+    expect_stdout(&out, "stored 0 B");
     b.stop().await;
 }
 
@@ -437,7 +428,7 @@ async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
         &root,
     ])
     .await);
-    assert!(stdout(&out).contains("1 tag(s)"), "{}", describe(&out));
+    expect_stdout(&out, "1 tag(s)");
 
     // A go module cache, with the .ziphash the go command writes.
     let zip = module_zip(
@@ -463,18 +454,10 @@ async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
         "a wrong .ziphash must be refused: {}",
         describe(&out)
     );
-    assert!(
-        stderr(&out).contains("example.com/Mod@v1.2.0 .zip"),
-        "{}",
-        describe(&out)
-    );
+    expect_stderr(&out, "example.com/Mod@v1.2.0 .zip");
     std::fs::write(v.join("v1.2.0.ziphash"), format!("{h1}\n")).unwrap();
     let out = ok(run_wharf(&["import", "--config", cfg, cache.to_str().unwrap()]).await);
-    assert!(
-        stdout(&out).contains("1 module version(s)"),
-        "{}",
-        describe(&out)
-    );
+    expect_stdout(&out, "1 module version(s)");
 
     // A docker save tarball in the format before Docker 25 (no OCI layout inside).
     let config_json =
@@ -498,7 +481,7 @@ async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
         t.finish().unwrap();
     }
     let out = ok(run_wharf(&["import", "--config", cfg, saved.to_str().unwrap()]).await);
-    assert!(stdout(&out).contains("1 tag(s)"), "{}", describe(&out));
+    expect_stdout(&out, "1 tag(s)");
 
     let b = support::Wharf::start_with_config(&text, &data).await;
     let (s, _, h) = get(&b, "/v2/fake.test/gen/app/manifests/v7").await;

@@ -230,13 +230,9 @@ read_timeout = "2m"
         .arg("--data-dir")
         .arg(&flag_data));
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(
-        text(&out.stdout).contains(&format!(
-            "data_dir                   = {}",
-            flag_data.display()
-        )),
-        "{}",
-        describe(&out)
+    expect_stdout(
+        &out,
+        &format!("data_dir                   = {}", flag_data.display()),
     );
     assert!(
         !data.exists() && !flag_data.exists(),
@@ -389,7 +385,7 @@ async fn kill_9_during_a_fill_leaves_nothing_half_written_visible() {
 
     let out = fsck(&config, false);
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(text(&out.stdout).contains("clean"), "{}", describe(&out));
+    expect_stdout(&out, "clean");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -411,10 +407,7 @@ async fn fsck_reports_and_repairs_a_corrupted_store() {
         .await;
     assert_eq!(r.status(), 200, "{}", server.logs());
     assert_eq!(read_body(r).await, manifest);
-    let r = c
-        .get(server.url(&format!("/v2/team/app/blobs/{layer_digest}")))
-        .sent()
-        .await;
+    let r = get(server.url(&format!("/v2/team/app/blobs/{layer_digest}"))).await;
     assert_eq!(r.status(), 200, "{}", server.logs());
     assert_eq!(read_body(r).await, layer);
     let layer_file = blob_path(&data, &layer_digest);
@@ -444,16 +437,12 @@ async fn fsck_reports_and_repairs_a_corrupted_store() {
 
     let out = fsck(&config, true);
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(
-        text(&out.stdout).contains(&layer_digest),
-        "{}",
-        describe(&out)
-    );
+    expect_stdout(&out, &layer_digest);
     assert!(!layer_file.exists(), "the corrupt blob is deleted");
 
     let out = fsck(&config, false);
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(text(&out.stdout).contains("clean"), "{}", describe(&out));
+    expect_stdout(&out, "clean");
     assert!(
         blob_path(&data, &manifest_digest).is_file(),
         "intact blobs are kept"
@@ -571,16 +560,12 @@ async fn gc_and_stats_reach_a_running_server_with_the_admin_secret_only_it_can_r
     let cli = cli_config(dir.path(), "cli.toml", &server, &data, "");
     let out = run(wharf_command().arg("stats").arg("--config").arg(&cli));
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(
-        text(&out.stdout).contains("repository  fake.test/team/app"),
-        "{}",
-        describe(&out)
-    );
+    expect_stdout(&out, "repository  fake.test/team/app");
     let out = run(wharf_command()
         .args(["gc", "--dry-run", "--target", "0", "--config"])
         .arg(&cli));
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(text(&out.stdout).contains(&digest), "{}", describe(&out));
+    expect_stdout(&out, &digest);
 
     // Pointed at another data directory, the command finds no secret and says so in one line.
     let other = dir.path().join("other");
@@ -681,7 +666,7 @@ async fn commands_trust_only_the_configured_certificate_of_their_own_tls_server(
     let cli = cli_config(dir.path(), "cli.toml", &server, &data, &tls);
     let out = run(wharf_command().arg("stats").arg("--config").arg(&cli));
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(text(&out.stdout).contains("on disk"), "{}", describe(&out));
+    expect_stdout(&out, "on disk");
 
     // Whoever answers on that port with another certificate (even one from the same CA) is
     // not the server: the command does not send it the admin secret, and stops.
@@ -696,10 +681,6 @@ async fn commands_trust_only_the_configured_certificate_of_their_own_tls_server(
     let wrong = cli_config(dir.path(), "wrong.toml", &server, &data, &other_tls);
     let out = run(wharf_command().arg("stats").arg("--config").arg(&wrong));
     assert!(!out.status.success(), "{}", describe(&out));
-    assert!(
-        text(&out.stderr).contains("certificate"),
-        "{}",
-        describe(&out)
-    );
+    expect_stderr(&out, "certificate");
     server.stop().await;
 }

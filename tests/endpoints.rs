@@ -45,13 +45,12 @@ async fn metrics_need_credentials_where_access_requires_them() {
 async fn the_v2_ping_is_not_counted_as_a_cache_hit() {
     let (up, w, _d) = start("").await;
     up.put_image("team/app", "v1", &[support::bytes_of(100, 1)]);
-    let c = client();
     for _ in 0..3 {
-        assert_eq!(c.get(w.url("/v2/")).sent().await.status(), 200);
+        assert_eq!(status_of(w.url("/v2/")).await, 200);
     }
-    let r = c.get(w.url("/v2/team/app/manifests/v1")).sent().await;
+    let r = get(w.url("/v2/team/app/manifests/v1")).await;
     assert_eq!(r.headers()["x-cache"], "MISS");
-    let m = c.get(w.url("/metrics")).sent().await.body_text().await;
+    let m = get(w.url("/metrics")).await.body_text().await;
     assert!(
         m.contains("wharf_requests_total{protocol=\"registry\",outcome=\"hit\"} 0"),
         "{m}"

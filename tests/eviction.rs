@@ -34,7 +34,6 @@ async fn the_store_stays_under_budget_and_pinned_content_survives() {
     let dir = tempfile::tempdir().unwrap();
     let keys = "[cache]\nmax_size = \"1MiB\"\nlow_watermark_percent = 80\ngc_interval = \"100ms\"\natime_flush_interval = \"50ms\"\n";
     let w = Wharf::serve(WharfConfig::fake(&up.url(), dir.path()).tables(keys)).await;
-    let c = client();
     let blobs: Vec<(String, Vec<u8>)> = (0..10u64)
         .map(|i| {
             let b = bytes_of(300_000, i + 1);
@@ -44,12 +43,7 @@ async fn the_store_stays_under_budget_and_pinned_content_survives() {
     // Pin the first one, as prefetch would.
     let pinned = Digest::parse(&blobs[0].0).unwrap();
     for (d, b) in &blobs {
-        let got = c
-            .get(w.url(&format!("/v2/app/blobs/{d}")))
-            .sent()
-            .await
-            .body()
-            .await;
+        let got = get(w.url(&format!("/v2/app/blobs/{d}"))).await.body().await;
         assert_eq!(&got[..], &b[..]);
         if d == &blobs[0].0 {
             w.state
@@ -66,9 +60,7 @@ async fn the_store_stays_under_budget_and_pinned_content_survives() {
         }
         // Pulls keep coming while eviction runs: every body is verified.
         let (d0, b0) = &blobs[0];
-        let again = c
-            .get(w.url(&format!("/v2/app/blobs/{d0}")))
-            .sent()
+        let again = get(w.url(&format!("/v2/app/blobs/{d0}")))
             .await
             .body()
             .await;
@@ -97,15 +89,13 @@ async fn the_store_stays_under_budget_and_pinned_content_survives() {
     );
     // Evicted content is simply fetched again on the next pull.
     let (dl, bl) = &blobs[9];
-    let got = c
-        .get(w.url(&format!("/v2/app/blobs/{dl}")))
-        .sent()
+    let got = get(w.url(&format!("/v2/app/blobs/{dl}")))
         .await
         .body()
         .await;
     assert_eq!(&got[..], &bl[..]);
     wait_for_fills(&w).await;
-    let metrics = c.get(w.url("/metrics")).sent().await.body_text().await;
+    let metrics = get(w.url("/metrics")).await.body_text().await;
     assert!(
         metrics.contains("wharf_upstream_bytes_total{upstream=\"fake.test\"}"),
         "{metrics}"
@@ -119,8 +109,8 @@ async fn gc_dry_run_and_stats_answer_on_loopback() {
     let w = Wharf::start(&up.url(), dir.path(), "").await;
     let c = client();
     let (d, _) = up.put_image("app", "v1", &[bytes_of(50_000, 3)]);
-    c.get(w.url("/v2/app/manifests/v1")).sent().await;
-    c.get(w.url(&format!("/v2/app/manifests/{d}"))).sent().await;
+    get(w.url("/v2/app/manifests/v1")).await;
+    get(w.url(&format!("/v2/app/manifests/{d}"))).await;
     let r = c
         .post(w.url("/admin/gc?dry_run=true&target=0"))
         .header("x-wharf-admin-token", w.admin_secret())

@@ -39,7 +39,6 @@ fn publish(up: &GoFake) -> Vec<u8> {
 async fn every_endpoint_is_served_and_immutable_files_are_fetched_once() {
     let (up, w, _d) = setup("").await;
     let zip = publish(&up);
-    let c = client();
     let base = w.url("/go/example.com/!mod");
     for (path, ct) in [
         ("/@v/list", "text/plain; charset=utf-8"),
@@ -48,13 +47,13 @@ async fn every_endpoint_is_served_and_immutable_files_are_fetched_once() {
         ("/@v/v1.2.0.mod", "text/plain; charset=utf-8"),
         ("/@v/v1.2.0.zip", "application/zip"),
     ] {
-        let r = c.get(format!("{base}{path}")).sent().await;
+        let r = get(format!("{base}{path}")).await;
         assert_eq!(r.status(), 200, "{path}");
         assert_eq!(r.headers()["content-type"], ct, "{path}");
         assert_eq!(r.headers()["x-cache"], "MISS", "{path}");
         assert!(!read_body(r).await.is_empty(), "{path}");
     }
-    let r = c.get(format!("{base}/@v/v1.2.0.zip")).sent().await;
+    let r = get(format!("{base}/@v/v1.2.0.zip")).await;
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(read_body(r).await, zip);
     for kind in ["info", "mod", "zip"] {
@@ -70,15 +69,14 @@ async fn every_endpoint_is_served_and_immutable_files_are_fetched_once() {
 async fn lists_are_revalidated_after_their_ttl_and_served_stale_when_upstream_fails() {
     let (up, w, _d) = setup("list_ttl = \"0s\"").await;
     publish(&up);
-    let c = client();
     let url = w.url("/go/example.com/!mod/@v/list");
-    assert_eq!(c.get(&url).sent().await.body_text().await, "v1.2.0\n");
+    assert_eq!(get(&url).await.body_text().await, "v1.2.0\n");
     up.put("example.com/!mod/@v/list", "v1.2.0\nv1.3.0\n");
-    let r = c.get(&url).sent().await;
+    let r = get(&url).await;
     assert_eq!(r.headers()["x-cache"], "MISS");
     assert_eq!(read_text(r).await, "v1.2.0\nv1.3.0\n");
     up.fail_with(Some(503));
-    let r = c.get(&url).sent().await;
+    let r = get(&url).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "STALE");
     assert_eq!(read_text(r).await, "v1.2.0\nv1.3.0\n");
@@ -88,10 +86,9 @@ async fn lists_are_revalidated_after_their_ttl_and_served_stale_when_upstream_fa
 async fn fresh_lists_do_not_go_upstream() {
     let (up, w, _d) = setup("list_ttl = \"1h\"").await;
     publish(&up);
-    let c = client();
     let url = w.url("/go/example.com/!mod/@v/list");
-    c.get(&url).sent().await;
-    let r = c.get(&url).sent().await;
+    get(&url).await;
+    let r = get(&url).await;
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(up.count("@v/list"), 1);
 }
@@ -99,9 +96,8 @@ async fn fresh_lists_do_not_go_upstream() {
 #[tokio::test]
 async fn not_found_is_404_and_cached_and_upstream_failure_is_5xx() {
     let (up, w, _d) = setup("").await;
-    let c = client();
     for _ in 0..3 {
-        let r = c.get(w.url("/go/example.com/nope/@v/list")).sent().await;
+        let r = get(w.url("/go/example.com/nope/@v/list")).await;
         assert_eq!(r.status(), 404);
         assert!(
             r.headers()["content-type"]
@@ -116,16 +112,10 @@ async fn not_found_is_404_and_cached_and_upstream_failure_is_5xx() {
         "negative answers are cached"
     );
     *up.state.missing_status.lock().unwrap() = Some(410);
-    let r = c
-        .get(w.url("/go/example.com/gone/@v/v1.0.0.mod"))
-        .sent()
-        .await;
+    let r = get(w.url("/go/example.com/gone/@v/v1.0.0.mod")).await;
     assert_eq!(r.status(), 404, "410 upstream is 'not found' too");
     up.fail_with(Some(500));
-    let r = c
-        .get(w.url("/go/example.com/other/@v/v1.0.0.mod"))
-        .sent()
-        .await;
+    let r = get(w.url("/go/example.com/other/@v/v1.0.0.mod")).await;
     assert_eq!(
         r.status(),
         502,
@@ -146,19 +136,12 @@ async fn upstreams_are_tried_in_order_on_not_found_only() {
     let dir = tempfile::tempdir().unwrap();
     let config = WharfConfig::go_only(&first.url(), dir.path());
     let w = Wharf::serve(config.go_upstreams(&[&first.url(), &second.url()])).await;
-    let c = client();
-    let r = c
-        .get(w.url("/go/example.com/!mod/@v/v1.2.0.mod"))
-        .sent()
-        .await;
+    let r = get(w.url("/go/example.com/!mod/@v/v1.2.0.mod")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(first.count("v1.2.0.mod"), 1);
     assert_eq!(second.count("v1.2.0.mod"), 1);
     first.fail_with(Some(500));
-    let r = c
-        .get(w.url("/go/example.com/!mod/@v/v1.2.0.info"))
-        .sent()
-        .await;
+    let r = get(w.url("/go/example.com/!mod/@v/v1.2.0.info")).await;
     assert_eq!(
         r.status(),
         502,
@@ -211,36 +194,25 @@ async fn private_modules_come_from_their_source_and_never_reach_public_services(
         .sumdb("sum.golang.org", SUM_GOLANG_ORG_KEY, &public.url())
         .tables(&private);
     let w = Wharf::serve(config).await;
-    let c = client();
     for p in [
         "@v/list",
         "@v/v0.1.0.info",
         "@v/v0.1.0.mod",
         "@v/v0.1.0.zip",
     ] {
-        let r = c
-            .get(w.url(&format!("/go/corp.example.com/tool/{p}")))
-            .sent()
-            .await;
+        let r = get(w.url(&format!("/go/corp.example.com/tool/{p}"))).await;
         assert_eq!(r.status(), 200, "{p}");
     }
     assert_eq!(
-        c.get(w.url("/go/corp.example.com/tool/@v/v0.1.0.zip"))
-            .sent()
+        get(w.url("/go/corp.example.com/tool/@v/v0.1.0.zip"))
             .await
             .body()
             .await,
         zip
     );
-    let r = c
-        .get(w.url("/go/corp.example.com/missing/@v/list"))
-        .sent()
-        .await;
+    let r = get(w.url("/go/corp.example.com/missing/@v/list")).await;
     assert_eq!(r.status(), 404);
-    let r = c
-        .get(w.url("/go/sumdb/sum.golang.org/lookup/corp.example.com/tool@v0.1.0"))
-        .sent()
-        .await;
+    let r = get(w.url("/go/sumdb/sum.golang.org/lookup/corp.example.com/tool@v0.1.0")).await;
     assert_eq!(r.status(), 403);
     assert!(
         public.seen().is_empty(),
@@ -263,19 +235,12 @@ async fn sumdb_supported_lookup_and_tiles_are_proxied_and_cached() {
         .sumdb("sum.golang.org", SUM_GOLANG_ORG_KEY, &db.url())
         .go_keys("sumdb_ttl = \"0s\"\nverify = false");
     let w = Wharf::serve(config).await;
-    let c = client();
     assert_eq!(
-        c.get(w.url("/go/sumdb/sum.golang.org/supported"))
-            .sent()
-            .await
-            .status(),
+        status_of(w.url("/go/sumdb/sum.golang.org/supported")).await,
         200
     );
     assert_eq!(
-        c.get(w.url("/go/sumdb/other.example/supported"))
-            .sent()
-            .await
-            .status(),
+        status_of(w.url("/go/sumdb/other.example/supported")).await,
         404
     );
     for p in [
@@ -283,24 +248,15 @@ async fn sumdb_supported_lookup_and_tiles_are_proxied_and_cached() {
         "tile/8/0/000",
         "tile/8/0/001.p/5",
     ] {
-        let r = c
-            .get(w.url(&format!("/go/sumdb/sum.golang.org/{p}")))
-            .sent()
-            .await;
+        let r = get(w.url(&format!("/go/sumdb/sum.golang.org/{p}"))).await;
         assert_eq!(r.status(), 200, "{p}");
     }
     db.fail_with(Some(503));
     for p in ["lookup/example.com/m@v1.0.0", "tile/8/0/000"] {
-        let r = c
-            .get(w.url(&format!("/go/sumdb/sum.golang.org/{p}")))
-            .sent()
-            .await;
+        let r = get(w.url(&format!("/go/sumdb/sum.golang.org/{p}"))).await;
         assert_eq!(r.headers()["x-cache"], "HIT", "{p} is immutable");
     }
-    let r = c
-        .get(w.url("/go/sumdb/sum.golang.org/tile/8/0/001.p/5"))
-        .sent()
-        .await;
+    let r = get(w.url("/go/sumdb/sum.golang.org/tile/8/0/001.p/5")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "STALE");
     assert_eq!(db.count("tile/8/0/000"), 1);

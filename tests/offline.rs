@@ -38,18 +38,10 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
         "module example.com/m\n",
         zip.clone(),
     );
-    let c = client();
     // Warm the cache online.
     let w = Wharf::serve(config(&reg.url(), &go.url(), dir.path(), "", "")).await;
-    assert_eq!(
-        c.get(w.url("/v2/team/app/manifests/v1"))
-            .sent()
-            .await
-            .status(),
-        200
-    );
-    c.get(w.url(&format!("/v2/team/app/blobs/{bd}")))
-        .sent()
+    assert_eq!(status_of(w.url("/v2/team/app/manifests/v1")).await, 200);
+    get(w.url(&format!("/v2/team/app/blobs/{bd}")))
         .await
         .body()
         .await;
@@ -59,7 +51,7 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
         "@v/v1.0.0.mod",
         "@v/v1.0.0.zip",
     ] {
-        let r = c.get(w.url(&format!("/go/example.com/m/{p}"))).sent().await;
+        let r = get(w.url(&format!("/go/example.com/m/{p}"))).await;
         assert_eq!(r.status(), 200, "{p}");
         read_body(r).await;
     }
@@ -74,7 +66,7 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
         "",
     ))
     .await;
-    let r = c.get(w.url("/v2/team/app/manifests/v1")).sent().await;
+    let r = get(w.url("/v2/team/app/manifests/v1")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()["x-cache"],
@@ -83,13 +75,10 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
     );
     assert_eq!(r.headers()["docker-content-digest"], md.as_str());
     assert_eq!(read_body(r).await, body);
-    let r = c
-        .get(w.url(&format!("/v2/team/app/blobs/{bd}")))
-        .sent()
-        .await;
+    let r = get(w.url(&format!("/v2/team/app/blobs/{bd}"))).await;
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(read_body(r).await, layer);
-    let r = c.get(w.url("/go/example.com/m/@v/list")).sent().await;
+    let r = get(w.url("/go/example.com/m/@v/list")).await;
     assert_eq!(
         (
             r.status().as_u16(),
@@ -97,26 +86,20 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
         ),
         (200, "STALE")
     );
-    let r = c.get(w.url("/go/example.com/m/@v/v1.0.0.zip")).sent().await;
+    let r = get(w.url("/go/example.com/m/@v/v1.0.0.zip")).await;
     assert_eq!(read_body(r).await, zip);
     // Misses: clear 404s that say why.
-    let r = c.get(w.url("/v2/team/app/manifests/v2")).sent().await;
+    let r = get(w.url("/v2/team/app/manifests/v2")).await;
     assert_eq!(r.status(), 404);
     assert!(read_text(r).await.contains("offline cache"));
-    let r = c
-        .get(w.url(&format!("/v2/team/app/blobs/{}", sha256(b"other"))))
-        .sent()
-        .await;
+    let r = get(w.url(&format!("/v2/team/app/blobs/{}", sha256(b"other")))).await;
     assert_eq!(r.status(), 404);
     assert!(read_text(r).await.contains("offline cache"));
-    let r = c
-        .get(w.url("/go/example.com/other/@v/v1.0.0.mod"))
-        .sent()
-        .await;
+    let r = get(w.url("/go/example.com/other/@v/v1.0.0.mod")).await;
     assert_eq!(r.status(), 404);
     assert!(read_text(r).await.contains("offline cache"));
     assert_eq!(status_of(w.url("/go/example.com/other/@v/list")).await, 404);
-    let health: serde_json::Value = c.get(w.url("/healthz")).sent().await.json().await.unwrap();
+    let health: serde_json::Value = get(w.url("/healthz")).await.json().await.unwrap();
     assert_eq!(health["offline"], true);
     assert_eq!(
         conns(&reg),
@@ -138,16 +121,12 @@ async fn a_dead_upstream_is_marked_down_and_answered_from_cache_at_once() {
     let (md, _) = reg.put_image("app", "v1", &[bytes_of(10, 1)]);
     let egress = "failure_threshold = 3\nprobe_interval = \"1h\"";
     let w = Wharf::serve(config(&reg.url(), &go.url(), dir.path(), "", egress)).await;
-    let c = client();
-    assert_eq!(
-        c.get(w.url("/v2/app/manifests/v1")).sent().await.status(),
-        200
-    );
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
     // The upstream black-holes: every attempt costs a read timeout, until it is marked down.
     reg.state.hang.store(true, Ordering::SeqCst);
     let before = conns(&reg);
     for i in 0..20 {
-        let r = c.get(w.url("/v2/app/manifests/v1")).sent().await;
+        let r = get(w.url("/v2/app/manifests/v1")).await;
         assert_eq!(r.status(), 200, "request {i}");
         assert_eq!(r.headers()["x-cache"], "STALE");
         assert_eq!(r.headers()["docker-content-digest"], md.as_str());
@@ -160,7 +139,7 @@ async fn a_dead_upstream_is_marked_down_and_answered_from_cache_at_once() {
     let (health, up) = health_of(&w.url(""), "fake.test").await;
     assert_eq!(health["status"], "degraded");
     assert_eq!(up["up"], false);
-    let metrics = c.get(w.url("/metrics")).sent().await.body_text().await;
+    let metrics = get(w.url("/metrics")).await.body_text().await;
     assert!(
         metrics.contains("wharf_upstream_up{kind=\"registry\",upstream=\"fake.test\"} 0"),
         "{metrics}"
@@ -170,7 +149,7 @@ async fn a_dead_upstream_is_marked_down_and_answered_from_cache_at_once() {
         "{metrics}"
     );
     // An uncached tag while down: a quick 503 that says so, not a timeout.
-    let r = c.get(w.url("/v2/app/manifests/uncached")).sent().await;
+    let r = get(w.url("/v2/app/manifests/uncached")).await;
     assert_eq!(r.status(), 503);
     assert!(read_text(r).await.contains("down"));
 }
@@ -189,12 +168,8 @@ async fn a_down_upstream_comes_back_after_a_successful_probe() {
         egress,
     ))
     .await;
-    let c = client();
     reg.state.hang.store(true, Ordering::SeqCst);
-    assert_eq!(
-        c.get(w.url("/v2/app/manifests/v1")).sent().await.status(),
-        502
-    );
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 502);
     assert_eq!(
         status_of(w.url("/v2/app/manifests/v1")).await,
         503,
@@ -204,7 +179,7 @@ async fn a_down_upstream_comes_back_after_a_successful_probe() {
     let mut up = false;
     for _ in 0..50 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        if c.get(w.url("/v2/app/manifests/v1")).sent().await.status() == 200 {
+        if status_of(w.url("/v2/app/manifests/v1")).await == 200 {
             up = true;
             break;
         }

@@ -31,8 +31,7 @@ async fn base_endpoint_answers_with_the_api_version_header() {
 async fn manifest_by_tag_is_fetched_once_then_served_from_cache() {
     let (up, w, _d) = setup("tag_ttl = \"1h\"").await;
     let (digest, body) = up.put_image("team/app", "v1", &[bytes_of(1000, 1)]);
-    let c = client();
-    let r = c.get(w.url("/v2/team/app/manifests/v1")).sent().await;
+    let r = get(w.url("/v2/team/app/manifests/v1")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "MISS");
     assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
@@ -43,7 +42,7 @@ async fn manifest_by_tag_is_fetched_once_then_served_from_cache() {
     );
     assert_eq!(read_body(r).await, body);
     let before = up.total();
-    let r = c.get(w.url("/v2/team/app/manifests/v1")).sent().await;
+    let r = get(w.url("/v2/team/app/manifests/v1")).await;
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(read_body(r).await, body);
     assert_eq!(up.total(), before, "a fresh tag must not go upstream");
@@ -53,10 +52,9 @@ async fn manifest_by_tag_is_fetched_once_then_served_from_cache() {
 async fn expired_tag_is_revalidated_with_head_and_content_is_not_refetched() {
     let (up, w, _d) = setup("tag_ttl = \"0s\"").await;
     let (digest, _) = up.put_image("team/app", "v1", &[bytes_of(10, 1)]);
-    let c = client();
-    c.get(w.url("/v2/team/app/manifests/v1")).sent().await;
+    get(w.url("/v2/team/app/manifests/v1")).await;
     assert_eq!(up.count("GET", "/manifests/"), 1);
-    let r = c.get(w.url("/v2/team/app/manifests/v1")).sent().await;
+    let r = get(w.url("/v2/team/app/manifests/v1")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(
@@ -72,7 +70,7 @@ async fn expired_tag_is_revalidated_with_head_and_content_is_not_refetched() {
     // The tag moves upstream: the next lookup follows it.
     let (digest2, _) = up.put_image("team/app", "v1", &[bytes_of(10, 2)]);
     assert_ne!(digest, digest2);
-    let r = c.get(w.url("/v2/team/app/manifests/v1")).sent().await;
+    let r = get(w.url("/v2/team/app/manifests/v1")).await;
     assert_eq!(r.headers()["docker-content-digest"], digest2.as_str());
 }
 
@@ -111,7 +109,7 @@ async fn blobs_are_served_whole_and_by_range() {
     let d = up.put_blob(&data);
     let c = client();
     let url = w.url(&format!("/v2/app/blobs/{d}"));
-    let r = c.get(&url).sent().await;
+    let r = get(&url).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "MISS");
     assert_eq!(r.headers()["accept-ranges"], "bytes");
@@ -150,15 +148,11 @@ async fn range_on_a_cold_blob_is_served_from_the_fill() {
 #[tokio::test]
 async fn unknown_blob_and_manifest_are_404_with_spec_codes() {
     let (_up, w, _d) = setup("").await;
-    let c = client();
     let missing = sha256(b"nope");
-    let r = c
-        .get(w.url(&format!("/v2/app/blobs/{missing}")))
-        .sent()
-        .await;
+    let r = get(w.url(&format!("/v2/app/blobs/{missing}"))).await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
-    let r = c.get(w.url("/v2/app/manifests/nope")).sent().await;
+    let r = get(w.url("/v2/app/manifests/nope")).await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
 }
@@ -169,23 +163,22 @@ async fn tags_list_paginates_and_falls_back_to_the_cached_list() {
     for t in ["b", "a", "c"] {
         up.put_image("app", t, &[bytes_of(5, 1)]);
     }
-    let c = client();
-    let r = c.get(w.url("/v2/app/tags/list")).sent().await;
+    let r = get(w.url("/v2/app/tags/list")).await;
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["a", "b", "c"]));
-    let r = c.get(w.url("/v2/app/tags/list?n=2")).sent().await;
+    let r = get(w.url("/v2/app/tags/list?n=2")).await;
     let link = r.headers()["link"].to_str().unwrap().to_string();
     assert!(link.starts_with("</v2/app/tags/list?n=2&last=b>"), "{link}");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["a", "b"]));
     up.fail_with(Some(503));
-    let r = c.get(w.url("/v2/app/tags/list?n=1&last=a")).sent().await;
+    let r = get(w.url("/v2/app/tags/list?n=1&last=a")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "STALE");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["b"]));
-    let r = c.get(w.url("/v2/other/tags/list")).sent().await;
+    let r = get(w.url("/v2/other/tags/list")).await;
     assert_eq!(r.status(), 502);
     assert_eq!(error_code(r).await, "UNAVAILABLE");
 }
@@ -239,19 +232,15 @@ async fn refused_realm_does_not_disable_the_upstream() {
         Some(format!("http://localhost:{}/token", planted.addr.port()));
     up.put_image("app", "v1", &[bytes_of(10, 1)]);
     up.put_image("other", "v1", &[bytes_of(10, 2)]);
-    let c = client();
     let upstream_state = || async {
         let (health, up) = health_of(&w.url(""), "fake.test").await;
-        let metrics = c.get(w.url("/metrics")).sent().await.body_text().await;
+        let metrics = get(w.url("/metrics")).await.body_text().await;
         (health["status"].clone(), up, metrics)
     };
 
     // While the realm is refused, each request fails, but each is sent and challenged afresh.
     for (i, repo) in ["app", "other"].into_iter().enumerate() {
-        let r = c
-            .get(w.url(&format!("/v2/{repo}/manifests/v1")))
-            .sent()
-            .await;
+        let r = get(w.url(&format!("/v2/{repo}/manifests/v1"))).await;
         assert_eq!(r.status(), 502, "{repo}");
         let body = read_text(r).await;
         assert!(
@@ -292,10 +281,7 @@ async fn refused_realm_does_not_disable_the_upstream() {
     // The registry now names an allowed realm (its own /token): the next request works.
     *up.state.realm.lock().unwrap() = None;
     for repo in ["other", "app"] {
-        let r = c
-            .get(w.url(&format!("/v2/{repo}/manifests/v1")))
-            .sent()
-            .await;
+        let r = get(w.url(&format!("/v2/{repo}/manifests/v1"))).await;
         assert_eq!(r.status(), 200, "{repo}");
     }
     let (status, state, metrics) = upstream_state().await;
@@ -313,22 +299,21 @@ async fn refused_realm_does_not_disable_the_upstream() {
 async fn rate_limited_or_failing_upstream_serves_the_last_known_tag_as_stale() {
     let (up, w, _d) = setup("tag_ttl = \"0s\"").await;
     let (digest, body) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
-    let c = client();
-    c.get(w.url("/v2/app/manifests/v1")).sent().await;
+    get(w.url("/v2/app/manifests/v1")).await;
     for code in [429, 500, 503] {
         up.fail_with(Some(code));
-        let r = c.get(w.url("/v2/app/manifests/v1")).sent().await;
+        let r = get(w.url("/v2/app/manifests/v1")).await;
         assert_eq!(r.status(), 200, "upstream {code}");
         assert_eq!(r.headers()["x-cache"], "STALE");
         assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
         assert_eq!(read_body(r).await, body);
     }
     up.fail_with(Some(429));
-    let r = c.get(w.url("/v2/app/manifests/uncached")).sent().await;
+    let r = get(w.url("/v2/app/manifests/uncached")).await;
     assert_eq!(r.status(), 429);
     assert_eq!(error_code(r).await, "TOOMANYREQUESTS");
     up.fail_with(Some(500));
-    let r = c.get(w.url("/v2/app/manifests/uncached")).sent().await;
+    let r = get(w.url("/v2/app/manifests/uncached")).await;
     assert_eq!(r.status(), 502);
     let text = read_text(r).await;
     assert!(
@@ -344,14 +329,10 @@ async fn unreachable_upstream_serves_stale_tags() {
     let (digest, _) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
     let url = up.url();
     let w = Wharf::start(&url, dir.path(), "tag_ttl = \"0s\"").await;
-    let c = client();
-    assert_eq!(
-        c.get(w.url("/v2/app/manifests/v1")).sent().await.status(),
-        200
-    );
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
     drop(up);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let r = c.get(w.url("/v2/app/manifests/v1")).sent().await;
+    let r = get(w.url("/v2/app/manifests/v1")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "STALE");
     assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
@@ -427,10 +408,9 @@ async fn blob_with_wrong_digest_is_never_cached() {
     let data = bytes_of(2_000_000, 5);
     let d = up.put_blob(&data);
     up.set_blob_mode(BlobMode::Corrupt);
-    let c = client();
     let url = w.url(&format!("/v2/app/blobs/{d}"));
     for _ in 0..2 {
-        let r = c.get(&url).sent().await;
+        let r = get(&url).await;
         // Headers usually go out before the digest is known; then the body must be aborted.
         // A fill that fails before its first byte is served is a plain 502.
         match r.status().as_u16() {
@@ -452,9 +432,9 @@ async fn blob_with_wrong_digest_is_never_cached() {
     assert!(files_under(&dir.path().join("tmp")).is_empty());
     // Upstream heals: the right bytes arrive and are cached.
     up.set_blob_mode(BlobMode::Normal);
-    let r = c.get(&url).sent().await;
+    let r = get(&url).await;
     assert_eq!(read_body(r).await, data);
-    assert_eq!(c.get(&url).sent().await.headers()["x-cache"], "HIT");
+    assert_eq!(get(&url).await.headers()["x-cache"], "HIT");
 }
 
 #[tokio::test]
@@ -548,7 +528,6 @@ async fn push_and_delete_are_unsupported() {
 async fn hostile_paths_get_4xx_and_no_upstream_request_or_file() {
     let (up, w, dir) = setup("").await;
     let before = files_under(dir.path()).len();
-    let c = client();
     let long = "a".repeat(300);
     let cases = [
         ("/v2/../etc/passwd/manifests/latest", 400),
@@ -571,7 +550,7 @@ async fn hostile_paths_get_4xx_and_no_upstream_request_or_file() {
     }
     assert_eq!(up.total(), 0, "no upstream request for invalid input");
     assert_eq!(files_under(dir.path()).len(), before, "no file created");
-    assert_eq!(c.get(w.url("/v2/")).sent().await.status(), 200);
+    assert_eq!(status_of(w.url("/v2/")).await, 200);
 }
 
 #[tokio::test]
@@ -586,30 +565,20 @@ async fn upstream_is_chosen_by_ns_then_name_prefix_then_default() {
         .upstream("hub.test", &other.url())
         .upstream_keys("library_prefix = true");
     let w = Wharf::serve(config).await;
-    let c = client();
     // containerd: ?ns=, single-component names get library/ on a library_prefix upstream.
-    let r = c
-        .get(w.url("/v2/alpine/manifests/3?ns=hub.test"))
-        .sent()
-        .await;
+    let r = get(w.url("/v2/alpine/manifests/3?ns=hub.test")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["oci-namespace"], "hub.test");
     assert_eq!(r.headers()["docker-content-digest"], od.as_str());
     // podman/skopeo mirror: host as the first name component.
-    let r = c
-        .get(w.url("/v2/hub.test/library/alpine/manifests/3"))
-        .sent()
-        .await;
+    let r = get(w.url("/v2/hub.test/library/alpine/manifests/3")).await;
     assert_eq!(r.status(), 200);
     // Docker registry-mirrors: bare name, default upstream.
     assert_eq!(status_of(w.url("/v2/team/app/manifests/v1")).await, 200);
     assert_eq!(other.count("GET", "/v2/team/app"), 0);
     // Unknown namespace: clear 404, nothing sent anywhere.
     let (a, b) = (up.total(), other.total());
-    let r = c
-        .get(w.url("/v2/team/app/manifests/v1?ns=evil.example"))
-        .sent()
-        .await;
+    let r = get(w.url("/v2/team/app/manifests/v1?ns=evil.example")).await;
     assert_eq!(r.status(), 404);
     let text = read_text(r).await;
     assert!(
@@ -666,27 +635,22 @@ async fn the_cache_survives_a_restart() {
     let bd = up.put_blob(&data);
     let (md, body) = up.put_image("app", "v1", std::slice::from_ref(&data));
     let w = Wharf::start(&up.url(), dir.path(), "").await;
-    let c = client();
-    c.get(w.url("/v2/app/manifests/v1")).sent().await;
-    c.get(w.url(&format!("/v2/app/blobs/{bd}")))
-        .sent()
+    get(w.url("/v2/app/manifests/v1")).await;
+    get(w.url(&format!("/v2/app/blobs/{bd}")))
         .await
         .body()
         .await;
     w.stop().await;
     up.fail_with(Some(503));
     let w = Wharf::start(&up.url(), dir.path(), "").await;
-    let r = c
-        .get(w.url(&format!("/v2/app/manifests/{md}")))
-        .sent()
-        .await;
+    let r = get(w.url(&format!("/v2/app/manifests/{md}"))).await;
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(read_body(r).await, body);
     assert_eq!(
         status_of(w.url("/v2/app/manifests/v1")).await,
         StatusCode::OK
     );
-    let r = c.get(w.url(&format!("/v2/app/blobs/{bd}"))).sent().await;
+    let r = get(w.url(&format!("/v2/app/blobs/{bd}"))).await;
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(read_body(r).await, data);
 }
@@ -727,10 +691,9 @@ async fn a_fill_in_flight_for_one_repository_is_not_joined_by_another_unconfirme
     up.set_blob_mode(BlobMode::Slow(Duration::from_millis(50)));
     let w = with_credentials(&up, dir.path()).await;
     up.state.hidden_repos.lock().unwrap().push("team/b".into());
-    let c = client();
-    let a = c.get(w.url(&format!("/v2/team/a/blobs/{d}"))).sent().await;
+    let a = get(w.url(&format!("/v2/team/a/blobs/{d}"))).await;
     assert_eq!(a.status(), 200);
-    let b = c.get(w.url(&format!("/v2/team/b/blobs/{d}"))).sent().await;
+    let b = get(w.url(&format!("/v2/team/b/blobs/{d}"))).await;
     assert_eq!(b.status(), 404, "joined another repository's fill");
     assert_eq!(up.count("HEAD", "/v2/team/b/blobs/"), 1);
     assert_eq!(read_body(a).await, data);

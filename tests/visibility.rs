@@ -105,10 +105,7 @@ async fn private_content_is_not_served_through_another_upstream_or_repository() 
     assert!(public.count("HEAD", &layer) >= 2, "{:?}", public.seen());
     assert_eq!(private.count("HEAD", "/v2/team/secret/blobs/"), 0);
     // The protected upstream's other repositories stay behind the rule.
-    let r = c
-        .get(w.url(&format!("/v2/private.test/other/repo/blobs/{layer}")))
-        .sent()
-        .await;
+    let r = get(w.url(&format!("/v2/private.test/other/repo/blobs/{layer}"))).await;
     assert_eq!(r.status(), 401);
 }
 
@@ -151,7 +148,6 @@ async fn a_pulled_image_serves_shared_blobs_after_one_confirmation_and_offline_a
     let ld = sha256(&layer);
     up.put_image("team/app", "v1", std::slice::from_ref(&layer));
     let w = Wharf::start(&up.url(), dir.path(), "").await;
-    let c = client();
     assert_eq!(status_of(w.url("/v2/team/app/manifests/v1")).await, 200);
     // Cache the layer through another repository of the same upstream first.
     up.state
@@ -159,17 +155,13 @@ async fn a_pulled_image_serves_shared_blobs_after_one_confirmation_and_offline_a
         .lock()
         .unwrap()
         .insert(ld.clone(), layer.clone());
-    c.get(w.url(&format!("/v2/team/other/blobs/{ld}")))
-        .sent()
+    get(w.url(&format!("/v2/team/other/blobs/{ld}")))
         .await
         .body()
         .await;
     // team/app's manifest lists it: a listing is not proof (foreign layers), so the upstream
     // confirms once, and the cached bytes are served.
-    let r = c
-        .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
-        .sent()
-        .await;
+    let r = get(w.url(&format!("/v2/team/app/blobs/{ld}"))).await;
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(
         up.count("HEAD", "/v2/team/app/blobs/"),
@@ -180,16 +172,10 @@ async fn a_pulled_image_serves_shared_blobs_after_one_confirmation_and_offline_a
     assert_eq!(up.count("GET", "/blobs/"), 1, "bytes fetched once");
     w.stop().await;
     let w = Wharf::serve(WharfConfig::fake(&up.url(), dir.path()).offline(true)).await;
-    let r = c
-        .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
-        .sent()
-        .await;
+    let r = get(w.url(&format!("/v2/team/app/blobs/{ld}"))).await;
     assert_eq!(r.status(), 200);
     assert_eq!(read_body(r).await, layer);
-    let r = c
-        .get(w.url(&format!("/v2/team/never/blobs/{ld}")))
-        .sent()
-        .await;
+    let r = get(w.url(&format!("/v2/team/never/blobs/{ld}"))).await;
     assert_eq!(
         r.status(),
         404,
@@ -205,17 +191,9 @@ async fn blob_fill_stops_at_the_size_its_manifest_declares() {
     let ld = sha256(&layer);
     up.put_image("team/app", "v1", &[layer]);
     let w = Wharf::start(&up.url(), dir.path(), "").await;
-    let c = client();
-    c.get(w.url("/v2/team/app/manifests/v1"))
-        .sent()
-        .await
-        .body()
-        .await;
+    get(w.url("/v2/team/app/manifests/v1")).await.body().await;
     up.set_blob_mode(BlobMode::Endless);
-    let r = c
-        .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
-        .sent()
-        .await;
+    let r = get(w.url(&format!("/v2/team/app/blobs/{ld}"))).await;
     assert!(
         read_at_most(r, 200_000).await <= 100_000,
         "more than the declared size reached the client"
@@ -292,7 +270,6 @@ async fn a_manifest_listing_a_private_digest_does_not_open_it() {
     );
     let dir = tempfile::tempdir().unwrap();
     let w = Wharf::serve(two_upstreams(&private, &public, dir.path())).await;
-    let c = client();
     // An authorised client pulls the private image: it is cached.
     pull_as_user(
         &w,
@@ -303,7 +280,7 @@ async fn a_manifest_listing_a_private_digest_does_not_open_it() {
     )
     .await;
     for tag in ["/v2/evil/e/manifests/latest", "/v2/evil/i/manifests/latest"] {
-        assert_eq!(c.get(w.url(tag)).sent().await.status(), 200, "{tag}");
+        assert_eq!(status_of(w.url(tag)).await, 200, "{tag}");
     }
     for path in [
         format!("/v2/evil/e/blobs/{layer}"),
@@ -331,13 +308,9 @@ async fn a_declared_size_cannot_lift_max_blob_size() {
         "application/vnd.oci.image.manifest.v1+json",
     );
     let w = Wharf::start(&up.url(), dir.path(), "max_blob_size = \"1MiB\"").await;
-    let c = client();
-    c.get(w.url("/v2/team/app/manifests/v1")).sent().await;
+    get(w.url("/v2/team/app/manifests/v1")).await;
     up.set_blob_mode(BlobMode::Endless);
-    let r = c
-        .get(w.url(&format!("/v2/team/app/blobs/{d}")))
-        .sent()
-        .await;
+    let r = get(w.url(&format!("/v2/team/app/blobs/{d}"))).await;
     assert!(read_at_most(r, 2 << 20).await <= 1 << 20);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let sent = up.state.endless_sent.load(Ordering::SeqCst);
@@ -354,14 +327,7 @@ async fn a_tag_naming_a_digest_cached_elsewhere_must_hand_over_the_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let (m, body) = up.put_image("team/a", "v1", &[bytes_of(1_000, 38)]);
     let w = Wharf::start(&up.url(), dir.path(), "").await;
-    let c = client();
-    assert_eq!(
-        c.get(w.url("/v2/team/a/manifests/v1"))
-            .sent()
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(status_of(w.url("/v2/team/a/manifests/v1")).await, 200);
     // team/b's tag names that digest in its HEAD answer, but team/b cannot serve the bytes.
     up.put_manifest(
         "team/b",
@@ -398,13 +364,9 @@ async fn another_repositorys_manifest_cannot_lower_a_blobs_size_limit() {
         "application/vnd.oci.image.manifest.v1+json",
     );
     let w = Wharf::start(&up.url(), dir.path(), "").await;
-    let c = client();
-    c.get(w.url("/v2/evil/x/manifests/latest")).sent().await;
+    get(w.url("/v2/evil/x/manifests/latest")).await;
     // A client that knows team/app's layer (from its own manifest) pulls it.
-    let r = c
-        .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
-        .sent()
-        .await;
+    let r = get(w.url(&format!("/v2/team/app/blobs/{ld}"))).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         read_body(r).await,

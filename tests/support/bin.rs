@@ -63,3 +63,15 @@ pub fn ok(o: Output) -> Output {
     assert!(o.status.success(), "{}", describe(&o));
     o
 }
+
+/// Asserts that the command's stdout contains `needle`, showing everything when it does not.
+#[track_caller]
+pub fn expect_stdout(o: &Output, needle: &str) {
+    assert!(stdout(o).contains(needle), "{}", describe(o));
+}
+
+/// Asserts that the command's stderr contains `needle`, showing everything when it does not.
+#[track_caller]
+pub fn expect_stderr(o: &Output, needle: &str) {
+    assert!(stderr(o).contains(needle), "{}", describe(o));
+}

@@ -20,7 +20,10 @@ pub mod origin;
 pub mod tlsgen;
 mod wharf;
 
-pub use bin::{describe, ok, run_wharf, stderr, stdout, wharf_command, wharf_command_async};
+pub use bin::{
+    describe, expect_stderr, expect_stdout, ok, run_wharf, stderr, stdout, wharf_command,
+    wharf_command_async,
+};
 pub use config::{WharfConfig, quote};
 pub use fake::*;
 pub use gofake::*;
