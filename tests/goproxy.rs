@@ -194,12 +194,7 @@ async fn private_modules_come_from_their_source_and_never_reach_public_services(
         .sumdb("sum.golang.org", SUM_GOLANG_ORG_KEY, &public.url())
         .tables(&private);
     let w = Wharf::serve(config).await;
-    for p in [
-        "@v/list",
-        "@v/v0.1.0.info",
-        "@v/v0.1.0.mod",
-        "@v/v0.1.0.zip",
-    ] {
+    for p in version_files("v0.1.0") {
         let r = get(w.url(&format!("/go/corp.example.com/tool/{p}"))).await;
         assert_eq!(r.status(), 200, "{p}");
     }

@@ -45,12 +45,7 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
         .await
         .body()
         .await;
-    for p in [
-        "@v/list",
-        "@v/v1.0.0.info",
-        "@v/v1.0.0.mod",
-        "@v/v1.0.0.zip",
-    ] {
+    for p in version_files("v1.0.0") {
         let r = get(w.url(&format!("/go/example.com/m/{p}"))).await;
         assert_eq!(r.status(), 200, "{p}");
         read_body(r).await;

@@ -99,6 +99,16 @@ async fn handler(State(st): State<Arc<GoFakeState>>, req: Request) -> Response {
     }
 }
 
+/// The four GOPROXY paths of one published version, below the module: list, info, mod, zip.
+pub fn version_files(version: &str) -> [String; 4] {
+    [
+        "@v/list".to_owned(),
+        format!("@v/{version}.info"),
+        format!("@v/{version}.mod"),
+        format!("@v/{version}.zip"),
+    ]
+}
+
 /// A module zip with the given files under `module@version/`.
 pub fn module_zip(module: &str, version: &str, files: &[(&str, &str)]) -> Vec<u8> {
     use std::io::Write;

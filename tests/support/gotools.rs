@@ -215,6 +215,15 @@ pub struct Published {
     pub tampered: bool,
 }
 
+impl Published {
+    /// Asserts that a download reported this version's recorded `h1:` sums.
+    #[track_caller]
+    pub fn assert_sums(&self, zip: Option<&str>, go_mod: Option<&str>, what: &str) {
+        assert_eq!(zip, Some(self.zip.as_str()), "{what} zip h1");
+        assert_eq!(go_mod, Some(self.go_mod.as_str()), "{what} go.mod h1");
+    }
+}
+
 #[derive(Deserialize)]
 struct Ready {
     addr: String,
