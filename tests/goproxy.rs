@@ -48,7 +48,7 @@ async fn every_endpoint_is_served_and_immutable_files_are_fetched_once() {
         ("/@v/v1.2.0.zip", "application/zip"),
     ] {
         let r = get(format!("{base}{path}")).await;
-        assert_eq!(r.status(), 200, "{path}");
+        expect_status(&r, 200, "{path}");
         assert_eq!(r.headers()["content-type"], ct, "{path}");
         assert_eq!(r.headers()["x-cache"], "MISS", "{path}");
         assert!(!read_body(r).await.is_empty(), "{path}");
@@ -113,14 +113,10 @@ async fn not_found_is_404_and_cached_and_upstream_failure_is_5xx() {
     );
     *up.state.missing_status.lock().unwrap() = Some(410);
     let r = get(w.url("/go/example.com/gone/@v/v1.0.0.mod")).await;
-    assert_eq!(r.status(), 404, "410 upstream is 'not found' too");
+    expect_status(&r, 404, "410 upstream is 'not found' too");
     up.fail_with(Some(500));
     let r = get(w.url("/go/example.com/other/@v/v1.0.0.mod")).await;
-    assert_eq!(
-        r.status(),
-        502,
-        "a broken upstream must not look like 'not found'"
-    );
+    expect_status(&r, 502, "a broken upstream must not look like 'not found'");
     let text = read_text(r).await;
     assert!(
         text.lines().count() <= 8 && text.contains("example.com/other"),
@@ -142,10 +138,10 @@ async fn upstreams_are_tried_in_order_on_not_found_only() {
     assert_eq!(second.count("v1.2.0.mod"), 1);
     first.fail_with(Some(500));
     let r = get(w.url("/go/example.com/!mod/@v/v1.2.0.info")).await;
-    assert_eq!(
-        r.status(),
+    expect_status(
+        &r,
         502,
-        "an error on the first upstream is not a fall-through"
+        "an error on the first upstream is not a fall-through",
     );
     assert_eq!(second.count("v1.2.0.info"), 0);
 }
@@ -196,7 +192,7 @@ async fn private_modules_come_from_their_source_and_never_reach_public_services(
     let w = Wharf::serve(config).await;
     for p in version_files("v0.1.0") {
         let r = get(w.url(&format!("/go/corp.example.com/tool/{p}"))).await;
-        assert_eq!(r.status(), 200, "{p}");
+        expect_status(&r, 200, "{p}");
     }
     assert_eq!(
         get(w.url("/go/corp.example.com/tool/@v/v0.1.0.zip"))
@@ -244,7 +240,7 @@ async fn sumdb_supported_lookup_and_tiles_are_proxied_and_cached() {
         "tile/8/0/001.p/5",
     ] {
         let r = get(w.url(&format!("/go/sumdb/sum.golang.org/{p}"))).await;
-        assert_eq!(r.status(), 200, "{p}");
+        expect_status(&r, 200, "{p}");
     }
     db.fail_with(Some(503));
     for p in ["lookup/example.com/m@v1.0.0", "tile/8/0/000"] {

@@ -93,12 +93,6 @@ async fn wharf(args: &[&str]) -> std::process::Output {
     ok(run_wharf(args).await)
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
-}
-
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct Downloaded {
@@ -151,10 +145,7 @@ async fn a_bundle_carries_images_and_modules_to_an_offline_wharf_with_identical_
     let Some(go) = gotools::find_go("interop_bundle") else {
         return;
     };
-    let work = tempfile::Builder::new()
-        .prefix("wharf-interop-bundle-")
-        .tempdir()
-        .unwrap();
+    let work = work_dir("wharf-interop-bundle-");
     let w = work.path().to_path_buf();
 
     // Upstreams: a registry holding an image and a two-platform index, a GOPROXY with sumdb.

@@ -174,10 +174,7 @@ impl Setup {
     /// `None` when the test is skipped (no go on PATH).
     async fn start(test: &str, tamper: &[&str]) -> Option<Setup> {
         let go = gotools::find_go(test)?;
-        let work = tempfile::Builder::new()
-            .prefix("wharf-interop-go-")
-            .tempdir()
-            .unwrap();
+        let work = work_dir("wharf-interop-go-");
         let helper = go.build_helper(&work.path().join("helper")).await;
         let src = work.path().join("modules");
         write_module_sources(&src);

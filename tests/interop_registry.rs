@@ -5,14 +5,14 @@
 //! on PATH the tests print why and pass, unless `WHARF_REQUIRE_INTEROP` is set (CI sets it).
 
 mod support;
+use support::*;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::oci::{
-    Compression, Descriptor, Image, ImageSpec, LayerSpec, Layout, LayoutReader, MultiArch,
-    sha256_digest,
+    Descriptor, Image, ImageSpec, Layout, LayoutReader, MultiArch, gzip_layer, sha256_digest,
 };
 use support::origin::{Origin, Skopeo, http_status, require_tools};
 use support::{MANIFEST_ACCEPT, Wharf, WharfConfig};
@@ -24,13 +24,6 @@ const UPSTREAM: &str = "origin.test";
 const APP_REPO: &str = "test/app";
 const MULTI_REPO: &str = "test/multi";
 const TAG: &str = "v1";
-
-fn gzip_layer(size: usize) -> LayerSpec {
-    LayerSpec {
-        size,
-        compression: Compression::Gzip,
-    }
-}
 
 /// An origin holding a three-layer image (`test/app:v1`, one layer of several MiB) and a
 /// two-platform index (`test/multi:v1`), and skopeo set up to talk to it.
@@ -49,10 +42,7 @@ impl Origined {
         let fixture = blocking(move || {
             let origin = Origin::start(&tools[1]);
             let skopeo = Skopeo::new(&tools[0]);
-            let work = tempfile::Builder::new()
-                .prefix("wharf-interop-")
-                .tempdir()
-                .expect("create work dir");
+            let work = work_dir("wharf-interop-");
 
             let mut layout = Layout::create(&work.path().join("generated"));
             let image = layout.add_image(&ImageSpec::linux(
@@ -101,13 +91,6 @@ impl Origined {
     fn out(&self, name: &str) -> PathBuf {
         self.work.path().join(name)
     }
-}
-
-/// Runs `f` on the blocking pool: skopeo and process management block.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
 }
 
 /// `docker://<wharf>/origin.test/<repo><reference>` as podman/skopeo mirrors spell it.

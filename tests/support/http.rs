@@ -61,10 +61,10 @@ pub fn header<'a>(r: &'a Response, name: &str) -> &'a str {
         .unwrap()
 }
 
-/// Asserts the answer's status, showing its headers when it differs.
+/// Asserts the answer's status, saying `why` when it differs.
 #[track_caller]
-pub fn expect_status(r: &Response, status: u16) {
-    assert_eq!(r.status(), status, "{:?}", r.headers());
+pub fn expect_status(r: &Response, status: u16, why: &str) {
+    assert_eq!(r.status(), status, "{why}");
 }
 
 /// Asserts that header `name` is `value`.

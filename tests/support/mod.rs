@@ -35,6 +35,22 @@ pub use wharf::{MANIFEST_ACCEPT, Wharf};
 
 use std::path::{Path, PathBuf};
 
+/// A fresh temporary directory whose name starts with `prefix` (for finding it after a failure).
+pub fn work_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create work dir")
+}
+
+/// Runs `f` on the blocking pool (skopeo, go and process management block), re-raising its
+/// panic.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+}
+
 /// Files under `dir` (recursively), for "nothing was written" checks.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
