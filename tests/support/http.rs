@@ -22,8 +22,8 @@ pub trait Sent {
 }
 
 impl Sent for RequestBuilder {
-    fn sent(self) -> impl Future<Output = Response> + Send {
-        async move { self.send().await.expect("request to wharf") }
+    async fn sent(self) -> Response {
+        self.send().await.expect("request to wharf")
     }
 }
 
