@@ -2,13 +2,13 @@
 //! client address allowlist, basic auth and bearer tokens, per-prefix rules, the `server` limits
 //! (URL length, header size, slow headers), `wharf hash-password`, and TLS with certificate reload.
 //!
-//! wharf runs in-process on port 0 in front of a fake registry and a fake GOPROXY (tests/common);
+//! wharf runs in-process on port 0 in front of a fake registry and a fake GOPROXY (tests/support);
 //! certificates are generated per test (tests/support/tlsgen.rs). Refused requests must never
 //! reach an upstream, so several tests count what the fakes saw.
 
-mod common;
 mod support;
 use support::tlsgen;
+use support::*;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,8 +16,6 @@ use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::gofake::GoFake;
-use common::{FakeRegistry, Wharf, bytes_of, client, error_code, raw_get};
 use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 use tlsgen::{Ca, TlsFiles};
@@ -59,23 +57,9 @@ fn rule(protocol: &str, prefix: &str) -> String {
 /// Registry upstream `fake.test`, the fake GOPROXY, egress to loopback only, then `extra`
 /// (`[server]`, `[access]`, `[tls]` tables).
 fn mirror_toml(registry: &str, goproxy: &str, data_dir: &Path, extra: &str) -> String {
-    format!(
-        r#"data_dir = "{}"
-[registry]
-default_upstream = "fake.test"
-[[registry.upstream]]
-name = "fake.test"
-url = "{registry}"
-[go]
-upstreams = ["{goproxy}"]
-verify = false
-[egress]
-allow = ["127.0.0.1"]
-connect_timeout = "2s"
-read_timeout = "5s"
-{extra}"#,
-        data_dir.display()
-    )
+    WharfConfig::fakes(registry, goproxy, data_dir)
+        .tables(extra)
+        .toml()
 }
 
 /// wharf over plain HTTP with both fakes behind it; the fakes hold `team/app:v1` and
@@ -115,6 +99,11 @@ impl Mirror {
         client().get(self.w.url(path))
     }
 
+    /// The status of an anonymous `GET path`.
+    async fn status(&self, path: &str) -> u16 {
+        self.get(path).sent().await.status().as_u16()
+    }
+
     /// Requests and TCP connections the fake registry has seen.
     fn upstream_traffic(&self) -> (usize, usize) {
         (
@@ -139,7 +128,7 @@ fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
 async fn registry_without_credentials_is_challenged_in_the_registry_error_format() {
     let m = Mirror::start(&access("require_auth = true")).await;
     for path in ["/v2/", "/v2/team/app/manifests/v1"] {
-        let r = m.get(path).send().await.unwrap();
+        let r = m.get(path).sent().await;
         assert_eq!(r.status(), 401, "{path}");
         assert_eq!(header(&r, "www-authenticate"), CHALLENGE, "{path}");
         assert_eq!(
@@ -167,9 +156,8 @@ async fn registry_with_a_wrong_password_or_unknown_user_is_refused() {
         let r = m
             .get("/v2/team/app/manifests/v1")
             .basic_auth(user, Some(password))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(r.status(), 401, "{user}:{password}");
         assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
         assert_eq!(error_code(r).await, "UNAUTHORIZED");
@@ -177,9 +165,8 @@ async fn registry_with_a_wrong_password_or_unknown_user_is_refused() {
     let r = m
         .get("/v2/")
         .header("authorization", "Basic not-base64!")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 401, "malformed basic credentials");
     assert_eq!(
         m.upstream_traffic(),
@@ -191,12 +178,7 @@ async fn registry_with_a_wrong_password_or_unknown_user_is_refused() {
 #[tokio::test]
 async fn registry_with_the_right_password_serves_the_base_endpoint_and_a_pull() {
     let m = Mirror::start(&access("require_auth = true")).await;
-    let r = m
-        .get("/v2/")
-        .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+    let r = m.get("/v2/").basic_auth(USER, Some(PASSWORD)).sent().await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         header(&r, "docker-distribution-api-version"),
@@ -206,26 +188,24 @@ async fn registry_with_the_right_password_serves_the_base_endpoint_and_a_pull() 
     let r = m
         .get("/v2/team/app/manifests/v1")
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         header(&r, "docker-content-digest"),
         m.manifest_digest.as_str()
     );
-    assert_eq!(r.bytes().await.unwrap(), m.manifest);
+    assert_eq!(read_body(r).await, m.manifest);
 
     let manifest: serde_json::Value = serde_json::from_slice(&m.manifest).unwrap();
     let layer = manifest["layers"][0]["digest"].as_str().unwrap();
     let r = m
         .get(&format!("/v2/team/app/blobs/{layer}"))
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(common::sha256(&r.bytes().await.unwrap()), layer);
+    assert_eq!(support::sha256(&read_body(r).await), layer);
 }
 
 #[tokio::test]
@@ -234,16 +214,14 @@ async fn upstream_never_sees_the_clients_credentials() {
     let r = m
         .get("/v2/team/app/manifests/v1")
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     let r = m
         .get("/go/golang.org/x/text/@v/list")
         .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     let seen = m.up.seen();
     assert!(!seen.is_empty(), "the pull went upstream");
@@ -259,16 +237,14 @@ async fn upstream_never_sees_the_clients_credentials() {
 #[tokio::test]
 async fn a_valid_bearer_token_is_accepted_and_an_invalid_one_refused() {
     let m = Mirror::start(&access("require_auth = true")).await;
-    let r = m.get("/v2/").bearer_auth(TOKEN).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(m.get("/v2/").bearer_auth(TOKEN).sent().await.status(), 200);
 
     for bad in ["nope", &TOKEN[..TOKEN.len() - 1], &format!("{TOKEN}x")] {
         let r = m
             .get("/v2/team/app/manifests/v1")
             .bearer_auth(bad)
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(r.status(), 401, "token {bad:?}");
         assert_eq!(error_code(r).await, "UNAUTHORIZED");
     }
@@ -281,24 +257,25 @@ async fn a_valid_bearer_token_is_accepted_and_an_invalid_one_refused() {
     let r = m
         .get("/v2/team/app/manifests/v1")
         .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap(), m.manifest);
+    assert_eq!(read_body(r).await, m.manifest);
 }
 
 #[tokio::test]
 async fn wrong_credentials_are_refused_even_where_none_are_required() {
     let m = Mirror::start(&access("")).await;
-    let r = m.get("/v2/team/app/manifests/v1").send().await.unwrap();
-    assert_eq!(r.status(), 200, "no credentials, none required");
+    assert_eq!(
+        m.status("/v2/team/app/manifests/v1").await,
+        200,
+        "no credentials, none required"
+    );
     let r = m
         .get("/v2/team/app/manifests/v1")
         .basic_auth(USER, Some("wrong"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
 }
@@ -306,7 +283,7 @@ async fn wrong_credentials_are_refused_even_where_none_are_required() {
 #[tokio::test]
 async fn challenge_names_the_configured_realm() {
     let m = Mirror::start(&access("require_auth = true\nrealm = \"corp mirror\"")).await;
-    let r = m.get("/v2/").send().await.unwrap();
+    let r = m.get("/v2/").sent().await;
     assert_eq!(r.status(), 401);
     assert_eq!(
         header(&r, "www-authenticate"),
@@ -317,7 +294,7 @@ async fn challenge_names_the_configured_realm() {
 #[tokio::test]
 async fn healthz_stays_open_when_auth_is_required() {
     let m = Mirror::start(&access("require_auth = true")).await;
-    let r = m.get("/healthz").send().await.unwrap();
+    let r = m.get("/healthz").sent().await;
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("www-authenticate").is_none());
 }
@@ -328,7 +305,7 @@ async fn healthz_stays_open_when_auth_is_required() {
 #[tokio::test]
 async fn client_outside_allow_clients_gets_403_denied_even_with_credentials() {
     let m = Mirror::start(&access("allow_clients = [\"10.0.0.0/8\"]")).await;
-    let r = m.get("/v2/").send().await.unwrap();
+    let r = m.get("/v2/").sent().await;
     assert_eq!(r.status(), 403);
     assert!(
         r.headers().get("www-authenticate").is_none(),
@@ -344,15 +321,14 @@ async fn client_outside_allow_clients_gets_403_denied_even_with_credentials() {
     let r = m
         .get("/v2/team/app/manifests/v1")
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 403, "an address check is not lifted by a login");
 
-    let r = m.get("/go/golang.org/x/text/@v/list").send().await.unwrap();
+    let r = m.get("/go/golang.org/x/text/@v/list").sent().await;
     assert_eq!(r.status(), 403);
     assert!(header(&r, "content-type").starts_with("text/plain"));
-    assert!(!r.text().await.unwrap().trim().is_empty());
+    assert!(!read_text(r).await.trim().is_empty());
 
     assert_eq!(
         m.upstream_traffic(),
@@ -365,10 +341,8 @@ async fn client_outside_allow_clients_gets_403_denied_even_with_credentials() {
 #[tokio::test]
 async fn client_inside_allow_clients_is_served() {
     let m = Mirror::start(&access("allow_clients = [\"10.0.0.0/8\", \"127.0.0.0/8\"]")).await;
-    let r = m.get("/v2/team/app/manifests/v1").send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let r = m.get("/go/golang.org/x/text/@v/list").send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(m.status("/v2/team/app/manifests/v1").await, 200);
+    assert_eq!(m.status("/go/golang.org/x/text/@v/list").await, 200);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -376,17 +350,8 @@ async fn client_inside_allow_clients_is_served() {
 
 #[tokio::test]
 async fn go_rule_challenges_its_prefix_in_plain_text_and_leaves_the_rest_open() {
-    let m = Mirror::start(&format!(
-        "{}{}",
-        access(""),
-        rule("go", "corp.example.com/")
-    ))
-    .await;
-    let r = m
-        .get("/go/corp.example.com/tool/@v/list")
-        .send()
-        .await
-        .unwrap();
+    let m = Mirror::start(&(access("") + &rule("go", "corp.example.com/"))).await;
+    let r = m.get("/go/corp.example.com/tool/@v/list").sent().await;
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
     assert!(
@@ -394,7 +359,7 @@ async fn go_rule_challenges_its_prefix_in_plain_text_and_leaves_the_rest_open() 
         "Go errors are plain text: {:?}",
         r.headers()
     );
-    let body = r.text().await.unwrap();
+    let body = read_text(r).await;
     assert!(
         !body.trim().is_empty() && !body.trim_start().starts_with('{'),
         "{body:?}"
@@ -408,48 +373,53 @@ async fn go_rule_challenges_its_prefix_in_plain_text_and_leaves_the_rest_open() 
     let r = m
         .get("/go/corp.example.com/tool/@v/list")
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "v1.0.0\n");
+    assert_eq!(read_text(r).await, "v1.0.0\n");
 
-    let r = m.get("/go/golang.org/x/text/@v/list").send().await.unwrap();
+    let r = m.get("/go/golang.org/x/text/@v/list").sent().await;
     assert_ne!(r.status(), 401, "golang.org is outside the rule");
     assert_eq!(r.status(), 200);
 
-    let r = m.get("/v2/").send().await.unwrap();
-    assert_eq!(r.status(), 200, "a go rule does not guard the registry");
+    assert_eq!(
+        m.status("/v2/").await,
+        200,
+        "a go rule does not guard the registry"
+    );
 }
 
 #[tokio::test]
 async fn registry_rule_makes_the_base_endpoint_challenge_so_docker_login_works() {
-    let m = Mirror::start(&format!("{}{}", access(""), rule("registry", "private/"))).await;
-    let r = m.get("/v2/").send().await.unwrap();
+    let m = Mirror::start(&(access("") + &rule("registry", "private/"))).await;
+    let r = m.get("/v2/").sent().await;
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
-    let r = m
-        .get("/v2/")
-        .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        m.get("/v2/")
+            .basic_auth(USER, Some(PASSWORD))
+            .sent()
+            .await
+            .status(),
+        200
+    );
 
-    let r = m.get("/v2/private/app/manifests/v1").send().await.unwrap();
+    let r = m.get("/v2/private/app/manifests/v1").sent().await;
     assert_eq!(r.status(), 401);
     assert_eq!(error_code(r).await, "UNAUTHORIZED");
     assert_eq!(m.up.count("GET", "private/"), 0);
     assert_eq!(m.up.count("HEAD", "private/"), 0);
 
-    let r = m.get("/v2/public/app/manifests/v1").send().await.unwrap();
-    assert_eq!(r.status(), 200, "public/ is outside the rule");
+    assert_eq!(
+        m.status("/v2/public/app/manifests/v1").await,
+        200,
+        "public/ is outside the rule"
+    );
     let r = m
         .get("/v2/private/app/manifests/v1")
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
 }
 
@@ -457,13 +427,12 @@ async fn registry_rule_makes_the_base_endpoint_challenge_so_docker_login_works()
 async fn empty_basic_credentials_count_as_anonymous_where_none_are_required() {
     // skopeo, podman and CRI-O answer the `/v2/` Basic challenge without a login by sending
     // `Basic Og==` (":") on every later request.
-    let m = Mirror::start(&format!("{}{}", access(""), rule("registry", "private/"))).await;
+    let m = Mirror::start(&(access("") + &rule("registry", "private/"))).await;
     let r = m
         .get("/v2/public/app/manifests/v1")
         .header("authorization", "Basic Og==")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(
         r.status(),
         200,
@@ -472,9 +441,8 @@ async fn empty_basic_credentials_count_as_anonymous_where_none_are_required() {
     let r = m
         .get("/v2/private/app/manifests/v1")
         .header("authorization", "Basic Og==")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(
         r.status(),
         401,
@@ -490,28 +458,17 @@ async fn the_longest_matching_rule_decides() {
         access("")
     ))
     .await;
-    let r = m
-        .get("/go/corp.example.com/tool/@v/list")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "the more specific open rule wins");
-    let r = m
-        .get("/go/corp.example.com/other/@v/list")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(
+        m.status("/go/corp.example.com/tool/@v/list").await,
+        200,
+        "the more specific open rule wins"
+    );
+    assert_eq!(m.status("/go/corp.example.com/other/@v/list").await, 401);
 }
 
 #[tokio::test]
 async fn percent_encoded_go_path_does_not_slip_past_a_rule() {
-    let m = Mirror::start(&format!(
-        "{}{}",
-        access(""),
-        rule("go", "corp.example.com/")
-    ))
-    .await;
+    let m = Mirror::start(&(access("") + &rule("go", "corp.example.com/"))).await;
     // The go command percent-encodes `!` and wharf decodes the path once, so these all name
     // corp.example.com/tool to the handler.
     for path in [
@@ -536,15 +493,10 @@ async fn percent_encoded_go_path_does_not_slip_past_a_rule() {
 
 #[tokio::test]
 async fn registry_rule_covers_the_upstream_qualified_spelling_of_a_repository() {
-    let m = Mirror::start(&format!("{}{}", access(""), rule("registry", "private/"))).await;
-    let r = m.get("/v2/private/app/manifests/v1").send().await.unwrap();
-    assert_eq!(r.status(), 401);
+    let m = Mirror::start(&(access("") + &rule("registry", "private/"))).await;
+    assert_eq!(m.status("/v2/private/app/manifests/v1").await, 401);
     // `fake.test` is the default upstream: this is the same repository.
-    let r = m
-        .get("/v2/fake.test/private/app/manifests/v1")
-        .send()
-        .await
-        .unwrap();
+    let r = m.get("/v2/fake.test/private/app/manifests/v1").sent().await;
     assert_ne!(
         r.status(),
         200,
@@ -555,23 +507,16 @@ async fn registry_rule_covers_the_upstream_qualified_spelling_of_a_repository() 
 
 #[tokio::test]
 async fn registry_rule_naming_the_upstream_covers_the_default_spelling() {
-    let m = Mirror::start(&format!(
-        "{}{}",
-        access(""),
-        rule("registry", "fake.test/private/")
-    ))
-    .await;
-    let r = m
-        .get("/v2/fake.test/private/app/manifests/v1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    let m = Mirror::start(&(access("") + &rule("registry", "fake.test/private/"))).await;
+    assert_eq!(
+        m.status("/v2/fake.test/private/app/manifests/v1").await,
+        401
+    );
     for path in [
         "/v2/private/app/manifests/v1",
         "/v2/private/app/manifests/v1?ns=fake.test",
     ] {
-        let r = m.get(path).send().await.unwrap();
+        let r = m.get(path).sent().await;
         assert_ne!(
             r.status(),
             200,
@@ -781,9 +726,8 @@ async fn a_small_max_header_size_is_enforced_or_refused_by_the_config() {
 
 fn hash_password_cli(stdin: &str) -> std::process::Output {
     use std::io::Write as _;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+    let mut child = wharf_command()
         .arg("hash-password")
-        .env_remove("WHARF_CONFIG")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -820,19 +764,20 @@ async fn hash_password_output_in_a_config_authenticates_that_password() {
     assert!(!hash.contains(password));
 
     let m = Mirror::start(&access_with_hash("require_auth = true", hash)).await;
-    let r = m
-        .get("/v2/")
-        .basic_auth(USER, Some(password))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "the hashed password logs in");
+    assert_eq!(
+        m.get("/v2/")
+            .basic_auth(USER, Some(password))
+            .sent()
+            .await
+            .status(),
+        200,
+        "the hashed password logs in"
+    );
     let r = m
         .get("/v2/")
         .basic_auth(USER, Some(format!("{password}\n")))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 401, "the newline was not part of the password");
 }
 
@@ -944,7 +889,7 @@ async fn tls_listener_serves_clients_that_trust_its_ca_over_http2() {
     let m = TlsMirror::start(&files, "").await;
     let c = trusting(&ca);
     for host in ["127.0.0.1", "localhost"] {
-        let r = c.get(m.url(host, "/v2/")).send().await.unwrap();
+        let r = c.get(m.url(host, "/v2/")).sent().await;
         assert_eq!(r.status(), 200, "{host}");
         assert_eq!(
             r.version(),
@@ -956,12 +901,11 @@ async fn tls_listener_serves_clients_that_trust_its_ca_over_http2() {
     let (digest, body) = m.up.put_image("team/app", "v1", &[bytes_of(70_000, 3)]);
     let r = c
         .get(m.url("127.0.0.1", "/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "docker-content-digest"), digest.as_str());
-    assert_eq!(r.bytes().await.unwrap(), body);
+    assert_eq!(read_body(r).await, body);
 
     let stranger = trusting(&Ca::new("some other CA"));
     let err = stranger
@@ -977,15 +921,14 @@ async fn basic_auth_is_checked_over_tls() {
     let (_d, files, ca, _cert) = tls_setup();
     let m = TlsMirror::start(&files, &access("require_auth = true")).await;
     let c = trusting(&ca);
-    let r = c.get(m.url("localhost", "/v2/")).send().await.unwrap();
+    let r = c.get(m.url("localhost", "/v2/")).sent().await;
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "www-authenticate"), CHALLENGE);
     let r = c
         .get(m.url("localhost", "/v2/"))
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
 }
 
@@ -1011,11 +954,7 @@ async fn plain_http_to_the_tls_port_gets_no_http_answer() {
         .expect_err("plain HTTP to the TLS port must fail");
     assert!(!err.is_status(), "{err:?}");
 
-    let r = trusting(&ca)
-        .get(m.url("127.0.0.1", "/v2/"))
-        .send()
-        .await
-        .unwrap();
+    let r = trusting(&ca).get(m.url("127.0.0.1", "/v2/")).sent().await;
     assert_eq!(r.status(), 200, "the TLS port still serves TLS clients");
 }
 
@@ -1024,11 +963,7 @@ async fn reloaded_certificate_is_served_to_new_connections() {
     let (_d, files, old_ca, old_cert) = tls_setup();
     let m = TlsMirror::start(&files, "").await;
     let old_client = trusting(&old_ca);
-    let r = old_client
-        .get(m.url("127.0.0.1", "/v2/"))
-        .send()
-        .await
-        .unwrap();
+    let r = old_client.get(m.url("127.0.0.1", "/v2/")).sent().await;
     assert_eq!(peer_certificate(&r), old_cert.cert_der);
 
     let new_ca = Ca::new("wharf test CA two");
@@ -1036,9 +971,8 @@ async fn reloaded_certificate_is_served_to_new_connections() {
     files.write(&new_cert);
     let r = trusting(&old_ca)
         .get(m.url("127.0.0.1", "/v2/"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(
         peer_certificate(&r),
         old_cert.cert_der,
@@ -1048,9 +982,8 @@ async fn reloaded_certificate_is_served_to_new_connections() {
     m.tls.reload().expect("reload the new certificate");
     let r = trusting(&new_ca)
         .get(m.url("localhost", "/v2/"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         peer_certificate(&r),
@@ -1084,11 +1017,7 @@ async fn failed_reload_keeps_serving_the_old_certificate() {
     std::fs::remove_file(&files.key).unwrap();
     assert!(m.tls.reload().is_err(), "a missing key file");
 
-    let r = trusting(&ca)
-        .get(m.url("127.0.0.1", "/v2/"))
-        .send()
-        .await
-        .unwrap();
+    let r = trusting(&ca).get(m.url("127.0.0.1", "/v2/")).sent().await;
     assert_eq!(r.status(), 200);
     assert_eq!(peer_certificate(&r), cert.cert_der);
 }
@@ -1106,11 +1035,7 @@ async fn tls_client_that_never_handshakes_is_disconnected_after_header_read_time
     ));
 
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = trusting(&ca)
-        .get(m.url("127.0.0.1", "/v2/"))
-        .send()
-        .await
-        .unwrap();
+    let r = trusting(&ca).get(m.url("127.0.0.1", "/v2/")).sent().await;
     assert_eq!(r.status(), 200, "others are served meanwhile");
 
     for (what, task) in [("idle", idle), ("half a ClientHello", half_hello)] {
@@ -1220,12 +1145,7 @@ async fn empty_bearer_token_is_refused_over_http2() {
     ];
     for (client, version) in &clients {
         for value in ["Bearer ", "Bearer  ", "Bearer \t", "bearer", "Bearer"] {
-            let r = client
-                .get(&url)
-                .header("authorization", value)
-                .send()
-                .await
-                .unwrap();
+            let r = client.get(&url).header("authorization", value).sent().await;
             assert_eq!(r.version(), *version);
             assert_eq!(r.status(), 401, "{value:?} over {version:?}");
             assert_eq!(error_code(r).await, "UNAUTHORIZED");
@@ -1237,7 +1157,7 @@ async fn empty_bearer_token_is_refused_over_http2() {
         "a refused request reached upstream"
     );
     for (client, version) in &clients {
-        let r = client.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+        let r = client.get(&url).bearer_auth(TOKEN).sent().await;
         assert_eq!(r.status(), 200, "the real token over {version:?}");
         assert_eq!(r.version(), *version);
     }
@@ -1260,9 +1180,8 @@ async fn blank_basic_password_is_refused() {
             let r = client
                 .get(&url)
                 .basic_auth(user, Some(password))
-                .send()
-                .await
-                .unwrap();
+                .sent()
+                .await;
             assert_eq!(
                 r.status(),
                 401,
@@ -1303,13 +1222,8 @@ async fn token_hash_of_the_empty_string_is_refused_at_load() {
 
 /// Sends `user:password` to `/v2/` and returns the status and body.
 async fn try_password(m: &Mirror, user: &str, password: &str) -> (u16, String) {
-    let r = m
-        .get("/v2/")
-        .basic_auth(user, Some(password))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    let r = m.get("/v2/").basic_auth(user, Some(password)).sent().await;
+    (r.status().as_u16(), read_text(r).await)
 }
 
 #[tokio::test]
@@ -1344,9 +1258,8 @@ async fn a_successful_password_is_verified_once() {
     let r = m
         .get("/v2/team/app/manifests/v1")
         .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     let checks = m.w.state.access.password_checks();
     assert_eq!((checks.hashed, checks.remembered), (1, 3));
@@ -1373,9 +1286,8 @@ async fn argon2_work_is_bounded() {
             client()
                 .get(url)
                 .basic_auth(user, Some(format!("wrong {i}")))
-                .send()
+                .sent()
                 .await
-                .unwrap()
                 .status()
                 .as_u16()
         }));
@@ -1390,8 +1302,8 @@ async fn argon2_work_is_bounded() {
         "{} argon2 runs at once, limit {limit}",
         checks.most_at_once
     );
-    let r = m.get("/metrics").bearer_auth(TOKEN).send().await.unwrap();
-    let text = r.text().await.unwrap();
+    let r = m.get("/metrics").bearer_auth(TOKEN).sent().await;
+    let text = read_text(r).await;
     assert!(
         text.contains(&format!("wharf_password_hashes_total {n}")),
         "{text}"

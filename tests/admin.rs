@@ -3,9 +3,9 @@
 //! a bare reverse proxy or a web page in a browser would send), and nothing is written or
 //! evicted when it refuses.
 
-mod common;
+mod support;
+use support::*;
 
-use common::*;
 use wharf_storage::Digest;
 
 const SECRET_HEADER: &str = "x-wharf-admin-token";
@@ -14,11 +14,7 @@ const SECRET_HEADER: &str = "x-wharf-admin-token";
 async fn cached_wharf(up: &FakeRegistry, dir: &std::path::Path) -> (Wharf, Digest) {
     let w = Wharf::start(&up.url(), dir, "").await;
     let (d, _) = up.put_image("app", "v1", &[bytes_of(20_000, 7)]);
-    let r = client()
-        .get(w.url(&format!("/v2/app/manifests/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/app/manifests/{d}"))).await;
     assert_eq!(r.status(), 200);
     let d = Digest::parse(&d).unwrap();
     assert!(w.state.storage.blobs.contains(&d));
@@ -40,9 +36,8 @@ async fn admin_gc_refuses_a_foreign_host_header() {
         .post(w.url("/admin/gc?target=0"))
         .header("host", "evil.example")
         .header(SECRET_HEADER, w.admin_secret())
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 403);
     assert!(
         w.state.storage.blobs.contains(&d),
@@ -60,11 +55,10 @@ async fn admin_stats_refuses_a_foreign_host_header() {
             .get(w.url("/admin/stats"))
             .header("host", host)
             .header(SECRET_HEADER, w.admin_secret())
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(r.status(), 403, "{host}");
-        let body = r.text().await.unwrap();
+        let body = read_text(r).await;
         assert!(
             !body.contains("app") && !body.contains("top_repositories"),
             "{body}"
@@ -75,9 +69,8 @@ async fn admin_stats_refuses_a_foreign_host_header() {
         .get(w.url("/admin/stats"))
         .header("x-forwarded-for", "203.0.113.9")
         .header(SECRET_HEADER, w.admin_secret())
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 403);
 }
 
@@ -101,7 +94,7 @@ async fn admin_refuses_requests_without_the_admin_secret() {
         if let Some(s) = &secret {
             r = r.header(SECRET_HEADER, s);
         }
-        let r = r.send().await.unwrap();
+        let r = r.sent().await;
         assert_eq!(r.status(), 403, "secret {secret:?}");
     }
     assert!(
@@ -132,9 +125,8 @@ async fn admin_refuses_requests_without_the_admin_secret() {
             .header("host", &host)
             .header("content-type", "application/json")
             .body(json)
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(r.status(), 403, "{method} {path}");
     }
     assert!(w.state.storage.blobs.contains(&cached), "gc ran unguarded");
@@ -146,9 +138,8 @@ async fn admin_refuses_requests_without_the_admin_secret() {
         .header("host", &host)
         .header(SECRET_HEADER, w.admin_secret())
         .body(blob.clone())
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 201);
     assert!(
         w.state
@@ -171,9 +162,8 @@ async fn admin_post_without_custom_header_is_refused() {
         .header("origin", "http://evil.example")
         .header("content-type", "application/x-www-form-urlencoded")
         .body("dry_run=false")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(form.status(), 403);
     assert!(
         w.state.storage.blobs.contains(&cached),
@@ -186,9 +176,8 @@ async fn admin_post_without_custom_header_is_refused() {
         .header("origin", "http://evil.example")
         .header("content-type", "text/plain")
         .body("written by a web page")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(fetch.status(), 403);
     assert_eq!(files_under(&dir.path().join("blobs")).len(), before);
 
@@ -196,9 +185,8 @@ async fn admin_post_without_custom_header_is_refused() {
         .post(w.url("/admin/pins"))
         .header("content-type", "text/plain")
         .body(format!(r#"{{"reason":"x","digests":["{cached}"]}}"#))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(pins.status(), 403);
     assert_eq!(w.state.storage.index.pins().count(), 0);
 }
@@ -216,11 +204,10 @@ async fn admin_internal_errors_do_not_leak_paths_or_os_errors() {
         .post(w.url("/admin/blobs"))
         .header(SECRET_HEADER, w.admin_secret())
         .body("bytes")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 500);
-    let body = r.text().await.unwrap();
+    let body = read_text(r).await;
     assert!(
         !body.contains(&dir.path().display().to_string())
             && !body.contains("tmp")

@@ -5,15 +5,11 @@
 //! admin API answers only to this machine, and the other import formats (OCI layout, go module
 //! cache, docker save) load.
 
-mod common;
 mod support;
 use support::oci;
+use support::*;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
-
-use common::gofake::{GoFake, module_zip};
-use common::{FakeRegistry, bytes_of, sha256};
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -21,79 +17,13 @@ const ACCEPT: &str =
     "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
 const GO_MOD: &str = "module example.com/Mod\n";
 
-/// A loopback port that was free a moment ago (so no command finds someone else's server).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// The standard config with both fakes, listening on a free loopback port (so no command finds
+/// someone else's server).
 fn config_text(data: &Path, registry: &str, go: &str, offline: bool) -> String {
-    format!(
-        r#"listen = "127.0.0.1:{port}"
-data_dir = "{data}"
-offline = {offline}
-[registry]
-default_upstream = "fake.test"
-[[registry.upstream]]
-name = "fake.test"
-url = "{registry}"
-[go]
-upstreams = ["{go}"]
-verify = false
-[egress]
-allow = ["127.0.0.1"]
-connect_timeout = "2s"
-read_timeout = "5s"
-"#,
-        port = free_port(),
-        data = data.display()
-    )
-}
-
-/// `wharf <args>`, with nothing leaking in from the environment.
-async fn wharf(args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
-    for var in [
-        "WHARF_CONFIG",
-        "WHARF_DATA_DIR",
-        "WHARF_LISTEN",
-        "WHARF_SERVER",
-        "WHARF_TOKEN",
-        "WHARF_USER",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .expect("run wharf")
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "{}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(o: Output) -> Output {
-    assert!(o.status.success(), "{}", describe(&o));
-    o
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    WharfConfig::fakes(registry, go, data)
+        .listen_anywhere()
+        .offline(offline)
+        .toml()
 }
 
 /// Upstreams with one image, a two-platform index and a Go module; wharf A in front of them,
@@ -138,7 +68,7 @@ async fn prefetch_and_export() -> Exported {
     let text = config_text(&data, &reg.url(), &go.url(), false);
     let config = dir.path().join("a.toml");
     std::fs::write(&config, &text).unwrap();
-    let a = common::Wharf::start_with_config(&text, &data).await;
+    let a = support::Wharf::start_with_config(&text, &data).await;
     let server = a.url("");
     let list = dir.path().join("list.txt");
     std::fs::write(
@@ -147,7 +77,7 @@ async fn prefetch_and_export() -> Exported {
     )
     .unwrap();
     let cfg = config.to_str().unwrap();
-    let out = ok(wharf(&[
+    let out = ok(run_wharf(&[
         "prefetch",
         "--config",
         cfg,
@@ -179,7 +109,7 @@ async fn prefetch_and_export() -> Exported {
 
     // Again: everything is cached already, nothing goes upstream.
     let blob_gets = reg.count("GET", "/blobs/");
-    let out = ok(wharf(&[
+    let out = ok(run_wharf(&[
         "prefetch",
         "--config",
         cfg,
@@ -197,7 +127,7 @@ async fn prefetch_and_export() -> Exported {
     assert_eq!(reg.count("GET", "/blobs/"), blob_gets);
 
     let bundle = dir.path().join("site.tar");
-    let out = ok(wharf(&[
+    let out = ok(run_wharf(&[
         "export",
         "--config",
         cfg,
@@ -208,16 +138,8 @@ async fn prefetch_and_export() -> Exported {
         bundle.to_str().unwrap(),
     ])
     .await);
-    assert!(
-        stdout(&out).contains("export: 2 image(s)"),
-        "{}",
-        describe(&out)
-    );
-    assert!(
-        stderr(&out).contains("is not cached; left out"),
-        "{}",
-        describe(&out)
-    );
+    expect_stdout(&out, "export: 2 image(s)");
+    expect_stderr(&out, "is not cached; left out");
     a.stop().await;
     Exported {
         dir,
@@ -240,16 +162,15 @@ fn offline_config(dir: &Path, name: &str) -> (PathBuf, String, PathBuf) {
     (path, text, data)
 }
 
-async fn get(w: &common::Wharf, path: &str) -> (u16, Vec<u8>, reqwest::header::HeaderMap) {
-    let r = common::client()
+async fn get(w: &support::Wharf, path: &str) -> (u16, Vec<u8>, reqwest::header::HeaderMap) {
+    let r = support::client()
         .get(w.url(path))
         .header("accept", ACCEPT)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     let status = r.status().as_u16();
     let headers = r.headers().clone();
-    (status, r.bytes().await.unwrap().to_vec(), headers)
+    (status, read_body(r).await.to_vec(), headers)
 }
 
 /// Scans a tar for a member; returns where its bytes start.
@@ -292,15 +213,15 @@ async fn prefetched_content_exports_and_imports_into_an_offline_wharf_with_the_s
 
     let (config, text, data) = offline_config(e.dir.path(), "b");
     let bundle = e.bundle.to_str().unwrap();
-    let out = ok(wharf(&["import", "--config", config.to_str().unwrap(), bundle]).await);
-    assert!(stdout(&out).contains("import:"), "{}", describe(&out));
+    let out = ok(run_wharf(&["import", "--config", config.to_str().unwrap(), bundle]).await);
+    expect_stdout(&out, "import:");
     // Idempotent: the second run stores nothing new.
-    let out = ok(wharf(&["import", "--config", config.to_str().unwrap(), bundle]).await);
-    assert!(stdout(&out).contains("stored 0 B"), "{}", describe(&out));
+    let out = ok(run_wharf(&["import", "--config", config.to_str().unwrap(), bundle]).await);
+    expect_stdout(&out, "stored 0 B");
 
     // In-process (B is not running): prefetch finds everything cached, export writes it again.
     let cfg = config.to_str().unwrap();
-    let out = ok(wharf(&[
+    let out = ok(run_wharf(&[
         "prefetch",
         "--config",
         cfg,
@@ -314,7 +235,7 @@ async fn prefetched_content_exports_and_imports_into_an_offline_wharf_with_the_s
         describe(&out)
     );
     let again = e.dir.path().join("again.tar");
-    let out = ok(wharf(&[
+    let out = ok(run_wharf(&[
         "export",
         "--config",
         cfg,
@@ -323,13 +244,12 @@ async fn prefetched_content_exports_and_imports_into_an_offline_wharf_with_the_s
         again.to_str().unwrap(),
     ])
     .await);
-    assert!(
-        stdout(&out).contains("export: 2 image(s) (3 manifests, 4 blobs), 1 module version(s)"),
-        "{}",
-        describe(&out)
+    expect_stdout(
+        &out,
+        "export: 2 image(s) (3 manifests, 4 blobs), 1 module version(s)",
     );
 
-    let b = common::Wharf::start_with_config(&text, &data).await;
+    let b = support::Wharf::start_with_config(&text, &data).await;
     let (s, body, h) = get(&b, "/v2/fake.test/test/app/manifests/v1").await;
     assert_eq!(s, 200);
     assert_eq!(h["docker-content-digest"], e.app.0.as_str());
@@ -370,7 +290,7 @@ async fn prefetched_content_exports_and_imports_into_an_offline_wharf_with_the_s
     );
 
     // Imported into a running server: it goes through the admin API, and B serves it at once.
-    let out = ok(wharf(&[
+    let out = ok(run_wharf(&[
         "import",
         "--config",
         config.to_str().unwrap(),
@@ -379,7 +299,7 @@ async fn prefetched_content_exports_and_imports_into_an_offline_wharf_with_the_s
         bundle,
     ])
     .await);
-    assert!(stdout(&out).contains("stored 0 B"), "{}", describe(&out));
+    expect_stdout(&out, "stored 0 B");
     b.stop().await;
 }
 
@@ -396,7 +316,7 @@ async fn a_bundle_with_one_flipped_byte_is_refused_naming_the_object_and_a_good_
         &format!("oci/blobs/sha256/{}", &layer[7..]),
         &bad,
     );
-    let out = wharf(&["import", "--config", cfg, bad.to_str().unwrap()]).await;
+    let out = run_wharf(&["import", "--config", cfg, bad.to_str().unwrap()]).await;
     assert!(!out.status.success(), "{}", describe(&out));
     let err = stderr(&out);
     assert!(
@@ -410,7 +330,7 @@ async fn a_bundle_with_one_flipped_byte_is_refused_naming_the_object_and_a_good_
     let (other, _, _) = offline_config(e.dir.path(), "b2");
     let bad_zip = e.dir.path().join("bad-zip.tar");
     flipped_copy(&e.bundle, "go/example.com/!mod/@v/v1.2.0.zip", &bad_zip);
-    let out = wharf(&[
+    let out = run_wharf(&[
         "import",
         "--config",
         other.to_str().unwrap(),
@@ -425,16 +345,16 @@ async fn a_bundle_with_one_flipped_byte_is_refused_naming_the_object_and_a_good_
     );
 
     // Nothing was indexed.
-    let b = common::Wharf::start_with_config(&text, &data).await;
+    let b = support::Wharf::start_with_config(&text, &data).await;
     let (s, _, _) = get(&b, "/v2/fake.test/test/app/manifests/v1").await;
     assert_eq!(s, 404);
     b.stop().await;
 
     // The good bundle resumes: what the refused runs stored is not sent again.
-    let out = ok(wharf(&["import", "--config", cfg, e.bundle.to_str().unwrap()]).await);
+    let out = ok(run_wharf(&["import", "--config", cfg, e.bundle.to_str().unwrap()]).await);
     let summary = stdout(&out);
     assert!(!summary.contains("(0 B already present)"), "{summary}");
-    let b = common::Wharf::start_with_config(&text, &data).await;
+    let b = support::Wharf::start_with_config(&text, &data).await;
     let (s, body, _) = get(&b, &format!("/v2/fake.test/test/app/blobs/{layer}")).await;
     assert_eq!((s, body), (200, e.layers[0].clone()));
     b.stop().await;
@@ -445,8 +365,8 @@ async fn the_admin_api_answers_only_to_this_machine() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let text = config_text(&data, "http://127.0.0.1:9", "http://127.0.0.1:9", true);
-    let w = common::Wharf::start_with_config(&text, &data).await;
-    let c = common::client();
+    let w = support::Wharf::start_with_config(&text, &data).await;
+    let c = support::client();
     let pins = r#"{"reason":"test","digests":[]}"#;
     let secret = w.admin_secret();
     let post = |host: Option<&str>, fwd: bool| {
@@ -499,7 +419,7 @@ async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
     let image = layout.add_image(&spec);
     layout.tag(&image.manifest, "v7");
     let root = layout.root().to_str().unwrap().to_string();
-    let out = ok(wharf(&[
+    let out = ok(run_wharf(&[
         "import",
         "--config",
         cfg,
@@ -508,7 +428,7 @@ async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
         &root,
     ])
     .await);
-    assert!(stdout(&out).contains("1 tag(s)"), "{}", describe(&out));
+    expect_stdout(&out, "1 tag(s)");
 
     // A go module cache, with the .ziphash the go command writes.
     let zip = module_zip(
@@ -528,24 +448,16 @@ async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
         "h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
     )
     .unwrap();
-    let out = wharf(&["import", "--config", cfg, cache.to_str().unwrap()]).await;
+    let out = run_wharf(&["import", "--config", cfg, cache.to_str().unwrap()]).await;
     assert!(
         !out.status.success(),
         "a wrong .ziphash must be refused: {}",
         describe(&out)
     );
-    assert!(
-        stderr(&out).contains("example.com/Mod@v1.2.0 .zip"),
-        "{}",
-        describe(&out)
-    );
+    expect_stderr(&out, "example.com/Mod@v1.2.0 .zip");
     std::fs::write(v.join("v1.2.0.ziphash"), format!("{h1}\n")).unwrap();
-    let out = ok(wharf(&["import", "--config", cfg, cache.to_str().unwrap()]).await);
-    assert!(
-        stdout(&out).contains("1 module version(s)"),
-        "{}",
-        describe(&out)
-    );
+    let out = ok(run_wharf(&["import", "--config", cfg, cache.to_str().unwrap()]).await);
+    expect_stdout(&out, "1 module version(s)");
 
     // A docker save tarball in the format before Docker 25 (no OCI layout inside).
     let config_json =
@@ -568,10 +480,10 @@ async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
         add("abc/layer.tar", &layer);
         t.finish().unwrap();
     }
-    let out = ok(wharf(&["import", "--config", cfg, saved.to_str().unwrap()]).await);
-    assert!(stdout(&out).contains("1 tag(s)"), "{}", describe(&out));
+    let out = ok(run_wharf(&["import", "--config", cfg, saved.to_str().unwrap()]).await);
+    expect_stdout(&out, "1 tag(s)");
 
-    let b = common::Wharf::start_with_config(&text, &data).await;
+    let b = support::Wharf::start_with_config(&text, &data).await;
     let (s, _, h) = get(&b, "/v2/fake.test/gen/app/manifests/v7").await;
     assert_eq!(
         (s, h["docker-content-digest"].to_str().unwrap()),

@@ -3,9 +3,9 @@
 //! `gc` / `stats` reaching a running server with the admin secret (and its pinned certificate).
 //! Each test drives the real executable against a fake upstream in this process.
 
-mod common;
 mod support;
 use support::tlsgen;
+use support::*;
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
@@ -14,25 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
-
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-/// The binary under test, with no configuration leaking in from the environment.
-fn wharf() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
-    for var in [
-        "WHARF_CONFIG",
-        "WHARF_DATA_DIR",
-        "WHARF_LISTEN",
-        "RUST_LOG",
-        "STATE_DIRECTORY",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.stdin(Stdio::null());
-    cmd
-}
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run wharf")
@@ -42,17 +24,8 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn describe(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    )
-}
-
 fn fsck(config: &Path, repair: bool) -> Output {
-    let mut cmd = wharf();
+    let mut cmd = wharf_command();
     cmd.arg("fsck").arg("--config").arg(config);
     if repair {
         cmd.arg("--repair");
@@ -71,9 +44,7 @@ fn free_port() -> u16 {
 
 /// Writes the standard test config (upstream `fake.test` at `upstream_url`) into `dir`.
 fn write_config(dir: &Path, upstream_url: &str, data_dir: &Path) -> PathBuf {
-    let path = dir.join("wharf.toml");
-    fs::write(&path, config_toml(upstream_url, data_dir, "")).unwrap();
-    path
+    WharfConfig::fake(upstream_url, data_dir).write(&dir.join("wharf.toml"))
 }
 
 /// The committed file of `digest` under `data_dir`.
@@ -94,7 +65,7 @@ impl Server {
     /// waits (at most 10 s) until it accepts connections.
     async fn start(config: &Path, log: &Path) -> Server {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = wharf()
+        let child = wharf_command()
             .arg("serve")
             .arg("--config")
             .arg(config)
@@ -220,7 +191,7 @@ read_timeout = "2m"
     )
     .unwrap();
 
-    let out = run(wharf()
+    let out = run(wharf_command()
         .arg("check-config")
         .arg("--config")
         .arg(&config)
@@ -252,20 +223,16 @@ read_timeout = "2m"
     assert!(!format!("{stdout}{}", text(&out.stderr)).contains("hunter2"));
 
     // Flags win over the file.
-    let out = run(wharf()
+    let out = run(wharf_command()
         .arg("check-config")
         .arg("--config")
         .arg(&config)
         .arg("--data-dir")
         .arg(&flag_data));
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(
-        text(&out.stdout).contains(&format!(
-            "data_dir                   = {}",
-            flag_data.display()
-        )),
-        "{}",
-        describe(&out)
+    expect_stdout(
+        &out,
+        &format!("data_dir                   = {}", flag_data.display()),
     );
     assert!(
         !data.exists() && !flag_data.exists(),
@@ -286,7 +253,10 @@ fn check_config_rejects_unknown_keys_with_the_key_name() {
     ] {
         let config = dir.path().join("wharf.toml");
         fs::write(&config, toml).unwrap();
-        let out = run(wharf().arg("check-config").arg("--config").arg(&config));
+        let out = run(wharf_command()
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config));
         assert!(
             !out.status.success(),
             "accepted {toml:?}: {}",
@@ -323,11 +293,7 @@ async fn sigterm_drains_an_in_flight_download_and_exits_zero() {
     let config = write_config(dir.path(), &up.url(), &data);
     let mut server = Server::start(&config, &dir.path().join("serve.log")).await;
 
-    let resp = client()
-        .get(server.url(&format!("/v2/team/app/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap();
+    let resp = get(server.url(&format!("/v2/team/app/blobs/{digest}"))).await;
     assert_eq!(resp.status(), 200, "{}", server.logs());
     let download = tokio::spawn(async move { resp.bytes().await });
 
@@ -367,7 +333,7 @@ async fn kill_9_during_a_fill_leaves_nothing_half_written_visible() {
     let path = format!("/v2/team/app/blobs/{digest}");
 
     let mut server = Server::start(&config, &dir.path().join("serve-1.log")).await;
-    let mut resp = client().get(server.url(&path)).send().await.unwrap();
+    let mut resp = get(server.url(&path)).await;
     assert_eq!(resp.status(), 200, "{}", server.logs());
     let first = resp.chunk().await.unwrap().expect("some bytes arrive");
     assert!(first.len() < blob.len(), "the fill is still running");
@@ -401,9 +367,9 @@ async fn kill_9_during_a_fill_leaves_nothing_half_written_visible() {
         Vec::<PathBuf>::new(),
         "tmp/ is swept on start"
     );
-    let resp = client().get(server.url(&path)).send().await.unwrap();
+    let resp = get(server.url(&path)).await;
     assert_eq!(resp.status(), 200, "{}", server.logs());
-    let body = resp.bytes().await.unwrap();
+    let body = read_body(resp).await;
     assert_eq!(sha256(&body), digest);
     assert_eq!(
         up.count("GET", "/blobs/"),
@@ -419,7 +385,7 @@ async fn kill_9_during_a_fill_leaves_nothing_half_written_visible() {
 
     let out = fsck(&config, false);
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(text(&out.stdout).contains("clean"), "{}", describe(&out));
+    expect_stdout(&out, "clean");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -437,18 +403,13 @@ async fn fsck_reports_and_repairs_a_corrupted_store() {
     let r = c
         .get(server.url("/v2/team/app/manifests/v1"))
         .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200, "{}", server.logs());
-    assert_eq!(r.bytes().await.unwrap(), manifest);
-    let r = c
-        .get(server.url(&format!("/v2/team/app/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(read_body(r).await, manifest);
+    let r = get(server.url(&format!("/v2/team/app/blobs/{layer_digest}"))).await;
     assert_eq!(r.status(), 200, "{}", server.logs());
-    assert_eq!(r.bytes().await.unwrap(), layer);
+    assert_eq!(read_body(r).await, layer);
     let layer_file = blob_path(&data, &layer_digest);
     eventually("the layer is committed", || layer_file.is_file()).await;
     assert!(blob_path(&data, &manifest_digest).is_file());
@@ -476,16 +437,12 @@ async fn fsck_reports_and_repairs_a_corrupted_store() {
 
     let out = fsck(&config, true);
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(
-        text(&out.stdout).contains(&layer_digest),
-        "{}",
-        describe(&out)
-    );
+    expect_stdout(&out, &layer_digest);
     assert!(!layer_file.exists(), "the corrupt blob is deleted");
 
     let out = fsck(&config, false);
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(text(&out.stdout).contains("clean"), "{}", describe(&out));
+    expect_stdout(&out, "clean");
     assert!(
         blob_path(&data, &manifest_digest).is_file(),
         "intact blobs are kept"
@@ -493,21 +450,17 @@ async fn fsck_reports_and_repairs_a_corrupted_store() {
 
     // The repaired cache serves the layer again, fetched afresh.
     let server = Server::start(&config, &dir.path().join("serve-2.log")).await;
-    let r = client()
-        .get(server.url(&format!("/v2/team/app/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(server.url(&format!("/v2/team/app/blobs/{layer_digest}"))).await;
     assert_eq!(r.status(), 200, "{}", server.logs());
-    assert_eq!(r.bytes().await.unwrap(), layer);
+    assert_eq!(read_body(r).await, layer);
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fsck_of_a_store_holding_go_modules_and_checksum_data_is_clean() {
-    let go = common::gofake::GoFake::start().await;
+    let go = support::GoFake::start().await;
     let go_mod = "module example.com/m\n";
-    let zip = common::gofake::module_zip("example.com/m", "v1.0.0", &[("go.mod", go_mod)]);
+    let zip = support::module_zip("example.com/m", "v1.0.0", &[("go.mod", go_mod)]);
     go.put_module("example.com/m", "v1.0.0", go_mod, zip);
     go.put(
         "lookup/example.com/m@v1.0.0",
@@ -542,9 +495,9 @@ read_timeout = "5s"
         "/go/example.com/m/@v/v1.0.0.zip",
         "/go/sumdb/sum.golang.org/lookup/example.com/m@v1.0.0",
     ] {
-        let r = client().get(server.url(path)).send().await.unwrap();
+        let r = get(server.url(path)).await;
         assert_eq!(r.status(), 200, "{path}: {}", server.logs());
-        r.bytes().await.unwrap();
+        read_body(r).await;
     }
     server.stop().await;
 
@@ -593,9 +546,8 @@ async fn gc_and_stats_reach_a_running_server_with_the_admin_secret_only_it_can_r
     let r = client()
         .get(server.url("/v2/team/app/manifests/v1"))
         .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200, "{}", server.logs());
 
     let token = data.join("admin.token");
@@ -606,24 +558,20 @@ async fn gc_and_stats_reach_a_running_server_with_the_admin_secret_only_it_can_r
         "the admin secret is readable by others"
     );
     let cli = cli_config(dir.path(), "cli.toml", &server, &data, "");
-    let out = run(wharf().arg("stats").arg("--config").arg(&cli));
+    let out = run(wharf_command().arg("stats").arg("--config").arg(&cli));
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(
-        text(&out.stdout).contains("repository  fake.test/team/app"),
-        "{}",
-        describe(&out)
-    );
-    let out = run(wharf()
+    expect_stdout(&out, "repository  fake.test/team/app");
+    let out = run(wharf_command()
         .args(["gc", "--dry-run", "--target", "0", "--config"])
         .arg(&cli));
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(text(&out.stdout).contains(&digest), "{}", describe(&out));
+    expect_stdout(&out, &digest);
 
     // Pointed at another data directory, the command finds no secret and says so in one line.
     let other = dir.path().join("other");
     fs::create_dir(&other).unwrap();
     let wrong = cli_config(dir.path(), "wrong.toml", &server, &other, "");
-    let out = run(wharf().arg("stats").arg("--config").arg(&wrong));
+    let out = run(wharf_command().arg("stats").arg("--config").arg(&wrong));
     assert!(!out.status.success(), "{}", describe(&out));
     let err = text(&out.stderr);
     assert!(
@@ -660,23 +608,21 @@ async fn gc_and_stats_reach_a_running_server_with_the_admin_secret_only_it_can_r
     server.stop().await;
     let server = Server::start(&config, &dir.path().join("serve-2.log")).await;
     // Listening is not answering: the secret is written before the first answer.
-    let r = client().get(server.url("/healthz")).send().await.unwrap();
+    let r = get(server.url("/healthz")).await;
     assert_eq!(r.status(), 200);
     let new = admin_secret_of(&data);
     assert_ne!(old, new);
     let stale = client()
         .get(server.url("/admin/stats"))
         .header("x-wharf-admin-token", &old)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(stale.status(), 403);
     let fresh = client()
         .get(server.url("/admin/stats"))
         .header("x-wharf-admin-token", &new)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(fresh.status(), 200);
     server.stop().await;
 }
@@ -712,13 +658,15 @@ async fn commands_trust_only_the_configured_certificate_of_their_own_tls_server(
         files.key.display()
     );
     let config = dir.path().join("wharf.toml");
-    fs::write(&config, config_toml(&up.url(), &data, "") + &tls).unwrap();
+    WharfConfig::fake(&up.url(), &data)
+        .tables(&tls)
+        .write(&config);
     let server = Server::start(&config, &dir.path().join("serve.log")).await;
 
     let cli = cli_config(dir.path(), "cli.toml", &server, &data, &tls);
-    let out = run(wharf().arg("stats").arg("--config").arg(&cli));
+    let out = run(wharf_command().arg("stats").arg("--config").arg(&cli));
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(text(&out.stdout).contains("on disk"), "{}", describe(&out));
+    expect_stdout(&out, "on disk");
 
     // Whoever answers on that port with another certificate (even one from the same CA) is
     // not the server: the command does not send it the admin secret, and stops.
@@ -731,12 +679,8 @@ async fn commands_trust_only_the_configured_certificate_of_their_own_tls_server(
         impostor.key.display()
     );
     let wrong = cli_config(dir.path(), "wrong.toml", &server, &data, &other_tls);
-    let out = run(wharf().arg("stats").arg("--config").arg(&wrong));
+    let out = run(wharf_command().arg("stats").arg("--config").arg(&wrong));
     assert!(!out.status.success(), "{}", describe(&out));
-    assert!(
-        text(&out.stderr).contains("certificate"),
-        "{}",
-        describe(&out)
-    );
+    expect_stderr(&out, "certificate");
     server.stop().await;
 }

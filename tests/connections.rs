@@ -1,11 +1,11 @@
 //! What the listener does with connections that carry no request: an HTTP/2 client that only
 //! answers pings is closed after `server.idle_timeout`, like an idle HTTP/1 keep-alive one.
 
-mod common;
+mod support;
+use support::*;
 
 use std::time::Duration;
 
-use common::{FakeRegistry, Wharf, config_toml};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -80,17 +80,14 @@ async fn answer_until_closed(s: &mut TcpStream, within: Duration) -> Seen {
 async fn wharf_holding_a_blob(seed: u64) -> (FakeRegistry, Wharf, tempfile::TempDir, String) {
     let up = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let blob = common::bytes_of(200_000, seed);
+    let blob = support::bytes_of(200_000, seed);
     let d = up.put_blob(&blob);
-    let toml = config_toml(&up.url(), dir.path(), "")
-        + "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"60s\"\nsend_timeout = \"2s\"\n";
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
-    let r = common::client()
-        .get(w.url(&format!("/v2/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.bytes().await.unwrap().len(), blob.len());
+    let w = Wharf::serve(WharfConfig::fake(&up.url(), dir.path()).tables(
+        "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"60s\"\nsend_timeout = \"2s\"\n",
+    ))
+    .await;
+    let r = support::get(w.url(&format!("/v2/app/blobs/{d}"))).await;
+    assert_eq!(read_body(r).await.len(), blob.len());
     (up, w, dir, d)
 }
 
@@ -99,9 +96,11 @@ async fn idle_http2_connection_answering_pings_is_closed_after_idle_timeout() {
     let up = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
     // Pings every second (header_read_timeout), idle after two.
-    let toml = config_toml(&up.url(), dir.path(), "")
-        + "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n";
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let w = Wharf::serve(
+        WharfConfig::fake(&up.url(), dir.path())
+            .tables("[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n"),
+    )
+    .await;
     let mut s = TcpStream::connect(w.addr).await.unwrap();
     s.write_all(PREFACE).await.unwrap();
     s.write_all(&frame(SETTINGS, 0, &[])).await.unwrap();

@@ -2,7 +2,8 @@
 //! Planted listeners sit on loopback addresses (127.0.0.2, ...) that the test policy treats as
 //! forbidden; `egress.resolve` pins test names, so the DNS cases are deterministic.
 
-mod common;
+mod support;
+use support::*;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,7 +12,6 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use common::*;
 use http::{Method, StatusCode, header};
 
 /// A trap listener that records every request with *all* its `Authorization` headers. It
@@ -39,14 +39,10 @@ impl Drop for Trap {
 impl Trap {
     async fn start() -> Trap {
         let state = Arc::new(TrapState::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let app = axum::Router::new()
             .fallback(trap_handler)
             .with_state(state.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = serve_router("127.0.0.1:0", app).await;
         Trap { addr, state, task }
     }
 
@@ -55,13 +51,7 @@ impl Trap {
     }
 
     fn put_blob(&self, body: &[u8]) -> String {
-        let d = sha256(body);
-        self.state
-            .blobs
-            .lock()
-            .unwrap()
-            .insert(d.clone(), body.to_vec());
-        d
+        insert_blob(&self.state.blobs, body)
     }
 
     fn seen(&self) -> Vec<(String, Vec<String>)> {
@@ -144,14 +134,9 @@ fn basic(user_and_password: &str) -> String {
     out
 }
 
-/// The `[[registry.upstream]]` keys that make wharf log in as `mirror` / `secret`.
-fn credentials(dir: &std::path::Path) -> String {
-    let pw = dir.join("pw");
-    std::fs::write(&pw, "secret\n").unwrap();
-    format!(
-        "username = \"mirror\"\npassword_file = \"{}\"\nurl = \"",
-        pw.display()
-    )
+/// `config` with wharf logging in to its last upstream as `mirror` / `secret`.
+fn with_login(config: WharfConfig, dir: &std::path::Path) -> WharfConfig {
+    config.login(&dir.join("pw"), "secret")
 }
 
 fn conns(f: &FakeRegistry) -> usize {
@@ -159,30 +144,18 @@ fn conns(f: &FakeRegistry) -> usize {
 }
 
 async fn wharf_with(up: &FakeRegistry, dir: &std::path::Path, egress: &str) -> Wharf {
-    let toml = format!(
-        r#"data_dir = "{}"
-[registry]
-default_upstream = "fake.test"
-[[registry.upstream]]
-name = "fake.test"
-url = "{}"
-[egress]
-connect_timeout = "2s"
-read_timeout = "5s"
-{egress}
-"#,
-        dir.display(),
-        up.url()
-    );
-    Wharf::start_with_config(&toml, dir).await
+    Wharf::serve(
+        WharfConfig::new(dir)
+            .upstream("fake.test", &up.url())
+            .no_allow()
+            .timeouts()
+            .egress(egress),
+    )
+    .await
 }
 
 async fn get_blob(w: &Wharf, d: &str) -> (u16, String) {
-    let r = client()
-        .get(w.url(&format!("/v2/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
     let status = r.status().as_u16();
     (status, r.text().await.unwrap_or_default())
 }
@@ -215,7 +188,7 @@ async fn names_resolving_to_forbidden_addresses_get_no_connection() {
 resolve = { "internal.test" = ["127.0.0.2"], "mapped.test" = ["::ffff:127.0.0.2"] }"#;
     let w = wharf_with(&up, dir.path(), egress).await;
     for host in ["internal.test", "mapped.test"] {
-        up.set_blob_mode(BlobMode::Redirect(format!("http://{host}:{port}")));
+        up.redirect_to(format!("{host}:{port}"));
         let (status, body) = get_blob(&w, &d).await;
         assert_eq!(status, 502, "{host}");
         assert!(body.contains("cannot connect"), "{host}: {body}");
@@ -230,10 +203,7 @@ async fn allow_cidrs_opens_a_range_on_purpose() {
     let cdn = FakeRegistry::start_on("127.0.0.2:0").await;
     let d = up.put_blob(b"layer");
     cdn.put_blob(b"layer");
-    up.set_blob_mode(BlobMode::Redirect(format!(
-        "http://cdn.test:{}",
-        cdn.addr.port()
-    )));
+    up.redirect_to(format!("cdn.test:{}", cdn.addr.port()));
     let dir = tempfile::tempdir().unwrap();
     let egress = r#"allow = ["127.0.0.1", "cdn.test"]
 allow_cidrs = ["127.0.0.2/32"]
@@ -249,10 +219,7 @@ async fn ip_literals_not_listed_are_refused() {
     let up = FakeRegistry::start().await;
     let planted = FakeRegistry::start_on("127.0.0.3:0").await;
     let d = up.put_blob(b"layer");
-    up.set_blob_mode(BlobMode::Redirect(format!(
-        "http://127.0.0.3:{}",
-        planted.addr.port()
-    )));
+    up.redirect_to(format!("127.0.0.3:{}", planted.addr.port()));
     let dir = tempfile::tempdir().unwrap();
     let w = wharf_with(&up, dir.path(), r#"allow = ["127.0.0.1"]"#).await;
     let (status, body) = get_blob(&w, &d).await;
@@ -271,26 +238,16 @@ async fn authorization_dropped_on_a_host_change_never_comes_back() {
     let d = a.put_blob(&data);
     b.put_blob(&data);
     *a.state.require_token.lock().unwrap() = true;
-    a.set_blob_mode(BlobMode::Redirect(format!(
-        "http://b.test:{}",
-        b.addr.port()
-    )));
-    b.set_blob_mode(BlobMode::Redirect(format!(
-        "http://127.0.0.1:{}/final",
-        a.addr.port()
-    )));
+    a.redirect_to(format!("b.test:{}", b.addr.port()));
+    b.redirect_to(format!("127.0.0.1:{}/final", a.addr.port()));
     let dir = tempfile::tempdir().unwrap();
     let egress = r#"allow = ["127.0.0.1", "b.test"]
 allow_cidrs = ["127.0.0.4/32"]
 resolve = { "b.test" = ["127.0.0.4"] }"#;
     let w = wharf_with(&a, dir.path(), egress).await;
-    let r = client()
-        .get(w.url(&format!("/v2/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap(), data);
+    assert_eq!(read_body(r).await, data);
     let seen = a.seen();
     let back = seen
         .iter()
@@ -339,18 +296,7 @@ fn check_egress_explains_the_decision() {
         "[egress]\nallow = [\"mirror.test\", \"meta.test\"]\nresolve = { \"mirror.test\" = [\"10.0.0.7\", \"93.184.216.34\"], \"meta.test\" = [\"169.254.169.254\"] }\n",
     )
     .unwrap();
-    let run = |url: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .args(["check-egress", "--config"])
-            .arg(&cfg)
-            .arg(url)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let run = |url: &str| run_check_egress(&cfg, url);
     let (code, text) = run("https://mirror.test/v2/");
     assert_eq!(code, Some(0), "{text}");
     assert!(
@@ -377,16 +323,13 @@ fn check_egress_explains_the_decision() {
 }
 
 fn run_check_egress(cfg: &std::path::Path, url: &str) -> (Option<i32>, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+    let out = wharf_command()
         .args(["check-egress", "--config"])
         .arg(cfg)
         .arg(url)
         .output()
         .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    (out.status.code(), stdout(&out))
 }
 
 #[test]
@@ -411,10 +354,7 @@ async fn userinfo_in_redirect_location_is_not_sent() {
     let cdn = Trap::start().await;
     let d = up.put_blob(b"layer");
     cdn.put_blob(b"layer");
-    up.set_blob_mode(BlobMode::Redirect(format!(
-        "http://user:secret@127.0.0.1:{}",
-        cdn.addr.port()
-    )));
+    up.redirect_to(format!("user:secret@127.0.0.1:{}", cdn.addr.port()));
     let dir = tempfile::tempdir().unwrap();
     let w = wharf_with(&up, dir.path(), r#"allow = ["127.0.0.1"]"#).await;
     let (status, body) = get_blob(&w, &d).await;
@@ -442,15 +382,11 @@ async fn userinfo_in_realm_is_not_sent() {
             up.addr.port()
         ));
         let dir = tempfile::tempdir().unwrap();
-        let mut toml = format!(
-            "data_dir = \"{}\"\n[registry]\ndefault_upstream = \"trap\"\n[[registry.upstream]]\nname = \"trap\"\nurl = \"{}\"\n[egress]\nallow = [\"127.0.0.1\"]\n",
-            dir.path().display(),
-            up.url()
-        );
+        let mut config = WharfConfig::new(dir.path()).upstream("trap", &up.url());
         if with_credentials {
-            toml = toml.replace("url = \"", &credentials(dir.path()));
+            config = with_login(config, dir.path());
         }
-        let w = Wharf::start_with_config(&toml, dir.path()).await;
+        let w = Wharf::serve(config).await;
         let (status, body) = get_blob(&w, &d).await;
         assert_eq!(status, 200, "{body}");
         let tokens: Vec<Vec<String>> = up
@@ -507,15 +443,14 @@ async fn credentials_are_not_sent_to_a_realm_on_another_port() {
 
     // A bare entry lets wharf contact the realm's port, but not hand it the credentials.
     let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(&up.url(), dir.path(), "").replace("url = \"", &credentials(dir.path()));
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
-    let r = client()
-        .get(w.url("/v2/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let w = Wharf::serve(with_login(
+        WharfConfig::fake(&up.url(), dir.path()),
+        dir.path(),
+    ))
+    .await;
+    let r = get(w.url("/v2/app/manifests/v1")).await;
     assert_eq!(r.status(), 502);
-    let body = r.text().await.unwrap();
+    let body = read_text(r).await;
     assert!(
         body.contains(&entry) && body.contains("egress.allow"),
         "{body}"
@@ -525,18 +460,9 @@ async fn credentials_are_not_sent_to_a_realm_on_another_port() {
 
     // Listing the realm's host:port is the operator's say-so.
     let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(&up.url(), dir.path(), "")
-        .replace("url = \"", &credentials(dir.path()))
-        .replace(
-            "allow = [\"127.0.0.1\"]",
-            &format!("allow = [\"127.0.0.1\", \"{entry}\"]"),
-        );
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
-    let r = client()
-        .get(w.url("/v2/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let config = WharfConfig::fake(&up.url(), dir.path()).allow(&["127.0.0.1", &entry]);
+    let w = Wharf::serve(with_login(config, dir.path())).await;
+    let r = get(w.url("/v2/app/manifests/v1")).await;
     assert_eq!(r.status(), 200);
     let seen = realm.seen();
     assert!(!seen.is_empty());
@@ -557,26 +483,11 @@ async fn a_challenge_from_a_redirected_hop_gets_no_login() {
     let data = bytes_of(5_000, 4);
     let d = up.put_blob(&data);
     *cdn.state.realm.lock().unwrap() = Some(format!("http://{}/token", cdn.addr));
-    up.set_blob_mode(BlobMode::Redirect(format!("http://{}", cdn.addr)));
+    up.redirect_to(cdn.addr);
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        r#"data_dir = "{}"
-[registry]
-default_upstream = "fake.test"
-[[registry.upstream]]
-name = "fake.test"
-{}{}"
-[egress]
-allow = ["127.0.0.1", "127.0.0.1:{}"]
-connect_timeout = "2s"
-read_timeout = "5s"
-"#,
-        dir.path().display(),
-        credentials(dir.path()),
-        up.url(),
-        cdn.addr.port()
-    );
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
+    let cdn_entry = format!("127.0.0.1:{}", cdn.addr.port());
+    let config = WharfConfig::fake(&up.url(), dir.path()).allow(&["127.0.0.1", &cdn_entry]);
+    let w = Wharf::serve(with_login(config, dir.path())).await;
     let (status, _) = get_blob(&w, &d).await;
     assert_ne!(status, 200);
     let seen = cdn.seen();

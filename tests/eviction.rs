@@ -1,11 +1,11 @@
 //! Eviction under a disk budget: the store stays under it, pinned content survives, and pulls
 //! during eviction still get verified bytes.
 
-mod common;
+mod support;
+use support::*;
 
 use std::time::Duration;
 
-use common::*;
 use wharf_storage::{Digest, PinRecord};
 
 fn disk_bytes(dir: &std::path::Path) -> u64 {
@@ -19,14 +19,7 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
 /// Waits (at most 30 s) until no fill is running, as `/metrics` reports it.
 async fn wait_for_fills(w: &Wharf) {
     for _ in 0..300 {
-        let m = client()
-            .get(w.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = get(w.url("/metrics")).await.body_text().await;
         if m.contains("wharf_fills_in_flight 0") {
             return;
         }
@@ -40,9 +33,7 @@ async fn the_store_stays_under_budget_and_pinned_content_survives() {
     let up = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
     let keys = "[cache]\nmax_size = \"1MiB\"\nlow_watermark_percent = 80\ngc_interval = \"100ms\"\natime_flush_interval = \"50ms\"\n";
-    let toml = config_toml(&up.url(), dir.path(), "") + keys;
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
-    let c = client();
+    let w = Wharf::serve(WharfConfig::fake(&up.url(), dir.path()).tables(keys)).await;
     let blobs: Vec<(String, Vec<u8>)> = (0..10u64)
         .map(|i| {
             let b = bytes_of(300_000, i + 1);
@@ -52,14 +43,7 @@ async fn the_store_stays_under_budget_and_pinned_content_survives() {
     // Pin the first one, as prefetch would.
     let pinned = Digest::parse(&blobs[0].0).unwrap();
     for (d, b) in &blobs {
-        let got = c
-            .get(w.url(&format!("/v2/app/blobs/{d}")))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let got = get(w.url(&format!("/v2/app/blobs/{d}"))).await.body().await;
         assert_eq!(&got[..], &b[..]);
         if d == &blobs[0].0 {
             w.state
@@ -76,14 +60,10 @@ async fn the_store_stays_under_budget_and_pinned_content_survives() {
         }
         // Pulls keep coming while eviction runs: every body is verified.
         let (d0, b0) = &blobs[0];
-        let again = c
-            .get(w.url(&format!("/v2/app/blobs/{d0}")))
-            .send()
+        let again = get(w.url(&format!("/v2/app/blobs/{d0}")))
             .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+            .body()
+            .await;
         assert_eq!(sha256(&again), *d0);
         assert_eq!(&again[..], &b0[..]);
     }
@@ -109,24 +89,13 @@ async fn the_store_stays_under_budget_and_pinned_content_survives() {
     );
     // Evicted content is simply fetched again on the next pull.
     let (dl, bl) = &blobs[9];
-    let got = c
-        .get(w.url(&format!("/v2/app/blobs/{dl}")))
-        .send()
+    let got = get(w.url(&format!("/v2/app/blobs/{dl}")))
         .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .body()
+        .await;
     assert_eq!(&got[..], &bl[..]);
     wait_for_fills(&w).await;
-    let metrics = c
-        .get(w.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get(w.url("/metrics")).await.body_text().await;
     assert!(
         metrics.contains("wharf_upstream_bytes_total{upstream=\"fake.test\"}"),
         "{metrics}"
@@ -140,19 +109,15 @@ async fn gc_dry_run_and_stats_answer_on_loopback() {
     let w = Wharf::start(&up.url(), dir.path(), "").await;
     let c = client();
     let (d, _) = up.put_image("app", "v1", &[bytes_of(50_000, 3)]);
-    c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
-    c.get(w.url(&format!("/v2/app/manifests/{d}")))
-        .send()
-        .await
-        .unwrap();
+    get(w.url("/v2/app/manifests/v1")).await;
+    get(w.url(&format!("/v2/app/manifests/{d}"))).await;
     let r = c
         .post(w.url("/admin/gc?dry_run=true&target=0"))
         .header("x-wharf-admin-token", w.admin_secret())
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
-    let text = r.text().await.unwrap();
+    let text = read_text(r).await;
     assert!(text.contains("would remove") && text.contains(&d), "{text}");
     assert!(
         w.state.storage.blobs.contains(&Digest::parse(&d).unwrap()),
@@ -161,9 +126,8 @@ async fn gc_dry_run_and_stats_answer_on_loopback() {
     let stats: serde_json::Value = c
         .get(w.url("/admin/stats"))
         .header("x-wharf-admin-token", w.admin_secret())
-        .send()
+        .sent()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -192,16 +156,13 @@ fn gc_and_stats_commands_work_on_a_stopped_store() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        let out = wharf_command()
             .args(args)
             .arg("--config")
             .arg(&cfg)
             .output()
             .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        (out.status.success(), stdout(&out))
     };
     let (ok, text) = run(&["gc", "--dry-run", "--target", "0"]);
     assert!(ok && text.contains("would remove 1 objects"), "{text}");
@@ -226,15 +187,14 @@ async fn manifests_gone_from_the_store_are_not_answered_from_memory() {
     );
     let r = get(by_digest.clone()).await.unwrap();
     assert_eq!(r.headers()["x-cache"], "HIT");
-    assert_eq!(sha256(&r.bytes().await.unwrap()), d);
+    assert_eq!(sha256(&read_body(r).await), d);
     let fetched = up.count("GET", "/manifests/");
     // Evict everything: the in-memory copy must go with the file.
     let r = c
         .post(w.url("/admin/gc?target=0"))
         .header("x-wharf-admin-token", w.admin_secret())
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     assert!(!w.state.storage.blobs.contains(&Digest::parse(&d).unwrap()));
     let r = get(by_digest).await.unwrap();
@@ -243,6 +203,6 @@ async fn manifests_gone_from_the_store_are_not_answered_from_memory() {
         "MISS",
         "served from memory after eviction"
     );
-    assert_eq!(sha256(&r.bytes().await.unwrap()), d);
+    assert_eq!(sha256(&read_body(r).await), d);
     assert_eq!(up.count("GET", "/manifests/"), fetched + 1);
 }

@@ -1,37 +1,15 @@
 //! Black-box tests of the Go module proxy over real sockets, against a fake GOPROXY on port 0.
 
-mod common;
+mod support;
+use support::*;
 
-use std::path::Path;
+const SUM_GOLANG_ORG_KEY: &str =
+    "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8";
 
-use common::gofake::{GoFake, module_zip};
-use common::{client, files_under, raw_get};
-
-fn go_config(upstream: &str, data_dir: &Path, go_keys: &str, extra: &str) -> String {
-    format!(
-        r#"data_dir = "{}"
-[go]
-upstreams = ["{upstream}"]
-verify = false
-{go_keys}
-{extra}
-[egress]
-allow = ["127.0.0.1"]
-connect_timeout = "2s"
-read_timeout = "5s"
-"#,
-        data_dir.display()
-    )
-}
-
-async fn setup(go_keys: &str) -> (GoFake, common::Wharf, tempfile::TempDir) {
+async fn setup(go_keys: &str) -> (GoFake, Wharf, tempfile::TempDir) {
     let up = GoFake::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let w = common::Wharf::start_with_config(
-        &go_config(&up.url(), dir.path(), go_keys, ""),
-        dir.path(),
-    )
-    .await;
+    let w = Wharf::serve(WharfConfig::go_only(&up.url(), dir.path()).go_keys(go_keys)).await;
     (up, w, dir)
 }
 
@@ -61,7 +39,6 @@ fn publish(up: &GoFake) -> Vec<u8> {
 async fn every_endpoint_is_served_and_immutable_files_are_fetched_once() {
     let (up, w, _d) = setup("").await;
     let zip = publish(&up);
-    let c = client();
     let base = w.url("/go/example.com/!mod");
     for (path, ct) in [
         ("/@v/list", "text/plain; charset=utf-8"),
@@ -70,15 +47,15 @@ async fn every_endpoint_is_served_and_immutable_files_are_fetched_once() {
         ("/@v/v1.2.0.mod", "text/plain; charset=utf-8"),
         ("/@v/v1.2.0.zip", "application/zip"),
     ] {
-        let r = c.get(format!("{base}{path}")).send().await.unwrap();
-        assert_eq!(r.status(), 200, "{path}");
+        let r = get(format!("{base}{path}")).await;
+        expect_status(&r, 200, "{path}");
         assert_eq!(r.headers()["content-type"], ct, "{path}");
         assert_eq!(r.headers()["x-cache"], "MISS", "{path}");
-        assert!(!r.bytes().await.unwrap().is_empty(), "{path}");
+        assert!(!read_body(r).await.is_empty(), "{path}");
     }
-    let r = c.get(format!("{base}/@v/v1.2.0.zip")).send().await.unwrap();
+    let r = get(format!("{base}/@v/v1.2.0.zip")).await;
     assert_eq!(r.headers()["x-cache"], "HIT");
-    assert_eq!(r.bytes().await.unwrap(), zip);
+    assert_eq!(read_body(r).await, zip);
     for kind in ["info", "mod", "zip"] {
         assert_eq!(
             up.count(&format!("v1.2.0.{kind}")),
@@ -92,31 +69,26 @@ async fn every_endpoint_is_served_and_immutable_files_are_fetched_once() {
 async fn lists_are_revalidated_after_their_ttl_and_served_stale_when_upstream_fails() {
     let (up, w, _d) = setup("list_ttl = \"0s\"").await;
     publish(&up);
-    let c = client();
     let url = w.url("/go/example.com/!mod/@v/list");
-    assert_eq!(
-        c.get(&url).send().await.unwrap().text().await.unwrap(),
-        "v1.2.0\n"
-    );
+    assert_eq!(get(&url).await.body_text().await, "v1.2.0\n");
     up.put("example.com/!mod/@v/list", "v1.2.0\nv1.3.0\n");
-    let r = c.get(&url).send().await.unwrap();
+    let r = get(&url).await;
     assert_eq!(r.headers()["x-cache"], "MISS");
-    assert_eq!(r.text().await.unwrap(), "v1.2.0\nv1.3.0\n");
+    assert_eq!(read_text(r).await, "v1.2.0\nv1.3.0\n");
     up.fail_with(Some(503));
-    let r = c.get(&url).send().await.unwrap();
+    let r = get(&url).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "STALE");
-    assert_eq!(r.text().await.unwrap(), "v1.2.0\nv1.3.0\n");
+    assert_eq!(read_text(r).await, "v1.2.0\nv1.3.0\n");
 }
 
 #[tokio::test]
 async fn fresh_lists_do_not_go_upstream() {
     let (up, w, _d) = setup("list_ttl = \"1h\"").await;
     publish(&up);
-    let c = client();
     let url = w.url("/go/example.com/!mod/@v/list");
-    c.get(&url).send().await.unwrap();
-    let r = c.get(&url).send().await.unwrap();
+    get(&url).await;
+    let r = get(&url).await;
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(up.count("@v/list"), 1);
 }
@@ -124,13 +96,8 @@ async fn fresh_lists_do_not_go_upstream() {
 #[tokio::test]
 async fn not_found_is_404_and_cached_and_upstream_failure_is_5xx() {
     let (up, w, _d) = setup("").await;
-    let c = client();
     for _ in 0..3 {
-        let r = c
-            .get(w.url("/go/example.com/nope/@v/list"))
-            .send()
-            .await
-            .unwrap();
+        let r = get(w.url("/go/example.com/nope/@v/list")).await;
         assert_eq!(r.status(), 404);
         assert!(
             r.headers()["content-type"]
@@ -145,24 +112,12 @@ async fn not_found_is_404_and_cached_and_upstream_failure_is_5xx() {
         "negative answers are cached"
     );
     *up.state.missing_status.lock().unwrap() = Some(410);
-    let r = c
-        .get(w.url("/go/example.com/gone/@v/v1.0.0.mod"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404, "410 upstream is 'not found' too");
+    let r = get(w.url("/go/example.com/gone/@v/v1.0.0.mod")).await;
+    expect_status(&r, 404, "410 upstream is 'not found' too");
     up.fail_with(Some(500));
-    let r = c
-        .get(w.url("/go/example.com/other/@v/v1.0.0.mod"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        502,
-        "a broken upstream must not look like 'not found'"
-    );
-    let text = r.text().await.unwrap();
+    let r = get(w.url("/go/example.com/other/@v/v1.0.0.mod")).await;
+    expect_status(&r, 502, "a broken upstream must not look like 'not found'");
+    let text = read_text(r).await;
     assert!(
         text.lines().count() <= 8 && text.contains("example.com/other"),
         "{text}"
@@ -175,30 +130,18 @@ async fn upstreams_are_tried_in_order_on_not_found_only() {
     let second = GoFake::start().await;
     publish(&second);
     let dir = tempfile::tempdir().unwrap();
-    let toml = go_config(&first.url(), dir.path(), "", "").replace(
-        &format!("upstreams = [\"{}\"]", first.url()),
-        &format!("upstreams = [\"{}\", \"{}\"]", first.url(), second.url()),
-    );
-    let w = common::Wharf::start_with_config(&toml, dir.path()).await;
-    let c = client();
-    let r = c
-        .get(w.url("/go/example.com/!mod/@v/v1.2.0.mod"))
-        .send()
-        .await
-        .unwrap();
+    let config = WharfConfig::go_only(&first.url(), dir.path());
+    let w = Wharf::serve(config.go_upstreams(&[&first.url(), &second.url()])).await;
+    let r = get(w.url("/go/example.com/!mod/@v/v1.2.0.mod")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(first.count("v1.2.0.mod"), 1);
     assert_eq!(second.count("v1.2.0.mod"), 1);
     first.fail_with(Some(500));
-    let r = c
-        .get(w.url("/go/example.com/!mod/@v/v1.2.0.info"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
+    let r = get(w.url("/go/example.com/!mod/@v/v1.2.0.info")).await;
+    expect_status(
+        &r,
         502,
-        "an error on the first upstream is not a fall-through"
+        "an error on the first upstream is not a fall-through",
     );
     assert_eq!(second.count("v1.2.0.info"), 0);
 }
@@ -208,11 +151,7 @@ async fn oversize_go_mod_is_refused_and_not_cached() {
     let (up, w, dir) = setup("").await;
     let big = format!("module example.com/big\n// {}\n", "x".repeat(16 << 20));
     up.put("example.com/big/@v/v1.0.0.mod", big);
-    let r = client()
-        .get(w.url("/go/example.com/big/@v/v1.0.0.mod"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/go/example.com/big/@v/v1.0.0.mod")).await;
     assert!(r.status() == 502 || r.bytes().await.is_err());
     assert!(files_under(&dir.path().join("blobs")).is_empty());
 }
@@ -221,11 +160,7 @@ async fn oversize_go_mod_is_refused_and_not_cached() {
 async fn info_for_another_version_is_refused() {
     let (up, w, dir) = setup("").await;
     up.put("example.com/m/@v/v1.0.0.info", r#"{"Version":"v9.9.9"}"#);
-    let r = client()
-        .get(w.url("/go/example.com/m/@v/v1.0.0.info"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/go/example.com/m/@v/v1.0.0.info")).await;
     let served = r.status() == 200 && r.bytes().await.is_ok();
     assert!(!served, "a mismatched .info must never be served complete");
     assert!(files_under(&dir.path().join("blobs")).is_empty());
@@ -247,49 +182,28 @@ async fn private_modules_come_from_their_source_and_never_reach_public_services(
         &[("go.mod", "module corp.example.com/tool\n")],
     );
     std::fs::write(vdir.join("v0.1.0.zip"), &zip).unwrap();
-    let extra = format!(
-        "[[go.sumdb]]\nname = \"sum.golang.org\"\nkey = \"sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8\"\nurl = \"{}\"\n[[go.private]]\npattern = \"corp.example.com\"\ndir = \"{}\"\n",
-        public.url(),
-        store.path().display()
+    let private = format!(
+        "[[go.private]]\npattern = \"corp.example.com\"\ndir = {}\n",
+        quote(&store.path().to_string_lossy())
     );
-    let toml = go_config(&public.url(), dir.path(), "verify = true", &extra)
-        .replace("verify = false\nverify = true", "verify = true");
-    let w = common::Wharf::start_with_config(&toml, dir.path()).await;
-    let c = client();
-    for p in [
-        "@v/list",
-        "@v/v0.1.0.info",
-        "@v/v0.1.0.mod",
-        "@v/v0.1.0.zip",
-    ] {
-        let r = c
-            .get(w.url(&format!("/go/corp.example.com/tool/{p}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{p}");
+    let config = WharfConfig::go_only(&public.url(), dir.path())
+        .sumdb("sum.golang.org", SUM_GOLANG_ORG_KEY, &public.url())
+        .tables(&private);
+    let w = Wharf::serve(config).await;
+    for p in version_files("v0.1.0") {
+        let r = get(w.url(&format!("/go/corp.example.com/tool/{p}"))).await;
+        expect_status(&r, 200, "{p}");
     }
     assert_eq!(
-        c.get(w.url("/go/corp.example.com/tool/@v/v0.1.0.zip"))
-            .send()
+        get(w.url("/go/corp.example.com/tool/@v/v0.1.0.zip"))
             .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
+            .body()
+            .await,
         zip
     );
-    let r = c
-        .get(w.url("/go/corp.example.com/missing/@v/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/go/corp.example.com/missing/@v/list")).await;
     assert_eq!(r.status(), 404);
-    let r = c
-        .get(w.url("/go/sumdb/sum.golang.org/lookup/corp.example.com/tool@v0.1.0"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/go/sumdb/sum.golang.org/lookup/corp.example.com/tool@v0.1.0")).await;
     assert_eq!(r.status(), 403);
     assert!(
         public.seen().is_empty(),
@@ -308,28 +222,16 @@ async fn sumdb_supported_lookup_and_tiles_are_proxied_and_cached() {
     db.put("tile/8/0/000", vec![1u8; 32 * 256]);
     db.put("tile/8/0/001.p/5", vec![2u8; 32 * 5]);
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "sumdb_ttl = \"0s\"\n[[go.sumdb]]\nname = \"sum.golang.org\"\nkey = \"sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8\"\nurl = \"{}\"\n",
-        db.url()
-    );
-    let w =
-        common::Wharf::start_with_config(&go_config(&db.url(), dir.path(), &extra, ""), dir.path())
-            .await;
-    let c = client();
+    let config = WharfConfig::go_only(&db.url(), dir.path())
+        .sumdb("sum.golang.org", SUM_GOLANG_ORG_KEY, &db.url())
+        .go_keys("sumdb_ttl = \"0s\"\nverify = false");
+    let w = Wharf::serve(config).await;
     assert_eq!(
-        c.get(w.url("/go/sumdb/sum.golang.org/supported"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(w.url("/go/sumdb/sum.golang.org/supported")).await,
         200
     );
     assert_eq!(
-        c.get(w.url("/go/sumdb/other.example/supported"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(w.url("/go/sumdb/other.example/supported")).await,
         404
     );
     for p in [
@@ -337,27 +239,15 @@ async fn sumdb_supported_lookup_and_tiles_are_proxied_and_cached() {
         "tile/8/0/000",
         "tile/8/0/001.p/5",
     ] {
-        let r = c
-            .get(w.url(&format!("/go/sumdb/sum.golang.org/{p}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{p}");
+        let r = get(w.url(&format!("/go/sumdb/sum.golang.org/{p}"))).await;
+        expect_status(&r, 200, "{p}");
     }
     db.fail_with(Some(503));
     for p in ["lookup/example.com/m@v1.0.0", "tile/8/0/000"] {
-        let r = c
-            .get(w.url(&format!("/go/sumdb/sum.golang.org/{p}")))
-            .send()
-            .await
-            .unwrap();
+        let r = get(w.url(&format!("/go/sumdb/sum.golang.org/{p}"))).await;
         assert_eq!(r.headers()["x-cache"], "HIT", "{p} is immutable");
     }
-    let r = c
-        .get(w.url("/go/sumdb/sum.golang.org/tile/8/0/001.p/5"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/go/sumdb/sum.golang.org/tile/8/0/001.p/5")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "STALE");
     assert_eq!(db.count("tile/8/0/000"), 1);

@@ -9,23 +9,16 @@
 //! version (`!` escaping), a `/v2` major version, and pre-releases. Without `go` on PATH the tests
 //! print why and pass, unless `WHARF_REQUIRE_INTEROP` is set (CI sets it).
 
-mod common;
 mod support;
 use support::gotools;
+use support::*;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use gotools::{Go, GoClient, Upstream};
+use gotools::{Go, GoClient, ModuleSource, Upstream};
 use serde::Deserialize;
 use tempfile::TempDir;
-
-/// One published module version: path, version, files.
-type ModuleSource = (
-    &'static str,
-    &'static str,
-    &'static [(&'static str, &'static str)],
-);
 
 const MODULES: &[ModuleSource] = &[
     (
@@ -161,34 +154,18 @@ fn all_versions() -> Vec<String> {
     MODULES.iter().map(|(p, v, _)| format!("{p}@{v}")).collect()
 }
 
-fn wharf_config(data_dir: &Path, up: &Upstream) -> String {
-    let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
-    format!(
-        r#"data_dir = {}
-[go]
-upstreams = [{}]
-verify = true
-[[go.sumdb]]
-name = "sum.test"
-key = {}
-url = {}
-[egress]
-allow = ["127.0.0.1"]
-connect_timeout = "2s"
-read_timeout = "10s"
-"#,
-        quote(&data_dir.to_string_lossy()),
-        quote(&up.url("/mod")),
-        quote(&up.vkey),
-        quote(&up.url("/sumdb")),
-    )
+fn wharf_config(data_dir: &Path, up: &Upstream) -> WharfConfig {
+    WharfConfig::new(data_dir)
+        .go(&up.url("/mod"))
+        .sumdb("sum.test", &up.vkey, &up.url("/sumdb"))
+        .egress("connect_timeout = \"2s\"\nread_timeout = \"10s\"")
 }
 
 /// go, the built helper, the generated module sources, an upstream, and wharf in front of it.
 struct Setup {
     go: Go,
     up: Upstream,
-    wharf: common::Wharf,
+    wharf: support::Wharf,
     goproxy: String,
     work: TempDir,
 }
@@ -197,17 +174,14 @@ impl Setup {
     /// `None` when the test is skipped (no go on PATH).
     async fn start(test: &str, tamper: &[&str]) -> Option<Setup> {
         let go = gotools::find_go(test)?;
-        let work = tempfile::Builder::new()
-            .prefix("wharf-interop-go-")
-            .tempdir()
-            .unwrap();
+        let work = work_dir("wharf-interop-go-");
         let helper = go.build_helper(&work.path().join("helper")).await;
         let src = work.path().join("modules");
         write_module_sources(&src);
         let up = Upstream::start(&helper, &src, tamper).await;
         let data = work.path().join("wharf-data");
         std::fs::create_dir_all(&data).unwrap();
-        let wharf = common::Wharf::start_with_config(&wharf_config(&data, &up), &data).await;
+        let wharf = Wharf::serve(wharf_config(&data, &up)).await;
         let goproxy = wharf.url("/go");
         eprintln!("{test}: {}; upstream {}", go.version, up.addr);
         Some(Setup {
@@ -272,16 +246,7 @@ async fn download_all_and_check(s: &Setup, client: &GoClient) {
             .unwrap_or_else(|| panic!("no JSON for {key} in\n{}", run.stdout));
         assert_eq!(d.error, None, "{key}");
         let published = s.up.module(key);
-        assert_eq!(
-            d.sum.as_deref(),
-            Some(published.zip.as_str()),
-            "{key} zip h1"
-        );
-        assert_eq!(
-            d.go_mod_sum.as_deref(),
-            Some(published.go_mod.as_str()),
-            "{key} go.mod h1"
-        );
+        published.assert_sums(d.sum.as_deref(), d.go_mod_sum.as_deref(), key);
         for file in [&d.zip, &d.go_mod] {
             let file = file
                 .as_deref()
@@ -433,9 +398,9 @@ async fn zip_that_does_not_match_the_checksum_database_is_refused_and_never_stor
     );
 
     // Asked directly, wharf never completes the tampered body either.
-    let http = common::client();
+    let http = support::client();
     let zip_url = s.wharf.url("/go/example.com/lib/@v/v1.0.0.zip");
-    let resp = http.get(&zip_url).send().await.unwrap();
+    let resp = http.get(&zip_url).sent().await;
     let status = resp.status();
     if status == 200 {
         let body = resp.bytes().await;
@@ -448,18 +413,17 @@ async fn zip_that_does_not_match_the_checksum_database_is_refused_and_never_stor
     // The genuine go.mod of the same version passed verification and is cached.
     let resp = http
         .get(s.wharf.url("/go/example.com/lib/@v/v1.0.0.mod"))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-cache"], "HIT");
 
     // Nothing in wharf's data directory holds the tampered zip.
-    let stored: Vec<_> = common::files_under(&s.wharf.data_dir)
+    let stored: Vec<_> = support::files_under(&s.wharf.data_dir)
         .into_iter()
         .filter(|p| {
             std::fs::read(p).is_ok_and(|bytes| {
-                common::sha256(&bytes) == format!("sha256:{}", published.zip_sha256)
+                support::sha256(&bytes) == format!("sha256:{}", published.zip_sha256)
             })
         })
         .collect();

@@ -5,17 +5,17 @@
 //! on PATH the tests print why and pass, unless `WHARF_REQUIRE_INTEROP` is set (CI sets it).
 
 mod support;
+use support::*;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::oci::{
-    Compression, Descriptor, Image, ImageSpec, LayerSpec, Layout, LayoutReader, MultiArch,
-    sha256_digest,
+    Descriptor, Image, ImageSpec, Layout, LayoutReader, MultiArch, gzip_layer, sha256_digest,
 };
 use support::origin::{Origin, Skopeo, http_status, require_tools};
-use support::wharf::{MANIFEST_ACCEPT, Wharf};
+use support::{MANIFEST_ACCEPT, Wharf, WharfConfig};
 use tempfile::TempDir;
 
 /// The upstream name wharf knows the origin by; it does not resolve, so a client that reaches the
@@ -24,13 +24,6 @@ const UPSTREAM: &str = "origin.test";
 const APP_REPO: &str = "test/app";
 const MULTI_REPO: &str = "test/multi";
 const TAG: &str = "v1";
-
-fn gzip_layer(size: usize) -> LayerSpec {
-    LayerSpec {
-        size,
-        compression: Compression::Gzip,
-    }
-}
 
 /// An origin holding a three-layer image (`test/app:v1`, one layer of several MiB) and a
 /// two-platform index (`test/multi:v1`), and skopeo set up to talk to it.
@@ -49,10 +42,7 @@ impl Origined {
         let fixture = blocking(move || {
             let origin = Origin::start(&tools[1]);
             let skopeo = Skopeo::new(&tools[0]);
-            let work = tempfile::Builder::new()
-                .prefix("wharf-interop-")
-                .tempdir()
-                .expect("create work dir");
+            let work = work_dir("wharf-interop-");
 
             let mut layout = Layout::create(&work.path().join("generated"));
             let image = layout.add_image(&ImageSpec::linux(
@@ -89,19 +79,18 @@ impl Origined {
 
     /// Serves wharf with the origin as upstream `origin.test`.
     async fn wharf(&self) -> Wharf {
-        Wharf::start(&[(UPSTREAM, format!("http://{}", self.origin().host()))]).await
+        let url = format!("http://{}", self.origin().host());
+        Wharf::in_temp_dir(|data| {
+            WharfConfig::new(data)
+                .upstream(UPSTREAM, &url)
+                .offline(false)
+        })
+        .await
     }
 
     fn out(&self, name: &str) -> PathBuf {
         self.work.path().join(name)
     }
-}
-
-/// Runs `f` on the blocking pool: skopeo and process management block.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
 }
 
 /// `docker://<wharf>/origin.test/<repo><reference>` as podman/skopeo mirrors spell it.
@@ -162,12 +151,8 @@ async fn origin_accepts_generated_layouts() {
             "origin serves the generated index bytes unchanged"
         );
         let out = fx.out("from-origin");
-        fx.skopeo.run(&[
-            "copy",
-            "--src-tls-verify=false",
-            &format!("docker://{app}"),
-            &format!("oci:{}:{TAG}", out.display()),
-        ]);
+        fx.skopeo
+            .copy_to_layout(&format!("docker://{app}"), &out, TAG);
         assert_layout_holds_image(&out, TAG, &fx.image);
     })
     .await;
@@ -193,12 +178,7 @@ async fn skopeo_copy_through_wharf_preserves_digests() {
             wharf_digest, origin_digest,
             "skopeo inspect through wharf reports the origin's digest"
         );
-        fx.skopeo.run(&[
-            "copy",
-            "--src-tls-verify=false",
-            &through,
-            &format!("oci:{}:{TAG}", out.display()),
-        ]);
+        fx.skopeo.copy_to_layout(&through, &out, TAG);
         assert_layout_holds_image(&out, TAG, &fx.image);
         fx
     })
@@ -224,7 +204,7 @@ async fn skopeo_copy_through_wharf_preserves_digests() {
         manifest.describe()
     );
     assert_eq!(sha256_digest(&manifest.body), fx.image.manifest.digest);
-    wharf.stop().await;
+    wharf.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -273,7 +253,7 @@ async fn skopeo_copy_all_pulls_every_platform_of_an_index() {
         }
     })
     .await;
-    wharf.stop().await;
+    wharf.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -329,7 +309,7 @@ async fn registries_conf_mirror_pulls_through_wharf() {
         "the mirror pull stored the manifest in wharf: {}",
         manifest.describe()
     );
-    wharf.stop().await;
+    wharf.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -350,12 +330,7 @@ async fn second_pull_is_served_from_cache_without_origin() {
     let origin_addr = fx.origin().addr;
     let fx = blocking(move || {
         let copy = |source: &str, dest: &Path| {
-            fx.skopeo.run(&[
-                "copy",
-                "--src-tls-verify=false",
-                source,
-                &format!("oci:{}:{TAG}", dest.display()),
-            ]);
+            fx.skopeo.copy_to_layout(source, dest, TAG);
         };
         copy(&by_tag, &first);
         assert_layout_holds_image(&first, TAG, &fx.image);
@@ -413,7 +388,7 @@ async fn second_pull_is_served_from_cache_without_origin() {
         assert_eq!(answer.cache(), "HIT", "{}", answer.describe());
         assert_eq!(sha256_digest(&answer.body), blob.digest);
     }
-    wharf.stop().await;
+    wharf.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -430,12 +405,7 @@ async fn concurrent_cold_pulls_fetch_each_blob_from_origin_once() {
             let (fx, through) = (fx.clone(), through.clone());
             tokio::task::spawn_blocking(move || {
                 let out = fx.out(&format!("concurrent-{n}"));
-                fx.skopeo.run(&[
-                    "copy",
-                    "--src-tls-verify=false",
-                    &through,
-                    &format!("oci:{}:{TAG}", out.display()),
-                ]);
+                fx.skopeo.copy_to_layout(&through, &out, TAG);
                 assert_layout_holds_image(&out, TAG, &fx.image);
             })
         })
@@ -467,7 +437,7 @@ async fn concurrent_cold_pulls_fetch_each_blob_from_origin_once() {
             fx.origin().access_log()
         );
     }
-    wharf.stop().await;
+    wharf.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -480,12 +450,7 @@ async fn cache_survives_a_wharf_restart_with_the_origin_down() {
     let source = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
     let first = fx.out("before-restart");
     let mut fx = blocking(move || {
-        fx.skopeo.run(&[
-            "copy",
-            "--src-tls-verify=false",
-            &source,
-            &format!("oci:{}:{TAG}", first.display()),
-        ]);
+        fx.skopeo.copy_to_layout(&source, &first, TAG);
         assert_layout_holds_image(&first, TAG, &fx.image);
         fx
     })
@@ -497,23 +462,13 @@ async fn cache_survives_a_wharf_restart_with_the_origin_down() {
     let by_tag = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
     let (after_digest, after_tag) = (fx.out("after-restart-digest"), fx.out("after-restart-tag"));
     blocking(move || {
-        fx.skopeo.run(&[
-            "copy",
-            "--src-tls-verify=false",
-            &by_digest,
-            &format!("oci:{}:{TAG}", after_digest.display()),
-        ]);
+        fx.skopeo.copy_to_layout(&by_digest, &after_digest, TAG);
         assert_layout_holds_image(&after_digest, TAG, &fx.image);
-        fx.skopeo.run(&[
-            "copy",
-            "--src-tls-verify=false",
-            &by_tag,
-            &format!("oci:{}:{TAG}", after_tag.display()),
-        ]);
+        fx.skopeo.copy_to_layout(&by_tag, &after_tag, TAG);
         assert_layout_holds_image(&after_tag, TAG, &fx.image);
     })
     .await;
-    wharf.stop().await;
+    wharf.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -526,12 +481,7 @@ async fn offline_restart_pulls_by_tag_with_no_origin_request() {
     let source = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
     let warm = fx.out("warm");
     let fx = blocking(move || {
-        fx.skopeo.run(&[
-            "copy",
-            "--src-tls-verify=false",
-            &source,
-            &format!("oci:{}:{TAG}", warm.display()),
-        ]);
+        fx.skopeo.copy_to_layout(&source, &warm, TAG);
         fx
     })
     .await;
@@ -541,12 +491,7 @@ async fn offline_restart_pulls_by_tag_with_no_origin_request() {
     let by_tag = via_wharf(&wharf, APP_REPO, &format!(":{TAG}"));
     let out = fx.out("offline-tag");
     let fx = blocking(move || {
-        fx.skopeo.run(&[
-            "copy",
-            "--src-tls-verify=false",
-            &by_tag,
-            &format!("oci:{}:{TAG}", out.display()),
-        ]);
+        fx.skopeo.copy_to_layout(&by_tag, &out, TAG);
         assert_layout_holds_image(&out, TAG, &fx.image);
         fx
     })

@@ -8,6 +8,7 @@
 
 mod support;
 use support::tlsgen;
+use support::*;
 
 use std::fs;
 use std::io::Write as _;
@@ -15,8 +16,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use support::oci::{Compression, Image, ImageSpec, LayerSpec, Layout, LayoutReader};
-use support::origin::{Origin, Skopeo, require_tools};
+use support::oci::{Image, ImageSpec, Layout, LayoutReader, gzip_layer};
+use support::origin::{Origin, Skopeo, require_tools, skopeo_dir};
 use tempfile::TempDir;
 use tlsgen::{Ca, TlsFiles};
 
@@ -27,20 +28,6 @@ const TAG: &str = "v1";
 const USER: &str = "puller";
 const PASSWORD: &str = "pull-secret-42";
 
-fn gzip_layer(size: usize) -> LayerSpec {
-    LayerSpec {
-        size,
-        compression: Compression::Gzip,
-    }
-}
-
-/// Runs `f` on the blocking pool: skopeo and process management block.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
-}
-
 /// skopeo with everything it could read from the machine replaced by files in one temporary
 /// directory; unlike `support::origin::Skopeo`, it hands back failures for the test to inspect.
 struct IsolatedSkopeo {
@@ -50,20 +37,7 @@ struct IsolatedSkopeo {
 
 impl IsolatedSkopeo {
     fn new(program: &Path) -> IsolatedSkopeo {
-        let dir = tempfile::Builder::new()
-            .prefix("wharf-skopeo-tls-")
-            .tempdir()
-            .expect("create skopeo dir");
-        fs::write(
-            dir.path().join("policy.json"),
-            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .unwrap();
-        fs::write(
-            dir.path().join("registries.conf"),
-            "unqualified-search-registries = []\n",
-        )
-        .unwrap();
+        let dir = skopeo_dir("wharf-skopeo-tls-");
         for sub in ["home", "run", "config", "tmp"] {
             fs::create_dir(dir.path().join(sub)).unwrap();
         }
@@ -186,10 +160,7 @@ impl Fixture {
         let skopeo_program = tools[0].clone();
         let (origin, image, work) = blocking(move || {
             let origin = Origin::start(&tools[1]);
-            let work = tempfile::Builder::new()
-                .prefix("wharf-interop-tls-")
-                .tempdir()
-                .expect("create work dir");
+            let work = work_dir("wharf-interop-tls-");
             let mut layout = Layout::create(&work.path().join("generated"));
             let image = layout.add_image(&ImageSpec::linux(
                 "amd64",
@@ -257,10 +228,7 @@ impl TlsWharf {
         require_auth: bool,
         access_rules: &str,
     ) -> TlsWharf {
-        let data = tempfile::Builder::new()
-            .prefix("wharf-data-")
-            .tempdir()
-            .expect("create wharf data dir");
+        let data = work_dir("wharf-data-");
         let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
         let hash = wharf::access::hash_password(PASSWORD).expect("hash the password");
         let text = format!(

@@ -1,39 +1,22 @@
 //! Offline mode and fail-fast upstreams: answers come from the cache, misses are clear 404s, and
 //! no connection is attempted (offline) or only a bounded number (upstream down).
 
-mod common;
+mod support;
+use support::*;
 
 use std::sync::atomic::Ordering;
-
-use common::gofake::{GoFake, module_zip};
-use common::*;
 
 fn conns(f: &FakeRegistry) -> usize {
     f.state.connections.load(Ordering::SeqCst)
 }
 
-fn config(reg: &str, go: &str, dir: &std::path::Path, top: &str, egress: &str) -> String {
-    format!(
-        r#"data_dir = "{}"
-{top}
-[registry]
-default_upstream = "fake.test"
-tag_ttl = "0s"
-[[registry.upstream]]
-name = "fake.test"
-url = "{reg}"
-[go]
-upstreams = ["{go}"]
-verify = false
-list_ttl = "0s"
-[egress]
-allow = ["127.0.0.1"]
-connect_timeout = "1s"
-read_timeout = "1s"
-{egress}
-"#,
-        dir.display()
-    )
+fn config(reg: &str, go: &str, dir: &std::path::Path, top: &str, egress: &str) -> WharfConfig {
+    WharfConfig::fakes(reg, go, dir)
+        .top(top)
+        .registry("tag_ttl = \"0s\"")
+        .go_keys("list_ttl = \"0s\"")
+        .egress("connect_timeout = \"1s\"\nread_timeout = \"1s\"")
+        .egress(egress)
 }
 
 #[tokio::test]
@@ -55,55 +38,30 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
         "module example.com/m\n",
         zip.clone(),
     );
-    let c = client();
     // Warm the cache online.
-    let w = Wharf::start_with_config(
-        &config(&reg.url(), &go.url(), dir.path(), "", ""),
-        dir.path(),
-    )
-    .await;
-    assert_eq!(
-        c.get(w.url("/v2/team/app/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    c.get(w.url(&format!("/v2/team/app/blobs/{bd}")))
-        .send()
+    let w = Wharf::serve(config(&reg.url(), &go.url(), dir.path(), "", "")).await;
+    assert_eq!(status_of(w.url("/v2/team/app/manifests/v1")).await, 200);
+    get(w.url(&format!("/v2/team/app/blobs/{bd}")))
         .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    for p in [
-        "@v/list",
-        "@v/v1.0.0.info",
-        "@v/v1.0.0.mod",
-        "@v/v1.0.0.zip",
-    ] {
-        let r = c
-            .get(w.url(&format!("/go/example.com/m/{p}")))
-            .send()
-            .await
-            .unwrap();
+        .body()
+        .await;
+    for p in version_files("v1.0.0") {
+        let r = get(w.url(&format!("/go/example.com/m/{p}"))).await;
         assert_eq!(r.status(), 200, "{p}");
-        r.bytes().await.unwrap();
+        read_body(r).await;
     }
     w.stop().await;
 
     let (reg_before, go_seen) = (conns(&reg), go.seen().len());
-    let w = Wharf::start_with_config(
-        &config(&reg.url(), &go.url(), dir.path(), "offline = true", ""),
+    let w = Wharf::serve(config(
+        &reg.url(),
+        &go.url(),
         dir.path(),
-    )
+        "offline = true",
+        "",
+    ))
     .await;
-    let r = c
-        .get(w.url("/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/team/app/manifests/v1")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()["x-cache"],
@@ -111,19 +69,11 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
         "an expired tag answered from the index"
     );
     assert_eq!(r.headers()["docker-content-digest"], md.as_str());
-    assert_eq!(r.bytes().await.unwrap(), body);
-    let r = c
-        .get(w.url(&format!("/v2/team/app/blobs/{bd}")))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(read_body(r).await, body);
+    let r = get(w.url(&format!("/v2/team/app/blobs/{bd}"))).await;
     assert_eq!(r.headers()["x-cache"], "HIT");
-    assert_eq!(r.bytes().await.unwrap(), layer);
-    let r = c
-        .get(w.url("/go/example.com/m/@v/list"))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(read_body(r).await, layer);
+    let r = get(w.url("/go/example.com/m/@v/list")).await;
     assert_eq!(
         (
             r.status().as_u16(),
@@ -131,48 +81,20 @@ async fn offline_mode_serves_the_cache_and_never_connects() {
         ),
         (200, "STALE")
     );
-    let r = c
-        .get(w.url("/go/example.com/m/@v/v1.0.0.zip"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.bytes().await.unwrap(), zip);
+    let r = get(w.url("/go/example.com/m/@v/v1.0.0.zip")).await;
+    assert_eq!(read_body(r).await, zip);
     // Misses: clear 404s that say why.
-    let r = c
-        .get(w.url("/v2/team/app/manifests/v2"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/team/app/manifests/v2")).await;
     assert_eq!(r.status(), 404);
-    assert!(r.text().await.unwrap().contains("offline cache"));
-    let r = c
-        .get(w.url(&format!("/v2/team/app/blobs/{}", sha256(b"other"))))
-        .send()
-        .await
-        .unwrap();
+    assert!(read_text(r).await.contains("offline cache"));
+    let r = get(w.url(&format!("/v2/team/app/blobs/{}", sha256(b"other")))).await;
     assert_eq!(r.status(), 404);
-    assert!(r.text().await.unwrap().contains("offline cache"));
-    let r = c
-        .get(w.url("/go/example.com/other/@v/v1.0.0.mod"))
-        .send()
-        .await
-        .unwrap();
+    assert!(read_text(r).await.contains("offline cache"));
+    let r = get(w.url("/go/example.com/other/@v/v1.0.0.mod")).await;
     assert_eq!(r.status(), 404);
-    assert!(r.text().await.unwrap().contains("offline cache"));
-    let r = c
-        .get(w.url("/go/example.com/other/@v/list"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let health: serde_json::Value = c
-        .get(w.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert!(read_text(r).await.contains("offline cache"));
+    assert_eq!(status_of(w.url("/go/example.com/other/@v/list")).await, 404);
+    let health: serde_json::Value = get(w.url("/healthz")).await.json().await.unwrap();
     assert_eq!(health["offline"], true);
     assert_eq!(
         conns(&reg),
@@ -193,25 +115,13 @@ async fn a_dead_upstream_is_marked_down_and_answered_from_cache_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (md, _) = reg.put_image("app", "v1", &[bytes_of(10, 1)]);
     let egress = "failure_threshold = 3\nprobe_interval = \"1h\"";
-    let w = Wharf::start_with_config(
-        &config(&reg.url(), &go.url(), dir.path(), "", egress),
-        dir.path(),
-    )
-    .await;
-    let c = client();
-    assert_eq!(
-        c.get(w.url("/v2/app/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let w = Wharf::serve(config(&reg.url(), &go.url(), dir.path(), "", egress)).await;
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
     // The upstream black-holes: every attempt costs a read timeout, until it is marked down.
     reg.state.hang.store(true, Ordering::SeqCst);
     let before = conns(&reg);
     for i in 0..20 {
-        let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+        let r = get(w.url("/v2/app/manifests/v1")).await;
         assert_eq!(r.status(), 200, "request {i}");
         assert_eq!(r.headers()["x-cache"], "STALE");
         assert_eq!(r.headers()["docker-content-digest"], md.as_str());
@@ -221,31 +131,10 @@ async fn a_dead_upstream_is_marked_down_and_answered_from_cache_at_once() {
         attempts <= 3,
         "{attempts} connection attempts for 20 requests"
     );
-    let health: serde_json::Value = c
-        .get(w.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (health, up) = health_of(&w.url(""), "fake.test").await;
     assert_eq!(health["status"], "degraded");
-    let up = health["upstreams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["name"] == "fake.test")
-        .unwrap()
-        .clone();
     assert_eq!(up["up"], false);
-    let metrics = c
-        .get(w.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get(w.url("/metrics")).await.body_text().await;
     assert!(
         metrics.contains("wharf_upstream_up{kind=\"registry\",upstream=\"fake.test\"} 0"),
         "{metrics}"
@@ -255,13 +144,9 @@ async fn a_dead_upstream_is_marked_down_and_answered_from_cache_at_once() {
         "{metrics}"
     );
     // An uncached tag while down: a quick 503 that says so, not a timeout.
-    let r = c
-        .get(w.url("/v2/app/manifests/uncached"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/app/manifests/uncached")).await;
     assert_eq!(r.status(), 503);
-    assert!(r.text().await.unwrap().contains("down"));
+    assert!(read_text(r).await.contains("down"));
 }
 
 #[tokio::test]
@@ -270,34 +155,26 @@ async fn a_down_upstream_comes_back_after_a_successful_probe() {
     let dir = tempfile::tempdir().unwrap();
     reg.put_image("app", "v1", &[bytes_of(10, 1)]);
     let egress = "failure_threshold = 1\nprobe_interval = \"200ms\"";
-    let w = Wharf::start_with_config(
-        &config(&reg.url(), "http://127.0.0.1:9", dir.path(), "", egress),
+    let w = Wharf::serve(config(
+        &reg.url(),
+        "http://127.0.0.1:9",
         dir.path(),
-    )
+        "",
+        egress,
+    ))
     .await;
-    let c = client();
     reg.state.hang.store(true, Ordering::SeqCst);
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 502);
     assert_eq!(
-        c.get(w.url("/v2/app/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        502
+        status_of(w.url("/v2/app/manifests/v1")).await,
+        503,
+        "down: answered at once"
     );
-    let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
-    assert_eq!(r.status(), 503, "down: answered at once");
     reg.state.hang.store(false, Ordering::SeqCst);
     let mut up = false;
     for _ in 0..50 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        if c.get(w.url("/v2/app/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-        {
+        if status_of(w.url("/v2/app/manifests/v1")).await == 200 {
             up = true;
             break;
         }

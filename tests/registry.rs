@@ -1,10 +1,10 @@
 //! Black-box tests of the registry mirror over real sockets, against a fake upstream on port 0.
 
-mod common;
+mod support;
+use support::*;
 
 use std::time::Duration;
 
-use common::*;
 use http::StatusCode;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -19,7 +19,7 @@ async fn setup(registry_keys: &str) -> (FakeRegistry, Wharf, tempfile::TempDir) 
 #[tokio::test]
 async fn base_endpoint_answers_with_the_api_version_header() {
     let (_up, w, _d) = setup("").await;
-    let r = client().get(w.url("/v2/")).send().await.unwrap();
+    let r = get(w.url("/v2/")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()["docker-distribution-api-version"],
@@ -31,12 +31,7 @@ async fn base_endpoint_answers_with_the_api_version_header() {
 async fn manifest_by_tag_is_fetched_once_then_served_from_cache() {
     let (up, w, _d) = setup("tag_ttl = \"1h\"").await;
     let (digest, body) = up.put_image("team/app", "v1", &[bytes_of(1000, 1)]);
-    let c = client();
-    let r = c
-        .get(w.url("/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/team/app/manifests/v1")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "MISS");
     assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
@@ -45,15 +40,11 @@ async fn manifest_by_tag_is_fetched_once_then_served_from_cache() {
         r.headers()["content-length"],
         body.len().to_string().as_str()
     );
-    assert_eq!(r.bytes().await.unwrap(), body);
+    assert_eq!(read_body(r).await, body);
     let before = up.total();
-    let r = c
-        .get(w.url("/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/team/app/manifests/v1")).await;
     assert_eq!(r.headers()["x-cache"], "HIT");
-    assert_eq!(r.bytes().await.unwrap(), body);
+    assert_eq!(read_body(r).await, body);
     assert_eq!(up.total(), before, "a fresh tag must not go upstream");
 }
 
@@ -61,17 +52,9 @@ async fn manifest_by_tag_is_fetched_once_then_served_from_cache() {
 async fn expired_tag_is_revalidated_with_head_and_content_is_not_refetched() {
     let (up, w, _d) = setup("tag_ttl = \"0s\"").await;
     let (digest, _) = up.put_image("team/app", "v1", &[bytes_of(10, 1)]);
-    let c = client();
-    c.get(w.url("/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    get(w.url("/v2/team/app/manifests/v1")).await;
     assert_eq!(up.count("GET", "/manifests/"), 1);
-    let r = c
-        .get(w.url("/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/team/app/manifests/v1")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(
@@ -87,11 +70,7 @@ async fn expired_tag_is_revalidated_with_head_and_content_is_not_refetched() {
     // The tag moves upstream: the next lookup follows it.
     let (digest2, _) = up.put_image("team/app", "v1", &[bytes_of(10, 2)]);
     assert_ne!(digest, digest2);
-    let r = c
-        .get(w.url("/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/team/app/manifests/v1")).await;
     assert_eq!(r.headers()["docker-content-digest"], digest2.as_str());
 }
 
@@ -101,9 +80,8 @@ async fn manifest_head_has_every_header_and_no_body() {
     let (digest, body) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
     let r = client()
         .head(w.url(&format!("/v2/app/manifests/{digest}")))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
     assert_eq!(
@@ -111,7 +89,7 @@ async fn manifest_head_has_every_header_and_no_body() {
         body.len().to_string().as_str()
     );
     assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
-    assert!(r.bytes().await.unwrap().is_empty());
+    assert!(read_body(r).await.is_empty());
 }
 
 #[tokio::test]
@@ -119,11 +97,7 @@ async fn manifest_without_digest_header_is_hashed_on_arrival() {
     let (up, w, _d) = setup("").await;
     *up.state.omit_digest_header.lock().unwrap() = true;
     let (digest, _) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
-    let r = client()
-        .get(w.url("/v2/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/app/manifests/v1")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
 }
@@ -135,39 +109,24 @@ async fn blobs_are_served_whole_and_by_range() {
     let d = up.put_blob(&data);
     let c = client();
     let url = w.url(&format!("/v2/app/blobs/{d}"));
-    let r = c.get(&url).send().await.unwrap();
+    let r = get(&url).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "MISS");
     assert_eq!(r.headers()["accept-ranges"], "bytes");
     assert_eq!(r.headers()["docker-content-digest"], d.as_str());
-    assert_eq!(r.bytes().await.unwrap(), data);
-    let r = c
-        .get(&url)
-        .header("range", "bytes=100-199")
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(read_body(r).await, data);
+    let r = c.get(&url).header("range", "bytes=100-199").sent().await;
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 100-199/300000");
     assert_eq!(r.headers()["x-cache"], "HIT");
-    assert_eq!(r.bytes().await.unwrap(), &data[100..200]);
-    let r = c
-        .get(&url)
-        .header("range", "bytes=-10")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.bytes().await.unwrap(), &data[data.len() - 10..]);
-    let r = c
-        .get(&url)
-        .header("range", "bytes=300000-")
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(read_body(r).await, &data[100..200]);
+    let r = c.get(&url).header("range", "bytes=-10").sent().await;
+    assert_eq!(read_body(r).await, &data[data.len() - 10..]);
+    let r = c.get(&url).header("range", "bytes=300000-").sent().await;
     assert_eq!(r.status(), 416);
     assert_eq!(r.headers()["content-range"], "bytes */300000");
     assert_eq!(error_code(r).await, "RANGE_INVALID");
-    let r = c.head(&url).send().await.unwrap();
+    let r = c.head(&url).sent().await;
     assert_eq!(r.headers()["content-length"], "300000");
     assert_eq!(up.count("GET", "/blobs/"), 1);
 }
@@ -180,26 +139,20 @@ async fn range_on_a_cold_blob_is_served_from_the_fill() {
     let r = client()
         .get(w.url(&format!("/v2/app/blobs/{d}")))
         .header("range", "bytes=500000-500099")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(r.status(), 206);
-    assert_eq!(r.bytes().await.unwrap(), &data[500_000..500_100]);
+    assert_eq!(read_body(r).await, &data[500_000..500_100]);
 }
 
 #[tokio::test]
 async fn unknown_blob_and_manifest_are_404_with_spec_codes() {
     let (_up, w, _d) = setup("").await;
-    let c = client();
     let missing = sha256(b"nope");
-    let r = c
-        .get(w.url(&format!("/v2/app/blobs/{missing}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/app/blobs/{missing}"))).await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
-    let r = c.get(w.url("/v2/app/manifests/nope")).send().await.unwrap();
+    let r = get(w.url("/v2/app/manifests/nope")).await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
 }
@@ -210,27 +163,22 @@ async fn tags_list_paginates_and_falls_back_to_the_cached_list() {
     for t in ["b", "a", "c"] {
         up.put_image("app", t, &[bytes_of(5, 1)]);
     }
-    let c = client();
-    let r = c.get(w.url("/v2/app/tags/list")).send().await.unwrap();
+    let r = get(w.url("/v2/app/tags/list")).await;
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["a", "b", "c"]));
-    let r = c.get(w.url("/v2/app/tags/list?n=2")).send().await.unwrap();
+    let r = get(w.url("/v2/app/tags/list?n=2")).await;
     let link = r.headers()["link"].to_str().unwrap().to_string();
     assert!(link.starts_with("</v2/app/tags/list?n=2&last=b>"), "{link}");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["a", "b"]));
     up.fail_with(Some(503));
-    let r = c
-        .get(w.url("/v2/app/tags/list?n=1&last=a"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/app/tags/list?n=1&last=a")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "STALE");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["b"]));
-    let r = c.get(w.url("/v2/other/tags/list")).send().await.unwrap();
+    let r = get(w.url("/v2/other/tags/list")).await;
     assert_eq!(r.status(), 502);
     assert_eq!(error_code(r).await, "UNAVAILABLE");
 }
@@ -240,10 +188,8 @@ async fn token_challenge_is_answered_and_the_token_reused() {
     let (up, w, _d) = setup("tag_ttl = \"0s\"").await;
     *up.state.require_token.lock().unwrap() = true;
     up.put_image("app", "v1", &[bytes_of(10, 1)]);
-    let c = client();
     for _ in 0..3 {
-        let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
     }
     assert_eq!(
         up.state
@@ -261,13 +207,9 @@ async fn token_realm_on_a_refused_host_gets_no_request() {
     *up.state.realm.lock().unwrap() =
         Some(format!("http://localhost:{}/token", planted.addr.port()));
     up.put_image("app", "v1", &[bytes_of(10, 1)]);
-    let r = client()
-        .get(w.url("/v2/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/app/manifests/v1")).await;
     assert_eq!(r.status(), 502);
-    let body = r.text().await.unwrap();
+    let body = read_text(r).await;
     assert!(
         body.contains("localhost") && body.contains("egress.allow"),
         "{body}"
@@ -290,43 +232,17 @@ async fn refused_realm_does_not_disable_the_upstream() {
         Some(format!("http://localhost:{}/token", planted.addr.port()));
     up.put_image("app", "v1", &[bytes_of(10, 1)]);
     up.put_image("other", "v1", &[bytes_of(10, 2)]);
-    let c = client();
     let upstream_state = || async {
-        let health: serde_json::Value = c
-            .get(w.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let up = health["upstreams"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|u| u["name"] == "fake.test")
-            .unwrap()
-            .clone();
-        let metrics = c
-            .get(w.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (health, up) = health_of(&w.url(""), "fake.test").await;
+        let metrics = get(w.url("/metrics")).await.body_text().await;
         (health["status"].clone(), up, metrics)
     };
 
     // While the realm is refused, each request fails, but each is sent and challenged afresh.
     for (i, repo) in ["app", "other"].into_iter().enumerate() {
-        let r = c
-            .get(w.url(&format!("/v2/{repo}/manifests/v1")))
-            .send()
-            .await
-            .unwrap();
+        let r = get(w.url(&format!("/v2/{repo}/manifests/v1"))).await;
         assert_eq!(r.status(), 502, "{repo}");
-        let body = r.text().await.unwrap();
+        let body = read_text(r).await;
         assert!(
             body.contains("localhost") && body.contains("egress.allow"),
             "{body}"
@@ -365,11 +281,7 @@ async fn refused_realm_does_not_disable_the_upstream() {
     // The registry now names an allowed realm (its own /token): the next request works.
     *up.state.realm.lock().unwrap() = None;
     for repo in ["other", "app"] {
-        let r = c
-            .get(w.url(&format!("/v2/{repo}/manifests/v1")))
-            .send()
-            .await
-            .unwrap();
+        let r = get(w.url(&format!("/v2/{repo}/manifests/v1"))).await;
         assert_eq!(r.status(), 200, "{repo}");
     }
     let (status, state, metrics) = upstream_state().await;
@@ -387,32 +299,23 @@ async fn refused_realm_does_not_disable_the_upstream() {
 async fn rate_limited_or_failing_upstream_serves_the_last_known_tag_as_stale() {
     let (up, w, _d) = setup("tag_ttl = \"0s\"").await;
     let (digest, body) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
-    let c = client();
-    c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+    get(w.url("/v2/app/manifests/v1")).await;
     for code in [429, 500, 503] {
         up.fail_with(Some(code));
-        let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+        let r = get(w.url("/v2/app/manifests/v1")).await;
         assert_eq!(r.status(), 200, "upstream {code}");
         assert_eq!(r.headers()["x-cache"], "STALE");
         assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
-        assert_eq!(r.bytes().await.unwrap(), body);
+        assert_eq!(read_body(r).await, body);
     }
     up.fail_with(Some(429));
-    let r = c
-        .get(w.url("/v2/app/manifests/uncached"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/app/manifests/uncached")).await;
     assert_eq!(r.status(), 429);
     assert_eq!(error_code(r).await, "TOOMANYREQUESTS");
     up.fail_with(Some(500));
-    let r = c
-        .get(w.url("/v2/app/manifests/uncached"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/app/manifests/uncached")).await;
     assert_eq!(r.status(), 502);
-    let text = r.text().await.unwrap();
+    let text = read_text(r).await;
     assert!(
         text.contains("UNAVAILABLE") && text.contains("fake.test"),
         "{text}"
@@ -426,18 +329,10 @@ async fn unreachable_upstream_serves_stale_tags() {
     let (digest, _) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
     let url = up.url();
     let w = Wharf::start(&url, dir.path(), "tag_ttl = \"0s\"").await;
-    let c = client();
-    assert_eq!(
-        c.get(w.url("/v2/app/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
     drop(up);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
+    let r = get(w.url("/v2/app/manifests/v1")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "STALE");
     assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
@@ -451,24 +346,14 @@ async fn blob_redirect_to_an_allowed_host_is_followed_without_credentials() {
     let d = up.put_blob(&data);
     cdn.put_blob(&data);
     *up.state.require_token.lock().unwrap() = true;
-    up.set_blob_mode(BlobMode::Redirect(format!(
-        "http://localhost:{}",
-        cdn.addr.port()
-    )));
+    up.redirect_to(format!("localhost:{}", cdn.addr.port()));
     let dir = tempfile::tempdir().unwrap();
-    let mut toml = config_toml(&up.url(), dir.path(), "");
-    toml = toml.replace(
-        "allow = [\"127.0.0.1\"]",
-        "allow = [\"127.0.0.1\", \"localhost\"]",
-    );
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
-    let r = client()
-        .get(w.url(&format!("/v2/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let w =
+        Wharf::serve(WharfConfig::fake(&up.url(), dir.path()).allow(&["127.0.0.1", "localhost"]))
+            .await;
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap(), data);
+    assert_eq!(read_body(r).await, data);
     let cdn_seen = cdn.seen();
     assert_eq!(cdn_seen.len(), 1);
     assert_eq!(
@@ -489,17 +374,10 @@ async fn blob_redirect_to_a_refused_host_fails_before_connecting() {
     let data = bytes_of(5_000, 9);
     let d = up.put_blob(&data);
     planted.put_blob(&data);
-    up.set_blob_mode(BlobMode::Redirect(format!(
-        "http://localhost:{}",
-        planted.addr.port()
-    )));
-    let r = client()
-        .get(w.url(&format!("/v2/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    up.redirect_to(format!("localhost:{}", planted.addr.port()));
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
     assert_eq!(r.status(), 502);
-    let body = r.text().await.unwrap();
+    let body = read_text(r).await;
     assert!(
         body.contains("localhost") && body.contains("egress.allow"),
         "{body}"
@@ -530,10 +408,9 @@ async fn blob_with_wrong_digest_is_never_cached() {
     let data = bytes_of(2_000_000, 5);
     let d = up.put_blob(&data);
     up.set_blob_mode(BlobMode::Corrupt);
-    let c = client();
     let url = w.url(&format!("/v2/app/blobs/{d}"));
     for _ in 0..2 {
-        let r = c.get(&url).send().await.unwrap();
+        let r = get(&url).await;
         // Headers usually go out before the digest is known; then the body must be aborted.
         // A fill that fails before its first byte is served is a plain 502.
         match r.status().as_u16() {
@@ -541,7 +418,7 @@ async fn blob_with_wrong_digest_is_never_cached() {
                 r.bytes().await.is_err(),
                 "the body must be aborted, never completed"
             ),
-            502 => assert!(r.text().await.unwrap().contains("does not match")),
+            502 => assert!(read_text(r).await.contains("does not match")),
             s => panic!("unexpected status {s}"),
         }
     }
@@ -555,12 +432,9 @@ async fn blob_with_wrong_digest_is_never_cached() {
     assert!(files_under(&dir.path().join("tmp")).is_empty());
     // Upstream heals: the right bytes arrive and are cached.
     up.set_blob_mode(BlobMode::Normal);
-    let r = c.get(&url).send().await.unwrap();
-    assert_eq!(r.bytes().await.unwrap(), data);
-    assert_eq!(
-        c.get(&url).send().await.unwrap().headers()["x-cache"],
-        "HIT"
-    );
+    let r = get(&url).await;
+    assert_eq!(read_body(r).await, data);
+    assert_eq!(get(&url).await.headers()["x-cache"], "HIT");
 }
 
 #[tokio::test]
@@ -569,11 +443,7 @@ async fn truncated_upstream_aborts_the_client_and_stores_nothing() {
     let data = bytes_of(1_000_000, 6);
     let d = up.put_blob(&data);
     up.set_blob_mode(BlobMode::Truncate(400_000));
-    let r = client()
-        .get(w.url(&format!("/v2/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
     assert_eq!(
         r.status(),
         200,
@@ -601,13 +471,13 @@ async fn sixteen_concurrent_gets_of_a_cold_blob_cost_one_upstream_fetch() {
     for _ in 0..16 {
         let (c, url) = (client(), url.clone());
         tasks.push(tokio::spawn(async move {
-            let r = c.get(&url).send().await.unwrap();
+            let r = c.get(&url).sent().await;
             assert_eq!(r.status(), 200);
             assert_eq!(
                 r.headers()["content-length"],
                 (8 << 20).to_string().as_str()
             );
-            r.bytes().await.unwrap()
+            read_body(r).await
         }));
     }
     for t in tasks {
@@ -623,11 +493,7 @@ async fn a_fill_finishes_after_its_client_goes_away() {
     let data = bytes_of(2 << 20, 12);
     let d = up.put_blob(&data);
     up.set_blob_mode(BlobMode::Slow(Duration::from_millis(5)));
-    let r = client()
-        .get(w.url(&format!("/v2/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
     assert_eq!(r.status(), 200);
     drop(r);
     let path = dir.path().join("blobs/sha256").join(&d[7..9]).join(&d[7..]);
@@ -651,11 +517,7 @@ async fn push_and_delete_are_unsupported() {
         ("DELETE", "/v2/app/manifests/v1"),
         ("PATCH", "/v2/app/blobs/uploads/x"),
     ] {
-        let r = c
-            .request(m.parse().unwrap(), w.url(path))
-            .send()
-            .await
-            .unwrap();
+        let r = c.request(m.parse().unwrap(), w.url(path)).sent().await;
         assert_eq!(r.status(), 405, "{m} {path}");
         assert_eq!(error_code(r).await, "UNSUPPORTED");
     }
@@ -666,7 +528,6 @@ async fn push_and_delete_are_unsupported() {
 async fn hostile_paths_get_4xx_and_no_upstream_request_or_file() {
     let (up, w, dir) = setup("").await;
     let before = files_under(dir.path()).len();
-    let c = client();
     let long = "a".repeat(300);
     let cases = [
         ("/v2/../etc/passwd/manifests/latest", 400),
@@ -689,7 +550,7 @@ async fn hostile_paths_get_4xx_and_no_upstream_request_or_file() {
     }
     assert_eq!(up.total(), 0, "no upstream request for invalid input");
     assert_eq!(files_under(dir.path()).len(), before, "no file created");
-    assert_eq!(c.get(w.url("/v2/")).send().await.unwrap().status(), 200);
+    assert_eq!(status_of(w.url("/v2/")).await, 200);
 }
 
 #[tokio::test]
@@ -699,59 +560,27 @@ async fn upstream_is_chosen_by_ns_then_name_prefix_then_default() {
     let dir = tempfile::tempdir().unwrap();
     up.put_image("team/app", "v1", &[bytes_of(10, 1)]);
     let (od, _) = other.put_image("library/alpine", "3", &[bytes_of(10, 2)]);
-    let toml = format!(
-        r#"data_dir = "{}"
-[registry]
-default_upstream = "fake.test"
-[[registry.upstream]]
-name = "fake.test"
-url = "{}"
-[[registry.upstream]]
-name = "hub.test"
-url = "{}"
-library_prefix = true
-[egress]
-allow = ["127.0.0.1"]
-"#,
-        dir.path().display(),
-        up.url(),
-        other.url()
-    );
-    let w = Wharf::start_with_config(&toml, dir.path()).await;
-    let c = client();
+    let config = WharfConfig::new(dir.path())
+        .upstream("fake.test", &up.url())
+        .upstream("hub.test", &other.url())
+        .upstream_keys("library_prefix = true");
+    let w = Wharf::serve(config).await;
     // containerd: ?ns=, single-component names get library/ on a library_prefix upstream.
-    let r = c
-        .get(w.url("/v2/alpine/manifests/3?ns=hub.test"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/alpine/manifests/3?ns=hub.test")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["oci-namespace"], "hub.test");
     assert_eq!(r.headers()["docker-content-digest"], od.as_str());
     // podman/skopeo mirror: host as the first name component.
-    let r = c
-        .get(w.url("/v2/hub.test/library/alpine/manifests/3"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/hub.test/library/alpine/manifests/3")).await;
     assert_eq!(r.status(), 200);
     // Docker registry-mirrors: bare name, default upstream.
-    let r = c
-        .get(w.url("/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(status_of(w.url("/v2/team/app/manifests/v1")).await, 200);
     assert_eq!(other.count("GET", "/v2/team/app"), 0);
     // Unknown namespace: clear 404, nothing sent anywhere.
     let (a, b) = (up.total(), other.total());
-    let r = c
-        .get(w.url("/v2/team/app/manifests/v1?ns=evil.example"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/team/app/manifests/v1?ns=evil.example")).await;
     assert_eq!(r.status(), 404);
-    let text = r.text().await.unwrap();
+    let text = read_text(r).await;
     assert!(
         text.contains("NAME_UNKNOWN") && text.contains("evil.example"),
         "{text}"
@@ -764,13 +593,9 @@ async fn oversized_manifest_is_refused_and_not_stored() {
     let (up, w, dir) = setup("").await;
     let big = format!(r#"{{"layers":[],"pad":"{}"}}"#, "x".repeat(4 << 20));
     up.put_manifest("app", Some("big"), big.as_bytes(), OCI_MANIFEST);
-    let r = client()
-        .get(w.url("/v2/app/manifests/big"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url("/v2/app/manifests/big")).await;
     assert_eq!(r.status(), 502);
-    assert!(r.text().await.unwrap().contains("limit"));
+    assert!(read_text(r).await.contains("limit"));
     assert!(files_under(&dir.path().join("blobs")).is_empty());
 }
 
@@ -779,15 +604,11 @@ async fn manifest_whose_media_type_contradicts_its_content_type_is_refused() {
     let (up, w, dir) = setup("").await;
     let doc = r#"{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
     let d = up.put_manifest("app", Some("v1"), doc.as_bytes(), OCI_MANIFEST);
-    let c = client();
-    let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
-    assert_eq!(r.status(), 502);
-    let r = c
-        .get(w.url(&format!("/v2/app/manifests/{d}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 502);
+    assert_eq!(
+        status_of(w.url(&format!("/v2/app/manifests/{d}"))).await,
+        502
+    );
     assert!(files_under(&dir.path().join("blobs")).is_empty());
 }
 
@@ -800,13 +621,9 @@ async fn manifest_whose_bytes_do_not_match_the_requested_digest_is_refused() {
         ("app".into(), fake_digest.clone()),
         (real.to_vec(), OCI_MANIFEST.into()),
     );
-    let r = client()
-        .get(w.url(&format!("/v2/app/manifests/{fake_digest}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/app/manifests/{fake_digest}"))).await;
     assert_eq!(r.status(), 502);
-    assert!(r.text().await.unwrap().contains("does not match"));
+    assert!(read_text(r).await.contains("does not match"));
     assert!(files_under(&dir.path().join("blobs")).is_empty());
 }
 
@@ -818,34 +635,24 @@ async fn the_cache_survives_a_restart() {
     let bd = up.put_blob(&data);
     let (md, body) = up.put_image("app", "v1", std::slice::from_ref(&data));
     let w = Wharf::start(&up.url(), dir.path(), "").await;
-    let c = client();
-    c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
-    c.get(w.url(&format!("/v2/app/blobs/{bd}")))
-        .send()
+    get(w.url("/v2/app/manifests/v1")).await;
+    get(w.url(&format!("/v2/app/blobs/{bd}")))
         .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .body()
+        .await;
     w.stop().await;
     up.fail_with(Some(503));
     let w = Wharf::start(&up.url(), dir.path(), "").await;
-    let r = c
-        .get(w.url(&format!("/v2/app/manifests/{md}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/app/manifests/{md}"))).await;
     assert_eq!(r.headers()["x-cache"], "HIT");
-    assert_eq!(r.bytes().await.unwrap(), body);
-    let r = c.get(w.url("/v2/app/manifests/v1")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let r = c
-        .get(w.url(&format!("/v2/app/blobs/{bd}")))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(read_body(r).await, body);
+    assert_eq!(
+        status_of(w.url("/v2/app/manifests/v1")).await,
+        StatusCode::OK
+    );
+    let r = get(w.url(&format!("/v2/app/blobs/{bd}"))).await;
     assert_eq!(r.headers()["x-cache"], "HIT");
-    assert_eq!(r.bytes().await.unwrap(), data);
+    assert_eq!(read_body(r).await, data);
 }
 
 #[tokio::test]
@@ -854,7 +661,7 @@ async fn content_from_a_private_upstream_is_not_served_to_another_repository_unc
     let dir = tempfile::tempdir().unwrap();
     let data = bytes_of(20_000, 8);
     let d = up.put_blob(&data);
-    let w = Wharf::start_with_config(&with_credentials(&up, dir.path()), dir.path()).await;
+    let w = with_credentials(&up, dir.path()).await;
     let c = client();
     let get = |repo: &str| c.get(w.url(&format!("/v2/{repo}/blobs/{d}"))).send();
     assert_eq!(get("team/a").await.unwrap().bytes().await.unwrap(), data);
@@ -866,7 +673,7 @@ async fn content_from_a_private_upstream_is_not_served_to_another_repository_unc
     let heads = up.count("HEAD", "/v2/team/c/blobs/");
     let r = get("team/c").await.unwrap();
     assert_eq!(r.headers()["x-cache"], "HIT");
-    assert_eq!(r.bytes().await.unwrap(), data);
+    assert_eq!(read_body(r).await, data);
     assert_eq!(up.count("HEAD", "/v2/team/c/blobs/"), heads + 1);
     assert_eq!(up.count("GET", "/blobs/"), 1, "bytes were fetched once");
     // Confirmed once is enough.
@@ -882,23 +689,14 @@ async fn a_fill_in_flight_for_one_repository_is_not_joined_by_another_unconfirme
     let d = up.put_blob(&data);
     // 16 chunks, 50 ms apart: the fill for team/a is still running when team/b asks.
     up.set_blob_mode(BlobMode::Slow(Duration::from_millis(50)));
-    let w = Wharf::start_with_config(&with_credentials(&up, dir.path()), dir.path()).await;
+    let w = with_credentials(&up, dir.path()).await;
     up.state.hidden_repos.lock().unwrap().push("team/b".into());
-    let c = client();
-    let a = c
-        .get(w.url(&format!("/v2/team/a/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let a = get(w.url(&format!("/v2/team/a/blobs/{d}"))).await;
     assert_eq!(a.status(), 200);
-    let b = c
-        .get(w.url(&format!("/v2/team/b/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let b = get(w.url(&format!("/v2/team/b/blobs/{d}"))).await;
     assert_eq!(b.status(), 404, "joined another repository's fill");
     assert_eq!(up.count("HEAD", "/v2/team/b/blobs/"), 1);
-    assert_eq!(a.bytes().await.unwrap(), data);
+    assert_eq!(read_body(a).await, data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -909,9 +707,8 @@ async fn one_or_many_workers_serve_the_same_answers() {
     let (d, _) = up.put_image("app", "v1", &[layer]);
     for workers in [1, 4] {
         let dir = tempfile::tempdir().unwrap();
-        let toml =
-            config_toml(&up.url(), dir.path(), "") + &format!("[server]\nworkers = {workers}\n");
-        let w = Wharf::start_with_config(&toml, dir.path()).await;
+        let server = format!("[server]\nworkers = {workers}\n");
+        let w = Wharf::serve(WharfConfig::fake(&up.url(), dir.path()).tables(&server)).await;
         let c = client();
         // More connections than workers, all at once.
         let gets = (0..16).map(|i| {
@@ -921,7 +718,7 @@ async fn one_or_many_workers_serve_the_same_answers() {
             } else {
                 w.url(&format!("/v2/app/blobs/{ld}"))
             };
-            async move { c.get(url).send().await.unwrap().bytes().await.unwrap() }
+            async move { c.get(url).sent().await.body().await }
         });
         let bodies = futures_util::future::join_all(gets).await;
         for (i, b) in bodies.iter().enumerate() {
@@ -932,14 +729,6 @@ async fn one_or_many_workers_serve_the_same_answers() {
 }
 
 /// A config whose upstream wharf logs in to (so content is private per repository).
-fn with_credentials(up: &FakeRegistry, dir: &std::path::Path) -> String {
-    let pw = dir.join("pw");
-    std::fs::write(&pw, "secret\n").unwrap();
-    config_toml(&up.url(), dir, "").replace(
-        "url = \"",
-        &format!(
-            "username = \"mirror\"\npassword_file = \"{}\"\nurl = \"",
-            pw.display()
-        ),
-    )
+async fn with_credentials(up: &FakeRegistry, dir: &std::path::Path) -> Wharf {
+    Wharf::serve(WharfConfig::fake(&up.url(), dir).login(&dir.join("pw"), "secret")).await
 }

@@ -3,52 +3,29 @@
 //! nothing, whichever upstream, repository or spelling it is asked under. Also: a blob fill
 //! never writes more than the blob can be.
 
-mod common;
+mod support;
+use support::*;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-
-use common::{BlobMode, FakeRegistry, Wharf, bytes_of, client, config_toml, files_under, sha256};
 
 const USER: &str = "ci";
 const PASSWORD: &str = "visibility pass";
 
 /// `private.test` (wharf logs in to it; an access rule protects it) and `public.test` (the
 /// default upstream, anonymous).
-fn two_upstreams(private: &FakeRegistry, public: &FakeRegistry, dir: &Path) -> String {
-    let pw = dir.join("upstream-password");
-    std::fs::write(&pw, "mirror-secret\n").unwrap();
+fn two_upstreams(private: &FakeRegistry, public: &FakeRegistry, dir: &Path) -> WharfConfig {
     let hash = wharf::access::hash_password(PASSWORD).unwrap();
-    format!(
-        r#"data_dir = "{data}"
-[registry]
-default_upstream = "public.test"
-[[registry.upstream]]
-name = "private.test"
-url = "{private}"
-username = "mirror"
-password_file = "{pw}"
-[[registry.upstream]]
-name = "public.test"
-url = "{public}"
-[egress]
-allow = ["127.0.0.1"]
-connect_timeout = "2s"
-read_timeout = "5s"
-[access]
-[[access.user]]
-name = "{USER}"
-password_hash = "{hash}"
-[[access.rule]]
-protocol = "registry"
-prefix = "private.test/"
-require_auth = true
-"#,
-        data = dir.display(),
-        private = private.url(),
-        public = public.url(),
-        pw = pw.display(),
-    )
+    WharfConfig::new(dir)
+        .timeouts()
+        .default_upstream("public.test")
+        .upstream("private.test", &private.url())
+        .login(&dir.join("upstream-password"), "mirror-secret")
+        .upstream("public.test", &public.url())
+        .tables(&format!(
+            "[access]\n[[access.user]]\nname = \"{USER}\"\npassword_hash = \"{hash}\"\n\
+             [[access.rule]]\nprotocol = \"registry\"\nprefix = \"private.test/\"\nrequire_auth = true\n"
+        ))
 }
 
 /// An OCI image manifest whose config and one layer are both `digest` with the sizes given;
@@ -65,11 +42,10 @@ async fn pull_as_user(w: &Wharf, paths: &[String]) {
         let r = client()
             .get(w.url(path))
             .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await
-            .unwrap();
+            .sent()
+            .await;
         assert_eq!(r.status(), 200, "{path}");
-        r.bytes().await.unwrap();
+        read_body(r).await;
     }
 }
 
@@ -81,8 +57,7 @@ async fn private_content_is_not_served_through_another_upstream_or_repository() 
     let layer = sha256(&secret);
     let (manifest, _) = private.put_image("team/secret", "v1", std::slice::from_ref(&secret));
     let dir = tempfile::tempdir().unwrap();
-    let w =
-        Wharf::start_with_config(&two_upstreams(&private, &public, dir.path()), dir.path()).await;
+    let w = Wharf::serve(two_upstreams(&private, &public, dir.path())).await;
     let c = client();
     // An authorised client pulls the private image: it is cached.
     pull_as_user(
@@ -110,13 +85,13 @@ async fn private_content_is_not_served_through_another_upstream_or_repository() 
             } else {
                 c.get(w.url(&path))
             };
-            let r = req.send().await.unwrap();
+            let r = req.sent().await;
             assert_eq!(r.status(), 404, "{path} (head: {head}) was served");
             assert_ne!(
                 r.headers().get("x-cache").map(|v| v.as_bytes()),
                 Some(&b"HIT"[..])
             );
-            let body = r.bytes().await.unwrap();
+            let body = read_body(r).await;
             assert!(
                 !body
                     .windows(64)
@@ -130,11 +105,7 @@ async fn private_content_is_not_served_through_another_upstream_or_repository() 
     assert!(public.count("HEAD", &layer) >= 2, "{:?}", public.seen());
     assert_eq!(private.count("HEAD", "/v2/team/secret/blobs/"), 0);
     // The protected upstream's other repositories stay behind the rule.
-    let r = c
-        .get(w.url(&format!("/v2/private.test/other/repo/blobs/{layer}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/private.test/other/repo/blobs/{layer}"))).await;
     assert_eq!(r.status(), 401);
 }
 
@@ -158,7 +129,7 @@ async fn content_of_an_anonymous_upstream_is_confirmed_per_repository() {
     let heads = up.count("HEAD", "/v2/team/c/blobs/");
     let r = get("team/c").await.unwrap();
     assert_eq!(r.headers()["x-cache"], "HIT");
-    assert_eq!(r.bytes().await.unwrap(), data);
+    assert_eq!(read_body(r).await, data);
     assert_eq!(up.count("HEAD", "/v2/team/c/blobs/"), heads + 1);
     get("team/c").await.unwrap().bytes().await.unwrap();
     assert_eq!(
@@ -177,33 +148,20 @@ async fn a_pulled_image_serves_shared_blobs_after_one_confirmation_and_offline_a
     let ld = sha256(&layer);
     up.put_image("team/app", "v1", std::slice::from_ref(&layer));
     let w = Wharf::start(&up.url(), dir.path(), "").await;
-    let c = client();
-    let r = c
-        .get(w.url("/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(status_of(w.url("/v2/team/app/manifests/v1")).await, 200);
     // Cache the layer through another repository of the same upstream first.
     up.state
         .blobs
         .lock()
         .unwrap()
         .insert(ld.clone(), layer.clone());
-    c.get(w.url(&format!("/v2/team/other/blobs/{ld}")))
-        .send()
+    get(w.url(&format!("/v2/team/other/blobs/{ld}")))
         .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .body()
+        .await;
     // team/app's manifest lists it: a listing is not proof (foreign layers), so the upstream
     // confirms once, and the cached bytes are served.
-    let r = c
-        .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/team/app/blobs/{ld}"))).await;
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(
         up.count("HEAD", "/v2/team/app/blobs/"),
@@ -213,21 +171,11 @@ async fn a_pulled_image_serves_shared_blobs_after_one_confirmation_and_offline_a
     );
     assert_eq!(up.count("GET", "/blobs/"), 1, "bytes fetched once");
     w.stop().await;
-    let offline =
-        config_toml(&up.url(), dir.path(), "").replace("[registry]", "offline = true\n[registry]");
-    let w = Wharf::start_with_config(&offline, dir.path()).await;
-    let r = c
-        .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
-        .send()
-        .await
-        .unwrap();
+    let w = Wharf::serve(WharfConfig::fake(&up.url(), dir.path()).offline(true)).await;
+    let r = get(w.url(&format!("/v2/team/app/blobs/{ld}"))).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap(), layer);
-    let r = c
-        .get(w.url(&format!("/v2/team/never/blobs/{ld}")))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(read_body(r).await, layer);
+    let r = get(w.url(&format!("/v2/team/never/blobs/{ld}"))).await;
     assert_eq!(
         r.status(),
         404,
@@ -243,20 +191,9 @@ async fn blob_fill_stops_at_the_size_its_manifest_declares() {
     let ld = sha256(&layer);
     up.put_image("team/app", "v1", &[layer]);
     let w = Wharf::start(&up.url(), dir.path(), "").await;
-    let c = client();
-    c.get(w.url("/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get(w.url("/v2/team/app/manifests/v1")).await.body().await;
     up.set_blob_mode(BlobMode::Endless);
-    let r = c
-        .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/team/app/blobs/{ld}"))).await;
     assert!(
         read_at_most(r, 200_000).await <= 100_000,
         "more than the declared size reached the client"
@@ -280,11 +217,7 @@ async fn blob_fill_without_a_declared_size_stops_at_max_blob_size() {
     let d = up.put_blob(&blob);
     up.set_blob_mode(BlobMode::Endless);
     let w = Wharf::start(&up.url(), dir.path(), "max_blob_size = \"1MiB\"").await;
-    let r = client()
-        .get(w.url(&format!("/v2/team/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/team/app/blobs/{d}"))).await;
     assert!(read_at_most(r, 2 << 20).await <= 1 << 20);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let sent = up.state.endless_sent.load(Ordering::SeqCst);
@@ -336,9 +269,7 @@ async fn a_manifest_listing_a_private_digest_does_not_open_it() {
         "application/vnd.oci.image.index.v1+json",
     );
     let dir = tempfile::tempdir().unwrap();
-    let w =
-        Wharf::start_with_config(&two_upstreams(&private, &public, dir.path()), dir.path()).await;
-    let c = client();
+    let w = Wharf::serve(two_upstreams(&private, &public, dir.path())).await;
     // An authorised client pulls the private image: it is cached.
     pull_as_user(
         &w,
@@ -349,19 +280,14 @@ async fn a_manifest_listing_a_private_digest_does_not_open_it() {
     )
     .await;
     for tag in ["/v2/evil/e/manifests/latest", "/v2/evil/i/manifests/latest"] {
-        assert_eq!(
-            c.get(w.url(tag)).send().await.unwrap().status(),
-            200,
-            "{tag}"
-        );
+        assert_eq!(status_of(w.url(tag)).await, 200, "{tag}");
     }
     for path in [
         format!("/v2/evil/e/blobs/{layer}"),
         format!("/v2/evil/i/manifests/{pm}"),
     ] {
-        let r = c.get(w.url(&path)).send().await.unwrap();
         assert_eq!(
-            r.status(),
+            status_of(w.url(&path)).await,
             404,
             "{path}: listed by a public manifest, served"
         );
@@ -382,17 +308,9 @@ async fn a_declared_size_cannot_lift_max_blob_size() {
         "application/vnd.oci.image.manifest.v1+json",
     );
     let w = Wharf::start(&up.url(), dir.path(), "max_blob_size = \"1MiB\"").await;
-    let c = client();
-    c.get(w.url("/v2/team/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    get(w.url("/v2/team/app/manifests/v1")).await;
     up.set_blob_mode(BlobMode::Endless);
-    let r = c
-        .get(w.url(&format!("/v2/team/app/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/team/app/blobs/{d}"))).await;
     assert!(read_at_most(r, 2 << 20).await <= 1 << 20);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let sent = up.state.endless_sent.load(Ordering::SeqCst);
@@ -409,15 +327,7 @@ async fn a_tag_naming_a_digest_cached_elsewhere_must_hand_over_the_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let (m, body) = up.put_image("team/a", "v1", &[bytes_of(1_000, 38)]);
     let w = Wharf::start(&up.url(), dir.path(), "").await;
-    let c = client();
-    assert_eq!(
-        c.get(w.url("/v2/team/a/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(w.url("/v2/team/a/manifests/v1")).await, 200);
     // team/b's tag names that digest in its HEAD answer, but team/b cannot serve the bytes.
     up.put_manifest(
         "team/b",
@@ -430,13 +340,8 @@ async fn a_tag_naming_a_digest_cached_elsewhere_must_hand_over_the_bytes() {
         .lock()
         .unwrap()
         .remove(&("team/b".to_string(), m.clone()));
-    let r = c
-        .get(w.url("/v2/team/b/manifests/latest"))
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        r.status(),
+        status_of(w.url("/v2/team/b/manifests/latest")).await,
         404,
         "a digest header opened content cached from team/a"
     );
@@ -459,20 +364,12 @@ async fn another_repositorys_manifest_cannot_lower_a_blobs_size_limit() {
         "application/vnd.oci.image.manifest.v1+json",
     );
     let w = Wharf::start(&up.url(), dir.path(), "").await;
-    let c = client();
-    c.get(w.url("/v2/evil/x/manifests/latest"))
-        .send()
-        .await
-        .unwrap();
+    get(w.url("/v2/evil/x/manifests/latest")).await;
     // A client that knows team/app's layer (from its own manifest) pulls it.
-    let r = c
-        .get(w.url(&format!("/v2/team/app/blobs/{ld}")))
-        .send()
-        .await
-        .unwrap();
+    let r = get(w.url(&format!("/v2/team/app/blobs/{ld}"))).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
-        r.bytes().await.unwrap(),
+        read_body(r).await,
         layer,
         "evil/x's declaration cut team/app's blob"
     );

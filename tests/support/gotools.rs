@@ -27,6 +27,13 @@ const HELPER_SOURCE: &str = include_str!("gosumdb/main.go");
 /// Longest any one go command may run before the test fails.
 const GO_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// One published module version: path, version, files.
+pub type ModuleSource = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 /// The `go` binary found on PATH.
 #[derive(Debug, Clone)]
 pub struct Go {
@@ -206,6 +213,15 @@ pub struct Published {
     /// Hex SHA-256 of the zip actually served (not the recorded one when tampered).
     pub zip_sha256: String,
     pub tampered: bool,
+}
+
+impl Published {
+    /// Asserts that a download reported this version's recorded `h1:` sums.
+    #[track_caller]
+    pub fn assert_sums(&self, zip: Option<&str>, go_mod: Option<&str>, what: &str) {
+        assert_eq!(zip, Some(self.zip.as_str()), "{what} zip h1");
+        assert_eq!(go_mod, Some(self.go_mod.as_str()), "{what} go.mod h1");
+    }
 }
 
 #[derive(Deserialize)]

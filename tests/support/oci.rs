@@ -79,6 +79,14 @@ pub struct LayerSpec {
     pub compression: Compression,
 }
 
+/// A gzip-compressed layer of `size` pseudo-random bytes.
+pub fn gzip_layer(size: usize) -> LayerSpec {
+    LayerSpec {
+        size,
+        compression: Compression::Gzip,
+    }
+}
+
 /// What to generate for one single-platform image. Equal specs give byte-identical images.
 #[derive(Clone, Debug)]
 pub struct ImageSpec {

@@ -187,6 +187,26 @@ impl Drop for Origin {
     }
 }
 
+/// A temporary directory (name starting `prefix`) holding a policy.json that accepts anything and
+/// an empty registries.conf, for skopeo to read in place of the machine's.
+pub fn skopeo_dir(prefix: &str) -> TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create skopeo tempdir");
+    fs::write(
+        dir.path().join("policy.json"),
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .expect("write policy.json");
+    fs::write(
+        dir.path().join("registries.conf"),
+        "unqualified-search-registries = []\n",
+    )
+    .expect("write registries.conf");
+    dir
+}
+
 /// Runs `skopeo` with its own policy.json (accept anything) and an empty registries.conf, so the
 /// machine's /etc/containers cannot change a result.
 pub struct Skopeo {
@@ -196,20 +216,7 @@ pub struct Skopeo {
 
 impl Skopeo {
     pub fn new(program: &Path) -> Skopeo {
-        let dir = tempfile::Builder::new()
-            .prefix("wharf-skopeo-")
-            .tempdir()
-            .expect("create skopeo tempdir");
-        fs::write(
-            dir.path().join("policy.json"),
-            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .expect("write policy.json");
-        fs::write(
-            dir.path().join("registries.conf"),
-            "unqualified-search-registries = []\n",
-        )
-        .expect("write registries.conf");
+        let dir = skopeo_dir("wharf-skopeo-");
         fs::create_dir(dir.path().join("tmp")).expect("create skopeo tmp dir");
         Skopeo {
             program: program.to_owned(),
@@ -222,6 +229,16 @@ impl Skopeo {
         let path = self.dir.path().join(name);
         fs::write(&path, text).expect("write registries.conf");
         path
+    }
+
+    /// `skopeo copy --src-tls-verify=false <source> oci:<dest>:<tag>`.
+    pub fn copy_to_layout(&self, source: &str, dest: &Path, tag: &str) -> String {
+        self.run(&[
+            "copy",
+            "--src-tls-verify=false",
+            source,
+            &format!("oci:{}:{tag}", dest.display()),
+        ])
     }
 
     /// `skopeo --policy <private> --registries-conf <private> <args...>`; panics with the command

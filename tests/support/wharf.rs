@@ -1,17 +1,19 @@
-//! wharf served in-process on a loopback port, the way a test owns it: config from TOML text, a
-//! private data directory, and a shutdown signal it sends itself.
+//! wharf served in-process on a loopback port, the way a test owns it: config from a
+//! [`WharfConfig`] (or TOML text), a data directory, and a shutdown signal it sends itself.
 //!
-//! Owns: building the config for a set of upstreams, starting and stopping `wharf::serve`, and a
-//! plain HTTP client for asserting on wharf's own headers (`X-Cache`, `Docker-Content-Digest`).
-//! Must not: reach into wharf's internals; only the public `config` / `app` / `serve` API.
+//! Must not: reach into wharf's internals beyond the public `config` / `app` / `serve` API (and
+//! `state`, for the tests that look at pins and the index).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reqwest::header::HeaderMap;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+use super::config::WharfConfig;
+use super::http::{Answer, client};
 
 /// Every manifest type a client may ask for; wharf must answer with the stored type unchanged.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
@@ -21,123 +23,87 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
 
 pub struct Wharf {
     pub addr: SocketAddr,
-    upstreams: Vec<(String, String)>,
+    pub data_dir: PathBuf,
+    /// The server's state, for tests that look inside (pins, index).
+    pub state: wharf::AppState,
+    /// The config it was started from, when it came from the builder (for `restart`).
+    config: Option<WharfConfig>,
+    /// The data directory, when this server owns it.
+    owned: Option<TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<std::io::Result<()>>>,
-    data: TempDir,
-    http: reqwest::Client,
-}
-
-/// One HTTP answer from wharf, fully read.
-pub struct Answer {
-    pub status: u16,
-    pub headers: HeaderMap,
-    pub body: bytes::Bytes,
-}
-
-impl Answer {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// The `X-Cache` outcome, or a panic that shows the answer.
-    pub fn cache(&self) -> &str {
-        self.header("x-cache")
-            .unwrap_or_else(|| panic!("no X-Cache header in {}", self.describe()))
-    }
-
-    /// Status, headers and the start of the body, for assertion messages.
-    pub fn describe(&self) -> String {
-        let body = String::from_utf8_lossy(&self.body[..self.body.len().min(512)]).into_owned();
-        format!("{} {:?} body: {body}", self.status, self.headers)
-    }
+    task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Wharf {
-    /// Serves wharf with `upstreams` (`name`, `url`); the first is the default upstream and egress
-    /// is allowed to 127.0.0.1 only.
-    pub async fn start(upstreams: &[(&str, String)]) -> Wharf {
+    /// Starts wharf with `fake.test` (at `upstream_url`) as the default upstream, egress open
+    /// to 127.0.0.1; `registry_keys` are extra `[registry]` keys such as `tag_ttl = "0s"`.
+    pub async fn start(upstream_url: &str, data_dir: &Path, registry_keys: &str) -> Wharf {
+        Self::serve(WharfConfig::fake(upstream_url, data_dir).registry(registry_keys)).await
+    }
+
+    /// Starts wharf from a built config.
+    pub async fn serve(config: WharfConfig) -> Wharf {
+        let mut w = Self::start_with_config(&config.toml(), config.data_dir()).await;
+        w.config = Some(config);
+        w
+    }
+
+    /// Starts wharf in a fresh data directory that it owns; `config` builds the config for it.
+    pub async fn in_temp_dir(config: impl FnOnce(&Path) -> WharfConfig) -> Wharf {
         let data = tempfile::Builder::new()
             .prefix("wharf-data-")
             .tempdir()
             .expect("create wharf data dir");
-        let upstreams = upstreams
-            .iter()
-            .map(|(name, url)| ((*name).to_owned(), url.clone()))
-            .collect();
-        Self::start_in(data, upstreams).await
+        let mut w = Self::serve(config(data.path())).await;
+        w.owned = Some(data);
+        w
+    }
+
+    /// Starts wharf from TOML text (for the configs the builder cannot spell).
+    pub async fn start_with_config(toml: &str, data_dir: &Path) -> Wharf {
+        let config = wharf::config::Config::from_toml_str(toml)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{toml}"));
+        let state = wharf::AppState::new(config).unwrap();
+        let kept = state.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(wharf::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Wharf {
+            addr,
+            state: kept,
+            data_dir: data_dir.to_path_buf(),
+            config: None,
+            owned: None,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// Stops this server (checking that it stops cleanly) and serves a new one, on a new port,
-    /// from the same data directory: what survives is what wharf put on disk.
+    /// from the same data directory and config: what survives is what wharf put on disk.
     pub async fn restart(self) -> Wharf {
-        self.restart_with(false).await
+        self.restart_as(|c| c).await
     }
 
     /// Like `restart`, with `offline = true`: the new server never contacts an upstream.
     pub async fn restart_offline(self) -> Wharf {
-        self.restart_with(true).await
+        self.restart_as(WharfConfig::into_offline).await
     }
 
-    async fn restart_with(mut self, offline: bool) -> Wharf {
-        let data = tempfile::Builder::new()
-            .prefix("wharf-data-placeholder-")
-            .tempdir()
-            .expect("create placeholder dir");
-        let data = std::mem::replace(&mut self.data, data);
-        let upstreams = std::mem::take(&mut self.upstreams);
-        self.stop().await;
-        Self::start_in_mode(data, upstreams, offline).await
+    async fn restart_as(mut self, change: impl FnOnce(WharfConfig) -> WharfConfig) -> Wharf {
+        let config = self.config.take().expect("restart needs a built config");
+        let owned = self.owned.take();
+        self.stop_cleanly().await;
+        let mut w = Self::serve(change(config)).await;
+        w.owned = owned;
+        w
     }
 
-    async fn start_in(data: TempDir, upstreams: Vec<(String, String)>) -> Wharf {
-        Self::start_in_mode(data, upstreams, false).await
-    }
-
-    async fn start_in_mode(
-        data: TempDir,
-        upstreams: Vec<(String, String)>,
-        offline: bool,
-    ) -> Wharf {
-        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
-        let mut text = format!(
-            "data_dir = {}\noffline = {offline}\n[registry]\ndefault_upstream = {}\n",
-            quote(&data.path().to_string_lossy()),
-            quote(&upstreams[0].0),
-        );
-        for (name, url) in &upstreams {
-            text += &format!(
-                "[[registry.upstream]]\nname = {}\nurl = {}\n",
-                quote(name),
-                quote(url)
-            );
-        }
-        text += "[egress]\nallow = [\"127.0.0.1\"]\n";
-
-        let config = wharf::config::Config::from_toml_str(&text)
-            .unwrap_or_else(|err| panic!("config rejected: {err:?}\n{text}"));
-        let state = wharf::app::AppState::new(config)
-            .unwrap_or_else(|err| panic!("AppState::new failed: {err:?}"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind wharf listener");
-        let addr = listener.local_addr().expect("wharf listener address");
-        let (tx, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(wharf::serve(listener, state, async move {
-            let _ = rx.await;
-        }));
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("build test HTTP client");
-        Wharf {
-            addr,
-            upstreams,
-            shutdown: Some(tx),
-            server: Some(server),
-            data,
-            http,
-        }
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
     }
 
     /// `127.0.0.1:<port>`, as image references spell the registry.
@@ -145,39 +111,40 @@ impl Wharf {
         self.addr.to_string()
     }
 
-    pub fn data_dir(&self) -> &std::path::Path {
-        self.data.path()
+    /// The admin secret this wharf published in its data directory (what `/admin/` requires in
+    /// `X-Wharf-Admin-Token`).
+    pub fn admin_secret(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("the admin secret is published at start")
+            .trim_end()
+            .to_string()
     }
 
-    /// `GET http://<wharf><path>`, with `accept` if given.
+    /// `GET <path>`, with `accept` if given, fully read.
     pub async fn get(&self, path: &str, accept: Option<&str>) -> Answer {
-        let mut request = self.http.get(format!("http://{}{path}", self.addr));
+        let mut request = client().get(self.url(path));
         if let Some(accept) = accept {
             request = request.header("accept", accept);
         }
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|err| panic!("GET {path}: {err}"));
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .unwrap_or_else(|err| panic!("GET {path}: reading the body: {err}"));
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        Answer::read(request).await
     }
 
-    /// Signals shutdown and checks that `serve` returns `Ok` within ten seconds.
+    /// Signals shutdown and waits (at most ten seconds) for the server to end.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let server = self.server.take().expect("server handle");
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+
+    /// Signals shutdown and checks that `serve` returns `Ok` within ten seconds.
+    pub async fn stop_cleanly(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let server = self.task.take().expect("server handle");
         match tokio::time::timeout(Duration::from_secs(10), server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(err))) => panic!("wharf::serve returned an error: {err}"),

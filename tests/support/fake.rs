@@ -1,11 +1,9 @@
-//! Test harness: a fake upstream registry on port 0 that counts requests and can be told to
-//! misbehave (fail, truncate, corrupt, be slow, demand tokens, redirect), and wharf itself,
-//! in-process on port 0.
-#![allow(dead_code)]
+//! A fake upstream registry on port 0 that counts requests and can be told to misbehave (fail,
+//! truncate, corrupt, be slow, demand tokens, redirect), and the digest and byte helpers the
+//! tests build content with.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,8 +14,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, header};
 use sha2::{Digest as _, Sha256};
-
-pub mod gofake;
 
 pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -34,6 +30,26 @@ pub fn bytes_of(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Stores `body` under its digest in `blobs`; returns the digest.
+pub fn insert_blob(blobs: &Mutex<HashMap<String, Vec<u8>>>, body: &[u8]) -> String {
+    let d = sha256(body);
+    blobs.lock().unwrap().insert(d.clone(), body.to_vec());
+    d
+}
+
+/// Serves `app` on `addr` (port 0 for any) until the task is aborted.
+pub async fn serve_router(
+    addr: &str,
+    app: axum::Router,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, task)
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -174,13 +190,7 @@ impl FakeRegistry {
     }
 
     pub fn put_blob(&self, body: &[u8]) -> String {
-        let d = sha256(body);
-        self.state
-            .blobs
-            .lock()
-            .unwrap()
-            .insert(d.clone(), body.to_vec());
-        d
+        insert_blob(&self.state.blobs, body)
     }
 
     /// A minimal image: config + layers; returns (manifest digest, manifest body).
@@ -230,6 +240,11 @@ impl FakeRegistry {
 
     pub fn set_blob_mode(&self, m: BlobMode) {
         *self.state.blob_mode.lock().unwrap() = m;
+    }
+
+    /// Blobs answer 307 to `http://<authority>` (the path kept).
+    pub fn redirect_to(&self, authority: impl std::fmt::Display) {
+        self.set_blob_mode(BlobMode::Redirect(format!("http://{authority}")));
     }
 
     pub fn fail_with(&self, status: Option<u16>) {
@@ -478,140 +493,4 @@ async fn fake_handler(State(st): State<Arc<FakeState>>, req: Request) -> Respons
         return resp;
     }
     StatusCode::NOT_FOUND.into_response()
-}
-
-/// The standard test config: one upstream `fake.test`, egress open to 127.0.0.1 only.
-pub fn config_toml(upstream_url: &str, data_dir: &Path, registry_keys: &str) -> String {
-    format!(
-        r#"data_dir = "{}"
-[registry]
-default_upstream = "fake.test"
-{registry_keys}
-[[registry.upstream]]
-name = "fake.test"
-url = "{upstream_url}"
-[egress]
-allow = ["127.0.0.1"]
-connect_timeout = "2s"
-read_timeout = "5s"
-"#,
-        data_dir.display()
-    )
-}
-
-/// wharf running in-process on port 0.
-pub struct Wharf {
-    pub addr: SocketAddr,
-    pub data_dir: PathBuf,
-    /// The server's state, for tests that look inside (pins, index).
-    pub state: wharf::AppState,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
-
-impl Wharf {
-    /// Starts wharf with `fake.test` (at `upstream_url`) as the default upstream, egress open
-    /// to 127.0.0.1; `registry_keys` are extra `[registry]` keys such as `tag_ttl = "0s"`.
-    pub async fn start(upstream_url: &str, data_dir: &Path, registry_keys: &str) -> Wharf {
-        Self::start_with_config(
-            &config_toml(upstream_url, data_dir, registry_keys),
-            data_dir,
-        )
-        .await
-    }
-
-    pub async fn start_with_config(toml: &str, data_dir: &Path) -> Wharf {
-        let config = wharf::config::Config::from_toml_str(toml)
-            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{toml}"));
-        let state = wharf::AppState::new(config).unwrap();
-        let kept = state.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(wharf::serve(listener, state, async move {
-            let _ = rx.await;
-        }));
-        Wharf {
-            addr,
-            state: kept,
-            data_dir: data_dir.to_path_buf(),
-            shutdown: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// The admin secret this wharf published in its data directory (what `/admin/` requires in
-    /// `X-Wharf-Admin-Token`).
-    pub fn admin_secret(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("admin.token"))
-            .expect("the admin secret is published at start")
-            .trim_end()
-            .to_string()
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
-    }
-}
-
-impl Drop for Wharf {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-/// Files under `dir` (recursively), for "nothing was written" checks.
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-/// Sends a raw request line (no client-side path normalisation); returns status and body.
-pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: wharf\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
-}
-
-/// Reads a JSON error envelope's first code.
-pub async fn error_code(resp: reqwest::Response) -> String {
-    let v: serde_json::Value = resp.json().await.expect("error body is JSON");
-    v["errors"][0]["code"].as_str().unwrap_or("").to_string()
 }

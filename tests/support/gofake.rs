@@ -34,14 +34,10 @@ impl Drop for GoFake {
 impl GoFake {
     pub async fn start() -> GoFake {
         let state = Arc::new(GoFakeState::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let app = axum::Router::new()
             .fallback(handler)
             .with_state(state.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = super::fake::serve_router("127.0.0.1:0", app).await;
         GoFake { addr, state, task }
     }
 
@@ -101,6 +97,16 @@ async fn handler(State(st): State<Arc<GoFakeState>>, req: Request) -> Response {
             (StatusCode::from_u16(code).unwrap(), "not found").into_response()
         }
     }
+}
+
+/// The four GOPROXY paths of one published version, below the module: list, info, mod, zip.
+pub fn version_files(version: &str) -> [String; 4] {
+    [
+        "@v/list".to_owned(),
+        format!("@v/{version}.info"),
+        format!("@v/{version}.mod"),
+        format!("@v/{version}.zip"),
+    ]
 }
 
 /// A module zip with the given files under `module@version/`.
