@@ -12,6 +12,7 @@
 mod bin;
 mod config;
 mod fake;
+pub mod garage;
 mod gofake;
 pub mod gotools;
 mod http;

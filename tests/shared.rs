@@ -1,0 +1,391 @@
+//! Replicas sharing a real S3 store: Garage (a single-node cluster on loopback) as the shared
+//! tier, Debian's `docker-registry` as the origin, and the real skopeo and go commands as
+//! clients. Upstream requests are counted where they land (the origin's access log, the Go
+//! helper's request log).
+//!
+//! Without garage, skopeo, docker-registry or go the tests print why and pass, unless
+//! `WHARF_REQUIRE_INTEROP` is set (CI sets it).
+
+mod support;
+use support::*;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::garage::{Garage, find_garage};
+use support::gotools::{self, GoClient, Upstream};
+use support::oci::{Image, ImageSpec, Layout, LayoutReader, gzip_layer};
+use support::origin::{Origin, Skopeo, require_tools};
+use tempfile::TempDir;
+
+const UPSTREAM: &str = "origin.test";
+const REPO: &str = "test/app";
+const TAG: &str = "v1";
+
+/// Garage, an origin holding one image (a 20 MiB layer among them: a multipart upload), skopeo.
+struct Fleet {
+    garage: Garage,
+    origin: Option<Origin>,
+    /// The origin's URL, which outlives it (a replica configured after it stopped).
+    origin_url: String,
+    skopeo: std::sync::Arc<Skopeo>,
+    image: Image,
+    work: TempDir,
+}
+
+impl Fleet {
+    async fn start(test: &str) -> Option<Fleet> {
+        let garage = find_garage(test)?;
+        let tools = require_tools(test, &["skopeo", "docker-registry"])?;
+        Some(
+            blocking(move || {
+                let garage = Garage::start(&garage);
+                let origin = Origin::start(&tools[1]);
+                let skopeo = Skopeo::new(&tools[0]);
+                let work = work_dir("wharf-shared-");
+                let mut layout = Layout::create(&work.path().join("generated"));
+                let image = layout.add_image(&ImageSpec::linux(
+                    "amd64",
+                    7,
+                    &[gzip_layer(4096), gzip_layer(20 << 20), gzip_layer(100_000)],
+                ));
+                layout.tag(&image.manifest, TAG);
+                skopeo.push_layout(layout.root(), TAG, &origin, REPO, false);
+                Fleet {
+                    garage,
+                    origin_url: format!("http://{}", origin.host()),
+                    origin: Some(origin),
+                    skopeo: std::sync::Arc::new(skopeo),
+                    image,
+                    work,
+                }
+            })
+            .await,
+        )
+    }
+
+    fn origin(&self) -> &Origin {
+        self.origin.as_ref().expect("origin is running")
+    }
+
+    /// Requests the origin has answered so far.
+    fn origin_requests(&self) -> usize {
+        self.origin().access_log().lines().count()
+    }
+
+    /// A replica named `id` with an empty data directory, sharing the bucket.
+    async fn replica(&self, id: &str, registry_keys: &str) -> Wharf {
+        let url = self.origin_url.clone();
+        let shared = self.garage.shared_table(id);
+        Wharf::in_temp_dir(|data| {
+            WharfConfig::new(data)
+                .upstream(UPSTREAM, &url)
+                .registry(registry_keys)
+                .egress("probe_interval = \"200ms\"\nfailure_threshold = 2")
+                .timeouts()
+                .tables(&shared)
+        })
+        .await
+    }
+
+    /// skopeo copies `reference` (`:tag` or `@digest`) through `w` into a new layout and checks
+    /// it holds the image byte for byte.
+    async fn pull(&self, w: &Wharf, reference: &str, out: &str) {
+        let source = format!("docker://{}/{UPSTREAM}/{REPO}{reference}", w.host());
+        let dest = self.work.path().join(out);
+        let skopeo = self.skopeo.clone();
+        let image = self.image.clone();
+        blocking(move || {
+            skopeo.copy_to_layout(&source, &dest, TAG);
+            let reader = LayoutReader::open(&dest);
+            assert_eq!(reader.resolve(TAG), image.manifest, "manifest via {source}");
+            for blob in image.blobs() {
+                assert_eq!(reader.blob(&blob.digest).len() as u64, blob.size);
+            }
+        })
+        .await;
+    }
+}
+
+fn tier(w: &Wharf) -> &wharf::shared::Shared {
+    w.state
+        .shared
+        .as_deref()
+        .expect("a shared tier is configured")
+}
+
+/// Waits until everything `w` committed is in the bucket.
+async fn settled(w: &Wharf) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tier(w).report().pending > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "uploads still pending after 60 s: {:?}",
+            tier(w).report()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn health(w: &Wharf) -> serde_json::Value {
+    let a = w.get("/healthz", None).await;
+    serde_json::from_slice(&a.body).unwrap_or_else(|e| panic!("healthz: {e}: {}", a.describe()))
+}
+
+fn blob_path(digest: &str) -> String {
+    format!("/v2/{UPSTREAM}/{REPO}/blobs/{digest}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_an_image_one_of_them_filled_with_no_upstream_request() {
+    let Some(fleet) = Fleet::start("replicas_serve_an_image_one_of_them_filled").await else {
+        return;
+    };
+    let a = fleet.replica("a", "").await;
+    fleet.pull(&a, &format!(":{TAG}"), "via-a").await;
+    settled(&a).await;
+    for blob in fleet.image.blobs().chain([&fleet.image.manifest]) {
+        let key = format!("blobs/sha256/{}", &blob.digest["sha256:".len()..]);
+        let stored = fleet.garage.get(&key).await;
+        assert_eq!(
+            stored.map(|b| b.len() as u64),
+            Some(blob.size),
+            "{key} in the bucket"
+        );
+    }
+    let before = fleet.origin_requests();
+    // Replicas with empty disks, started after A's records are in the bucket.
+    let b = fleet.replica("b", "").await;
+    let c = fleet.replica("c", "").await;
+    fleet.pull(&b, &format!(":{TAG}"), "via-b").await;
+    fleet
+        .pull(&c, &format!("@{}", fleet.image.manifest.digest), "via-c")
+        .await;
+    assert_eq!(
+        fleet.origin_requests(),
+        before,
+        "B and C asked the origin:\n{}",
+        fleet.origin().access_log()
+    );
+    // The next hit on B is its own disk.
+    let layer = &fleet.image.layers[1];
+    let again = b.get(&blob_path(&layer.digest), None).await;
+    assert_eq!((again.status, again.cache()), (200, "HIT"));
+    assert_eq!(again.body.len() as u64, layer.size);
+    let m = tier(&b)
+        .stats
+        .hits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        m >= 4,
+        "B filled the manifest, config and layers from the tier ({m})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_serves_stale_tags_from_the_bucket_when_the_upstream_is_down() {
+    let Some(mut fleet) = Fleet::start("a_new_replica_serves_stale_tags").await else {
+        return;
+    };
+    let a = fleet.replica("a", "tag_ttl = \"1s\"").await;
+    fleet.pull(&a, &format!(":{TAG}"), "via-a").await;
+    settled(&a).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(fleet.origin.take());
+    let d = fleet.replica("d", "tag_ttl = \"1s\"").await;
+    let m = d
+        .get(
+            &format!("/v2/{UPSTREAM}/{REPO}/manifests/{TAG}"),
+            Some(MANIFEST_ACCEPT),
+        )
+        .await;
+    assert_eq!(m.status, 200, "{}", m.describe());
+    assert_eq!(m.cache(), "STALE", "past tag_ttl with the origin gone");
+    assert_eq!(
+        m.header("docker-content-digest"),
+        Some(fleet.image.manifest.digest.as_str())
+    );
+    fleet.pull(&d, &format!(":{TAG}"), "via-d").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_object_in_the_bucket_is_never_served_whole_and_is_replaced() {
+    let Some(fleet) = Fleet::start("a_corrupt_object_in_the_bucket").await else {
+        return;
+    };
+    let a = fleet.replica("a", "").await;
+    fleet.pull(&a, &format!(":{TAG}"), "via-a").await;
+    settled(&a).await;
+    let layer = &fleet.image.layers[2];
+    let key = format!("blobs/sha256/{}", &layer.digest["sha256:".len()..]);
+    let good = fleet.garage.get(&key).await.expect("A uploaded the layer");
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0xff;
+    fleet.garage.put(&key, bad.clone()).await;
+
+    let b = fleet.replica("b", "").await;
+    let path = blob_path(&layer.digest);
+    let r = client().get(b.url(&path)).sent().await;
+    let status = r.status().as_u16();
+    let body = r.bytes().await;
+    assert!(
+        status != 200
+            || body
+                .as_ref()
+                .map_or(true, |b| b.as_ref() != good.as_slice()),
+        "the corrupt copy must not end as a complete, valid body"
+    );
+    assert!(
+        !matches!(&body, Ok(b) if b.as_ref() == bad.as_slice()),
+        "the corrupt bytes were served as a complete body"
+    );
+    // Removed from the bucket, then refetched from the origin and uploaded again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = b.get(&path, None).await;
+        if got.status == 200 && got.body.as_ref() == good.as_slice() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no good body: {}",
+            got.describe()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        tier(&b)
+            .stats
+            .discarded
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    settled(&b).await;
+    assert_eq!(
+        fleet.garage.get(&key).await.as_deref(),
+        Some(good.as_slice()),
+        "the bucket holds the verified object again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_keep_serving_while_the_store_is_down_and_use_it_again_when_it_returns() {
+    let Some(mut fleet) = Fleet::start("replicas_keep_serving_while_the_store_is_down").await
+    else {
+        return;
+    };
+    let a = fleet.replica("a", "").await;
+    let b = fleet.replica("b", "").await;
+    fleet.pull(&a, &format!(":{TAG}"), "via-a").await;
+    settled(&a).await;
+    // Stopping and resuming take a moment; blocking this runtime's thread for it is fine.
+    fleet.garage.stop();
+    // A serves from its disk; B, which never had the image, from the origin.
+    fleet.pull(&a, &format!(":{TAG}"), "via-a-again").await;
+    fleet.pull(&b, &format!(":{TAG}"), "via-b").await;
+    let h = health(&b).await;
+    assert_eq!(h["shared"]["up"], false, "{h}");
+    assert_eq!(h["status"], "degraded", "{h}");
+    // Back without a restart: the probe marks it up and B's commits reach the bucket.
+    fleet.garage.resume();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health(&b).await["shared"]["up"] != true {
+        assert!(Instant::now() < deadline, "the tier never came back up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    settled(&b).await;
+    assert_eq!(health(&b).await["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_a_module_graph_one_of_them_filled_with_no_upstream_request() {
+    let test = "replicas_serve_a_module_graph";
+    let Some(garage) = find_garage(test) else {
+        return;
+    };
+    let Some(go) = gotools::find_go(test) else {
+        return;
+    };
+    let garage = blocking(move || Garage::start(&garage)).await;
+    let work = work_dir("wharf-shared-go-");
+    let helper = go.build_helper(&work.path().join("helper")).await;
+    let src = work.path().join("modules");
+    for (path, version, files) in MODULES {
+        let dir = src.join(format!("{path}@{version}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in *files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    }
+    let up = Upstream::start(&helper, &src, &[]).await;
+    let replica = |id: &str| {
+        let shared = garage.shared_table(id);
+        let (proxy, sumdb) = (up.url("/mod"), up.url("/sumdb"));
+        let vkey = up.vkey.clone();
+        move |data: &Path| {
+            WharfConfig::new(data)
+                .go(&proxy)
+                .sumdb("sum.test", &vkey, &sumdb)
+                .egress("connect_timeout = \"2s\"\nread_timeout = \"10s\"")
+                .tables(&shared)
+        }
+    };
+    let versions: Vec<String> = MODULES.iter().map(|(p, v, _)| format!("{p}@{v}")).collect();
+    let mut args = vec!["mod", "download", "-json"];
+    args.extend(versions.iter().map(String::as_str));
+
+    let a = Wharf::in_temp_dir(replica("a")).await;
+    let client = GoClient::new(&go, &a.url("/go"), &up.vkey);
+    client.run(&client.outside_module(), &args).await.ok();
+    settled(&a).await;
+    let before = up.requests();
+    for id in ["b", "c"] {
+        let w = Wharf::in_temp_dir(replica(id)).await;
+        let client = GoClient::new(&go, &w.url("/go"), &up.vkey);
+        let run = client.run(&client.outside_module(), &args).await.ok();
+        for v in &versions {
+            assert!(
+                run.stdout.contains(&format!(
+                    "\"Version\": \"{}\"",
+                    v.split('@').nth(1).unwrap()
+                )),
+                "{v} in {}",
+                run.stdout
+            );
+        }
+        assert!(!run.stdout.contains("\"Error\""), "{}", run.stdout);
+    }
+    assert_eq!(
+        up.requests(),
+        before,
+        "replicas b and c asked the Go upstream"
+    );
+}
+
+const MODULES: &[gotools::ModuleSource] = &[
+    (
+        "example.com/util",
+        "v1.0.0",
+        &[
+            ("go.mod", "module example.com/util\n\ngo 1.19\n"),
+            (
+                "util.go",
+                "package util\n\nfunc Name() string { return \"util\" }\n",
+            ),
+        ],
+    ),
+    (
+        "example.com/lib",
+        "v1.0.0",
+        &[
+            (
+                "go.mod",
+                "module example.com/lib\n\ngo 1.19\n\nrequire example.com/util v1.0.0\n",
+            ),
+            (
+                "lib.go",
+                "package lib\n\nimport \"example.com/util\"\n\nfunc Name() string { return util.Name() }\n",
+            ),
+        ],
+    ),
+];
