@@ -36,6 +36,8 @@ pub struct Inner {
     pub admin_secret: crate::secret::AdminSecret,
     /// The shared tier (`[shared]`), if configured.
     pub shared: Option<Arc<Shared>>,
+    /// The replicas that fill for each other (`[peers]`), if configured.
+    pub peers: Option<Arc<crate::shared::PeerSet>>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<registry::Registry> {
@@ -64,6 +66,7 @@ impl AppState {
             config,
             egress: _,
             store,
+            peers,
             upstreams,
             go,
             access,
@@ -88,6 +91,9 @@ impl AppState {
             }
             _ => None,
         };
+        if let Some(p) = &peers {
+            engine = engine.with_peers(Arc::new(p.clone()));
+        }
         let hot = crate::registry::hot::HotManifests::new(config.cache.manifest_memory.0);
         // Published before anything can answer (tests and `serve` bind before serving), so a
         // command that finds the server finds its secret; sled's lock makes this the only
@@ -131,6 +137,7 @@ impl AppState {
             admin_secret,
             metrics,
             shared,
+            peers,
         })))
     }
 }
@@ -196,6 +203,9 @@ impl AppState {
     /// store that is down does not keep the server from starting), then keeps copying and
     /// reading in the background.
     pub async fn start_shared(&self, limit: std::time::Duration) {
+        if let Some(peers) = &self.peers {
+            peers.spawn();
+        }
         let Some(shared) = &self.shared else { return };
         match tokio::time::timeout(limit, shared.sync()).await {
             Ok(n) => tracing::info!(records = n, "joined the shared tier"),

@@ -60,6 +60,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The shared tier several replicas use (`[shared]`); none by default.
     pub shared: Option<SharedConfig>,
+    /// Replicas that fill for each other (`[peers]`); none by default.
+    pub peers: Option<PeersConfig>,
 }
 
 /// Limits on what clients may send and hold.
@@ -185,6 +187,80 @@ impl SharedConfig {
             return invalid("shared.sync_interval: must be more than 0".into());
         }
         Ok(())
+    }
+}
+
+/// Replicas that fill for each other: a cold object has one owner among the live replicas
+/// (rendezvous hashing of its key); the others stream it from the owner instead of going
+/// upstream, and fetch it themselves when the owner cannot be reached.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeersConfig {
+    /// Every replica's base URL, this one included: `["http://10.0.0.1:5000", ...]`.
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// A DNS name resolving to every replica (a Kubernetes headless Service), instead of
+    /// `members`; each address becomes `http://<address>:<port>`.
+    pub dns: Option<String>,
+    /// The replicas' port for `dns`; default: this server's listen port.
+    pub port: Option<u16>,
+    /// How the others reach this replica (one of the members); default `http://<listen>`.
+    pub advertise: Option<String>,
+    /// A file holding the secret every replica sends to the others (`X-Wharf-Peer`); required.
+    pub secret_file: PathBuf,
+    /// How often `dns` is resolved again.
+    #[serde(default = "default_peers_refresh", deserialize_with = "de_duration")]
+    pub refresh: Duration,
+}
+
+fn default_peers_refresh() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl PeersConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.members.is_empty() == self.dns.is_none() {
+            return invalid("peers: give either members or dns".into());
+        }
+        for m in self.members.iter().chain(&self.advertise) {
+            match Url::parse(m) {
+                Ok(u)
+                    if matches!(u.scheme(), "http" | "https")
+                        && u.host_str().is_some()
+                        && u.path() == "/"
+                        && u.query().is_none() => {}
+                _ => {
+                    return invalid(format!(
+                        "peers: {m:?} is not a replica's base URL like \"http://10.0.0.1:5000\""
+                    ));
+                }
+            }
+        }
+        if self.dns.is_some() && self.advertise.is_none() {
+            return invalid(
+                "peers.advertise: required with peers.dns (this replica's own address, e.g. \"http://10.0.0.1:5000\")".into(),
+            );
+        }
+        if let Some(a) = &self.advertise
+            && !self.members.is_empty()
+            && !self.members.iter().any(|m| same_url(m, a))
+        {
+            return invalid(format!("peers.advertise {a:?} is not one of peers.members"));
+        }
+        Ok(())
+    }
+}
+
+/// Two base URLs naming the same replica (trailing slash and default port aside).
+pub fn same_url(a: &str, b: &str) -> bool {
+    match (Url::parse(a), Url::parse(b)) {
+        (Ok(a), Ok(b)) => {
+            a.scheme() == b.scheme()
+                && a.host_str() == b.host_str()
+                && a.port_or_known_default() == b.port_or_known_default()
+        }
+        _ => false,
     }
 }
 
@@ -440,6 +516,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             egress: EgressConfig::default(),
             shared: None,
+            peers: None,
         }
     }
 }
@@ -775,6 +852,9 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if let Some(shared) = &self.shared {
             shared.validate()?;
+        }
+        if let Some(peers) = &self.peers {
+            peers.validate()?;
         }
         let reg = &self.registry;
         if reg.upstreams.is_empty() {

@@ -135,6 +135,31 @@ pub fn render(app: &AppState) -> String {
     if let Some(shared) = &app.shared {
         render_shared(&mut o, shared);
     }
+    if let Some(peers) = &app.peers {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &peers.stats;
+        for (name, help, value) in [
+            (
+                "wharf_peer_fills_total",
+                "Fills streamed from the replica that owns the object.",
+                st.fills.load(Relaxed),
+            ),
+            (
+                "wharf_peer_failovers_total",
+                "Fills an owner replica began and upstream finished.",
+                st.failovers.load(Relaxed),
+            ),
+            (
+                "wharf_peer_served_total",
+                "Requests this replica answered as owner for another.",
+                st.served.load(Relaxed),
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} counter");
+            let _ = writeln!(o, "{name} {value}");
+        }
+    }
     o
 }
 
@@ -230,6 +255,9 @@ pub fn health_json(app: &AppState) -> String {
     });
     if let Some(s) = shared {
         body["shared"] = serde_json::json!(s);
+    }
+    if let Some(p) = &app.peers {
+        body["peers"] = serde_json::json!(p.report());
     }
     body.to_string()
 }

@@ -59,6 +59,29 @@ async fn guard(
             None,
         );
     }
+    // Another replica asking this one, as owner, to fill: the fleet's secret stands in for
+    // `[access]`, and the fill is not forwarded again.
+    if let Some(presented) = req.headers().get(crate::shared::PEER_HEADER) {
+        let Some(peers) = app
+            .peers
+            .as_ref()
+            .filter(|p| p.admits(presented.as_bytes()))
+        else {
+            tracing::warn!(%path, "refused a request with a wrong X-Wharf-Peer secret");
+            return refuse(
+                go,
+                StatusCode::FORBIDDEN,
+                ErrorCode::Denied,
+                "not a replica of this fleet".into(),
+                None,
+            );
+        };
+        peers
+            .stats
+            .served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return crate::cache::FROM_PEER.scope(true, next.run(req)).await;
+    }
     if !app.access.is_open() {
         let peer = req
             .extensions()

@@ -9,7 +9,8 @@
 mod support;
 use support::*;
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::garage::{Garage, find_garage};
@@ -35,6 +36,15 @@ struct Fleet {
 
 impl Fleet {
     async fn start(test: &str) -> Option<Fleet> {
+        Self::start_with(
+            test,
+            &[gzip_layer(4096), gzip_layer(20 << 20), gzip_layer(100_000)],
+        )
+        .await
+    }
+
+    async fn start_with(test: &str, layers: &[support::oci::LayerSpec]) -> Option<Fleet> {
+        let layers = layers.to_vec();
         let garage = find_garage(test)?;
         let tools = require_tools(test, &["skopeo", "docker-registry"])?;
         Some(
@@ -44,11 +54,7 @@ impl Fleet {
                 let skopeo = Skopeo::new(&tools[0]);
                 let work = work_dir("wharf-shared-");
                 let mut layout = Layout::create(&work.path().join("generated"));
-                let image = layout.add_image(&ImageSpec::linux(
-                    "amd64",
-                    7,
-                    &[gzip_layer(4096), gzip_layer(20 << 20), gzip_layer(100_000)],
-                ));
+                let image = layout.add_image(&ImageSpec::linux("amd64", 7, &layers));
                 layout.tag(&image.manifest, TAG);
                 skopeo.push_layout(layout.root(), TAG, &origin, REPO, false);
                 Fleet {
@@ -389,3 +395,180 @@ const MODULES: &[gotools::ModuleSource] = &[
         ],
     ),
 ];
+
+/// `n` replicas as processes on fixed loopback ports, knowing each other (`[peers]`), each with
+/// its own data directory; `config` gives each its config (data directory in, config out).
+struct Replicas {
+    servers: Vec<Option<Server>>,
+    urls: Vec<String>,
+    _dir: TempDir,
+}
+
+impl Replicas {
+    async fn start(n: usize, config: impl Fn(&Path, usize) -> WharfConfig) -> Replicas {
+        let dir = work_dir("wharf-replicas-");
+        let addrs: Vec<SocketAddr> = (0..n)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect();
+        let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+        let secret = dir.path().join("peer.secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let members: Vec<String> = urls.iter().map(|u| quote(u)).collect();
+        let mut servers = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let data: PathBuf = dir.path().join(format!("data-{i}"));
+            let peers = format!(
+                "[peers]\nmembers = [{}]\nadvertise = {}\nsecret_file = {}\n",
+                members.join(", "),
+                quote(&urls[i]),
+                quote(&secret.display().to_string()),
+            );
+            let file = config(&data, i)
+                .tables(&peers)
+                .write(&dir.path().join(format!("wharf-{i}.toml")));
+            let log = dir.path().join(format!("wharf-{i}.log"));
+            servers.push(Some(Server::start_on(&file, &log, *addr).await));
+        }
+        Replicas {
+            servers,
+            urls,
+            _dir: dir,
+        }
+    }
+
+    fn index_of(&self, url: &str) -> usize {
+        self.urls.iter().position(|u| u == url).expect("a member")
+    }
+
+    fn logs(&self) -> String {
+        self.servers
+            .iter()
+            .flatten()
+            .map(|s| s.logs())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    }
+}
+
+/// GETs `url` and returns the body's digest, or why it failed.
+async fn digest_of(url: String) -> Result<String, String> {
+    let r = client().get(&url).sent().await;
+    if r.status() != 200 {
+        return Err(format!("{url}: {}", r.status()));
+    }
+    let body = r
+        .bytes()
+        .await
+        .map_err(|e| format!("{url}: body cut: {e}"))?;
+    Ok(sha256(&body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_of_eight_cold_gets_each_cost_one_upstream_get() {
+    let Some(fleet) = Fleet::start_with(
+        "three_replicas_of_eight_cold_gets_each",
+        &[gzip_layer(64 << 20)],
+    )
+    .await
+    else {
+        return;
+    };
+    let origin = fleet.origin_url.clone();
+    let replicas = Replicas::start(3, |data, i| {
+        WharfConfig::new(data)
+            .upstream(UPSTREAM, &origin)
+            .timeouts()
+            .tables(&fleet.garage.shared_table(&format!("r{i}")))
+    })
+    .await;
+    let layer = fleet.image.layers[0].clone();
+    let path = blob_path(&layer.digest);
+    let gets: Vec<_> = (0..24)
+        .map(|i| {
+            let url = format!("{}{path}", replicas.urls[i % 3]);
+            tokio::spawn(digest_of(url))
+        })
+        .collect();
+    for g in gets {
+        let got = g.await.unwrap();
+        assert_eq!(
+            got.as_deref(),
+            Ok(layer.digest.as_str()),
+            "{}",
+            replicas.logs()
+        );
+    }
+    let origin_path = format!("/v2/{REPO}/blobs/{}", layer.digest);
+    assert_eq!(
+        fleet.origin().requests("GET", &origin_path),
+        1,
+        "24 cold GETs over 3 replicas fetch the blob once:\n{}",
+        fleet.origin().access_log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_killed_mid_fill_leaves_the_other_replicas_clients_complete_bodies() {
+    let up = FakeRegistry::start().await;
+    let blob = bytes_of(4 << 20, 21);
+    let digest = up.put_blob(&blob);
+    up.set_blob_mode(BlobMode::Slow(Duration::from_millis(10)));
+    let url = up.url();
+    let mut replicas = Replicas::start(3, |data, _| WharfConfig::fake(&url, data)).await;
+    let owner_url =
+        wharf::shared::peers::owner_of(replicas.urls.iter().map(String::as_str), &digest)
+            .expect("an owner")
+            .to_string();
+    let owner = replicas.index_of(&owner_url);
+    let path = format!("/v2/team/app/blobs/{digest}");
+    let clients: Vec<_> = (0..3)
+        .filter(|&i| i != owner)
+        .flat_map(|i| [i, i])
+        .map(|i| tokio::spawn(digest_of(format!("{}{path}", replicas.urls[i]))))
+        .collect();
+    // Both others asked the owner, which is fetching upstream and streaming to them: kill it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&replicas.urls[owner], "wharf_peer_served_total").await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the others never asked the owner:\n{}",
+            replicas.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(up.count("GET", "/blobs/") >= 1, "the owner is filling");
+    let killed = replicas.servers[owner].take().expect("the owner runs");
+    killed.signal("KILL");
+    drop(killed);
+    for c in clients {
+        assert_eq!(
+            c.await.unwrap().as_deref(),
+            Ok(digest.as_str()),
+            "{}",
+            replicas.logs()
+        );
+    }
+    assert!(
+        up.count("GET", "/blobs/") <= 3,
+        "the owner once, then each survivor finished from upstream at most once"
+    );
+    let mut failovers = 0;
+    for (i, u) in replicas.urls.iter().enumerate() {
+        if i != owner {
+            failovers += metric(u, "wharf_peer_failovers_total").await;
+        }
+    }
+    assert!(failovers >= 1, "a survivor finished a fill the owner began");
+}
+
+/// The value of an unlabelled counter on `/metrics` of the replica at `base` (0 when absent).
+async fn metric(base: &str, name: &str) -> u64 {
+    let text = match client().get(format!("{base}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}

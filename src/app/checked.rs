@@ -16,6 +16,8 @@ pub struct Checked {
     pub(super) egress: Arc<EgressPolicy>,
     /// The shared tier's S3 client (`[shared]`), if configured and its credentials were read.
     pub(super) store: Option<crate::shared::Store>,
+    /// The replicas that fill for each other (`[peers]`), if configured.
+    pub(super) peers: Option<Arc<crate::shared::PeerSet>>,
     pub(super) upstreams: HashMap<String, Arc<UpstreamClient>>,
     pub(super) go: Option<GoState>,
     pub(super) access: AccessControl,
@@ -67,6 +69,13 @@ impl Checked {
             }
             None => None,
         };
+        let peers = match &config.peers {
+            Some(cfg) => Some(
+                crate::shared::PeerSet::new(cfg, config.listen, &config.egress, egress.clone())
+                    .map_err(invalid)?,
+            ),
+            None => None,
+        };
         let names: Vec<&str> = config
             .registry
             .upstreams
@@ -79,6 +88,7 @@ impl Checked {
             config,
             egress,
             store,
+            peers,
             upstreams,
             go,
             access,

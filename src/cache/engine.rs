@@ -22,7 +22,7 @@ use wharf_storage::{BlobWriter, Digest, Index, Storage, StorageError, unix_now};
 
 use super::flight::{FillError, FillState, Flights, Join, Leader, Start, first_answer};
 use super::outcome::Outcome;
-use super::tier::Tier;
+use super::tier::{Peers, Tier};
 
 /// Watchers are woken at most once per this many new bytes (and at the end), not per network
 /// read: a wake-up costs more than the few kilobytes one read brings.
@@ -59,6 +59,15 @@ pub trait Fetch: Send + 'static {
     fn known(&self) -> Option<Digest> {
         self.expected().cloned()
     }
+
+    /// The request path another replica answers this object at (`/v2/...`, `/go/...`), so the
+    /// replica that owns it can fill it; `None`: never asked of a peer.
+    fn peer_path(&self) -> Option<String> {
+        None
+    }
+
+    /// The owner replica answered 200 for `peer_path`: what `open` records on a 200.
+    fn found_at_peer(&mut self) {}
 
     /// Most bytes accepted, and the error when a source sends more.
     fn limit(&self) -> u64 {
@@ -109,6 +118,8 @@ struct Inner {
     offline: bool,
     /// The shared tier, asked before a protocol's source when the digest is known.
     tier: Option<Arc<dyn Tier>>,
+    /// The replicas that fill for each other, asked after the tier.
+    peers: Option<Arc<dyn Peers>>,
     /// Access times of hits since the last flush.
     atimes: Mutex<HashMap<Digest, u64>>,
 }
@@ -121,6 +132,7 @@ impl Engine {
             max_fills,
             offline,
             tier: None,
+            peers: None,
             atimes: Mutex::default(),
         }))
     }
@@ -131,6 +143,15 @@ impl Engine {
         self.0.storage.index.set_sharing(true);
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.tier = Some(tier);
+        }
+        self
+    }
+
+    /// The same engine filling cold objects through their owner replica. Call before the
+    /// engine is cloned.
+    pub fn with_peers(mut self, peers: Arc<dyn Peers>) -> Engine {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.peers = Some(peers);
         }
         self
     }
@@ -179,9 +200,10 @@ impl Engine {
                     return Err(FillError::Busy);
                 };
                 let (engine, fetch) = (self.clone(), fetch());
+                let from_peer = super::tier::from_peer();
                 tokio::spawn(
                     async move {
-                        engine.run(fetch, leader).await;
+                        engine.run(fetch, leader, from_peer).await;
                         drop(permit);
                     }
                     .instrument(span),
@@ -206,7 +228,12 @@ impl Engine {
     }
 
     /// The fill task: runs to the end even if every client leaves.
-    async fn run<K: Hash + Eq + Clone, F: Fetch>(&self, mut fetch: F, leader: Leader<K>) {
+    async fn run<K: Hash + Eq + Clone, F: Fetch>(
+        &self,
+        mut fetch: F,
+        leader: Leader<K>,
+        from_peer: bool,
+    ) {
         // A fill of the same digest that finished just before this one started.
         if let Some(d) = fetch.known()
             && let Ok(file) = self.0.storage.blobs.open_blob(&d)
@@ -214,7 +241,7 @@ impl Engine {
         {
             return leader.commit(Arc::new(file), meta.len());
         }
-        match self.fill_once(&mut fetch, &leader).await {
+        match self.fill_once(&mut fetch, &leader, from_peer).await {
             Ok((file, size, shared)) => {
                 tracing::info!(size, shared, "verified and cached");
                 fetch.committed(size, shared);
@@ -234,19 +261,49 @@ impl Engine {
         }
     }
 
+    /// Where a miss is filled from, in tier order: the shared tier (when the digest is known),
+    /// the replica that owns the object (unless this request came from one), the protocol's
+    /// source. Offline, only the shared tier.
+    async fn open_source<F: Fetch>(
+        &self,
+        fetch: &mut F,
+        from_peer: bool,
+    ) -> Result<(Incoming, Origin), FillError> {
+        if let (Some(tier), Some(d)) = (&self.0.tier, fetch.known())
+            && let Some(incoming) = tier.get(&d).await
+        {
+            return Ok((incoming, Origin::Tier(d)));
+        }
+        if self.0.offline {
+            return Err(FillError::Offline);
+        }
+        if let Some(peers) = self.0.peers.as_ref().filter(|_| !from_peer)
+            && let Some(path) = fetch.peer_path()
+        {
+            let key = fetch
+                .known()
+                .map_or_else(|| path.clone(), |d| d.to_string());
+            if let Some(owner) = peers.owner(&key)
+                && let Some(incoming) = peers.get(&owner, &path).await
+            {
+                fetch.found_at_peer();
+                return Ok((incoming, Origin::Peer));
+            }
+        }
+        let incoming = fetch.open().await?.ok_or(FillError::NotFound)?;
+        Ok((incoming, Origin::Source))
+    }
+
     async fn fill_once<K: Hash + Eq + Clone, F: Fetch>(
         &self,
         fetch: &mut F,
         leader: &Leader<K>,
+        from_peer: bool,
     ) -> Result<(Arc<File>, u64, bool), FillError> {
-        let from_tier = match (&self.0.tier, fetch.known()) {
-            (Some(tier), Some(d)) => tier.get(&d).await.map(|i| (i, d)),
+        let (incoming, origin) = self.open_source(fetch, from_peer).await?;
+        let tier_digest = match &origin {
+            Origin::Tier(d) => Some(d.clone()),
             _ => None,
-        };
-        let (incoming, tier_digest) = match from_tier {
-            Some((incoming, d)) => (incoming, Some(d)),
-            None if self.0.offline => return Err(FillError::Offline),
-            None => (fetch.open().await?.ok_or(FillError::NotFound)?, None),
         };
         // Bytes from the shared tier that fail a check are removed there.
         let discard = |e: FillError| {
@@ -266,8 +323,32 @@ impl Engine {
             .map_err(local("cannot create a temp file"))?;
         let file = writer.file();
         let limit = fetch.limit();
-        let size = copy(incoming, &mut writer, leader, limit)
-            .await
+        let mut copied = copy(incoming, &mut writer, leader, limit, true).await;
+        // The owner replica went away mid-transfer: the rest comes from the protocol's source
+        // (its first bytes are skipped; the digest covers the whole).
+        if matches!(copied, Err(Copied::Failed(FillError::Upstream(_))))
+            && matches!(origin, Origin::Peer)
+            && !self.0.offline
+        {
+            let skip = writer.written();
+            tracing::warn!(
+                skip,
+                "the owner replica failed mid-transfer; continuing from upstream"
+            );
+            if let Some(peers) = &self.0.peers {
+                peers.failed_over();
+            }
+            let incoming = fetch.open().await?.ok_or(FillError::NotFound)?;
+            copied = copy(
+                skip_prefix(incoming, skip),
+                &mut writer,
+                leader,
+                limit,
+                false,
+            )
+            .await;
+        }
+        let size = copied
             .map_err(|e| match e {
                 Copied::TooLarge => fetch.too_large(limit),
                 Copied::Failed(e) => e,
@@ -297,7 +378,8 @@ impl Engine {
             .map_err(local("the commit task failed"))?
             .map_err(local("committing failed"))?;
         // Queued for the shared tier before the records that name it (a no-op without one).
-        if tier_digest.is_none() {
+        // What another replica holds is its to upload.
+        if matches!(origin, Origin::Source) {
             self.queue(&digest);
         }
         // The object is verified and durable. A lost record costs a refetch (Go files) or is
@@ -305,7 +387,7 @@ impl Engine {
         if let Err(e) = fetch.record(&self.0.storage.index, &digest, size) {
             tracing::error!(error = %e, "indexing failed; the content stays on disk");
         }
-        Ok((file, size, tier_digest.is_some()))
+        Ok((file, size, !matches!(origin, Origin::Source)))
     }
 
     /// Queues a committed object for the shared tier, if there is one.
@@ -473,6 +555,37 @@ fn local<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> FillErro
     }
 }
 
+/// Where a fill's bytes came from.
+enum Origin {
+    Tier(Digest),
+    Peer,
+    Source,
+}
+
+/// `incoming` without its first `n` bytes (already written from another source).
+fn skip_prefix(incoming: Incoming, n: u64) -> Incoming {
+    let mut left = n;
+    let body = incoming
+        .body
+        .filter_map(move |chunk| {
+            let out = match chunk {
+                Ok(mut b) if left > 0 => {
+                    let cut = left.min(b.len() as u64);
+                    left -= cut;
+                    let rest = b.split_off(cut as usize);
+                    (!rest.is_empty()).then_some(Ok(rest))
+                }
+                other => Some(other),
+            };
+            std::future::ready(out)
+        })
+        .boxed();
+    Incoming {
+        len: incoming.len,
+        body,
+    }
+}
+
 enum Copied {
     TooLarge,
     Failed(FillError),
@@ -485,12 +598,15 @@ async fn copy<K: Hash + Eq + Clone>(
     writer: &mut BlobWriter,
     leader: &Leader<K>,
     limit: u64,
+    first: bool,
 ) -> Result<u64, Copied> {
     let Incoming { len, mut body } = incoming;
     if len.is_some_and(|n| n > limit) {
         return Err(Copied::TooLarge);
     }
-    leader.streaming(writer.file(), len);
+    if first {
+        leader.streaming(writer.file(), len);
+    }
     let mut notified = writer.written();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(Copied::Failed)?;

@@ -18,4 +18,4 @@ pub use flight::{FillError, FillState, Flights, Join, Leader, Start, first_answe
 pub use outcome::Outcome;
 pub use pool::CHUNK;
 pub use revalidate::{Cached, revalidate};
-pub use tier::Tier;
+pub use tier::{FROM_PEER, Peers, Tier, from_peer};

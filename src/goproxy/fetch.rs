@@ -91,6 +91,21 @@ impl Fetch for ModuleFileFetch {
         self.known.clone()
     }
 
+    /// The owner replica's bytes get the same checks: the checksum database's for a public module.
+    fn found_at_peer(&mut self) {
+        let public = self.app.go.private_rule(&self.module).is_none();
+        self.found = Some(("the owner replica".into(), public));
+    }
+
+    fn peer_path(&self) -> Option<String> {
+        Some(format!(
+            "/go/{}/@v/{}.{}",
+            escape(self.module.as_str()),
+            escape(&self.version),
+            self.kind.ext()
+        ))
+    }
+
     fn limit(&self) -> u64 {
         self.kind.max_size()
     }

@@ -24,6 +24,18 @@ pub struct BlobFetch {
     pub metrics: Arc<Metrics>,
 }
 
+impl BlobFetch {
+    fn link(&self) {
+        if let Err(e) = self
+            .storage
+            .index
+            .put_link(&self.up.name, self.name.as_str(), &self.digest)
+        {
+            tracing::warn!(error = %e, "recording the repository link failed");
+        }
+    }
+}
+
 impl Fetch for BlobFetch {
     async fn open(&mut self) -> Result<Option<Incoming>, FillError> {
         let upstream_err = |e: UpstreamError| {
@@ -43,18 +55,24 @@ impl Fetch for BlobFetch {
             s => return Err(upstream_err(UpstreamError::Status { status: s })),
         }
         // The repository has the blob: requests for it may join this fill (`ensure_linked`).
-        if let Err(e) = self
-            .storage
-            .index
-            .put_link(&self.up.name, self.name.as_str(), &self.digest)
-        {
-            tracing::warn!(error = %e, "recording the repository link failed");
-        }
+        self.link();
         Ok(Some(into_incoming(resp)))
     }
 
     fn expected(&self) -> Option<&Digest> {
         Some(&self.digest)
+    }
+
+    fn peer_path(&self) -> Option<String> {
+        Some(format!(
+            "/v2/{}/blobs/{}?ns={}",
+            self.name, self.digest, self.up.name
+        ))
+    }
+
+    /// The owner replica answered for this repository: it checked that the pair holds it.
+    fn found_at_peer(&mut self) {
+        self.link();
     }
 
     fn limit(&self) -> u64 {

@@ -17,9 +17,11 @@
 //! skipped (upstream instead) until a background probe gets an answer.
 
 mod journal;
+pub mod peers;
 mod store;
 mod upload;
 
+pub use peers::{PEER_HEADER, PeerSet};
 pub use store::{Store, check_endpoint, connect};
 
 use std::sync::Arc;

@@ -18,6 +18,7 @@ use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 use tempfile::TempDir;
 
 use super::origin::{REQUIRE_ENV, find_tool};
+use super::server::free_port;
 
 pub const BUCKET: &str = "wharf";
 
@@ -51,13 +52,6 @@ pub fn find_garage(test: &str) -> Option<PathBuf> {
     }
     eprintln!("SKIPPED {why}; set {REQUIRE_ENV}=1 to make this fail instead");
     None
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 impl Garage {

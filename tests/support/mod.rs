@@ -18,6 +18,7 @@ pub mod gotools;
 mod http;
 pub mod oci;
 pub mod origin;
+mod server;
 pub mod tlsgen;
 mod wharf;
 
@@ -32,6 +33,7 @@ pub use http::{
     Answer, Body, Sent, client, error_code, expect_header, expect_status, get, header, health_of,
     raw_get, read_body, read_text, status_of,
 };
+pub use server::{Server, free_port};
 pub use wharf::{MANIFEST_ACCEPT, Wharf};
 
 use std::path::{Path, PathBuf};

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::server::free_port;
+
 /// Set (to anything) to turn "tool missing, test skipped" into a test failure.
 pub const REQUIRE_ENV: &str = "WHARF_REQUIRE_INTEROP";
 
@@ -63,14 +65,6 @@ pub fn require_tools(test: &str, programs: &[&str]) -> Option<Vec<PathBuf>> {
     }
     eprintln!("SKIPPED {why}; set {REQUIRE_ENV}=1 to make this fail instead");
     None
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind a free loopback port")
-        .port()
 }
 
 /// Status code of `GET <path>` over plain HTTP/1.0, or `None` if nothing answered.

@@ -1,0 +1,296 @@
+//! Replicas that fill for each other. A cold object has one owner among the live replicas: the
+//! highest rendezvous score of (replica, key), so every replica picks the same owner without
+//! talking, and a replica joining or leaving moves only its share of keys. A non-owner asks the
+//! owner for the protocol path (`X-Wharf-Peer` carries the fleet's secret; the owner fills it
+//! once, as for any client, and never forwards it again) and fills its own disk from the stream;
+//! the engine verifies it and, if the owner dies mid-transfer, finishes from upstream. An owner
+//! that cannot be reached is marked down like an upstream, so keys move to the next replica.
+//! No lock service, no conditional writes: at worst two replicas fetch the same object.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use reqwest::Url;
+use sha2::{Digest as _, Sha256};
+
+use crate::cache::{Incoming, Peers};
+use crate::config::{EgressConfig, PeersConfig, same_url};
+use crate::upstream::client::{build_http, into_incoming};
+use crate::upstream::health::{Health, spawn_probe};
+use crate::upstream::{EgressPolicy, UpstreamError};
+
+/// The header a replica's request to another carries.
+pub const PEER_HEADER: &str = "x-wharf-peer";
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    /// Fills this replica streamed from an owner.
+    pub fills: AtomicU64,
+    /// Fills an owner began and upstream finished.
+    pub failovers: AtomicU64,
+    /// Requests this replica answered as owner.
+    pub served: AtomicU64,
+}
+
+struct Member {
+    url: String,
+    health: Arc<Health>,
+}
+
+pub struct PeerSet {
+    me: String,
+    members: RwLock<Vec<Member>>,
+    secret: String,
+    http: reqwest::Client,
+    policy: Arc<EgressPolicy>,
+    threshold: u32,
+    probe_interval: Duration,
+    dns: Option<(String, u16)>,
+    refresh: Duration,
+    pub stats: PeerStats,
+}
+
+/// A replica's score for `key`: the owner is the live replica with the highest.
+fn score(member: &str, key: &str) -> u64 {
+    let h = Sha256::new()
+        .chain_update(member.as_bytes())
+        .chain_update([0])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The owner of `key` among `members` (base URLs as configured).
+pub fn owner_of<'a>(members: impl IntoIterator<Item = &'a str>, key: &str) -> Option<&'a str> {
+    members
+        .into_iter()
+        .max_by_key(|m| (score(normalize(m), key), *m))
+}
+
+fn normalize(url: &str) -> &str {
+    url.trim_end_matches('/')
+}
+
+impl PeerSet {
+    pub fn new(
+        cfg: &PeersConfig,
+        listen: std::net::SocketAddr,
+        egress: &EgressConfig,
+        policy: Arc<EgressPolicy>,
+    ) -> Result<Arc<PeerSet>, String> {
+        let secret = std::fs::read_to_string(&cfg.secret_file)
+            .map_err(|e| format!("peers.secret_file {}: {e}", cfg.secret_file.display()))?
+            .trim()
+            .to_string();
+        if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "peers.secret_file {}: the secret must be at least 16 printable characters \
+                 (e.g. `openssl rand -hex 32`)",
+                cfg.secret_file.display()
+            ));
+        }
+        let me = cfg
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{listen}"));
+        if !cfg.members.is_empty() && !cfg.members.iter().any(|m| same_url(m, &me)) {
+            return Err(format!(
+                "peers: this replica ({me}) is not one of peers.members; set peers.advertise \
+                 to its entry"
+            ));
+        }
+        for m in &cfg.members {
+            let url = Url::parse(m).map_err(|e| format!("peers: {m}: {e}"))?;
+            policy
+                .check(&url)
+                .map_err(|e| format!("peers: {e}; add the replicas to egress.allow"))?;
+        }
+        let set = PeerSet {
+            me: normalize(&me).to_string(),
+            members: RwLock::new(Vec::new()),
+            secret,
+            http: build_http(egress, policy.clone())?,
+            policy,
+            threshold: egress.failure_threshold,
+            probe_interval: egress.probe_interval,
+            dns: cfg
+                .dns
+                .clone()
+                .map(|d| (d, cfg.port.unwrap_or_else(|| listen.port()))),
+            refresh: cfg.refresh,
+            stats: PeerStats::default(),
+        };
+        set.set_members(
+            cfg.members
+                .iter()
+                .map(|m| normalize(m).to_string())
+                .collect(),
+        );
+        Ok(Arc::new(set))
+    }
+
+    /// Resolves `peers.dns` now and every `peers.refresh` after (no-op with static members).
+    pub fn spawn(self: &Arc<Self>) {
+        let Some((name, port)) = self.dns.clone() else {
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match tokio::net::lookup_host((name.as_str(), port)).await {
+                    Ok(addrs) => {
+                        let urls = addrs.map(|a| format!("http://{a}")).collect();
+                        me.set_members(urls);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, name = %name, "resolving peers.dns failed")
+                    }
+                }
+                tokio::time::sleep(me.refresh).await;
+            }
+        });
+    }
+
+    fn set_members(&self, mut urls: Vec<String>) {
+        urls.sort();
+        urls.dedup();
+        let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+        let old: Vec<Member> = std::mem::take(&mut *members);
+        *members = urls
+            .into_iter()
+            .map(|url| {
+                let health = old.iter().find(|m| m.url == url).map_or_else(
+                    || Arc::new(Health::new(&url, self.threshold, self.probe_interval)),
+                    |m| m.health.clone(),
+                );
+                Member { url, health }
+            })
+            .collect();
+    }
+
+    /// Whether `presented` is the fleet's secret (constant time).
+    pub fn admits(&self, presented: &[u8]) -> bool {
+        let want = self.secret.as_bytes();
+        presented.len() == want.len()
+            && presented
+                .iter()
+                .zip(want)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    /// Each replica and whether it is considered up, for `/healthz`.
+    pub fn report(&self) -> Vec<serde_json::Value> {
+        let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+        members
+            .iter()
+            .map(|m| {
+                let me = m.url == self.me;
+                serde_json::json!({
+                    "url": m.url, "self": me, "up": me || m.health.is_up(),
+                    "last_error": m.health.report().last_error,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Peers for Arc<PeerSet> {
+    fn owner(&self, key: &str) -> Option<String> {
+        let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+        let live = members
+            .iter()
+            .filter(|m| m.url == self.me || m.health.is_up())
+            .map(|m| m.url.as_str());
+        owner_of(live, key)
+            .filter(|o| *o != self.me)
+            .map(str::to_string)
+    }
+
+    fn get(&self, owner: &str, path: &str) -> BoxFuture<'static, Option<Incoming>> {
+        let health = {
+            let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+            members
+                .iter()
+                .find(|m| m.url == owner)
+                .map(|m| m.health.clone())
+        };
+        let (me, owner, path) = (self.clone(), owner.to_string(), path.to_string());
+        async move {
+            let health = health?;
+            health.check().ok()?;
+            let url = Url::parse(&format!("{owner}{path}")).ok()?;
+            me.policy.check(&url).ok()?;
+            let mut secret = http::HeaderValue::from_str(&me.secret).ok()?;
+            secret.set_sensitive(true);
+            let sent = me
+                .http
+                .get(url.clone())
+                .header(PEER_HEADER, secret)
+                .send()
+                .await;
+            let result = sent.map_err(|e| UpstreamError::Connect {
+                target: owner.clone(),
+                detail: e.without_url().to_string(),
+            });
+            if health.record(&result)
+                && let Ok(probe) = Url::parse(&format!("{owner}/healthz"))
+            {
+                spawn_probe(health.clone(), me.http.clone(), me.policy.clone(), probe);
+            }
+            match result {
+                Ok(resp) if resp.status() == http::StatusCode::OK => {
+                    me.stats.fills.fetch_add(1, Ordering::Relaxed);
+                    Some(into_incoming(resp))
+                }
+                Ok(resp) => {
+                    tracing::debug!(%owner, status = %resp.status(), "the owner replica did not answer 200");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(%owner, error = %e, "the owner replica cannot be reached; fetching directly");
+                    None
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn failed_over(&self) {
+        self.stats.failovers.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_replica_picks_the_same_owner_and_a_leaving_one_moves_only_its_keys() {
+        let three = ["http://a:5000", "http://b:5000", "http://c:5000"];
+        let keys: Vec<String> = (0..300).map(|i| format!("sha256:{i:064x}")).collect();
+        let mut owned = std::collections::HashMap::new();
+        for k in &keys {
+            let o = owner_of(three, k).unwrap();
+            // Order of the list does not matter.
+            assert_eq!(owner_of([three[2], three[0], three[1]], k), Some(o));
+            *owned.entry(o).or_insert(0) += 1;
+        }
+        assert!(owned.values().all(|&n| n > 60), "spread: {owned:?}");
+        for k in &keys {
+            let before = owner_of(three, k).unwrap();
+            let after = owner_of([three[0], three[1]], k).unwrap();
+            if before != three[2] {
+                assert_eq!(before, after, "{k} moved though its owner stayed");
+            }
+        }
+        assert_eq!(owner_of([], "k"), None);
+        assert_eq!(owner_of(["http://a:5000/"], "k"), Some("http://a:5000/"));
+    }
+}

@@ -1,0 +1,122 @@
+//! `wharf serve` as a child process, for tests that signal it (SIGTERM drains, SIGKILL leaves
+//! nothing half-written) or need replicas on fixed ports.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::bin::wharf_command;
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `wharf serve` as a child process; killed on Drop if still running.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `wharf serve --config <config>` on a free loopback port, logging to `log`, and
+    /// waits (at most 10 s) until it accepts connections.
+    pub async fn start(config: &Path, log: &Path) -> Server {
+        Self::start_on(config, log, SocketAddr::from(([127, 0, 0, 1], free_port()))).await
+    }
+
+    /// `start` on `addr`, chosen by the caller (replicas that must know each other's address).
+    pub async fn start_on(config: &Path, log: &Path, addr: SocketAddr) -> Server {
+        let child = wharf_command()
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .expect("spawn wharf serve");
+        let mut server = Server {
+            child,
+            addr,
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("wharf serve exited early ({status}):\n{}", server.logs());
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wharf serve did not listen on {addr} within 10 s:\n{}",
+                server.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn logs(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (a name such as `TERM` or `KILL`) to this server, by its pid.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed: {status}");
+    }
+
+    /// Waits (at most `limit`) for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wharf serve did not exit within {limit:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// SIGTERM, then asserts a clean exit within 10 s.
+    pub async fn stop(mut self) {
+        self.signal("TERM");
+        let status = self.wait_exit(Duration::from_secs(10)).await;
+        assert!(
+            status.success(),
+            "wharf serve exited with {status} after SIGTERM:\n{}",
+            self.logs()
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
