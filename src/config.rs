@@ -199,8 +199,8 @@ pub struct PeersConfig {
     /// Every replica's base URL, this one included: `["http://10.0.0.1:5000", ...]`.
     #[serde(default)]
     pub members: Vec<String>,
-    /// A DNS name resolving to every replica (a Kubernetes headless Service), instead of
-    /// `members`; each address becomes `http://<address>:<port>`.
+    /// A DNS name resolving to every replica (a Kubernetes headless Service), with or instead
+    /// of `members`; each address becomes `http://<address>:<port>`.
     pub dns: Option<String>,
     /// The replicas' port for `dns`; default: this server's listen port.
     pub port: Option<u16>,
@@ -220,8 +220,8 @@ fn default_peers_refresh() -> Duration {
 impl PeersConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.members.is_empty() == self.dns.is_none() {
-            return invalid("peers: give either members or dns".into());
+        if self.members.is_empty() && self.dns.is_none() {
+            return invalid("peers: give members, dns, or both".into());
         }
         for m in self.members.iter().chain(&self.advertise) {
             match Url::parse(m) {
@@ -243,7 +243,7 @@ impl PeersConfig {
             );
         }
         if let Some(a) = &self.advertise
-            && !self.members.is_empty()
+            && self.dns.is_none()
             && !self.members.iter().any(|m| same_url(m, a))
         {
             return invalid(format!("peers.advertise {a:?} is not one of peers.members"));

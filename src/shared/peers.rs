@@ -50,6 +50,8 @@ pub struct PeerSet {
     threshold: u32,
     probe_interval: Duration,
     dns: Option<(String, u16)>,
+    /// `peers.members`, kept with what `dns` resolves to.
+    fixed: Vec<String>,
     refresh: Duration,
     pub stats: PeerStats,
 }
@@ -99,7 +101,7 @@ impl PeerSet {
             .advertise
             .clone()
             .unwrap_or_else(|| format!("http://{listen}"));
-        if !cfg.members.is_empty() && !cfg.members.iter().any(|m| same_url(m, &me)) {
+        if cfg.dns.is_none() && !cfg.members.iter().any(|m| same_url(m, &me)) {
             return Err(format!(
                 "peers: this replica ({me}) is not one of peers.members; set peers.advertise \
                  to its entry"
@@ -123,6 +125,11 @@ impl PeerSet {
                 .dns
                 .clone()
                 .map(|d| (d, cfg.port.unwrap_or_else(|| listen.port()))),
+            fixed: cfg
+                .members
+                .iter()
+                .map(|m| normalize(m).to_string())
+                .collect(),
             refresh: cfg.refresh,
             stats: PeerStats::default(),
         };
@@ -145,7 +152,10 @@ impl PeerSet {
             loop {
                 match tokio::net::lookup_host((name.as_str(), port)).await {
                     Ok(addrs) => {
-                        let urls = addrs.map(|a| format!("http://{a}")).collect();
+                        let mut urls: Vec<String> = addrs.map(|a| format!("http://{a}")).collect();
+                        urls.extend(me.fixed.iter().cloned());
+                        // This replica is always a member, resolved or not.
+                        urls.push(me.me.clone());
                         me.set_members(urls);
                     }
                     Err(e) => {
