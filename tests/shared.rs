@@ -572,3 +572,104 @@ async fn metric(base: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_replica_reads_the_bucket_and_never_an_upstream() {
+    let Some(fleet) = Fleet::start("an_offline_replica_reads_the_bucket").await else {
+        return;
+    };
+    let a = fleet.replica("a", "").await;
+    fleet.pull(&a, &format!(":{TAG}"), "via-a").await;
+    settled(&a).await;
+    let before = fleet.origin_requests();
+    let url = fleet.origin_url.clone();
+    let shared = fleet.garage.shared_table("o");
+    let o = Wharf::in_temp_dir(|data| {
+        WharfConfig::new(data)
+            .upstream(UPSTREAM, &url)
+            .offline(true)
+            .tables(&shared)
+    })
+    .await;
+    fleet.pull(&o, &format!(":{TAG}"), "via-offline").await;
+    assert_eq!(
+        fleet.origin_requests(),
+        before,
+        "an offline replica asked the origin"
+    );
+    // What the bucket lacks is refused as offline, not fetched.
+    let missing = o
+        .get(&blob_path(&format!("sha256:{}", "0".repeat(64))), None)
+        .await;
+    assert_ne!(missing.status, 200, "{}", missing.describe());
+    assert_eq!(fleet.origin_requests(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_into_one_replica_is_served_by_another_offline() {
+    let Some(garage) = find_garage("an_import_into_one_replica") else {
+        return;
+    };
+    let garage = blocking(move || Garage::start(&garage)).await;
+    let dir = work_dir("wharf-shared-import-");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = WharfConfig::new(&dir.path().join("data-a"))
+        .upstream(UPSTREAM, "http://127.0.0.1:9")
+        .offline(true)
+        .listen(addr)
+        .tables(&garage.shared_table("a"))
+        .write(&dir.path().join("a.toml"));
+    let a = Server::start_on(&config, &dir.path().join("a.log"), addr).await;
+
+    let mut layout = Layout::create(&dir.path().join("layout"));
+    let image = layout.add_image(&ImageSpec::linux("amd64", 9, &[gzip_layer(300_000)]));
+    layout.tag(&image.manifest, "v9");
+    let name = format!("{UPSTREAM}/gen/app");
+    let root = layout.root().display().to_string();
+    let cfg = config.display().to_string();
+    let out = run_wharf(&["import", "--config", &cfg, "--name", &name, &root]).await;
+    assert!(out.status.success(), "{}\n{}", describe(&out), a.logs());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let h: serde_json::Value = serde_json::from_str(
+            &client()
+                .get(a.url("/healthz"))
+                .sent()
+                .await
+                .text()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        if h["shared"]["pending"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A never uploaded the import: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let shared = garage.shared_table("b");
+    let b = Wharf::in_temp_dir(|data| {
+        WharfConfig::new(data)
+            .upstream(UPSTREAM, "http://127.0.0.1:9")
+            .offline(true)
+            .tables(&shared)
+    })
+    .await;
+    let m = b
+        .get(&format!("/v2/{name}/manifests/v9"), Some(MANIFEST_ACCEPT))
+        .await;
+    assert_eq!(m.status, 200, "{}", m.describe());
+    assert_eq!(
+        m.header("docker-content-digest"),
+        Some(image.manifest.digest.as_str())
+    );
+    let layer = &image.layers[0];
+    let l = b
+        .get(&format!("/v2/{name}/blobs/{}", layer.digest), None)
+        .await;
+    assert_eq!((l.status, sha256(&l.body)), (200, layer.digest.clone()));
+}
