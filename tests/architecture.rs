@@ -21,6 +21,8 @@ const LAYERS: &[(&str, u8)] = &[
     // L2: protocol front ends.
     ("registry", 4),
     ("goproxy", 4),
+    // L2: other replicas (the shared tier and peers), a source like a protocol's.
+    ("shared", 4),
     // L3-L4: bundle's server side; the state everything is built into.
     ("bundle", 5),
     ("app", 6),
