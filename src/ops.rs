@@ -132,6 +132,7 @@ pub fn render(app: &AppState) -> String {
     );
     let _ = writeln!(o, "# TYPE wharf_offline gauge");
     let _ = writeln!(o, "wharf_offline {}", u8::from(app.config.offline));
+    render_tiers(&mut o, app);
     if let Some(shared) = &app.shared {
         render_shared(&mut o, shared);
     }
@@ -161,6 +162,39 @@ pub fn render(app: &AppState) -> String {
         }
     }
     o
+}
+
+/// Objects and bytes served per tier: memory, local disk, and fills from the shared tier, an
+/// owner replica or upstream.
+fn render_tiers(o: &mut String, app: &AppState) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = app.engine.tiers();
+    let rows = [
+        ("memory", &app.registry.hot.memory),
+        ("disk", &t.disk),
+        ("shared", &t.shared),
+        ("peer", &t.peer),
+        ("upstream", &t.upstream),
+    ];
+    for (name, help, bytes) in [
+        (
+            "wharf_tier_objects_total",
+            "Objects served, by the tier they came from (fills count once, however many clients joined).",
+            false,
+        ),
+        (
+            "wharf_tier_bytes_total",
+            "Bytes of those objects, by tier.",
+            true,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} counter");
+        for (tier, c) in rows {
+            let v = if bytes { &c.bytes } else { &c.objects };
+            let _ = writeln!(o, "{name}{{tier=\"{tier}\"}} {}", v.load(Relaxed));
+        }
+    }
 }
 
 fn render_shared(o: &mut String, shared: &crate::shared::Shared) {

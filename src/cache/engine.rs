@@ -95,6 +95,30 @@ pub trait Fetch: Send + 'static {
     fn committed(&self, _size: u64, _shared: bool) {}
 }
 
+/// Objects and bytes served from one tier.
+#[derive(Debug, Default)]
+pub struct Count {
+    pub objects: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Count {
+    pub fn add(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.objects.fetch_add(1, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
+}
+
+/// Where served objects came from: hits on local disk, and fills by their source.
+#[derive(Debug, Default)]
+pub struct Tiers {
+    pub disk: Count,
+    pub shared: Count,
+    pub peer: Count,
+    pub upstream: Count,
+}
+
 /// Where an answer's bytes come from.
 pub enum BlobSource {
     File(Arc<File>),
@@ -120,6 +144,8 @@ struct Inner {
     tier: Option<Arc<dyn Tier>>,
     /// The replicas that fill for each other, asked after the tier.
     peers: Option<Arc<dyn Peers>>,
+    /// Objects served per tier.
+    tiers: Tiers,
     /// Access times of hits since the last flush.
     atimes: Mutex<HashMap<Digest, u64>>,
 }
@@ -133,6 +159,7 @@ impl Engine {
             offline,
             tier: None,
             peers: None,
+            tiers: Tiers::default(),
             atimes: Mutex::default(),
         }))
     }
@@ -156,6 +183,11 @@ impl Engine {
         self
     }
 
+    /// Objects served per tier (local-disk hits, fills by source).
+    pub fn tiers(&self) -> &Tiers {
+        &self.0.tiers
+    }
+
     pub fn has_tier(&self) -> bool {
         self.0.tier.is_some()
     }
@@ -172,6 +204,7 @@ impl Engine {
     pub fn open(&self, digest: &Digest) -> Option<(Arc<File>, u64)> {
         let file = self.0.storage.blobs.open_blob(digest).ok()?;
         let size = file.metadata().ok()?.len();
+        self.0.tiers.disk.add(size);
         self.touch(digest);
         Some((Arc::new(file), size))
     }
@@ -387,6 +420,12 @@ impl Engine {
         if let Err(e) = fetch.record(&self.0.storage.index, &digest, size) {
             tracing::error!(error = %e, "indexing failed; the content stays on disk");
         }
+        let tier = match origin {
+            Origin::Tier(_) => &self.0.tiers.shared,
+            Origin::Peer => &self.0.tiers.peer,
+            Origin::Source => &self.0.tiers.upstream,
+        };
+        tier.add(size);
         Ok((file, size, !matches!(origin, Origin::Source)))
     }
 
@@ -652,6 +691,8 @@ mod tests {
         opened: Arc<AtomicUsize>,
         check_fails_locally: bool,
         gate: Option<Arc<tokio::sync::Notify>>,
+        /// Asked of the owner replica first (a `peer_path`).
+        peer: bool,
     }
 
     impl Mem {
@@ -662,6 +703,7 @@ mod tests {
                 opened: opened.clone(),
                 check_fails_locally: false,
                 gate: None,
+                peer: false,
             }
         }
     }
@@ -682,6 +724,10 @@ mod tests {
 
         fn expected(&self) -> Option<&Digest> {
             self.expected.as_ref()
+        }
+
+        fn peer_path(&self) -> Option<String> {
+            self.peer.then(|| "/v2/r/blobs/x".to_string())
         }
 
         async fn check(&mut self, _f: &Arc<File>, _s: u64) -> Result<(), FillError> {
@@ -847,5 +893,78 @@ mod tests {
         assert_eq!(size, data.len() as u64);
         drop(f);
         assert_eq!(opened.load(Ordering::SeqCst), 1);
+    }
+
+    /// An owner replica that sends the first half of `data`, then fails.
+    struct HalfPeer {
+        data: Vec<u8>,
+        failovers: Arc<AtomicUsize>,
+    }
+
+    impl Peers for HalfPeer {
+        fn owner(&self, _key: &str) -> Option<String> {
+            Some("http://owner".into())
+        }
+
+        fn get(
+            &self,
+            _owner: &str,
+            _path: &str,
+        ) -> futures_util::future::BoxFuture<'static, Option<Incoming>> {
+            let half = Bytes::copy_from_slice(&self.data[..self.data.len() / 2]);
+            let len = self.data.len() as u64;
+            Box::pin(async move {
+                let chunks = vec![Ok(half), Err(FillError::Upstream("owner died".into()))];
+                Some(Incoming {
+                    len: Some(len),
+                    body: futures_util::stream::iter(chunks).boxed(),
+                })
+            })
+        }
+
+        fn failed_over(&self) {
+            self.failovers.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Mem {
+        fn peered(data: &[u8], opened: &Arc<AtomicUsize>) -> Mem {
+            Mem {
+                peer: true,
+                ..Mem::new(data, opened)
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_owner_that_dies_mid_body_is_finished_from_the_source() {
+        let data: Vec<u8> = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+        let failovers = Arc::new(AtomicUsize::new(0));
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::new(Storage::open(dir.path()).unwrap(), 4, false).with_peers(Arc::new(
+            HalfPeer {
+                data: data.clone(),
+                failovers: failovers.clone(),
+            },
+        ));
+        let flights = Flights::default();
+        let key = Digest::of(&data);
+        let opened = Arc::new(AtomicUsize::new(0));
+        let served = e
+            .fill(
+                &flights,
+                &key,
+                || Mem::peered(&data, &opened),
+                tracing::Span::none(),
+            )
+            .await
+            .expect("served");
+        assert_eq!(read_all(served).await.expect("complete body"), data);
+        assert_eq!(failovers.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            1,
+            "the source finished the fill"
+        );
     }
 }

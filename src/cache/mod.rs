@@ -13,7 +13,7 @@ pub mod revalidate;
 pub mod tier;
 
 pub use body::{BlobBody, ByteRange};
-pub use engine::{BlobSource, Engine, Fetch, Incoming, Served, UploadError};
+pub use engine::{BlobSource, Count, Engine, Fetch, Incoming, Served, Tiers, UploadError};
 pub use flight::{FillError, FillState, Flights, Join, Leader, Start, first_answer};
 pub use outcome::Outcome;
 pub use pool::CHUNK;

@@ -102,6 +102,8 @@ pub struct HotManifests {
     /// (upstream, repository, digest) known to be held (`visibility::held`), so a warm hit by
     /// digest reads no index record. Only ever a copy of a link in the index.
     held: Mutex<std::collections::HashSet<String>>,
+    /// Manifests answered from memory.
+    pub memory: crate::cache::Count,
 }
 
 /// Most declared sizes remembered; past it new ones are not (a fill without one is bounded by
@@ -115,6 +117,7 @@ impl HotManifests {
             inner: Mutex::default(),
             declared: Mutex::default(),
             held: Mutex::default(),
+            memory: Default::default(),
         }
     }
 
@@ -164,7 +167,9 @@ impl HotManifests {
         if self.budget == 0 {
             return None;
         }
-        self.lock().manifests.get(digest).map(|s| s.value.clone())
+        let m = self.lock().manifests.get(digest).map(|s| s.value.clone())?;
+        self.memory.add(m.body.len() as u64);
+        Some(m)
     }
 
     /// The manifest a tag pointed to, if learned at or after `fresh_since` and still held.
@@ -184,7 +189,10 @@ impl HotManifests {
         if *learned_unix < fresh_since {
             return None;
         }
-        inner.manifests.get(digest).map(|s| s.value.clone())
+        let m = inner.manifests.get(digest).map(|s| s.value.clone())?;
+        drop(inner);
+        self.memory.add(m.body.len() as u64);
+        Some(m)
     }
 
     pub fn put_manifest(&self, m: Arc<HotManifest>) {
