@@ -673,3 +673,47 @@ async fn an_import_into_one_replica_is_served_by_another_offline() {
         .await;
     assert_eq!((l.status, sha256(&l.body)), (200, layer.digest.clone()));
 }
+
+#[tokio::test]
+async fn check_config_names_what_is_wrong_with_the_shared_tier_and_peers() {
+    let dir = work_dir("wharf-shared-config-");
+    let write = |name: &str, tables: &str| {
+        WharfConfig::new(&dir.path().join("data"))
+            .upstream(UPSTREAM, "http://127.0.0.1:9")
+            .tables(tables)
+            .write(&dir.path().join(name))
+            .display()
+            .to_string()
+    };
+    let check = |cfg: String| async move { run_wharf(&["check-config", "--config", &cfg]).await };
+
+    let far = write(
+        "far.toml",
+        "[shared]\nendpoint = \"http://store.example.net:3900\"\nbucket = \"wharf\"\n",
+    );
+    let out = check(far).await;
+    assert!(!out.status.success(), "{}", describe(&out));
+    expect_stderr(&out, "shared.endpoint");
+    expect_stderr(&out, "store.example.net");
+
+    // No credentials: the check warns, serve refuses; neither prints a secret it never had.
+    let anon = write(
+        "anon.toml",
+        "[shared]\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"wharf\"\n",
+    );
+    let out = check(anon.clone()).await;
+    assert!(out.status.success(), "{}", describe(&out));
+    expect_stderr(&out, "WHARF_SHARED_ACCESS_KEY_ID");
+    let out = run_wharf(&["serve", "--config", &anon, "--listen", "127.0.0.1:0"]).await;
+    assert!(!out.status.success(), "{}", describe(&out));
+    expect_stderr(&out, "WHARF_SHARED_ACCESS_KEY_ID");
+
+    let peers = write(
+        "peers.toml",
+        "[peers]\nmembers = [\"http://127.0.0.1:5001\"]\nadvertise = \"http://127.0.0.1:5002\"\n\
+         secret_file = \"/nonexistent\"\n",
+    );
+    let out = check(peers).await;
+    assert!(!out.status.success(), "{}", describe(&out));
+    expect_stderr(&out, "peers.advertise");
+}

@@ -159,6 +159,28 @@ pub fn print_config(checked: &Checked) {
         c.egress.failure_threshold,
         d(c.egress.probe_interval)
     );
+    if let Some(sh) = &c.shared {
+        let _ = writeln!(
+            o,
+            "shared                     = {} bucket {}{}{}, sync every {}",
+            sh.endpoint,
+            sh.bucket,
+            if sh.prefix.is_empty() { "" } else { "/" },
+            sh.prefix,
+            d(sh.sync_interval)
+        );
+    }
+    if let Some(p) = &c.peers {
+        let _ = writeln!(
+            o,
+            "peers                      = {}{}",
+            p.members.join(", "),
+            p.dns
+                .as_ref()
+                .map(|n| format!(" + dns {n} (every {})", d(p.refresh)))
+                .unwrap_or_default()
+        );
+    }
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), o.as_bytes());
 }

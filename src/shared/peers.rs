@@ -109,9 +109,7 @@ impl PeerSet {
         }
         for m in &cfg.members {
             let url = Url::parse(m).map_err(|e| format!("peers: {m}: {e}"))?;
-            policy
-                .check(&url)
-                .map_err(|e| format!("peers: {e}; add the replicas to egress.allow"))?;
+            policy.check(&url).map_err(|e| format!("peers: {e}"))?;
         }
         let set = PeerSet {
             me: normalize(&me).to_string(),
@@ -302,5 +300,77 @@ mod tests {
         }
         assert_eq!(owner_of([], "k"), None);
         assert_eq!(owner_of(["http://a:5000/"], "k"), Some("http://a:5000/"));
+    }
+
+    fn peers_config(dir: &std::path::Path, toml_rest: &str) -> PeersConfig {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123").unwrap();
+        toml::from_str(&format!(
+            "secret_file = {:?}\n{toml_rest}",
+            secret.display().to_string()
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn dns_members_join_the_static_ones_and_this_replica_is_always_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = peers_config(
+            dir.path(),
+            "dns = \"localhost\"\nport = 5999\nadvertise = \"http://10.9.9.9:5999\"\n\
+             members = [\"http://127.0.0.2:5999\"]\nrefresh = \"1h\"",
+        );
+        let policy =
+            Arc::new(EgressPolicy::new(&["127.0.0.1".into(), "127.0.0.2".into()]).unwrap());
+        let listen = "127.0.0.1:5999".parse().unwrap();
+        let set = PeerSet::new(&cfg, listen, &EgressConfig::default(), policy).unwrap();
+        set.spawn();
+        let urls = || -> Vec<String> {
+            set.report()
+                .iter()
+                .filter_map(|m| m["url"].as_str().map(str::to_string))
+                .collect()
+        };
+        for _ in 0..200 {
+            if urls().contains(&"http://127.0.0.1:5999".to_string()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let got = urls();
+        for want in [
+            "http://127.0.0.1:5999",
+            "http://127.0.0.2:5999",
+            "http://10.9.9.9:5999",
+        ] {
+            assert!(got.contains(&want.to_string()), "{want} in {got:?}");
+        }
+    }
+
+    #[test]
+    fn a_short_secret_and_a_replica_outside_members_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Arc::new(EgressPolicy::new(&["127.0.0.1".into()]).unwrap());
+        let listen = "127.0.0.1:5000".parse().unwrap();
+        let cfg = peers_config(dir.path(), "members = [\"http://127.0.0.1:5001\"]");
+        let e = PeerSet::new(&cfg, listen, &EgressConfig::default(), policy.clone())
+            .err()
+            .unwrap();
+        assert!(e.contains("not one of peers.members"), "{e}");
+        std::fs::write(dir.path().join("secret"), "short").unwrap();
+        let cfg = peers_config(dir.path(), "members = [\"http://127.0.0.1:5000\"]");
+        std::fs::write(dir.path().join("secret"), "short").unwrap();
+        let e = PeerSet::new(&cfg, listen, &EgressConfig::default(), policy.clone())
+            .err()
+            .unwrap();
+        assert!(e.contains("at least 16"), "{e}");
+        let cfg = peers_config(
+            dir.path(),
+            "members = [\"http://10.1.1.1:5000\", \"http://127.0.0.1:5000\"]",
+        );
+        let e = PeerSet::new(&cfg, listen, &EgressConfig::default(), policy)
+            .err()
+            .unwrap();
+        assert!(e.contains("egress.allow"), "{e}");
     }
 }

@@ -26,7 +26,7 @@ pub fn check_endpoint(cfg: &SharedConfig, policy: &EgressPolicy) -> Result<(), S
     let endpoint = Url::parse(&cfg.endpoint).map_err(|e| format!("shared.endpoint: {e}"))?;
     policy
         .check(&endpoint)
-        .map_err(|e| format!("shared.endpoint: {e}; add the store's host:port to egress.allow"))
+        .map_err(|e| format!("shared.endpoint: {e}"))
 }
 
 /// Builds the S3 client. Errors name the setting to fix and never carry a secret.
