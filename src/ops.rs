@@ -122,9 +122,7 @@ pub fn render(app: &AppState) -> String {
             checks.busy,
         ),
     ] {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} counter");
-        let _ = writeln!(o, "{name} {value}");
+        scalar(&mut o, (name, "counter", help, value));
     }
     let _ = writeln!(
         o,
@@ -156,9 +154,7 @@ pub fn render(app: &AppState) -> String {
                 st.served.load(Relaxed),
             ),
         ] {
-            let _ = writeln!(o, "# HELP {name} {help}");
-            let _ = writeln!(o, "# TYPE {name} counter");
-            let _ = writeln!(o, "{name} {value}");
+            scalar(&mut o, (name, "counter", help, value));
         }
     }
     o
@@ -201,7 +197,7 @@ fn render_shared(o: &mut String, shared: &crate::shared::Shared) {
     use std::sync::atomic::Ordering::Relaxed;
     let st = &shared.stats;
     let r = shared.report();
-    for (name, kind, help, value) in [
+    for row in [
         (
             "wharf_shared_up",
             "gauge",
@@ -257,10 +253,15 @@ fn render_shared(o: &mut String, shared: &crate::shared::Shared) {
             st.discarded.load(Relaxed),
         ),
     ] {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} {kind}");
-        let _ = writeln!(o, "{name} {value}");
+        scalar(o, row);
     }
+}
+
+/// One unlabelled metric: its help, type and value.
+fn scalar(o: &mut String, (name, kind, help, value): (&str, &str, &str, u64)) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+    let _ = writeln!(o, "{name} {value}");
 }
 
 /// `/healthz`: 200 while serving; `status` says `degraded` when an upstream is down or cannot

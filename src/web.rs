@@ -67,7 +67,11 @@ async fn guard(
             .as_ref()
             .filter(|p| p.admits(presented.as_bytes()))
         else {
-            tracing::warn!(%path, "refused a request with a wrong X-Wharf-Peer secret");
+            let client = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            tracing::warn!(%path, ?client, "refused a request with a wrong X-Wharf-Peer secret");
             return refuse(
                 go,
                 StatusCode::FORBIDDEN,
@@ -76,6 +80,10 @@ async fn guard(
                 None,
             );
         };
+        let asker = req.headers().get(crate::shared::peers::INSTANCE_HEADER);
+        if asker.is_some_and(|a| a.as_bytes() == peers.instance.as_bytes()) {
+            return (StatusCode::LOOP_DETECTED, "this replica asked itself").into_response();
+        }
         peers
             .stats
             .served

@@ -320,7 +320,7 @@ impl Engine {
                 && let Some(incoming) = peers.get(&owner, &path).await
             {
                 fetch.found_at_peer();
-                return Ok((incoming, Origin::Peer));
+                return Ok((incoming, Origin::Peer { owner, key }));
             }
         }
         let incoming = fetch.open().await?.ok_or(FillError::NotFound)?;
@@ -334,17 +334,32 @@ impl Engine {
         from_peer: bool,
     ) -> Result<(Arc<File>, u64, bool), FillError> {
         let (incoming, origin) = self.open_source(fetch, from_peer).await?;
-        let tier_digest = match &origin {
+        // What the bytes must hash to when the source is another replica's copy.
+        let known = match &origin {
             Origin::Tier(d) => Some(d.clone()),
-            _ => None,
+            Origin::Peer { .. } => fetch.known(),
+            Origin::Source => None,
         };
-        // Bytes from the shared tier that fail a check are removed there.
-        let discard = |e: FillError| {
-            if let (Some(tier), Some(d)) = (&self.0.tier, &tier_digest)
-                && matches!(e, FillError::Upstream(_))
-            {
-                tracing::error!(digest = %d, "the shared tier's copy failed its checks; removing it");
-                tier.discard(d);
+        // Another replica's copy whose content fails (digest, protocol checks; not transport
+        // errors or this request's size bound) is removed from the tier, or not asked of that
+        // owner again for a while.
+        let bad_copy = |e: FillError| {
+            if matches!(e, FillError::Upstream(_)) {
+                match &origin {
+                    Origin::Tier(d) => {
+                        if let Some(tier) = &self.0.tier {
+                            tracing::error!(digest = %d, "the shared tier's copy failed its checks; removing it");
+                            tier.discard(d);
+                        }
+                    }
+                    Origin::Peer { owner, key } => {
+                        if let Some(peers) = &self.0.peers {
+                            tracing::error!(%owner, "the owner replica's copy failed its checks");
+                            peers.bad(owner, key);
+                        }
+                    }
+                    Origin::Source => {}
+                }
             }
             e
         };
@@ -357,18 +372,18 @@ impl Engine {
         let file = writer.file();
         let limit = fetch.limit();
         let mut copied = copy(incoming, &mut writer, leader, limit, true).await;
-        // The owner replica went away mid-transfer: the rest comes from the protocol's source
-        // (its first bytes are skipped; the digest covers the whole).
+        // The tier or the owner replica failed mid-transfer: the rest comes from the protocol's
+        // source (its first bytes are skipped; the digest covers the whole).
         if matches!(copied, Err(Copied::Failed(FillError::Upstream(_))))
-            && matches!(origin, Origin::Peer)
+            && !matches!(origin, Origin::Source)
             && !self.0.offline
         {
             let skip = writer.written();
             tracing::warn!(
                 skip,
-                "the owner replica failed mid-transfer; continuing from upstream"
+                "another replica's copy failed mid-transfer; continuing from upstream"
             );
-            if let Some(peers) = &self.0.peers {
+            if let (Some(peers), Origin::Peer { .. }) = (&self.0.peers, &origin) {
                 peers.failed_over();
             }
             let incoming = fetch.open().await?.ok_or(FillError::NotFound)?;
@@ -381,24 +396,22 @@ impl Engine {
             )
             .await;
         }
-        let size = copied
-            .map_err(|e| match e {
-                Copied::TooLarge => fetch.too_large(limit),
-                Copied::Failed(e) => e,
-            })
-            .map_err(discard)?;
+        let size = copied.map_err(|e| match e {
+            Copied::TooLarge => fetch.too_large(limit),
+            Copied::Failed(e) => e,
+        })?;
         // Checks before commit: nothing unverified is ever stored or served in full.
-        fetch.check(&file, size).await.map_err(discard)?;
+        fetch.check(&file, size).await.map_err(bad_copy)?;
         let digest = fetch
             .expected()
-            .or(tier_digest.as_ref())
+            .or(known.as_ref())
             .cloned()
             .unwrap_or_else(|| writer.digest());
         let verified = match writer.verify(&digest, Some(size)) {
             Ok(v) => v,
             Err(StorageError::DigestMismatch { expected, actual }) => {
                 tracing::error!(%expected, %actual, "content does not match its digest; discarded");
-                return Err(discard(FillError::Upstream(format!(
+                return Err(bad_copy(FillError::Upstream(format!(
                     "content does not match its digest {expected} (it hashes to {actual})"
                 ))));
             }
@@ -422,7 +435,7 @@ impl Engine {
         }
         let tier = match origin {
             Origin::Tier(_) => &self.0.tiers.shared,
-            Origin::Peer => &self.0.tiers.peer,
+            Origin::Peer { .. } => &self.0.tiers.peer,
             Origin::Source => &self.0.tiers.upstream,
         };
         tier.add(size);
@@ -597,7 +610,7 @@ fn local<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> FillErro
 /// Where a fill's bytes came from.
 enum Origin {
     Tier(Digest),
-    Peer,
+    Peer { owner: String, key: String },
     Source,
 }
 

@@ -30,6 +30,9 @@ pub trait Peers: Send + Sync + 'static {
 
     /// Counts a fill a peer began and the protocol's source finished.
     fn failed_over(&self) {}
+
+    /// `owner`'s copy of `key` failed its checks: fetch it elsewhere for a while.
+    fn bad(&self, _owner: &str, _key: &str) {}
 }
 
 tokio::task_local! {

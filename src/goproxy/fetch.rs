@@ -97,7 +97,12 @@ impl Fetch for ModuleFileFetch {
         self.found = Some(("the owner replica".into(), public));
     }
 
+    /// Public `.mod` and `.zip` only: a private module comes from its own source (the owner's
+    /// copy could not be checked against anything), and an `.info` is too small to matter.
     fn peer_path(&self) -> Option<String> {
+        if self.kind == FileKind::Info || self.app.go.private_rule(&self.module).is_some() {
+            return None;
+        }
         Some(format!(
             "/go/{}/@v/{}.{}",
             escape(self.module.as_str()),

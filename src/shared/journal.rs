@@ -15,12 +15,23 @@ use serde::{Deserialize, Serialize};
 
 use super::Shared;
 
-/// How far before its cursor a reader looks again for batches written late.
+/// How far before its cursor a reader looks again for batches written late; also how far
+/// ahead of this clock a batch name may be and still move the cursor.
 const SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// Batches are at most a few hundred records; anything much larger is not one of ours.
+const MAX_BATCH: u64 = 8 << 20;
 
 pub(super) struct Journal {
     replica: String,
+    /// This process's random name: a batch under our replica name from another process means
+    /// two replicas share a `replica_id`.
+    instance: String,
+    /// When this process started: batches of our name from before are an earlier run's.
+    started_ms: u64,
     seq: AtomicU64,
+    /// Names this process wrote (bounded: only the skew window matters).
+    written: Mutex<BTreeSet<String>>,
     /// Batches applied within the window before the cursor.
     seen: Mutex<BTreeSet<String>>,
 }
@@ -28,6 +39,8 @@ pub(super) struct Journal {
 #[derive(Serialize, Deserialize)]
 struct Batch {
     replica: String,
+    #[serde(default)]
+    instance: String,
     records: Vec<Rec>,
 }
 
@@ -50,21 +63,50 @@ impl Rec {
 }
 
 impl Journal {
-    pub(super) fn new(_prefix: &str, replica: &str) -> Journal {
+    pub(super) fn new(replica: &str, instance: &str) -> Journal {
         Journal {
             replica: replica.to_string(),
+            instance: instance.to_string(),
+            started_ms: now_ms(),
             seq: AtomicU64::new(0),
+            written: Mutex::default(),
             seen: Mutex::default(),
         }
     }
 
     fn next_name(&self) -> String {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        format!("{:015}-{}-{seq:08}", now_ms(), self.replica)
+        let name = format!("{:015}-{}-{seq:08}", now_ms(), self.replica);
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let keep = window_start(&name);
+        w.retain(|n| *n >= keep);
+        w.insert(name.clone());
+        name
     }
 
     fn mine(&self, name: &str) -> bool {
-        name.split('-').nth(1) == Some(self.replica.as_str())
+        name.split('-').nth(1) == Some(self.replica.as_str()) && self.written(name)
+    }
+
+    /// Whether this process wrote `name` (its sequence numbers are below the counter). A batch
+    /// under our replica name written by another process is not ours.
+    fn written(&self, name: &str) -> bool {
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.contains(name)
+    }
+
+    /// `<15 digits>-<replica id>-<8 digits>`, and the time it names.
+    fn parse(name: &str) -> Option<u64> {
+        let mut parts = name.split('-');
+        let (ms, replica, seq) = (parts.next()?, parts.next()?, parts.next()?);
+        let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+        let id_ok = !replica.is_empty()
+            && replica
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+        (parts.next().is_none() && digits(ms, 15) && digits(seq, 8) && id_ok)
+            .then(|| ms.parse().ok())
+            .flatten()
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
@@ -93,6 +135,7 @@ pub(super) async fn write(s: &Shared, records: Vec<Rec>) -> Result<(), object_st
     let n = records.len() as u64;
     let batch = Batch {
         replica: s.replica.clone(),
+        instance: s.journal.instance.clone(),
         records,
     };
     let body = serde_json::to_vec(&batch).map_err(|e| object_store::Error::Generic {
@@ -121,15 +164,31 @@ pub(super) async fn catch_up(s: &Shared) -> Result<usize, object_store::Error> {
         s.store
             .list_with_offset(Some(&prefix), &s.path(&format!("journal/{start}")))
     };
-    let mut names: Vec<String> = listing
-        .map_ok(|m| m.location.filename().unwrap_or_default().to_string())
+    let mut names: Vec<(String, u64)> = listing
+        .map_ok(|m| {
+            (
+                m.location.filename().unwrap_or_default().to_string(),
+                m.size,
+            )
+        })
         .try_collect()
         .await?;
     names.sort();
     let mut applied = 0;
     let mut last = cursor.clone();
-    for name in names {
-        if name.is_empty() || s.journal.mine(&name) || s.journal.seen().contains(&name) {
+    // A name from a clock far ahead is applied but does not move the cursor past this clock.
+    let horizon = now_ms().saturating_add(SKEW_MS);
+    for (name, size) in names {
+        let Some(ms) = Journal::parse(&name) else {
+            tracing::debug!(batch = %name, "not a journal batch name; skipped");
+            continue;
+        };
+        if s.journal.mine(&name) || s.journal.seen().contains(&name) {
+            continue;
+        }
+        if size > MAX_BATCH {
+            tracing::warn!(batch = %name, size, "a journal batch is too large to be one; skipped");
+            s.journal.seen().insert(name);
             continue;
         }
         let got = s.store.get(&s.path(&format!("journal/{name}"))).await;
@@ -140,13 +199,21 @@ pub(super) async fn catch_up(s: &Shared) -> Result<usize, object_store::Error> {
             Err(e) => return Err(e),
         };
         match serde_json::from_slice::<Batch>(&bytes) {
-            Ok(batch) => applied += apply(s, &name, batch),
+            Ok(batch) => {
+                if batch.replica == s.replica
+                    && batch.instance != s.journal.instance
+                    && ms >= s.journal.started_ms
+                {
+                    tracing::warn!(replica = %s.replica, "another replica writes under this replica_id; give each its own");
+                }
+                applied += apply(s, &name, batch);
+            }
             Err(e) => {
                 tracing::warn!(batch = %name, error = %e, "a journal batch does not parse; skipped")
             }
         }
         s.journal.seen().insert(name.clone());
-        if name > last {
+        if name > last && ms <= horizon {
             last = name;
         }
     }
@@ -185,16 +252,96 @@ mod tests {
 
     #[test]
     fn names_sort_by_time_and_the_window_reaches_back() {
-        let j = Journal::new("", "a1");
+        let j = Journal::new("a1", "i1");
         let a = j.next_name();
         let b = j.next_name();
         assert!(a < b, "{a} then {b}");
         assert!(j.mine(&a));
         assert!(!j.mine("000000000000001-b2-00000000"));
+        // Same replica name, not written by this process: an earlier run's or a twin's.
+        assert!(!j.mine("000000000000001-a1-00000000"));
+        assert_eq!(Journal::parse("000000000000001-a1-00000007"), Some(1));
+        for bad in [
+            "999999999999999-evil",
+            "1796195309850-evil-00000000",
+            "000000000000001-a-b-00000000",
+            "000000000000001--00000000",
+            "00000000000000x-a-00000000",
+            "",
+        ] {
+            assert_eq!(Journal::parse(bad), None, "{bad}");
+        }
         assert_eq!(
             window_start("000000000400000-x-00000001"),
             "000000000100000"
         );
         assert_eq!(window_start(""), "000000000000000");
+    }
+
+    fn replica(
+        id: &str,
+        store: &super::super::Store,
+    ) -> (std::sync::Arc<Shared>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = wharf_storage::Storage::open(dir.path()).unwrap();
+        let cfg: crate::config::SharedConfig = toml::from_str(&format!(
+            "endpoint = \"http://127.0.0.1:1\"\nbucket = \"b\"\nreplica_id = \"{id}\""
+        ))
+        .unwrap();
+        let egress = crate::config::EgressConfig::default();
+        let s = Shared::new(&cfg, &egress, store.clone(), storage).unwrap();
+        (s, dir)
+    }
+
+    /// A tag record as replica `s` would queue it.
+    fn tag_record(s: &Shared, tag: &str) -> Rec {
+        let index = &s.storage.index;
+        index.set_sharing(true);
+        let rec = wharf_storage::TagRecord {
+            digest: wharf_storage::Digest::of(tag.as_bytes()),
+            media_type: "m".into(),
+            learned_unix: 1,
+        };
+        index.put_tag("up", "r", tag, &rec).unwrap();
+        let batch = index.outbox_batch(100).unwrap();
+        let (id, Some(wharf_storage::Pending::Record { tree, key, value })) =
+            batch.into_iter().last().unwrap()
+        else {
+            panic!("a record");
+        };
+        index.outbox_done(&[id]).unwrap();
+        Rec::new(&tree, &key, &value)
+    }
+
+    #[tokio::test]
+    async fn a_batch_named_in_the_future_or_oddly_does_not_stop_the_journal() {
+        use object_store::ObjectStoreExt as _;
+        let store: super::super::Store = std::sync::Arc::new(object_store::memory::InMemory::new());
+        let (a, _da) = replica("a1", &store);
+        let (b, _db) = replica("b1", &store);
+        for odd in [
+            "999999999999999-evil-00000000",
+            "1796195309850-evil-00000000",
+        ] {
+            let empty = br#"{"replica":"evil","records":[]}"#.to_vec();
+            store
+                .put(
+                    &object_store::path::Path::from(format!("journal/{odd}")),
+                    empty.into(),
+                )
+                .await
+                .unwrap();
+        }
+        write(&a, vec![tag_record(&a, "one")]).await.unwrap();
+        assert_eq!(catch_up(&b).await.unwrap(), 1);
+        write(&a, vec![tag_record(&a, "two")]).await.unwrap();
+        assert_eq!(
+            catch_up(&b).await.unwrap(),
+            1,
+            "the next batch is still read"
+        );
+        assert!(b.storage.index.get_tag("up", "r", "two").unwrap().is_some());
+        let cursor = b.storage.index.shared_meta("journal").unwrap().unwrap();
+        assert!(cursor.contains("-a1-"), "{cursor}");
     }
 }

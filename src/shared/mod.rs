@@ -94,9 +94,13 @@ impl Shared {
         let endpoint = reqwest::Url::parse(&cfg.endpoint).map_err(|e| e.to_string())?;
         let http = crate::upstream::client::build_http(egress, policy.clone())?;
         let prefix = cfg.prefix.trim_end_matches('/').to_string();
+        let instance = crate::secret::AdminSecret::generate()
+            .map_err(|e| format!("shared: no random source: {e}"))?
+            .as_str()[..16]
+            .to_string();
         Ok(Arc::new(Shared {
             store,
-            journal: journal::Journal::new(&prefix, &replica),
+            journal: journal::Journal::new(&replica, &instance),
             prefix,
             bucket: cfg.bucket.clone(),
             replica,

@@ -25,6 +25,14 @@ use crate::upstream::{EgressPolicy, UpstreamError};
 /// The header a replica's request to another carries.
 pub const PEER_HEADER: &str = "x-wharf-peer";
 
+/// The asking process's random name: a replica that receives its own answers 508 (it is listed
+/// under two names, or DNS gave another address of it).
+pub const INSTANCE_HEADER: &str = "x-wharf-instance";
+
+/// How long a key whose owner's copy failed its checks is fetched elsewhere.
+const BAD_FOR: Duration = Duration::from_secs(600);
+const MAX_BAD: usize = 10_000;
+
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct PeerStats {
@@ -39,10 +47,16 @@ pub struct PeerStats {
 struct Member {
     url: String,
     health: Arc<Health>,
+    /// Answered 508: another name of this process.
+    is_me: bool,
 }
 
 pub struct PeerSet {
     me: String,
+    /// This process's random name (`INSTANCE_HEADER`).
+    pub instance: String,
+    /// Keys whose owner's copy failed its checks, and when.
+    bad: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     members: RwLock<Vec<Member>>,
     secret: String,
     http: reqwest::Client,
@@ -111,11 +125,22 @@ impl PeerSet {
             let url = Url::parse(m).map_err(|e| format!("peers: {m}: {e}"))?;
             policy.check(&url).map_err(|e| format!("peers: {e}"))?;
         }
+        // Replicas are internal: their traffic (and the secret) never goes through egress.proxy.
+        let direct = EgressConfig {
+            proxy: None,
+            ..egress.clone()
+        };
+        let instance = crate::secret::AdminSecret::generate()
+            .map_err(|e| format!("peers: no random source: {e}"))?
+            .as_str()[..16]
+            .to_string();
         let set = PeerSet {
             me: normalize(&me).to_string(),
+            instance,
+            bad: Default::default(),
             members: RwLock::new(Vec::new()),
             secret,
-            http: build_http(egress, policy.clone())?,
+            http: build_http(&direct, policy.clone())?,
             policy,
             threshold: egress.failure_threshold,
             probe_interval: egress.probe_interval,
@@ -173,13 +198,27 @@ impl PeerSet {
         *members = urls
             .into_iter()
             .map(|url| {
-                let health = old.iter().find(|m| m.url == url).map_or_else(
+                let known = old.iter().find(|m| m.url == url);
+                let health = known.map_or_else(
                     || Arc::new(Health::new(&url, self.threshold, self.probe_interval)),
                     |m| m.health.clone(),
                 );
-                Member { url, health }
+                let is_me = known.is_some_and(|m| m.is_me);
+                Member { url, health, is_me }
             })
             .collect();
+    }
+
+    fn is_bad(&self, key: &str) -> bool {
+        let bad = self.bad.lock().unwrap_or_else(|p| p.into_inner());
+        bad.get(key).is_some_and(|at| at.elapsed() < BAD_FOR)
+    }
+
+    fn mark_me(&self, url: &str) {
+        let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+        for m in members.iter_mut().filter(|m| m.url == url) {
+            m.is_me = true;
+        }
     }
 
     /// Whether `presented` is the fleet's secret (constant time).
@@ -201,7 +240,7 @@ impl PeerSet {
             .map(|m| {
                 let me = m.url == self.me;
                 serde_json::json!({
-                    "url": m.url, "self": me, "up": me || m.health.is_up(),
+                    "url": m.url, "self": me || m.is_me, "up": me || m.is_me || m.health.is_up(),
                     "last_error": m.health.report().last_error,
                 })
             })
@@ -211,14 +250,30 @@ impl PeerSet {
 
 impl Peers for Arc<PeerSet> {
     fn owner(&self, key: &str) -> Option<String> {
+        if self.is_bad(key) {
+            return None;
+        }
         let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+        // Another name of this process scores as this process: its keys are this one's.
         let live = members
             .iter()
-            .filter(|m| m.url == self.me || m.health.is_up())
+            .filter(|m| m.url == self.me || m.is_me || m.health.is_up())
             .map(|m| m.url.as_str());
-        owner_of(live, key)
-            .filter(|o| *o != self.me)
-            .map(str::to_string)
+        let owner = owner_of(live, key)?;
+        let mine = owner == self.me || members.iter().any(|m| m.url == owner && m.is_me);
+        (!mine).then(|| owner.to_string())
+    }
+
+    fn bad(&self, owner: &str, key: &str) {
+        tracing::warn!(%owner, "not asking this owner for the object again for 10 minutes");
+        let mut bad = self.bad.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if bad.len() >= MAX_BAD {
+            bad.retain(|_, at| now.duration_since(*at) < BAD_FOR);
+        }
+        if bad.len() < MAX_BAD {
+            bad.insert(key.to_string(), now);
+        }
     }
 
     fn get(&self, owner: &str, path: &str) -> BoxFuture<'static, Option<Incoming>> {
@@ -241,6 +296,7 @@ impl Peers for Arc<PeerSet> {
                 .http
                 .get(url.clone())
                 .header(PEER_HEADER, secret)
+                .header(INSTANCE_HEADER, me.instance.as_str())
                 .send()
                 .await;
             let result = sent.map_err(|e| UpstreamError::Connect {
@@ -256,6 +312,11 @@ impl Peers for Arc<PeerSet> {
                 Ok(resp) if resp.status() == http::StatusCode::OK => {
                     me.stats.fills.fetch_add(1, Ordering::Relaxed);
                     Some(into_incoming(resp))
+                }
+                Ok(resp) if resp.status() == http::StatusCode::LOOP_DETECTED => {
+                    tracing::warn!(%owner, "this member is this replica under another name; it owns its keys here");
+                    me.mark_me(&owner);
+                    None
                 }
                 Ok(resp) => {
                     tracing::debug!(%owner, status = %resp.status(), "the owner replica did not answer 200");

@@ -589,6 +589,10 @@ impl Index {
                 });
             }
         };
+        shared_record_is_valid(tree, key, value).map_err(|reason| StorageError::CorruptRecord {
+            key: space.key_name(key),
+            reason,
+        })?;
         let remote: serde_json::Value = space.decode(key, value)?;
         if let Some(local) = space.tree.get(key)? {
             let local: serde_json::Value = space.decode(key, &local).unwrap_or_default();
@@ -784,6 +788,60 @@ fn check_meta(key: &[u8], value: &[u8]) -> Result<(), String> {
             .map_err(|_| "a shared-tier value is not UTF-8".to_owned());
     }
     Err("unknown meta key".to_owned())
+}
+
+/// How far ahead of this clock a record from another replica may be dated.
+const MAX_FUTURE_SECS: u64 = 3600;
+
+/// Whether a record from another replica has its tree's key and record shape, and is not dated
+/// in the future (a tag learned "tomorrow" would never be revalidated).
+fn shared_record_is_valid(tree: &str, key: &[u8], value: &[u8]) -> Result<(), String> {
+    fn when(t: u64) -> Result<(), String> {
+        if t > unix_now() + MAX_FUTURE_SECS {
+            return Err(format!("dated {t}, in the future"));
+        }
+        Ok(())
+    }
+    let k = |r: Result<(), keys::KeyError>| r.map_err(|e| e.to_string());
+    match tree {
+        "tags" => {
+            k(decode_tag_key(key).map(drop))?;
+            when(decode_record::<TagRecord>(value)?.learned_unix)
+        }
+        "taglists" => {
+            k(decode_pair_key(key).map(drop))?;
+            when(decode_record::<TagListRecord>(value)?.fetched_unix)
+        }
+        "gofiles" => {
+            k(keys::decode::<3>(key).map(drop))?;
+            decode_record::<GoFileRecord>(value).map(drop)
+        }
+        "golists" => {
+            k(decode_pair_key(key).map(drop))?;
+            when(decode_record::<GoListRecord>(value)?.fetched_unix)
+        }
+        "sumdb" => {
+            k(decode_pair_key(key).map(drop))?;
+            decode_record::<SumdbRecord>(value).map(drop)
+        }
+        "gotrust" => {
+            k(keys::decode::<1>(key).map(drop))?;
+            decode_record::<TrustRecord>(value).map(drop)
+        }
+        "pins" => {
+            decode_blob_key(key)?;
+            decode_record::<PinRecord>(value).map(drop)
+        }
+        "refs" => {
+            decode_blob_key(key)?;
+            decode_record::<RefsRecord>(value).map(drop)
+        }
+        "links" => {
+            decode_link_key(key)?;
+            decode_record::<LinkRecord>(value).map(drop)
+        }
+        _ => Err("not a shared tree".into()),
+    }
 }
 
 /// Whether a record from another replica replaces the one here (see `Index::apply_shared`).
@@ -1013,5 +1071,16 @@ mod tests {
         );
         assert!(index.apply_shared("blobs", key, &newer).is_err());
         assert!(index.apply_shared("tags", key, b"\x01not json").is_err());
+        assert!(
+            index.apply_shared("tags", key, b"\x01{\"x\":1}").is_err(),
+            "JSON of another shape"
+        );
+        let tomorrow = encode_record(&tag(b"future", unix_now() + 86_400)).unwrap();
+        assert!(index.apply_shared("tags", key, &tomorrow).is_err());
+        assert!(
+            index
+                .apply_shared("tags", b"no separators", &newer)
+                .is_err()
+        );
     }
 }
