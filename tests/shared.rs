@@ -401,7 +401,7 @@ const MODULES: &[gotools::ModuleSource] = &[
 struct Replicas {
     servers: Vec<Option<Server>>,
     urls: Vec<String>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Replicas {
@@ -429,11 +429,17 @@ impl Replicas {
             let log = dir.path().join(format!("wharf-{i}.log"));
             servers.push(Some(Server::start_on(&file, &log, *addr).await));
         }
-        Replicas {
-            servers,
-            urls,
-            _dir: dir,
-        }
+        Replicas { servers, urls, dir }
+    }
+
+    /// Replica `i`'s committed file of `digest`.
+    fn blob_file(&self, i: usize, digest: &str) -> PathBuf {
+        let hex = &digest["sha256:".len()..];
+        self.dir
+            .path()
+            .join(format!("data-{i}/blobs/sha256"))
+            .join(&hex[..2])
+            .join(hex)
     }
 
     fn index_of(&self, url: &str) -> usize {
@@ -716,4 +722,219 @@ async fn check_config_names_what_is_wrong_with_the_shared_tier_and_peers() {
     let out = check(peers).await;
     assert!(!out.status.success(), "{}", describe(&out));
     expect_stderr(&out, "peers.advertise");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_size_bound_of_one_repository_never_deletes_the_fleets_object() {
+    let Some(garage) = find_garage("a_size_bound_of_one_repository") else {
+        return;
+    };
+    let garage = blocking(move || Garage::start(&garage)).await;
+    let up = FakeRegistry::start().await;
+    let layer = bytes_of(300_000, 41);
+    up.put_image("good/app", "v1", std::slice::from_ref(&layer));
+    let digest = sha256(&layer);
+    // Another repository's manifest declares the same layer one byte long.
+    let lying = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{digest}","size":1}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{digest}","size":1}}]}}"#
+    );
+    up.put_manifest(
+        "evil/x",
+        Some("latest"),
+        lying.as_bytes(),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    let replica = |id: &str| {
+        let (url, shared) = (up.url(), garage.shared_table(id));
+        move |data: &Path| WharfConfig::fake(&url, data).tables(&shared)
+    };
+    let a = Wharf::in_temp_dir(replica("a")).await;
+    let got = a.get(&format!("/v2/good/app/blobs/{digest}"), None).await;
+    assert_eq!(got.status, 200, "{}", got.describe());
+    settled(&a).await;
+    let key = format!("blobs/sha256/{}", &digest["sha256:".len()..]);
+    assert!(garage.get(&key).await.is_some(), "A uploaded the layer");
+
+    let c = Wharf::in_temp_dir(replica("c")).await;
+    let m = c
+        .get("/v2/evil/x/manifests/latest", Some(MANIFEST_ACCEPT))
+        .await;
+    assert_eq!(m.status, 200, "{}", m.describe());
+    let refused = c.get(&format!("/v2/evil/x/blobs/{digest}"), None).await;
+    assert_ne!(refused.status, 200, "{}", refused.describe());
+    assert_eq!(
+        garage.get(&key).await.map(|b| b.len()),
+        Some(layer.len()),
+        "the bucket's good copy is still there"
+    );
+    assert_eq!(
+        tier(&c)
+            .stats
+            .discarded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_copy_on_the_owner_does_not_block_the_others() {
+    let up = FakeRegistry::start().await;
+    let blob = bytes_of(500_000, 42);
+    let digest = up.put_blob(&blob);
+    let url = up.url();
+    let replicas = Replicas::start(2, |data, _| WharfConfig::fake(&url, data)).await;
+    let owner_url =
+        wharf::shared::peers::owner_of(replicas.urls.iter().map(String::as_str), &digest)
+            .expect("an owner")
+            .to_string();
+    let owner = replicas.index_of(&owner_url);
+    let other = 1 - owner;
+    let path = format!("/v2/team/app/blobs/{digest}");
+    assert_eq!(
+        digest_of(format!("{}{path}", replicas.urls[owner]))
+            .await
+            .as_deref(),
+        Ok(digest.as_str())
+    );
+    // Bit rot on the owner's disk.
+    let file = replicas.blob_file(owner, &digest);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "the owner never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let first = digest_of(format!("{}{path}", replicas.urls[other])).await;
+    assert_ne!(
+        first.as_deref(),
+        Ok(sha256(&bytes).as_str()),
+        "corrupt bytes served whole"
+    );
+    let second = digest_of(format!("{}{path}", replicas.urls[other])).await;
+    assert_eq!(
+        second.as_deref(),
+        Ok(digest.as_str()),
+        "the next request fetches elsewhere:\n{}",
+        replicas.logs()
+    );
+}
+
+/// A listener that accepts connections, keeps what they send, and closes them.
+async fn trap() -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::AsyncReadExt as _;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 << 10];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf)).await
+                {
+                    kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_secret_never_goes_through_the_egress_proxy() {
+    let up = FakeRegistry::start().await;
+    let blob = bytes_of(100_000, 43);
+    let digest = up.put_blob(&blob);
+    let (proxy, seen) = trap().await;
+    let url = up.url();
+    let replicas = Replicas::start(2, |data, _| {
+        WharfConfig::fake(&url, data).egress(&format!("proxy = {}", quote(&proxy)))
+    })
+    .await;
+    let owner_url =
+        wharf::shared::peers::owner_of(replicas.urls.iter().map(String::as_str), &digest)
+            .expect("an owner")
+            .to_string();
+    let other = 1 - replicas.index_of(&owner_url);
+    let _ = digest_of(format!(
+        "{}/v2/team/app/blobs/{digest}",
+        replicas.urls[other]
+    ))
+    .await;
+    assert!(
+        metric(&owner_url, "wharf_peer_served_total").await >= 1,
+        "the owner was asked directly:\n{}",
+        replicas.logs()
+    );
+    let text = String::from_utf8_lossy(&seen.lock().unwrap()).to_ascii_lowercase();
+    assert!(!text.is_empty(), "upstream requests go through the proxy");
+    assert!(
+        !text.contains("x-wharf-peer"),
+        "the proxy saw the peer secret:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_listed_under_two_names_owns_both_shares() {
+    let up = FakeRegistry::start().await;
+    let dir = work_dir("wharf-twice-");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let names = [
+        format!("http://127.0.0.1:{}", addr.port()),
+        format!("http://localhost:{}", addr.port()),
+    ];
+    // A blob the second name owns.
+    let (blob, digest) = (0..64)
+        .map(|seed| {
+            let b = bytes_of(50_000, 100 + seed);
+            let d = sha256(&b);
+            (b, d)
+        })
+        .find(|(_, d)| {
+            wharf::shared::peers::owner_of(names.iter().map(String::as_str), d)
+                == Some(names[1].as_str())
+        })
+        .expect("one of 64 digests scores highest for the second name");
+    up.put_blob(&blob);
+    std::fs::write(dir.path().join("secret"), "0123456789abcdef0123").unwrap();
+    let config = WharfConfig::fake(&up.url(), &dir.path().join("data"))
+        .allow(&["127.0.0.1", "localhost"])
+        .tables(&format!(
+            "[peers]\nmembers = [{}, {}]\nadvertise = {}\nsecret_file = {}\n",
+            quote(&names[0]),
+            quote(&names[1]),
+            quote(&names[0]),
+            quote(&dir.path().join("secret").display().to_string()),
+        ))
+        .write(&dir.path().join("wharf.toml"));
+    let server = Server::start_on(&config, &dir.path().join("wharf.log"), addr).await;
+    let path = format!("/v2/team/app/blobs/{digest}");
+    for _ in 0..2 {
+        assert_eq!(
+            digest_of(server.url(&path)).await.as_deref(),
+            Ok(digest.as_str()),
+            "{}",
+            server.logs()
+        );
+    }
+    let h: serde_json::Value = serde_json::from_str(
+        &client()
+            .get(server.url("/healthz"))
+            .sent()
+            .await
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let peers = h["peers"].as_array().expect("peers in /healthz");
+    assert!(
+        peers.iter().all(|p| p["self"] == true),
+        "both names are this replica: {h}"
+    );
 }

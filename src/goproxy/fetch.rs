@@ -319,6 +319,24 @@ mod tests {
         }
     }
 
+    #[test]
+    fn only_public_mod_and_zip_files_are_asked_of_an_owner_replica() {
+        let s = setup("");
+        assert_eq!(s.fetch(MODULE, FileKind::Mod).peer_path(), None, "private");
+        assert_eq!(s.fetch(MODULE, FileKind::Zip).peer_path(), None, "private");
+        assert_eq!(s.fetch("example.com/m", FileKind::Info).peer_path(), None);
+        assert_eq!(
+            s.fetch("example.com/Up", FileKind::Zip)
+                .peer_path()
+                .as_deref(),
+            Some("/go/example.com/!up/@v/v1.0.0.zip")
+        );
+        // A public file from the owner gets the checksum database's check.
+        let mut f = s.fetch("example.com/m", FileKind::Mod);
+        f.found_at_peer();
+        assert_eq!(f.found.as_ref().map(|(_, public)| *public), Some(true));
+    }
+
     #[tokio::test]
     async fn a_private_mod_is_not_sent_to_the_checksum_database() {
         // go.verify is on by default; a private module must pass without any sumdb request
