@@ -33,6 +33,12 @@ pub const INSTANCE_HEADER: &str = "x-wharf-instance";
 const BAD_FOR: Duration = Duration::from_secs(600);
 const MAX_BAD: usize = 10_000;
 
+/// An owner that sends less than `MIN_RATE` bytes a second over a `RATE_WINDOW` is dropped and
+/// the engine finishes from upstream (an owner that sends nothing at all meets
+/// `egress.read_timeout`).
+const MIN_RATE: u64 = 64 * 1024;
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct PeerStats {
@@ -248,6 +254,33 @@ impl PeerSet {
     }
 }
 
+/// `incoming`, cut with an error when it falls below `MIN_RATE` over a `RATE_WINDOW`.
+fn at_least_min_rate(incoming: Incoming) -> Incoming {
+    use futures_util::StreamExt as _;
+    let mut window = (tokio::time::Instant::now(), 0u64);
+    let body = incoming
+        .body
+        .map(move |chunk| {
+            let chunk = chunk?;
+            window.1 += chunk.len() as u64;
+            let elapsed = window.0.elapsed();
+            if elapsed >= RATE_WINDOW {
+                if window.1 < MIN_RATE * elapsed.as_secs() {
+                    return Err(crate::cache::FillError::Upstream(
+                        "the owner replica sends too slowly".into(),
+                    ));
+                }
+                window = (tokio::time::Instant::now(), 0);
+            }
+            Ok(chunk)
+        })
+        .boxed();
+    Incoming {
+        len: incoming.len,
+        body,
+    }
+}
+
 impl Peers for Arc<PeerSet> {
     fn owner(&self, key: &str) -> Option<String> {
         if self.is_bad(key) {
@@ -311,7 +344,7 @@ impl Peers for Arc<PeerSet> {
             match result {
                 Ok(resp) if resp.status() == http::StatusCode::OK => {
                     me.stats.fills.fetch_add(1, Ordering::Relaxed);
-                    Some(into_incoming(resp))
+                    Some(at_least_min_rate(into_incoming(resp)))
                 }
                 Ok(resp) if resp.status() == http::StatusCode::LOOP_DETECTED => {
                     tracing::warn!(%owner, "this member is this replica under another name; it owns its keys here");
@@ -433,5 +466,29 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("egress.allow"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_owner_below_the_minimum_rate_is_cut() {
+        use futures_util::StreamExt as _;
+        let chunks = futures_util::stream::unfold(0u32, |n| async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Some((Ok(bytes::Bytes::from_static(b"x")), n + 1))
+        });
+        let slow = Incoming {
+            len: Some(1 << 20),
+            body: chunks.boxed(),
+        };
+        let mut body = at_least_min_rate(slow).body;
+        let mut got = 0;
+        let err = loop {
+            match body.next().await {
+                Some(Ok(c)) => got += c.len(),
+                Some(Err(e)) => break e,
+                None => panic!("ended"),
+            }
+        };
+        assert!(got < 10, "{got} bytes before the cut");
+        assert!(matches!(err, crate::cache::FillError::Upstream(_)));
     }
 }
