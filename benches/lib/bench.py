@@ -881,25 +881,32 @@ def measure_tier_hit(res, rep, origin, static, garage):
     image = ARGS.meta["images"]["big"]
     size = image["layer"]["size"]
     hexd = image["layer"]["digest"][7:]
+    store = garage.server
+
+    def record(server, r, cpu):
+        res.add("tier_mibs", server, mibs(r))
+        res.add("tier_first_ms", server, r["first"][0] * 1000)
+        res.add("tier_cpu", server, cpu / (r["bytes"] / GIB))
+
     for kind in rotate([STORE, WHARF, STATIC], rep):
         if kind == STORE:
+            cpu0 = store.cpu_seconds()
             r = fetch_urls([garage.blob_url(hexd)], 1, size, extra=garage.signed())
-            res.add("tier_mibs", STORE, mibs(r))
-            res.add("tier_first_ms", STORE, r["first"][0] * 1000)
+            record(STORE, r, store.cpu_seconds() - cpu0)
         elif kind == STATIC:
+            cpu0 = static.cpu_seconds()
             r = fetch(static.port, blob_path(image), 1, size)
-            res.add("tier_mibs", STATIC, mibs(r))
-            res.add("tier_first_ms", STATIC, r["first"][0] * 1000)
+            record(STATIC, r, static.cpu_seconds() - cpu0)
         else:
             b = start_wharf(origin, static, "wharf-b", garage.shared_table("b%d" % rep))
             try:
                 before = origin.blob_gets(hexd)
                 for server, nth in ((WHARF, "first"), (DISK, "next")):
                     b.reset_peak()
+                    cpu0 = b.cpu_seconds() + store.cpu_seconds()
                     r = fetch(b.port, blob_path(image), 1, size)
+                    record(server, r, b.cpu_seconds() + store.cpu_seconds() - cpu0)
                     res.add("tier_rss", server, b.peak_mib())
-                    res.add("tier_mibs", server, mibs(r))
-                    res.add("tier_first_ms", server, r["first"][0] * 1000)
                     if nth == "next":
                         res.add("tier_next_hit", WHARF, int(r["cache"][0] == "HIT"))
                 time.sleep(0.3)  # the origin logs a request when it has sent the last byte
@@ -998,6 +1005,7 @@ def shared_rows():
     return [
         ("tier_mibs", "tier hit: 256 MiB blob, first GET on a fresh replica (MiB/s)", 0, [WHARF, STORE, DISK, STATIC], (WHARF, STORE), ("ge", 0.9)),
         ("tier_first_ms", "tier hit: time to first byte (ms)", 2, [WHARF, STORE, DISK, STATIC], (WHARF, STORE), ("le", 1.5)),
+        ("tier_cpu", "  CPU per GiB served, replica + store (s)", 3, [WHARF, STORE, DISK, STATIC], (WHARF, STORE), None),
         ("tier_next_hits", "  next GET on that replica answered X-Cache: HIT (of %d)" % ARGS.reps, 0, [WHARF], None, ("abs_eq", ARGS.reps)),
         ("tier_origin_gets", "  origin GETs for those %d tier hits" % ARGS.reps, 0, [WHARF], None, ("abs_eq", 0)),
         ("tier_rss", "peak RSS of that replica, tier hit and next GET (MiB)", 1, [WHARF, DISK], None, ("abs_le", 100.0)),
@@ -1363,7 +1371,7 @@ def bench(want, started):
             "",
             "Shared tier: the origin is Debian's docker-registry holding a %d MiB-layer image; Garage is a single-node S3 store on loopback (one bucket, default settings); every wharf replica has its own port and empty data dir, and `[shared]` on that bucket with `sync_interval = \"200ms\"`. "
             "Tier hit: replica A fills the layer from the origin and uploads it, and the driver waits until the bucket holds it and A's `/healthz` shows `shared.pending` 0; each repetition then starts a fresh replica B, without `[peers]`, whose first GET of the layer comes from the bucket and whose next GET from its own disk. "
-            "The Garage column is the same fetch client getting the object (`blobs/sha256/<hex>`) from the store itself, signed with SigV4; one stream, one GET in every column; time to first byte is until the first body byte; peak RSS is B's VmHWM, reset before each of its two GETs. "
+            "The Garage column is the same fetch client getting the object (`blobs/sha256/<hex>`) from the store itself, signed with SigV4; one stream, one GET in every column; time to first byte is until the first body byte; CPU is utime+stime per GiB delivered of B and Garage together (in the Garage column, Garage; in the nginx column, nginx); peak RSS is B's VmHWM, reset before each of its two GETs. "
             "Fleet rows: three replicas with `[peers]` (members, advertise, a shared secret) on the same bucket, each holding the layer on its disk; 8 streams spread over them (3 + 3 + 2) against 8 streams on one of them. "
             "Cold rows start new replicas under a new key prefix of the bucket each time, so the bucket is cold too: three with peers taking 8 concurrent GETs each, against one without peers taking one GET. "
             "Replicas, store and clients share this machine's %d cores: spreading streams over replicas adds no CPU here, so the fleet rows say nothing about scaling across machines."
