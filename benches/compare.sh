@@ -10,8 +10,9 @@
 #   --out FILE     where the markdown table goes (default target/bench/compare-<UTC time>.md;
 #                  the raw samples go next to it as .json)
 #   --keep         keep the temporary directory (generated images, logs, server configs)
-#   --no-install   never run apt-get; fail with the package list if a tool is missing
-#   --only PARTS   comma-separated subset of blob,rss64,manifest,pull,herd,go
+#   --no-install   never run apt-get or cargo install; fail with the package list if a tool is
+#                  missing (a missing garage skips the shared part instead, unless --only names it)
+#   --only PARTS   comma-separated subset of blob,rss64,manifest,pull,herd,go,shared
 #   --profile DIR  afterwards, run each wharf scenario once more under `perf record` (Debian
 #                  package linux-perf) and write self-time, per-binary and inclusive reports
 #                  (<scenario>.flat.txt, .dso.txt, .inclusive.txt) and perf.data to DIR;
@@ -22,7 +23,9 @@
 # What it does, all on 127.0.0.1:
 #   1. Checks for its tools and, as root, installs the missing Debian packages:
 #        apt-get install nginx wrk docker-registry skopeo golang-go python3 curl
-#      (Rust/cargo must already be there.)
+#      (Rust/cargo must already be there.) The shared part also needs Garage, an S3-compatible
+#      store, on PATH or in cargo's bin directory; it is built when missing with
+#        cargo install garage --version 2.5.0 --locked      (about 15 minutes on 2 cores)
 #   2. cargo build --release; builds benches/lib/fetch.go (a small concurrent GET client).
 #   3. benches/lib/gen.py generates, deterministically: an OCI layout with a 256 MiB-layer image,
 #      a many-small-layers image and a two-platform index (gzip "stored" layers, so skopeo keeps
@@ -37,8 +40,17 @@
 #        - cold `skopeo copy` of whole images (fresh caches) vs. straight from the origin
 #        - 1 and 16 concurrent cold GETs of the large layer, and the origin's GET count
 #        - `go mod download` of the module graph, cold and warm, empty GOMODCACHE each time
-#   5. Prints one markdown table (date, machine, medians, wharf / peer ratios, targets) and
-#      writes it to --out.
+#      and, for the shared tier (Garage as a single-node S3 store; replicas with [shared] on one
+#      bucket, sync_interval 200ms, and [peers] for the fleet rows):
+#        - tier hit: replica A fills the large layer and uploads it (waiting for /healthz
+#          shared.pending == 0); a fresh replica B serves it from the bucket: MiB/s and time to
+#          first byte against a signed GET straight from Garage, B's next GET (a local-disk hit,
+#          X-Cache: HIT) and nginx; B's peak RSS
+#        - warm: 8 streams spread over three replicas against 8 streams on one
+#        - cold: 3 new replicas x 8 concurrent GETs of the large layer (bucket cold too) against
+#          one GET on one new replica, and the origin's GET count
+#   5. Prints one markdown table (date, machine, medians, wharf / peer ratios, targets), and a
+#      second one for the shared tier, and writes them to --out.
 #
 # Every process it starts runs in its own session and is stopped on exit, error or signal.
 set -euo pipefail
@@ -98,6 +110,27 @@ if [ "${#need[@]}" -gt 0 ]; then
   fi
 fi
 command -v cargo >/dev/null 2>&1 || { echo "compare.sh: cargo not found (install Rust)" >&2; exit 1; }
+
+# The shared part needs Garage, which Debian does not package: cargo builds it.
+garage_bin=""
+if [ -z "$only" ] || [[ ",$only," == *,shared,* ]]; then
+  cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+  garage_bin="$(command -v garage 2>/dev/null || true)"
+  if [ -z "$garage_bin" ] && [ -x "$cargo_bin/garage" ]; then
+    garage_bin="$cargo_bin/garage"
+  fi
+  build_garage="cargo install garage --version 2.5.0 --locked"
+  if [ -z "$garage_bin" ] && [ "$install" = 1 ]; then
+    echo "compare.sh: building garage for the shared part: $build_garage (about 15 minutes)" >&2
+    $build_garage >&2
+    garage_bin="$cargo_bin/garage"
+  elif [ -z "$garage_bin" ] && [ -n "$only" ]; then
+    echo "compare.sh: garage not found; build it once with: $build_garage" >&2
+    exit 1
+  elif [ -z "$garage_bin" ]; then
+    echo "compare.sh: garage not found: SKIPPING the shared part (build it once with: $build_garage)" >&2
+  fi
+fi
 
 # --- temporary directory and cleanup ------------------------------------------------------------
 work="$(mktemp -d "${TMPDIR:-/tmp}/wharf-bench.XXXXXX")"
@@ -172,7 +205,7 @@ python3 "$root/benches/lib/gen.py" "$work/data" --big-mib "$big_mib" \
 python3 "$root/benches/lib/bench.py" \
   --work "$work" --data "$work/data" --out "$out" --command "$command_line" \
   --wharf "$wharf_bin" --wharf-version "$wharf_version" --fetch "$work/bin/fetch" \
-  --only "$only" "${profile_args[@]}" "${driver_args[@]}" &
+  --only "$only" --garage "$garage_bin" "${profile_args[@]}" "${driver_args[@]}" &
 driver=$!
 wait "$driver"
 driver=""

@@ -36,6 +36,8 @@ MANIFEST_ACCEPT = (
 
 # Column order of the table, and the names used in results.
 WHARF, STATIC, NGCACHE, REGPROXY, ORIGIN = "wharf", "static", "ngcache", "regproxy", "origin"
+# The shared tier's table: the S3 store read directly, and a replica's next (local-disk) hit.
+STORE, DISK = "store", "disk"
 COLUMNS = [
     (WHARF, "wharf"),
     (STATIC, "nginx static (sendfile)"),
@@ -71,6 +73,14 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def http_status(port, path, timeout=2.0):
@@ -113,6 +123,8 @@ class Server:
         self.proc = None
 
     def start(self, port, ready_path="/", timeout=60):
+        """Starts the process and waits until `ready_path` answers 200 (None: until the port
+        accepts connections)."""
         err = open(self.log_path, "ab")
         out = open(self.stdout_path, "ab") if self.stdout_path != self.log_path else err
         self.proc = subprocess.Popen(
@@ -134,10 +146,10 @@ class Server:
                     "%s exited with %s; log %s:\n%s"
                     % (self.name, self.proc.returncode, self.log_path, tail(self.log_path))
                 )
-            if http_status(port, ready_path) == 200:
+            if (port_open(port) if ready_path is None else http_status(port, ready_path) == 200):
                 return self
             if time.time() > deadline:
-                raise RuntimeError("%s did not answer 200 on %s" % (self.name, ready_path))
+                raise RuntimeError("%s did not answer 200 on %s" % (self.name, ready_path or "its port"))
             time.sleep(0.05)
 
     def pids(self):
@@ -398,8 +410,9 @@ def start_ngcache(origin, static, name="ngcache"):
     return server
 
 
-def start_wharf(origin, static, name="wharf"):
-    port = free_port()
+def start_wharf(origin, static, name="wharf", tables="", port=None):
+    """wharf on an empty data directory; `tables` is appended to its config ([shared], [peers])."""
+    port = port or free_port()
     d = fresh_dir(name)
     config = os.path.join(d, "wharf.toml")
     with open(config, "w") as f:
@@ -412,6 +425,7 @@ def start_wharf(origin, static, name="wharf"):
             '[go]\nupstreams = ["http://127.0.0.1:%d/go"]\nverify = false\n'
             '[egress]\nallow = ["127.0.0.1"]\n'
             % (port, os.path.join(d, "data"), ARGS.wharf_log_level, origin.port, static.port)
+            + tables
         )
     server = Server(name, [ARGS.wharf, "serve", "--config", config], os.path.join(d, "log"))
     server.start(port, "/healthz")
@@ -424,14 +438,20 @@ def start_wharf(origin, static, name="wharf"):
 
 
 def fetch(port, path, streams, size, repeat=1, accept=None):
-    argv = [ARGS.fetch, "-n", str(streams), "-repeat", str(repeat), "-size", str(size)]
+    return fetch_urls(["http://127.0.0.1:%d%s" % (port, path)], streams, size, repeat, accept)
+
+
+def fetch_urls(urls, streams, size, repeat=1, accept=None, extra=(), check=True):
+    """The fetch client: `streams` streams spread over `urls` (stream i asks urls[i % n]);
+    `extra` are more flags (the S3 signature). With check=False, failed GETs are returned."""
+    argv = [ARGS.fetch, "-n", str(streams), "-repeat", str(repeat), "-size", str(size)] + list(extra)
     if accept:
         argv += ["-accept", accept]
-    argv.append("http://127.0.0.1:%d%s" % (port, path))
+    argv += urls
     out = run(argv, timeout=900).stdout
     result = json.loads(out)
-    if result.get("errors"):
-        raise RuntimeError("GET %s: %d errors, first: %s" % (path, len(result["errors"]), result["errors"][0]))
+    if check and result.get("errors"):
+        raise RuntimeError("GET %s: %d errors, first: %s" % (urls[0], len(result["errors"]), result["errors"][0]))
     return result
 
 
@@ -677,6 +697,264 @@ def warm_up(origin, servers, images):
 
 
 # ---------------------------------------------------------------------------------------------
+# The shared tier: replicas of wharf around one S3 bucket (Garage)
+
+
+class Garage:
+    """Garage, an S3-compatible store, as a single-node cluster on loopback, set up as its
+    quick-start does: layout assign / apply, bucket create, key create, bucket allow. The key's
+    id and secret go to files, which both wharf (`[shared]`) and the fetch client read."""
+
+    BUCKET = "wharf"
+    REGION = "garage"
+
+    def __init__(self):
+        self.dir = os.path.join(ARGS.work, "garage")
+        os.makedirs(self.dir)
+        self.port, rpc = free_port(), free_port()
+        self.config = os.path.join(self.dir, "garage.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                'metadata_dir = "%s"\ndata_dir = "%s"\ndb_engine = "sqlite"\nreplication_factor = 1\n'
+                'rpc_bind_addr = "127.0.0.1:%d"\nrpc_public_addr = "127.0.0.1:%d"\nrpc_secret = "%s"\n'
+                '[s3_api]\ns3_region = "%s"\napi_bind_addr = "127.0.0.1:%d"\nroot_domain = ".s3.garage.localhost"\n'
+                % (os.path.join(self.dir, "meta"), os.path.join(self.dir, "data"), rpc, rpc, os.urandom(32).hex(), self.REGION, self.port)
+            )
+        os.chmod(self.config, 0o600)
+        self.server = Server(
+            "garage", [ARGS.garage, "-c", self.config, "server"], os.path.join(self.dir, "server.log"), env=clean_env({"RUST_LOG": "warn"})
+        ).start(self.port, None)
+        node = self.cli("node", "id", "-q").strip().split("@")[0]
+        self.cli("layout", "assign", "-z", "dc1", "-c", "10G", node)
+        self.cli("layout", "apply", "--version", "1")
+        self.cli("bucket", "create", self.BUCKET)
+        key = self.cli("key", "create", "wharf-bench")
+        fields = {}
+        for line in key.splitlines():
+            if ":" in line:
+                name, value = line.split(":", 1)
+                fields[name.strip()] = value.strip()
+        if not fields.get("Key ID") or not fields.get("Secret key"):
+            raise RuntimeError("no key id or secret in `garage key create`:\n" + key)
+        self.cli("bucket", "allow", "--read", "--write", "--owner", self.BUCKET, "--key", "wharf-bench")
+        self.key_file = os.path.join(self.dir, "s3-key-id")
+        self.secret_file = os.path.join(self.dir, "s3-secret")
+        for path, value in ((self.key_file, fields["Key ID"]), (self.secret_file, fields["Secret key"])):
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                f.write(value + "\n")
+
+    def cli(self, *args):
+        """One `garage` command; retried for a while, since the node needs a moment to answer RPC."""
+        deadline = time.time() + 30
+        while True:
+            p = run([ARGS.garage, "-c", self.config] + list(args), check=False, timeout=60)
+            if p.returncode == 0:
+                return p.stdout.decode()
+            if time.time() > deadline:
+                raise RuntimeError(
+                    "garage %s failed:\n%s\n%s" % (" ".join(args), p.stderr.decode()[-2000:], tail(os.path.join(self.dir, "server.log")))
+                )
+            time.sleep(0.2)
+
+    def shared_table(self, replica_id, prefix=""):
+        return (
+            '[shared]\nendpoint = "http://127.0.0.1:%d"\nbucket = "%s"\nprefix = "%s"\nregion = "%s"\n'
+            'access_key_id_file = "%s"\nsecret_access_key_file = "%s"\nreplica_id = "%s"\nsync_interval = "200ms"\n'
+            % (self.port, self.BUCKET, prefix, self.REGION, self.key_file, self.secret_file, replica_id)
+        )
+
+    def blob_url(self, hex_digest):
+        """The object a replica uploads for a blob (path-style addressing)."""
+        return "http://127.0.0.1:%d/%s/blobs/sha256/%s" % (self.port, self.BUCKET, hex_digest)
+
+    def signed(self):
+        """fetch flags that sign its GETs with the bucket's key."""
+        return ["-s3-key", self.key_file, "-s3-secret", self.secret_file, "-s3-region", self.REGION]
+
+
+def peer_secret():
+    path = os.path.join(ARGS.work, "peer-secret")
+    if not os.path.exists(path):
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(os.urandom(16).hex() + "\n")
+    return path
+
+
+def start_replicas(origin, static, garage, name, n, prefix="", peers=True):
+    """n wharf replicas on one bucket (under `prefix`), each on its own port and empty data dir;
+    with peers, they know each other through `[peers]` and a shared secret."""
+    ports = [free_port() for _ in range(n)]
+    urls = ["http://127.0.0.1:%d" % port for port in ports]
+    replicas = []
+    try:
+        for i, port in enumerate(ports):
+            tables = garage.shared_table("%s_%d" % (name, i), prefix)
+            if peers:
+                tables += '[peers]\nmembers = [%s]\nadvertise = "%s"\nsecret_file = "%s"\n' % (
+                    ", ".join('"%s"' % u for u in urls),
+                    urls[i],
+                    peer_secret(),
+                )
+            replicas.append(start_wharf(origin, static, "%s-%d" % (name, i), tables, port))
+        if peers:
+            wait_peers_up(replicas)
+    except BaseException:
+        stop_replicas(replicas)
+        raise
+    return replicas
+
+
+def stop_replicas(replicas):
+    for r in replicas:
+        r.stop()
+        rmtree(r.dir)
+
+
+def health(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def wait_peers_up(replicas):
+    """Each replica sees every member up (one started before the others listened)."""
+    deadline = time.time() + 30
+    while True:
+        reports = [health(r).get("peers", []) for r in replicas]
+        if all(len(p) == len(replicas) and all(m["up"] for m in p) for p in reports):
+            return
+        if time.time() > deadline:
+            raise RuntimeError("replicas do not see each other: %s" % reports)
+        time.sleep(0.2)
+
+
+def wait_uploaded(replica, garage, image):
+    """Until the bucket holds the blob and the replica's outbox is empty (the records naming it
+    follow the object, so both are in the bucket then)."""
+    size = image["layer"]["size"]
+    url = garage.blob_url(image["layer"]["digest"][7:])
+    deadline = time.time() + 300
+    while fetch_urls([url], 1, size, extra=garage.signed(), check=False)["errors"]:
+        if time.time() > deadline:
+            raise RuntimeError("the blob never reached the bucket; replica log:\n" + tail(replica.log_path))
+        time.sleep(0.2)
+    while True:
+        shared = health(replica).get("shared", {})
+        if shared.get("pending") == 0:
+            return
+        if time.time() > deadline:
+            raise RuntimeError("uploads still pending: %s" % shared)
+        time.sleep(0.2)
+
+
+def prepare_shared(origin, static, garage):
+    """Replica A fills the large layer from the origin and uploads it; then a warm fleet of
+    three replicas with peers, each holding it on its own disk."""
+    image = ARGS.meta["images"]["big"]
+    size = image["layer"]["size"]
+    a = start_wharf(origin, static, "wharf-a", garage.shared_table("a"))
+    try:
+        fetch(a.port, blob_path(image), 1, size)
+        wait_uploaded(a, garage, image)
+    finally:
+        a.stop()
+        rmtree(a.dir)
+    fleet = start_replicas(origin, static, garage, "fleet", 3)
+    for r in fleet:
+        fetch(r.port, blob_path(image), 1, size)
+        cache = fetch(r.port, blob_path(image), 1, size)["cache"][0]
+        if cache != "HIT":
+            raise RuntimeError("a warm replica answered X-Cache: %s" % cache)
+    return fleet
+
+
+def mibs(result):
+    return result["bytes"] / MIB / result["wall"]
+
+
+def measure_tier_hit(res, rep, origin, static, garage):
+    """A fresh replica B (empty disk, the bucket A filled) serves the layer: its first GET is a
+    tier hit, its second a local-disk hit; against a GET straight from the store and nginx."""
+    image = ARGS.meta["images"]["big"]
+    size = image["layer"]["size"]
+    hexd = image["layer"]["digest"][7:]
+    store = garage.server
+
+    def record(server, r, cpu):
+        res.add("tier_mibs", server, mibs(r))
+        res.add("tier_first_ms", server, r["first"][0] * 1000)
+        res.add("tier_cpu", server, cpu / (r["bytes"] / GIB))
+
+    for kind in rotate([STORE, WHARF, STATIC], rep):
+        if kind == STORE:
+            cpu0 = store.cpu_seconds()
+            r = fetch_urls([garage.blob_url(hexd)], 1, size, extra=garage.signed())
+            record(STORE, r, store.cpu_seconds() - cpu0)
+        elif kind == STATIC:
+            cpu0 = static.cpu_seconds()
+            r = fetch(static.port, blob_path(image), 1, size)
+            record(STATIC, r, static.cpu_seconds() - cpu0)
+        else:
+            b = start_wharf(origin, static, "wharf-b", garage.shared_table("b%d" % rep))
+            try:
+                before = origin.blob_gets(hexd)
+                for server, nth in ((WHARF, "first"), (DISK, "next")):
+                    b.reset_peak()
+                    cpu0 = b.cpu_seconds() + store.cpu_seconds()
+                    r = fetch(b.port, blob_path(image), 1, size)
+                    record(server, r, b.cpu_seconds() + store.cpu_seconds() - cpu0)
+                    res.add("tier_rss", server, b.peak_mib())
+                    if nth == "next":
+                        res.add("tier_next_hit", WHARF, int(r["cache"][0] == "HIT"))
+                time.sleep(0.3)  # the origin logs a request when it has sent the last byte
+                res.add("tier_origin_get", WHARF, origin.blob_gets(hexd) - before)
+            finally:
+                b.stop()
+                rmtree(b.dir)
+
+
+def measure_fleet(res, rep, fleet):
+    """Warm: 8 streams over the three replicas against 8 on one; 24 over the three for scale."""
+    image = ARGS.meta["images"]["big"]
+    size = image["layer"]["size"]
+    urls = ["http://127.0.0.1:%d%s" % (r.port, blob_path(image)) for r in fleet]
+    for kind in rotate(["one", "three"], rep):
+        if kind == "one":
+            res.add("agg_one_mibs", WHARF, mibs(fetch_urls(urls[:1], 8, size)))
+        else:
+            res.add("agg_three_mibs", WHARF, mibs(fetch_urls(urls, 8, size)))
+    res.add("xherd_warm_s", WHARF, fetch_urls(urls, 24, size)["wall"])
+
+
+def measure_cross_herd(res, rep, origin, static, garage):
+    """Cold, bucket included (a new key prefix each time): 8 concurrent GETs on each of three
+    new replicas with peers, against one GET on one new replica."""
+    image = ARGS.meta["images"]["big"]
+    size = image["layer"]["size"]
+    hexd = image["layer"]["digest"][7:]
+    for kind in rotate(["one", "three"], rep):
+        n = 1 if kind == "one" else 3
+        name = "cold%d%s" % (rep, kind)
+        replicas = start_replicas(origin, static, garage, name, n, prefix=name, peers=n > 1)
+        try:
+            urls = ["http://127.0.0.1:%d%s" % (r.port, blob_path(image)) for r in replicas]
+            before = origin.blob_gets(hexd)
+            r = fetch_urls(urls, 8 * n if n > 1 else 1, size)
+            time.sleep(0.3)
+            gets = origin.blob_gets(hexd) - before
+        finally:
+            stop_replicas(replicas)
+        if n == 1:
+            res.add("xcold1_s", WHARF, r["wall"])
+        else:
+            res.add("xherd_s", WHARF, r["wall"])
+            res.add("xherd_origin_gets", WHARF, gets)
+
+
+# ---------------------------------------------------------------------------------------------
 # The table
 
 
@@ -713,23 +991,67 @@ ROWS = [
     ("go_warm", "go mod download, warm (s)", 2, [WHARF, STATIC, NGCACHE], (WHARF, STATIC), ("le", 1.1)),
 ]
 
-SELF_RATIO = {"cold1_s": "1 cold GET", "herd_warm_s": "16 warm GETs"}
-SHORT = {WHARF: "wharf", STATIC: "static", NGCACHE: "proxy_cache", REGPROXY: "registry proxy", ORIGIN: "direct"}
+# The shared tier's table. Its wharf column is a fresh replica's tier hit, then the three-replica
+# fleet (aggregate and cold rows); the disk column is that fresh replica's next GET.
+SHARED_COLUMNS = [
+    (WHARF, "wharf"),
+    (STORE, "Garage direct (S3 GET)"),
+    (DISK, "wharf, next GET (local disk)"),
+    (STATIC, "nginx static (sendfile)"),
+]
 
 
-def table(res):
-    head = "| measurement | " + " | ".join(label for _, label in COLUMNS) + " | wharf / peer | target | met |"
-    sep = "|---|" + "---:|" * len(COLUMNS) + "---:|---|---|"
+def shared_rows():
+    return [
+        ("tier_mibs", "tier hit: 256 MiB blob, first GET on a fresh replica (MiB/s)", 0, [WHARF, STORE, DISK, STATIC], (WHARF, STORE), ("ge", 0.9)),
+        ("tier_first_ms", "tier hit: time to first byte (ms)", 2, [WHARF, STORE, DISK, STATIC], (WHARF, STORE), ("le", 1.5)),
+        ("tier_cpu", "  CPU per GiB served, replica + store (s)", 3, [WHARF, STORE, DISK, STATIC], (WHARF, STORE), None),
+        ("tier_next_hits", "  next GET on that replica answered X-Cache: HIT (of %d)" % ARGS.reps, 0, [WHARF], None, ("abs_eq", ARGS.reps)),
+        ("tier_origin_gets", "  origin GETs for those %d tier hits" % ARGS.reps, 0, [WHARF], None, ("abs_eq", 0)),
+        ("tier_rss", "peak RSS of that replica, tier hit and next GET (MiB)", 1, [WHARF, DISK], None, ("abs_le", 100.0)),
+        ("agg_one_mibs", "warm 256 MiB blob, 8 streams on one replica (MiB/s, aggregate)", 0, [WHARF], None, None),
+        ("agg_three_mibs", "warm 256 MiB blob, 8 streams over 3 replicas (MiB/s, aggregate)", 0, [WHARF], ("self", "agg_one_mibs"), None),
+        ("xcold1_s", "1 cold GET of the 256 MiB blob, one replica (s)", 2, [WHARF], None, None),
+        ("xherd_s", "3 replicas × 8 concurrent cold GETs of it, wall (s)", 2, [WHARF], ("self", "xcold1_s"), None),
+        ("xherd_origin_gets", "  origin GETs of that blob for the 24", 0, [WHARF], None, ("abs_eq", 1)),
+        ("xherd_warm_s", "  for scale: 24 concurrent warm GETs over the 3, wall (s)", 2, [WHARF], None, None),
+        ("xherd_s", "  24 cold GETs against 24 warm GETs (3 replicas)", 2, [], ("self", "xherd_warm_s"), None),
+    ]
+
+
+SELF_RATIO = {
+    "cold1_s": "1 cold GET",
+    "herd_warm_s": "16 warm GETs",
+    "agg_one_mibs": "8 streams on one",
+    "xcold1_s": "1 cold GET",
+    "xherd_warm_s": "24 warm GETs",
+}
+SHORT = {
+    WHARF: "wharf",
+    STATIC: "static",
+    NGCACHE: "proxy_cache",
+    REGPROXY: "registry proxy",
+    ORIGIN: "direct",
+    STORE: "Garage direct",
+    DISK: "disk hit",
+}
+
+
+def table(res, rows=None, columns=COLUMNS):
+    """The markdown table of `rows` (default ROWS) over `columns`, and each target's verdict;
+    empty text when no row was measured."""
+    head = "| measurement | " + " | ".join(label for _, label in columns) + " | wharf / peer | target | met |"
+    sep = "|---|" + "---:|" * len(columns) + "---:|---|---|"
     lines = [head, sep]
     verdicts = {}
-    for metric, label, digits, servers, ratio_spec, target in ROWS:
+    for metric, label, digits, servers, ratio_spec, target in rows or ROWS:
         if metric not in res.values:
             continue
         label = label.replace("256 MiB", "%d MiB" % ARGS.big_mib).replace("16 concurrent", "%d concurrent" % ARGS.herd)
         label = label.replace("the 16", "the %d" % ARGS.herd).replace("scale: 16", "scale: %d" % ARGS.herd)
         label = label.replace("16 cold GETs against 16 warm", "%d cold GETs against %d warm" % (ARGS.herd, ARGS.herd))
         cells = []
-        for server, _ in COLUMNS:
+        for server, _ in columns:
             cells.append(fmt(res.median(metric, server), digits) if server in servers else "")
         wharf = res.median(metric, WHARF)
         ratio_text, ratio = "", None
@@ -758,6 +1080,8 @@ def table(res):
             key = metric + ("/" + ratio_spec[1] if ratio_spec and ratio_spec[0] == "self" else "")
             verdicts[key] = ok
         lines.append("| %s | %s | %s | %s | %s |" % (label, " | ".join(cells), ratio_text, target_text, met))
+    if len(lines) == 2:
+        return "", verdicts
     return "\n".join(lines), verdicts
 
 
@@ -785,7 +1109,7 @@ def versions():
         parts = text.split()
         return parts[n] if len(parts) > n else "?"
 
-    return {
+    found = {
         "wharf": ARGS.wharf_version,
         "nginx": first_line([ARGS.nginx, "-v"]).split("/")[-1],
         "docker-registry": word(first_line([ARGS.registry, "--version"]), 2),
@@ -793,6 +1117,9 @@ def versions():
         "go": word(first_line([ARGS.go, "version"]), 2),
         "wrk": word(first_line([ARGS.wrk, "-v"]), 1),
     }
+    if ARGS.garage:
+        found["garage"] = word(first_line([ARGS.garage, "--version"]), 1).split(":")[-1]
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -893,7 +1220,8 @@ def main():
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--wrk-connections", type=int, default=32)
     ap.add_argument("--nginx-workers", default="auto")
-    ap.add_argument("--only", default="", help="comma-separated subset: blob,rss64,manifest,pull,herd,go")
+    ap.add_argument("--only", default="", help="comma-separated subset: blob,rss64,manifest,pull,herd,go,shared")
+    ap.add_argument("--garage", default="", help="the garage binary (S3 store) for the shared part; empty: skip it")
     ap.add_argument("--profile", default="", help="after the table, profile wharf with perf into this directory")
     ap.add_argument("--perf", default="perf")
     for tool in ("nginx", "registry", "skopeo", "go", "wrk"):
@@ -907,8 +1235,10 @@ def main():
         setattr(ARGS, tool, path)
     with open(os.path.join(ARGS.data, "meta.json")) as f:
         ARGS.meta = json.load(f)
+    if ARGS.garage:
+        ARGS.garage = shutil.which(ARGS.garage) or sys.exit("bench.py: %s not found" % ARGS.garage)
     only = set(filter(None, ARGS.only.split(",")))
-    want = lambda part: not only or part in only  # noqa: E731
+    want = lambda part: (not only or part in only) and (part != "shared" or ARGS.garage)  # noqa: E731
 
     ARGS.load_before = os.getloadavg()
     if ARGS.load_before[0] > 0.5:
@@ -953,6 +1283,10 @@ def bench(want, started):
     if want("go"):
         for kind in (WHARF, NGCACHE):
             go_download(go_url(kind, warm))
+    if want("shared"):
+        log("the shared tier: Garage, replica A filling the bucket, a fleet of three")
+        garage = Garage()
+        fleet = prepare_shared(origin, static, garage)
 
     res = Results()
     for rep in range(ARGS.reps):
@@ -973,9 +1307,19 @@ def bench(want, started):
             measure_herd_warm(res, order)
         if want("go"):
             measure_go(res, rep, static, warm)
+        if want("shared"):
+            measure_tier_hit(res, rep, origin, static, garage)
+            measure_fleet(res, rep, fleet)
+            measure_cross_herd(res, rep, origin, static, garage)
         log("  %.0f s so far" % (time.time() - started))
 
+    # Counted over all repetitions: every one must be a disk hit, none may reach the origin.
+    for per_rep, total in (("tier_next_hit", "tier_next_hits"), ("tier_origin_get", "tier_origin_gets")):
+        if per_rep in res.values:
+            res.values[total] = {WHARF: [sum(res.values[per_rep][WHARF])]}
     text, verdicts = table(res)
+    shared_text, shared_verdicts = table(res, shared_rows(), SHARED_COLUMNS)
+    verdicts.update(shared_verdicts)
     go_bytes = 0
     for root, _dirs, files in os.walk(os.path.join(ARGS.data, "go")):
         go_bytes += sum(os.path.getsize(os.path.join(root, name)) for name in files if name.endswith(".zip"))
@@ -995,28 +1339,44 @@ def bench(want, started):
             ARGS.load_before[0],
         ),
         "",
-        text,
-        "",
-        "Versions: " + ", ".join("%s %s" % (k, val) for k, val in v.items()) + ".",
-        "",
-        "Setup: the origin is Debian's docker-registry (filesystem storage) holding a %d MiB-layer image, a %d-layer image (%.1f MiB of 4 KiB–1 MiB layers) and a two-platform index (the manifest rows use the index); the Go origin is nginx serving a generated module tree (%d modules, %.1f MiB of zips). "
-        "Blob rows: the fetch client (Go, 1 MiB reads, HTTP/1.1) takes the layer %d times in a row for 1 stream, once per stream otherwise; CPU is utime+stime of the server's processes (nginx: all workers) per GiB delivered; peak RSS is VmHWM summed over them after resetting it (`clear_refs` 5). "
-        "Manifest rows: wrk, %d threads, %d connections, %d s, `Accept` with all four manifest types. "
-        "Cold rows start each proxy on an empty store (wharf: new data dir; nginx: new cache; docker-registry proxy: new storage); cold pulls are `skopeo copy docker://… dir:…`. "
-        "The docker-registry proxy asks its origin for every tag on every request, by design. Go rows: `go mod download` with an empty GOMODCACHE each time, GOSUMDB=off, wharf with `go.verify = false`; the nginx static column is also the direct origin for Go. "
-        "Ratios are wharf's median over the named peer's median."
-        % (
-            ARGS.big_mib,
-            small["layers"],
-            small["blobs"] / MIB,
-            len(ARGS.meta["go"]["modules"]),
-            go_bytes / MIB,
-            ARGS.repeat1,
-            ARGS.wrk_threads,
-            ARGS.wrk_connections,
-            ARGS.wrk_seconds,
-        ),
     ]
+    if text:
+        doc += [text, ""]
+    if shared_text:
+        doc += ["### Shared tier", "", shared_text, ""]
+    doc += ["Versions: " + ", ".join("%s %s" % (k, val) for k, val in v.items()) + "."]
+    if text:
+        doc += [
+            "",
+            "Setup: the origin is Debian's docker-registry (filesystem storage) holding a %d MiB-layer image, a %d-layer image (%.1f MiB of 4 KiB–1 MiB layers) and a two-platform index (the manifest rows use the index); the Go origin is nginx serving a generated module tree (%d modules, %.1f MiB of zips). "
+            "Blob rows: the fetch client (Go, 1 MiB reads, HTTP/1.1) takes the layer %d times in a row for 1 stream, once per stream otherwise; CPU is utime+stime of the server's processes (nginx: all workers) per GiB delivered; peak RSS is VmHWM summed over them after resetting it (`clear_refs` 5). "
+            "Manifest rows: wrk, %d threads, %d connections, %d s, `Accept` with all four manifest types. "
+            "Cold rows start each proxy on an empty store (wharf: new data dir; nginx: new cache; docker-registry proxy: new storage); cold pulls are `skopeo copy docker://… dir:…`. "
+            "The docker-registry proxy asks its origin for every tag on every request, by design. Go rows: `go mod download` with an empty GOMODCACHE each time, GOSUMDB=off, wharf with `go.verify = false`; the nginx static column is also the direct origin for Go. "
+            "Ratios are wharf's median over the named peer's median."
+            % (
+                ARGS.big_mib,
+                small["layers"],
+                small["blobs"] / MIB,
+                len(ARGS.meta["go"]["modules"]),
+                go_bytes / MIB,
+                ARGS.repeat1,
+                ARGS.wrk_threads,
+                ARGS.wrk_connections,
+                ARGS.wrk_seconds,
+            ),
+        ]
+    if shared_text:
+        doc += [
+            "",
+            "Shared tier: the origin is Debian's docker-registry holding a %d MiB-layer image; Garage is a single-node S3 store on loopback (one bucket, default settings); every wharf replica has its own port and empty data dir, and `[shared]` on that bucket with `sync_interval = \"200ms\"`. "
+            "Tier hit: replica A fills the layer from the origin and uploads it, and the driver waits until the bucket holds it and A's `/healthz` shows `shared.pending` 0; each repetition then starts a fresh replica B, without `[peers]`, whose first GET of the layer comes from the bucket and whose next GET from its own disk. "
+            "The Garage column is the same fetch client getting the object (`blobs/sha256/<hex>`) from the store itself, signed with SigV4; one stream, one GET in every column; time to first byte is until the first body byte; CPU is utime+stime per GiB delivered of B and Garage together (in the Garage column, Garage; in the nginx column, nginx); peak RSS is B's VmHWM, reset before each of its two GETs. "
+            "Fleet rows: three replicas with `[peers]` (members, advertise, a shared secret) on the same bucket, each holding the layer on its disk; 8 streams spread over them (3 + 3 + 2) against 8 streams on one of them. "
+            "Cold rows start new replicas under a new key prefix of the bucket each time, so the bucket is cold too: three with peers taking 8 concurrent GETs each, against one without peers taking one GET. "
+            "Replicas, store and clients share this machine's %d cores: spreading streams over replicas adds no CPU here, so the fleet rows say nothing about scaling across machines."
+            % (ARGS.big_mib, os.cpu_count())
+        ]
     out = "\n".join(doc) + "\n"
     with open(ARGS.out, "w") as f:
         f.write(out)
