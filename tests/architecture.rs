@@ -21,6 +21,8 @@ const LAYERS: &[(&str, u8)] = &[
     // L2: protocol front ends.
     ("registry", 4),
     ("goproxy", 4),
+    // The shared tier: one more source behind the engine, over its own outbound client.
+    ("shared", 4),
     // L3-L4: bundle's server side; the state everything is built into.
     ("bundle", 5),
     ("app", 6),
