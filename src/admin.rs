@@ -22,7 +22,7 @@
 //! | `POST /admin/export`          | what a selection contains (`ExportRequest` -> manifest)   |
 //! | `POST /admin/import`          | verify, then index and pin uploaded content               |
 //! | `GET /admin/stats`            | what the cache holds (`maintenance::Stats`)                        |
-//! | `POST /admin/gc?dry_run&target` | evict down to `target` bytes; the report as text        |
+//! | `POST /admin/gc?dry_run&target&shared` | evict down to `target` bytes (the bucket with `shared`); the report as text |
 //!
 //! Blobs stored here are not indexed: only `/admin/import` indexes, after checking everything.
 

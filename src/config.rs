@@ -142,6 +142,32 @@ pub struct SharedConfig {
     /// This replica's name in the bucket's journal; default: a random name kept in the data
     /// directory (`replica-id`).
     pub replica_id: Option<String>,
+    /// Budget of the bucket's objects (`blobs/`); past it, the gc replica removes the least
+    /// recently used unpinned ones. 0 means no limit.
+    #[serde(default)]
+    pub max_size: ByteSize,
+    /// Eviction brings the bucket down to this percentage of `max_size`.
+    #[serde(default = "default_low_watermark")]
+    pub low_watermark_percent: u8,
+    /// How often each replica publishes its access times, and the gc replica measures the
+    /// bucket, evicts and writes a journal snapshot.
+    #[serde(
+        default = "default_shared_gc_interval",
+        deserialize_with = "de_duration"
+    )]
+    pub gc_interval: Duration,
+    /// Whether this replica evicts from the bucket and snapshots the journal. Set it on exactly
+    /// one replica; two are safe (deletes are idempotent) but do the work twice.
+    #[serde(default)]
+    pub gc: bool,
+}
+
+fn default_low_watermark() -> u8 {
+    90
+}
+
+fn default_shared_gc_interval() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_region() -> String {
@@ -186,7 +212,18 @@ impl SharedConfig {
         if self.sync_interval.is_zero() {
             return invalid("shared.sync_interval: must be more than 0".into());
         }
+        if !(1..=100).contains(&self.low_watermark_percent) {
+            return invalid("shared.low_watermark_percent: must be between 1 and 100".into());
+        }
+        if self.gc_interval.is_zero() {
+            return invalid("shared.gc_interval: must be more than 0".into());
+        }
         Ok(())
+    }
+
+    /// The size eviction brings the bucket down to.
+    pub fn low_watermark(&self) -> u64 {
+        percent_of(self.max_size.0, self.low_watermark_percent)
     }
 }
 
@@ -300,9 +337,13 @@ impl Default for CacheConfig {
 impl CacheConfig {
     /// The size eviction brings the store down to.
     pub fn low_watermark(&self) -> u64 {
-        self.max_size.0 / 100 * u64::from(self.low_watermark_percent)
-            + self.max_size.0 % 100 * u64::from(self.low_watermark_percent) / 100
+        percent_of(self.max_size.0, self.low_watermark_percent)
     }
+}
+
+/// `percent`% of `size`, without overflow.
+fn percent_of(size: u64, percent: u8) -> u64 {
+    size / 100 * u64::from(percent) + size % 100 * u64::from(percent) / 100
 }
 
 /// HTTPS with a certificate and key in PEM files, re-read on SIGHUP.
@@ -1056,7 +1097,7 @@ fn read_password(
 }
 
 /// A byte count written as an integer or a string such as `"4MiB"`, `"512KiB"`, `"1GiB"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
@@ -1137,6 +1178,32 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let err = Config::from_toml_str("listn = \"0.0.0.0:5000\"").unwrap_err();
         assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn shared_eviction_keys_default_off_and_are_checked() {
+        let base = "[shared]\nendpoint = \"http://s3.test:3900\"\nbucket = \"b\"\n";
+        let c = Config::from_toml_str(base).unwrap();
+        let s = c.shared.unwrap();
+        assert_eq!(
+            (s.max_size, s.low_watermark_percent, s.gc),
+            (ByteSize(0), 90, false)
+        );
+        assert_eq!(s.gc_interval, Duration::from_secs(600));
+        let c = Config::from_toml_str(&format!(
+            "{base}max_size = \"1000\"\nlow_watermark_percent = 50\ngc = true\ngc_interval = \"1m\"\n"
+        ))
+        .unwrap();
+        let s = c.shared.unwrap();
+        assert_eq!((s.low_watermark(), s.gc), (500, true));
+        for bad in [
+            "low_watermark_percent = 0",
+            "low_watermark_percent = 101",
+            "gc_interval = \"0s\"",
+        ] {
+            let err = Config::from_toml_str(&format!("{base}{bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("shared."), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -41,12 +41,17 @@ async fn ask(config: &Config, method: http::Method, path: &str) -> Option<Vec<u8
     }
 }
 
-/// `wharf gc [--dry-run] [--target SIZE]`.
+/// `wharf gc [--shared] [--dry-run] [--target SIZE]`.
 pub async fn command(
     config: &Config,
+    shared: bool,
     dry_run: bool,
     target: Option<&str>,
 ) -> Result<ExitCode, Error> {
+    if shared && config.shared.is_none() {
+        eprintln!("wharf: gc --shared: no [shared] is configured in this config");
+        return Ok(ExitCode::FAILURE);
+    }
     let target = match target {
         Some(t) => {
             ByteSize::parse(t)
@@ -57,14 +62,35 @@ pub async fn command(
                 })?
                 .0
         }
+        None if shared => {
+            return shared_pass(config, dry_run, "").await;
+        }
         None => default_target(config),
     };
+    if shared {
+        return shared_pass(config, dry_run, &format!("&target={target}")).await;
+    }
     if target == u64::MAX {
         eprintln!(
             "wharf: cache.max_size is 0 (no limit): nothing to evict down to; give --target SIZE"
         );
     }
     let path = format!("/admin/gc?dry_run={dry_run}&target={target}");
+    let Some(report) = ask(config, http::Method::POST, &path).await else {
+        return Ok(ExitCode::FAILURE);
+    };
+    print!("{}", String::from_utf8_lossy(&report));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One eviction pass over the shared tier (its budget unless `extra` gives a target).
+async fn shared_pass(config: &Config, dry_run: bool, extra: &str) -> Result<ExitCode, Error> {
+    if extra.is_empty() && config.shared.as_ref().is_some_and(|s| s.max_size.0 == 0) {
+        eprintln!(
+            "wharf: shared.max_size is 0 (no limit): nothing to evict down to; give --target SIZE"
+        );
+    }
+    let path = format!("/admin/gc?shared=true&dry_run={dry_run}{extra}");
     let Some(report) = ask(config, http::Method::POST, &path).await else {
         return Ok(ExitCode::FAILURE);
     };

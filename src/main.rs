@@ -44,11 +44,12 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
         }
         Command::Gc {
             config,
+            shared,
             dry_run,
             target,
         } => {
             let config = cli::load_for_tool(&config)?;
-            wharf::gc::command(&config, dry_run, target.as_deref()).await
+            wharf::gc::command(&config, shared, dry_run, target.as_deref()).await
         }
         Command::Stats { config, json } => {
             let config = cli::load_for_tool(&config)?;

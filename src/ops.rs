@@ -252,6 +252,36 @@ fn render_shared(o: &mut String, shared: &crate::shared::Shared) {
             "Objects in the shared tier that failed verification and were removed.",
             st.discarded.load(Relaxed),
         ),
+        (
+            "wharf_shared_evictions_total",
+            "counter",
+            "Objects removed from the shared tier's bucket by eviction.",
+            st.evictions.load(Relaxed),
+        ),
+        (
+            "wharf_shared_evicted_bytes_total",
+            "counter",
+            "Bytes removed from the shared tier's bucket by eviction.",
+            st.evicted_bytes.load(Relaxed),
+        ),
+        (
+            "wharf_shared_bucket_bytes",
+            "gauge",
+            "Size of the shared tier's objects when last measured here (0: not yet).",
+            st.bucket_bytes.load(Relaxed),
+        ),
+        (
+            "wharf_shared_snapshots_written_total",
+            "counter",
+            "Journal snapshots written by this replica.",
+            st.snapshots_written.load(Relaxed),
+        ),
+        (
+            "wharf_shared_snapshots_loaded_total",
+            "counter",
+            "Journal snapshots applied by this replica.",
+            st.snapshots_loaded.load(Relaxed),
+        ),
     ] {
         scalar(o, row);
     }

@@ -576,3 +576,14 @@ async fn commands_trust_only_the_configured_certificate_of_their_own_tls_server(
     expect_stderr(&out, "certificate");
     server.stop().await;
 }
+
+#[test]
+fn gc_shared_without_a_shared_tier_says_so_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "http://127.0.0.1:9", &dir.path().join("data"));
+    let out = run(wharf_command()
+        .args(["gc", "--shared", "--dry-run", "--config"])
+        .arg(&config));
+    assert!(!out.status.success(), "{}", describe(&out));
+    expect_stderr(&out, "no [shared] is configured");
+}

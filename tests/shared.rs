@@ -13,11 +13,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use object_store::ObjectStoreExt as _;
 use support::garage::{Garage, find_garage};
 use support::gotools::{self, GoClient, Upstream};
 use support::oci::{Image, ImageSpec, Layout, LayoutReader, gzip_layer};
 use support::origin::{Origin, Skopeo, require_tools};
 use tempfile::TempDir;
+use wharf_storage::{Digest, PinRecord};
 
 const UPSTREAM: &str = "origin.test";
 const REPO: &str = "test/app";
@@ -87,6 +89,20 @@ impl Fleet {
             WharfConfig::new(data)
                 .upstream(UPSTREAM, &url)
                 .registry(registry_keys)
+                .egress("probe_interval = \"200ms\"\nfailure_threshold = 2")
+                .timeouts()
+                .tables(&shared)
+        })
+        .await
+    }
+
+    /// Like `replica`, with more `[shared]` keys (eviction settings).
+    async fn replica_with(&self, id: &str, shared_keys: &str) -> Wharf {
+        let url = self.origin_url.clone();
+        let shared = format!("{}{shared_keys}\n", self.garage.shared_table(id));
+        Wharf::in_temp_dir(|data| {
+            WharfConfig::new(data)
+                .upstream(UPSTREAM, &url)
                 .egress("probe_interval = \"200ms\"\nfailure_threshold = 2")
                 .timeouts()
                 .tables(&shared)
@@ -936,5 +952,216 @@ async fn a_replica_listed_under_two_names_owns_both_shares() {
     assert!(
         peers.iter().all(|p| p["self"] == true),
         "both names are this replica: {h}"
+    );
+}
+
+/// `POST /admin/gc?shared=true...` on `w` (what `wharf gc --shared` sends): the report.
+async fn shared_gc(w: &Wharf, query: &str) -> String {
+    let r = client()
+        .post(w.url(&format!("/admin/gc?shared=true{query}")))
+        .header("x-wharf-admin-token", w.admin_secret())
+        .sent()
+        .await;
+    let status = r.status().as_u16();
+    let text = read_text(r).await;
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+fn object_key(digest: &str) -> String {
+    format!("blobs/sha256/{}", &digest["sha256:".len()..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_over_budget_loses_its_least_recently_used_unpinned_objects_first() {
+    let Some(fleet) = Fleet::start("a_bucket_over_budget_loses_its_least_recently_used").await
+    else {
+        return;
+    };
+    let img = &fleet.image;
+    let (small, big, medium) = (&img.layers[0], &img.layers[1], &img.layers[2]);
+    let all: Vec<_> = img.blobs().chain([&img.manifest]).cloned().collect();
+    let total: u64 = all.iter().map(|b| b.size).sum();
+    // Budget: what stays once the two least recently used unpinned layers are gone.
+    let budget = total - small.size - medium.size;
+
+    // B fills the bucket, notes when each object was last served and pins the big layer.
+    let b = fleet.replica("b", "").await;
+    fleet.pull(&b, &format!(":{TAG}"), "via-b").await;
+    b.state.flush_atimes().await;
+    let now = wharf_storage::unix_now();
+    let index = &b.state.storage.index;
+    let at = |d: &str, t: u64| (Digest::parse(d).unwrap(), t);
+    index
+        .put_atimes(&[
+            at(&big.digest, 500),
+            at(&small.digest, 1000),
+            at(&medium.digest, 2000),
+            // Later than any upload (an upload counts as a use, to the second).
+            at(&img.config.digest, now + 60),
+            at(&img.manifest.digest, now + 60),
+        ])
+        .unwrap();
+    let pin = PinRecord {
+        reason: "test".into(),
+        pinned_unix: now,
+    };
+    index
+        .put_pin(&Digest::parse(&big.digest).unwrap(), &pin)
+        .unwrap();
+    settled(&b).await;
+    tier(&b).publish_atimes().await.unwrap();
+
+    // A, the gc replica, never served anything: it learns the pin from the journal and the
+    // access times from B's published ones.
+    let a = fleet
+        .replica_with(
+            "a",
+            &format!(
+                "gc = true\ngc_interval = \"1h\"\nmax_size = {budget}\nlow_watermark_percent = 100"
+            ),
+        )
+        .await;
+    health(&a).await; // answered once A has joined (read the journal)
+    assert!(
+        a.state
+            .storage
+            .index
+            .get_pin(&Digest::parse(&big.digest).unwrap())
+            .unwrap()
+            .is_some(),
+        "the pin reached A through the journal"
+    );
+
+    let dry = shared_gc(&a, "&dry_run=true").await;
+    assert!(
+        dry.contains("would remove 2 objects")
+            && dry.contains(&small.digest)
+            && dry.contains(&medium.digest),
+        "{dry}"
+    );
+    for blob in &all {
+        assert!(
+            fleet.garage.get(&object_key(&blob.digest)).await.is_some(),
+            "the dry run removed {}",
+            blob.digest
+        );
+    }
+
+    let real = shared_gc(&a, "").await;
+    assert!(real.contains("removed 2 objects"), "{real}");
+    let gone = [&small.digest, &medium.digest];
+    for blob in &all {
+        let held = fleet.garage.get(&object_key(&blob.digest)).await.is_some();
+        assert_eq!(
+            held,
+            !gone.contains(&&blob.digest),
+            "{} after eviction: {real}",
+            blob.digest
+        );
+    }
+    assert!(
+        !fleet.garage.keys("journal/").await.is_empty()
+            && !fleet.garage.keys("atime/").await.is_empty(),
+        "eviction touches only blobs/"
+    );
+    let metrics = a.get("/metrics", None).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("wharf_shared_evictions_total 2")
+            && text.contains(&format!(
+                "wharf_shared_evicted_bytes_total {}",
+                small.size + medium.size
+            ))
+            && text.contains(&format!("wharf_shared_bucket_bytes {budget}")),
+        "{text}"
+    );
+    // Under budget now: another pass removes nothing.
+    let again = shared_gc(&a, "").await;
+    assert!(again.contains("removed 0 objects"), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_after_a_snapshot_and_journal_truncation_serves_tags_from_the_bucket() {
+    let Some(fleet) = Fleet::start("a_replica_started_after_a_snapshot").await else {
+        return;
+    };
+    let a = fleet
+        .replica_with("a", "gc = true\ngc_interval = \"1h\"")
+        .await;
+    fleet.pull(&a, &format!(":{TAG}"), "via-a").await;
+    settled(&a).await;
+    // B joins before the snapshot: its cursor is past what the snapshot covers.
+    let b = fleet.replica("b", "").await;
+    health(&b).await;
+    // A batch and a snapshot from long ago: the snapshot replaces both.
+    let ancient = "journal/000000000001000-zz-00000000";
+    let batch = br#"{"replica":"zz","records":[]}"#.to_vec();
+    fleet.garage.put(ancient, batch).await;
+    fleet
+        .garage
+        .put("snapshot/000000000000500-zz", b"{}".to_vec())
+        .await;
+
+    let report = tier(&a).snapshot().await.unwrap();
+    let name = report.name.clone().expect("a snapshot was written");
+    assert!(report.records > 0, "{report:?}");
+    assert!(
+        report.journal_deleted >= 1 && report.snapshots_deleted == 1,
+        "{report:?}"
+    );
+    assert_eq!(fleet.garage.get(ancient).await, None);
+    assert_eq!(
+        fleet.garage.keys("snapshot/").await,
+        [format!("snapshot/{name}")]
+    );
+    let recent = fleet.garage.keys("journal/").await;
+    assert!(!recent.is_empty(), "batches inside the skew window stay");
+    // Nothing new since: no second snapshot.
+    assert_eq!(tier(&a).snapshot().await.unwrap().name, None);
+
+    // The window has passed: the rest of the journal goes too.
+    let bucket = fleet.garage.client();
+    for key in recent {
+        bucket
+            .delete(&object_store::path::Path::from(key))
+            .await
+            .unwrap();
+    }
+    assert!(!tier(&b).load_snapshot().await.unwrap(), "B is past it");
+    assert_eq!(
+        tier(&b)
+            .stats
+            .snapshots_loaded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    let before = fleet.origin_requests();
+    let c = fleet.replica("c", "").await;
+    let m = c
+        .get(
+            &format!("/v2/{UPSTREAM}/{REPO}/manifests/{TAG}"),
+            Some(MANIFEST_ACCEPT),
+        )
+        .await;
+    assert_eq!(m.status, 200, "{}", m.describe());
+    assert_eq!(
+        m.header("docker-content-digest"),
+        Some(fleet.image.manifest.digest.as_str())
+    );
+    assert_eq!(
+        tier(&c)
+            .stats
+            .snapshots_loaded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    fleet.pull(&c, &format!(":{TAG}"), "via-c").await;
+    assert_eq!(
+        fleet.origin_requests(),
+        before,
+        "C asked the origin:\n{}",
+        fleet.origin().access_log()
     );
 }

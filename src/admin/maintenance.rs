@@ -159,14 +159,21 @@ pub struct GcQuery {
     #[serde(default)]
     dry_run: bool,
     target: Option<u64>,
+    /// Evict from the shared tier's bucket instead of this data directory.
+    #[serde(default)]
+    shared: bool,
 }
 
-/// `POST /admin/gc?dry_run=true&target=<bytes>` (behind the admin guard): the report as text.
+/// `POST /admin/gc?dry_run=true&target=<bytes>[&shared=true]` (behind the admin guard): the
+/// report as text.
 pub async fn gc_endpoint(
     State(app): State<AppState>,
     Query(q): Query<GcQuery>,
 ) -> Result<Response, AdminError> {
     app.flush_atimes().await;
+    if q.shared {
+        return shared_gc(&app, q).await;
+    }
     let target = q.target.unwrap_or_else(|| default_target(&app.config));
     let storage = app.storage.clone();
     let report = tokio::task::spawn_blocking(move || {
@@ -179,6 +186,24 @@ pub async fn gc_endpoint(
         app.registry.hot.clear();
     }
     Ok(format!("{report}\n").into_response())
+}
+
+/// One eviction pass over the shared tier's bucket, with this replica's access times published
+/// first so they count.
+async fn shared_gc(app: &AppState, q: GcQuery) -> Result<Response, AdminError> {
+    let Some(shared) = &app.shared else {
+        return Err(AdminError::bad(
+            "no [shared] is configured: there is no shared tier to collect",
+        ));
+    };
+    if let Err(e) = shared.publish_atimes().await {
+        tracing::warn!(error = %e, "publishing access times before shared gc failed");
+    }
+    let report = shared
+        .evict(q.dry_run, q.target)
+        .await
+        .map_err(|e| AdminError::new(http::StatusCode::BAD_GATEWAY, format!("shared tier: {e}")))?;
+    Ok(format!("{report}").into_response())
 }
 
 /// With a budget: its low watermark. Without one there is nothing to evict down to.

@@ -70,10 +70,14 @@ pub enum Command {
         /// The URL wharf would fetch, e.g. https://ghcr.io/v2/.
         url: String,
     },
-    /// Evict least-recently-used unpinned content down to the cache budget (cache.max_size).
+    /// Evict least-recently-used unpinned content down to the cache budget (cache.max_size), or
+    /// with --shared from the shared tier's bucket (shared.max_size).
     Gc {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Evict from the shared tier's bucket instead of this data directory.
+        #[arg(long)]
+        shared: bool,
         /// Print what would be removed and how much it would free, remove nothing.
         #[arg(long)]
         dry_run: bool,

@@ -4,6 +4,9 @@
 //! the writer's clock, so a reader re-lists a window of `SKEW_MS` before its cursor and skips the
 //! batches it has applied: a batch written late by a replica whose clock lags is still seen.
 //! Applying is idempotent (`Index::apply_shared` keeps the newer of two mutable records).
+//!
+//! The cursor is the newest batch name listed, this replica's own included: it says how far
+//! this replica has read, which is what a journal snapshot (`snapshot.rs`) is compared with.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -12,12 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::TryStreamExt as _;
 use object_store::ObjectStoreExt as _;
 use serde::{Deserialize, Serialize};
+use wharf_storage::Index;
 
 use super::Shared;
 
 /// How far before its cursor a reader looks again for batches written late; also how far
 /// ahead of this clock a batch name may be and still move the cursor.
-const SKEW_MS: u64 = 5 * 60 * 1000;
+pub(super) const SKEW_MS: u64 = 5 * 60 * 1000;
 
 /// Batches are at most a few hundred records; anything much larger is not one of ours.
 const MAX_BATCH: u64 = 8 << 20;
@@ -114,14 +118,14 @@ impl Journal {
     }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The name `SKEW_MS` before `cursor`: where a reader starts listing.
-fn window_start(cursor: &str) -> String {
+pub(super) fn window_start(cursor: &str) -> String {
     let ms: u64 = cursor
         .split('-')
         .next()
@@ -183,7 +187,14 @@ pub(super) async fn catch_up(s: &Shared) -> Result<usize, object_store::Error> {
             tracing::debug!(batch = %name, "not a journal batch name; skipped");
             continue;
         };
-        if s.journal.mine(&name) || s.journal.seen().contains(&name) {
+        if s.journal.seen().contains(&name) {
+            continue;
+        }
+        if s.journal.mine(&name) {
+            // Nothing to apply, but read this far.
+            if name > last && ms <= horizon {
+                last = name;
+            }
             continue;
         }
         if size > MAX_BATCH {
@@ -206,7 +217,7 @@ pub(super) async fn catch_up(s: &Shared) -> Result<usize, object_store::Error> {
                 {
                     tracing::warn!(replica = %s.replica, "another replica writes under this replica_id; give each its own");
                 }
-                applied += apply(s, &name, batch);
+                applied += apply(&s.storage.index, &name, batch.records);
             }
             Err(e) => {
                 tracing::warn!(batch = %name, error = %e, "a journal batch does not parse; skipped")
@@ -230,14 +241,16 @@ pub(super) async fn catch_up(s: &Shared) -> Result<usize, object_store::Error> {
     Ok(applied)
 }
 
-fn apply(s: &Shared, name: &str, batch: Batch) -> usize {
+/// Applies records another replica wrote (from batch or snapshot `name`); bad ones are logged
+/// and skipped. Returns how many were written.
+pub(super) fn apply(index: &Index, name: &str, records: Vec<Rec>) -> usize {
     let mut applied = 0;
-    for r in batch.records {
+    for r in records {
         let (Ok(key), Ok(value)) = (hex::decode(&r.key), hex::decode(&r.value)) else {
             tracing::warn!(batch = %name, "a journal record is not hex; skipped");
             continue;
         };
-        match s.storage.index.apply_shared(&r.tree, &key, &value) {
+        match index.apply_shared(&r.tree, &key, &value) {
             Ok(true) => applied += 1,
             Ok(false) => {}
             Err(e) => tracing::warn!(batch = %name, error = %e, "a journal record was refused"),

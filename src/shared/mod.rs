@@ -5,6 +5,8 @@
 //! |---|---|
 //! | `blobs/sha256/<hex>` | a committed object, by its digest |
 //! | `journal/<ms>-<replica>-<seq>` | a batch of index records one replica wrote (`journal.rs`) |
+//! | `atime/<replica>` | when that replica last served each object (`evict.rs`) |
+//! | `snapshot/<ms>-<replica>` | every shared record, replacing the journal before it (`snapshot.rs`) |
 //!
 //! Each replica uploads what it commits in the background, in commit order, from the index's
 //! outbox (`upload.rs`): objects first, then the journal batch of records that may name them,
@@ -13,15 +15,22 @@
 //! Bytes read from the bucket are verified by the engine like an upstream fill; records are
 //! trusted like the local disk (the bucket is the operator's).
 //!
+//! The replica with `shared.gc = true` keeps the bucket within `shared.max_size` (least recently
+//! used objects first, pins kept) and snapshots the journal, every `shared.gc_interval`.
+//!
 //! A store that fails is marked down after `egress.failure_threshold` failures in a row and
 //! skipped (upstream instead) until a background probe gets an answer.
 
+mod evict;
 mod journal;
 pub mod peers;
+mod snapshot;
 mod store;
 mod upload;
 
+pub use evict::EvictReport;
 pub use peers::{PEER_HEADER, PeerSet};
+pub use snapshot::SnapshotReport;
 pub use store::{Store, check_endpoint, connect};
 
 use std::sync::Arc;
@@ -49,6 +58,12 @@ pub struct Stats {
     pub journal_written: AtomicU64,
     pub records_applied: AtomicU64,
     pub discarded: AtomicU64,
+    pub evictions: AtomicU64,
+    pub evicted_bytes: AtomicU64,
+    /// The bucket's `blobs/` size when last measured (by an eviction pass).
+    pub bucket_bytes: AtomicU64,
+    pub snapshots_written: AtomicU64,
+    pub snapshots_loaded: AtomicU64,
 }
 
 /// What `/healthz` shows of the tier.
@@ -62,6 +77,10 @@ pub struct SharedReport {
     pub last_error: Option<String>,
     /// The last journal batch applied here.
     pub journal_cursor: Option<String>,
+    /// Whether this replica evicts and snapshots (`shared.gc`).
+    pub gc: bool,
+    /// The bucket's size when last measured here.
+    pub bucket_bytes: Option<u64>,
 }
 
 pub struct Shared {
@@ -75,6 +94,16 @@ pub struct Shared {
     sync_interval: Duration,
     pub stats: Stats,
     journal: journal::Journal,
+    gc: Gc,
+    snapshots: snapshot::Checked,
+}
+
+/// The `[shared]` eviction settings.
+struct Gc {
+    enabled: bool,
+    interval: Duration,
+    max_size: u64,
+    low_watermark: u64,
 }
 
 impl Shared {
@@ -113,6 +142,13 @@ impl Shared {
             probe: (http, policy, endpoint),
             sync_interval: cfg.sync_interval,
             stats: Stats::default(),
+            gc: Gc {
+                enabled: cfg.gc,
+                interval: cfg.gc_interval,
+                max_size: cfg.max_size.0,
+                low_watermark: cfg.low_watermark(),
+            },
+            snapshots: snapshot::Checked::default(),
         }))
     }
 
@@ -127,6 +163,63 @@ impl Shared {
                 s.sync().await;
             }
         });
+        let s = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(s.gc.interval).await;
+                s.housekeep().await;
+            }
+        });
+    }
+
+    /// Every `shared.gc_interval`: publish access times; on the gc replica, evict when over
+    /// budget and snapshot the journal. Failures are logged; the next round retries.
+    async fn housekeep(&self) {
+        if self.health.check().is_err() {
+            return;
+        }
+        if let Err(e) = self.publish_atimes().await {
+            tracing::warn!(error = %e, "publishing access times to the shared tier failed");
+        }
+        if !self.gc.enabled {
+            return;
+        }
+        if self.gc.max_size > 0
+            && let Err(e) =
+                evict::pass(self, self.gc.low_watermark, Some(self.gc.max_size), false).await
+        {
+            tracing::warn!(error = %e, "shared tier eviction failed");
+        }
+        if let Err(e) = self.snapshot().await {
+            tracing::warn!(error = %e, "writing a journal snapshot failed");
+        }
+    }
+
+    /// Writes `atime/<replica>` from the index's access times now.
+    pub async fn publish_atimes(&self) -> Result<usize, String> {
+        evict::publish_atimes(self).await
+    }
+
+    /// One eviction pass down to `target` (default: the low watermark of `shared.max_size`;
+    /// no limit when it is 0). `dry_run` removes nothing.
+    pub async fn evict(&self, dry_run: bool, target: Option<u64>) -> Result<EvictReport, String> {
+        let target = target.unwrap_or(if self.gc.max_size == 0 {
+            u64::MAX
+        } else {
+            self.gc.low_watermark
+        });
+        evict::pass(self, target, None, dry_run).await
+    }
+
+    /// Writes a journal snapshot now, then truncates the journal (`snapshot.rs`).
+    pub async fn snapshot(&self) -> Result<SnapshotReport, String> {
+        snapshot::write(self).await
+    }
+
+    /// Applies the newest snapshot if this replica is behind it; whether it did.
+    pub async fn load_snapshot(&self) -> Result<bool, String> {
+        self.record(snapshot::load(self).await)
+            .map_err(|e| e.to_string())
     }
 
     /// Reads the other replicas' new journal batches once; failures are logged and counted
@@ -134,6 +227,9 @@ impl Shared {
     pub async fn sync(&self) -> usize {
         if self.health.check().is_err() {
             return 0;
+        }
+        if let Err(e) = self.record(snapshot::load_if_due(self).await) {
+            tracing::warn!(error = %e, "reading the shared journal's snapshot failed");
         }
         let r = journal::catch_up(self).await;
         match self.record(r) {
@@ -163,6 +259,8 @@ impl Shared {
             pending: self.storage.index.outbox_len(),
             last_error: h.last_error,
             journal_cursor: self.storage.index.shared_meta("journal").ok().flatten(),
+            gc: self.gc.enabled,
+            bucket_bytes: Some(self.stats.bucket_bytes.load(Ordering::Relaxed)).filter(|b| *b > 0),
         }
     }
 

@@ -645,6 +645,39 @@ impl Index {
         self.atime.remove(digest.as_str().as_bytes())
     }
 
+    /// Every access time, in digest order; undecodable entries are `Err` items.
+    pub fn atimes(
+        &self,
+    ) -> impl Iterator<Item = Result<(Digest, AtimeRecord), StorageError>> + use<> {
+        self.atime_entries()
+            .map(|entry| entry.and_then(|entry| entry.decoded))
+    }
+
+    /// Every record of the `SHARED_TREES`, raw: (tree, key, value as stored), tree by tree, for
+    /// the shared tier's snapshots (`apply_shared` takes them back).
+    pub fn shared_records(
+        &self,
+    ) -> impl Iterator<Item = Result<(&'static str, Vec<u8>, Vec<u8>), StorageError>> + use<> {
+        let spaces = [
+            &self.tags,
+            &self.taglists,
+            &self.gofiles,
+            &self.golists,
+            &self.sumdb,
+            &self.gotrust,
+            &self.pins,
+            &self.refs,
+            &self.links,
+        ]
+        .map(|s| (s.name, s.tree.clone()));
+        spaces.into_iter().flat_map(|(name, tree)| {
+            tree.iter().map(move |item| {
+                let (k, v) = item?;
+                Ok((name, k.to_vec(), v.to_vec()))
+            })
+        })
+    }
+
     /// Writes everything to disk (sled otherwise flushes on a timer). Blocking.
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;
@@ -1070,6 +1103,19 @@ mod tests {
             "applied records are not queued again"
         );
         assert!(index.apply_shared("blobs", key, &newer).is_err());
+        let raw: Vec<_> = index.shared_records().map(Result::unwrap).collect();
+        let trees: Vec<&str> = raw.iter().map(|(t, _, _)| *t).collect();
+        assert_eq!(
+            trees,
+            ["tags", "links"],
+            "every shared record, tree by tree"
+        );
+        assert!(raw.iter().all(|(t, _, _)| SHARED_TREES.contains(t)));
+        let (_, k, v) = &raw[0];
+        assert!(
+            !index.apply_shared("tags", k, v).unwrap(),
+            "a snapshot applies as is"
+        );
         assert!(index.apply_shared("tags", key, b"\x01not json").is_err());
         assert!(
             index.apply_shared("tags", key, b"\x01{\"x\":1}").is_err(),
