@@ -129,6 +129,17 @@ impl Fleet {
     }
 }
 
+impl Fleet {
+    /// A fleet whose replica `a` (with `registry_keys`) pulled the image and uploaded all of it.
+    async fn filled(test: &str, registry_keys: &str) -> Option<(Fleet, Wharf)> {
+        let fleet = Fleet::start(test).await?;
+        let a = fleet.replica("a", registry_keys).await;
+        fleet.pull(&a, &format!(":{TAG}"), "via-a").await;
+        settled(&a).await;
+        Some((fleet, a))
+    }
+}
+
 fn tier(w: &Wharf) -> &wharf::shared::Shared {
     w.state
         .shared
@@ -150,8 +161,22 @@ async fn settled(w: &Wharf) {
 }
 
 async fn health(w: &Wharf) -> serde_json::Value {
-    let a = w.get("/healthz", None).await;
-    serde_json::from_slice(&a.body).unwrap_or_else(|e| panic!("healthz: {e}: {}", a.describe()))
+    health_at(&w.url("")).await
+}
+
+/// `/healthz` of the replica at `base`, parsed.
+async fn health_at(base: &str) -> serde_json::Value {
+    let text = read_text(client().get(format!("{base}/healthz")).sent().await).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("healthz: {e}: {text}"))
+}
+
+/// `GET` of the image's manifest by tag on `w`: 200 with the image's digest.
+async fn manifest_by_tag(w: &Wharf, digest: &str) -> Answer {
+    let m = w
+        .manifest(&format!("/v2/{UPSTREAM}/{REPO}/manifests/{TAG}"))
+        .await;
+    assert_eq!(m.header("docker-content-digest"), Some(digest));
+    m
 }
 
 fn blob_path(digest: &str) -> String {
@@ -160,14 +185,12 @@ fn blob_path(digest: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_serve_an_image_one_of_them_filled_with_no_upstream_request() {
-    let Some(fleet) = Fleet::start("replicas_serve_an_image_one_of_them_filled").await else {
+    let Some((fleet, _a)) = Fleet::filled("replicas_serve_an_image_one_of_them_filled", "").await
+    else {
         return;
     };
-    let a = fleet.replica("a", "").await;
-    fleet.pull(&a, &format!(":{TAG}"), "via-a").await;
-    settled(&a).await;
     for blob in fleet.image.blobs().chain([&fleet.image.manifest]) {
-        let key = format!("blobs/sha256/{}", &blob.digest["sha256:".len()..]);
+        let key = object_key(&blob.digest);
         let stored = fleet.garage.get(&key).await;
         assert_eq!(
             stored.map(|b| b.len() as u64),
@@ -206,40 +229,26 @@ async fn replicas_serve_an_image_one_of_them_filled_with_no_upstream_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_replica_serves_stale_tags_from_the_bucket_when_the_upstream_is_down() {
-    let Some(mut fleet) = Fleet::start("a_new_replica_serves_stale_tags").await else {
+    let Some((mut fleet, _a)) =
+        Fleet::filled("a_new_replica_serves_stale_tags", "tag_ttl = \"1s\"").await
+    else {
         return;
     };
-    let a = fleet.replica("a", "tag_ttl = \"1s\"").await;
-    fleet.pull(&a, &format!(":{TAG}"), "via-a").await;
-    settled(&a).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     drop(fleet.origin.take());
     let d = fleet.replica("d", "tag_ttl = \"1s\"").await;
-    let m = d
-        .get(
-            &format!("/v2/{UPSTREAM}/{REPO}/manifests/{TAG}"),
-            Some(MANIFEST_ACCEPT),
-        )
-        .await;
-    assert_eq!(m.status, 200, "{}", m.describe());
+    let m = manifest_by_tag(&d, &fleet.image.manifest.digest).await;
     assert_eq!(m.cache(), "STALE", "past tag_ttl with the origin gone");
-    assert_eq!(
-        m.header("docker-content-digest"),
-        Some(fleet.image.manifest.digest.as_str())
-    );
     fleet.pull(&d, &format!(":{TAG}"), "via-d").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_object_in_the_bucket_is_never_served_whole_and_is_replaced() {
-    let Some(fleet) = Fleet::start("a_corrupt_object_in_the_bucket").await else {
+    let Some((fleet, _a)) = Fleet::filled("a_corrupt_object_in_the_bucket", "").await else {
         return;
     };
-    let a = fleet.replica("a", "").await;
-    fleet.pull(&a, &format!(":{TAG}"), "via-a").await;
-    settled(&a).await;
     let layer = &fleet.image.layers[2];
-    let key = format!("blobs/sha256/{}", &layer.digest["sha256:".len()..]);
+    let key = object_key(&layer.digest);
     let good = fleet.garage.get(&key).await.expect("A uploaded the layer");
     let mut bad = good.clone();
     bad[good.len() / 2] ^= 0xff;
@@ -597,12 +606,9 @@ async fn metric(base: &str, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_replica_reads_the_bucket_and_never_an_upstream() {
-    let Some(fleet) = Fleet::start("an_offline_replica_reads_the_bucket").await else {
+    let Some((fleet, _a)) = Fleet::filled("an_offline_replica_reads_the_bucket", "").await else {
         return;
     };
-    let a = fleet.replica("a", "").await;
-    fleet.pull(&a, &format!(":{TAG}"), "via-a").await;
-    settled(&a).await;
     let before = fleet.origin_requests();
     let url = fleet.origin_url.clone();
     let shared = fleet.garage.shared_table("o");
@@ -653,16 +659,7 @@ async fn an_import_into_one_replica_is_served_by_another_offline() {
     assert!(out.status.success(), "{}\n{}", describe(&out), a.logs());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let h: serde_json::Value = serde_json::from_str(
-            &client()
-                .get(a.url("/healthz"))
-                .sent()
-                .await
-                .text()
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let h = health_at(&a.url("")).await;
         if h["shared"]["pending"] == 0 {
             break;
         }
@@ -768,7 +765,7 @@ async fn a_size_bound_of_one_repository_never_deletes_the_fleets_object() {
     let got = a.get(&format!("/v2/good/app/blobs/{digest}"), None).await;
     assert_eq!(got.status, 200, "{}", got.describe());
     settled(&a).await;
-    let key = format!("blobs/sha256/{}", &digest["sha256:".len()..]);
+    let key = object_key(&digest);
     assert!(garage.get(&key).await.is_some(), "A uploaded the layer");
 
     let c = Wharf::in_temp_dir(replica("c")).await;
@@ -938,16 +935,7 @@ async fn a_replica_listed_under_two_names_owns_both_shares() {
             server.logs()
         );
     }
-    let h: serde_json::Value = serde_json::from_str(
-        &client()
-            .get(server.url("/healthz"))
-            .sent()
-            .await
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let h = health_at(&server.url("")).await;
     let peers = h["peers"].as_array().expect("peers in /healthz");
     assert!(
         peers.iter().all(|p| p["self"] == true),
@@ -1139,17 +1127,7 @@ async fn a_replica_started_after_a_snapshot_and_journal_truncation_serves_tags_f
 
     let before = fleet.origin_requests();
     let c = fleet.replica("c", "").await;
-    let m = c
-        .get(
-            &format!("/v2/{UPSTREAM}/{REPO}/manifests/{TAG}"),
-            Some(MANIFEST_ACCEPT),
-        )
-        .await;
-    assert_eq!(m.status, 200, "{}", m.describe());
-    assert_eq!(
-        m.header("docker-content-digest"),
-        Some(fleet.image.manifest.digest.as_str())
-    );
+    manifest_by_tag(&c, &fleet.image.manifest.digest).await;
     assert_eq!(
         tier(&c)
             .stats

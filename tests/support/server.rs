@@ -49,18 +49,34 @@ impl Server {
             addr,
             log: log.to_path_buf(),
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let what = format!("wharf serve to listen on {addr}");
+        server
+            .poll(&what, Duration::from_secs(10), |s| {
+                if let Some(status) = s.child.try_wait().unwrap() {
+                    panic!("wharf serve exited early ({status}):\n{}", s.logs());
+                }
+                std::net::TcpStream::connect(addr).is_ok().then_some(())
+            })
+            .await;
+        server
+    }
+
+    /// Polls `ready` every 25 ms until it gives a value, failing after `limit` with the log.
+    async fn poll<T>(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        mut ready: impl FnMut(&mut Server) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("wharf serve exited early ({status}):\n{}", server.logs());
-            }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return server;
+            if let Some(v) = ready(self) {
+                return v;
             }
             assert!(
                 Instant::now() < deadline,
-                "wharf serve did not listen on {addr} within 10 s:\n{}",
-                server.logs()
+                "waited {limit:?} for {what}:\n{}",
+                self.logs()
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -86,18 +102,10 @@ impl Server {
 
     /// Waits (at most `limit`) for the process to exit.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "wharf serve did not exit within {limit:?}:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.poll("wharf serve to exit", limit, |s| {
+            s.child.try_wait().unwrap()
+        })
+        .await
     }
 
     /// SIGTERM, then asserts a clean exit within 10 s.

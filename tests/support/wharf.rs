@@ -129,6 +129,13 @@ impl Wharf {
         Answer::read(request).await
     }
 
+    /// `GET <path>` of a manifest (every manifest type accepted), asserted to be 200.
+    pub async fn manifest(&self, path: &str) -> Answer {
+        let m = self.get(path, Some(MANIFEST_ACCEPT)).await;
+        assert_eq!(m.status, 200, "{}", m.describe());
+        m
+    }
+
     /// Signals shutdown and waits (at most ten seconds) for the server to end.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
