@@ -163,7 +163,6 @@ pub fn render(app: &AppState) -> String {
 /// Objects and bytes served per tier: memory, local disk, and fills from the shared tier, an
 /// owner replica or upstream.
 fn render_tiers(o: &mut String, app: &AppState) {
-    use std::sync::atomic::Ordering::Relaxed;
     let t = app.engine.tiers();
     let rows = [
         ("memory", &app.registry.hot.memory),
@@ -187,8 +186,8 @@ fn render_tiers(o: &mut String, app: &AppState) {
         let _ = writeln!(o, "# HELP {name} {help}");
         let _ = writeln!(o, "# TYPE {name} counter");
         for (tier, c) in rows {
-            let v = if bytes { &c.bytes } else { &c.objects };
-            let _ = writeln!(o, "{name}{{tier=\"{tier}\"}} {}", v.load(Relaxed));
+            let v = if bytes { c.bytes() } else { c.objects() };
+            let _ = writeln!(o, "{name}{{tier=\"{tier}\"}} {v}");
         }
     }
 }

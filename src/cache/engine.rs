@@ -95,18 +95,46 @@ pub trait Fetch: Send + 'static {
     fn committed(&self, _size: u64, _shared: bool) {}
 }
 
-/// Objects and bytes served from one tier.
+/// Objects and bytes served from one tier. Counted on the hit path by every worker thread, so
+/// each thread adds to its own cache line (no line bouncing between cores); reads sum them.
 #[derive(Debug, Default)]
 pub struct Count {
-    pub objects: std::sync::atomic::AtomicU64,
-    pub bytes: std::sync::atomic::AtomicU64,
+    shards: [Shard; SHARDS],
+}
+
+const SHARDS: usize = 16;
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard {
+    objects: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+/// This thread's shard, assigned round-robin on first use.
+fn shard() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static MINE: usize = NEXT.fetch_add(1, Relaxed) % SHARDS);
+    MINE.with(|m| *m)
 }
 
 impl Count {
     pub fn add(&self, bytes: u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.objects.fetch_add(1, Relaxed);
-        self.bytes.fetch_add(bytes, Relaxed);
+        let s = &self.shards[shard()];
+        s.objects.fetch_add(1, Relaxed);
+        s.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    pub fn objects(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shards.iter().map(|s| s.objects.load(Relaxed)).sum()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shards.iter().map(|s| s.bytes.load(Relaxed)).sum()
     }
 }
 

@@ -279,7 +279,11 @@ async fn manifest_by_digest(
     head: bool,
 ) -> Result<Response> {
     if let Some(m) = load_manifest(app, digest).await? {
-        ensure_linked(app, t, digest, "manifests").await?;
+        let (up, repo) = (t.up.name.as_str(), t.name.as_str());
+        if !m.held_by(up, repo) {
+            ensure_linked(app, t, digest, "manifests").await?;
+            m.mark_held_by(up, repo);
+        }
         app.engine.touch(digest);
         return Ok(manifest_response(&m, Outcome::Hit, head));
     }

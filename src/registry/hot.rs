@@ -17,7 +17,6 @@ use wharf_storage::Digest;
 const OVERHEAD: usize = 256;
 
 /// A stored manifest, ready to serve (header values made once).
-#[derive(Clone)]
 pub struct HotManifest {
     pub digest: Digest,
     pub body: Bytes,
@@ -25,7 +24,13 @@ pub struct HotManifest {
     /// `Docker-Content-Digest` and `ETag`.
     pub digest_header: HeaderValue,
     pub etag: HeaderValue,
+    /// (upstream, repository) pairs known to hold it: copies of index links, so a warm hit by
+    /// digest builds no key and takes no shared lock.
+    held: std::sync::RwLock<Vec<(Box<str>, Box<str>)>>,
 }
+
+/// Most pairs remembered on one manifest; past it the shared set answers.
+const MAX_HELD_PER_MANIFEST: usize = 16;
 
 impl HotManifest {
     pub fn new(digest: Digest, body: Bytes, media_type: HeaderValue) -> HotManifest {
@@ -40,6 +45,23 @@ impl HotManifest {
             media_type,
             digest_header,
             etag,
+            held: Default::default(),
+        }
+    }
+
+    /// Whether `upstream/repo` is known here to hold this manifest (a copy of its index link).
+    pub fn held_by(&self, upstream: &str, repo: &str) -> bool {
+        let held = self.held.read().unwrap_or_else(|p| p.into_inner());
+        held.iter().any(|(u, r)| &**u == upstream && &**r == repo)
+    }
+
+    /// Remembers that the index links this manifest to `upstream/repo` as held.
+    pub fn mark_held_by(&self, upstream: &str, repo: &str) {
+        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+        if held.len() < MAX_HELD_PER_MANIFEST
+            && !held.iter().any(|(u, r)| &**u == upstream && &**r == repo)
+        {
+            held.push((upstream.into(), repo.into()));
         }
     }
 }
