@@ -281,6 +281,48 @@ async fn kill_9_during_a_fill_leaves_nothing_half_written_visible() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_log_written_to_a_file_has_no_colour_codes() {
+    let up = FakeRegistry::start().await;
+    let digest = up.put_blob(&bytes_of(10_000, 17));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &up.url(), &dir.path().join("data"));
+    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    let resp = get(server.url(&format!("/v2/team/app/blobs/{digest}"))).await;
+    assert_eq!(resp.status(), 200, "{}", server.logs());
+    read_body(resp).await;
+    let logs = server.logs();
+    server.stop().await;
+    assert!(logs.contains("listening"), "{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "colour codes in a log file:\n{logs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fsck_beside_a_running_server_says_so_in_one_line() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = write_config(dir.path(), &up.url(), &data);
+    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    let out = fsck(&config, false);
+    server.stop().await;
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("is in use by another wharf process")
+            && err.contains(&*data.to_string_lossy()),
+        "{err}"
+    );
+    assert!(
+        !err.contains("sled") && !err.contains("acquire lock"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn fsck_reports_and_repairs_a_corrupted_store() {
     let up = FakeRegistry::start().await;
     let layer = bytes_of(300_000, 3);

@@ -246,6 +246,16 @@ fn init_cli_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour())
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Colour codes in logs only on a terminal, never under the journal (`JOURNAL_STREAM`) or in a
+/// file, and not when `NO_COLOR` is set.
+fn colour() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal()
+        && std::env::var_os("JOURNAL_STREAM").is_none()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -100,7 +100,7 @@ impl std::fmt::Display for EvictReport {
             human(self.bytes_before),
             self.objects_before,
             self.pinned_objects,
-            human(self.target)
+            wharf_storage::gc::budget(self.target)
         )?;
         for (d, size) in &self.removed {
             writeln!(f, "{verb} {d} ({})", human(*size))?;

@@ -16,9 +16,15 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
-    /// sled failed (I/O under the index, or the index is locked by another process).
+    /// sled failed (I/O under the index).
     #[error("index database error: {0}")]
     Index(#[from] sled::Error),
+    /// Another process (a running server) holds the index's lock.
+    #[error(
+        "the data directory {dir} is in use by another wharf process (a running server holds its \
+         lock); stop it first, or use the commands that go through it (`wharf stats`, `wharf gc`)"
+    )]
+    InUse { dir: String },
     /// A stored index record (or its key) could not be decoded.
     #[error("corrupt index record {key}: {reason}")]
     CorruptRecord { key: String, reason: String },

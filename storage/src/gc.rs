@@ -46,7 +46,7 @@ impl std::fmt::Display for GcReport {
             "store: {} in {} objects; target {}; pinned {} in {} objects",
             human(self.total_before),
             self.objects_before,
-            human(self.target),
+            budget(self.target),
             human(self.pinned_bytes),
             self.pinned_objects
         )?;
@@ -61,6 +61,15 @@ impl std::fmt::Display for GcReport {
             if self.dry_run { "would be" } else { "is now" },
             human(self.total_after())
         )
+    }
+}
+
+/// A target size, or "no limit" for none (`u64::MAX`).
+pub fn budget(target: u64) -> String {
+    if target == u64::MAX {
+        "no limit".into()
+    } else {
+        human(target)
     }
 }
 
@@ -241,4 +250,21 @@ fn remove(storage: &Storage, d: &Digest) -> Result<(), StorageError> {
     storage.index.remove_refs(d)?;
     storage.index.remove_atime(d)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_budget_reads_as_no_limit() {
+        assert_eq!(budget(u64::MAX), "no limit");
+        assert_eq!(budget(16 << 20), "16.0 MiB");
+        let r = GcReport {
+            dry_run: true,
+            target: u64::MAX,
+            ..GcReport::default()
+        };
+        assert!(r.to_string().contains("target no limit"), "{r}");
+    }
 }

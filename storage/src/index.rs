@@ -199,7 +199,23 @@ impl Index {
     /// Opens (or creates) the database at `path`. sled locks it: a second open of the same
     /// directory, from this process or another, fails while the first is alive.
     pub fn open(path: impl AsRef<Path>) -> Result<Index, StorageError> {
-        let db = sled::Config::new().path(path.as_ref()).open()?;
+        let db = sled::Config::new()
+            .path(path.as_ref())
+            .open()
+            .map_err(|e| match e {
+                // sled reports its file lock as an I/O error with this text.
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StorageError::InUse {
+                        dir: path
+                            .as_ref()
+                            .parent()
+                            .unwrap_or(path.as_ref())
+                            .display()
+                            .to_string(),
+                    }
+                }
+                e => StorageError::Index(e),
+            })?;
         let meta = Space::open(&db, "meta")?;
         match meta.tree.get(FORMAT_KEY)? {
             None => {
