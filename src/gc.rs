@@ -15,7 +15,7 @@ const MAX_ANSWER: usize = 256 << 20;
 /// One admin request through the commands' client (the running server, else the data directory
 /// in-process); `None` once it has said on stderr why not.
 async fn ask(config: &Config, method: http::Method, path: &str) -> Option<Vec<u8>> {
-    let client = match Client::connect(config, None).await {
+    let client = match Client::connect(config, crate::tools::client::Via::Auto).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wharf: {e}");

@@ -62,15 +62,9 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             lists,
             items,
         } => {
+            let via = via(&config, &server)?;
             let config = cli::load_for_tool(&config)?;
-            wharf::tools::prefetch::command(
-                &config,
-                server.server.as_deref(),
-                &items,
-                &lists,
-                platform,
-            )
-            .await
+            wharf::tools::prefetch::command(&config, via, &items, &lists, platform).await
         }
         Command::Export {
             config,
@@ -81,6 +75,7 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             lists,
             items,
         } => {
+            let via = via(&config, &server)?;
             let config = cli::load_for_tool(&config)?;
             let args = wharf::tools::export::ExportArgs {
                 items,
@@ -89,7 +84,7 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
                 pinned,
                 output,
             };
-            wharf::tools::export::command(&config, server.server.as_deref(), args).await
+            wharf::tools::export::command(&config, via, args).await
         }
         Command::Import {
             config,
@@ -97,10 +92,20 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             name,
             inputs,
         } => {
+            let via = via(&config, &server)?;
             let config = cli::load_for_tool(&config)?;
             let args = wharf::tools::import::ImportArgs { inputs, name };
-            wharf::tools::import::command(&config, server.server.as_deref(), args).await
+            wharf::tools::import::command(&config, via, args).await
         }
         Command::Fsck { config, repair } => cli::fsck(&config.load()?, repair),
     }
+}
+
+/// Where an air-gap command works, from `--server` and an explicit `--data-dir`.
+fn via<'a>(
+    config: &cli::ConfigArgs,
+    server: &'a cli::ServerArg,
+) -> Result<wharf::tools::client::Via<'a>, wharf::Error> {
+    wharf::tools::client::Via::of(server.server.as_deref(), config.data_dir.is_some())
+        .map_err(|m| wharf::Error::Config(wharf::config::ConfigError::Invalid(m)))
 }

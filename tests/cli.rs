@@ -4,6 +4,7 @@
 //! Each test drives the real executable against a fake upstream in this process.
 
 mod support;
+use support::oci;
 use support::tlsgen;
 use support::*;
 
@@ -320,6 +321,71 @@ async fn fsck_beside_a_running_server_says_so_in_one_line() {
         "{err}"
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_explicit_data_dir_is_where_import_goes_even_with_a_server_running() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &up.url(), &dir.path().join("data"));
+    // The server listens at the config's address, keeping its own directory.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("listen = \"{addr}\"\n{text}")).unwrap();
+    let server = Server::start_on(&config, &dir.path().join("serve.log"), addr).await;
+
+    let mut layout = oci::Layout::create(&dir.path().join("layout"));
+    let image = layout.add_image(&oci::ImageSpec::linux(
+        "amd64",
+        3,
+        &[oci::LayerSpec {
+            size: 5_000,
+            compression: oci::Compression::Gzip,
+        }],
+    ));
+    layout.tag(&image.manifest, "v3");
+    let other = dir.path().join("other");
+    let cfg = config.to_str().unwrap();
+    let args = ["--config", cfg, "--data-dir", other.to_str().unwrap()];
+    let root = layout.root().to_str().unwrap().to_string();
+    let mut import = vec!["import"];
+    import.extend(args);
+    import.extend(["--name", "fake.test/gen/app", &root]);
+    let out = run_wharf(&import).await;
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        describe(&out),
+        server.logs()
+    );
+
+    let served = get(server.url("/v2/gen/app/manifests/v3")).await;
+    assert_ne!(
+        served.status(),
+        200,
+        "the import went to the running server's directory"
+    );
+    server.stop().await;
+    let storage = wharf_storage::Storage::open(&other).unwrap();
+    let tag = storage.index.get_tag("fake.test", "gen/app", "v3").unwrap();
+    assert_eq!(
+        tag.map(|t| t.digest.to_string()),
+        Some(image.manifest.digest.clone())
+    );
+
+    let both = run_wharf(&[
+        "import",
+        "--config",
+        cfg,
+        "--data-dir",
+        "x",
+        "--server",
+        "http://127.0.0.1:9",
+        &root,
+    ])
+    .await;
+    assert!(!both.status.success(), "{}", describe(&both));
+    expect_stderr(&both, "contradict");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -123,11 +123,43 @@ impl Reply {
     }
 }
 
+/// Where a command works: what the flags asked for.
+#[derive(Debug, Clone, Copy)]
+pub enum Via<'a> {
+    /// The running wharf at the config's `listen` if one answers there, else the data directory.
+    Auto,
+    /// `--server URL`.
+    Server(&'a str),
+    /// `--data-dir DIR` given explicitly: that directory, opened in this process, never a server
+    /// found at the config's address (which may keep another directory).
+    DataDir,
+}
+
+impl<'a> Via<'a> {
+    pub fn of(server: Option<&'a str>, explicit_data_dir: bool) -> Result<Via<'a>, String> {
+        match (server, explicit_data_dir) {
+            (Some(_), true) => Err(
+                "--server and --data-dir contradict each other: a server keeps its own data \
+                 directory; give one of them"
+                    .into(),
+            ),
+            (Some(url), false) => Ok(Via::Server(url)),
+            (None, true) => Ok(Via::DataDir),
+            (None, false) => Ok(Via::Auto),
+        }
+    }
+}
+
 impl Client {
     /// The running wharf at `server`, or at the config's `listen` address if it answers there;
-    /// otherwise the data directory opened in this process.
-    pub async fn connect(config: &Config, server: Option<&str>) -> Result<Client, String> {
+    /// otherwise (and always with `Via::DataDir`) the data directory opened in this process.
+    pub async fn connect(config: &Config, via: Via<'_>) -> Result<Client, String> {
         let auth = credentials()?;
+        let server = match via {
+            Via::Server(url) => Some(url),
+            Via::DataDir => return Client::local(config, None),
+            Via::Auto => None,
+        };
         if let Some(url) = server {
             let base = url.trim_end_matches('/').to_string();
             let http = http_client(None)?;
@@ -163,17 +195,27 @@ impl Client {
                 admin,
             });
         }
+        let why = probed.err().map(|why| (base, why));
+        Client::local(config, why)
+    }
+
+    /// The data directory opened in this process; `unanswered`: the address that was tried
+    /// first and why it did not answer, for the message when the directory cannot be opened.
+    fn local(config: &Config, unanswered: Option<(String, String)>) -> Result<Client, String> {
         let mut local = config.clone();
         local.access = Default::default();
         let state = match AppState::new(local) {
             Ok(s) => s,
             Err(e) => {
-                let why = probed.err().unwrap_or_default();
-                return Err(format!(
-                    "no wharf answers at {base} ({why}), and the data directory {} cannot be \
-                     opened: {e}\n(if a wharf is running with another address, pass --server URL)",
-                    config.data_dir.display()
-                ));
+                let dir = config.data_dir.display();
+                return Err(match unanswered {
+                    Some((base, why)) => format!(
+                        "no wharf answers at {base} ({why}), and the data directory {dir} cannot \
+                         be opened: {e}\n(if a wharf is running with another address, pass \
+                         --server URL)"
+                    ),
+                    None => format!("the data directory {dir} cannot be opened: {e}"),
+                });
             }
         };
         let router = crate::web::router(state.clone());

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use wharf_storage::{Digest, Hasher};
 
-use super::client::Client;
+use super::client::{Client, Via};
 use super::progress::{self, Progress};
 use crate::bundle::{
     BundleManifest, ExportRequest, Item, MANIFEST_FILE, ModuleRef, REF_NAME, collect_items,
@@ -32,11 +32,7 @@ pub struct ExportArgs {
     pub output: PathBuf,
 }
 
-pub async fn command(
-    config: &Config,
-    server: Option<&str>,
-    args: ExportArgs,
-) -> Result<ExitCode, Error> {
+pub async fn command(config: &Config, via: Via<'_>, args: ExportArgs) -> Result<ExitCode, Error> {
     let items = match collect_items(&args.items, &args.lists) {
         Ok(i) => i,
         Err(e) => {
@@ -61,7 +57,7 @@ pub async fn command(
             Item::Module { path, version, .. } => req.modules.push(ModuleRef { path, version }),
         }
     }
-    let client = match Client::connect(config, server).await {
+    let client = match Client::connect(config, via).await {
         Ok(c) => Arc::new(c),
         Err(e) => {
             eprintln!("wharf: {e}");

@@ -13,7 +13,7 @@ use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use wharf_storage::Digest;
 
-use super::client::{Body, Client};
+use super::client::{Body, Client, Via};
 use super::progress::{self, Progress};
 use super::source::{self, Data, Naming, Parsed, Tree, Upload};
 use crate::bundle::{ImportReply, ImportRequest};
@@ -41,18 +41,14 @@ struct Counts {
     present: AtomicU64,
 }
 
-pub async fn command(
-    config: &Config,
-    server: Option<&str>,
-    args: ImportArgs,
-) -> Result<ExitCode, Error> {
+pub async fn command(config: &Config, via: Via<'_>, args: ImportArgs) -> Result<ExitCode, Error> {
     if args.inputs.is_empty() {
         eprintln!(
             "wharf: name a bundle, OCI layout, go module cache or docker save tarball to import"
         );
         return Ok(ExitCode::from(2));
     }
-    let client = match Client::connect(config, server).await {
+    let client = match Client::connect(config, via).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wharf: {e}");

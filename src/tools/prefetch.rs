@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::goproxy::path::{escape, is_canonical};
 use crate::registry::manifest;
-use crate::tools::client::{Client, Reply};
+use crate::tools::client::{Client, Reply, Via};
 use crate::tools::progress::{self, Progress};
 
 /// Blobs fetched at once for one image.
@@ -46,7 +46,7 @@ struct Stats {
 /// Runs `wharf prefetch`.
 pub async fn command(
     config: &Config,
-    server: Option<&str>,
+    via: Via<'_>,
     args: &[String],
     lists: &[PathBuf],
     platform: Option<Platform>,
@@ -64,7 +64,7 @@ pub async fn command(
             return Ok(ExitCode::from(2));
         }
     };
-    let client = match Client::connect(config, server).await {
+    let client = match Client::connect(config, via).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wharf: {e}");
