@@ -52,12 +52,8 @@ pub fn compute_stats(storage: &Storage, max_size: u64) -> Result<Stats, Error> {
             sizes.insert(d, size);
         }
     }
-    for (d, _) in storage.index.pins().filter_map(Result::ok) {
-        if let Some(size) = sizes.get(&d) {
-            s.pinned_objects += 1;
-            s.pinned_bytes += size;
-        }
-    }
+    // The same computation eviction uses: pins and what they reach.
+    (s.pinned_objects, s.pinned_bytes) = wharf_storage::gc::pinned_usage(storage, &sizes);
     let mut repos: HashMap<String, usize> = HashMap::new();
     for ((up, repo, _), _) in storage.index.tags().filter_map(Result::ok) {
         s.tags += 1;

@@ -88,6 +88,62 @@ pub fn human(n: u64) -> String {
     }
 }
 
+/// Parent links among blobs on disk (`sizes`): each manifest's children, each child's parents.
+type Graph = (
+    HashMap<Digest, Vec<Digest>>,
+    HashMap<Digest, HashSet<Digest>>,
+);
+
+fn graph(storage: &Storage, sizes: &HashMap<Digest, u64>) -> Graph {
+    let mut children: HashMap<Digest, Vec<Digest>> = HashMap::new();
+    let mut parents: HashMap<Digest, HashSet<Digest>> = HashMap::new();
+    for item in storage.index.all_refs() {
+        let Ok((m, refs)) = item else { continue };
+        if !sizes.contains_key(&m) {
+            continue;
+        }
+        for c in refs.children {
+            if sizes.contains_key(&c) && c != m {
+                parents.entry(c.clone()).or_default().insert(m.clone());
+                children.entry(m.clone()).or_default().push(c);
+            }
+        }
+    }
+    (children, parents)
+}
+
+/// Pins protect their blob and everything reachable below it (a pinned manifest's layers).
+fn protected(
+    storage: &Storage,
+    sizes: &HashMap<Digest, u64>,
+    children: &HashMap<Digest, Vec<Digest>>,
+) -> HashSet<Digest> {
+    let mut protected: HashSet<Digest> = HashSet::new();
+    let mut stack: Vec<Digest> = storage
+        .index
+        .pins()
+        .filter_map(Result::ok)
+        .map(|(d, _)| d)
+        .filter(|d| sizes.contains_key(d))
+        .collect();
+    while let Some(d) = stack.pop() {
+        if protected.insert(d.clone())
+            && let Some(cs) = children.get(&d)
+        {
+            stack.extend(cs.iter().cloned());
+        }
+    }
+    protected
+}
+
+/// Objects and bytes eviction keeps for pins, among blobs on disk (`sizes`): what `collect`
+/// reports, for `wharf stats` too.
+pub fn pinned_usage(storage: &Storage, sizes: &HashMap<Digest, u64>) -> (usize, u64) {
+    let (children, _) = graph(storage, sizes);
+    let p = protected(storage, sizes, &children);
+    (p.len(), p.iter().filter_map(|d| sizes.get(d)).sum())
+}
+
 /// Evicts until the store is at most `target` bytes. `recent` holds access times not yet
 /// written to the index (unix seconds). Nothing pinned, or below something pinned, is removed.
 pub fn collect(
@@ -115,38 +171,8 @@ pub fn collect(
         ..GcReport::default()
     };
 
-    // Parent links among blobs that are on disk.
-    let mut children: HashMap<Digest, Vec<Digest>> = HashMap::new();
-    let mut parents: HashMap<Digest, HashSet<Digest>> = HashMap::new();
-    for item in storage.index.all_refs() {
-        let Ok((m, refs)) = item else { continue };
-        if !sizes.contains_key(&m) {
-            continue;
-        }
-        for c in refs.children {
-            if sizes.contains_key(&c) && c != m {
-                parents.entry(c.clone()).or_default().insert(m.clone());
-                children.entry(m.clone()).or_default().push(c);
-            }
-        }
-    }
-
-    // Pins protect their blob and everything reachable below it.
-    let mut protected: HashSet<Digest> = HashSet::new();
-    let mut stack: Vec<Digest> = storage
-        .index
-        .pins()
-        .filter_map(Result::ok)
-        .map(|(d, _)| d)
-        .filter(|d| sizes.contains_key(d))
-        .collect();
-    while let Some(d) = stack.pop() {
-        if protected.insert(d.clone())
-            && let Some(cs) = children.get(&d)
-        {
-            stack.extend(cs.iter().cloned());
-        }
-    }
+    let (children, parents) = graph(storage, &sizes);
+    let protected = protected(storage, &sizes, &children);
     report.pinned_objects = protected.len();
     report.pinned_bytes = protected.iter().filter_map(|d| sizes.get(d)).sum();
     if total <= target {
@@ -255,6 +281,32 @@ fn remove(storage: &Storage, d: &Digest) -> Result<(), StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pinned_manifest_keeps_what_it_lists_in_the_pinned_usage_stats_and_gc_share() {
+        use crate::{PinRecord, RefsRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let put = |b: &[u8]| {
+            let d = Digest::of(b);
+            storage.blobs.put_bytes(&d, b).unwrap();
+            d
+        };
+        let (layer, manifest, loose) = (put(&[1u8; 3000]), put(b"manifest"), put(b"loose"));
+        let refs = RefsRecord {
+            children: vec![layer.clone()],
+        };
+        storage.index.put_refs(&manifest, &refs).unwrap();
+        let pin = PinRecord {
+            reason: "test".into(),
+            pinned_unix: 1,
+        };
+        storage.index.put_pin(&manifest, &pin).unwrap();
+        let sizes: HashMap<Digest, u64> = [(layer, 3000), (manifest, 8), (loose, 5)].into();
+        assert_eq!(pinned_usage(&storage, &sizes), (2, 3008));
+        let report = collect(&storage, u64::MAX, &HashMap::new(), true).unwrap();
+        assert_eq!((report.pinned_objects, report.pinned_bytes), (2, 3008));
+    }
 
     #[test]
     fn no_budget_reads_as_no_limit() {

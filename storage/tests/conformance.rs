@@ -253,7 +253,7 @@ fn second_open_of_a_data_dir_in_use_fails_and_leaves_its_fills_alone() {
     writer.write_all(b"in flight").unwrap();
 
     let err = Storage::open(dir.path()).unwrap_err();
-    assert!(matches!(err, StorageError::Index(_)), "{err:?}");
+    assert!(matches!(err, StorageError::InUse { .. }), "{err:?}");
     assert!(writer.temp_path().exists());
     writer.commit(&Digest::of(b"in flight"), Some(9)).unwrap();
 }
