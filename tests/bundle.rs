@@ -504,3 +504,50 @@ async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
     assert_eq!((s, body), (200, layer));
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_resolves_latest_and_minor_queries_from_the_version_list_alone() {
+    let reg = FakeRegistry::start().await;
+    let go = GoFake::start().await;
+    for v in ["v1.1.0", "v1.2.0", "v1.3.0-rc.1"] {
+        let zip = module_zip(
+            "example.com/Mod",
+            v,
+            &[("go.mod", GO_MOD), ("a.go", "package mod\n")],
+        );
+        go.put_module("example.com/!mod", v, GO_MOD, zip);
+    }
+    // No @latest and no query answers: a plain file tree.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let text = config_text(&data, &reg.url(), &go.url(), false);
+    let config = dir.path().join("a.toml");
+    std::fs::write(&config, &text).unwrap();
+    let a = support::Wharf::start_with_config(&text, &data).await;
+    let server = a.url("");
+    let cfg = config.to_str().unwrap();
+    let out = ok(run_wharf(&[
+        "prefetch",
+        "--config",
+        cfg,
+        "--server",
+        &server,
+        "example.com/Mod@latest",
+        "example.com/Mod@v1.1",
+    ])
+    .await);
+    let summary = stdout(&out);
+    assert!(
+        summary.contains("2 module version(s)"),
+        "{}",
+        describe(&out)
+    );
+    for (v, want) in [("v1.2.0", 1), ("v1.1.0", 1), ("v1.3.0-rc.1", 0)] {
+        assert_eq!(
+            go.count(&format!("/@v/{v}.zip")),
+            want,
+            "{v}: {:?}",
+            go.seen()
+        );
+    }
+}

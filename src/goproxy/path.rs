@@ -196,6 +196,91 @@ pub fn is_canonical(v: &str) -> bool {
     true
 }
 
+/// Semantic-version precedence of two canonical versions (`+incompatible` ignored).
+pub fn semver_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    fn parts(v: &str) -> (Vec<u64>, Option<&str>) {
+        let v = v.trim_start_matches('v');
+        let v = v.strip_suffix("+incompatible").unwrap_or(v);
+        let (core, pre) = match v.split_once('-') {
+            Some((c, p)) => (c, Some(p)),
+            None => (v, None),
+        };
+        (
+            core.split('.').map(|n| n.parse().unwrap_or(0)).collect(),
+            pre,
+        )
+    }
+    let ((ca, pa), (cb, pb)) = (parts(a), parts(b));
+    ca.cmp(&cb).then_with(|| match (pa, pb) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+        (Some(x), Some(y)) => {
+            let (mut xs, mut ys) = (x.split('.'), y.split('.'));
+            loop {
+                match (xs.next(), ys.next()) {
+                    (None, None) => return Ordering::Equal,
+                    (None, Some(_)) => return Ordering::Less,
+                    (Some(_), None) => return Ordering::Greater,
+                    (Some(i), Some(j)) => {
+                        let o = match (i.parse::<u64>(), j.parse::<u64>()) {
+                            (Ok(m), Ok(n)) => m.cmp(&n),
+                            (Ok(_), Err(_)) => Ordering::Less,
+                            (Err(_), Ok(_)) => Ordering::Greater,
+                            (Err(_), Err(_)) => i.cmp(j),
+                        };
+                        if o != Ordering::Equal {
+                            return o;
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// A pseudo-version (`vX.Y.Z-[pre.]yyyymmddhhmmss-abcdefabcdef`), which `@latest` takes last.
+fn is_pseudo(v: &str) -> bool {
+    let v = v.strip_suffix("+incompatible").unwrap_or(v);
+    let mut tail = v.rsplit('-');
+    let (Some(rev), Some(time)) = (tail.next(), tail.next()) else {
+        return false;
+    };
+    let time = time.rsplit('.').next().unwrap_or(time);
+    rev.len() == 12
+        && rev.bytes().all(|b| b.is_ascii_hexdigit())
+        && time.len() == 14
+        && time.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// What the go command picks from an `@v/list` for `query` when the proxy has no `@latest` (or
+/// no `.info` for a query like `v1.2`): `latest`, `vX` or `vX.Y` (newest matching); among the
+/// matches, the newest release, else the newest pre-release, else the newest pseudo-version.
+pub fn newest_in_list(list: &str, query: &str) -> Option<String> {
+    let matches = |v: &&str| {
+        query == "latest" || (v.starts_with(query) && v[query.len()..].starts_with(['.', '-', '+']))
+    };
+    let candidates: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|v| is_canonical(v))
+        .filter(matches)
+        .collect();
+    let newest = |pick: &dyn Fn(&str) -> bool| {
+        candidates
+            .iter()
+            .copied()
+            .filter(|v| pick(v))
+            .max_by(|a, b| semver_cmp(a, b))
+    };
+    let release = |v: &str| !v.trim_end_matches("+incompatible").contains('-');
+    newest(&release)
+        .or_else(|| newest(&|v| !release(v) && !is_pseudo(v)))
+        .or_else(|| newest(&is_pseudo))
+        .map(str::to_string)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FileKind {
     Info,
@@ -608,5 +693,37 @@ mod tests {
         for (p, status) in cases {
             assert_eq!(parse(p).map_err(|e| e.status), Err(status), "{p}");
         }
+    }
+
+    #[test]
+    fn a_list_without_latest_resolves_as_the_go_command_would() {
+        let list = "v1.1.0\nv1.10.0-rc.1\nv1.2.0\nv1.2.1\nv0.0.0-20240102030405-abcdefabcdef\nnot-a-version\n";
+        assert_eq!(newest_in_list(list, "latest").as_deref(), Some("v1.2.1"));
+        assert_eq!(newest_in_list(list, "v1.1").as_deref(), Some("v1.1.0"));
+        assert_eq!(
+            newest_in_list(list, "v1.10").as_deref(),
+            Some("v1.10.0-rc.1")
+        );
+        assert_eq!(newest_in_list(list, "v1").as_deref(), Some("v1.2.1"));
+        assert_eq!(newest_in_list(list, "v2"), None);
+        let pre = "v1.0.0-rc.2\nv1.0.0-rc.10\nv0.0.0-20240102030405-abcdefabcdef\n";
+        assert_eq!(
+            newest_in_list(pre, "latest").as_deref(),
+            Some("v1.0.0-rc.10")
+        );
+        let pseudo = "v0.0.0-20240102030405-abcdefabcdef\nv0.0.0-20250102030405-abcdefabcdef\n";
+        assert_eq!(
+            newest_in_list(pseudo, "latest").as_deref(),
+            Some("v0.0.0-20250102030405-abcdefabcdef")
+        );
+        assert_eq!(newest_in_list("", "latest"), None);
+        assert_eq!(
+            semver_cmp("v1.0.0-alpha", "v1.0.0-alpha.1"),
+            std::cmp::Ordering::Less
+        );
+        assert_eq!(
+            semver_cmp("v1.0.0-beta", "v1.0.0-alpha.1"),
+            std::cmp::Ordering::Greater
+        );
     }
 }

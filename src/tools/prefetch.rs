@@ -393,6 +393,18 @@ async fn blob(
     Ok(())
 }
 
+/// The version `query` names in the module's `@v/list`.
+async fn from_list(client: &Client, path: &str, esc: &str, query: &str) -> Result<String, String> {
+    let url = format!("/go/{esc}/@v/list");
+    let reply = get_retrying(client, http::Method::GET, &url, &[]).await?;
+    if reply.status != StatusCode::OK {
+        return Err(format!("{path}@{query}: {}", reply.error().await));
+    }
+    let list = String::from_utf8_lossy(&reply.bytes(1 << 20).await?).into_owned();
+    crate::goproxy::path::newest_in_list(&list, query)
+        .ok_or_else(|| format!("{path}@{query}: no version in its @v/list matches"))
+}
+
 /// Fetches one module version (a query is resolved to its canonical version first).
 async fn module(
     client: &Client,
@@ -412,16 +424,21 @@ async fn module(
             format!("/go/{esc}/@v/{}.info", escape(version))
         };
         let reply = get_retrying(client, http::Method::GET, &url, &[]).await?;
-        if reply.status != StatusCode::OK {
+        if reply.status == StatusCode::NOT_FOUND {
+            // `@latest` is optional in the protocol, and a plain file tree answers no queries:
+            // pick from `@v/list` as the go command does.
+            from_list(client, path, &esc, version).await?
+        } else if reply.status != StatusCode::OK {
             return Err(reply.error().await);
+        } else {
+            let info: serde_json::Value = serde_json::from_slice(&reply.bytes(1 << 20).await?)
+                .map_err(|e| format!("{path}@{version}: bad .info: {e}"))?;
+            info["Version"]
+                .as_str()
+                .filter(|v| is_canonical(v))
+                .ok_or_else(|| format!("{path}@{version}: .info has no canonical Version"))?
+                .to_string()
         }
-        let info: serde_json::Value = serde_json::from_slice(&reply.bytes(1 << 20).await?)
-            .map_err(|e| format!("{path}@{version}: bad .info: {e}"))?;
-        info["Version"]
-            .as_str()
-            .filter(|v| is_canonical(v))
-            .ok_or_else(|| format!("{path}@{version}: .info has no canonical Version"))?
-            .to_string()
     };
     let kinds: &[&str] = if mod_only {
         &["info", "mod"]
