@@ -64,7 +64,7 @@ impl AppState {
     pub fn from_checked(checked: Checked) -> Result<AppState, Error> {
         let Checked {
             config,
-            egress: _,
+            egress,
             store,
             peers,
             upstreams,
@@ -84,7 +84,7 @@ impl AppState {
         );
         let shared = match (&config.shared, store) {
             (Some(cfg), Some(store)) => {
-                let shared = Shared::new(cfg, &config.egress, store, storage.clone())
+                let shared = Shared::new(cfg, &config.egress, egress, store, storage.clone())
                     .map_err(|m| Error::Config(crate::config::ConfigError::Invalid(m)))?;
                 engine = engine.with_tier(Arc::new(shared.clone()));
                 Some(shared)

@@ -47,6 +47,12 @@ impl AdminSecret {
         Ok(AdminSecret(hex::encode(bytes)))
     }
 
+    /// A random name of `len` lowercase hex digits (at most 64), for ids that must not collide.
+    pub fn random_hex(len: usize) -> std::io::Result<String> {
+        let s = AdminSecret::generate()?;
+        Ok(s.0[..len.min(s.0.len())].to_string())
+    }
+
     /// The file's text (one trailing newline allowed), if it is a secret.
     pub fn parse(text: &str) -> Option<AdminSecret> {
         let s = text.strip_suffix('\n').unwrap_or(text);

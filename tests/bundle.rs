@@ -26,6 +26,24 @@ fn config_text(data: &Path, registry: &str, go: &str, offline: bool) -> String {
         .toml()
 }
 
+/// wharf in front of the fakes, online, with its data in `dir/<data>` and its config written
+/// to `dir/a.toml` (for the commands).
+async fn serve_online(
+    dir: &Path,
+    data: &str,
+    reg: &FakeRegistry,
+    go: &GoFake,
+) -> (PathBuf, support::Wharf) {
+    let data = dir.join(data);
+    let text = config_text(&data, &reg.url(), &go.url(), false);
+    let config = dir.join("a.toml");
+    std::fs::write(&config, &text).unwrap();
+    (
+        config,
+        support::Wharf::start_with_config(&text, &data).await,
+    )
+}
+
 /// Upstreams with one image, a two-platform index and a Go module; wharf A in front of them,
 /// prefetched and exported.
 struct Exported {
@@ -64,11 +82,7 @@ async fn prefetch_and_export() -> Exported {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("a-data");
-    let text = config_text(&data, &reg.url(), &go.url(), false);
-    let config = dir.path().join("a.toml");
-    std::fs::write(&config, &text).unwrap();
-    let a = support::Wharf::start_with_config(&text, &data).await;
+    let (config, a) = serve_online(dir.path(), "a-data", &reg, &go).await;
     let server = a.url("");
     let list = dir.path().join("list.txt");
     std::fs::write(
@@ -519,11 +533,7 @@ async fn prefetch_resolves_latest_and_minor_queries_from_the_version_list_alone(
     }
     // No @latest and no query answers: a plain file tree.
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let text = config_text(&data, &reg.url(), &go.url(), false);
-    let config = dir.path().join("a.toml");
-    std::fs::write(&config, &text).unwrap();
-    let a = support::Wharf::start_with_config(&text, &data).await;
+    let (config, a) = serve_online(dir.path(), "data", &reg, &go).await;
     let server = a.url("");
     let cfg = config.to_str().unwrap();
     let out = ok(run_wharf(&[

@@ -302,7 +302,9 @@ mod tests {
         ))
         .unwrap();
         let egress = crate::config::EgressConfig::default();
-        let s = Shared::new(&cfg, &egress, store.clone(), storage).unwrap();
+        let policy =
+            std::sync::Arc::new(crate::upstream::EgressPolicy::from_config(&egress).unwrap());
+        let s = Shared::new(&cfg, &egress, policy, store.clone(), storage).unwrap();
         (s, dir)
     }
 

@@ -112,10 +112,10 @@ impl Shared {
     pub fn new(
         cfg: &SharedConfig,
         egress: &EgressConfig,
+        policy: Arc<EgressPolicy>,
         store: Store,
         storage: Storage,
     ) -> Result<Arc<Shared>, String> {
-        let policy = Arc::new(EgressPolicy::from_config(egress)?);
         let replica = match &cfg.replica_id {
             Some(id) => id.clone(),
             None => replica_id(&storage)?,
@@ -123,10 +123,8 @@ impl Shared {
         let endpoint = reqwest::Url::parse(&cfg.endpoint).map_err(|e| e.to_string())?;
         let http = crate::upstream::client::build_http(egress, policy.clone())?;
         let prefix = cfg.prefix.trim_end_matches('/').to_string();
-        let instance = crate::secret::AdminSecret::generate()
-            .map_err(|e| format!("shared: no random source: {e}"))?
-            .as_str()[..16]
-            .to_string();
+        let instance = crate::secret::AdminSecret::random_hex(16)
+            .map_err(|e| format!("shared: no random source: {e}"))?;
         Ok(Arc::new(Shared {
             store,
             journal: journal::Journal::new(&replica, &instance),
@@ -346,9 +344,9 @@ fn replica_id(storage: &Storage) -> Result<String, String> {
             return Ok(id.to_string());
         }
     }
-    let random = crate::secret::AdminSecret::generate()
+    let random = crate::secret::AdminSecret::random_hex(12)
         .map_err(|e| format!("cannot make a replica id: {e}"))?;
-    let id = format!("r{}", &random.as_str()[..12]);
+    let id = format!("r{random}");
     std::fs::write(&path, &id).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(id)
 }

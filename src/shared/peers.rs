@@ -136,10 +136,8 @@ impl PeerSet {
             proxy: None,
             ..egress.clone()
         };
-        let instance = crate::secret::AdminSecret::generate()
-            .map_err(|e| format!("peers: no random source: {e}"))?
-            .as_str()[..16]
-            .to_string();
+        let instance = crate::secret::AdminSecret::random_hex(16)
+            .map_err(|e| format!("peers: no random source: {e}"))?;
         let set = PeerSet {
             me: normalize(&me).to_string(),
             instance,
