@@ -90,6 +90,9 @@ pub struct ServerConfig {
     /// Threads accepting and serving connections, each with its own event loop; 0 means one
     /// per CPU the process may use.
     pub workers: usize,
+    /// Plain HTTP/1.1 `GET`/`HEAD` on wharf's own fast path, stored files sent with
+    /// `sendfile(2)`; false: every request through hyper (copying through a buffer).
+    pub zero_copy: bool,
 }
 
 impl ServerConfig {
@@ -113,6 +116,7 @@ impl Default for ServerConfig {
             max_url_length: 8192,
             max_concurrent_fills: 256,
             workers: 0,
+            zero_copy: true,
         }
     }
 }

@@ -11,6 +11,9 @@ pub struct Metrics {
     requests: [[AtomicU64; 4]; 2],
     /// Bytes committed from each upstream (counted once per fill, not per chunk).
     upstream_bytes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Response bodies and their bytes by how they were sent: [0] copied through a buffer,
+    /// [1] `sendfile` from the file to the socket.
+    bodies: [[AtomicU64; 2]; 2],
 }
 
 impl Metrics {
@@ -46,6 +49,24 @@ impl Metrics {
                 )
             })
             .collect()
+    }
+
+    /// One response body sent, `bytes` long, with `sendfile` or copied.
+    pub fn count_body(&self, sendfile: bool, bytes: u64) {
+        let b = &self.bodies[usize::from(sendfile)];
+        b[0].fetch_add(1, Ordering::Relaxed);
+        b[1].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes of a body sent so far (counted as it goes; `count_body` with 0 bytes ends it).
+    pub fn add_body_bytes(&self, sendfile: bool, bytes: u64) {
+        self.bodies[usize::from(sendfile)][1].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// (responses, bytes) sent with `sendfile` (true) or copied (false).
+    pub fn bodies(&self, sendfile: bool) -> (u64, u64) {
+        let b = &self.bodies[usize::from(sendfile)];
+        (b[0].load(Ordering::Relaxed), b[1].load(Ordering::Relaxed))
     }
 
     /// Requests of one protocol (`go`) with outcome `OUTCOMES[o]`.

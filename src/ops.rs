@@ -60,6 +60,22 @@ pub fn render(app: &AppState) -> String {
         app.registry.blob_flights.coalesced()
     );
     let _ = writeln!(o, "wharf_coalesced_total{{protocol=\"go\"}} {go_coalesced}");
+    for (name, help, i) in [
+        (
+            "wharf_http_bodies_total",
+            "Response bodies sent, by how: sendfile (stored files on plain HTTP/1.1) or copy (through a buffer: TLS, HTTP/2, fills, memory).",
+            0,
+        ),
+        ("wharf_http_body_bytes_total", "Bytes of those bodies.", 1),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} counter");
+        for (via, sendfile) in [("sendfile", true), ("copy", false)] {
+            let b = m.bodies(sendfile);
+            let n = if i == 0 { b.0 } else { b.1 };
+            let _ = writeln!(o, "{name}{{via=\"{via}\"}} {n}");
+        }
+    }
     let _ = writeln!(
         o,
         "# HELP wharf_fills_in_flight Upstream fills running now."

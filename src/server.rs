@@ -22,7 +22,10 @@ use tokio::time::Instant;
 use tower::ServiceExt as _;
 
 use crate::app::AppState;
+use crate::metrics::Metrics;
 use crate::web::router;
+
+mod fast;
 
 /// A TLS server configuration that can be swapped while serving (SIGHUP).
 #[derive(Clone)]
@@ -124,6 +127,8 @@ pub async fn run(
         builder: http_builder(limits),
         tls,
         limits,
+        fast: state.config.server.zero_copy,
+        metrics: state.metrics.clone(),
     });
     if workers <= 1 {
         accept_loop(listener, &conns, shutdown).await;
@@ -194,6 +199,9 @@ struct Conns {
     builder: Builder<TokioExecutor>,
     tls: Option<TlsReloader>,
     limits: Limits,
+    /// Plain HTTP/1.1 through `fast` (`server.zero_copy`), else every request through hyper.
+    fast: bool,
+    metrics: Arc<Metrics>,
 }
 
 /// How the server steers a worker: `stop` accepting, report the connections `done`, `exit`.
@@ -268,6 +276,17 @@ async fn accept_loop(
         let (stop, live) = (stop_rx.clone(), live_tx.clone());
         let timeout = conns.limits.header_read_timeout;
         match conns.tls.as_ref().map(TlsReloader::acceptor) {
+            None if conns.fast => {
+                tokio::spawn(async move {
+                    let mut stop = stop;
+                    if let fast::Outcome::Hyper(io) =
+                        fast::serve(&ctx, stream, peer, &mut stop).await
+                    {
+                        serve_connection(&ctx, io, peer, stop).await;
+                    }
+                    drop(live);
+                });
+            }
             None => {
                 tokio::spawn(async move {
                     // A client must start its request in time, or it holds a connection for
@@ -311,7 +330,12 @@ async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let svc = service_for(conns.app.clone(), peer, activity.clone());
+    let svc = service_for(
+        conns.app.clone(),
+        peer,
+        activity.clone(),
+        conns.metrics.clone(),
+    );
     let conn = conns
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -431,6 +455,7 @@ impl Drop for InFlight {
 /// and keeps its own clock of when it was last read from (`Activity::stalled_for`).
 pub struct Tracked {
     inner: axum::body::Body,
+    metrics: Arc<Metrics>,
     /// Only for bodies that can hold a file open or stream for long (over `UNTIMED` bytes, or
     /// of unknown length): a small answer in memory costs a stalled client nothing but memory.
     clock: Option<Arc<AtomicU64>>,
@@ -441,13 +466,15 @@ pub struct Tracked {
 const UNTIMED: u64 = 64 << 10;
 
 impl Tracked {
-    fn new(inner: axum::body::Body, in_flight: InFlight) -> Tracked {
+    fn new(inner: axum::body::Body, in_flight: InFlight, metrics: Arc<Metrics>) -> Tracked {
         let small = hyper::body::Body::size_hint(&inner)
             .exact()
             .is_some_and(|n| n <= UNTIMED);
         let clock = (!small).then(|| in_flight.0.add_body());
+        metrics.count_body(false, 0);
         Tracked {
             inner,
+            metrics,
             clock,
             in_flight,
         }
@@ -481,6 +508,11 @@ impl hyper::body::Body for Tracked {
             };
             clock.store(t, Ordering::Relaxed);
         }
+        if let Poll::Ready(Some(Ok(frame))) = &r
+            && let Some(data) = frame.data_ref()
+        {
+            this.metrics.add_body_bytes(false, data.len() as u64);
+        }
         r
     }
 
@@ -506,6 +538,17 @@ struct Prefixed<S> {
     inner: S,
 }
 
+impl<S> Prefixed<S> {
+    /// `inner`, with `prefix` (bytes already read from it) read first.
+    fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
 impl<S: tokio::io::AsyncRead + Unpin> Prefixed<S> {
     /// Reads until the client has sent a line or the 24 bytes of an HTTP/2 preface, within
     /// `timeout`; `None` when it does not (or closes).
@@ -526,11 +569,7 @@ impl<S: tokio::io::AsyncRead + Unpin> Prefixed<S> {
             Some(())
         };
         tokio::time::timeout(timeout, read).await.ok()??;
-        Some(Prefixed {
-            prefix,
-            pos: 0,
-            inner,
-        })
+        Some(Prefixed::new(prefix, inner))
     }
 }
 
@@ -597,6 +636,7 @@ fn service_for(
     app: Router,
     peer: SocketAddr,
     activity: Arc<Activity>,
+    metrics: Arc<Metrics>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<Tracked>,
@@ -607,9 +647,10 @@ fn service_for(
         let in_flight = InFlight::start(activity.clone());
         req.extensions_mut().insert(ConnectInfo(peer));
         let resp = app.clone().oneshot(req.map(axum::body::Body::new));
+        let metrics = metrics.clone();
         async move {
             let resp = resp.await?;
-            Ok(resp.map(|inner| Tracked::new(inner, in_flight)))
+            Ok(resp.map(|inner| Tracked::new(inner, in_flight, metrics)))
         }
     })
 }

@@ -207,3 +207,282 @@ async fn a_stalled_stream_is_not_excused_by_new_requests_on_its_connection() {
         "new HEADs kept a connection with a stalled stream open"
     );
 }
+
+// ---------------------------------------------------------------- the HTTP/1.1 fast path
+
+/// One HTTP/1.1 response read off a connection: status, headers (lower-case names), body.
+#[derive(Debug)]
+struct Raw {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Headers but `date`, sorted: what must match between two ways of answering.
+    fn stable_headers(&self) -> Vec<(String, String)> {
+        let mut h: Vec<_> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n != "date")
+            .cloned()
+            .collect();
+        h.sort();
+        h
+    }
+}
+
+/// Reads one response from `buf` + `s` (body by `Content-Length`, chunked, or none for HEAD).
+async fn read_raw(s: &mut TcpStream, buf: &mut Vec<u8>, head: bool) -> Raw {
+    async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>, want: usize) {
+        while buf.len() < want {
+            let mut chunk = vec![0u8; 1 << 16];
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+                .await
+                .expect("response in time")
+                .expect("read");
+            assert!(
+                n > 0,
+                "connection closed mid-response: {:?}",
+                String::from_utf8_lossy(buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let want = buf.len() + 1;
+        fill(s, buf, want).await;
+    };
+    let text = String::from_utf8(buf[..end].to_vec()).expect("ASCII head");
+    let mut lines = text.split("\r\n");
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').expect("header line");
+            (n.to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect();
+    buf.drain(..end);
+    let mut raw = Raw {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if head {
+        return raw;
+    }
+    if let Some(n) = raw.header("content-length") {
+        let n: usize = n.parse().unwrap();
+        fill(s, buf, n).await;
+        raw.body = buf.drain(..n).collect();
+    } else if raw.header("transfer-encoding") == Some("chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                let want = buf.len() + 1;
+                fill(s, buf, want).await;
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).unwrap(), 16).unwrap();
+            buf.drain(..line_end + 2);
+            fill(s, buf, size + 2).await;
+            raw.body.extend(buf.drain(..size));
+            buf.drain(..2);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    raw
+}
+
+/// The body bytes sent with sendfile so far, from `/metrics`.
+async fn sendfile_bytes(w: &Wharf) -> u64 {
+    let text = String::from_utf8(read_body(support::get(w.url("/metrics")).await).await).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("wharf_http_body_bytes_total{via=\"sendfile\"} "))
+        .expect("the sendfile counter in /metrics")
+        .parse()
+        .unwrap()
+}
+
+/// Sends `requests` in one write (pipelined) and reads one response per entry of `heads`.
+async fn pipeline(w: &Wharf, requests: &str, heads: &[bool]) -> Vec<Raw> {
+    let mut s = TcpStream::connect(w.addr).await.unwrap();
+    s.write_all(requests.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    for &head in heads {
+        out.push(read_raw(&mut s, &mut buf, head).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn hits_go_out_with_sendfile_byte_for_byte_pipelined_with_ranges_and_heads() {
+    let (_up, w, _dir, d) = wharf_holding_a_blob(11).await;
+    let blob = support::bytes_of(200_000, 11);
+    let before = sendfile_bytes(&w).await;
+    let path = format!("/v2/app/blobs/{d}");
+    let requests = format!(
+        "GET {path} HTTP/1.1\r\nHost: w\r\n\r\n\
+         GET {path} HTTP/1.1\r\nHost: w\r\nRange: bytes=1000-1999\r\n\r\n\
+         HEAD {path} HTTP/1.1\r\nHost: w\r\n\r\n\
+         GET /v2/app/blobs/sha256:{zero} HTTP/1.1\r\nHost: w\r\n\r\n\
+         GET {path} HTTP/1.1\r\nHost: w\r\nRange: bytes=-10\r\nConnection: close\r\n\r\n",
+        zero = "0".repeat(64)
+    );
+    let got = pipeline(&w, &requests, &[false, false, true, false, false]).await;
+    assert_eq!(got[0].status, 200);
+    assert!(got[0].body == blob, "the whole blob differs");
+    assert_eq!(got[0].header("docker-content-digest"), Some(d.as_str()));
+    assert_eq!(got[0].header("content-length"), Some("200000"));
+    assert!(got[0].header("date").is_some(), "{:?}", got[0].headers);
+    assert_eq!(got[1].status, 206);
+    assert_eq!(got[1].body, &blob[1000..2000]);
+    assert_eq!(
+        got[1].header("content-range"),
+        Some("bytes 1000-1999/200000")
+    );
+    assert_eq!(got[2].status, 200);
+    assert_eq!(got[2].header("content-length"), Some("200000"));
+    assert_eq!(
+        got[3].status,
+        404,
+        "{:?}",
+        String::from_utf8_lossy(&got[3].body)
+    );
+    assert!(String::from_utf8_lossy(&got[3].body).contains("BLOB_UNKNOWN"));
+    assert_eq!(got[4].status, 206);
+    assert_eq!(got[4].body, &blob[200_000 - 10..]);
+    assert_eq!(got[4].header("connection"), Some("close"));
+    assert_eq!(
+        sendfile_bytes(&w).await - before,
+        200_000 + 1000 + 10,
+        "the hits were not sent with sendfile"
+    );
+}
+
+#[tokio::test]
+async fn the_fast_path_answers_as_hyper_does() {
+    let up = FakeRegistry::start().await;
+    let blob = support::bytes_of(300_000, 12);
+    let d = up.put_blob(&blob);
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":0},"layers":[]}"#;
+    up.put_manifest(
+        "app",
+        Some("v1"),
+        manifest,
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    let mut answers = Vec::new();
+    for zero_copy in [true, false] {
+        let w = Wharf::in_temp_dir(|dir| {
+            WharfConfig::fake(&up.url(), dir)
+                .tables(&format!("[server]\nzero_copy = {zero_copy}\n"))
+        })
+        .await;
+        // Cold (streamed from the fill), then warm (from the file), a manifest, an error, a
+        // HEAD, a range past the end, the ping.
+        let requests = [
+            (format!("/v2/app/blobs/{d}"), false, ""),
+            (format!("/v2/app/blobs/{d}"), false, ""),
+            ("/v2/app/manifests/v1".to_string(), false, ""),
+            ("/v2/app/manifests/nope".to_string(), false, ""),
+            (format!("/v2/app/blobs/{d}"), true, ""),
+            (
+                format!("/v2/app/blobs/{d}"),
+                false,
+                "Range: bytes=999999-\r\n",
+            ),
+            ("/v2/".to_string(), false, ""),
+            ("/go/example.com/m/@v/list".to_string(), false, ""),
+        ];
+        let mut got = Vec::new();
+        for (path, head, extra) in &requests {
+            let method = if *head { "HEAD" } else { "GET" };
+            let text = format!(
+                "{method} {path} HTTP/1.1\r\nHost: w\r\nAccept: {MANIFEST_ACCEPT}\r\n{extra}\r\n"
+            );
+            let r = pipeline(&w, &text, &[*head]).await.remove(0);
+            got.push((r.status, r.stable_headers(), r.body));
+        }
+        answers.push(got);
+        w.stop().await;
+    }
+    for (i, (fast, hyper)) in answers[0].iter().zip(&answers[1]).enumerate() {
+        assert_eq!(fast.0, hyper.0, "request {i}: status");
+        assert_eq!(fast.1, hyper.1, "request {i}: headers");
+        assert!(fast.2 == hyper.2, "request {i}: body");
+    }
+    assert!(answers[0][1].2 == blob);
+}
+
+#[tokio::test]
+async fn a_request_the_fast_path_does_not_take_hands_the_connection_to_hyper() {
+    let (_up, w, _dir, d) = wharf_holding_a_blob(13).await;
+    let blob = support::bytes_of(200_000, 13);
+    let path = format!("/v2/app/blobs/{d}");
+    // A fast GET, then a POST with a body (hyper), then a GET that hyper serves.
+    let requests = format!(
+        "GET {path} HTTP/1.1\r\nHost: w\r\n\r\n\
+         POST /v2/app/blobs/uploads/ HTTP/1.1\r\nHost: w\r\nContent-Length: 3\r\n\r\nabc\
+         GET {path} HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n"
+    );
+    let got = pipeline(&w, &requests, &[false, false, false]).await;
+    assert!(got[0].status == 200 && got[0].body == blob);
+    assert!(got[1].status >= 400, "{:?}", got[1]);
+    assert!(got[2].status == 200 && got[2].body == blob);
+    // HTTP/1.0 is hyper's.
+    let got = pipeline(&w, &format!("GET {path} HTTP/1.0\r\n\r\n"), &[false]).await;
+    assert!(got[0].status == 200 && got[0].body == blob);
+}
+
+#[tokio::test]
+async fn http1_client_that_stops_reading_a_sendfile_body_is_closed_after_send_timeout() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = support::bytes_of(64 << 20, 14);
+    let d = up.put_blob(&blob);
+    let w = Wharf::serve(
+        WharfConfig::fake(&up.url(), dir.path()).tables("[server]\nsend_timeout = \"2s\"\n"),
+    )
+    .await;
+    let r = support::get(w.url(&format!("/v2/app/blobs/{d}"))).await;
+    assert_eq!(read_body(r).await.len(), blob.len());
+    let mut s = TcpStream::connect(w.addr).await.unwrap();
+    s.write_all(format!("GET /v2/app/blobs/{d} HTTP/1.1\r\nHost: w\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Read nothing for longer than send_timeout: the server gives up on the connection.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut got = 0usize;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was still open");
+    assert!(
+        got < blob.len(),
+        "a stalled client still got the whole body ({got} bytes)"
+    );
+}

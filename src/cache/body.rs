@@ -91,6 +91,16 @@ impl ByteRange {
     }
 }
 
+/// A window of a committed file that a plain HTTP/1.1 connection may send with `sendfile`
+/// instead of reading it through a `BlobBody`: a hit's handler attaches it to its response
+/// (as an extension), and the server's fast path looks for it.
+#[derive(Debug, Clone)]
+pub struct FileWindow {
+    pub file: Arc<File>,
+    pub start: u64,
+    pub end: u64,
+}
+
 enum Source {
     File,
     Fill(watch::Receiver<FillState>),

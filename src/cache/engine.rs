@@ -430,11 +430,10 @@ impl Engine {
         })?;
         // Checks before commit: nothing unverified is ever stored or served in full.
         fetch.check(&file, size).await.map_err(bad_copy)?;
-        let digest = fetch
-            .expected()
-            .or(known.as_ref())
-            .cloned()
-            .unwrap_or_else(|| writer.digest());
+        let digest = match fetch.expected().or(known.as_ref()) {
+            Some(d) => d.clone(),
+            None => writer.digest().map_err(local("hashing failed"))?,
+        };
         let verified = match writer.verify(&digest, Some(size)) {
             Ok(v) => v,
             Err(StorageError::DigestMismatch { expected, actual }) => {
@@ -551,10 +550,13 @@ impl Engine {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| UploadError::Cut(e.to_string()))?;
             writer
-                .write_all(&chunk)
+                .write_bytes(chunk)
                 .map_err(StorageError::io("writing an upload"))?;
         }
-        let target = expected.unwrap_or_else(|| writer.digest());
+        let target = match expected {
+            Some(d) => d,
+            None => writer.digest()?,
+        };
         let t = target.clone();
         let committed = tokio::task::spawn_blocking(move || writer.commit(&t, size))
             .await
@@ -701,7 +703,7 @@ async fn copy<K: Hash + Eq + Clone>(
             _ => {}
         }
         writer
-            .write_all(&chunk)
+            .write_bytes(chunk)
             .map_err(|e| Copied::Failed(local("writing the temp file failed")(e)))?;
         if writer.written() - notified >= PROGRESS_STEP {
             notified = writer.written();

@@ -19,7 +19,9 @@ use super::routes::{self, Reference, RepoName, Route, Tag, query_param};
 use super::service::Registry;
 use super::visibility;
 
-use crate::cache::{BlobBody, BlobSource, ByteRange, Cached, FillError, Outcome, revalidate};
+use crate::cache::{
+    BlobBody, BlobSource, ByteRange, Cached, FileWindow, FillError, Outcome, revalidate,
+};
 use crate::config::{DOCKER_HUB_NAME, UpstreamConfig};
 use crate::upstream::client::read_limited;
 use crate::upstream::{UpstreamClient, UpstreamError};
@@ -665,16 +667,28 @@ fn blob_response(
         (Some(r), _) => (r.start, Some(r.end)),
         (None, s) => (0, s),
     };
+    let mut sendable = None;
     let body = if head {
         Body::empty()
     } else {
         let stream = match source {
-            BlobSource::File(f) => BlobBody::from_file(f, start, end.unwrap_or(start)),
+            BlobSource::File(f) => {
+                let end = end.unwrap_or(start);
+                sendable = Some(FileWindow {
+                    file: f.clone(),
+                    start,
+                    end,
+                });
+                BlobBody::from_file(f, start, end)
+            }
             BlobSource::Fill(rx) => BlobBody::from_fill(rx, start, end),
         };
         Body::from_stream(stream.into_stream())
     };
     let mut resp = body.into_response();
+    if let Some(w) = sendable {
+        resp.extensions_mut().insert(w);
+    }
     if let (Some(r), Some(size)) = (window, size) {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
         set(

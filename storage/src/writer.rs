@@ -9,6 +9,10 @@
 //!
 //! Writes are blocking file I/O and `persist` fsyncs: from async code call them through
 //! `tokio::task::spawn_blocking` (or `block_in_place`). `verify` only finishes the hash.
+//!
+//! Past `BACKGROUND_AFTER` bytes, chunks given as `Bytes` (`write_bytes`) are hashed on a thread
+//! of the writer's own while the caller goes on, so a large fill hashes on one core and copies on
+//! another. The hash still covers exactly the bytes that reached the file, in order.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions, Permissions};
@@ -16,6 +20,10 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
 
 use crate::digest::{Digest, Hasher};
 use crate::error::StorageError;
@@ -23,6 +31,21 @@ use crate::layout::Layout;
 
 /// Mode of committed blobs: nobody, not even wharf, writes a blob after commit.
 const BLOB_MODE: u32 = 0o444;
+
+/// Objects up to this size are hashed inline; past it, `write_bytes` hashes on another thread.
+const BACKGROUND_AFTER: u64 = 4 << 20;
+
+/// Chunks queued for the hashing thread before `write_bytes` waits for it (a few MiB).
+const BACKGROUND_QUEUE: usize = 64;
+
+/// The running hash: here, or on a thread fed in order through a bounded queue.
+enum Hashing {
+    Inline(Hasher),
+    Background {
+        queue: SyncSender<Bytes>,
+        thread: JoinHandle<Hasher>,
+    },
+}
 
 /// A blob that is now in `blobs/` under its digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +60,7 @@ pub struct BlobWriter {
     layout: Layout,
     temp_path: PathBuf,
     file: Arc<File>,
-    hasher: Hasher,
+    hashing: Hashing,
     written: u64,
     /// Set once the temp file is gone (renamed, or removed); Drop then has nothing to do.
     finished: bool,
@@ -61,7 +84,7 @@ impl BlobWriter {
             layout,
             temp_path,
             file: Arc::new(file),
-            hasher: Hasher::new(),
+            hashing: Hashing::Inline(Hasher::new()),
             written: 0,
             finished: false,
         })
@@ -70,12 +93,50 @@ impl BlobWriter {
     /// Appends `buf`. Writes are positional (`pwrite` at `written()`), so readers sharing
     /// `file()` may use `read_at` freely. Only bytes that reached the file are hashed and counted,
     /// so after an error the writer still describes the file exactly (callers normally abort).
-    pub fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+    pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match &mut self.hashing {
+            Hashing::Inline(_) => self.write_hashed(buf, |h, b| {
+                if let Hashing::Inline(h) = h {
+                    h.update(b)
+                }
+            }),
+            Hashing::Background { .. } => self.write_bytes(Bytes::copy_from_slice(buf)),
+        }
+    }
+
+    /// Appends `chunk` like `write_all`; a large object's chunks are hashed on another thread.
+    pub fn write_bytes(&mut self, chunk: Bytes) -> io::Result<()> {
+        if matches!(self.hashing, Hashing::Inline(_))
+            && self.written + chunk.len() as u64 > BACKGROUND_AFTER
+        {
+            self.hash_in_background()?;
+        }
+        if matches!(self.hashing, Hashing::Inline(_)) {
+            return self.write_all(&chunk);
+        }
+        let start = self.written;
+        let result = self.write_hashed(&chunk, |_, _| {});
+        let reached = (self.written - start) as usize;
+        if reached > 0
+            && let Hashing::Background { queue, .. } = &self.hashing
+            && queue.send(chunk.slice(..reached)).is_err()
+        {
+            return Err(io::Error::other("the hashing thread stopped"));
+        }
+        result
+    }
+
+    /// Writes `buf` at the end of the file, handing each part that reached it to `hash`.
+    fn write_hashed(
+        &mut self,
+        mut buf: &[u8],
+        hash: impl Fn(&mut Hashing, &[u8]),
+    ) -> io::Result<()> {
         while !buf.is_empty() {
             match self.file.write_at(buf, self.written) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    self.hasher.update(&buf[..n]);
+                    hash(&mut self.hashing, &buf[..n]);
                     self.written += n as u64;
                     buf = &buf[n..];
                 }
@@ -86,11 +147,54 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// Moves the running hash to a thread of its own.
+    fn hash_in_background(&mut self) -> io::Result<()> {
+        let Hashing::Inline(hasher) =
+            std::mem::replace(&mut self.hashing, Hashing::Inline(Hasher::new()))
+        else {
+            return Ok(());
+        };
+        let (queue, chunks) = sync_channel::<Bytes>(BACKGROUND_QUEUE);
+        let mut moved = hasher.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wharf-hash".into())
+            .spawn(move || {
+                for chunk in chunks {
+                    moved.update(&chunk);
+                }
+                moved
+            });
+        self.hashing = match spawned {
+            Ok(thread) => Hashing::Background { queue, thread },
+            // No thread to be had: go on hashing inline.
+            Err(_) => Hashing::Inline(hasher),
+        };
+        Ok(())
+    }
+
+    /// The hash of everything written so far, waiting for the hashing thread if there is one.
+    fn hasher(&mut self) -> io::Result<Hasher> {
+        let hashing = std::mem::replace(&mut self.hashing, Hashing::Inline(Hasher::new()));
+        let hasher = match hashing {
+            Hashing::Inline(h) => h,
+            Hashing::Background { queue, thread } => {
+                drop(queue);
+                thread
+                    .join()
+                    .map_err(|_| io::Error::other("the hashing thread failed"))?
+            }
+        };
+        self.hashing = Hashing::Inline(hasher.clone());
+        Ok(hasher)
+    }
+
     /// Bytes written so far; readers of `file()` may read this many.
     /// The digest of everything written so far (the content's own name, for content whose digest
     /// is not known in advance, such as Go module files).
-    pub fn digest(&self) -> Digest {
-        self.hasher.clone().finish()
+    pub fn digest(&mut self) -> Result<Digest, StorageError> {
+        self.hasher()
+            .map(Hasher::finish)
+            .map_err(StorageError::io("hash the temp file".to_string()))
     }
 
     pub fn written(&self) -> u64 {
@@ -125,7 +229,13 @@ impl BlobWriter {
         expected: &Digest,
         expected_size: Option<u64>,
     ) -> Result<Verified, StorageError> {
-        let actual = std::mem::take(&mut self.hasher).finish();
+        let actual = self
+            .hasher()
+            .map_err(StorageError::io(format!(
+                "hash {}",
+                self.temp_path.display()
+            )))?
+            .finish();
         let size = self.written;
         if let Some(expected_size) = expected_size.filter(|&n| n != size) {
             self.discard();

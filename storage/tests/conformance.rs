@@ -748,3 +748,59 @@ fn fsck_corrects_a_record_whose_size_is_wrong_when_the_file_verifies() {
 fn digests(items: &[(Digest, String)]) -> Vec<Digest> {
     items.iter().map(|(d, _)| d.clone()).collect()
 }
+
+#[test]
+fn a_large_object_hashed_on_another_thread_has_the_digest_of_its_bytes_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    // 12 MiB in uneven chunks, through both write paths, past the point where hashing moves to
+    // a thread of its own.
+    let bytes: Vec<u8> = (0..12u32 << 20).map(|i| (i % 253) as u8).collect();
+    let mut writer = storage.blobs.writer().unwrap();
+    let mut at = 0;
+    for (i, len) in [1usize << 20, 3 << 20, 7, 65_536, 1 << 22]
+        .iter()
+        .cycle()
+        .enumerate()
+    {
+        if at == bytes.len() {
+            break;
+        }
+        let end = (at + len).min(bytes.len());
+        if i % 3 == 2 {
+            writer.write_all(&bytes[at..end]).unwrap();
+        } else {
+            writer
+                .write_bytes(bytes::Bytes::copy_from_slice(&bytes[at..end]))
+                .unwrap();
+        }
+        at = end;
+    }
+    // The running digest can be read mid-way, and writing goes on after it.
+    assert_eq!(writer.digest().unwrap(), Digest::of(&bytes));
+    writer
+        .write_bytes(bytes::Bytes::from_static(b"tail"))
+        .unwrap();
+    let mut all = bytes.clone();
+    all.extend_from_slice(b"tail");
+    let committed = writer
+        .commit(&Digest::of(&all), Some(all.len() as u64))
+        .unwrap();
+    assert_eq!(fs::read(&committed.path).unwrap(), all);
+
+    // One wrong byte anywhere is a mismatch, and nothing is stored.
+    let mut writer = storage.blobs.writer().unwrap();
+    let mut bad = bytes.clone();
+    bad[9 << 20] ^= 1;
+    for part in bad.chunks(1 << 20) {
+        writer
+            .write_bytes(bytes::Bytes::copy_from_slice(part))
+            .unwrap();
+    }
+    assert!(matches!(
+        writer.commit(&Digest::of(&bytes), None),
+        Err(StorageError::DigestMismatch { .. })
+    ));
+    assert!(!storage.blobs.contains(&Digest::of(&bytes)));
+    assert!(!storage.blobs.contains(&Digest::of(&bad)));
+}
