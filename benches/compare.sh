@@ -12,7 +12,7 @@
 #   --keep         keep the temporary directory (generated images, logs, server configs)
 #   --no-install   never run apt-get or cargo install; fail with the package list if a tool is
 #                  missing (a missing garage skips the shared part instead, unless --only names it)
-#   --only PARTS   comma-separated subset of blob,rss64,manifest,pull,herd,go,shared
+#   --only PARTS   comma-separated subset of blob,rss64,manifest,pull,herd,go,tls,shared
 #   --profile DIR  afterwards, run each wharf scenario once more under `perf record` (Debian
 #                  package linux-perf) and write self-time, per-binary and inclusive reports
 #                  (<scenario>.flat.txt, .dso.txt, .inclusive.txt) and perf.data to DIR;
@@ -22,7 +22,7 @@
 #
 # What it does, all on 127.0.0.1:
 #   1. Checks for its tools and, as root, installs the missing Debian packages:
-#        apt-get install nginx wrk docker-registry skopeo golang-go python3 curl
+#        apt-get install nginx wrk docker-registry skopeo golang-go python3 curl openssl
 #      (Rust/cargo must already be there.) The shared part also needs Garage, an S3-compatible
 #      store, on PATH or in cargo's bin directory; it is built when missing with
 #        cargo install garage --version 2.5.0 --locked      (about 15 minutes on 2 cores)
@@ -40,6 +40,8 @@
 #        - cold `skopeo copy` of whole images (fresh caches) vs. straight from the origin
 #        - 1 and 16 concurrent cold GETs of the large layer, and the origin's GET count
 #        - `go mod download` of the module graph, cold and warm, empty GOMODCACHE each time
+#        - TLS: a second wharf with [tls] against nginx static with ssl, one self-signed
+#          certificate: warm blob 1 and 8 streams, CPU per GiB, manifest by tag req/s and p99
 #      and, for the shared tier (Garage as a single-node S3 store; replicas with [shared] on one
 #      bucket, sync_interval 200ms, and [peers] for the fleet rows):
 #        - tier hit: replica A fills the large layer and uploads it (waiting for /healthz
@@ -92,7 +94,7 @@ export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 # --- tools --------------------------------------------------------------------------------------
 need=()
 for pair in nginx:nginx wrk:wrk docker-registry:docker-registry skopeo:skopeo go:golang-go \
-            python3:python3 curl:curl; do
+            python3:python3 curl:curl openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ -n "$profile" ]; then

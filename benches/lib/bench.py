@@ -369,7 +369,18 @@ def start_nginx(name, template, values, ready_port, ready_path):
     return server
 
 
-def start_static(meta):
+def make_cert():
+    """A throwaway self-signed certificate for 127.0.0.1 (the TLS rows): (cert, key) paths."""
+    d = fresh_dir("tls")
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"])
+    return cert, key
+
+
+def start_static(meta, tls=None, name="nginx-static"):
+    """nginx serving the benchmark's files; with `tls` (cert, key), over HTTPS only."""
     port = free_port()
     blocks = []
     for m in meta["static"]:
@@ -381,19 +392,29 @@ def start_static(meta):
             "        }\n"
             % (m["repo"], m["ref"], m["mediaType"], os.path.join(ARGS.data, "static", "manifests", m["repo"], m["ref"]))
         )
+    ssl_files = ""
+    if tls:
+        # One protocol and curve for both servers: TLS 1.3 (AES-GCM or ChaCha20, as negotiated).
+        ssl_files = (
+            "        ssl_certificate %s;\n        ssl_certificate_key %s;\n"
+            "        ssl_protocols TLSv1.3;\n        ssl_session_cache shared:SSL:1m;\n" % tls
+        )
     server = start_nginx(
-        "nginx-static",
+        name,
         "nginx-static.conf",
         {
             "PORT": port,
+            "SSL": " ssl" if tls else "",
+            "SSL_FILES": ssl_files,
             "STATIC": os.path.join(ARGS.data, "static"),
             "GOTREE": os.path.join(ARGS.data, "go"),
             "MANIFESTS": "".join(blocks),
         },
         port,
-        "/v2/",
+        None if tls else "/v2/",
     )
     server.port = port
+    server.scheme = "https" if tls else "http"
     return server
 
 
@@ -410,8 +431,11 @@ def start_ngcache(origin, static, name="ngcache"):
     return server
 
 
-def start_wharf(origin, static, name="wharf", tables="", port=None):
-    """wharf on an empty data directory; `tables` is appended to its config ([shared], [peers])."""
+def start_wharf(origin, static, name="wharf", tables="", port=None, tls=None):
+    """wharf on an empty data directory; `tables` is appended to its config ([shared], [peers]);
+    with `tls` (cert, key), it serves HTTPS."""
+    if tls:
+        tables += '[tls]\ncert = "%s"\nkey = "%s"\n' % tls
     port = port or free_port()
     d = fresh_dir(name)
     config = os.path.join(d, "wharf.toml")
@@ -428,8 +452,9 @@ def start_wharf(origin, static, name="wharf", tables="", port=None):
             + tables
         )
     server = Server(name, [ARGS.wharf, "serve", "--config", config], os.path.join(d, "log"))
-    server.start(port, "/healthz")
+    server.start(port, None if tls else "/healthz")
     server.port, server.dir = port, d
+    server.scheme = "https" if tls else "http"
     return server
 
 
@@ -437,8 +462,8 @@ def start_wharf(origin, static, name="wharf", tables="", port=None):
 # Clients
 
 
-def fetch(port, path, streams, size, repeat=1, accept=None):
-    return fetch_urls(["http://127.0.0.1:%d%s" % (port, path)], streams, size, repeat, accept)
+def fetch(port, path, streams, size, repeat=1, accept=None, scheme="http"):
+    return fetch_urls(["%s://127.0.0.1:%d%s" % (scheme, port, path)], streams, size, repeat, accept)
 
 
 def fetch_urls(urls, streams, size, repeat=1, accept=None, extra=(), check=True):
@@ -455,7 +480,7 @@ def fetch_urls(urls, streams, size, repeat=1, accept=None, extra=(), check=True)
     return result
 
 
-def wrk(port, path):
+def wrk(port, path, scheme="http"):
     argv = [
         ARGS.wrk,
         "-t",
@@ -467,7 +492,7 @@ def wrk(port, path):
         "--latency",
         "-H",
         "Accept: " + MANIFEST_ACCEPT,
-        "http://127.0.0.1:%d%s" % (port, path),
+        "%s://127.0.0.1:%d%s" % (scheme, port, path),
     ]
     out = run(argv, timeout=ARGS.wrk_seconds + 60).stdout.decode()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -583,6 +608,37 @@ def measure_blob(res, servers, image, streams, repeat, label, rss_metric=None):
         res.add("blob%s_cpu" % label, name, cpu / gib)
         if rss_metric:
             res.add(rss_metric, name, server.peak_mib())
+
+
+def measure_tls(res, servers, big, multi):
+    """The TLS rows: wharf's rustls listener against nginx with ssl, same certificate."""
+    size = big["layer"]["size"]
+    by_tag = "/v2/%s/manifests/%s" % (multi["repo"], multi["tag"])
+    for name, server in servers:
+        for streams, repeat, label in ((1, ARGS.repeat1, "1"), (8, 1, "8")):
+            cpu0 = server.cpu_seconds()
+            r = fetch(server.port, blob_path(big), streams, size, repeat, scheme="https")
+            cpu = server.cpu_seconds() - cpu0
+            res.add("tls_blob%s_mibs" % label, name, r["bytes"] / MIB / r["wall"])
+            res.add("tls_blob%s_cpu" % label, name, cpu / (r["bytes"] / GIB))
+        rps, p99 = wrk(server.port, by_tag, scheme="https")
+        res.add("tls_tag_rps", name, rps)
+        res.add("tls_tag_p99", name, p99)
+
+
+def prepare_tls(origin, static, images):
+    """wharf with [tls] (warmed with the big layer and the multi manifests) and nginx static with
+    ssl, on one throwaway certificate."""
+    cert = make_cert()
+    nginx = start_static(ARGS.meta, tls=cert, name="nginx-static-tls")
+    wharf = start_wharf(origin, static, "wharf-tls", tls=cert)
+    big, multi = images["big"], images["multi"]
+    for _ in range(2):
+        fetch(wharf.port, blob_path(big), 1, big["layer"]["size"], scheme="https")
+        for ref in (multi["tag"], multi["manifest"]["digest"]):
+            fetch(wharf.port, "/v2/%s/manifests/%s" % (multi["repo"], ref), 1, multi["manifest"]["size"],
+                  accept=MANIFEST_ACCEPT, scheme="https")
+    return [(WHARF, wharf), (STATIC, nginx)]
 
 
 def measure_manifests(res, servers, image):
@@ -991,6 +1047,20 @@ ROWS = [
     ("go_warm", "go mod download, warm (s)", 2, [WHARF, STATIC, NGCACHE], (WHARF, STATIC), ("le", 1.1)),
 ]
 
+TLS_COLUMNS = [
+    (WHARF, "wharf (rustls)"),
+    (STATIC, "nginx static (ssl, sendfile)"),
+]
+
+TLS_ROWS = [
+    ("tls_blob1_mibs", "TLS: warm 256 MiB blob, 1 stream (MiB/s)", 0, [WHARF, STATIC], (WHARF, STATIC), ("ge", 0.9)),
+    ("tls_blob8_mibs", "TLS: warm 256 MiB blob, 8 streams (MiB/s, aggregate)", 0, [WHARF, STATIC], (WHARF, STATIC), ("ge", 0.9)),
+    ("tls_blob1_cpu", "TLS: server CPU per GiB served, 1 stream (s)", 3, [WHARF, STATIC], (WHARF, STATIC), None),
+    ("tls_blob8_cpu", "TLS: server CPU per GiB served, 8 streams (s)", 3, [WHARF, STATIC], (WHARF, STATIC), None),
+    ("tls_tag_rps", "TLS: warm manifest by tag, 32 conns (req/s)", 0, [WHARF, STATIC], (WHARF, STATIC), ("ge", 0.9)),
+    ("tls_tag_p99", "TLS: warm manifest by tag, p99 (ms)", 2, [WHARF, STATIC], (WHARF, STATIC), ("le", 1.5)),
+]
+
 # The shared tier's table. Its wharf column is a fresh replica's tier hit, then the three-replica
 # fleet (aggregate and cold rows); the disk column is that fresh replica's next GET.
 SHARED_COLUMNS = [
@@ -1083,6 +1153,15 @@ def table(res, rows=None, columns=COLUMNS):
     if len(lines) == 2:
         return "", verdicts
     return "\n".join(lines), verdicts
+
+
+def ktls_available():
+    """Whether this kernel offers kernel TLS (the `tls` upper-layer protocol)."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_available_ulp") as f:
+            return "tls" in f.read().split()
+    except OSError:
+        return False
 
 
 def machine():
@@ -1220,7 +1299,7 @@ def main():
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--wrk-connections", type=int, default=32)
     ap.add_argument("--nginx-workers", default="auto")
-    ap.add_argument("--only", default="", help="comma-separated subset: blob,rss64,manifest,pull,herd,go,shared")
+    ap.add_argument("--only", default="", help="comma-separated subset: blob,rss64,manifest,pull,herd,go,tls,shared")
     ap.add_argument("--garage", default="", help="the garage binary (S3 store) for the shared part; empty: skip it")
     ap.add_argument("--profile", default="", help="after the table, profile wharf with perf into this directory")
     ap.add_argument("--perf", default="perf")
@@ -1283,6 +1362,9 @@ def bench(want, started):
     if want("go"):
         for kind in (WHARF, NGCACHE):
             go_download(go_url(kind, warm))
+    if want("tls"):
+        log("TLS: wharf with [tls] and nginx with ssl on one certificate")
+        tls_servers = prepare_tls(origin, static, images)
     if want("shared"):
         log("the shared tier: Garage, replica A filling the bucket, a fleet of three")
         garage = Garage()
@@ -1307,6 +1389,8 @@ def bench(want, started):
             measure_herd_warm(res, order)
         if want("go"):
             measure_go(res, rep, static, warm)
+        if want("tls"):
+            measure_tls(res, rotate(tls_servers, rep), images["big"], images["multi"])
         if want("shared"):
             measure_tier_hit(res, rep, origin, static, garage)
             measure_fleet(res, rep, fleet)
@@ -1320,6 +1404,8 @@ def bench(want, started):
     text, verdicts = table(res)
     shared_text, shared_verdicts = table(res, shared_rows(), SHARED_COLUMNS)
     verdicts.update(shared_verdicts)
+    tls_text, tls_verdicts = table(res, TLS_ROWS, TLS_COLUMNS)
+    verdicts.update(tls_verdicts)
     go_bytes = 0
     for root, _dirs, files in os.walk(os.path.join(ARGS.data, "go")):
         go_bytes += sum(os.path.getsize(os.path.join(root, name)) for name in files if name.endswith(".zip"))
@@ -1342,6 +1428,8 @@ def bench(want, started):
     ]
     if text:
         doc += [text, ""]
+    if tls_text:
+        doc += ["### TLS", "", tls_text, ""]
     if shared_text:
         doc += ["### Shared tier", "", shared_text, ""]
     doc += ["Versions: " + ", ".join("%s %s" % (k, val) for k, val in v.items()) + "."]
@@ -1365,6 +1453,13 @@ def bench(want, started):
                 ARGS.wrk_connections,
                 ARGS.wrk_seconds,
             ),
+        ]
+    if tls_text:
+        doc += [
+            "",
+            "TLS: a second wharf with `[tls]` (rustls with the aws-lc-rs provider) and a second nginx static with `ssl` (OpenSSL), both on one self-signed P-256 certificate, TLS 1.3, HTTP/1.1; wharf warmed over HTTPS first. "
+            "The fetch client and wrk as above, over https; the kernel here %s kernel TLS, so neither server can use sendfile under TLS."
+            % ("offers" if ktls_available() else "does not offer")
         ]
     if shared_text:
         doc += [
