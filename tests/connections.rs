@@ -486,3 +486,44 @@ async fn http1_client_that_stops_reading_a_sendfile_body_is_closed_after_send_ti
         "a stalled client still got the whole body ({got} bytes)"
     );
 }
+
+#[tokio::test]
+async fn a_fill_goes_out_with_sendfile_as_it_arrives_and_a_corrupt_one_is_cut() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::serve(WharfConfig::fake(&up.url(), dir.path())).await;
+    let blob = support::bytes_of(3 << 20, 15);
+    let d = up.put_blob(&blob);
+    up.set_blob_mode(BlobMode::Slow(Duration::from_millis(2)));
+    let before = sendfile_bytes(&w).await;
+    let got = pipeline(
+        &w,
+        &format!("GET /v2/app/blobs/{d} HTTP/1.1\r\nHost: w\r\n\r\n"),
+        &[false],
+    )
+    .await;
+    assert_eq!(got[0].header("x-cache"), Some("MISS"));
+    assert!(got[0].body == blob, "the filled blob differs");
+    assert_eq!(sendfile_bytes(&w).await - before, blob.len() as u64);
+
+    // One flipped byte: the response never completes, whatever it was sent with.
+    let bad = support::bytes_of(3 << 20, 16);
+    let d = up.put_blob(&bad);
+    up.set_blob_mode(BlobMode::Corrupt);
+    let mut s = TcpStream::connect(w.addr).await.unwrap();
+    s.write_all(format!("GET /v2/app/blobs/{d} HTTP/1.1\r\nHost: w\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the connection of a corrupt fill stayed open");
+    let head_end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |i| i + 4);
+    assert!(
+        out.len() - head_end < bad.len(),
+        "a corrupt blob was sent whole ({} body bytes)",
+        out.len() - head_end
+    );
+}

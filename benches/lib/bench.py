@@ -1238,12 +1238,23 @@ class Perf:
         log("profile %s: %s" % (self.name, os.path.join(ARGS.profile, self.name + ".flat.txt")))
 
 
-def profile(origin, static, wharf):
-    """Runs each wharf scenario once more under perf (after the table, so it skews nothing)."""
+def profile(origin, static, wharf, garage=None):
+    """Runs each wharf scenario once more under perf (after the table, so it skews nothing);
+    with `garage`, a fresh replica's tier hit too."""
     os.makedirs(ARGS.profile, exist_ok=True)
     images = ARGS.meta["images"]
     big = images["big"]
     size = big["layer"]["size"]
+
+    if garage:
+        b = start_wharf(origin, static, "wharf-b-profile", garage.shared_table("bprofile"))
+        try:
+            p = Perf("tier-hit", b.proc.pid)
+            fetch(b.port, blob_path(big), 1, size)
+            p.stop()
+        finally:
+            b.stop()
+            rmtree(b.dir)
 
     p = Perf("warm-blob-1-stream", wharf.proc.pid)
     fetch(wharf.port, blob_path(big), 1, size, max(4, 2048 // ARGS.big_mib))
@@ -1480,7 +1491,7 @@ def bench(want, started):
     print(out)
     sys.stdout.flush()
     if ARGS.profile:
-        profile(origin, static, warm[WHARF])
+        profile(origin, static, warm[WHARF], garage if want("shared") else None)
     return 0
 
 

@@ -91,16 +91,13 @@ impl ByteRange {
     }
 }
 
-/// A window of a committed file that a plain HTTP/1.1 connection may send with `sendfile`
-/// instead of reading it through a `BlobBody`: a hit's handler attaches it to its response
-/// (as an extension), and the server's fast path looks for it.
-#[derive(Debug, Clone)]
-pub struct FileWindow {
-    pub file: Arc<File>,
-    pub start: u64,
-    pub end: u64,
-}
+/// A blob body that a plain HTTP/1.1 connection may send with `sendfile` instead of reading it
+/// through its stream: a blob handler attaches a clone of its `BlobBody` to the response (as an
+/// extension), and the server's fast path sends its spans (`BlobBody::next_span`) from the file.
+#[derive(Clone)]
+pub struct Sendfile(pub BlobBody);
 
+#[derive(Clone)]
 enum Source {
     File,
     Fill(watch::Receiver<FillState>),
@@ -108,6 +105,7 @@ enum Source {
 
 /// A stream of `Bytes` over `start..end` of a blob (end `None`: to the end of a fill of
 /// unknown size).
+#[derive(Clone)]
 pub struct BlobBody {
     source: Source,
     file: Option<Arc<File>>,
@@ -151,6 +149,30 @@ impl BlobBody {
                 }
             }
         })
+    }
+
+    /// Bytes left to send, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        self.end.map(|end| end.saturating_sub(self.pos))
+    }
+
+    /// The next part of the body that may be sent, `(file, from, to)`, waiting for a fill's
+    /// progress (the last byte only once verified); `None` when the body is complete. The
+    /// caller sends it and then calls `advance`.
+    pub async fn next_span(&mut self) -> io::Result<Option<(Arc<File>, u64, u64)>> {
+        let Some(limit) = self.readable_limit().await? else {
+            return Ok(None);
+        };
+        let file = self
+            .file
+            .clone()
+            .ok_or_else(|| io::Error::other("no file to read"))?;
+        Ok(Some((file, self.pos, limit)))
+    }
+
+    /// Marks `n` more bytes as sent.
+    pub fn advance(&mut self, n: u64) {
+        self.pos += n;
     }
 
     /// How far this body may read now, or `None` when it is complete.

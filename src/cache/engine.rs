@@ -705,7 +705,8 @@ async fn copy<K: Hash + Eq + Clone>(
         writer
             .write_bytes(chunk)
             .map_err(|e| Copied::Failed(local("writing the temp file failed")(e)))?;
-        if writer.written() - notified >= PROGRESS_STEP {
+        // The first bytes go out at once (time to first byte); then in steps.
+        if notified == 0 || writer.written() - notified >= PROGRESS_STEP {
             notified = writer.written();
             leader.progress(notified);
         }

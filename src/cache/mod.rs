@@ -12,7 +12,7 @@ pub mod pool;
 pub mod revalidate;
 pub mod tier;
 
-pub use body::{BlobBody, ByteRange, FileWindow};
+pub use body::{BlobBody, ByteRange, Sendfile};
 pub use engine::{BlobSource, Count, Engine, Fetch, Incoming, Served, Tiers, UploadError};
 pub use flight::{FillError, FillState, Flights, Join, Leader, Start, first_answer};
 pub use outcome::Outcome;

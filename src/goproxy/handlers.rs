@@ -14,7 +14,7 @@ use super::path::{self, FileKind, GoRoute, ModulePath, PathError, SumdbPath, Ver
 use super::service::GoProxy;
 use super::source::{Fetched, GoState};
 use super::verify;
-use crate::cache::{BlobBody, BlobSource, Cached, FileWindow, FillError, Outcome, revalidate};
+use crate::cache::{BlobBody, BlobSource, Cached, FillError, Outcome, Sendfile, revalidate};
 use crate::upstream::UpstreamError;
 use crate::upstream::client::read_limited;
 use wharf_storage::unix_now as now_unix;
@@ -362,14 +362,10 @@ async fn file(
     if let Some(d) = &known
         && let Some((file, size)) = app.engine.open(d)
     {
-        let window = FileWindow {
-            file: file.clone(),
-            start: 0,
-            end: size,
-        };
-        let body = BlobBody::from_file(file, 0, size).into_stream();
-        let mut resp = Body::from_stream(body).into_response();
-        resp.extensions_mut().insert(window);
+        let body = BlobBody::from_file(file, 0, size);
+        let sendable = Sendfile(body.clone());
+        let mut resp = Body::from_stream(body.into_stream()).into_response();
+        resp.extensions_mut().insert(sendable);
         return Ok(with_headers(
             resp,
             kind.content_type(),

@@ -20,7 +20,7 @@ use super::service::Registry;
 use super::visibility;
 
 use crate::cache::{
-    BlobBody, BlobSource, ByteRange, Cached, FileWindow, FillError, Outcome, revalidate,
+    BlobBody, BlobSource, ByteRange, Cached, FillError, Outcome, Sendfile, revalidate,
 };
 use crate::config::{DOCKER_HUB_NAME, UpstreamConfig};
 use crate::upstream::client::read_limited;
@@ -672,22 +672,15 @@ fn blob_response(
         Body::empty()
     } else {
         let stream = match source {
-            BlobSource::File(f) => {
-                let end = end.unwrap_or(start);
-                sendable = Some(FileWindow {
-                    file: f.clone(),
-                    start,
-                    end,
-                });
-                BlobBody::from_file(f, start, end)
-            }
+            BlobSource::File(f) => BlobBody::from_file(f, start, end.unwrap_or(start)),
             BlobSource::Fill(rx) => BlobBody::from_fill(rx, start, end),
         };
+        sendable = Some(Sendfile(stream.clone()));
         Body::from_stream(stream.into_stream())
     };
     let mut resp = body.into_response();
-    if let Some(w) = sendable {
-        resp.extensions_mut().insert(w);
+    if let Some(s) = sendable {
+        resp.extensions_mut().insert(s);
     }
     if let (Some(r), Some(size)) = (window, size) {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;

@@ -6,17 +6,19 @@
 //! `HEAD` without a body, `Expect` or `Upgrade`, and its head parses strictly. Anything else,
 //! and every doubt, hands the connection with the bytes read so far to hyper for the rest of
 //! its life, so HTTP/2, request bodies and odd requests keep hyper's behaviour. A response
-//! carrying a `FileWindow` (a hit on a committed file) is sent with `sendfile`; others are
-//! written from their body, with `Content-Length` or chunked.
+//! carrying a `Sendfile` (a blob or Go file, stored or being filled) is sent with `sendfile`
+//! from the file; others are written from their body, with `Content-Length` or chunked.
 //!
 //! Limits as hyper's: each head must arrive within `header_read_timeout` and fit
 //! `max_header_size` (else hyper answers it), a write that makes no progress for `send_timeout`
 //! closes the connection, and after shutdown starts the request in flight finishes and the
 //! connection closes.
 
+use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -29,7 +31,7 @@ use tokio::sync::watch;
 use tower::ServiceExt as _;
 
 use super::{Conns, Prefixed};
-use crate::cache::{CHUNK, FileWindow};
+use crate::cache::{CHUNK, Sendfile};
 
 /// Headers one request may carry on the fast path (more: hyper decides).
 const MAX_HEADERS: usize = 64;
@@ -199,7 +201,7 @@ async fn respond(
 ) -> io::Result<()> {
     let send_timeout = conns.limits.send_timeout;
     let (mut parts, body) = resp.into_parts();
-    let window = parts.extensions.remove::<FileWindow>();
+    let sendable = parts.extensions.remove::<Sendfile>();
     let status = parts.status;
     let no_body = head_only
         || status.is_informational()
@@ -239,11 +241,17 @@ async fn respond(
     if no_body {
         return send_all(stream, &out, send_timeout).await;
     }
-    // A committed file's window, exactly what the headers announce: straight from the file.
-    if let Some(w) = window.filter(|w| length == Some(w.end - w.start) && !chunked) {
+    // A blob body of exactly the announced length: sent from its file, as a fill makes it
+    // available (never its last byte before it is verified).
+    if let Some(Sendfile(mut b)) = sendable.filter(|s| !chunked && s.0.remaining() == length) {
         send_all_more(stream, &out, send_timeout).await?;
-        sendfile(stream, &w, send_timeout).await?;
-        conns.metrics.count_body(true, w.end - w.start);
+        let mut sent = 0;
+        while let Some((file, from, to)) = b.next_span().await? {
+            sendfile(stream, &file, from, to, send_timeout).await?;
+            b.advance(to - from);
+            sent += to - from;
+        }
+        conns.metrics.count_body(true, sent);
         return Ok(());
     }
     conns.metrics.count_body(false, 0);
@@ -371,30 +379,35 @@ async fn writable<T>(
     }
 }
 
-/// Sends the window from the file to the socket. A part not in the page cache is read on the
+/// Sends `from..to` of `file` to the socket. A part not in the page cache is read on the
 /// blocking pool and copied instead, so a disk read never stalls the event loop.
-async fn sendfile(stream: &mut TcpStream, w: &FileWindow, limit: Duration) -> io::Result<()> {
-    let mut pos = w.start;
-    while pos < w.end {
-        let left = w.end - pos;
-        let n = usize::try_from(left)
+async fn sendfile(
+    stream: &mut TcpStream,
+    file: &Arc<File>,
+    from: u64,
+    to: u64,
+    limit: Duration,
+) -> io::Result<()> {
+    let mut pos = from;
+    while pos < to {
+        let n = usize::try_from(to - pos)
             .unwrap_or(usize::MAX)
             .min(SENDFILE_STEP);
-        if cached(&w.file, pos, n) {
+        if cached(file, pos, n) {
             let sent = writable(stream, limit, || {
                 let mut off = pos;
-                rustix::fs::sendfile(stream.as_fd(), w.file.as_fd(), Some(&mut off), n)
+                rustix::fs::sendfile(stream.as_fd(), file.as_fd(), Some(&mut off), n)
                     .map_err(io::Error::from)
             })
             .await?;
             if sent == 0 {
-                // The file is shorter than its window: never pad, never finish.
+                // The file is shorter than the response: never pad, never finish.
                 return Err(io::Error::other("file shorter than the response"));
             }
             pos += sent as u64;
         } else {
             let n = n.min(CHUNK);
-            let file = w.file.clone();
+            let file = file.clone();
             let buf = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
                 let mut buf = vec![0u8; n];
                 std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, pos)?;

@@ -35,15 +35,20 @@ const BLOB_MODE: u32 = 0o444;
 /// Objects up to this size are hashed inline; past it, `write_bytes` hashes on another thread.
 const BACKGROUND_AFTER: u64 = 4 << 20;
 
-/// Chunks queued for the hashing thread before `write_bytes` waits for it (a few MiB).
-const BACKGROUND_QUEUE: usize = 64;
+/// Bytes handed to the hashing thread at once: one wake-up per batch, not per network read.
+const BATCH: usize = 1 << 20;
 
-/// The running hash: here, or on a thread fed in order through a bounded queue.
+/// Batches queued for the hashing thread before `write_bytes` waits for it.
+const BACKGROUND_QUEUE: usize = 8;
+
+/// The running hash: here, or on a thread fed in order, in batches, through a bounded queue.
 enum Hashing {
     Inline(Hasher),
     Background {
-        queue: SyncSender<Bytes>,
+        queue: SyncSender<Vec<Bytes>>,
         thread: JoinHandle<Hasher>,
+        batch: Vec<Bytes>,
+        batched: usize,
     },
 }
 
@@ -118,10 +123,21 @@ impl BlobWriter {
         let result = self.write_hashed(&chunk, |_, _| {});
         let reached = (self.written - start) as usize;
         if reached > 0
-            && let Hashing::Background { queue, .. } = &self.hashing
-            && queue.send(chunk.slice(..reached)).is_err()
+            && let Hashing::Background {
+                queue,
+                batch,
+                batched,
+                ..
+            } = &mut self.hashing
         {
-            return Err(io::Error::other("the hashing thread stopped"));
+            batch.push(chunk.slice(..reached));
+            *batched += reached;
+            if *batched >= BATCH {
+                *batched = 0;
+                if queue.send(std::mem::take(batch)).is_err() {
+                    return Err(io::Error::other("the hashing thread stopped"));
+                }
+            }
         }
         result
     }
@@ -154,18 +170,23 @@ impl BlobWriter {
         else {
             return Ok(());
         };
-        let (queue, chunks) = sync_channel::<Bytes>(BACKGROUND_QUEUE);
+        let (queue, batches) = sync_channel::<Vec<Bytes>>(BACKGROUND_QUEUE);
         let mut moved = hasher.clone();
         let spawned = std::thread::Builder::new()
             .name("wharf-hash".into())
             .spawn(move || {
-                for chunk in chunks {
+                for chunk in batches.iter().flatten() {
                     moved.update(&chunk);
                 }
                 moved
             });
         self.hashing = match spawned {
-            Ok(thread) => Hashing::Background { queue, thread },
+            Ok(thread) => Hashing::Background {
+                queue,
+                thread,
+                batch: Vec::new(),
+                batched: 0,
+            },
             // No thread to be had: go on hashing inline.
             Err(_) => Hashing::Inline(hasher),
         };
@@ -177,7 +198,15 @@ impl BlobWriter {
         let hashing = std::mem::replace(&mut self.hashing, Hashing::Inline(Hasher::new()));
         let hasher = match hashing {
             Hashing::Inline(h) => h,
-            Hashing::Background { queue, thread } => {
+            Hashing::Background {
+                queue,
+                thread,
+                batch,
+                ..
+            } => {
+                if !batch.is_empty() && queue.send(batch).is_err() {
+                    return Err(io::Error::other("the hashing thread stopped"));
+                }
                 drop(queue);
                 thread
                     .join()
