@@ -14,7 +14,7 @@ use super::path::{self, FileKind, GoRoute, ModulePath, PathError, SumdbPath, Ver
 use super::service::GoProxy;
 use super::source::{Fetched, GoState};
 use super::verify;
-use crate::cache::{BlobBody, BlobSource, Cached, FillError, Outcome, revalidate};
+use crate::cache::{BlobBody, Cached, FillError, Outcome, revalidate};
 use crate::upstream::UpstreamError;
 use crate::upstream::client::read_limited;
 use wharf_storage::unix_now as now_unix;
@@ -379,17 +379,24 @@ async fn file(
     let fetch =
         || ModuleFileFetch::new(app.clone(), m.clone(), v.to_string(), kind).known_as(known);
     let span = tracing::info_span!("go_fill", module = %m, version = %v, kind = kind.ext());
-    match app.engine.fill(&go.flights, &key, fetch, span).await {
+    // Module files are small enough to check whole before the first byte goes out: every
+    // request (one fill however many ask) waits for the fill's verdict, so a refused file is a
+    // status with a reason the go command prints, never a 200 cut short.
+    let filled = match app.engine.fill(&go.flights, &key, fetch, span).await {
         Ok(served) => {
-            let body = match served.source {
-                BlobSource::File(f) => BlobBody::from_file(f, 0, served.size.unwrap_or(0)),
-                BlobSource::Fill(rx) => BlobBody::from_fill(rx, 0, served.size),
-            };
+            let outcome = served.outcome;
+            served.complete().await.map(|(f, size)| (f, size, outcome))
+        }
+        Err(e) => Err(e),
+    };
+    match filled {
+        Ok((file, size, outcome)) => {
+            let body = BlobBody::from_file(file, 0, size).into_stream();
             Ok(with_headers(
-                Body::from_stream(body.into_stream()).into_response(),
+                Body::from_stream(body).into_response(),
                 kind.content_type(),
-                served.size,
-                served.outcome,
+                Some(size),
+                outcome,
             ))
         }
         Err(FillError::NotFound) => {
@@ -402,9 +409,10 @@ async fn file(
             &format!("{m}@{v}"),
             &UpstreamError::Offline,
         )),
+        // One line: the go command prints it after "server response:".
         Err(FillError::Upstream(msg)) => Err(GoError::bad_gateway(format!(
-            "wharf could not fetch {m}@{v} .{}: {msg}",
-            kind.ext()
+            "wharf: {key}: {}",
+            msg.lines().map(str::trim).collect::<Vec<_>>().join(" ")
         ))),
         Err(FillError::Busy) => Err(GoError::new(
             StatusCode::SERVICE_UNAVAILABLE,
