@@ -146,14 +146,159 @@ async fn upstreams_are_tried_in_order_on_not_found_only() {
     assert_eq!(second.count("v1.2.0.info"), 0);
 }
 
+/// `n` GETs of `url` at once, each answer fully read (a body cut short fails the test).
+async fn all_at_once(url: &str, n: usize) -> Vec<Answer> {
+    let requests = (0..n).map(|_| Answer::read(client().get(url)));
+    futures_util::future::join_all(requests).await
+}
+
+/// Asserts a refusal as the go command reads it: 502, `text/plain`, one line: `reason`.
+#[track_caller]
+fn expect_refused(a: &Answer, reason: &str) {
+    assert_eq!(a.status, 502, "{}", a.describe());
+    assert_eq!(
+        a.header("content-type"),
+        Some("text/plain; charset=utf-8"),
+        "{}",
+        a.describe()
+    );
+    let text = String::from_utf8_lossy(&a.body);
+    assert_eq!(text.lines().count(), 1, "one line: {text:?}");
+    assert!(text.trim_end().starts_with(reason), "{text:?}");
+}
+
 #[tokio::test]
-async fn oversize_go_mod_is_refused_and_not_cached() {
+async fn a_zip_breaking_the_zip_rules_is_refused_with_its_reason_once_for_every_request() {
+    let (up, w, dir) = setup("").await;
+    publish(&up);
+    // Its files sit under another module's prefix.
+    let zip = module_zip(
+        "example.com/other",
+        "v1.0.0",
+        &[("go.mod", "module example.com/other\n")],
+    );
+    up.put("example.com/bad/@v/v1.0.0.zip", zip);
+    up.delay(Some(std::time::Duration::from_millis(300)));
+    let url = w.url("/go/example.com/bad/@v/v1.0.0.zip");
+    for a in all_at_once(&url, 8).await {
+        expect_refused(
+            &a,
+            "wharf: example.com/bad@v1.0.0.zip: invalid module zip: \
+             \"example.com/other@v1.0.0/go.mod\": path does not have prefix \
+             \"example.com/bad@v1.0.0/\"",
+        );
+    }
+    assert_eq!(up.count("bad/@v/v1.0.0.zip"), 1, "one upstream fetch for 8");
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+    // Still serving, and what is good is cached as before.
+    up.delay(None);
+    let r = get(w.url("/go/example.com/!mod/@v/v1.2.0.mod")).await;
+    expect_status(&r, 200, "a good file after the refusals");
+    assert_eq!(read_text(r).await, "module example.com/Mod\n");
+}
+
+#[tokio::test]
+async fn a_mod_over_the_size_limit_is_refused_with_its_reason_with_or_without_a_length() {
     let (up, w, dir) = setup("").await;
     let big = format!("module example.com/big\n// {}\n", "x".repeat(16 << 20));
     up.put("example.com/big/@v/v1.0.0.mod", big);
-    let r = get(w.url("/go/example.com/big/@v/v1.0.0.mod")).await;
-    assert!(r.status() == 502 || r.bytes().await.is_err());
+    up.delay(Some(std::time::Duration::from_millis(300)));
+    let url = w.url("/go/example.com/big/@v/v1.0.0.mod");
+    for (n, chunked) in [(1, false), (2, true)] {
+        // Without a Content-Length the limit is only found while the bytes stream in.
+        up.chunked(chunked);
+        for a in all_at_once(&url, 4).await {
+            expect_refused(
+                &a,
+                "wharf: example.com/big@v1.0.0.mod: the .mod is larger than the 16777216-byte limit",
+            );
+        }
+        assert_eq!(up.count("big/@v/v1.0.0.mod"), n, "chunked: {chunked}");
+    }
     assert!(files_under(&dir.path().join("blobs")).is_empty());
+}
+
+/// `tests/fixtures/sumdb/tree.json` (written by x/mod's sumdb packages) as a checksum database
+/// of 300 records on `db`; returns its name and verifier key. Its records hold made-up hashes,
+/// so no real file of `example.com/mod0@v1.0.0` matches them.
+fn fixture_sumdb(db: &GoFake) -> (String, String, serde_json::Value) {
+    use base64::Engine as _;
+    let tree: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/sumdb/tree.json")).unwrap();
+    for (path, data) in tree["tiles"].as_object().unwrap() {
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().unwrap())
+            .unwrap();
+        db.put(path, data);
+    }
+    for (key, body) in tree["lookups"].as_object().unwrap() {
+        if let Some(m) = key.strip_prefix("300 ") {
+            db.put(&format!("lookup/{m}"), body.as_str().unwrap());
+        }
+    }
+    let vkey = tree["vkey"].as_str().unwrap().to_owned();
+    let name = vkey.split('+').next().unwrap().to_owned();
+    (name, vkey, tree)
+}
+
+#[tokio::test]
+async fn a_zip_the_checksum_database_disagrees_with_is_refused_naming_both_hashes() {
+    let (up, db) = (GoFake::start().await, GoFake::start().await);
+    let (name, vkey, tree) = fixture_sumdb(&db);
+    let recorded = tree["modules"][0]["zip_hash"].as_str().unwrap();
+    assert_eq!(tree["modules"][0]["path"], "example.com/mod0");
+    let zip = module_zip(
+        "example.com/mod0",
+        "v1.0.0",
+        &[("go.mod", "module example.com/mod0\n")],
+    );
+    let served = wharf::goproxy::hash::check_and_hash_zip(
+        std::io::Cursor::new(&zip),
+        "example.com/mod0",
+        "v1.0.0",
+    )
+    .unwrap();
+    assert_ne!(served, recorded);
+    up.put_module(
+        "example.com/mod0",
+        "v1.0.0",
+        "module example.com/mod0\n",
+        zip.clone(),
+    );
+    up.delay(Some(std::time::Duration::from_millis(300)));
+    let dir = tempfile::tempdir().unwrap();
+    let config = WharfConfig::go_only(&up.url(), dir.path()).sumdb(&name, &vkey, &db.url());
+    let w = Wharf::serve(config).await;
+    let url = w.url("/go/example.com/mod0/@v/v1.0.0.zip");
+    let reason = format!(
+        "wharf: example.com/mod0@v1.0.0.zip: checksum mismatch: {name} says {recorded}, \
+         upstream served {served}"
+    );
+    for a in all_at_once(&url, 8).await {
+        expect_refused(&a, &reason);
+    }
+    assert_eq!(
+        up.count("mod0/@v/v1.0.0.zip"),
+        1,
+        "one upstream fetch for 8"
+    );
+    // Nothing was stored: the next request asks upstream again and is refused again.
+    expect_refused(&Answer::read(client().get(&url)).await, &reason);
+    assert_eq!(up.count("mod0/@v/v1.0.0.zip"), 2);
+    let stored: Vec<_> = files_under(&dir.path().join("blobs"))
+        .into_iter()
+        .filter(|p| std::fs::read(p).is_ok_and(|b| b == zip))
+        .collect();
+    assert!(stored.is_empty(), "the refused zip is stored: {stored:?}");
+    // The go.mod disagrees with its record too.
+    let a = Answer::read(client().get(w.url("/go/example.com/mod0/@v/v1.0.0.mod"))).await;
+    expect_refused(
+        &a,
+        &format!(
+            "wharf: example.com/mod0@v1.0.0.mod: checksum mismatch: {name} says {}, upstream served h1:",
+            tree["modules"][0]["mod_hash"].as_str().unwrap()
+        ),
+    );
 }
 
 #[tokio::test]

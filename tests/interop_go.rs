@@ -389,26 +389,38 @@ async fn zip_that_does_not_match_the_checksum_database_is_refused_and_never_stor
         .get(TAMPERED)
         .and_then(|d| d.error.clone())
         .unwrap_or_else(|| panic!("no error for {TAMPERED}: {}", run.describe()));
-    // wharf must refuse the bytes itself (an error status, or a body aborted before its last
-    // byte): a go command that got the whole tampered zip and caught it with its own checksum
-    // check means wharf served unverified content.
+    // wharf refuses the bytes itself, with a status and its reason, which the go command
+    // prints; had it served the tampered zip, the go command's own check would have caught it
+    // ("SECURITY ERROR").
+    let reason = format!(
+        "server response: wharf: {TAMPERED}.zip: checksum mismatch: sum.test says {}, \
+         upstream served h1:",
+        published.zip
+    );
     assert!(
-        !error.contains("SECURITY ERROR") && !error.contains("checksum mismatch"),
-        "wharf served the tampered zip in full; the go command caught it:\n{error}"
+        !error.contains("SECURITY ERROR") && error.contains("502 Bad Gateway"),
+        "wharf served the tampered zip; the go command caught it:\n{error}"
+    );
+    assert!(error.contains(&reason), "{reason:?} not in:\n{error}");
+    // Without -json the go command prints the same reason on stderr.
+    let client = s.client();
+    let run = client
+        .run(&client.outside_module(), &["mod", "download", TAMPERED])
+        .await;
+    assert!(
+        !run.success && run.stderr.contains(&reason),
+        "{reason:?} not on stderr: {}",
+        run.describe()
     );
 
-    // Asked directly, wharf never completes the tampered body either.
+    // Asked directly, wharf answers 502 with that one line.
     let http = support::client();
     let zip_url = s.wharf.url("/go/example.com/lib/@v/v1.0.0.zip");
     let resp = http.get(&zip_url).sent().await;
-    let status = resp.status();
-    if status == 200 {
-        let body = resp.bytes().await;
-        assert!(
-            body.is_err(),
-            "wharf answered 200 with a complete body for the tampered zip"
-        );
-    }
+    assert_eq!(resp.status(), 502);
+    let text = support::read_text(resp).await;
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("checksum mismatch: sum.test says"), "{text}");
 
     // The genuine go.mod of the same version passed verification and is cached.
     let resp = http

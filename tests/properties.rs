@@ -156,7 +156,9 @@ fn module_elem() -> impl Strategy<Value = String> {
             "com8", "com9", "lpt1", "lpt2", "lpt3", "lpt4", "lpt5", "lpt6", "lpt7", "lpt8", "lpt9",
         ];
         let stem = e.split('.').next().unwrap_or("").to_ascii_lowercase();
-        let major = e.len() > 1 && e.starts_with('v') && e[1..].bytes().all(|b| b.is_ascii_digit());
+        let major = e.len() > 1
+            && e.starts_with('v')
+            && e[1..].bytes().all(|b| b.is_ascii_digit() || b == b'.');
         !RESERVED.contains(&stem.as_str()) && !major
     })
 }

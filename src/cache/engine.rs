@@ -160,6 +160,27 @@ pub struct Served {
     pub outcome: Outcome,
 }
 
+impl Served {
+    /// The whole object, verified, before anything is answered: waits for the fill's verdict
+    /// (`flight::verdict`) and hands back the file and its size to serve like a hit, or why the
+    /// fill failed. Gives up streaming during the fill; for objects small enough to check whole.
+    pub async fn complete(self) -> Result<(Arc<File>, u64), FillError> {
+        match self.source {
+            BlobSource::Fill(rx) => super::flight::verdict(rx).await,
+            BlobSource::File(file) => match self.size {
+                Some(size) => Ok((file, size)),
+                None => {
+                    let size = file
+                        .metadata()
+                        .map_err(local("reading a committed object's size"))?
+                        .len();
+                    Ok((file, size))
+                }
+            },
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Engine(Arc<Inner>);
 

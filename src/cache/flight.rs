@@ -210,6 +210,27 @@ pub async fn first_answer(mut rx: watch::Receiver<FillState>, follower: bool) ->
     }
 }
 
+/// Waits for the fill's verdict: the whole object verified (from then on the file may be read
+/// to its end, like a hit), or why it failed. For objects small enough to be checked completely
+/// before the first byte of an answer goes out, so a refusal is a status, not a cut body.
+pub async fn verdict(mut rx: watch::Receiver<FillState>) -> Result<(Arc<File>, u64), FillError> {
+    loop {
+        let state = rx.borrow_and_update().clone();
+        match state {
+            FillState::Verified { file, size } | FillState::Committed { file, size } => {
+                return Ok((file, size));
+            }
+            FillState::Failed(e) => return Err(e),
+            FillState::Pending | FillState::Streaming { .. } => {}
+        }
+        if rx.changed().await.is_err() && !rx.borrow().is_terminal() {
+            return Err(FillError::Upstream(
+                "the fill ended without a result".into(),
+            ));
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -233,5 +254,40 @@ mod tests {
         assert!(matches!(*rx2.borrow(), FillState::Failed(_)));
         assert_eq!(f.in_flight(), 0);
         assert!(matches!(f.join(&"k"), Join::Leader(..)));
+    }
+
+    #[tokio::test]
+    async fn a_verdict_waits_past_streaming_for_verified_or_failed() {
+        let f: Flights<&str> = Flights::default();
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        let Join::Leader(leader, rx) = f.join(&"ok") else {
+            panic!("first join must lead")
+        };
+        let waiting = tokio::spawn(verdict(rx));
+        leader.streaming(file.clone(), Some(3));
+        leader.progress(3);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "streaming is no verdict");
+        leader.verified(file.clone(), 3);
+        let (_, size) = waiting.await.unwrap().expect("verified");
+        assert_eq!(size, 3);
+        leader.commit(file.clone(), 3);
+
+        let Join::Leader(leader, rx) = f.join(&"bad") else {
+            panic!("first join must lead")
+        };
+        let waiting = tokio::spawn(verdict(rx));
+        leader.streaming(file, None);
+        leader.fail(FillError::Upstream("checksum mismatch".into()));
+        assert_eq!(
+            waiting.await.unwrap().err(),
+            Some(FillError::Upstream("checksum mismatch".into()))
+        );
+
+        let Join::Leader(leader, rx) = f.join(&"dropped") else {
+            panic!("first join must lead")
+        };
+        drop(leader);
+        assert!(matches!(verdict(rx).await, Err(FillError::Upstream(_))));
     }
 }

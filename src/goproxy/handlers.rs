@@ -14,7 +14,7 @@ use super::path::{self, FileKind, GoRoute, ModulePath, PathError, SumdbPath, Ver
 use super::service::GoProxy;
 use super::source::{Fetched, GoState};
 use super::verify;
-use crate::cache::{BlobBody, BlobSource, Cached, FillError, Outcome, Sendfile, revalidate};
+use crate::cache::{BlobBody, Cached, FillError, Outcome, Sendfile, revalidate};
 use crate::upstream::UpstreamError;
 use crate::upstream::client::read_limited;
 use wharf_storage::unix_now as now_unix;
@@ -346,6 +346,20 @@ pub(super) fn check_info(body: &str, requested: Option<&str>) -> std::result::Re
 
 // ------------------------------------------------------------- .info/.mod/.zip
 
+/// A verified module file, from its file (`sendfile` on the fast path).
+fn file_response(
+    file: Arc<std::fs::File>,
+    size: u64,
+    kind: FileKind,
+    outcome: Outcome,
+) -> Response {
+    let body = BlobBody::from_file(file, 0, size);
+    let sendable = Sendfile(body.clone());
+    let mut resp = Body::from_stream(body.into_stream()).into_response();
+    resp.extensions_mut().insert(sendable);
+    with_headers(resp, kind.content_type(), Some(size), outcome)
+}
+
 async fn file(
     app: &Arc<GoProxy>,
     go: &GoState,
@@ -362,16 +376,7 @@ async fn file(
     if let Some(d) = &known
         && let Some((file, size)) = app.engine.open(d)
     {
-        let body = BlobBody::from_file(file, 0, size);
-        let sendable = Sendfile(body.clone());
-        let mut resp = Body::from_stream(body.into_stream()).into_response();
-        resp.extensions_mut().insert(sendable);
-        return Ok(with_headers(
-            resp,
-            kind.content_type(),
-            Some(size),
-            Outcome::Hit,
-        ));
+        return Ok(file_response(file, size, kind, Outcome::Hit));
     }
     let key = ModuleFileFetch::key(m, v, kind);
     if !app.engine.offline() && go.known_not_found(&key) {
@@ -382,19 +387,18 @@ async fn file(
     let fetch =
         || ModuleFileFetch::new(app.clone(), m.clone(), v.to_string(), kind).known_as(known);
     let span = tracing::info_span!("go_fill", module = %m, version = %v, kind = kind.ext());
-    match app.engine.fill(&go.flights, &key, fetch, span).await {
+    // Module files are small enough to check whole before the first byte goes out: every
+    // request (one fill however many ask) waits for the fill's verdict, so a refused file is a
+    // status with a reason the go command prints, never a 200 cut short.
+    let filled = match app.engine.fill(&go.flights, &key, fetch, span).await {
         Ok(served) => {
-            let body = match served.source {
-                BlobSource::File(f) => BlobBody::from_file(f, 0, served.size.unwrap_or(0)),
-                BlobSource::Fill(rx) => BlobBody::from_fill(rx, 0, served.size),
-            };
-            Ok(with_headers(
-                Body::from_stream(body.into_stream()).into_response(),
-                kind.content_type(),
-                served.size,
-                served.outcome,
-            ))
+            let outcome = served.outcome;
+            served.complete().await.map(|(f, size)| (f, size, outcome))
         }
+        Err(e) => Err(e),
+    };
+    match filled {
+        Ok((file, size, outcome)) => Ok(file_response(file, size, kind, outcome)),
         Err(FillError::NotFound) => {
             go.remember_not_found(&key);
             Err(GoError::not_found(format!(
@@ -405,9 +409,10 @@ async fn file(
             &format!("{m}@{v}"),
             &UpstreamError::Offline,
         )),
+        // One line: the go command prints it after "server response:".
         Err(FillError::Upstream(msg)) => Err(GoError::bad_gateway(format!(
-            "wharf could not fetch {m}@{v} .{}: {msg}",
-            kind.ext()
+            "wharf: {key}: {}",
+            msg.lines().map(str::trim).collect::<Vec<_>>().join(" ")
         ))),
         Err(FillError::Busy) => Err(GoError::new(
             StatusCode::SERVICE_UNAVAILABLE,

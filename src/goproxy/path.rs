@@ -56,41 +56,19 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// A module path that passes the go command's `CheckPath`.
+/// A module path that passes the go command's `CheckPath` (golang.org/x/mod/module): the
+/// element rules of every path, a dotted lower-case first element, and a major-version suffix
+/// that means something. Requests carry the escaped form (`!a` for `A`); it is unescaped
+/// (`unescape`) before it is checked here.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ModulePath(String);
 
 impl ModulePath {
     pub fn parse(p: &str) -> Result<ModulePath, String> {
-        if p.is_empty() {
-            return Err("empty module path".into());
-        }
         if p.len() > MAX_PATH_LEN {
             return Err(format!("module path longer than {MAX_PATH_LEN} bytes"));
         }
-        let mut elems = p.split('/');
-        let first = elems.next().unwrap_or("");
-        if first.is_empty() || !first.contains('.') {
-            return Err(format!(
-                "malformed module path {p:?}: missing dot in first path element"
-            ));
-        }
-        if first.starts_with('-') {
-            return Err(format!(
-                "malformed module path {p:?}: leading dash in first path element"
-            ));
-        }
-        if !first
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        {
-            return Err(format!(
-                "malformed module path {p:?}: invalid character in first path element"
-            ));
-        }
-        for e in p.split('/') {
-            check_elem(e).map_err(|m| format!("malformed module path {p:?}: {m}"))?;
-        }
+        check_path(p).map_err(|why| format!("malformed module path {p:?}: {why}"))?;
         Ok(ModulePath(p.to_string()))
     }
 
@@ -105,29 +83,130 @@ impl fmt::Display for ModulePath {
     }
 }
 
+/// `CheckPath`, in its order; the reason without the path (the caller names it).
+fn check_path(p: &str) -> Result<(), String> {
+    // Any path: not empty, no leading dash, no empty element, each element valid.
+    if p.is_empty() {
+        return Err("empty string".into());
+    }
+    if p.starts_with('-') {
+        return Err("leading dash".into());
+    }
+    if p.contains("//") {
+        return Err("double slash".into());
+    }
+    if p.ends_with('/') {
+        return Err("trailing slash".into());
+    }
+    for e in p.split('/') {
+        check_elem(e)?;
+    }
+    // A module path: the first element is a host-like name with a dot (a leading slash is an
+    // empty first element, refused above).
+    let first = p.split('/').next().unwrap_or("");
+    if !first.contains('.') {
+        return Err("missing dot in first path element".into());
+    }
+    if let Some(c) = first
+        .chars()
+        .find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'))
+    {
+        return Err(format!("invalid char {c:?} in first path element"));
+    }
+    // A trailing major-version element must be one the go command can select.
+    if split_path_version(p).is_none() {
+        return Err(if p.starts_with("gopkg.in/") {
+            "invalid version: a gopkg.in path ends in .vN (.v0, .v1, .v2, ...)".into()
+        } else {
+            "invalid version: a major-version suffix is /v2 or higher, without leading zeros or dots"
+                .into()
+        });
+    }
+    Ok(())
+}
+
+/// One path element (`checkElem` for module paths).
 fn check_elem(e: &str) -> Result<(), String> {
     if e.is_empty() {
         return Err("empty path element".into());
     }
-    if e.starts_with('.') || e.ends_with('.') {
-        return Err(format!("path element {e:?} starts or ends with a dot"));
+    if e.bytes().all(|b| b == b'.') {
+        return Err(format!("invalid path element {e:?}"));
     }
-    if !e
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    if e.starts_with('.') {
+        return Err("leading dot in path element".into());
+    }
+    if e.ends_with('.') {
+        return Err("trailing dot in path element".into());
+    }
+    // ASCII letters, digits and `-._~` only.
+    if let Some(c) = e
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || "-._~".contains(c)))
     {
-        return Err(format!("invalid character in path element {e:?}"));
+        return Err(format!("invalid char {c:?}"));
     }
-    // Windows reserved names, as golang.org/x/mod/module does.
-    let stem = e.split('.').next().unwrap_or("").to_ascii_lowercase();
-    const RESERVED: &[&str] = &[
-        "con", "prn", "aux", "nul", "com1", "com2", "com3", "com4", "com5", "com6", "com7", "com8",
-        "com9", "lpt1", "lpt2", "lpt3", "lpt4", "lpt5", "lpt6", "lpt7", "lpt8", "lpt9",
+    // Names Windows reserves, whatever the case, up to the first dot.
+    let short = e.split('.').next().unwrap_or("");
+    const WINDOWS: &[&str] = &[
+        "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+        "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
     ];
-    if RESERVED.contains(&stem.as_str()) {
-        return Err(format!("{e:?} is a reserved file name"));
+    if WINDOWS.iter().any(|w| w.eq_ignore_ascii_case(short)) {
+        return Err(format!(
+            "{short:?} disallowed as path element component on Windows"
+        ));
+    }
+    // Nor what looks like a Windows short name: `~` and only digits after it.
+    if let Some(t) = short.rfind('~')
+        && t + 1 < short.len()
+        && short[t + 1..].bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err("trailing tilde and digits in path element".into());
     }
     Ok(())
+}
+
+/// `SplitPathVersion`: the path without its major-version suffix, and the suffix (`/vN` for
+/// N >= 2, or a gopkg.in `.vN` for any N, `""` when there is none); `None` when the last element
+/// looks like a suffix the go command cannot select (`/v0`, `/v1`, `/v02`, `/v2.0`).
+fn split_path_version(p: &str) -> Option<(&str, &str)> {
+    if p.starts_with("gopkg.in/") {
+        return split_gopkg_in(p);
+    }
+    let b = p.as_bytes();
+    let mut i = b.len();
+    let mut dot = false;
+    while i > 0 && (b[i - 1].is_ascii_digit() || b[i - 1] == b'.') {
+        dot |= b[i - 1] == b'.';
+        i -= 1;
+    }
+    if i <= 1 || i == b.len() || b[i - 1] != b'v' || b[i - 2] != b'/' {
+        return Some((p, ""));
+    }
+    let (prefix, major) = p.split_at(i - 2);
+    if dot || major.len() <= 2 || major.as_bytes()[2] == b'0' || major == "/v1" {
+        return None;
+    }
+    Some((prefix, major))
+}
+
+/// gopkg.in paths end in `.vN` (any N, `.v0` included, no leading zeros), optionally followed
+/// by `-unstable`.
+fn split_gopkg_in(p: &str) -> Option<(&str, &str)> {
+    let b = p.as_bytes();
+    let mut i = p.strip_suffix("-unstable").unwrap_or(p).len();
+    while i > 0 && b[i - 1].is_ascii_digit() {
+        i -= 1;
+    }
+    if i <= 1 || b[i - 1] != b'v' || b[i - 2] != b'.' {
+        return None;
+    }
+    let (prefix, major) = p.split_at(i - 2);
+    if major.len() <= 2 || (major.as_bytes()[2] == b'0' && major != ".v0") {
+        return None;
+    }
+    Some((prefix, major))
 }
 
 /// A version as requested: canonical semver (immutable content) or a query such as a branch
@@ -550,30 +629,197 @@ mod tests {
         }
     }
 
+    /// golang.org/x/mod/module's `checkPathTests` (the `CheckPath` column), then more major-version
+    /// and gopkg.in cases, each answered by x/mod's `CheckPath` when it was written down here.
+    const CHECK_PATH: &[(&str, bool)] = &[
+        ("x.y/z", true),
+        ("x.y", true),
+        ("", false),
+        ("x.y/\u{FFFD}z", false), // x/mod has "\xFF": invalid UTF-8 cannot be a &str
+        ("/x.y/z", false),
+        ("x./z", false),
+        (".x/z", false),
+        ("-x/z", false),
+        ("x..y/z", true),
+        ("x.y/z/../../w", false),
+        ("x.y//z", false),
+        ("x.y/z//w", false),
+        ("x.y/z/", false),
+        ("x.y/z/v0", false),
+        ("x.y/z/v1", false),
+        ("x.y/z/v2", true),
+        ("x.y/z/v2.0", false),
+        ("X.y/z", false),
+        ("!x.y/z", false),
+        ("_x.y/z", false),
+        ("x.y!/z", false),
+        ("x.y\"/z", false),
+        ("x.y#/z", false),
+        ("x.y$/z", false),
+        ("x.y%/z", false),
+        ("x.y&/z", false),
+        ("x.y'/z", false),
+        ("x.y(/z", false),
+        ("x.y)/z", false),
+        ("x.y*/z", false),
+        ("x.y+/z", false),
+        ("x.y,/z", false),
+        ("x.y-/z", true),
+        ("x.y./zt", false),
+        ("x.y:/z", false),
+        ("x.y;/z", false),
+        ("x.y</z", false),
+        ("x.y=/z", false),
+        ("x.y>/z", false),
+        ("x.y?/z", false),
+        ("x.y@/z", false),
+        ("x.y[/z", false),
+        ("x.y\\/z", false),
+        ("x.y]/z", false),
+        ("x.y^/z", false),
+        ("x.y_/z", false),
+        ("x.y`/z", false),
+        ("x.y{/z", false),
+        ("x.y}/z", false),
+        ("x.y~/z", false),
+        ("x.y/z!", false),
+        ("x.y/z\"", false),
+        ("x.y/z#", false),
+        ("x.y/z$", false),
+        ("x.y/z%", false),
+        ("x.y/z&", false),
+        ("x.y/z'", false),
+        ("x.y/z(", false),
+        ("x.y/z)", false),
+        ("x.y/z*", false),
+        ("x.y/z++", false),
+        ("x.y/z,", false),
+        ("x.y/z-", true),
+        ("x.y/z.t", true),
+        ("x.y/z/t", true),
+        ("x.y/z:", false),
+        ("x.y/z;", false),
+        ("x.y/z<", false),
+        ("x.y/z=", false),
+        ("x.y/z>", false),
+        ("x.y/z?", false),
+        ("x.y/z@", false),
+        ("x.y/z[", false),
+        ("x.y/z\\", false),
+        ("x.y/z]", false),
+        ("x.y/z^", false),
+        ("x.y/z_", true),
+        ("x.y/z`", false),
+        ("x.y/z{", false),
+        ("x.y/z}", false),
+        ("x.y/z~", true),
+        ("x.y/x.foo", true),
+        ("x.y/aux.foo", false),
+        ("x.y/prn", false),
+        ("x.y/prn2", true),
+        ("x.y/com", true),
+        ("x.y/com1", false),
+        ("x.y/com1.txt", false),
+        ("x.y/calm1", true),
+        ("x.y/z~0", false),
+        ("x.y/z~09", false),
+        ("x.y/z09", true),
+        ("x.y/z09~", true),
+        ("x.y/z09~09z", true),
+        ("x.y/z09~09z~09", false),
+        ("github.com/!123/logrus", false),
+        ("github.com/user/unicode/испытание", false),
+        ("../x", false),
+        ("./y", false),
+        ("x:y", false),
+        ("\\temp\\foo", false),
+        (".gitignore", false),
+        (".github/ISSUE_TEMPLATE", false),
+        ("x☺y", false),
+        // Beyond x/mod's table.
+        ("example.com/m/v01", false),
+        ("example.com/m/v10", true),
+        ("example.com/v2", true),
+        ("example.com/v1/m", true),
+        ("example.com/m/V1", true),
+        ("example.com/m/v", true),
+        ("example.com/m/v1.2", false),
+        ("example.com/m/v2.", false),
+        ("gopkg.in/yaml.v0", true),
+        ("gopkg.in/yaml.v1", true),
+        ("gopkg.in/yaml.v1-unstable", true),
+        ("gopkg.in/yaml.v0-unstable", false),
+        ("gopkg.in/yaml.v01", false),
+        ("gopkg.in/yaml.v", false),
+        ("gopkg.in/yaml", false),
+        ("gopkg.in/yaml.v2/sub", false),
+        ("gopkg.in/v2", false),
+        ("x.y/z.v1", true),
+        ("x.y/z~1a", true),
+        ("x.y/CON.txt", false),
+        ("x.y/lpt9", false),
+        ("x.y/com0", true),
+        ("a.com/b@v", false),
+        ("golang.org/x/text", true),
+        ("github.com/Azure/go-autorest", true),
+    ];
+
     #[test]
     fn module_paths_follow_check_path() {
-        for ok in [
-            "golang.org/x/text",
-            "github.com/Azure/go-autorest",
-            "example.com/a/v2",
-            "gopkg.in/yaml.v3",
-            "a.b/c~d_e",
-        ] {
-            assert!(ModulePath::parse(ok).is_ok(), "{ok}");
+        for &(p, ok) in CHECK_PATH {
+            let got = ModulePath::parse(p);
+            assert_eq!(got.is_ok(), ok, "{p:?}: {got:?}");
+            if let Err(why) = got {
+                assert!(why.starts_with("malformed module path "), "{p:?}: {why}");
+            }
         }
-        for bad in [
-            "",
-            "nodot/x",
-            "-x.com/a",
-            "X.com/a",
-            "a.com//b",
-            "a.com/.hidden",
-            "a.com/b.",
-            "a.com/b c",
-            "a.com/con",
-            "a.com/b@v",
+        assert!(ModulePath::parse(&format!("x.y/{}", "a".repeat(MAX_PATH_LEN))).is_err());
+    }
+
+    #[test]
+    fn major_version_suffixes_split_like_split_path_version() {
+        for (prefix, major) in [
+            ("x.y/z", ""),
+            ("x.y/z", "/v2"),
+            ("x.y/z", "/v3"),
+            ("x.y/v", ""),
+            ("gopkg.in/yaml", ".v0"),
+            ("gopkg.in/yaml", ".v1"),
+            ("gopkg.in/yaml", ".v2"),
+            ("gopkg.in/yaml", ".v3"),
+            ("gopkg.in/yaml", ".v1-unstable"),
         ] {
-            assert!(ModulePath::parse(bad).is_err(), "{bad}");
+            let p = format!("{prefix}{major}");
+            assert_eq!(split_path_version(&p), Some((prefix, major)), "{p}");
+        }
+        for &(p, _) in CHECK_PATH {
+            if let Some((prefix, major)) = split_path_version(p) {
+                assert_eq!(format!("{prefix}{major}"), p);
+            }
+        }
+        let why = ModulePath::parse("example.com/m/v1").unwrap_err();
+        assert!(why.contains("/v2 or higher"), "{why}");
+        let why = ModulePath::parse("gopkg.in/yaml").unwrap_err();
+        assert!(why.contains(".vN"), "{why}");
+    }
+
+    #[test]
+    fn escaped_paths_are_unescaped_before_the_check() {
+        assert_eq!(
+            parse("github.com/!azure/go-autorest/v2/@v/list"),
+            Ok(GoRoute::List(
+                ModulePath::parse("github.com/Azure/go-autorest/v2").unwrap()
+            ))
+        );
+        for (escaped, why) in [
+            ("example.com/m/v1/@v/list", "invalid version"),
+            ("gopkg.in/yaml/@v/list", "invalid version"),
+            ("example.com/!c!o!n/@v/list", "disallowed as path element"),
+            ("example.com/m~1/@v/list", "trailing tilde and digits"),
+        ] {
+            let e = parse(escaped).unwrap_err();
+            assert_eq!(e.status, 400, "{escaped}");
+            assert!(e.message.contains(why), "{escaped}: {}", e.message);
         }
     }
 

@@ -137,10 +137,6 @@ async fn fetch(
     }
 }
 
-/// Verifies a downloaded `.mod` or `.zip` (in `file`) before it is committed. Zips always pass
-/// the structural checks of golang.org/x/mod/zip; public modules are then checked against the
-/// checksum database (unless `go.verify = false`): their `h1:` must equal the authenticated
-/// record's. Errors are short texts for the client; both hashes are logged.
 /// Why a downloaded module file was not accepted: who failed.
 #[derive(Debug)]
 pub enum CheckError {
@@ -162,6 +158,10 @@ impl From<CheckError> for crate::cache::FillError {
     }
 }
 
+/// Verifies a downloaded `.mod` or `.zip` (in `file`) before it is committed. Zips always pass
+/// the structural checks of golang.org/x/mod/zip; public modules are then checked against the
+/// checksum database (unless `go.verify = false`): their `h1:` must equal the authenticated
+/// record's. Errors are one-line texts for the client; both hashes are logged.
 pub async fn check_module_file(
     app: &Arc<GoProxy>,
     m: &ModulePath,
@@ -193,9 +193,9 @@ pub async fn check_module_file(
     if want != h1 {
         tracing::error!(module = %m, version = v, kind = kind.ext(), downloaded = %h1, sumdb = %want,
             "checksum mismatch: refusing the download");
+        // One line, the go command's words: it prints it as the server's reason.
         return Err(CheckError::Upstream(format!(
-            "checksum mismatch for {m}@{v} .{}\n\tdownloaded: {h1}\n\t{}: {want}\nwharf refused to store or serve it.",
-            kind.ext(),
+            "checksum mismatch: {} says {want}, upstream served {h1}",
             db.name
         )));
     }
@@ -224,7 +224,7 @@ async fn compute_h1(
             .map_err(local("cannot reread the download"))?;
         match kind {
             FileKind::Zip => super::hash::check_and_hash_zip(std::io::BufReader::new(f), &m, &v)
-                .map_err(|e| CheckError::Upstream(format!("invalid module zip for {m}@{v}: {e}"))),
+                .map_err(|e| CheckError::Upstream(format!("invalid module zip: {e}"))),
             _ => {
                 let mut bytes = Vec::new();
                 f.read_to_end(&mut bytes)

@@ -6,7 +6,7 @@
 //! `HEAD` without a body, `Expect` or `Upgrade`, and its head parses strictly. Anything else,
 //! and every doubt, hands the connection with the bytes read so far to hyper for the rest of
 //! its life, so HTTP/2, request bodies and odd requests keep hyper's behaviour. A response
-//! carrying a `Sendfile` (a blob or Go file, stored or being filled) is sent with `sendfile`
+//! carrying a `Sendfile` (a stored blob or Go module file, or a blob being filled) is sent with `sendfile`
 //! from the file; others are written from their body, with `Content-Length` or chunked.
 //!
 //! Limits as hyper's: each head must arrive within `header_read_timeout` and fit

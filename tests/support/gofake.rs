@@ -17,6 +17,10 @@ pub struct GoFakeState {
     pub fail_with: Mutex<Option<u16>>,
     /// Status for missing files (404 or 410).
     pub missing_status: Mutex<Option<u16>>,
+    /// Wait this long before answering (so concurrent requests overlap one upstream fetch).
+    pub delay: Mutex<Option<std::time::Duration>>,
+    /// Send bodies in 64 KiB chunks without a Content-Length.
+    pub chunked: std::sync::atomic::AtomicBool,
 }
 
 pub struct GoFake {
@@ -65,6 +69,18 @@ impl GoFake {
         *self.state.fail_with.lock().unwrap() = s;
     }
 
+    /// Answers only after `d` (None: at once).
+    pub fn delay(&self, d: Option<std::time::Duration>) {
+        *self.state.delay.lock().unwrap() = d;
+    }
+
+    /// Bodies without a Content-Length, so a size limit is found only while streaming.
+    pub fn chunked(&self, on: bool) {
+        self.state
+            .chunked
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Publishes a module version: .info, .mod, .zip, and adds it to the list.
     pub fn put_module(&self, escaped_module: &str, version: &str, go_mod: &str, zip: Vec<u8>) {
         let base = format!("{escaped_module}/@v");
@@ -83,15 +99,27 @@ impl GoFake {
 async fn handler(State(st): State<Arc<GoFakeState>>, req: Request) -> Response {
     let path = req.uri().path().trim_start_matches('/').to_string();
     st.seen.lock().unwrap().push(path.clone());
+    let delay = *st.delay.lock().unwrap();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     if let Some(code) = *st.fail_with.lock().unwrap() {
         return (StatusCode::from_u16(code).unwrap(), "upstream broken").into_response();
     }
-    match st.files.lock().unwrap().get(&path) {
-        Some(body) => (
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            body.clone(),
-        )
-            .into_response(),
+    let found = st.files.lock().unwrap().get(&path).cloned();
+    match found {
+        Some(body) if st.chunked.load(std::sync::atomic::Ordering::SeqCst) => {
+            let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = body
+                .chunks(64 * 1024)
+                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                .collect();
+            (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                axum::body::Body::from_stream(futures_util::stream::iter(chunks)),
+            )
+                .into_response()
+        }
+        Some(body) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
         None => {
             let code = st.missing_status.lock().unwrap().unwrap_or(404);
             (StatusCode::from_u16(code).unwrap(), "not found").into_response()
