@@ -387,6 +387,9 @@ pub struct RegistryConfig {
     /// A blob fill stops here when no manifest declared the blob's size: an upstream sending
     /// junk under a digest cannot fill the disk before the digest check fails.
     pub max_blob_size: ByteSize,
+    /// `os/architecture[/variant]` served from an index to a client that accepts no index type
+    /// (as the reference registry does for schema-2-only clients).
+    pub default_platform: String,
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
 }
@@ -582,6 +585,7 @@ impl Default for RegistryConfig {
             tag_ttl: Duration::from_secs(5 * 60),
             max_manifest_size: ByteSize(4 << 20),
             max_blob_size: ByteSize(16 << 30),
+            default_platform: "linux/amd64".into(),
             upstreams: vec![UpstreamConfig {
                 name: DOCKER_HUB_NAME.into(),
                 url: DOCKER_HUB_URL.into(),
@@ -956,6 +960,17 @@ impl Config {
             return invalid(
                 "registry.max_manifest_size must be at least 4MiB (the OCI spec's minimum)".into(),
             );
+        }
+        let parts: Vec<&str> = reg.default_platform.split('/').collect();
+        if !(2..=3).contains(&parts.len())
+            || parts
+                .iter()
+                .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            return invalid(format!(
+                "registry.default_platform {:?} is not os/architecture[/variant], e.g. \"linux/amd64\" or \"linux/arm64/v8\"",
+                reg.default_platform
+            ));
         }
         if reg.max_blob_size.0 == 0 {
             return invalid("registry.max_blob_size must be more than 0".into());

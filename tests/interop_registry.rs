@@ -506,3 +506,82 @@ async fn offline_restart_pulls_by_tag_with_no_origin_request() {
         "the offline wharf contacted the origin"
     );
 }
+
+/// The origin holds the two-platform image as an OCI index (`test/multi`) and, converted by
+/// skopeo, as a Docker manifest list (`test/multi-docker`); clients that read only some manifest
+/// types get what they can read through wharf, with headers that describe the bytes sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn manifests_are_negotiated_against_the_real_origin() {
+    const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    let Some(fx) = Origined::start("manifests_are_negotiated_against_the_real_origin").await else {
+        return;
+    };
+    let host = fx.origin().host();
+    tokio::task::block_in_place(|| {
+        fx.skopeo.run(&[
+            "copy",
+            "--all",
+            "--format",
+            "v2s2",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{host}/{MULTI_REPO}:{TAG}"),
+            &format!("docker://{host}/{MULTI_REPO}-docker:{TAG}"),
+        ]);
+    });
+    let wharf = fx.wharf().await;
+    let get = |repo: &str, accept: &str| {
+        let path = format!("/v2/{UPSTREAM}/{repo}/manifests/{TAG}");
+        let accept = accept.to_string();
+        let wharf = &wharf;
+        async move { wharf.get(&path, Some(&accept)).await }
+    };
+
+    // The OCI index, to every kind of client.
+    let all = get(MULTI_REPO, MANIFEST_ACCEPT).await;
+    assert_eq!(all.header("content-type"), Some(OCI_INDEX));
+    assert_eq!(
+        all.header("docker-content-digest"),
+        Some(fx.multi.index.digest.as_str())
+    );
+    let amd64 = &fx.multi.children[0];
+    assert_eq!(amd64.architecture, "amd64");
+    let oci_only = get(MULTI_REPO, OCI_MANIFEST).await;
+    assert_eq!(oci_only.status, 200, "{}", oci_only.describe());
+    assert_eq!(oci_only.header("content-type"), Some(OCI_MANIFEST));
+    assert_eq!(
+        oci_only.header("docker-content-digest"),
+        Some(amd64.manifest.digest.as_str())
+    );
+    let docker_only = get(MULTI_REPO, DOCKER_MANIFEST).await;
+    assert_eq!(docker_only.status, 404, "{}", docker_only.describe());
+    assert!(String::from_utf8_lossy(&docker_only.body).contains(DOCKER_MANIFEST));
+
+    // The Docker manifest list.
+    let list = get(&format!("{MULTI_REPO}-docker"), MANIFEST_ACCEPT).await;
+    assert_eq!(list.status, 200, "{}", list.describe());
+    assert_eq!(list.header("content-type"), Some(DOCKER_LIST));
+    let doc: serde_json::Value = serde_json::from_slice(&list.body).unwrap();
+    let amd64_entry = doc["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "amd64")
+        .and_then(|m| m["digest"].as_str())
+        .unwrap()
+        .to_string();
+    let v2_only = get(&format!("{MULTI_REPO}-docker"), DOCKER_MANIFEST).await;
+    assert_eq!(v2_only.status, 200, "{}", v2_only.describe());
+    assert_eq!(v2_only.header("content-type"), Some(DOCKER_MANIFEST));
+    assert_eq!(
+        v2_only.header("docker-content-digest"),
+        Some(amd64_entry.as_str())
+    );
+    assert_eq!(support::sha256(&v2_only.body), amd64_entry);
+    let oci_index_only = get(&format!("{MULTI_REPO}-docker"), OCI_INDEX).await;
+    assert_eq!(oci_index_only.status, 404, "{}", oci_index_only.describe());
+    wharf.stop_cleanly().await;
+}

@@ -732,3 +732,128 @@ async fn one_or_many_workers_serve_the_same_answers() {
 async fn with_credentials(up: &FakeRegistry, dir: &std::path::Path) -> Wharf {
     Wharf::serve(WharfConfig::fake(&up.url(), dir).login(&dir.join("pw"), "secret")).await
 }
+
+// ---------------------------------------------------------------- negotiation
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// A Docker manifest list of an amd64 and an arm64 Docker schema 2 manifest, plus an OCI
+/// manifest on its own; returns (list digest, amd64 digest, arm64 digest, oci digest).
+fn negotiation_fixture(up: &FakeRegistry) -> (String, String, String, String) {
+    let image = |arch: &str| {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{}","size":2}},"layers":[]}}"#,
+            sha256(arch.as_bytes())
+        )
+    };
+    let (amd, arm) = (image("amd64"), image("arm64"));
+    let amd_d = up.put_manifest("app", None, amd.as_bytes(), DOCKER_MANIFEST);
+    let arm_d = up.put_manifest("app", None, arm.as_bytes(), DOCKER_MANIFEST);
+    let list = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{DOCKER_LIST}","manifests":[
+          {{"mediaType":"{DOCKER_MANIFEST}","digest":"{arm_d}","size":{},"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}},
+          {{"mediaType":"{DOCKER_MANIFEST}","digest":"{amd_d}","size":{},"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
+        arm.len(),
+        amd.len()
+    );
+    let list_d = up.put_manifest("app", Some("multi"), list.as_bytes(), DOCKER_LIST);
+    let oci = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let oci_d = up.put_manifest("app", Some("oci"), oci.as_bytes(), OCI_MANIFEST);
+    (list_d, amd_d, arm_d, oci_d)
+}
+
+/// GET and HEAD of `path` with `accept` (None: no header); both must agree on every header.
+async fn negotiated(w: &Wharf, path: &str, accept: Option<&str>) -> Answer {
+    let got = w.get(path, accept).await;
+    let mut head = client().head(w.url(path));
+    if let Some(a) = accept {
+        head = head.header("accept", a);
+    }
+    let head = head.sent().await;
+    assert_eq!(head.status().as_u16(), got.status, "HEAD and GET of {path}");
+    for name in ["content-type", "docker-content-digest", "content-length"] {
+        assert_eq!(
+            head.headers().get(name),
+            got.headers.get(name),
+            "{name} of HEAD and GET of {path} with {accept:?}"
+        );
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_client_that_reads_no_index_gets_the_default_platforms_manifest() {
+    let (up, w, _dir) = setup("").await;
+    let (list_d, amd_d, _arm_d, _) = negotiation_fixture(&up);
+    // Everything accepted, or nothing said: the list as stored.
+    for accept in [Some(MANIFEST_ACCEPT), None, Some("*/*")] {
+        let a = negotiated(&w, "/v2/app/manifests/multi", accept).await;
+        assert_eq!(a.status, 200, "{}", a.describe());
+        assert_eq!(a.header("content-type"), Some(DOCKER_LIST));
+        assert_eq!(a.header("docker-content-digest"), Some(list_d.as_str()));
+    }
+    // Schema 2 only: the linux/amd64 manifest, with its own type and digest, by tag and by digest.
+    for path in [
+        "/v2/app/manifests/multi".to_string(),
+        format!("/v2/app/manifests/{list_d}"),
+    ] {
+        let a = negotiated(&w, &path, Some(&format!("{DOCKER_MANIFEST}; q=0.5"))).await;
+        assert_eq!(a.status, 200, "{}", a.describe());
+        assert_eq!(a.header("content-type"), Some(DOCKER_MANIFEST));
+        assert_eq!(a.header("docker-content-digest"), Some(amd_d.as_str()));
+        assert_eq!(sha256(&a.body), amd_d, "the body is the manifest named");
+    }
+}
+
+#[tokio::test]
+async fn the_default_platform_is_configurable() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::serve(
+        WharfConfig::fake(&up.url(), dir.path()).registry("default_platform = \"linux/arm64/v8\""),
+    )
+    .await;
+    let (_, _, arm_d, _) = negotiation_fixture(&up);
+    let a = negotiated(&w, "/v2/app/manifests/multi", Some(DOCKER_MANIFEST)).await;
+    assert_eq!(a.header("docker-content-digest"), Some(arm_d.as_str()));
+}
+
+#[tokio::test]
+async fn a_client_that_reads_none_of_the_types_gets_manifest_unknown_naming_them() {
+    let (up, w, _dir) = setup("").await;
+    let (_, _, _, _) = negotiation_fixture(&up);
+    // An OCI manifest to a Docker-only client.
+    let a = negotiated(&w, "/v2/app/manifests/oci", Some(DOCKER_MANIFEST)).await;
+    assert_eq!(a.status, 404, "{}", a.describe());
+    let text = String::from_utf8_lossy(&a.body);
+    assert!(text.contains("MANIFEST_UNKNOWN"), "{text}");
+    assert!(
+        text.contains(OCI_MANIFEST) && text.contains(DOCKER_MANIFEST),
+        "the message names the stored type and the accepted ones: {text}"
+    );
+    // A Docker list to a client that takes only OCI types: its amd64 entry is Docker schema 2.
+    let a = negotiated(
+        &w,
+        "/v2/app/manifests/multi",
+        Some(&format!("{OCI_INDEX}, {OCI_MANIFEST}")),
+    )
+    .await;
+    assert_eq!(a.status, 404, "{}", a.describe());
+    assert!(String::from_utf8_lossy(&a.body).contains("linux/amd64"));
+}
+
+#[tokio::test]
+async fn an_unparsable_default_platform_is_refused_by_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["amd64", "linux/", "linux/amd64/v8/x", "linux/amd 64"] {
+        let toml = WharfConfig::fake("http://127.0.0.1:9", dir.path())
+            .registry(&format!("default_platform = \"{bad}\""))
+            .toml();
+        let err = wharf::config::Config::from_toml_str(&toml)
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} was accepted"));
+        assert!(err.to_string().contains("default_platform"), "{err}");
+    }
+}

@@ -90,11 +90,12 @@ async fn dispatch(
         )),
         Route::Manifest { name, reference } => {
             let t = resolve(app, &name, ns)?;
-            let resp = match reference {
-                Reference::Digest(d) => manifest_by_digest(app, &t, &d, head).await?,
-                Reference::Tag(tag) => manifest_by_tag(app, &t, &tag, head).await?,
+            let (m, outcome) = match reference {
+                Reference::Digest(d) => manifest_by_digest(app, &t, &d).await?,
+                Reference::Tag(tag) => manifest_by_tag(app, &t, &tag).await?,
             };
-            Ok(t.annotate(resp))
+            let (m, outcome) = negotiate(app, &t, m, outcome, headers).await?;
+            Ok(t.annotate(manifest_response(&m, outcome, head)))
         }
         Route::Blob { name, digest } => {
             let t = resolve(app, &name, ns)?;
@@ -274,12 +275,10 @@ impl Miss {
 
 // ---------------------------------------------------------------- manifests
 
-async fn manifest_by_digest(
-    app: &Registry,
-    t: &Target,
-    digest: &Digest,
-    head: bool,
-) -> Result<Response> {
+/// A manifest and how it was answered.
+type Answer = (Arc<HotManifest>, Outcome);
+
+async fn manifest_by_digest(app: &Registry, t: &Target, digest: &Digest) -> Result<Answer> {
     if let Some(m) = load_manifest(app, digest).await? {
         let (up, repo) = (t.up.name.as_str(), t.name.as_str());
         if !m.held_by(up, repo) {
@@ -287,15 +286,73 @@ async fn manifest_by_digest(
             m.mark_held_by(up, repo);
         }
         app.engine.touch(digest);
-        return Ok(manifest_response(&m, Outcome::Hit, head));
+        return Ok((m, Outcome::Hit));
     }
     match fetch_manifest(app, t, digest.as_str(), Some(digest)).await {
-        Ok(m) => Ok(manifest_response(&m, Outcome::Miss, head)),
+        Ok(m) => Ok((m, Outcome::Miss)),
         Err(m) => Err(m.into_error(t, &format!("manifest {digest}"), ErrorCode::ManifestUnknown)),
     }
 }
 
-async fn manifest_by_tag(app: &Registry, t: &Target, tag: &Tag, head: bool) -> Result<Response> {
+/// What the client can read of `m`, as the reference registry decides: `m` itself when its type
+/// is accepted (or anything is); for an index the client cannot read, the manifest of
+/// `registry.default_platform` it lists; otherwise `MANIFEST_UNKNOWN` naming the types asked for.
+async fn negotiate(
+    app: &Registry,
+    t: &Target,
+    m: Arc<HotManifest>,
+    outcome: Outcome,
+    headers: &HeaderMap,
+) -> Result<Answer> {
+    let values = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let Some(accepted) = manifest::accepted(values) else {
+        return Ok((m, outcome));
+    };
+    let takes = |m: &HotManifest| {
+        let media = m.media_type.to_str().unwrap_or_default();
+        accepted.iter().any(|a| a == media)
+    };
+    if takes(&m) {
+        return Ok((m, outcome));
+    }
+    let media = m.media_type.to_str().unwrap_or_default().to_string();
+    let refuse = |media: &str, extra: &str| {
+        RegistryError::new(
+            ErrorCode::ManifestUnknown,
+            format!(
+                "the manifest is {media}{extra}, and the request accepts only {}",
+                accepted.join(", ")
+            ),
+        )
+    };
+    if !manifest::is_index(&media) {
+        return Err(refuse(&media, ""));
+    }
+    let platform = &app.config.registry.default_platform;
+    let Some(child) = manifest::platform_child(&m.body, platform) else {
+        return Err(refuse(&media, &format!(" with no {platform} entry")));
+    };
+    let (c, child_outcome) = manifest_by_digest(app, t, &child).await?;
+    if !takes(&c) {
+        let child_media = c.media_type.to_str().unwrap_or_default().to_string();
+        return Err(refuse(
+            &media,
+            &format!(" whose {platform} entry is {child_media}"),
+        ));
+    }
+    // A hit only if both the index and its entry were.
+    let outcome = if outcome == Outcome::Hit {
+        child_outcome
+    } else {
+        outcome
+    };
+    Ok((c, outcome))
+}
+
+async fn manifest_by_tag(app: &Registry, t: &Target, tag: &Tag) -> Result<Answer> {
     let (up, repo) = (t.up.name.as_str(), t.name.as_str());
     let now = unix_now();
     let ttl = app.config.registry.tag_ttl;
@@ -303,7 +360,7 @@ async fn manifest_by_tag(app: &Registry, t: &Target, tag: &Tag, head: bool) -> R
     let fresh_since = (now + 1).saturating_sub(ttl.as_secs());
     if let Some(m) = app.hot.tag(up, repo, tag.as_str(), fresh_since) {
         app.engine.touch(&m.digest);
-        return Ok(manifest_response(&m, Outcome::Hit, head));
+        return Ok((m, Outcome::Hit));
     }
     let index = &app.storage.index;
     let known = index.get_tag(up, repo, tag.as_str()).map_err(internal)?;
@@ -349,7 +406,7 @@ async fn manifest_by_tag(app: &Registry, t: &Target, tag: &Tag, head: bool) -> R
         );
     }
     app.engine.touch(&m.digest);
-    Ok(manifest_response(&m, outcome, head))
+    Ok((m, outcome))
 }
 
 /// HEAD upstream (free on Docker Hub), then GET by digest only if that digest is not cached.

@@ -178,6 +178,52 @@ pub fn contents(body: &[u8]) -> Vec<(wharf_storage::Digest, Option<u64>)> {
         .collect()
 }
 
+/// Whether `media` is an index (OCI image index or Docker manifest list).
+pub fn is_index(media: &str) -> bool {
+    media == OCI_INDEX || media == DOCKER_LIST
+}
+
+/// The manifest types a request's `Accept` values name (parameters and `q` dropped); `None` when
+/// the request takes anything: no `Accept`, or a wildcard.
+pub fn accepted<'a>(values: impl Iterator<Item = &'a str>) -> Option<Vec<String>> {
+    let mut types = Vec::new();
+    for v in values {
+        for item in v.split(',') {
+            let t = item
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if t == "*/*" || t == "application/*" {
+                return None;
+            }
+            if !t.is_empty() {
+                types.push(t);
+            }
+        }
+    }
+    (!types.is_empty()).then_some(types)
+}
+
+/// The child of an index for `os/architecture[/variant]`: the first entry whose platform
+/// matches (and its variant, when one is named). Digests are untrusted input: invalid ones are
+/// skipped.
+pub fn platform_child(body: &[u8], platform: &str) -> Option<wharf_storage::Digest> {
+    let mut want = platform.split('/');
+    let (os, arch, variant) = (want.next()?, want.next()?, want.next());
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    descriptors(&doc)
+        .filter(|(role, _)| *role == Role::Manifest)
+        .filter(|(_, d)| {
+            let p = &d["platform"];
+            p["os"].as_str() == Some(os)
+                && p["architecture"].as_str() == Some(arch)
+                && variant.is_none_or(|v| p["variant"].as_str() == Some(v))
+        })
+        .find_map(|(role, d)| valid_digest(role, d))
+}
+
 /// The media type of a stored manifest whose index record lacks one (rebuilt by fsck).
 pub fn media_type_of_stored(body: &[u8]) -> String {
     check(body, None).unwrap_or_else(|_| OCI_MANIFEST.to_string())
@@ -186,6 +232,48 @@ pub fn media_type_of_stored(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_lists_are_types_without_parameters_and_wildcards_take_anything() {
+        assert_eq!(accepted(std::iter::empty()), None);
+        assert_eq!(
+            accepted(
+                [
+                    "application/vnd.docker.distribution.manifest.v2+json; q=0.9",
+                    "Application/JSON, ",
+                ]
+                .into_iter()
+            ),
+            Some(vec![
+                DOCKER_MANIFEST.to_string(),
+                "application/json".to_string()
+            ])
+        );
+        assert_eq!(accepted([DOCKER_MANIFEST, "*/*"].into_iter()), None);
+    }
+
+    #[test]
+    fn an_index_child_is_picked_by_platform_and_variant() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let doc = format!(
+            r#"{{"manifests":[
+              {{"digest":"{}","platform":{{"os":"unknown","architecture":"unknown"}}}},
+              {{"digest":"{}","platform":{{"os":"linux","architecture":"arm","variant":"v6"}}}},
+              {{"digest":"{}","platform":{{"os":"linux","architecture":"arm","variant":"v7"}}}},
+              {{"digest":"not-a-digest","platform":{{"os":"linux","architecture":"amd64"}}}},
+              {{"digest":"{}","platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
+            d('a'),
+            d('b'),
+            d('c'),
+            d('d')
+        );
+        let pick = |p: &str| platform_child(doc.as_bytes(), p).map(|x| x.to_string());
+        assert_eq!(pick("linux/amd64"), Some(d('d')));
+        assert_eq!(pick("linux/arm/v7"), Some(d('c')));
+        assert_eq!(pick("linux/arm"), Some(d('b')));
+        assert_eq!(pick("linux/s390x"), None);
+        assert_eq!(pick("linux"), None);
+    }
 
     #[test]
     fn media_type_comes_from_header_or_document() {
