@@ -27,6 +27,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", any(registry::handle))
         .route("/v2/", any(registry::handle))
         .route("/v2/{*rest}", any(registry::handle))
+        // Path-prefixed mirrors (`/<upstream>/v2/...`): the guard rewrites them to the `?ns=`
+        // form before anything else looks at them.
+        .route("/{prefix}/v2", any(registry::handle))
+        .route("/{prefix}/v2/", any(registry::handle))
+        .route("/{prefix}/v2/{*rest}", any(registry::handle))
         .route("/go/{*rest}", go_routes)
         .merge(crate::admin::routes(state.clone()))
         .route("/metrics", axum::routing::get(metrics))
@@ -40,9 +45,38 @@ pub fn router(state: AppState) -> Router {
 /// use the protocol's own error format.
 async fn guard(
     State(app): State<AppState>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if !req.uri().path().starts_with("/v2")
+        && !req.uri().path().starts_with("/go/")
+        && let Some(rewritten) =
+            registry::routes::unprefix(req.uri().path(), req.uri().query(), |name| {
+                app.config.registry.upstreams.iter().any(|u| u.name == name)
+            })
+    {
+        match rewritten.map(|p| p.parse::<http::Uri>()) {
+            Ok(Ok(uri)) => *req.uri_mut() = uri,
+            Ok(Err(_)) => {
+                return refuse(
+                    false,
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::NameInvalid,
+                    "invalid request path".into(),
+                    None,
+                );
+            }
+            Err(msg) => {
+                return refuse(
+                    false,
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::NameUnknown,
+                    msg,
+                    None,
+                );
+            }
+        }
+    }
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     let path = req.uri().path().to_string();
     let go = path.starts_with("/go/");

@@ -515,6 +515,8 @@ async fn registry_rule_naming_the_upstream_covers_the_default_spelling() {
     for path in [
         "/v2/private/app/manifests/v1",
         "/v2/private/app/manifests/v1?ns=fake.test",
+        "/fake.test/v2/private/app/manifests/v1",
+        "/fake%2Etest/v2/private/app/manifests/v1",
     ] {
         let r = m.get(path).sent().await;
         assert_ne!(

@@ -857,3 +857,54 @@ async fn an_unparsable_default_platform_is_refused_by_the_config() {
         assert!(err.to_string().contains("default_platform"), "{err}");
     }
 }
+
+// ---------------------------------------------------------------- path-prefixed mirrors
+
+#[tokio::test]
+async fn a_path_prefixed_mirror_request_goes_to_the_upstream_it_names() {
+    let a = FakeRegistry::start().await;
+    let b = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::serve(WharfConfig::fake(&a.url(), dir.path()).upstream("other.test", &b.url()))
+        .await;
+    let layer = bytes_of(50_000, 21);
+    let (digest, _) = b.put_image("team/app", "v1", std::slice::from_ref(&layer));
+    let layer_d = sha256(&layer);
+
+    assert_eq!(status_of(w.url("/other.test/v2/")).await, 200);
+    assert_eq!(status_of(w.url("/other.test/v2")).await, 200);
+    let m = w
+        .get(
+            "/other.test/v2/team/app/manifests/v1",
+            Some(MANIFEST_ACCEPT),
+        )
+        .await;
+    assert_eq!(m.status, 200, "{}", m.describe());
+    assert_eq!(m.header("docker-content-digest"), Some(digest.as_str()));
+    let blob = w
+        .get(&format!("/other.test/v2/team/app/blobs/{layer_d}"), None)
+        .await;
+    assert!(blob.status == 200 && blob.body == layer);
+    // The same repository by its ?ns= spelling is the same cached content.
+    let again = w
+        .get(&format!("/v2/team/app/blobs/{layer_d}?ns=other.test"), None)
+        .await;
+    assert_eq!(again.cache(), "HIT");
+    assert_eq!(
+        a.total(),
+        0,
+        "the default upstream was asked: {:?}",
+        a.seen()
+    );
+
+    // A prefix that names no upstream, or contradicts ?ns=, is refused in the registry format.
+    for path in [
+        "/nowhere.test/v2/team/app/manifests/v1",
+        "/other.test/v2/team/app/manifests/v1?ns=fake.test",
+    ] {
+        let r = w.get(path, Some(MANIFEST_ACCEPT)).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.describe());
+        assert!(String::from_utf8_lossy(&r.body).contains("NAME_UNKNOWN"));
+    }
+    assert_eq!(a.total(), 0);
+}

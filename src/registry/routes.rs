@@ -215,6 +215,42 @@ fn parse_digest(s: &str) -> Result<Digest, RegistryError> {
 }
 
 /// Reads one query parameter from a raw query string (values are percent-decoded).
+/// A path-prefixed mirror request (`/<upstream>/v2/...`, what Docker's `registry-mirrors` and
+/// containerd send for a mirror URL with a path) as the `?ns=` form wharf routes:
+/// `/v2/...?ns=<upstream>`. `None` when the path has no such prefix; `Err` (a message for the
+/// client) when the prefix names no upstream or the query already names another one.
+pub fn unprefix(
+    path: &str,
+    query: Option<&str>,
+    is_upstream: impl Fn(&str) -> bool,
+) -> Option<Result<String, String>> {
+    let rest = path.strip_prefix('/')?;
+    let (prefix, tail) = rest.split_once('/')?;
+    let after = tail.strip_prefix("v2")?;
+    if !(after.is_empty() || after.starts_with('/')) || prefix.is_empty() || prefix == "v2" {
+        return None;
+    }
+    let prefix = percent_decode(prefix);
+    if !is_upstream(&prefix) {
+        return Some(Err(format!(
+            "no upstream named {prefix:?}: a mirror path prefix must be the name of a registry.upstream"
+        )));
+    }
+    if let Some(ns) = query_param(query, "ns")
+        && ns != prefix
+    {
+        return Some(Err(format!(
+            "the path prefix names upstream {prefix:?} and ?ns= names {ns:?}"
+        )));
+    }
+    let mut out = format!("/v2{after}?ns={prefix}");
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        out.push('&');
+        out.push_str(q);
+    }
+    Some(Ok(out))
+}
+
 pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     let q = query?;
     for pair in q.split('&') {
@@ -327,6 +363,45 @@ mod tests {
         }
         for bad in ["", "-a", "a-", "a..b", "a._b", "A", "a b", "a/", "é"] {
             assert!(RepoName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefixed_mirror_paths_become_the_ns_form() {
+        let up = |n: &str| n == "ghcr.io" || n == "docker.io";
+        let u = |p: &str, q: Option<&str>| unprefix(p, q, up);
+        assert_eq!(
+            u("/ghcr.io/v2/org/app/manifests/v1", None),
+            Some(Ok("/v2/org/app/manifests/v1?ns=ghcr.io".into()))
+        );
+        assert_eq!(
+            u("/docker.io/v2/", None),
+            Some(Ok("/v2/?ns=docker.io".into()))
+        );
+        assert_eq!(
+            u("/docker.io/v2", None),
+            Some(Ok("/v2?ns=docker.io".into()))
+        );
+        assert_eq!(
+            u("/ghcr.io/v2/a/tags/list", Some("n=5&ns=ghcr.io")),
+            Some(Ok("/v2/a/tags/list?ns=ghcr.io&n=5&ns=ghcr.io".into()))
+        );
+        assert!(matches!(
+            u("/quay.io/v2/a/manifests/v1", None),
+            Some(Err(_))
+        ));
+        assert!(matches!(
+            u("/ghcr.io/v2/a/manifests/v1", Some("ns=docker.io")),
+            Some(Err(_))
+        ));
+        for not_prefixed in [
+            "/v2/a/manifests/v1",
+            "/go/x/v2/@v/list",
+            "/ghcr.io/v2x",
+            "/x",
+            "/",
+        ] {
+            assert_eq!(u(not_prefixed, None), None, "{not_prefixed}");
         }
     }
 
