@@ -390,6 +390,10 @@ pub struct RegistryConfig {
     /// `os/architecture[/variant]` served from an index to a client that accepts no index type
     /// (as the reference registry does for schema-2-only clients).
     pub default_platform: String,
+    /// Below this share of an upstream's reported pull quota (`RateLimit-Remaining` of
+    /// `RateLimit-Limit`), tag answers are trusted longer (up to 10x `tag_ttl` as it runs out);
+    /// 0 turns that off.
+    pub rate_limit_headroom: f64,
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
 }
@@ -586,6 +590,7 @@ impl Default for RegistryConfig {
             max_manifest_size: ByteSize(4 << 20),
             max_blob_size: ByteSize(16 << 30),
             default_platform: "linux/amd64".into(),
+            rate_limit_headroom: 0.2,
             upstreams: vec![UpstreamConfig {
                 name: DOCKER_HUB_NAME.into(),
                 url: DOCKER_HUB_URL.into(),
@@ -960,6 +965,9 @@ impl Config {
             return invalid(
                 "registry.max_manifest_size must be at least 4MiB (the OCI spec's minimum)".into(),
             );
+        }
+        if !(0.0..=1.0).contains(&reg.rate_limit_headroom) {
+            return invalid("registry.rate_limit_headroom must be between 0 and 1".into());
         }
         let parts: Vec<&str> = reg.default_platform.split('/').collect();
         if !(2..=3).contains(&parts.len())

@@ -96,6 +96,32 @@ pub fn render(app: &AppState) -> String {
             u8::from(r.up)
         );
     }
+    let mut rates: Vec<_> = app
+        .registry
+        .upstreams
+        .values()
+        .filter_map(|u| Some((u.name.replace(['"', '\\', '\n'], "_"), u.rate.get()?)))
+        .collect();
+    rates.sort();
+    for (name, help, pick) in [
+        (
+            "wharf_upstream_ratelimit_limit",
+            "The pull quota a registry upstream last reported (RateLimit-Limit); absent until it reports one.",
+            0,
+        ),
+        (
+            "wharf_upstream_ratelimit_remaining",
+            "What it said was left of it (RateLimit-Remaining); below registry.rate_limit_headroom tag answers are trusted longer.",
+            1,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} gauge");
+        for (upstream, (limit, remaining)) in &rates {
+            let v = if pick == 0 { limit } else { remaining };
+            let _ = writeln!(o, "{name}{{upstream=\"{upstream}\"}} {v}");
+        }
+    }
     let _ = writeln!(
         o,
         "# HELP wharf_upstream_auth_failures Requests in a row that could not authenticate with an upstream (token realm refused or failing); 0 once one does."

@@ -159,7 +159,7 @@ async fn unknown_blob_and_manifest_are_404_with_spec_codes() {
 
 #[tokio::test]
 async fn tags_list_paginates_and_falls_back_to_the_cached_list() {
-    let (up, w, _d) = setup("").await;
+    let (up, w, _d) = setup("tag_ttl = \"0s\"").await;
     for t in ["b", "a", "c"] {
         up.put_image("app", t, &[bytes_of(5, 1)]);
     }
@@ -907,4 +907,70 @@ async fn a_path_prefixed_mirror_request_goes_to_the_upstream_it_names() {
         assert!(String::from_utf8_lossy(&r.body).contains("NAME_UNKNOWN"));
     }
     assert_eq!(a.total(), 0);
+}
+
+#[tokio::test]
+async fn a_tag_list_is_kept_for_the_tag_ttl_and_paginated_from_it() {
+    let (up, w, _d) = setup("").await;
+    for t in ["b", "a", "c"] {
+        up.put_image("app", t, &[bytes_of(5, 1)]);
+    }
+    let first = w.get("/v2/app/tags/list", None).await;
+    assert_eq!(first.cache(), "MISS");
+    let again = w.get("/v2/app/tags/list", None).await;
+    assert_eq!(again.cache(), "HIT");
+    assert_eq!(again.body, first.body);
+    let page = w.get("/v2/app/tags/list?n=1&last=a", None).await;
+    assert_eq!(page.cache(), "HIT");
+    let v: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["b"]));
+    assert!(page.header("link").is_some_and(|l| l.contains("last=b")));
+    assert_eq!(up.count("GET", "/tags/list"), 1, "{:?}", up.seen());
+}
+
+#[tokio::test]
+async fn a_low_pull_quota_is_exported_and_stretches_the_tag_ttl() {
+    let (up, w, _d) = setup("tag_ttl = \"1s\"").await;
+    up.put_image("app", "v1", &[bytes_of(5, 1)]);
+    *up.state.rate_limit.lock().unwrap() = Some((100, 60));
+    assert_eq!(
+        w.get("/v2/app/manifests/v1", Some(MANIFEST_ACCEPT))
+            .await
+            .status,
+        200
+    );
+    let metrics = String::from_utf8(w.get("/metrics", None).await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("wharf_upstream_ratelimit_limit{upstream=\"fake.test\"} 100")
+            && metrics.contains("wharf_upstream_ratelimit_remaining{upstream=\"fake.test\"} 60"),
+        "{metrics}"
+    );
+    // Plenty left: after the TTL the tag is asked again.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let heads = up.count("HEAD", "/manifests/v1");
+    assert_eq!(
+        w.get("/v2/app/manifests/v1", Some(MANIFEST_ACCEPT))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(up.count("HEAD", "/manifests/v1"), heads + 1);
+    // 2 of 100 left (under the 20% headroom): the tag is trusted for about 9x the TTL.
+    *up.state.rate_limit.lock().unwrap() = Some((100, 2));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        w.get("/v2/app/manifests/v1", Some(MANIFEST_ACCEPT))
+            .await
+            .status,
+        200
+    );
+    let heads = up.count("HEAD", "/manifests/v1");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let a = w.get("/v2/app/manifests/v1", Some(MANIFEST_ACCEPT)).await;
+    assert_eq!(a.cache(), "HIT");
+    assert_eq!(
+        up.count("HEAD", "/manifests/v1"),
+        heads,
+        "revalidated despite the low quota"
+    );
 }

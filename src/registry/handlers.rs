@@ -355,7 +355,7 @@ async fn negotiate(
 async fn manifest_by_tag(app: &Registry, t: &Target, tag: &Tag) -> Result<Answer> {
     let (up, repo) = (t.up.name.as_str(), t.name.as_str());
     let now = unix_now();
-    let ttl = app.config.registry.tag_ttl;
+    let ttl = tag_ttl(app, t);
     // The warm path: a fresh answer in memory, no index read.
     let fresh_since = (now + 1).saturating_sub(ttl.as_secs());
     if let Some(m) = app.hot.tag(up, repo, tag.as_str(), fresh_since) {
@@ -407,6 +407,12 @@ async fn manifest_by_tag(app: &Registry, t: &Target, tag: &Tag) -> Result<Answer
     }
     app.engine.touch(&m.digest);
     Ok((m, outcome))
+}
+
+/// `registry.tag_ttl`, stretched while `t`'s upstream reports little pull quota left.
+fn tag_ttl(app: &Registry, t: &Target) -> Duration {
+    let cfg = &app.config.registry;
+    t.up.rate.stretch(cfg.tag_ttl, cfg.rate_limit_headroom)
 }
 
 /// HEAD upstream (free on Docker Hub), then GET by digest only if that digest is not cached.
@@ -836,10 +842,11 @@ async fn tags_list(
     };
     let key = format!("{}/{} tags", t.up.name, t.name);
     let stale_if = |e: &Miss| matches!(e, Miss::Failed(_));
+    // The kept whole list answers within the tag TTL, and when upstream fails.
     let ((tags, more), outcome) = revalidate(
         &key,
         cached,
-        Some(Duration::ZERO),
+        Some(tag_ttl(app, t)),
         unix_now(),
         fetch,
         stale_if,
@@ -847,10 +854,10 @@ async fn tags_list(
     .await
     .map_err(|m| m.into_error(t, what, ErrorCode::NameUnknown))?;
     // A kept list is the whole list: paginated here.
-    let (tags, more) = if outcome == Outcome::Stale {
-        paginate(tags, last.as_deref(), n_eff)
-    } else {
+    let (tags, more) = if outcome == Outcome::Miss {
         (tags, more)
+    } else {
+        paginate(tags, last.as_deref(), n_eff)
     };
     let body = serde_json::json!({ "name": client_name.as_str(), "tags": tags }).to_string();
     let mut resp = (StatusCode::OK, body).into_response();

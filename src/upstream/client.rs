@@ -60,7 +60,63 @@ pub struct UpstreamClient {
     auth: Mutex<Option<KnownAuth>>,
     tokens: Mutex<HashMap<String, (String, Instant)>>,
     pub health: Arc<super::health::Health>,
+    /// The pull quota the upstream last reported (`RateLimit-Limit` / `RateLimit-Remaining`).
+    pub rate: RateLimit,
     offline: bool,
+}
+
+/// The last `RateLimit-Limit` and `RateLimit-Remaining` an upstream sent (Docker Hub's form,
+/// `100;w=21600`: the count before any `;`); `u64::MAX` until one arrives.
+#[derive(Debug)]
+pub struct RateLimit {
+    limit: std::sync::atomic::AtomicU64,
+    remaining: std::sync::atomic::AtomicU64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            limit: std::sync::atomic::AtomicU64::new(u64::MAX),
+            remaining: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl RateLimit {
+    /// Reads the headers of one upstream answer.
+    pub fn observe(&self, headers: &HeaderMap) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let count = |name: &str| {
+            let v = headers.get(name)?.to_str().ok()?;
+            v.split(';').next()?.trim().parse::<u64>().ok()
+        };
+        if let (Some(limit), Some(remaining)) =
+            (count("ratelimit-limit"), count("ratelimit-remaining"))
+        {
+            self.limit.store(limit, Relaxed);
+            self.remaining.store(remaining.min(limit), Relaxed);
+        }
+    }
+
+    /// `(limit, remaining)`, once the upstream has reported them.
+    pub fn get(&self) -> Option<(u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (l, r) = (self.limit.load(Relaxed), self.remaining.load(Relaxed));
+        (l != u64::MAX).then_some((l, r))
+    }
+
+    /// `ttl`, stretched while the quota left is under `headroom` (a fraction of the limit): up
+    /// to 10x as it runs out, so revalidation does not spend what pulls need.
+    pub fn stretch(&self, ttl: std::time::Duration, headroom: f64) -> std::time::Duration {
+        let Some((limit, remaining)) = self.get().filter(|(l, _)| *l > 0) else {
+            return ttl;
+        };
+        let left = remaining as f64 / limit as f64;
+        if headroom <= 0.0 || left >= headroom {
+            return ttl;
+        }
+        ttl.mul_f64(1.0 + 9.0 * (1.0 - left / headroom))
+    }
 }
 
 impl UpstreamClient {
@@ -89,6 +145,7 @@ impl UpstreamClient {
             max_redirects: egress.max_redirects,
             auth: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
+            rate: RateLimit::default(),
             health: Arc::new(super::health::Health::new(
                 &cfg.name,
                 egress.failure_threshold,
@@ -148,6 +205,9 @@ impl UpstreamClient {
             let resp = self
                 .follow(method.clone(), url.clone(), accept, authz.clone())
                 .await?;
+            if same_origin(resp.url(), &url) {
+                self.rate.observe(resp.headers());
+            }
             if resp.status() != StatusCode::UNAUTHORIZED {
                 self.health.record_auth_ok();
                 return Ok(resp);

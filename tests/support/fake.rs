@@ -105,6 +105,8 @@ pub struct FakeState {
     pub connections: AtomicUsize,
     /// Bytes of `BlobMode::Endless` bodies handed to the connection.
     pub endless_sent: std::sync::atomic::AtomicU64,
+    /// `(limit, remaining)` sent as Docker Hub's `RateLimit-*` headers on every answer.
+    pub rate_limit: Mutex<Option<(u64, u64)>>,
 }
 
 pub struct FakeRegistry {
@@ -253,6 +255,23 @@ impl FakeRegistry {
 }
 
 async fn fake_handler(State(st): State<Arc<FakeState>>, req: Request) -> Response {
+    let rate = *st.rate_limit.lock().unwrap();
+    let mut resp = fake_answer(st, req).await;
+    if let Some((limit, remaining)) = rate {
+        let h = resp.headers_mut();
+        h.insert(
+            "ratelimit-limit",
+            format!("{limit};w=21600").parse().unwrap(),
+        );
+        h.insert(
+            "ratelimit-remaining",
+            format!("{remaining};w=21600").parse().unwrap(),
+        );
+    }
+    resp
+}
+
+async fn fake_answer(st: Arc<FakeState>, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
