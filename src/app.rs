@@ -81,7 +81,8 @@ impl AppState {
             storage.clone(),
             config.server.max_concurrent_fills,
             config.offline,
-        );
+        )
+        .with_fill_queue(config.server.fill_queue_timeout);
         let shared = match (&config.shared, store) {
             (Some(cfg), Some(store)) => {
                 let shared = Shared::new(cfg, &config.egress, egress, store, storage.clone())

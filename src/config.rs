@@ -85,8 +85,11 @@ pub struct ServerConfig {
     pub max_header_size: ByteSize,
     /// Longest request URL (path and query) accepted; longer ones get 414.
     pub max_url_length: usize,
-    /// Upstream fills running at once; more get 503 with Retry-After.
+    /// Upstream fills running at once; more wait up to `fill_queue_timeout`, then get 503.
     pub max_concurrent_fills: usize,
+    /// How long a request that would start one fill too many waits for a running one to end.
+    #[serde(deserialize_with = "de_duration")]
+    pub fill_queue_timeout: Duration,
     /// Threads accepting and serving connections, each with its own event loop; 0 means one
     /// per CPU the process may use.
     pub workers: usize,
@@ -115,6 +118,7 @@ impl Default for ServerConfig {
             max_header_size: ByteSize(64 << 10),
             max_url_length: 8192,
             max_concurrent_fills: 256,
+            fill_queue_timeout: Duration::from_secs(5),
             workers: 0,
             zero_copy: true,
         }

@@ -83,6 +83,31 @@ pub fn render(app: &AppState) -> String {
     let _ = writeln!(o, "# TYPE wharf_fills_in_flight gauge");
     let running = app.engine.fills_running();
     let _ = writeln!(o, "wharf_fills_in_flight {running}");
+    let q = app.engine.fill_queue();
+    for (name, kind, help, v) in [
+        (
+            "wharf_fill_queue_waiting",
+            "gauge",
+            "Requests waiting for a fill permit now (server.max_concurrent_fills reached).",
+            &q.waiting,
+        ),
+        (
+            "wharf_fill_queued_total",
+            "counter",
+            "Requests that had to wait for a fill permit.",
+            &q.queued,
+        ),
+        (
+            "wharf_fill_queue_timeouts_total",
+            "counter",
+            "Requests that waited server.fill_queue_timeout in vain and got 503.",
+            &q.timed_out,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} {kind}");
+        let _ = writeln!(o, "{name} {}", v.load(std::sync::atomic::Ordering::Relaxed));
+    }
     let _ = writeln!(
         o,
         "# HELP wharf_upstream_up Whether an upstream is considered up (1) or down (0)."

@@ -974,3 +974,63 @@ async fn a_low_pull_quota_is_exported_and_stretches_the_tag_ttl() {
         "revalidated despite the low quota"
     );
 }
+
+// ---------------------------------------------------------------- saturation
+
+/// wharf allowing one fill at a time, queueing the next for `queue`; two blobs upstream whose
+/// bodies take about a second each.
+async fn one_fill_at_a_time(queue: &str) -> (FakeRegistry, Wharf, tempfile::TempDir, [String; 2]) {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::serve(WharfConfig::fake(&up.url(), dir.path()).tables(&format!(
+        "[server]\nmax_concurrent_fills = 1\nfill_queue_timeout = \"{queue}\"\n"
+    )))
+    .await;
+    let a = up.put_blob(&bytes_of(640 << 10, 31));
+    let b = up.put_blob(&bytes_of(640 << 10, 32));
+    up.set_blob_mode(BlobMode::Slow(Duration::from_millis(100)));
+    (up, w, dir, [a, b])
+}
+
+async fn queue_metric(w: &Wharf, name: &str) -> u64 {
+    let text = String::from_utf8(w.get("/metrics", None).await.body.to_vec()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_fill_over_the_limit_waits_for_a_permit_instead_of_failing() {
+    let (_up, w, _d, [a, b]) = one_fill_at_a_time("10s").await;
+    let path_a = format!("/v2/app/blobs/{a}");
+    let first = w.get(&path_a, None);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        w.get(&format!("/v2/app/blobs/{b}"), None).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.status, 200);
+    assert_eq!(second.status, 200, "{}", second.describe());
+    assert_eq!(sha256(&second.body), b);
+    assert_eq!(queue_metric(&w, "wharf_fill_queued_total").await, 1);
+    assert_eq!(queue_metric(&w, "wharf_fill_queue_timeouts_total").await, 0);
+    assert_eq!(queue_metric(&w, "wharf_fill_queue_waiting").await, 0);
+}
+
+#[tokio::test]
+async fn a_fill_that_waits_too_long_gets_503_with_retry_after() {
+    let (_up, w, _d, [a, b]) = one_fill_at_a_time("200ms").await;
+    let path_a = format!("/v2/app/blobs/{a}");
+    let first = w.get(&path_a, None);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        w.get(&format!("/v2/app/blobs/{b}"), None).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.status, 200);
+    assert_eq!(second.status, 503, "{}", second.describe());
+    assert!(second.header("retry-after").is_some());
+    assert_eq!(queue_metric(&w, "wharf_fill_queue_timeouts_total").await, 1);
+}

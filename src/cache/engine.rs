@@ -197,6 +197,17 @@ struct Inner {
     tiers: Tiers,
     /// Access times of hits since the last flush.
     atimes: Mutex<HashMap<Digest, u64>>,
+    /// How long a new fill waits for a permit when all are taken, before `Busy`.
+    queue_limit: std::time::Duration,
+    queue: QueueStats,
+}
+
+/// Fills that waited for a permit: waiting now, ever queued, and given up on (`Busy`).
+#[derive(Default)]
+pub struct QueueStats {
+    pub waiting: std::sync::atomic::AtomicU64,
+    pub queued: std::sync::atomic::AtomicU64,
+    pub timed_out: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
@@ -210,7 +221,46 @@ impl Engine {
             peers: None,
             tiers: Tiers::default(),
             atimes: Mutex::default(),
+            queue_limit: std::time::Duration::ZERO,
+            queue: QueueStats::default(),
         }))
+    }
+
+    /// The same engine, with a new fill waiting up to `limit` for a permit when every one is
+    /// taken (then `Busy`). Call before the engine is cloned.
+    pub fn with_fill_queue(mut self, limit: std::time::Duration) -> Engine {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.queue_limit = limit;
+        }
+        self
+    }
+
+    /// Fill permit counters, for metrics.
+    pub fn fill_queue(&self) -> &QueueStats {
+        &self.0.queue
+    }
+
+    /// A fill permit: at once, or within the queue limit.
+    async fn permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Ok(p) = self.0.permits.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        if self.0.queue_limit.is_zero() {
+            return None;
+        }
+        let q = &self.0.queue;
+        q.queued.fetch_add(1, Relaxed);
+        q.waiting.fetch_add(1, Relaxed);
+        let got = tokio::time::timeout(self.0.queue_limit, self.0.permits.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        q.waiting.fetch_sub(1, Relaxed);
+        if got.is_none() {
+            q.timed_out.fetch_add(1, Relaxed);
+        }
+        got
     }
 
     /// The same engine with a shared tier: misses ask it first, and every commit is queued
@@ -277,7 +327,7 @@ impl Engine {
         }
         let (rx, joined) = match flights.join(key) {
             Join::Leader(leader, rx) => {
-                let Ok(permit) = self.0.permits.clone().try_acquire_owned() else {
+                let Some(permit) = self.permit().await else {
                     leader.fail(FillError::Busy);
                     return Err(FillError::Busy);
                 };
