@@ -18,7 +18,8 @@
 #                  (<scenario>.flat.txt, .dso.txt, .inclusive.txt) and perf.data to DIR;
 #                  `--only profile` skips the measurements and only profiles
 #
-#   Environment: WHARF_BENCH_VERSION labels the wharf build in the table (default: git describe).
+#   Environment: WHARF_BENCH_VERSION labels the wharf build in the table (default: git describe);
+#   WHARF_BENCH_LOG_LEVEL is wharf's [log] level (default: info, one line per request).
 #
 # What it does, all on 127.0.0.1:
 #   1. Checks for its tools and, as root, installs the missing Debian packages:
@@ -207,7 +208,8 @@ python3 "$root/benches/lib/gen.py" "$work/data" --big-mib "$big_mib" \
 python3 "$root/benches/lib/bench.py" \
   --work "$work" --data "$work/data" --out "$out" --command "$command_line" \
   --wharf "$wharf_bin" --wharf-version "$wharf_version" --fetch "$work/bin/fetch" \
-  --only "$only" --garage "$garage_bin" "${profile_args[@]}" "${driver_args[@]}" &
+  --only "$only" --garage "$garage_bin" --wharf-log-level "${WHARF_BENCH_LOG_LEVEL:-info}" \
+  "${profile_args[@]}" "${driver_args[@]}" &
 driver=$!
 wait "$driver"
 driver=""

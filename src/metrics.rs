@@ -5,6 +5,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const OUTCOMES: [&str; 4] = ["HIT", "MISS", "STALE", "ERROR"];
 
+/// Body bytes a response has sent so far, for its request log line (a response extension; the
+/// server's `sendfile` path adds to it, since that body is never polled).
+#[derive(Clone)]
+pub struct SentBytes(pub std::sync::Arc<AtomicU64>);
+
+/// The upstream a response's request went to, for its request log line (a response extension).
+#[derive(Clone)]
+pub struct AnsweredBy(pub String);
+
 #[derive(Default)]
 pub struct Metrics {
     /// [protocol][outcome]: protocol 0 = registry, 1 = go.

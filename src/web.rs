@@ -16,6 +16,8 @@ use crate::goproxy;
 use crate::registry;
 use crate::registry::errors::{ErrorCode, RegistryError};
 
+mod log;
+
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     // The Go handlers exist only when the Go proxy does.
@@ -45,6 +47,35 @@ pub fn router(state: AppState) -> Router {
 /// use the protocol's own error format.
 async fn guard(
     State(app): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // The line names the request as the client sent it (before any rewrite).
+    let line = log::enabled().then(|| log::Line {
+        method: req.method().clone(),
+        target: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string()),
+        client: req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip()),
+        started: std::time::Instant::now(),
+    });
+    let resp = checked(app, req, next).await;
+    match line {
+        Some(line) => {
+            let cache = crate::cache::Outcome::of(&resp).map(|o| o.as_str());
+            log::attach(line, resp, cache)
+        }
+        None => resp,
+    }
+}
+
+/// The guard's checks and the handler.
+async fn checked(
+    app: AppState,
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {

@@ -695,3 +695,53 @@ fn gc_shared_without_a_shared_tier_says_so_and_fails() {
     assert!(!out.status.success(), "{}", describe(&out));
     expect_stderr(&out, "no [shared] is configured");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_request_leaves_one_info_line_with_its_outcome_bytes_and_client() {
+    let up = FakeRegistry::start().await;
+    let blob = bytes_of(300_000, 18);
+    let digest = up.put_blob(&blob);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &up.url(), &dir.path().join("data"));
+    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    let path = format!("/v2/team/app/blobs/{digest}?ns=fake.test");
+    for _ in 0..2 {
+        let resp = get(server.url(&path)).await;
+        assert_eq!(resp.status(), 200, "{}", server.logs());
+        assert_eq!(read_body(resp).await.len(), blob.len());
+    }
+    let missing = get(server.url("/v2/team/app/manifests/nope")).await;
+    assert_eq!(missing.status(), 404);
+    // A line is written when its body is done; give the last one a moment.
+    eventually("three request lines", || {
+        server.logs().matches("wharf::access").count() >= 3
+    })
+    .await;
+    let logs = server.logs();
+    server.stop().await;
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("wharf::access"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{logs}");
+    for (line, cache) in lines[..2].iter().zip(["MISS", "HIT"]) {
+        for part in [
+            "INFO",
+            "method=GET",
+            &format!("path={path}"),
+            "status=200",
+            &format!("bytes={}", blob.len()),
+            &format!("cache={cache}"),
+            "upstream=fake.test",
+            "client=127.0.0.1",
+            "ms=",
+        ] {
+            assert!(line.contains(part), "{part:?} not in {line}");
+        }
+    }
+    assert!(
+        lines[2].contains("status=404") && lines[2].contains("cache=ERROR"),
+        "{}",
+        lines[2]
+    );
+}

@@ -134,6 +134,8 @@ impl Target {
     }
 
     fn annotate(&self, mut resp: Response) -> Response {
+        resp.extensions_mut()
+            .insert(crate::metrics::AnsweredBy(self.up.name.clone()));
         if let Some(ns) = self
             .ns
             .as_deref()

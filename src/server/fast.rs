@@ -32,6 +32,7 @@ use tower::ServiceExt as _;
 
 use super::{Conns, Prefixed};
 use crate::cache::{CHUNK, Sendfile};
+use crate::metrics::SentBytes;
 
 /// Headers one request may carry on the fast path (more: hyper decides).
 const MAX_HEADERS: usize = 64;
@@ -252,6 +253,9 @@ async fn respond(
             sent += to - from;
         }
         conns.metrics.count_body(true, sent);
+        if let Some(SentBytes(n)) = parts.extensions.get::<SentBytes>() {
+            n.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+        }
         return Ok(());
     }
     conns.metrics.count_body(false, 0);
