@@ -213,11 +213,17 @@ fn date(t: UnixTime) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
-/// `DnsName("a.example")` (how the verifier lists a certificate's names) as `a.example`.
+/// `DnsName("a.example")` and `IpAddress(10.0.0.1)` (how the verifier lists a certificate's
+/// names) as `a.example` and `10.0.0.1`.
 fn plain_name(presented: &str) -> String {
     presented
         .strip_prefix("DnsName(\"")
         .and_then(|s| s.strip_suffix("\")"))
+        .or_else(|| {
+            presented
+                .strip_prefix("IpAddress(")
+                .and_then(|s| s.strip_suffix(')'))
+        })
         .map(str::to_string)
         .unwrap_or_else(|| presented.to_string())
 }
@@ -461,7 +467,8 @@ async fn check_tls(
         })) => Some(not_after),
         _ => None,
     };
-    let until = expiry(now + Duration::from_secs(100 * 365 * 24 * 3600));
+    // 9999-12-31T23:59:59Z, the last time a certificate can name: past every real `notAfter`.
+    let until = expiry(Duration::from_secs(253_402_300_799));
     let until_text = until
         .map(|t| format!(", valid until {}", date(t)))
         .unwrap_or_default();
@@ -1024,6 +1031,7 @@ mod tests {
     #[test]
     fn certificate_names_are_shown_plain() {
         assert_eq!(plain_name("DnsName(\"wharf.example\")"), "wharf.example");
-        assert_eq!(plain_name("IpAddress(10.0.0.1)"), "IpAddress(10.0.0.1)");
+        assert_eq!(plain_name("IpAddress(10.0.0.1)"), "10.0.0.1");
+        assert_eq!(plain_name("Other(x)"), "Other(x)");
     }
 }
