@@ -504,7 +504,7 @@ fn go_env(config: &Config, ep: &Endpoint, ca: Option<&Ca>) -> ClientFile {
         );
     }
     ClientFile {
-        target: "go env".into(),
+        target: "the go command's env file ($(go env GOENV)), or the environment".into(),
         out: "go.env".into(),
         about: "the go command".into(),
         comments: Vec::new(),
@@ -554,6 +554,14 @@ fn readme(ep: &Endpoint, files: &[ClientFile]) -> String {
     );
     for f in files {
         let _ = writeln!(o);
+        if f.out.contains("{registry}") {
+            for h in files.iter().filter(|h| h.out.ends_with("/hosts.toml")) {
+                let out = h.out.replace("hosts.toml", CONTAINERD_CA);
+                let _ = writeln!(o, "{out}  ->  /{out}");
+            }
+            let _ = writeln!(o, "    containerd: wharf's CA, named by `ca` in hosts.toml");
+            continue;
+        }
         let _ = writeln!(o, "{}  ->  {}", f.out, f.target);
         let _ = writeln!(o, "    {}", f.about);
         for c in &f.comments {
