@@ -97,8 +97,74 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             let args = wharf::tools::import::ImportArgs { inputs, name };
             wharf::tools::import::command(&config, via, args).await
         }
+        Command::ClientConfig {
+            config,
+            url,
+            ca,
+            out,
+        } => {
+            let name = config_name(&config);
+            let config = cli::load_for_tool(&config)?;
+            wharf::tools::client_config::command(
+                &config,
+                &name,
+                url.as_deref(),
+                ca.as_deref(),
+                out.as_deref(),
+            )
+        }
+        Command::Doctor {
+            url,
+            config,
+            ca,
+            user,
+            password_file,
+            token_file,
+        } => {
+            let (url, url_note) = match url {
+                Some(u) => (u, None),
+                None => {
+                    let name = config_name(&config);
+                    let config = cli::load_for_tool(&config)?;
+                    let ep = wharf::tools::client_config::Endpoint::of(
+                        &config,
+                        None,
+                        wharf::tools::client_config::host_name,
+                    )
+                    .map_err(|m| wharf::Error::Config(wharf::config::ConfigError::Invalid(m)))?;
+                    let mut note = format!("from {name}");
+                    for n in &ep.notes {
+                        note += &format!("; {n}");
+                    }
+                    (ep.base, Some(note))
+                }
+            };
+            let args = wharf::tools::doctor::DoctorArgs {
+                url,
+                url_note,
+                ca,
+                user,
+                password_file,
+                token_file,
+            };
+            let report = wharf::tools::doctor::run(&args).await;
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), report.render().as_bytes());
+            Ok(if report.failed() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Fsck { config, repair } => cli::fsck(&config.load()?, repair),
     }
+}
+
+/// The config file a command read, for messages.
+fn config_name(config: &cli::ConfigArgs) -> String {
+    config.config.as_ref().map_or_else(
+        || "the built-in defaults".into(),
+        |p| p.display().to_string(),
+    )
 }
 
 /// Where an air-gap command works, from `--server` and an explicit `--data-dir`.

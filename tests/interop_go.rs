@@ -444,3 +444,136 @@ async fn zip_that_does_not_match_the_checksum_database_is_refused_and_never_stor
         "the tampered zip is stored in wharf's data dir: {stored:?}"
     );
 }
+
+/// The downloads of `go mod download -json <modules>` run by `client` outside any module:
+/// `path@version` -> error, if any.
+async fn download_errors(client: &GoClient, modules: &[&str]) -> BTreeMap<String, Option<String>> {
+    let mut args = vec!["mod", "download", "-json"];
+    args.extend(modules);
+    let run = client.run(&client.outside_module(), &args).await;
+    let got = parse_downloads(&run.stdout);
+    modules
+        .iter()
+        .map(|m| {
+            let d = got
+                .get(*m)
+                .unwrap_or_else(|| panic!("no JSON for {m}: {}", run.describe()));
+            (m.to_string(), d.error.clone())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_command_works_with_the_environment_client_config_prints() {
+    const PRIVATE: &str = "example.com/util";
+    let Some(go) = gotools::find_go("go_client_config") else {
+        return;
+    };
+    let work = work_dir("wharf-interop-go-client-config-");
+    let helper = go.build_helper(&work.path().join("helper")).await;
+    let src = work.path().join("modules");
+    write_module_sources(&src);
+    let up = Upstream::start(&helper, &src, &[]).await;
+    let data = work.path().join("wharf-data");
+    // `example.com/util` is private: wharf fetches it from its own source and refuses checksum
+    // database lookups for it.
+    let config = wharf_config(&data, &up).tables(&format!(
+        "[[go.private]]\npattern = {}\nurl = {}\n",
+        quote(PRIVATE),
+        quote(&up.url("/mod"))
+    ));
+    let wharf = Wharf::serve(config.clone()).await;
+    let file = config.write(&work.path().join("wharf.toml"));
+    let out_dir = work.path().join("client-config");
+    let run = wharf_command_async()
+        .args(["client-config", "--config"])
+        .arg(&file)
+        .arg("--url")
+        .arg(wharf.url(""))
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .await
+        .expect("run wharf client-config");
+    assert!(run.status.success(), "{}", describe(&run));
+    let env_file = out_dir.join("go.env");
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    let vars: Vec<(&str, &str)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    let goproxy = wharf.url("/go");
+    assert_eq!(
+        vars,
+        [
+            ("GOPROXY", goproxy.as_str()),
+            ("GOSUMDB", up.vkey.as_str()),
+            ("GONOSUMDB", PRIVATE),
+        ],
+        "{text}"
+    );
+
+    // The go command reads the file as its own env file.
+    let client = GoClient::with_vars(&go, &vars);
+    let names = ["GOPROXY", "GOSUMDB", "GONOSUMDB", "GONOPROXY"];
+    let env = client.env_from_file(&env_file, &names).await.ok();
+    let lines: Vec<&str> = env.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [goproxy.as_str(), up.vkey.as_str(), PRIVATE, ""],
+        "{}",
+        env.describe()
+    );
+
+    // With those settings a public module (checked against sum.test through wharf) and the
+    // private one (never looked up there) both come through wharf.
+    let public = "example.com/app@v1.0.0";
+    let private = "example.com/util@v1.0.0";
+    let errors = download_errors(&client, &[public, private]).await;
+    assert_eq!(errors[public], None, "{errors:?}");
+    assert_eq!(errors[private], None, "{errors:?}");
+    let lookups = client
+        .modcache()
+        .join("cache/download/sumdb/sum.test/lookup/example.com");
+    assert!(
+        lookups.join("app@v1.0.0").is_file(),
+        "public module not checked"
+    );
+    assert!(
+        !lookups.join("util@v1.0.0").exists(),
+        "the go command asked the checksum database about the private module"
+    );
+
+    // Without GONOSUMDB the go command asks about the private module, and wharf refuses.
+    let without = GoClient::with_vars(&go, &vars[..2]);
+    let errors = download_errors(&without, &[private]).await;
+    assert!(
+        errors[private]
+            .as_deref()
+            .is_some_and(|e| e.contains("403 Forbidden") && e.contains("Set GONOSUMDB")),
+        "{errors:?}"
+    );
+    // GOPRIVATE alone also means GONOPROXY: the go command bypasses wharf (and, with VCS access
+    // off, gets nothing). With GONOPROXY=none it goes through wharf again.
+    let gopriv = GoClient::with_vars(&go, &[vars[0], vars[1], ("GOPRIVATE", PRIVATE)]);
+    let errors = download_errors(&gopriv, &[private]).await;
+    assert!(
+        errors[private]
+            .as_deref()
+            .is_some_and(|e| e.contains("go-get=1")),
+        "GOPRIVATE alone did not go direct: {errors:?}"
+    );
+    let gopriv_none = GoClient::with_vars(
+        &go,
+        &[
+            vars[0],
+            vars[1],
+            ("GOPRIVATE", PRIVATE),
+            ("GONOPROXY", "none"),
+        ],
+    );
+    let errors = download_errors(&gopriv_none, &[private]).await;
+    assert_eq!(errors[private], None, "{errors:?}");
+    wharf.stop().await;
+}

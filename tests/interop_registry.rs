@@ -585,3 +585,160 @@ async fn manifests_are_negotiated_against_the_real_origin() {
     assert_eq!(oci_index_only.status, 404, "{}", oci_index_only.describe());
     wharf.stop_cleanly().await;
 }
+
+/// `wharf client-config --out` for a wharf with `default.test` (another origin holding a different
+/// image under the same name) as its default upstream and `origin.test` beside it; returns the
+/// output directory and the default origin, which must outlive the test's pulls.
+async fn client_config_fixture(fx: &Origined) -> (Wharf, Origin, Image, PathBuf) {
+    let other = fx.out("default-origin");
+    let (default_origin, default_image) = {
+        let skopeo_program = support::origin::find_tool("skopeo").expect("skopeo");
+        let registry = support::origin::find_tool("docker-registry").expect("docker-registry");
+        blocking(move || {
+            let origin = Origin::start(&registry);
+            let skopeo = Skopeo::new(&skopeo_program);
+            let mut layout = Layout::create(&other);
+            let image = layout.add_image(&ImageSpec::linux(
+                "amd64",
+                9,
+                &[gzip_layer(5000), gzip_layer(20_000)],
+            ));
+            layout.tag(&image.manifest, TAG);
+            skopeo.push_layout(layout.root(), TAG, &origin, APP_REPO, false);
+            (origin, image)
+        })
+        .await
+    };
+    let data = fx.out("client-config-data");
+    let config = WharfConfig::new(&data)
+        .upstream("default.test", &format!("http://{}", default_origin.host()))
+        .upstream(UPSTREAM, &format!("http://{}", fx.origin().host()));
+    let wharf = Wharf::serve(config.clone()).await;
+    let file = config.write(&fx.out("wharf.toml"));
+    let out = fx.out("client-config");
+    let run = wharf_command_async()
+        .args(["client-config", "--config"])
+        .arg(&file)
+        .arg("--url")
+        .arg(wharf.url(""))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .await
+        .expect("run wharf client-config");
+    assert!(run.status.success(), "{}", describe(&run));
+    (wharf, default_origin, default_image, out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skopeo_pulls_through_the_registries_conf_client_config_writes() {
+    let Some(fx) =
+        Origined::start("skopeo_pulls_through_the_registries_conf_client_config_writes").await
+    else {
+        return;
+    };
+    let (wharf, default_origin, default_image, out) = client_config_fixture(&fx).await;
+    let conf = out.join("etc/containers/registries.conf");
+    let layout = fx.out("via-client-config");
+    let fx = blocking(move || {
+        // Neither name resolves: each answer came through its mirror entry. The same repository
+        // name holds a different image on each registry, so a mirror without its /<registry> path
+        // would answer with the default upstream's.
+        let inspect = |reference: &str| {
+            let out = fx.skopeo.run_with_registries_conf(
+                &conf,
+                &["inspect", "--no-tags", &format!("docker://{reference}")],
+            );
+            let v: serde_json::Value = serde_json::from_str(&out).expect("inspect JSON");
+            v["Digest"].as_str().expect("a Digest").to_string()
+        };
+        assert_eq!(
+            inspect(&format!("{UPSTREAM}/{APP_REPO}:{TAG}")),
+            fx.image.manifest.digest
+        );
+        assert_eq!(
+            inspect(&format!("default.test/{APP_REPO}:{TAG}")),
+            default_image.manifest.digest
+        );
+        fx.skopeo.run_with_registries_conf(
+            &conf,
+            &[
+                "copy",
+                &format!("docker://{UPSTREAM}/{APP_REPO}:{TAG}"),
+                &format!("oci:{}:{TAG}", layout.display()),
+            ],
+        );
+        assert_layout_holds_image(&layout, TAG, &fx.image);
+        drop(default_origin);
+        fx
+    })
+    .await;
+    let manifest = wharf
+        .get(
+            &format!(
+                "/v2/{UPSTREAM}/{APP_REPO}/manifests/{}",
+                fx.image.manifest.digest
+            ),
+            Some(MANIFEST_ACCEPT),
+        )
+        .await;
+    assert_eq!(manifest.cache(), "HIT", "{}", manifest.describe());
+    wharf.stop_cleanly().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_pulls_through_the_hosts_toml_client_config_writes() {
+    let test = "containerd_pulls_through_the_hosts_toml_client_config_writes";
+    let Some(containerd) = blocking(move || support::containerd::Containerd::start(test)).await
+    else {
+        return;
+    };
+    let Some(fx) = Origined::start(test).await else {
+        return;
+    };
+    let (wharf, default_origin, default_image, out) = client_config_fixture(&fx).await;
+    let hosts = out.join("etc/containerd/certs.d");
+    let hosts = hosts.to_string_lossy().into_owned();
+    let (fx, containerd) = blocking(move || {
+        // `origin.test` does not resolve: containerd reaches it only through hosts.toml, and wharf
+        // picks the upstream from the ?ns= containerd adds.
+        for (reference, image) in [
+            (format!("{UPSTREAM}/{APP_REPO}:{TAG}"), &fx.image),
+            (format!("default.test/{APP_REPO}:{TAG}"), &default_image),
+        ] {
+            let fetch = containerd.ctr(&["content", "fetch", "--hosts-dir", &hosts, &reference]);
+            assert!(
+                fetch.status.success(),
+                "ctr content fetch {reference} failed ({})\n--- stdout\n{}\n--- stderr\n{}\n--- containerd\n{}",
+                fetch.status,
+                String::from_utf8_lossy(&fetch.stdout),
+                String::from_utf8_lossy(&fetch.stderr),
+                containerd.log()
+            );
+            let listed = containerd.ctr(&["content", "ls", "-q"]);
+            let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+            for d in std::iter::once(&image.manifest).chain(image.blobs()) {
+                assert!(
+                    listed.contains(&d.digest),
+                    "{reference}: {} not fetched; content store:\n{listed}",
+                    d.digest
+                );
+            }
+        }
+        drop(default_origin);
+        (fx, containerd)
+    })
+    .await;
+    drop(containerd);
+    let manifest = wharf
+        .get(
+            &format!(
+                "/v2/{UPSTREAM}/{APP_REPO}/manifests/{}",
+                fx.image.manifest.digest
+            ),
+            Some(MANIFEST_ACCEPT),
+        )
+        .await;
+    assert_eq!(manifest.cache(), "HIT", "{}", manifest.describe());
+    wharf.stop_cleanly().await;
+}

@@ -144,6 +144,43 @@ pub enum Command {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
+    /// Print the client configuration for this wharf (containerd hosts.toml, registries.conf,
+    /// Docker's daemon.json, the Go environment), or write it into a directory.
+    ClientConfig {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The URL clients reach wharf at (default: listen, https with [tls]; for 0.0.0.0 or
+        /// [::], this machine's host name).
+        #[arg(long)]
+        url: Option<String>,
+        /// wharf's CA certificate (PEM), for clients to trust when it is a private CA.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Write the files under this directory (new or empty) instead of printing them.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check, from a client machine, that wharf can be used from here: connection, TLS,
+    /// authentication, upstreams, the checksum-database route, the go command's settings.
+    Doctor {
+        /// wharf's URL (default: from the config, as client-config derives it).
+        url: Option<String>,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// A CA certificate (PEM) to trust besides the system's, for a private CA.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// A wharf user (also WHARF_USER); the password comes from --password-file or
+        /// WHARF_PASSWORD.
+        #[arg(long)]
+        user: Option<String>,
+        /// A file holding the user's password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// A file holding a wharf token (also WHARF_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Check every indexed blob against its digest; report orphans and dangling records.
     Fsck {
         #[command(flatten)]

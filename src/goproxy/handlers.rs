@@ -439,7 +439,8 @@ async fn sumdb(app: &Arc<GoProxy>, go: &GoState, name: &str, p: &SumdbPath) -> R
         return Err(GoError::new(
             StatusCode::FORBIDDEN,
             format!(
-                "{module} is a private module: wharf does not send its name to {name}.\nSet GONOSUMDB or GOPRIVATE for it."
+                "{module} is a private module: wharf does not send its name to {name}.\nSet GONOSUMDB for it \
+                 (GOPRIVATE alone also bypasses wharf; with it, set GONOPROXY=none)."
             ),
         ));
     }

@@ -24,6 +24,9 @@ pub const REQUIRE_ENV: &str = "WHARF_REQUIRE_INTEROP";
 /// The upstream program, compiled at test time.
 const HELPER_SOURCE: &str = include_str!("gosumdb/main.go");
 
+/// Where a go command's non-loopback requests go: a loopback port nothing listens on.
+const DEAD_PROXY: &str = "http://127.0.0.1:1";
+
 /// Longest any one go command may run before the test fails.
 const GO_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -123,6 +126,11 @@ impl Go {
             .env("GOVCS", "*:off")
             .env("GOWORK", "off")
             .env("CGO_ENABLED", "0")
+            // A lookup that goes direct (a module the settings keep away from the proxy) would
+            // resolve and fetch `https://<module>?go-get=1`: send it to a dead loopback proxy
+            // instead. Loopback addresses (wharf, the upstream) are never proxied.
+            .env("HTTPS_PROXY", DEAD_PROXY)
+            .env("HTTP_PROXY", DEAD_PROXY)
             .stdin(Stdio::null())
             .kill_on_drop(true);
         c
@@ -348,11 +356,19 @@ impl GoRun {
 pub struct GoClient {
     go: Go,
     root: TempDir,
-    vars: Vec<(&'static str, String)>,
+    vars: Vec<(String, String)>,
 }
 
 impl GoClient {
     pub fn new(go: &Go, goproxy: &str, sumdb_key: &str) -> GoClient {
+        // A key without a URL: the go command asks each GOPROXY entry whether it proxies this
+        // database (`/sumdb/<name>/supported`) and, when wharf says yes, reads it there.
+        Self::with_vars(go, &[("GOPROXY", goproxy), ("GOSUMDB", sumdb_key)])
+    }
+
+    /// A client whose module settings are exactly `vars` (on top of the cleared environment:
+    /// GOPROXY and GOSUMDB are `off` unless `vars` set them).
+    pub fn with_vars(go: &Go, vars: &[(&str, &str)]) -> GoClient {
         let root = tempfile::Builder::new()
             .prefix("wharf-goclient-")
             .tempdir()
@@ -360,18 +376,38 @@ impl GoClient {
         for d in ["home", "gopath", "modcache"] {
             std::fs::create_dir_all(root.path().join(d)).unwrap();
         }
-        let vars = vec![
-            ("GOPROXY", goproxy.to_string()),
-            // A key without a URL: the go command asks each GOPROXY entry whether it proxies
-            // this database (`/sumdb/<name>/supported`) and, when wharf says yes, reads it there.
-            ("GOSUMDB", sumdb_key.to_string()),
-            ("GOFLAGS", "-mod=mod -modcacherw".to_string()),
-            ("GO111MODULE", "on".to_string()),
-        ];
+        let mut all: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        all.push(("GOFLAGS".into(), "-mod=mod -modcacherw".into()));
+        all.push(("GO111MODULE".into(), "on".into()));
         GoClient {
             go: go.clone(),
             root,
-            vars,
+            vars: all,
+        }
+    }
+
+    /// `go env <names>` with `file` as the go command's env file (`GOENV`) and none of `names`
+    /// in the environment: what the go command reads from such a file.
+    pub async fn env_from_file(&self, file: &Path, names: &[&str]) -> GoRun {
+        let mut cmd = self.go.command(&self.root.path().join("home"));
+        for n in names {
+            cmd.env_remove(n);
+        }
+        cmd.env("GOENV", file).arg("env").args(names);
+        let command = format!("GOENV={} go env {}", file.display(), names.join(" "));
+        let out = tokio::time::timeout(GO_TIMEOUT, cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("`{command}` ran longer than {GO_TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("run `{command}`: {e}"));
+        GoRun {
+            success: out.status.success(),
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            command,
         }
     }
 
@@ -392,7 +428,7 @@ impl GoClient {
         let mut cmd = self.go.command(&self.root.path().join("home"));
         cmd.env("GOPATH", self.root.path().join("gopath"))
             .env("GOMODCACHE", self.modcache())
-            .envs(self.vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(dir)
             .args(args);
         let command = format!("go {}", args.join(" "));

@@ -2,8 +2,8 @@
 //! builder (`config`), the wharf binary with a scrubbed environment (`bin`), requests and
 //! assertions on answers (`http`), fake upstreams (`fake` for the registry, `gofake` for
 //! GOPROXY), and for the interop tests generated OCI layouts (`oci`), the real origin registry
-//! and skopeo (`origin`), the go command and a reference checksum database (`gotools`), and
-//! generated certificates (`tlsgen`).
+//! and skopeo (`origin`), containerd and ctr (`containerd`), the go command and a reference
+//! checksum database (`gotools`), and generated certificates (`tlsgen`).
 //!
 //! Each test binary that declares `mod support;` compiles its own copy and uses a subset of it;
 //! most take the common names with `use support::*;`.
@@ -11,6 +11,7 @@
 
 mod bin;
 mod config;
+pub mod containerd;
 mod fake;
 pub mod garage;
 mod gofake;
