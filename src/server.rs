@@ -171,6 +171,7 @@ pub async fn run(
     }
     background.abort();
     state.flush_atimes().await;
+    crate::web::flush_log();
     Ok(())
 }
 

@@ -19,7 +19,13 @@ use crate::registry::errors::{ErrorCode, RegistryError};
 mod log;
 
 /// The whole HTTP surface.
+/// Writes the request lines still buffered (at shutdown).
+pub fn flush_log() {
+    log::flush();
+}
+
 pub fn router(state: AppState) -> Router {
+    log::init(state.config.log.format == crate::config::LogFormat::Json);
     // The Go handlers exist only when the Go proxy does.
     let go_routes = match &state.go {
         Some(go) => any(goproxy::handle).with_state(go.clone()),

@@ -745,3 +745,37 @@ async fn every_request_leaves_one_info_line_with_its_outcome_bytes_and_client() 
         lines[2]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_lines_follow_the_json_log_format() {
+    let up = FakeRegistry::start().await;
+    let digest = up.put_blob(&bytes_of(1000, 19));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &up.url(), &dir.path().join("data"));
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[log]\nformat = \"json\"\n");
+    std::fs::write(&config, text).unwrap();
+    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    let resp = get(server.url(&format!("/v2/team/app/blobs/{digest}?ns=fake.test"))).await;
+    assert_eq!(read_body(resp).await.len(), 1000);
+    eventually("a request line", || server.logs().contains("wharf::access")).await;
+    let logs = server.logs();
+    server.stop().await;
+    let line = logs
+        .lines()
+        .find(|l| l.contains("wharf::access"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["target"], "wharf::access");
+    assert_eq!(v["fields"]["status"], 200);
+    assert_eq!(v["fields"]["bytes"], 1000);
+    assert_eq!(v["fields"]["cache"], "MISS");
+    assert!(
+        v["fields"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("?ns=fake.test")
+    );
+    assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+}
