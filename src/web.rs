@@ -59,10 +59,7 @@ async fn guard(
     // The line names the request as the client sent it (before any rewrite).
     let line = log::enabled().then(|| log::Line {
         method: req.method().clone(),
-        target: req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string()),
+        uri: req.uri().clone(),
         client: req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()

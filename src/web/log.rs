@@ -7,7 +7,6 @@
 //! there), into a buffer written to stderr when it holds 64 KiB or every 100 ms, and at
 //! shutdown: one write for many lines. `[log] level` still decides whether lines are written.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -80,8 +79,8 @@ pub fn enabled() -> bool {
 /// What one request's line says, known when its response starts.
 pub struct Line {
     pub method: http::Method,
-    /// Path and query as the client sent them (`?ns=` included).
-    pub target: String,
+    /// As the client sent it (`?ns=` included).
+    pub uri: http::Uri,
     pub client: Option<IpAddr>,
     pub started: Instant,
 }
@@ -117,43 +116,77 @@ impl Drop for Done {
     fn drop(&mut self) {
         let Some(sink) = SINK.get() else { return };
         let l = &self.line;
-        let client = l.client.map_or_else(|| "-".to_string(), |c| c.to_string());
-        let ms = l.started.elapsed().as_secs_f64() * 1e3;
+        let micros = l.started.elapsed().as_micros();
         let bytes = self.bytes.load(Ordering::Relaxed);
         let upstream = self.upstream.as_deref().unwrap_or("-");
-        let mut line = String::with_capacity(256);
-        timestamp(&mut line, SystemTime::now());
+        let now = SystemTime::now();
+        // Formatted straight into the shared buffer: no allocation per line.
+        let mut buf = sink.buf.lock().unwrap_or_else(|p| p.into_inner());
+        let out = &mut *buf;
         if sink.json {
-            let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
-            let _ = writeln!(
-                line,
-                r#"","level":"INFO","fields":{{"client":{},"method":{},"path":{},"status":{},"bytes":{bytes},"ms":{ms:.1},"cache":{},"upstream":{}}},"target":"{TARGET}"}}"#,
-                q(&client),
-                q(l.method.as_str()),
-                q(&l.target),
+            out.extend_from_slice(br#"{"timestamp":""#);
+            timestamp(out, now);
+            out.extend_from_slice(br#"","level":"INFO","fields":{"client":""#);
+            match l.client {
+                Some(c) => {
+                    let _ = write!(out, "{c}");
+                }
+                None => out.push(b'-'),
+            }
+            out.extend_from_slice(br#"","method":"#);
+            json_str(out, l.method.as_str());
+            out.extend_from_slice(br#","path":"#);
+            json_str(out, target(&l.uri));
+            let _ = write!(
+                out,
+                r#","status":{},"bytes":{bytes},"ms":{}.{},"cache":"#,
                 self.status,
-                q(self.cache),
-                q(upstream),
+                micros / 1000,
+                micros % 1000 / 100
             );
-            line.insert_str(0, r#"{"timestamp":""#);
+            json_str(out, self.cache);
+            out.extend_from_slice(br#","upstream":"#);
+            json_str(out, upstream);
+            let _ = writeln!(out, r#"}},"target":"{TARGET}"}}"#);
         } else {
+            timestamp(out, now);
+            out.extend_from_slice(b"  INFO wharf::access: client=");
+            match l.client {
+                Some(c) => {
+                    let _ = write!(out, "{c}");
+                }
+                None => out.push(b'-'),
+            }
             let _ = writeln!(
-                line,
-                "  INFO {TARGET}: client={client} method={} path={} status={} bytes={bytes} ms={ms:.1} cache={} upstream={upstream}",
-                l.method, l.target, self.status, self.cache
+                out,
+                " method={} path={} status={} bytes={bytes} ms={}.{} cache={} upstream={upstream}",
+                l.method,
+                target(&l.uri),
+                self.status,
+                micros / 1000,
+                micros % 1000 / 100,
+                self.cache
             );
         }
-        let mut buf = sink.buf.lock().unwrap_or_else(|p| p.into_inner());
-        buf.extend_from_slice(line.as_bytes());
-        if buf.len() >= BUFFER {
-            let _ = std::io::stderr().write_all(&buf);
-            buf.clear();
+        if out.len() >= BUFFER {
+            let _ = std::io::stderr().write_all(out);
+            out.clear();
         }
     }
 }
 
+/// Path and query.
+fn target(uri: &http::Uri) -> &str {
+    uri.path_and_query().map_or(uri.path(), |p| p.as_str())
+}
+
+/// `s` as a JSON string.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
 /// `t` as RFC 3339 in UTC with microseconds, as the tracing subscriber writes it.
-fn timestamp(out: &mut String, t: SystemTime) {
+fn timestamp(out: &mut Vec<u8>, t: SystemTime) {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -218,12 +251,12 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc() {
         let at = |secs: u64, micros: u32| {
-            let mut s = String::new();
+            let mut s = Vec::new();
             timestamp(
                 &mut s,
                 SystemTime::UNIX_EPOCH + Duration::new(secs, micros * 1000),
             );
-            s
+            String::from_utf8(s).unwrap()
         };
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
