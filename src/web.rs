@@ -82,8 +82,8 @@ async fn checked(
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if !req.uri().path().starts_with("/v2")
-        && !req.uri().path().starts_with("/go/")
+    let path = req.uri().path();
+    if !(path == "/v2" || path.starts_with("/v2/") || path.starts_with("/go/"))
         && let Some(rewritten) =
             registry::routes::unprefix(req.uri().path(), req.uri().query(), |name| {
                 app.config.registry.upstreams.iter().any(|u| u.name == name)

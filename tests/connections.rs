@@ -527,3 +527,45 @@ async fn a_fill_goes_out_with_sendfile_as_it_arrives_and_a_corrupt_one_is_cut() 
         out.len() - head_end
     );
 }
+
+#[tokio::test]
+async fn a_head_over_the_limit_is_refused_however_it_arrives() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::serve(
+        WharfConfig::fake(&up.url(), dir.path()).tables("[server]\nmax_header_size = \"16KiB\"\n"),
+    )
+    .await;
+    // One write, so it arrives whole: still over the limit.
+    let pad = "a".repeat(20_000);
+    let got = pipeline(
+        &w,
+        &format!("GET /v2/ HTTP/1.1\r\nHost: w\r\nX-Pad: {pad}\r\n\r\n"),
+        &[true],
+    )
+    .await;
+    assert_eq!(got[0].status, 431);
+}
+
+#[tokio::test]
+async fn an_http2_preface_after_http1_requests_closes_the_connection() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::serve(WharfConfig::fake(&up.url(), dir.path())).await;
+    let mut s = TcpStream::connect(w.addr).await.unwrap();
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: w\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let first = read_raw(&mut s, &mut buf, false).await;
+    assert_eq!(first.status, 200);
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(SETTINGS, 0, &[])).await.unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    assert!(
+        buf.is_empty() && rest.is_empty(),
+        "the server answered a mid-connection HTTP/2 preface: {rest:?}"
+    );
+}

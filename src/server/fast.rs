@@ -60,12 +60,14 @@ pub(super) async fn serve(
 ) -> Outcome {
     let limits = conns.limits;
     let mut buf = BytesMut::with_capacity(4096);
+    let mut first = true;
     loop {
-        let head_len = match read_head(&mut stream, &mut buf, &limits, stop).await {
+        let head_len = match read_head(&mut stream, &mut buf, &limits, first, stop).await {
             Head::Complete(n) => n,
             Head::Closed => return Outcome::Closed,
             Head::Other => return Outcome::Hyper(Prefixed::new(buf.to_vec(), stream)),
         };
+        first = false;
         let Some((req, keep_alive)) = parse(&buf[..head_len], peer) else {
             return Outcome::Hyper(Prefixed::new(buf.to_vec(), stream));
         };
@@ -102,6 +104,7 @@ async fn read_head(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     limits: &super::Limits,
+    first: bool,
     stop: &mut watch::Receiver<bool>,
 ) -> Head {
     let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
@@ -109,16 +112,24 @@ async fn read_head(
     loop {
         let preface = buf.len().min(PREFACE.len());
         if preface > 0 && buf[..preface] == PREFACE[..preface] {
+            // HTTP/2 only from a connection's start, as hyper has it: later, the connection
+            // is closed rather than switched.
+            if !first {
+                return Head::Closed;
+            }
             if buf.len() >= PREFACE.len() {
                 return Head::Other;
             }
         } else if let Some(end) = find_head_end(buf, searched) {
+            // Over the limit however it arrived: hyper answers it (431).
+            if end > limits.max_header_size {
+                return Head::Other;
+            }
             return Head::Complete(end);
         } else if buf.len() > limits.max_header_size {
-            // More than hyper would take: hyper answers it.
             return Head::Other;
         } else {
-            searched = buf.len().saturating_sub(3);
+            searched = buf.len().saturating_sub(2);
         }
         buf.reserve(4096);
         let read = tokio::select! {
@@ -132,12 +143,20 @@ async fn read_head(
     }
 }
 
-/// The end of the first `\r\n\r\n` at or after `from`.
+/// The end of the first blank line (`\r\n\r\n`, or with bare `\n` line ends, which hyper
+/// accepts too) whose first `\n` is at or after `from`.
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
-    buf.get(from..)?
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| from + i + 4)
+    let rest = buf.get(from..)?;
+    rest.iter().enumerate().find_map(|(i, &b)| {
+        if b != b'\n' {
+            return None;
+        }
+        match &rest[i + 1..] {
+            [b'\n', ..] => Some(from + i + 2),
+            [b'\r', b'\n', ..] => Some(from + i + 3),
+            _ => None,
+        }
+    })
 }
 
 /// A request the fast path takes, and whether the connection stays open after it; `None` for
@@ -247,16 +266,20 @@ async fn respond(
     if let Some(Sendfile(mut b)) = sendable.filter(|s| !chunked && s.0.remaining() == length) {
         send_all_more(stream, &out, send_timeout).await?;
         let mut sent = 0;
-        while let Some((file, from, to)) = b.next_span().await? {
-            sendfile(stream, &file, from, to, send_timeout).await?;
-            b.advance(to - from);
-            sent += to - from;
+        let result = async {
+            while let Some((file, from, to)) = b.next_span().await? {
+                sendfile(stream, &file, from, to, send_timeout, &mut sent).await?;
+                b.advance(to - from);
+            }
+            Ok(())
         }
+        .await;
+        // Counted as far as it got, also when it was cut.
         conns.metrics.count_body(true, sent);
         if let Some(SentBytes(n)) = parts.extensions.get::<SentBytes>() {
             n.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
         }
-        return Ok(());
+        return result;
     }
     conns.metrics.count_body(false, 0);
     // Small bodies of known length go with their head in one write.
@@ -391,6 +414,7 @@ async fn sendfile(
     from: u64,
     to: u64,
     limit: Duration,
+    sent: &mut u64,
 ) -> io::Result<()> {
     let mut pos = from;
     while pos < to {
@@ -398,17 +422,18 @@ async fn sendfile(
             .unwrap_or(usize::MAX)
             .min(SENDFILE_STEP);
         if cached(file, pos, n) {
-            let sent = writable(stream, limit, || {
+            let moved = writable(stream, limit, || {
                 let mut off = pos;
                 rustix::fs::sendfile(stream.as_fd(), file.as_fd(), Some(&mut off), n)
                     .map_err(io::Error::from)
             })
-            .await?;
-            if sent == 0 {
+            .await? as u64;
+            if moved == 0 {
                 // The file is shorter than the response: never pad, never finish.
                 return Err(io::Error::other("file shorter than the response"));
             }
-            pos += sent as u64;
+            pos += moved;
+            *sent += moved;
         } else {
             let n = n.min(CHUNK);
             let file = file.clone();
@@ -421,6 +446,7 @@ async fn sendfile(
             .map_err(io::Error::other)??;
             send_all(stream, &buf, limit).await?;
             pos += n as u64;
+            *sent += n as u64;
         }
     }
     Ok(())
@@ -489,6 +515,16 @@ mod tests {
     fn the_head_ends_at_the_first_blank_line() {
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nGET", 0), Some(18));
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r", 0), None);
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\nHost: x\n\nGET", 0),
+            Some(24)
+        );
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\r\nHost: x\n\r\n", 0),
+            Some(26)
+        );
         assert_eq!(find_head_end(b"ab", 5), None);
+        let (req, _) = parse(b"GET /v2/ HTTP/1.1\nHost: x\n\n", peer()).expect("bare LF parses");
+        assert_eq!(req.uri().path(), "/v2/");
     }
 }
