@@ -569,3 +569,32 @@ async fn an_http2_preface_after_http1_requests_closes_the_connection() {
         "the server answered a mid-connection HTTP/2 preface: {rest:?}"
     );
 }
+
+#[tokio::test]
+async fn a_tls_hello_on_the_plain_port_is_answered_at_once() {
+    // Clients told the registry is insecure (skopeo --tls-verify=false, containerd) try https
+    // first and fall back to http when that fails: it must fail at once, not after the header
+    // timeout.
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::serve(
+        WharfConfig::fake(&up.url(), dir.path())
+            .tables("[server]\nheader_read_timeout = \"10s\"\n"),
+    )
+    .await;
+    let mut s = TcpStream::connect(w.addr).await.unwrap();
+    let hello = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    s.write_all(&hello).await.unwrap();
+    let mut out = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    assert!(
+        done.is_ok(),
+        "a TLS ClientHello waited for the header timeout"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out).starts_with("HTTP/1.1 2"),
+        "{out:?}"
+    );
+}

@@ -126,7 +126,9 @@ async fn read_head(
                 return Head::Other;
             }
             return Head::Complete(end);
-        } else if buf.len() > limits.max_header_size {
+        } else if buf.len() > limits.max_header_size || !plausible(buf) {
+            // Too much, or not HTTP/1 at all (a TLS ClientHello on the plain port, which
+            // clients probing https first send): hyper answers at once, as it always did.
             return Head::Other;
         } else {
             searched = buf.len().saturating_sub(2);
@@ -157,6 +159,15 @@ fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
             _ => None,
         }
     })
+}
+
+/// Whether an incomplete head is still a valid start of an HTTP/1 request.
+fn plausible(buf: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    matches!(
+        httparse::Request::new(&mut headers).parse(buf),
+        Ok(httparse::Status::Partial)
+    ) || buf.is_empty()
 }
 
 /// A request the fast path takes, and whether the connection stays open after it; `None` for
@@ -509,6 +520,15 @@ mod tests {
                 String::from_utf8_lossy(head)
             );
         }
+    }
+
+    #[test]
+    fn a_start_that_cannot_be_http1_is_noticed_at_once() {
+        assert!(plausible(b""));
+        assert!(plausible(b"GE"));
+        assert!(plausible(b"GET /v2/ HTTP/1.1\r\nHost: w"));
+        assert!(!plausible(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]));
+        assert!(!plausible(b"GET /v2/ HTTP/1.1\r\nBad Header: x\r\n"));
     }
 
     #[test]
