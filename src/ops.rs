@@ -60,22 +60,7 @@ pub fn render(app: &AppState) -> String {
         app.registry.blob_flights.coalesced()
     );
     let _ = writeln!(o, "wharf_coalesced_total{{protocol=\"go\"}} {go_coalesced}");
-    for (name, help, i) in [
-        (
-            "wharf_http_bodies_total",
-            "Response bodies sent, by how: sendfile (stored files on plain HTTP/1.1) or copy (through a buffer: TLS, HTTP/2, fills, memory).",
-            0,
-        ),
-        ("wharf_http_body_bytes_total", "Bytes of those bodies.", 1),
-    ] {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} counter");
-        for (via, sendfile) in [("sendfile", true), ("copy", false)] {
-            let b = m.bodies(sendfile);
-            let n = if i == 0 { b.0 } else { b.1 };
-            let _ = writeln!(o, "{name}{{via=\"{via}\"}} {n}");
-        }
-    }
+    render_bodies(&mut o, m);
     let _ = writeln!(
         o,
         "# HELP wharf_fills_in_flight Upstream fills running now."
@@ -83,31 +68,7 @@ pub fn render(app: &AppState) -> String {
     let _ = writeln!(o, "# TYPE wharf_fills_in_flight gauge");
     let running = app.engine.fills_running();
     let _ = writeln!(o, "wharf_fills_in_flight {running}");
-    let q = app.engine.fill_queue();
-    for (name, kind, help, v) in [
-        (
-            "wharf_fill_queue_waiting",
-            "gauge",
-            "Requests waiting for a fill permit now (server.max_concurrent_fills reached).",
-            &q.waiting,
-        ),
-        (
-            "wharf_fill_queued_total",
-            "counter",
-            "Requests that had to wait for a fill permit.",
-            &q.queued,
-        ),
-        (
-            "wharf_fill_queue_timeouts_total",
-            "counter",
-            "Requests that waited server.fill_queue_timeout in vain and got 503.",
-            &q.timed_out,
-        ),
-    ] {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} {kind}");
-        let _ = writeln!(o, "{name} {}", v.load(std::sync::atomic::Ordering::Relaxed));
-    }
+    render_fill_queue(&mut o, app);
     let _ = writeln!(
         o,
         "# HELP wharf_upstream_up Whether an upstream is considered up (1) or down (0)."
@@ -121,32 +82,7 @@ pub fn render(app: &AppState) -> String {
             u8::from(r.up)
         );
     }
-    let mut rates: Vec<_> = app
-        .registry
-        .upstreams
-        .values()
-        .filter_map(|u| Some((u.name.replace(['"', '\\', '\n'], "_"), u.rate.get()?)))
-        .collect();
-    rates.sort();
-    for (name, help, pick) in [
-        (
-            "wharf_upstream_ratelimit_limit",
-            "The pull quota a registry upstream last reported (RateLimit-Limit); absent until it reports one.",
-            0,
-        ),
-        (
-            "wharf_upstream_ratelimit_remaining",
-            "What it said was left of it (RateLimit-Remaining); below registry.rate_limit_headroom tag answers are trusted longer.",
-            1,
-        ),
-    ] {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} gauge");
-        for (upstream, (limit, remaining)) in &rates {
-            let v = if pick == 0 { limit } else { remaining };
-            let _ = writeln!(o, "{name}{{upstream=\"{upstream}\"}} {v}");
-        }
-    }
+    render_rate_limits(&mut o, app);
     let _ = writeln!(
         o,
         "# HELP wharf_upstream_auth_failures Requests in a row that could not authenticate with an upstream (token realm refused or failing); 0 once one does."
@@ -391,4 +327,83 @@ pub fn health_json(app: &AppState) -> String {
         body["peers"] = serde_json::json!(p.report());
     }
     body.to_string()
+}
+
+/// Response bodies by how they were sent.
+fn render_bodies(o: &mut String, m: &crate::metrics::Metrics) {
+    for (name, help, i) in [
+        (
+            "wharf_http_bodies_total",
+            "Response bodies sent, by how: sendfile (stored files on plain HTTP/1.1) or copy (through a buffer: TLS, HTTP/2, fills, memory).",
+            0,
+        ),
+        ("wharf_http_body_bytes_total", "Bytes of those bodies.", 1),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} counter");
+        for (via, sendfile) in [("sendfile", true), ("copy", false)] {
+            let b = m.bodies(sendfile);
+            let n = if i == 0 { b.0 } else { b.1 };
+            let _ = writeln!(o, "{name}{{via=\"{via}\"}} {n}");
+        }
+    }
+}
+
+/// Fills waiting for a permit.
+fn render_fill_queue(o: &mut String, app: &AppState) {
+    let q = app.engine.fill_queue();
+    for (name, kind, help, v) in [
+        (
+            "wharf_fill_queue_waiting",
+            "gauge",
+            "Requests waiting for a fill permit now (server.max_concurrent_fills reached).",
+            &q.waiting,
+        ),
+        (
+            "wharf_fill_queued_total",
+            "counter",
+            "Requests that had to wait for a fill permit.",
+            &q.queued,
+        ),
+        (
+            "wharf_fill_queue_timeouts_total",
+            "counter",
+            "Requests that waited server.fill_queue_timeout in vain and got 503.",
+            &q.timed_out,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} {kind}");
+        let _ = writeln!(o, "{name} {}", v.load(std::sync::atomic::Ordering::Relaxed));
+    }
+}
+
+/// The pull quotas registry upstreams report.
+fn render_rate_limits(o: &mut String, app: &AppState) {
+    let mut rates: Vec<_> = app
+        .registry
+        .upstreams
+        .values()
+        .filter_map(|u| Some((u.name.replace(['"', '\\', '\n'], "_"), u.rate.get()?)))
+        .collect();
+    rates.sort();
+    for (name, help, pick) in [
+        (
+            "wharf_upstream_ratelimit_limit",
+            "The pull quota a registry upstream last reported (RateLimit-Limit); absent until it reports one.",
+            0,
+        ),
+        (
+            "wharf_upstream_ratelimit_remaining",
+            "What it said was left of it (RateLimit-Remaining); below registry.rate_limit_headroom tag answers are trusted longer.",
+            1,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} gauge");
+        for (upstream, (limit, remaining)) in &rates {
+            let v = if pick == 0 { limit } else { remaining };
+            let _ = writeln!(o, "{name}{{upstream=\"{upstream}\"}} {v}");
+        }
+    }
 }

@@ -76,12 +76,10 @@ async fn guard(
     }
 }
 
-/// The guard's checks and the handler.
-async fn checked(
-    app: AppState,
-    mut req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+/// A path-prefixed mirror request (`/<upstream>/v2/...`) rewritten to the `?ns=` form, before
+/// anything else looks at it; a refusal in the registry's format when the prefix names no
+/// upstream or contradicts `?ns=`.
+fn unprefix(app: &AppState, req: &mut axum::extract::Request) -> Result<(), Box<Response>> {
     let path = req.uri().path();
     if !(path == "/v2" || path.starts_with("/v2/") || path.starts_with("/go/"))
         && let Some(rewritten) =
@@ -92,24 +90,36 @@ async fn checked(
         match rewritten.map(|p| p.parse::<http::Uri>()) {
             Ok(Ok(uri)) => *req.uri_mut() = uri,
             Ok(Err(_)) => {
-                return refuse(
+                return Err(Box::new(refuse(
                     false,
                     StatusCode::BAD_REQUEST,
                     ErrorCode::NameInvalid,
                     "invalid request path".into(),
                     None,
-                );
+                )));
             }
             Err(msg) => {
-                return refuse(
+                return Err(Box::new(refuse(
                     false,
                     StatusCode::NOT_FOUND,
                     ErrorCode::NameUnknown,
                     msg,
                     None,
-                );
+                )));
             }
         }
+    }
+    Ok(())
+}
+
+/// The guard's checks and the handler.
+async fn checked(
+    app: AppState,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err(refused) = unprefix(&app, &mut req) {
+        return *refused;
     }
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     let path = req.uri().path().to_string();

@@ -227,14 +227,9 @@ impl BlobBody {
     }
 
     async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        let Some(limit) = self.readable_limit().await? else {
+        let Some((file, pos, limit)) = self.next_span().await? else {
             return Ok(None);
         };
-        let file = self
-            .file
-            .clone()
-            .ok_or_else(|| io::Error::other("no file to read"))?;
-        let pos = self.pos;
         let n = (limit - pos).min(CHUNK as u64) as usize;
         let mut buf = pool::take();
         // Bytes in the page cache are copied right here: that never waits for the disk. Only
