@@ -157,11 +157,11 @@ impl Drop for Done {
                 }
                 None => out.push(b'-'),
             }
+            let _ = write!(out, " method={} path=", l.method);
+            text_safe(out, target(&l.uri));
             let _ = writeln!(
                 out,
-                " method={} path={} status={} bytes={bytes} ms={}.{} cache={} upstream={upstream}",
-                l.method,
-                target(&l.uri),
+                " status={} bytes={bytes} ms={}.{} cache={} upstream={upstream}",
                 self.status,
                 micros / 1000,
                 micros % 1000 / 100,
@@ -178,6 +178,18 @@ impl Drop for Done {
 /// Path and query.
 fn target(uri: &http::Uri) -> &str {
     uri.path_and_query().map_or(uri.path(), |p| p.as_str())
+}
+
+/// `s` with anything but printable ASCII escaped (`\u{202e}`), so a path cannot forge or
+/// disguise a text log line.
+fn text_safe(out: &mut Vec<u8>, s: &str) {
+    for c in s.chars() {
+        if c.is_ascii_graphic() {
+            out.push(c as u8);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        }
+    }
 }
 
 /// `s` as a JSON string.
@@ -247,6 +259,16 @@ impl hyper::body::Body for Logged {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_lines_escape_all_but_printable_ascii() {
+        let mut out = Vec::new();
+        text_safe(&mut out, "/v2/a\u{202e}b c\u{2028}/x?ns=d");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "/v2/a\\u{202e}b\\u{20}c\\u{2028}/x?ns=d"
+        );
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
