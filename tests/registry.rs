@@ -1001,16 +1001,20 @@ async fn queue_metric(w: &Wharf, name: &str) -> u64 {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_fill_over_the_limit_waits_for_a_permit_instead_of_failing() {
-    let (_up, w, _d, [a, b]) = one_fill_at_a_time("10s").await;
+/// GETs blob `a`, and 200 ms later (while `a` still fills) blob `b`; both answers.
+async fn two_fills(w: &Wharf, a: &str, b: &str) -> (Answer, Answer) {
     let path_a = format!("/v2/app/blobs/{a}");
-    let first = w.get(&path_a, None);
     let second = async {
         tokio::time::sleep(Duration::from_millis(200)).await;
         w.get(&format!("/v2/app/blobs/{b}"), None).await
     };
-    let (first, second) = tokio::join!(first, second);
+    tokio::join!(w.get(&path_a, None), second)
+}
+
+#[tokio::test]
+async fn a_fill_over_the_limit_waits_for_a_permit_instead_of_failing() {
+    let (_up, w, _d, [a, b]) = one_fill_at_a_time("10s").await;
+    let (first, second) = two_fills(&w, &a, &b).await;
     assert_eq!(first.status, 200);
     assert_eq!(second.status, 200, "{}", second.describe());
     assert_eq!(sha256(&second.body), b);
@@ -1022,13 +1026,7 @@ async fn a_fill_over_the_limit_waits_for_a_permit_instead_of_failing() {
 #[tokio::test]
 async fn a_fill_that_waits_too_long_gets_503_with_retry_after() {
     let (_up, w, _d, [a, b]) = one_fill_at_a_time("200ms").await;
-    let path_a = format!("/v2/app/blobs/{a}");
-    let first = w.get(&path_a, None);
-    let second = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        w.get(&format!("/v2/app/blobs/{b}"), None).await
-    };
-    let (first, second) = tokio::join!(first, second);
+    let (first, second) = two_fills(&w, &a, &b).await;
     assert_eq!(first.status, 200);
     assert_eq!(second.status, 503, "{}", second.describe());
     assert!(second.header("retry-after").is_some());

@@ -765,13 +765,7 @@ async fn registry(
         }
         other => {
             let text = anonymous.text().await.unwrap_or_default();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(200)
-                .collect::<String>();
+            let first = first_line(&text);
             r.fail(
                 "registry",
                 format!("GET /v2/ answered {other}: {first}"),
@@ -975,13 +969,7 @@ async fn sumdb(
     };
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
-    let reason = text
-        .lines()
-        .next()
-        .unwrap_or("")
-        .chars()
-        .take(200)
-        .collect::<String>();
+    let reason = first_line(&text);
     match status {
         StatusCode::OK => r.ok(
             &check,
@@ -1005,6 +993,16 @@ async fn sumdb(
         ),
         other => r.fail(&check, format!("GET {path}: {other}: {reason}"), ""),
     }
+}
+
+/// The first line of an answer's body, at most 200 characters, for a check's line.
+fn first_line(text: &str) -> String {
+    text.lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect()
 }
 
 #[cfg(test)]
