@@ -398,8 +398,35 @@ pub struct RegistryConfig {
     /// `RateLimit-Limit`), tag answers are trusted longer (up to 10x `tag_ttl` as it runs out);
     /// 0 turns that off.
     pub rate_limit_headroom: f64,
+    /// Upstream answers that serve a cached tag or tag list instead of failing the client:
+    /// `auth` (401/403 on a repository that was readable), `not_found` (404 for a cached tag).
+    /// Empty by default: the upstream's answer is the truth.
+    pub serve_stale_on: Vec<StaleOn>,
+    /// A range of a blob that is not cached yet: `upstream` forwards it at once (bytes marked
+    /// unverified, checked when the one full fill completes), `wait` answers from the fill.
+    pub cold_ranges: ColdRanges,
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// An upstream answer `registry.serve_stale_on` turns into the cached copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StaleOn {
+    /// 401 or 403: the credentials broke, or the repository became private.
+    Auth,
+    /// 404: the tag or the repository was deleted upstream.
+    NotFound,
+}
+
+/// How a range of a blob that is not cached yet is answered (`registry.cold_ranges`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColdRanges {
+    /// Forwarded to the upstream when the fill has not reached it (lazy-pulling clients).
+    Upstream,
+    /// Answered from the fill: only verified bytes, after the fill gets there.
+    Wait,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -595,6 +622,8 @@ impl Default for RegistryConfig {
             max_blob_size: ByteSize(16 << 30),
             default_platform: "linux/amd64".into(),
             rate_limit_headroom: 0.2,
+            serve_stale_on: Vec::new(),
+            cold_ranges: ColdRanges::Upstream,
             upstreams: vec![UpstreamConfig {
                 name: DOCKER_HUB_NAME.into(),
                 url: DOCKER_HUB_URL.into(),

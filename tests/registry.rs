@@ -323,6 +323,62 @@ async fn rate_limited_or_failing_upstream_serves_the_last_known_tag_as_stale() {
 }
 
 #[tokio::test]
+async fn a_refusal_or_a_deleted_tag_is_the_answer_unless_serve_stale_on_lists_it() {
+    // Default: 401/403/404 from upstream are answers; the client sees them.
+    let (up, w, _d) = setup("tag_ttl = \"0s\"").await;
+    up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    up.state
+        .tags
+        .lock()
+        .unwrap()
+        .insert("app".into(), vec!["v1".into()]);
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
+    assert_eq!(status_of(w.url("/v2/app/tags/list")).await, 200);
+    for code in [401, 403, 404] {
+        up.fail_with(Some(code));
+        let r = get(w.url("/v2/app/manifests/v1")).await;
+        assert_eq!(r.status(), 404, "upstream {code}");
+        let r = get(w.url("/v2/app/tags/list")).await;
+        assert_eq!(r.status(), 404, "upstream {code}");
+    }
+
+    // Opted in: the cached tag and tag list answer, marked STALE, for exactly those answers.
+    let (up, w, _d) = setup("tag_ttl = \"0s\"\nserve_stale_on = [\"auth\", \"not_found\"]").await;
+    let (digest, body) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    up.state
+        .tags
+        .lock()
+        .unwrap()
+        .insert("app".into(), vec!["v1".into()]);
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
+    assert_eq!(status_of(w.url("/v2/app/tags/list")).await, 200);
+    for code in [401, 403, 404] {
+        up.fail_with(Some(code));
+        let r = get(w.url("/v2/app/manifests/v1")).await;
+        assert_eq!(r.status(), 200, "upstream {code}");
+        assert_eq!(r.headers()["x-cache"], "STALE");
+        assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+        assert_eq!(read_body(r).await, body);
+        let r = get(w.url("/v2/app/tags/list")).await;
+        assert_eq!(r.status(), 200, "upstream {code}");
+        assert_eq!(r.headers()["x-cache"], "STALE");
+        assert!(read_text(r).await.contains("\"v1\""));
+    }
+    // Nothing cached: still the upstream's answer.
+    up.fail_with(Some(404));
+    assert_eq!(status_of(w.url("/v2/app/manifests/v2")).await, 404);
+
+    // Only what is listed: "auth" alone leaves a deleted tag deleted.
+    let (up, w, _d) = setup("tag_ttl = \"0s\"\nserve_stale_on = [\"auth\"]").await;
+    up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
+    up.fail_with(Some(401));
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
+    up.fail_with(Some(404));
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 404);
+}
+
+#[tokio::test]
 async fn unreachable_upstream_serves_stale_tags() {
     let up = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();

@@ -22,7 +22,7 @@ use super::visibility;
 use crate::cache::{
     BlobBody, BlobSource, ByteRange, Cached, FillError, Outcome, Sendfile, revalidate,
 };
-use crate::config::{DOCKER_HUB_NAME, UpstreamConfig};
+use crate::config::{DOCKER_HUB_NAME, StaleOn, UpstreamConfig};
 use crate::upstream::client::read_limited;
 use crate::upstream::{UpstreamClient, UpstreamError};
 
@@ -229,6 +229,17 @@ fn classify(status: StatusCode) -> std::result::Result<(), Miss> {
 }
 
 impl Miss {
+    /// Whether the last known answer is served instead: always when the upstream failed; for
+    /// "not found" and "access refused" only when `registry.serve_stale_on` lists them.
+    fn serves_stale(&self, opt_in: &[StaleOn]) -> bool {
+        match self {
+            Miss::Failed(_) => true,
+            Miss::NotFound => opt_in.contains(&StaleOn::NotFound),
+            Miss::Denied(_) => opt_in.contains(&StaleOn::Auth),
+            Miss::Local(_) => false,
+        }
+    }
+
     fn into_error(self, t: &Target, what: &str, unknown: ErrorCode) -> RegistryError {
         match self {
             Miss::Local(e) => e,
@@ -388,7 +399,7 @@ async fn manifest_by_tag(app: &Registry, t: &Target, tag: &Tag) -> Result<Answer
         Ok((m, outcome))
     };
     let key = format!("{up}/{repo}:{}", tag.as_str());
-    let stale_if = |e: &Miss| matches!(e, Miss::Failed(_));
+    let stale_if = |e: &Miss| e.serves_stale(&app.config.registry.serve_stale_on);
     let (m, outcome) = revalidate(&key, cached, Some(ttl), now, fetch, stale_if)
         .await
         .map_err(|m| {
@@ -843,7 +854,7 @@ async fn tags_list(
         Ok(((tags, more), Outcome::Miss))
     };
     let key = format!("{}/{} tags", t.up.name, t.name);
-    let stale_if = |e: &Miss| matches!(e, Miss::Failed(_));
+    let stale_if = |e: &Miss| e.serves_stale(&app.config.registry.serve_stale_on);
     // The kept whole list answers within the tag TTL, and when upstream fails.
     let ((tags, more), outcome) = revalidate(
         &key,
