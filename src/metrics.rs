@@ -23,6 +23,8 @@ pub struct Metrics {
     /// Response bodies and their bytes by how they were sent: [0] copied through a buffer,
     /// [1] `sendfile` from the file to the socket.
     bodies: [[AtomicU64; 2]; 2],
+    /// Ranges of blobs still being filled: [0] answered from the fill, [1] from the upstream.
+    cold_ranges: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -70,6 +72,15 @@ impl Metrics {
     /// Bytes of a body sent so far (counted as it goes; `count_body` with 0 bytes ends it).
     pub fn add_body_bytes(&self, sendfile: bool, bytes: u64) {
         self.bodies[usize::from(sendfile)][1].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A range of a blob still being filled, answered from the `upstream` or the fill.
+    pub fn count_cold_range(&self, upstream: bool) {
+        self.cold_ranges[usize::from(upstream)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn cold_ranges(&self, upstream: bool) -> u64 {
+        self.cold_ranges[usize::from(upstream)].load(Ordering::Relaxed)
     }
 
     /// (responses, bytes) sent with `sendfile` (true) or copied (false).

@@ -69,6 +69,7 @@ pub fn render(app: &AppState) -> String {
     let running = app.engine.fills_running();
     let _ = writeln!(o, "wharf_fills_in_flight {running}");
     render_fill_queue(&mut o, app);
+    render_cold_ranges(&mut o, &app.metrics);
     let _ = writeln!(
         o,
         "# HELP wharf_upstream_up Whether an upstream is considered up (1) or down (0)."
@@ -346,6 +347,19 @@ fn render_bodies(o: &mut String, m: &crate::metrics::Metrics) {
             let n = if i == 0 { b.0 } else { b.1 };
             let _ = writeln!(o, "{name}{{via=\"{via}\"}} {n}");
         }
+    }
+}
+
+/// Ranges of blobs still being filled, by where they were answered from.
+fn render_cold_ranges(o: &mut String, m: &crate::metrics::Metrics) {
+    let name = "wharf_registry_cold_ranges_total";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Range requests for a blob still being filled: from the upstream (unverified, registry.cold_ranges) or from the fill."
+    );
+    let _ = writeln!(o, "# TYPE {name} counter");
+    for (via, upstream) in [("upstream", true), ("fill", false)] {
+        let _ = writeln!(o, "{name}{{via=\"{via}\"}} {}", m.cold_ranges(upstream));
     }
 }
 

@@ -3,6 +3,7 @@
 mod support;
 use support::*;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -1087,4 +1088,146 @@ async fn a_fill_that_waits_too_long_gets_503_with_retry_after() {
     assert_eq!(second.status, 503, "{}", second.describe());
     assert!(second.header("retry-after").is_some());
     assert_eq!(queue_metric(&w, "wharf_fill_queue_timeouts_total").await, 1);
+}
+
+// ---------------------------------------------------------------- lazy pulling: cold ranges
+
+/// A slow 8 MiB blob (about 0.6 s to fill) and a GET of its last 4 KiB while it is cold.
+async fn cold_tail(
+    registry_keys: &str,
+    answer: RangeAnswer,
+    mode: BlobMode,
+) -> (
+    FakeRegistry,
+    Wharf,
+    tempfile::TempDir,
+    String,
+    Vec<u8>,
+    reqwest::Response,
+) {
+    let (up, w, dir) = setup(registry_keys).await;
+    let data = bytes_of(8 << 20, 21);
+    let d = up.put_blob(&data);
+    up.set_blob_mode(mode);
+    *up.state.range_answer.lock().unwrap() = answer;
+    let r = client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .header("range", format!("bytes={}-", (8 << 20) - 4096))
+        .sent()
+        .await;
+    (up, w, dir, d, data, r)
+}
+
+async fn wait_until_cached(w: &Wharf, d: &str) -> reqwest::Response {
+    for _ in 0..200 {
+        let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
+        if r.headers()["x-cache"] == "HIT" {
+            return r;
+        }
+        drop(r);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the fill never completed");
+}
+
+fn assert_tail(r: &reqwest::Response, unverified: bool) {
+    assert_eq!(r.status(), 206);
+    let size = 8u64 << 20;
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes {}-{}/{size}", size - 4096, size - 1).as_str()
+    );
+    assert_eq!(r.headers()["content-length"], "4096");
+    assert_eq!(
+        r.headers().get("x-wharf-unverified").is_some(),
+        unverified,
+        "{:?}",
+        r.headers()
+    );
+}
+
+#[tokio::test]
+async fn a_range_the_fill_has_not_reached_is_forwarded_upstream_while_the_one_fill_continues() {
+    let slow = BlobMode::Slow(Duration::from_millis(5));
+    let (up, w, dir, d, data, r) = cold_tail("", RangeAnswer::Exact, slow).await;
+    assert_tail(&r, true);
+    assert_eq!(r.headers()["x-wharf-unverified"], "upstream-range");
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert_eq!(read_body(r).await, data[(8 << 20) - 4096..]);
+    assert_eq!(up.state.range_requests.load(Ordering::SeqCst), 1);
+
+    // The full fill went on: the blob is stored whole and verified, fetched once in full.
+    let r = wait_until_cached(&w, &d).await;
+    assert_eq!(read_body(r).await, data);
+    let path = dir.path().join("blobs/sha256").join(&d[7..9]).join(&d[7..]);
+    assert_eq!(std::fs::read(path).unwrap(), data);
+    assert_eq!(up.count("GET", "/blobs/"), 2, "one full GET and one range");
+
+    // Cached now: ranges come from the file, verified.
+    let r = client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .header("range", format!("bytes={}-", (8 << 20) - 4096))
+        .sent()
+        .await;
+    assert_tail(&r, false);
+    assert_eq!(up.state.range_requests.load(Ordering::SeqCst), 1);
+    let m = read_text(get(w.url("/metrics")).await).await;
+    assert!(
+        m.contains("wharf_registry_cold_ranges_total{via=\"upstream\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn cold_ranges_wait_answers_only_verified_bytes_from_the_fill() {
+    let slow = BlobMode::Slow(Duration::from_millis(2));
+    let keys = "cold_ranges = \"wait\"";
+    let (up, _w, _dir, _d, data, r) = cold_tail(keys, RangeAnswer::Exact, slow).await;
+    assert_tail(&r, false);
+    assert_eq!(read_body(r).await, data[(8 << 20) - 4096..]);
+    assert_eq!(up.state.range_requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_a_range_otherwise_leaves_it_to_the_fill() {
+    let slow = BlobMode::Slow(Duration::from_millis(2));
+    for answer in [RangeAnswer::Ignore, RangeAnswer::WrongTotal] {
+        let (up, _w, _dir, _d, data, r) = cold_tail("", answer, slow.clone()).await;
+        assert_tail(&r, false);
+        assert_eq!(read_body(r).await, data[(8 << 20) - 4096..], "{answer:?}");
+        assert_eq!(up.state.range_requests.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_range_the_fill_is_about_to_reach_is_not_forwarded() {
+    let (up, w, _d) = setup("").await;
+    let data = bytes_of(8 << 20, 22);
+    let d = up.put_blob(&data);
+    up.set_blob_mode(BlobMode::Slow(Duration::from_millis(2)));
+    *up.state.range_answer.lock().unwrap() = RangeAnswer::Exact;
+    let r = client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .header("range", "bytes=100-199")
+        .sent()
+        .await;
+    assert_eq!(r.status(), 206);
+    assert!(r.headers().get("x-wharf-unverified").is_none());
+    assert_eq!(read_body(r).await, data[100..200]);
+    assert_eq!(up.state.range_requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_forwarded_range_never_makes_a_corrupt_blob_stored() {
+    let (up, w, _dir, d, _data, r) = cold_tail("", RangeAnswer::Exact, BlobMode::Corrupt).await;
+    // The fill of a corrupt 8 MiB blob may already have failed; either way nothing is stored.
+    drop(r);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    up.set_blob_mode(BlobMode::Normal);
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
+    assert_eq!(
+        r.headers()["x-cache"],
+        "MISS",
+        "not stored from the range or the corrupt fill"
+    );
 }

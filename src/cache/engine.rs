@@ -161,6 +161,21 @@ pub struct Served {
 }
 
 impl Served {
+    /// How many bytes the fill behind this answer has written so far; `None` once the object
+    /// is whole and verified (a hit, or a fill that got there).
+    pub fn fill_written(&self) -> Option<u64> {
+        match &self.source {
+            BlobSource::File(_) => None,
+            BlobSource::Fill(rx) => match &*rx.borrow() {
+                FillState::Pending => Some(0),
+                FillState::Streaming { written, .. } => Some(*written),
+                FillState::Verified { .. } | FillState::Committed { .. } | FillState::Failed(_) => {
+                    None
+                }
+            },
+        }
+    }
+
     /// The whole object, verified, before anything is answered: waits for the fill's verdict
     /// (`flight::verdict`) and hands back the file and its size to serve like a hit, or why the
     /// fill failed. Gives up streaming during the fill; for objects small enough to check whole.

@@ -202,7 +202,7 @@ impl GoState {
                     self.max_redirects,
                     Method::GET,
                     url,
-                    &[],
+                    http::HeaderMap::new(),
                     authz.clone(),
                 );
                 let probe = format!("{base}/");

@@ -117,7 +117,7 @@ async fn fetch(
         go.max_redirects,
         Method::GET,
         url,
-        &[],
+        http::HeaderMap::new(),
         None,
     );
     let resp = match go.sumdb_health.get(&db.name) {

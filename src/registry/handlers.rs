@@ -19,6 +19,7 @@ use super::routes::{self, Reference, RepoName, Route, Tag, query_param};
 use super::service::Registry;
 use super::visibility;
 
+use super::ranges;
 use crate::cache::{
     BlobBody, BlobSource, ByteRange, Cached, FillError, Outcome, Sendfile, revalidate,
 };
@@ -705,6 +706,15 @@ async fn blob(
     // that found the blob committed just before it started). Asked once it has started: a fill
     // from this repository has linked it by then, so no HEAD is needed.
     ensure_linked(app, t, digest, "blobs").await?;
+    if range.is_some() && served.fill_written().is_some() {
+        let mode = app.config.registry.cold_ranges;
+        if let (Some(r), Some(size)) = (ranges::ahead_of_fill(mode, &served, range), served.size)
+            && let Some(resp) = ranges::forward(&t.up, &t.name, digest, r, size, &app.metrics).await
+        {
+            return Ok(resp);
+        }
+        app.metrics.count_cold_range(false);
+    }
     blob_response(
         digest,
         served.source,

@@ -11,6 +11,7 @@ mod fetch;
 mod handlers;
 pub mod hot;
 pub mod manifest;
+mod ranges;
 pub mod routes;
 mod service;
 pub mod visibility;

@@ -169,10 +169,23 @@ impl UpstreamClient {
         accept: &[&str],
         scope: &str,
     ) -> Result<reqwest::Response, UpstreamError> {
+        self.send_with(method, path_and_query, accept_headers(accept), scope)
+            .await
+    }
+
+    /// `send` with request headers of the caller's (`Accept`, `Range`); `Authorization` is
+    /// wharf's to set and is replaced.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        scope: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
         if self.offline {
             return Err(UpstreamError::Offline);
         }
-        let call = self.send_inner(method, path_and_query, accept, scope);
+        let call = self.send_inner(method, path_and_query, &headers, scope);
         let probe = format!("{}/v2/", self.base);
         super::health::guarded(&self.health, &self.http, &self.policy, &probe, call).await
     }
@@ -181,7 +194,7 @@ impl UpstreamClient {
         &self,
         method: Method,
         path_and_query: &str,
-        accept: &[&str],
+        headers: &HeaderMap,
         scope: &str,
     ) -> Result<reqwest::Response, UpstreamError> {
         let url = Url::parse(&format!("{}{}", self.base, path_and_query))
@@ -203,7 +216,7 @@ impl UpstreamClient {
         let mut retried = false;
         loop {
             let resp = self
-                .follow(method.clone(), url.clone(), accept, authz.clone())
+                .follow(method.clone(), url.clone(), headers, authz.clone())
                 .await?;
             if same_origin(resp.url(), &url) {
                 self.rate.observe(resp.headers());
@@ -348,7 +361,7 @@ impl UpstreamClient {
         &self,
         method: Method,
         url: Url,
-        accept: &[&str],
+        headers: &HeaderMap,
         authz: Option<HeaderValue>,
     ) -> Result<reqwest::Response, UpstreamError> {
         send_following(
@@ -357,11 +370,22 @@ impl UpstreamClient {
             self.max_redirects,
             method,
             url,
-            accept,
+            headers.clone(),
             authz,
         )
         .await
     }
+}
+
+/// `Accept` headers, one per media type.
+pub fn accept_headers(accept: &[&str]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for a in accept {
+        if let Ok(v) = HeaderValue::from_str(a) {
+            headers.append(header::ACCEPT, v);
+        }
+    }
+    headers
 }
 
 /// Sends a request and follows redirects by hand: egress is checked before every hop, https ->
@@ -373,18 +397,14 @@ pub async fn send_following(
     max_redirects: usize,
     mut method: Method,
     mut url: Url,
-    accept: &[&str],
+    extra: HeaderMap,
     mut authz: Option<HeaderValue>,
 ) -> Result<reqwest::Response, UpstreamError> {
     strip_userinfo(&mut url);
     for hop in 0..=max_redirects {
         policy.check(&url).map_err(UpstreamError::Egress)?;
-        let mut headers = HeaderMap::new();
-        for a in accept {
-            if let Ok(v) = HeaderValue::from_str(a) {
-                headers.append(header::ACCEPT, v);
-            }
-        }
+        let mut headers = extra.clone();
+        headers.remove(header::AUTHORIZATION);
         if let Some(a) = &authz {
             headers.insert(header::AUTHORIZATION, a.clone());
         }

@@ -69,6 +69,18 @@ pub enum BlobMode {
     Endless,
 }
 
+/// How blob GETs with a `Range` header are answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RangeAnswer {
+    /// As if there were no `Range` (a valid answer: 200 and the whole blob).
+    #[default]
+    Ignore,
+    /// 206 with the slice, at once (whatever `BlobMode` slows down).
+    Exact,
+    /// 206 with the slice but a `Content-Range` naming a total one byte larger.
+    WrongTotal,
+}
+
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: Method,
@@ -107,6 +119,9 @@ pub struct FakeState {
     pub endless_sent: std::sync::atomic::AtomicU64,
     /// `(limit, remaining)` sent as Docker Hub's `RateLimit-*` headers on every answer.
     pub rate_limit: Mutex<Option<(u64, u64)>>,
+    pub range_answer: Mutex<RangeAnswer>,
+    /// Blob GETs that carried a `Range` header.
+    pub range_requests: AtomicUsize,
 }
 
 pub struct FakeRegistry {
@@ -398,6 +413,31 @@ async fn fake_answer(st: Arc<FakeState>, req: Request) -> Response {
             )
                 .into_response();
         };
+        let range = headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes="))
+            .and_then(|v| v.split_once('-'))
+            .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
+        if method == Method::GET && headers.contains_key(header::RANGE) {
+            st.range_requests.fetch_add(1, Ordering::SeqCst);
+        }
+        let answer = *st.range_answer.lock().unwrap();
+        if let (Some((a, b)), true) = (
+            range,
+            answer != RangeAnswer::Ignore && method == Method::GET,
+        ) {
+            let b = b.min(body.len().saturating_sub(1));
+            let total = body.len() + usize::from(answer == RangeAnswer::WrongTotal);
+            let slice = body.get(a..=b).unwrap_or_default().to_vec();
+            let mut resp = Response::new(Body::from(slice));
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            resp.headers_mut().insert(
+                header::CONTENT_RANGE,
+                format!("bytes {a}-{b}/{total}").parse().unwrap(),
+            );
+            return resp;
+        }
         let mode = st.blob_mode.lock().unwrap().clone();
         let len = body.len();
         let endless = matches!(mode, BlobMode::Endless);
