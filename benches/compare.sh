@@ -12,7 +12,7 @@
 #   --keep         keep the temporary directory (generated images, logs, server configs)
 #   --no-install   never run apt-get or cargo install; fail with the package list if a tool is
 #                  missing (a missing garage skips the shared part instead, unless --only names it)
-#   --only PARTS   comma-separated subset of blob,rss64,manifest,pull,herd,go,tls,shared
+#   --only PARTS   comma-separated subset of blob,rss64,manifest,pull,herd,range,go,tls,shared
 #   --profile DIR  afterwards, run each wharf scenario once more under `perf record` (Debian
 #                  package linux-perf) and write self-time, per-binary and inclusive reports
 #                  (<scenario>.flat.txt, .dso.txt, .inclusive.txt) and perf.data to DIR;
@@ -40,6 +40,8 @@
 #        - warm manifest by tag and by digest, wrk --latency, 32 connections
 #        - cold `skopeo copy` of whole images (fresh caches) vs. straight from the origin
 #        - 1 and 16 concurrent cold GETs of the large layer, and the origin's GET count
+#        - lazy pulling: one Range GET of the last MiB of the cold large layer (fresh caches;
+#          wharf also with registry.cold_ranges = "wait") vs. straight from the origin
 #        - `go mod download` of the module graph, cold and warm, empty GOMODCACHE each time
 #        - TLS: a second wharf with [tls] against nginx static with ssl, one self-signed
 #          certificate: warm blob 1 and 8 streams, CPU per GiB, manifest by tag req/s and p99

@@ -36,6 +36,7 @@ MANIFEST_ACCEPT = (
 
 # Column order of the table, and the names used in results.
 WHARF, STATIC, NGCACHE, REGPROXY, ORIGIN = "wharf", "static", "ngcache", "regproxy", "origin"
+WHARF_WAIT = "wharf-wait"  # wharf with registry.cold_ranges = "wait" (a row of its own, not a column)
 # The shared tier's table: the S3 store read directly, and a replica's next (local-disk) hit.
 STORE, DISK = "store", "disk"
 COLUMNS = [
@@ -431,9 +432,9 @@ def start_ngcache(origin, static, name="ngcache"):
     return server
 
 
-def start_wharf(origin, static, name="wharf", tables="", port=None, tls=None):
-    """wharf on an empty data directory; `tables` is appended to its config ([shared], [peers]);
-    with `tls` (cert, key), it serves HTTPS."""
+def start_wharf(origin, static, name="wharf", tables="", port=None, tls=None, registry_keys=""):
+    """wharf on an empty data directory; `tables` is appended to its config ([shared], [peers]),
+    `registry_keys` to its [registry] table; with `tls` (cert, key), it serves HTTPS."""
     if tls:
         tables += '[tls]\ncert = "%s"\nkey = "%s"\n' % tls
     port = port or free_port()
@@ -444,11 +445,11 @@ def start_wharf(origin, static, name="wharf", tables="", port=None, tls=None):
             'listen = "127.0.0.1:%d"\n'
             'data_dir = "%s"\n'
             "[log]\nlevel = \"%s\"\n"
-            '[registry]\ndefault_upstream = "origin"\n'
+            '[registry]\ndefault_upstream = "origin"\n%s'
             '[[registry.upstream]]\nname = "origin"\nurl = "http://127.0.0.1:%d"\n'
             '[go]\nupstreams = ["http://127.0.0.1:%d/go"]\nverify = false\n'
             '[egress]\nallow = ["127.0.0.1"]\n'
-            % (port, os.path.join(d, "data"), ARGS.wharf_log_level, origin.port, static.port)
+            % (port, os.path.join(d, "data"), ARGS.wharf_log_level, registry_keys, origin.port, static.port)
             + tables
         )
     server = Server(name, [ARGS.wharf, "serve", "--config", config], os.path.join(d, "log"))
@@ -704,6 +705,46 @@ def measure_herd(res, rep, origin, static):
             else:
                 res.add("herd_s", kind, r["wall"])
                 res.add("herd_origin_gets", kind, gets)
+
+
+def range_ms(port, path, first, last):
+    """Time to the last byte of one `Range: bytes=first-last` GET (ms); the answer must be that
+    range."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    t0 = time.perf_counter()
+    conn.request("GET", path, headers={"Range": "bytes=%d-%d" % (first, last)})
+    resp = conn.getresponse()
+    body = resp.read()
+    ms = (time.perf_counter() - t0) * 1000.0
+    conn.close()
+    if resp.status != 206 or len(body) != last - first + 1:
+        raise RuntimeError("range GET %s: %d with %d bytes" % (path, resp.status, len(body)))
+    return ms
+
+
+def measure_cold_range(res, rep, origin, static):
+    """Lazy pulling: the last MiB of the cold 256 MiB layer, as a snapshotter reads a table of
+    contents (wharf's default forwards it; "wait" waits for the fill to get there)."""
+    image = ARGS.meta["images"]["big"]
+    size = image["layer"]["size"]
+    first, last = size - (1 << 20), size - 1
+    for kind in rotate([ORIGIN, WHARF, WHARF_WAIT, NGCACHE, REGPROXY], rep):
+        if kind == ORIGIN:
+            res.add("cold_range_ms", ORIGIN, range_ms(origin.port, blob_path(image), first, last))
+            continue
+        if kind == WHARF_WAIT:
+            server = start_wharf(origin, static, "wharf-cold", registry_keys='cold_ranges = "wait"\n')
+        else:
+            server = fresh_proxy(kind, origin, static)
+        try:
+            ms = range_ms(server.port, blob_path(image), first, last)
+        finally:
+            server.stop()
+            rmtree(server.dir)
+        if kind == WHARF_WAIT:
+            res.add("cold_range_wait_ms", WHARF, ms)
+        else:
+            res.add("cold_range_ms", kind, ms)
 
 
 def measure_herd_warm(res, servers):
@@ -1050,6 +1091,8 @@ ROWS = [
     ("herd_warm_s", "  for scale: 16 concurrent warm GETs, wall (s)", 2, [WHARF, STATIC], (WHARF, STATIC), None),
     # The delivery floor: 16 cold GETs cannot end before 16 warm ones would.
     ("herd_s", "  16 cold GETs against 16 warm GETs (wharf)", 2, [], ("self", "herd_warm_s"), ("le", 1.2)),
+    ("cold_range_ms", "last MiB of the cold 256 MiB blob, one Range GET (ms)", 1, [WHARF, NGCACHE, REGPROXY, ORIGIN], (WHARF, ORIGIN), None),
+    ("cold_range_wait_ms", "  the same with registry.cold_ranges = \"wait\" (ms)", 1, [WHARF], None, None),
     ("go_cold", "go mod download, cold (s)", 2, [WHARF, STATIC, NGCACHE], (WHARF, STATIC), None),
     ("go_warm", "go mod download, warm (s)", 2, [WHARF, STATIC, NGCACHE], (WHARF, STATIC), ("le", 1.1)),
 ]
@@ -1317,7 +1360,7 @@ def main():
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--wrk-connections", type=int, default=32)
     ap.add_argument("--nginx-workers", default="auto")
-    ap.add_argument("--only", default="", help="comma-separated subset: blob,rss64,manifest,pull,herd,go,tls,shared")
+    ap.add_argument("--only", default="", help="comma-separated subset: blob,rss64,manifest,pull,herd,range,go,tls,shared")
     ap.add_argument("--garage", default="", help="the garage binary (S3 store) for the shared part; empty: skip it")
     ap.add_argument("--profile", default="", help="after the table, profile wharf with perf into this directory")
     ap.add_argument("--perf", default="perf")
@@ -1405,6 +1448,8 @@ def bench(want, started):
         if want("herd"):
             measure_herd(res, rep, origin, static)
             measure_herd_warm(res, order)
+        if want("herd") or want("range"):
+            measure_cold_range(res, rep, origin, static)
         if want("go"):
             measure_go(res, rep, static, warm)
         if want("tls"):
