@@ -215,6 +215,7 @@ fn render_route(r: &Route) -> String {
         Route::Manifest { name, reference } => format!("{name}/manifests/{reference}"),
         Route::Blob { name, digest } => format!("{name}/blobs/{digest}"),
         Route::TagsList { name } => format!("{name}/tags/list"),
+        Route::Referrers { name, digest } => format!("{name}/referrers/{digest}"),
     }
 }
 
@@ -288,9 +289,10 @@ fn is_tame_path(s: &str) -> bool {
 
 fn name_of(r: &Route) -> Option<&RepoName> {
     match r {
-        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::TagsList { name } => {
-            Some(name)
-        }
+        Route::Manifest { name, .. }
+        | Route::Blob { name, .. }
+        | Route::TagsList { name }
+        | Route::Referrers { name, .. } => Some(name),
         Route::Base | Route::Catalog => None,
     }
 }

@@ -3,6 +3,7 @@
 mod support;
 use support::*;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -1230,4 +1231,169 @@ async fn a_forwarded_range_never_makes_a_corrupt_blob_stored() {
         "MISS",
         "not stored from the range or the corrupt fill"
     );
+}
+
+// ---------------------------------------------------------------- OCI referrers
+
+fn index_of(entries: &[String]) -> Vec<u8> {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+        entries.join(",")
+    )
+    .into_bytes()
+}
+
+async fn referrers_of(
+    w: &Wharf,
+    subject: &str,
+    query: &str,
+) -> (reqwest::Response, serde_json::Value) {
+    let r = get(w.url(&format!("/v2/app/referrers/{subject}{query}"))).await;
+    let headers = r.headers().clone();
+    let status = r.status();
+    let body = read_body(r).await;
+    let mut rebuilt = http::Response::builder().status(status);
+    for (k, v) in &headers {
+        rebuilt = rebuilt.header(k, v);
+    }
+    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    (reqwest::Response::from(rebuilt.body(body).unwrap()), json)
+}
+
+fn digests(list: &serde_json::Value) -> Vec<String> {
+    list["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn referrers_come_from_the_upstream_api_filtered_cached_and_stale_on_failure() {
+    let (up, w, _d) = setup("tag_ttl = \"0s\"").await;
+    let (subject, _) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    let sig = up.put_referrer(
+        "app",
+        &subject,
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+    );
+    let sbom = up.put_referrer("app", &subject, "application/spdx+json");
+    let list = index_of(&[sig.clone(), sbom.clone()]);
+    let lists = HashMap::from([(("app".to_string(), subject.clone()), list)]);
+    *up.state.referrers.lock().unwrap() = Some(lists);
+
+    let (r, all) = referrers_of(&w, &subject, "").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert!(r.headers().get("oci-filters-applied").is_none());
+    assert_eq!(all["schemaVersion"], 2);
+    assert_eq!(all["manifests"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        all["manifests"][0]["artifactType"],
+        "application/vnd.dev.cosign.artifact.sig.v1+json"
+    );
+
+    let (r, some) = referrers_of(&w, &subject, "?artifactType=application/spdx%2Bjson").await;
+    assert_eq!(r.headers()["oci-filters-applied"], "artifactType");
+    assert_eq!(digests(&some).len(), 1);
+    assert_eq!(
+        some["manifests"][0]["artifactType"],
+        "application/spdx+json"
+    );
+
+    // Each referrer is a manifest like any other: fetched, verified, cached.
+    for d in digests(&all) {
+        let r = get(w.url(&format!("/v2/app/manifests/{d}"))).await;
+        assert_eq!(r.status(), 200, "{d}");
+        assert_eq!(sha256(&read_body(r).await), d);
+    }
+
+    // The upstream fails: the last list answers, marked stale.
+    up.fail_with(Some(503));
+    let (r, stale) = referrers_of(&w, &subject, "").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "STALE");
+    assert_eq!(digests(&stale), digests(&all));
+}
+
+#[tokio::test]
+async fn referrers_are_kept_for_the_tag_ttl() {
+    let (up, w, _d) = setup("").await;
+    let (subject, _) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    *up.state.referrers.lock().unwrap() = Some(HashMap::new());
+    let (r, list) = referrers_of(&w, &subject, "").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(digests(&list), Vec::<String>::new());
+    let (r, _) = referrers_of(&w, &subject, "").await;
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(up.count("GET", "/referrers/"), 1);
+}
+
+#[tokio::test]
+async fn without_the_api_referrers_come_from_the_fallback_tag_or_are_empty() {
+    let (up, w, _d) = setup("").await;
+    let (subject, _) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    let (other, _) = up.put_image("app", "v2", &[bytes_of(10, 2)]);
+    let sig = up.put_referrer(
+        "app",
+        &subject,
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+    );
+    let tag = format!("sha256-{}", &subject[7..]);
+    up.put_manifest(
+        "app",
+        Some(&tag),
+        &index_of(std::slice::from_ref(&sig)),
+        "application/vnd.oci.image.index.v1+json",
+    );
+    assert!(up.state.referrers.lock().unwrap().is_none(), "no API");
+
+    let (r, list) = referrers_of(&w, &subject, "").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(list["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        list["manifests"][0]["artifactType"],
+        "application/vnd.dev.cosign.artifact.sig.v1+json"
+    );
+    // The fallback tag is an ordinary cached tag now: served when the upstream is gone.
+    drop(up);
+    let (r, again) = referrers_of(&w, &subject, "").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(digests(&again), digests(&list));
+
+    // No fallback tag either: an empty list, never a 404.
+    let (up, w, _d) = setup("").await;
+    up.put_image("app", "v2", &[bytes_of(10, 2)]);
+    let (r, none) = referrers_of(&w, &other, "").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(digests(&none), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_referrers_list_that_is_not_an_index_of_descriptors_is_refused_and_not_kept() {
+    let (up, w, _d) = setup("").await;
+    let (subject, _) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
+    let bad = br#"{"manifests":[{"mediaType":"x","digest":"sha256:zz","size":1}]}"#.to_vec();
+    let lists = HashMap::from([(("app".to_string(), subject.clone()), bad)]);
+    *up.state.referrers.lock().unwrap() = Some(lists);
+    let (r, _) = referrers_of(&w, &subject, "").await;
+    assert_eq!(r.status(), 502);
+    // Fixed upstream: asked again, since nothing was kept.
+    *up.state.referrers.lock().unwrap() = Some(HashMap::new());
+    let (r, list) = referrers_of(&w, &subject, "").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert_eq!(digests(&list), Vec::<String>::new());
+    let r = get(w.url("/v2/app/referrers/sha256:nothex")).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
 }

@@ -19,7 +19,7 @@ use super::routes::{self, Reference, RepoName, Route, Tag, query_param};
 use super::service::Registry;
 use super::visibility;
 
-use super::ranges;
+use super::{ranges, referrers};
 use crate::cache::{
     BlobBody, BlobSource, ByteRange, Cached, FillError, Outcome, Sendfile, revalidate,
 };
@@ -107,6 +107,11 @@ async fn dispatch(
             let t = resolve(app, &name, ns)?;
             Ok(t.annotate(tags_list(app, &t, &name, uri.query()).await?))
         }
+        Route::Referrers { name, digest } => {
+            let t = resolve(app, &name, ns)?;
+            let resp = referrers::referrers(app, &t, &digest, uri.query(), head).await?;
+            Ok(t.annotate(resp))
+        }
     }
 }
 
@@ -115,7 +120,10 @@ async fn dispatch(
 /// `None` when the path names no repository or does not parse (the handler refuses it).
 pub fn canonical_repo(app: &Registry, rest: &str, query: Option<&str>) -> Option<String> {
     let name = match routes::parse(rest).ok()? {
-        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::TagsList { name } => name,
+        Route::Manifest { name, .. }
+        | Route::Blob { name, .. }
+        | Route::TagsList { name }
+        | Route::Referrers { name, .. } => name,
         Route::Base | Route::Catalog => return None,
     };
     let t = resolve(app, &name, query_param(query, "ns")).ok()?;
@@ -123,14 +131,14 @@ pub fn canonical_repo(app: &Registry, rest: &str, query: Option<&str>) -> Option
 }
 
 /// Where a request goes: the upstream, the name as the upstream knows it, and the `ns` used.
-struct Target {
-    up: Arc<UpstreamClient>,
-    name: RepoName,
+pub(super) struct Target {
+    pub(super) up: Arc<UpstreamClient>,
+    pub(super) name: RepoName,
     ns: Option<String>,
 }
 
 impl Target {
-    fn scope(&self) -> String {
+    pub(super) fn scope(&self) -> String {
         format!("repository:{}:pull", self.name)
     }
 
@@ -192,7 +200,7 @@ fn resolve(app: &Registry, name: &RepoName, ns: Option<String>) -> Result<Target
 }
 
 /// Why an upstream could not answer.
-enum Miss {
+pub(super) enum Miss {
     /// It says the object does not exist.
     NotFound,
     /// It refused access (401/403): the repository may not exist or needs credentials.
@@ -220,7 +228,7 @@ impl From<UpstreamError> for Miss {
     }
 }
 
-fn classify(status: StatusCode) -> std::result::Result<(), Miss> {
+pub(super) fn classify(status: StatusCode) -> std::result::Result<(), Miss> {
     match status.as_u16() {
         200..=299 => Ok(()),
         404 => Err(Miss::NotFound),
@@ -232,7 +240,7 @@ fn classify(status: StatusCode) -> std::result::Result<(), Miss> {
 impl Miss {
     /// Whether the last known answer is served instead: always when the upstream failed; for
     /// "not found" and "access refused" only when `registry.serve_stale_on` lists them.
-    fn serves_stale(&self, opt_in: &[StaleOn]) -> bool {
+    pub(super) fn serves_stale(&self, opt_in: &[StaleOn]) -> bool {
         match self {
             Miss::Failed(_) => true,
             Miss::NotFound => opt_in.contains(&StaleOn::NotFound),
@@ -241,7 +249,7 @@ impl Miss {
         }
     }
 
-    fn into_error(self, t: &Target, what: &str, unknown: ErrorCode) -> RegistryError {
+    pub(super) fn into_error(self, t: &Target, what: &str, unknown: ErrorCode) -> RegistryError {
         match self {
             Miss::Local(e) => e,
             Miss::NotFound => RegistryError::new(
@@ -290,7 +298,7 @@ impl Miss {
 // ---------------------------------------------------------------- manifests
 
 /// A manifest and how it was answered.
-type Answer = (Arc<HotManifest>, Outcome);
+pub(super) type Answer = (Arc<HotManifest>, Outcome);
 
 async fn manifest_by_digest(app: &Registry, t: &Target, digest: &Digest) -> Result<Answer> {
     if let Some(m) = load_manifest(app, digest).await? {
@@ -366,7 +374,7 @@ async fn negotiate(
     Ok((c, outcome))
 }
 
-async fn manifest_by_tag(app: &Registry, t: &Target, tag: &Tag) -> Result<Answer> {
+pub(super) async fn manifest_by_tag(app: &Registry, t: &Target, tag: &Tag) -> Result<Answer> {
     let (up, repo) = (t.up.name.as_str(), t.name.as_str());
     let now = unix_now();
     let ttl = tag_ttl(app, t);
@@ -424,7 +432,7 @@ async fn manifest_by_tag(app: &Registry, t: &Target, tag: &Tag) -> Result<Answer
 }
 
 /// `registry.tag_ttl`, stretched while `t`'s upstream reports little pull quota left.
-fn tag_ttl(app: &Registry, t: &Target) -> Duration {
+pub(super) fn tag_ttl(app: &Registry, t: &Target) -> Duration {
     let cfg = &app.config.registry;
     t.up.rate.stretch(cfg.tag_ttl, cfg.rate_limit_headroom)
 }
@@ -974,7 +982,7 @@ fn busy() -> RegistryError {
 }
 
 /// A local failure: logged in full, answered without detail.
-fn internal(e: impl std::fmt::Display) -> RegistryError {
+pub(super) fn internal(e: impl std::fmt::Display) -> RegistryError {
     tracing::error!(error = %e, "internal error");
     RegistryError::new(ErrorCode::Unknown, "internal error; see the server log")
 }

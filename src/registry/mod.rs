@@ -12,6 +12,7 @@ mod handlers;
 pub mod hot;
 pub mod manifest;
 mod ranges;
+pub mod referrers;
 pub mod routes;
 mod service;
 pub mod visibility;

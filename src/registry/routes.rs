@@ -159,6 +159,11 @@ pub enum Route {
     TagsList {
         name: RepoName,
     },
+    /// `GET /v2/<name>/referrers/<digest>` (OCI 1.1): the artifacts whose subject it is.
+    Referrers {
+        name: RepoName,
+        digest: Digest,
+    },
     Catalog,
 }
 
@@ -205,6 +210,10 @@ pub fn parse(rest: &str) -> Result<Route, RegistryError> {
         }
         "tags" if last == "list" => Ok(Route::TagsList {
             name: parse_name(name)?,
+        }),
+        "referrers" => Ok(Route::Referrers {
+            name: parse_name(name)?,
+            digest: parse_digest(last)?,
         }),
         _ => Err(not_found()),
     }
@@ -311,6 +320,9 @@ mod tests {
             parse("x/tags/list").unwrap(),
             Route::TagsList { .. }
         ));
+        assert!(
+            matches!(parse(&format!("a/b/referrers/{D}")).unwrap(), Route::Referrers { ref name, ref digest } if name.as_str() == "a/b" && digest.as_str() == D)
+        );
         // A repository may itself be called "blobs" or "manifests".
         assert!(
             matches!(parse("blobs/manifests/latest").unwrap(), Route::Manifest { ref name, .. } if name.as_str() == "blobs")
@@ -338,7 +350,8 @@ mod tests {
             ("a/blobs/latest", ErrorCode::DigestInvalid),
             ("a/manifests/sha256:e3b0", ErrorCode::DigestInvalid),
             ("a/tags/other", ErrorCode::NotFound),
-            ("a/referrers/x", ErrorCode::NotFound),
+            ("a/referrers/x", ErrorCode::DigestInvalid),
+            ("a/referrers/sha256:../x", ErrorCode::NotFound),
             ("justname", ErrorCode::NotFound),
         ];
         for (path, code) in cases {

@@ -19,8 +19,8 @@
 //!    errors. An access time is only eviction's hint, so repair prunes it (gc removes it with its
 //!    blob anyway). A link records what an upstream said about a repository, which stays true
 //!    while the local copy is gone (links to layers never pulled are normal), so it is kept.
-//! 6. Every entry of every tree decodes (`taglists`, `golists`, `gotrust` and `meta` are checked
-//!    for nothing else); repair drops one that does not, naming its key. A dropped `meta`
+//! 6. Every entry of every tree decodes (`taglists`, `referrers`, `golists`, `gotrust` and
+//!    `meta` are checked for nothing else); repair drops one that does not, naming its key. A dropped `meta`
 //!    `done/<step>` marker makes its one-time step run again, which such steps must tolerate.
 //!
 //! Blocking, and it reads every blob in full. Run it while nothing else writes to the data
@@ -121,6 +121,7 @@ pub fn fsck(storage: &Storage, repair: bool) -> Result<FsckReport, StorageError>
     run.count_atimes()?;
     run.count_links()?;
     run.check_decodes(index.tag_list_entries())?;
+    run.check_decodes(index.referrers_entries())?;
     run.check_decodes(index.go_list_entries())?;
     run.check_decodes(index.trust_entries())?;
     run.check_decodes(index.meta_entries())?;

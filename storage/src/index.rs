@@ -6,6 +6,7 @@
 //! | `blobs`    | `sha256:<hex>`              | `BlobRecord`    |
 //! | `tags`     | upstream, repo, tag         | `TagRecord`     |
 //! | `taglists` | upstream, repo              | `TagListRecord` |
+//! | `referrers` | upstream, repo, subject digest | `ReferrersRecord` |
 //! | `gofiles`  | module, version, kind       | `GoFileRecord`  |
 //! | `golists`  | module, kind (list, latest) | `GoListRecord`  |
 //! | `sumdb`    | database, path              | `SumdbRecord`   |
@@ -55,8 +56,17 @@ const DONE_PREFIX: &str = "done/";
 const SHARED_PREFIX: &str = "shared/";
 
 /// The trees another replica may read, through the shared tier's journal.
-pub const SHARED_TREES: [&str; 9] = [
-    "tags", "taglists", "gofiles", "golists", "sumdb", "gotrust", "pins", "refs", "links",
+pub const SHARED_TREES: [&str; 10] = [
+    "tags",
+    "taglists",
+    "referrers",
+    "gofiles",
+    "golists",
+    "sumdb",
+    "gotrust",
+    "pins",
+    "refs",
+    "links",
 ];
 
 /// A committed blob wharf knows about.
@@ -81,6 +91,30 @@ pub struct TagRecord {
 pub struct TagListRecord {
     pub tags: Vec<String>,
     pub fetched_unix: u64,
+}
+
+/// The OCI 1.1 referrers of a manifest in one repository, as last fetched upstream: the
+/// descriptors of the artifacts (signatures, SBOMs, attestations) whose `subject` it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferrersRecord {
+    pub referrers: Vec<Referrer>,
+    pub fetched_unix: u64,
+    /// The upstream has no referrers API: the list is the `sha256-<hex>` fallback tag's index.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
+}
+
+/// One entry of a referrers list: an OCI descriptor, with the fields clients filter on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Referrer {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// An immutable Go module file (`.info`, `.mod`, `.zip` of a canonical version), stored as a blob.
@@ -160,6 +194,9 @@ pub type TagKey = (String, String, String);
 /// `(upstream, repo)`, the key of a `TagListRecord`.
 pub type TagListKey = (String, String);
 
+/// `(upstream, repo, subject)`, the key of a `ReferrersRecord`.
+pub type ReferrersKey = (String, String, Digest);
+
 /// `(module, kind)`, the key of a `GoListRecord`.
 pub type GoListKey = (String, String);
 
@@ -183,6 +220,7 @@ pub struct Index {
     blobs: Space,
     tags: Space,
     taglists: Space,
+    referrers: Space,
     gofiles: Space,
     golists: Space,
     sumdb: Space,
@@ -237,6 +275,7 @@ impl Index {
             blobs: Space::open(&db, "blobs")?,
             tags: shared("tags")?,
             taglists: shared("taglists")?,
+            referrers: shared("referrers")?,
             gofiles: shared("gofiles")?,
             golists: shared("golists")?,
             sumdb: shared("sumdb")?,
@@ -340,6 +379,27 @@ impl Index {
 
     pub fn remove_tag_list(&self, upstream: &str, repo: &str) -> Result<bool, StorageError> {
         self.taglists.remove(&keys::encode(&[upstream, repo])?)
+    }
+
+    pub fn put_referrers(
+        &self,
+        upstream: &str,
+        repo: &str,
+        subject: &Digest,
+        record: &ReferrersRecord,
+    ) -> Result<(), StorageError> {
+        self.referrers
+            .put(&keys::encode(&[upstream, repo, subject.as_str()])?, record)
+    }
+
+    pub fn get_referrers(
+        &self,
+        upstream: &str,
+        repo: &str,
+        subject: &Digest,
+    ) -> Result<Option<ReferrersRecord>, StorageError> {
+        self.referrers
+            .get(&keys::encode(&[upstream, repo, subject.as_str()])?)
     }
 
     pub fn put_go_file(
@@ -591,6 +651,7 @@ impl Index {
         let space = match tree {
             "tags" => &self.tags,
             "taglists" => &self.taglists,
+            "referrers" => &self.referrers,
             "gofiles" => &self.gofiles,
             "golists" => &self.golists,
             "sumdb" => &self.sumdb,
@@ -677,6 +738,7 @@ impl Index {
         let spaces = [
             &self.tags,
             &self.taglists,
+            &self.referrers,
             &self.gofiles,
             &self.golists,
             &self.sumdb,
@@ -724,6 +786,14 @@ impl Index {
     {
         self.taglists
             .entries(self.taglists.tree.iter(), decode_pair_key)
+    }
+
+    pub(crate) fn referrers_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<RawEntry<(ReferrersKey, ReferrersRecord)>, StorageError>> + use<>
+    {
+        self.referrers
+            .entries(self.referrers.tree.iter(), decode_link_key)
     }
 
     pub(crate) fn go_list_entries(
@@ -861,6 +931,10 @@ fn shared_record_is_valid(tree: &str, key: &[u8], value: &[u8]) -> Result<(), St
             k(decode_pair_key(key).map(drop))?;
             when(decode_record::<TagListRecord>(value)?.fetched_unix)
         }
+        "referrers" => {
+            decode_link_key(key)?;
+            when(decode_record::<ReferrersRecord>(value)?.fetched_unix)
+        }
         "gofiles" => {
             k(keys::decode::<3>(key).map(drop))?;
             decode_record::<GoFileRecord>(value).map(drop)
@@ -899,7 +973,9 @@ fn supersedes(tree: &str, remote: &serde_json::Value, local: &serde_json::Value)
     let flag = |v: &serde_json::Value, f: &str| v.get(f).and_then(serde_json::Value::as_bool);
     match tree {
         "tags" => num(remote, "learned_unix") > num(local, "learned_unix"),
-        "taglists" | "golists" => num(remote, "fetched_unix") > num(local, "fetched_unix"),
+        "taglists" | "golists" | "referrers" => {
+            num(remote, "fetched_unix") > num(local, "fetched_unix")
+        }
         "gotrust" => num(remote, "size") > num(local, "size"),
         "links" => {
             flag(local, "listed_only") == Some(true) && flag(remote, "listed_only") != Some(true)

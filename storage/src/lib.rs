@@ -37,8 +37,8 @@ pub use fsck::{FsckReport, fsck};
 pub use gc::{GcReport, collect};
 pub use index::{
     AtimeRecord, BlobRecord, GoFileKey, GoFileRecord, GoListKey, GoListRecord, Index, LinkKey,
-    LinkRecord, PinRecord, RefsRecord, SHARED_TREES, SumdbKey, SumdbRecord, TagKey, TagListKey,
-    TagListRecord, TagRecord, TrustRecord, unix_now,
+    LinkRecord, PinRecord, Referrer, ReferrersKey, ReferrersRecord, RefsRecord, SHARED_TREES,
+    SumdbKey, SumdbRecord, TagKey, TagListKey, TagListRecord, TagRecord, TrustRecord, unix_now,
 };
 pub use keys::KeyError;
 pub use layout::Layout;

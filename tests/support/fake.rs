@@ -88,6 +88,9 @@ pub struct Seen {
     pub authorization: Option<String>,
 }
 
+/// Referrers list bodies by (repo, subject digest).
+pub type ReferrerLists = HashMap<(String, String), Vec<u8>>;
+
 /// A stored manifest: body and media type.
 pub type Stored = (Vec<u8>, String);
 
@@ -120,6 +123,9 @@ pub struct FakeState {
     /// `(limit, remaining)` sent as Docker Hub's `RateLimit-*` headers on every answer.
     pub rate_limit: Mutex<Option<(u64, u64)>>,
     pub range_answer: Mutex<RangeAnswer>,
+    /// The OCI referrers API: `None`, none (404, as docker-registry 2.8); else the list body per
+    /// (repo, subject digest), an empty index for others.
+    pub referrers: Mutex<Option<ReferrerLists>>,
     /// Blob GETs that carried a `Range` header.
     pub range_requests: AtomicUsize,
 }
@@ -204,6 +210,27 @@ impl FakeRegistry {
                 .push(t.into());
         }
         d
+    }
+
+    /// An artifact manifest (a signature, an SBOM) whose subject is `subject`, stored by digest;
+    /// returns its descriptor as a referrers list names it.
+    pub fn put_referrer(&self, repo: &str, subject: &str, artifact_type: &str) -> String {
+        let blob = self.put_blob(artifact_type.as_bytes());
+        self.put_blob(b"{}");
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"{artifact_type}","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}},"layers":[{{"mediaType":"application/octet-stream","digest":"{blob}","size":{}}}],"subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{subject}","size":1}}}}"#,
+            artifact_type.len()
+        );
+        let d = self.put_manifest(
+            repo,
+            None,
+            body.as_bytes(),
+            "application/vnd.oci.image.manifest.v1+json",
+        );
+        format!(
+            r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":{},"artifactType":"{artifact_type}"}}"#,
+            body.len()
+        )
     }
 
     pub fn put_blob(&self, body: &[u8]) -> String {
@@ -369,6 +396,25 @@ async fn fake_answer(st: Arc<FakeState>, req: Request) -> Response {
         return (
             StatusCode::NOT_FOUND,
             r#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#,
+        )
+            .into_response();
+    }
+    if let Some((repo, subject)) = rest.rsplit_once("/referrers/") {
+        let Some(lists) = st.referrers.lock().unwrap().clone() else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        let body = lists
+            .get(&(repo.to_string(), subject.to_string()))
+            .cloned()
+            .unwrap_or_else(|| {
+                br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#.to_vec()
+            });
+        return (
+            [(
+                header::CONTENT_TYPE,
+                "application/vnd.oci.image.index.v1+json",
+            )],
+            body,
         )
             .into_response();
     }
