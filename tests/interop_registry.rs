@@ -742,3 +742,75 @@ async fn containerd_pulls_through_the_hosts_toml_client_config_writes() {
     assert_eq!(manifest.cache(), "HIT", "{}", manifest.describe());
     wharf.stop_cleanly().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_of_an_origin_without_the_api_come_from_the_fallback_tag() {
+    let test = "referrers_of_an_origin_without_the_api_come_from_the_fallback_tag";
+    let Some(fx) = Origined::start(test).await else {
+        return;
+    };
+    let host = fx.origin().host();
+    let subject = fx.image.manifest.digest.clone();
+    let referrers_path = format!("/v2/{APP_REPO}/referrers/{subject}");
+    let addr = fx.origin().addr;
+    let origin_status = blocking(move || http_status(addr, &referrers_path)).await;
+    assert_eq!(
+        origin_status,
+        Some(404),
+        "docker-registry has no referrers API"
+    );
+    // An index under the spec's fallback tag, next to its subject (its entries stand in for
+    // signatures: any descriptor is a referrer).
+    let fallback = format!("sha256-{}", &subject[7..]);
+    tokio::task::block_in_place(|| {
+        fx.skopeo.run(&[
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{host}/{MULTI_REPO}:{TAG}"),
+            &format!("docker://{host}/{APP_REPO}:{fallback}"),
+        ]);
+    });
+    let wharf = fx.wharf().await;
+    let list = wharf
+        .get(
+            &format!("/v2/{UPSTREAM}/{APP_REPO}/referrers/{subject}"),
+            None,
+        )
+        .await;
+    assert_eq!(list.status, 200, "{}", list.describe());
+    assert_eq!(
+        list.header("content-type"),
+        Some("application/vnd.oci.image.index.v1+json")
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&list.body).unwrap();
+    let mut got: Vec<&str> = doc["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap())
+        .collect();
+    let mut want: Vec<&str> = fx
+        .multi
+        .children
+        .iter()
+        .map(|c| c.manifest.digest.as_str())
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+
+    // A manifest with no fallback tag has no referrers: an empty index, not a 404.
+    let child = &fx.multi.children[0].manifest.digest;
+    let none = wharf
+        .get(
+            &format!("/v2/{UPSTREAM}/{MULTI_REPO}/referrers/{child}"),
+            None,
+        )
+        .await;
+    assert_eq!(none.status, 200, "{}", none.describe());
+    let doc: serde_json::Value = serde_json::from_slice(&none.body).unwrap();
+    assert_eq!(doc["manifests"], serde_json::json!([]));
+}

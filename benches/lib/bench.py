@@ -717,8 +717,10 @@ def range_ms(port, path, first, last):
     body = resp.read()
     ms = (time.perf_counter() - t0) * 1000.0
     conn.close()
-    if resp.status != 206 or len(body) != last - first + 1:
-        raise RuntimeError("range GET %s: %d with %d bytes" % (path, resp.status, len(body)))
+    # A cache that ignores ranges on a miss (nginx proxy_cache) answers 200 with everything: the
+    # client then waited for the whole blob, which is what the row shows.
+    if not (resp.status == 206 and len(body) == last - first + 1) and not (resp.status == 200 and len(body) > last):
+        raise RuntimeError("range GET %s on port %d: %d with %d bytes" % (path, port, resp.status, len(body)))
     return ms
 
 
