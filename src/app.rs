@@ -77,12 +77,16 @@ impl AppState {
         }
         let storage = Storage::open(&config.data_dir)?;
         registry::visibility::backfill(&storage, config.registry.max_manifest_size.0)?;
+        // Weak: the engine holds the room, and the registry holds the engine.
+        let registry_cell: Arc<std::sync::OnceLock<std::sync::Weak<registry::Registry>>> =
+            Arc::default();
         let mut engine = crate::cache::Engine::new(
             storage.clone(),
             config.server.max_concurrent_fills,
             config.offline,
         )
-        .with_fill_queue(config.server.fill_queue_timeout);
+        .with_fill_queue(config.server.fill_queue_timeout)
+        .with_room(room(&config, &storage, registry_cell.clone()));
         let shared = match (&config.shared, store) {
             (Some(cfg), Some(store)) => {
                 let shared = Shared::new(cfg, &config.egress, egress, store, storage.clone())
@@ -119,6 +123,7 @@ impl AppState {
             hot,
             metrics: metrics.clone(),
         });
+        let _ = registry_cell.set(Arc::downgrade(&registry));
         let go = go.map(|go| {
             Arc::new(GoProxy {
                 config: config.clone(),
@@ -141,6 +146,48 @@ impl AppState {
             peers,
         })))
     }
+}
+
+/// Room on the data directory's file system (`cache.min_free`), evicting least-recently-used
+/// content to make it; the registry's in-memory manifests are dropped after an eviction.
+fn room(
+    config: &Config,
+    storage: &Storage,
+    registry: Arc<std::sync::OnceLock<std::sync::Weak<registry::Registry>>>,
+) -> Arc<crate::cache::room::Room> {
+    let store = storage.clone();
+    let evictor: crate::cache::room::Evictor = Arc::new(move |need: u64| {
+        let (storage, registry) = (store.clone(), registry.clone());
+        Box::pin(async move {
+            let r = tokio::task::spawn_blocking(move || {
+                let none = HashMap::new();
+                let probe = wharf_storage::collect(&storage, u64::MAX, &none, true)?;
+                let target = probe.total_before.saturating_sub(need);
+                wharf_storage::collect(&storage, target, &none, false)
+            })
+            .await;
+            match r {
+                Ok(Ok(report)) if !report.removed.is_empty() => {
+                    if let Some(r) = registry.get().and_then(std::sync::Weak::upgrade) {
+                        r.hot.clear();
+                    }
+                    tracing::info!(
+                        freed = report.freed,
+                        objects = report.removed.len(),
+                        "evicted least-recently-used content to make room"
+                    );
+                }
+                Ok(Ok(_)) => tracing::warn!("nothing could be evicted to make room"),
+                Ok(Err(e)) => tracing::error!(error = %e, "eviction for room failed"),
+                Err(_) => {}
+            }
+        })
+    });
+    Arc::new(crate::cache::room::Room::new(
+        storage.layout.root().to_path_buf(),
+        config.cache.min_free,
+        Some(evictor),
+    ))
 }
 
 impl AppState {

@@ -328,6 +328,61 @@ pub struct CacheConfig {
     /// Memory for manifests and tag answers served most recently, so a warm manifest request
     /// reads no file and no index; 0 turns it off.
     pub manifest_memory: ByteSize,
+    /// Free space kept on the data directory's file system: a fill that would cross it evicts
+    /// first, and goes to its clients without being stored when that is not enough.
+    pub min_free: MinFree,
+}
+
+/// Free space to keep: a size, or a percentage of the file system (`"5%"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinFree {
+    Bytes(u64),
+    Percent(u8),
+}
+
+impl MinFree {
+    /// The bytes to keep free on a file system of `total` bytes.
+    pub fn bytes(self, total: u64) -> u64 {
+        match self {
+            MinFree::Bytes(n) => n,
+            MinFree::Percent(p) => percent_of(total, p),
+        }
+    }
+}
+
+impl fmt::Display for MinFree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MinFree::Bytes(n) => write!(f, "{}", ByteSize(*n)),
+            MinFree::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MinFree {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Int(n) => return Ok(MinFree::Bytes(n)),
+            Raw::Text(t) => t,
+        };
+        if let Some(p) = text.trim().strip_suffix('%') {
+            return match p.trim().parse::<u8>() {
+                Ok(p) if p < 100 => Ok(MinFree::Percent(p)),
+                _ => Err(serde::de::Error::custom(format!(
+                    "{text:?} is not a percentage from 0% to 99%"
+                ))),
+            };
+        }
+        ByteSize::parse(&text)
+            .map(|b| MinFree::Bytes(b.0))
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for CacheConfig {
@@ -338,6 +393,7 @@ impl Default for CacheConfig {
             gc_interval: Duration::from_secs(60),
             atime_flush_interval: Duration::from_secs(30),
             manifest_memory: ByteSize(32 << 20),
+            min_free: MinFree::Percent(1),
         }
     }
 }
@@ -1232,6 +1288,21 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
         assert_eq!(c.registry.default_upstream, "docker.io");
         assert!(c.upstream("docker.io").unwrap().library_prefix());
+    }
+
+    #[test]
+    fn min_free_is_a_size_or_a_percentage() {
+        let c = |v: &str| Config::from_toml_str(&format!("[cache]\nmin_free = {v}\n"));
+        assert_eq!(c("\"5%\"").unwrap().cache.min_free, MinFree::Percent(5));
+        assert_eq!(
+            c("\"1GiB\"").unwrap().cache.min_free,
+            MinFree::Bytes(1 << 30)
+        );
+        assert_eq!(c("0").unwrap().cache.min_free, MinFree::Bytes(0));
+        assert!(c("\"100%\"").is_err());
+        assert!(c("\"lots\"").is_err());
+        assert_eq!(MinFree::Percent(10).bytes(1000), 100);
+        assert_eq!(Config::default().cache.min_free, MinFree::Percent(1));
     }
 
     #[test]

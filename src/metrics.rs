@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub const OUTCOMES: [&str; 4] = ["HIT", "MISS", "STALE", "ERROR"];
+pub const OUTCOMES: [&str; 5] = ["HIT", "MISS", "STALE", "ERROR", "BYPASS"];
 
 /// Body bytes a response has sent so far, for its request log line (a response extension; the
 /// server's `sendfile` path adds to it, since that body is never polled).
@@ -17,7 +17,7 @@ pub struct AnsweredBy(pub String);
 #[derive(Default)]
 pub struct Metrics {
     /// [protocol][outcome]: protocol 0 = registry, 1 = go.
-    requests: [[AtomicU64; 4]; 2],
+    requests: [[AtomicU64; 5]; 2],
     /// Bytes committed from each upstream (counted once per fill, not per chunk).
     upstream_bytes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Response bodies and their bytes by how they were sent: [0] copied through a buffer,

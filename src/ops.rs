@@ -70,6 +70,7 @@ pub fn render(app: &AppState) -> String {
     let _ = writeln!(o, "wharf_fills_in_flight {running}");
     render_fill_queue(&mut o, app);
     render_cold_ranges(&mut o, &app.metrics);
+    render_disk(&mut o, app);
     let _ = writeln!(
         o,
         "# HELP wharf_upstream_up Whether an upstream is considered up (1) or down (0)."
@@ -298,7 +299,7 @@ fn scalar(o: &mut String, (name, kind, help, value): (&str, &str, &str, u64)) {
 }
 
 /// `/healthz`: 200 while serving; `status` says `degraded` when an upstream is down or cannot
-/// authenticate.
+/// authenticate, or the data directory's disk ran full or is below `cache.min_free`.
 pub fn health_json(app: &AppState) -> String {
     let ups: Vec<serde_json::Value> = upstream_reports(app)
         .into_iter()
@@ -312,15 +313,24 @@ pub fn health_json(app: &AppState) -> String {
         })
         .collect();
     let shared = app.shared.as_ref().map(|s| s.report());
+    let room = app.engine.room();
+    let disk_problem = room.and_then(|r| r.problem());
     let degraded = ups
         .iter()
         .any(|u| u["up"] == false || u["auth_failures"] != 0)
-        || shared.as_ref().is_some_and(|s| !s.up);
+        || shared.as_ref().is_some_and(|s| !s.up)
+        || disk_problem.is_some();
     let mut body = serde_json::json!({
         "status": if degraded { "degraded" } else { "ok" },
         "offline": app.config.offline,
         "upstreams": ups,
     });
+    if let Some(space) = room.and_then(|r| r.space()) {
+        body["disk"] = serde_json::json!({
+            "free": space.free, "total": space.total, "min_free": space.min_free,
+            "problem": disk_problem,
+        });
+    }
     if let Some(s) = shared {
         body["shared"] = serde_json::json!(s);
     }
@@ -361,6 +371,50 @@ fn render_cold_ranges(o: &mut String, m: &crate::metrics::Metrics) {
     for (via, upstream) in [("upstream", true), ("fill", false)] {
         let _ = writeln!(o, "{name}{{via=\"{via}\"}} {}", m.cold_ranges(upstream));
     }
+}
+
+/// The data directory's file system and the fills it could not take.
+fn render_disk(o: &mut String, app: &AppState) {
+    let Some(room) = app.engine.room() else {
+        return;
+    };
+    if let Some(s) = room.space() {
+        for (name, help, v) in [
+            (
+                "wharf_disk_free_bytes",
+                "Free bytes on the data directory's file system.",
+                s.free,
+            ),
+            (
+                "wharf_disk_size_bytes",
+                "Size of the data directory's file system.",
+                s.total,
+            ),
+            (
+                "wharf_disk_min_free_bytes",
+                "Free space kept (cache.min_free), in bytes.",
+                s.min_free,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} gauge");
+            let _ = writeln!(o, "{name} {v}");
+        }
+    }
+    let name = "wharf_disk_full";
+    let _ = writeln!(
+        o,
+        "# HELP {name} 1 while the data directory's disk ran full lately (ENOSPC) or is below cache.min_free."
+    );
+    let _ = writeln!(o, "# TYPE {name} gauge");
+    let _ = writeln!(o, "{name} {}", u8::from(room.problem().is_some()));
+    let name = "wharf_passthrough_total";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Objects served to a client without being stored (no room on the local disk; X-Cache BYPASS)."
+    );
+    let _ = writeln!(o, "# TYPE {name} counter");
+    let _ = writeln!(o, "{name} {}", room.passed_through());
 }
 
 /// Fills waiting for a permit.

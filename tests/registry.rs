@@ -598,7 +598,7 @@ async fn hostile_paths_get_4xx_and_no_upstream_request_or_file() {
         ("/v2/app/blobs/sha256:ABCDEF", 400),
         ("/v2/app/blobs/md5:abc", 400),
         ("/v2/app/manifests/-bad-tag", 404),
-        ("/v2/app/referrers/x", 404),
+        ("/v2/app/referrers/x", 400),
     ];
     for (path, status) in cases {
         let (got, body) = raw_get(w.addr, path).await;

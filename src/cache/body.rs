@@ -216,6 +216,7 @@ impl BlobBody {
                         FillError::Local => "local storage error".to_string(),
                         FillError::Busy => "too many concurrent fills".to_string(),
                         FillError::Offline => "offline".to_string(),
+                        FillError::NoRoom => "the local disk is full".to_string(),
                     };
                     return Err(io::Error::other(format!("blob fill failed: {msg}")));
                 }

@@ -20,8 +20,10 @@ use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 use wharf_storage::{BlobWriter, Digest, Index, Storage, StorageError, unix_now};
 
+use super::body::BlobBody;
 use super::flight::{FillError, FillState, Flights, Join, Leader, Start, first_answer};
 use super::outcome::Outcome;
+use super::room::Room;
 use super::tier::{Peers, Tier};
 
 /// Watchers are woken at most once per this many new bytes (and at the end), not per network
@@ -151,6 +153,9 @@ pub struct Tiers {
 pub enum BlobSource {
     File(Arc<File>),
     Fill(tokio::sync::watch::Receiver<FillState>),
+    /// Not stored (no room on the local disk): the source's bytes, checked on the way; the
+    /// last chunk is held back until the whole hashes to its digest, else the body fails.
+    Pass(BoxStream<'static, std::io::Result<Bytes>>),
 }
 
 /// A request's answer from the engine.
@@ -165,7 +170,7 @@ impl Served {
     /// is whole and verified (a hit, or a fill that got there).
     pub fn fill_written(&self) -> Option<u64> {
         match &self.source {
-            BlobSource::File(_) => None,
+            BlobSource::File(_) | BlobSource::Pass(_) => None,
             BlobSource::Fill(rx) => match &*rx.borrow() {
                 FillState::Pending => Some(0),
                 FillState::Streaming { written, .. } => Some(*written),
@@ -176,12 +181,24 @@ impl Served {
         }
     }
 
+    /// The whole object as a stream of its bytes (the body of a whole-object answer).
+    pub fn into_stream(self) -> BoxStream<'static, std::io::Result<Bytes>> {
+        match self.source {
+            BlobSource::File(f) => BlobBody::from_file(f, 0, self.size.unwrap_or(0))
+                .into_stream()
+                .boxed(),
+            BlobSource::Fill(rx) => BlobBody::from_fill(rx, 0, self.size).into_stream().boxed(),
+            BlobSource::Pass(s) => s,
+        }
+    }
+
     /// The whole object, verified, before anything is answered: waits for the fill's verdict
     /// (`flight::verdict`) and hands back the file and its size to serve like a hit, or why the
     /// fill failed. Gives up streaming during the fill; for objects small enough to check whole.
     pub async fn complete(self) -> Result<(Arc<File>, u64), FillError> {
         match self.source {
             BlobSource::Fill(rx) => super::flight::verdict(rx).await,
+            BlobSource::Pass(_) => Err(FillError::NoRoom),
             BlobSource::File(file) => match self.size {
                 Some(size) => Ok((file, size)),
                 None => {
@@ -215,6 +232,8 @@ struct Inner {
     /// How long a new fill waits for a permit when all are taken, before `Busy`.
     queue_limit: std::time::Duration,
     queue: QueueStats,
+    /// Room on the local disk; `None`: every fill is stored.
+    room: Option<Arc<Room>>,
 }
 
 /// Fills that waited for a permit: waiting now, ever queued, and given up on (`Busy`).
@@ -238,7 +257,49 @@ impl Engine {
             atimes: Mutex::default(),
             queue_limit: std::time::Duration::ZERO,
             queue: QueueStats::default(),
+            room: None,
         }))
+    }
+
+    /// The same engine, storing a fill only when `room` says the disk can take it. Call before
+    /// the engine is cloned.
+    pub fn with_room(mut self, room: Arc<Room>) -> Engine {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.room = Some(room);
+        }
+        self
+    }
+
+    pub fn room(&self) -> Option<&Arc<Room>> {
+        self.0.room.as_ref()
+    }
+
+    /// Serves `fetch`'s object without storing it (after `FillError::NoRoom`): from the first
+    /// source that has it, hashed on the way; the body fails instead of ending if the bytes do
+    /// not match the digest. Not shared with other requests. Only for objects named by digest.
+    pub async fn pass_through<F: Fetch>(&self, mut fetch: F) -> Result<Served, FillError> {
+        if self.0.offline && self.0.tier.is_none() {
+            return Err(FillError::Offline);
+        }
+        let Some(expected) = fetch.expected().cloned() else {
+            return Err(FillError::NoRoom);
+        };
+        let (incoming, _) = self
+            .open_source(&mut fetch, super::tier::from_peer())
+            .await?;
+        let limit = fetch.limit();
+        if incoming.len.is_some_and(|n| n > limit) {
+            return Err(fetch.too_large(limit));
+        }
+        if let Some(room) = &self.0.room {
+            room.count_pass_through();
+        }
+        tracing::warn!(digest = %expected, size = incoming.len, "no room on the local disk; passing the object through unstored");
+        Ok(Served {
+            size: incoming.len,
+            source: BlobSource::Pass(verified_stream(incoming, expected, limit)),
+            outcome: Outcome::Bypass,
+        })
     }
 
     /// The same engine, with a new fill waiting up to `limit` for a permit when every one is
@@ -340,8 +401,11 @@ impl Engine {
         if self.0.offline && self.0.tier.is_none() {
             return Err(FillError::Offline);
         }
+        let mut handed = None;
         let (rx, joined) = match flights.join(key) {
             Join::Leader(leader, rx) => {
+                let (pass_tx, pass_rx) = tokio::sync::oneshot::channel();
+                handed = Some(pass_rx);
                 let Some(permit) = self.permit().await else {
                     leader.fail(FillError::Busy);
                     return Err(FillError::Busy);
@@ -350,7 +414,7 @@ impl Engine {
                 let from_peer = super::tier::from_peer();
                 tokio::spawn(
                     async move {
-                        engine.run(fetch, leader, from_peer).await;
+                        engine.run(fetch, leader, from_peer, pass_tx).await;
                         drop(permit);
                     }
                     .instrument(span),
@@ -370,6 +434,12 @@ impl Engine {
                 size: Some(size),
                 outcome: if hit { Outcome::Hit } else { Outcome::Miss },
             }),
+            // No room to store it: the request that started the fill takes over the source's
+            // bytes the fill already opened; the others open their own (`pass_through`).
+            Start::Failed(FillError::NoRoom) => match handed.map(|mut rx| rx.try_recv()) {
+                Some(Ok(pass)) => Ok(pass),
+                _ => Err(FillError::NoRoom),
+            },
             Start::Failed(e) => Err(e),
         }
     }
@@ -380,6 +450,7 @@ impl Engine {
         mut fetch: F,
         leader: Leader<K>,
         from_peer: bool,
+        pass: tokio::sync::oneshot::Sender<Served>,
     ) {
         // A fill of the same digest that finished just before this one started.
         if let Some(d) = fetch.known()
@@ -388,7 +459,11 @@ impl Engine {
         {
             return leader.commit(Arc::new(file), meta.len());
         }
-        match self.fill_once(&mut fetch, &leader, from_peer).await {
+        let mut pass = Some(pass);
+        match self
+            .fill_once(&mut fetch, &leader, from_peer, &mut pass)
+            .await
+        {
             Ok((file, size, shared)) => {
                 tracing::info!(size, shared, "verified and cached");
                 fetch.committed(size, shared);
@@ -401,6 +476,7 @@ impl Engine {
                         tracing::warn!(error = %m, "fill failed; nothing cached")
                     }
                     FillError::Local => tracing::error!("fill failed on local storage"),
+                    FillError::NoRoom => tracing::warn!("no room on the local disk for it"),
                     FillError::Busy | FillError::Offline => {}
                 }
                 leader.fail(e)
@@ -446,8 +522,15 @@ impl Engine {
         fetch: &mut F,
         leader: &Leader<K>,
         from_peer: bool,
+        pass: &mut Option<tokio::sync::oneshot::Sender<Served>>,
     ) -> Result<(Arc<File>, u64, bool), FillError> {
         let (incoming, origin) = self.open_source(fetch, from_peer).await?;
+        // Room first: the disk must keep `cache.min_free` after this object.
+        if let Some(room) = &self.0.room
+            && !room.admit(incoming.len).await
+        {
+            return Err(self.hand_over(fetch, incoming, pass));
+        }
         // What the bytes must hash to when the source is another replica's copy.
         let known = match &origin {
             Origin::Tier(d) => Some(d.clone()),
@@ -485,6 +568,19 @@ impl Engine {
             .map_err(local("cannot create a temp file"))?;
         let file = writer.file();
         let limit = fetch.limit();
+        // Reserved up front, a full disk says so before any byte goes out, not halfway.
+        if let Some(len) = incoming.len.filter(|&n| n <= limit)
+            && let Err(e) = writer.reserve(len)
+        {
+            if super::room::is_full(&e) {
+                if let Some(room) = &self.0.room {
+                    room.ran_full();
+                }
+                drop(writer);
+                return Err(self.hand_over(fetch, incoming, pass));
+            }
+            return Err(local("reserving disk space failed")(e));
+        }
         let mut copied = copy(incoming, &mut writer, leader, limit, true).await;
         // The tier or the owner replica failed mid-transfer: the rest comes from the protocol's
         // source (its first bytes are skipped; the digest covers the whole).
@@ -513,6 +609,12 @@ impl Engine {
         let size = copied.map_err(|e| match e {
             Copied::TooLarge => fetch.too_large(limit),
             Copied::Failed(e) => e,
+            Copied::Full(e) => {
+                if let Some(room) = &self.0.room {
+                    room.ran_full();
+                }
+                local("the disk ran full during a fill")(e)
+            }
         })?;
         // Checks before commit: nothing unverified is ever stored or served in full.
         fetch.check(&file, size).await.map_err(bad_copy)?;
@@ -553,6 +655,28 @@ impl Engine {
         };
         tier.add(size);
         Ok((file, size, !matches!(origin, Origin::Source)))
+    }
+
+    /// No room for `incoming`: hands it, checked on the way, to the request that started the
+    /// fill (when the object is named by its digest). Returns the error every watcher gets.
+    fn hand_over<F: Fetch>(
+        &self,
+        fetch: &F,
+        incoming: Incoming,
+        pass: &mut Option<tokio::sync::oneshot::Sender<Served>>,
+    ) -> FillError {
+        if let (Some(expected), Some(tx)) = (fetch.expected().cloned(), pass.take()) {
+            if let Some(room) = &self.0.room {
+                room.count_pass_through();
+            }
+            tracing::warn!(digest = %expected, size = incoming.len, "no room on the local disk; passing the object through unstored");
+            let _ = tx.send(Served {
+                size: incoming.len,
+                source: BlobSource::Pass(verified_stream(incoming, expected, fetch.limit())),
+                outcome: Outcome::Bypass,
+            });
+        }
+        FillError::NoRoom
     }
 
     /// Queues a committed object for the shared tier, if there is one.
@@ -723,6 +847,72 @@ fn local<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> FillErro
     }
 }
 
+/// `incoming` as a client body, checked on the way: at most `limit` bytes and never past its
+/// announced length; the last chunk is held back until the whole hashes to `expected`, and the
+/// body ends in an error instead when it does not (or ends short).
+fn verified_stream(
+    incoming: Incoming,
+    expected: Digest,
+    limit: u64,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
+    struct State {
+        body: BoxStream<'static, Result<Bytes, FillError>>,
+        len: Option<u64>,
+        hasher: Option<wharf_storage::Hasher>,
+        held: Option<Bytes>,
+        seen: u64,
+    }
+    let fail = |m: String| std::io::Error::other(m);
+    let state = State {
+        body: incoming.body,
+        len: incoming.len,
+        hasher: Some(wharf_storage::Hasher::new()),
+        held: None,
+        seen: 0,
+    };
+    futures_util::stream::unfold(state, move |mut s| {
+        let expected = expected.clone();
+        async move {
+            let hasher = s.hasher.as_mut()?;
+            loop {
+                match s.body.next().await {
+                    Some(Ok(chunk)) => {
+                        s.seen += chunk.len() as u64;
+                        if s.seen > limit || s.len.is_some_and(|n| s.seen > n) {
+                            s.hasher = None;
+                            return Some((Err(fail("the source sent more than announced".into())), s));
+                        }
+                        hasher.update(&chunk);
+                        if let Some(prev) = s.held.replace(chunk) {
+                            return Some((Ok(prev), s));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        s.hasher = None;
+                        return Some((Err(fail(format!("{e:?}"))), s));
+                    }
+                    None => {
+                        let hasher = s.hasher.take()?;
+                        if s.len.is_some_and(|n| n != s.seen) {
+                            return Some((Err(fail("the source ended early".into())), s));
+                        }
+                        let actual = hasher.finish();
+                        if actual != expected {
+                            tracing::error!(%expected, %actual, "passed-through content does not match its digest; cut");
+                            return Some((
+                                Err(fail(format!("content does not match its digest {expected}"))),
+                                s,
+                            ));
+                        }
+                        return s.held.take().map(|last| (Ok(last), s));
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
 /// Where a fill's bytes came from.
 enum Origin {
     Tier(Digest),
@@ -757,6 +947,8 @@ fn skip_prefix(incoming: Incoming, n: u64) -> Incoming {
 enum Copied {
     TooLarge,
     Failed(FillError),
+    /// The file system is full (`ENOSPC`).
+    Full(std::io::Error),
 }
 
 /// Copies `incoming` into `writer`, at most `limit` bytes and never more than its announced
@@ -788,9 +980,13 @@ async fn copy<K: Hash + Eq + Clone>(
             None if after > limit => return Err(Copied::TooLarge),
             _ => {}
         }
-        writer
-            .write_bytes(chunk)
-            .map_err(|e| Copied::Failed(local("writing the temp file failed")(e)))?;
+        writer.write_bytes(chunk).map_err(|e| {
+            if super::room::is_full(&e) {
+                Copied::Full(e)
+            } else {
+                Copied::Failed(local("writing the temp file failed")(e))
+            }
+        })?;
         // The first bytes go out at once (time to first byte); then in steps.
         if notified == 0 || writer.written() - notified >= PROGRESS_STEP {
             notified = writer.written();
@@ -812,7 +1008,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::cache::BlobBody;
 
     /// An in-memory source: `data` in two chunks, optionally failing its check locally.
     struct Mem {
@@ -880,12 +1075,8 @@ mod tests {
     }
 
     async fn read_all(served: Served) -> std::io::Result<Vec<u8>> {
-        let body = match served.source {
-            BlobSource::File(f) => BlobBody::from_file(f, 0, served.size.unwrap_or(0)),
-            BlobSource::Fill(rx) => BlobBody::from_fill(rx, 0, served.size),
-        };
         let mut out = Vec::new();
-        let mut s = std::pin::pin!(body.into_stream());
+        let mut s = served.into_stream();
         while let Some(chunk) = s.next().await {
             out.extend_from_slice(&chunk?);
         }

@@ -32,6 +32,9 @@ pub enum FillError {
     Busy,
     /// `offline = true`: nothing is fetched.
     Offline,
+    /// The local disk cannot take it (`cache.min_free`, `ENOSPC`): a protocol that can verify
+    /// the bytes on the way passes them through (`Engine::pass_through`).
+    NoRoom,
 }
 
 #[derive(Debug, Clone)]

@@ -10,6 +10,7 @@ pub mod flight;
 pub mod outcome;
 pub mod pool;
 pub mod revalidate;
+pub mod room;
 pub mod tier;
 
 pub use body::{BlobBody, ByteRange, Sendfile};

@@ -16,6 +16,9 @@ pub enum Outcome {
     Miss,
     /// Upstream failed or could not be asked; the last known answer was served.
     Stale,
+    /// Streamed from the source and verified on the way, not stored: the local disk had no
+    /// room for it.
+    Bypass,
 }
 
 impl Outcome {
@@ -25,6 +28,7 @@ impl Outcome {
             Outcome::Hit => "HIT",
             Outcome::Miss => "MISS",
             Outcome::Stale => "STALE",
+            Outcome::Bypass => "BYPASS",
         }
     }
 
@@ -42,6 +46,7 @@ impl Outcome {
             b"HIT" => Some(Outcome::Hit),
             b"MISS" => Some(Outcome::Miss),
             b"STALE" => Some(Outcome::Stale),
+            b"BYPASS" => Some(Outcome::Bypass),
             _ => None,
         }
     }

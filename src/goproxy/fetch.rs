@@ -177,7 +177,7 @@ mod tests {
     use futures_util::StreamExt as _;
 
     use super::*;
-    use crate::cache::{BlobBody, BlobSource, Engine};
+    use crate::cache::Engine;
     use crate::config::Config;
     use crate::upstream::EgressPolicy;
     use wharf_storage::Storage;
@@ -402,11 +402,7 @@ mod tests {
             )
             .await
             .expect("served");
-        let body = match served.source {
-            BlobSource::File(f) => BlobBody::from_file(f, 0, served.size.unwrap_or(0)),
-            BlobSource::Fill(rx) => BlobBody::from_fill(rx, 0, served.size),
-        };
-        let mut stream = std::pin::pin!(body.into_stream());
+        let mut stream = served.into_stream();
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
             out.extend_from_slice(&chunk.expect("complete body"));

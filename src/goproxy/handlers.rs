@@ -422,6 +422,11 @@ async fn file(
             StatusCode::INTERNAL_SERVER_ERROR,
             "wharf: local storage error; see the server log",
         )),
+        // Module files are checked whole before they are served, which needs the disk.
+        Err(FillError::NoRoom) => Err(GoError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "wharf: the local disk is full (cache.min_free); retry later",
+        )),
     }
 }
 

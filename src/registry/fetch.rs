@@ -115,7 +115,7 @@ mod tests {
     use futures_util::StreamExt as _;
 
     use super::*;
-    use crate::cache::{BlobBody, BlobSource, Engine, Flights};
+    use crate::cache::{Engine, Flights};
     use crate::config::Config;
     use crate::upstream::EgressPolicy;
 
@@ -303,11 +303,7 @@ mod tests {
             .fill(&Flights::default(), &key, || f, tracing::Span::none())
             .await
             .map_err(|e| format!("{e:?}"))?;
-        let body = match served.source {
-            BlobSource::File(file) => BlobBody::from_file(file, 0, served.size.unwrap_or(0)),
-            BlobSource::Fill(rx) => BlobBody::from_fill(rx, 0, served.size),
-        };
-        let mut s = std::pin::pin!(body.into_stream());
+        let mut s = served.into_stream();
         let mut out = Vec::new();
         while let Some(chunk) = s.next().await {
             out.extend_from_slice(&chunk.map_err(|e| e.to_string())?);

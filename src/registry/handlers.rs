@@ -677,12 +677,24 @@ async fn blob(
     };
     let span = tracing::info_span!("fill", upstream = %t.up.name, repo = %t.name, digest = %digest);
     let what = || format!("blob {digest}");
-    let served = match app
+    let filled = match app
         .engine
         .fill(&app.blob_flights, digest, fetch, span)
         .await
     {
+        // No room on the local disk: this request gets the blob anyway, checked on the way.
+        Err(FillError::NoRoom) => app.engine.pass_through(fetch()).await,
+        other => other,
+    };
+    let served = match filled {
         Ok(s) => s,
+        Err(FillError::NoRoom) => {
+            return Err(RegistryError::new(
+                ErrorCode::Unavailable,
+                "the local disk is full (cache.min_free); retry later",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("30")));
+        }
         Err(FillError::NotFound) => {
             return Err(Miss::NotFound.into_error(t, &what(), ErrorCode::BlobUnknown));
         }
@@ -714,6 +726,15 @@ async fn blob(
     // that found the blob committed just before it started). Asked once it has started: a fill
     // from this repository has linked it by then, so no HEAD is needed.
     ensure_linked(app, t, digest, "blobs").await?;
+    // Passed through unstored: a range is asked of the upstream (unverified) or ignored.
+    let passing = matches!(served.source, BlobSource::Pass(_));
+    if let (true, Some(size)) = (passing && range.is_some(), served.size)
+        && let Ok(Some(r)) = ByteRange::parse(range, size)
+        && let Some(resp) = ranges::forward(&t.up, &t.name, digest, r, size, &app.metrics).await
+    {
+        return Ok(resp);
+    }
+    let range = if passing { None } else { range };
     if range.is_some() && served.fill_written().is_some() {
         let mode = app.config.registry.cold_ranges;
         if let (Some(r), Some(size)) = (ranges::ahead_of_fill(mode, &served, range), served.size)
@@ -768,6 +789,11 @@ fn blob_response(
         let stream = match source {
             BlobSource::File(f) => BlobBody::from_file(f, start, end.unwrap_or(start)),
             BlobSource::Fill(rx) => BlobBody::from_fill(rx, start, end),
+            BlobSource::Pass(stream) => {
+                let mut resp = Body::from_stream(stream).into_response();
+                blob_headers(&mut resp, digest, end.map(|e| e - start), outcome);
+                return Ok(resp);
+            }
         };
         sendable = Some(Sendfile(stream.clone()));
         Body::from_stream(stream.into_stream())
@@ -784,16 +810,20 @@ fn blob_response(
             &format!("bytes {}-{}/{size}", r.start, r.end - 1),
         );
     }
+    blob_headers(&mut resp, digest, end.map(|e| e - start), outcome);
+    Ok(resp)
+}
+
+fn blob_headers(resp: &mut Response, digest: &Digest, len: Option<u64>, outcome: Outcome) {
     let h = resp.headers_mut();
-    if let Some(end) = end {
-        set(h, header::CONTENT_LENGTH, &(end - start).to_string());
+    if let Some(len) = len {
+        set(h, header::CONTENT_LENGTH, &len.to_string());
     }
     set(h, header::CONTENT_TYPE, "application/octet-stream");
     set(h, header::ACCEPT_RANGES, "bytes");
     set(h, "docker-content-digest", digest.as_str());
     set(h, header::ETAG, &format!("\"{digest}\""));
-    outcome.mark(&mut resp);
-    Ok(resp)
+    outcome.mark(resp);
 }
 
 /// HEAD of a blob not in cache: ask upstream, fetch nothing.

@@ -95,6 +95,20 @@ impl BlobWriter {
         })
     }
 
+    /// Reserves `len` bytes of disk for this object before anything is written, so a full
+    /// file system says so now (`ENOSPC`) and not halfway through. `Ok(false)`: the file system
+    /// cannot reserve (no `fallocate`); writes may then still run out of space.
+    pub fn reserve(&self, len: u64) -> io::Result<bool> {
+        if len == 0 {
+            return Ok(true);
+        }
+        match rustix::fs::fallocate(&*self.file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, len) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Appends `buf`. Writes are positional (`pwrite` at `written()`), so readers sharing
     /// `file()` may use `read_at` freely. Only bytes that reached the file are hashed and counted,
     /// so after an error the writer still describes the file exactly (callers normally abort).

@@ -1,0 +1,140 @@
+//! Faults of the machine's disk: a data directory on a small tmpfs (mounted by the test, which
+//! needs root; skipped with a reason otherwise unless `WHARF_REQUIRE_INTEROP` is set). An object
+//! larger than the disk, and any object while the disk is below `cache.min_free`, still reach
+//! the client whole and verified, unstored (`X-Cache: BYPASS`); `/healthz` names the disk; once
+//! space returns, fills are stored again.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::*;
+
+/// A tmpfs of `mib` MiB mounted under a temporary directory, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(test: &str, mib: u64) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let why = match Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+        {
+            Ok(out) if out.status.success() => return Some(Tmpfs { dir }),
+            Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            Err(e) => e.to_string(),
+        };
+        let why = format!("{test}: cannot mount a tmpfs (needs root): {why}");
+        if std::env::var_os("WHARF_REQUIRE_INTEROP").is_some() {
+            panic!("{why}; WHARF_REQUIRE_INTEROP is set, so this is a failure, not a skip");
+        }
+        eprintln!("skipping {why}");
+        None
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Fills the file system at `dir` until less than `leave` bytes are free.
+fn fill_disk(dir: &Path, leave: u64) -> PathBuf {
+    let path = dir.join("filler");
+    let st = rustix::fs::statvfs(dir).unwrap();
+    let free = st.f_bavail * st.f_frsize;
+    let n = free.saturating_sub(leave) as usize;
+    std::fs::write(&path, vec![0u8; n]).unwrap();
+    path
+}
+
+async fn health(w: &Wharf) -> serde_json::Value {
+    let r = get(w.url("/healthz")).await;
+    assert_eq!(r.status(), 200);
+    serde_json::from_slice(&read_body(r).await).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_passes_verified_objects_through_and_recovers() {
+    let test = "a_full_disk_passes_verified_objects_through_and_recovers";
+    let Some(disk) = Tmpfs::mount(test, 24) else {
+        return;
+    };
+    let up = FakeRegistry::start().await;
+    let big = bytes_of(40 << 20, 31);
+    let big_d = up.put_blob(&big);
+    let small = bytes_of(300_000, 32);
+    let small_d = up.put_blob(&small);
+    let data = disk.path().join("data");
+    let w =
+        Wharf::serve(WharfConfig::fake(&up.url(), &data).tables("[cache]\nmin_free = \"2MiB\"\n"))
+            .await;
+    assert_eq!(health(&w).await["status"], "ok");
+
+    // Larger than the whole disk: whole and verified, not stored.
+    let r = get(w.url(&format!("/v2/app/blobs/{big_d}"))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "BYPASS");
+    assert_eq!(
+        r.headers()["content-length"],
+        (40u64 << 20).to_string().as_str()
+    );
+    assert_eq!(read_body(r).await, big);
+    let r = get(w.url(&format!("/v2/app/blobs/{big_d}"))).await;
+    assert_eq!(r.headers()["x-cache"], "BYPASS", "never stored");
+    assert_eq!(read_body(r).await, big);
+    assert_eq!(up.count("GET", &big_d), 2, "each pass is one upstream GET");
+
+    // Corrupt bytes passed through are cut, never completed.
+    up.set_blob_mode(BlobMode::Corrupt);
+    let r = get(w.url(&format!("/v2/app/blobs/{big_d}"))).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.is_err(),
+        "a corrupt pass-through must not end cleanly"
+    );
+    up.set_blob_mode(BlobMode::Normal);
+
+    // Below min_free: /healthz names the disk, and even a small object passes through.
+    let filler = fill_disk(disk.path(), 1 << 20);
+    let h = health(&w).await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["disk"]["problem"], "below min_free", "{h}");
+    let r = get(w.url(&format!("/v2/app/blobs/{small_d}"))).await;
+    assert_eq!(r.headers()["x-cache"], "BYPASS");
+    assert_eq!(read_body(r).await, small);
+    let m = read_text(get(w.url("/metrics")).await).await;
+    assert!(m.contains("wharf_disk_full 1"), "{m}");
+    assert!(
+        m.contains("wharf_requests_total{protocol=\"registry\",outcome=\"bypass\"} 4"),
+        "{m}"
+    );
+
+    // Space returns: stored again.
+    std::fs::remove_file(filler).unwrap();
+    assert_eq!(health(&w).await["status"], "ok");
+    let r = get(w.url(&format!("/v2/app/blobs/{small_d}"))).await;
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert_eq!(read_body(r).await, small);
+    let r = get(w.url(&format!("/v2/app/blobs/{small_d}"))).await;
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(read_body(r).await, small);
+    let m = read_text(get(w.url("/metrics")).await).await;
+    assert!(m.contains("wharf_passthrough_total 4"), "{m}");
+    assert!(m.contains("wharf_disk_full 0"), "{m}");
+    // Nothing half-written was left behind.
+    let tmp = std::fs::read_dir(data.join("tmp")).unwrap().count();
+    assert_eq!(tmp, 0);
+}
