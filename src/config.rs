@@ -93,6 +93,9 @@ pub struct ServerConfig {
     /// Threads accepting and serving connections, each with its own event loop; 0 means one
     /// per CPU the process may use.
     pub workers: usize,
+    /// Client connections kept open at once; past it the one idle the longest is closed (none
+    /// idle: the new one is). 0: the descriptor limit (`LimitNOFILE`) less a reserve.
+    pub max_connections: usize,
     /// Plain HTTP/1.1 `GET`/`HEAD` on wharf's own fast path, stored files sent with
     /// `sendfile(2)`; false: every request through hyper (copying through a buffer).
     pub zero_copy: bool,
@@ -121,6 +124,7 @@ impl Default for ServerConfig {
             fill_queue_timeout: Duration::from_secs(5),
             workers: 0,
             zero_copy: true,
+            max_connections: 0,
         }
     }
 }

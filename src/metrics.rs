@@ -25,6 +25,12 @@ pub struct Metrics {
     bodies: [[AtomicU64; 2]; 2],
     /// Ranges of blobs still being filled: [0] answered from the fill, [1] from the upstream.
     cold_ranges: [AtomicU64; 2],
+    /// Client connections: open now, and ever shed (idle, closed to make room), refused (at the
+    /// limit with none idle), failed accepts.
+    conns_open: AtomicU64,
+    conns_shed: AtomicU64,
+    conns_refused: AtomicU64,
+    accept_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -72,6 +78,37 @@ impl Metrics {
     /// Bytes of a body sent so far (counted as it goes; `count_body` with 0 bytes ends it).
     pub fn add_body_bytes(&self, sendfile: bool, bytes: u64) {
         self.bodies[usize::from(sendfile)][1].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn connection_opened(&self) {
+        self.conns_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.conns_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn connections_shed(&self, n: u64) {
+        self.conns_shed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn connection_refused(&self) {
+        self.conns_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn accept_failed(&self) {
+        self.accept_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (open, shed, refused, failed accepts).
+    pub fn connections(&self) -> (u64, u64, u64, u64) {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (
+            l(&self.conns_open),
+            l(&self.conns_shed),
+            l(&self.conns_refused),
+            l(&self.accept_failures),
+        )
     }
 
     /// A range of a blob still being filled, answered from the `upstream` or the fill.

@@ -71,6 +71,7 @@ pub fn render(app: &AppState) -> String {
     render_fill_queue(&mut o, app);
     render_cold_ranges(&mut o, &app.metrics);
     render_disk(&mut o, app);
+    render_connections(&mut o, &app.metrics);
     let _ = writeln!(
         o,
         "# HELP wharf_upstream_up Whether an upstream is considered up (1) or down (0)."
@@ -370,6 +371,41 @@ fn render_cold_ranges(o: &mut String, m: &crate::metrics::Metrics) {
     let _ = writeln!(o, "# TYPE {name} counter");
     for (via, upstream) in [("upstream", true), ("fill", false)] {
         let _ = writeln!(o, "{name}{{via=\"{via}\"}} {}", m.cold_ranges(upstream));
+    }
+}
+
+/// Client connections and the descriptor limit.
+fn render_connections(o: &mut String, m: &crate::metrics::Metrics) {
+    let (open, shed, refused, failed) = m.connections();
+    for (name, kind, help, v) in [
+        (
+            "wharf_connections_open",
+            "gauge",
+            "Client connections open now.",
+            open,
+        ),
+        (
+            "wharf_connections_shed_total",
+            "counter",
+            "Idle client connections closed to make room (server.max_connections, descriptor limit).",
+            shed,
+        ),
+        (
+            "wharf_connections_refused_total",
+            "counter",
+            "New connections closed at once: at the limit with none idle.",
+            refused,
+        ),
+        (
+            "wharf_accept_failures_total",
+            "counter",
+            "Failed accepts (EMFILE: out of descriptors).",
+            failed,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} {kind}");
+        let _ = writeln!(o, "{name} {v}");
     }
 }
 

@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::web::router;
 
 mod fast;
+mod sockets;
 
 /// A TLS server configuration that can be swapped while serving (SIGHUP).
 #[derive(Clone)]
@@ -129,6 +130,7 @@ pub async fn run(
         limits,
         fast: state.config.server.zero_copy,
         metrics: state.metrics.clone(),
+        sockets: sockets::Sockets::new(state.config.server.max_connections, state.metrics.clone()),
     });
     if workers <= 1 {
         accept_loop(listener, &conns, shutdown).await;
@@ -203,6 +205,8 @@ struct Conns {
     /// Plain HTTP/1.1 through `fast` (`server.zero_copy`), else every request through hyper.
     fast: bool,
     metrics: Arc<Metrics>,
+    /// Open connections, shed when the descriptors run short.
+    sockets: Arc<sockets::Sockets>,
 }
 
 /// How the server steers a worker: `stop` accepting, report the connections `done`, `exit`.
@@ -264,55 +268,55 @@ async fn accept_loop(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // EMFILE and friends: make room, back off instead of spinning.
+                    conns.sockets.accept_failed(&e);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
             },
             _ = &mut shutdown => break,
         };
+        // At the limit with nothing idle to close instead: this one is closed at once.
+        let Some(reg) = conns.sockets.register() else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let ctx = conns.clone();
         let (stop, live) = (stop_rx.clone(), live_tx.clone());
         let timeout = conns.limits.header_read_timeout;
-        match conns.tls.as_ref().map(TlsReloader::acceptor) {
-            None if conns.fast => {
-                tokio::spawn(async move {
-                    let mut stop = stop;
-                    if let fast::Outcome::Hyper(io) =
-                        fast::serve(&ctx, stream, peer, &mut stop).await
-                    {
-                        serve_connection(&ctx, io, peer, stop).await;
-                    }
-                    drop(live);
-                });
-            }
-            None => {
-                tokio::spawn(async move {
-                    // A client must start its request in time, or it holds a connection for
-                    // nothing (hyper's own header timer starts only after version detection).
-                    if let Some(io) = Prefixed::read_start(stream, timeout).await {
-                        serve_connection(&ctx, io, peer, stop).await;
-                    }
-                    drop(live);
-                });
-            }
-            Some(acceptor) => {
-                tokio::spawn(async move {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            if let Some(io) = Prefixed::read_start(tls_stream, timeout).await {
-                                serve_connection(&ctx, io, peer, stop).await;
-                            }
+        let slot = reg.slot.clone();
+        let task = match conns.tls.as_ref().map(TlsReloader::acceptor) {
+            None if conns.fast => tokio::spawn(async move {
+                let mut stop = stop;
+                if let fast::Outcome::Hyper(io) =
+                    fast::serve(&ctx, stream, peer, &mut stop, &reg.slot).await
+                {
+                    serve_connection(&ctx, io, peer, stop, &reg.slot).await;
+                }
+                drop((live, reg));
+            }),
+            None => tokio::spawn(async move {
+                // A client must start its request in time, or it holds a connection for
+                // nothing (hyper's own header timer starts only after version detection).
+                if let Some(io) = Prefixed::read_start(stream, timeout).await {
+                    serve_connection(&ctx, io, peer, stop, &reg.slot).await;
+                }
+                drop((live, reg));
+            }),
+            Some(acceptor) => tokio::spawn(async move {
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        if let Some(io) = Prefixed::read_start(tls_stream, timeout).await {
+                            serve_connection(&ctx, io, peer, stop, &reg.slot).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => {}
                     }
-                    drop(live);
-                });
-            }
-        }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => {}
+                }
+                drop((live, reg));
+            }),
+        };
+        slot.set_task(task.abort_handle());
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -327,10 +331,11 @@ async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
+    slot: &Arc<sockets::Slot>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(slot.clone()));
     let svc = service_for(
         conns.app.clone(),
         peer,
@@ -368,18 +373,21 @@ struct Activity {
     /// client's. Each body is judged on its own: one that moves says nothing of another.
     bodies: Mutex<Vec<Arc<AtomicU64>>>,
     start: Instant,
+    /// The connection's entry among the open ones (busy while a request is in flight).
+    slot: Arc<sockets::Slot>,
 }
 
 /// A body's clock while it waits on its source.
 const WAITING: u64 = u64::MAX;
 
 impl Activity {
-    fn new() -> Activity {
+    fn new(slot: Arc<sockets::Slot>) -> Activity {
         Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             bodies: Mutex::default(),
             start: Instant::now(),
+            slot,
         }
     }
 
@@ -433,12 +441,13 @@ impl Activity {
 }
 
 /// One request in flight, from the request's arrival until its response body is dropped.
-struct InFlight(Arc<Activity>);
+struct InFlight(Arc<Activity>, #[allow(dead_code)] sockets::Busy);
 
 impl InFlight {
     fn start(a: Arc<Activity>) -> InFlight {
         a.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(a)
+        let busy = a.slot.busy();
+        InFlight(a, busy)
     }
 }
 

@@ -598,3 +598,82 @@ async fn a_tls_hello_on_the_plain_port_is_answered_at_once() {
         "{out:?}"
     );
 }
+
+/// Opens `n` connections that never send a request.
+async fn idle_connections(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(TcpStream::connect(addr).await.unwrap());
+        // In order of age: the accept loop registers each before the next.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    out
+}
+
+/// Whether the server closed `s` (EOF or reset within a short wait).
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test]
+async fn past_max_connections_the_oldest_idle_ones_are_shed_and_a_real_request_is_served() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::serve(
+        WharfConfig::fake(&up.url(), dir.path())
+            .tables("[server]\nmax_connections = 8\nheader_read_timeout = \"60s\"\n"),
+    )
+    .await;
+    let mut idle = idle_connections(w.addr, 20).await;
+    let r = support::get(w.url("/v2/")).await;
+    assert_eq!(r.status(), 200, "a real client gets in");
+    let mut shed = Vec::new();
+    for s in idle.iter_mut() {
+        shed.push(closed(s).await);
+    }
+    // The oldest went first; the newest 7 (and the client's own) are still open.
+    assert!(shed[..12].iter().all(|c| *c), "{shed:?}");
+    assert!(shed[13..].iter().all(|c| !*c), "{shed:?}");
+    let m = read_text(support::get(w.url("/metrics")).await).await;
+    let value = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {m}"))
+    };
+    assert!(value("wharf_connections_shed_total") >= 13, "{m}");
+    assert!(value("wharf_connections_open") <= 8, "{m}");
+}
+
+#[tokio::test]
+async fn out_of_descriptors_idle_connections_are_shed_and_the_log_stays_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = WharfConfig::new(&dir.path().join("data"))
+        .tables("[server]\nheader_read_timeout = \"60s\"\nworkers = 1\n")
+        .write(&dir.path().join("wharf.toml"));
+    let log = dir.path().join("log");
+    let server = Server::start_with_fd_limit(&config, &log, 128).await;
+    // Far more idle connections than descriptors.
+    let idle = idle_connections(server.addr, 236).await;
+    let answered = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match reqwest::get(format!("http://{}/v2/", server.addr)).await {
+                Ok(r) if r.status() == 200 => return,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    let logs = server.logs();
+    assert!(
+        answered.is_ok(),
+        "a real request never got through:\n{logs}"
+    );
+    let warnings = logs.matches("accepting connections failed").count();
+    assert!(warnings <= 10, "{warnings} warnings:\n{logs}");
+    drop(idle);
+}

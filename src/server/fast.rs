@@ -57,6 +57,7 @@ pub(super) async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     stop: &mut watch::Receiver<bool>,
+    slot: &Arc<super::sockets::Slot>,
 ) -> Outcome {
     let limits = conns.limits;
     let mut buf = BytesMut::with_capacity(4096);
@@ -72,6 +73,7 @@ pub(super) async fn serve(
             return Outcome::Hyper(Prefixed::new(buf.to_vec(), stream));
         };
         let _ = buf.split_to(head_len);
+        let _busy = slot.busy();
         let head = req.method() == Method::HEAD;
         let Ok(resp) = conns.app.clone().oneshot(req).await;
         let keep_alive = keep_alive && !*stop.borrow();

@@ -34,7 +34,24 @@ impl Server {
 
     /// `start` on `addr`, chosen by the caller (replicas that must know each other's address).
     pub async fn start_on(config: &Path, log: &Path, addr: SocketAddr) -> Server {
-        let child = wharf_command()
+        Self::spawn(wharf_command(), config, log, addr).await
+    }
+
+    /// `start` with at most `nofile` open descriptors (util-linux `prlimit`).
+    pub async fn start_with_fd_limit(config: &Path, log: &Path, nofile: u32) -> Server {
+        let wharf = wharf_command();
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(wharf.get_program())
+            .args(wharf.get_args())
+            .envs(wharf.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Self::spawn(cmd, config, log, addr).await
+    }
+
+    async fn spawn(mut cmd: Command, config: &Path, log: &Path, addr: SocketAddr) -> Server {
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(config)
