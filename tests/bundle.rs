@@ -835,7 +835,10 @@ async fn a_truncated_or_damaged_compressed_bundle_is_refused_in_one_line_and_not
             let err = stderr(&out);
             assert!(!err.contains("panicked"), "{err}");
             // One line says why, naming the file; the stream's own check finds it first.
-            let why = err.lines().find(|l| l.contains("refused")).unwrap_or_default();
+            let why = err
+                .lines()
+                .find(|l| l.contains("refused"))
+                .unwrap_or_default();
             assert!(
                 why.contains(b.file_name().unwrap().to_str().unwrap())
                     && why.contains("damaged or truncated"),
