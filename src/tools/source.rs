@@ -275,7 +275,7 @@ fn scan_tar(path: &Path, out: &mut BTreeMap<String, Loc>) -> Result<(), String> 
     for (n, entry) in entries.enumerate() {
         let entry = entry.map_err(|e| {
             format!(
-                "{}: member {} is damaged: {e} (a gzip-compressed tar must be decompressed first)",
+                "{}: member {} is damaged: {e} (a tar, plain or compressed with zstd or gzip, is expected)",
                 path.display(),
                 n + 1
             )
