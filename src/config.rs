@@ -62,7 +62,31 @@ pub struct Config {
     pub shared: Option<SharedConfig>,
     /// Replicas that fill for each other (`[peers]`); none by default.
     pub peers: Option<PeersConfig>,
+    /// How often the `[[prefetch]]` list is refreshed (an entry's `every` overrides it).
+    #[serde(deserialize_with = "de_duration")]
+    pub prefetch_interval: Duration,
+    /// What the server keeps fetched ahead of need (scheduled prefetch); empty by default.
+    #[serde(rename = "prefetch")]
+    pub prefetch: Vec<PrefetchConfig>,
 }
+
+/// One `[[prefetch]]` entry: items `wharf prefetch` takes, refreshed on a schedule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefetchConfig {
+    /// Images (`docker.io/library/alpine:3.20`, `...@sha256:...`) and Go modules
+    /// (`golang.org/x/text@v0.14.0`, `@latest`, `@v1.2`).
+    pub items: Vec<String>,
+    /// Only these platforms of multi-platform images (`linux/amd64`); empty: every platform.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// This entry's interval, in place of `prefetch_interval`.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub every: Option<Duration>,
+}
+
+/// Shortest refresh interval accepted (each run asks every upstream about every moving tag).
+pub const MIN_PREFETCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Limits on what clients may send and hold.
 #[derive(Debug, Clone, Deserialize)]
@@ -660,7 +684,35 @@ impl Default for Config {
             egress: EgressConfig::default(),
             shared: None,
             peers: None,
+            prefetch_interval: Duration::from_secs(6 * 3600),
+            prefetch: Vec::new(),
         }
+    }
+}
+
+impl Config {
+    /// `[[prefetch]]`: entries name something, intervals are not too short. (Items and
+    /// platforms are parsed as `wharf prefetch` parses them, by `app::Checked`.)
+    fn validate_prefetch(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.prefetch_interval < MIN_PREFETCH_INTERVAL {
+            return invalid(format!(
+                "prefetch_interval must be at least {}",
+                humantime::format_duration(MIN_PREFETCH_INTERVAL)
+            ));
+        }
+        for (i, p) in self.prefetch.iter().enumerate() {
+            if p.items.is_empty() {
+                return invalid(format!("prefetch[{i}].items is empty"));
+            }
+            if p.every.is_some_and(|d| d < MIN_PREFETCH_INTERVAL) {
+                return invalid(format!(
+                    "prefetch[{i}].every must be at least {}",
+                    humantime::format_duration(MIN_PREFETCH_INTERVAL)
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -997,6 +1049,7 @@ impl Config {
     /// Checks what serde cannot: cross-references, URL shapes, limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        self.validate_prefetch()?;
         if let Some(shared) = &self.shared {
             shared.validate()?;
         }
@@ -1271,6 +1324,10 @@ impl<'de> Deserialize<'de> for ByteSize {
             Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
         }
     }
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

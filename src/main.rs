@@ -70,19 +70,38 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             config,
             server,
             output,
+            compress,
+            check,
             all,
             pinned,
             lists,
             items,
         } => {
+            if let Some(bundle) = check {
+                let config = cli::load_for_tool(&config)?;
+                return Ok(wharf::tools::check::command(&config, &bundle).await);
+            }
             let via = via(&config, &server)?;
             let config = cli::load_for_tool(&config)?;
+            let output = output.unwrap_or_default();
+            let codec = match compress.as_deref() {
+                Some(c) => wharf::tools::source::Codec::parse(c),
+                None => Ok(wharf::tools::source::Codec::of_name(&output)),
+            };
+            let codec = match codec {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("wharf: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
             let args = wharf::tools::export::ExportArgs {
                 items,
                 lists,
                 all,
                 pinned,
                 output,
+                codec,
             };
             wharf::tools::export::command(&config, via, args).await
         }

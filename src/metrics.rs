@@ -31,6 +31,30 @@ pub struct Metrics {
     conns_shed: AtomicU64,
     conns_refused: AtomicU64,
     accept_failures: AtomicU64,
+    /// The scheduled prefetch (`[[prefetch]]`).
+    pub prefetch: PrefetchRuns,
+}
+
+/// What the scheduled prefetch did: runs, and the last run's time, items and failures.
+#[derive(Default)]
+pub struct PrefetchRuns {
+    pub runs: AtomicU64,
+    pub last_run_unix: AtomicU64,
+    pub last_items: AtomicU64,
+    pub last_failures: AtomicU64,
+    pub items_total: AtomicU64,
+    pub failures_total: AtomicU64,
+}
+
+impl PrefetchRuns {
+    pub fn record(&self, finished_unix: u64, items: u64, failures: u64) {
+        self.last_run_unix.store(finished_unix, Ordering::Relaxed);
+        self.last_items.store(items, Ordering::Relaxed);
+        self.last_failures.store(failures, Ordering::Relaxed);
+        self.items_total.fetch_add(items, Ordering::Relaxed);
+        self.failures_total.fetch_add(failures, Ordering::Relaxed);
+        self.runs.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {

@@ -130,6 +130,7 @@ pub fn render(app: &AppState) -> String {
     ] {
         scalar(&mut o, (name, "counter", help, value));
     }
+    render_prefetch(&mut o, &m.prefetch);
     let _ = writeln!(
         o,
         "# HELP wharf_offline Whether wharf runs with offline = true."
@@ -509,5 +510,50 @@ fn render_rate_limits(o: &mut String, app: &AppState) {
             let v = if pick == 0 { limit } else { remaining };
             let _ = writeln!(o, "{name}{{upstream=\"{upstream}\"}} {v}");
         }
+    }
+}
+
+/// The scheduled prefetch (`[[prefetch]]`): runs, and what the last one did.
+fn render_prefetch(o: &mut String, p: &crate::metrics::PrefetchRuns) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, kind, help, value) in [
+        (
+            "wharf_prefetch_runs_total",
+            "counter",
+            "Scheduled prefetch runs finished.",
+            p.runs.load(Relaxed),
+        ),
+        (
+            "wharf_prefetch_items_total",
+            "counter",
+            "Items the scheduled prefetch fetched and pinned, or tried to.",
+            p.items_total.load(Relaxed),
+        ),
+        (
+            "wharf_prefetch_failures_total",
+            "counter",
+            "Items the scheduled prefetch could not fetch or pin.",
+            p.failures_total.load(Relaxed),
+        ),
+        (
+            "wharf_prefetch_last_run_timestamp_seconds",
+            "gauge",
+            "When the last scheduled prefetch run finished (Unix time; 0: none yet).",
+            p.last_run_unix.load(Relaxed),
+        ),
+        (
+            "wharf_prefetch_last_run_items",
+            "gauge",
+            "Items the last scheduled prefetch run tried.",
+            p.last_items.load(Relaxed),
+        ),
+        (
+            "wharf_prefetch_last_run_failures",
+            "gauge",
+            "Items the last scheduled prefetch run could not fetch or pin.",
+            p.last_failures.load(Relaxed),
+        ),
+    ] {
+        scalar(o, (name, kind, help, value));
     }
 }

@@ -561,3 +561,297 @@ async fn prefetch_resolves_latest_and_minor_queries_from_the_version_list_alone(
         );
     }
 }
+
+/// wharf A (online, `go.verify = false`) and wharf B (offline), both knowing the checksum
+/// database `sum.fake` served by `db`; A holds example.com/Mod@v1.2.0 and its lookup, fetched
+/// the way a go command with its own tiles asks (the lookup alone), so no tile is cached.
+async fn module_with_a_lookup_but_no_tiles()
+-> (tempfile::TempDir, GoFake, support::Wharf, PathBuf, PathBuf) {
+    let reg = FakeRegistry::start().await;
+    let go = GoFake::start().await;
+    let db = GoFake::start().await;
+    let zip = module_zip(
+        "example.com/Mod",
+        "v1.2.0",
+        &[("go.mod", GO_MOD), ("a.go", "package mod\n")],
+    );
+    go.put_module("example.com/!mod", "v1.2.0", GO_MOD, zip.clone());
+    let vkey = serve_sumdb(
+        &db,
+        "sum.fake",
+        &[SumRecord {
+            escaped: "example.com/!mod",
+            path: "example.com/Mod",
+            version: "v1.2.0",
+            zip: &zip,
+            go_mod: GO_MOD,
+        }],
+    );
+    let sumdb = format!(
+        "[[go.sumdb]]\nname = \"sum.fake\"\nkey = {}\nurl = {}\n",
+        quote(&vkey),
+        quote(&db.url())
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a-data");
+    let text = WharfConfig::fakes(&reg.url(), &go.url(), &data)
+        .listen_anywhere()
+        .tables(&sumdb)
+        .toml();
+    let a_config = dir.path().join("a.toml");
+    std::fs::write(&a_config, &text).unwrap();
+    let a = support::Wharf::start_with_config(&text, &data).await;
+    let b_data = dir.path().join("b-data");
+    let b_text = WharfConfig::fakes("http://127.0.0.1:9", "http://127.0.0.1:9", &b_data)
+        .listen_anywhere()
+        .offline(true)
+        .go_keys("verify = true")
+        .tables(&sumdb)
+        .toml();
+    let b_config = dir.path().join("b.toml");
+    std::fs::write(&b_config, &b_text).unwrap();
+    for path in [
+        "/go/example.com/!mod/@v/v1.2.0.info",
+        "/go/example.com/!mod/@v/v1.2.0.mod",
+        "/go/example.com/!mod/@v/v1.2.0.zip",
+        "/go/sumdb/sum.fake/lookup/example.com/!mod@v1.2.0",
+    ] {
+        let (s, _, _) = get(&a, path).await;
+        assert_eq!(s, 200, "{path}");
+    }
+    assert_eq!(db.count("tile/"), 0, "{:?}", db.seen());
+    (dir, db, a, a_config, b_config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_fetches_the_tiles_import_needs_or_fails_with_the_import_s_message() {
+    let (dir, db, a, a_config, b_config) = module_with_a_lookup_but_no_tiles().await;
+    let (acfg, bcfg) = (a_config.to_str().unwrap(), b_config.to_str().unwrap());
+    let server = a.url("");
+    let bundle = dir.path().join("m.tar");
+    let export = |out: PathBuf| {
+        let server = server.clone();
+        async move {
+            run_wharf(&[
+                "export",
+                "--config",
+                acfg,
+                "--server",
+                &server,
+                "example.com/Mod@v1.2.0",
+                "-o",
+                out.to_str().unwrap(),
+            ])
+            .await
+        }
+    };
+
+    // The checksum database is down: no tile can be fetched, and the export says what import
+    // would say, leaving no bundle behind.
+    db.fail_with(Some(503));
+    let out = export(bundle.clone()).await;
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("import would refuse the bundle")
+            && err.contains("example.com/Mod@v1.2.0: cannot verify with sum.fake"),
+        "{err}"
+    );
+    assert!(!bundle.exists() && !dir.path().join("m.tar.partial").exists());
+
+    // It is back: export fetches the tile through A, and B proves the module offline.
+    db.fail_with(None);
+    ok(export(bundle.clone()).await);
+    assert!(db.count("tile/8/0/000.p/2") >= 1, "{:?}", db.seen());
+    let out = ok(run_wharf(&[
+        "export",
+        "--config",
+        bcfg,
+        "--check",
+        bundle.to_str().unwrap(),
+    ])
+    .await);
+    expect_stdout(
+        &out,
+        "1 module version(s) (1 proven by a checksum database)",
+    );
+    expect_stdout(&out, "import would accept it");
+    let out = ok(run_wharf(&["import", "--config", bcfg, bundle.to_str().unwrap()]).await);
+    expect_stdout(
+        &out,
+        "1 module version(s) (1 proven by a checksum database)",
+    );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_check_refuses_what_import_refuses_and_writes_nothing() {
+    let e = prefetch_and_export().await;
+    let (config, _, data) = offline_config(e.dir.path(), "b");
+    let cfg = config.to_str().unwrap();
+    let out = ok(run_wharf(&[
+        "export",
+        "--config",
+        cfg,
+        "--check",
+        e.bundle.to_str().unwrap(),
+    ])
+    .await);
+    expect_stdout(&out, "2 image name(s)");
+    expect_stdout(&out, "import would accept it");
+
+    let layer = sha256(&e.layers[0]);
+    let bad = e.dir.path().join("bad-layer.tar");
+    flipped_copy(
+        &e.bundle,
+        &format!("oci/blobs/sha256/{}", &layer[7..]),
+        &bad,
+    );
+    let out = run_wharf(&["export", "--config", cfg, "--check", bad.to_str().unwrap()]).await;
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("would be refused")
+            && err.contains(&layer)
+            && err.contains("fake.test/test/app:v1")
+            && err.contains("does not match"),
+        "{err}"
+    );
+    // A zip that fails its h1: check, as import's server-side check says it.
+    let bad_zip = e.dir.path().join("bad-zip.tar");
+    flipped_copy(&e.bundle, "go/example.com/!mod/@v/v1.2.0.zip", &bad_zip);
+    let out = run_wharf(&[
+        "export",
+        "--config",
+        cfg,
+        "--check",
+        bad_zip.to_str().unwrap(),
+    ])
+    .await;
+    assert!(!out.status.success(), "{}", describe(&out));
+    expect_stderr(&out, "example.com/Mod@v1.2.0 .zip");
+    assert!(
+        files_under(&data).is_empty(),
+        "--check wrote into the data directory"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_bundles_export_by_name_or_flag_and_import_by_their_magic_bytes() {
+    let e = prefetch_and_export().await;
+    let a = e.dir.path().join("a.toml");
+    let acfg = a.to_str().unwrap();
+    let plain_len = std::fs::metadata(&e.bundle).unwrap().len();
+    let zst = e.dir.path().join("site.tar.zst");
+    // gzip by the flag, under a name that says nothing (import goes by the first bytes).
+    let gz = e.dir.path().join("site.bundle");
+    for (out, extra) in [(&zst, None), (&gz, Some("gzip"))] {
+        let mut args = vec![
+            "export",
+            "--config",
+            acfg,
+            "--pinned",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        if let Some(c) = extra {
+            args.extend(["--compress", c]);
+        }
+        let out = ok(run_wharf(&args).await);
+        expect_stdout(&out, "export: 2 image(s)");
+    }
+    let magic = |p: &Path| std::fs::read(p).unwrap()[..4].to_vec();
+    assert_eq!(magic(&zst), [0x28, 0xb5, 0x2f, 0xfd]);
+    assert_eq!(magic(&gz)[..2], [0x1f, 0x8b]);
+    assert!(std::fs::metadata(&zst).unwrap().len() < plain_len);
+
+    for (name, bundle) in [("z", &zst), ("g", &gz)] {
+        let (config, text, data) = offline_config(e.dir.path(), name);
+        let cfg = config.to_str().unwrap();
+        let out = ok(run_wharf(&[
+            "export",
+            "--config",
+            cfg,
+            "--check",
+            bundle.to_str().unwrap(),
+        ])
+        .await);
+        expect_stdout(&out, "import would accept it");
+        let out = ok(run_wharf(&["import", "--config", cfg, bundle.to_str().unwrap()]).await);
+        expect_stdout(&out, "2 tag(s)");
+        let out = ok(run_wharf(&["import", "--config", cfg, bundle.to_str().unwrap()]).await);
+        expect_stdout(&out, "stored 0 B");
+        let b = support::Wharf::start_with_config(&text, &data).await;
+        for l in &e.layers {
+            let (s, body, _) =
+                get(&b, &format!("/v2/fake.test/test/app/blobs/{}", sha256(l))).await;
+            assert_eq!((s, &body), (200, l), "{name}");
+        }
+        let (s, body, _) = get(&b, "/go/example.com/!mod/@v/v1.2.0.zip").await;
+        assert_eq!((s, body), (200, e.zip.clone()));
+        b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_or_damaged_compressed_bundle_is_refused_in_one_line_and_nothing_is_indexed() {
+    let e = prefetch_and_export().await;
+    let a = e.dir.path().join("a.toml");
+    let zst = e.dir.path().join("site.tar.zst");
+    let gz = e.dir.path().join("site.tgz");
+    for out in [&zst, &gz] {
+        ok(run_wharf(&[
+            "export",
+            "--config",
+            a.to_str().unwrap(),
+            "--pinned",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .await);
+    }
+    let (config, text, data) = offline_config(e.dir.path(), "b");
+    let cfg = config.to_str().unwrap();
+    let mut bad = Vec::new();
+    for (src, ext) in [(&zst, "tar.zst"), (&gz, "tgz")] {
+        let bytes = std::fs::read(src).unwrap();
+        let cut = e.dir.path().join(format!("cut.{ext}"));
+        std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+        let mut flipped = bytes.clone();
+        let at = flipped.len() / 2;
+        flipped[at] ^= 0x55;
+        flipped[at + 1] ^= 0x55;
+        let damaged = e.dir.path().join(format!("damaged.{ext}"));
+        std::fs::write(&damaged, &flipped).unwrap();
+        bad.extend([cut, damaged]);
+    }
+    for b in &bad {
+        for args in [
+            vec!["import", "--config", cfg, b.to_str().unwrap()],
+            vec!["export", "--config", cfg, "--check", b.to_str().unwrap()],
+        ] {
+            let out = run_wharf(&args).await;
+            assert!(!out.status.success(), "{}", describe(&out));
+            let err = stderr(&out);
+            assert!(!err.contains("panicked"), "{err}");
+            // One line says why, naming the file; the stream's own check finds it first.
+            let why = err
+                .lines()
+                .find(|l| l.contains("refused"))
+                .unwrap_or_default();
+            assert!(
+                why.contains(b.file_name().unwrap().to_str().unwrap())
+                    && why.contains("damaged or truncated"),
+                "{}: {err}",
+                b.display()
+            );
+        }
+    }
+    // Nothing of them was indexed.
+    let w = support::Wharf::start_with_config(&text, &data).await;
+    let (s, _, _) = get(&w, "/v2/fake.test/test/app/manifests/v1").await;
+    assert_eq!(s, 404);
+    let (s, _, _) = get(&w, "/go/example.com/!mod/@v/v1.2.0.zip").await;
+    assert_eq!(s, 404);
+    w.stop().await;
+}

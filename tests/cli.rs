@@ -779,3 +779,169 @@ async fn request_lines_follow_the_json_log_format() {
     );
     assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
 }
+
+/// A `/metrics` sample's value.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefetch_list_is_refreshed_on_its_interval_pinned_and_counted_in_metrics() {
+    let reg = FakeRegistry::start().await;
+    let go = GoFake::start().await;
+    let first = bytes_of(3000, 1);
+    reg.put_image("test/app", "v1", std::slice::from_ref(&first));
+    let module = |v: &str| {
+        let zip = module_zip(
+            "example.com/Mod",
+            v,
+            &[("go.mod", "module example.com/Mod\n")],
+        );
+        go.put_module("example.com/!mod", v, "module example.com/Mod\n", zip);
+        go.put(
+            "example.com/!mod/@latest",
+            format!(r#"{{"Version":"{v}","Time":"2024-01-02T03:04:05Z"}}"#),
+        );
+    };
+    module("v1.1.0");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = WharfConfig::fakes(&reg.url(), &go.url(), &data)
+        .top("prefetch_interval = \"1h\"")
+        .registry("tag_ttl = \"0s\"")
+        .go_keys("list_ttl = \"0s\"")
+        .tables(
+            "[[prefetch]]\nitems = [\"fake.test/test/app:v1\", \"example.com/Mod@latest\"]\nevery = \"1s\"\n\n[[prefetch]]\nitems = [\"fake.test/test/missing:v1\"]\n",
+        )
+        .write(&dir.path().join("wharf.toml"));
+    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+
+    // Nobody asks: the list is fetched at start, the missing image counted as a failure.
+    let first_blob = sha256(&first);
+    eventually("the first run", || {
+        reg.count("GET", &format!("/blobs/{first_blob}")) == 1 && go.count("v1.1.0.zip") == 1
+    })
+    .await;
+    let metrics = || async { read_text(get(server.url("/metrics")).await).await };
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = metrics().await;
+        if metric(&text, "wharf_prefetch_runs_total").unwrap_or(0) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        metric(&text, "wharf_prefetch_last_run_items"),
+        Some(3),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "wharf_prefetch_last_run_failures"),
+        Some(1),
+        "{text}"
+    );
+    assert!(metric(&text, "wharf_prefetch_last_run_timestamp_seconds").unwrap_or(0) > 0);
+    assert!(
+        server.logs().contains("fake.test/test/missing:v1"),
+        "{}",
+        server.logs()
+    );
+
+    // The tag moves and a module version appears: fetched on the next runs, before anyone asks.
+    let second = bytes_of(4000, 2);
+    reg.put_image("test/app", "v1", std::slice::from_ref(&second));
+    module("v1.2.0");
+    let second_blob = sha256(&second);
+    eventually("the new digest and version", || {
+        reg.count("GET", &format!("/blobs/{second_blob}")) == 1 && go.count("v1.2.0.zip") == 1
+    })
+    .await;
+    // The first entry runs every second, the second only hourly: later runs try two items.
+    let mut runs = 0;
+    for _ in 0..200 {
+        text = metrics().await;
+        runs = metric(&text, "wharf_prefetch_runs_total").unwrap_or(0);
+        if runs >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(runs >= 3, "{text}");
+    assert_eq!(
+        metric(&text, "wharf_prefetch_last_run_items"),
+        Some(2),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "wharf_prefetch_last_run_failures"),
+        Some(0),
+        "{text}"
+    );
+
+    // SIGTERM stops it with the server; what it fetched is pinned (prefetch's own pins).
+    let mut server = server;
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}\n{}", server.logs());
+    let out = ok(run_wharf(&["stats", "--config", config.to_str().unwrap()]).await);
+    let stats = stdout(&out);
+    let pinned = stats
+        .lines()
+        .find(|l| l.starts_with("pinned"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !pinned.is_empty() && !pinned.contains("in 0 objects"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefetch_list_is_not_run_offline_and_bad_items_are_refused_at_start() {
+    let reg = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let list = "[[prefetch]]\nitems = [\"fake.test/test/app:v1\"]\nevery = \"1s\"\n";
+    let config = WharfConfig::fake(&reg.url(), &data)
+        .offline(true)
+        .tables(list)
+        .write(&dir.path().join("offline.toml"));
+    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(reg.count("GET", "/"), 0, "{}", server.logs());
+    let text = read_text(get(server.url("/metrics")).await).await;
+    assert_eq!(
+        metric(&text, "wharf_prefetch_runs_total"),
+        Some(0),
+        "{text}"
+    );
+    server.stop().await;
+
+    for (bad, why) in [
+        (
+            "[[prefetch]]\nitems = [\"quay.io/x/y:1\"]\n",
+            "prefetch[0].items",
+        ),
+        (
+            "[[prefetch]]\nitems = [\"a:1\"]\nplatforms = [\"linux\"]\n",
+            "prefetch[0].platforms",
+        ),
+        ("[[prefetch]]\nitems = []\n", "prefetch[0].items is empty"),
+        ("prefetch_interval = \"0s\"\n", "prefetch_interval"),
+    ] {
+        let path = dir.path().join("bad.toml");
+        let mut text = WharfConfig::fake(&reg.url(), &data).toml();
+        if bad.starts_with("prefetch_interval") {
+            text = format!("{bad}{text}");
+        } else {
+            text.push_str(bad);
+        }
+        std::fs::write(&path, text).unwrap();
+        let out = run_wharf(&["check-config", "--config", path.to_str().unwrap()]).await;
+        assert!(!out.status.success(), "{bad}: {}", describe(&out));
+        expect_stderr(&out, why);
+    }
+}

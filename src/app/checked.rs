@@ -31,6 +31,7 @@ impl Checked {
     pub fn new(config: Config) -> Result<Checked, Error> {
         config.validate()?;
         let invalid = |m: String| Error::Config(ConfigError::Invalid(m));
+        check_prefetch(&config).map_err(invalid)?;
         let egress = Arc::new(EgressPolicy::from_config(&config.egress).map_err(invalid)?);
         let mut unread = Vec::new();
         let mut upstreams = HashMap::new();
@@ -123,6 +124,28 @@ fn read(
         });
         None
     })
+}
+
+/// `[[prefetch]]` items and platforms, parsed as `wharf prefetch` parses them (and image
+/// references resolved against the configured upstreams).
+fn check_prefetch(config: &Config) -> Result<(), String> {
+    for (i, p) in config.prefetch.iter().enumerate() {
+        for item in &p.items {
+            match crate::bundle::parse_item(item) {
+                Ok(crate::bundle::Item::Image(r)) => {
+                    crate::bundle::ImageRef::parse(config, &r)
+                        .map_err(|e| format!("prefetch[{i}].items: {e}"))?;
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("prefetch[{i}].items: {e}")),
+            }
+        }
+        for pl in &p.platforms {
+            pl.parse::<crate::bundle::Platform>()
+                .map_err(|e| format!("prefetch[{i}].platforms: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,33 +5,78 @@
 //! its lookup), and only when all of it holds, indexes and pins. A refusal indexes nothing.
 //!
 //! The two halves are two types: `check` runs the numbered phases and is the only maker of a
-//! `Checked`; `commit` takes one and is the only code here that writes to the index.
+//! `Checked`; `commit` takes one and is the only code here that writes to the index. The check
+//! reads through `Content`, so `wharf export --check` runs it over a bundle file (`verify`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use wharf_storage::{
-    BlobRecord, Digest, GoFileRecord, GoListRecord, PinRecord, RefsRecord, StorageError,
-    SumdbRecord, TagListRecord, TagRecord, unix_now,
+    BlobRecord, Digest, GoFileRecord, GoListRecord, PinRecord, RefsRecord, SumdbRecord,
+    TagListRecord, TagRecord, unix_now,
 };
 
 use super::sumdb::{StoreSource, verifiers};
 use super::{
-    BundleError, BundleManifest, ImportReply, ImportRequest, Mirror, ModuleEntry, children_of,
+    BundleError, BundleManifest, Content, ImportReply, ImportRequest, Mirror, ModuleEntry, Stored,
+    children_of,
 };
+use crate::config::Config;
 use crate::goproxy::path::{self, GoRoute, ModulePath, escape, is_canonical};
 use crate::goproxy::sumdb::Verifier;
 use crate::registry::manifest;
 use crate::registry::routes::{RepoName, Tag};
 
+/// What the check reads: the importing wharf's config and private rules, and the bytes.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub config: &'a Config,
+    /// Whether a `[[go.private]]` rule covers a module.
+    pub is_private: &'a (dyn Fn(&ModulePath) -> bool + Send + Sync),
+    pub content: &'a Arc<dyn Content>,
+}
+
+impl Inputs<'_> {
+    fn is_public(&self, module: &ModulePath) -> bool {
+        !(self.is_private)(module)
+    }
+
+    fn max_manifest(&self) -> u64 {
+        self.config.registry.max_manifest_size.0
+    }
+}
+
 /// Checks everything the request names, then indexes and pins it.
 pub async fn apply(app: Mirror<'_>, req: ImportRequest) -> Result<ImportReply, BundleError> {
-    let checked = check(app, &req).await?;
-    commit(app, checked).await
+    let content = Stored::shared(app.storage);
+    let inputs = Inputs {
+        config: app.config,
+        is_private: app.is_private,
+        content: &content,
+    };
+    let checked = check(inputs, &req.contents).await?;
+    commit(app, &req.reason, checked).await
+}
+
+/// What a successful check found, without importing anything.
+#[derive(Debug, Default)]
+pub struct Verified {
+    pub modules_sumdb_verified: usize,
+    pub warnings: Vec<String>,
+}
+
+/// The check alone, as `apply` runs it, over any `Content`: what `wharf export --check` runs.
+pub async fn verify(inputs: Inputs<'_>, c: &BundleManifest) -> Result<Verified, BundleError> {
+    let checked = check(inputs, c).await?;
+    Ok(Verified {
+        modules_sumdb_verified: checked.modules.iter().filter(|m| m.sumdb_verified).count(),
+        warnings: checked.warnings,
+    })
 }
 
 /// An import whose every part passed its checks: made only by `check`, consumed by `commit`.
 struct Checked<'r> {
-    req: &'r ImportRequest,
+    contents: &'r BundleManifest,
     /// Each manifest's children (child manifests, then config and layers), for `RefsRecord`.
     refs: BTreeMap<Digest, Vec<Digest>>,
     modules: Vec<CheckedModule<'r>>,
@@ -63,8 +108,7 @@ type Hashes = (Option<String>, Option<String>);
 type Sources<'a> = Vec<(String, Verifier, StoreSource<'a>)>;
 
 /// Runs the phases in order; the first refusal ends the import before anything is written.
-async fn check<'r>(app: Mirror<'_>, req: &'r ImportRequest) -> Result<Checked<'r>, BundleError> {
-    let c = &req.contents;
+async fn check<'r>(app: Inputs<'_>, c: &'r BundleManifest) -> Result<Checked<'r>, BundleError> {
     let mut warnings = Vec::new();
     check_blobs(app, c)?;
     let refs = check_manifests(app, c, &mut warnings)?;
@@ -74,7 +118,7 @@ async fn check<'r>(app: Mirror<'_>, req: &'r ImportRequest) -> Result<Checked<'r
     warnings.dedup();
     let (modules, sumdb) = check_modules(app, c, files, &mut warnings).await?;
     Ok(Checked {
-        req,
+        contents: c,
         refs,
         modules,
         sumdb,
@@ -83,17 +127,9 @@ async fn check<'r>(app: Mirror<'_>, req: &'r ImportRequest) -> Result<Checked<'r
 }
 
 /// Phase 1: every blob is stored, at its size.
-fn check_blobs(app: Mirror<'_>, c: &BundleManifest) -> Result<(), BundleError> {
+fn check_blobs(app: Inputs<'_>, c: &BundleManifest) -> Result<(), BundleError> {
     for b in &c.blobs {
-        let stored = app
-            .storage
-            .blobs
-            .size(&b.digest)
-            .map_err(StorageError::io(format!(
-                "cannot read the size of blob {}",
-                b.digest
-            )))?;
-        match stored {
+        match app.content.size(&b.digest)? {
             Some(n) if n == b.size => {}
             Some(n) => {
                 return Err(BundleError::refused(format!(
@@ -115,11 +151,11 @@ fn check_blobs(app: Mirror<'_>, c: &BundleManifest) -> Result<(), BundleError> {
 /// Phase 2: manifests are valid documents whose config and layers are stored. Returns each
 /// one's children; a child manifest that is missing (another platform) is a warning.
 fn check_manifests(
-    app: Mirror<'_>,
+    app: Inputs<'_>,
     c: &BundleManifest,
     warnings: &mut Vec<String>,
 ) -> Result<BTreeMap<Digest, Vec<Digest>>, BundleError> {
-    let blobs = &app.storage.blobs;
+    let blobs = app.content;
     let mut refs = BTreeMap::new();
     for b in c.blobs.iter().filter(|b| b.media_type.is_some()) {
         let media = b.media_type.as_deref().unwrap_or_default();
@@ -159,12 +195,12 @@ fn check_manifests(
 
 /// Phase 3: tags name stored manifests under valid names.
 fn check_images(
-    app: Mirror<'_>,
+    app: Inputs<'_>,
     c: &BundleManifest,
     warnings: &mut Vec<String>,
 ) -> Result<(), BundleError> {
     for i in &c.images {
-        if !app.storage.blobs.contains(&i.digest) {
+        if !app.content.contains(&i.digest) {
             return Err(BundleError::refused(format!(
                 "{}: manifest {} is not in the bundle",
                 i.reference, i.digest
@@ -188,7 +224,7 @@ fn check_images(
 /// Phase 4: checksum-database files have valid paths of configured databases (files of other
 /// databases are left out, with a warning).
 fn check_sumdb_files(
-    app: Mirror<'_>,
+    app: Inputs<'_>,
     c: &BundleManifest,
     warnings: &mut Vec<String>,
 ) -> Result<SumdbFiles, BundleError> {
@@ -210,7 +246,7 @@ fn check_sumdb_files(
                 )));
             }
         }
-        if !app.storage.blobs.contains(&s.digest) {
+        if !app.content.contains(&s.digest) {
             return Err(BundleError::refused(format!(
                 "sumdb/{}/{} is not stored",
                 s.db, s.path
@@ -227,7 +263,7 @@ fn check_sumdb_files(
 /// Phase 5: module versions (.info, zip rules, h1: hashes, checksum-database proofs). Returns
 /// the checked versions and, per database, the files and what the proofs authenticated.
 async fn check_modules<'r>(
-    app: Mirror<'_>,
+    app: Inputs<'_>,
     c: &'r BundleManifest,
     files: SumdbFiles,
     warnings: &mut Vec<String>,
@@ -236,7 +272,7 @@ async fn check_modules<'r>(
         .into_iter()
         .map(|(name, v)| {
             let extra = files.get(&name).cloned().unwrap_or_default();
-            let src = StoreSource::new(app.storage, &name, extra);
+            let src = StoreSource::new(app.content.as_ref(), &name, extra);
             (name, v, src)
         })
         .collect();
@@ -273,7 +309,7 @@ async fn check_modules<'r>(
 /// One module version on its own: a valid path, a canonical version, and stored files that pass
 /// the zip rules and hash to the `h1:` the bundle claims.
 async fn check_module(
-    app: Mirror<'_>,
+    app: Inputs<'_>,
     m: &ModuleEntry,
 ) -> Result<(ModulePath, Hashes), BundleError> {
     let name = m.name();
@@ -302,7 +338,7 @@ async fn check_module(
 /// Verifies a public module version with every database whose lookup for it is imported or
 /// cached; a hash a database contradicts is refused. Whether any database proved it.
 async fn prove(
-    app: Mirror<'_>,
+    app: Inputs<'_>,
     m: &ModuleEntry,
     (mod_h1, zip_h1): &Hashes,
     sources: &Sources<'_>,
@@ -312,7 +348,7 @@ async fn prove(
     let key = format!("lookup/{}@{}", escape(&m.path), escape(&m.version));
     let mut proven = false;
     for (db, verifier, src) in sources {
-        if !src_has(app, db, files, &key) {
+        if !src_has(app, db, files, &key)? {
             continue;
         }
         let r = verifier
@@ -336,15 +372,18 @@ async fn prove(
 }
 
 /// Everything holds: index, then pin, then flush.
-async fn commit(app: Mirror<'_>, checked: Checked<'_>) -> Result<ImportReply, BundleError> {
+async fn commit(
+    app: Mirror<'_>,
+    reason: &str,
+    checked: Checked<'_>,
+) -> Result<ImportReply, BundleError> {
     let Checked {
-        req,
+        contents: c,
         refs,
         modules,
         sumdb,
         warnings,
     } = checked;
-    let c = &req.contents;
     let now = unix_now();
     let mut reply = ImportReply {
         warnings,
@@ -356,7 +395,7 @@ async fn commit(app: Mirror<'_>, checked: Checked<'_>) -> Result<ImportReply, Bu
     index_modules(app, &modules, now, &mut pinned, &mut reply)?;
     index_sumdb(app, &sumdb, now, &mut pinned, &mut reply)?;
     let pin = PinRecord {
-        reason: req.reason.clone(),
+        reason: reason.to_string(),
         pinned_unix: now,
     };
     for d in &pinned {
@@ -365,7 +404,7 @@ async fn commit(app: Mirror<'_>, checked: Checked<'_>) -> Result<ImportReply, Bu
     reply.pinned = pinned.len();
     app.storage.index.flush_async().await?;
     tracing::info!(
-        reason = %req.reason,
+        reason = %reason,
         tags = reply.tags,
         manifests = reply.manifests,
         blobs = reply.blobs,
@@ -542,23 +581,23 @@ fn index_sumdb(
 }
 
 /// Whether a lookup is among the imported files or already cached.
-fn src_has(app: Mirror<'_>, db: &str, files: &SumdbFiles, key: &str) -> bool {
-    files.get(db).is_some_and(|f| f.contains_key(key))
-        || app
-            .storage
-            .index
-            .get_sumdb(db, key)
-            .ok()
-            .flatten()
-            .is_some()
+fn src_has(app: Inputs<'_>, db: &str, files: &SumdbFiles, key: &str) -> Result<bool, BundleError> {
+    if files.get(db).is_some_and(|f| f.contains_key(key)) {
+        return Ok(true);
+    }
+    let cached = app
+        .content
+        .cached_sumdb(db, key)
+        .map_err(|e| BundleError::refused(format!("sumdb/{db}/{key}: {e}")))?;
+    Ok(cached.is_some())
 }
 
 /// Checks a module version's stored files and returns the `h1:` of its .mod and .zip.
 async fn hashes(
-    app: Mirror<'_>,
+    app: Inputs<'_>,
     m: &ModuleEntry,
 ) -> Result<(Option<String>, Option<String>), String> {
-    let blobs = app.storage.blobs.clone();
+    let blobs = app.content.clone();
     let m = m.clone();
     tokio::task::spawn_blocking(move || {
         if let Some(info) = &m.info {
@@ -583,19 +622,11 @@ async fn hashes(
             None => None,
         };
         let zip_h1 = match &m.zip {
-            Some(f) => {
-                let file = blobs
-                    .open_blob(&f.digest)
-                    .map_err(|e| format!(".zip: {e}"))?;
-                Some(
-                    crate::goproxy::hash::check_and_hash_zip(
-                        std::io::BufReader::new(file),
-                        &m.path,
-                        &m.version,
-                    )
+            Some(f) => Some(
+                blobs
+                    .zip_h1(&f.digest, &m.path, &m.version)
                     .map_err(|e| format!(".zip: {e}"))?,
-                )
-            }
+            ),
             None => None,
         };
         Ok((mod_h1, zip_h1))

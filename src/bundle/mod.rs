@@ -21,18 +21,22 @@
 //! | `plan`     | server side of export: what a selection contains, h1 hashes, sumdb proofs  |
 //! | `apply`    | server side of import: verify everything, then index and pin               |
 //! | `sumdb`    | checksum-database proofs from stored lookups and tiles                      |
+//! | `content`  | what the check reads: this wharf's storage, or a bundle file (`--check`)    |
 //! | `mirror`   | what the server side reads and writes (`Mirror`: storage, config, private) |
 //! | `error`    | how the server side fails (`BundleError`), mapped to HTTP by `admin`       |
-//! | `export`   | `wharf export`: plan, then stream blobs into the tar                       |
+//! | `export`   | `wharf export`: plan, then stream blobs into the tar, then check it        |
+//! | `check`    | `wharf export --check`: a bundle file checked as `import` would            |
 //! | `source`   | reading bundles, OCI layouts, go caches and `docker save` tarballs         |
 //! | `import`   | `wharf import`: upload verified blobs, then ask the server to index them   |
 
 pub mod apply;
+mod content;
 mod error;
 mod mirror;
 pub mod plan;
 pub mod sumdb;
 
+pub use content::{Content, Stored};
 pub use error::BundleError;
 pub use mirror::Mirror;
 
@@ -75,6 +79,11 @@ pub struct BundleManifest {
     /// What the exporter skipped, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// In an export plan only: checksum-database files (`<db>/<path>`) that a proof needs and
+    /// the cache lacks. `wharf export` fetches them through wharf and plans again; never
+    /// written into a bundle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_sumdb: Vec<String>,
 }
 
 impl BundleManifest {

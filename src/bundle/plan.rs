@@ -10,7 +10,7 @@ use wharf_storage::{Digest, unix_now};
 use super::sumdb::{StoreSource, trusted, verifiers};
 use super::{
     BlobEntry, BundleError, BundleManifest, ExportRequest, FileEntry, ImageEntry, ImageRef, Mirror,
-    ModuleEntry, SumdbEntry, children_of,
+    ModuleEntry, Stored, SumdbEntry, children_of,
 };
 use crate::goproxy::path::{ModulePath, escape, is_canonical};
 use crate::registry::manifest;
@@ -37,7 +37,7 @@ pub async fn plan(app: Mirror<'_>, req: &ExportRequest) -> Result<BundleManifest
     };
     plan_images(app, req, &pinned, &mut out)?;
     plan_modules(app, req, &pinned, &mut out).await?;
-    out.sumdb = proofs(app, &out.modules).await;
+    (out.sumdb, out.missing_sumdb) = proofs(app, &out.modules).await;
     Ok(out)
 }
 
@@ -377,12 +377,15 @@ async fn module_entry(app: Mirror<'_>, path: &str, version: &str) -> Result<Modu
     Ok(e)
 }
 
-/// The cached lookups and tiles that prove the modules' hashes, for every configured database.
-/// A module without a cached lookup (private, or `go.verify = false`) gets none.
-async fn proofs(app: Mirror<'_>, modules: &[ModuleEntry]) -> Vec<SumdbEntry> {
+/// The cached lookups and tiles that prove the modules' hashes, for every configured database,
+/// and the files a proof needed that the cache lacks (`<db>/<path>`: the exporter fetches them
+/// and asks again). A module without a cached lookup (private, or `go.verify = false`) gets none.
+async fn proofs(app: Mirror<'_>, modules: &[ModuleEntry]) -> (Vec<SumdbEntry>, Vec<String>) {
     let mut out = Vec::new();
+    let mut missing = Vec::new();
+    let content = Stored(app.storage.clone());
     for (db, verifier) in verifiers(app.config) {
-        let src = StoreSource::new(app.storage, &db, HashMap::new());
+        let src = StoreSource::new(&content, &db, HashMap::new());
         let known = trusted(&app.storage.index, &db);
         for m in modules {
             let public = ModulePath::parse(&m.path)
@@ -403,7 +406,7 @@ async fn proofs(app: Mirror<'_>, modules: &[ModuleEntry]) -> Vec<SumdbEntry> {
             // trusts (a client that has seen it): both sets of tiles travel.
             let own = verifier.lookup(&src, &m.path, &m.version, None).await;
             if let Err(e) = own {
-                tracing::warn!(module = %m.name(), error = %e, "cannot prove a cached lookup; exporting it without tiles");
+                tracing::info!(module = %m.name(), error = %e, "cannot prove a cached lookup from the cache alone");
             }
             if known.is_some() {
                 let _ = verifier
@@ -411,6 +414,7 @@ async fn proofs(app: Mirror<'_>, modules: &[ModuleEntry]) -> Vec<SumdbEntry> {
                     .await;
             }
         }
+        missing.extend(src.missing().into_iter().map(|p| format!("{db}/{p}")));
         for (path, digest) in src.seen() {
             if let Ok(Some(size)) = app.storage.blobs.size(&digest) {
                 out.push(SumdbEntry {
@@ -422,5 +426,5 @@ async fn proofs(app: Mirror<'_>, modules: &[ModuleEntry]) -> Vec<SumdbEntry> {
             }
         }
     }
-    out
+    (out, missing)
 }

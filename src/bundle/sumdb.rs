@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use wharf_storage::{Digest, Index, Storage};
+use wharf_storage::{Digest, Index};
 
+use super::Content;
 use crate::config::Config;
 use crate::goproxy::sumdb::{SourceError, SumdbSource, TrustedTree, Verifier};
 
@@ -15,24 +16,38 @@ use crate::goproxy::sumdb::{SourceError, SumdbSource, TrustedTree, Verifier};
 const MAX_SUMDB_FILE: u64 = 1 << 20;
 
 /// Lookups and tiles of one database: the given files first, then the cache. Records what it
-/// served and which tiles the verifier authenticated.
+/// served, what it was asked for and did not have, and which tiles the verifier authenticated.
 pub struct StoreSource<'a> {
-    storage: &'a Storage,
+    content: &'a dyn Content,
     db: String,
     extra: HashMap<String, Digest>,
     seen: Mutex<BTreeMap<String, Digest>>,
+    missing: Mutex<BTreeSet<String>>,
     authenticated: Mutex<BTreeSet<String>>,
 }
 
 impl<'a> StoreSource<'a> {
-    pub fn new(storage: &'a Storage, db: &str, extra: HashMap<String, Digest>) -> StoreSource<'a> {
+    pub fn new(
+        content: &'a dyn Content,
+        db: &str,
+        extra: HashMap<String, Digest>,
+    ) -> StoreSource<'a> {
         StoreSource {
-            storage,
+            content,
             db: db.into(),
             extra,
             seen: Mutex::default(),
+            missing: Mutex::default(),
             authenticated: Mutex::default(),
         }
+    }
+
+    /// Paths asked for that neither the given files nor the cache hold.
+    pub fn missing(&self) -> BTreeSet<String> {
+        self.missing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Every path read so far, with the digest of what was served.
@@ -56,25 +71,33 @@ impl<'a> StoreSource<'a> {
     }
 
     fn get(&self, path: &str) -> Result<Vec<u8>, SourceError> {
-        let digest = match self.extra.get(path) {
-            Some(d) => d.clone(),
-            None => match self.storage.index.get_sumdb(&self.db, path) {
-                Ok(Some(rec)) => rec.digest,
-                Ok(None) => return Err(SourceError::NotFound),
-                Err(e) => return Err(SourceError::Failed(e.to_string())),
-            },
+        let found = match self.extra.get(path) {
+            Some(d) => Some(d.clone()),
+            None => self
+                .content
+                .cached_sumdb(&self.db, path)
+                .map_err(SourceError::Failed)?,
         };
-        match self.storage.blobs.read_small(&digest, MAX_SUMDB_FILE) {
-            Ok(Some(body)) => {
-                self.seen
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(path.into(), digest);
-                Ok(body)
-            }
-            Ok(None) => Err(SourceError::NotFound),
-            Err(e) => Err(SourceError::Failed(e.to_string())),
-        }
+        let body = match found {
+            Some(digest) => self
+                .content
+                .read_small(&digest, MAX_SUMDB_FILE)
+                .map_err(SourceError::Failed)?
+                .map(|body| (digest, body)),
+            None => None,
+        };
+        let Some((digest, body)) = body else {
+            self.missing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(path.into());
+            return Err(SourceError::NotFound);
+        };
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.into(), digest);
+        Ok(body)
     }
 }
 

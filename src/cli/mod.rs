@@ -115,9 +115,21 @@ pub enum Command {
         config: ConfigArgs,
         #[command(flatten)]
         server: ServerArg,
-        /// The bundle file to write (an uncompressed tar).
-        #[arg(long, short)]
-        output: PathBuf,
+        /// The bundle file to write: a tar, compressed by its name (`.tar.zst`, `.tar.gz`) or
+        /// by --compress.
+        #[arg(
+            long,
+            short,
+            required_unless_present = "check",
+            conflicts_with = "check"
+        )]
+        output: Option<PathBuf>,
+        /// Compression of the bundle: zstd, gzip or none (default: from the file name).
+        #[arg(long, value_name = "zstd|gzip|none")]
+        compress: Option<String>,
+        /// Check a bundle file as `wharf import` would, without importing it; nothing else.
+        #[arg(long, value_name = "BUNDLE")]
+        check: Option<PathBuf>,
         /// Every tag and module version in the cache.
         #[arg(long)]
         all: bool,

@@ -1,5 +1,5 @@
-//! `wharf serve`: bind the listener, load TLS, serve until SIGTERM or Ctrl-C, reload the
-//! certificate on SIGHUP.
+//! `wharf serve`: bind the listener, load TLS, start the scheduled prefetch (`tools::sync`),
+//! serve until SIGTERM or Ctrl-C, reload the certificate on SIGHUP.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -44,10 +44,19 @@ async fn serve(checked: Checked) -> Result<ExitCode, crate::Error> {
     if let Some(t) = tls.clone() {
         tokio::spawn(reload_on_sighup(t));
     }
-    let result = match tls {
-        Some(t) => crate::serve_tls(listener, state, t, shutdown_signal()).await,
-        None => crate::serve(listener, state, shutdown_signal()).await,
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sync = crate::tools::sync::spawn(state.clone(), stopped);
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
     };
+    let result = match tls {
+        Some(t) => crate::serve_tls(listener, state, t, shutdown).await,
+        None => crate::serve(listener, state, shutdown).await,
+    };
+    if let Some(task) = sync {
+        let _ = task.await;
+    }
     result.map_err(|source| crate::Error::Io {
         context: "server error".into(),
         source,

@@ -12,6 +12,7 @@ pub mod hash;
 pub mod path;
 mod service;
 mod source;
+pub use source::is_private;
 pub mod sumdb;
 pub mod verify;
 

@@ -114,12 +114,7 @@ impl GoState {
                 (None, None) => return Err(format!("go.private {:?} has no source", p.pattern)),
             };
             private.push(PrivateRule {
-                patterns: p
-                    .pattern
-                    .split(',')
-                    .map(|s| s.trim().trim_end_matches('/').to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
+                patterns: patterns(&p.pattern),
                 source: Source {
                     health: Arc::new(Health::new(
                         &p.pattern,
@@ -237,6 +232,26 @@ impl GoState {
         let mut neg = self.negative.lock().unwrap_or_else(|p| p.into_inner());
         neg.remove(key);
     }
+}
+
+/// The patterns of a `go.private` rule's comma-separated `pattern`.
+fn patterns(pattern: &str) -> Vec<String> {
+    pattern
+        .split(',')
+        .map(|s| s.trim().trim_end_matches('/').to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Whether the config's `[[go.private]]` rules cover a module, as the running proxy decides it
+/// (none does with the Go proxy disabled): for the commands that check without a server.
+pub fn is_private(config: &crate::config::GoConfig, module: &ModulePath) -> bool {
+    config.enabled
+        && config.private.iter().any(|p| {
+            patterns(&p.pattern)
+                .iter()
+                .any(|pat| matches_prefix_pattern(pat, module.as_str()))
+        })
 }
 
 /// GOPRIVATE matching (golang.org/x/mod/module.MatchPrefixPatterns): the pattern is a glob

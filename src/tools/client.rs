@@ -222,6 +222,13 @@ impl Client {
         Ok(Client::Local { state, router })
     }
 
+    /// The router of a running server's own state, in-process (the server's background tasks
+    /// use the commands' logic through it).
+    pub fn in_process(state: AppState) -> Client {
+        let router = crate::web::router(state.clone());
+        Client::Local { state, router }
+    }
+
     /// `in-process` or the server's URL, for messages.
     pub fn describe(&self) -> String {
         match self {

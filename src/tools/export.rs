@@ -1,8 +1,10 @@
 //! `wharf export`: asks wharf what a selection holds (`POST /admin/export`), then writes the
 //! bundle: `wharf-bundle.json`, an OCI image layout under `oci/`, the go command's download
 //! layout under `go/`. Every blob is re-hashed on its way into the tar, so a damaged cache file
-//! fails the export instead of producing a bundle that import would refuse. The tar is written
-//! to `<file>.partial` and renamed when complete.
+//! fails the export instead of producing a bundle that import would refuse. Checksum-database
+//! tiles a proof needs and the cache lacks are fetched through wharf first (the plan names
+//! them). The tar, compressed or not (`source::Codec`), is written to `<file>.partial`, checked
+//! as import would check it (`check`), and renamed only then.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use wharf_storage::{Digest, Hasher};
 
 use super::client::{Client, Via};
 use super::progress::{self, Progress};
+use super::source::Codec;
 use crate::bundle::{
     BundleManifest, ExportRequest, Item, MANIFEST_FILE, ModuleRef, REF_NAME, collect_items,
 };
@@ -30,7 +33,12 @@ pub struct ExportArgs {
     pub all: bool,
     pub pinned: bool,
     pub output: PathBuf,
+    pub codec: Codec,
 }
+
+/// Rounds of fetching missing checksum-database files and planning again (each proof step
+/// may name one more tile).
+const SUMDB_ROUNDS: usize = 8;
 
 pub async fn command(config: &Config, via: Via<'_>, args: ExportArgs) -> Result<ExitCode, Error> {
     let items = match collect_items(&args.items, &args.lists) {
@@ -64,13 +72,14 @@ pub async fn command(config: &Config, via: Via<'_>, args: ExportArgs) -> Result<
             return Ok(ExitCode::FAILURE);
         }
     };
-    let plan: BundleManifest = match client.post_json("/admin/export", &req).await {
+    let mut plan: BundleManifest = match plan_with_proofs(&client, &req).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("wharf: export refused: {e}");
             return Ok(ExitCode::FAILURE);
         }
     };
+    plan.missing_sumdb.clear();
     for w in &plan.warnings {
         eprintln!("wharf: warning: {w}");
     }
@@ -79,9 +88,20 @@ pub async fn command(config: &Config, via: Via<'_>, args: ExportArgs) -> Result<
         return Ok(ExitCode::FAILURE);
     }
     let progress = Arc::new(Progress::new("export", plan.total_bytes()));
-    let result = write_bundle(client.clone(), plan.clone(), &args.output, progress.clone()).await;
+    let result = write_bundle(
+        client.clone(),
+        plan.clone(),
+        &args.output,
+        args.codec,
+        progress.clone(),
+    )
+    .await;
     progress.finish();
     let _ = client.finish().await;
+    let result = match result {
+        Ok((size, partial)) => checked(config, &partial, &args.output).await.map(|()| size),
+        Err(e) => Err(e),
+    };
     match result {
         Ok(size) => {
             let elapsed = progress.elapsed();
@@ -104,6 +124,62 @@ pub async fn command(config: &Config, via: Via<'_>, args: ExportArgs) -> Result<
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The plan, after fetching (through wharf, which caches them) the checksum-database files its
+/// proofs lack. What cannot be fetched stays missing; the check at the end then says why.
+async fn plan_with_proofs(client: &Client, req: &ExportRequest) -> Result<BundleManifest, String> {
+    let mut tried = std::collections::HashSet::new();
+    let mut plan: BundleManifest = client.post_json("/admin/export", req).await?;
+    for _ in 0..SUMDB_ROUNDS {
+        let new: Vec<String> = plan
+            .missing_sumdb
+            .iter()
+            .filter(|p| tried.insert(p.to_string()))
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        let mut fetched = 0;
+        for p in &new {
+            match client.get(&format!("/go/sumdb/{p}"), &[]).await {
+                Ok(r) if r.status.is_success() => {
+                    r.drain(|_| {}).await?;
+                    fetched += 1;
+                }
+                Ok(r) => {
+                    let e = r.error().await;
+                    eprintln!("wharf: warning: cannot fetch checksum-database file {p}: {e}");
+                }
+                Err(e) => {
+                    eprintln!("wharf: warning: cannot fetch checksum-database file {p}: {e}")
+                }
+            }
+        }
+        if fetched == 0 {
+            break;
+        }
+        plan = client.post_json("/admin/export", req).await?;
+    }
+    Ok(plan)
+}
+
+/// Checks the written bundle as import would, then puts it in place; a bundle import would
+/// refuse is removed.
+async fn checked(config: &Config, partial: &Path, output: &Path) -> Result<(), String> {
+    if let Err(e) = super::check::check_file(config, partial).await {
+        let _ = std::fs::remove_file(partial);
+        return Err(format!("import would refuse the bundle: {e}"));
+    }
+    std::fs::rename(partial, output).map_err(|e| {
+        let _ = std::fs::remove_file(partial);
+        format!(
+            "cannot rename {} to {}: {e}",
+            partial.display(),
+            output.display()
+        )
+    })
 }
 
 /// Where an entry's bytes come from.
@@ -185,13 +261,14 @@ fn entries(plan: &BundleManifest) -> Result<Vec<(String, Data)>, String> {
     Ok(out)
 }
 
-/// Writes the tar; returns its size.
+/// Writes the tar into `<output>.partial`; returns its size and that path.
 async fn write_bundle(
     client: Arc<Client>,
     plan: BundleManifest,
     output: &Path,
+    codec: Codec,
     progress: Arc<Progress>,
-) -> Result<u64, String> {
+) -> Result<(u64, PathBuf), String> {
     let entries = entries(&plan)?;
     let partial = partial_path(output);
     let file = std::fs::File::create(&partial)
@@ -200,7 +277,7 @@ async fn write_bundle(
     let mtime = plan.created_unix;
     let p = partial.clone();
     let written = tokio::task::spawn_blocking(move || -> Result<u64, String> {
-        let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, file));
+        let mut tar = tar::Builder::new(codec.encoder(file)?);
         for (path, data) in entries {
             let mut header = tar::Header::new_gnu();
             header.set_mode(0o644);
@@ -233,9 +310,7 @@ async fn write_bundle(
             .into_inner()
             .map_err(|e| format!("{}: {e}", p.display()))?;
         w.flush().map_err(|e| format!("{}: {e}", p.display()))?;
-        let f = w
-            .into_inner()
-            .map_err(|e| format!("{}: {e}", p.display()))?;
+        let f = w.finish().map_err(|e| format!("{}: {e}", p.display()))?;
         f.sync_all().map_err(|e| format!("{}: {e}", p.display()))?;
         f.metadata()
             .map(|m| m.len())
@@ -245,16 +320,7 @@ async fn write_bundle(
     .map_err(|e| e.to_string())
     .and_then(|r| r);
     match written {
-        Ok(n) => {
-            std::fs::rename(&partial, output).map_err(|e| {
-                format!(
-                    "cannot rename {} to {}: {e}",
-                    partial.display(),
-                    output.display()
-                )
-            })?;
-            Ok(n)
-        }
+        Ok(n) => Ok((n, partial)),
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
             Err(e)

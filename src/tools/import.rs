@@ -2,7 +2,9 @@
 //! (each checked against its digest as it is stored), then asks the server to verify the whole
 //! and index it (`POST /admin/import`). A refusal names the object and indexes nothing; stored
 //! blobs stay, so running the command again resumes where it stopped, and importing the same
-//! input twice changes nothing.
+//! input twice changes nothing. A plain input is uploaded a few files at once, each read by
+//! range; a compressed one is decompressed front to back on one thread and streamed to the
+//! server one file at a time (`upload_in_order`), with nothing written to disk here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -151,6 +153,12 @@ async fn upload_all(
     progress: &Progress,
     counts: &Counts,
 ) -> Result<(), String> {
+    let compressed = uploads
+        .iter()
+        .any(|u| matches!(&u.data, Data::Loc(l) if l.codec != source::Codec::None));
+    if compressed {
+        return upload_in_order(client, parsed, uploads, progress, counts).await;
+    }
     let results: Vec<Result<(Upload, Digest, u64), String>> = futures_util::stream::iter(uploads)
         .map(|u| async move {
             let (d, n) = upload(client, &u, progress, counts)
@@ -177,12 +185,83 @@ async fn upload_all(
     }
 }
 
+/// Uploads of a compressed input, in the order it holds them: a blocking thread decompresses it
+/// once and hands each file's bytes over a channel to the upload of that file.
+async fn upload_in_order(
+    client: &Client,
+    parsed: &mut Parsed,
+    uploads: Vec<Upload>,
+    progress: &Progress,
+    counts: &Counts,
+) -> Result<(), String> {
+    type Chunks = tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>;
+    let uploads = std::sync::Arc::new(uploads);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Chunks)>(1);
+    let all = uploads.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        source::read_in_order(&all, |i, r| {
+            let (chunks, body) = tokio::sync::mpsc::channel(4);
+            tx.blocking_send((i, body))
+                .map_err(|_| "the upload stopped".to_string())?;
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = match r.read(&mut buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let msg = format!("{}: {e}", all[i].label);
+                        let _ = chunks.blocking_send(Err(e));
+                        return Err(msg);
+                    }
+                };
+                let chunk = bytes::Bytes::copy_from_slice(&buf[..n]);
+                if chunks.blocking_send(Ok(chunk)).is_err() {
+                    // The server has it already: the rest of this file is skipped.
+                    return Ok(());
+                }
+            }
+        })
+    });
+    let mut first_err = None;
+    while let Some((i, body)) = rx.recv().await {
+        let u = &uploads[i];
+        let stream = futures_util::stream::unfold(body, |mut body| async move {
+            body.recv().await.map(|chunk| (chunk, body))
+        });
+        match upload_body(client, u, progress, counts, Some(stream.boxed())).await {
+            Ok((d, n)) => source::fill_slot(parsed, &u.slot, d, n),
+            Err(e) => {
+                first_err = Some(format!("{}: {e}", u.label));
+                break;
+            }
+        }
+    }
+    drop(rx);
+    let read = reader.await.map_err(|e| e.to_string())?;
+    match (first_err, read) {
+        (Some(e), _) | (None, Err(e)) => Err(e),
+        (None, Ok(())) => Ok(()),
+    }
+}
+
 /// Stores one file unless the server has it; returns its digest and size.
 async fn upload(
     client: &Client,
     u: &Upload,
     progress: &Progress,
     counts: &Counts,
+) -> Result<(Digest, u64), String> {
+    upload_body(client, u, progress, counts, None).await
+}
+
+/// `upload`, with the bytes of a `Data::Loc` from `stream` when given (else read by range).
+async fn upload_body(
+    client: &Client,
+    u: &Upload,
+    progress: &Progress,
+    counts: &Counts,
+    stream: Option<super::client::ByteStream>,
 ) -> Result<(Digest, u64), String> {
     let len = u.data.len();
     if let Some(d) = &u.digest {
@@ -207,18 +286,29 @@ async fn upload(
             progress.inc(len);
             Body::Bytes(b.clone())
         }
-        Data::Loc(loc) => {
-            let mut f = tokio::fs::File::open(&loc.file)
-                .await
-                .map_err(|e| format!("{}: {e}", loc.file.display()))?;
-            f.seek(std::io::SeekFrom::Start(loc.offset))
-                .await
-                .map_err(|e| format!("{}: {e}", loc.file.display()))?;
-            let tick = progress.ticker();
-            let stream = tokio_util::io::ReaderStream::with_capacity(f.take(loc.len), 256 << 10)
-                .inspect_ok(move |chunk| tick(chunk.len() as u64));
-            Body::Stream(stream.boxed())
-        }
+        Data::Loc(loc) => match stream {
+            Some(stream) => {
+                let tick = progress.ticker();
+                Body::Stream(
+                    stream
+                        .inspect_ok(move |chunk| tick(chunk.len() as u64))
+                        .boxed(),
+                )
+            }
+            None => {
+                let mut f = tokio::fs::File::open(&loc.file)
+                    .await
+                    .map_err(|e| format!("{}: {e}", loc.file.display()))?;
+                f.seek(std::io::SeekFrom::Start(loc.offset))
+                    .await
+                    .map_err(|e| format!("{}: {e}", loc.file.display()))?;
+                let tick = progress.ticker();
+                let stream =
+                    tokio_util::io::ReaderStream::with_capacity(f.take(loc.len), 256 << 10)
+                        .inspect_ok(move |chunk| tick(chunk.len() as u64));
+                Body::Stream(stream.boxed())
+            }
+        },
     };
     let reply = client.request(method, &path, &[], body).await?;
     if !reply.status.is_success() {

@@ -154,6 +154,20 @@ impl Totals {
     }
 }
 
+/// One item as `wharf prefetch` fetches and pins it, without output: the label, and how many
+/// objects were pinned or why it failed, and the bytes fetched upstream. The server's
+/// scheduled prefetch (`tools::sync`) runs this.
+pub async fn fetch_item(
+    client: &Client,
+    config: &Config,
+    item: &Item,
+    platform: Option<&Platform>,
+) -> (String, Result<usize, String>, u64) {
+    let stats = Stats::default();
+    let (label, result) = one(client, config, item, platform, &Progress::quiet(), &stats).await;
+    (label, result, stats.fetched.load(Ordering::Relaxed))
+}
+
 /// Fetches one item through wharf and pins it: its label, and how many objects were pinned or
 /// why it failed.
 async fn one(

@@ -9,6 +9,8 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 pub struct Progress {
     bar: Option<ProgressBar>,
     started: Instant,
+    /// Prints nothing (the server's scheduled prefetch logs through `tracing` instead).
+    quiet: bool,
 }
 
 impl Progress {
@@ -28,6 +30,16 @@ impl Progress {
         Progress {
             bar,
             started: Instant::now(),
+            quiet: false,
+        }
+    }
+
+    /// No bar and no lines.
+    pub fn quiet() -> Progress {
+        Progress {
+            bar: None,
+            started: Instant::now(),
+            quiet: true,
         }
     }
 
@@ -62,7 +74,7 @@ impl Progress {
 
     /// One finished object: a plain line without a terminal, nothing with one (the bar moves).
     pub fn done(&self, line: &str) {
-        if self.bar.is_none() {
+        if self.bar.is_none() && !self.quiet {
             eprintln!("{line}");
         }
     }
@@ -71,6 +83,7 @@ impl Progress {
     pub fn println(&self, line: &str) {
         match &self.bar {
             Some(b) => b.println(line),
+            None if self.quiet => {}
             None => eprintln!("{line}"),
         }
     }

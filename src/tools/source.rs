@@ -1,10 +1,14 @@
 //! What `wharf import` reads: a wharf bundle, an OCI image layout, a go command module cache
-//! (`$GOPATH/pkg/mod/cache/download`), or a `docker save` tarball; each a directory or an
-//! uncompressed tar. Nothing is extracted: a tar is scanned once for where each member's bytes
-//! are, and uploads read those ranges. Parsing turns any of them into a `BundleManifest` plus
-//! the list of uploads; the server then verifies and indexes (`apply`).
+//! (`$GOPATH/pkg/mod/cache/download`), or a `docker save` tarball; each a directory or a tar,
+//! plain or compressed (zstd, gzip: `Codec`, told by its first bytes). Nothing is extracted: a
+//! plain tar is scanned once for where each member's bytes are, and uploads read those ranges; a
+//! compressed one is decompressed once to list it (keeping its small JSON documents in memory)
+//! and once more, front to back, to read what is uploaded (`read_in_order`). Parsing turns any
+//! of them into a `BundleManifest` plus the list of uploads; the server then verifies and
+//! indexes (`apply`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -22,31 +26,178 @@ use crate::registry::routes::Tag;
 
 /// Largest manifest or JSON file read into memory.
 const MAX_DOC: u64 = 16 << 20;
+/// Most bytes of documents a compressed input keeps in memory.
+const MAX_DOCS_TOTAL: u64 = 512 << 20;
 
-/// Where one file's bytes are: a whole file, or a range of a tar.
+/// How a bundle file is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Codec {
+    /// `none`, `gzip` (`gz`), `zstd` (`zst`): the `--compress` flag.
+    pub fn parse(s: &str) -> Result<Codec, String> {
+        match s {
+            "none" => Ok(Codec::None),
+            "gzip" | "gz" => Ok(Codec::Gzip),
+            "zstd" | "zst" => Ok(Codec::Zstd),
+            _ => Err(format!("--compress {s:?}: use zstd, gzip or none")),
+        }
+    }
+
+    /// From a file name: `.tar.zst`/`.tzst`, `.tar.gz`/`.tgz`, anything else plain.
+    pub fn of_name(path: &Path) -> Codec {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        if name.ends_with(".zst") || name.ends_with(".tzst") {
+            Codec::Zstd
+        } else if name.ends_with(".gz") || name.ends_with(".tgz") {
+            Codec::Gzip
+        } else {
+            Codec::None
+        }
+    }
+
+    /// From the first bytes of a file (its magic number), whatever its name.
+    pub fn sniff(path: &Path) -> Result<Codec, String> {
+        let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut magic = [0u8; 4];
+        let mut n = 0;
+        while n < magic.len() {
+            match f.read(&mut magic[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+        Ok(match &magic[..n] {
+            [0x28, 0xb5, 0x2f, 0xfd] => Codec::Zstd,
+            [0x1f, 0x8b, ..] => Codec::Gzip,
+            _ => Codec::None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::None => "uncompressed",
+            Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
+        }
+    }
+
+    /// A reader of the decompressed stream.
+    pub fn decoder(self, file: std::fs::File) -> Result<Box<dyn Read + Send>, String> {
+        let buffered = io::BufReader::with_capacity(256 << 10, file);
+        Ok(match self {
+            Codec::None => Box::new(buffered),
+            Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+            Codec::Zstd => Box::new(
+                zstd::stream::read::Decoder::with_buffer(buffered)
+                    .map_err(|e| format!("cannot start zstd: {e}"))?,
+            ),
+        })
+    }
+
+    /// A writer that compresses into `file`; `Encoder::finish` completes the stream.
+    pub fn encoder(self, file: std::fs::File) -> Result<Encoder, String> {
+        let w = io::BufWriter::with_capacity(1 << 20, file);
+        Ok(match self {
+            Codec::None => Encoder::Plain(w),
+            Codec::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                w,
+                flate2::Compression::default(),
+            )),
+            Codec::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(w, 3)
+                    .map_err(|e| format!("cannot start zstd: {e}"))?;
+                // A checksum, so damage is found while listing, before anything is uploaded.
+                e.include_checksum(true)
+                    .map_err(|e| format!("cannot start zstd: {e}"))?;
+                Encoder::Zstd(e)
+            }
+        })
+    }
+}
+
+/// A bundle file being written, compressed or not.
+pub enum Encoder {
+    Plain(io::BufWriter<std::fs::File>),
+    Gzip(flate2::write::GzEncoder<io::BufWriter<std::fs::File>>),
+    Zstd(zstd::stream::write::Encoder<'static, io::BufWriter<std::fs::File>>),
+}
+
+impl Encoder {
+    /// Ends the compressed stream and flushes; returns the file.
+    pub fn finish(self) -> io::Result<std::fs::File> {
+        let w = match self {
+            Encoder::Plain(w) => w,
+            Encoder::Gzip(e) => e.finish()?,
+            Encoder::Zstd(e) => e.finish()?,
+        };
+        w.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+impl Write for Encoder {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Plain(w) => w.write(buf),
+            Encoder::Gzip(w) => w.write(buf),
+            Encoder::Zstd(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Plain(w) => w.flush(),
+            Encoder::Gzip(w) => w.flush(),
+            Encoder::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+/// Where one file's bytes are: a whole file, or a range of a tar (of the decompressed stream,
+/// for a compressed one).
 #[derive(Debug, Clone)]
 pub struct Loc {
     pub file: PathBuf,
     pub offset: u64,
     pub len: u64,
+    pub codec: Codec,
 }
 
 /// The files of an input, by `/`-separated relative path.
 pub struct Tree {
     files: BTreeMap<String, Loc>,
+    /// For a compressed input: the documents kept in memory while it was listed.
+    docs: HashMap<String, Vec<u8>>,
+    pub codec: Codec,
 }
 
 impl Tree {
-    /// A directory (walked, symlinks ignored) or a tar (scanned, nothing extracted).
+    /// A directory (walked, symlinks ignored) or a tar, plain (scanned, nothing extracted) or
+    /// compressed (decompressed once, nothing written).
     pub fn open(path: &Path) -> Result<Tree, String> {
         let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut files = BTreeMap::new();
+        let mut docs = HashMap::new();
+        let mut codec = Codec::None;
         if meta.is_dir() {
             walk_dir(path, path, &mut files)?;
         } else {
-            scan_tar(path, &mut files)?;
+            codec = Codec::sniff(path)?;
+            match codec {
+                Codec::None => scan_tar(path, &mut files)?,
+                c => scan_compressed(path, c, &mut files, &mut docs)?,
+            }
         }
-        Ok(Tree { files })
+        Ok(Tree { files, docs, codec })
     }
 
     pub fn get(&self, rel: &str) -> Option<&Loc> {
@@ -60,6 +211,14 @@ impl Tree {
     /// Reads a small file whole.
     pub fn read(&self, rel: &str) -> Result<Vec<u8>, String> {
         let loc = self.get(rel).ok_or_else(|| format!("{rel} is missing"))?;
+        if let Some(d) = self.docs.get(rel) {
+            return Ok(d.clone());
+        }
+        if loc.codec != Codec::None {
+            return Err(format!(
+                "{rel}: not a document this command reads from a compressed input; decompress it first"
+            ));
+        }
         read_loc(loc, MAX_DOC).map_err(|e| format!("{rel}: {e}"))
     }
 
@@ -99,6 +258,7 @@ fn walk_dir(root: &Path, dir: &Path, out: &mut BTreeMap<String, Loc>) -> Result<
                     file: path.clone(),
                     offset: 0,
                     len: meta.len(),
+                    codec: Codec::None,
                 },
             );
         }
@@ -115,7 +275,7 @@ fn scan_tar(path: &Path, out: &mut BTreeMap<String, Loc>) -> Result<(), String> 
     for (n, entry) in entries.enumerate() {
         let entry = entry.map_err(|e| {
             format!(
-                "{}: member {} is damaged: {e} (a gzip-compressed tar must be decompressed first)",
+                "{}: member {} is damaged: {e} (a tar, plain or compressed with zstd or gzip, is expected)",
                 path.display(),
                 n + 1
             )
@@ -141,8 +301,172 @@ fn scan_tar(path: &Path, out: &mut BTreeMap<String, Loc>) -> Result<(), String> 
                 file: path.to_path_buf(),
                 offset: entry.raw_file_position(),
                 len: entry.size(),
+                codec: Codec::None,
             },
         );
+    }
+    Ok(())
+}
+
+/// A member's name, if it is one an import reads (relative, no `..`).
+fn member_name<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Option<String>, String> {
+    if !matches!(
+        entry.header().entry_type(),
+        tar::EntryType::Regular | tar::EntryType::Continuous
+    ) {
+        return Ok(None);
+    }
+    let name = entry.path().map_err(|e| e.to_string())?;
+    let name = name.to_string_lossy();
+    let name = name.trim_start_matches("./");
+    if name.starts_with('/') || name.split('/').any(|c| c == "..") {
+        return Ok(None);
+    }
+    Ok(Some(name.to_string()))
+}
+
+/// Whether a compressed input's member may be a document `parse` reads: named like one, or a
+/// blob that starts like JSON (a manifest or config; layers are not kept).
+fn maybe_document(name: &str) -> Option<bool> {
+    let file = name.rsplit('/').next().unwrap_or(name);
+    if file.ends_with(".json") || file == "oci-layout" || file.ends_with(".ziphash") {
+        Some(true)
+    } else if name.contains("blobs/sha256/") {
+        None
+    } else {
+        Some(false)
+    }
+}
+
+/// Lists a compressed tar in one pass, keeping its small documents; reads the stream to its
+/// end, so a damaged or truncated one fails here, before anything is uploaded.
+fn scan_compressed(
+    path: &Path,
+    codec: Codec,
+    out: &mut BTreeMap<String, Loc>,
+    docs: &mut HashMap<String, Vec<u8>>,
+) -> Result<(), String> {
+    let damaged = |e: &dyn std::fmt::Display| {
+        format!(
+            "{}: the {} stream is damaged or truncated: {e}",
+            path.display(),
+            codec.name()
+        )
+    };
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut decoder = codec.decoder(file)?;
+    let mut kept = 0u64;
+    {
+        let mut archive = tar::Archive::new(&mut decoder);
+        let entries = archive.entries().map_err(|e| damaged(&e))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| damaged(&e))?;
+            let Some(name) = member_name(&entry).map_err(|e| damaged(&e))? else {
+                continue;
+            };
+            let len = entry.size();
+            let body = match maybe_document(&name) {
+                _ if len > MAX_DOC => None,
+                Some(false) => None,
+                Some(true) => {
+                    let mut body = Vec::with_capacity(len as usize);
+                    entry.read_to_end(&mut body).map_err(|e| damaged(&e))?;
+                    Some(body)
+                }
+                None => {
+                    let mut first = [0u8; 1];
+                    let n = entry.read(&mut first).map_err(|e| damaged(&e))?;
+                    if n == 1 && first[0] == b'{' {
+                        let mut body = first.to_vec();
+                        entry.read_to_end(&mut body).map_err(|e| damaged(&e))?;
+                        Some(body)
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(body) = body {
+                kept += body.len() as u64;
+                docs.insert(name.clone(), body);
+            }
+            if kept > MAX_DOCS_TOTAL {
+                return Err(format!(
+                    "{}: more than {} of JSON documents; decompress it first",
+                    path.display(),
+                    MAX_DOCS_TOTAL
+                ));
+            }
+            out.insert(
+                name,
+                Loc {
+                    file: path.to_path_buf(),
+                    offset: entry.raw_file_position(),
+                    len,
+                    codec,
+                },
+            );
+        }
+    }
+    // The rest of the stream (the tar's padding, gzip's checksum) must be whole too.
+    io::copy(&mut decoder, &mut io::sink()).map_err(|e| damaged(&e))?;
+    Ok(())
+}
+
+/// Reads each upload's bytes, one at a time, in the order the input holds them: `f(i, reader)`
+/// for `uploads[i]`. A compressed input is decompressed front to back (once, unless uploads
+/// name the same range twice); a plain one is read by range. Blocking.
+pub fn read_in_order(
+    uploads: &[Upload],
+    mut f: impl FnMut(usize, &mut dyn Read) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut order: Vec<usize> = (0..uploads.len()).collect();
+    order.sort_by(|&a, &b| match (&uploads[a].data, &uploads[b].data) {
+        (Data::Loc(x), Data::Loc(y)) => (&x.file, x.offset).cmp(&(&y.file, y.offset)),
+        (Data::Memory(_), Data::Loc(_)) => std::cmp::Ordering::Less,
+        (Data::Loc(_), Data::Memory(_)) => std::cmp::Ordering::Greater,
+        (Data::Memory(_), Data::Memory(_)) => std::cmp::Ordering::Equal,
+    });
+    // The open decompressed stream: its file and how far it has been read.
+    let mut stream: Option<(PathBuf, u64, Box<dyn Read + Send>)> = None;
+    for i in order {
+        let loc = match &uploads[i].data {
+            Data::Memory(m) => {
+                f(i, &mut io::Cursor::new(m))?;
+                continue;
+            }
+            Data::Loc(loc) => loc,
+        };
+        let label = &uploads[i].label;
+        if loc.codec == Codec::None {
+            let mut file = std::fs::File::open(&loc.file)
+                .map_err(|e| format!("{label}: {}: {e}", loc.file.display()))?;
+            file.seek(io::SeekFrom::Start(loc.offset))
+                .map_err(|e| format!("{label}: {}: {e}", loc.file.display()))?;
+            f(i, &mut io::BufReader::new(file).take(loc.len))?;
+            continue;
+        }
+        let reuse = matches!(&stream, Some((p, at, _)) if *p == loc.file && *at <= loc.offset);
+        if !reuse {
+            let file = std::fs::File::open(&loc.file)
+                .map_err(|e| format!("{}: {e}", loc.file.display()))?;
+            stream = Some((loc.file.clone(), 0, loc.codec.decoder(file)?));
+        }
+        let Some((_, at, reader)) = stream.as_mut() else {
+            continue;
+        };
+        let skip = loc.offset - *at;
+        let skipped = io::copy(&mut reader.take(skip), &mut io::sink())
+            .map_err(|e| format!("{}: {e}", loc.file.display()))?;
+        if skipped != skip {
+            return Err(format!("{}: ends early", loc.file.display()));
+        }
+        let mut member = reader.take(loc.len);
+        let result = f(i, &mut member);
+        // Whatever `f` left unread of the member is skipped, so the position stays known.
+        let rest = io::copy(&mut member, &mut io::sink());
+        *at = loc.offset + loc.len;
+        result?;
+        rest.map_err(|e| format!("{}: {e}", loc.file.display()))?;
     }
     Ok(())
 }
@@ -282,7 +606,7 @@ fn bundle(tree: &Tree) -> Result<Parsed, String> {
             slot: Slot::Known,
         });
     }
-    for md in &m.modules {
+    for (i, md) in m.modules.iter().enumerate() {
         let base = format!(
             "go/{}/@v/{}",
             crate::goproxy::path::escape(&md.path),
@@ -297,11 +621,11 @@ fn bundle(tree: &Tree) -> Result<Parsed, String> {
                 label: format!("{} .{kind}", md.name()),
                 data: Data::Loc(loc.clone()),
                 digest: Some(f.digest.clone()),
-                slot: Slot::Known,
+                slot: Slot::GoFile { module: i, kind },
             });
         }
     }
-    for s in &m.sumdb {
+    for (i, s) in m.sumdb.iter().enumerate() {
         let rel = format!("go/sumdb/{}/{}", s.db, s.path);
         let loc = tree
             .get(&rel)
@@ -310,7 +634,7 @@ fn bundle(tree: &Tree) -> Result<Parsed, String> {
             label: format!("checksum-database file {}/{}", s.db, s.path),
             data: Data::Loc(loc.clone()),
             digest: Some(s.digest.clone()),
-            slot: Slot::Known,
+            slot: Slot::Sumdb(i),
         });
     }
     Ok(Parsed {
@@ -712,7 +1036,7 @@ fn go_cache(tree: &Tree, prefix: &str, kind: &'static str) -> Result<Parsed, Str
             ..Default::default()
         });
         if file_kind == "ziphash" {
-            let text = read_loc(loc, 4096)?;
+            let text = tree.read(path)?;
             let h = String::from_utf8_lossy(&text).trim().to_string();
             if h.starts_with("h1:") {
                 entry.zip_h1 = Some(h);

@@ -1,7 +1,8 @@
 //! The one test harness. wharf served in-process on a loopback port (`wharf`) from the one config
 //! builder (`config`), the wharf binary with a scrubbed environment (`bin`), requests and
 //! assertions on answers (`http`), fake upstreams (`fake` for the registry, `gofake` for
-//! GOPROXY), and for the interop tests generated OCI layouts (`oci`), the real origin registry
+//! GOPROXY, `sumdb` for a signed checksum database of real files), and for the interop tests
+//! generated OCI layouts (`oci`), the real origin registry
 //! and skopeo (`origin`), containerd and ctr (`containerd`), the go command and a reference
 //! checksum database (`gotools`), and generated certificates (`tlsgen`).
 //!
@@ -20,6 +21,7 @@ mod http;
 pub mod oci;
 pub mod origin;
 mod server;
+mod sumdb;
 pub mod tlsgen;
 mod wharf;
 
@@ -35,6 +37,7 @@ pub use http::{
     raw_get, read_body, read_text, status_of,
 };
 pub use server::{Server, free_port};
+pub use sumdb::{SumRecord, serve_sumdb};
 pub use wharf::{MANIFEST_ACCEPT, Wharf};
 
 use std::path::{Path, PathBuf};
