@@ -83,6 +83,9 @@ pub struct PrefetchConfig {
     /// This entry's interval, in place of `prefetch_interval`.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub every: Option<Duration>,
+    /// Also the images' referrers: signatures, SBOMs, attestations (as `--referrers`).
+    #[serde(default)]
+    pub referrers: bool,
 }
 
 /// Shortest refresh interval accepted (each run asks every upstream about every moving tag).

@@ -59,12 +59,13 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
             config,
             server,
             platform,
+            referrers,
             lists,
             items,
         } => {
             let via = via(&config, &server)?;
             let config = cli::load_for_tool(&config)?;
-            wharf::tools::prefetch::command(&config, via, &items, &lists, platform).await
+            wharf::tools::prefetch::command(&config, via, &items, &lists, platform, referrers).await
         }
         Command::Export {
             config,

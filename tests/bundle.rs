@@ -855,3 +855,85 @@ async fn a_truncated_or_damaged_compressed_bundle_is_refused_in_one_line_and_not
     assert_eq!(s, 404);
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_and_attestations_are_prefetched_with_referrers_and_served_offline() {
+    let reg = FakeRegistry::start().await;
+    let go = GoFake::start().await;
+    let (subject, _) = reg.put_image("test/app", "v1", &[bytes_of(4000, 41)]);
+    // An OCI referrer (an SBOM) through the referrers API, and a cosign signature tag.
+    let sbom = reg.put_referrer("test/app", &subject, "application/spdx+json");
+    let sbom_digest = serde_json::from_str::<serde_json::Value>(&sbom).unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let list = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{sbom}]}}"#);
+    *reg.state.referrers.lock().unwrap() = Some(std::collections::HashMap::from([(
+        ("test/app".to_string(), subject.clone()),
+        list.into_bytes(),
+    )]));
+    let sig_tag = format!("sha256-{}.sig", &subject[7..]);
+    let (sig, _) = reg.put_image("test/app", &sig_tag, &[bytes_of(300, 42)]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (config, a) = serve_online(dir.path(), "a-data", &reg, &go).await;
+    let (server, cfg) = (a.url(""), config.to_str().unwrap().to_string());
+    let out = ok(run_wharf(&[
+        "prefetch",
+        "--config",
+        &cfg,
+        "--server",
+        &server,
+        "--referrers",
+        "fake.test/test/app:v1",
+    ])
+    .await);
+    assert!(stdout(&out).contains("0 failed"), "{}", describe(&out));
+    assert_eq!(reg.count("GET", &format!("/manifests/{sbom_digest}")), 1);
+    assert_eq!(
+        reg.count("GET", &format!("/manifests/{sig}")),
+        1,
+        "the .sig tag's manifest"
+    );
+    let bundle = dir.path().join("signed.tar.zst");
+    ok(run_wharf(&[
+        "export",
+        "--config",
+        &cfg,
+        "--server",
+        &server,
+        "--pinned",
+        "-o",
+        bundle.to_str().unwrap(),
+    ])
+    .await);
+    a.stop().await;
+
+    let (config, text, data) = offline_config(dir.path(), "b");
+    ok(run_wharf(&[
+        "import",
+        "--config",
+        config.to_str().unwrap(),
+        bundle.to_str().unwrap(),
+    ])
+    .await);
+    let b = support::Wharf::start_with_config(&text, &data).await;
+    let (status, body, _) = get(&b, &format!("/v2/fake.test/test/app/referrers/{subject}")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["manifests"][0]["digest"], sbom_digest.as_str(), "{doc}");
+    assert_eq!(doc["manifests"][0]["artifactType"], "application/spdx+json");
+    for reference in [sbom_digest.as_str(), sig_tag.as_str()] {
+        let (status, body, h) =
+            get(&b, &format!("/v2/fake.test/test/app/manifests/{reference}")).await;
+        assert_eq!(
+            status,
+            200,
+            "{reference}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        if reference == sig_tag {
+            assert_eq!(h["docker-content-digest"], sig.as_str());
+        }
+    }
+}

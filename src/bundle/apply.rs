@@ -485,10 +485,34 @@ fn index_images(
         }
         reply.tags += 1;
     }
-    index_tag_lists(app, c)
+    index_tag_lists(app, c)?;
+    index_referrers(app, c)
 }
 
 /// Tag lists: what `skopeo inspect` and `tags/list` show when the upstream cannot be asked.
+/// The referrers lists the bundle carries, for upstreams this wharf knows, unless this wharf
+/// learned a newer list.
+fn index_referrers(app: Mirror<'_>, c: &BundleManifest) -> Result<(), BundleError> {
+    let index = &app.storage.index;
+    for r in &c.referrers {
+        if app.config.upstream(&r.upstream).is_none() {
+            continue;
+        }
+        let newer = index
+            .get_referrers(&r.upstream, &r.repository, &r.subject)?
+            .is_some_and(|old| old.fetched_unix > c.created_unix);
+        if !newer {
+            let rec = wharf_storage::ReferrersRecord {
+                referrers: r.referrers.clone(),
+                fetched_unix: c.created_unix,
+                fallback: false,
+            };
+            index.put_referrers(&r.upstream, &r.repository, &r.subject, &rec)?;
+        }
+    }
+    Ok(())
+}
+
 fn index_tag_lists(app: Mirror<'_>, c: &BundleManifest) -> Result<(), BundleError> {
     let index = &app.storage.index;
     let mut repos: BTreeMap<(&str, &str), BTreeSet<String>> = BTreeMap::new();

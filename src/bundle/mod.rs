@@ -76,6 +76,9 @@ pub struct BundleManifest {
     pub modules: Vec<ModuleEntry>,
     #[serde(default)]
     pub sumdb: Vec<SumdbEntry>,
+    /// The OCI referrers lists of exported manifests (signatures, SBOMs, attestations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub referrers: Vec<ReferrersEntry>,
     /// What the exporter skipped, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -125,6 +128,15 @@ pub struct ImageEntry {
     pub tag: Option<String>,
     pub digest: Digest,
     pub media_type: String,
+}
+
+/// A manifest's referrers in one repository, as the exporting wharf last learned them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferrersEntry {
+    pub upstream: String,
+    pub repository: String,
+    pub subject: Digest,
+    pub referrers: Vec<wharf_storage::Referrer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -86,12 +86,63 @@ fn plan_images(
         }
         walk_roots(app, extra, &mut blobs, &mut exported, &mut out.warnings)?;
     }
+    let extra = plan_referrers(app, &blobs, &exported, out)?;
+    walk_roots(app, extra, &mut blobs, &mut exported, &mut out.warnings)?;
     // The same tag named twice (explicitly and by --all) is exported once.
     let mut seen = HashSet::new();
     exported.retain(|e| seen.insert((e.reference.clone(), e.digest.clone())));
     out.images = exported;
     out.blobs = blobs.into_values().collect();
     Ok(())
+}
+
+/// The referrers lists this cache holds for the exported manifests, in each exported
+/// repository; returns the referrer manifests it also holds, to export with their blobs.
+fn plan_referrers(
+    app: Mirror<'_>,
+    blobs: &BTreeMap<Digest, BlobEntry>,
+    exported: &[ImageEntry],
+    out: &mut BundleManifest,
+) -> Result<Vec<Root>, BundleError> {
+    let index = &app.storage.index;
+    let repos: BTreeSet<(&str, &str)> = exported
+        .iter()
+        .filter(|e| !e.upstream.is_empty())
+        .map(|e| (e.upstream.as_str(), e.repository.as_str()))
+        .collect();
+    let manifests: Vec<&Digest> = blobs
+        .values()
+        .filter(|b| b.media_type.is_some())
+        .map(|b| &b.digest)
+        .collect();
+    let mut extra = Vec::new();
+    for (up, repo) in repos {
+        for subject in &manifests {
+            let Some(rec) = index.get_referrers(up, repo, subject)? else {
+                continue;
+            };
+            if rec.fallback {
+                continue;
+            }
+            for r in &rec.referrers {
+                // Named with its repository even when a pin already brought its bytes, so the
+                // importer links it there.
+                if index.get_blob(&r.digest)?.is_some() {
+                    extra.push(Root {
+                        entry: image_entry(up, repo, None, r.digest.clone()),
+                        explicit: false,
+                    });
+                }
+            }
+            out.referrers.push(super::ReferrersEntry {
+                upstream: up.to_string(),
+                repository: repo.to_string(),
+                subject: (*subject).clone(),
+                referrers: rec.referrers,
+            });
+        }
+    }
+    Ok(extra)
 }
 
 /// An image the request names, resolved to a digest through the cached tag.

@@ -102,6 +102,10 @@ pub enum Command {
         /// Only this platform of multi-platform images, e.g. linux/amd64 (default: all).
         #[arg(long)]
         platform: Option<crate::bundle::Platform>,
+        /// Also each image's referrers: signatures, SBOMs and attestations (the OCI referrers
+        /// API and cosign's sha256-<hex>.sig/.att/.sbom tags), fetched, verified and pinned.
+        #[arg(long)]
+        referrers: bool,
         /// A file listing images and module@version, one a line (# comments).
         #[arg(long = "file", short = 'f')]
         lists: Vec<PathBuf>,

@@ -34,6 +34,13 @@ const MAX_MANIFEST: usize = 16 << 20;
 /// Tries of a request wharf answers 503 (too many fills at once).
 const BUSY_TRIES: u32 = 10;
 
+/// How images are prefetched: one platform only, and whether with their referrers.
+#[derive(Clone, Copy, Default)]
+pub struct Options<'a> {
+    pub platform: Option<&'a Platform>,
+    pub referrers: bool,
+}
+
 /// What one item cost.
 #[derive(Default)]
 struct Stats {
@@ -50,6 +57,7 @@ pub async fn command(
     args: &[String],
     lists: &[PathBuf],
     platform: Option<Platform>,
+    referrers: bool,
 ) -> Result<ExitCode, Error> {
     let items = match collect_items(args, lists) {
         Ok(i) if i.is_empty() => {
@@ -80,8 +88,11 @@ pub async fn command(
     let mut totals = Totals::default();
     for item in &items {
         let stats = Stats::default();
-        let (label, pinned) =
-            one(&client, config, item, platform.as_ref(), &progress, &stats).await;
+        let with = Options {
+            platform: platform.as_ref(),
+            referrers,
+        };
+        let (label, pinned) = one(&client, config, item, with, &progress, &stats).await;
         match pinned {
             Ok(n) => totals.add(item, n, &stats, &label, &progress),
             Err(e) => {
@@ -161,10 +172,10 @@ pub async fn fetch_item(
     client: &Client,
     config: &Config,
     item: &Item,
-    platform: Option<&Platform>,
+    with: Options<'_>,
 ) -> (String, Result<usize, String>, u64) {
     let stats = Stats::default();
-    let (label, result) = one(client, config, item, platform, &Progress::quiet(), &stats).await;
+    let (label, result) = one(client, config, item, with, &Progress::quiet(), &stats).await;
     (label, result, stats.fetched.load(Ordering::Relaxed))
 }
 
@@ -174,14 +185,14 @@ async fn one(
     client: &Client,
     config: &Config,
     item: &Item,
-    platform: Option<&Platform>,
+    with: Options<'_>,
     progress: &Progress,
     stats: &Stats,
 ) -> (String, Result<usize, String>) {
     let (label, result) = match item {
         Item::Image(r) => {
             progress.message(r);
-            let res = image(client, config, r, platform, progress, stats).await;
+            let res = image(client, config, r, with, progress, stats).await;
             (r.clone(), res)
         }
         Item::Module {
@@ -266,16 +277,100 @@ async fn manifest_at(
     Ok((digest, body))
 }
 
-/// Fetches one image; returns the pins to set.
+/// Fetches one image (with `referrers`, also the artifacts that refer to its manifests:
+/// OCI referrers and cosign's `sha256-<hex>.sig` / `.att` / `.sbom` tags); returns the pins.
 async fn image(
     client: &Client,
     config: &Config,
     reference: &str,
-    platform: Option<&Platform>,
+    with: Options<'_>,
     progress: &Progress,
     stats: &Stats,
 ) -> Result<PinRequest, String> {
     let r = ImageRef::parse(config, reference)?;
+    let (mut pins, manifest_count) =
+        image_at(client, &r, reference, with.platform, progress, stats).await?;
+    if with.referrers && !config.offline {
+        let manifests: Vec<Digest> = pins.digests[..manifest_count].to_vec();
+        for d in referrers(client, &r, &manifests).await {
+            let art = ImageRef {
+                digest: Some(d.clone()),
+                tag: None,
+                ..r.clone()
+            };
+            let label = format!("{reference} (referrer {d})");
+            let (more, _) = Box::pin(image_at(client, &art, &label, None, progress, stats)).await?;
+            pins.digests.extend(more.digests);
+        }
+        for tag in cosign_tags(&manifests) {
+            let art = ImageRef {
+                tag: Some(tag),
+                digest: None,
+                ..r.clone()
+            };
+            let label = format!("{reference} ({art})");
+            // Most images have none of these tags: a missing one is no failure.
+            if let Ok((more, _)) =
+                Box::pin(image_at(client, &art, &label, None, progress, stats)).await
+            {
+                pins.digests.extend(more.digests);
+            }
+        }
+    }
+    Ok(pins)
+}
+
+/// The referrers wharf lists for each of `manifests` (its referrers API), deduplicated.
+async fn referrers(client: &Client, r: &ImageRef, manifests: &[Digest]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::new();
+    for m in manifests {
+        let path = format!("{}/referrers/{m}", r.v2_base());
+        let Ok(reply) = get_retrying(client, http::Method::GET, &path, &[]).await else {
+            continue;
+        };
+        if reply.status != StatusCode::OK {
+            continue;
+        }
+        let Ok(body) = reply.bytes(MAX_MANIFEST).await else {
+            continue;
+        };
+        let list: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        for d in list["manifests"].as_array().into_iter().flatten() {
+            if let Some(d) = d["digest"].as_str().and_then(|d| Digest::parse(d).ok())
+                && !out.contains(&d)
+                && !manifests.contains(&d)
+            {
+                out.push(d);
+            }
+        }
+    }
+    out
+}
+
+/// cosign's tags for signatures, attestations and SBOMs of each manifest.
+fn cosign_tags(manifests: &[Digest]) -> Vec<crate::registry::routes::Tag> {
+    let mut out = Vec::new();
+    for m in manifests {
+        let base = crate::registry::referrers::fallback_tag(m);
+        for suffix in [".sig", ".att", ".sbom"] {
+            if let Ok(t) = crate::registry::routes::Tag::parse(&format!("{base}{suffix}")) {
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
+/// Fetches the image `r` names: its manifests (of `platform` only, if given), then its blobs.
+/// Returns the pins, manifests first, and how many of them are manifests.
+async fn image_at(
+    client: &Client,
+    r: &ImageRef,
+    reference: &str,
+    platform: Option<&Platform>,
+    progress: &Progress,
+    stats: &Stats,
+) -> Result<(PinRequest, usize), String> {
     let base = r.v2_base();
     let (top, body) = manifest_at(client, &base, &r.reference()).await?;
     if let Some(d) = &r.digest
@@ -342,12 +437,14 @@ async fn image(
     for r in results {
         r?;
     }
+    let manifests = digests.len();
     digests.extend(blobs.into_iter().map(|(d, _)| d));
-    Ok(PinRequest {
+    let pins = PinRequest {
         reason: format!("prefetch {reference}"),
         digests,
         modules: Vec::new(),
-    })
+    };
+    Ok((pins, manifests))
 }
 
 async fn blob(

@@ -15,7 +15,7 @@ use crate::app::AppState;
 use crate::bundle::{Item, Platform, parse_item};
 use crate::config::{Config, PrefetchConfig};
 use crate::tools::client::Client;
-use crate::tools::prefetch::fetch_item;
+use crate::tools::prefetch::{Options, fetch_item};
 
 /// Starts the task, unless there is nothing to do; it ends when `shutdown` turns true.
 pub fn spawn(
@@ -95,8 +95,11 @@ async fn run_entry(client: &Client, config: &Config, entry: &PrefetchConfig) -> 
         };
         for platform in platforms {
             items += 1;
-            let (label, result, fetched) =
-                fetch_item(client, config, &item, platform.as_ref()).await;
+            let with = Options {
+                platform: platform.as_ref(),
+                referrers: entry.referrers,
+            };
+            let (label, result, fetched) = fetch_item(client, config, &item, with).await;
             match result {
                 Ok(pinned) => tracing::debug!(item = %label, pinned, fetched, "prefetched"),
                 Err(e) => {
