@@ -134,7 +134,9 @@ pub async fn server_stats(app: &AppState) -> Result<Stats, Error> {
     s.requests = app.metrics.outcome_totals();
     let hits =
         s.requests.get("hit").copied().unwrap_or(0) + s.requests.get("stale").copied().unwrap_or(0);
-    let misses = s.requests.get("miss").copied().unwrap_or(0);
+    // Passed through unstored (no room on disk): fetched upstream like a miss.
+    let misses = s.requests.get("miss").copied().unwrap_or(0)
+        + s.requests.get("bypass").copied().unwrap_or(0);
     if hits + misses > 0 {
         s.hit_ratio = Some(hits as f64 / (hits + misses) as f64);
     }
