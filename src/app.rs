@@ -162,12 +162,22 @@ fn room(
             let r = tokio::task::spawn_blocking(move || {
                 let none = HashMap::new();
                 let probe = wharf_storage::collect(&storage, u64::MAX, &none, true)?;
+                // Only when it can make the room: evicting everything for an object that would
+                // not fit anyway (or whose announced size is a lie) only empties the cache.
+                let evictable = probe.total_before.saturating_sub(probe.pinned_bytes);
+                if evictable < need {
+                    return Ok(None);
+                }
                 let target = probe.total_before.saturating_sub(need);
-                wharf_storage::collect(&storage, target, &none, false)
+                wharf_storage::collect(&storage, target, &none, false).map(Some)
             })
             .await;
             match r {
-                Ok(Ok(report)) if !report.removed.is_empty() => {
+                Ok(Ok(None)) => tracing::warn!(
+                    need,
+                    "eviction cannot make that much room (pinned content, other files); not evicting"
+                ),
+                Ok(Ok(Some(report))) if !report.removed.is_empty() => {
                     if let Some(r) = registry.get().and_then(std::sync::Weak::upgrade) {
                         r.hot.clear();
                     }
@@ -177,7 +187,7 @@ fn room(
                         "evicted least-recently-used content to make room"
                     );
                 }
-                Ok(Ok(_)) => tracing::warn!("nothing could be evicted to make room"),
+                Ok(Ok(Some(_))) => tracing::warn!("nothing could be evicted to make room"),
                 Ok(Err(e)) => tracing::error!(error = %e, "eviction for room failed"),
                 Err(_) => {}
             }

@@ -77,11 +77,16 @@ async fn a_full_disk_passes_verified_objects_through_and_recovers() {
     let big_d = up.put_blob(&big);
     let small = bytes_of(300_000, 32);
     let small_d = up.put_blob(&small);
+    let kept = bytes_of(200_000, 33);
+    let kept_d = up.put_blob(&kept);
     let data = disk.path().join("data");
     let w =
         Wharf::serve(WharfConfig::fake(&up.url(), &data).tables("[cache]\nmin_free = \"2MiB\"\n"))
             .await;
     assert_eq!(health(&w).await["status"], "ok");
+    let r = get(w.url(&format!("/v2/app/blobs/{kept_d}"))).await;
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert_eq!(read_body(r).await, kept);
 
     // Larger than the whole disk: whole and verified, not stored.
     let r = get(w.url(&format!("/v2/app/blobs/{big_d}"))).await;
@@ -96,6 +101,9 @@ async fn a_full_disk_passes_verified_objects_through_and_recovers() {
     assert_eq!(r.headers()["x-cache"], "BYPASS", "never stored");
     assert_eq!(read_body(r).await, big);
     assert_eq!(up.count("GET", &big_d), 2, "each pass is one upstream GET");
+    // Evicting could not have made room for it: nothing was evicted.
+    let r = get(w.url(&format!("/v2/app/blobs/{kept_d}"))).await;
+    assert_eq!(r.headers()["x-cache"], "HIT");
 
     // Corrupt bytes passed through are cut, never completed.
     up.set_blob_mode(BlobMode::Corrupt);
@@ -121,6 +129,12 @@ async fn a_full_disk_passes_verified_objects_through_and_recovers() {
         m.contains("wharf_requests_total{protocol=\"registry\",outcome=\"bypass\"} 4"),
         "{m}"
     );
+    let r = get(w.url(&format!("/v2/app/blobs/{kept_d}"))).await;
+    assert_eq!(
+        r.headers()["x-cache"],
+        "HIT",
+        "not evicted for what eviction could not fit"
+    );
 
     // Space returns: stored again.
     std::fs::remove_file(filler).unwrap();
@@ -137,4 +151,70 @@ async fn a_full_disk_passes_verified_objects_through_and_recovers() {
     // Nothing half-written was left behind.
     let tmp = std::fs::read_dir(data.join("tmp")).unwrap().count();
     assert_eq!(tmp, 0);
+}
+
+/// A wharf whose disk never has room (`min_free` larger than any disk): every fill passes
+/// through. Needs no mount.
+async fn never_room(keys: &str) -> (FakeRegistry, Wharf, tempfile::TempDir, String, Vec<u8>) {
+    let up = FakeRegistry::start().await;
+    let blob = bytes_of(2 << 20, 34);
+    let d = up.put_blob(&blob);
+    *up.state.range_answer.lock().unwrap() = RangeAnswer::Exact;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::serve(
+        WharfConfig::fake(&up.url(), dir.path())
+            .registry(keys)
+            .tables("[cache]\nmin_free = \"1000TiB\"\n[server]\nmax_concurrent_fills = 1\nfill_queue_timeout = \"0s\"\n"),
+    )
+    .await;
+    (up, w, dir, d, blob)
+}
+
+#[tokio::test]
+async fn with_cold_ranges_wait_a_passed_through_range_is_only_verified_bytes() {
+    let ranged = |w: &Wharf, d: &str| {
+        client()
+            .get(w.url(&format!("/v2/app/blobs/{d}")))
+            .header("range", "bytes=1000-1999")
+    };
+    // Default ("upstream"): the range is asked of the upstream, marked, and BYPASS.
+    let (_up, w, _dir, d, blob) = never_room("").await;
+    let r = ranged(&w, &d).sent().await;
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["x-wharf-unverified"], "upstream-range");
+    assert_eq!(r.headers()["x-cache"], "BYPASS");
+    assert_eq!(read_body(r).await, blob[1000..2000]);
+
+    let (up, w, _dir, d, _) = never_room("cold_ranges = \"wait\"").await;
+    let r = ranged(&w, &d).sent().await;
+    assert_eq!(r.status(), 200, "the verified whole instead");
+    assert!(r.headers().get("x-wharf-unverified").is_none());
+    assert_eq!(r.headers()["x-cache"], "BYPASS");
+    assert_eq!(sha256(&read_body(r).await), d);
+    assert_eq!(
+        up.state
+            .range_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test]
+async fn passing_through_takes_fill_permits_like_a_fill() {
+    let (up, w, _dir, d, blob) = never_room("").await;
+    up.set_blob_mode(BlobMode::Slow(std::time::Duration::from_millis(20)));
+    let first = client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .sent()
+        .await;
+    assert_eq!(first.headers()["x-cache"], "BYPASS");
+    // The first is still streaming: no permit for a second.
+    let second = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
+    assert_eq!(second.status(), 503);
+    assert_eq!(read_body(first).await, blob);
+    // Released when the first body ended.
+    up.set_blob_mode(BlobMode::Normal);
+    let third = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
+    assert_eq!(third.status(), 200);
+    assert_eq!(read_body(third).await, blob);
 }

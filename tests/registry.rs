@@ -1131,7 +1131,8 @@ async fn wait_until_cached(w: &Wharf, d: &str) -> reqwest::Response {
     panic!("the fill never completed");
 }
 
-fn assert_tail(r: &reqwest::Response, unverified: bool) {
+/// A 206 of the tail, marked unverified as `unverified` says (`None`: not marked).
+fn assert_tail(r: &reqwest::Response, unverified: Option<&str>) {
     assert_eq!(r.status(), 206);
     let size = 8u64 << 20;
     assert_eq!(
@@ -1139,20 +1140,18 @@ fn assert_tail(r: &reqwest::Response, unverified: bool) {
         format!("bytes {}-{}/{size}", size - 4096, size - 1).as_str()
     );
     assert_eq!(r.headers()["content-length"], "4096");
-    assert_eq!(
-        r.headers().get("x-wharf-unverified").is_some(),
-        unverified,
-        "{:?}",
-        r.headers()
-    );
+    let marked = r
+        .headers()
+        .get("x-wharf-unverified")
+        .map(|v| v.to_str().unwrap());
+    assert_eq!(marked, unverified, "{:?}", r.headers());
 }
 
 #[tokio::test]
 async fn a_range_the_fill_has_not_reached_is_forwarded_upstream_while_the_one_fill_continues() {
     let slow = BlobMode::Slow(Duration::from_millis(5));
     let (up, w, dir, d, data, r) = cold_tail("", RangeAnswer::Exact, slow).await;
-    assert_tail(&r, true);
-    assert_eq!(r.headers()["x-wharf-unverified"], "upstream-range");
+    assert_tail(&r, Some("upstream-range"));
     assert_eq!(r.headers()["x-cache"], "MISS");
     assert_eq!(read_body(r).await, data[(8 << 20) - 4096..]);
     assert_eq!(up.state.range_requests.load(Ordering::SeqCst), 1);
@@ -1170,7 +1169,7 @@ async fn a_range_the_fill_has_not_reached_is_forwarded_upstream_while_the_one_fi
         .header("range", format!("bytes={}-", (8 << 20) - 4096))
         .sent()
         .await;
-    assert_tail(&r, false);
+    assert_tail(&r, None);
     assert_eq!(up.state.range_requests.load(Ordering::SeqCst), 1);
     let m = read_text(get(w.url("/metrics")).await).await;
     assert!(
@@ -1184,7 +1183,7 @@ async fn cold_ranges_wait_answers_only_verified_bytes_from_the_fill() {
     let slow = BlobMode::Slow(Duration::from_millis(2));
     let keys = "cold_ranges = \"wait\"";
     let (up, _w, _dir, _d, data, r) = cold_tail(keys, RangeAnswer::Exact, slow).await;
-    assert_tail(&r, false);
+    assert_tail(&r, None);
     assert_eq!(read_body(r).await, data[(8 << 20) - 4096..]);
     assert_eq!(up.state.range_requests.load(Ordering::SeqCst), 0);
 }
@@ -1194,7 +1193,8 @@ async fn an_upstream_that_answers_a_range_otherwise_leaves_it_to_the_fill() {
     let slow = BlobMode::Slow(Duration::from_millis(2));
     for answer in [RangeAnswer::Ignore, RangeAnswer::WrongTotal] {
         let (up, _w, _dir, _d, data, r) = cold_tail("", answer, slow.clone()).await;
-        assert_tail(&r, false);
+        // From the fill, without waiting for the whole blob's digest.
+        assert_tail(&r, Some("fill-range"));
         assert_eq!(read_body(r).await, data[(8 << 20) - 4096..], "{answer:?}");
         assert_eq!(up.state.range_requests.load(Ordering::SeqCst), 1);
     }
@@ -1205,7 +1205,7 @@ async fn a_range_the_fill_is_about_to_reach_is_not_forwarded() {
     let (up, w, _d) = setup("").await;
     let data = bytes_of(8 << 20, 22);
     let d = up.put_blob(&data);
-    up.set_blob_mode(BlobMode::Slow(Duration::from_millis(2)));
+    up.set_blob_mode(BlobMode::Slow(Duration::from_millis(5)));
     *up.state.range_answer.lock().unwrap() = RangeAnswer::Exact;
     let r = client()
         .get(w.url(&format!("/v2/app/blobs/{d}")))
@@ -1213,9 +1213,16 @@ async fn a_range_the_fill_is_about_to_reach_is_not_forwarded() {
         .sent()
         .await;
     assert_eq!(r.status(), 206);
-    assert!(r.headers().get("x-wharf-unverified").is_none());
+    assert_eq!(r.headers()["x-wharf-unverified"], "fill-range");
     assert_eq!(read_body(r).await, data[100..200]);
     assert_eq!(up.state.range_requests.load(Ordering::SeqCst), 0);
+    // It did not wait for the whole blob: the fill is still running.
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
+    assert_eq!(
+        r.headers()["x-cache"],
+        "MISS",
+        "joined the fill still in flight"
+    );
 }
 
 #[tokio::test]
@@ -1282,6 +1289,8 @@ async fn referrers_come_from_the_upstream_api_filtered_cached_and_stale_on_failu
     let list = index_of(&[sig.clone(), sbom.clone()]);
     let lists = HashMap::from([(("app".to_string(), subject.clone()), list)]);
     *up.state.referrers.lock().unwrap() = Some(lists);
+    // Lists are kept for manifests this cache holds.
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
 
     let (r, all) = referrers_of(&w, &subject, "").await;
     assert_eq!(r.status(), 200);
@@ -1322,16 +1331,24 @@ async fn referrers_come_from_the_upstream_api_filtered_cached_and_stale_on_failu
 }
 
 #[tokio::test]
-async fn referrers_are_kept_for_the_tag_ttl() {
+async fn referrers_are_kept_for_the_tag_ttl_only_for_cached_manifests() {
     let (up, w, _d) = setup("").await;
     let (subject, _) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
     *up.state.referrers.lock().unwrap() = Some(HashMap::new());
+    // Not a manifest this cache holds: answered, never kept (arbitrary digests fill nothing).
     let (r, list) = referrers_of(&w, &subject, "").await;
     assert_eq!(r.status(), 200);
     assert_eq!(digests(&list), Vec::<String>::new());
     let (r, _) = referrers_of(&w, &subject, "").await;
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert_eq!(up.count("GET", "/referrers/"), 2);
+    // Cached: kept for the tag TTL.
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
+    let (r, _) = referrers_of(&w, &subject, "").await;
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    let (r, _) = referrers_of(&w, &subject, "").await;
     assert_eq!(r.headers()["x-cache"], "HIT");
-    assert_eq!(up.count("GET", "/referrers/"), 1);
+    assert_eq!(up.count("GET", "/referrers/"), 3);
 }
 
 #[tokio::test]
@@ -1385,6 +1402,7 @@ async fn a_referrers_list_that_is_not_an_index_of_descriptors_is_refused_and_not
     let bad = br#"{"manifests":[{"mediaType":"x","digest":"sha256:zz","size":1}]}"#.to_vec();
     let lists = HashMap::from([(("app".to_string(), subject.clone()), bad)]);
     *up.state.referrers.lock().unwrap() = Some(lists);
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
     let (r, _) = referrers_of(&w, &subject, "").await;
     assert_eq!(r.status(), 502);
     // Fixed upstream: asked again, since nothing was kept.

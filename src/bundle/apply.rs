@@ -505,7 +505,6 @@ fn index_referrers(app: Mirror<'_>, c: &BundleManifest) -> Result<(), BundleErro
             let rec = wharf_storage::ReferrersRecord {
                 referrers: r.referrers.clone(),
                 fetched_unix: c.created_unix,
-                fallback: false,
             };
             index.put_referrers(&r.upstream, &r.repository, &r.subject, &rec)?;
         }

@@ -121,9 +121,6 @@ fn plan_referrers(
             let Some(rec) = index.get_referrers(up, repo, subject)? else {
                 continue;
             };
-            if rec.fallback {
-                continue;
-            }
             for r in &rec.referrers {
                 // Named with its repository even when a pin already brought its bytes, so the
                 // importer links it there.

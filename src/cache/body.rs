@@ -112,6 +112,8 @@ pub struct BlobBody {
     pos: u64,
     end: Option<u64>,
     done: bool,
+    /// Hold the window's last byte back until the blob is verified (the default).
+    hold_last: bool,
 }
 
 impl BlobBody {
@@ -122,6 +124,7 @@ impl BlobBody {
             pos: start,
             end: Some(end),
             done: false,
+            hold_last: true,
         }
     }
 
@@ -132,7 +135,16 @@ impl BlobBody {
             pos: start,
             end,
             done: false,
+            hold_last: true,
         }
+    }
+
+    /// The same body sending every byte as soon as it is written, the last included, without
+    /// waiting for the blob's verdict (a range a lazy puller wants now; a failed fill still
+    /// cuts it).
+    pub fn without_holding_back(mut self) -> BlobBody {
+        self.hold_last = false;
+        self
     }
 
     pub fn into_stream(self) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
@@ -196,7 +208,8 @@ impl BlobBody {
                     self.file.get_or_insert(file);
                     // Hold back the last byte of the window until the blob is verified.
                     let window_end = self.end.or(size).unwrap_or(u64::MAX);
-                    let limit = written.min(window_end.saturating_sub(1));
+                    let held = u64::from(self.hold_last);
+                    let limit = written.min(window_end.saturating_sub(held));
                     if self.pos < limit {
                         return Ok(Some(limit));
                     }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 use wharf_storage::{BlobWriter, Digest, Index, Storage, StorageError, unix_now};
 
@@ -284,6 +284,10 @@ impl Engine {
         let Some(expected) = fetch.expected().cloned() else {
             return Err(FillError::NoRoom);
         };
+        // A pass-through is a fill that stores nothing: it takes a permit like one.
+        let Some(permit) = self.permit().await else {
+            return Err(FillError::Busy);
+        };
         let (incoming, _) = self
             .open_source(&mut fetch, super::tier::from_peer())
             .await?;
@@ -297,7 +301,7 @@ impl Engine {
         tracing::warn!(digest = %expected, size = incoming.len, "no room on the local disk; passing the object through unstored");
         Ok(Served {
             size: incoming.len,
-            source: BlobSource::Pass(verified_stream(incoming, expected, limit)),
+            source: BlobSource::Pass(verified_stream(incoming, expected, limit, permit)),
             outcome: Outcome::Bypass,
         })
     }
@@ -314,6 +318,11 @@ impl Engine {
     /// Fill permit counters, for metrics.
     pub fn fill_queue(&self) -> &QueueStats {
         &self.0.queue
+    }
+
+    /// A fill permit if one is free now (for upstream work that may be skipped when busy).
+    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.permits.clone().try_acquire_owned().ok()
     }
 
     /// A fill permit: at once, or within the queue limit.
@@ -414,8 +423,9 @@ impl Engine {
                 let from_peer = super::tier::from_peer();
                 tokio::spawn(
                     async move {
-                        engine.run(fetch, leader, from_peer, pass_tx).await;
-                        drop(permit);
+                        engine
+                            .run(fetch, leader, from_peer, (pass_tx, permit))
+                            .await;
                     }
                     .instrument(span),
                 );
@@ -450,7 +460,7 @@ impl Engine {
         mut fetch: F,
         leader: Leader<K>,
         from_peer: bool,
-        pass: tokio::sync::oneshot::Sender<Served>,
+        pass: Handover,
     ) {
         // A fill of the same digest that finished just before this one started.
         if let Some(d) = fetch.known()
@@ -460,6 +470,7 @@ impl Engine {
             return leader.commit(Arc::new(file), meta.len());
         }
         let mut pass = Some(pass);
+        // Held (in `pass`) until this fill ends, unless a pass-through takes it along.
         match self
             .fill_once(&mut fetch, &leader, from_peer, &mut pass)
             .await
@@ -522,9 +533,13 @@ impl Engine {
         fetch: &mut F,
         leader: &Leader<K>,
         from_peer: bool,
-        pass: &mut Option<tokio::sync::oneshot::Sender<Served>>,
+        pass: &mut Option<Handover>,
     ) -> Result<(Arc<File>, u64, bool), FillError> {
         let (incoming, origin) = self.open_source(fetch, from_peer).await?;
+        let limit = fetch.limit();
+        if incoming.len.is_some_and(|n| n > limit) {
+            return Err(fetch.too_large(limit));
+        }
         // Room first: the disk must keep `cache.min_free` after this object.
         if let Some(room) = &self.0.room
             && !room.admit(incoming.len).await
@@ -567,7 +582,6 @@ impl Engine {
             .writer()
             .map_err(local("cannot create a temp file"))?;
         let file = writer.file();
-        let limit = fetch.limit();
         // Reserved up front, a full disk says so before any byte goes out, not halfway.
         if let Some(len) = incoming.len.filter(|&n| n <= limit)
             && let Err(e) = writer.reserve(len)
@@ -663,16 +677,19 @@ impl Engine {
         &self,
         fetch: &F,
         incoming: Incoming,
-        pass: &mut Option<tokio::sync::oneshot::Sender<Served>>,
+        pass: &mut Option<Handover>,
     ) -> FillError {
-        if let (Some(expected), Some(tx)) = (fetch.expected().cloned(), pass.take()) {
+        if let (Some(expected), Some((tx, permit))) = (fetch.expected().cloned(), pass.take()) {
             if let Some(room) = &self.0.room {
                 room.count_pass_through();
             }
             tracing::warn!(digest = %expected, size = incoming.len, "no room on the local disk; passing the object through unstored");
+            // The stream keeps the fill's permit: a pass-through counts as a fill while it runs.
+            let incoming_len = incoming.len;
+            let stream = verified_stream(incoming, expected, fetch.limit(), permit);
             let _ = tx.send(Served {
-                size: incoming.len,
-                source: BlobSource::Pass(verified_stream(incoming, expected, fetch.limit())),
+                size: incoming_len,
+                source: BlobSource::Pass(stream),
                 outcome: Outcome::Bypass,
             });
         }
@@ -854,8 +871,10 @@ fn verified_stream(
     incoming: Incoming,
     expected: Digest,
     limit: u64,
+    permit: OwnedSemaphorePermit,
 ) -> BoxStream<'static, std::io::Result<Bytes>> {
     struct State {
+        _permit: OwnedSemaphorePermit,
         body: BoxStream<'static, Result<Bytes, FillError>>,
         len: Option<u64>,
         hasher: Option<wharf_storage::Hasher>,
@@ -864,6 +883,7 @@ fn verified_stream(
     }
     let fail = |m: String| std::io::Error::other(m);
     let state = State {
+        _permit: permit,
         body: incoming.body,
         len: incoming.len,
         hasher: Some(wharf_storage::Hasher::new()),
@@ -912,6 +932,10 @@ fn verified_stream(
     })
     .boxed()
 }
+
+/// How a fill hands a passed-through object to the request that started it: the channel, and
+/// the fill's permit, which the stream keeps.
+type Handover = (tokio::sync::oneshot::Sender<Served>, OwnedSemaphorePermit);
 
 /// Where a fill's bytes came from.
 enum Origin {

@@ -23,7 +23,7 @@ use super::{ranges, referrers};
 use crate::cache::{
     BlobBody, BlobSource, ByteRange, Cached, FillError, Outcome, Sendfile, revalidate,
 };
-use crate::config::{DOCKER_HUB_NAME, StaleOn, UpstreamConfig};
+use crate::config::{ColdRanges, DOCKER_HUB_NAME, StaleOn, UpstreamConfig};
 use crate::upstream::client::read_limited;
 use crate::upstream::{UpstreamClient, UpstreamError};
 
@@ -657,10 +657,10 @@ async fn blob(
         return blob_response(
             digest,
             BlobSource::File(file),
-            Some(size),
-            range,
+            (Some(size), range),
             head,
             Outcome::Hit,
+            false,
         );
     }
     if head {
@@ -676,7 +676,6 @@ async fn blob(
         metrics: app.metrics.clone(),
     };
     let span = tracing::info_span!("fill", upstream = %t.up.name, repo = %t.name, digest = %digest);
-    let what = || format!("blob {digest}");
     let filled = match app
         .engine
         .fill(&app.blob_flights, digest, fetch, span)
@@ -686,81 +685,107 @@ async fn blob(
         Err(FillError::NoRoom) => app.engine.pass_through(fetch()).await,
         other => other,
     };
-    let served = match filled {
-        Ok(s) => s,
-        Err(FillError::NoRoom) => {
-            return Err(RegistryError::new(
-                ErrorCode::Unavailable,
-                "the local disk is full (cache.min_free); retry later",
-            )
-            .with_header(header::RETRY_AFTER, HeaderValue::from_static("30")));
-        }
-        Err(FillError::NotFound) => {
-            return Err(Miss::NotFound.into_error(t, &what(), ErrorCode::BlobUnknown));
-        }
-        Err(FillError::Offline) => {
-            return Err(Miss::Failed(UpstreamError::Offline).into_error(
-                t,
-                &what(),
-                ErrorCode::BlobUnknown,
-            ));
-        }
-        Err(FillError::Upstream(m)) => {
-            return Err(RegistryError::new(
-                ErrorCode::BadGateway,
-                format!(
-                    "fetching blob {digest} from upstream {} failed: {m}",
-                    t.up.name
-                ),
-            ));
-        }
-        Err(FillError::Busy) => return Err(busy()),
-        Err(FillError::Local) => {
-            return Err(RegistryError::new(
-                ErrorCode::Unknown,
-                "local storage error; see the server log",
-            ));
-        }
-    };
+    let mut served = filled.map_err(|e| blob_fill_error(t, digest, e))?;
     // The fill may be for another repository or upstream (a request that joined it, or a fill
     // that found the blob committed just before it started). Asked once it has started: a fill
     // from this repository has linked it by then, so no HEAD is needed.
     ensure_linked(app, t, digest, "blobs").await?;
-    // Passed through unstored: a range is asked of the upstream (unverified) or ignored.
+    let mode = app.config.registry.cold_ranges;
+    // Passed through unstored: a range is asked of the upstream (unverified; `upstream` mode
+    // only), else the verified whole is sent. The whole's stream (and its fill permit) is let
+    // go first, and opened again only if the upstream does not answer the range.
     let passing = matches!(served.source, BlobSource::Pass(_));
-    if let (true, Some(size)) = (passing && range.is_some(), served.size)
-        && let Ok(Some(r)) = ByteRange::parse(range, size)
-        && let Some(resp) = ranges::forward(&t.up, &t.name, digest, r, size, &app.metrics).await
+    if let (true, Some(size)) = (passing, served.size)
+        && let Some(r) = ranges::of_pass_through(mode, range, size)
     {
-        return Ok(resp);
+        drop(served);
+        let forwarded = ranges::forward(
+            &app.engine,
+            &t.up,
+            &t.name,
+            digest,
+            (r, size),
+            Outcome::Bypass,
+            &app.metrics,
+        )
+        .await;
+        if let Some(resp) = forwarded {
+            return Ok(resp);
+        }
+        served = app
+            .engine
+            .pass_through(fetch())
+            .await
+            .map_err(|e| blob_fill_error(t, digest, e))?;
     }
     let range = if passing { None } else { range };
+    let mut unverified_tail = false;
     if range.is_some() && served.fill_written().is_some() {
-        let mode = app.config.registry.cold_ranges;
         if let (Some(r), Some(size)) = (ranges::ahead_of_fill(mode, &served, range), served.size)
-            && let Some(resp) = ranges::forward(&t.up, &t.name, digest, r, size, &app.metrics).await
+            && let Some(resp) = ranges::forward(
+                &app.engine,
+                &t.up,
+                &t.name,
+                digest,
+                (r, size),
+                Outcome::Miss,
+                &app.metrics,
+            )
+            .await
         {
             return Ok(resp);
         }
         app.metrics.count_cold_range(false);
+        // From the fill: in `upstream` mode a range does not wait for the whole blob's digest.
+        unverified_tail = mode == ColdRanges::Upstream;
     }
     blob_response(
         digest,
         served.source,
-        served.size,
-        range,
+        (served.size, range),
         false,
         served.outcome,
+        unverified_tail,
     )
 }
 
+/// Why a blob could not be filled, as the client is told.
+fn blob_fill_error(t: &Target, digest: &Digest, e: FillError) -> RegistryError {
+    let what = format!("blob {digest}");
+    match e {
+        FillError::NoRoom => RegistryError::new(
+            ErrorCode::Unavailable,
+            "the local disk is full (cache.min_free); retry later",
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("30")),
+        FillError::NotFound => Miss::NotFound.into_error(t, &what, ErrorCode::BlobUnknown),
+        FillError::Offline => {
+            Miss::Failed(UpstreamError::Offline).into_error(t, &what, ErrorCode::BlobUnknown)
+        }
+        FillError::Upstream(m) => RegistryError::new(
+            ErrorCode::BadGateway,
+            format!(
+                "fetching blob {digest} from upstream {} failed: {m}",
+                t.up.name
+            ),
+        ),
+        FillError::Busy => busy(),
+        FillError::Local => RegistryError::new(
+            ErrorCode::Unknown,
+            "local storage error; see the server log",
+        ),
+    }
+}
+
+/// A blob answer: the whole of `source` or the requested range of it. `unverified_tail`: a
+/// range from a fill goes out whole as soon as it is written, not after the blob's digest.
 fn blob_response(
     digest: &Digest,
     source: BlobSource,
-    size: Option<u64>,
-    range: Option<&str>,
+    (size, range): (Option<u64>, Option<&str>),
     head: bool,
     outcome: Outcome,
+    unverified_tail: bool,
 ) -> Result<Response> {
     let window = match size {
         Some(size) => match ByteRange::parse(range, size) {
@@ -788,6 +813,9 @@ fn blob_response(
     } else {
         let stream = match source {
             BlobSource::File(f) => BlobBody::from_file(f, start, end.unwrap_or(start)),
+            BlobSource::Fill(rx) if unverified_tail && window.is_some() => {
+                BlobBody::from_fill(rx, start, end).without_holding_back()
+            }
             BlobSource::Fill(rx) => BlobBody::from_fill(rx, start, end),
             BlobSource::Pass(stream) => {
                 let mut resp = Body::from_stream(stream).into_response();
@@ -803,6 +831,9 @@ fn blob_response(
         resp.extensions_mut().insert(s);
     }
     if let (Some(r), Some(size)) = (window, size) {
+        if unverified_tail {
+            set(resp.headers_mut(), ranges::UNVERIFIED, "fill-range");
+        }
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
         set(
             resp.headers_mut(),

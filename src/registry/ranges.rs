@@ -18,15 +18,20 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use wharf_storage::Digest;
 
 use super::routes::RepoName;
-use crate::cache::{ByteRange, Outcome, Served};
+use crate::cache::{ByteRange, Engine, Outcome, Served};
 use crate::config::ColdRanges;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 use crate::upstream::client::accept_headers;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// A range starting less than this beyond the fill's progress is answered from the fill: it
 /// is about to be there, and a second upstream request would not be faster.
 const NEAR: u64 = 4 << 20;
+
+/// Longest range forwarded: lazy pullers read small ranges; a larger one waits for the fill
+/// rather than taking many unverified bytes.
+const MAX_FORWARD: u64 = 16 << 20;
 
 /// The header that marks bytes taken from the upstream before the fill verified them.
 pub const UNVERIFIED: &str = "x-wharf-unverified";
@@ -39,19 +44,32 @@ pub fn ahead_of_fill(mode: ColdRanges, served: &Served, range: Option<&str>) -> 
     }
     let written = served.fill_written()?;
     let r = ByteRange::parse(range, served.size?).ok()??;
-    (r.start > written.saturating_add(NEAR)).then_some(r)
+    (r.start > written.saturating_add(NEAR) && r.len() <= MAX_FORWARD).then_some(r)
+}
+
+/// A range of a blob passed through unstored (no room on disk), to forward: only in
+/// `upstream` mode and not too long (else the verified whole is sent).
+pub fn of_pass_through(mode: ColdRanges, range: Option<&str>, size: u64) -> Option<ByteRange> {
+    if mode == ColdRanges::Wait {
+        return None;
+    }
+    let r = ByteRange::parse(range, size).ok()??;
+    (r.len() <= MAX_FORWARD).then_some(r)
 }
 
 /// Asks the upstream for `r` of the blob and answers with it, or `None` when the answer is not
 /// exactly that range of a blob of `size` bytes (the caller then serves it from the fill).
+/// Takes a fill permit for as long as it streams; with none free, `None` at once.
 pub async fn forward(
+    engine: &Engine,
     up: &Arc<UpstreamClient>,
     name: &RepoName,
     digest: &Digest,
-    r: ByteRange,
-    size: u64,
+    (r, size): (ByteRange, u64),
+    outcome: Outcome,
     metrics: &Metrics,
 ) -> Option<Response> {
+    let permit = engine.try_permit()?;
     let path = format!("/v2/{name}/blobs/{digest}");
     let mut headers = accept_headers(&[]);
     let asked = format!("bytes={}-{}", r.start, r.end - 1);
@@ -76,7 +94,8 @@ pub async fn forward(
     }
     metrics.count_cold_range(true);
     let len = r.end - r.start;
-    let mut out = Body::from_stream(exactly(Box::pin(resp.bytes_stream()), len)).into_response();
+    let body = exactly(Box::pin(resp.bytes_stream()), len, permit);
+    let mut out = Body::from_stream(body).into_response();
     *out.status_mut() = StatusCode::PARTIAL_CONTENT;
     let h = out.headers_mut();
     let mut set = |k: &'static str, v: &str| {
@@ -90,7 +109,7 @@ pub async fn forward(
     set("accept-ranges", "bytes");
     set("docker-content-digest", digest.as_str());
     set(UNVERIFIED, "upstream-range");
-    Outcome::Miss.mark(&mut out);
+    outcome.mark(&mut out);
     Some(out)
 }
 
@@ -105,28 +124,36 @@ fn answers_exactly(status: StatusCode, h: &HeaderMap, content_range: &str, len: 
 
 /// Exactly `len` bytes of `inner`: a longer body is cut there, a shorter one ends in an error,
 /// so the client sees a cut body, never a short one that looks whole.
-fn exactly<S>(inner: S, len: u64) -> impl futures_util::Stream<Item = std::io::Result<Bytes>>
+fn exactly<S>(
+    inner: S,
+    len: u64,
+    permit: OwnedSemaphorePermit,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>>
 where
     S: futures_util::Stream<Item = reqwest::Result<Bytes>> + Unpin,
 {
-    futures_util::stream::unfold((inner, len), |(mut inner, left)| async move {
-        if left == 0 {
-            return None;
-        }
-        let item = match inner.next().await {
-            Some(Ok(mut b)) => {
-                b.truncate(usize::try_from(left).unwrap_or(usize::MAX));
-                let left = left - b.len() as u64;
-                return Some((Ok(b), (inner, left)));
+    // The permit goes with the stream's state: released when the body ends or is dropped.
+    futures_util::stream::unfold(
+        (inner, len, permit),
+        |(mut inner, left, permit)| async move {
+            if left == 0 {
+                return None;
             }
-            Some(Err(e)) => Err(std::io::Error::other(e)),
-            None => Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the upstream's range ended early",
-            )),
-        };
-        Some((item, (inner, 0)))
-    })
+            let item = match inner.next().await {
+                Some(Ok(mut b)) => {
+                    b.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+                    let left = left - b.len() as u64;
+                    return Some((Ok(b), (inner, left, permit)));
+                }
+                Some(Err(e)) => Err(std::io::Error::other(e)),
+                None => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the upstream's range ended early",
+                )),
+            };
+            Some((item, (inner, 0, permit)))
+        },
+    )
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, header};
+use std::sync::atomic::Ordering;
+
 use wharf_storage::{Digest, Referrer, ReferrersRecord, unix_now};
 
 use super::errors::{ErrorCode, RegistryError};
@@ -77,88 +79,118 @@ pub(super) async fn referrers(
     Ok(resp)
 }
 
-/// Every referrer of `subject` in `t`'s repository, unfiltered.
+/// Every referrer of `subject` in `t`'s repository, unfiltered. A list is kept (for the tag
+/// TTL, then revalidated) only for a manifest this cache holds, so asking about arbitrary
+/// digests stores nothing; that the upstream has no API is remembered per upstream.
 async fn list(app: &Registry, t: &Target, subject: &Digest) -> Result<(Vec<Referrer>, Outcome)> {
     let index = &app.storage.index;
     let (up, repo) = (t.up.name.as_str(), t.name.as_str());
+    let now = unix_now();
+    let ttl = tag_ttl(app, t);
+    let no_api = t.up.no_referrers_api.load(Ordering::Relaxed);
+    if no_api != 0 && now.saturating_sub(no_api) < ttl.as_secs() {
+        return from_fallback_or_empty(app, t, subject, Outcome::Hit).await;
+    }
     let cached = index
         .get_referrers(up, repo, subject)
         .map_err(internal)?
         .map(|rec| Cached {
             learned_unix: rec.fetched_unix,
-            value: rec,
+            value: rec.referrers,
         });
-    let now = unix_now();
+    let keep = index.get_blob(subject).map_err(internal)?.is_some();
     let fetch = async {
-        let rec = match from_api(app, t, subject).await {
-            Ok(referrers) => ReferrersRecord {
-                referrers,
+        let referrers = from_api(app, t, subject).await?;
+        if keep {
+            let rec = ReferrersRecord {
+                referrers: referrers.clone(),
                 fetched_unix: now,
-                fallback: false,
-            },
-            // No referrers API here: remember that, and read the fallback tag.
-            Err(Miss::NotFound) => ReferrersRecord {
-                referrers: Vec::new(),
-                fetched_unix: now,
-                fallback: true,
-            },
-            Err(e) => return Err(e),
-        };
-        index
-            .put_referrers(up, repo, subject, &rec)
-            .map_err(|e| Miss::Local(internal(e)))?;
-        Ok((rec, Outcome::Miss))
+            };
+            index
+                .put_referrers(up, repo, subject, &rec)
+                .map_err(|e| Miss::Local(internal(e)))?;
+        }
+        Ok((referrers, Outcome::Miss))
     };
     let key = format!("{up}/{repo} referrers of {subject}");
     let stale_if = |e: &Miss| e.serves_stale(&app.config.registry.serve_stale_on);
     let what = format!("referrers of {subject}");
-    let (rec, outcome) =
-        match revalidate(&key, cached, Some(tag_ttl(app, t)), now, fetch, stale_if).await {
-            Ok(answer) => answer,
-            // Nothing cached and the upstream unreachable (or offline): a fallback tag that is
-            // cached still answers.
-            Err(Miss::Failed(e)) => match from_fallback_tag(app, t, subject).await {
-                Ok(Some(answer)) => return Ok(answer),
-                _ => return Err(Miss::Failed(e).into_error(t, &what, ErrorCode::ManifestUnknown)),
-            },
-            Err(m) => return Err(m.into_error(t, &what, ErrorCode::ManifestUnknown)),
-        };
-    if !rec.fallback {
-        return Ok((rec.referrers, outcome));
-    }
-    match from_fallback_tag(app, t, subject).await? {
-        Some(answer) => Ok(answer),
-        None => Ok((Vec::new(), outcome)),
+    match revalidate(&key, cached, Some(ttl), now, fetch, stale_if).await {
+        Ok(answer) => Ok(answer),
+        // No referrers API here (a supporting registry never answers 404): the fallback tag.
+        Err(Miss::NotFound) => {
+            t.up.no_referrers_api.store(now.max(1), Ordering::Relaxed);
+            from_fallback_or_empty(app, t, subject, Outcome::Miss).await
+        }
+        // Nothing kept and the upstream unreachable (or offline): a cached fallback tag still
+        // answers.
+        Err(Miss::Failed(e)) => match from_fallback_tag(app, t, subject).await {
+            Ok(Some(answer)) => Ok(answer),
+            _ => Err(Miss::Failed(e).into_error(t, &what, ErrorCode::ManifestUnknown)),
+        },
+        Err(m) => Err(m.into_error(t, &what, ErrorCode::ManifestUnknown)),
     }
 }
 
-/// The upstream's referrers API, every page. `Miss::NotFound`: it has none.
+async fn from_fallback_or_empty(
+    app: &Registry,
+    t: &Target,
+    subject: &Digest,
+    outcome: Outcome,
+) -> Result<(Vec<Referrer>, Outcome)> {
+    Ok(from_fallback_tag(app, t, subject)
+        .await?
+        .unwrap_or((Vec::new(), outcome)))
+}
+
+/// The upstream's referrers API, every page (`Link` on the same list only, each page once),
+/// without duplicates. `Miss::NotFound`: it has no such API (a 404 for the first page).
 async fn from_api(
     app: &Registry,
     t: &Target,
     subject: &Digest,
 ) -> std::result::Result<Vec<Referrer>, Miss> {
     let limit = usize::try_from(app.config.registry.max_manifest_size.0).unwrap_or(usize::MAX);
-    let mut path = format!("/v2/{}/referrers/{subject}", t.name);
-    let mut all = Vec::new();
+    let first = format!("/v2/{}/referrers/{subject}", t.name);
+    let mut path = first.clone();
+    let mut all: Vec<Referrer> = Vec::new();
     let mut read = 0usize;
-    for _ in 0..MAX_PAGES {
+    let mut seen = std::collections::HashSet::new();
+    let mut list_path: Option<String> = None;
+    for page in 0..MAX_PAGES {
         let headers = accept_headers(&[manifest::OCI_INDEX]);
         let resp =
             t.up.send_with(http::Method::GET, &path, headers, &t.scope())
                 .await?;
-        classify(resp.status())?;
-        let next = next_page(resp.headers(), &t.name.to_string());
+        match classify(resp.status()) {
+            Err(Miss::NotFound) if page > 0 => {
+                return Err(Miss::Failed(UpstreamError::Protocol(format!(
+                    "page {} of the referrers list of {subject} is gone",
+                    page + 1
+                ))));
+            }
+            other => other?,
+        }
+        // The list's own path as the upstream sees it (a base path included).
+        let own = list_path
+            .get_or_insert_with(|| resp.url().path().to_string())
+            .clone();
+        let next = next_page(resp.headers(), resp.url(), &own);
         let url = resp.url().clone();
         let body = read_limited(resp, limit.saturating_sub(read), &url).await?;
         read += body.len();
-        all.extend(parse_list(&body).map_err(|e| {
+        let entries = parse_list(&body).map_err(|e| {
             Miss::Failed(UpstreamError::Protocol(format!(
                 "the referrers list of {subject} is not an OCI index: {e}"
             )))
-        })?);
-        match next {
-            Some(p) => path = p,
+        })?;
+        for r in entries {
+            if !all.iter().any(|a| a.digest == r.digest) {
+                all.push(r);
+            }
+        }
+        match next.filter(|q| seen.insert(q.clone())) {
+            Some(query) => path = format!("{first}?{query}"),
             None => return Ok(all),
         }
     }
@@ -205,22 +237,23 @@ fn parse_list(body: &[u8]) -> std::result::Result<Vec<Referrer>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The next page of a paginated list: a `Link: <...>; rel="next"` on the same repository's
-/// referrers path (anything else is not followed).
-fn next_page(h: &http::HeaderMap, name: &str) -> Option<String> {
+/// The query of the next page of a paginated list: a `Link: <...>; rel="next"` that resolves,
+/// against the page's URL, to the same origin and exactly the same list path `own` (dot
+/// segments and encodings normalised first); anything else is not followed.
+fn next_page(h: &http::HeaderMap, page: &reqwest::Url, own: &str) -> Option<String> {
     let link = h.get(header::LINK)?.to_str().ok()?;
     let (target, params) = link.split_once(';')?;
     if !params.contains("rel=\"next\"") && !params.contains("rel=next") {
         return None;
     }
     let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
-    let path = match target.find("://") {
-        // Absolute: only the path and query are used, against the same upstream.
-        Some(i) => &target[target[i + 3..].find('/')? + i + 3..],
-        None => target,
-    };
-    path.starts_with(&format!("/v2/{name}/referrers/"))
-        .then(|| path.to_string())
+    let next = page.join(target).ok()?;
+    let same_origin = next.scheme() == page.scheme()
+        && next.host_str() == page.host_str()
+        && next.port_or_known_default() == page.port_or_known_default();
+    (same_origin && next.path() == own)
+        .then(|| next.query().map(str::to_string))
+        .flatten()
 }
 
 #[cfg(test)]
@@ -256,19 +289,37 @@ mod tests {
 
     #[test]
     fn only_next_pages_of_the_same_list_are_followed() {
+        let page_url =
+            reqwest::Url::parse(&format!("http://up.test:5000/base/v2/a/b/referrers/{D}")).unwrap();
+        let own = page_url.path().to_string();
         let page = |v: &str| {
             let mut h = http::HeaderMap::new();
             h.insert(header::LINK, v.parse().unwrap());
-            next_page(&h, "a/b")
+            next_page(&h, &page_url, &own)
         };
-        let p = format!("/v2/a/b/referrers/{D}?n=1&last=x");
-        assert_eq!(page(&format!("<{p}>; rel=\"next\"")), Some(p.clone()));
+        let p = format!("/base/v2/a/b/referrers/{D}?n=1&last=x");
         assert_eq!(
-            page(&format!("<https://elsewhere.example{p}>; rel=\"next\"")),
-            Some(p.clone())
+            page(&format!("<{p}>; rel=\"next\"")).as_deref(),
+            Some("n=1&last=x")
+        );
+        assert_eq!(
+            page("<?n=2>; rel=\"next\"").as_deref(),
+            Some("n=2"),
+            "relative"
         );
         assert_eq!(page(&format!("<{p}>; rel=\"prev\"")), None);
-        assert_eq!(page("</v2/other/referrers/x>; rel=\"next\""), None);
-        assert_eq!(page("</admin/gc>; rel=\"next\""), None);
+        for hostile in [
+            format!("<https://elsewhere.example{p}>; rel=\"next\""),
+            format!("<http://up.test:5001{p}>; rel=\"next\""),
+            format!(
+                "</base/v2/a/b/referrers/{D}/../../../../secret/repo/referrers/{D}?x=1>; rel=\"next\""
+            ),
+            "</base/v2/a/b/referrers/%2e%2e/x?x=1>; rel=\"next\"".to_string(),
+            "</base/v2/a/b/referrers/sha256:0000?x=1>; rel=\"next\"".to_string(),
+            "</admin/gc?x=1>; rel=\"next\"".to_string(),
+            format!("</base/v2/a/b/referrers/{D}>; rel=\"next\""),
+        ] {
+            assert_eq!(page(&hostile), None, "{hostile}");
+        }
     }
 }

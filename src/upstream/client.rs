@@ -62,6 +62,8 @@ pub struct UpstreamClient {
     pub health: Arc<super::health::Health>,
     /// The pull quota the upstream last reported (`RateLimit-Limit` / `RateLimit-Remaining`).
     pub rate: RateLimit,
+    /// When the upstream last said it has no OCI referrers API (unix seconds; 0: not known).
+    pub no_referrers_api: std::sync::atomic::AtomicU64,
     offline: bool,
 }
 
@@ -146,6 +148,7 @@ impl UpstreamClient {
             auth: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
             rate: RateLimit::default(),
+            no_referrers_api: std::sync::atomic::AtomicU64::new(0),
             health: Arc::new(super::health::Health::new(
                 &cfg.name,
                 egress.failure_threshold,

@@ -99,9 +99,6 @@ pub struct TagListRecord {
 pub struct ReferrersRecord {
     pub referrers: Vec<Referrer>,
     pub fetched_unix: u64,
-    /// The upstream has no referrers API: the list is the `sha256-<hex>` fallback tag's index.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub fallback: bool,
 }
 
 /// One entry of a referrers list: an OCI descriptor, with the fields clients filter on.
