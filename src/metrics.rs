@@ -12,7 +12,7 @@ pub struct SentBytes(pub std::sync::Arc<AtomicU64>);
 
 /// The upstream a response's request went to, for its request log line (a response extension).
 #[derive(Clone)]
-pub struct AnsweredBy(pub String);
+pub struct AnsweredBy(pub std::sync::Arc<str>);
 
 #[derive(Default)]
 pub struct Metrics {

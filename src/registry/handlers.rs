@@ -144,7 +144,7 @@ impl Target {
 
     fn annotate(&self, mut resp: Response) -> Response {
         resp.extensions_mut()
-            .insert(crate::metrics::AnsweredBy(self.up.name.clone()));
+            .insert(crate::metrics::AnsweredBy(self.up.label.clone()));
         if let Some(ns) = self
             .ns
             .as_deref()

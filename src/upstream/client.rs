@@ -50,6 +50,8 @@ enum KnownAuth {
 #[derive(Debug)]
 pub struct UpstreamClient {
     pub name: String,
+    /// `name`, shared: what a response names as the upstream that answered (no copy per request).
+    pub label: Arc<str>,
     base: String,
     /// The upstream's URL: the scheme and port its credentials are bound to.
     origin: Url,
@@ -139,6 +141,7 @@ impl UpstreamClient {
             Url::parse(&cfg.url).map_err(|e| format!("registry.upstream {:?}: {e}", cfg.name))?;
         Ok(UpstreamClient {
             name: cfg.name.clone(),
+            label: Arc::from(cfg.name.as_str()),
             base: cfg.url.trim_end_matches('/').to_string(),
             origin,
             http,

@@ -108,7 +108,7 @@ struct Done {
     line: Line,
     status: u16,
     cache: &'static str,
-    upstream: Option<String>,
+    upstream: Option<Arc<str>>,
     bytes: Arc<AtomicU64>,
 }
 
