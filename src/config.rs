@@ -390,17 +390,19 @@ impl fmt::Display for MinFree {
     }
 }
 
+/// A size written as a number or as text (`4MiB`, `5%`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IntOrText {
+    Int(u64),
+    Text(String),
+}
+
 impl<'de> Deserialize<'de> for MinFree {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        let text = match Raw::deserialize(d)? {
-            Raw::Int(n) => return Ok(MinFree::Bytes(n)),
-            Raw::Text(t) => t,
+        let text = match IntOrText::deserialize(d)? {
+            IntOrText::Int(n) => return Ok(MinFree::Bytes(n)),
+            IntOrText::Text(t) => t,
         };
         if let Some(p) = text.trim().strip_suffix('%') {
             return match p.trim().parse::<u8>() {
@@ -1316,15 +1318,9 @@ impl fmt::Display for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+        match IntOrText::deserialize(d)? {
+            IntOrText::Int(n) => Ok(ByteSize(n)),
+            IntOrText::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
         }
     }
 }

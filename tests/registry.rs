@@ -324,11 +324,12 @@ async fn rate_limited_or_failing_upstream_serves_the_last_known_tag_as_stale() {
     );
 }
 
-#[tokio::test]
-async fn a_refusal_or_a_deleted_tag_is_the_answer_unless_serve_stale_on_lists_it() {
-    // Default: 401/403/404 from upstream are answers; the client sees them.
-    let (up, w, _d) = setup("tag_ttl = \"0s\"").await;
-    up.put_image("app", "v1", &[bytes_of(10, 1)]);
+/// A wharf with `registry_keys` that has cached `app:v1` and `app`'s tag list.
+async fn cached_tag_and_list(
+    registry_keys: &str,
+) -> (FakeRegistry, Wharf, tempfile::TempDir, String, Vec<u8>) {
+    let (up, w, d) = setup(registry_keys).await;
+    let (digest, body) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
     up.state
         .tags
         .lock()
@@ -336,6 +337,13 @@ async fn a_refusal_or_a_deleted_tag_is_the_answer_unless_serve_stale_on_lists_it
         .insert("app".into(), vec!["v1".into()]);
     assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
     assert_eq!(status_of(w.url("/v2/app/tags/list")).await, 200);
+    (up, w, d, digest, body)
+}
+
+#[tokio::test]
+async fn a_refusal_or_a_deleted_tag_is_the_answer_unless_serve_stale_on_lists_it() {
+    // Default: 401/403/404 from upstream are answers; the client sees them.
+    let (up, w, _d, _, _) = cached_tag_and_list("tag_ttl = \"0s\"").await;
     for code in [401, 403, 404] {
         up.fail_with(Some(code));
         let r = get(w.url("/v2/app/manifests/v1")).await;
@@ -345,15 +353,8 @@ async fn a_refusal_or_a_deleted_tag_is_the_answer_unless_serve_stale_on_lists_it
     }
 
     // Opted in: the cached tag and tag list answer, marked STALE, for exactly those answers.
-    let (up, w, _d) = setup("tag_ttl = \"0s\"\nserve_stale_on = [\"auth\", \"not_found\"]").await;
-    let (digest, body) = up.put_image("app", "v1", &[bytes_of(10, 1)]);
-    up.state
-        .tags
-        .lock()
-        .unwrap()
-        .insert("app".into(), vec!["v1".into()]);
-    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
-    assert_eq!(status_of(w.url("/v2/app/tags/list")).await, 200);
+    let keys = "tag_ttl = \"0s\"\nserve_stale_on = [\"auth\", \"not_found\"]";
+    let (up, w, _d, digest, body) = cached_tag_and_list(keys).await;
     for code in [401, 403, 404] {
         up.fail_with(Some(code));
         let r = get(w.url("/v2/app/manifests/v1")).await;
@@ -371,9 +372,8 @@ async fn a_refusal_or_a_deleted_tag_is_the_answer_unless_serve_stale_on_lists_it
     assert_eq!(status_of(w.url("/v2/app/manifests/v2")).await, 404);
 
     // Only what is listed: "auth" alone leaves a deleted tag deleted.
-    let (up, w, _d) = setup("tag_ttl = \"0s\"\nserve_stale_on = [\"auth\"]").await;
-    up.put_image("app", "v1", &[bytes_of(10, 1)]);
-    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
+    let keys = "tag_ttl = \"0s\"\nserve_stale_on = [\"auth\"]";
+    let (up, w, _d, _, _) = cached_tag_and_list(keys).await;
     up.fail_with(Some(401));
     assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
     up.fail_with(Some(404));
