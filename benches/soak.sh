@@ -74,6 +74,7 @@ command_line="benches/soak.sh --minutes $minutes"
 
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY ftp_proxy FTP_PROXY
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
+export PYTHONDONTWRITEBYTECODE=1  # no __pycache__ in the source tree
 
 # --- tools --------------------------------------------------------------------------------------
 need=()
