@@ -674,11 +674,14 @@ class Wharf:
 
 
 def proc_rss_mib(pid):
+    """VmRSS, RssAnon (heap: what a leak would grow) and RssFile, in MiB."""
+    found = {}
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return None
+            key = line.split(":", 1)[0]
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                found[key] = int(line.split()[1]) / 1024
+    return found.get("VmRSS"), found.get("RssAnon"), found.get("RssFile")
 
 
 def proc_fds(pid):
@@ -832,7 +835,7 @@ def bench_log(msg):
 
 
 CSV_FIELDS = [
-    "t", "rss_mib", "fds", "conns", "data_mib", "fs_used_mib", "reqs", "rps", "p50_ms", "p99_ms",
+    "t", "rss_mib", "rss_anon_mib", "rss_file_mib", "index_mib", "fds", "conns", "data_mib", "fs_used_mib", "reqs", "rps", "p50_ms", "p99_ms",
     "errors", "corrupt", "hit", "miss", "stale", "bypass", "other", "cpu_pct",
 ]
 
@@ -870,8 +873,10 @@ def write_charts(out, samples, faults, fs_size_mib, min_free_mib):
         return "u ($1/60):(column(%d)%s)" % (col[field], scale)
 
     charts = [
-        ("rss.png", "wharf resident memory (VmRSS)", "MiB", "set yrange [0:*]",
-         ["'%s' %s w l lw 1.5 lc rgb '#1f78b4' t 'RSS (MiB)'" % (dat, u("rss_mib"))]),
+        ("rss.png", "wharf resident memory, and the size of its index (sled) on disk", "MiB", "set yrange [0:*]",
+         ["'%s' %s w l lw 1.5 lc rgb '#1f78b4' t 'VmRSS'" % (dat, u("rss_mib")),
+          "'%s' %s w l lw 1 lc rgb '#a6cee3' t 'RssAnon (heap)'" % (dat, u("rss_anon_mib")),
+          "'%s' %s w l lw 1 dt 2 lc rgb '#999999' t 'index/ on disk'" % (dat, u("index_mib"))]),
         ("fds.png", "wharf open file descriptors and client connections", "count", "set yrange [0:*]",
          ["'%s' %s w l lw 1.5 lc rgb '#33a02c' t 'open descriptors'" % (dat, u("fds")),
           "'%s' %s w l lw 1 lc rgb '#b2df8a' t 'connections open (/metrics)'" % (dat, u("conns"))]),
@@ -945,7 +950,11 @@ def summarize(args, stats, samples, faults, wharf, load, started_wall, fs_size_m
 
     outside = [r for r in recs if window(r[0]) is None]
     outside_err = collections.Counter(r[3] for r in outside if r[3] not in ("ok", "corrupt"))
-    rss_half = [s["rss_mib"] for s in samples if s["rss_mib"] != "" and s["t"] >= samples[-1]["t"] / 2]
+    kills = [start for start, _e, name, _l, _n in faults if name == "kill"]
+    split = kills[0] if kills else samples[-1]["t"] / 2
+    rss_a = [s["rss_mib"] for s in samples if s["rss_mib"] != "" and s["t"] < split]
+    rss_b = [s["rss_mib"] for s in samples if s["rss_mib"] != "" and s["t"] > split]
+    index = [s["index_mib"] for s in samples if s["index_mib"] != ""]
 
     lines = []
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -969,7 +978,11 @@ def summarize(args, stats, samples, faults, wharf, load, started_wall, fs_size_m
     lines.append("| **corrupt bodies** | **%d** |" % results["corrupt"])
     lines.append("| X-Cache of the answers | %s |" % ", ".join("%s %s" % (k, f"{n:,}") for k, n in outcomes.most_common()))
     if rss:
-        lines.append("| wharf RSS (MiB) | %.1f – %.1f (second half of the run: %.1f – %.1f) |" % (min(rss), max(rss), min(rss_half), max(rss_half)))
+        lines.append("| wharf RSS (MiB) | %.1f – %.1f (%s: %.1f – %.1f; %s: %.1f – %.1f) |" % (
+            min(rss), max(rss), "before the kill -9" if kills else "first half", min(rss_a or [0]), max(rss_a or [0]),
+            "after the restart" if kills else "second half", min(rss_b or [0]), max(rss_b or [0])))
+    if index:
+        lines.append("| wharf index (sled) on disk (MiB) | %.1f – %.1f |" % (min(index), max(index)))
     if fds:
         lines.append("| wharf open descriptors | %d – %d |" % (min(fds), max(fds)))
     if conns:
@@ -1158,7 +1171,8 @@ def soak(args, bench):
             row["t"] = round(t, 2)
             if pid:
                 try:
-                    row["rss_mib"] = round(proc_rss_mib(pid), 2)
+                    rss, anon, filed = proc_rss_mib(pid)
+                    row["rss_mib"], row["rss_anon_mib"], row["rss_file_mib"] = round(rss, 2), round(anon, 2), round(filed, 2)
                     row["fds"] = proc_fds(pid)
                 except OSError:
                     pass
@@ -1170,6 +1184,7 @@ def soak(args, bench):
                 row["cpu_pct"] = round(100 * max(0.0, cpu - cpu_prev) / (t - t_prev), 1)
             cpu_prev, t_prev = cpu, t
             row["data_mib"] = round(tree_bytes(data_dir) / MIB, 1)
+            row["index_mib"] = round(tree_bytes(os.path.join(data_dir, "index")) / MIB, 1)
             st = os.statvfs(base)
             row["fs_used_mib"] = round((st.f_blocks - st.f_bfree) * st.f_frsize / MIB, 1)
             row["reqs"] = len(recs)
