@@ -896,9 +896,11 @@ def write_charts(out, samples, faults, fs_size_mib, min_free_mib):
           "'%s' %s w l lw 1.2 lc rgb '#33a02c' t 'MISS'" % (dat, u("miss")),
           "'%s' %s w l lw 1.5 lc rgb '#ff7f00' t 'STALE'" % (dat, u("stale")),
           "'%s' %s w l lw 1.5 lc rgb '#6a3d9a' t 'BYPASS'" % (dat, u("bypass"))]),
-        ("errors.png", "failed requests and corrupt bodies per interval", "requests", "set yrange [0:*]",
-         ["'%s' %s w impulses lw 3 lc rgb '#fb9a99' t 'errors (status, cut body, connection)'" % (dat, u("errors")),
-          "'%s' %s w p pt 7 ps 0.8 lc rgb '#000000' t 'corrupt bodies'" % (dat, u("corrupt"))]),
+        ("errors.png", "failed requests and corrupt bodies per interval (log scale)", "requests", "set logscale y\nset yrange [0.8:*]",
+         ["'%s' u ($1/60):(column(%d) > 0 ? column(%d) : 1/0) w impulses lw 3 lc rgb '#e31a1c' t 'errors (status, cut body, connection)'"
+          % (dat, col["errors"], col["errors"]),
+          "'%s' u ($1/60):(column(%d) > 0 ? column(%d) : 1/0) w p pt 7 ps 1 lc rgb '#000000' t 'corrupt bodies (%d in the run)'"
+          % (dat, col["corrupt"], col["corrupt"], sum(r["corrupt"] for r in samples))]),
     ]
     script = list(head)
     for png, title, ylabel, extra, plots in charts:
@@ -1043,9 +1045,31 @@ def bench_machine():
 # Main
 
 
+def redraw_main(argv):
+    """`soak.py charts DIR`: draws the charts again from DIR/samples.csv and DIR/faults.json."""
+    ap = argparse.ArgumentParser(prog="soak.py charts")
+    ap.add_argument("dir")
+    ap.add_argument("--fs-mib", type=int, default=1024)
+    ap.add_argument("--min-free-mib", type=int, default=64)
+    args = ap.parse_args(argv)
+    samples = []
+    with open(os.path.join(args.dir, "samples.csv")) as f:
+        fields = f.readline().lstrip("#").strip().split(",")
+        for line in f:
+            row = {}
+            for k, v in zip(fields, line.strip().split(",")):
+                row[k] = float(v) if v else ""
+            samples.append(row)
+    with open(os.path.join(args.dir, "faults.json")) as f:
+        faults = [(x["start"], x["end"], x["fault"], x["label"], x["note"]) for x in json.load(f)]
+    write_charts(args.dir, samples, faults, args.fs_mib, args.min_free_mib)
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "proxy":
         return proxy_main(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "charts":
+        return redraw_main(sys.argv[2:])
     import bench
 
     ap = argparse.ArgumentParser()
