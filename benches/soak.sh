@@ -38,7 +38,9 @@
 #      use, CPU, request rate, p50/p99, errors, corrupt bodies, X-Cache outcomes), draws
 #      rss/fds/disk/rate/latency/outcomes/errors PNGs with gnuplot, fault windows shaded, and
 #      writes summary.md: faults, requests, errors by kind, corrupt bodies, RSS and descriptor
-#      ranges, recovery after each fault.
+#      ranges, recovery after each fault; requests.csv has every request (time, latency, kind,
+#      result, X-Cache) and wharf-warnings.log wharf's warnings and errors.
+#      `python3 benches/lib/soak.py charts DIR` draws the charts of DIR again.
 #
 # Every process it starts runs in its own session and is stopped on exit, error or signal; the
 # tmpfs is unmounted.
