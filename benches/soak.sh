@@ -14,6 +14,9 @@
 #   --disk-mib N   size of the tmpfs holding wharf's data directory (default 1024)
 #   --rate R       warm requests per second (default 150); cold content comes at 1 registry item
 #                  and 0.5 Go versions per second
+#   --no-faults    load only, no faults (a baseline to compare a run with)
+#   --warm-only    no cold content after the warm-up (with --no-faults: does memory stay flat
+#                  when nothing new is cached?)
 #
 # What it does, all on 127.0.0.1:
 #   1. Checks for its tools and, as root, installs the missing Debian packages:
@@ -54,6 +57,7 @@ install=1
 keep=0
 disk_mib=1024
 rate=150
+extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) minutes="$2"; shift ;;
@@ -62,6 +66,8 @@ while [ $# -gt 0 ]; do
     --keep) keep=1 ;;
     --disk-mib) disk_mib="$2"; shift ;;
     --rate) rate="$2"; shift ;;
+    --no-faults) extra+=(--no-faults) ;;
+    --warm-only) extra+=(--warm-only) ;;
     -h|--help) usage; exit 0 ;;
     *) echo "soak.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -73,6 +79,7 @@ cd "$root"
 command_line="benches/soak.sh --minutes $minutes"
 [ "$disk_mib" != 1024 ] && command_line+=" --disk-mib $disk_mib"
 [ "$rate" != 150 ] && command_line+=" --rate $rate"
+[ "${#extra[@]}" -gt 0 ] && command_line+=" ${extra[*]}"
 
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY ftp_proxy FTP_PROXY
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
@@ -156,7 +163,7 @@ out="$(cd "$out" && pwd)"
 
 python3 "$root/benches/lib/soak.py" \
   --work "$work" --out "$out" --command "$command_line" --minutes "$minutes" --rate "$rate" \
-  --wharf "$wharf_bin" --wharf-version "$wharf_version" "${disk_args[@]}" &
+  --wharf "$wharf_bin" --wharf-version "$wharf_version" "${disk_args[@]}" "${extra[@]}" &
 driver=$!
 wait "$driver"
 driver=""

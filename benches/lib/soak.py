@@ -516,6 +516,8 @@ class Load:
             share = sum(w for _, w in mix) / total
             for i in range(n):
                 self.spawn("%s-%d" % (group, i), lambda c, r, m=mix: self.warm_worker(c, r, m), self.args.rate * share / n)
+        if self.args.warm_only:
+            return
         for i in range(self.args.cold_workers):
             self.spawn("cold-%d" % i, self.cold_worker, self.args.cold_rate / self.args.cold_workers)
         self.spawn("cold-go", self.cold_go_worker, self.args.cold_go_rate)
@@ -747,6 +749,8 @@ class Faults:
         ]
         if disk_dir is None:
             plan = [p for p in plan if p[2] != "disk"]
+        if args.no_faults:
+            plan = []
         self.plan = [(round(total * f), dur, name, label) for f, dur, name, label in plan]
 
     def now(self):
@@ -970,7 +974,8 @@ def summarize(args, stats, samples, faults, wharf, load, started_wall, fs_size_m
     lines.append("")
     lines.append("| | |")
     lines.append("|---|---|")
-    lines.append("| faults injected | %s |" % ", ".join("%s (%.0f s at %.1f min)" % (lab, e - s, s / 60) for s, e, _n, lab, _ in faults))
+    injected = ", ".join("%s (%.0f s at %.1f min)" % (lab, e - s, s / 60) for s, e, _n, lab, _ in faults)
+    lines.append("| faults injected | %s |" % (injected or "none"))
     lines.append("| requests | %s (%s verified bodies) |" % (f"{len(recs):,}", f"{results['ok']:,}"))
     lines.append("| errors | %s (%.2f%%): %s |" % (
         f"{errors:,}", 100.0 * errors / max(1, len(recs)),
@@ -1092,6 +1097,8 @@ def main():
     ap.add_argument("--restart-after", type=float, default=2.0, help="seconds between the kill -9 and the restart")
     ap.add_argument("--slow-rate-kib", type=int, default=256, help="slow upstream: KiB/s per connection")
     ap.add_argument("--log-level", default="info")
+    ap.add_argument("--no-faults", action="store_true", help="load only (a baseline to compare with)")
+    ap.add_argument("--warm-only", action="store_true", help="no cold content after the warm-up")
     ap.add_argument("--registry", default="docker-registry")
     args = ap.parse_args()
     bench.ARGS = args  # bench.Server and bench.Origin read ARGS.work and ARGS.registry
