@@ -860,14 +860,13 @@ def write_charts(out, samples, faults, fs_size_mib, min_free_mib):
                        % (i + 1, label, x0))
     t_max = samples[-1]["t"] / 60 if samples else 1
     head = [
-        'set terminal pngcairo size 1000,300 font "DejaVu Sans,9"',
+        'set terminal pngcairo size 1000,320 font "DejaVu Sans,9"',
         "set datafile separator ','",
-        "set key top right horizontal font ',8' opaque box",
+        "set key below horizontal font ',8'",
         "set grid ytics lc rgb '#e0e0e0'",
         "set xrange [0:%f]" % t_max,
         "set xlabel 'minutes'",
         "set tmargin 2.2",
-        "set bmargin 3.2",
         "set lmargin 10",
         "set rmargin 3",
     ] + shading
@@ -900,11 +899,7 @@ def write_charts(out, samples, faults, fs_size_mib, min_free_mib):
           "'%s' %s w l lw 1.2 lc rgb '#33a02c' t 'MISS'" % (dat, u("miss")),
           "'%s' %s w l lw 1.5 lc rgb '#ff7f00' t 'STALE'" % (dat, u("stale")),
           "'%s' %s w l lw 1.5 lc rgb '#6a3d9a' t 'BYPASS'" % (dat, u("bypass"))]),
-        ("errors.png", "failed requests and corrupt bodies per interval (log scale)", "requests", "set logscale y\nset yrange [0.8:*]",
-         ["'%s' u ($1/60):(column(%d) > 0 ? column(%d) : 1/0) w impulses lw 3 lc rgb '#e31a1c' t 'errors (status, cut body, connection)'"
-          % (dat, col["errors"], col["errors"]),
-          "'%s' u ($1/60):(column(%d) > 0 ? column(%d) : 1/0) w p pt 7 ps 1 lc rgb '#000000' t 'corrupt bodies (%d in the run)'"
-          % (dat, col["corrupt"], col["corrupt"], sum(r["corrupt"] for r in samples))]),
+        errors_chart(dat, col, samples),
     ]
     script = list(head)
     for png, title, ylabel, extra, plots in charts:
@@ -923,6 +918,24 @@ def write_charts(out, samples, faults, fs_size_mib, min_free_mib):
     if proc.returncode != 0:
         raise RuntimeError("gnuplot failed:\n%s" % proc.stdout.decode()[-3000:])
     return [c[0] for c in charts]
+
+
+def errors_chart(dat, col, samples):
+    """Errors per interval, on a log scale when a spike (a kill -9) would hide the rest."""
+    corrupt = sum(r["corrupt"] or 0 for r in samples)
+    if max([r["errors"] or 0 for r in samples] + [0]) > 20:
+        title, extra, cond = "failed requests and corrupt bodies per interval (log scale)", "set logscale y\nset yrange [0.8:*]", "> 0"
+    else:
+        title, extra, cond = "failed requests and corrupt bodies per interval", "set yrange [0:*]", ">= 0"
+    plots = [
+        "'%s' u ($1/60):(column(%d) %s ? column(%d) : 1/0) w impulses lw 3 lc rgb '#e31a1c' t 'errors (status, cut body, connection)'"
+        % (dat, col["errors"], cond, col["errors"]),
+        "'%s' u ($1/60):(column(%d) %s ? column(%d) : 1/0) w p pt 7 ps 1 lc rgb '#000000' t 'corrupt bodies (%d in the run)'"
+        % (dat, col["corrupt"], cond if corrupt else "> 0", col["corrupt"], corrupt),
+    ]
+    if corrupt == 0 and cond == "> 0":
+        plots[1] = "NaN w p pt 7 ps 1 lc rgb '#000000' t 'corrupt bodies (0 in the run)'"
+    return ("errors.png", title, "requests", extra, plots)
 
 
 def fmt_ms(v):
