@@ -143,10 +143,19 @@ async fn a_dead_upstream_is_marked_down_and_answered_from_cache_at_once() {
         metrics.contains("wharf_requests_total{protocol=\"registry\",outcome=\"stale\"} 20"),
         "{metrics}"
     );
-    // An uncached tag while down: a quick 503 that says so, not a timeout.
+    // An uncached tag or blob while down: a quick 503 that says so, not a timeout.
     let r = get(w.url("/v2/app/manifests/uncached")).await;
     assert_eq!(r.status(), 503);
     assert!(read_text(r).await.contains("down"));
+    let blob = reg.put_blob(&bytes_of(1000, 2));
+    let r = get(w.url(&format!("/v2/app/blobs/{blob}"))).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "10");
+    let text = read_text(r).await;
+    assert!(
+        text.contains("UNAVAILABLE") && text.contains("down"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

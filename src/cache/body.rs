@@ -225,7 +225,7 @@ impl BlobBody {
                 FillState::Failed(e) => {
                     let msg = match e {
                         FillError::NotFound => "blob not found upstream".to_string(),
-                        FillError::Upstream(m) => m,
+                        FillError::Upstream(m) | FillError::Unavailable(m) => m,
                         FillError::Local => "local storage error".to_string(),
                         FillError::Busy => "too many concurrent fills".to_string(),
                         FillError::Offline => "offline".to_string(),

@@ -488,6 +488,7 @@ impl Engine {
                     }
                     FillError::Local => tracing::error!("fill failed on local storage"),
                     FillError::NoRoom => tracing::warn!("no room on the local disk for it"),
+                    FillError::Unavailable(m) => tracing::debug!(error = %m, "upstream down"),
                     FillError::Busy | FillError::Offline => {}
                 }
                 leader.fail(e)

@@ -26,6 +26,8 @@ pub enum FillError {
     NotFound,
     /// Upstream failed or sent bad bytes; the message is safe to show a client.
     Upstream(String),
+    /// The upstream is marked down (`egress.failure_threshold`); nothing was asked of it.
+    Unavailable(String),
     /// Local I/O or the index failed (disk full, ...); details are logged, not shown.
     Local,
     /// Too many fills are running (`server.max_concurrent_fills`); retry shortly.

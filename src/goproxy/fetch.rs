@@ -52,6 +52,9 @@ impl ModuleFileFetch {
 }
 
 fn upstream(e: UpstreamError) -> FillError {
+    if matches!(e, UpstreamError::Down(_)) {
+        return FillError::Unavailable(e.summary());
+    }
     tracing::warn!(error = %e, "upstream failed");
     FillError::Upstream(e.summary())
 }

@@ -414,6 +414,10 @@ async fn file(
             "wharf: {key}: {}",
             msg.lines().map(str::trim).collect::<Vec<_>>().join(" ")
         ))),
+        Err(FillError::Unavailable(msg)) => Err(GoError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("wharf: {key} is not cached and {msg}"),
+        )),
         Err(FillError::Busy) => Err(GoError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "wharf is busy fetching other modules (server.max_concurrent_fills); retry shortly",

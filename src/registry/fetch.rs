@@ -39,6 +39,9 @@ impl BlobFetch {
 impl Fetch for BlobFetch {
     async fn open(&mut self) -> Result<Option<Incoming>, FillError> {
         let upstream_err = |e: UpstreamError| {
+            if matches!(e, UpstreamError::Down(_)) {
+                return FillError::Unavailable(e.summary());
+            }
             tracing::warn!(error = %e, "upstream failed");
             FillError::Upstream(e.summary())
         };

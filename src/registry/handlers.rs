@@ -769,6 +769,11 @@ fn blob_fill_error(t: &Target, digest: &Digest, e: FillError) -> RegistryError {
                 t.up.name
             ),
         ),
+        FillError::Unavailable(m) => RegistryError::new(
+            ErrorCode::Unavailable,
+            format!("blob {digest} is not cached and {m}"),
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("10")),
         FillError::Busy => busy(),
         FillError::Local => RegistryError::new(
             ErrorCode::Unknown,
