@@ -5,6 +5,7 @@ mod support;
 use support::*;
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 fn conns(f: &FakeRegistry) -> usize {
     f.state.connections.load(Ordering::SeqCst)
@@ -189,4 +190,40 @@ async fn a_down_upstream_comes_back_after_a_successful_probe() {
         }
     }
     assert!(up, "the probe never marked the upstream up again");
+}
+
+#[tokio::test]
+async fn a_stalled_upstream_costs_a_cached_tag_seconds_not_the_read_timeout_and_is_marked_down() {
+    let reg = FakeRegistry::start().await;
+    let go = GoFake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (md, _) = reg.put_image("app", "v1", &[bytes_of(10, 1)]);
+    // The upstream would be waited on for a minute per request.
+    let egress = "read_timeout = \"60s\"\nfailure_threshold = 2\nprobe_interval = \"1h\"";
+    let w = Wharf::serve(config(&reg.url(), &go.url(), dir.path(), "", egress)).await;
+    assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
+    reg.state.hang.store(true, Ordering::SeqCst);
+    // Accepts connections, never answers: the cached tag is served once patience runs out.
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    for i in 0..2 {
+        let r = patient
+            .get(w.url("/v2/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i} waited for the upstream: {e}"));
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(r.headers()["x-cache"], "STALE");
+        assert_eq!(r.headers()["docker-content-digest"], md.as_str());
+    }
+    // Each of those gave up on the upstream: two count as failures, so it is marked down and
+    // the next request does not wait at all.
+    let (_, up) = health_of(&w.url(""), "fake.test").await;
+    assert_eq!(up["up"], false, "{up}");
+    let before = conns(&reg);
+    let r = get(w.url("/v2/app/manifests/v1")).await;
+    assert_eq!(r.headers()["x-cache"], "STALE");
+    assert_eq!(conns(&reg), before, "no connection while down");
 }

@@ -23,9 +23,15 @@ pub fn is_fresh(learned_unix: u64, ttl: Option<Duration>, now: u64) -> bool {
     ttl.is_none_or(|ttl| now.saturating_sub(learned_unix) < ttl.as_secs())
 }
 
+/// How long a request with a cached answer waits for the upstream to revalidate it before the
+/// cached answer is served (STALE) instead: a stalled upstream costs a client this, not the
+/// whole read timeout.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
 /// Serves `cached` while fresh; else runs `fetch` (which stores what it gets and says whether
 /// that was a MISS or a confirming HIT). When `fetch` fails with an error `stale_if` accepts and
-/// something is cached, that is served STALE, with one warning naming `what` and the error.
+/// something is cached, that is served STALE, with one warning naming `what` and the error;
+/// also when it takes longer than `PATIENCE` (the fetch is dropped).
 /// `now` is the caller's clock (unix seconds, `app::now_unix` in production; tests pass their
 /// own), the only time this rule reads.
 pub async fn revalidate<T, E, F>(
@@ -44,7 +50,20 @@ where
         Some(c) if is_fresh(c.learned_unix, ttl, now) => return Ok((c.value, Outcome::Hit)),
         other => other,
     };
-    match fetch.await {
+    let (fetched, cached) = match cached {
+        None => (fetch.await, None),
+        Some(c) => match tokio::time::timeout(PATIENCE, fetch).await {
+            Ok(r) => (r, Some(c)),
+            Err(_) => {
+                tracing::warn!(
+                    what,
+                    "the upstream is slow to answer; serving the last known answer"
+                );
+                return Ok((c.value, Outcome::Stale));
+            }
+        },
+    };
+    match fetched {
         Ok(fetched) => Ok(fetched),
         Err(e) if stale_if(&e) => match cached {
             Some(c) => {
