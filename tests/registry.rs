@@ -496,6 +496,28 @@ async fn blob_with_wrong_digest_is_never_cached() {
 }
 
 #[tokio::test]
+async fn a_fill_cut_mid_body_continues_with_a_range_from_where_it_stopped() {
+    let (up, w, _dir) = setup("").await;
+    let data = bytes_of(1_000_000, 7);
+    let d = up.put_blob(&data);
+    // Every full GET is cut after 400,000 bytes; a range is answered whole.
+    up.set_blob_mode(BlobMode::Truncate(400_000));
+    *up.state.range_answer.lock().unwrap() = RangeAnswer::Exact;
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(read_body(r).await, data, "the client's body is whole");
+    assert_eq!(up.state.range_requests.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        up.count("GET", &d),
+        2,
+        "one full GET, one range from byte 400000"
+    );
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
+    assert_eq!(r.headers()["x-cache"], "HIT", "stored, verified");
+    assert_eq!(read_body(r).await, data);
+}
+
+#[tokio::test]
 async fn truncated_upstream_aborts_the_client_and_stores_nothing() {
     let (up, w, dir) = setup("").await;
     let data = bytes_of(1_000_000, 6);

@@ -51,6 +51,16 @@ pub trait Fetch: Send + 'static {
     /// Starts the transfer. `Ok(None)`: every source says the object does not exist.
     fn open(&mut self) -> impl Future<Output = Result<Option<Incoming>, FillError>> + Send;
 
+    /// The transfer from byte `offset` on, to continue one that was cut: `Incoming::len` is
+    /// still the whole object's. By default the whole again, its first `offset` bytes skipped;
+    /// a source that can ask for a range does.
+    fn open_at(
+        &mut self,
+        offset: u64,
+    ) -> impl Future<Output = Result<Option<Incoming>, FillError>> + Send {
+        async move { Ok(self.open().await?.map(|i| skip_prefix(i, offset))) }
+    }
+
     /// The digest the bytes must hash to, when known up front; `None`: named by content.
     fn expected(&self) -> Option<&Digest> {
         None
@@ -597,29 +607,25 @@ impl Engine {
             return Err(local("reserving disk space failed")(e));
         }
         let mut copied = copy(incoming, &mut writer, leader, limit, true).await;
-        // The tier or the owner replica failed mid-transfer: the rest comes from the protocol's
-        // source (its first bytes are skipped; the digest covers the whole).
-        if matches!(copied, Err(Copied::Failed(FillError::Upstream(_))))
-            && !matches!(origin, Origin::Source)
+        // A transfer cut mid-body (the tier, the owner replica, or the source itself after some
+        // bytes) continues from the protocol's source at the byte where it stopped; the digest
+        // covers the whole. A few times at most.
+        let mut resumes = 0;
+        while matches!(copied, Err(Copied::Failed(FillError::Upstream(_))))
             && !self.0.offline
+            && resumes < MAX_RESUMES
+            && (!matches!(origin, Origin::Source) || writer.written() > 0)
         {
+            resumes += 1;
             let skip = writer.written();
-            tracing::warn!(
-                skip,
-                "another replica's copy failed mid-transfer; continuing from upstream"
-            );
-            if let (Some(peers), Origin::Peer { .. }) = (&self.0.peers, &origin) {
+            if let Err(Copied::Failed(FillError::Upstream(why))) = &copied {
+                tracing::warn!(skip, error = %why, "the transfer was cut; continuing from the source");
+            }
+            if let (Some(peers), Origin::Peer { .. }, 1) = (&self.0.peers, &origin, resumes) {
                 peers.failed_over();
             }
-            let incoming = fetch.open().await?.ok_or(FillError::NotFound)?;
-            copied = copy(
-                skip_prefix(incoming, skip),
-                &mut writer,
-                leader,
-                limit,
-                false,
-            )
-            .await;
+            let incoming = fetch.open_at(skip).await?.ok_or(FillError::NotFound)?;
+            copied = copy(incoming, &mut writer, leader, limit, false).await;
         }
         let size = copied.map_err(|e| match e {
             Copied::TooLarge => fetch.too_large(limit),
@@ -945,8 +951,11 @@ enum Origin {
     Source,
 }
 
+/// Times a fill cut mid-body continues from its source.
+const MAX_RESUMES: u32 = 3;
+
 /// `incoming` without its first `n` bytes (already written from another source).
-fn skip_prefix(incoming: Incoming, n: u64) -> Incoming {
+pub fn skip_prefix(incoming: Incoming, n: u64) -> Incoming {
     let mut left = n;
     let body = incoming
         .body

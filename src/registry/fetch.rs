@@ -36,15 +36,64 @@ impl BlobFetch {
     }
 }
 
+fn upstream_err(e: UpstreamError) -> FillError {
+    if matches!(e, UpstreamError::Down(_)) {
+        return FillError::Unavailable(e.summary());
+    }
+    tracing::warn!(error = %e, "upstream failed");
+    FillError::Upstream(e.summary())
+}
+
+/// The total size in a `Content-Range: bytes <offset>-<last>/<total>` that continues a blob
+/// from `offset` to its end; `None` for anything else.
+fn rest_of(h: &http::HeaderMap, offset: u64) -> Option<u64> {
+    let v = h.get(http::header::CONTENT_RANGE)?.to_str().ok()?;
+    let (range, total) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last, total): (u64, u64, u64) =
+        (first.parse().ok()?, last.parse().ok()?, total.parse().ok()?);
+    (first == offset && last.checked_add(1) == Some(total)).then_some(total)
+}
+
 impl Fetch for BlobFetch {
+    /// A range from `offset` to the end, when the upstream answers one exactly; else the whole
+    /// blob again with its first `offset` bytes skipped.
+    async fn open_at(&mut self, offset: u64) -> Result<Option<Incoming>, FillError> {
+        if offset == 0 {
+            return self.open().await;
+        }
+        let path = format!("/v2/{}/blobs/{}", self.name, self.digest);
+        let scope = format!("repository:{}:pull", self.name);
+        let mut headers = http::HeaderMap::new();
+        let range = http::HeaderValue::from_str(&format!("bytes={offset}-"))
+            .map_err(|_| FillError::Upstream("bad range".into()))?;
+        headers.insert(http::header::RANGE, range);
+        let resp = self
+            .up
+            .send_with(Method::GET, &path, headers, &scope)
+            .await
+            .map_err(upstream_err)?;
+        match resp.status().as_u16() {
+            206 => match rest_of(resp.headers(), offset) {
+                Some(total) => {
+                    let mut incoming = into_incoming(resp);
+                    incoming.len = Some(total);
+                    Ok(Some(incoming))
+                }
+                None => Err(FillError::Upstream(
+                    "the upstream answered another range than asked".into(),
+                )),
+            },
+            200 => Ok(Some(crate::cache::engine::skip_prefix(
+                into_incoming(resp),
+                offset,
+            ))),
+            404 => Ok(None),
+            s => Err(upstream_err(UpstreamError::Status { status: s })),
+        }
+    }
+
     async fn open(&mut self) -> Result<Option<Incoming>, FillError> {
-        let upstream_err = |e: UpstreamError| {
-            if matches!(e, UpstreamError::Down(_)) {
-                return FillError::Unavailable(e.summary());
-            }
-            tracing::warn!(error = %e, "upstream failed");
-            FillError::Upstream(e.summary())
-        };
         let path = format!("/v2/{}/blobs/{}", self.name, self.digest);
         let scope = format!("repository:{}:pull", self.name);
         let resp = self

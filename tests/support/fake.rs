@@ -464,7 +464,14 @@ async fn fake_answer(st: Arc<FakeState>, req: Request) -> Response {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("bytes="))
             .and_then(|v| v.split_once('-'))
-            .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
+            .and_then(|(a, b)| {
+                let last = if b.is_empty() {
+                    usize::MAX
+                } else {
+                    b.parse::<usize>().ok()?
+                };
+                Some((a.parse::<usize>().ok()?, last))
+            });
         if method == Method::GET && headers.contains_key(header::RANGE) {
             st.range_requests.fetch_add(1, Ordering::SeqCst);
         }
