@@ -143,21 +143,7 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
         } => {
             let (url, url_note) = match url {
                 Some(u) => (u, None),
-                None => {
-                    let name = config_name(&config);
-                    let config = cli::load_for_tool(&config)?;
-                    let ep = wharf::tools::client_config::Endpoint::of(
-                        &config,
-                        None,
-                        wharf::tools::client_config::host_name,
-                    )
-                    .map_err(|m| wharf::Error::Config(wharf::config::ConfigError::Invalid(m)))?;
-                    let mut note = format!("from {name}");
-                    for n in &ep.notes {
-                        note += &format!("; {n}");
-                    }
-                    (ep.base, Some(note))
-                }
+                None => doctor_url(&config)?,
             };
             let args = wharf::tools::doctor::DoctorArgs {
                 url,
@@ -177,6 +163,23 @@ async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
         }
         Command::Fsck { config, repair } => cli::fsck(&config.load()?, repair),
     }
+}
+
+/// The URL `wharf doctor` checks when none is given: this config's, with where it came from.
+fn doctor_url(config: &cli::ConfigArgs) -> Result<(String, Option<String>), wharf::Error> {
+    let name = config_name(config);
+    let config = cli::load_for_tool(config)?;
+    let ep = wharf::tools::client_config::Endpoint::of(
+        &config,
+        None,
+        wharf::tools::client_config::host_name,
+    )
+    .map_err(|m| wharf::Error::Config(wharf::config::ConfigError::Invalid(m)))?;
+    let mut note = format!("from {name}");
+    for n in &ep.notes {
+        note += &format!("; {n}");
+    }
+    Ok((ep.base, Some(note)))
 }
 
 /// The config file a command read, for messages.
