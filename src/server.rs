@@ -441,13 +441,14 @@ impl Activity {
 }
 
 /// One request in flight, from the request's arrival until its response body is dropped.
-struct InFlight(Arc<Activity>, #[allow(dead_code)] sockets::Busy);
+/// While `busy` is held, the connection is not shed for want of descriptors.
+struct InFlight(Arc<Activity>, Option<sockets::Busy>);
 
 impl InFlight {
     fn start(a: Arc<Activity>) -> InFlight {
         a.in_flight.fetch_add(1, Ordering::AcqRel);
         let busy = a.slot.busy();
-        InFlight(a, busy)
+        InFlight(a, Some(busy))
     }
 }
 
@@ -482,6 +483,12 @@ impl Tracked {
             .is_some_and(|n| n <= UNTIMED);
         let clock = (!small).then(|| in_flight.0.add_body());
         metrics.count_body(false, 0);
+        let mut in_flight = in_flight;
+        if small {
+            // A small answer is made; all it waits for is the client. A client that never
+            // reads it (an HTTP/2 window of zero) must not keep its connection from being shed.
+            in_flight.1 = None;
+        }
         Tracked {
             inner,
             metrics,

@@ -193,13 +193,13 @@ async fn a_down_upstream_comes_back_after_a_successful_probe() {
 }
 
 #[tokio::test]
-async fn a_stalled_upstream_costs_a_cached_tag_seconds_not_the_read_timeout_and_is_marked_down() {
+async fn a_stalled_upstream_costs_a_cached_tag_seconds_not_the_read_timeout() {
     let reg = FakeRegistry::start().await;
     let go = GoFake::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (md, _) = reg.put_image("app", "v1", &[bytes_of(10, 1)]);
     // The upstream would be waited on for a minute per request.
-    let egress = "read_timeout = \"60s\"\nfailure_threshold = 2\nprobe_interval = \"1h\"";
+    let egress = "read_timeout = \"60s\"";
     let w = Wharf::serve(config(&reg.url(), &go.url(), dir.path(), "", egress)).await;
     assert_eq!(status_of(w.url("/v2/app/manifests/v1")).await, 200);
     reg.state.hang.store(true, Ordering::SeqCst);
@@ -208,7 +208,7 @@ async fn a_stalled_upstream_costs_a_cached_tag_seconds_not_the_read_timeout_and_
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    for i in 0..2 {
+    for i in 0..3 {
         let r = patient
             .get(w.url("/v2/app/manifests/v1"))
             .send()
@@ -218,12 +218,8 @@ async fn a_stalled_upstream_costs_a_cached_tag_seconds_not_the_read_timeout_and_
         assert_eq!(r.headers()["x-cache"], "STALE");
         assert_eq!(r.headers()["docker-content-digest"], md.as_str());
     }
-    // Each of those gave up on the upstream: two count as failures, so it is marked down and
-    // the next request does not wait at all.
+    // Giving up is not a failure of the upstream's: only its own timeouts mark it down (a
+    // client that abandons slow requests must not take an upstream down for everyone).
     let (_, up) = health_of(&w.url(""), "fake.test").await;
-    assert_eq!(up["up"], false, "{up}");
-    let before = conns(&reg);
-    let r = get(w.url("/v2/app/manifests/v1")).await;
-    assert_eq!(r.headers()["x-cache"], "STALE");
-    assert_eq!(conns(&reg), before, "no connection while down");
+    assert_eq!(up["up"], true, "{up}");
 }

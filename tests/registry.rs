@@ -518,6 +518,25 @@ async fn a_fill_cut_mid_body_continues_with_a_range_from_where_it_stopped() {
 }
 
 #[tokio::test]
+async fn a_continuation_that_names_another_size_than_announced_fails_the_fill() {
+    let (up, w, dir) = setup("").await;
+    let data = bytes_of(1_000_000, 8);
+    let d = up.put_blob(&data);
+    // Announces 700,000 bytes, sends 400,000, is cut; the range then says 1,000,000 in all.
+    *up.state.claimed_len.lock().unwrap() = Some(700_000);
+    up.set_blob_mode(BlobMode::Truncate(400_000));
+    *up.state.range_answer.lock().unwrap() = RangeAnswer::Exact;
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.is_err(),
+        "never a clean end with other bytes"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+}
+
+#[tokio::test]
 async fn truncated_upstream_aborts_the_client_and_stores_nothing() {
     let (up, w, dir) = setup("").await;
     let data = bytes_of(1_000_000, 6);

@@ -114,6 +114,9 @@ pub struct BlobBody {
     done: bool,
     /// Hold the window's last byte back until the blob is verified (the default).
     hold_last: bool,
+    /// The size the fill announced (what `Content-Length` was built from): a verified blob of
+    /// another size fails this body instead of ending it.
+    announced: Option<u64>,
 }
 
 impl BlobBody {
@@ -125,6 +128,7 @@ impl BlobBody {
             end: Some(end),
             done: false,
             hold_last: true,
+            announced: None,
         }
     }
 
@@ -136,6 +140,7 @@ impl BlobBody {
             end,
             done: false,
             hold_last: true,
+            announced: None,
         }
     }
 
@@ -206,6 +211,9 @@ impl BlobBody {
                     written,
                 } => {
                     self.file.get_or_insert(file);
+                    if self.announced.is_none() {
+                        self.announced = size;
+                    }
                     // Hold back the last byte of the window until the blob is verified.
                     let window_end = self.end.or(size).unwrap_or(u64::MAX);
                     let held = u64::from(self.hold_last);
@@ -215,6 +223,11 @@ impl BlobBody {
                     }
                 }
                 FillState::Verified { file, size } | FillState::Committed { file, size } => {
+                    if self.announced.is_some_and(|a| a != size) {
+                        return Err(io::Error::other(
+                            "the blob's verified size differs from the one announced",
+                        ));
+                    }
                     // Complete and verified: from now on this body reads a plain file.
                     self.file.get_or_insert(file);
                     let end = self.end.unwrap_or(size).min(size);

@@ -394,13 +394,26 @@ impl Engine {
         self.0.offline
     }
 
-    /// A committed object for a hit: the open file and its size, access time noted.
-    pub fn open(&self, digest: &Digest) -> Option<(Arc<File>, u64)> {
-        let file = self.0.storage.blobs.open_blob(digest).ok()?;
-        let size = file.metadata().ok()?.len();
+    /// A committed object for a hit: the open file and its size, access time noted; `None`
+    /// when it is not on disk. Out of descriptors is `Busy` (not a miss: a fill would fail the
+    /// same way), any other failure `Local`.
+    pub fn open(&self, digest: &Digest) -> Result<Option<(Arc<File>, u64)>, FillError> {
+        let file = match self.0.storage.blobs.open_blob(digest) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(23 | 24)) => {
+                tracing::warn!(error = %e, "out of file descriptors opening a stored object");
+                return Err(FillError::Busy);
+            }
+            Err(e) => return Err(local("opening a stored object failed")(e)),
+        };
+        let size = file
+            .metadata()
+            .map_err(local("reading a stored object's size"))?
+            .len();
         self.0.tiers.disk.add(size);
         self.touch(digest);
-        Some((Arc::new(file), size))
+        Ok(Some((Arc::new(file), size)))
     }
 
     /// Fills `key` with what `fetch` brings, once however many requests ask; every request
@@ -606,6 +619,8 @@ impl Engine {
             }
             return Err(local("reserving disk space failed")(e));
         }
+        // What the clients were told the size is: every continuation must agree.
+        let announced = incoming.len;
         let mut copied = copy(incoming, &mut writer, leader, limit, true).await;
         // A transfer cut mid-body (the tier, the owner replica, or the source itself after some
         // bytes) continues from the protocol's source at the byte where it stopped; the digest
@@ -625,6 +640,12 @@ impl Engine {
                 peers.failed_over();
             }
             let incoming = fetch.open_at(skip).await?.ok_or(FillError::NotFound)?;
+            if announced.is_some() && incoming.len != announced {
+                return Err(bad_copy(FillError::Upstream(format!(
+                    "the continued transfer names {:?} bytes, the first {announced:?}",
+                    incoming.len
+                ))));
+            }
             copied = copy(incoming, &mut writer, leader, limit, false).await;
         }
         let size = copied.map_err(|e| match e {
@@ -1172,8 +1193,8 @@ mod tests {
             Err(e) => Err(format!("{e:?}")),
         };
         assert!(result.is_err(), "a mismatching body was served complete");
-        assert!(e.open(&wrong).is_none());
-        assert!(e.open(&Digest::of(b"the real bytes")).is_none());
+        assert!(e.open(&wrong).unwrap().is_none());
+        assert!(e.open(&Digest::of(b"the real bytes")).unwrap().is_none());
     }
 
     #[tokio::test]
@@ -1199,7 +1220,7 @@ mod tests {
             Err(e) => Some(e),
         };
         assert_eq!(err, Some(FillError::Local));
-        assert!(e.open(&key).is_none());
+        assert!(e.open(&key).unwrap().is_none());
     }
 
     #[tokio::test]
@@ -1244,7 +1265,7 @@ mod tests {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let (f, size) = e.open(&key).expect("committed");
+        let (f, size) = e.open(&key).unwrap().expect("committed");
         assert_eq!(size, data.len() as u64);
         drop(f);
         assert_eq!(opened.load(Ordering::SeqCst), 1);

@@ -373,9 +373,16 @@ async fn file(
         .get_go_file(m.as_str(), v, kind.ext())
         .map_err(internal)?
         .map(|rec| rec.digest);
-    if let Some(d) = &known
-        && let Some((file, size)) = app.engine.open(d)
-    {
+    let stored = match &known {
+        Some(d) => app.engine.open(d).map_err(|e| {
+            GoError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("wharf: {m}@{v}: cannot open the stored file ({e:?}); retry shortly"),
+            )
+        })?,
+        None => None,
+    };
+    if let Some((file, size)) = stored {
         return Ok(file_response(file, size, kind, Outcome::Hit));
     }
     let key = ModuleFileFetch::key(m, v, kind);

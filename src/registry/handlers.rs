@@ -652,7 +652,11 @@ async fn blob(
     head: bool,
     range: Option<&str>,
 ) -> Result<Response> {
-    if let Some((file, size)) = app.engine.open(digest) {
+    let stored = app
+        .engine
+        .open(digest)
+        .map_err(|e| blob_fill_error(t, digest, e))?;
+    if let Some((file, size)) = stored {
         ensure_linked(app, t, digest, "blobs").await?;
         return blob_response(
             digest,

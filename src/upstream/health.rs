@@ -173,50 +173,11 @@ pub async fn guarded<T>(
     call: impl std::future::Future<Output = Result<T, UpstreamError>>,
 ) -> Result<T, UpstreamError> {
     health.check()?;
-    let mut waiting = Abandoned {
-        health,
-        http,
-        policy,
-        probe,
-        started: Instant::now(),
-        done: false,
-    };
     let result = call.await;
-    waiting.done = true;
     if health.record(&result) {
         start_probe(health, http, policy, probe);
     }
     result
-}
-
-/// A request given up on (its caller dropped it: a revalidation out of patience, a client gone)
-/// after it had waited `SLOW` for the upstream counts as a timeout: a stalled upstream is then
-/// marked down like one that refuses connections, instead of every request waiting for it.
-struct Abandoned<'a> {
-    health: &'a std::sync::Arc<Health>,
-    http: &'a reqwest::Client,
-    policy: &'a std::sync::Arc<super::EgressPolicy>,
-    probe: &'a str,
-    started: Instant,
-    done: bool,
-}
-
-/// How long an upstream may keep a request waiting before giving up on it counts against it.
-pub const SLOW: Duration = Duration::from_secs(5);
-
-impl Drop for Abandoned<'_> {
-    fn drop(&mut self) {
-        if self.done || self.started.elapsed() < SLOW {
-            return;
-        }
-        let stalled: Result<(), UpstreamError> = Err(UpstreamError::Timeout(format!(
-            "no answer within {}s",
-            SLOW.as_secs()
-        )));
-        if self.health.record(&stalled) {
-            start_probe(self.health, self.http, self.policy, self.probe);
-        }
-    }
 }
 
 fn start_probe(

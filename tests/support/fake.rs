@@ -123,6 +123,8 @@ pub struct FakeState {
     /// `(limit, remaining)` sent as Docker Hub's `RateLimit-*` headers on every answer.
     pub rate_limit: Mutex<Option<(u64, u64)>>,
     pub range_answer: Mutex<RangeAnswer>,
+    /// A `Content-Length` to claim for whole blobs instead of the real one (a lying upstream).
+    pub claimed_len: Mutex<Option<usize>>,
     /// The OCI referrers API: `None`, none (404, as docker-registry 2.8); else the list body per
     /// (repo, subject digest), an empty index for others.
     pub referrers: Mutex<Option<ReferrerLists>>,
@@ -550,8 +552,9 @@ async fn fake_answer(st: Arc<FakeState>, req: Request) -> Response {
         };
         let mut resp = Response::new(body_out);
         if !endless {
+            let claimed = st.claimed_len.lock().unwrap().unwrap_or(len);
             resp.headers_mut()
-                .insert(header::CONTENT_LENGTH, len.into());
+                .insert(header::CONTENT_LENGTH, claimed.into());
         }
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
