@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use tokio::sync::OwnedSemaphorePermit;
 use wharf_storage::Digest;
 
 use super::routes::RepoName;
@@ -22,8 +23,6 @@ use crate::cache::{ByteRange, Engine, Outcome, Served};
 use crate::config::ColdRanges;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
-use crate::upstream::client::accept_headers;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// A range starting less than this beyond the fill's progress is answered from the fill: it
 /// is about to be there, and a second upstream request would not be faster.
@@ -71,7 +70,7 @@ pub async fn forward(
 ) -> Option<Response> {
     let permit = engine.try_permit()?;
     let path = format!("/v2/{name}/blobs/{digest}");
-    let mut headers = accept_headers(&[]);
+    let mut headers = HeaderMap::new();
     let asked = format!("bytes={}-{}", r.start, r.end - 1);
     headers.insert(header::RANGE, HeaderValue::from_str(&asked).ok()?);
     let scope = format!("repository:{name}:pull");
