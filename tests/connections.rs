@@ -677,3 +677,41 @@ async fn out_of_descriptors_idle_connections_are_shed_and_the_log_stays_quiet() 
     assert!(warnings <= 10, "{warnings} warnings:\n{logs}");
     drop(idle);
 }
+
+#[tokio::test]
+async fn a_small_answer_stuck_on_a_zero_window_does_not_keep_its_connection_from_being_shed() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::serve(WharfConfig::fake(&up.url(), dir.path()).tables(
+        "[server]\nmax_connections = 2\nheader_read_timeout = \"60s\"\nidle_timeout = \"60s\"\nsend_timeout = \"60s\"\n",
+    ))
+    .await;
+    // Two HTTP/2 clients that ask for /v2/ and never open their window: the answer is made,
+    // it can never be sent.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(w.addr).await.unwrap();
+        s.write_all(PREFACE).await.unwrap();
+        // SETTINGS_INITIAL_WINDOW_SIZE (4) = 0
+        s.write_all(&frame(SETTINGS, 0, &[0, 4, 0, 0, 0, 0]))
+            .await
+            .unwrap();
+        s.write_all(&get_headers("/v2/", "wharf")).await.unwrap();
+        held.push(tokio::spawn(async move {
+            answer_until_closed(&mut s, Duration::from_secs(20))
+                .await
+                .closed
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // At the limit: a real client still gets in, by shedding one of them.
+    let r = support::get(w.url("/v2/")).await;
+    assert_eq!(r.status(), 200);
+    let mut closed = 0;
+    for h in held {
+        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(3), h).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no stuck connection was shed");
+}
