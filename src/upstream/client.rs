@@ -540,15 +540,26 @@ pub fn into_incoming(resp: reqwest::Response) -> crate::cache::Incoming {
 pub fn transport_error(e: reqwest::Error, url: &Url) -> UpstreamError {
     let target = redact(url);
     let mut msg = String::new();
+    let mut local = false;
     let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
     while let Some(s) = src {
         if !msg.is_empty() {
             msg.push_str(": ");
         }
         msg.push_str(&s.to_string());
+        // Out of descriptors here (EMFILE, ENFILE) says nothing about the upstream.
+        local |= s
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|c| c == 23 || c == 24);
         src = s.source();
     }
-    if e.is_timeout() {
+    if local {
+        UpstreamError::Transport {
+            target,
+            detail: format!("out of file descriptors on this machine: {msg}"),
+        }
+    } else if e.is_timeout() {
         UpstreamError::Timeout(target)
     } else if e.is_connect() {
         UpstreamError::Connect {
