@@ -85,6 +85,8 @@ while [ $# -gt 0 ]; do
 done
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=lib/stop.sh
+source "$root/benches/lib/stop.sh"
 cd "$root"
 command_line="benches/compare.sh"
 [ "$quick" = 1 ] && command_line+=" --quick"
@@ -143,20 +145,7 @@ driver=""
 cleanup() {
   local status=$?
   trap - EXIT INT TERM HUP
-  if [ -n "$driver" ] && kill -0 "$driver" 2>/dev/null; then
-    kill -TERM "$driver" 2>/dev/null || true
-    wait "$driver" 2>/dev/null || true
-  fi
-  # Servers the driver started (each in its own session) that outlived it, e.g. after a SIGKILL.
-  if [ -f "$work/pids" ]; then
-    while read -r pid; do
-      if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM -- "-$pid" 2>/dev/null || true
-        sleep 1
-        kill -KILL -- "-$pid" 2>/dev/null || true
-      fi
-    done < "$work/pids"
-  fi
+  stop_run "$work" "$driver"
   if [ "$keep" = 1 ]; then
     echo "compare.sh: kept $work" >&2
   else

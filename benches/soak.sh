@@ -75,6 +75,8 @@ while [ $# -gt 0 ]; do
 done
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=lib/stop.sh
+source "$root/benches/lib/stop.sh"
 cd "$root"
 command_line="benches/soak.sh --minutes $minutes"
 [ "$disk_mib" != 1024 ] && command_line+=" --disk-mib $disk_mib"
@@ -109,20 +111,7 @@ mounted=""
 cleanup() {
   local status=$?
   trap - EXIT INT TERM HUP
-  if [ -n "$driver" ] && kill -0 "$driver" 2>/dev/null; then
-    kill -TERM "$driver" 2>/dev/null || true
-    wait "$driver" 2>/dev/null || true
-  fi
-  # Servers the driver started (each in its own session) that outlived it.
-  if [ -f "$work/pids" ]; then
-    while read -r pid; do
-      if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM -- "-$pid" 2>/dev/null || true
-        sleep 1
-        kill -KILL -- "-$pid" 2>/dev/null || true
-      fi
-    done < "$work/pids"
-  fi
+  stop_run "$work" "$driver"
   if [ -n "$mounted" ]; then
     umount "$mounted" 2>/dev/null || umount -l "$mounted" 2>/dev/null || true
   fi

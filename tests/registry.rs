@@ -495,15 +495,32 @@ async fn blob_with_wrong_digest_is_never_cached() {
     assert_eq!(get(&url).await.headers()["x-cache"], "HIT");
 }
 
-#[tokio::test]
-async fn a_fill_cut_mid_body_continues_with_a_range_from_where_it_stopped() {
-    let (up, w, _dir) = setup("").await;
-    let data = bytes_of(1_000_000, 7);
+/// A 1,000,000-byte blob whose every full GET (announcing `claimed` bytes, default the real
+/// size) is cut after 400,000 bytes, while a range is answered whole; and one GET of it.
+async fn cut_blob(
+    seed: u64,
+    claimed: Option<usize>,
+) -> (
+    FakeRegistry,
+    Wharf,
+    tempfile::TempDir,
+    String,
+    Vec<u8>,
+    reqwest::Response,
+) {
+    let (up, w, dir) = setup("").await;
+    let data = bytes_of(1_000_000, seed);
     let d = up.put_blob(&data);
-    // Every full GET is cut after 400,000 bytes; a range is answered whole.
+    *up.state.claimed_len.lock().unwrap() = claimed;
     up.set_blob_mode(BlobMode::Truncate(400_000));
     *up.state.range_answer.lock().unwrap() = RangeAnswer::Exact;
     let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
+    (up, w, dir, d, data, r)
+}
+
+#[tokio::test]
+async fn a_fill_cut_mid_body_continues_with_a_range_from_where_it_stopped() {
+    let (up, w, _dir, d, data, r) = cut_blob(7, None).await;
     assert_eq!(r.status(), 200);
     assert_eq!(read_body(r).await, data, "the client's body is whole");
     assert_eq!(up.state.range_requests.load(Ordering::SeqCst), 1);
@@ -519,14 +536,8 @@ async fn a_fill_cut_mid_body_continues_with_a_range_from_where_it_stopped() {
 
 #[tokio::test]
 async fn a_continuation_that_names_another_size_than_announced_fails_the_fill() {
-    let (up, w, dir) = setup("").await;
-    let data = bytes_of(1_000_000, 8);
-    let d = up.put_blob(&data);
     // Announces 700,000 bytes, sends 400,000, is cut; the range then says 1,000,000 in all.
-    *up.state.claimed_len.lock().unwrap() = Some(700_000);
-    up.set_blob_mode(BlobMode::Truncate(400_000));
-    *up.state.range_answer.lock().unwrap() = RangeAnswer::Exact;
-    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
+    let (_up, _w, dir, _d, _data, r) = cut_blob(8, Some(700_000)).await;
     assert_eq!(r.status(), 200);
     assert!(
         r.bytes().await.is_err(),
