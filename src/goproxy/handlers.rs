@@ -374,11 +374,15 @@ async fn file(
         .map_err(internal)?
         .map(|rec| rec.digest);
     let stored = match &known {
-        Some(d) => app.engine.open(d).map_err(|e| {
-            GoError::new(
+        Some(d) => app.engine.open(d).map_err(|e| match e {
+            FillError::Busy => GoError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("wharf: {m}@{v}: cannot open the stored file ({e:?}); retry shortly"),
-            )
+                format!("wharf: {m}@{v}: out of file descriptors; retry shortly"),
+            ),
+            _ => GoError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "wharf: local storage error; see the server log",
+            ),
         })?,
         None => None,
     };
