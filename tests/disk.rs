@@ -153,6 +153,129 @@ async fn a_full_disk_passes_verified_objects_through_and_recovers() {
     assert_eq!(tmp, 0);
 }
 
+/// A fill of unknown size (no `Content-Length`, so nothing can be reserved) of a blob larger
+/// than the tmpfs: the disk runs full halfway. Two clients pull it at once (bodies sent with
+/// `sendfile` and the source's rest, or all through hyper without `zero_copy`); returns their
+/// bodies (or why each failed), the upstream, the wharf and its disk.
+async fn fill_that_runs_full(
+    test: &str,
+    ranges: RangeAnswer,
+    corrupt_at: Option<usize>,
+    zero_copy: bool,
+) -> Option<(
+    Vec<Result<Vec<u8>, String>>,
+    FakeRegistry,
+    Wharf,
+    Tmpfs,
+    String,
+    Vec<u8>,
+)> {
+    let disk = Tmpfs::mount(test, 24)?;
+    let up = FakeRegistry::start().await;
+    let big = bytes_of(40 << 20, 35);
+    let d = up.put_blob(&big);
+    up.set_blob_mode(BlobMode::Chunked { corrupt_at });
+    *up.state.range_answer.lock().unwrap() = ranges;
+    let w = Wharf::serve(
+        WharfConfig::fake(&up.url(), &disk.path().join("data")).tables(&format!(
+            "[cache]\nmin_free = \"1MiB\"\n[server]\nzero_copy = {zero_copy}\n"
+        )),
+    )
+    .await;
+    let url = w.url(&format!("/v2/app/blobs/{d}"));
+    let pulls = (0..2).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let r = get(url).await;
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["x-cache"], "MISS");
+            r.bytes()
+                .await
+                .map(|b| b.to_vec())
+                .map_err(|e| e.to_string())
+        })
+    });
+    let bodies = futures_util::future::join_all(pulls)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    Some((bodies, up, w, disk, d, big))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_runs_full_mid_fill_finishes_every_client_from_the_source() {
+    let test = "a_disk_that_runs_full_mid_fill_finishes_every_client_from_the_source";
+    let Some((bodies, up, w, disk, d, big)) =
+        fill_that_runs_full(test, RangeAnswer::Exact, None, true).await
+    else {
+        return;
+    };
+    for body in bodies {
+        assert!(body.unwrap() == big, "a complete, verified body");
+    }
+    let ranges = up
+        .state
+        .range_requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&ranges),
+        "each client asks the rest once: {ranges}"
+    );
+    assert_eq!(up.count("GET", &d) - ranges, 1, "one fill");
+    let m = read_text(get(w.url("/metrics")).await).await;
+    assert!(m.contains("wharf_passthrough_total 1"), "{m}");
+    let h = health(&w).await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["disk"]["problem"], "disk full", "{h}");
+    // Nothing half-written stays; the space is back for objects of known size.
+    let tmp = std::fs::read_dir(disk.path().join("data/tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(tmp, 0);
+    let small = bytes_of(300_000, 36);
+    let small_d = up.put_blob(&small);
+    up.set_blob_mode(BlobMode::Normal);
+    let r = get(w.url(&format!("/v2/app/blobs/{small_d}"))).await;
+    assert_eq!(read_body(r).await, small);
+    let r = get(w.url(&format!("/v2/app/blobs/{small_d}"))).await;
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    // The big one was never stored.
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
+    assert_eq!(r.headers()["x-cache"], "BYPASS");
+    assert!(read_body(r).await == big);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_that_runs_full_finishes_from_an_upstream_without_ranges() {
+    // Through hyper's body path this time.
+    let test = "a_fill_that_runs_full_finishes_from_an_upstream_without_ranges";
+    let Some((bodies, ..)) = fill_that_runs_full(test, RangeAnswer::Ignore, None, false).await
+    else {
+        return;
+    };
+    let big = bytes_of(40 << 20, 35);
+    for body in bodies {
+        assert!(
+            body.unwrap() == big,
+            "the rest from a whole GET, its start skipped"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_that_runs_full_with_bad_bytes_is_cut_for_every_client() {
+    let test = "a_fill_that_runs_full_with_bad_bytes_is_cut_for_every_client";
+    // The flipped byte is in the part that reached the disk; the rest asked by range is fine.
+    let Some((bodies, ..)) = fill_that_runs_full(test, RangeAnswer::Exact, Some(1000), true).await
+    else {
+        return;
+    };
+    for body in bodies {
+        assert!(body.is_err(), "a corrupt fill must not end cleanly");
+    }
+}
+
 /// A wharf whose disk never has room (`min_free` larger than any disk): every fill passes
 /// through. Needs no mount.
 async fn never_room(keys: &str) -> (FakeRegistry, Wharf, tempfile::TempDir, String, Vec<u8>) {

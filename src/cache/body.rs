@@ -12,8 +12,12 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::watch;
 
-use super::flight::{FillError, FillState};
+use futures_util::StreamExt as _;
+use futures_util::stream::BoxStream;
+
+use super::flight::{FillError, FillState, Spill};
 use super::pool::{self, CHUNK};
+use super::spill::{StartAt, checked_stream};
 
 /// A single satisfiable byte range, `start..end` (end exclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +105,47 @@ pub struct Sendfile(pub BlobBody);
 enum Source {
     File,
     Fill(watch::Receiver<FillState>),
+    /// The fill's disk ran full: the file's part, then the rest from the source.
+    Spilled(Arc<Spill>),
+}
+
+/// What a body may send next.
+pub enum Span {
+    /// `from..to` of the file; the caller sends it and then calls `BlobBody::advance`.
+    File(Arc<File>, u64, u64),
+    /// Bytes from the source (a spilled fill's rest), already counted as sent.
+    Bytes(Bytes),
+}
+
+/// How far a body may read now.
+enum Readable {
+    Upto(u64),
+    Done,
+    Spilled(Arc<Spill>),
+}
+
+/// A spilled fill's rest as one body reads it: the checked stream from where the file stops.
+struct Rest {
+    /// In a mutex only to be `Sync` (a body rides in response extensions); never locked, as
+    /// only `&mut` reaches it.
+    stream: std::sync::Mutex<BoxStream<'static, io::Result<Bytes>>>,
+    /// The object's offset of the stream's next byte.
+    at: u64,
+    /// The stream ended: the whole object matched its digest.
+    verified: bool,
+    /// The window's last byte when it came from the stream, sent once verified.
+    held: Option<Bytes>,
+}
+
+/// A body's `Rest`, opened when first needed. A clone starts without one (and opens its own):
+/// clones are taken before a body is read.
+#[derive(Default)]
+struct RestSlot(Option<Box<Rest>>);
+
+impl Clone for RestSlot {
+    fn clone(&self) -> Self {
+        RestSlot(None)
+    }
 }
 
 /// A stream of `Bytes` over `start..end` of a blob (end `None`: to the end of a fill of
@@ -117,6 +162,7 @@ pub struct BlobBody {
     /// The size the fill announced (what `Content-Length` was built from): a verified blob of
     /// another size fails this body instead of ending it.
     announced: Option<u64>,
+    rest: RestSlot,
 }
 
 impl BlobBody {
@@ -129,6 +175,7 @@ impl BlobBody {
             done: false,
             hold_last: true,
             announced: None,
+            rest: RestSlot::default(),
         }
     }
 
@@ -141,6 +188,7 @@ impl BlobBody {
             done: false,
             hold_last: true,
             announced: None,
+            rest: RestSlot::default(),
         }
     }
 
@@ -173,18 +221,76 @@ impl BlobBody {
         self.end.map(|end| end.saturating_sub(self.pos))
     }
 
-    /// The next part of the body that may be sent, `(file, from, to)`, waiting for a fill's
-    /// progress (the last byte only once verified); `None` when the body is complete. The
-    /// caller sends it and then calls `advance`.
-    pub async fn next_span(&mut self) -> io::Result<Option<(Arc<File>, u64, u64)>> {
-        let Some(limit) = self.readable_limit().await? else {
-            return Ok(None);
+    /// The next part of the body that may be sent, waiting for a fill's progress (the last
+    /// byte only once verified); `None` when the body is complete.
+    pub async fn next_span(&mut self) -> io::Result<Option<Span>> {
+        let limit = match self.readable_limit().await? {
+            Readable::Done => return Ok(None),
+            Readable::Upto(limit) => limit,
+            Readable::Spilled(spill) => return self.next_spilled(&spill).await,
         };
         let file = self
             .file
             .clone()
             .ok_or_else(|| io::Error::other("no file to read"))?;
-        Ok(Some((file, self.pos, limit)))
+        Ok(Some(Span::File(file, self.pos, limit)))
+    }
+
+    /// `next_span` of a spilled fill: the file up to where the disk gave out, then the rest
+    /// from the source, checked like a fill; the window's last byte waits for the verdict.
+    async fn next_spilled(&mut self, spill: &Arc<Spill>) -> io::Result<Option<Span>> {
+        let end = self.end.or(spill.size);
+        // The window's last byte, when it must wait for the verdict.
+        let held = u64::from(self.hold_last && end.is_some());
+        let window_end = end.unwrap_or(u64::MAX);
+        let in_file = spill.written.min(window_end.saturating_sub(held));
+        if self.pos < in_file {
+            return Ok(Some(Span::File(spill.file.clone(), self.pos, in_file)));
+        }
+        if !self.hold_last && self.pos >= window_end {
+            return Ok(None);
+        }
+        loop {
+            let rest = match &mut self.rest.0 {
+                Some(rest) => rest,
+                None => self.rest.0.insert(Box::new(open_rest(spill).await?)),
+            };
+            if rest.verified {
+                if let Some(last) = rest.held.take() {
+                    self.pos += last.len() as u64;
+                    return Ok(Some(Span::Bytes(last)));
+                }
+                // The held byte came from the file.
+                let end = end.unwrap_or(rest.at).min(spill.written);
+                return Ok((self.pos < end).then(|| Span::File(spill.file.clone(), self.pos, end)));
+            }
+            let stream = rest
+                .stream
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(chunk) = stream.next().await.transpose()? else {
+                rest.verified = true;
+                continue;
+            };
+            let from = rest.at;
+            rest.at += chunk.len() as u64;
+            // The part of the chunk in the window, less a held last byte.
+            let to = rest.at.min(window_end);
+            if held == 1 && to == window_end && to > from.max(self.pos) {
+                rest.held = Some(chunk.slice((to - 1 - from) as usize..(to - from) as usize));
+            }
+            let to = to.saturating_sub(if rest.held.is_some() { held } else { 0 });
+            let start = from.max(self.pos);
+            if start < to {
+                self.pos = to;
+                return Ok(Some(Span::Bytes(
+                    chunk.slice((start - from) as usize..(to - from) as usize),
+                )));
+            }
+            if !self.hold_last && self.pos >= window_end {
+                return Ok(None);
+            }
+        }
     }
 
     /// Marks `n` more bytes as sent.
@@ -192,13 +298,21 @@ impl BlobBody {
         self.pos += n;
     }
 
-    /// How far this body may read now, or `None` when it is complete.
-    async fn readable_limit(&mut self) -> io::Result<Option<u64>> {
+    /// How far this body may read now.
+    async fn readable_limit(&mut self) -> io::Result<Readable> {
+        let upto = |pos: u64, end: u64| {
+            if pos < end {
+                Readable::Upto(end)
+            } else {
+                Readable::Done
+            }
+        };
         let rx = match &mut self.source {
             Source::File => {
                 let end = self.end.unwrap_or(self.pos);
-                return Ok((self.pos < end).then_some(end));
+                return Ok(upto(self.pos, end));
             }
+            Source::Spilled(spill) => return Ok(Readable::Spilled(spill.clone())),
             Source::Fill(rx) => rx,
         };
         loop {
@@ -219,7 +333,7 @@ impl BlobBody {
                     let held = u64::from(self.hold_last);
                     let limit = written.min(window_end.saturating_sub(held));
                     if self.pos < limit {
-                        return Ok(Some(limit));
+                        return Ok(Readable::Upto(limit));
                     }
                 }
                 FillState::Verified { file, size } | FillState::Committed { file, size } => {
@@ -233,18 +347,19 @@ impl BlobBody {
                     let end = self.end.unwrap_or(size).min(size);
                     self.source = Source::File;
                     self.end = Some(end);
-                    return Ok((self.pos < end).then_some(end));
+                    return Ok(upto(self.pos, end));
+                }
+                FillState::Spilled(spill) => {
+                    if self.announced.is_some_and(|a| Some(a) != spill.size) {
+                        return Err(io::Error::other(
+                            "the blob's size differs from the one announced",
+                        ));
+                    }
+                    self.source = Source::Spilled(spill.clone());
+                    return Ok(Readable::Spilled(spill));
                 }
                 FillState::Failed(e) => {
-                    let msg = match e {
-                        FillError::NotFound => "blob not found upstream".to_string(),
-                        FillError::Upstream(m) | FillError::Unavailable(m) => m,
-                        FillError::Local => "local storage error".to_string(),
-                        FillError::Busy => "too many concurrent fills".to_string(),
-                        FillError::Offline => "offline".to_string(),
-                        FillError::NoRoom => "the local disk is full".to_string(),
-                    };
-                    return Err(io::Error::other(format!("blob fill failed: {msg}")));
+                    return Err(io::Error::other(format!("blob fill failed: {}", say(e))));
                 }
             }
             if rx.changed().await.is_err() && !rx.borrow().is_terminal() {
@@ -254,8 +369,10 @@ impl BlobBody {
     }
 
     async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        let Some((file, pos, limit)) = self.next_span().await? else {
-            return Ok(None);
+        let (file, pos, limit) = match self.next_span().await? {
+            None => return Ok(None),
+            Some(Span::Bytes(bytes)) => return Ok(Some(bytes)),
+            Some(Span::File(file, pos, limit)) => (file, pos, limit),
         };
         let n = (limit - pos).min(CHUNK as u64) as usize;
         let mut buf = pool::take();
@@ -275,6 +392,50 @@ impl BlobBody {
         };
         self.pos += got as u64;
         Ok(Some(pool::freeze(buf, got)))
+    }
+}
+
+/// Opens a spilled fill's rest at the source, from where its file stops.
+async fn open_rest(spill: &Spill) -> io::Result<Rest> {
+    let failed = |e: FillError| io::Error::other(format!("blob fill failed: {}", say(e)));
+    let incoming = spill
+        .reopen
+        .open_at(spill.written)
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| failed(FillError::NotFound))?;
+    if spill.size.is_some() && incoming.len != spill.size {
+        return Err(io::Error::other(
+            "the source now names another size for the blob",
+        ));
+    }
+    let from = StartAt {
+        hasher: spill.hasher.clone(),
+        offset: spill.written,
+    };
+    Ok(Rest {
+        stream: std::sync::Mutex::new(checked_stream(
+            incoming,
+            spill.expected.clone(),
+            spill.limit,
+            None,
+            from,
+        )),
+        at: spill.written,
+        verified: false,
+        held: None,
+    })
+}
+
+/// A failed fill in words a client may see.
+fn say(e: FillError) -> String {
+    match e {
+        FillError::NotFound => "blob not found upstream".to_string(),
+        FillError::Upstream(m) | FillError::Unavailable(m) => m,
+        FillError::Local => "local storage error".to_string(),
+        FillError::Busy => "too many concurrent fills".to_string(),
+        FillError::Offline => "offline".to_string(),
+        FillError::NoRoom => "the local disk is full".to_string(),
     }
 }
 
@@ -325,6 +486,105 @@ fn advise_willneed(_file: &File, _pos: u64, _len: u64) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::Incoming;
+    use crate::cache::flight::Reopen;
+    use futures_util::future::BoxFuture;
+    use wharf_storage::{Digest, Hasher};
+
+    /// The source of a spilled fill: `data` from any offset, in 1000-byte chunks.
+    struct Source(Vec<u8>);
+
+    impl Reopen for Source {
+        fn open_at(&self, offset: u64) -> BoxFuture<'static, Result<Option<Incoming>, FillError>> {
+            let (len, rest) = (self.0.len() as u64, self.0[offset as usize..].to_vec());
+            Box::pin(async move {
+                let chunks: Vec<_> = rest
+                    .chunks(1000)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect();
+                Ok(Some(Incoming {
+                    len: Some(len),
+                    body: futures_util::stream::iter(chunks).boxed(),
+                }))
+            })
+        }
+    }
+
+    /// A fill of `data` whose disk gave out after `written` bytes; the source serves `served`.
+    fn spilled(data: &[u8], served: Vec<u8>, written: usize) -> watch::Receiver<FillState> {
+        let file = tempfile::tempfile().unwrap();
+        file.write_all_at(&data[..written], 0).unwrap();
+        let mut hasher = Hasher::new();
+        hasher.update(&data[..written]);
+        let spill = Spill {
+            file: Arc::new(file),
+            written: written as u64,
+            size: Some(data.len() as u64),
+            expected: Digest::of(data),
+            hasher,
+            limit: u64::MAX,
+            reopen: Arc::new(Source(served)),
+        };
+        watch::channel(FillState::Spilled(Arc::new(spill))).1
+    }
+
+    async fn read(body: BlobBody) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut s = std::pin::pin!(body.into_stream());
+        while let Some(chunk) = s.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_spilled_fill_serves_every_window_from_file_and_source() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let written = 4321;
+        for (start, end) in [
+            (0, 10_000),
+            (0, 100),
+            (100, 4321),
+            (4000, 5000),
+            (4321, 4322),
+            (5000, 9999),
+            (9999, 10_000),
+        ] {
+            for hold in [true, false] {
+                let mut body =
+                    BlobBody::from_fill(spilled(&data, data.clone(), written), start, Some(end));
+                if !hold {
+                    body = body.without_holding_back();
+                }
+                let got = read(body).await.unwrap();
+                assert!(
+                    got == data[start as usize..end as usize],
+                    "{start}..{end} hold {hold}"
+                );
+            }
+        }
+        // Unknown end: to the end of the object.
+        let got = read(BlobBody::from_fill(
+            spilled(&data, data.clone(), written),
+            10,
+            None,
+        ))
+        .await;
+        assert!(got.unwrap() == data[10..]);
+    }
+
+    #[tokio::test]
+    async fn a_spilled_fill_with_bad_bytes_never_completes_a_window() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut bad = data.clone();
+        bad[7000] ^= 1;
+        // Every window that waits for the verdict fails, the ones in the file included.
+        for (start, end) in [(0, 10_000), (0, 100), (6000, 8000), (9000, 10_000)] {
+            let rx = spilled(&data, bad.clone(), 4321);
+            let got = read(BlobBody::from_fill(rx, start, Some(end))).await;
+            assert!(got.is_err(), "{start}..{end}");
+        }
+    }
 
     #[test]
     fn ranges_parse_like_rfc9110() {

@@ -21,30 +21,17 @@ use tracing::Instrument as _;
 use wharf_storage::{BlobWriter, Digest, Index, Storage, StorageError, unix_now};
 
 use super::body::BlobBody;
-use super::flight::{FillError, FillState, Flights, Join, Leader, Start, first_answer};
+use super::flight::{
+    FillError, FillState, Flights, Incoming, Join, Leader, Reopen, Spill, Start, first_answer,
+};
 use super::outcome::Outcome;
 use super::room::Room;
+use super::spill::{StartAt, checked_stream};
 use super::tier::{Peers, Tier};
 
 /// Watchers are woken at most once per this many new bytes (and at the end), not per network
 /// read: a wake-up costs more than the few kilobytes one read brings.
 const PROGRESS_STEP: u64 = 64 * 1024;
-
-/// The bytes of one object on their way in: a length if the source announced one, and the body.
-pub struct Incoming {
-    pub len: Option<u64>,
-    pub body: BoxStream<'static, Result<Bytes, FillError>>,
-}
-
-impl Incoming {
-    /// Bytes already in memory (a file of a directory source).
-    pub fn from_bytes(data: Vec<u8>) -> Incoming {
-        Incoming {
-            len: Some(data.len() as u64),
-            body: futures_util::stream::once(async move { Ok(Bytes::from(data)) }).boxed(),
-        }
-    }
-}
 
 /// How a protocol fills one immutable object. Built only on a miss.
 pub trait Fetch: Send + 'static {
@@ -184,6 +171,7 @@ impl Served {
             BlobSource::Fill(rx) => match &*rx.borrow() {
                 FillState::Pending => Some(0),
                 FillState::Streaming { written, .. } => Some(*written),
+                FillState::Spilled(spill) => Some(spill.written),
                 FillState::Verified { .. } | FillState::Committed { .. } | FillState::Failed(_) => {
                     None
                 }
@@ -311,7 +299,13 @@ impl Engine {
         tracing::warn!(digest = %expected, size = incoming.len, "no room on the local disk; passing the object through unstored");
         Ok(Served {
             size: incoming.len,
-            source: BlobSource::Pass(verified_stream(incoming, expected, limit, permit)),
+            source: BlobSource::Pass(checked_stream(
+                incoming,
+                expected,
+                limit,
+                Some(permit),
+                StartAt::object(),
+            )),
             outcome: Outcome::Bypass,
         })
     }
@@ -493,15 +487,35 @@ impl Engine {
             return leader.commit(Arc::new(file), meta.len());
         }
         let mut pass = Some(pass);
+        let mut spilled = None;
         // Held (in `pass`) until this fill ends, unless a pass-through takes it along.
         match self
-            .fill_once(&mut fetch, &leader, from_peer, &mut pass)
+            .fill_once(&mut fetch, &leader, from_peer, &mut pass, &mut spilled)
             .await
         {
             Ok((file, size, shared)) => {
                 tracing::info!(size, shared, "verified and cached");
                 fetch.committed(size, shared);
                 leader.commit(file, size)
+            }
+            Err(FillError::NoRoom) if spilled.is_some() => {
+                let Some(s) = spilled else { return };
+                tracing::warn!(
+                    written = s.written,
+                    "the local disk ran full during the fill; its clients get the rest from the source, unstored"
+                );
+                if let Some(room) = &self.0.room {
+                    room.count_pass_through();
+                }
+                leader.spill(Spill {
+                    file: s.file,
+                    written: s.written,
+                    size: s.size,
+                    expected: s.expected,
+                    hasher: s.hasher,
+                    limit: s.limit,
+                    reopen: Arc::new(Reopener(Arc::new(tokio::sync::Mutex::new(fetch)))),
+                })
             }
             Err(e) => {
                 match &e {
@@ -558,6 +572,7 @@ impl Engine {
         leader: &Leader<K>,
         from_peer: bool,
         pass: &mut Option<Handover>,
+        spilled: &mut Option<Spilled>,
     ) -> Result<(Arc<File>, u64, bool), FillError> {
         let (incoming, origin) = self.open_source(fetch, from_peer).await?;
         let limit = fetch.limit();
@@ -655,7 +670,22 @@ impl Engine {
                 if let Some(room) = &self.0.room {
                     room.ran_full();
                 }
-                local("the disk ran full during a fill")(e)
+                // An object named by its digest can be finished from the source, unstored.
+                let expected = fetch.expected().or(known.as_ref()).cloned();
+                match (expected, writer.hash_so_far()) {
+                    (Some(expected), Ok(hasher)) if !self.0.offline => {
+                        *spilled = Some(Spilled {
+                            file: file.clone(),
+                            written: writer.written(),
+                            size: announced,
+                            expected,
+                            hasher,
+                            limit,
+                        });
+                        FillError::NoRoom
+                    }
+                    _ => local("the disk ran full during a fill")(e),
+                }
             }
         })?;
         // Checks before commit: nothing unverified is ever stored or served in full.
@@ -714,7 +744,13 @@ impl Engine {
             tracing::warn!(digest = %expected, size = incoming.len, "no room on the local disk; passing the object through unstored");
             // The stream keeps the fill's permit: a pass-through counts as a fill while it runs.
             let incoming_len = incoming.len;
-            let stream = verified_stream(incoming, expected, fetch.limit(), permit);
+            let stream = checked_stream(
+                incoming,
+                expected,
+                fetch.limit(),
+                Some(permit),
+                StartAt::object(),
+            );
             let _ = tx.send(Served {
                 size: incoming_len,
                 source: BlobSource::Pass(stream),
@@ -892,78 +928,33 @@ fn local<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> FillErro
     }
 }
 
-/// `incoming` as a client body, checked on the way: at most `limit` bytes and never past its
-/// announced length; the last chunk is held back until the whole hashes to `expected`, and the
-/// body ends in an error instead when it does not (or ends short).
-fn verified_stream(
-    incoming: Incoming,
-    expected: Digest,
-    limit: u64,
-    permit: OwnedSemaphorePermit,
-) -> BoxStream<'static, std::io::Result<Bytes>> {
-    struct State {
-        _permit: OwnedSemaphorePermit,
-        body: BoxStream<'static, Result<Bytes, FillError>>,
-        len: Option<u64>,
-        hasher: Option<wharf_storage::Hasher>,
-        held: Option<Bytes>,
-        seen: u64,
-    }
-    let fail = |m: String| std::io::Error::other(m);
-    let state = State {
-        _permit: permit,
-        body: incoming.body,
-        len: incoming.len,
-        hasher: Some(wharf_storage::Hasher::new()),
-        held: None,
-        seen: 0,
-    };
-    futures_util::stream::unfold(state, move |mut s| {
-        let expected = expected.clone();
-        async move {
-            let hasher = s.hasher.as_mut()?;
-            loop {
-                match s.body.next().await {
-                    Some(Ok(chunk)) => {
-                        s.seen += chunk.len() as u64;
-                        if s.seen > limit || s.len.is_some_and(|n| s.seen > n) {
-                            s.hasher = None;
-                            return Some((Err(fail("the source sent more than announced".into())), s));
-                        }
-                        hasher.update(&chunk);
-                        if let Some(prev) = s.held.replace(chunk) {
-                            return Some((Ok(prev), s));
-                        }
-                    }
-                    Some(Err(e)) => {
-                        s.hasher = None;
-                        return Some((Err(fail(format!("{e:?}"))), s));
-                    }
-                    None => {
-                        let hasher = s.hasher.take()?;
-                        if s.len.is_some_and(|n| n != s.seen) {
-                            return Some((Err(fail("the source ended early".into())), s));
-                        }
-                        let actual = hasher.finish();
-                        if actual != expected {
-                            tracing::error!(%expected, %actual, "passed-through content does not match its digest; cut");
-                            return Some((
-                                Err(fail(format!("content does not match its digest {expected}"))),
-                                s,
-                            ));
-                        }
-                        return s.held.take().map(|last| (Ok(last), s));
-                    }
-                }
-            }
-        }
-    })
-    .boxed()
-}
-
 /// How a fill hands a passed-through object to the request that started it: the channel, and
 /// the fill's permit, which the stream keeps.
 type Handover = (tokio::sync::oneshot::Sender<Served>, OwnedSemaphorePermit);
+
+/// What a fill whose disk ran full part way leaves its watchers (`run` adds the source).
+struct Spilled {
+    file: Arc<File>,
+    written: u64,
+    size: Option<u64>,
+    expected: Digest,
+    hasher: wharf_storage::Hasher,
+    limit: u64,
+}
+
+/// A spilled fill's source, shared by its watchers: each opens the rest of the object from
+/// where the file stops.
+struct Reopener<F>(Arc<tokio::sync::Mutex<F>>);
+
+impl<F: Fetch> Reopen for Reopener<F> {
+    fn open_at(
+        &self,
+        offset: u64,
+    ) -> futures_util::future::BoxFuture<'static, Result<Option<Incoming>, FillError>> {
+        let fetch = self.0.clone();
+        Box::pin(async move { fetch.lock().await.open_at(offset).await })
+    }
+}
 
 /// Where a fill's bytes came from.
 enum Origin {

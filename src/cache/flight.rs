@@ -17,7 +17,12 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 use tokio::sync::watch;
+use wharf_storage::{Digest, Hasher};
 
 /// Why a fill failed; cloned to every watcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +42,52 @@ pub enum FillError {
     /// The local disk cannot take it (`cache.min_free`, `ENOSPC`): a protocol that can verify
     /// the bytes on the way passes them through (`Engine::pass_through`).
     NoRoom,
+}
+
+/// The bytes of one object on their way in: a length if the source announced one, and the body.
+pub struct Incoming {
+    pub len: Option<u64>,
+    pub body: BoxStream<'static, Result<Bytes, FillError>>,
+}
+
+impl Incoming {
+    /// Bytes already in memory (a file of a directory source).
+    pub fn from_bytes(data: Vec<u8>) -> Incoming {
+        Incoming {
+            len: Some(data.len() as u64),
+            body: futures_util::stream::once(async move { Ok(Bytes::from(data)) }).boxed(),
+        }
+    }
+}
+
+/// Opens a spilled fill's object again at its source, from a byte on (`Fetch::open_at`).
+pub trait Reopen: Send + Sync {
+    fn open_at(&self, offset: u64) -> BoxFuture<'static, Result<Option<Incoming>, FillError>>;
+}
+
+/// A fill whose local disk ran full (`ENOSPC`) part way. `file` keeps its first `written`
+/// bytes; every watcher sends those, then streams the rest from the source itself (`reopen`),
+/// hashing it on from `hasher` (the state after `written` bytes): what it sends is checked
+/// against `expected` as a fill's bytes are, and its last byte waits for that verdict.
+pub struct Spill {
+    pub file: Arc<File>,
+    pub written: u64,
+    /// What the fill announced (`None`: unknown): the rest must agree.
+    pub size: Option<u64>,
+    pub expected: Digest,
+    pub hasher: Hasher,
+    pub limit: u64,
+    pub reopen: Arc<dyn Reopen>,
+}
+
+impl std::fmt::Debug for Spill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spill")
+            .field("written", &self.written)
+            .field("size", &self.size)
+            .field("expected", &self.expected)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -60,11 +111,16 @@ pub enum FillState {
         size: u64,
     },
     Failed(FillError),
+    /// The disk ran full: nothing is stored, and each watcher finishes from the source.
+    Spilled(Arc<Spill>),
 }
 
 impl FillState {
     pub fn is_terminal(&self) -> bool {
-        matches!(self, FillState::Committed { .. } | FillState::Failed(_))
+        matches!(
+            self,
+            FillState::Committed { .. } | FillState::Failed(_) | FillState::Spilled(_)
+        )
     }
 }
 
@@ -156,6 +212,11 @@ impl<K: Hash + Eq + Clone> Leader<K> {
     pub fn fail(self, err: FillError) {
         self.tx.send_replace(FillState::Failed(err));
     }
+
+    /// The disk ran full part way: the watchers finish from the source (`Spill`).
+    pub fn spill(self, spill: Spill) {
+        self.tx.send_replace(FillState::Spilled(Arc::new(spill)));
+    }
 }
 
 impl<K: Hash + Eq + Clone> Drop for Leader<K> {
@@ -197,6 +258,10 @@ pub async fn first_answer(mut rx: watch::Receiver<FillState>, follower: bool) ->
         match state {
             FillState::Pending => {}
             FillState::Streaming { size, .. } => return Start::Streaming { rx, size },
+            FillState::Spilled(spill) => {
+                let size = spill.size;
+                return Start::Streaming { rx, size };
+            }
             FillState::Verified { file, size } | FillState::Committed { file, size } => {
                 return Start::Complete {
                     file,
@@ -226,6 +291,8 @@ pub async fn verdict(mut rx: watch::Receiver<FillState>) -> Result<(Arc<File>, u
                 return Ok((file, size));
             }
             FillState::Failed(e) => return Err(e),
+            // Not stored, so not checked whole before an answer: pass it through.
+            FillState::Spilled(_) => return Err(FillError::NoRoom),
             FillState::Pending | FillState::Streaming { .. } => {}
         }
         if rx.changed().await.is_err() && !rx.borrow().is_terminal() {

@@ -11,11 +11,14 @@ pub mod outcome;
 pub mod pool;
 pub mod revalidate;
 pub mod room;
+pub mod spill;
 pub mod tier;
 
-pub use body::{BlobBody, ByteRange, Sendfile};
-pub use engine::{BlobSource, Count, Engine, Fetch, Incoming, Served, Tiers, UploadError};
-pub use flight::{FillError, FillState, Flights, Join, Leader, Start, first_answer};
+pub use body::{BlobBody, ByteRange, Sendfile, Span};
+pub use engine::{BlobSource, Count, Engine, Fetch, Served, Tiers, UploadError};
+pub use flight::{
+    FillError, FillState, Flights, Incoming, Join, Leader, Spill, Start, first_answer,
+};
 pub use outcome::Outcome;
 pub use pool::CHUNK;
 pub use revalidate::{Cached, revalidate};

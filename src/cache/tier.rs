@@ -8,7 +8,7 @@
 use futures_util::future::BoxFuture;
 use wharf_storage::Digest;
 
-use super::engine::Incoming;
+use super::flight::Incoming;
 
 pub trait Tier: Send + Sync + 'static {
     /// The object's bytes; `None` when the tier lacks it or cannot be reached now (the engine

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tower::ServiceExt as _;
 
 use super::{Conns, Prefixed};
-use crate::cache::{CHUNK, Sendfile};
+use crate::cache::{CHUNK, Sendfile, Span};
 use crate::metrics::SentBytes;
 
 /// Headers one request may carry on the fast path (more: hyper decides).
@@ -280,9 +280,18 @@ async fn respond(
         send_all_more(stream, &out, send_timeout).await?;
         let mut sent = 0;
         let result = async {
-            while let Some((file, from, to)) = b.next_span().await? {
-                sendfile(stream, &file, from, to, send_timeout, &mut sent).await?;
-                b.advance(to - from);
+            while let Some(span) = b.next_span().await? {
+                match span {
+                    Span::File(file, from, to) => {
+                        sendfile(stream, &file, from, to, send_timeout, &mut sent).await?;
+                        b.advance(to - from);
+                    }
+                    // The rest of a fill whose disk ran full, from the source.
+                    Span::Bytes(data) => {
+                        send_all(stream, &data, send_timeout).await?;
+                        sent += data.len() as u64;
+                    }
+                }
             }
             Ok(())
         }

@@ -231,7 +231,13 @@ impl BlobWriter {
         Ok(hasher)
     }
 
-    /// Bytes written so far; readers of `file()` may read this many.
+    /// The running hash of everything written so far, to be continued elsewhere (a fill whose
+    /// disk ran full hashes the rest of the object as it streams it from the source).
+    pub fn hash_so_far(&mut self) -> Result<Hasher, StorageError> {
+        self.hasher()
+            .map_err(StorageError::io("hash the temp file".to_string()))
+    }
+
     /// The digest of everything written so far (the content's own name, for content whose digest
     /// is not known in advance, such as Go module files).
     pub fn digest(&mut self) -> Result<Digest, StorageError> {
@@ -240,6 +246,7 @@ impl BlobWriter {
             .map_err(StorageError::io("hash the temp file".to_string()))
     }
 
+    /// Bytes written so far; readers of `file()` may read this many.
     pub fn written(&self) -> u64 {
         self.written
     }

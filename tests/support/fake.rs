@@ -64,6 +64,9 @@ pub enum BlobMode {
     Slow(Duration),
     /// 307 to this base URL (the path is kept).
     Redirect(String),
+    /// The blob (one byte flipped at `corrupt_at`, if any) in 64 KiB chunks without a
+    /// `Content-Length`, as a chunked upstream sends it.
+    Chunked { corrupt_at: Option<usize> },
     /// Junk without a Content-Length, 64 KiB at a time, until the client stops reading
     /// (counted in `FakeState::endless_sent`).
     Endless,
@@ -495,7 +498,7 @@ async fn fake_answer(st: Arc<FakeState>, req: Request) -> Response {
         }
         let mode = st.blob_mode.lock().unwrap().clone();
         let len = body.len();
-        let endless = matches!(mode, BlobMode::Endless);
+        let endless = matches!(mode, BlobMode::Endless | BlobMode::Chunked { .. });
         let body_out: Body = match mode {
             BlobMode::Redirect(base) => {
                 return (
@@ -537,6 +540,17 @@ async fn fake_answer(st: Arc<FakeState>, req: Request) -> Response {
                     Ok::<_, std::io::Error>(Bytes::from(vec![0x5a; 64 * 1024]))
                 });
                 Body::from_stream(s)
+            }
+            BlobMode::Chunked { corrupt_at } => {
+                let mut b = body;
+                if let Some(at) = corrupt_at.filter(|&at| at < b.len()) {
+                    b[at] ^= 0xff;
+                }
+                let chunks: Vec<Result<Bytes, std::io::Error>> = b
+                    .chunks(64 * 1024)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect();
+                Body::from_stream(futures_util::stream::iter(chunks))
             }
             BlobMode::Slow(delay) => {
                 let chunks: Vec<Bytes> =
