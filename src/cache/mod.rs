@@ -2,7 +2,8 @@
 //! once however many clients ask, and the bodies that serve a committed file or a fill still in
 //! progress (`body`), with the single flight (`flight`) and buffer pool (`pool`) under them.
 //! Also the typed cache outcome (`outcome`) and the freshness rule for mutable keys
-//! (`revalidate`), and the shared tier as one more place a miss may be filled from (`tier`). It knows storage, not HTTP: no axum, reqwest, registry or goproxy types.
+//! (`revalidate`), the shared tier as one more place a miss may be filled from (`tier`), room on
+//! the disk (`room`) and bytes sent to clients unstored, checked on the way (`spill`). It knows storage, not HTTP: no axum, reqwest, registry or goproxy types.
 
 pub mod body;
 pub mod engine;
