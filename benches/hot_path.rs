@@ -9,7 +9,10 @@
 //!   and `Hasher` alone, so the hashing share of a fill is visible;
 //! - `memory`: the in-memory manifest and tag lookups of a warm manifest hit
 //!   (`wharf::registry::hot`), and a pooled 256 KiB buffer taken and returned
-//!   (`wharf::cache::pool`) against allocating one.
+//!   (`wharf::cache::pool`) against allocating one;
+//! - `log`: a warm manifest's answer with its request line (`wharf::web::log`: the body wrapped,
+//!   the line written into the buffer when the body is done) against the same answer without.
+//!   The lines go to stderr: run with `2>/dev/null`.
 //!
 //! Run: `cargo bench --bench hot_path` (add `-- routes` etc. to pick a group). Files go to a
 //! temporary directory that is removed afterwards.
@@ -258,11 +261,45 @@ fn memory(c: &mut Criterion) {
     group.finish();
 }
 
+fn log(c: &mut Criterion) {
+    use http_body_util::BodyExt as _;
+    use wharf::web::log;
+    log::init(false);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let uri: http::Uri = "/v2/library/alpine/manifests/3.20?ns=docker.io"
+        .parse()
+        .unwrap();
+    let answer = || {
+        axum::response::Response::new(axum::body::Body::from(bytes::Bytes::from_static(
+            &[b'{'; 1500],
+        )))
+    };
+    let mut group = c.benchmark_group("log");
+    group.bench_function("answer_without_line", |b| {
+        b.iter(|| rt.block_on(answer().into_body().collect()).unwrap())
+    });
+    group.bench_function("answer_with_line", |b| {
+        b.iter(|| {
+            let line = log::Line {
+                method: http::Method::GET,
+                uri: uri.clone(),
+                client: Some(std::net::IpAddr::from([10, 1, 2, 3])),
+                started: std::time::Instant::now(),
+            };
+            let resp = log::attach(line, answer(), Some("HIT"));
+            rt.block_on(resp.into_body().collect()).unwrap()
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = routes, index, fill, memory
+    targets = routes, index, fill, memory, log
 }
 criterion_main!(benches);

@@ -16,7 +16,7 @@ use crate::goproxy;
 use crate::registry;
 use crate::registry::errors::{ErrorCode, RegistryError};
 
-mod log;
+pub mod log;
 
 /// The whole HTTP surface.
 /// Writes the request lines still buffered (at shutdown).

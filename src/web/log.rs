@@ -116,62 +116,109 @@ impl Drop for Done {
     fn drop(&mut self) {
         let Some(sink) = SINK.get() else { return };
         let l = &self.line;
-        let micros = l.started.elapsed().as_micros();
+        let micros = l.started.elapsed().as_micros() as u64;
         let bytes = self.bytes.load(Ordering::Relaxed);
         let upstream = self.upstream.as_deref().unwrap_or("-");
         let now = SystemTime::now();
-        // Formatted straight into the shared buffer: no allocation per line.
+        // Written straight into the shared buffer, without `fmt`: no allocation per line.
         let mut buf = sink.buf.lock().unwrap_or_else(|p| p.into_inner());
         let out = &mut *buf;
         if sink.json {
             out.extend_from_slice(br#"{"timestamp":""#);
             timestamp(out, now);
             out.extend_from_slice(br#"","level":"INFO","fields":{"client":""#);
-            match l.client {
-                Some(c) => {
-                    let _ = write!(out, "{c}");
-                }
-                None => out.push(b'-'),
-            }
+            client(out, l.client);
             out.extend_from_slice(br#"","method":"#);
             json_str(out, l.method.as_str());
             out.extend_from_slice(br#","path":"#);
             json_str(out, target(&l.uri));
-            let _ = write!(
-                out,
-                r#","status":{},"bytes":{bytes},"ms":{}.{},"cache":"#,
-                self.status,
-                micros / 1000,
-                micros % 1000 / 100
-            );
+            out.extend_from_slice(br#","status":"#);
+            number(out, u64::from(self.status));
+            out.extend_from_slice(br#","bytes":"#);
+            number(out, bytes);
+            out.extend_from_slice(br#","ms":"#);
+            millis(out, micros);
+            out.extend_from_slice(br#","cache":"#);
             json_str(out, self.cache);
             out.extend_from_slice(br#","upstream":"#);
             json_str(out, upstream);
-            let _ = writeln!(out, r#"}},"target":"{TARGET}"}}"#);
+            out.extend_from_slice(br#"},"target":""#);
+            out.extend_from_slice(TARGET.as_bytes());
+            out.extend_from_slice(b"\"}\n");
         } else {
             timestamp(out, now);
             out.extend_from_slice(b"  INFO wharf::access: client=");
-            match l.client {
-                Some(c) => {
-                    let _ = write!(out, "{c}");
-                }
-                None => out.push(b'-'),
-            }
-            let _ = write!(out, " method={} path=", l.method);
+            client(out, l.client);
+            out.extend_from_slice(b" method=");
+            out.extend_from_slice(l.method.as_str().as_bytes());
+            out.extend_from_slice(b" path=");
             text_safe(out, target(&l.uri));
-            let _ = writeln!(
-                out,
-                " status={} bytes={bytes} ms={}.{} cache={} upstream={upstream}",
-                self.status,
-                micros / 1000,
-                micros % 1000 / 100,
-                self.cache
-            );
+            out.extend_from_slice(b" status=");
+            number(out, u64::from(self.status));
+            out.extend_from_slice(b" bytes=");
+            number(out, bytes);
+            out.extend_from_slice(b" ms=");
+            millis(out, micros);
+            out.extend_from_slice(b" cache=");
+            out.extend_from_slice(self.cache.as_bytes());
+            out.extend_from_slice(b" upstream=");
+            out.extend_from_slice(upstream.as_bytes());
+            out.push(b'\n');
         }
         if out.len() >= BUFFER {
             let _ = std::io::stderr().write_all(out);
             out.clear();
         }
+    }
+}
+
+/// `n` in decimal.
+fn number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// `n` in decimal, zero-padded to `width` digits.
+fn padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let start = out.len();
+    number(out, n);
+    let short = width.saturating_sub(out.len() - start);
+    if short > 0 {
+        out.splice(start..start, std::iter::repeat_n(b'0', short));
+    }
+}
+
+/// Microseconds as milliseconds with one decimal (`12.3`).
+fn millis(out: &mut Vec<u8>, micros: u64) {
+    number(out, micros / 1000);
+    out.push(b'.');
+    out.push(b'0' + (micros % 1000 / 100) as u8);
+}
+
+/// The client's address, or `-`.
+fn client(out: &mut Vec<u8>, c: Option<IpAddr>) {
+    match c {
+        Some(IpAddr::V4(v4)) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                number(out, u64::from(octet));
+            }
+        }
+        Some(c) => {
+            let _ = write!(out, "{c}");
+        }
+        None => out.push(b'-'),
     }
 }
 
@@ -183,6 +230,10 @@ fn target(uri: &http::Uri) -> &str {
 /// `s` with anything but printable ASCII escaped (`\u{202e}`), so a path cannot forge or
 /// disguise a text log line.
 fn text_safe(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b.is_ascii_graphic()) {
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
     for c in s.chars() {
         if c.is_ascii_graphic() {
             out.push(c as u8);
@@ -197,10 +248,32 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-/// `t` as RFC 3339 in UTC with microseconds, as the tracing subscriber writes it.
+/// `t` as RFC 3339 in UTC with microseconds, as the tracing subscriber writes it. The date and
+/// time of day are formatted once per second and thread.
 fn timestamp(out: &mut Vec<u8>, t: SystemTime) {
+    thread_local! {
+        /// The last second formatted, and its `YYYY-MM-DDTHH:MM:SS`.
+        static SECOND: std::cell::RefCell<(u64, Vec<u8>)> = const {
+            std::cell::RefCell::new((u64::MAX, Vec::new()))
+        };
+    }
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
+    SECOND.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            *at = secs;
+            text.clear();
+            date_time(text, secs);
+        }
+        out.extend_from_slice(text);
+    });
+    out.push(b'.');
+    padded(out, u64::from(d.subsec_micros()), 6);
+    out.push(b'Z');
+}
+
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SS` (UTC).
+fn date_time(out: &mut Vec<u8>, secs: u64) {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -214,11 +287,10 @@ fn timestamp(out: &mut Vec<u8>, t: SystemTime) {
     let year = yoe + era * 400 + i64::from(month <= 2);
     let _ = write!(
         out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        d.subsec_micros()
     );
 }
 
@@ -271,6 +343,32 @@ mod tests {
     }
 
     #[test]
+    fn numbers_and_addresses_are_written_as_fmt_would() {
+        let mut out = Vec::new();
+        for n in [0, 7, 10, 99, 1234, u64::MAX] {
+            number(&mut out, n);
+            out.push(b' ');
+            padded(&mut out, n, 6);
+            out.push(b' ');
+            millis(&mut out, n % 10_000_000);
+            out.push(b' ');
+        }
+        for c in [
+            None,
+            Some(IpAddr::from([10, 0, 255, 1])),
+            Some("::1".parse().unwrap()),
+        ] {
+            client(&mut out, c);
+            out.push(b' ');
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "0 000000 0.0 7 000007 0.0 10 000010 0.0 99 000099 0.0 1234 001234 1.2 \
+             18446744073709551615 18446744073709551615 9551.6 - 10.0.255.1 ::1 "
+        );
+    }
+
+    #[test]
     fn timestamps_are_rfc3339_utc() {
         let at = |secs: u64, micros: u32| {
             let mut s = Vec::new();
@@ -283,5 +381,8 @@ mod tests {
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
         assert_eq!(at(1_796_226_460, 817_061), "2026-12-02T15:47:40.817061Z");
+        // The same second again (cached), then the next.
+        assert_eq!(at(1_796_226_460, 5), "2026-12-02T15:47:40.000005Z");
+        assert_eq!(at(1_796_226_461, 999_999), "2026-12-02T15:47:41.999999Z");
     }
 }
