@@ -194,6 +194,7 @@ impl GoState {
                 let call = send_following(
                     &self.http,
                     &self.policy,
+                    None,
                     self.max_redirects,
                     Method::GET,
                     url,

@@ -114,6 +114,7 @@ async fn fetch(
     let call = send_following(
         &go.http,
         &go.policy,
+        None,
         go.max_redirects,
         Method::GET,
         url,
