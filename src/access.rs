@@ -185,8 +185,7 @@ impl AccessControl {
         path: &str,
         headers: &HeaderMap,
     ) -> Result<(), Denied> {
-        self.check_client(peer.map(Client::Ip), path, headers)
-            .await
+        self.check_client(peer.map(Client::Ip), path, headers).await
     }
 
     /// `check` for any kind of client. `allow_clients` is about addresses: a Unix socket's

@@ -30,7 +30,6 @@
 pub mod maintenance;
 pub use crate::secret;
 
-
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -138,7 +137,9 @@ async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Respons
         .or_else(|| req.uri().host())
         .unwrap_or("");
     let local = unix
-        || (peer.and_then(crate::net::Client::ip).is_some_and(|ip| ip.is_loopback())
+        || (peer
+            .and_then(crate::net::Client::ip)
+            .is_some_and(|ip| ip.is_loopback())
             && crate::net::loopback_host(host));
     if !local || relayed {
         tracing::warn!(?peer, host, "admin request refused: not from this machine");

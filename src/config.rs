@@ -785,7 +785,10 @@ impl<'de> Deserialize<'de> for Listen {
             ));
         }
         raw.iter()
-            .map(|s| s.parse().map_err(|e| serde::de::Error::custom(format!("listen {e}"))))
+            .map(|s| {
+                s.parse()
+                    .map_err(|e| serde::de::Error::custom(format!("listen {e}")))
+            })
             .collect::<Result<_, _>>()
             .map(Listen)
     }
@@ -801,7 +804,10 @@ pub fn unix_socket_url(url: &str) -> Option<PathBuf> {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: Listen(vec![ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 5000)))]),
+            listen: Listen(vec![ListenAddr::Tcp(SocketAddr::from((
+                [127, 0, 0, 1],
+                5000,
+            )))]),
             data_dir: default_data_dir(),
             offline: false,
             log: LogConfig::default(),
@@ -1205,7 +1211,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.validate_prefetch()?;
-        self.server.socket_mode_bits().map_err(ConfigError::Invalid)?;
+        self.server
+            .socket_mode_bits()
+            .map_err(ConfigError::Invalid)?;
         if let Some(shared) = &self.shared {
             shared.validate()?;
         }
@@ -1501,6 +1509,42 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_is_one_address_or_a_list_of_tcp_and_unix_sockets() {
+        let c = Config::from_toml_str("listen = \"0.0.0.0:5000\"").unwrap();
+        assert_eq!(c.listen.0.len(), 1);
+        let c =
+            Config::from_toml_str("listen = [\"127.0.0.1:5000\", \"unix:/run/wharf/wharf.sock\"]")
+                .unwrap();
+        assert_eq!(c.listen.tcp().unwrap().port(), 5000);
+        assert_eq!(c.listen.unix().unwrap(), Path::new("/run/wharf/wharf.sock"));
+        assert_eq!(
+            c.listen.to_string(),
+            "127.0.0.1:5000, unix:/run/wharf/wharf.sock"
+        );
+        for (bad, says) in [
+            ("listen = []", "empty"),
+            ("listen = \"unix:wharf.sock\"", "absolute path"),
+            ("listen = \"localhost\"", "neither host:port"),
+            ("[server]\nsocket_mode = \"rw\"", "server.socket_mode"),
+            (
+                "[[registry.upstream]]\nname = \"l\"\nurl = \"unix://run/r.sock\"",
+                "absolute path",
+            ),
+        ] {
+            let e = Config::from_toml_str(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let c = Config::from_toml_str(
+            "[[registry.upstream]]\nname = \"l\"\nurl = \"unix:///run/r.sock\"",
+        )
+        .unwrap();
+        assert_eq!(
+            unix_socket_url(&c.registry.upstreams[0].url).unwrap(),
+            Path::new("/run/r.sock")
+        );
+    }
 
     #[test]
     fn empty_file_gives_defaults_that_validate() {

@@ -39,10 +39,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(
-    cli: Cli,
-    activated: Option<cli::serve::Activated>,
-) -> Result<ExitCode, wharf::Error> {
+async fn run(cli: Cli, activated: Option<cli::serve::Activated>) -> Result<ExitCode, wharf::Error> {
     match cli.command {
         Command::Serve {
             config,

@@ -118,7 +118,13 @@ pub async fn run(
     tls: Option<TlsReloader>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    run_on(vec![Listener::Tcp(listener.into_std()?)], state, tls, shutdown).await
+    run_on(
+        vec![Listener::Tcp(listener.into_std()?)],
+        state,
+        tls,
+        shutdown,
+    )
+    .await
 }
 
 /// `run` on several listeners (TCP and Unix), every worker accepting from each of them.
@@ -332,11 +338,7 @@ fn spawn_worker(
 
 /// One event loop's accept loop: serves every connection it accepts until `shutdown`
 /// resolves, then drains them.
-async fn accept_loop(
-    listener: Accepting,
-    conns: &Arc<Conns>,
-    shutdown: impl Future<Output = ()>,
-) {
+async fn accept_loop(listener: Accepting, conns: &Arc<Conns>, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender: when all are gone, the receiver sees the end.
     let (live_tx, mut live_rx) = mpsc::channel::<()>(1);

@@ -2,7 +2,6 @@
 //! guard every protocol request passes first (URL length, `[access]`, metrics by typed cache
 //! outcome). Refusals use each protocol's own error format.
 
-
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -178,9 +177,11 @@ async fn checked(
         } else {
             path.clone()
         };
-        match app.access
+        match app
+            .access
             .check_client(peer, &rule_path, req.headers())
-            .await {
+            .await
+        {
             Ok(()) => {}
             Err(Denied::Address) => {
                 tracing::info!(?peer, %path, "client address not in access.allow_clients");

@@ -81,7 +81,7 @@ impl Checked {
                     &config.egress,
                     egress.clone(),
                 )
-                    .map_err(invalid)?,
+                .map_err(invalid)?,
             ),
             None => None,
         };

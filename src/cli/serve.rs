@@ -8,10 +8,8 @@ use tracing_subscriber::EnvFilter;
 use super::ConfigArgs;
 use crate::app::Checked;
 use crate::config::{Config, ListenAddr, LogFormat};
+pub use crate::server::listen::Activated;
 use crate::server::listen::{self, Listener};
-
-/// Sockets systemd passed (socket activation), each with its `FileDescriptorName`.
-pub type Activated = Vec<(Listener, Option<String>)>;
 
 /// Runs `wharf serve`: flags over the config file, then logging, then the server, on
 /// `activated` sockets when systemd passed some (`listen::from_systemd`), else on `listen`.

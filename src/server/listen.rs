@@ -32,9 +32,11 @@ impl Listener {
             Listener::Tcp(l) => l
                 .local_addr()
                 .map_or_else(|_| "tcp:?".into(), |a| a.to_string()),
-            Listener::Unix(l) => match l.local_addr().ok().and_then(|a| {
-                a.as_pathname().map(|p| p.display().to_string())
-            }) {
+            Listener::Unix(l) => match l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            {
                 Some(p) => format!("unix:{p}"),
                 None => "unix:(unnamed)".into(),
             },
@@ -57,6 +59,9 @@ impl Listener {
         }
     }
 }
+
+/// Sockets systemd passed (socket activation), each with its `FileDescriptorName`.
+pub type Activated = Vec<(Listener, Option<String>)>;
 
 /// Why a listener could not be set up; the message names the address and what to do.
 #[derive(Debug)]
@@ -161,7 +166,7 @@ fn group_id(group: &str) -> Result<u32, String> {
 /// names this process and `LISTEN_FDS` is set. Each descriptor (from 3 on) must be a listening
 /// TCP or Unix stream socket; they are marked close-on-exec, and `LISTEN_PID`/`LISTEN_FDS`
 /// are removed from the environment (by `listenfd`). Call before any thread starts.
-pub fn from_systemd() -> Result<Option<Vec<(Listener, Option<String>)>>, ListenError> {
+pub fn from_systemd() -> Result<Option<Activated>, ListenError> {
     let for_us = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())

@@ -382,8 +382,7 @@ impl UpstreamClient {
     ) -> Result<reqwest::Response, UpstreamError> {
         send_following(
             &self.http,
-            &self.policy,
-            self.socket.as_deref(),
+            (&self.policy, self.socket.as_deref()),
             self.max_redirects,
             method,
             url,
@@ -407,11 +406,11 @@ pub fn accept_headers(accept: &[&str]) -> HeaderMap {
 
 /// Sends a request and follows redirects by hand: egress is checked before every hop, https ->
 /// http is refused, `authz` is dropped for good on any change of host, port or scheme, and
-/// userinfo in a URL is never sent (reqwest would turn it into Basic auth).
+/// userinfo in a URL is never sent (reqwest would turn it into Basic auth). With a socket (the
+/// client is bound to it), every hop must stay on it (`check_target`).
 pub async fn send_following(
     http: &reqwest::Client,
-    policy: &EgressPolicy,
-    socket: Option<&Path>,
+    (policy, socket): (&EgressPolicy, Option<&Path>),
     max_redirects: usize,
     mut method: Method,
     mut url: Url,

@@ -434,7 +434,9 @@ mod tests {
         let p = policy(&["unix:/run/registry/registry.sock", "*.example", "localhost"]);
         let path = std::path::Path::new;
         assert!(p.check_socket(path("/run/registry/registry.sock")).is_ok());
-        let refused = p.check_socket(path("/run/registry/other.sock")).unwrap_err();
+        let refused = p
+            .check_socket(path("/run/registry/other.sock"))
+            .unwrap_err();
         assert!(
             refused
                 .to_string()
