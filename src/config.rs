@@ -1529,7 +1529,7 @@ mod tests {
             ("listen = \"localhost\"", "neither host:port"),
             ("[server]\nsocket_mode = \"rw\"", "server.socket_mode"),
             (
-                "[[registry.upstream]]\nname = \"l\"\nurl = \"unix://run/r.sock\"",
+                "[registry]\ndefault_upstream = \"l\"\n[[registry.upstream]]\nname = \"l\"\nurl = \"unix://run/r.sock\"",
                 "absolute path",
             ),
         ] {
@@ -1537,7 +1537,7 @@ mod tests {
             assert!(e.contains(says), "{bad}: {e}");
         }
         let c = Config::from_toml_str(
-            "[[registry.upstream]]\nname = \"l\"\nurl = \"unix:///run/r.sock\"",
+            "[registry]\ndefault_upstream = \"l\"\n[[registry.upstream]]\nname = \"l\"\nurl = \"unix:///run/r.sock\"",
         )
         .unwrap();
         assert_eq!(
