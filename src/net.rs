@@ -1,6 +1,7 @@
 //! Addresses and host patterns, parsed: what an IP address is (`classify`, `canonical_ip`), the
 //! address ranges of `egress.allow_cidrs` and `access.allow_clients` (`Cidr`), and the host
-//! patterns of `egress.allow` (`AllowEntry`, `HostPattern`); who sent a request (`Client`, `UnixPeer`).
+//! patterns of `egress.allow` (`AllowEntry`, `HostPattern`); who sent a request (`Client`,
+//! `UnixPeer`).
 //!
 //! A leaf: it imports nothing from the crate, so `config` can parse with it and `access` and
 //! `upstream::egress` can decide with it without importing each other. It owns no policy: which
