@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 
 // The `[access]` schema is config's; these paths are kept for code written against them.
 pub use crate::config::{AccessConfig, Protocol, RuleConfig, TokenConfig, UserConfig};
-use crate::net::Cidr;
+use crate::net::{Cidr, Client};
 
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,8 +185,22 @@ impl AccessControl {
         path: &str,
         headers: &HeaderMap,
     ) -> Result<(), Denied> {
-        if !self.allow_clients.is_empty() {
-            let ok = peer.is_some_and(|ip| self.allow_clients.iter().any(|c| c.contains(ip)));
+        self.check_client(peer.map(Client::Ip), path, headers).await
+    }
+
+    /// `check` for any kind of client. `allow_clients` is about addresses: a Unix socket's
+    /// peer has none, and was admitted by the socket file's mode and group instead, so only
+    /// the credential rules apply to it.
+    pub async fn check_client(
+        &self,
+        client: Option<Client>,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(), Denied> {
+        if !self.allow_clients.is_empty() && client != Some(Client::Unix) {
+            let ok = client
+                .and_then(Client::ip)
+                .is_some_and(|ip| self.allow_clients.iter().any(|c| c.contains(ip)));
             if !ok {
                 return Err(Denied::Address);
             }

@@ -2,9 +2,10 @@
 //! talking to a running server. Every route sits behind one guard, `guard`, which answers only
 //! a request that
 //!
-//! 1. comes from a loopback peer,
+//! 1. comes from a loopback peer, or over a Unix socket (`listen = "unix:..."`, whose file
+//!    mode and group decide who may connect),
 //! 2. is addressed to a loopback host (not a DNS name, so a page in a browser on this machine
-//!    cannot reach it by rebinding),
+//!    cannot reach it by rebinding; not asked of a Unix socket's peer, which no browser is),
 //! 3. was not relayed by a proxy that says so (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`),
 //! 4. carries the admin secret in `X-Wharf-Admin-Token` (see `secret`): a proxy that rewrites
 //!    `Host` and adds no header passes 1 to 3, and a browser needs a CORS preflight (never
@@ -29,12 +30,10 @@
 pub mod maintenance;
 pub use crate::secret;
 
-use std::net::SocketAddr;
-
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -126,10 +125,8 @@ impl IntoResponse for AdminError {
 /// The one gate of the admin API (see the module comment); refusals say which rule failed
 /// without echoing anything back.
 async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+    let peer = crate::net::Client::of(req.extensions());
+    let unix = peer == Some(crate::net::Client::Unix);
     let relayed = ["forwarded", "x-forwarded-for", "x-real-ip"]
         .iter()
         .any(|h| req.headers().contains_key(*h));
@@ -139,11 +136,16 @@ async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Respons
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().host())
         .unwrap_or("");
-    if !peer.is_some_and(|ip| ip.is_loopback()) || relayed || !crate::net::loopback_host(host) {
+    let local = unix
+        || (peer
+            .and_then(crate::net::Client::ip)
+            .is_some_and(|ip| ip.is_loopback())
+            && crate::net::loopback_host(host));
+    if !local || relayed {
         tracing::warn!(?peer, host, "admin request refused: not from this machine");
         return AdminError::new(
             StatusCode::FORBIDDEN,
-            "the admin API answers only on this machine, at a loopback address (127.0.0.1, [::1], localhost)",
+            "the admin API answers only on this machine, at a loopback address (127.0.0.1, [::1], localhost) or a Unix socket",
         )
         .into_response();
     }

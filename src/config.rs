@@ -44,8 +44,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address and port to listen on.
-    pub listen: SocketAddr,
+    /// Where to listen: one address or a list, each `host:port` (TCP) or `unix:/path` (a
+    /// Unix socket). Under systemd socket activation the inherited sockets are used instead.
+    pub listen: Listen,
     /// Where blobs, temp files, the index and the admin secret (`admin.token`) live.
     pub data_dir: PathBuf,
     /// Never contact any upstream: answer from the cache only (air-gapped sites).
@@ -126,9 +127,27 @@ pub struct ServerConfig {
     /// Plain HTTP/1.1 `GET`/`HEAD` on wharf's own fast path, stored files sent with
     /// `sendfile(2)`; false: every request through hyper (copying through a buffer).
     pub zero_copy: bool,
+    /// Permissions of the Unix sockets wharf creates (`listen = "unix:..."`), in octal: who
+    /// may connect is decided by the file, not by `access.allow_clients`.
+    pub socket_mode: String,
+    /// Group given to those sockets (a name from /etc/group or a number); empty: wharf's own.
+    pub socket_group: String,
 }
 
 impl ServerConfig {
+    /// `socket_mode` as bits.
+    pub fn socket_mode_bits(&self) -> Result<u32, String> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                format!(
+                    "server.socket_mode {:?}: not an octal file mode such as \"0660\"",
+                    self.socket_mode
+                )
+            })
+    }
+
     /// `workers`, with 0 resolved to the CPUs available.
     pub fn worker_count(&self) -> usize {
         match self.workers {
@@ -152,6 +171,8 @@ impl Default for ServerConfig {
             workers: 0,
             zero_copy: true,
             max_connections: 0,
+            socket_mode: "0660".into(),
+            socket_group: String::new(),
         }
     }
 }
@@ -673,10 +694,120 @@ pub struct EgressConfig {
     pub probe_interval: Duration,
 }
 
+/// One place to listen: a TCP address, or a Unix socket's path (`unix:/run/wharf/wharf.sock`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ListenAddr, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = Path::new(path);
+            if !path.is_absolute() {
+                return Err(format!(
+                    "{s:?}: a Unix socket needs an absolute path, e.g. unix:/run/wharf/wharf.sock"
+                ));
+            }
+            return Ok(ListenAddr::Unix(path.to_path_buf()));
+        }
+        s.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| {
+            format!("{s:?}: neither host:port (e.g. 127.0.0.1:5000) nor unix:/path/to.sock")
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `listen`: one address (a string, as before) or a list of them; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen(pub Vec<ListenAddr>);
+
+impl Listen {
+    /// The first TCP address, what other machines and the `wharf` commands reach by default.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        self.0.iter().find_map(|a| match a {
+            ListenAddr::Tcp(t) => Some(*t),
+            ListenAddr::Unix(_) => None,
+        })
+    }
+
+    /// The first Unix socket's path.
+    pub fn unix(&self) -> Option<&Path> {
+        self.0.iter().find_map(|a| match a {
+            ListenAddr::Unix(p) => Some(p.as_path()),
+            ListenAddr::Tcp(_) => None,
+        })
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{a}")?;
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Listen, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        let raw = match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "listen: expected \"host:port\", \"unix:/path\" or a list of them",
+            )
+        })? {
+            Raw::One(s) => vec![s],
+            Raw::Many(v) => v,
+        };
+        if raw.is_empty() {
+            return Err(serde::de::Error::custom(
+                "listen: the list is empty; give at least one address",
+            ));
+        }
+        raw.iter()
+            .map(|s| {
+                s.parse()
+                    .map_err(|e| serde::de::Error::custom(format!("listen {e}")))
+            })
+            .collect::<Result<_, _>>()
+            .map(Listen)
+    }
+}
+
+/// The socket's path of an upstream URL `unix:///run/registry/registry.sock`; `None` for
+/// any other URL.
+pub fn unix_socket_url(url: &str) -> Option<PathBuf> {
+    let path = Path::new(url.strip_prefix("unix://")?);
+    path.is_absolute().then(|| path.to_path_buf())
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            listen: Listen(vec![ListenAddr::Tcp(SocketAddr::from((
+                [127, 0, 0, 1],
+                5000,
+            )))]),
             data_dir: default_data_dir(),
             offline: false,
             log: LogConfig::default(),
@@ -783,6 +914,8 @@ impl Default for EgressConfig {
 #[derive(Debug, Clone)]
 pub struct ParsedEgress {
     pub allow: Vec<AllowEntry>,
+    /// `unix:` entries of `egress.allow`: socket paths.
+    pub allow_sockets: Vec<PathBuf>,
     pub allow_cidrs: Vec<Cidr>,
     /// `egress.resolve`, names as written, addresses in canonical form.
     pub resolve: Vec<(String, Vec<IpAddr>)>,
@@ -793,6 +926,7 @@ impl EgressConfig {
     /// Parses every entry, refusing the first bad one with its key.
     pub fn parse(&self) -> Result<ParsedEgress, String> {
         let allow = parse_egress_allow(&self.allow)?;
+        let allow_sockets = parse_egress_sockets(&self.allow)?;
         let allow_cidrs = self
             .allow_cidrs
             .iter()
@@ -820,6 +954,7 @@ impl EgressConfig {
             .transpose()?;
         Ok(ParsedEgress {
             allow,
+            allow_sockets,
             allow_cidrs,
             resolve,
             proxy,
@@ -827,11 +962,32 @@ impl EgressConfig {
     }
 }
 
-/// `egress.allow` entries, parsed; the first bad one is refused with its text.
+/// `egress.allow` host entries, parsed; the first bad one is refused with its text. Socket
+/// entries (`unix:/path`) are `parse_egress_sockets`'s.
 pub fn parse_egress_allow(allow: &[String]) -> Result<Vec<AllowEntry>, String> {
     allow
         .iter()
+        .filter(|p| !p.starts_with("unix:"))
         .map(|p| AllowEntry::parse(p).map_err(|e| format!("egress.allow {p:?}: {e}")))
+        .collect()
+}
+
+/// The Unix sockets `egress.allow` names (`unix:/run/registry/registry.sock`): each admits
+/// that very path, and nothing else admits a socket.
+pub fn parse_egress_sockets(allow: &[String]) -> Result<Vec<PathBuf>, String> {
+    allow
+        .iter()
+        .filter_map(|p| p.strip_prefix("unix:").map(|path| (p, path)))
+        .map(|(p, path)| {
+            let path = Path::new(path);
+            if path.is_absolute() {
+                Ok(path.to_path_buf())
+            } else {
+                Err(format!(
+                    "egress.allow {p:?}: a socket entry needs an absolute path, e.g. unix:/run/registry/registry.sock"
+                ))
+            }
+        })
         .collect()
 }
 
@@ -1055,6 +1211,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.validate_prefetch()?;
+        self.server
+            .socket_mode_bits()
+            .map_err(ConfigError::Invalid)?;
         if let Some(shared) = &self.shared {
             shared.validate()?;
         }
@@ -1081,19 +1240,28 @@ impl Config {
                     up.name
                 ));
             }
-            let url = Url::parse(&up.url).map_err(|e| {
-                ConfigError::Invalid(format!("registry.upstream[{i}].url {:?}: {e}", up.url))
-            })?;
-            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                return invalid(format!(
-                    "registry.upstream[{i}].url {:?}: must be an http:// or https:// URL with a host",
-                    up.url
-                ));
-            }
-            if !url.username().is_empty() || url.password().is_some() {
-                return invalid(format!(
-                    "registry.upstream[{i}].url: put credentials in username / password_file, not in the URL"
-                ));
+            if up.url.starts_with("unix:") {
+                if unix_socket_url(&up.url).is_none() {
+                    return invalid(format!(
+                        "registry.upstream[{i}].url {:?}: a socket upstream is unix:// and an absolute path, e.g. unix:///run/registry/registry.sock",
+                        up.url
+                    ));
+                }
+            } else {
+                let url = Url::parse(&up.url).map_err(|e| {
+                    ConfigError::Invalid(format!("registry.upstream[{i}].url {:?}: {e}", up.url))
+                })?;
+                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                    return invalid(format!(
+                        "registry.upstream[{i}].url {:?}: must be an http:// or https:// URL with a host",
+                        up.url
+                    ));
+                }
+                if !url.username().is_empty() || url.password().is_some() {
+                    return invalid(format!(
+                        "registry.upstream[{i}].url: put credentials in username / password_file, not in the URL"
+                    ));
+                }
             }
             if up.password_file.is_some() && up.password_env.is_some() {
                 return invalid(format!(
@@ -1341,6 +1509,42 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_is_one_address_or_a_list_of_tcp_and_unix_sockets() {
+        let c = Config::from_toml_str("listen = \"0.0.0.0:5000\"").unwrap();
+        assert_eq!(c.listen.0.len(), 1);
+        let c =
+            Config::from_toml_str("listen = [\"127.0.0.1:5000\", \"unix:/run/wharf/wharf.sock\"]")
+                .unwrap();
+        assert_eq!(c.listen.tcp().unwrap().port(), 5000);
+        assert_eq!(c.listen.unix().unwrap(), Path::new("/run/wharf/wharf.sock"));
+        assert_eq!(
+            c.listen.to_string(),
+            "127.0.0.1:5000, unix:/run/wharf/wharf.sock"
+        );
+        for (bad, says) in [
+            ("listen = []", "empty"),
+            ("listen = \"unix:wharf.sock\"", "absolute path"),
+            ("listen = \"localhost\"", "neither host:port"),
+            ("[server]\nsocket_mode = \"rw\"", "server.socket_mode"),
+            (
+                "[registry]\ndefault_upstream = \"l\"\n[[registry.upstream]]\nname = \"l\"\nurl = \"unix://run/r.sock\"",
+                "absolute path",
+            ),
+        ] {
+            let e = Config::from_toml_str(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let c = Config::from_toml_str(
+            "[registry]\ndefault_upstream = \"l\"\n[[registry.upstream]]\nname = \"l\"\nurl = \"unix:///run/r.sock\"",
+        )
+        .unwrap();
+        assert_eq!(
+            unix_socket_url(&c.registry.upstreams[0].url).unwrap(),
+            Path::new("/run/r.sock")
+        );
+    }
 
     #[test]
     fn empty_file_gives_defaults_that_validate() {

@@ -13,6 +13,9 @@ pub enum Error {
     Storage(#[from] StorageError),
     #[error("upstream {name}: {message}")]
     Upstream { name: String, message: String },
+    /// A listening socket could not be set up (the message names it and what to do).
+    #[error("{0}")]
+    Listen(String),
     #[error("{context}: {source}")]
     Io {
         context: String,

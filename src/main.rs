@@ -8,6 +8,18 @@ use wharf::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Sockets from systemd are taken before any thread exists: taking them edits the
+    // environment (`LISTEN_FDS`, `LISTEN_PID`).
+    let activated = match &cli.command {
+        Command::Serve { .. } => match wharf::server::listen::from_systemd() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("wharf: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -18,7 +30,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, activated)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("wharf: {e}");
@@ -27,13 +39,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, wharf::Error> {
+async fn run(cli: Cli, activated: Option<cli::serve::Activated>) -> Result<ExitCode, wharf::Error> {
     match cli.command {
         Command::Serve {
             config,
             listen,
             offline,
-        } => cli::serve::command(&config, listen, offline).await,
+        } => cli::serve::command(&config, listen, offline, activated).await,
         Command::CheckConfig { config } => {
             cli::check::print_config(&config.check(&cli::Overrides::default())?);
             Ok(ExitCode::SUCCESS)

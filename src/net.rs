@@ -1,6 +1,7 @@
 //! Addresses and host patterns, parsed: what an IP address is (`classify`, `canonical_ip`), the
 //! address ranges of `egress.allow_cidrs` and `access.allow_clients` (`Cidr`), and the host
-//! patterns of `egress.allow` (`AllowEntry`, `HostPattern`).
+//! patterns of `egress.allow` (`AllowEntry`, `HostPattern`); who sent a request (`Client`,
+//! `UnixPeer`).
 //!
 //! A leaf: it imports nothing from the crate, so `config` can parse with it and `access` and
 //! `upstream::egress` can decide with it without importing each other. It owns no policy: which
@@ -442,6 +443,45 @@ mod pattern_escapes {
             "regis\ntry.example",
         ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
+
+/// Marks a request that came over a Unix socket (`listen = "unix:..."`): it has no address,
+/// and the socket file's permissions decided who may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnixPeer;
+
+/// Who sent a request, as logs and access control see it: an address, or a Unix socket's peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    Ip(IpAddr),
+    Unix,
+}
+
+impl Client {
+    /// The client of a request, from what the server put in its extensions.
+    pub fn of(ext: &http::Extensions) -> Option<Client> {
+        if ext.get::<UnixPeer>().is_some() {
+            return Some(Client::Unix);
+        }
+        ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| Client::Ip(c.0.ip()))
+    }
+
+    pub fn ip(self) -> Option<IpAddr> {
+        match self {
+            Client::Ip(ip) => Some(ip),
+            Client::Unix => None,
+        }
+    }
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Client::Ip(ip) => write!(f, "{ip}"),
+            Client::Unix => f.write_str("unix"),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The listener loop: plain HTTP or TLS (rustls, certificate reloadable), HTTP/1.1 and HTTP/2,
 //! with limits on header size, a read timeout on request headers (slowloris) and an idle timeout
 //! on connections with no request in flight, the client's address handed to the router, and
-//! graceful shutdown that drains in-flight requests.
+//! graceful shutdown that drains in-flight requests. Several listeners, TCP and Unix (`listen`),
+//! are served alike; a Unix socket's connections are plain HTTP through hyper (no TLS, no
+//! `sendfile` fast path), and their requests carry `net::UnixPeer` instead of an address.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,7 +18,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tower::ServiceExt as _;
@@ -26,7 +28,10 @@ use crate::metrics::Metrics;
 use crate::web::router;
 
 mod fast;
+pub mod listen;
 mod sockets;
+
+use listen::Listener;
 
 /// A TLS server configuration that can be swapped while serving (SIGHUP).
 #[derive(Clone)]
@@ -113,6 +118,22 @@ pub async fn run(
     tls: Option<TlsReloader>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_on(
+        vec![Listener::Tcp(listener.into_std()?)],
+        state,
+        tls,
+        shutdown,
+    )
+    .await
+}
+
+/// `run` on several listeners (TCP and Unix), every worker accepting from each of them.
+pub async fn run_on(
+    listeners: Vec<Listener>,
+    state: AppState,
+    tls: Option<TlsReloader>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let limits = Limits {
         header_read_timeout: state.config.server.header_read_timeout,
         idle_timeout: state.config.server.idle_timeout,
@@ -120,6 +141,9 @@ pub async fn run(
         max_streams: state.config.server.max_streams_per_connection,
         max_header_size: state.config.server.max_header_size.0 as usize,
     };
+    for l in &listeners {
+        l.set_nonblocking()?;
+    }
     let workers = state.config.server.worker_count();
     state.start_shared(SHARED_JOIN).await;
     let background = state.spawn_background();
@@ -133,10 +157,19 @@ pub async fn run(
         sockets: sockets::Sockets::new(state.config.server.max_connections, state.metrics.clone()),
     });
     if workers <= 1 {
-        accept_loop(listener, &conns, shutdown).await;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        let loops = futures_util::future::join_all(
+            listeners
+                .into_iter()
+                .map(|l| serve_listener(l, &conns, stop_rx.clone())),
+        );
+        tokio::join!(stop, loops);
         state.finish_fills(FILL_GRACE).await;
     } else {
-        let listener = listener.into_std()?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (exit_tx, exit_rx) = tokio::sync::watch::channel(false);
         let mut drained = Vec::new();
@@ -149,14 +182,13 @@ pub async fn run(
                 done: done_tx,
                 exit: exit_rx.clone(),
             };
-            threads.push(spawn_worker(
-                i,
-                listener.try_clone()?,
-                conns.clone(),
-                signals,
-            )?);
+            let own = listeners
+                .iter()
+                .map(Listener::try_clone)
+                .collect::<std::io::Result<Vec<_>>>()?;
+            threads.push(spawn_worker(i, own, conns.clone(), signals)?);
         }
-        drop(listener);
+        drop(listeners);
         shutdown.await;
         let _ = stop_tx.send(true);
         for d in drained {
@@ -175,6 +207,61 @@ pub async fn run(
     state.flush_atimes().await;
     crate::web::flush_log();
     Ok(())
+}
+
+/// One listener on this event loop, accepting until `stop` turns true.
+async fn serve_listener(listener: Listener, conns: &Arc<Conns>, mut stop: watch::Receiver<bool>) {
+    let accepting = match listener {
+        Listener::Tcp(l) => TcpListener::from_std(l).map(Accepting::Tcp),
+        Listener::Unix(l) => UnixListener::from_std(l).map(Accepting::Unix),
+    };
+    match accepting {
+        Ok(a) => {
+            let stop = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            accept_loop(a, conns, stop).await;
+        }
+        Err(e) => tracing::error!(error = %e, "cannot listen on this event loop"),
+    }
+}
+
+/// A listener on an event loop.
+enum Accepting {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// A connection it accepted.
+enum Accepted {
+    Tcp(TcpStream, SocketAddr),
+    Unix(UnixStream),
+}
+
+impl Accepting {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Accepting::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+            Accepting::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        }
+    }
+}
+
+/// Who is on the other end of a connection: a TCP address, or a Unix socket's peer (whom the
+/// socket file's permissions admitted; it has no address).
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => write!(f, "{a}"),
+            Peer::Unix => f.write_str("unix"),
+        }
+    }
 }
 
 fn http_builder(limits: Limits) -> Builder<TokioExecutor> {
@@ -221,12 +308,12 @@ struct WorkerSignals {
 /// it) until `exit`.
 fn spawn_worker(
     i: usize,
-    listener: std::net::TcpListener,
+    listeners: Vec<Listener>,
     conns: Arc<Conns>,
     signals: WorkerSignals,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let WorkerSignals {
-        mut stop,
+        stop,
         done,
         mut exit,
     } = signals;
@@ -237,15 +324,12 @@ fn spawn_worker(
         .name(format!("wharf-worker-{i}"))
         .spawn(move || {
             rt.block_on(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => {
-                        let stop = async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        };
-                        accept_loop(listener, &conns, stop).await;
-                    }
-                    Err(e) => tracing::error!(error = %e, "worker cannot listen"),
-                }
+                futures_util::future::join_all(
+                    listeners
+                        .into_iter()
+                        .map(|l| serve_listener(l, &conns, stop.clone())),
+                )
+                .await;
                 let _ = done.send(());
                 let _ = exit.wait_for(|e| *e).await;
             })
@@ -254,17 +338,13 @@ fn spawn_worker(
 
 /// One event loop's accept loop: serves every connection it accepts until `shutdown`
 /// resolves, then drains them.
-async fn accept_loop(
-    listener: TcpListener,
-    conns: &Arc<Conns>,
-    shutdown: impl Future<Output = ()>,
-) {
+async fn accept_loop(listener: Accepting, conns: &Arc<Conns>, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender: when all are gone, the receiver sees the end.
     let (live_tx, mut live_rx) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        let accepted = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -280,18 +360,32 @@ async fn accept_loop(
         let Some(reg) = conns.sockets.register() else {
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let ctx = conns.clone();
         let (stop, live) = (stop_rx.clone(), live_tx.clone());
         let timeout = conns.limits.header_read_timeout;
         let slot = reg.slot.clone();
+        let (stream, peer) = match accepted {
+            Accepted::Tcp(stream, peer) => (stream, peer),
+            Accepted::Unix(stream) => {
+                // Plain HTTP through hyper: the fast path and TLS are TCP's.
+                let task = tokio::spawn(async move {
+                    if let Some(io) = Prefixed::read_start(stream, timeout).await {
+                        serve_connection(&ctx, io, Peer::Unix, stop, &reg.slot).await;
+                    }
+                    drop((live, reg));
+                });
+                slot.set_task(task.abort_handle());
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
         let task = match conns.tls.as_ref().map(TlsReloader::acceptor) {
             None if conns.fast => tokio::spawn(async move {
                 let mut stop = stop;
                 if let fast::Outcome::Hyper(io) =
                     fast::serve(&ctx, stream, peer, &mut stop, &reg.slot).await
                 {
-                    serve_connection(&ctx, io, peer, stop, &reg.slot).await;
+                    serve_connection(&ctx, io, Peer::Tcp(peer), stop, &reg.slot).await;
                 }
                 drop((live, reg));
             }),
@@ -299,7 +393,7 @@ async fn accept_loop(
                 // A client must start its request in time, or it holds a connection for
                 // nothing (hyper's own header timer starts only after version detection).
                 if let Some(io) = Prefixed::read_start(stream, timeout).await {
-                    serve_connection(&ctx, io, peer, stop, &reg.slot).await;
+                    serve_connection(&ctx, io, Peer::Tcp(peer), stop, &reg.slot).await;
                 }
                 drop((live, reg));
             }),
@@ -307,7 +401,7 @@ async fn accept_loop(
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
                         if let Some(io) = Prefixed::read_start(tls_stream, timeout).await {
-                            serve_connection(&ctx, io, peer, stop, &reg.slot).await;
+                            serve_connection(&ctx, io, Peer::Tcp(peer), stop, &reg.slot).await;
                         }
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -329,7 +423,7 @@ async fn accept_loop(
 async fn serve_connection<I>(
     conns: &Conns,
     io: I,
-    peer: SocketAddr,
+    peer: Peer,
     mut stop: watch::Receiver<bool>,
     slot: &Arc<sockets::Slot>,
 ) where
@@ -651,7 +745,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
 /// request counted in the connection's `activity` until its response body is done.
 fn service_for(
     app: Router,
-    peer: SocketAddr,
+    peer: Peer,
     activity: Arc<Activity>,
     metrics: Arc<Metrics>,
 ) -> impl hyper::service::Service<
@@ -662,7 +756,14 @@ fn service_for(
 > + Clone {
     hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let in_flight = InFlight::start(activity.clone());
-        req.extensions_mut().insert(ConnectInfo(peer));
+        match peer {
+            Peer::Tcp(addr) => {
+                req.extensions_mut().insert(ConnectInfo(addr));
+            }
+            Peer::Unix => {
+                req.extensions_mut().insert(crate::net::UnixPeer);
+            }
+        }
         let resp = app.clone().oneshot(req.map(axum::body::Body::new));
         let metrics = metrics.clone();
         async move {

@@ -2,10 +2,8 @@
 //! guard every protocol request passes first (URL length, `[access]`, metrics by typed cache
 //! outcome). Refusals use each protocol's own error format.
 
-use std::net::SocketAddr;
-
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use http::StatusCode;
@@ -60,10 +58,7 @@ async fn guard(
     let line = log::enabled().then(|| log::Line {
         method: req.method().clone(),
         uri: req.uri().clone(),
-        client: req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip()),
+        client: crate::net::Client::of(req.extensions()),
         started: std::time::Instant::now(),
     });
     let resp = checked(app, req, next).await;
@@ -145,10 +140,7 @@ async fn checked(
             .as_ref()
             .filter(|p| p.admits(presented.as_bytes()))
         else {
-            let client = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip());
+            let client = crate::net::Client::of(req.extensions());
             tracing::warn!(%path, ?client, "refused a request with a wrong X-Wharf-Peer secret");
             return refuse(
                 go,
@@ -169,10 +161,7 @@ async fn checked(
         return crate::cache::FROM_PEER.scope(true, next.run(req)).await;
     }
     if !app.access.is_open() {
-        let peer = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+        let peer = crate::net::Client::of(req.extensions());
         // Rules see one spelling per resource: Go paths decoded as the handler decodes them,
         // registry repositories as `<upstream>/<repository>/` whatever form the client used.
         let rule_path = if let Some(rest) = path.strip_prefix("/go/") {
@@ -188,7 +177,11 @@ async fn checked(
         } else {
             path.clone()
         };
-        match app.access.check(peer, &rule_path, req.headers()).await {
+        match app
+            .access
+            .check_client(peer, &rule_path, req.headers())
+            .await
+        {
             Ok(()) => {}
             Err(Denied::Address) => {
                 tracing::info!(?peer, %path, "client address not in access.allow_clients");

@@ -124,6 +124,32 @@ fn service_unit_keeps_its_hardening() {
 }
 
 #[test]
+fn socket_unit_holds_the_example_configs_tcp_address_and_a_unix_socket() {
+    let unit = read("systemd/wharf.socket");
+    let lines: BTreeSet<&str> = unit.lines().map(str::trim).collect();
+    let example = wharf::config::Config::from_toml_str(&read("systemd/wharf.toml")).unwrap();
+    let tcp = example.listen.tcp().expect("the example listens on TCP");
+    for needed in [
+        format!("ListenStream={tcp}"),
+        "ListenStream=/run/wharf/wharf.sock".into(),
+        "SocketMode=0600".into(),
+        "WantedBy=sockets.target".into(),
+    ] {
+        assert!(
+            lines.contains(needed.as_str()),
+            "wharf.socket lacks {needed}"
+        );
+    }
+    // The service still works alone (binds `listen`), with a directory for its own socket.
+    let service = read("systemd/wharf.service");
+    assert!(service.contains("RuntimeDirectory=wharf"));
+    assert!(
+        service.contains("wharf.socket"),
+        "the service documents the socket unit"
+    );
+}
+
+#[test]
 fn example_config_parses_and_matches_defaults() {
     let path = repo_path("systemd/wharf.toml");
     let example = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -228,6 +254,12 @@ fn example_config_with_every_commented_setting_enabled_is_valid() {
         .chain(config.go.sumdbs.iter().map(|d| d.url()))
         .chain(config.go.private.iter().filter_map(|p| p.url.clone()));
     for url in urls {
+        if let Some(socket) = wharf::config::unix_socket_url(&url) {
+            policy
+                .check_socket(&socket)
+                .unwrap_or_else(|e| panic!("{url} has no socket entry in egress.allow: {e}"));
+            continue;
+        }
         let parsed = reqwest::Url::parse(&url).unwrap();
         policy
             .check(&parsed)

@@ -72,8 +72,16 @@ impl Checked {
         };
         let peers = match &config.peers {
             Some(cfg) => Some(
-                crate::shared::PeerSet::new(cfg, config.listen, &config.egress, egress.clone())
-                    .map_err(invalid)?,
+                crate::shared::PeerSet::new(
+                    cfg,
+                    config
+                        .listen
+                        .tcp()
+                        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 5000))),
+                    &config.egress,
+                    egress.clone(),
+                )
+                .map_err(invalid)?,
             ),
             None => None,
         };

@@ -11,7 +11,6 @@
 pub mod check;
 pub mod serve;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,9 +48,10 @@ pub enum Command {
     Serve {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Address to listen on (overrides `listen`), e.g. 0.0.0.0:5000.
+        /// Address to listen on (overrides `listen`), e.g. 0.0.0.0:5000 or
+        /// unix:/run/wharf/wharf.sock. Under socket activation the inherited sockets are used.
         #[arg(long, env = "WHARF_LISTEN")]
-        listen: Option<SocketAddr>,
+        listen: Option<crate::config::ListenAddr>,
         /// Never contact an upstream; serve only what is cached (overrides `offline`).
         #[arg(long)]
         offline: bool,
@@ -240,8 +240,8 @@ impl ConfigArgs {
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
         }
-        if let Some(l) = o.listen {
-            config.listen = l;
+        if let Some(l) = &o.listen {
+            config.listen = crate::config::Listen(vec![l.clone()]);
         }
         config.offline |= o.offline;
         Ok(config)
@@ -249,9 +249,9 @@ impl ConfigArgs {
 }
 
 /// Flags of `wharf serve` that override the file.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    pub listen: Option<std::net::SocketAddr>,
+    pub listen: Option<crate::config::ListenAddr>,
     pub offline: bool,
 }
 

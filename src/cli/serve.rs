@@ -1,37 +1,47 @@
-//! `wharf serve`: bind the listener, load TLS, start the scheduled prefetch (`tools::sync`),
-//! serve until SIGTERM or Ctrl-C, reload the certificate on SIGHUP.
+//! `wharf serve`: bind the listeners (or take systemd's), load TLS, start the scheduled prefetch
+//! (`tools::sync`), serve until SIGTERM or Ctrl-C, reload the certificate on SIGHUP.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 
 use super::ConfigArgs;
 use crate::app::Checked;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, ListenAddr, LogFormat};
+pub use crate::server::listen::Activated;
+use crate::server::listen::{self, Listener};
 
-/// Runs `wharf serve`: flags over the config file, then logging, then the server.
+/// Runs `wharf serve`: flags over the config file, then logging, then the server, on
+/// `activated` sockets when systemd passed some (`listen::from_systemd`), else on `listen`.
 pub async fn command(
     config: &ConfigArgs,
-    listen: Option<SocketAddr>,
+    listen: Option<ListenAddr>,
     offline: bool,
+    activated: Option<Activated>,
 ) -> Result<ExitCode, crate::Error> {
     let checked = config.check(&super::Overrides { listen, offline })?;
     init_tracing(checked.config());
-    serve(checked).await
+    serve(checked, activated).await
 }
 
-async fn serve(checked: Checked) -> Result<ExitCode, crate::Error> {
-    let listen = checked.config().listen;
+async fn serve(checked: Checked, activated: Option<Activated>) -> Result<ExitCode, crate::Error> {
     let data_dir = checked.config().data_dir.clone();
+    let listeners = match activated {
+        Some(sockets) => {
+            for (l, name) in &sockets {
+                tracing::info!(socket = %l.describe(), name = name.as_deref().unwrap_or("-"),
+                    "socket activation: serving a socket systemd passed (listen is not bound)");
+            }
+            sockets.into_iter().map(|(l, _)| l).collect()
+        }
+        None => listen::bind(checked.config()).map_err(|e| crate::Error::Listen(e.0))?,
+    };
     let state = crate::AppState::from_checked(checked)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| crate::Error::Io {
-            context: format!("cannot listen on {listen}"),
-            source,
-        })?;
-    let addr = listener.local_addr().unwrap_or(listen);
+    let addr = listeners
+        .iter()
+        .map(Listener::describe)
+        .collect::<Vec<_>>()
+        .join(", ");
     let tls = match &state.config.tls {
         Some(t) => Some(
             crate::server::TlsReloader::load(&t.cert, &t.key)
@@ -50,10 +60,7 @@ async fn serve(checked: Checked) -> Result<ExitCode, crate::Error> {
         shutdown_signal().await;
         let _ = stop.send(true);
     };
-    let result = match tls {
-        Some(t) => crate::serve_tls(listener, state, t, shutdown).await,
-        None => crate::serve(listener, state, shutdown).await,
-    };
+    let result = crate::server::run_on(listeners, state, tls, shutdown).await;
     if let Some(task) = sync {
         let _ = task.await;
     }

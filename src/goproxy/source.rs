@@ -193,7 +193,7 @@ impl GoState {
                     .map_err(|e| UpstreamError::Protocol(format!("bad upstream URL: {e}")))?;
                 let call = send_following(
                     &self.http,
-                    &self.policy,
+                    (&self.policy, None),
                     self.max_redirects,
                     Method::GET,
                     url,

@@ -113,7 +113,7 @@ async fn fetch(
         .map_err(|e| UpstreamError::Protocol(format!("bad checksum database URL: {e}")))?;
     let call = send_following(
         &go.http,
-        &go.policy,
+        (&go.policy, None),
         go.max_redirects,
         Method::GET,
         url,

@@ -179,12 +179,29 @@ impl Client {
         } else {
             "http"
         };
-        let base = format!("{scheme}://{}", loopback(config.listen));
-        let pinned = match &config.tls {
-            Some(t) => Some(pinned_tls(&t.cert)?),
-            None => None,
+        // The first TCP address; a wharf on Unix sockets only is asked on its first socket.
+        let (base, http) = match (config.listen.tcp(), config.listen.unix()) {
+            (None, Some(path)) => (
+                "http://localhost".to_string(),
+                reqwest::Client::builder()
+                    .unix_socket(path)
+                    .no_proxy()
+                    .connect_timeout(Duration::from_secs(3))
+                    .build()
+                    .map_err(|e| format!("cannot build an HTTP client: {e}"))?,
+            ),
+            (tcp, _) => {
+                let pinned = match &config.tls {
+                    Some(t) => Some(pinned_tls(&t.cert)?),
+                    None => None,
+                };
+                let listen = tcp.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 5000)));
+                (
+                    format!("{scheme}://{}", loopback(listen)),
+                    http_client(pinned)?,
+                )
+            }
         };
-        let http = http_client(pinned)?;
         let probed = probe(&http, &base).await;
         if probed.is_ok() {
             let admin = admin_header(config, &base)?;

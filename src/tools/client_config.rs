@@ -54,21 +54,28 @@ impl Endpoint {
             }
             None => {
                 let scheme = if tls { "https" } else { "http" };
-                let ip = config.listen.ip();
-                let port = config.listen.port();
+                let Some(listen) = config.listen.tcp() else {
+                    return Err(format!(
+                        "listen is {} (Unix sockets only): clients on other machines cannot \
+                         reach it; give the URL they use with --url",
+                        config.listen
+                    ));
+                };
+                let ip = listen.ip();
+                let port = listen.port();
                 let mut notes = Vec::new();
                 let host = if ip.is_unspecified() {
                     let name = host_name().ok_or_else(|| {
                         format!(
                             "listen is {} (every address) and this machine's host name cannot \
                              be read: give the URL clients use with --url",
-                            config.listen
+                            listen
                         )
                     })?;
                     notes.push(format!(
                         "URL {scheme}://{name}:{port}: listen is {}, so clients are pointed at \
                          this machine's host name; pass --url if they reach wharf by another name",
-                        config.listen
+                        listen
                     ));
                     name
                 } else {
@@ -76,7 +83,7 @@ impl Endpoint {
                         notes.push(format!(
                             "listen is {}, a loopback address: these settings work on this \
                              machine only; set listen (or pass --url) for other machines",
-                            config.listen
+                            listen
                         ));
                     }
                     match ip {

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,8 @@ pub struct UpstreamClient {
     origin: Url,
     http: reqwest::Client,
     policy: Arc<EgressPolicy>,
+    /// The Unix socket every request goes to (`url = "unix:///path"`), else the network.
+    socket: Option<Arc<Path>>,
     creds: Option<Credentials>,
     max_redirects: usize,
     auth: Mutex<Option<KnownAuth>>,
@@ -136,27 +139,34 @@ impl UpstreamClient {
             username: u.clone(),
             password: password.unwrap_or_default(),
         });
-        let http = build_http(egress, policy.clone())?;
+        let socket: Option<Arc<Path>> = crate::config::unix_socket_url(&cfg.url).map(Arc::from);
+        let (http, base) = match &socket {
+            Some(path) => (build_unix_http(egress, path)?, SOCKET_ORIGIN.to_string()),
+            None => (
+                build_http(egress, policy.clone())?,
+                cfg.url.trim_end_matches('/').to_string(),
+            ),
+        };
         let origin =
-            Url::parse(&cfg.url).map_err(|e| format!("registry.upstream {:?}: {e}", cfg.name))?;
+            Url::parse(&base).map_err(|e| format!("registry.upstream {:?}: {e}", cfg.name))?;
+        let mut health =
+            super::health::Health::new(&cfg.name, egress.failure_threshold, egress.probe_interval);
+        health.socket = socket.clone();
         Ok(UpstreamClient {
             name: cfg.name.clone(),
             label: Arc::from(cfg.name.as_str()),
-            base: cfg.url.trim_end_matches('/').to_string(),
+            base,
             origin,
             http,
             policy,
+            socket,
             creds,
             max_redirects: egress.max_redirects,
             auth: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
             rate: RateLimit::default(),
             no_referrers_api: std::sync::atomic::AtomicU64::new(0),
-            health: Arc::new(super::health::Health::new(
-                &cfg.name,
-                egress.failure_threshold,
-                egress.probe_interval,
-            )),
+            health: Arc::new(health),
             offline,
         })
     }
@@ -319,7 +329,7 @@ impl UpstreamClient {
         // The realm is an egress destination like any other, checked before credentials go to it;
         // the credentials themselves go only to the upstream's scheme and port, or to a port
         // the operator listed.
-        self.policy.check(&url).map_err(UpstreamError::Egress)?;
+        check_target(&self.policy, self.socket.as_deref(), &url)?;
         if self.creds.is_some() {
             self.policy
                 .check_credentials(&self.origin, &url)
@@ -372,7 +382,7 @@ impl UpstreamClient {
     ) -> Result<reqwest::Response, UpstreamError> {
         send_following(
             &self.http,
-            &self.policy,
+            (&self.policy, self.socket.as_deref()),
             self.max_redirects,
             method,
             url,
@@ -396,10 +406,11 @@ pub fn accept_headers(accept: &[&str]) -> HeaderMap {
 
 /// Sends a request and follows redirects by hand: egress is checked before every hop, https ->
 /// http is refused, `authz` is dropped for good on any change of host, port or scheme, and
-/// userinfo in a URL is never sent (reqwest would turn it into Basic auth).
+/// userinfo in a URL is never sent (reqwest would turn it into Basic auth). With a socket (the
+/// client is bound to it), every hop must stay on it (`check_target`).
 pub async fn send_following(
     http: &reqwest::Client,
-    policy: &EgressPolicy,
+    (policy, socket): (&EgressPolicy, Option<&Path>),
     max_redirects: usize,
     mut method: Method,
     mut url: Url,
@@ -408,7 +419,7 @@ pub async fn send_following(
 ) -> Result<reqwest::Response, UpstreamError> {
     strip_userinfo(&mut url);
     for hop in 0..=max_redirects {
-        policy.check(&url).map_err(UpstreamError::Egress)?;
+        check_target(policy, socket, &url)?;
         let mut headers = extra.clone();
         headers.remove(header::AUTHORIZATION);
         if let Some(a) = &authz {
@@ -444,6 +455,37 @@ pub async fn send_following(
     Err(UpstreamError::Redirect(format!(
         "more than {max_redirects} redirects (egress.max_redirects)"
     )))
+}
+
+/// The origin of requests to an upstream on a Unix socket: every request of its client goes to
+/// the socket, whatever the URL, so only this origin (what the upstream's own absolute
+/// `Location`s name, from the `Host` it was sent) stays on it.
+pub const SOCKET_ORIGIN: &str = "http://localhost";
+
+/// The egress check of one request target: a host by `egress.allow`; for a client bound to a
+/// Unix socket, the socket by its own entry and the target by being on that socket (a redirect
+/// or token realm elsewhere is refused: that client can reach nothing else).
+pub fn check_target(
+    policy: &EgressPolicy,
+    socket: Option<&Path>,
+    url: &Url,
+) -> Result<(), UpstreamError> {
+    let Some(path) = socket else {
+        return policy.check(url).map_err(UpstreamError::Egress);
+    };
+    policy.check_socket(path).map_err(UpstreamError::Egress)?;
+    let on_socket = url.scheme() == "http"
+        && url.host_str() == Some("localhost")
+        && url.port_or_known_default() == Some(80);
+    if on_socket {
+        Ok(())
+    } else {
+        Err(UpstreamError::Redirect(format!(
+            "the upstream on the Unix socket {} sent wharf to {}; a socket upstream is asked only on its socket",
+            path.display(),
+            redact(url)
+        )))
+    }
 }
 
 /// Where a redirect leads, and whether it stays on the same origin (scheme, host and port) so
@@ -508,6 +550,21 @@ pub fn build_http(
     }
     b.build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// `build_http`'s settings for a client whose every connection goes to the Unix socket `path`
+/// (no resolver, no proxy: `check_target` vets each request instead).
+pub fn build_unix_http(egress: &EgressConfig, path: &Path) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .unix_socket(path)
+        .connect_timeout(egress.connect_timeout)
+        .read_timeout(egress.read_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .no_proxy()
+        .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client for {}: {e}", path.display()))
 }
 
 /// A transport error described without its URL (signed URLs carry secrets in the query).

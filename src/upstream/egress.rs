@@ -39,6 +39,10 @@ pub enum EgressError {
         "the upstream's credentials are not sent to {target}: its scheme or port differs from the upstream's{why}"
     )]
     CredentialsRefused { target: String, why: String },
+    #[error(
+        "egress to the Unix socket {path} is not allowed; add \"unix:{path}\" to egress.allow if wharf should connect to it"
+    )]
+    SocketNotAllowed { path: String },
     #[error("egress to {url} refused: only http and https URLs with a host are fetched")]
     BadUrl { url: String },
 }
@@ -53,11 +57,27 @@ pub struct EgressPolicy {
     pinned: HashMap<String, Vec<IpAddr>>,
     /// The corporate proxy's host: its addresses are the operator's choice, not classified.
     proxy_host: Option<String>,
+    /// Unix sockets listed in `egress.allow` (`unix:/path`): exactly these paths.
+    sockets: Vec<std::path::PathBuf>,
 }
 
 impl EgressPolicy {
     pub fn new(allow: &[String]) -> Result<EgressPolicy, String> {
-        Ok(EgressPolicy::of_allow(parse_egress_allow(allow)?))
+        let mut p = EgressPolicy::of_allow(parse_egress_allow(allow)?);
+        p.sockets = crate::config::parse_egress_sockets(allow)?;
+        Ok(p)
+    }
+
+    /// Decides whether the Unix socket at `path` may be connected to: only when `egress.allow`
+    /// names that very path (as written; no host entry or wildcard admits a socket).
+    pub fn check_socket(&self, path: &std::path::Path) -> Result<(), EgressError> {
+        if self.sockets.iter().any(|s| s == path) {
+            Ok(())
+        } else {
+            Err(EgressError::SocketNotAllowed {
+                path: path.display().to_string(),
+            })
+        }
     }
 
     /// The policy of parsed `egress.allow` entries alone.
@@ -85,6 +105,7 @@ impl EgressPolicy {
         let parsed = cfg.parse()?;
         let mut p = EgressPolicy::of_allow(parsed.allow);
         p.allow_cidrs = parsed.allow_cidrs;
+        p.sockets = parsed.allow_sockets;
         for (host, ips) in parsed.resolve {
             p.pinned.insert(normalize_host(&host), ips);
         }
@@ -406,6 +427,30 @@ mod tests {
         assert!(creds(&p, "https://reg.internal", "https://reg.internal:5001/t").is_ok());
         let e = creds(&p, "https://reg.internal", "http://auth.internal/t").unwrap_err();
         assert!(e.to_string().contains("https -> http"), "{e}");
+    }
+
+    #[test]
+    fn a_socket_is_allowed_only_by_its_own_entry() {
+        let p = policy(&["unix:/run/registry/registry.sock", "*.example", "localhost"]);
+        let path = std::path::Path::new;
+        assert!(p.check_socket(path("/run/registry/registry.sock")).is_ok());
+        let refused = p
+            .check_socket(path("/run/registry/other.sock"))
+            .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("\"unix:/run/registry/other.sock\" to egress.allow"),
+            "{refused}"
+        );
+        assert!(
+            policy(&["*.sock", "run"])
+                .check_socket(path("/run/x.sock"))
+                .is_err()
+        );
+        // A socket entry opens no host.
+        assert!(!allowed(&p, "http://unix/"));
+        assert!(EgressPolicy::new(&["unix:relative.sock".into()]).is_err());
     }
 
     #[test]

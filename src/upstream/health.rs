@@ -20,6 +20,8 @@ pub struct Health {
     pub probe_interval: Duration,
     state: Mutex<State>,
     probing: AtomicBool,
+    /// The Unix socket of an upstream that listens on one: probes check it, not a host.
+    pub socket: Option<std::sync::Arc<std::path::Path>>,
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +56,7 @@ impl Health {
             probe_interval,
             state: Mutex::new(State::default()),
             probing: AtomicBool::new(false),
+            socket: None,
         }
     }
 
@@ -208,7 +211,7 @@ pub fn spawn_probe(
             if health.is_up() {
                 break;
             }
-            if policy.check(&url).is_err() {
+            if super::client::check_target(&policy, health.socket.as_deref(), &url).is_err() {
                 continue;
             }
             match http.get(url.clone()).send().await {

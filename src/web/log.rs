@@ -8,7 +8,6 @@
 //! shutdown: one write for many lines. `[log] level` still decides whether lines are written.
 
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -81,7 +80,7 @@ pub struct Line {
     pub method: http::Method,
     /// As the client sent it (`?ns=` included).
     pub uri: http::Uri,
-    pub client: Option<IpAddr>,
+    pub client: Option<crate::net::Client>,
     pub started: Instant,
 }
 

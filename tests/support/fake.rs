@@ -195,6 +195,44 @@ impl FakeRegistry {
         }
     }
 
+    /// The same fake on a Unix socket at `path` (`addr` is unspecified): an upstream that
+    /// listens only on a socket, `url = "unix://<path>"`.
+    pub async fn start_unix(path: &std::path::Path) -> FakeRegistry {
+        let state = Arc::new(FakeState::default());
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let app = axum::Router::new()
+            .fallback(fake_handler)
+            .with_state(state.clone());
+        let st = state.clone();
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let conns2 = conns.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                st.connections.fetch_add(1, Ordering::SeqCst);
+                let svc = app.clone();
+                let handle = tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let svc = hyper_util::service::TowerToHyperService::new(svc);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, svc)
+                    .await;
+                });
+                conns2.lock().unwrap().push(handle);
+            }
+        });
+        FakeRegistry {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            state,
+            task,
+            conns,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
