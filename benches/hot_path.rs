@@ -271,24 +271,34 @@ fn log(c: &mut Criterion) {
     let uri: http::Uri = "/v2/library/alpine/manifests/3.20?ns=docker.io"
         .parse()
         .unwrap();
-    let answer = || {
+    let metrics = std::sync::Arc::new(wharf::metrics::Metrics::default());
+    let labels = wharf::metrics::RequestLabels {
+        protocol: "registry",
+        kind: "manifest",
+        outcome: "hit",
+    };
+    let answer_body = || {
         axum::response::Response::new(axum::body::Body::from(bytes::Bytes::from_static(
             &[b'{'; 1500],
         )))
     };
     let mut group = c.benchmark_group("log");
     group.bench_function("answer_without_line", |b| {
-        b.iter(|| rt.block_on(answer().into_body().collect()).unwrap())
+        b.iter(|| rt.block_on(answer_body().into_body().collect()).unwrap())
     });
     group.bench_function("answer_with_line", |b| {
         b.iter(|| {
             let line = log::Line {
                 method: http::Method::GET,
                 uri: uri.clone(),
-                client: Some(std::net::IpAddr::from([10, 1, 2, 3])),
-                started: std::time::Instant::now(),
+                client: Some(wharf::net::Client::Ip(std::net::IpAddr::from([10, 1, 2, 3]))),
             };
-            let resp = log::attach(line, answer(), Some("HIT"));
+            let answer = log::Answer {
+                started: std::time::Instant::now(),
+                labels: labels.clone(),
+                metrics: metrics.clone(),
+            };
+            let resp = log::attach(Some(line), answer, answer_body(), Some("HIT"));
             rt.block_on(resp.into_body().collect()).unwrap()
         })
     });

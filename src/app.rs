@@ -31,6 +31,8 @@ pub struct Inner {
     /// The cache engine: hits, fills, access times (`cache::Engine`).
     pub engine: crate::cache::Engine,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The egress policy every upstream client checks (its refusals are counted).
+    pub egress: Arc<crate::upstream::EgressPolicy>,
     /// What every `/admin/` request must carry: new for each state, written to the data
     /// directory (`admin.token`) as soon as the state holds sled's lock on it.
     pub admin_secret: crate::secret::AdminSecret,
@@ -75,6 +77,7 @@ impl AppState {
         if let Some(e) = unread.into_iter().next() {
             return Err(e);
         }
+        let egress_policy = egress.clone();
         let storage = Storage::open(&config.data_dir)?;
         registry::visibility::backfill(&storage, config.registry.max_manifest_size.0)?;
         // Weak: the engine holds the room, and the registry holds the engine.
@@ -142,6 +145,7 @@ impl AppState {
             engine,
             admin_secret,
             metrics,
+            egress: egress_policy,
             shared,
             peers,
         })))

@@ -3,6 +3,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
 pub const OUTCOMES: [&str; 5] = ["HIT", "MISS", "STALE", "ERROR", "BYPASS"];
 
 /// Body bytes a response has sent so far, for its request log line (a response extension; the
@@ -14,8 +20,68 @@ pub struct SentBytes(pub std::sync::Arc<AtomicU64>);
 #[derive(Clone)]
 pub struct AnsweredBy(pub std::sync::Arc<str>);
 
+/// Labels of a request's histograms: the protocol, what was asked (`manifest`, `blob`, `tags`,
+/// `referrers`, `ping`; `info`, `mod`, `zip`, `list`, `latest`, `sumdb`; else `other`) and the
+/// outcome (the cache outcome in lower case, `none` for answers without one, `error`). Bounded:
+/// no names of repositories or modules.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub protocol: &'static str,
+    pub kind: &'static str,
+    pub outcome: &'static str,
+}
+
+/// Labels of bytes served: protocol and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServedLabels {
+    pub protocol: &'static str,
+    pub outcome: &'static str,
+}
+
+/// A bounded reason or kind label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Why {
+    pub reason: &'static str,
+}
+
+/// A bounded kind label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct What {
+    pub kind: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The families kept by the metrics library (`prometheus-client`): histograms, and counters
+/// with bounded labels. Each update is a lookup of the label set and relaxed atomics.
+pub struct Families {
+    pub request_seconds: Histograms<RequestLabels>,
+    pub first_byte_seconds: Histograms<RequestLabels>,
+    pub served_bytes: Family<ServedLabels, Counter>,
+    pub verification_failures: Family<What, Counter>,
+    pub client_auth_failures: Family<Why, Counter>,
+}
+
+/// Request durations: 0.5 ms to about 2 minutes.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+impl Default for Families {
+    fn default() -> Self {
+        Families {
+            request_seconds: Family::new_with_constructor(seconds),
+            first_byte_seconds: Family::new_with_constructor(seconds),
+            served_bytes: Family::default(),
+            verification_failures: Family::default(),
+            client_auth_failures: Family::default(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
+    pub families: Families,
     /// [protocol][outcome]: protocol 0 = registry, 1 = go.
     requests: [[AtomicU64; 5]; 2],
     /// Bytes committed from each upstream (counted once per fill, not per chunk).
@@ -58,6 +124,59 @@ impl PrefetchRuns {
 }
 
 impl Metrics {
+    /// Registers the library's families for one scrape (they are shared handles).
+    pub fn register(&self, r: &mut Registry) {
+        let f = &self.families;
+        r.register(
+            "wharf_request_duration_seconds",
+            "Protocol requests from arrival to the last byte of the answer, by protocol, kind and outcome.",
+            f.request_seconds.clone(),
+        );
+        r.register(
+            "wharf_first_byte_seconds",
+            "Time to the answer's head for misses and pass-throughs (waiting on a fill's source).",
+            f.first_byte_seconds.clone(),
+        );
+        r.register(
+            "wharf_served_bytes",
+            "Body bytes sent to clients, by protocol and outcome (hit bytes against wharf_upstream_bytes_total: bytes saved).",
+            f.served_bytes.clone(),
+        );
+        r.register(
+            "wharf_verification_failures",
+            "Content refused because it failed verification, by kind (blob_digest, manifest_digest, go_checksum, go_zip, tier_copy): someone served bad bytes.",
+            f.verification_failures.clone(),
+        );
+        r.register(
+            "wharf_client_auth_failures",
+            "Client requests refused by [access], by reason (no_credentials, bad_credentials, bad_token, client_address, busy).",
+            f.client_auth_failures.clone(),
+        );
+    }
+
+    /// One request answered: its duration and body bytes.
+    pub fn observe_request(&self, labels: &RequestLabels, seconds: f64, bytes: u64) {
+        let f = &self.families;
+        f.request_seconds.get_or_create(labels).observe(seconds);
+        let served = ServedLabels {
+            protocol: labels.protocol,
+            outcome: labels.outcome,
+        };
+        f.served_bytes.get_or_create(&served).inc_by(bytes);
+    }
+
+    /// A client request refused by `[access]` (`reason`: see `wharf_client_auth_failures`).
+    pub fn client_refused(&self, reason: &'static str) {
+        let why = Why { reason };
+        self.families.client_auth_failures.get_or_create(&why).inc();
+    }
+
+    /// Content refused for failing its checks (`kind`: see `wharf_verification_failures`).
+    pub fn verification_failed(&self, kind: &'static str) {
+        let what = What { kind };
+        self.families.verification_failures.get_or_create(&what).inc();
+    }
+
     pub fn count(&self, go: bool, outcome: &str) {
         let o = OUTCOMES.iter().position(|x| *x == outcome).unwrap_or(3);
         self.requests[usize::from(go)][o].fetch_add(1, Ordering::Relaxed);

@@ -1,7 +1,11 @@
-//! `/metrics` (Prometheus text) and `/healthz` (JSON): the counters of `metrics` and the
-//! upstream and store states, rendered from the application state.
+//! `/metrics` (OpenMetrics text, written by `prometheus-client`) and `/healthz` (JSON): the
+//! families of `metrics` and the upstream and store states, read from the application state
+//! at each scrape (`Scrape`, a collector).
 
-use std::fmt::Write as _;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::app::AppState;
 use crate::metrics::OUTCOMES;
@@ -30,86 +34,193 @@ pub fn upstream_reports(app: &AppState) -> Vec<(String, HealthReport)> {
     out
 }
 
+/// The whole exposition: the library's families of `metrics`, then the state read now.
 pub fn render(app: &AppState) -> String {
-    let m = &app.metrics;
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "# HELP wharf_requests_total Requests by protocol and cache outcome."
-    );
-    let _ = writeln!(o, "# TYPE wharf_requests_total counter");
-    for (go, proto) in [(false, "registry"), (true, "go")] {
-        for (i, outcome) in OUTCOMES.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "wharf_requests_total{{protocol=\"{proto}\",outcome=\"{}\"}} {}",
-                outcome.to_ascii_lowercase(),
-                m.get(go, i)
-            );
+    let mut registry = Registry::default();
+    app.metrics.register(&mut registry);
+    registry.register_collector(Box::new(Scrape(app.clone())));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        tracing::error!(error = %e, "writing /metrics failed");
+    }
+    out
+}
+
+/// The application state as a collector: read at each scrape.
+struct Scrape(AppState);
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        let mut o = Expo {
+            enc: encoder,
+            result: Ok(()),
+        };
+        render_state(&mut o, &self.0);
+        o.result
+    }
+}
+
+/// Labels of one sample.
+type Labels = Vec<(&'static str, String)>;
+
+/// The exposition being written, family by family, through the library's encoder; the first
+/// error is kept and the rest skipped.
+struct Expo<'a> {
+    enc: DescriptorEncoder<'a>,
+    result: std::fmt::Result,
+}
+
+impl Expo<'_> {
+    /// One family: `name` as it is sampled (a counter's ends in `_total`), `kind` `counter` or
+    /// `gauge`, and its samples.
+    fn family(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        rows: impl IntoIterator<Item = (Labels, u64)>,
+    ) {
+        if self.result.is_ok() {
+            self.result = self.write(name, kind, help, rows);
         }
     }
-    let _ = writeln!(
-        o,
-        "# HELP wharf_coalesced_total Requests that joined a fill already in flight."
+
+    fn write(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        rows: impl IntoIterator<Item = (Labels, u64)>,
+    ) -> std::fmt::Result {
+        let counter = kind == "counter";
+        let (base, kind) = if counter {
+            (name.strip_suffix("_total").unwrap_or(name), MetricType::Counter)
+        } else {
+            (name, MetricType::Gauge)
+        };
+        let mut m = self.enc.encode_descriptor(base, help, None, kind)?;
+        for (labels, v) in rows {
+            if labels.is_empty() {
+                sample(&mut m, counter, v)?;
+            } else {
+                sample(&mut m.encode_family(&labels)?, counter, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One unlabelled metric: `(name, kind, help, value)`.
+    fn scalar(&mut self, (name, kind, help, value): (&str, &str, &str, u64)) {
+        self.family(name, kind, help, [(Labels::new(), value)]);
+    }
+}
+
+fn sample(
+    m: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    counter: bool,
+    v: u64,
+) -> std::fmt::Result {
+    if counter {
+        m.encode_counter::<NoLabelSet, _, u64>(&v, None)
+    } else {
+        m.encode_gauge(&v)
+    }
+}
+
+/// A label value that cannot break the exposition's quoting.
+fn label(v: &str) -> String {
+    v.replace(['"', '\\', '\n'], "_")
+}
+
+fn render_state(o: &mut Expo, app: &AppState) {
+    let m = &app.metrics;
+    let mut requests = Vec::new();
+    for (go, proto) in [(false, "registry"), (true, "go")] {
+        for (i, outcome) in OUTCOMES.iter().enumerate() {
+            let labels = vec![
+                ("protocol", proto.to_string()),
+                ("outcome", outcome.to_ascii_lowercase()),
+            ];
+            requests.push((labels, m.get(go, i)));
+        }
+    }
+    o.family(
+        "wharf_requests_total",
+        "counter",
+        "Requests by protocol and cache outcome.",
+        requests,
     );
-    let _ = writeln!(o, "# TYPE wharf_coalesced_total counter");
     let go_coalesced = app.go.as_ref().map_or(0, |g| g.flights.coalesced());
-    let _ = writeln!(
-        o,
-        "wharf_coalesced_total{{protocol=\"registry\"}} {}",
-        app.registry.blob_flights.coalesced()
+    o.family(
+        "wharf_coalesced_total",
+        "counter",
+        "Requests that joined a fill already in flight.",
+        [
+            (
+                vec![("protocol", "registry".to_string())],
+                app.registry.blob_flights.coalesced(),
+            ),
+            (vec![("protocol", "go".to_string())], go_coalesced),
+        ],
     );
-    let _ = writeln!(o, "wharf_coalesced_total{{protocol=\"go\"}} {go_coalesced}");
-    render_bodies(&mut o, m);
-    let _ = writeln!(
-        o,
-        "# HELP wharf_fills_in_flight Upstream fills running now."
+    render_bodies(o, m);
+    o.scalar((
+        "wharf_fills_in_flight",
+        "gauge",
+        "Upstream fills running now.",
+        app.engine.fills_running() as u64,
+    ));
+    render_fill_queue(o, app);
+    render_cold_ranges(o, &app.metrics);
+    render_disk(o, app);
+    render_connections(o, &app.metrics);
+    let reports = upstream_reports(app);
+    let per_upstream = |v: &dyn Fn(&HealthReport) -> u64| -> Vec<(Labels, u64)> {
+        reports
+            .iter()
+            .map(|(kind, r)| {
+                let labels = vec![("kind", kind.clone()), ("upstream", label(&r.name))];
+                (labels, v(r))
+            })
+            .collect()
+    };
+    o.family(
+        "wharf_upstream_up",
+        "gauge",
+        "Whether an upstream is considered up (1) or down (0).",
+        per_upstream(&|r| u64::from(r.up)),
     );
-    let _ = writeln!(o, "# TYPE wharf_fills_in_flight gauge");
-    let running = app.engine.fills_running();
-    let _ = writeln!(o, "wharf_fills_in_flight {running}");
-    render_fill_queue(&mut o, app);
-    render_cold_ranges(&mut o, &app.metrics);
-    render_disk(&mut o, app);
-    render_connections(&mut o, &app.metrics);
-    let _ = writeln!(
-        o,
-        "# HELP wharf_upstream_up Whether an upstream is considered up (1) or down (0)."
+    render_rate_limits(o, app);
+    o.family(
+        "wharf_upstream_auth_failures",
+        "gauge",
+        "Requests in a row that could not authenticate with an upstream (token realm refused or failing); 0 once one does.",
+        per_upstream(&|r| u64::from(r.auth_failures)),
     );
-    let _ = writeln!(o, "# TYPE wharf_upstream_up gauge");
-    for (kind, r) in upstream_reports(app) {
-        let name = r.name.replace(['"', '\\', '\n'], "_");
-        let _ = writeln!(
-            o,
-            "wharf_upstream_up{{kind=\"{kind}\",upstream=\"{name}\"}} {}",
-            u8::from(r.up)
-        );
-    }
-    render_rate_limits(&mut o, app);
-    let _ = writeln!(
-        o,
-        "# HELP wharf_upstream_auth_failures Requests in a row that could not authenticate with an upstream (token realm refused or failing); 0 once one does."
-    );
-    let _ = writeln!(o, "# TYPE wharf_upstream_auth_failures gauge");
-    for (kind, r) in upstream_reports(app) {
-        let name = r.name.replace(['"', '\\', '\n'], "_");
-        let _ = writeln!(
-            o,
-            "wharf_upstream_auth_failures{{kind=\"{kind}\",upstream=\"{name}\"}} {}",
-            r.auth_failures
-        );
-    }
-    let _ = writeln!(
-        o,
-        "# HELP wharf_upstream_bytes_total Bytes fetched and verified from each upstream."
-    );
-    let _ = writeln!(o, "# TYPE wharf_upstream_bytes_total counter");
     let mut ub: Vec<_> = m.upstream_bytes().into_iter().collect();
     ub.sort();
-    for (u, b) in ub {
-        let name = u.replace(['"', '\\', '\n'], "_");
-        let _ = writeln!(o, "wharf_upstream_bytes_total{{upstream=\"{name}\"}} {b}");
-    }
+    o.family(
+        "wharf_upstream_bytes_total",
+        "counter",
+        "Bytes fetched and verified from each upstream.",
+        ub.into_iter()
+            .map(|(u, b)| (vec![("upstream", label(&u))], b)),
+    );
+    o.family(
+        "wharf_egress_refusals_total",
+        "counter",
+        "Outgoing connections the egress policy refused, by reason: host (or port, socket, URL) not allowed, address (the name resolved only to forbidden addresses), redirect (a redirect's target; also counted under host or address), credentials (kept from a token service).",
+        app.egress
+            .refusals
+            .read()
+            .map(|(reason, n)| (vec![("reason", reason.to_string())], n)),
+    );
     let checks = app.access.password_checks();
     for (name, help, value) in [
         (
@@ -128,18 +239,18 @@ pub fn render(app: &AppState) -> String {
             checks.busy,
         ),
     ] {
-        scalar(&mut o, (name, "counter", help, value));
+        o.scalar((name, "counter", help, value));
     }
-    render_prefetch(&mut o, &m.prefetch);
-    let _ = writeln!(
-        o,
-        "# HELP wharf_offline Whether wharf runs with offline = true."
-    );
-    let _ = writeln!(o, "# TYPE wharf_offline gauge");
-    let _ = writeln!(o, "wharf_offline {}", u8::from(app.config.offline));
-    render_tiers(&mut o, app);
+    render_prefetch(o, &m.prefetch);
+    o.scalar((
+        "wharf_offline",
+        "gauge",
+        "Whether wharf runs with offline = true.",
+        u64::from(app.config.offline),
+    ));
+    render_tiers(o, app);
     if let Some(shared) = &app.shared {
-        render_shared(&mut o, shared);
+        render_shared(o, shared);
     }
     if let Some(peers) = &app.peers {
         use std::sync::atomic::Ordering::Relaxed;
@@ -161,15 +272,14 @@ pub fn render(app: &AppState) -> String {
                 st.served.load(Relaxed),
             ),
         ] {
-            scalar(&mut o, (name, "counter", help, value));
+            o.scalar((name, "counter", help, value));
         }
     }
-    o
 }
 
 /// Objects and bytes served per tier: memory, local disk, and fills from the shared tier, an
 /// owner replica or upstream.
-fn render_tiers(o: &mut String, app: &AppState) {
+fn render_tiers(o: &mut Expo, app: &AppState) {
     let t = app.engine.tiers();
     let rows = [
         ("memory", &app.registry.hot.memory),
@@ -190,16 +300,15 @@ fn render_tiers(o: &mut String, app: &AppState) {
             true,
         ),
     ] {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} counter");
-        for (tier, c) in rows {
+        let samples = rows.iter().map(|(tier, c)| {
             let v = if bytes { c.bytes() } else { c.objects() };
-            let _ = writeln!(o, "{name}{{tier=\"{tier}\"}} {v}");
-        }
+            (vec![("tier", tier.to_string())], v)
+        });
+        o.family(name, "counter", help, samples);
     }
 }
 
-fn render_shared(o: &mut String, shared: &crate::shared::Shared) {
+fn render_shared(o: &mut Expo, shared: &crate::shared::Shared) {
     use std::sync::atomic::Ordering::Relaxed;
     let st = &shared.stats;
     let r = shared.report();
@@ -289,16 +398,10 @@ fn render_shared(o: &mut String, shared: &crate::shared::Shared) {
             st.snapshots_loaded.load(Relaxed),
         ),
     ] {
-        scalar(o, row);
+        o.scalar(row);
     }
 }
 
-/// One unlabelled metric: its help, type and value.
-fn scalar(o: &mut String, (name, kind, help, value): (&str, &str, &str, u64)) {
-    let _ = writeln!(o, "# HELP {name} {help}");
-    let _ = writeln!(o, "# TYPE {name} {kind}");
-    let _ = writeln!(o, "{name} {value}");
-}
 
 /// `/healthz`: 200 while serving; `status` says `degraded` when an upstream is down or cannot
 /// authenticate, or the data directory's disk ran full or is below `cache.min_free`.
@@ -343,7 +446,7 @@ pub fn health_json(app: &AppState) -> String {
 }
 
 /// Response bodies by how they were sent.
-fn render_bodies(o: &mut String, m: &crate::metrics::Metrics) {
+fn render_bodies(o: &mut Expo, m: &crate::metrics::Metrics) {
     for (name, help, i) in [
         (
             "wharf_http_bodies_total",
@@ -352,33 +455,29 @@ fn render_bodies(o: &mut String, m: &crate::metrics::Metrics) {
         ),
         ("wharf_http_body_bytes_total", "Bytes of those bodies.", 1),
     ] {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} counter");
-        for (via, sendfile) in [("sendfile", true), ("copy", false)] {
+        let samples = [("sendfile", true), ("copy", false)].map(|(via, sendfile)| {
             let b = m.bodies(sendfile);
-            let n = if i == 0 { b.0 } else { b.1 };
-            let _ = writeln!(o, "{name}{{via=\"{via}\"}} {n}");
-        }
+            (vec![("via", via.to_string())], if i == 0 { b.0 } else { b.1 })
+        });
+        o.family(name, "counter", help, samples);
     }
 }
 
 /// Ranges of blobs still being filled, by where they were answered from.
-fn render_cold_ranges(o: &mut String, m: &crate::metrics::Metrics) {
-    let name = "wharf_registry_cold_ranges_total";
-    let _ = writeln!(
-        o,
-        "# HELP {name} Range requests for a blob still being filled: from the upstream (unverified, registry.cold_ranges) or from the fill."
+fn render_cold_ranges(o: &mut Expo, m: &crate::metrics::Metrics) {
+    o.family(
+        "wharf_registry_cold_ranges_total",
+        "counter",
+        "Range requests for a blob still being filled: from the upstream (unverified, registry.cold_ranges) or from the fill.",
+        [("upstream", true), ("fill", false)]
+            .map(|(via, upstream)| (vec![("via", via.to_string())], m.cold_ranges(upstream))),
     );
-    let _ = writeln!(o, "# TYPE {name} counter");
-    for (via, upstream) in [("upstream", true), ("fill", false)] {
-        let _ = writeln!(o, "{name}{{via=\"{via}\"}} {}", m.cold_ranges(upstream));
-    }
 }
 
 /// Client connections and the descriptor limit.
-fn render_connections(o: &mut String, m: &crate::metrics::Metrics) {
+fn render_connections(o: &mut Expo, m: &crate::metrics::Metrics) {
     let (open, shed, refused, failed) = m.connections();
-    for (name, kind, help, v) in [
+    for row in [
         (
             "wharf_connections_open",
             "gauge",
@@ -404,14 +503,12 @@ fn render_connections(o: &mut String, m: &crate::metrics::Metrics) {
             failed,
         ),
     ] {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} {kind}");
-        let _ = writeln!(o, "{name} {v}");
+        o.scalar(row);
     }
 }
 
 /// The data directory's file system and the fills it could not take.
-fn render_disk(o: &mut String, app: &AppState) {
+fn render_disk(o: &mut Expo, app: &AppState) {
     let Some(room) = app.engine.room() else {
         return;
     };
@@ -433,29 +530,25 @@ fn render_disk(o: &mut String, app: &AppState) {
                 s.min_free,
             ),
         ] {
-            let _ = writeln!(o, "# HELP {name} {help}");
-            let _ = writeln!(o, "# TYPE {name} gauge");
-            let _ = writeln!(o, "{name} {v}");
+            o.scalar((name, "gauge", help, v));
         }
     }
-    let name = "wharf_disk_full";
-    let _ = writeln!(
-        o,
-        "# HELP {name} 1 while the data directory's disk ran full lately (ENOSPC) or is below cache.min_free."
-    );
-    let _ = writeln!(o, "# TYPE {name} gauge");
-    let _ = writeln!(o, "{name} {}", u8::from(room.problem().is_some()));
-    let name = "wharf_passthrough_total";
-    let _ = writeln!(
-        o,
-        "# HELP {name} Objects served to a client without being stored (no room on the local disk; X-Cache BYPASS)."
-    );
-    let _ = writeln!(o, "# TYPE {name} counter");
-    let _ = writeln!(o, "{name} {}", room.passed_through());
+    o.scalar((
+        "wharf_disk_full",
+        "gauge",
+        "1 while the data directory's disk ran full lately (ENOSPC) or is below cache.min_free.",
+        u64::from(room.problem().is_some()),
+    ));
+    o.scalar((
+        "wharf_passthrough_total",
+        "counter",
+        "Objects served to a client without being stored (no room on the local disk; X-Cache BYPASS).",
+        room.passed_through(),
+    ));
 }
 
 /// Fills waiting for a permit.
-fn render_fill_queue(o: &mut String, app: &AppState) {
+fn render_fill_queue(o: &mut Expo, app: &AppState) {
     let q = app.engine.fill_queue();
     for (name, kind, help, v) in [
         (
@@ -477,19 +570,17 @@ fn render_fill_queue(o: &mut String, app: &AppState) {
             &q.timed_out,
         ),
     ] {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} {kind}");
-        let _ = writeln!(o, "{name} {}", v.load(std::sync::atomic::Ordering::Relaxed));
+        o.scalar((name, kind, help, v.load(std::sync::atomic::Ordering::Relaxed)));
     }
 }
 
 /// The pull quotas registry upstreams report.
-fn render_rate_limits(o: &mut String, app: &AppState) {
+fn render_rate_limits(o: &mut Expo, app: &AppState) {
     let mut rates: Vec<_> = app
         .registry
         .upstreams
         .values()
-        .filter_map(|u| Some((u.name.replace(['"', '\\', '\n'], "_"), u.rate.get()?)))
+        .filter_map(|u| Some((label(&u.name), u.rate.get()?)))
         .collect();
     rates.sort();
     for (name, help, pick) in [
@@ -504,19 +595,18 @@ fn render_rate_limits(o: &mut String, app: &AppState) {
             1,
         ),
     ] {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} gauge");
-        for (upstream, (limit, remaining)) in &rates {
+        let samples = rates.iter().map(|(upstream, (limit, remaining))| {
             let v = if pick == 0 { limit } else { remaining };
-            let _ = writeln!(o, "{name}{{upstream=\"{upstream}\"}} {v}");
-        }
+            (vec![("upstream", upstream.clone())], u64::from(*v))
+        });
+        o.family(name, "gauge", help, samples);
     }
 }
 
 /// The scheduled prefetch (`[[prefetch]]`): runs, and what the last one did.
-fn render_prefetch(o: &mut String, p: &crate::metrics::PrefetchRuns) {
+fn render_prefetch(o: &mut Expo, p: &crate::metrics::PrefetchRuns) {
     use std::sync::atomic::Ordering::Relaxed;
-    for (name, kind, help, value) in [
+    for row in [
         (
             "wharf_prefetch_runs_total",
             "counter",
@@ -554,6 +644,6 @@ fn render_prefetch(o: &mut String, p: &crate::metrics::PrefetchRuns) {
             p.last_failures.load(Relaxed),
         ),
     ] {
-        scalar(o, (name, kind, help, value));
+        o.scalar(row);
     }
 }

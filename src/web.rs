@@ -54,21 +54,76 @@ async fn guard(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let (protocol, kind) = kind_of(req.uri().path());
     // The line names the request as the client sent it (before any rewrite).
     let line = log::enabled().then(|| log::Line {
         method: req.method().clone(),
         uri: req.uri().clone(),
         client: crate::net::Client::of(req.extensions()),
-        started: std::time::Instant::now(),
     });
+    let metrics = app.metrics.clone();
     let resp = checked(app, req, next).await;
-    match line {
-        Some(line) => {
-            let cache = crate::cache::Outcome::of(&resp).map(|o| o.as_str());
-            log::attach(line, resp, cache)
-        }
-        None => resp,
+    let outcome = crate::cache::Outcome::of(&resp);
+    let labels = crate::metrics::RequestLabels {
+        protocol,
+        kind,
+        outcome: match outcome {
+            Some(o) => o.label(),
+            None if resp.status().is_success() || resp.status().is_redirection() => "none",
+            None => "error",
+        },
+    };
+    if matches!(
+        outcome,
+        Some(crate::cache::Outcome::Miss | crate::cache::Outcome::Bypass)
+    ) {
+        let f = &metrics.families.first_byte_seconds;
+        f.get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
     }
+    let answer = log::Answer {
+        started,
+        labels,
+        metrics,
+    };
+    log::attach(line, answer, resp, outcome.map(|o| o.as_str()))
+}
+
+/// A request's protocol and kind, from its path (as sent, prefixed mirror paths included).
+fn kind_of(path: &str) -> (&'static str, &'static str) {
+    if let Some(rest) = path.strip_prefix("/go/") {
+        let kind = if rest.starts_with("sumdb/") {
+            "sumdb"
+        } else if rest.ends_with("/@v/list") {
+            "list"
+        } else if rest.ends_with("/@latest") {
+            "latest"
+        } else if rest.ends_with(".info") {
+            "info"
+        } else if rest.ends_with(".mod") {
+            "mod"
+        } else if rest.ends_with(".zip") {
+            "zip"
+        } else {
+            "other"
+        };
+        return ("go", kind);
+    }
+    let kind = if path.contains("/manifests/") {
+        "manifest"
+    } else if path.contains("/blobs/") {
+        "blob"
+    } else if path.ends_with("/tags/list") {
+        "tags"
+    } else if path.contains("/referrers/") {
+        "referrers"
+    } else if path.ends_with("/v2/") || path.ends_with("/v2") {
+        "ping"
+    } else {
+        "other"
+    };
+    ("registry", kind)
 }
 
 /// A path-prefixed mirror request (`/<upstream>/v2/...`) rewritten to the `?ns=` form, before
@@ -184,6 +239,7 @@ async fn checked(
         {
             Ok(()) => {}
             Err(Denied::Address) => {
+                app.metrics.client_refused("client_address");
                 tracing::info!(?peer, %path, "client address not in access.allow_clients");
                 return refuse(
                     go,
@@ -194,6 +250,13 @@ async fn checked(
                 );
             }
             Err(Denied::Unauthorized(why)) => {
+                app.metrics.client_refused(if why.contains("required") {
+                    "no_credentials"
+                } else if why.contains("token") {
+                    "bad_token"
+                } else {
+                    "bad_credentials"
+                });
                 let challenge = format!("Basic realm=\"{}\"", app.access.realm.replace('"', ""));
                 return refuse(
                     go,
@@ -204,6 +267,7 @@ async fn checked(
                 );
             }
             Err(Denied::Busy) => {
+                app.metrics.client_refused("busy");
                 let mut resp = refuse(
                     go,
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -245,7 +309,10 @@ async fn healthz(State(app): State<AppState>) -> Response {
 
 async fn metrics(State(app): State<AppState>) -> Response {
     (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         crate::ops::render(&app),
     )
         .into_response()

@@ -33,6 +33,16 @@ impl Outcome {
     }
 
     /// Marks `resp` as answered with this outcome: the `X-Cache` header and the request's span.
+    /// The outcome as a metrics label (lower case).
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Stale => "stale",
+            Outcome::Bypass => "bypass",
+        }
+    }
+
     pub fn mark<B>(self, resp: &mut http::Response<B>) {
         tracing::Span::current().record("cache", self.as_str());
         resp.headers_mut()

@@ -419,7 +419,12 @@ pub async fn send_following(
 ) -> Result<reqwest::Response, UpstreamError> {
     strip_userinfo(&mut url);
     for hop in 0..=max_redirects {
-        check_target(policy, socket, &url)?;
+        if let Err(e) = check_target(policy, socket, &url) {
+            if hop > 0 {
+                super::egress::Refusals::count(&policy.refusals.redirect);
+            }
+            return Err(e);
+        }
         let mut headers = extra.clone();
         headers.remove(header::AUTHORIZATION);
         if let Some(a) = &authz {

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use reqwest::Url;
 
@@ -59,6 +60,36 @@ pub struct EgressPolicy {
     proxy_host: Option<String>,
     /// Unix sockets listed in `egress.allow` (`unix:/path`): exactly these paths.
     sockets: Vec<std::path::PathBuf>,
+    /// What this policy refused, for `/metrics`.
+    pub refusals: Arc<Refusals>,
+}
+
+/// Connections the policy refused, by reason: a host (or socket, port, URL) not allowed; a
+/// name that resolved only to forbidden addresses; a redirect to somewhere not allowed;
+/// credentials kept from a token service.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    pub host: AtomicU64,
+    pub address: AtomicU64,
+    pub redirect: AtomicU64,
+    pub credentials: AtomicU64,
+}
+
+impl Refusals {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(reason, count)` of each.
+    pub fn read(&self) -> [(&'static str, u64); 4] {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("host", l(&self.host)),
+            ("address", l(&self.address)),
+            ("redirect", l(&self.redirect)),
+            ("credentials", l(&self.credentials)),
+        ]
+    }
 }
 
 impl EgressPolicy {
@@ -74,6 +105,7 @@ impl EgressPolicy {
         if self.sockets.iter().any(|s| s == path) {
             Ok(())
         } else {
+            Refusals::count(&self.refusals.host);
             Err(EgressError::SocketNotAllowed {
                 path: path.display().to_string(),
             })
@@ -173,8 +205,16 @@ impl EgressPolicy {
             .collect())
     }
 
-    /// Decides whether `url` may be fetched.
+    /// Decides whether `url` may be fetched (and counts a refusal).
     pub fn check(&self, url: &Url) -> Result<(), EgressError> {
+        let verdict = self.decide(url);
+        if verdict.is_err() {
+            Refusals::count(&self.refusals.host);
+        }
+        verdict
+    }
+
+    fn decide(&self, url: &Url) -> Result<(), EgressError> {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(EgressError::BadUrl { url: redact(url) });
         }
@@ -202,6 +242,14 @@ impl EgressPolicy {
     /// upstream to a plain-http realm. A bare host entry opens every port for contacting a host,
     /// not for handing it the upstream's password.
     pub fn check_credentials(&self, origin: &Url, target: &Url) -> Result<(), EgressError> {
+        let verdict = self.credentials_may_go(origin, target);
+        if verdict.is_err() {
+            Refusals::count(&self.refusals.credentials);
+        }
+        verdict
+    }
+
+    fn credentials_may_go(&self, origin: &Url, target: &Url) -> Result<(), EgressError> {
         let port = target.port_or_known_default();
         if target.scheme() == origin.scheme() && port == origin.port_or_known_default() {
             return Ok(());
@@ -289,6 +337,9 @@ impl reqwest::dns::Resolve for PolicyResolver {
                         refused.join(", ")
                     )
                 };
+                if !refused.is_empty() {
+                    Refusals::count(&policy.refusals.address);
+                }
                 tracing::warn!(%host, "{msg}");
                 return Err(Box::new(std::io::Error::other(msg))
                     as Box<dyn std::error::Error + Send + Sync>);

@@ -8,6 +8,7 @@
 //! shutdown: one write for many lines. `[log] level` still decides whether lines are written.
 
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -19,7 +20,8 @@ use axum::response::Response;
 use bytes::Bytes;
 use hyper::body::Frame;
 
-use crate::metrics::{AnsweredBy, SentBytes};
+use crate::metrics::{AnsweredBy, Metrics, RequestLabels, SentBytes};
+use crate::net::Client;
 
 pub const TARGET: &str = "wharf::access";
 
@@ -81,16 +83,29 @@ pub struct Line {
     /// As the client sent it (`?ns=` included).
     pub uri: http::Uri,
     pub client: Option<crate::net::Client>,
-    pub started: Instant,
 }
 
-/// `resp` with its body wrapped so the line is written when the body is done (or dropped).
-pub fn attach(line: Line, mut resp: Response, cache: Option<&'static str>) -> Response {
+/// What every answer is measured by: when its request arrived, its labels and where to count.
+pub struct Answer {
+    pub started: Instant,
+    pub labels: RequestLabels,
+    pub metrics: Arc<Metrics>,
+}
+
+/// `resp` with its body wrapped so the answer is measured, and its line (if any) written, when
+/// the body is done (or dropped).
+pub fn attach(
+    line: Option<Line>,
+    answer: Answer,
+    mut resp: Response,
+    cache: Option<&'static str>,
+) -> Response {
     let bytes = Arc::new(AtomicU64::new(0));
     resp.extensions_mut().insert(SentBytes(bytes.clone()));
     let upstream = resp.extensions().get::<AnsweredBy>().map(|a| a.0.clone());
     let done = Done {
         line,
+        answer,
         status: resp.status().as_u16(),
         cache: cache.unwrap_or(if resp.status().is_success() {
             "-"
@@ -104,7 +119,8 @@ pub fn attach(line: Line, mut resp: Response, cache: Option<&'static str>) -> Re
 }
 
 struct Done {
-    line: Line,
+    line: Option<Line>,
+    answer: Answer,
     status: u16,
     cache: &'static str,
     upstream: Option<Arc<str>>,
@@ -113,10 +129,15 @@ struct Done {
 
 impl Drop for Done {
     fn drop(&mut self) {
-        let Some(sink) = SINK.get() else { return };
-        let l = &self.line;
-        let micros = l.started.elapsed().as_micros() as u64;
+        let elapsed = self.answer.started.elapsed();
         let bytes = self.bytes.load(Ordering::Relaxed);
+        let a = &self.answer;
+        a.metrics
+            .observe_request(&a.labels, elapsed.as_secs_f64(), bytes);
+        let (Some(sink), Some(l)) = (SINK.get(), &self.line) else {
+            return;
+        };
+        let micros = elapsed.as_micros() as u64;
         let upstream = self.upstream.as_deref().unwrap_or("-");
         let now = SystemTime::now();
         // Written straight into the shared buffer, without `fmt`: no allocation per line.
@@ -203,10 +224,11 @@ fn millis(out: &mut Vec<u8>, micros: u64) {
     out.push(b'0' + (micros % 1000 / 100) as u8);
 }
 
-/// The client's address, or `-`.
-fn client(out: &mut Vec<u8>, c: Option<IpAddr>) {
+/// The client's address, `unix` for a Unix-socket peer, or `-`.
+fn client(out: &mut Vec<u8>, c: Option<Client>) {
     match c {
-        Some(IpAddr::V4(v4)) => {
+        Some(Client::Unix) => out.extend_from_slice(b"unix"),
+        Some(Client::Ip(IpAddr::V4(v4))) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
                     out.push(b'.');
@@ -214,7 +236,7 @@ fn client(out: &mut Vec<u8>, c: Option<IpAddr>) {
                 number(out, u64::from(octet));
             }
         }
-        Some(c) => {
+        Some(Client::Ip(c)) => {
             let _ = write!(out, "{c}");
         }
         None => out.push(b'-'),
@@ -354,8 +376,9 @@ mod tests {
         }
         for c in [
             None,
-            Some(IpAddr::from([10, 0, 255, 1])),
-            Some("::1".parse().unwrap()),
+            Some(Client::Ip(IpAddr::from([10, 0, 255, 1]))),
+            Some(Client::Ip("::1".parse().unwrap())),
+            Some(Client::Unix),
         ] {
             client(&mut out, c);
             out.push(b' ');
@@ -363,7 +386,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "0 000000 0.0 7 000007 0.0 10 000010 0.0 99 000099 0.0 1234 001234 1.2 \
-             18446744073709551615 18446744073709551615 9551.6 - 10.0.255.1 ::1 "
+             18446744073709551615 18446744073709551615 9551.6 - 10.0.255.1 ::1 unix "
         );
     }
 
