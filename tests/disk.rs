@@ -341,3 +341,730 @@ async fn passing_through_takes_fill_permits_like_a_fill() {
     assert_eq!(third.status(), 200);
     assert_eq!(read_body(third).await, blob);
 }
+
+// ------------------------------------------------------------------ review17: attacks on spills
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::response::IntoResponse as _;
+
+/// One client's view of a spilled fill: status, `X-Cache`, body (or why it failed), when it ended.
+#[derive(Debug)]
+struct Pulled {
+    status: u16,
+    cache: String,
+    body: Result<Vec<u8>, String>,
+    took: Duration,
+}
+
+struct SpillRun {
+    pulls: Vec<Pulled>,
+    up: FakeRegistry,
+    /// Kept serving until the run is dropped.
+    _w: Wharf,
+    disk: Tmpfs,
+    d: String,
+    big: Vec<u8>,
+}
+
+/// A 40 MiB blob of unknown size through a 24 MiB tmpfs, sent slowly enough that `clients`
+/// requests (each with its own extra headers) all join the one fill; the rest is asked of the
+/// upstream through `hook` when given.
+async fn spill_run(
+    test: &str,
+    clients: Vec<Vec<(&'static str, String)>>,
+    config: impl FnOnce(WharfConfig) -> WharfConfig,
+    hook: Option<RangeHook>,
+) -> Option<SpillRun> {
+    let disk = Tmpfs::mount(test, 24)?;
+    let up = FakeRegistry::start().await;
+    let big = bytes_of(40 << 20, 35);
+    let d = up.put_blob(&big);
+    up.set_blob_mode(BlobMode::Chunked { corrupt_at: None });
+    *up.state.chunk_delay.lock().unwrap() = Some(Duration::from_millis(2));
+    *up.state.range_answer.lock().unwrap() = RangeAnswer::Exact;
+    *up.state.range_hook.lock().unwrap() = hook;
+    let w = Wharf::serve(config(
+        WharfConfig::fake(&up.url(), &disk.path().join("data"))
+            .tables("[cache]\nmin_free = \"1MiB\"\n"),
+    ))
+    .await;
+    let url = w.url(&format!("/v2/app/blobs/{d}"));
+    let pulls = clients.into_iter().map(|headers| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut req = client().get(url);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            let r = req.sent().await;
+            let status = r.status().as_u16();
+            let cache = r
+                .headers()
+                .get("x-cache")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let body = match tokio::time::timeout(Duration::from_secs(90), r.bytes()).await {
+                Ok(b) => b.map(|b| b.to_vec()).map_err(|e| format!("{e:?}")),
+                Err(_) => Err("still hanging after 90 s".into()),
+            };
+            Pulled {
+                status,
+                cache,
+                body,
+                took: started.elapsed(),
+            }
+        })
+    });
+    let pulls = futures_util::future::join_all(pulls)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    Some(SpillRun {
+        pulls,
+        up,
+        _w: w,
+        disk,
+        d,
+        big,
+    })
+}
+
+fn plain(n: usize) -> Vec<Vec<(&'static str, String)>> {
+    vec![Vec::new(); n]
+}
+
+fn hook(
+    f: impl Fn(Vec<u8>, usize) -> axum::response::Response + Send + Sync + 'static,
+) -> RangeHook {
+    Arc::new(move |b, a| {
+        let r = f(b, a);
+        Box::pin(async move { r })
+    })
+}
+
+fn partial(body: Vec<u8>, content_range: String) -> axum::response::Response {
+    (
+        http::StatusCode::PARTIAL_CONTENT,
+        [(http::header::CONTENT_RANGE, content_range)],
+        body,
+    )
+        .into_response()
+}
+
+/// Every body that ended cleanly is the blob; returns how many did.
+fn none_complete_but_the_blob(run: &SpillRun, case: &str) -> usize {
+    let mut ok = 0;
+    for p in &run.pulls {
+        if let Ok(b) = &p.body {
+            assert!(
+                *b == run.big,
+                "{case}: a body ended cleanly with {} bytes that are not the blob ({p:?})",
+                b.len()
+            );
+            ok += 1;
+        }
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_hostile_continuations_never_complete_a_body() {
+    let test = "review_hostile_continuations_never_complete_a_body";
+    let flip = |mut v: Vec<u8>, at: usize| {
+        v[at] ^= 1;
+        v
+    };
+    let cases: Vec<(&str, RangeHook, bool)> = vec![
+        (
+            "206, other bytes",
+            hook(move |b, a| {
+                let n = b.len();
+                partial(
+                    flip(b[a..].to_vec(), 1234),
+                    format!("bytes {a}-{}/{n}", n - 1),
+                )
+            }),
+            false,
+        ),
+        (
+            "206, a total one larger",
+            hook(|b, a| {
+                let n = b.len();
+                partial(b[a..].to_vec(), format!("bytes {a}-{}/{}", n - 1, n + 1))
+            }),
+            false,
+        ),
+        (
+            "206, a shorter object (consistent header)",
+            hook(|b, a| {
+                let n = b.len() - 1;
+                partial(b[a..n].to_vec(), format!("bytes {a}-{}/{n}", n - 1))
+            }),
+            false,
+        ),
+        (
+            "206, a longer object (consistent header)",
+            hook(|b, a| {
+                let mut v = b[a..].to_vec();
+                v.push(0);
+                let n = b.len() + 1;
+                partial(v, format!("bytes {a}-{}/{n}", n - 1))
+            }),
+            false,
+        ),
+        (
+            "206, no total",
+            hook(|b, a| partial(b[a..].to_vec(), format!("bytes {a}-{}/*", b.len() - 1))),
+            false,
+        ),
+        (
+            "206, one byte earlier than asked",
+            hook(|b, a| {
+                let n = b.len();
+                partial(
+                    b[a - 1..].to_vec(),
+                    format!("bytes {}-{}/{n}", a - 1, n - 1),
+                )
+            }),
+            false,
+        ),
+        (
+            "206, one byte later than asked",
+            hook(|b, a| {
+                let n = b.len();
+                partial(
+                    b[a + 1..].to_vec(),
+                    format!("bytes {}-{}/{n}", a + 1, n - 1),
+                )
+            }),
+            false,
+        ),
+        (
+            "206, body longer than its range",
+            hook(|b, a| {
+                let n = b.len();
+                let mut v = b[a..].to_vec();
+                v.extend_from_slice(b"trailing junk");
+                partial(v, format!("bytes {a}-{}/{n}", n - 1))
+            }),
+            false,
+        ),
+        (
+            "206, empty",
+            hook(|b, a| partial(Vec::new(), format!("bytes {a}-{}/{}", b.len() - 1, b.len()))),
+            false,
+        ),
+        (
+            "200, one KiB short",
+            hook(|b, _| b[..b.len() - 1024].to_vec().into_response()),
+            false,
+        ),
+        (
+            "200, shorter than the part on disk",
+            hook(|b, a| b[..a / 2].to_vec().into_response()),
+            false,
+        ),
+        (
+            "200, longer",
+            hook(|b, _| {
+                let mut v = b;
+                v.extend_from_slice(&[7; 5000]);
+                v.into_response()
+            }),
+            false,
+        ),
+        (
+            "200, a byte flipped after the disk's part",
+            hook(move |b, a| flip(b, a + 10).into_response()),
+            false,
+        ),
+        (
+            "200, a byte flipped in the last byte",
+            hook(move |b, _| {
+                let n = b.len();
+                flip(b, n - 1).into_response()
+            }),
+            false,
+        ),
+        (
+            "200, a byte flipped only in the part already on disk (ignored: fine)",
+            hook(move |b, a| flip(b, a / 2).into_response()),
+            true,
+        ),
+        (
+            "416",
+            hook(|_, _| http::StatusCode::RANGE_NOT_SATISFIABLE.into_response()),
+            false,
+        ),
+        (
+            "404",
+            hook(|_, _| http::StatusCode::NOT_FOUND.into_response()),
+            false,
+        ),
+    ];
+    for (case, h, whole) in cases {
+        let Some(run) = spill_run(test, plain(2), |c| c, Some(h)).await else {
+            return;
+        };
+        let asked = run.up.state.range_requests.load(Ordering::SeqCst);
+        let ok = none_complete_but_the_blob(&run, case);
+        eprintln!(
+            "{case}: {ok} of {} complete; range requests {asked}; {:?}",
+            run.pulls.len(),
+            run.pulls
+                .iter()
+                .map(|p| (p.status, p.cache.clone(), p.took, p.body.as_ref().err()))
+                .collect::<Vec<_>>()
+        );
+        assert!(asked >= 1, "{case}: the fill must have spilled");
+        if whole {
+            assert_eq!(ok, run.pulls.len(), "{case}");
+        } else {
+            assert_eq!(ok, 0, "{case}");
+        }
+        let tmp = std::fs::read_dir(run.disk.path().join("data/tmp"))
+            .unwrap()
+            .count();
+        assert_eq!(tmp, 0, "{case}: nothing left in tmp/");
+        drop(run);
+    }
+}
+
+/// Descriptors of this process open on temp files under `dir` (live or deleted).
+fn fds_under(dir: &Path) -> Vec<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| {
+            p.strip_prefix(&*dir.to_string_lossy())
+                .is_some_and(|rest| rest.contains("/tmp/") || rest.ends_with("(deleted)"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "review17 finding, not fixed: each client of a spilled fill opens its own rest \
+            at the source, without a fill permit (6 at once with max_concurrent_fills = 1)"]
+async fn review_spilled_clients_each_open_the_source_past_max_concurrent_fills() {
+    let test = "review_spilled_clients_each_open_the_source_past_max_concurrent_fills";
+    let now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (n2, m2, s2) = (now.clone(), most.clone(), sent.clone());
+    // The rest, slowly, counting how many rests stream at once.
+    let h: RangeHook = Arc::new(move |b: Vec<u8>, a: usize| {
+        let (now, most, sent) = (n2.clone(), m2.clone(), s2.clone());
+        Box::pin(async move {
+            struct Live(Arc<AtomicUsize>);
+            impl Drop for Live {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            let n = b.len();
+            let live = Live(now.clone());
+            most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            let chunks: Vec<Vec<u8>> = b[a..].chunks(256 << 10).map(<[u8]>::to_vec).collect();
+            let s = futures_util::stream::unfold(
+                (chunks.into_iter(), live, sent),
+                |(mut it, live, sent)| async move {
+                    let c = it.next()?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    sent.fetch_add(c.len() as u64, Ordering::SeqCst);
+                    Some((
+                        Ok::<_, std::io::Error>(bytes::Bytes::from(c)),
+                        (it, live, sent),
+                    ))
+                },
+            );
+            (
+                http::StatusCode::PARTIAL_CONTENT,
+                [(
+                    http::header::CONTENT_RANGE,
+                    format!("bytes {a}-{}/{n}", n - 1),
+                )],
+                axum::body::Body::from_stream(s),
+            )
+                .into_response()
+        })
+    });
+    let clients = 6;
+    let Some(run) = spill_run(
+        test,
+        plain(clients),
+        |c| c.tables("[server]\nmax_concurrent_fills = 1\nfill_queue_timeout = \"0s\"\n"),
+        Some(h),
+    )
+    .await
+    else {
+        return;
+    };
+    let ok = none_complete_but_the_blob(&run, "amplification");
+    let asked = run.up.state.range_requests.load(Ordering::SeqCst);
+    let whole = run.up.count("GET", &run.d) - asked;
+    let rest = (run.big.len() - 24 * (1 << 20)) as u64;
+    eprintln!(
+        "{clients} clients: {ok} complete, caches {:?}; whole GETs {whole}, range GETs {asked}, \
+         at most {} rests at once, {} MiB of rests (vs ~{} MiB once)",
+        run.pulls
+            .iter()
+            .map(|p| p.cache.clone())
+            .collect::<Vec<_>>(),
+        most.load(Ordering::SeqCst),
+        sent.load(Ordering::SeqCst) >> 20,
+        rest >> 20,
+    );
+    assert_eq!(ok, clients);
+    assert!(
+        most.load(Ordering::SeqCst) <= 1,
+        "server.max_concurrent_fills = 1, yet {} upstream transfers ran at once for one blob",
+        most.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_stalled_continuation_cuts_every_client_after_read_timeout() {
+    let test = "review_a_stalled_continuation_cuts_every_client_after_read_timeout";
+    // Headers, then nothing.
+    let body_stall = hook(|b, a| {
+        let n = b.len();
+        (
+            http::StatusCode::PARTIAL_CONTENT,
+            [(
+                http::header::CONTENT_RANGE,
+                format!("bytes {a}-{}/{n}", n - 1),
+            )],
+            axum::body::Body::from_stream(futures_util::stream::pending::<
+                Result<bytes::Bytes, std::io::Error>,
+            >()),
+        )
+            .into_response()
+    });
+    // No headers at all.
+    let head_stall: RangeHook = Arc::new(|_, _| Box::pin(futures_util::future::pending()));
+    for (case, h) in [("body stall", body_stall), ("header stall", head_stall)] {
+        let Some(run) = spill_run(test, plain(3), |c| c, Some(h)).await else {
+            return;
+        };
+        let ok = none_complete_but_the_blob(&run, case);
+        eprintln!(
+            "{case}: {:?}",
+            run.pulls
+                .iter()
+                .map(|p| (p.took, p.body.as_ref().err()))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(ok, 0, "{case}");
+        for p in &run.pulls {
+            assert!(
+                p.took < Duration::from_secs(30),
+                "{case}: a client waited {:?} (egress.read_timeout is 5 s)",
+                p.took
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_continuation_redirected_off_the_allow_list_is_not_followed() {
+    let test = "review_a_continuation_redirected_off_the_allow_list_is_not_followed";
+    let other = FakeRegistry::start().await;
+    let port = other.addr.port();
+    let off = hook(move |_, _| {
+        (
+            http::StatusCode::TEMPORARY_REDIRECT,
+            [(
+                http::header::LOCATION,
+                format!("http://localhost:{port}/elsewhere"),
+            )],
+        )
+            .into_response()
+    });
+    let Some(run) = spill_run(test, plain(2), |c| c, Some(off)).await else {
+        return;
+    };
+    assert_eq!(none_complete_but_the_blob(&run, "redirect off the list"), 0);
+    assert_eq!(
+        other.state.connections.load(Ordering::SeqCst),
+        0,
+        "egress must refuse localhost"
+    );
+    // On the list (127.0.0.1), a CDN that ignores the range: the rest from its whole body.
+    let other_blob = run.big.clone();
+    other.put_blob(&other_blob);
+    let d = run.d.clone();
+    drop(run);
+    let on = hook(move |_, _| {
+        (
+            http::StatusCode::TEMPORARY_REDIRECT,
+            [(
+                http::header::LOCATION,
+                format!("http://127.0.0.1:{port}/final/app/blobs/{d}"),
+            )],
+        )
+            .into_response()
+    });
+    let Some(run) = spill_run(test, plain(2), |c| c, Some(on)).await else {
+        return;
+    };
+    assert_eq!(none_complete_but_the_blob(&run, "redirect on the list"), 2);
+    assert!(other.state.connections.load(Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_an_endless_continuation_stops_at_max_blob_size() {
+    let test = "review_an_endless_continuation_stops_at_max_blob_size";
+    let sent = Arc::new(AtomicU64::new(0));
+    let s2 = sent.clone();
+    // The whole blob, then junk without end, no length: a 200 to the range request.
+    let endless = hook(move |b, _| {
+        let sent = s2.clone();
+        let first = futures_util::stream::iter(
+            b.chunks(1 << 20)
+                .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        );
+        let junk = futures_util::stream::repeat_with(move || {
+            sent.fetch_add(64 << 10, Ordering::SeqCst);
+            Ok(bytes::Bytes::from(vec![0x5a; 64 << 10]))
+        });
+        axum::body::Body::from_stream(futures_util::StreamExt::chain(first, junk)).into_response()
+    });
+    let Some(run) = spill_run(
+        test,
+        plain(2),
+        |c| c.registry("max_blob_size = \"48MiB\""),
+        Some(endless),
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(none_complete_but_the_blob(&run, "endless"), 0);
+    // Give any stream still running a moment, then see what was pulled.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let junk = sent.load(Ordering::SeqCst);
+    eprintln!(
+        "junk pulled: {} MiB for 2 clients; {:?}",
+        junk >> 20,
+        run.pulls
+            .iter()
+            .map(|p| p.body.as_ref().err())
+            .collect::<Vec<_>>()
+    );
+    // Per client at most (48 - 40) MiB of junk taken, plus what socket buffers hold; and the
+    // source stops being read.
+    assert!(junk <= 2 * ((8 << 20) + (16 << 20)), "{junk}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        junk,
+        "the endless rests were let go"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_clients_leaving_a_spill_leak_nothing() {
+    let test = "review_clients_leaving_a_spill_leak_nothing";
+    let Some(disk) = Tmpfs::mount(test, 24) else {
+        return;
+    };
+    let up = FakeRegistry::start().await;
+    let big = bytes_of(40 << 20, 35);
+    let d = up.put_blob(&big);
+    up.set_blob_mode(BlobMode::Chunked { corrupt_at: None });
+    *up.state.chunk_delay.lock().unwrap() = Some(Duration::from_millis(2));
+    *up.state.range_answer.lock().unwrap() = RangeAnswer::Exact;
+    let data = disk.path().join("data");
+    let w =
+        Wharf::serve(WharfConfig::fake(&up.url(), &data).tables("[cache]\nmin_free = \"1MiB\"\n"))
+            .await;
+    let url = w.url(&format!("/v2/app/blobs/{d}"));
+    let free = || {
+        let st = rustix::fs::statvfs(disk.path()).unwrap();
+        st.f_bavail * st.f_frsize
+    };
+    let before = free();
+    // The first leaves after its headers, the second after 30 MiB (in the rest), a third
+    // reads it all, a fourth asks a range and a fifth HEAD while the fill runs.
+    let leave_at = [Some(0usize), Some(30 << 20), None];
+    let mut tasks = Vec::new();
+    for at in leave_at {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut r = get(url).await;
+            let mut got = 0;
+            loop {
+                if at.is_some_and(|at| got >= at) {
+                    return (r.status().as_u16(), None);
+                }
+                match r.chunk().await {
+                    Ok(Some(c)) => got += c.len(),
+                    Ok(None) => return (200, Some(Ok(got))),
+                    Err(e) => return (200, Some(Err(e.to_string()))),
+                }
+            }
+        }));
+    }
+    let ranged = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let r = client()
+                .get(url)
+                .header("range", "bytes=100-199")
+                .sent()
+                .await;
+            let status = r.status().as_u16();
+            let unverified = r.headers().get("x-wharf-unverified").cloned();
+            (status, unverified, r.bytes().await.map(|b| b.to_vec()))
+        })
+    };
+    let head = {
+        let url = url.clone();
+        tokio::spawn(async move { client().head(url).sent().await.status().as_u16() })
+    };
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    let (rs, unverified, rb) = ranged.await.unwrap();
+    let hs = head.await.unwrap();
+    eprintln!("outcomes {outcomes:?}; range {rs} {unverified:?}; head {hs}");
+    assert_eq!(outcomes[2].1.clone().unwrap().unwrap(), big.len());
+    let rb = rb.unwrap();
+    match rs {
+        200 => assert!(rb == big, "a range answered whole must be the blob"),
+        206 => assert_eq!(rb, big[100..200]),
+        s => panic!("range answered {s}"),
+    }
+    assert_eq!(hs, 200);
+    assert!(
+        up.state.range_requests.load(Ordering::SeqCst) >= 1,
+        "spilled"
+    );
+    // Every descriptor on the spilled file is closed and its space is back.
+    let mut waited = 0;
+    while !fds_under(disk.path()).is_empty() && waited < 50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(
+        fds_under(disk.path()),
+        Vec::<String>::new(),
+        "no descriptor left open"
+    );
+    assert!(
+        free() + (2 << 20) >= before,
+        "the spilled file's space is back: {} of {before}",
+        free()
+    );
+    assert_eq!(std::fs::read_dir(data.join("tmp")).unwrap().count(), 0);
+    assert!(
+        std::fs::read_dir(data.join("blobs")).map_or(true, |d| d
+            .flatten()
+            .all(|e| std::fs::read_dir(e.path()).map_or(true, |mut x| x.next().is_none())))
+    );
+    let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
+    assert_eq!(r.headers()["x-cache"], "BYPASS", "never stored nor indexed");
+    assert!(read_body(r).await == big);
+}
+
+/// `GET path` as HTTP/1.0 over a raw socket: the head, the body bytes after it, and whether
+/// the connection ended in an error (a reset) rather than a plain close.
+async fn http10_get(addr: std::net::SocketAddr, path: &str) -> (String, Vec<u8>, bool) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    let mut buf = vec![0; 1 << 20];
+    let reset = loop {
+        match s.read(&mut buf).await {
+            Ok(0) => break false,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(_) => break true,
+        }
+    };
+    let at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let body = all.split_off(at);
+    (String::from_utf8_lossy(&all).into_owned(), body, reset)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "review17 finding, not fixed: an HTTP/1.0 body of unknown length is \
+            close-delimited, so a cut (bad digest) ends in a clean close"]
+async fn review_an_http10_client_never_sees_a_cut_spill_as_complete() {
+    let test = "review_an_http10_client_never_sees_a_cut_spill_as_complete";
+    let Some(disk) = Tmpfs::mount(test, 24) else {
+        return;
+    };
+    let up = FakeRegistry::start().await;
+    let big = bytes_of(40 << 20, 35);
+    let d = up.put_blob(&big);
+    up.set_blob_mode(BlobMode::Chunked { corrupt_at: None });
+    *up.state.chunk_delay.lock().unwrap() = Some(Duration::from_millis(2));
+    // The rest from the source has one byte flipped.
+    *up.state.range_hook.lock().unwrap() = Some(hook(|b, a| {
+        let n = b.len();
+        let mut v = b[a..].to_vec();
+        v[100] ^= 1;
+        partial(v, format!("bytes {a}-{}/{n}", n - 1))
+    }));
+    let w = Wharf::serve(
+        WharfConfig::fake(&up.url(), &disk.path().join("data"))
+            .tables("[cache]\nmin_free = \"1MiB\"\n"),
+    )
+    .await;
+    let (head, body, reset) = http10_get(w.addr, &format!("/v2/app/blobs/{d}")).await;
+    eprintln!(
+        "{}\n{} body bytes of {}, reset {reset}; digest matches: {}",
+        head.trim(),
+        body.len(),
+        big.len(),
+        sha256(&body) == d
+    );
+    assert!(
+        up.state.range_requests.load(Ordering::SeqCst) >= 1,
+        "spilled"
+    );
+    let delimited = head.to_ascii_lowercase().contains("content-length")
+        || head.to_ascii_lowercase().contains("chunked");
+    assert!(
+        reset || delimited,
+        "a close-delimited body cut by wharf reads as complete: {} bytes, not the blob",
+        body.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "review17 finding, not fixed (predates spills): an HTTP/1.0 body of unknown \
+            length is close-delimited, so a cut (bad digest) ends in a clean close"]
+async fn review_an_http10_client_never_sees_a_cut_fill_as_complete() {
+    // No disk fault: a fill of unknown size whose bytes are bad (the same framing as a spill).
+    let up = FakeRegistry::start().await;
+    let big = bytes_of(4 << 20, 36);
+    let d = up.put_blob(&big);
+    up.set_blob_mode(BlobMode::Chunked {
+        corrupt_at: Some(1000),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::serve(WharfConfig::fake(&up.url(), dir.path())).await;
+    let (head, body, reset) = http10_get(w.addr, &format!("/v2/app/blobs/{d}")).await;
+    eprintln!("{}\n{} body bytes, reset {reset}", head.trim(), body.len());
+    let delimited = head.to_ascii_lowercase().contains("content-length")
+        || head.to_ascii_lowercase().contains("chunked");
+    assert!(
+        reset
+            || delimited
+            || !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200"),
+        "a close-delimited body cut by wharf reads as complete: {} bytes, not the blob",
+        body.len()
+    );
+}

@@ -133,6 +133,9 @@ struct Rest {
     at: u64,
     /// The stream ended: the whole object matched its digest.
     verified: bool,
+    /// The stream failed: the body fails again if asked again (a checked stream ends after
+    /// its error, and that end is no verdict).
+    failed: bool,
     /// The window's last byte when it came from the stream, sent once verified.
     held: Option<Bytes>,
 }
@@ -255,6 +258,11 @@ impl BlobBody {
                 Some(rest) => rest,
                 None => self.rest.0.insert(Box::new(open_rest(spill).await?)),
             };
+            if rest.failed {
+                return Err(io::Error::other(
+                    "the rest of the blob from the source failed",
+                ));
+            }
             if rest.verified {
                 if let Some(last) = rest.held.take() {
                     self.pos += last.len() as u64;
@@ -268,9 +276,16 @@ impl BlobBody {
                 .stream
                 .get_mut()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let Some(chunk) = stream.next().await.transpose()? else {
-                rest.verified = true;
-                continue;
+            let chunk = match stream.next().await {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => {
+                    rest.failed = true;
+                    return Err(e);
+                }
+                None => {
+                    rest.verified = true;
+                    continue;
+                }
             };
             let from = rest.at;
             rest.at += chunk.len() as u64;
@@ -423,6 +438,7 @@ async fn open_rest(spill: &Spill) -> io::Result<Rest> {
         )),
         at: spill.written,
         verified: false,
+        failed: false,
         held: None,
     })
 }
@@ -583,6 +599,148 @@ mod tests {
             let rx = spilled(&data, bad.clone(), 4321);
             let got = read(BlobBody::from_fill(rx, start, Some(end))).await;
             assert!(got.is_err(), "{start}..{end}");
+        }
+    }
+
+    /// A hostile source: `data` in chunks of the given sizes in turn (0: an empty chunk),
+    /// claiming `len` for the whole.
+    struct Ragged {
+        data: Vec<u8>,
+        sizes: Vec<usize>,
+        len: Option<u64>,
+    }
+
+    impl Reopen for Ragged {
+        fn open_at(&self, offset: u64) -> BoxFuture<'static, Result<Option<Incoming>, FillError>> {
+            let rest = self
+                .data
+                .get(offset as usize..)
+                .unwrap_or_default()
+                .to_vec();
+            let (sizes, len) = (self.sizes.clone(), self.len);
+            Box::pin(async move {
+                let mut chunks = Vec::new();
+                let mut at = 0;
+                for n in sizes.iter().cycle() {
+                    if at >= rest.len() {
+                        break;
+                    }
+                    let to = (at + n).min(rest.len());
+                    chunks.push(Ok(Bytes::copy_from_slice(&rest[at..to])));
+                    at = to;
+                }
+                Ok(Some(Incoming {
+                    len,
+                    body: futures_util::stream::iter(chunks).boxed(),
+                }))
+            })
+        }
+    }
+
+    fn spilled_from(data: &[u8], written: usize, source: Ragged) -> watch::Receiver<FillState> {
+        let file = tempfile::tempfile().unwrap();
+        file.write_all_at(&data[..written], 0).unwrap();
+        let mut hasher = Hasher::new();
+        hasher.update(&data[..written]);
+        let spill = Spill {
+            file: Arc::new(file),
+            written: written as u64,
+            size: Some(data.len() as u64),
+            expected: Digest::of(data),
+            hasher,
+            limit: u64::MAX,
+            reopen: Arc::new(source),
+        };
+        watch::channel(FillState::Spilled(Arc::new(spill))).1
+    }
+
+    /// Reads a body through `next_span` as the sendfile path does, also asking again after an
+    /// error (as a careless caller might): the bytes, and whether it ever ended cleanly.
+    async fn read_spans(mut body: BlobBody) -> (Vec<u8>, bool, bool) {
+        let mut out = Vec::new();
+        let mut failed = false;
+        for _ in 0..100_000 {
+            match body.next_span().await {
+                Ok(None) => return (out, failed, true),
+                Ok(Some(Span::Bytes(b))) => out.extend_from_slice(&b),
+                Ok(Some(Span::File(f, from, to))) => {
+                    let mut buf = vec![0; (to - from) as usize];
+                    f.read_exact_at(&mut buf, from).unwrap();
+                    out.extend_from_slice(&buf);
+                    body.advance(to - from);
+                }
+                Err(_) => {
+                    if failed {
+                        return (out, true, false);
+                    }
+                    failed = true;
+                }
+            }
+        }
+        panic!("a body that never ends")
+    }
+
+    #[tokio::test]
+    async fn ragged_sources_serve_every_window_and_a_failed_rest_stays_failed() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 13 % 253) as u8).collect();
+        let n = data.len() as u64;
+        let written = 2000u64;
+        let mut bad = data.clone();
+        bad[3500] ^= 1;
+        let edges = [0, 1, written - 1, written, written + 1, 3500, n - 1, n];
+        for sizes in [vec![1], vec![0, 7, 0], vec![1000], vec![4096, 0, 1]] {
+            for &start in &edges {
+                for &end in &edges {
+                    if end <= start {
+                        continue;
+                    }
+                    for hold in [true, false] {
+                        let ragged = |d: &Vec<u8>| Ragged {
+                            data: d.clone(),
+                            sizes: sizes.clone(),
+                            len: Some(n),
+                        };
+                        let body = |rx| {
+                            let b = BlobBody::from_fill(rx, start, Some(end));
+                            if hold { b } else { b.without_holding_back() }
+                        };
+                        let what = format!("{sizes:?} {start}..{end} hold {hold}");
+                        let (got, failed, ended) =
+                            read_spans(body(spilled_from(&data, written as usize, ragged(&data))))
+                                .await;
+                        assert!(!failed && ended, "{what}");
+                        assert!(got == data[start as usize..end as usize], "{what}");
+                        // Bad bytes after the disk's part: no window that waits for the
+                        // verdict ends cleanly, even asked again after its error.
+                        let (got, _, ended) =
+                            read_spans(body(spilled_from(&data, written as usize, ragged(&bad))))
+                                .await;
+                        if hold {
+                            assert!(!ended, "{what}: ended cleanly with {} bytes", got.len());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_source_naming_another_size_fails_every_window() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 13 % 253) as u8).collect();
+        for len in [None, Some(4999), Some(5001)] {
+            for (start, end) in [(0, 5000), (0, 10), (4000, 4001)] {
+                let rx = spilled_from(
+                    &data,
+                    2000,
+                    Ragged {
+                        data: data.clone(),
+                        sizes: vec![512],
+                        len,
+                    },
+                );
+                let (_, _, ended) = read_spans(BlobBody::from_fill(rx, start, Some(end))).await;
+                assert!(!ended, "{len:?} {start}..{end}");
+            }
         }
     }
 

@@ -91,6 +91,11 @@ pub struct Seen {
     pub authorization: Option<String>,
 }
 
+/// Answers a blob GET that carries a `Range` header, given the blob and the range's first byte;
+/// takes precedence over `RangeAnswer` (a hostile upstream's continuation).
+pub type RangeHook =
+    Arc<dyn Fn(Vec<u8>, usize) -> futures_util::future::BoxFuture<'static, Response> + Send + Sync>;
+
 /// Referrers list bodies by (repo, subject digest).
 pub type ReferrerLists = HashMap<(String, String), Vec<u8>>;
 
@@ -133,6 +138,10 @@ pub struct FakeState {
     pub referrers: Mutex<Option<ReferrerLists>>,
     /// Blob GETs that carried a `Range` header.
     pub range_requests: AtomicUsize,
+    /// When set, answers every blob GET with a `Range` header.
+    pub range_hook: Mutex<Option<RangeHook>>,
+    /// A pause before each chunk of a `BlobMode::Chunked` body.
+    pub chunk_delay: Mutex<Option<Duration>>,
 }
 
 pub struct FakeRegistry {
@@ -518,6 +527,10 @@ async fn fake_answer(st: Arc<FakeState>, req: Request) -> Response {
         if method == Method::GET && headers.contains_key(header::RANGE) {
             st.range_requests.fetch_add(1, Ordering::SeqCst);
         }
+        let hook = st.range_hook.lock().unwrap().clone();
+        if let (Some(hook), Some((a, _)), true) = (hook, range, method == Method::GET) {
+            return hook(body, a).await;
+        }
         let answer = *st.range_answer.lock().unwrap();
         if let (Some((a, b)), true) = (
             range,
@@ -588,7 +601,18 @@ async fn fake_answer(st: Arc<FakeState>, req: Request) -> Response {
                     .chunks(64 * 1024)
                     .map(|c| Ok(Bytes::copy_from_slice(c)))
                     .collect();
-                Body::from_stream(futures_util::stream::iter(chunks))
+                let delay = *st.chunk_delay.lock().unwrap();
+                match delay {
+                    None => Body::from_stream(futures_util::stream::iter(chunks)),
+                    Some(delay) => Body::from_stream(futures_util::stream::unfold(
+                        chunks.into_iter(),
+                        move |mut it| async move {
+                            let c = it.next()?;
+                            tokio::time::sleep(delay).await;
+                            Some((c, it))
+                        },
+                    )),
+                }
             }
             BlobMode::Slow(delay) => {
                 let chunks: Vec<Bytes> =
