@@ -291,7 +291,9 @@ fn log(c: &mut Criterion) {
             let line = log::Line {
                 method: http::Method::GET,
                 uri: uri.clone(),
-                client: Some(wharf::net::Client::Ip(std::net::IpAddr::from([10, 1, 2, 3]))),
+                client: Some(wharf::net::Client::Ip(std::net::IpAddr::from([
+                    10, 1, 2, 3,
+                ]))),
             };
             let answer = log::Answer {
                 started: std::time::Instant::now(),

@@ -174,7 +174,10 @@ impl Metrics {
     /// Content refused for failing its checks (`kind`: see `wharf_verification_failures`).
     pub fn verification_failed(&self, kind: &'static str) {
         let what = What { kind };
-        self.families.verification_failures.get_or_create(&what).inc();
+        self.families
+            .verification_failures
+            .get_or_create(&what)
+            .inc();
     }
 
     pub fn count(&self, go: bool, outcome: &str) {

@@ -100,7 +100,10 @@ impl Expo<'_> {
     ) -> std::fmt::Result {
         let counter = kind == "counter";
         let (base, kind) = if counter {
-            (name.strip_suffix("_total").unwrap_or(name), MetricType::Counter)
+            (
+                name.strip_suffix("_total").unwrap_or(name),
+                MetricType::Counter,
+            )
         } else {
             (name, MetricType::Gauge)
         };
@@ -402,7 +405,6 @@ fn render_shared(o: &mut Expo, shared: &crate::shared::Shared) {
     }
 }
 
-
 /// `/healthz`: 200 while serving; `status` says `degraded` when an upstream is down or cannot
 /// authenticate, or the data directory's disk ran full or is below `cache.min_free`.
 pub fn health_json(app: &AppState) -> String {
@@ -457,7 +459,10 @@ fn render_bodies(o: &mut Expo, m: &crate::metrics::Metrics) {
     ] {
         let samples = [("sendfile", true), ("copy", false)].map(|(via, sendfile)| {
             let b = m.bodies(sendfile);
-            (vec![("via", via.to_string())], if i == 0 { b.0 } else { b.1 })
+            (
+                vec![("via", via.to_string())],
+                if i == 0 { b.0 } else { b.1 },
+            )
         });
         o.family(name, "counter", help, samples);
     }
@@ -570,7 +575,12 @@ fn render_fill_queue(o: &mut Expo, app: &AppState) {
             &q.timed_out,
         ),
     ] {
-        o.scalar((name, kind, help, v.load(std::sync::atomic::Ordering::Relaxed)));
+        o.scalar((
+            name,
+            kind,
+            help,
+            v.load(std::sync::atomic::Ordering::Relaxed),
+        ));
     }
 }
 
@@ -597,7 +607,7 @@ fn render_rate_limits(o: &mut Expo, app: &AppState) {
     ] {
         let samples = rates.iter().map(|(upstream, (limit, remaining))| {
             let v = if pick == 0 { limit } else { remaining };
-            (vec![("upstream", upstream.clone())], u64::from(*v))
+            (vec![("upstream", upstream.clone())], *v)
         });
         o.family(name, "gauge", help, samples);
     }

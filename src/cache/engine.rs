@@ -514,7 +514,10 @@ impl Engine {
                     expected: s.expected,
                     hasher: s.hasher,
                     limit: s.limit,
-                    reopen: Arc::new(Reopener(Arc::new(tokio::sync::Mutex::new(fetch)))),
+                    reopen: Arc::new(Reopener {
+                        fetch: Arc::new(tokio::sync::Mutex::new(fetch)),
+                        permits: self.0.permits.clone(),
+                    }),
                 })
             }
             Err(e) => {
@@ -943,16 +946,37 @@ struct Spilled {
 }
 
 /// A spilled fill's source, shared by its watchers: each opens the rest of the object from
-/// where the file stops.
-struct Reopener<F>(Arc<tokio::sync::Mutex<F>>);
+/// where the file stops, holding a fill permit while it streams (waiting for one: its client
+/// already has its answer's head), so the rests of one fill count against
+/// `server.max_concurrent_fills` like any other transfer.
+struct Reopener<F> {
+    fetch: Arc<tokio::sync::Mutex<F>>,
+    permits: Arc<Semaphore>,
+}
 
 impl<F: Fetch> Reopen for Reopener<F> {
     fn open_at(
         &self,
         offset: u64,
     ) -> futures_util::future::BoxFuture<'static, Result<Option<Incoming>, FillError>> {
-        let fetch = self.0.clone();
-        Box::pin(async move { fetch.lock().await.open_at(offset).await })
+        let (fetch, permits) = (self.fetch.clone(), self.permits.clone());
+        Box::pin(async move {
+            let permit = permits.acquire_owned().await.map_err(|_| FillError::Busy)?;
+            let Some(incoming) = fetch.lock().await.open_at(offset).await? else {
+                return Ok(None);
+            };
+            let body = incoming
+                .body
+                .map(move |chunk| {
+                    let _held = &permit;
+                    chunk
+                })
+                .boxed();
+            Ok(Some(Incoming {
+                len: incoming.len,
+                body,
+            }))
+        })
     }
 }
 

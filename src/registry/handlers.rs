@@ -37,7 +37,9 @@ type Result<T> = std::result::Result<T, RegistryError>;
 
 /// Entry point for every `/v2` request.
 pub async fn handle(State(app): State<Arc<Registry>>, req: axum::extract::Request) -> Response {
-    let mut resp = match dispatch(&app, req.method(), req.uri(), req.headers()).await {
+    // HTTP/1.0 cannot tell a cut body of unknown length from a complete one.
+    let framed = req.version() >= http::Version::HTTP_11;
+    let mut resp = match dispatch(&app, req.method(), req.uri(), req.headers(), framed).await {
         Ok(r) => r,
         Err(e) => {
             tracing::Span::current().record("cache", "ERROR");
@@ -60,6 +62,7 @@ async fn dispatch(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    framed: bool,
 ) -> Result<Response> {
     let head = match *method {
         Method::GET => false,
@@ -101,7 +104,8 @@ async fn dispatch(
         Route::Blob { name, digest } => {
             let t = resolve(app, &name, ns)?;
             let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-            Ok(t.annotate(blob(app, &t, &digest, head, range).await?))
+            let asked = (head, range, framed);
+            Ok(t.annotate(blob(app, &t, &digest, asked).await?))
         }
         Route::TagsList { name } => {
             let t = resolve(app, &name, ns)?;
@@ -645,12 +649,13 @@ fn manifest_response(m: &HotManifest, outcome: Outcome, head: bool) -> Response 
 
 // ---------------------------------------------------------------- blobs
 
+/// `asked`: a HEAD, the `Range` header, and whether the client's protocol frames bodies (from
+/// HTTP/1.1 on; an HTTP/1.0 client gets a blob of unknown size only verified whole).
 async fn blob(
     app: &Registry,
     t: &Target,
     digest: &Digest,
-    head: bool,
-    range: Option<&str>,
+    (head, range, framed): (bool, Option<&str>, bool),
 ) -> Result<Response> {
     let stored = app
         .engine
@@ -742,6 +747,15 @@ async fn blob(
         app.metrics.count_cold_range(false);
         // From the fill: in `upstream` mode a range does not wait for the whole blob's digest.
         unverified_tail = mode == ColdRanges::Upstream;
+    }
+    if !framed && served.size.is_none() {
+        let outcome = served.outcome;
+        let (file, size) = served
+            .complete()
+            .await
+            .map_err(|e| blob_fill_error(t, digest, e))?;
+        let source = BlobSource::File(file);
+        return blob_response(digest, source, (Some(size), range), false, outcome, false);
     }
     blob_response(
         digest,
