@@ -129,27 +129,27 @@ impl Metrics {
         let f = &self.families;
         r.register(
             "wharf_request_duration_seconds",
-            "Protocol requests from arrival to the last byte of the answer, by protocol, kind and outcome.",
+            "Protocol requests from arrival to the last byte of the answer, by protocol, kind and outcome",
             f.request_seconds.clone(),
         );
         r.register(
             "wharf_first_byte_seconds",
-            "Time to the answer's head for misses and pass-throughs (waiting on a fill's source).",
+            "Time to the answer's head for misses and pass-throughs (waiting on a fill's source)",
             f.first_byte_seconds.clone(),
         );
         r.register(
             "wharf_served_bytes",
-            "Body bytes sent to clients, by protocol and outcome (hit bytes against wharf_upstream_bytes_total: bytes saved).",
+            "Body bytes sent to clients, by protocol and outcome (hit bytes against wharf_upstream_bytes_total: bytes saved)",
             f.served_bytes.clone(),
         );
         r.register(
             "wharf_verification_failures",
-            "Content refused because it failed verification, by kind (blob_digest, manifest_digest, go_checksum, go_zip, tier_copy): someone served bad bytes.",
+            "Content refused because it failed verification, by kind (blob_digest, manifest_digest, go_checksum, go_zip, tier_copy): someone served bad bytes",
             f.verification_failures.clone(),
         );
         r.register(
             "wharf_client_auth_failures",
-            "Client requests refused by [access], by reason (no_credentials, bad_credentials, bad_token, client_address, busy).",
+            "Client requests refused by [access], by reason (no_credentials, bad_credentials, bad_token, client_address, busy)",
             f.client_auth_failures.clone(),
         );
     }

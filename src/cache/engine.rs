@@ -92,6 +92,10 @@ pub trait Fetch: Send + 'static {
     /// Called once the object is committed (metrics, negative-cache upkeep); `shared`: its
     /// bytes came from the shared tier, not from this protocol's source.
     fn committed(&self, _size: u64, _shared: bool) {}
+
+    /// Called when the bytes failed their digest (`kind`: `blob_digest`, or `tier_copy` for
+    /// the shared tier's copy), for metrics.
+    fn rejected(&self, _kind: &'static str) {}
 }
 
 /// Objects and bytes served from one tier. Counted on the hit path by every worker thread, so
@@ -700,6 +704,10 @@ impl Engine {
         let verified = match writer.verify(&digest, Some(size)) {
             Ok(v) => v,
             Err(StorageError::DigestMismatch { expected, actual }) => {
+                fetch.rejected(match origin {
+                    Origin::Tier(_) => "tier_copy",
+                    _ => "blob_digest",
+                });
                 tracing::error!(%expected, %actual, "content does not match its digest; discarded");
                 return Err(bad_copy(FillError::Upstream(format!(
                     "content does not match its digest {expected} (it hashes to {actual})"

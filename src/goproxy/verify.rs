@@ -170,7 +170,11 @@ pub async fn check_module_file(
     file: &Arc<std::fs::File>,
     public: bool,
 ) -> Result<(), CheckError> {
-    let h1 = compute_h1(m, v, kind, file).await?;
+    let h1 = compute_h1(m, v, kind, file).await.inspect_err(|e| {
+        if matches!(e, CheckError::Upstream(_)) {
+            app.metrics.verification_failed("go_zip");
+        }
+    })?;
     if !public || !app.config.go.verify {
         return Ok(());
     }
@@ -191,6 +195,7 @@ pub async fn check_module_file(
         )));
     };
     if want != h1 {
+        app.metrics.verification_failed("go_checksum");
         tracing::error!(module = %m, version = v, kind = kind.ext(), downloaded = %h1, sumdb = %want,
             "checksum mismatch: refusing the download");
         // One line, the go command's words: it prints it as the server's reason.

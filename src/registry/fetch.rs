@@ -160,6 +160,10 @@ impl Fetch for BlobFetch {
             self.metrics.add_upstream_bytes(&self.up.name, size);
         }
     }
+
+    fn rejected(&self, kind: &'static str) {
+        self.metrics.verification_failed(kind);
+    }
 }
 
 #[cfg(test)]

@@ -498,6 +498,7 @@ async fn fetch_manifest(
     if let Some(exp) = expected
         && *exp != actual
     {
+        app.metrics.verification_failed("manifest_digest");
         tracing::error!(upstream = %t.up.name, repo = %t.name, expected = %exp, actual = %actual,
             "upstream manifest does not match its digest; not cached");
         return Err(Miss::Failed(UpstreamError::DigestMismatch {
