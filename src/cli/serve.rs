@@ -26,6 +26,8 @@ pub async fn command(
 
 async fn serve(checked: Checked, activated: Option<Activated>) -> Result<ExitCode, crate::Error> {
     let data_dir = checked.config().data_dir.clone();
+    // The state first (it sweeps tmp/ and opens the index): once a port answers, wharf is ready.
+    let state = crate::AppState::from_checked(checked)?;
     let listeners = match activated {
         Some(sockets) => {
             for (l, name) in &sockets {
@@ -34,9 +36,8 @@ async fn serve(checked: Checked, activated: Option<Activated>) -> Result<ExitCod
             }
             sockets.into_iter().map(|(l, _)| l).collect()
         }
-        None => listen::bind(checked.config()).map_err(|e| crate::Error::Listen(e.0))?,
+        None => listen::bind(&state.config).map_err(|e| crate::Error::Listen(e.0))?,
     };
-    let state = crate::AppState::from_checked(checked)?;
     let addr = listeners
         .iter()
         .map(Listener::describe)
