@@ -78,6 +78,7 @@ impl AppState {
             return Err(e);
         }
         let egress_policy = egress.clone();
+        let metrics: Arc<crate::metrics::Metrics> = Default::default();
         let storage = Storage::open(&config.data_dir)?;
         registry::visibility::backfill(&storage, config.registry.max_manifest_size.0)?;
         // Weak: the engine holds the room, and the registry holds the engine.
@@ -89,7 +90,12 @@ impl AppState {
             config.offline,
         )
         .with_fill_queue(config.server.fill_queue_timeout)
-        .with_room(room(&config, &storage, registry_cell.clone()));
+        .with_room(room(
+            &config,
+            &storage,
+            registry_cell.clone(),
+            metrics.clone(),
+        ));
         let shared = match (&config.shared, store) {
             (Some(cfg), Some(store)) => {
                 let shared = Shared::new(cfg, &config.egress, egress, store, storage.clone())
@@ -116,7 +122,6 @@ impl AppState {
                 source,
             })?;
         let config = Arc::new(config);
-        let metrics: Arc<crate::metrics::Metrics> = Default::default();
         let registry = Arc::new(registry::Registry {
             config: config.clone(),
             storage: storage.clone(),
@@ -158,10 +163,11 @@ fn room(
     config: &Config,
     storage: &Storage,
     registry: Arc<std::sync::OnceLock<std::sync::Weak<registry::Registry>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Arc<crate::cache::room::Room> {
     let store = storage.clone();
     let evictor: crate::cache::room::Evictor = Arc::new(move |need: u64| {
-        let (storage, registry) = (store.clone(), registry.clone());
+        let (storage, registry, metrics) = (store.clone(), registry.clone(), metrics.clone());
         Box::pin(async move {
             let r = tokio::task::spawn_blocking(move || {
                 let none = HashMap::new();
@@ -182,6 +188,9 @@ fn room(
                     "eviction cannot make that much room (pinned content, other files); not evicting"
                 ),
                 Ok(Ok(Some(report))) if !report.removed.is_empty() => {
+                    metrics
+                        .store
+                        .evicted(report.removed.len() as u64, report.freed);
                     if let Some(r) = registry.get().and_then(std::sync::Weak::upgrade) {
                         r.hot.clear();
                     }
@@ -222,18 +231,16 @@ impl AppState {
 
     /// Evicts down to the low watermark when the store is over `cache.max_size`. Runs off the
     /// async runtime; requests keep being served meanwhile.
+    /// Measures the store for `/metrics` either way.
     pub async fn evict_if_needed(&self) -> Option<wharf_storage::GcReport> {
         let max = self.config.cache.max_size.0;
-        if max == 0 {
-            return None;
-        }
         self.flush_atimes().await;
         let storage = self.storage.clone();
         let target = self.config.cache.low_watermark();
         let r = tokio::task::spawn_blocking(move || {
             // Measure first (a dry run with no target); evict only when over budget.
             let probe = wharf_storage::collect(&storage, u64::MAX, &HashMap::new(), true)?;
-            if probe.total_before <= max {
+            if max == 0 || probe.total_before <= max {
                 return Ok(probe);
             }
             wharf_storage::collect(&storage, target, &HashMap::new(), false)
@@ -241,6 +248,7 @@ impl AppState {
         .await;
         match r {
             Ok(Ok(report)) => {
+                self.record_store(&report);
                 if !report.removed.is_empty() {
                     self.registry.hot.clear();
                     tracing::info!(
@@ -259,6 +267,28 @@ impl AppState {
             }
             Err(_) => None,
         }
+    }
+
+    /// The store's size, pins and evictions from a collection's report, for `/metrics`.
+    fn record_store(&self, report: &wharf_storage::GcReport) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &self.metrics.store;
+        let removed = if report.dry_run {
+            (0, 0)
+        } else {
+            (report.removed.len(), report.freed)
+        };
+        st.bytes.store(report.total_before - removed.1, Relaxed);
+        st.objects.store(
+            report.objects_before.saturating_sub(removed.0) as u64,
+            Relaxed,
+        );
+        st.pinned_bytes.store(report.pinned_bytes, Relaxed);
+        st.pinned_objects
+            .store(report.pinned_objects as u64, Relaxed);
+        st.index_bytes
+            .store(self.storage.index.size_on_disk(), Relaxed);
+        st.evicted(removed.0 as u64, removed.1);
     }
 
     /// Joins the shared tier: reads the records other replicas wrote (for at most `limit`, so a

@@ -99,6 +99,28 @@ pub struct Metrics {
     accept_failures: AtomicU64,
     /// The scheduled prefetch (`[[prefetch]]`).
     pub prefetch: PrefetchRuns,
+    /// The store as last measured (each `cache.gc_interval`), and evictions since start.
+    pub store: StoreStats,
+}
+
+/// The store as the periodic eviction check last measured it, and what eviction removed.
+#[derive(Default)]
+pub struct StoreStats {
+    pub bytes: AtomicU64,
+    pub objects: AtomicU64,
+    pub pinned_bytes: AtomicU64,
+    pub pinned_objects: AtomicU64,
+    pub index_bytes: AtomicU64,
+    pub evictions: AtomicU64,
+    pub evicted_bytes: AtomicU64,
+}
+
+impl StoreStats {
+    /// Evicted `objects` holding `bytes`.
+    pub fn evicted(&self, objects: u64, bytes: u64) {
+        self.evictions.fetch_add(objects, Ordering::Relaxed);
+        self.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 /// What the scheduled prefetch did: runs, and the last run's time, items and failures.

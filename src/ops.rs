@@ -38,6 +38,22 @@ pub fn upstream_reports(app: &AppState) -> Vec<(String, HealthReport)> {
 pub fn render(app: &AppState) -> String {
     let mut registry = Registry::default();
     app.metrics.register(&mut registry);
+    let fills = app.engine.fill_stats();
+    registry.register(
+        "wharf_fill_duration_seconds",
+        "Completed fills, from their start to the object committed",
+        fills.seconds.clone(),
+    );
+    registry.register(
+        "wharf_fill_size_bytes",
+        "Sizes of the objects completed fills stored",
+        fills.bytes.clone(),
+    );
+    registry.register(
+        "wharf_fill_waiters",
+        "Requests that waited on each completed fill, the first included",
+        fills.waiters.clone(),
+    );
     registry.register_collector(Box::new(Scrape(app.clone())));
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
@@ -179,7 +195,9 @@ fn render_state(o: &mut Expo, app: &AppState) {
         "Upstream fills running now.",
         app.engine.fills_running() as u64,
     ));
+    render_fills(o, app);
     render_fill_queue(o, app);
+    render_store(o, &m.store);
     render_cold_ranges(o, &app.metrics);
     render_disk(o, app);
     render_connections(o, &app.metrics);
@@ -550,6 +568,85 @@ fn render_disk(o: &mut Expo, app: &AppState) {
         "Objects served to a client without being stored (no room on the local disk; X-Cache BYPASS).",
         room.passed_through(),
     ));
+}
+
+/// Fills started, completed and failed by reason.
+fn render_fills(o: &mut Expo, app: &AppState) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let f = app.engine.fill_stats();
+    o.scalar((
+        "wharf_fills_started_total",
+        "counter",
+        "Fills started (one per object however many requests wait on it).",
+        f.started.load(Relaxed),
+    ));
+    o.scalar((
+        "wharf_fills_completed_total",
+        "counter",
+        "Fills whose object was verified and stored.",
+        f.completed.load(Relaxed),
+    ));
+    let failed = crate::cache::engine::FAIL_REASONS
+        .iter()
+        .zip(&f.failed)
+        .map(|(reason, n)| (vec![("reason", reason.to_string())], n.load(Relaxed)));
+    o.family(
+        "wharf_fills_failed_total",
+        "counter",
+        "Fills that stored nothing, by reason: not_found, upstream (transport, status, size), verification (the bytes failed their digest or checks), local, no_room, unavailable (upstream marked down), offline.",
+        failed,
+    );
+}
+
+/// The store as last measured, and eviction.
+fn render_store(o: &mut Expo, s: &crate::metrics::StoreStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for row in [
+        (
+            "wharf_store_bytes",
+            "gauge",
+            "Bytes of objects in the local store (measured each cache.gc_interval).",
+            s.bytes.load(Relaxed),
+        ),
+        (
+            "wharf_store_objects",
+            "gauge",
+            "Objects in the local store.",
+            s.objects.load(Relaxed),
+        ),
+        (
+            "wharf_store_pinned_bytes",
+            "gauge",
+            "Bytes of pinned objects (never evicted).",
+            s.pinned_bytes.load(Relaxed),
+        ),
+        (
+            "wharf_store_pinned_objects",
+            "gauge",
+            "Pinned objects.",
+            s.pinned_objects.load(Relaxed),
+        ),
+        (
+            "wharf_index_bytes",
+            "gauge",
+            "Bytes the sled index takes on disk.",
+            s.index_bytes.load(Relaxed),
+        ),
+        (
+            "wharf_evictions_total",
+            "counter",
+            "Objects evicted (over cache.max_size, or to make room).",
+            s.evictions.load(Relaxed),
+        ),
+        (
+            "wharf_evicted_bytes_total",
+            "counter",
+            "Bytes of those objects.",
+            s.evicted_bytes.load(Relaxed),
+        ),
+    ] {
+        o.scalar(row);
+    }
 }
 
 /// Fills waiting for a permit.

@@ -70,7 +70,7 @@ async fn metrics_count_pulls_bad_bytes_refusals_and_failed_logins_and_parse() {
     let dir = tempfile::tempdir().unwrap();
     let token = "a-build-farm-token";
     let w = Wharf::serve(WharfConfig::fake(&up.url(), dir.path()).tables(&format!(
-        "[access]\n[[access.token]]\nname = \"farm\"\nsha256 = \"{}\"\n\
+        "[cache]\ngc_interval = \"200ms\"\n[access]\n[[access.token]]\nname = \"farm\"\nsha256 = \"{}\"\n\
          [[access.rule]]\nprotocol = \"registry\"\nprefix = \"private/\"\nrequire_auth = true\n",
         sha256(token.as_bytes()).trim_start_matches("sha256:")
     )))
@@ -99,6 +99,8 @@ async fn metrics_count_pulls_bad_bytes_refusals_and_failed_logins_and_parse() {
         .await;
     assert_eq!(r.status(), 401);
 
+    // The store is measured each cache.gc_interval.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let r = get(w.url("/metrics")).await;
     assert!(
         r.headers()["content-type"]
@@ -162,6 +164,21 @@ async fn metrics_count_pulls_bad_bytes_refusals_and_failed_logins_and_parse() {
         at(r#"wharf_requests_total{outcome="hit",protocol="registry"}"#),
         1.0
     );
+    // Fills: the good blob, the corrupt one, the refused redirect.
+    assert_eq!(at("wharf_fills_started_total{}"), 3.0);
+    assert_eq!(at("wharf_fills_completed_total{}"), 1.0);
+    assert_eq!(
+        at(r#"wharf_fills_failed_total{reason="verification"}"#),
+        1.0
+    );
+    assert_eq!(at(r#"wharf_fills_failed_total{reason="upstream"}"#), 1.0);
+    assert_eq!(at("wharf_fill_duration_seconds_count{}"), 1.0);
+    assert_eq!(at("wharf_fill_size_bytes_sum{}"), blob.len() as f64);
+    assert_eq!(at("wharf_fill_waiters_count{}"), 1.0);
+    assert_eq!(at("wharf_store_objects{}"), 1.0);
+    assert_eq!(at("wharf_store_bytes{}"), blob.len() as f64);
+    assert!(at("wharf_index_bytes{}") > 0.0);
+    assert_eq!(at("wharf_evictions_total{}"), 0.0);
     // Labels stay bounded: no repository or digest reaches a label.
     assert!(!text.contains("app/"), "{text}");
     assert!(!text.contains(&d[7..]), "{text}");

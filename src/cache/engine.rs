@@ -11,11 +11,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 use wharf_storage::{BlobWriter, Digest, Index, Storage, StorageError, unix_now};
@@ -96,6 +98,66 @@ pub trait Fetch: Send + 'static {
     /// Called when the bytes failed their digest (`kind`: `blob_digest`, or `tier_copy` for
     /// the shared tier's copy), for metrics.
     fn rejected(&self, _kind: &'static str) {}
+}
+
+/// Why fills failed, as `FillStats::failed` counts them.
+pub const FAIL_REASONS: [&str; 7] = [
+    "not_found",
+    "upstream",
+    "verification",
+    "local",
+    "no_room",
+    "unavailable",
+    "offline",
+];
+
+/// What fills did, for `/metrics`: started, completed, failed by reason (`FAIL_REASONS`), and
+/// the duration, size and waiters of each completed fill.
+pub struct FillStats {
+    pub started: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: [AtomicU64; 7],
+    pub seconds: Histogram,
+    pub bytes: Histogram,
+    pub waiters: Histogram,
+}
+
+impl Default for FillStats {
+    fn default() -> Self {
+        FillStats {
+            started: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: Default::default(),
+            // 1 ms to about 9 minutes.
+            seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            // 1 KiB to 16 GiB.
+            bytes: Histogram::new(exponential_buckets(1024.0, 4.0, 13)),
+            waiters: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+        }
+    }
+}
+
+impl FillStats {
+    fn failed(&self, e: &FillError, rejected: bool) {
+        let i = match e {
+            FillError::NotFound => 0,
+            FillError::Upstream(_) if rejected => 2,
+            FillError::Upstream(_) | FillError::Busy => 1,
+            FillError::Local => 3,
+            FillError::NoRoom => 4,
+            FillError::Unavailable(_) => 5,
+            FillError::Offline => 6,
+        };
+        self.failed[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a fill learnt on the way that its error does not say: the disk ran full part way
+/// (`spilled`), or the bytes failed their checks (`rejected`).
+#[derive(Default)]
+struct Notes {
+    spilled: Option<Spilled>,
+    rejected: AtomicBool,
 }
 
 /// Objects and bytes served from one tier. Counted on the hit path by every worker thread, so
@@ -236,6 +298,7 @@ struct Inner {
     queue: QueueStats,
     /// Room on the local disk; `None`: every fill is stored.
     room: Option<Arc<Room>>,
+    fills: FillStats,
 }
 
 /// Fills that waited for a permit: waiting now, ever queued, and given up on (`Busy`).
@@ -259,6 +322,7 @@ impl Engine {
             atimes: Mutex::default(),
             queue_limit: std::time::Duration::ZERO,
             queue: QueueStats::default(),
+            fills: FillStats::default(),
             room: None,
         }))
     }
@@ -324,6 +388,10 @@ impl Engine {
     }
 
     /// Fill permit counters, for metrics.
+    pub fn fill_stats(&self) -> &FillStats {
+        &self.0.fills
+    }
+
     pub fn fill_queue(&self) -> &QueueStats {
         &self.0.queue
     }
@@ -491,19 +559,29 @@ impl Engine {
             return leader.commit(Arc::new(file), meta.len());
         }
         let mut pass = Some(pass);
-        let mut spilled = None;
+        let mut notes = Notes::default();
+        let stats = &self.0.fills;
+        stats.started.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         // Held (in `pass`) until this fill ends, unless a pass-through takes it along.
-        match self
-            .fill_once(&mut fetch, &leader, from_peer, &mut pass, &mut spilled)
-            .await
-        {
+        let result = self
+            .fill_once(&mut fetch, &leader, from_peer, &mut pass, &mut notes)
+            .await;
+        if let Err(e) = &result {
+            stats.failed(e, notes.rejected.load(Ordering::Relaxed));
+        }
+        match result {
             Ok((file, size, shared)) => {
                 tracing::info!(size, shared, "verified and cached");
+                stats.completed.fetch_add(1, Ordering::Relaxed);
+                stats.seconds.observe(started.elapsed().as_secs_f64());
+                stats.bytes.observe(size as f64);
+                stats.waiters.observe(leader.waiters() as f64);
                 fetch.committed(size, shared);
                 leader.commit(file, size)
             }
-            Err(FillError::NoRoom) if spilled.is_some() => {
-                let Some(s) = spilled else { return };
+            Err(FillError::NoRoom) if notes.spilled.is_some() => {
+                let Some(s) = notes.spilled else { return };
                 tracing::warn!(
                     written = s.written,
                     "the local disk ran full during the fill; its clients get the rest from the source, unstored"
@@ -579,8 +657,9 @@ impl Engine {
         leader: &Leader<K>,
         from_peer: bool,
         pass: &mut Option<Handover>,
-        spilled: &mut Option<Spilled>,
+        notes: &mut Notes,
     ) -> Result<(Arc<File>, u64, bool), FillError> {
+        let Notes { spilled, rejected } = notes;
         let (incoming, origin) = self.open_source(fetch, from_peer).await?;
         let limit = fetch.limit();
         if incoming.len.is_some_and(|n| n > limit) {
@@ -603,6 +682,7 @@ impl Engine {
         // owner again for a while.
         let bad_copy = |e: FillError| {
             if matches!(e, FillError::Upstream(_)) {
+                rejected.store(true, Ordering::Relaxed);
                 match &origin {
                     Origin::Tier(d) => {
                         if let Some(tier) = &self.0.tier {

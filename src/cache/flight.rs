@@ -124,7 +124,8 @@ impl FillState {
     }
 }
 
-type Map<K> = Arc<Mutex<HashMap<K, watch::Receiver<FillState>>>>;
+/// Per key: the fill's state, and how many requests joined it after the first.
+type Map<K> = Arc<Mutex<HashMap<K, (watch::Receiver<FillState>, Arc<AtomicU64>)>>>;
 
 pub struct Flights<K> {
     map: Map<K>,
@@ -150,17 +151,20 @@ pub enum Join<K: Hash + Eq + Clone> {
 impl<K: Hash + Eq + Clone> Flights<K> {
     pub fn join(&self, key: &K) -> Join<K> {
         let mut map = lock(&self.map);
-        if let Some(rx) = map.get(key) {
+        if let Some((rx, joined)) = map.get(key) {
             self.coalesced.fetch_add(1, Ordering::Relaxed);
+            joined.fetch_add(1, Ordering::Relaxed);
             return Join::Follower(rx.clone());
         }
         let (tx, rx) = watch::channel(FillState::Pending);
-        map.insert(key.clone(), rx.clone());
+        let joined = Arc::new(AtomicU64::new(0));
+        map.insert(key.clone(), (rx.clone(), joined.clone()));
         Join::Leader(
             Leader {
                 key: key.clone(),
                 map: self.map.clone(),
                 tx,
+                joined,
             },
             rx,
         )
@@ -181,9 +185,15 @@ pub struct Leader<K: Hash + Eq + Clone> {
     key: K,
     map: Map<K>,
     tx: watch::Sender<FillState>,
+    joined: Arc<AtomicU64>,
 }
 
 impl<K: Hash + Eq + Clone> Leader<K> {
+    /// Requests waiting on this fill so far, the first included.
+    pub fn waiters(&self) -> u64 {
+        self.joined.load(Ordering::Relaxed) + 1
+    }
+
     pub fn streaming(&self, file: Arc<File>, size: Option<u64>) {
         self.tx.send_replace(FillState::Streaming {
             file,
