@@ -453,3 +453,69 @@ async fn socket_activation_serves_both_sockets_and_a_restart_loses_no_connection
     let _ = Command::new("kill").args(["-KILL", second.trim()]).status();
     let _ = holder.wait();
 }
+
+/// Debian's `docker-registry` listening only on a Unix socket is the origin: wharf pulls an
+/// image through it for skopeo, digests intact, and a second pull costs the origin nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_docker_registry_on_a_unix_socket_is_an_origin() {
+    let test = "a_docker_registry_on_a_unix_socket_is_an_origin";
+    let Some(tools) = require_tools(test, &["skopeo", "docker-registry"]) else {
+        return;
+    };
+    let dir = work_dir("wharf-unix-origin-");
+    let sock = dir.path().join("registry.sock");
+    let (origin, on_socket, image, skopeo) = {
+        let (sock, work) = (sock.clone(), dir.path().to_path_buf());
+        blocking(move || {
+            let origin = support::origin::Origin::start(&tools[1]);
+            let skopeo = support::origin::Skopeo::new(&tools[0]);
+            let mut layout = support::oci::Layout::create(&work.join("generated"));
+            let image = layout.add_image(&support::oci::ImageSpec::linux(
+                "amd64",
+                1,
+                &[
+                    support::oci::gzip_layer(4096),
+                    support::oci::gzip_layer(300_000),
+                ],
+            ));
+            layout.tag(&image.manifest, "v1");
+            skopeo.push_layout(layout.root(), "v1", &origin, "team/app", false);
+            let on_socket = origin.also_on_socket(&tools[1], &sock);
+            (origin, on_socket, image, std::sync::Arc::new(skopeo))
+        })
+        .await
+    };
+    // Only the socket is wharf's origin; the TCP one is not allowed (nor named).
+    let w = Wharf::serve(
+        WharfConfig::new(dir.path())
+            .upstream("sock.test", &format!("unix://{}", sock.display()))
+            .timeouts()
+            .allow(&[&format!("unix:{}", sock.display())]),
+    )
+    .await;
+    let reference = format!("{}/team/app:v1", w.addr);
+    for _ in 0..2 {
+        let skopeo = skopeo.clone();
+        let reference = reference.clone();
+        let got = blocking(move || skopeo.inspect_digest(&reference)).await;
+        assert_eq!(got, image.manifest.digest);
+    }
+    for layer in &image.layers {
+        let r = get(w.url(&format!("/v2/team/app/blobs/{}", layer.digest))).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(sha256(&read_body(r).await), layer.digest);
+        let again = get(w.url(&format!("/v2/team/app/blobs/{}", layer.digest))).await;
+        assert_eq!(again.headers()["x-cache"], "HIT");
+        assert_eq!(
+            on_socket.requests_for(&format!("/blobs/{}", layer.digest)),
+            1,
+            "one fetch from the socket origin per layer"
+        );
+    }
+    assert!(on_socket.requests_for("/manifests/") >= 1);
+    assert_eq!(
+        origin.requests("GET", "/v2/team/app/manifests/v1"),
+        0,
+        "nothing went to the TCP origin"
+    );
+}

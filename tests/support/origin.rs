@@ -174,6 +174,76 @@ impl Origin {
     }
 }
 
+impl Origin {
+    /// A second `docker-registry` serving this one's storage on the Unix socket `sock` only
+    /// (`http.net: unix`): the content pushed here over TCP, reachable nowhere else. Waits
+    /// until the socket exists. Blocking.
+    pub fn also_on_socket(&self, program: &Path, sock: &Path) -> SocketOrigin {
+        let dir = tempfile::Builder::new()
+            .prefix("wharf-origin-sock-")
+            .tempdir()
+            .expect("create origin tempdir");
+        let config = dir.path().join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\n\
+                 log:\n  level: warn\n\
+                 storage:\n  filesystem:\n    rootdirectory: {storage}\n\
+                 http:\n  net: unix\n  addr: {sock}\n  secret: wharf-interop-test\n",
+                storage = self.dir.path().join("storage").display(),
+                sock = sock.display()
+            ),
+        )
+        .expect("write origin config.yml");
+        let access = fs::File::create(dir.path().join("access.log")).expect("create access.log");
+        let log = fs::File::create(dir.path().join("registry.log")).expect("create registry.log");
+        let child = Command::new(program)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(access)
+            .stderr(log)
+            .spawn()
+            .expect("spawn docker-registry on a socket");
+        let origin = SocketOrigin { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry made no socket in 20 s; log:\n{}",
+                fs::read_to_string(origin.dir.path().join("registry.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        origin
+    }
+}
+
+/// A `docker-registry` listening on a Unix socket only; killed on drop.
+pub struct SocketOrigin {
+    child: Child,
+    dir: TempDir,
+}
+
+impl SocketOrigin {
+    /// How many completed requests the access log shows for a path containing `needle`.
+    pub fn requests_for(&self, needle: &str) -> usize {
+        fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+impl Drop for SocketOrigin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Origin {
     fn drop(&mut self) {
         let _ = self.child.kill();
