@@ -63,12 +63,59 @@ pub struct Config {
     pub shared: Option<SharedConfig>,
     /// Replicas that fill for each other (`[peers]`); none by default.
     pub peers: Option<PeersConfig>,
+    /// OTLP export of request and fill spans (`[traces]`); off by default.
+    pub traces: Option<TracesConfig>,
     /// How often the `[[prefetch]]` list is refreshed (an entry's `every` overrides it).
     #[serde(deserialize_with = "de_duration")]
     pub prefetch_interval: Duration,
     /// What the server keeps fetched ahead of need (scheduled prefetch); empty by default.
     #[serde(rename = "prefetch")]
     pub prefetch: Vec<PrefetchConfig>,
+}
+
+/// `[traces]`: spans of requests and fills sent to an OpenTelemetry collector (OTLP over HTTP
+/// with JSON bodies). The endpoint's host must be in `egress.allow` like any other.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesConfig {
+    /// The collector's traces URL, such as `http://otel-collector:4318/v1/traces`.
+    pub endpoint: String,
+    /// `service.name` of the spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// The share of requests traced, 0.0 to 1.0 (a trace is kept or dropped whole).
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+fn default_service_name() -> String {
+    "wharf".into()
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+impl TracesConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        match Url::parse(&self.endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            _ => {
+                return invalid(format!(
+                    "traces.endpoint {:?} is not an http(s) URL with a host",
+                    self.endpoint
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return invalid(format!(
+                "traces.sample_ratio {} is not between 0.0 and 1.0",
+                self.sample_ratio
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One `[[prefetch]]` entry: items `wharf prefetch` takes, refreshed on a schedule.
@@ -820,6 +867,7 @@ impl Default for Config {
             egress: EgressConfig::default(),
             shared: None,
             peers: None,
+            traces: None,
             prefetch_interval: Duration::from_secs(6 * 3600),
             prefetch: Vec::new(),
         }
@@ -1211,6 +1259,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.validate_prefetch()?;
+        if let Some(t) = &self.traces {
+            t.validate()?;
+        }
         self.server
             .socket_mode_bits()
             .map_err(ConfigError::Invalid)?;

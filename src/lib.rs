@@ -44,6 +44,7 @@ pub mod secret;
 pub mod server;
 pub mod shared;
 pub mod tools;
+pub mod traces;
 pub mod upstream;
 pub mod web;
 

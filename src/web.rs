@@ -91,7 +91,14 @@ async fn guard(
 }
 
 /// A request's protocol and kind, from its path (as sent, prefixed mirror paths included).
+/// Scrapes and the admin API are neither protocol's (`other`).
 fn kind_of(path: &str) -> (&'static str, &'static str) {
+    if path == "/metrics" {
+        return ("other", "metrics");
+    }
+    if path.starts_with("/admin/") {
+        return ("other", "admin");
+    }
     if let Some(rest) = path.strip_prefix("/go/") {
         let kind = if rest.starts_with("sumdb/") {
             "sumdb"

@@ -109,6 +109,11 @@ impl Checked {
         &self.config
     }
 
+    /// The policy itself, shared (for clients built outside the app state).
+    pub fn egress_shared(&self) -> Arc<EgressPolicy> {
+        self.egress.clone()
+    }
+
     pub fn egress(&self) -> &EgressPolicy {
         &self.egress
     }

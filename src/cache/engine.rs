@@ -483,13 +483,14 @@ impl Engine {
     }
 
     /// Fills `key` with what `fetch` brings, once however many requests ask; every request
-    /// streams from the fill. `fetch` is called only by the request that starts the fill.
+    /// streams from the fill. `fetch` and `span` (the fill task's span; a request that joins links to it)
+    /// are called only by the request that starts the fill.
     pub async fn fill<K, F>(
         &self,
         flights: &Flights<K>,
         key: &K,
         fetch: impl FnOnce() -> F,
-        span: tracing::Span,
+        span: impl FnOnce() -> tracing::Span,
     ) -> Result<Served, FillError>
     where
         K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -510,6 +511,8 @@ impl Engine {
                 };
                 let (engine, fetch) = (self.clone(), fetch());
                 let from_peer = super::tier::from_peer();
+                let span = span();
+                leader.trace(&span);
                 tokio::spawn(
                     async move {
                         engine
@@ -520,7 +523,10 @@ impl Engine {
                 );
                 (rx, false)
             }
-            Join::Follower(rx) => (rx, true),
+            Join::Follower(rx, span) => {
+                span.link_current();
+                (rx, true)
+            }
         };
         match first_answer(rx, joined).await {
             Start::Streaming { rx, size } => Ok(Served {
@@ -1258,7 +1264,7 @@ mod tests {
                         gate: Some(gate),
                         ..Mem::new(&data, &opened)
                     };
-                    let served = e.fill(&flights, &key, mk, tracing::Span::none()).await;
+                    let served = e.fill(&flights, &key, mk, tracing::Span::none).await;
                     read_all(served.expect("served"))
                         .await
                         .expect("complete body")
@@ -1290,7 +1296,7 @@ mod tests {
             expected: Some(wrong.clone()),
             ..Mem::new(b"the real bytes", &opened)
         };
-        let served = e.fill(&flights, &wrong, mk, tracing::Span::none()).await;
+        let served = e.fill(&flights, &wrong, mk, tracing::Span::none).await;
         let result = match served {
             Ok(s) => read_all(s).await.map(|_| ()).map_err(|e| e.to_string()),
             Err(e) => Err(format!("{e:?}")),
@@ -1311,14 +1317,12 @@ mod tests {
             check_fails_locally: true,
             ..Mem::new(&data, &opened)
         };
-        let served = e.fill(&flights, &key, mk, tracing::Span::none()).await;
+        let served = e.fill(&flights, &key, mk, tracing::Span::none).await;
         let err = match served {
             Ok(s) => {
                 let _ = read_all(s).await;
                 // Watch the final state through a second request on the same key.
-                e.fill(&flights, &key, mk, tracing::Span::none())
-                    .await
-                    .err()
+                e.fill(&flights, &key, mk, tracing::Span::none).await.err()
             }
             Err(e) => Some(e),
         };
@@ -1337,7 +1341,7 @@ mod tests {
                 &flights,
                 &key,
                 || Mem::new(b"x", &opened),
-                tracing::Span::none(),
+                tracing::Span::none,
             )
             .await;
         assert_eq!(r.err(), Some(FillError::Offline));
@@ -1356,7 +1360,7 @@ mod tests {
                 &flights,
                 &key,
                 || Mem::new(&data, &opened),
-                tracing::Span::none(),
+                tracing::Span::none,
             )
             .await
             .unwrap();
@@ -1434,7 +1438,7 @@ mod tests {
                 &flights,
                 &key,
                 || Mem::peered(&data, &opened),
-                tracing::Span::none(),
+                tracing::Span::none,
             )
             .await
             .expect("served");

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -124,8 +124,28 @@ impl FillState {
     }
 }
 
-/// Per key: the fill's state, and how many requests joined it after the first.
-type Map<K> = Arc<Mutex<HashMap<K, (watch::Receiver<FillState>, Arc<AtomicU64>)>>>;
+/// Per key: the fill's state, how many requests joined it after the first, and its span.
+type Map<K> = Arc<Mutex<HashMap<K, (watch::Receiver<FillState>, Arc<AtomicU64>, FillSpan)>>>;
+
+/// The span of a fill (set by the request that started it), for the requests that join it
+/// to link to: one slow pull can be followed from any waiting client to the upstream.
+#[derive(Clone, Default)]
+pub struct FillSpan(Arc<OnceLock<tracing::Id>>);
+
+impl FillSpan {
+    pub fn set(&self, span: &tracing::Span) {
+        if let Some(id) = span.id() {
+            let _ = self.0.set(id);
+        }
+    }
+
+    /// Links the current span (a request that joined the fill) to the fill's.
+    pub fn link_current(&self) {
+        if let Some(id) = self.0.get() {
+            tracing::Span::current().follows_from(id.clone());
+        }
+    }
+}
 
 pub struct Flights<K> {
     map: Map<K>,
@@ -144,27 +164,29 @@ impl<K> Default for Flights<K> {
 pub enum Join<K: Hash + Eq + Clone> {
     /// Start the fill with this leader (in a spawned task), then watch like everyone else.
     Leader(Leader<K>, watch::Receiver<FillState>),
-    /// A fill is already running: watch it.
-    Follower(watch::Receiver<FillState>),
+    /// A fill is already running: watch it (and link to its span).
+    Follower(watch::Receiver<FillState>, FillSpan),
 }
 
 impl<K: Hash + Eq + Clone> Flights<K> {
     pub fn join(&self, key: &K) -> Join<K> {
         let mut map = lock(&self.map);
-        if let Some((rx, joined)) = map.get(key) {
+        if let Some((rx, joined, span)) = map.get(key) {
             self.coalesced.fetch_add(1, Ordering::Relaxed);
             joined.fetch_add(1, Ordering::Relaxed);
-            return Join::Follower(rx.clone());
+            return Join::Follower(rx.clone(), span.clone());
         }
         let (tx, rx) = watch::channel(FillState::Pending);
         let joined = Arc::new(AtomicU64::new(0));
-        map.insert(key.clone(), (rx.clone(), joined.clone()));
+        let span = FillSpan::default();
+        map.insert(key.clone(), (rx.clone(), joined.clone(), span.clone()));
         Join::Leader(
             Leader {
                 key: key.clone(),
                 map: self.map.clone(),
                 tx,
                 joined,
+                span,
             },
             rx,
         )
@@ -186,9 +208,15 @@ pub struct Leader<K: Hash + Eq + Clone> {
     map: Map<K>,
     tx: watch::Sender<FillState>,
     joined: Arc<AtomicU64>,
+    span: FillSpan,
 }
 
 impl<K: Hash + Eq + Clone> Leader<K> {
+    /// The fill runs in `span`: the requests that join it link to it.
+    pub fn trace(&self, span: &tracing::Span) {
+        self.span.set(span);
+    }
+
     /// Requests waiting on this fill so far, the first included.
     pub fn waiters(&self) -> u64 {
         self.joined.load(Ordering::Relaxed) + 1
@@ -327,7 +355,7 @@ mod tests {
         let Join::Leader(leader, rx1) = f.join(&"k") else {
             panic!("first join must lead")
         };
-        let Join::Follower(rx2) = f.join(&"k") else {
+        let Join::Follower(rx2, _) = f.join(&"k") else {
             panic!("second join must follow")
         };
         assert_eq!(f.coalesced(), 1);

@@ -20,8 +20,10 @@ pub async fn command(
     activated: Option<Activated>,
 ) -> Result<ExitCode, crate::Error> {
     let checked = config.check(&super::Overrides { listen, offline })?;
-    init_tracing(checked.config());
-    serve(checked, activated).await
+    init_tracing(checked.config(), checked.egress_shared())?;
+    let result = serve(checked, activated).await;
+    crate::traces::flush();
+    result
 }
 
 async fn serve(checked: Checked, activated: Option<Activated>) -> Result<ExitCode, crate::Error> {
@@ -117,16 +119,40 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested; draining in-flight requests");
 }
 
-fn init_tracing(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+fn init_tracing(
+    config: &Config,
+    policy: std::sync::Arc<crate::upstream::EgressPolicy>,
+) -> Result<(), crate::Error> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .or_else(|_| EnvFilter::try_new(&config.log.level))
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+    };
+    // Asked of the log filter alone: the request lines follow `[log] level`.
+    let lines = tracing_subscriber::registry().with(filter());
+    crate::web::log::set_wanted(tracing::subscriber::with_default(
+        lines,
+        || tracing::enabled!(target: crate::web::log::TARGET, tracing::Level::INFO),
+    ));
+    let filter = filter();
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(super::colour())
         .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let fmt = match config.log.format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
     }
+    .with_filter(filter);
+    // A list, not an `Option`: each layer's own filter then keeps track of every span.
+    let mut layers = vec![fmt.boxed()];
+    if let Some(t) = &config.traces {
+        let traces = crate::traces::layer(t, &config.egress, policy)
+            .map_err(|m| crate::Error::Config(crate::config::ConfigError::Invalid(m)))?;
+        layers.push(traces.boxed());
+    }
+    tracing_subscriber::registry().with(layers).init();
+    Ok(())
 }

@@ -401,7 +401,7 @@ mod tests {
                 &s.app.go.flights,
                 &key,
                 || s.fetch(MODULE, FileKind::Info),
-                tracing::Span::none(),
+                tracing::Span::none,
             )
             .await
             .expect("served");
@@ -445,7 +445,7 @@ mod tests {
                 &s.app.go.flights,
                 &key,
                 || s.fetch(MODULE, FileKind::Info),
-                tracing::Span::none(),
+                tracing::Span::none,
             )
             .await;
         // Waited for whole, the fill's verdict is the refusal and its reason.

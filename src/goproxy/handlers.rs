@@ -397,7 +397,7 @@ async fn file(
     }
     let fetch =
         || ModuleFileFetch::new(app.clone(), m.clone(), v.to_string(), kind).known_as(known);
-    let span = tracing::info_span!("go_fill", module = %m, version = %v, kind = kind.ext());
+    let span = || tracing::info_span!("go_fill", module = %m, version = %v, kind = kind.ext());
     // Module files are small enough to check whole before the first byte goes out: every
     // request (one fill however many ask) waits for the fill's verdict, so a refused file is a
     // status with a reason the go command prints, never a 200 cut short.

@@ -356,7 +356,7 @@ mod tests {
         let engine = Engine::new(f.storage.clone(), 2, false);
         let key = f.digest.clone();
         let served = engine
-            .fill(&Flights::default(), &key, || f, tracing::Span::none())
+            .fill(&Flights::default(), &key, || f, tracing::Span::none)
             .await
             .map_err(|e| format!("{e:?}"))?;
         let mut s = served.into_stream();

@@ -685,7 +685,8 @@ async fn blob(
         storage: app.storage.clone(),
         metrics: app.metrics.clone(),
     };
-    let span = tracing::info_span!("fill", upstream = %t.up.name, repo = %t.name, digest = %digest);
+    let span =
+        || tracing::info_span!("fill", upstream = %t.up.name, repo = %t.name, digest = %digest);
     let filled = match app
         .engine
         .fill(&app.blob_flights, digest, fetch, span)

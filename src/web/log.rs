@@ -72,9 +72,22 @@ pub fn flush() {
     }
 }
 
+/// Whether the log filter wants request lines, as `serve` decided it from `[log] level` (the
+/// subscriber cannot say once a layer without a filter, such as the traces', is installed).
+static WANTED: OnceLock<bool> = OnceLock::new();
+
+/// Records whether the log filter wants request lines (once per process).
+pub fn set_wanted(wanted: bool) {
+    let _ = WANTED.set(wanted);
+}
+
 /// Whether request lines are wanted at all (the log filter), checked before any work.
 pub fn enabled() -> bool {
-    SINK.get().is_some() && tracing::enabled!(target: TARGET, tracing::Level::INFO)
+    SINK.get().is_some()
+        && WANTED
+            .get()
+            .copied()
+            .unwrap_or_else(|| tracing::enabled!(target: TARGET, tracing::Level::INFO))
 }
 
 /// What one request's line says, known when its response starts.

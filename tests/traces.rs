@@ -1,0 +1,139 @@
+//! `[traces]`: a `wharf serve` process exports its request and fill spans as OTLP/HTTP JSON to
+//! a collector (an in-process fake on port 0), through the egress policy: a request that joined
+//! a fill links to the fill's span, so a slow pull can be followed from any waiting client to
+//! the upstream. Without `[traces]` nothing is sent anywhere.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+
+/// A fake collector: every body POSTed to `/v1/traces`, parsed.
+async fn collector() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let keep = got.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: bytes::Bytes| {
+            let keep = keep.clone();
+            async move {
+                let v = serde_json::from_slice(&body).expect("OTLP/HTTP JSON");
+                keep.lock().unwrap().push(v);
+                "{}"
+            }
+        }),
+    );
+    let (addr, _task) = serve_router("127.0.0.1:0", app).await;
+    (format!("http://{addr}/v1/traces"), got)
+}
+
+/// Every exported span: (name, span id, links' span ids, attributes as `key=value`).
+fn spans(bodies: &[serde_json::Value]) -> Vec<(String, String, Vec<String>, Vec<String>)> {
+    let mut out = Vec::new();
+    for body in bodies {
+        for rs in body["resourceSpans"].as_array().into_iter().flatten() {
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for s in ss["spans"].as_array().into_iter().flatten() {
+                    let links = s["links"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|l| l["spanId"].as_str().unwrap_or("").to_string())
+                        .collect();
+                    let attrs = s["attributes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|a| format!("{}={}", a["key"], a["value"]))
+                        .collect();
+                    out.push((
+                        s["name"].as_str().unwrap_or("").to_string(),
+                        s["spanId"].as_str().unwrap_or("").to_string(),
+                        links,
+                        attrs,
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_and_fill_spans_reach_the_collector_and_joiners_link_to_the_fill() {
+    let up = FakeRegistry::start().await;
+    let blob = bytes_of(1 << 20, 51);
+    let d = up.put_blob(&blob);
+    up.set_blob_mode(BlobMode::Slow(Duration::from_millis(20)));
+    let (endpoint, got) = collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = WharfConfig::fake(&up.url(), &dir.path().join("data"))
+        .tables(&format!(
+            "[traces]\nendpoint = \"{endpoint}\"\nservice_name = \"wharf-test\"\n"
+        ))
+        .write(&dir.path().join("wharf.toml"));
+    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    // Two clients of one fill: the second joins the first's.
+    let url = server.url(&format!("/v2/app/blobs/{d}"));
+    let first = tokio::spawn(read_body_of(url.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = tokio::spawn(read_body_of(url));
+    assert!(first.await.unwrap() == blob);
+    assert!(second.await.unwrap() == blob);
+    // Spans still buffered are sent at shutdown.
+    let log_path = dir.path().join("serve.log");
+    server.stop().await;
+    let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    let bodies = got.lock().unwrap().clone();
+    assert!(!bodies.is_empty(), "nothing reached the collector");
+    let text = serde_json::to_string(&bodies).unwrap();
+    assert!(text.contains("wharf-test"), "service.name: {text}");
+    let all = spans(&bodies);
+    let fills: Vec<_> = all.iter().filter(|s| s.0 == "fill").collect();
+    assert_eq!(fills.len(), 1, "one fill for two clients: {all:?}\n{logs}");
+    let requests: Vec<_> = all.iter().filter(|s| s.0 == "request").collect();
+    assert!(requests.len() >= 2, "{all:?}");
+    let fill_id = &fills[0].1;
+    assert!(
+        requests.iter().any(|r| r.2.contains(fill_id)),
+        "the request that joined links to the fill's span: {all:?}"
+    );
+    // Nothing of the request log is exported.
+    assert!(!text.contains("wharf::access"), "{text}");
+}
+
+#[tokio::test]
+async fn a_collector_not_in_egress_allow_gets_nothing_and_lines_follow_the_log_level() {
+    let up = FakeRegistry::start().await;
+    let blob = bytes_of(10_000, 52);
+    let d = up.put_blob(&blob);
+    let (endpoint, got) = collector().await;
+    // Named by a host the egress policy does not allow (pinned to loopback).
+    let endpoint = endpoint.replace("127.0.0.1", "collector.test");
+    let dir = tempfile::tempdir().unwrap();
+    let config = WharfConfig::fake(&up.url(), &dir.path().join("data"))
+        .tables(&format!(
+            "[log]\nlevel = \"warn\"\n[traces]\nendpoint = \"{endpoint}\"\n"
+        ))
+        .write(&dir.path().join("wharf.toml"));
+    let log = dir.path().join("serve.log");
+    let server = Server::start(&config, &log).await;
+    let r = get(server.url(&format!("/v2/app/blobs/{d}"))).await;
+    assert_eq!(read_body(r).await, blob);
+    server.stop().await;
+    assert!(got.lock().unwrap().is_empty());
+    // The traces layer does not turn on the request lines `[log] level = "warn"` keeps off.
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(!logs.contains("wharf::access"), "{logs}");
+    assert!(
+        logs.contains("collector.test"),
+        "the refusal is logged: {logs}"
+    );
+}
+
+async fn read_body_of(url: String) -> Vec<u8> {
+    read_body(get(url).await).await
+}
