@@ -7,15 +7,15 @@ use std::process::ExitCode;
 use crate::admin::maintenance::{Stats, default_target};
 use crate::config::{ByteSize, Config};
 use crate::error::Error;
-use crate::tools::client::{Body, Client};
+use crate::tools::client::{Body, Client, Via};
 
 /// Largest answer read back (a gc report lists every object it removes).
 const MAX_ANSWER: usize = 256 << 20;
 
 /// One admin request through the commands' client (the running server, else the data directory
 /// in-process); `None` once it has said on stderr why not.
-async fn ask(config: &Config, method: http::Method, path: &str) -> Option<Vec<u8>> {
-    let client = match Client::connect(config, crate::tools::client::Via::Auto).await {
+async fn ask(config: &Config, via: Via<'_>, method: http::Method, path: &str) -> Option<Vec<u8>> {
+    let client = match Client::connect(config, via).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wharf: {e}");
@@ -76,7 +76,7 @@ pub async fn command(
         );
     }
     let path = format!("/admin/gc?dry_run={dry_run}&target={target}");
-    let Some(report) = ask(config, http::Method::POST, &path).await else {
+    let Some(report) = ask(config, Via::Auto, http::Method::POST, &path).await else {
         return Ok(ExitCode::FAILURE);
     };
     print!("{}", String::from_utf8_lossy(&report));
@@ -91,16 +91,21 @@ async fn shared_pass(config: &Config, dry_run: bool, extra: &str) -> Result<Exit
         );
     }
     let path = format!("/admin/gc?shared=true&dry_run={dry_run}{extra}");
-    let Some(report) = ask(config, http::Method::POST, &path).await else {
+    let Some(report) = ask(config, Via::Auto, http::Method::POST, &path).await else {
         return Ok(ExitCode::FAILURE);
     };
     print!("{}", String::from_utf8_lossy(&report));
     Ok(ExitCode::SUCCESS)
 }
 
-/// `wharf stats [--json]`.
-pub async fn stats_command(config: &Config, json: bool) -> Result<ExitCode, Error> {
-    let Some(body) = ask(config, http::Method::GET, "/admin/stats").await else {
+/// `wharf stats [--server URL] [--json]`.
+pub async fn stats_command(
+    config: &Config,
+    server: Option<&str>,
+    json: bool,
+) -> Result<ExitCode, Error> {
+    let via = server.map_or(Via::Auto, Via::Server);
+    let Some(body) = ask(config, via, http::Method::GET, "/admin/stats").await else {
         return Ok(ExitCode::FAILURE);
     };
     let stats = serde_json::from_slice::<Stats>(&body).map_err(|e| Error::Io {

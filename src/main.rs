@@ -63,9 +63,20 @@ async fn run(cli: Cli, activated: Option<cli::serve::Activated>) -> Result<ExitC
             let config = cli::load_for_tool(&config)?;
             wharf::gc::command(&config, shared, dry_run, target.as_deref()).await
         }
-        Command::Stats { config, json } => {
+        Command::Stats {
+            config,
+            server,
+            json,
+            watch,
+            interval,
+            count,
+        } => {
             let config = cli::load_for_tool(&config)?;
-            wharf::gc::stats_command(&config, json).await
+            if watch {
+                let args = wharf::tools::watch::WatchArgs { interval, count };
+                return Ok(wharf::tools::watch::command(&config, server.as_deref(), args).await);
+            }
+            wharf::gc::stats_command(&config, server.as_deref(), json).await
         }
         Command::Prefetch {
             config,

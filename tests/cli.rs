@@ -627,6 +627,190 @@ async fn gc_and_stats_reach_a_running_server_with_the_admin_secret_only_it_can_r
     server.stop().await;
 }
 
+/// The blocks `stats --watch` printed (not on a terminal: one per refresh, a blank line after).
+fn watch_blocks(out: &str) -> Vec<&str> {
+    out.split("\n\n").filter(|b| !b.trim().is_empty()).collect()
+}
+
+/// The line of a block that starts with `label`.
+fn watch_line<'a>(block: &'a str, label: &str) -> &'a str {
+    block
+        .lines()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no {label} line in\n{block}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_watch_shows_the_running_servers_requests_hit_ratio_and_rate_per_refresh() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+    let up = FakeRegistry::start().await;
+    let blob = bytes_of(40_000, 9);
+    let digest = up.put_blob(&blob);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = write_config(dir.path(), &up.url(), &data);
+    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    let pull = || async {
+        let r = get(server.url(&format!("/v2/app/blobs/{digest}"))).await;
+        assert_eq!(read_body(r).await, blob);
+    };
+    // One miss, three hits.
+    for _ in 0..4 {
+        pull().await;
+    }
+    let cli = cli_config(dir.path(), "cli.toml", &server, &data, "");
+
+    let mut watch = wharf_command_async()
+        .args([
+            "stats",
+            "--watch",
+            "--interval",
+            "200ms",
+            "--count",
+            "5",
+            "--config",
+        ])
+        .arg(&cli)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(watch.stdout.take().unwrap());
+    // The first block ends with a blank line; then two more hits while it watches.
+    let mut first = String::new();
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), stdout.read_line(&mut line))
+            .await
+            .expect("the first block within 10 s")
+            .unwrap();
+        assert!(n > 0, "stats --watch ended early:\n{first}");
+        if line == "\n" {
+            break;
+        }
+        first += &line;
+    }
+    pull().await;
+    pull().await;
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), watch.wait())
+        .await
+        .expect("--count 5 ends the watch")
+        .unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = watch.stderr.take() {
+        e.read_to_string(&mut err).await.unwrap();
+    }
+    let all = format!("{first}\n{rest}");
+    assert!(status.success(), "{status}\n{all}\n{err}");
+    assert!(!all.contains('\x1b'), "escape codes on a pipe:\n{all}");
+    let blocks = watch_blocks(&all);
+    assert_eq!(blocks.len(), 5, "{all}");
+
+    // Before the two pulls: 4 requests, 3 of them hits; no rate on the first screen.
+    let requests = watch_line(blocks[0], "requests");
+    assert!(
+        requests.contains(" - ") && requests.contains("total 4 (0 errors)"),
+        "{all}"
+    );
+    assert!(
+        watch_line(blocks[0], "hit ratio").contains("75.0% since start"),
+        "{all}"
+    );
+    assert!(
+        watch_line(blocks[0], "bytes in").contains("39.1 KiB from upstreams"),
+        "{all}"
+    );
+    assert!(
+        blocks[0].contains("\nupstream     registry   fake.test up\n"),
+        "{all}"
+    );
+    // Bytes of cache answers only: the watch's own scrapes of /metrics are not counted.
+    assert!(
+        watch_line(blocks[0], "bytes out").contains("total 156.2 KiB served"),
+        "{all}"
+    );
+    assert!(
+        watch_line(blocks[4], "bytes out").contains("total 234.4 KiB served"),
+        "{all}"
+    );
+    watch_line(blocks[0], "disk");
+    watch_line(blocks[0], "fills");
+    // At the end: 6 requests, 5 hits; the two pulls showed as a rate on some refresh.
+    let last = blocks[4];
+    assert!(
+        watch_line(last, "requests").contains("total 6 (0 errors)"),
+        "{all}"
+    );
+    assert!(
+        watch_line(last, "hit ratio").contains("83.3% since start"),
+        "{all}"
+    );
+    assert!(
+        blocks[1..].iter().any(|b| {
+            let l = watch_line(b, "requests");
+            !l.contains(" - ") && !l.contains(" 0.0/s")
+        }),
+        "no refresh showed the two pulls as a rate:\n{all}"
+    );
+
+    // Without --count it runs until Ctrl-C, and then ends cleanly.
+    let mut watch = wharf_command_async()
+        .args(["stats", "--watch", "--interval", "100ms", "--config"])
+        .arg(&cli)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(watch.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stdout.read_line(&mut line))
+        .await
+        .expect("a first line within 10 s")
+        .unwrap();
+    let pid = watch.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), watch.wait())
+        .await
+        .expect("Ctrl-C ends the watch")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_watch_without_a_running_server_says_so_and_opens_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let cli = dir.path().join("cli.toml");
+    fs::write(
+        &cli,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = run(wharf_command()
+        .args(["stats", "--watch", "--count", "1", "--config"])
+        .arg(&cli));
+    assert!(!out.status.success(), "{}", describe(&out));
+    expect_stderr(&out, "no wharf answers at");
+    expect_stderr(&out, "--server URL");
+    assert!(
+        !data.exists(),
+        "the data directory was opened: {}",
+        describe(&out)
+    );
+}
+
 /// Root with `setpriv` (util-linux): the test can run a command as `nobody`.
 fn can_run_as_nobody() -> bool {
     let root = Command::new("id")

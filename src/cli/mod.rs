@@ -85,13 +85,28 @@ pub enum Command {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Print what the cache holds: bytes, objects, pinned, per-upstream and top content.
+    /// Print what the cache holds: bytes, objects, pinned, per-upstream and top content; or,
+    /// with --watch, the running server's live numbers until Ctrl-C.
     Stats {
         #[command(flatten)]
         config: ConfigArgs,
+        /// The running wharf to ask (default: the config's listen address).
+        #[arg(long, env = "WHARF_SERVER")]
+        server: Option<String>,
         /// Machine-readable output.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Keep showing the running server's request rate, hit ratio, bytes in and out, fills,
+        /// connections, disk and upstream states, refreshed every --interval (read from its
+        /// /metrics), until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch refreshes, e.g. 1s or 500ms.
+        #[arg(long, default_value = "1s", value_parser = crate::tools::watch::parse_interval)]
+        interval: std::time::Duration,
+        /// Stop --watch after this many refreshes (tests, scripts).
+        #[arg(long, hide = true, requires = "watch")]
+        count: Option<u64>,
     },
     /// Fetch images and Go modules into the cache now, and pin them (works while wharf serves).
     Prefetch {

@@ -2,7 +2,8 @@
 //! at the config's `listen`), else in-process, driving the same router on a freshly opened data
 //! directory (which takes sled's lock, so two processes never share an index).
 //!
-//! `wharf gc` and `wharf stats` use it too: it is the one way the CLI talks to a server.
+//! `wharf gc` and `wharf stats` use it too: it is the one way the CLI talks to a server
+//! (`stats --watch` through `Client::running`: a running server only, no admin secret).
 //!
 //! Admin requests carry the admin secret (`admin::secret`): read from the data directory when
 //! the server is on this machine, never sent anywhere else. In-process requests carry a loopback
@@ -174,34 +175,7 @@ impl Client {
                 admin,
             });
         }
-        let scheme = if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        // The first TCP address; a wharf on Unix sockets only is asked on its first socket.
-        let (base, http) = match (config.listen.tcp(), config.listen.unix()) {
-            (None, Some(path)) => (
-                "http://localhost".to_string(),
-                reqwest::Client::builder()
-                    .unix_socket(path)
-                    .no_proxy()
-                    .connect_timeout(Duration::from_secs(3))
-                    .build()
-                    .map_err(|e| format!("cannot build an HTTP client: {e}"))?,
-            ),
-            (tcp, _) => {
-                let pinned = match &config.tls {
-                    Some(t) => Some(pinned_tls(&t.cert)?),
-                    None => None,
-                };
-                let listen = tcp.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 5000)));
-                (
-                    format!("{scheme}://{}", loopback(listen)),
-                    http_client(pinned)?,
-                )
-            }
-        };
+        let (base, http) = own_address(config)?;
         let probed = probe(&http, &base).await;
         if probed.is_ok() {
             let admin = admin_header(config, &base)?;
@@ -214,6 +188,28 @@ impl Client {
         }
         let why = probed.err().map(|why| (base, why));
         Client::local(config, why)
+    }
+
+    /// The running wharf at `server`, else at the config's `listen` address; never the data
+    /// directory, and without the admin secret: for `wharf stats --watch`, which reads a
+    /// server's live `/metrics` (through `[access]`, with `WHARF_TOKEN` or `WHARF_USER`).
+    pub async fn running(config: &Config, server: Option<&str>) -> Result<Client, String> {
+        let (base, http) = match server {
+            Some(url) => (url.trim_end_matches('/').to_string(), http_client(None)?),
+            None => own_address(config)?,
+        };
+        probe(&http, &base).await.map_err(|why| {
+            format!(
+                "no wharf answers at {base} ({why}); --watch reads a running server (if it \
+                 listens elsewhere, pass --server URL)"
+            )
+        })?;
+        Ok(Client::Remote {
+            base,
+            http,
+            auth: credentials()?,
+            admin: None,
+        })
     }
 
     /// The data directory opened in this process; `unanswered`: the address that was tried
@@ -374,6 +370,37 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// Where this config's own server answers, with a client for it: the first TCP address (on
+/// loopback, its certificate pinned), or the first Unix socket of a wharf that has no TCP one.
+fn own_address(config: &Config) -> Result<(String, reqwest::Client), String> {
+    if let (None, Some(path)) = (config.listen.tcp(), config.listen.unix()) {
+        let http = reqwest::Client::builder()
+            .unix_socket(path)
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        return Ok(("http://localhost".to_string(), http));
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let pinned = match &config.tls {
+        Some(t) => Some(pinned_tls(&t.cert)?),
+        None => None,
+    };
+    let listen = config
+        .listen
+        .tcp()
+        .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 5000)));
+    Ok((
+        format!("{scheme}://{}", loopback(listen)),
+        http_client(pinned)?,
+    ))
 }
 
 /// `0.0.0.0:5000` is reached at `127.0.0.1:5000`, `[::]:5000` at `[::1]:5000`.
