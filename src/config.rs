@@ -1841,6 +1841,52 @@ mod tests {
     }
 
     #[test]
+    fn pools_take_urls_with_weights_and_refuse_url_and_urls_together() {
+        let reg = |up: &str| {
+            Config::from_toml_str(&format!(
+                "[registry]\ndefault_upstream = \"p\"\n[[registry.upstream]]\nname = \"p\"\n{up}\n"
+            ))
+        };
+        let c = reg(
+            r#"urls = ["https://a.test", { url = "https://b.test", weight = 2, username = "u" }]"#,
+        )
+        .unwrap();
+        let eps = c.registry.upstreams[0].endpoints();
+        assert_eq!((eps.len(), eps[0].weight, eps[1].weight), (2, 1, 2));
+        assert_eq!(eps[1].username.as_deref(), Some("u"));
+        for (bad, why) in [
+            (
+                r#"url = "https://a.test"
+urls = ["https://b.test"]"#,
+                "not both",
+            ),
+            ("", "is required"),
+            (
+                r#"urls = [{ url = "https://a.test", weight = 0 }]"#,
+                "weight",
+            ),
+            (r#"urls = ["https://a.test", "https://a.test/"]"#, "twice"),
+            (r#"urls = ["ftp://a.test"]"#, "http"),
+            (
+                r#"urls = [{ url = "https://a.test", wieght = 2 }]"#,
+                "wieght",
+            ),
+        ] {
+            let e = reg(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let c = Config::from_toml_str(
+            "[go]\nupstreams = [[\"https://a.test\", { url = \"https://b.test\", weight = 3 }], \"https://c.test\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.go.upstreams.len(), 2);
+        assert_eq!(c.go.upstreams[0].0[1].weight, 3);
+        assert_eq!(c.go.upstreams[1].label(), "https://c.test");
+        let e = Config::from_toml_str("[go]\nupstreams = [[]]\n").unwrap_err();
+        assert!(e.to_string().contains("empty pool"), "{e}");
+    }
+
+    #[test]
     fn default_upstream_must_exist() {
         let err =
             Config::from_toml_str("[registry]\ndefault_upstream = \"nope.io\"\n").unwrap_err();
