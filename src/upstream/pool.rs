@@ -49,11 +49,15 @@ impl Slot {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// Counts one request as sent and outstanding until the lease is dropped.
-    pub fn lease(self: &Arc<Slot>) -> Arc<Lease> {
+    /// Counts one request as sent and outstanding until the lease is dropped; `pooled`: the
+    /// endpoint has others to stand in for it (a lone one is never ejected).
+    pub fn lease(self: &Arc<Slot>, pooled: bool) -> Arc<Lease> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.outstanding.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Lease(self.clone()))
+        Arc::new(Lease {
+            slot: self.clone(),
+            pooled,
+        })
     }
 }
 
@@ -74,18 +78,23 @@ pub fn host_label(url: &str) -> String {
 
 /// A request in flight on one endpoint (in a response's extensions until its body is done).
 #[derive(Debug)]
-pub struct Lease(Arc<Slot>);
+pub struct Lease {
+    slot: Arc<Slot>,
+    pooled: bool,
+}
 
 impl Lease {
     /// The body failed: the endpoint is ejected, so a continuation goes elsewhere.
     pub fn failed(&self, why: &str) {
-        self.0.health.eject(why);
+        if self.pooled {
+            self.slot.health.eject(why);
+        }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+        self.slot.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -196,7 +205,7 @@ impl<E: Member> Pool<E> {
         for (i, ep) in order.into_iter().enumerate() {
             let more = i + 1 < n;
             let slot = ep.slot().clone();
-            let lease = slot.lease();
+            let lease = slot.lease(n > 1);
             match call(ep).await {
                 Ok(mut resp) => {
                     let status = resp.status();
@@ -310,7 +319,7 @@ mod tests {
     #[test]
     fn the_least_loaded_endpoint_goes_first() {
         let p = pool(&[1, 1]);
-        let held: Vec<_> = (0..2).map(|_| p.endpoints[0].0.lease()).collect();
+        let held: Vec<_> = (0..2).map(|_| p.endpoints[0].0.lease(true)).collect();
         assert_eq!(first(&p), "ep1.test");
         drop(held);
         assert_eq!(p.endpoints[0].0.outstanding(), 0, "a dropped lease is done");
