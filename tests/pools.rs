@@ -315,3 +315,25 @@ async fn a_go_source_with_two_endpoints_spreads_and_fails_over() {
         "{up}"
     );
 }
+
+#[tokio::test]
+async fn check_config_names_each_pool_endpoint_the_egress_policy_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let urls = "\"http://127.0.0.1:5001\", { url = \"https://mirror-b.example\", weight = 2 }";
+    let path = WharfConfig::new(&dir.path().join("data"))
+        .upstream_pool("pool.test", urls)
+        .write(&dir.path().join("wharf.toml"));
+    let out = run_wharf(&["check-config", "--config", path.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", describe(&out));
+    expect_stdout(&out, "endpoint https://mirror-b.example weight 2");
+    expect_stdout(&out, "endpoint https://mirror-b.example REFUSED by egress");
+    expect_stderr(
+        &out,
+        "pool.test endpoint https://mirror-b.example is refused",
+    );
+    assert!(
+        !stdout(&out).contains("endpoint http://127.0.0.1:5001 REFUSED"),
+        "{}",
+        describe(&out)
+    );
+}
