@@ -592,8 +592,13 @@ pub struct UpstreamConfig {
     /// The registry host name clients use for it (`docker.io`, `ghcr.io`): matched against `?ns=`
     /// and against the first component of a repository name.
     pub name: String,
-    /// Base URL of its registry API.
+    /// Base URL of its registry API; or `urls`, a pool of endpoints serving the same content.
+    #[serde(default)]
     pub url: String,
+    /// Several endpoints serving the same content (load balanced, health checked): URLs, or
+    /// tables with a `weight` and their own credentials. Exclusive with `url`.
+    #[serde(default, deserialize_with = "de_endpoints")]
+    pub urls: Vec<EndpointConfig>,
     /// Prefix single-component names with `library/` (Docker Hub's official images).
     #[serde(default)]
     pub library_prefix: Option<bool>,
@@ -607,14 +612,135 @@ pub struct UpstreamConfig {
     pub password_env: Option<String>,
 }
 
+/// One endpoint of an upstream pool: its URL, its share of requests, and credentials of its
+/// own where they differ from the upstream's. Written as a URL string, or a table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub url: String,
+    /// Relative share of requests (least outstanding requests per weight). Default 1.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Credentials for this endpoint alone; default: the upstream's.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl EndpointConfig {
+    pub fn new(url: &str) -> EndpointConfig {
+        EndpointConfig {
+            url: url.to_string(),
+            weight: 1,
+            username: None,
+            password_file: None,
+            password_env: None,
+        }
+    }
+
+    /// Reads this endpoint's own password, if it has one. Errors name the source only.
+    pub fn password(&self) -> Result<Option<String>, ConfigError> {
+        read_password(
+            &self.url,
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+        )
+    }
+}
+
+/// An endpoint written as a URL string or as a table.
+struct EndpointForm;
+
+impl<'de> serde::de::Visitor<'de> for EndpointForm {
+    type Value = EndpointConfig;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a URL, or a table { url = \"...\", weight = 2 }")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EndpointConfig, E> {
+        Ok(EndpointConfig::new(v))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<EndpointConfig, A::Error> {
+        EndpointConfig::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+    }
+}
+
+struct Endpoint(EndpointConfig);
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(EndpointForm).map(Endpoint)
+    }
+}
+
+fn de_endpoints<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<EndpointConfig>, D::Error> {
+    Ok(Vec::<Endpoint>::deserialize(d)?
+        .into_iter()
+        .map(|e| e.0)
+        .collect())
+}
+
+/// One entry of `go.upstreams`: a GOPROXY URL, or a list of endpoints serving the same content
+/// (a pool: `[["https://a", { url = "https://b", weight = 2 }], "https://proxy.golang.org"]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoUpstream(pub Vec<EndpointConfig>);
+
+impl GoUpstream {
+    pub fn url(url: &str) -> GoUpstream {
+        GoUpstream(vec![EndpointConfig::new(url)])
+    }
+
+    /// The endpoints' URLs, `|`-joined: how messages and `/healthz` name this source.
+    pub fn label(&self) -> String {
+        let urls: Vec<&str> = self.0.iter().map(|e| e.url.as_str()).collect();
+        urls.join("|")
+    }
+}
+
+impl<'de> Deserialize<'de> for GoUpstream {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = GoUpstream;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a GOPROXY URL, or a list of URLs serving the same content (a pool)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<GoUpstream, E> {
+                Ok(GoUpstream::url(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<GoUpstream, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Endpoint(e)) = seq.next_element()? {
+                    out.push(e);
+                }
+                Ok(GoUpstream(out))
+            }
+        }
+        d.deserialize_any(Form)
+    }
+}
+
 /// The Go module proxy under `/go/`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GoConfig {
     /// Serve `/go/` at all.
     pub enabled: bool,
-    /// Upstream GOPROXY URLs, tried in order; the next only when one says "not found".
-    pub upstreams: Vec<String>,
+    /// Upstream GOPROXY URLs, tried in order; the next only when one says "not found". An
+    /// entry that is a list is a pool of endpoints serving the same content.
+    pub upstreams: Vec<GoUpstream>,
     /// How long `@v/list` and `@latest` answers are trusted before upstream is asked again.
     #[serde(deserialize_with = "de_duration")]
     pub list_ttl: Duration,
@@ -657,6 +783,9 @@ pub struct PrivateModuleConfig {
     /// Or a GOPROXY URL, optionally with basic auth.
     #[serde(default)]
     pub url: Option<String>,
+    /// Or several GOPROXY endpoints serving the same content (a pool).
+    #[serde(default, deserialize_with = "de_endpoints")]
+    pub urls: Vec<EndpointConfig>,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
@@ -673,7 +802,7 @@ impl Default for GoConfig {
     fn default() -> Self {
         GoConfig {
             enabled: true,
-            upstreams: vec!["https://proxy.golang.org".into()],
+            upstreams: vec![GoUpstream::url("https://proxy.golang.org")],
             list_ttl: Duration::from_secs(60),
             not_found_ttl: Duration::from_secs(60),
             verify: true,
@@ -699,6 +828,14 @@ impl SumdbConfig {
 }
 
 impl PrivateModuleConfig {
+    /// Its GOPROXY endpoints (`urls`, or `url` alone); none for a `dir` source.
+    pub fn endpoints(&self) -> Vec<EndpointConfig> {
+        match &self.url {
+            Some(u) => vec![EndpointConfig::new(u)],
+            None => self.urls.clone(),
+        }
+    }
+
     pub fn password(&self) -> Result<Option<String>, ConfigError> {
         read_password(
             &self.pattern,
@@ -739,6 +876,13 @@ pub struct EgressConfig {
     /// How often a down upstream is probed in the background.
     #[serde(deserialize_with = "de_duration")]
     pub probe_interval: Duration,
+    /// How long an endpoint of a pool is skipped after a failure (connection refused, timeout,
+    /// 5xx, body cut); doubled for each failure in a row.
+    #[serde(deserialize_with = "de_duration")]
+    pub ejection_time: Duration,
+    /// The longest an endpoint is skipped, however often it failed.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_ejection_time: Duration,
 }
 
 /// One place to listen: a TCP address, or a Unix socket's path (`unix:/run/wharf/wharf.sock`).
@@ -923,6 +1067,7 @@ impl Default for RegistryConfig {
             upstreams: vec![UpstreamConfig {
                 name: DOCKER_HUB_NAME.into(),
                 url: DOCKER_HUB_URL.into(),
+                urls: Vec::new(),
                 library_prefix: Some(true),
                 username: None,
                 password_file: None,
@@ -954,6 +1099,8 @@ impl Default for EgressConfig {
             proxy: None,
             failure_threshold: 3,
             probe_interval: Duration::from_secs(10),
+            ejection_time: Duration::from_secs(5),
+            max_ejection_time: Duration::from_secs(300),
         }
     }
 }
@@ -1291,27 +1438,34 @@ impl Config {
                     up.name
                 ));
             }
-            if up.url.starts_with("unix:") {
-                if unix_socket_url(&up.url).is_none() {
+            let eps = match (up.url.is_empty(), up.urls.is_empty()) {
+                (false, true) => vec![EndpointConfig::new(&up.url)],
+                (true, false) => up.urls.clone(),
+                (false, false) => {
                     return invalid(format!(
-                        "registry.upstream[{i}].url {:?}: a socket upstream is unix:// and an absolute path, e.g. unix:///run/registry/registry.sock",
-                        up.url
+                        "registry.upstream[{i}] ({}): set url or urls, not both",
+                        up.name
                     ));
                 }
-            } else {
-                let url = Url::parse(&up.url).map_err(|e| {
-                    ConfigError::Invalid(format!("registry.upstream[{i}].url {:?}: {e}", up.url))
-                })?;
-                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                (true, true) => {
                     return invalid(format!(
-                        "registry.upstream[{i}].url {:?}: must be an http:// or https:// URL with a host",
-                        up.url
+                        "registry.upstream[{i}] ({}): url (or urls, a pool) is required",
+                        up.name
                     ));
                 }
-                if !url.username().is_empty() || url.password().is_some() {
-                    return invalid(format!(
-                        "registry.upstream[{i}].url: put credentials in username / password_file, not in the URL"
-                    ));
+            };
+            for (j, ep) in eps.iter().enumerate() {
+                let key = if up.urls.is_empty() {
+                    format!("registry.upstream[{i}].url")
+                } else {
+                    format!("registry.upstream[{i}].urls[{j}]")
+                };
+                check_endpoint(&key, ep, true)?;
+                if up.urls[..j.min(up.urls.len())]
+                    .iter()
+                    .any(|e| same_url(&e.url, &ep.url))
+                {
+                    return invalid(format!("{key} {:?} appears twice", ep.url));
                 }
             }
             if up.password_file.is_some() && up.password_env.is_some() {
@@ -1380,6 +1534,11 @@ impl Config {
                 "egress.proxy {proxy:?}: use an http:// or https:// URL"
             ));
         }
+        if self.egress.max_ejection_time < self.egress.ejection_time {
+            return invalid(
+                "egress.max_ejection_time must be at least egress.ejection_time".into(),
+            );
+        }
         if self.egress.max_redirects > 20 {
             return invalid("egress.max_redirects must be at most 20".into());
         }
@@ -1403,8 +1562,19 @@ impl Config {
             }
             Ok(())
         };
-        for u in &self.go.upstreams {
-            check_url("go.upstreams", u)?;
+        for (i, u) in self.go.upstreams.iter().enumerate() {
+            if u.0.is_empty() {
+                return invalid(format!("go.upstreams[{i}]: an empty pool"));
+            }
+            for (j, ep) in u.0.iter().enumerate() {
+                let key = format!("go.upstreams[{i}][{j}]");
+                check_endpoint(&key, ep, false)?;
+                if ep.username.is_some() {
+                    return invalid(format!(
+                        "{key}: credentials belong to go.private sources, not public upstreams"
+                    ));
+                }
+            }
         }
         for (i, db) in self.go.sumdbs.iter().enumerate() {
             if !db.key.starts_with(&format!("{}+", db.name)) {
@@ -1419,12 +1589,17 @@ impl Config {
             if p.pattern.split(',').all(|s| s.trim().is_empty()) {
                 return invalid(format!("go.private[{i}].pattern is empty"));
             }
-            match (&p.dir, &p.url) {
-                (Some(_), None) => {}
-                (None, Some(u)) => check_url(&format!("go.private[{i}].url"), u)?,
+            match (&p.dir, &p.url, p.urls.is_empty()) {
+                (Some(_), None, true) => {}
+                (None, Some(u), true) => check_url(&format!("go.private[{i}].url"), u)?,
+                (None, None, false) => {
+                    for (j, ep) in p.urls.iter().enumerate() {
+                        check_endpoint(&format!("go.private[{i}].urls[{j}]"), ep, false)?;
+                    }
+                }
                 _ => {
                     return invalid(format!(
-                        "go.private[{i}] ({}): set exactly one of dir or url",
+                        "go.private[{i}] ({}): set exactly one of dir, url and urls",
                         p.pattern
                     ));
                 }
@@ -1438,7 +1613,8 @@ impl Config {
             if has_secret && p.username.is_none() {
                 return invalid(format!("go.private[{i}]: a password needs a username"));
             }
-            if p.dir.is_some() && (has_secret || p.username.is_some()) {
+            let own = p.urls.iter().any(|e| e.username.is_some());
+            if p.dir.is_some() && (has_secret || p.username.is_some() || own) {
                 return invalid(format!(
                     "go.private[{i}]: username and password apply to url sources, not dir"
                 ));
@@ -1454,6 +1630,15 @@ impl Config {
 }
 
 impl UpstreamConfig {
+    /// Its endpoints: `urls`, or `url` alone.
+    pub fn endpoints(&self) -> Vec<EndpointConfig> {
+        if self.urls.is_empty() {
+            vec![EndpointConfig::new(&self.url)]
+        } else {
+            self.urls.clone()
+        }
+    }
+
     /// Docker Hub gets `library/` by default; others only when configured.
     pub fn library_prefix(&self) -> bool {
         self.library_prefix.unwrap_or(self.name == DOCKER_HUB_NAME)
@@ -1470,6 +1655,44 @@ impl UpstreamConfig {
 }
 
 /// A password from a file (trailing newline dropped) or an environment variable.
+/// One endpoint's URL (http(s), or a Unix socket where `socket` allows it; no credentials in
+/// it), its weight and its own credentials' shape.
+fn check_endpoint(key: &str, ep: &EndpointConfig, socket: bool) -> Result<(), ConfigError> {
+    let invalid = |m: String| Err(ConfigError::Invalid(m));
+    let u = &ep.url;
+    if socket && u.starts_with("unix:") {
+        if unix_socket_url(u).is_none() {
+            return invalid(format!(
+                "{key} {u:?}: a socket upstream is unix:// and an absolute path, e.g. unix:///run/registry/registry.sock"
+            ));
+        }
+    } else {
+        let url = Url::parse(u).map_err(|e| ConfigError::Invalid(format!("{key} {u:?}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return invalid(format!(
+                "{key} {u:?}: must be an http:// or https:// URL with a host"
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return invalid(format!(
+                "{key}: put credentials in username / password_file, not in the URL"
+            ));
+        }
+    }
+    if ep.weight == 0 {
+        return invalid(format!("{key}: weight must be at least 1"));
+    }
+    if ep.password_file.is_some() && ep.password_env.is_some() {
+        return invalid(format!(
+            "{key}: set password_file or password_env, not both"
+        ));
+    }
+    if (ep.password_file.is_some() || ep.password_env.is_some()) && ep.username.is_none() {
+        return invalid(format!("{key}: a password needs a username"));
+    }
+    Ok(())
+}
+
 fn read_password(
     owner: &str,
     file: Option<&Path>,
@@ -1666,6 +1889,52 @@ mod tests {
     fn small_manifest_cap_is_refused() {
         let err = Config::from_toml_str("[registry]\nmax_manifest_size = \"1MiB\"\n").unwrap_err();
         assert!(err.to_string().contains("4MiB"), "{err}");
+    }
+
+    #[test]
+    fn pools_take_urls_with_weights_and_refuse_url_and_urls_together() {
+        let reg = |up: &str| {
+            Config::from_toml_str(&format!(
+                "[registry]\ndefault_upstream = \"p\"\n[[registry.upstream]]\nname = \"p\"\n{up}\n"
+            ))
+        };
+        let c = reg(
+            r#"urls = ["https://a.test", { url = "https://b.test", weight = 2, username = "u" }]"#,
+        )
+        .unwrap();
+        let eps = c.registry.upstreams[0].endpoints();
+        assert_eq!((eps.len(), eps[0].weight, eps[1].weight), (2, 1, 2));
+        assert_eq!(eps[1].username.as_deref(), Some("u"));
+        for (bad, why) in [
+            (
+                r#"url = "https://a.test"
+urls = ["https://b.test"]"#,
+                "not both",
+            ),
+            ("", "is required"),
+            (
+                r#"urls = [{ url = "https://a.test", weight = 0 }]"#,
+                "weight",
+            ),
+            (r#"urls = ["https://a.test", "https://a.test/"]"#, "twice"),
+            (r#"urls = ["ftp://a.test"]"#, "http"),
+            (
+                r#"urls = [{ url = "https://a.test", wieght = 2 }]"#,
+                "wieght",
+            ),
+        ] {
+            let e = reg(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let c = Config::from_toml_str(
+            "[go]\nupstreams = [[\"https://a.test\", { url = \"https://b.test\", weight = 3 }], \"https://c.test\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.go.upstreams.len(), 2);
+        assert_eq!(c.go.upstreams[0].0[1].weight, 3);
+        assert_eq!(c.go.upstreams[1].label(), "https://c.test");
+        let e = Config::from_toml_str("[go]\nupstreams = [[]]\n").unwrap_err();
+        assert!(e.to_string().contains("empty pool"), "{e}");
     }
 
     #[test]

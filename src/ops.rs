@@ -17,14 +17,14 @@ pub fn upstream_reports(app: &AppState) -> Vec<(String, HealthReport)> {
         .registry
         .upstreams
         .values()
-        .map(|u| ("registry".to_string(), u.health.report()))
+        .map(|u| ("registry".to_string(), u.report()))
         .collect();
     if let Some(go) = &app.go {
         for s in &go.public {
-            out.push(("go".into(), s.health.report()));
+            out.push(("go".into(), s.report()));
         }
         for r in &go.private {
-            out.push(("go-private".into(), r.source.health.report()));
+            out.push(("go-private".into(), r.source.report()));
         }
         for h in go.sumdb_health.values() {
             out.push(("sumdb".into(), h.report()));
@@ -32,6 +32,87 @@ pub fn upstream_reports(app: &AppState) -> Vec<(String, HealthReport)> {
     }
     out.sort_by(|a, b| (&a.0, &a.1.name).cmp(&(&b.0, &b.1.name)));
     out
+}
+
+/// Every upstream's endpoints: `(kind, upstream, endpoint)` (one for an upstream with `url`).
+pub fn upstream_endpoints(
+    app: &AppState,
+) -> Vec<(
+    &'static str,
+    String,
+    std::sync::Arc<crate::upstream::pool::Slot>,
+)> {
+    use crate::upstream::pool::Member as _;
+    let mut out = Vec::new();
+    for u in app.registry.upstreams.values() {
+        for e in &u.pool.endpoints {
+            out.push(("registry", u.name.clone(), e.slot().clone()));
+        }
+    }
+    if let Some(go) = &app.go {
+        let private = go.private.iter().map(|r| ("go-private", &r.source));
+        for (kind, s) in go.public.iter().map(|s| ("go", s)).chain(private) {
+            for e in s.pool().map(|p| &p.endpoints[..]).unwrap_or(&[]) {
+                out.push((kind, s.name.clone(), e.slot().clone()));
+            }
+        }
+    }
+    // Stable: a pool's endpoints stay in their configured order.
+    out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    out
+}
+
+/// Each endpoint's health and load: bounded labels (kind, upstream, endpoint host).
+fn render_endpoints(o: &mut Expo, app: &AppState) {
+    let eps = upstream_endpoints(app);
+    type Read = fn(&crate::upstream::pool::Slot) -> u64;
+    let families: [(&str, &str, &str, Read); 5] = [
+        (
+            "wharf_upstream_endpoint_up",
+            "gauge",
+            "Whether an upstream endpoint is considered up (1) or down (0; probed in the background).",
+            |s| u64::from(s.health.is_up()),
+        ),
+        (
+            "wharf_upstream_endpoint_ejected",
+            "gauge",
+            "Whether a pool skips an endpoint for now after a failure (egress.ejection_time, growing).",
+            |s| u64::from(s.health.ejected_until().is_some()),
+        ),
+        (
+            "wharf_upstream_endpoint_outstanding",
+            "gauge",
+            "Requests in flight on an upstream endpoint (until their bodies are done).",
+            |s| s.outstanding(),
+        ),
+        (
+            "wharf_upstream_endpoint_requests_total",
+            "counter",
+            "Requests sent to an upstream endpoint.",
+            |s| s.requests(),
+        ),
+        (
+            "wharf_upstream_endpoint_ejections_total",
+            "counter",
+            "Times a pool ejected an endpoint (refused, timed out, 5xx, or a body cut).",
+            |s| s.health.report().ejections,
+        ),
+    ];
+    for (name, kind, help, read) in families {
+        o.family(
+            name,
+            kind,
+            help,
+            eps.iter().map(|(k, up, slot)| {
+                let labels = vec![
+                    ("kind", k.to_string()),
+                    ("upstream", label(up)),
+                    ("endpoint", label(&slot.host)),
+                ];
+                (labels, read(slot))
+            }),
+        );
+    }
 }
 
 /// The whole exposition: the library's families of `metrics`, then the state read now.
@@ -218,6 +299,7 @@ fn render_state(o: &mut Expo, app: &AppState) {
         per_upstream(&|r| u64::from(r.up)),
     );
     render_rate_limits(o, app);
+    render_endpoints(o, app);
     o.family(
         "wharf_upstream_auth_failures",
         "gauge",
@@ -426,14 +508,30 @@ fn render_shared(o: &mut Expo, shared: &crate::shared::Shared) {
 /// `/healthz`: 200 while serving; `status` says `degraded` when an upstream is down or cannot
 /// authenticate, or the data directory's disk ran full or is below `cache.min_free`.
 pub fn health_json(app: &AppState) -> String {
+    let eps = upstream_endpoints(app);
     let ups: Vec<serde_json::Value> = upstream_reports(app)
         .into_iter()
         .map(|(kind, r)| {
+            let endpoints: Vec<serde_json::Value> = eps
+                .iter()
+                .filter(|(k, up, _)| *k == kind && *up == r.name)
+                .map(|(_, _, s)| {
+                    let h = s.health.report();
+                    serde_json::json!({
+                        "endpoint": s.host, "weight": s.weight, "up": h.up,
+                        "ejected": h.ejected, "ejections": h.ejections,
+                        "outstanding": s.outstanding(), "requests": s.requests(),
+                        "consecutive_failures": h.consecutive_failures,
+                        "last_error": h.last_error,
+                    })
+                })
+                .collect();
             serde_json::json!({
                 "kind": kind, "name": r.name, "up": r.up,
                 "consecutive_failures": r.consecutive_failures,
                 "last_error": r.last_error, "since_unix": r.since_unix,
                 "auth_failures": r.auth_failures, "auth_error": r.auth_error,
+                "endpoints": endpoints,
             })
         })
         .collect();
@@ -443,6 +541,7 @@ pub fn health_json(app: &AppState) -> String {
     let degraded = ups
         .iter()
         .any(|u| u["up"] == false || u["auth_failures"] != 0)
+        || eps.iter().any(|(_, _, s)| !s.health.is_up())
         || shared.as_ref().is_some_and(|s| !s.up)
         || disk_problem.is_some();
     let mut body = serde_json::json!({

@@ -246,13 +246,16 @@ fn example_config_with_every_commented_setting_enabled_is_valid() {
             "no example upstream {name}: {names:?}"
         );
     }
-    assert_eq!(config.go.private.len(), 3, "example private Go sources");
+    assert_eq!(config.go.private.len(), 4, "example private Go sources");
     // Every example upstream must be reachable under the example's egress additions.
     let policy = EgressPolicy::new(&config.egress.allow).unwrap();
-    let urls = (config.registry.upstreams.iter().map(|u| u.url.clone()))
-        .chain(config.go.upstreams.iter().cloned())
-        .chain(config.go.sumdbs.iter().map(|d| d.url()))
-        .chain(config.go.private.iter().filter_map(|p| p.url.clone()));
+    // Every endpoint of every pool, each on its own.
+    let urls = (config.registry.upstreams.iter())
+        .flat_map(|u| u.endpoints())
+        .chain(config.go.upstreams.iter().flat_map(|u| u.0.clone()))
+        .chain(config.go.private.iter().flat_map(|p| p.endpoints()))
+        .map(|e| e.url)
+        .chain(config.go.sumdbs.iter().map(|d| d.url()));
     for url in urls {
         if let Some(socket) = wharf::config::unix_socket_url(&url) {
             policy

@@ -37,22 +37,31 @@ impl Checked {
         let mut upstreams = HashMap::new();
         for up in &config.registry.upstreams {
             let password = read(up.password(), &up.name, &mut unread);
-            let client =
-                UpstreamClient::new(up, password, &config.egress, egress.clone(), config.offline)
-                    .map_err(|message| Error::Upstream {
-                    name: up.name.clone(),
-                    message,
-                })?;
+            let own: Vec<Option<String>> = up
+                .endpoints()
+                .iter()
+                .map(|e| read(e.password(), &up.name, &mut unread))
+                .collect();
+            let client = UpstreamClient::with_passwords(
+                up,
+                password,
+                &own,
+                &config.egress,
+                egress.clone(),
+                config.offline,
+            )
+            .map_err(|message| Error::Upstream {
+                name: up.name.clone(),
+                message,
+            })?;
             upstreams.insert(up.name.clone(), Arc::new(client));
         }
         let go = if config.go.enabled {
-            let state = GoState::new(&config, egress.clone(), |p| {
-                read(p.password(), "go", &mut unread)
-            })
-            .map_err(|message| Error::Upstream {
-                name: "go".into(),
-                message,
-            })?;
+            let state = GoState::new(&config, egress.clone(), |p| read(p, "go", &mut unread))
+                .map_err(|message| Error::Upstream {
+                    name: "go".into(),
+                    message,
+                })?;
             Some(state)
         } else {
             None

@@ -118,15 +118,37 @@ pub fn print_config(checked: &Checked) {
         } else {
             ""
         };
+        let eps = u.endpoints();
+        let urls: Vec<&str> = eps.iter().map(|e| e.url.as_str()).collect();
         let _ = writeln!(
             o,
             "registry.upstream {:<16} {} ({auth}{lib})",
-            u.name, u.url
+            u.name,
+            urls.join(", ")
+        );
+        for e in eps.iter().filter(|_| eps.len() > 1) {
+            let auth = auth_summary(&e.username, &e.password_file, &e.password_env);
+            let own = if e.username.is_some() {
+                auth
+            } else {
+                "upstream's credentials".into()
+            };
+            let _ = writeln!(o, "  endpoint {} weight {} ({own})", e.url, e.weight);
+        }
+        refused_endpoints(
+            checked,
+            &format!("registry.upstream {}", u.name),
+            &eps,
+            &mut o,
         );
     }
     let g = &c.go;
     let _ = writeln!(o, "go.enabled                 = {}", g.enabled);
-    let _ = writeln!(o, "go.upstreams               = {}", g.upstreams.join(", "));
+    let labels: Vec<String> = g.upstreams.iter().map(|u| u.label()).collect();
+    let _ = writeln!(o, "go.upstreams               = {}", labels.join(", "));
+    for u in &g.upstreams {
+        refused_endpoints(checked, "go.upstreams", &u.0, &mut o);
+    }
     let _ = writeln!(o, "go.list_ttl                = {}", d(g.list_ttl));
     let _ = writeln!(o, "go.not_found_ttl           = {}", d(g.not_found_ttl));
     let _ = writeln!(o, "go.verify                  = {}", g.verify);
@@ -135,15 +157,19 @@ pub fn print_config(checked: &Checked) {
         let _ = writeln!(o, "go.sumdb {:<25} {} (key {})", db.name, db.url(), db.key);
     }
     for p in &g.private {
-        let src = match (&p.dir, &p.url) {
-            (Some(dir), _) => format!("directory {}", dir.display()),
-            (None, Some(url)) => format!(
-                "{url} ({})",
+        let eps = p.endpoints();
+        let urls: Vec<&str> = eps.iter().map(|e| e.url.as_str()).collect();
+        let src = match &p.dir {
+            Some(dir) => format!("directory {}", dir.display()),
+            None if !eps.is_empty() => format!(
+                "{} ({})",
+                urls.join(", "),
                 auth_summary(&p.username, &p.password_file, &p.password_env)
             ),
-            _ => "no source".into(),
+            None => "no source".into(),
         };
         let _ = writeln!(o, "go.private {:<23} {src}", p.pattern);
+        refused_endpoints(checked, &format!("go.private {}", p.pattern), &eps, &mut o);
     }
     let _ = writeln!(
         o,
@@ -183,6 +209,33 @@ pub fn print_config(checked: &Checked) {
     }
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), o.as_bytes());
+}
+
+/// A line (and a warning) for each endpoint the egress policy would refuse: every endpoint of
+/// a pool is checked on its own.
+fn refused_endpoints(
+    checked: &Checked,
+    owner: &str,
+    eps: &[crate::config::EndpointConfig],
+    o: &mut String,
+) {
+    use std::fmt::Write as _;
+    for e in eps {
+        let verdict = match crate::config::unix_socket_url(&e.url) {
+            Some(path) => checked.egress().check_socket(&path).err(),
+            None => match reqwest::Url::parse(&e.url) {
+                Ok(url) => checked.egress().check(&url).err(),
+                Err(_) => None,
+            },
+        };
+        if let Some(err) = verdict {
+            eprintln!(
+                "wharf: warning: {owner} endpoint {} is refused by the egress policy: {err}",
+                e.url
+            );
+            let _ = writeln!(o, "  endpoint {} REFUSED by egress: {err}", e.url);
+        }
+    }
 }
 
 fn auth_summary(

@@ -12,9 +12,10 @@ use reqwest::Url;
 
 use super::path::{ModulePath, escape};
 use crate::cache::Flights;
-use crate::config::{Config, EgressConfig, PrivateModuleConfig};
+use crate::config::{Config, ConfigError, EgressConfig, EndpointConfig};
 use crate::upstream::client::{basic_authorization, build_http, send_following};
-use crate::upstream::health::{Health, guarded};
+use crate::upstream::health::{Health, HealthReport, guarded};
+use crate::upstream::pool::{Member, Pool, Slot, host_label};
 use crate::upstream::{EgressPolicy, UpstreamError};
 
 /// Most remembered "not found" answers.
@@ -24,21 +25,78 @@ const MAX_NEGATIVE: usize = 100_000;
 pub enum SourceKind {
     /// The go command's `cache/download` layout on disk.
     Dir(PathBuf),
-    /// A GOPROXY URL, with optional basic auth.
-    Proxy {
-        base: String,
-        authz: Option<HeaderValue>,
-    },
+    /// A GOPROXY: one endpoint, or a pool of them serving the same content.
+    Proxy(Pool<GoEndpoint>),
+}
+
+/// One GOPROXY endpoint, with optional basic auth.
+#[derive(Debug)]
+pub struct GoEndpoint {
+    pub slot: Arc<Slot>,
+    pub base: String,
+    authz: Option<HeaderValue>,
+}
+
+impl Member for GoEndpoint {
+    fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
 }
 
 #[derive(Debug)]
 pub struct Source {
     pub label: String,
+    /// What `/healthz` and `/metrics` name it by.
+    pub name: String,
     pub kind: SourceKind,
-    /// Fail-fast state of a network source.
-    pub health: Arc<Health>,
     /// False for private sources: their modules never reach the public checksum database.
     pub public: bool,
+}
+
+impl Source {
+    /// Its state, from its endpoints' (a directory is always up).
+    pub fn report(&self) -> HealthReport {
+        match &self.kind {
+            SourceKind::Dir(_) => Health::new(&self.name, 1, Duration::ZERO).report(),
+            SourceKind::Proxy(pool) => pool.report(&self.name),
+        }
+    }
+
+    pub fn pool(&self) -> Option<&Pool<GoEndpoint>> {
+        match &self.kind {
+            SourceKind::Proxy(pool) => Some(pool),
+            SourceKind::Dir(_) => None,
+        }
+    }
+}
+
+/// A GOPROXY pool from its endpoints; a lone endpoint's health is named `name`, a pool's by
+/// `name` and host. `authz(i)`: the `Authorization` of endpoint `i`.
+fn proxy_pool(
+    name: &str,
+    eps: &[EndpointConfig],
+    egress: &EgressConfig,
+    mut authz: impl FnMut(usize) -> Option<HeaderValue>,
+) -> Pool<GoEndpoint> {
+    let endpoints = eps
+        .iter()
+        .enumerate()
+        .map(|(i, ep)| {
+            let label = if eps.len() == 1 {
+                name.to_string()
+            } else {
+                format!("{name} {}", host_label(&ep.url))
+            };
+            let mut health = Health::new(&label, egress.failure_threshold, egress.probe_interval);
+            health.ejection = (egress.ejection_time, egress.max_ejection_time);
+            GoEndpoint {
+                slot: Arc::new(Slot::new(&ep.url, ep.weight, health)),
+                base: ep.url.trim_end_matches('/').to_string(),
+                authz: authz(i),
+            }
+        })
+        .collect();
+    Pool::new(endpoints)
 }
 
 #[derive(Debug)]
@@ -71,56 +129,56 @@ pub struct GoState {
 }
 
 impl GoState {
-    /// `password` gives each private source's `password()`, read by the caller (`app::Checked`).
+    /// `password` turns each private source's `password()` (and each of its endpoints' own)
+    /// into the password, read by the caller (`app::Checked`).
     pub fn new(
         config: &Config,
         policy: std::sync::Arc<EgressPolicy>,
-        mut password: impl FnMut(&PrivateModuleConfig) -> Option<String>,
+        mut password: impl FnMut(Result<Option<String>, ConfigError>) -> Option<String>,
     ) -> Result<GoState, String> {
         let go = &config.go;
         let egress: &EgressConfig = &config.egress;
         let public = go
             .upstreams
             .iter()
-            .map(|u| Source {
-                health: Arc::new(Health::new(
-                    u,
-                    egress.failure_threshold,
-                    egress.probe_interval,
-                )),
-                label: u.clone(),
-                kind: SourceKind::Proxy {
-                    base: u.trim_end_matches('/').to_string(),
-                    authz: None,
-                },
-                public: true,
+            .map(|u| {
+                let label = u.label();
+                Source {
+                    kind: SourceKind::Proxy(proxy_pool(&label, &u.0, egress, |_| None)),
+                    name: label.clone(),
+                    label,
+                    public: true,
+                }
             })
             .collect();
         let mut private = Vec::new();
         for p in &go.private {
-            let kind = match (&p.dir, &p.url) {
-                (Some(dir), _) => SourceKind::Dir(dir.clone()),
-                (None, Some(url)) => {
-                    let password = password(p);
-                    let authz = p
-                        .username
-                        .as_deref()
-                        .and_then(|u| basic_authorization(u, password.as_deref().unwrap_or("")));
-                    SourceKind::Proxy {
-                        base: url.trim_end_matches('/').to_string(),
-                        authz,
-                    }
+            let eps = p.endpoints();
+            let kind = match &p.dir {
+                Some(dir) => SourceKind::Dir(dir.clone()),
+                None if eps.is_empty() => {
+                    return Err(format!("go.private {:?} has no source", p.pattern));
                 }
-                (None, None) => return Err(format!("go.private {:?} has no source", p.pattern)),
+                None => {
+                    let rule = password(p.password());
+                    let own: Vec<Option<String>> = eps
+                        .iter()
+                        .map(|e| e.username.as_ref().and(password(e.password())))
+                        .collect();
+                    SourceKind::Proxy(proxy_pool(&p.pattern, &eps, egress, |i| {
+                        match eps[i].username.as_deref() {
+                            Some(u) => basic_authorization(u, own[i].as_deref().unwrap_or("")),
+                            None => p.username.as_deref().and_then(|u| {
+                                basic_authorization(u, rule.as_deref().unwrap_or(""))
+                            }),
+                        }
+                    }))
+                }
             };
             private.push(PrivateRule {
                 patterns: patterns(&p.pattern),
                 source: Source {
-                    health: Arc::new(Health::new(
-                        &p.pattern,
-                        egress.failure_threshold,
-                        egress.probe_interval,
-                    )),
+                    name: p.pattern.clone(),
                     label: format!("private source for {}", p.pattern),
                     kind,
                     public: false,
@@ -185,23 +243,29 @@ impl GoState {
                     Fetched::NotFound
                 })
             }
-            SourceKind::Proxy { base, authz } => {
+            SourceKind::Proxy(pool) => {
                 if self.offline {
                     return Err(UpstreamError::Offline);
                 }
-                let url = Url::parse(&format!("{base}/{rel}"))
-                    .map_err(|e| UpstreamError::Protocol(format!("bad upstream URL: {e}")))?;
-                let call = send_following(
-                    &self.http,
-                    (&self.policy, None),
-                    self.max_redirects,
-                    Method::GET,
-                    url,
-                    http::HeaderMap::new(),
-                    authz.clone(),
-                );
-                let probe = format!("{base}/");
-                let resp = guarded(&src.health, &self.http, &self.policy, &probe, call).await?;
+                let rel = &rel;
+                let resp = pool
+                    .send(|ep| async move {
+                        let url = Url::parse(&format!("{}/{rel}", ep.base)).map_err(|e| {
+                            UpstreamError::Protocol(format!("bad upstream URL: {e}"))
+                        })?;
+                        let call = send_following(
+                            &self.http,
+                            (&self.policy, None),
+                            self.max_redirects,
+                            Method::GET,
+                            url,
+                            http::HeaderMap::new(),
+                            ep.authz.clone(),
+                        );
+                        let probe = format!("{}/", ep.base);
+                        guarded(&ep.slot.health, &self.http, &self.policy, &probe, call).await
+                    })
+                    .await?;
                 match resp.status().as_u16() {
                     200 => Ok(Fetched::Found(resp)),
                     404 | 410 => Ok(Fetched::NotFound),

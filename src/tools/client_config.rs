@@ -293,7 +293,15 @@ fn hosts_toml(config: &Config, ep: &Endpoint, ca: Option<&Ca>, u: &UpstreamConfi
             ep.authority
         );
     }
-    let _ = writeln!(t, "server = {}", toml_str(u.url.trim_end_matches('/')));
+    let _ = writeln!(
+        t,
+        "server = {}",
+        toml_str(
+            u.endpoints()
+                .first()
+                .map_or("", |e| e.url.trim_end_matches('/'))
+        )
+    );
     let _ = writeln!(t);
     let _ = writeln!(t, "[host.{}]", toml_str(&ep.base));
     let _ = writeln!(t, "  capabilities = [\"pull\", \"resolve\"]");

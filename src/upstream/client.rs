@@ -17,6 +17,7 @@ use reqwest::Url;
 use super::UpstreamError;
 use super::auth::{Challenge, TokenResponse, parse_challenge};
 use super::egress::{EgressError, EgressPolicy, redact, strip_userinfo};
+use super::pool::{self, Member, Pool, Slot};
 use crate::config::{EgressConfig, UpstreamConfig};
 
 /// Upstream credentials; `Debug` never prints the password.
@@ -53,23 +54,39 @@ pub struct UpstreamClient {
     pub name: String,
     /// `name`, shared: what a response names as the upstream that answered (no copy per request).
     pub label: Arc<str>,
-    base: String,
-    /// The upstream's URL: the scheme and port its credentials are bound to.
-    origin: Url,
-    http: reqwest::Client,
+    /// Its endpoints (one for `url`, several for `urls`), each with its own connection, auth
+    /// state, token cache and health.
+    pub pool: Pool<Endpoint>,
     policy: Arc<EgressPolicy>,
-    /// The Unix socket every request goes to (`url = "unix:///path"`), else the network.
-    socket: Option<Arc<Path>>,
-    creds: Option<Credentials>,
     max_redirects: usize,
-    auth: Mutex<Option<KnownAuth>>,
-    tokens: Mutex<HashMap<String, (String, Instant)>>,
-    pub health: Arc<super::health::Health>,
     /// The pull quota the upstream last reported (`RateLimit-Limit` / `RateLimit-Remaining`).
     pub rate: RateLimit,
     /// When the upstream last said it has no OCI referrers API (unix seconds; 0: not known).
     pub no_referrers_api: std::sync::atomic::AtomicU64,
     offline: bool,
+}
+
+/// One endpoint of a registry upstream.
+#[derive(Debug)]
+pub struct Endpoint {
+    slot: Arc<Slot>,
+    base: String,
+    /// The endpoint's URL: the scheme and port its credentials are bound to.
+    origin: Url,
+    http: reqwest::Client,
+    /// The Unix socket every request goes to (`url = "unix:///path"`), else the network.
+    socket: Option<Arc<Path>>,
+    /// Its own credentials, else the upstream's.
+    creds: Option<Credentials>,
+    auth: Mutex<Option<KnownAuth>>,
+    /// Tokens by realm, service and scope.
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl Member for Endpoint {
+    fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
 }
 
 /// The last `RateLimit-Limit` and `RateLimit-Remaining` an upstream sent (Docker Hub's form,
@@ -127,10 +144,23 @@ impl RateLimit {
 }
 
 impl UpstreamClient {
-    /// `password` is `cfg.password()`, read by the caller (`app::Checked`).
+    /// `password` is `cfg.password()`, read by the caller (`app::Checked`); endpoints with
+    /// credentials of their own need `with_passwords`.
     pub fn new(
         cfg: &UpstreamConfig,
         password: Option<String>,
+        egress: &EgressConfig,
+        policy: Arc<EgressPolicy>,
+        offline: bool,
+    ) -> Result<UpstreamClient, String> {
+        Self::with_passwords(cfg, password, &[], egress, policy, offline)
+    }
+
+    /// `own[i]`: the password of `cfg.endpoints()[i]`'s own username, if it has one.
+    pub fn with_passwords(
+        cfg: &UpstreamConfig,
+        password: Option<String>,
+        own: &[Option<String>],
         egress: &EgressConfig,
         policy: Arc<EgressPolicy>,
         offline: bool,
@@ -139,41 +169,65 @@ impl UpstreamClient {
             username: u.clone(),
             password: password.unwrap_or_default(),
         });
-        let socket: Option<Arc<Path>> = crate::config::unix_socket_url(&cfg.url).map(Arc::from);
-        let (http, base) = match &socket {
-            Some(path) => (build_unix_http(egress, path)?, SOCKET_ORIGIN.to_string()),
-            None => (
-                build_http(egress, policy.clone())?,
-                cfg.url.trim_end_matches('/').to_string(),
-            ),
-        };
-        let origin =
-            Url::parse(&base).map_err(|e| format!("registry.upstream {:?}: {e}", cfg.name))?;
-        let mut health =
-            super::health::Health::new(&cfg.name, egress.failure_threshold, egress.probe_interval);
-        health.socket = socket.clone();
+        let shared_http = build_http(egress, policy.clone())?;
+        let eps = cfg.endpoints();
+        let mut endpoints = Vec::with_capacity(eps.len());
+        for (i, ep) in eps.iter().enumerate() {
+            let socket: Option<Arc<Path>> = crate::config::unix_socket_url(&ep.url).map(Arc::from);
+            let (http, base) = match &socket {
+                Some(path) => (build_unix_http(egress, path)?, SOCKET_ORIGIN.to_string()),
+                None => (
+                    shared_http.clone(),
+                    ep.url.trim_end_matches('/').to_string(),
+                ),
+            };
+            let origin =
+                Url::parse(&base).map_err(|e| format!("registry.upstream {:?}: {e}", cfg.name))?;
+            // A lone endpoint is the upstream, named as before; a pool's are named by host.
+            let label = if eps.len() == 1 {
+                cfg.name.clone()
+            } else {
+                format!("{} {}", cfg.name, pool::host_label(&ep.url))
+            };
+            let mut health =
+                super::health::Health::new(&label, egress.failure_threshold, egress.probe_interval);
+            health.socket = socket.clone();
+            health.ejection = (egress.ejection_time, egress.max_ejection_time);
+            let own_creds = ep.username.as_ref().map(|u| Credentials {
+                username: u.clone(),
+                password: own.get(i).cloned().flatten().unwrap_or_default(),
+            });
+            endpoints.push(Endpoint {
+                slot: Arc::new(Slot::new(&ep.url, ep.weight, health)),
+                base,
+                origin,
+                http,
+                socket,
+                creds: own_creds.or_else(|| creds.clone()),
+                auth: Mutex::new(None),
+                tokens: Mutex::new(HashMap::new()),
+            });
+        }
         Ok(UpstreamClient {
             name: cfg.name.clone(),
             label: Arc::from(cfg.name.as_str()),
-            base,
-            origin,
-            http,
+            pool: Pool::new(endpoints),
             policy,
-            socket,
-            creds,
             max_redirects: egress.max_redirects,
-            auth: Mutex::new(None),
-            tokens: Mutex::new(HashMap::new()),
             rate: RateLimit::default(),
             no_referrers_api: std::sync::atomic::AtomicU64::new(0),
-            health: Arc::new(health),
             offline,
         })
     }
 
     /// Whether wharf authenticates to this upstream: its content may be private per repository.
     pub fn has_credentials(&self) -> bool {
-        self.creds.is_some()
+        self.pool.endpoints.iter().any(|e| e.creds.is_some())
+    }
+
+    /// The upstream's state, from its endpoints' (`/healthz`, `/metrics`).
+    pub fn report(&self) -> super::health::HealthReport {
+        self.pool.report(&self.name)
     }
 
     /// Sends `method path_and_query` (path starting with `/v2/`) with the given `Accept` list,
@@ -190,7 +244,7 @@ impl UpstreamClient {
     }
 
     /// `send` with request headers of the caller's (`Accept`, `Range`); `Authorization` is
-    /// wharf's to set and is replaced.
+    /// wharf's to set and is replaced. Goes to one endpoint of the pool, the next on failure.
     pub async fn send_with(
         &self,
         method: Method,
@@ -201,29 +255,36 @@ impl UpstreamClient {
         if self.offline {
             return Err(UpstreamError::Offline);
         }
-        let call = self.send_inner(method, path_and_query, &headers, scope);
-        let probe = format!("{}/v2/", self.base);
-        super::health::guarded(&self.health, &self.http, &self.policy, &probe, call).await
+        let (method, headers) = (&method, &headers);
+        self.pool
+            .send(|ep| async move {
+                let call = self.send_inner(&ep, method.clone(), path_and_query, headers, scope);
+                let probe = format!("{}/v2/", ep.base);
+                super::health::guarded(&ep.slot.health, &ep.http, &self.policy, &probe, call).await
+            })
+            .await
     }
 
     async fn send_inner(
         &self,
+        ep: &Endpoint,
         method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
         scope: &str,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let url = Url::parse(&format!("{}{}", self.base, path_and_query))
+        let health = &ep.slot.health;
+        let url = Url::parse(&format!("{}{}", ep.base, path_and_query))
             .map_err(|e| UpstreamError::Protocol(format!("bad upstream URL: {e}")))?;
         // A remembered scheme saves the 401 round trip. When it fails it is forgotten, and the
         // registry's challenge decides afresh (it may name another realm) — within this request,
         // unless the token service is unreachable, when asking again would only wait twice.
-        let mut authz = match self.cached_authorization(scope).await {
+        let mut authz = match self.cached_authorization(ep, scope).await {
             Ok(a) => a,
             Err(e) => {
-                *lock(&self.auth) = None;
+                *lock(&ep.auth) = None;
                 if matches!(e, UpstreamError::Connect { .. } | UpstreamError::Timeout(_)) {
-                    self.health.record_auth_failure(&e);
+                    health.record_auth_failure(&e);
                     return Err(e);
                 }
                 None
@@ -232,13 +293,13 @@ impl UpstreamClient {
         let mut retried = false;
         loop {
             let resp = self
-                .follow(method.clone(), url.clone(), headers, authz.clone())
+                .follow(ep, method.clone(), url.clone(), headers, authz.clone())
                 .await?;
             if same_origin(resp.url(), &url) {
                 self.rate.observe(resp.headers());
             }
             if resp.status() != StatusCode::UNAUTHORIZED {
-                self.health.record_auth_ok();
+                health.record_auth_ok();
                 return Ok(resp);
             }
             // Only the upstream itself may ask for its credentials: a 401 from a hop it
@@ -259,24 +320,24 @@ impl UpstreamClient {
                     // Decided per challenge: a realm is remembered only once it gave a token, so
                     // one refused or failing realm cannot stick to the upstream.
                     let token = match self
-                        .fetch_token(&b.realm, b.service.as_deref(), scope)
+                        .fetch_token(ep, &b.realm, b.service.as_deref(), scope)
                         .await
                     {
                         Ok(t) => t,
                         Err(e) => {
-                            self.health.record_auth_failure(&e);
+                            health.record_auth_failure(&e);
                             return Err(e);
                         }
                     };
-                    *lock(&self.auth) = Some(KnownAuth::Bearer {
+                    *lock(&ep.auth) = Some(KnownAuth::Bearer {
                         realm: b.realm,
                         service: b.service,
                     });
                     Some(token)
                 }
-                Some(Challenge::Basic { .. }) => match self.basic_header() {
+                Some(Challenge::Basic { .. }) => match basic_header(ep) {
                     Some(h) => {
-                        *lock(&self.auth) = Some(KnownAuth::Basic);
+                        *lock(&ep.auth) = Some(KnownAuth::Basic);
                         Some(h)
                     }
                     None => return Ok(resp),
@@ -289,32 +350,30 @@ impl UpstreamClient {
     /// An `Authorization` value when the auth scheme is already known from an earlier challenge.
     async fn cached_authorization(
         &self,
+        ep: &Endpoint,
         scope: &str,
     ) -> Result<Option<HeaderValue>, UpstreamError> {
-        let known = lock(&self.auth).clone();
+        let known = lock(&ep.auth).clone();
         match known {
             None => Ok(None),
-            Some(KnownAuth::Basic) => Ok(self.basic_header()),
+            Some(KnownAuth::Basic) => Ok(basic_header(ep)),
             Some(KnownAuth::Bearer { realm, service }) => Ok(Some(
-                self.fetch_token(&realm, service.as_deref(), scope).await?,
+                self.fetch_token(ep, &realm, service.as_deref(), scope)
+                    .await?,
             )),
         }
     }
 
-    fn basic_header(&self) -> Option<HeaderValue> {
-        let c = self.creds.as_ref()?;
-        basic_authorization(&c.username, &c.password)
-    }
-
-    /// A bearer token for `scope`, from the cache or the realm.
+    /// A bearer token for `scope`, from the endpoint's cache or its realm.
     async fn fetch_token(
         &self,
+        ep: &Endpoint,
         realm: &str,
         service: Option<&str>,
         scope: &str,
     ) -> Result<HeaderValue, UpstreamError> {
         let key = format!("{realm}\0{}\0{scope}", service.unwrap_or(""));
-        if let Some((tok, until)) = lock(&self.tokens).get(&key)
+        if let Some((tok, until)) = lock(&ep.tokens).get(&key)
             && Instant::now() < *until
         {
             return bearer(tok);
@@ -329,18 +388,18 @@ impl UpstreamClient {
         // The realm is an egress destination like any other, checked before credentials go to it;
         // the credentials themselves go only to the upstream's scheme and port, or to a port
         // the operator listed.
-        check_target(&self.policy, self.socket.as_deref(), &url)?;
-        if self.creds.is_some() {
+        check_target(&self.policy, ep.socket.as_deref(), &url)?;
+        if ep.creds.is_some() {
             self.policy
-                .check_credentials(&self.origin, &url)
+                .check_credentials(&ep.origin, &url)
                 .map_err(UpstreamError::Egress)?;
         }
         if let Some(s) = service {
             url.query_pairs_mut().append_pair("service", s);
         }
         url.query_pairs_mut().append_pair("scope", scope);
-        let mut req = self.http.get(url.clone());
-        if let Some(c) = &self.creds {
+        let mut req = ep.http.get(url.clone());
+        if let Some(c) = &ep.creds {
             req = req.basic_auth(&c.username, Some(&c.password));
         }
         let resp = req.send().await.map_err(|e| transport_error(e, &url))?;
@@ -365,7 +424,7 @@ impl UpstreamClient {
             })?
             .to_string();
         let until = Instant::now() + parsed.lifetime();
-        let mut tokens = lock(&self.tokens);
+        let mut tokens = lock(&ep.tokens);
         if tokens.len() > 4096 {
             tokens.retain(|_, (_, t)| Instant::now() < *t);
         }
@@ -375,14 +434,15 @@ impl UpstreamClient {
 
     async fn follow(
         &self,
+        ep: &Endpoint,
         method: Method,
         url: Url,
         headers: &HeaderMap,
         authz: Option<HeaderValue>,
     ) -> Result<reqwest::Response, UpstreamError> {
         send_following(
-            &self.http,
-            (&self.policy, self.socket.as_deref()),
+            &ep.http,
+            (&self.policy, ep.socket.as_deref()),
             self.max_redirects,
             method,
             url,
@@ -391,6 +451,11 @@ impl UpstreamClient {
         )
         .await
     }
+}
+
+fn basic_header(ep: &Endpoint) -> Option<HeaderValue> {
+    let c = ep.creds.as_ref()?;
+    basic_authorization(&c.username, &c.password)
 }
 
 /// `Accept` headers, one per media type.
@@ -582,16 +647,22 @@ fn same_origin(a: &Url, b: &Url) -> bool {
 
 /// An upstream answer's body as the cache engine reads it: transport failures are logged and
 /// reported as upstream failures with a client-safe summary.
-pub fn into_incoming(resp: reqwest::Response) -> crate::cache::Incoming {
+/// The pool endpoint that answered (`pool::Lease`) stays leased until the body is done, and is
+/// ejected when the body fails.
+pub fn into_incoming(mut resp: reqwest::Response) -> crate::cache::Incoming {
     use futures_util::StreamExt as _;
     let url = resp.url().clone();
     let len = resp.content_length();
+    let lease = resp.extensions_mut().remove::<Arc<pool::Lease>>();
     let body = resp
         .bytes_stream()
         .map(move |r| {
             r.map_err(|e| {
                 let e = transport_error(e, &url);
                 tracing::warn!(error = %e, "upstream failed mid-body");
+                if let Some(l) = &lease {
+                    l.failed(&e.summary());
+                }
                 crate::cache::FillError::Upstream(e.summary())
             })
         })

@@ -3,6 +3,10 @@
 //! instead of each waiting for a timeout. A background probe marks it up again as soon as it
 //! answers anything.
 //!
+//! An endpoint of a pool (`upstream::pool`) is also ejected after any single failure (refused,
+//! timed out, 5xx, body cut): skipped while another endpoint can answer, for `ejection_time`,
+//! doubled for each failure in a row up to `max_ejection_time`, then tried again.
+//!
 //! Authentication failures (a refused or failing token realm) are only reported here, for
 //! `/healthz` and `/metrics`: they never mark the upstream down, since the next request asks
 //! the registry afresh and may succeed.
@@ -22,6 +26,8 @@ pub struct Health {
     probing: AtomicBool,
     /// The Unix socket of an upstream that listens on one: probes check it, not a host.
     pub socket: Option<std::sync::Arc<std::path::Path>>,
+    /// First and longest ejection of a pool endpoint (`egress.ejection_time`, `max_ejection_time`).
+    pub ejection: (Duration, Duration),
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +38,10 @@ struct State {
     last_change_unix: u64,
     auth_failures: u32,
     auth_error: Option<String>,
+    ejected_until: Option<Instant>,
+    /// Failures in a row since the last success: the next ejection is `ejection_time * 2^n`.
+    eject_step: u32,
+    ejections: u64,
 }
 
 /// A snapshot for `/healthz` and metrics.
@@ -46,6 +56,10 @@ pub struct HealthReport {
     pub auth_failures: u32,
     /// Why the last of them failed, while `auth_failures > 0`.
     pub auth_error: Option<String>,
+    /// Skipped by its pool for now (a recent failure).
+    pub ejected: bool,
+    /// Times it was ejected since start.
+    pub ejections: u64,
 }
 
 impl Health {
@@ -57,6 +71,7 @@ impl Health {
             state: Mutex::new(State::default()),
             probing: AtomicBool::new(false),
             socket: None,
+            ejection: (Duration::from_secs(5), Duration::from_secs(300)),
         }
     }
 
@@ -122,6 +137,33 @@ impl Health {
         }
     }
 
+    /// Ejects a pool endpoint after a failure, for longer each time in a row (capped).
+    pub fn eject(&self, why: &str) {
+        let (base, max) = self.ejection;
+        if base.is_zero() {
+            return;
+        }
+        let mut s = self.lock();
+        let backoff = base.saturating_mul(1 << s.eject_step.min(16)).min(max);
+        s.ejected_until = Some(Instant::now() + backoff);
+        s.eject_step = s.eject_step.saturating_add(1);
+        s.ejections = s.ejections.saturating_add(1);
+        s.last_error = Some(why.to_string());
+        tracing::warn!(upstream = %self.name, ?backoff, error = why, "endpoint ejected from its pool");
+    }
+
+    /// Until when a pool skips this endpoint, while it does.
+    pub fn ejected_until(&self) -> Option<Instant> {
+        self.lock().ejected_until.filter(|t| *t > Instant::now())
+    }
+
+    /// A success: the next failure ejects for `ejection_time` again.
+    pub fn restore(&self) {
+        let mut s = self.lock();
+        s.eject_step = 0;
+        s.ejected_until = None;
+    }
+
     pub fn mark_up(&self) {
         let mut s = self.lock();
         self.mark_up_locked(&mut s);
@@ -133,6 +175,7 @@ impl Health {
             tracing::info!(upstream = %self.name, down_for = ?since.elapsed(), "upstream is back up");
         }
         s.failures = 0;
+        s.ejected_until = None;
     }
 
     /// Claims the right to run the probe (one prober per upstream).
@@ -154,6 +197,8 @@ impl Health {
             since_unix: s.last_change_unix,
             auth_failures: s.auth_failures,
             auth_error: s.auth_error.clone(),
+            ejected: s.ejected_until.is_some_and(|t| t > Instant::now()),
+            ejections: s.ejections,
         }
     }
 }
@@ -265,6 +310,29 @@ mod tests {
         assert!(r.auth_error.is_some());
         h.record_auth_ok();
         assert_eq!((h.report().auth_failures, h.report().auth_error), (0, None));
+    }
+
+    #[test]
+    fn ejection_grows_to_its_cap_and_a_success_resets_it() {
+        let mut h = Health::new("ep", 3, Duration::from_secs(1));
+        h.ejection = (Duration::from_secs(10), Duration::from_secs(25));
+        let left = |h: &Health| {
+            h.ejected_until()
+                .map(|t| t.saturating_duration_since(Instant::now()).as_secs_f64())
+                .unwrap_or(0.0)
+        };
+        h.eject("503");
+        assert!((9.0..=10.0).contains(&left(&h)), "{}", left(&h));
+        h.eject("503");
+        assert!((19.0..=20.0).contains(&left(&h)), "doubled: {}", left(&h));
+        h.eject("503");
+        assert!((24.0..=25.0).contains(&left(&h)), "capped: {}", left(&h));
+        assert!(h.report().ejected && h.is_up(), "ejected is not down");
+        h.restore();
+        assert!(h.ejected_until().is_none());
+        h.eject("503");
+        assert!(left(&h) <= 10.0, "a success starts the backoff over");
+        assert_eq!(h.report().ejections, 4);
     }
 
     #[test]

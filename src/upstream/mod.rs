@@ -5,6 +5,7 @@ pub mod auth;
 pub mod client;
 pub mod egress;
 pub mod health;
+pub mod pool;
 
 pub use client::UpstreamClient;
 pub use egress::{EgressError, EgressPolicy};

@@ -105,6 +105,19 @@ impl WharfConfig {
         self
     }
 
+    /// One more `[[registry.upstream]]` with a pool of endpoints: `urls` is the TOML array's
+    /// content (`"http://a", { url = "http://b", weight = 2 }`).
+    pub fn upstream_pool(mut self, name: &str, urls: &str) -> WharfConfig {
+        self.upstreams.push((
+            name.to_owned(),
+            vec![
+                format!("name = {}", quote(name)),
+                format!("urls = [{urls}]"),
+            ],
+        ));
+        self
+    }
+
     /// Extra keys for the upstream added last (`library_prefix = true`).
     pub fn upstream_keys(mut self, keys: &str) -> WharfConfig {
         let (_, lines) = self
