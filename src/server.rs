@@ -452,14 +452,29 @@ async fn serve_connection<I>(
             return;
         }
     }
+    // A connection opened just before the stop has its first request on the way: answer it
+    // (a restart loses no connection attempt), waiting at most `FIRST_REQUEST_GRACE`.
+    if !activity.seen() {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = activity.first_request() => {}
+            _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+        }
+    }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
 }
+
+/// How long, once the server stops, a connection that has sent no request yet is given to
+/// send its first.
+pub(crate) const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// Requests in flight on one connection, and since when there have been none; the response
 /// bodies being sent, each with when it last moved.
 struct Activity {
     in_flight: AtomicUsize,
+    /// A request has arrived.
+    seen: std::sync::atomic::AtomicBool,
     /// When the last request ended, in milliseconds since `start`.
     idle_since_ms: AtomicU64,
     /// One clock per response body: milliseconds since `start` when hyper last asked it for
@@ -478,10 +493,23 @@ impl Activity {
     fn new(slot: Arc<sockets::Slot>) -> Activity {
         Activity {
             in_flight: AtomicUsize::new(0),
+            seen: std::sync::atomic::AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
             bodies: Mutex::default(),
             start: Instant::now(),
             slot,
+        }
+    }
+
+    /// Whether a request has arrived on this connection.
+    fn seen(&self) -> bool {
+        self.seen.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the first request has arrived.
+    async fn first_request(&self) {
+        while !self.seen() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -541,6 +569,7 @@ struct InFlight(Arc<Activity>, Option<sockets::Busy>);
 impl InFlight {
     fn start(a: Arc<Activity>) -> InFlight {
         a.in_flight.fetch_add(1, Ordering::AcqRel);
+        a.seen.store(true, Ordering::Release);
         let busy = a.slot.busy();
         InFlight(a, Some(busy))
     }

@@ -109,8 +109,11 @@ async fn read_head(
     first: bool,
     stop: &mut watch::Receiver<bool>,
 ) -> Head {
-    let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+    let mut deadline = tokio::time::Instant::now() + limits.header_read_timeout;
     let mut searched = 0;
+    // A new connection's first request may be on its way when the server stops: it is
+    // answered (`FIRST_REQUEST_GRACE`); a kept-alive one between requests is closed.
+    let mut graced = false;
     loop {
         let preface = buf.len().min(PREFACE.len());
         if preface > 0 && buf[..preface] == PREFACE[..preface] {
@@ -138,7 +141,15 @@ async fn read_head(
         buf.reserve(4096);
         let read = tokio::select! {
             r = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => r,
-            _ = stop.wait_for(|s| *s), if buf.is_empty() => return Head::Closed,
+            _ = stop.wait_for(|s| *s), if buf.is_empty() && !graced => {
+                if !first {
+                    return Head::Closed;
+                }
+                graced = true;
+                let grace = tokio::time::Instant::now() + super::FIRST_REQUEST_GRACE;
+                deadline = deadline.min(grace);
+                continue;
+            }
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Head::Closed,
