@@ -62,6 +62,55 @@ pub fn upstream_endpoints(
     out
 }
 
+/// Every upstream's requests (registry upstreams and Go sources that are proxies): time to the
+/// answer's head by status class, and failovers to another endpoint.
+fn render_upstream_requests(o: &mut Expo, app: &AppState) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut pools: Vec<(&'static str, String, &crate::upstream::pool::PoolStats)> = app
+        .registry
+        .upstreams
+        .values()
+        .map(|u| ("registry", u.name.clone(), &u.pool.stats))
+        .collect();
+    if let Some(go) = &app.go {
+        let private = go.private.iter().map(|r| ("go-private", &r.source));
+        for (kind, s) in go.public.iter().map(|s| ("go", s)).chain(private) {
+            if let Some(p) = s.pool() {
+                pools.push((kind, s.name.clone(), &p.stats));
+            }
+        }
+    }
+    pools.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut rows = Vec::new();
+    for (kind, name, stats) in &pools {
+        for (class, h) in crate::upstream::pool::STATUS_CLASSES
+            .iter()
+            .zip(&stats.seconds)
+        {
+            let labels = vec![
+                ("kind", kind.to_string()),
+                ("upstream", label(name)),
+                ("status", class.to_string()),
+            ];
+            rows.push((labels, h));
+        }
+    }
+    o.histograms(
+        "wharf_upstream_request_duration_seconds",
+        "Requests to each upstream, from sending to the answer's head, by status class (error: no answer).",
+        rows,
+    );
+    o.family(
+        "wharf_upstream_failovers_total",
+        "counter",
+        "Requests sent on to another endpoint of a pool after one failed (refused, timed out, 5xx).",
+        pools.iter().map(|(kind, name, stats)| {
+            let labels = vec![("kind", kind.to_string()), ("upstream", label(name))];
+            (labels, stats.failovers.load(Relaxed))
+        }),
+    );
+}
+
 /// Each endpoint's health and load: bounded labels (kind, upstream, endpoint host).
 fn render_endpoints(o: &mut Expo, app: &AppState) {
     let eps = upstream_endpoints(app);
@@ -215,6 +264,28 @@ impl Expo<'_> {
         Ok(())
     }
 
+    /// A histogram family: each labelled histogram's buckets, sum and count.
+    fn histograms(
+        &mut self,
+        name: &str,
+        help: &str,
+        rows: Vec<(Labels, &prometheus_client::metrics::histogram::Histogram)>,
+    ) {
+        use prometheus_client::encoding::EncodeMetric as _;
+        if self.result.is_err() {
+            return;
+        }
+        self.result = (|| {
+            let mut m = self
+                .enc
+                .encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for (labels, h) in &rows {
+                h.encode(m.encode_family(labels)?)?;
+            }
+            Ok(())
+        })();
+    }
+
     /// One unlabelled metric: `(name, kind, help, value)`.
     fn scalar(&mut self, (name, kind, help, value): (&str, &str, &str, u64)) {
         self.family(name, kind, help, [(Labels::new(), value)]);
@@ -299,6 +370,7 @@ fn render_state(o: &mut Expo, app: &AppState) {
         per_upstream(&|r| u64::from(r.up)),
     );
     render_rate_limits(o, app);
+    render_upstream_requests(o, app);
     render_endpoints(o, app);
     o.family(
         "wharf_upstream_auth_failures",

@@ -184,6 +184,19 @@ async fn metrics_count_pulls_bad_bytes_refusals_and_failed_logins_and_parse() {
     assert_eq!(at("wharf_store_bytes{}"), blob.len() as f64);
     assert!(at("wharf_index_bytes{}") > 0.0);
     assert_eq!(at("wharf_evictions_total{}"), 0.0);
+    // Requests to the upstream: the good blob and the corrupt one answered 2xx; the refused
+    // redirect is no answer.
+    let up_2xx = r#"wharf_upstream_request_duration_seconds_count{kind="registry",status="2xx",upstream="fake.test"}"#;
+    assert!(at(up_2xx) >= 2.0, "{text}");
+    assert!(
+        at(
+            r#"wharf_upstream_request_duration_seconds_count{kind="registry",status="error",upstream="fake.test"}"#
+        ) >= 1.0
+    );
+    assert_eq!(
+        at(r#"wharf_upstream_failovers_total{kind="registry",upstream="fake.test"}"#),
+        0.0
+    );
     // Labels stay bounded: no repository or digest reaches a label.
     assert!(!text.contains("app/"), "{text}");
     assert!(!text.contains(&d[7..]), "{text}");

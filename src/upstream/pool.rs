@@ -108,6 +108,40 @@ pub struct Pool<E> {
     pub endpoints: Vec<Arc<E>>,
     /// Smooth weighted round robin's running scores, per endpoint.
     wrr: Mutex<Vec<i64>>,
+    /// What its requests did, for `/metrics`.
+    pub stats: PoolStats,
+}
+
+/// Status classes of upstream answers, as `PoolStats::seconds` is indexed.
+pub const STATUS_CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "error"];
+
+/// An upstream's requests: time to the answer's head by status class (`STATUS_CLASSES`;
+/// `error`: no answer), and requests sent on to another endpoint after one failed.
+#[derive(Debug)]
+pub struct PoolStats {
+    pub seconds: [prometheus_client::metrics::histogram::Histogram; 5],
+    pub failovers: std::sync::atomic::AtomicU64,
+}
+
+impl Default for PoolStats {
+    fn default() -> Self {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        PoolStats {
+            // 1 ms to about 2 minutes.
+            seconds: std::array::from_fn(|_| Histogram::new(exponential_buckets(0.001, 2.0, 18))),
+            failovers: Default::default(),
+        }
+    }
+}
+
+impl PoolStats {
+    fn observe(&self, answer: Result<reqwest::StatusCode, ()>, since: std::time::Instant) {
+        let i = match answer {
+            Ok(s) => usize::from((s.as_u16() / 100).clamp(2, 5)) - 2,
+            Err(()) => 4,
+        };
+        self.seconds[i].observe(since.elapsed().as_secs_f64());
+    }
 }
 
 impl<E: Member> Pool<E> {
@@ -116,6 +150,7 @@ impl<E: Member> Pool<E> {
         Pool {
             endpoints: endpoints.into_iter().map(Arc::new).collect(),
             wrr: Mutex::new(vec![0; n]),
+            stats: PoolStats::default(),
         }
     }
 
@@ -206,7 +241,16 @@ impl<E: Member> Pool<E> {
             let more = i + 1 < n;
             let slot = ep.slot().clone();
             let lease = slot.lease(n > 1);
-            match call(ep).await {
+            if i > 0 {
+                self.stats
+                    .failovers
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let since = std::time::Instant::now();
+            let answer = call(ep).await;
+            self.stats
+                .observe(answer.as_ref().map(|r| r.status()).map_err(|_| ()), since);
+            match answer {
                 Ok(mut resp) => {
                     let status = resp.status();
                     if status.is_server_error() {
