@@ -756,31 +756,15 @@ impl Engine {
             }
             copied = copy(incoming, &mut writer, leader, limit, false).await;
         }
-        let size = copied.map_err(|e| match e {
-            Copied::TooLarge => fetch.too_large(limit),
-            Copied::Failed(e) => e,
-            Copied::Full(e) => {
-                if let Some(room) = &self.0.room {
-                    room.ran_full();
-                }
-                // An object named by its digest can be finished from the source, unstored.
+        let size = match copied {
+            Ok(size) => size,
+            Err(Copied::TooLarge) => return Err(fetch.too_large(limit)),
+            Err(Copied::Failed(e)) => return Err(e),
+            Err(Copied::Full(e)) => {
                 let expected = fetch.expected().or(known.as_ref()).cloned();
-                match (expected, writer.hash_so_far()) {
-                    (Some(expected), Ok(hasher)) if !self.0.offline => {
-                        *spilled = Some(Spilled {
-                            file: file.clone(),
-                            written: writer.written(),
-                            size: announced,
-                            expected,
-                            hasher,
-                            limit,
-                        });
-                        FillError::NoRoom
-                    }
-                    _ => local("the disk ran full during a fill")(e),
-                }
+                return Err(self.ran_full(e, expected, &mut writer, announced, limit, spilled));
             }
-        })?;
+        };
         // Checks before commit: nothing unverified is ever stored or served in full.
         fetch.check(&file, size).await.map_err(bad_copy)?;
         let digest = match fetch.expected().or(known.as_ref()) {
@@ -824,6 +808,36 @@ impl Engine {
         };
         tier.add(size);
         Ok((file, size, !matches!(origin, Origin::Source)))
+    }
+
+    /// `ENOSPC` during a fill: an object named by its digest is finished from the source,
+    /// unstored, by every watcher (`spilled`, `FillError::NoRoom`); anything else fails locally.
+    fn ran_full(
+        &self,
+        e: std::io::Error,
+        expected: Option<Digest>,
+        writer: &mut BlobWriter,
+        size: Option<u64>,
+        limit: u64,
+        spilled: &mut Option<Spilled>,
+    ) -> FillError {
+        if let Some(room) = &self.0.room {
+            room.ran_full();
+        }
+        match (expected, writer.hash_so_far()) {
+            (Some(expected), Ok(hasher)) if !self.0.offline => {
+                *spilled = Some(Spilled {
+                    file: writer.file(),
+                    written: writer.written(),
+                    size,
+                    expected,
+                    hasher,
+                    limit,
+                });
+                FillError::NoRoom
+            }
+            _ => local("the disk ran full during a fill")(e),
+        }
     }
 
     /// No room for `incoming`: hands it, checked on the way, to the request that started the
