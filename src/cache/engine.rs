@@ -801,13 +801,17 @@ impl Engine {
         if let Err(e) = fetch.record(&self.0.storage.index, &digest, size) {
             tracing::error!(error = %e, "indexing failed; the content stays on disk");
         }
-        let tier = match origin {
+        self.tier_of(&origin).add(size);
+        Ok((file, size, !matches!(origin, Origin::Source)))
+    }
+
+    /// Where the objects filled from `origin` are counted.
+    fn tier_of(&self, origin: &Origin) -> &Count {
+        match origin {
             Origin::Tier(_) => &self.0.tiers.shared,
             Origin::Peer { .. } => &self.0.tiers.peer,
             Origin::Source => &self.0.tiers.upstream,
-        };
-        tier.add(size);
-        Ok((file, size, !matches!(origin, Origin::Source)))
+        }
     }
 
     /// `ENOSPC` during a fill: an object named by its digest is finished from the source,
