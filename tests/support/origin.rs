@@ -108,30 +108,13 @@ impl Origin {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let storage = dir.path().join("storage");
         fs::create_dir(&storage).expect("create origin storage dir");
-        let config = dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\n\
-                 log:\n  level: warn\n\
-                 storage:\n  filesystem:\n    rootdirectory: {storage}\n  \
-                 delete:\n    enabled: true\n\
-                 http:\n  addr: {addr}\n  secret: wharf-interop-test\n",
-                storage = storage.display()
-            ),
-        )
-        .expect("write origin config.yml");
-        // The registry writes its access log (one line per request) to stdout, the rest to stderr.
-        let access = fs::File::create(dir.path().join("access.log")).expect("create access.log");
-        let log = fs::File::create(dir.path().join("registry.log")).expect("create registry.log");
-        let child = Command::new(program)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(access)
-            .stderr(log)
-            .spawn()
-            .map_err(|err| format!("spawn {}: {err}", program.display()))?;
+        let config = format!(
+            "storage:\n  filesystem:\n    rootdirectory: {storage}\n  \
+             delete:\n    enabled: true\n\
+             http:\n  addr: {addr}\n  secret: wharf-interop-test\n",
+            storage = storage.display()
+        );
+        let child = spawn_registry(program, dir.path(), &config)?;
         let mut origin = Origin { addr, child, dir };
 
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -183,29 +166,13 @@ impl Origin {
             .prefix("wharf-origin-sock-")
             .tempdir()
             .expect("create origin tempdir");
-        let config = dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\n\
-                 log:\n  level: warn\n\
-                 storage:\n  filesystem:\n    rootdirectory: {storage}\n\
-                 http:\n  net: unix\n  addr: {sock}\n  secret: wharf-interop-test\n",
-                storage = self.dir.path().join("storage").display(),
-                sock = sock.display()
-            ),
-        )
-        .expect("write origin config.yml");
-        let access = fs::File::create(dir.path().join("access.log")).expect("create access.log");
-        let log = fs::File::create(dir.path().join("registry.log")).expect("create registry.log");
-        let child = Command::new(program)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(access)
-            .stderr(log)
-            .spawn()
-            .expect("spawn docker-registry on a socket");
+        let config = format!(
+            "storage:\n  filesystem:\n    rootdirectory: {storage}\n\
+             http:\n  net: unix\n  addr: {sock}\n  secret: wharf-interop-test\n",
+            storage = self.dir.path().join("storage").display(),
+            sock = sock.display()
+        );
+        let child = spawn_registry(program, dir.path(), &config).unwrap_or_else(|e| panic!("{e}"));
         let origin = SocketOrigin { child, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !sock.exists() {
@@ -218,6 +185,28 @@ impl Origin {
         }
         origin
     }
+}
+
+/// Starts `docker-registry serve` in `dir` with `config` (its storage and http sections) at
+/// warn level; its access log (one line per request, stdout) goes to `access.log`, the rest
+/// (stderr) to `registry.log`.
+fn spawn_registry(program: &Path, dir: &Path, config: &str) -> Result<Child, String> {
+    let path = dir.join("config.yml");
+    fs::write(
+        &path,
+        format!("version: 0.1\nlog:\n  level: warn\n{config}"),
+    )
+    .expect("write origin config.yml");
+    let access = fs::File::create(dir.join("access.log")).expect("create access.log");
+    let log = fs::File::create(dir.join("registry.log")).expect("create registry.log");
+    Command::new(program)
+        .arg("serve")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(access)
+        .stderr(log)
+        .spawn()
+        .map_err(|err| format!("spawn {}: {err}", program.display()))
 }
 
 /// A `docker-registry` listening on a Unix socket only; killed on drop.
