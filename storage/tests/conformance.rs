@@ -1,5 +1,8 @@
 //! Black-box tests of the storage crate through its public API, on real temp directories.
 
+mod support;
+use support::{open, plant_raw_record};
+
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -10,10 +13,6 @@ use wharf_storage::{
     BlobCheck, BlobRecord, Digest, DiskEntry, GoListRecord, Storage, StorageError, SumdbRecord,
     TagListRecord, TagRecord, TrustRecord, fsck,
 };
-
-fn open(dir: &Path) -> Storage {
-    Storage::open(dir).unwrap()
-}
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -546,13 +545,6 @@ fn tag_name_with_a_nul_byte_is_an_error_not_a_panic() {
             .get_tag("docker.io", "a\0b", "latest")
             .is_err()
     );
-}
-
-/// Writes raw bytes into a tree of a closed storage's index, as a bug or bit rot would.
-fn plant_raw_record(data_dir: &Path, tree: &str, key: &[u8], value: &[u8]) {
-    let db = sled::open(data_dir.join("index")).unwrap();
-    db.open_tree(tree).unwrap().insert(key, value).unwrap();
-    db.flush().unwrap();
 }
 
 #[test]

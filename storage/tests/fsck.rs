@@ -2,9 +2,11 @@
 //! record, references to blobs that are gone are dangling, caches of gone blobs are harmless, and
 //! an undecodable entry in any tree is reported by its key and dropped by repair.
 
+mod support;
+use support::{open, plant_raw_record};
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
 use wharf_storage::{
     AtimeRecord, BlobRecord, Digest, GoFileRecord, GoListRecord, PinRecord, RefsRecord, Storage,
@@ -12,10 +14,6 @@ use wharf_storage::{
 };
 
 const ZIP: &[u8] = b"PK\x03\x04 a module zip";
-
-fn open(dir: &Path) -> Storage {
-    Storage::open(dir).unwrap()
-}
 
 /// Stores `bytes` as a blob and gives it a blob record, as the registry does.
 fn put_indexed(storage: &Storage, bytes: &[u8]) -> Digest {
@@ -77,13 +75,6 @@ fn overwrite(storage: &Storage, digest: &Digest, bytes: &[u8]) {
     let path = storage.blobs.path(digest);
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
     fs::write(&path, bytes).unwrap();
-}
-
-/// Writes raw bytes into a tree of a closed storage's index, as a bug or bit rot would.
-fn plant_raw_record(data_dir: &Path, tree: &str, key: &[u8], value: &[u8]) {
-    let db = sled::open(data_dir.join("index")).unwrap();
-    db.open_tree(tree).unwrap().insert(key, value).unwrap();
-    db.flush().unwrap();
 }
 
 /// One store with something in every tree, all of it consistent.
