@@ -109,6 +109,25 @@ fn render_upstream_requests(o: &mut Expo, app: &AppState) {
             (labels, stats.failovers.load(Relaxed))
         }),
     );
+    let tokens = pools.iter().flat_map(|(kind, name, stats)| {
+        crate::upstream::pool::TOKEN_RESULTS
+            .iter()
+            .zip(&stats.tokens)
+            .map(move |(result, n)| {
+                let labels = vec![
+                    ("kind", kind.to_string()),
+                    ("upstream", label(name)),
+                    ("result", result.to_string()),
+                ];
+                (labels, n.load(Relaxed))
+            })
+    });
+    o.family(
+        "wharf_upstream_token_fetches_total",
+        "counter",
+        "Bearer tokens fetched from an upstream's token service, by result (a cached token is not counted).",
+        tokens,
+    );
 }
 
 /// Each endpoint's health and load: bounded labels (kind, upstream, endpoint host).
@@ -756,6 +775,12 @@ fn render_fills(o: &mut Expo, app: &AppState) {
         "counter",
         "Fills whose object was verified and stored.",
         f.completed.load(Relaxed),
+    ));
+    o.scalar((
+        "wharf_fill_resumes_total",
+        "counter",
+        "Transfers cut mid-body that a fill continued at the byte where they stopped (a Range, or the whole with its start skipped).",
+        f.resumes.load(Relaxed),
     ));
     let failed = crate::cache::engine::FAIL_REASONS
         .iter()

@@ -199,6 +199,20 @@ async fn token_challenge_is_answered_and_the_token_reused() {
             .load(std::sync::atomic::Ordering::SeqCst),
         1
     );
+    let metrics = get(w.url("/metrics")).await.body_text().await;
+    let fetched = |result: &str| {
+        format!(
+            "wharf_upstream_token_fetches_total{{kind=\"registry\",upstream=\"fake.test\",result=\"{result}\"}} "
+        )
+    };
+    assert!(
+        metrics.contains(&format!("{}1\n", fetched("ok"))),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("{}0\n", fetched("error"))),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -532,6 +546,11 @@ async fn a_fill_cut_mid_body_continues_with_a_range_from_where_it_stopped() {
     let r = get(w.url(&format!("/v2/app/blobs/{d}"))).await;
     assert_eq!(r.headers()["x-cache"], "HIT", "stored, verified");
     assert_eq!(read_body(r).await, data);
+    let metrics = get(w.url("/metrics")).await.body_text().await;
+    assert!(
+        metrics.contains("\nwharf_fill_resumes_total 1\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -116,6 +116,8 @@ pub const FAIL_REASONS: [&str; 7] = [
 pub struct FillStats {
     pub started: AtomicU64,
     pub completed: AtomicU64,
+    /// Transfers cut mid-body that were continued at the byte where they stopped.
+    pub resumes: AtomicU64,
     pub failed: [AtomicU64; 7],
     pub seconds: Histogram,
     pub bytes: Histogram,
@@ -127,6 +129,7 @@ impl Default for FillStats {
         FillStats {
             started: AtomicU64::new(0),
             completed: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
             failed: Default::default(),
             // 1 ms to about 9 minutes.
             seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
@@ -740,6 +743,7 @@ impl Engine {
             && (!matches!(origin, Origin::Source) || writer.written() > 0)
         {
             resumes += 1;
+            self.fill_stats().resumes.fetch_add(1, Ordering::Relaxed);
             let skip = writer.written();
             if let Err(Copied::Failed(FillError::Upstream(why))) = &copied {
                 tracing::warn!(skip, error = %why, "the transfer was cut; continuing from the source");

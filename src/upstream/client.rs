@@ -378,6 +378,26 @@ impl UpstreamClient {
         {
             return bearer(tok);
         }
+        let fetched = self.request_token(ep, realm, service, scope).await;
+        self.pool.stats.tokens[usize::from(fetched.is_err())]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (token, until) = fetched?;
+        let mut tokens = lock(&ep.tokens);
+        if tokens.len() > 4096 {
+            tokens.retain(|_, (_, t)| Instant::now() < *t);
+        }
+        tokens.insert(key, (token.clone(), until));
+        bearer(&token)
+    }
+
+    /// Asks the token service at `realm` for a token, and how long it may be used.
+    async fn request_token(
+        &self,
+        ep: &Endpoint,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(String, Instant), UpstreamError> {
         let mut url = Url::parse(realm).map_err(|_| {
             UpstreamError::Auth("the registry sent a token realm that is not a URL".into())
         })?;
@@ -423,13 +443,7 @@ impl UpstreamClient {
                 UpstreamError::Auth(format!("token service {} sent no token", redact(&url)))
             })?
             .to_string();
-        let until = Instant::now() + parsed.lifetime();
-        let mut tokens = lock(&ep.tokens);
-        if tokens.len() > 4096 {
-            tokens.retain(|_, (_, t)| Instant::now() < *t);
-        }
-        tokens.insert(key, (token.clone(), until));
-        bearer(&token)
+        Ok((token, Instant::now() + parsed.lifetime()))
     }
 
     async fn follow(

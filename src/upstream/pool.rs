@@ -116,12 +116,17 @@ pub struct Pool<E> {
 pub const STATUS_CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "error"];
 
 /// An upstream's requests: time to the answer's head by status class (`STATUS_CLASSES`;
-/// `error`: no answer), and requests sent on to another endpoint after one failed.
+/// `error`: no answer), requests sent on to another endpoint after one failed, and tokens
+/// fetched from its token service (`TOKEN_RESULTS`; a cached token is not a fetch).
 #[derive(Debug)]
 pub struct PoolStats {
     pub seconds: [prometheus_client::metrics::histogram::Histogram; 5],
     pub failovers: std::sync::atomic::AtomicU64,
+    pub tokens: [std::sync::atomic::AtomicU64; 2],
 }
+
+/// Results of token fetches, as `PoolStats::tokens` is indexed.
+pub const TOKEN_RESULTS: [&str; 2] = ["ok", "error"];
 
 impl Default for PoolStats {
     fn default() -> Self {
@@ -130,6 +135,7 @@ impl Default for PoolStats {
             // 1 ms to about 2 minutes.
             seconds: std::array::from_fn(|_| Histogram::new(exponential_buckets(0.001, 2.0, 18))),
             failovers: Default::default(),
+            tokens: Default::default(),
         }
     }
 }
