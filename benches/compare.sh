@@ -3,6 +3,7 @@
 #
 # Usage:
 #   benches/compare.sh [--quick] [--reps N] [--out FILE] [--keep] [--no-install] [--only PARTS]
+#                      [--baseline REV]
 #
 #   --quick        2 repetitions, a 64 MiB layer, fewer layers and modules, shorter wrk runs
 #                  (about 2 minutes instead of about 10 on a quiet 2-core machine)
@@ -17,6 +18,10 @@
 #                  package linux-perf) and write self-time, per-binary and inclusive reports
 #                  (<scenario>.flat.txt, .dso.txt, .inclusive.txt) and perf.data to DIR;
 #                  `--only profile` skips the measurements and only profiles
+#   --baseline REV another build of wharf measured beside this one in the warm blob (1 and 8
+#                  streams) and manifest rows, interleaved in the same repetitions, in a table of
+#                  its own (what a change costs): a git revision, built in a temporary worktree
+#                  (target dir target/baseline), or the path of a wharf binary
 #
 #   Environment: WHARF_BENCH_VERSION labels the wharf build in the table (default: git describe);
 #   WHARF_BENCH_LOG_LEVEL is wharf's [log] level (default: info, one line per request).
@@ -69,6 +74,7 @@ keep=0
 install=1
 only=""
 profile=""
+baseline=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -78,6 +84,7 @@ while [ $# -gt 0 ]; do
     --no-install) install=0 ;;
     --only) only="$2"; shift ;;
     --profile) profile="$2"; shift ;;
+    --baseline) baseline="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -90,7 +97,7 @@ source "$root/benches/lib/stop.sh"
 cd "$root"
 command_line="benches/compare.sh"
 [ "$quick" = 1 ] && command_line+=" --quick"
-command_line+="${reps:+ --reps $reps}${only:+ --only $only}"
+command_line+="${reps:+ --reps $reps}${only:+ --only $only}${baseline:+ --baseline $baseline}"
 
 # Nothing this script starts may go through a proxy: the only traffic is loopback.
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY ftp_proxy FTP_PROXY
@@ -167,6 +174,23 @@ target_dir="$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
 wharf_bin="$target_dir/release/wharf"
 wharf_version="${WHARF_BENCH_VERSION:-$(git describe --always --dirty 2>/dev/null || echo unknown)}"
 
+baseline_bin=""
+baseline_version=""
+if [ -n "$baseline" ] && [ -x "$baseline" ] && [ -f "$baseline" ]; then
+  baseline_bin="$(cd "$(dirname "$baseline")" && pwd)/$(basename "$baseline")"
+  baseline_version="$("$baseline_bin" --version 2>/dev/null | head -n1 || echo "$baseline")"
+elif [ -n "$baseline" ]; then
+  rev="$(git rev-parse --verify --quiet "$baseline^{commit}")" \
+    || { echo "compare.sh: --baseline $baseline is neither a wharf binary nor a git revision" >&2; exit 2; }
+  baseline_version="$(git describe --always "$rev")"
+  echo "compare.sh: building the baseline $baseline_version in a temporary worktree" >&2
+  git worktree add --detach --quiet "$work/baseline-src" "$rev"
+  (cd "$work/baseline-src" && CARGO_TARGET_DIR="$target_dir/baseline" \
+    cargo build --release --locked --bin wharf >&2)
+  git worktree remove --force "$work/baseline-src"
+  baseline_bin="$target_dir/baseline/release/wharf"
+fi
+
 mkdir -p "$work/bin"
 GOTOOLCHAIN=local GO111MODULE=off GOFLAGS= GOPROXY=off \
   go build -o "$work/bin/fetch" "$root/benches/lib/fetch.go"
@@ -200,6 +224,7 @@ python3 "$root/benches/lib/bench.py" \
   --work "$work" --data "$work/data" --out "$out" --command "$command_line" \
   --wharf "$wharf_bin" --wharf-version "$wharf_version" --fetch "$work/bin/fetch" \
   --only "$only" --garage "$garage_bin" --wharf-log-level "${WHARF_BENCH_LOG_LEVEL:-info}" \
+  --baseline "$baseline_bin" --baseline-version "$baseline_version" \
   "${profile_args[@]}" "${driver_args[@]}" &
 driver=$!
 wait "$driver"

@@ -36,6 +36,7 @@ MANIFEST_ACCEPT = (
 
 # Column order of the table, and the names used in results.
 WHARF, STATIC, NGCACHE, REGPROXY, ORIGIN = "wharf", "static", "ngcache", "regproxy", "origin"
+BASE = "baseline"  # --baseline: another wharf build, measured beside this one (its own table)
 WHARF_WAIT = "wharf-wait"  # wharf with registry.cold_ranges = "wait" (a row of its own, not a column)
 # The shared tier's table: the S3 store read directly, and a replica's next (local-disk) hit.
 STORE, DISK = "store", "disk"
@@ -432,9 +433,10 @@ def start_ngcache(origin, static, name="ngcache"):
     return server
 
 
-def start_wharf(origin, static, name="wharf", tables="", port=None, tls=None, registry_keys=""):
+def start_wharf(origin, static, name="wharf", tables="", port=None, tls=None, registry_keys="", binary=None):
     """wharf on an empty data directory; `tables` is appended to its config ([shared], [peers]),
-    `registry_keys` to its [registry] table; with `tls` (cert, key), it serves HTTPS."""
+    `registry_keys` to its [registry] table; with `tls` (cert, key), it serves HTTPS; `binary`
+    runs another build (--baseline)."""
     if tls:
         tables += '[tls]\ncert = "%s"\nkey = "%s"\n' % tls
     port = port or free_port()
@@ -452,7 +454,7 @@ def start_wharf(origin, static, name="wharf", tables="", port=None, tls=None, re
             % (port, os.path.join(d, "data"), ARGS.wharf_log_level, registry_keys, origin.port, static.port)
             + tables
         )
-    server = Server(name, [ARGS.wharf, "serve", "--config", config], os.path.join(d, "log"))
+    server = Server(name, [binary or ARGS.wharf, "serve", "--config", config], os.path.join(d, "log"))
     server.start(port, None if tls else "/healthz")
     server.port, server.dir = port, d
     server.scheme = "https" if tls else "http"
@@ -1099,6 +1101,23 @@ ROWS = [
     ("go_warm", "go mod download, warm (s)", 2, [WHARF, STATIC, NGCACHE], (WHARF, STATIC), ("le", 1.1)),
 ]
 
+# --baseline: this build against another build of wharf, same run, same load, interleaved.
+BASELINE_COLUMNS = [
+    (WHARF, "wharf (this build)"),
+    (BASE, "wharf (baseline)"),
+]
+
+BASELINE_ROWS = [
+    ("blob1_mibs", "warm 256 MiB blob, 1 stream (MiB/s)", 0, [WHARF, BASE], (WHARF, BASE), ("ge", 0.97)),
+    ("blob8_mibs", "warm 256 MiB blob, 8 streams (MiB/s, aggregate)", 0, [WHARF, BASE], (WHARF, BASE), ("ge", 0.97)),
+    ("blob1_cpu", "server CPU per GiB served, 1 stream (s)", 3, [WHARF, BASE], (WHARF, BASE), None),
+    ("blob8_cpu", "server CPU per GiB served, 8 streams (s)", 3, [WHARF, BASE], (WHARF, BASE), None),
+    ("tag_rps", "warm manifest by tag, 32 conns (req/s)", 0, [WHARF, BASE], (WHARF, BASE), ("ge", 0.97)),
+    ("tag_p99", "warm manifest by tag, p99 (ms)", 2, [WHARF, BASE], (WHARF, BASE), None),
+    ("digest_rps", "warm manifest by digest, 32 conns (req/s)", 0, [WHARF, BASE], (WHARF, BASE), ("ge", 0.97)),
+    ("digest_p99", "warm manifest by digest, p99 (ms)", 2, [WHARF, BASE], (WHARF, BASE), None),
+]
+
 TLS_COLUMNS = [
     (WHARF, "wharf (rustls)"),
     (STATIC, "nginx static (ssl, sendfile)"),
@@ -1156,6 +1175,7 @@ SHORT = {
     ORIGIN: "direct",
     STORE: "Garage direct",
     DISK: "disk hit",
+    BASE: "baseline",
 }
 
 
@@ -1366,6 +1386,8 @@ def main():
     ap.add_argument("--garage", default="", help="the garage binary (S3 store) for the shared part; empty: skip it")
     ap.add_argument("--profile", default="", help="after the table, profile wharf with perf into this directory")
     ap.add_argument("--perf", default="perf")
+    ap.add_argument("--baseline", default="", help="another wharf binary, measured beside this one in the warm blob and manifest rows")
+    ap.add_argument("--baseline-version", default="?")
     for tool in ("nginx", "registry", "skopeo", "go", "wrk"):
         ap.add_argument("--" + tool, default=tool if tool != "registry" else "docker-registry")
     ARGS = ap.parse_args()
@@ -1417,9 +1439,14 @@ def bench(want, started):
     }
     warm["origin"] = origin
     servers = [(name, warm[name]) for name in (WHARF, STATIC, NGCACHE, REGPROXY)]
+    # The baseline build joins only the warm blob (1 and 8 streams) and manifest rows.
+    with_base = list(servers)
+    if ARGS.baseline:
+        warm[BASE] = start_wharf(origin, static, "wharf-baseline", binary=ARGS.baseline)
+        with_base.append((BASE, warm[BASE]))
     log("warming the caches")
-    warm_up(origin, [(n, s) for n, s in servers if n != STATIC], [images["big"]])
-    for name, server in servers:
+    warm_up(origin, [(n, s) for n, s in with_base if n != STATIC], [images["big"]])
+    for name, server in with_base:
         for ref in (images["multi"]["tag"], images["multi"]["manifest"]["digest"]):
             fetch(server.port, "/v2/%s/manifests/%s" % (images["multi"]["repo"], ref), 1, images["multi"]["manifest"]["size"], accept=MANIFEST_ACCEPT)
     if want("go"):
@@ -1437,14 +1464,15 @@ def bench(want, started):
     for rep in range(ARGS.reps):
         log("repetition %d of %d" % (rep + 1, ARGS.reps))
         order = rotate(servers, rep)
+        order_base = rotate(with_base, rep)
         big = images["big"]
         if want("blob"):
-            measure_blob(res, order, big, 1, ARGS.repeat1, "1")
-            measure_blob(res, order, big, 8, 1, "8", rss_metric="rss8")
+            measure_blob(res, order_base, big, 1, ARGS.repeat1, "1")
+            measure_blob(res, order_base, big, 8, 1, "8", rss_metric="rss8")
         if want("rss64") and rep < ARGS.reps64:
             measure_blob(res, order, big, 64, 1, "64", rss_metric="rss64")
         if want("manifest"):
-            measure_manifests(res, order, images["multi"])
+            measure_manifests(res, order_base, images["multi"])
         if want("pull"):
             measure_cold_pulls(res, rep, origin, static)
         if want("herd"):
@@ -1471,6 +1499,10 @@ def bench(want, started):
     verdicts.update(shared_verdicts)
     tls_text, tls_verdicts = table(res, TLS_ROWS, TLS_COLUMNS)
     verdicts.update(tls_verdicts)
+    base_text = ""
+    if ARGS.baseline:
+        base_text, base_verdicts = table(res, BASELINE_ROWS, BASELINE_COLUMNS)
+        verdicts.update({"baseline/" + k: ok for k, ok in base_verdicts.items()})
     go_bytes = 0
     for root, _dirs, files in os.walk(os.path.join(ARGS.data, "go")):
         go_bytes += sum(os.path.getsize(os.path.join(root, name)) for name in files if name.endswith(".zip"))
@@ -1493,6 +1525,16 @@ def bench(want, started):
     ]
     if text:
         doc += [text, ""]
+    if base_text:
+        doc += [
+            "### This build against a baseline build",
+            "",
+            "wharf %s against wharf %s, both on the same origin and config, measured in the same repetitions as the table above (interleaved, order rotated); the target is at most 3%% cost."
+            % (ARGS.wharf_version, ARGS.baseline_version),
+            "",
+            base_text,
+            "",
+        ]
     if tls_text:
         doc += ["### TLS", "", tls_text, ""]
     if shared_text:
