@@ -1568,7 +1568,7 @@ impl Config {
             }
             for (j, ep) in u.0.iter().enumerate() {
                 let key = format!("go.upstreams[{i}][{j}]");
-                check_endpoint(&key, ep, false)?;
+                check_endpoint(&key, ep, true)?;
                 if ep.username.is_some() {
                     return invalid(format!(
                         "{key}: credentials belong to go.private sources, not public upstreams"
@@ -1591,10 +1591,14 @@ impl Config {
             }
             match (&p.dir, &p.url, p.urls.is_empty()) {
                 (Some(_), None, true) => {}
-                (None, Some(u), true) => check_url(&format!("go.private[{i}].url"), u)?,
+                (None, Some(u), true) => check_endpoint(
+                    &format!("go.private[{i}].url"),
+                    &EndpointConfig::new(u),
+                    true,
+                )?,
                 (None, None, false) => {
                     for (j, ep) in p.urls.iter().enumerate() {
-                        check_endpoint(&format!("go.private[{i}].urls[{j}]"), ep, false)?;
+                        check_endpoint(&format!("go.private[{i}].urls[{j}]"), ep, true)?;
                     }
                 }
                 _ => {
@@ -1806,6 +1810,11 @@ mod tests {
                 "[registry]\ndefault_upstream = \"l\"\n[[registry.upstream]]\nname = \"l\"\nurl = \"unix://run/r.sock\"",
                 "absolute path",
             ),
+            ("[go]\nupstreams = [\"unix://go.sock\"]", "absolute path"),
+            (
+                "[[go.private]]\npattern = \"corp.example\"\nurl = \"unix:go.sock\"",
+                "absolute path",
+            ),
         ] {
             let e = Config::from_toml_str(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
@@ -1818,6 +1827,11 @@ mod tests {
             unix_socket_url(&c.registry.upstreams[0].url).unwrap(),
             Path::new("/run/r.sock")
         );
+        let c = Config::from_toml_str(
+            "[go]\nupstreams = [\"unix:///run/goproxy.sock\"]\n[[go.private]]\npattern = \"corp.example\"\nurl = \"unix:///run/private.sock\"",
+        )
+        .unwrap();
+        assert_eq!(c.go.upstreams[0].0[0].url, "unix:///run/goproxy.sock");
     }
 
     #[test]

@@ -173,15 +173,30 @@ struct Setup {
 impl Setup {
     /// `None` when the test is skipped (no go on PATH).
     async fn start(test: &str, tamper: &[&str]) -> Option<Setup> {
+        Setup::start_with(test, tamper, false).await
+    }
+
+    /// With `socket`, wharf's Go source is the helper's module tree on a Unix socket.
+    async fn start_with(test: &str, tamper: &[&str], socket: bool) -> Option<Setup> {
         let go = gotools::find_go(test)?;
         let work = work_dir("wharf-interop-go-");
         let helper = go.build_helper(&work.path().join("helper")).await;
         let src = work.path().join("modules");
         write_module_sources(&src);
-        let up = Upstream::start(&helper, &src, tamper).await;
+        let sock = work.path().join("goproxy.sock");
+        let up = Upstream::start_with(&helper, &src, tamper, socket.then_some(&*sock)).await;
         let data = work.path().join("wharf-data");
         std::fs::create_dir_all(&data).unwrap();
-        let wharf = Wharf::serve(wharf_config(&data, &up)).await;
+        let mut config = wharf_config(&data, &up);
+        if socket {
+            let url = format!("unix://{}", sock.display());
+            let entry = format!("unix:{}", sock.display());
+            config = config
+                .go(&url)
+                .sumdb("sum.test", &up.vkey, &up.url("/sumdb"))
+                .allow(&["127.0.0.1", &entry]);
+        }
+        let wharf = Wharf::serve(config).await;
         let goproxy = wharf.url("/go");
         eprintln!("{test}: {}; upstream {}", go.version, up.addr);
         Some(Setup {
@@ -576,4 +591,42 @@ async fn go_command_works_with_the_environment_client_config_prints() {
     let errors = download_errors(&gopriv_none, &[private]).await;
     assert_eq!(errors[private], None, "{errors:?}");
     wharf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_source_on_a_unix_socket_is_downloaded_and_verified_through_wharf() {
+    let Some(s) = Setup::start_with("go_unix_source", &[], true).await else {
+        return;
+    };
+    // Module files come only over the socket (the helper's TCP port serves them under /mod,
+    // which wharf is not told about); hashes are checked against sum.test over TCP.
+    download_all_and_check(&s, &s.client()).await;
+    let requests = s.up.requests();
+    assert!(
+        requests.contains("/example.com/util/@v/v1.0.0.zip") && !requests.contains("/mod/"),
+        "the zips came over the socket:\n{requests}"
+    );
+    let health = get(s.wharf.url("/healthz")).await.body_text().await;
+    assert!(health.contains("goproxy.sock"), "{health}");
+
+    // The same socket without its own egress entry: refused, the helper never asked.
+    let data = s.work.path().join("refused-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let sock = s.work.path().join("goproxy.sock");
+    let refused = Wharf::serve(
+        WharfConfig::new(&data)
+            .go(&format!("unix://{}", sock.display()))
+            .allow(&["127.0.0.1", "localhost"]),
+    )
+    .await;
+    let before = s.up.requests().lines().count();
+    let r = get(refused.url("/go/example.com/lib/@v/list")).await;
+    assert_eq!(r.status(), 502);
+    let body = r.body_text().await;
+    assert!(body.contains("egress.allow"), "{body}");
+    assert_eq!(
+        s.up.requests().lines().count(),
+        before,
+        "no request reached the socket"
+    );
 }

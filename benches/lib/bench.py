@@ -1211,9 +1211,9 @@ def table(res, rows=None, columns=COLUMNS):
         if target:
             kind, bound = target
             if kind == "ge":
-                target_text, ok = "≥ %.1f×" % bound, ratio is not None and ratio >= bound
+                target_text, ok = "≥ %g×" % bound, ratio is not None and ratio >= bound
             elif kind == "le":
-                target_text, ok = "≤ %.1f×" % bound, ratio is not None and ratio <= bound
+                target_text, ok = "≤ %g×" % bound, ratio is not None and ratio <= bound
             elif kind == "abs_le":
                 target_text, ok = "< %g" % bound, wharf is not None and wharf < bound
             else:

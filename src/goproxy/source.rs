@@ -3,7 +3,7 @@
 //! negative cache for "not found" answers.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,9 @@ use reqwest::Url;
 use super::path::{ModulePath, escape};
 use crate::cache::Flights;
 use crate::config::{Config, ConfigError, EgressConfig, EndpointConfig};
-use crate::upstream::client::{basic_authorization, build_http, send_following};
+use crate::upstream::client::{
+    SOCKET_ORIGIN, basic_authorization, build_http, build_unix_http, send_following,
+};
 use crate::upstream::health::{Health, HealthReport, guarded};
 use crate::upstream::pool::{Member, Pool, Slot, host_label};
 use crate::upstream::{EgressPolicy, UpstreamError};
@@ -35,6 +37,9 @@ pub struct GoEndpoint {
     pub slot: Arc<Slot>,
     pub base: String,
     authz: Option<HeaderValue>,
+    /// A GOPROXY on a Unix socket (`unix:///path`, serving from its root): the client bound to
+    /// it and its path, checked against its own `egress.allow` entry on every request.
+    socket: Option<(reqwest::Client, Arc<Path>)>,
 }
 
 impl Member for GoEndpoint {
@@ -77,26 +82,34 @@ fn proxy_pool(
     eps: &[EndpointConfig],
     egress: &EgressConfig,
     mut authz: impl FnMut(usize) -> Option<HeaderValue>,
-) -> Pool<GoEndpoint> {
-    let endpoints = eps
-        .iter()
-        .enumerate()
-        .map(|(i, ep)| {
-            let label = if eps.len() == 1 {
-                name.to_string()
-            } else {
-                format!("{name} {}", host_label(&ep.url))
+) -> Result<Pool<GoEndpoint>, String> {
+    let mut endpoints = Vec::with_capacity(eps.len());
+    for (i, ep) in eps.iter().enumerate() {
+        let label = if eps.len() == 1 {
+            name.to_string()
+        } else {
+            format!("{name} {}", host_label(&ep.url))
+        };
+        let mut health = Health::new(&label, egress.failure_threshold, egress.probe_interval);
+        health.ejection = (egress.ejection_time, egress.max_ejection_time);
+        let socket: Option<(reqwest::Client, Arc<Path>)> =
+            match crate::config::unix_socket_url(&ep.url) {
+                Some(path) => Some((build_unix_http(egress, &path)?, Arc::from(path))),
+                None => None,
             };
-            let mut health = Health::new(&label, egress.failure_threshold, egress.probe_interval);
-            health.ejection = (egress.ejection_time, egress.max_ejection_time);
-            GoEndpoint {
-                slot: Arc::new(Slot::new(&ep.url, ep.weight, health)),
-                base: ep.url.trim_end_matches('/').to_string(),
-                authz: authz(i),
-            }
-        })
-        .collect();
-    Pool::new(endpoints)
+        health.socket = socket.as_ref().map(|(_, path)| path.clone());
+        let base = match socket {
+            Some(_) => SOCKET_ORIGIN,
+            None => ep.url.trim_end_matches('/'),
+        };
+        endpoints.push(GoEndpoint {
+            slot: Arc::new(Slot::new(&ep.url, ep.weight, health)),
+            base: base.to_string(),
+            authz: authz(i),
+            socket,
+        });
+    }
+    Ok(Pool::new(endpoints))
 }
 
 #[derive(Debug)]
@@ -143,14 +156,14 @@ impl GoState {
             .iter()
             .map(|u| {
                 let label = u.label();
-                Source {
-                    kind: SourceKind::Proxy(proxy_pool(&label, &u.0, egress, |_| None)),
+                Ok(Source {
+                    kind: SourceKind::Proxy(proxy_pool(&label, &u.0, egress, |_| None)?),
                     name: label.clone(),
                     label,
                     public: true,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         let mut private = Vec::new();
         for p in &go.private {
             let eps = p.endpoints();
@@ -172,7 +185,7 @@ impl GoState {
                                 basic_authorization(u, rule.as_deref().unwrap_or(""))
                             }),
                         }
-                    }))
+                    })?)
                 }
             };
             private.push(PrivateRule {
@@ -253,9 +266,13 @@ impl GoState {
                         let url = Url::parse(&format!("{}/{rel}", ep.base)).map_err(|e| {
                             UpstreamError::Protocol(format!("bad upstream URL: {e}"))
                         })?;
+                        let (http, socket) = match &ep.socket {
+                            Some((http, path)) => (http, Some(&**path)),
+                            None => (&self.http, None),
+                        };
                         let call = send_following(
-                            &self.http,
-                            (&self.policy, None),
+                            http,
+                            (&self.policy, socket),
                             self.max_redirects,
                             Method::GET,
                             url,
@@ -263,7 +280,7 @@ impl GoState {
                             ep.authz.clone(),
                         );
                         let probe = format!("{}/", ep.base);
-                        guarded(&ep.slot.health, &self.http, &self.policy, &probe, call).await
+                        guarded(&ep.slot.health, http, &self.policy, &probe, call).await
                     })
                     .await?;
                 match resp.status().as_u16() {

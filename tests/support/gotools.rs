@@ -255,6 +255,17 @@ impl Upstream {
     /// Publishes every `<module path>@<version>` directory under `src`; `tamper` names versions
     /// whose served zip must not match the checksum database.
     pub async fn start(helper: &Path, src: &Path, tamper: &[&str]) -> Upstream {
+        Upstream::start_with(helper, src, tamper, None).await
+    }
+
+    /// As `start`; with `socket`, the module tree is also served from the root of that Unix
+    /// socket (the checksum database stays on TCP).
+    pub async fn start_with(
+        helper: &Path,
+        src: &Path,
+        tamper: &[&str],
+        socket: Option<&Path>,
+    ) -> Upstream {
         let dir = tempfile::Builder::new()
             .prefix("wharf-gosumdb-")
             .tempdir()
@@ -271,6 +282,9 @@ impl Upstream {
             .kill_on_drop(true);
         if !tamper.is_empty() {
             cmd.arg("-tamper").arg(tamper.join(","));
+        }
+        if let Some(path) = socket {
+            cmd.arg("-unix").arg(path);
         }
         let mut child = cmd.spawn().expect("start the gosumdb helper");
         let stdout = child.stdout.take().unwrap();

@@ -69,6 +69,7 @@ func main() {
 	src := flag.String("src", "", "directory of module sources, one `<module path>@<version>` directory each")
 	out := flag.String("out", "", "directory to write the cache/download tree into (must be empty or missing)")
 	tamper := flag.String("tamper", "", "comma-separated path@version list whose served zip differs from the hashed one")
+	unix := flag.String("unix", "", "also serve the module tree, from its root, on this Unix socket")
 	flag.Parse()
 	if *src == "" || *out == "" {
 		log.Fatal("usage: gosumdb -src DIR -out DIR [-tamper path@version,...]")
@@ -140,6 +141,13 @@ func main() {
 	line, err := json.Marshal(ready{Addr: ln.Addr().String(), VKey: vkey, Modules: modules})
 	if err != nil {
 		log.Fatal(err)
+	}
+	if *unix != "" {
+		ul, err := net.Listen("unix", *unix)
+		if err != nil {
+			log.Fatal(err)
+		}
+		go func() { log.Fatal(http.Serve(ul, logRequests(fileTree(*out)))) }()
 	}
 	fmt.Println(string(line))
 	log.Fatal(http.Serve(ln, logRequests(mux)))
