@@ -36,7 +36,7 @@ use super::tier::{Peers, Tier};
 const PROGRESS_STEP: u64 = 64 * 1024;
 
 /// How a protocol fills one immutable object. Built only on a miss.
-pub trait Fetch: Send + 'static {
+pub trait Fetch: Send + Clone + 'static {
     /// Starts the transfer. `Ok(None)`: every source says the object does not exist.
     fn open(&mut self) -> impl Future<Output = Result<Option<Incoming>, FillError>> + Send;
 
@@ -606,7 +606,7 @@ impl Engine {
                     hasher: s.hasher,
                     limit: s.limit,
                     reopen: Arc::new(Reopener {
-                        fetch: Arc::new(tokio::sync::Mutex::new(fetch)),
+                        fetch: std::sync::Mutex::new(fetch),
                         permits: self.0.permits.clone(),
                     }),
                 })
@@ -1066,7 +1066,8 @@ struct Spilled {
 /// already has its answer's head), so the rests of one fill count against
 /// `server.max_concurrent_fills` like any other transfer.
 struct Reopener<F> {
-    fetch: Arc<tokio::sync::Mutex<F>>,
+    /// Cloned for each rest, so the rests of one spilled fill wait for their answers side by side.
+    fetch: std::sync::Mutex<F>,
     permits: Arc<Semaphore>,
 }
 
@@ -1075,10 +1076,15 @@ impl<F: Fetch> Reopen for Reopener<F> {
         &self,
         offset: u64,
     ) -> futures_util::future::BoxFuture<'static, Result<Option<Incoming>, FillError>> {
-        let (fetch, permits) = (self.fetch.clone(), self.permits.clone());
+        let mut fetch = self
+            .fetch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let permits = self.permits.clone();
         Box::pin(async move {
             let permit = permits.acquire_owned().await.map_err(|_| FillError::Busy)?;
-            let Some(incoming) = fetch.lock().await.open_at(offset).await? else {
+            let Some(incoming) = fetch.open_at(offset).await? else {
                 return Ok(None);
             };
             let body = incoming
@@ -1196,6 +1202,7 @@ mod tests {
     use super::*;
 
     /// An in-memory source: `data` in two chunks, optionally failing its check locally.
+    #[derive(Clone)]
     struct Mem {
         data: Vec<u8>,
         expected: Option<Digest>,
@@ -1471,5 +1478,33 @@ mod tests {
             1,
             "the source finished the fill"
         );
+    }
+
+    #[tokio::test]
+    async fn rests_of_one_spilled_fill_wait_for_their_sources_side_by_side() {
+        let opened = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let mut mem = Mem::new(b"0123456789", &opened);
+        mem.gate = Some(gate.clone());
+        let reopen = Reopener {
+            fetch: std::sync::Mutex::new(mem),
+            permits: Arc::new(Semaphore::new(4)),
+        };
+        let (a, b) = (reopen.open_at(4), reopen.open_at(4));
+        let (a, b) = (tokio::spawn(a), tokio::spawn(b));
+        // Both ask their source before either has an answer: no rest waits behind another.
+        for _ in 0..100 {
+            if opened.load(Ordering::SeqCst) == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
+        gate.notify_waiters();
+        for rest in [a, b] {
+            let incoming = rest.await.unwrap().unwrap().unwrap();
+            let body: Vec<Bytes> = incoming.body.map(|c| c.unwrap()).collect().await;
+            assert_eq!(body.concat(), b"456789");
+        }
     }
 }

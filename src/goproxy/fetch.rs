@@ -16,6 +16,7 @@ use crate::cache::{Fetch, FillError, Incoming};
 use crate::upstream::UpstreamError;
 use crate::upstream::client::into_incoming;
 
+#[derive(Clone)]
 pub struct ModuleFileFetch {
     pub app: Arc<GoProxy>,
     pub module: ModulePath,

@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::upstream::client::into_incoming;
 use crate::upstream::{UpstreamClient, UpstreamError};
 
+#[derive(Clone)]
 pub struct BlobFetch {
     pub up: Arc<UpstreamClient>,
     pub name: RepoName,
