@@ -171,7 +171,7 @@ impl Metrics {
         );
         r.register(
             "wharf_client_auth_failures",
-            "Client requests refused by [access], by reason (no_credentials, bad_credentials, bad_token, client_address, busy)",
+            "Client requests refused by [access], by reason (no_credentials: a rule requires a login, bad_credentials, bad_token, client_address, busy, bad_peer_secret: a wrong X-Wharf-Peer)",
             f.client_auth_failures.clone(),
         );
     }

@@ -203,6 +203,7 @@ async fn checked(
             .filter(|p| p.admits(presented.as_bytes()))
         else {
             let client = crate::net::Client::of(req.extensions());
+            app.metrics.client_refused("bad_peer_secret");
             tracing::warn!(%path, ?client, "refused a request with a wrong X-Wharf-Peer secret");
             return refuse(
                 go,

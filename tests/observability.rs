@@ -103,6 +103,13 @@ async fn metrics_count_pulls_bad_bytes_refusals_and_failed_logins_and_parse() {
         .sent()
         .await;
     assert_eq!(r.status(), 401);
+    // A request posing as another replica, with a wrong fleet secret.
+    let r = client()
+        .get(w.url(&format!("/v2/app/blobs/{d}")))
+        .header("X-Wharf-Peer", "guessed")
+        .sent()
+        .await;
+    assert_eq!(r.status(), 403);
 
     // The store is measured each cache.gc_interval.
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
@@ -159,6 +166,10 @@ async fn metrics_count_pulls_bad_bytes_refusals_and_failed_logins_and_parse() {
     assert_eq!(at(r#"wharf_egress_refusals_total{reason="redirect"}"#), 1.0);
     assert_eq!(
         at(r#"wharf_client_auth_failures_total{reason="bad_token"}"#),
+        1.0
+    );
+    assert_eq!(
+        at(r#"wharf_client_auth_failures_total{reason="bad_peer_secret"}"#),
         1.0
     );
     assert_eq!(
