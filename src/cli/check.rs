@@ -65,6 +65,15 @@ pub async fn check_egress(checked: &Checked, url: &str) -> Result<ExitCode, crat
             }
         }
     }
+    if let Some(gateway) = crate::gateway::policy(checked.config()).map_err(invalid)? {
+        let _ = match gateway.check(&url) {
+            Ok(()) => writeln!(
+                o,
+                "gateway: host allowed by gateway.allow (addresses as above)"
+            ),
+            Err(_) => writeln!(o, "gateway: REFUSED: not in gateway.allow"),
+        };
+    }
     let allowed = host_ok && any_addr;
     let _ = writeln!(
         o,
@@ -185,6 +194,27 @@ pub fn print_config(checked: &Checked) {
         c.egress.failure_threshold,
         d(c.egress.probe_interval)
     );
+    if let Some(g) = &c.gateway {
+        let _ = writeln!(o, "gateway.listen             = {}", g.listen);
+        let _ = writeln!(
+            o,
+            "gateway.allow              = {}",
+            g.allow_entries(c).join(", ")
+        );
+        let _ = writeln!(
+            o,
+            "gateway.allow_clients      = {}",
+            g.client_ranges(c).join(", ")
+        );
+        let _ = writeln!(
+            o,
+            "gateway                    = require_auth {}, idle {}, max {}, {} tunnels at most",
+            g.require_auth,
+            d(g.idle_timeout),
+            d(g.max_duration),
+            g.max_tunnels
+        );
+    }
     if let Some(sh) = &c.shared {
         let _ = writeln!(
             o,
