@@ -192,7 +192,12 @@ impl GatewayConfig {
             .map(|s| s.endpoint.as_str())
             .chain(config.traces.iter().map(|t| t.endpoint.as_str()))
             .chain(config.egress.proxy.as_deref())
-            .chain(config.peers.iter().flat_map(|p| p.members.iter().map(String::as_str)))
+            .chain(
+                config
+                    .peers
+                    .iter()
+                    .flat_map(|p| p.members.iter().map(String::as_str)),
+            )
             .filter_map(|u| Url::parse(u).ok())
             .collect();
         config
@@ -255,15 +260,16 @@ impl GatewayConfig {
                 self.listen
             ));
         }
-        if self.require_auth && config.access.users.is_empty() && config.access.tokens.is_empty()
-        {
+        if self.require_auth && config.access.users.is_empty() && config.access.tokens.is_empty() {
             return invalid(
                 "gateway.require_auth needs at least one [[access.user]] (or [[access.token]])"
                     .into(),
             );
         }
         if self.idle_timeout.is_zero() || self.max_duration.is_zero() {
-            return invalid("gateway.idle_timeout and gateway.max_duration must be more than 0s".into());
+            return invalid(
+                "gateway.idle_timeout and gateway.max_duration must be more than 0s".into(),
+            );
         }
         if self.max_tunnels == 0 {
             return invalid("gateway.max_tunnels must be at least 1".into());

@@ -140,11 +140,27 @@ impl Gateway {
             Err(HeadError::Gone) => return,
             Err(HeadError::TooLarge) => {
                 let mut x = Exchange::new(&self, peer, None);
-                return x.refuse(&mut stream, 431, "malformed", "wharf gateway: the request head is too large".into(), "").await;
+                return x
+                    .refuse(
+                        &mut stream,
+                        431,
+                        "malformed",
+                        "wharf gateway: the request head is too large".into(),
+                        "",
+                    )
+                    .await;
             }
             Err(HeadError::Malformed(why)) => {
                 let mut x = Exchange::new(&self, peer, None);
-                return x.refuse(&mut stream, 400, "malformed", format!("wharf gateway: {why}"), "").await;
+                return x
+                    .refuse(
+                        &mut stream,
+                        400,
+                        "malformed",
+                        format!("wharf gateway: {why}"),
+                        "",
+                    )
+                    .await;
             }
         };
         let mut x = Exchange::new(&self, peer, Some(&head));
@@ -178,7 +194,12 @@ impl Gateway {
     ) -> Result<(), (u16, &'static str, String, &'static str)> {
         let ip = crate::net::canonical_ip(ip);
         if !self.clients.iter().any(|c| c.contains(ip)) {
-            return Err((403, "client", format!("wharf gateway: client {ip} is not in gateway.allow_clients"), ""));
+            return Err((
+                403,
+                "client",
+                format!("wharf gateway: client {ip} is not in gateway.allow_clients"),
+                "",
+            ));
         }
         if !self.require_auth {
             return Ok(());
@@ -191,11 +212,23 @@ impl Gateway {
             Some(Err(_)) => return Err(unauthorized("malformed Proxy-Authorization header")),
             None => None,
         };
-        match self.state.access.check_proxy_credentials(value.as_ref()).await {
+        match self
+            .state
+            .access
+            .check_proxy_credentials(value.as_ref())
+            .await
+        {
             Ok(()) => Ok(()),
-            Err(Denied::Busy) => Err((503, "busy", "wharf gateway: too many password checks at once; try again shortly".into(), "")),
+            Err(Denied::Busy) => Err((
+                503,
+                "busy",
+                "wharf gateway: too many password checks at once; try again shortly".into(),
+                "",
+            )),
             Err(Denied::Unauthorized(why)) => Err(unauthorized(why)),
-            Err(Denied::Address) => Err((403, "client", "wharf gateway: client refused".into(), "")),
+            Err(Denied::Address) => {
+                Err((403, "client", "wharf gateway: client refused".into(), ""))
+            }
         }
     }
 
@@ -213,15 +246,25 @@ impl Gateway {
         })
     }
 
-    async fn tunnel(&self, mut x: Exchange, mut stream: TcpStream, host: &str, port: u16, early: &[u8]) {
+    async fn tunnel(
+        &self,
+        mut x: Exchange,
+        mut stream: TcpStream,
+        host: &str,
+        port: u16,
+        early: &[u8],
+    ) {
         let _slot = match self.slot() {
             Ok(s) => s,
-            Err((status, reason, text)) => return x.refuse(&mut stream, status, reason, text, "").await,
+            Err((status, reason, text)) => {
+                return x.refuse(&mut stream, status, reason, text, "").await;
+            }
         };
-        let (mut origin, _) = match dest::connect(&self.policy, host, port, self.connect_timeout).await {
-            Ok(c) => c,
-            Err(r) => return x.refused(&mut stream, r).await,
-        };
+        let (mut origin, _) =
+            match dest::connect(&self.policy, host, port, self.connect_timeout).await {
+                Ok(c) => c,
+                Err(r) => return x.refused(&mut stream, r).await,
+            };
         x.opened();
         if stream
             .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -239,25 +282,46 @@ impl Gateway {
                 x.result = "failed";
                 return;
             }
-            x.activity.to_origin.fetch_add(early.len() as u64, Ordering::Relaxed);
+            x.activity
+                .to_origin
+                .fetch_add(early.len() as u64, Ordering::Relaxed);
         }
         let mut client = Counted::new(stream, x.activity.clone(), Vec::new());
         x.ended = Some(relay::tunnel(&mut client, &mut origin, &x.activity, self.limits).await);
     }
 
-    async fn forward(&self, mut x: Exchange, mut stream: TcpStream, host: &str, port: u16, buf: Vec<u8>) {
+    async fn forward(
+        &self,
+        mut x: Exchange,
+        mut stream: TcpStream,
+        host: &str,
+        port: u16,
+        buf: Vec<u8>,
+    ) {
         let _slot = match self.slot() {
             Ok(s) => s,
-            Err((status, reason, text)) => return x.refuse(&mut stream, status, reason, text, "").await,
+            Err((status, reason, text)) => {
+                return x.refuse(&mut stream, status, reason, text, "").await;
+            }
         };
-        let (origin, _) = match dest::connect(&self.policy, host, port, self.connect_timeout).await {
+        let (origin, _) = match dest::connect(&self.policy, host, port, self.connect_timeout).await
+        {
             Ok(c) => c,
             Err(r) => return x.refused(&mut stream, r).await,
         };
         x.opened();
-        x.activity.to_origin.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        x.activity
+            .to_origin
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         let client = Counted::new(stream, x.activity.clone(), buf);
-        let ended = relay::forward(client, origin, x.activity.clone(), self.limits, self.max_head).await;
+        let ended = relay::forward(
+            client,
+            origin,
+            x.activity.clone(),
+            self.limits,
+            self.max_head,
+        )
+        .await;
         x.ended = Some(ended);
         x.status = x.activity.status.load(Ordering::Relaxed);
         x.result = match x.status {
@@ -327,7 +391,14 @@ impl Exchange {
 
     /// Answers `status` with `text` and closes, reading (and dropping) what the client still
     /// sends for a moment so the answer is not lost to a reset.
-    async fn refuse(&mut self, stream: &mut TcpStream, status: u16, reason: &'static str, text: String, extra: &str) {
+    async fn refuse(
+        &mut self,
+        stream: &mut TcpStream,
+        status: u16,
+        reason: &'static str,
+        text: String,
+        extra: &str,
+    ) {
         self.status = status;
         self.result = match status {
             400 | 431 => "bad_request",
@@ -350,7 +421,9 @@ impl Exchange {
             body.len()
         );
         if stream.write_all(answer.as_bytes()).await.is_ok() {
-            self.activity.to_client.fetch_add(answer.len() as u64, Ordering::Relaxed);
+            self.activity
+                .to_client
+                .fetch_add(answer.len() as u64, Ordering::Relaxed);
             let _ = stream.shutdown().await;
             let mut sink = [0u8; 8192];
             let linger = async {

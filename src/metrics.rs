@@ -104,7 +104,11 @@ impl GatewayMetrics {
 
     /// One tunnel (`tunnel`) or forwarded request ended with `result`.
     pub fn ended(&self, tunnel: bool, result: &'static str) {
-        let family = if tunnel { &self.tunnels } else { &self.requests };
+        let family = if tunnel {
+            &self.tunnels
+        } else {
+            &self.requests
+        };
         family.get_or_create(&GatewayResult { result }).inc();
     }
 

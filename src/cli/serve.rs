@@ -96,7 +96,9 @@ fn start_gateway(
     let listener = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .and_then(tokio::net::TcpListener::from_std)
-        .map_err(|e| crate::Error::Listen(format!("cannot listen on gateway.listen {addr}: {e}")))?;
+        .map_err(|e| {
+            crate::Error::Listen(format!("cannot listen on gateway.listen {addr}: {e}"))
+        })?;
     tracing::info!(%addr, "egress gateway listening (HTTP proxy: CONNECT and http:// requests)");
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;

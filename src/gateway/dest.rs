@@ -85,9 +85,10 @@ pub async fn connect(
 ) -> Result<(TcpStream, SocketAddr), Refusal> {
     check_host(policy, host, port)?;
     let dest = shown(host, port);
-    let resolved = policy.resolve(host).await.map_err(|_| {
-        Refusal::failed(502, format!("wharf gateway: cannot resolve {host}"))
-    })?;
+    let resolved = policy
+        .resolve(host)
+        .await
+        .map_err(|_| Refusal::failed(502, format!("wharf gateway: cannot resolve {host}")))?;
     let allowed: Vec<IpAddr> = resolved
         .iter()
         .filter(|(_, v)| v.is_ok())
@@ -157,7 +158,10 @@ mod tests {
         assert!(check_host(&p, "a.example", 8443).is_ok());
         let r = check_host(&p, "c.example", 443).unwrap_err();
         assert_eq!((r.status, r.reason), (403, Some("host")));
-        assert_eq!(r.text, "wharf gateway: c.example:443 is not in gateway.allow");
+        assert_eq!(
+            r.text,
+            "wharf gateway: c.example:443 is not in gateway.allow"
+        );
         let r = check_host(&p, "b.example", 22).unwrap_err();
         assert!(r.text.contains("other ports only"), "{}", r.text);
         let r = check_host(&p, "10.0.0.1", 443).unwrap_err();
@@ -173,6 +177,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!((r.status, r.reason), (403, Some("address")));
-        assert!(r.text.contains("loopback") && !r.text.contains("127.0.0.1"), "{}", r.text);
+        assert!(
+            r.text.contains("loopback") && !r.text.contains("127.0.0.1"),
+            "{}",
+            r.text
+        );
     }
 }

@@ -132,9 +132,9 @@ fn bare(host: &str) -> String {
 /// (userinfo, paths, a missing or zero port).
 fn authority(text: &str) -> Option<(String, u16)> {
     if text.is_empty()
-        || text
-            .bytes()
-            .any(|b| matches!(b, b'/' | b'@' | b'?' | b'#' | b'%' | b'\\') || b <= b' ' || b >= 0x7f)
+        || text.bytes().any(|b| {
+            matches!(b, b'/' | b'@' | b'?' | b'#' | b'%' | b'\\') || b <= b' ' || b >= 0x7f
+        })
     {
         return None;
     }
@@ -194,7 +194,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         .windows(2)
         .any(|w| w[0] == b'\n' && (w[1] == b' ' || w[1] == b'\t'))
     {
-        return Err(HeadError::Malformed("obs-fold (a header line starting with white space)"));
+        return Err(HeadError::Malformed(
+            "obs-fold (a header line starting with white space)",
+        ));
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -280,7 +282,8 @@ mod tests {
 
     #[test]
     fn a_connect_names_host_and_port() {
-        let t = target("CONNECT Registry.Example.:443 HTTP/1.1\r\nHost: registry.example:443\r\n\r\n");
+        let t =
+            target("CONNECT Registry.Example.:443 HTTP/1.1\r\nHost: registry.example:443\r\n\r\n");
         assert_eq!(
             t,
             Ok(Target::Connect {
@@ -322,25 +325,44 @@ mod tests {
         );
         assert!(target("GET ftp://a.example/ HTTP/1.1\r\n\r\n").is_err());
         assert!(target("GET http://u:p@a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n").is_err());
-        assert!(target("GET http://a.example/ HTTP/1.1\r\n\r\n").is_err(), "no Host");
+        assert!(
+            target("GET http://a.example/ HTTP/1.1\r\n\r\n").is_err(),
+            "no Host"
+        );
     }
 
     #[test]
     fn host_must_agree_with_the_target() {
         let ok = |t: &str| target(t).is_ok();
-        assert!(ok("GET http://a.example:80/ HTTP/1.1\r\nHost: A.example\r\n\r\n"));
-        assert!(!ok("GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\n\r\n"));
-        assert!(!ok("GET http://a.example/ HTTP/1.1\r\nHost: a.example:8080\r\n\r\n"));
-        assert!(!ok("GET http://a.example/ HTTP/1.1\r\nHost: a.example/x\r\n\r\n"));
-        assert!(ok("CONNECT a.example:443 HTTP/1.1\r\nHost: a.example\r\n\r\n"));
-        assert!(!ok("CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:444\r\n\r\n"));
-        assert!(!ok("CONNECT a.example:443 HTTP/1.1\r\nHost: b.example:443\r\n\r\n"));
+        assert!(ok(
+            "GET http://a.example:80/ HTTP/1.1\r\nHost: A.example\r\n\r\n"
+        ));
+        assert!(!ok(
+            "GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\n\r\n"
+        ));
+        assert!(!ok(
+            "GET http://a.example/ HTTP/1.1\r\nHost: a.example:8080\r\n\r\n"
+        ));
+        assert!(!ok(
+            "GET http://a.example/ HTTP/1.1\r\nHost: a.example/x\r\n\r\n"
+        ));
+        assert!(ok(
+            "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example\r\n\r\n"
+        ));
+        assert!(!ok(
+            "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:444\r\n\r\n"
+        ));
+        assert!(!ok(
+            "CONNECT a.example:443 HTTP/1.1\r\nHost: b.example:443\r\n\r\n"
+        ));
     }
 
     #[test]
     fn ambiguous_heads_are_refused() {
         let malformed = |t: &str| matches!(head(t), Err(HeadError::Malformed(_)));
-        assert!(malformed("GET http://a/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"));
+        assert!(malformed(
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+        ));
         assert!(malformed(
             "POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
         ));
@@ -350,10 +372,17 @@ mod tests {
         assert!(malformed(
             "POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
         ));
-        assert!(malformed("GET http://a/ HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n  folded\r\n\r\n"));
+        assert!(malformed(
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n  folded\r\n\r\n"
+        ));
         assert!(malformed("GET http://a/ HTTP/1.1 extra\r\n\r\n"));
-        assert!(malformed("CONNECT a:443 HTTP/1.1\r\nContent-Length: 5\r\n\r\n"));
-        assert!(matches!(head("GET http://a/ HTTP/1.1\r\nHost: a\r\n"), Ok(None)));
+        assert!(malformed(
+            "CONNECT a:443 HTTP/1.1\r\nContent-Length: 5\r\n\r\n"
+        ));
+        assert!(matches!(
+            head("GET http://a/ HTTP/1.1\r\nHost: a\r\n"),
+            Ok(None)
+        ));
     }
 
     #[tokio::test]
@@ -362,10 +391,15 @@ mod tests {
         let mut io = &bytes[..];
         let (h, buf) = read(&mut io, 8192, Duration::from_secs(1)).await.unwrap();
         assert_eq!(&buf[h.len..], b"EARLY");
-        let long = format!("GET http://a/ HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(10_000));
+        let long = format!(
+            "GET http://a/ HTTP/1.1\r\nX: {}\r\n\r\n",
+            "y".repeat(10_000)
+        );
         let mut io = long.as_bytes();
         assert_eq!(
-            read(&mut io, 8192, Duration::from_secs(1)).await.unwrap_err(),
+            read(&mut io, 8192, Duration::from_secs(1))
+                .await
+                .unwrap_err(),
             HeadError::TooLarge
         );
     }

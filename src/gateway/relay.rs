@@ -189,13 +189,9 @@ pub async fn tunnel(
 ) -> Ended {
     activity.touch();
     let copy = async {
-        let _ = tokio::io::copy_bidirectional_with_sizes(
-            client,
-            origin,
-            TUNNEL_BUFFER,
-            TUNNEL_BUFFER,
-        )
-        .await;
+        let _ =
+            tokio::io::copy_bidirectional_with_sizes(client, origin, TUNNEL_BUFFER, TUNNEL_BUFFER)
+                .await;
     };
     limited(activity, limits, copy).await
 }
@@ -269,7 +265,8 @@ pub async fn forward(
             let seen = seen.clone();
             async move {
                 let answer = send(&sender, req).await;
-                seen.status.store(answer.status().as_u16(), Ordering::Relaxed);
+                seen.status
+                    .store(answer.status().as_u16(), Ordering::Relaxed);
                 Ok::<_, std::convert::Infallible>(answer)
             }
         });
