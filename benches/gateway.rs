@@ -94,7 +94,11 @@ async fn open(dest: SocketAddr, via: Option<SocketAddr>) -> TcpStream {
         assert_eq!(s.read(&mut b).await.unwrap(), 1, "the gateway closed");
         head.push(b[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     s
 }
 

@@ -138,76 +138,70 @@ impl Gateway {
         let (head, buf) = match head::read(&mut stream, self.max_head, self.header_timeout).await {
             Ok(x) => x,
             Err(HeadError::Gone) => return,
-            Err(HeadError::TooLarge) => {
-                let mut x = Exchange::new(&self, peer, None);
-                return x
-                    .refuse(
-                        &mut stream,
-                        431,
-                        "malformed",
-                        "wharf gateway: the request head is too large".into(),
-                        "",
-                    )
-                    .await;
-            }
-            Err(HeadError::Malformed(why)) => {
-                let mut x = Exchange::new(&self, peer, None);
-                return x
-                    .refuse(
-                        &mut stream,
-                        400,
-                        "malformed",
-                        format!("wharf gateway: {why}"),
-                        "",
-                    )
+            Err(e) => {
+                let answer = match e {
+                    HeadError::TooLarge => {
+                        Answer::new(431, "malformed", "the request head is too large")
+                    }
+                    HeadError::Malformed(why) => Answer::new(400, "malformed", why),
+                    HeadError::Gone => return,
+                };
+                return Exchange::new(&self, peer, None)
+                    .refuse(&mut stream, answer)
                     .await;
             }
         };
         let mut x = Exchange::new(&self, peer, Some(&head));
-        if let Err((status, reason, text, extra)) = self.admit(peer.ip(), &head).await {
-            return x.refuse(&mut stream, status, reason, text, extra).await;
+        if let Err(answer) = self.admit(peer.ip(), &head).await {
+            return x.refuse(&mut stream, answer).await;
         }
         match head.target() {
-            Err(why) => x.refuse(&mut stream, 400, "malformed", format!("wharf gateway: {why}"), "").await,
-            Ok(Target::Origin) => x.refuse(&mut stream, 400, "origin_form",
-                "wharf gateway: this is a forward proxy; send CONNECT host:port or an absolute http:// URL (set HTTPS_PROXY / HTTP_PROXY to this address)".into(), "").await,
-            Ok(Target::Https) => x.refuse(&mut stream, 400, "https_absolute",
-                "wharf gateway: https:// URLs go through a CONNECT tunnel; send CONNECT host:443 (HTTPS_PROXY)".into(), "").await,
+            Err(why) => {
+                x.refuse(&mut stream, Answer::new(400, "malformed", why))
+                    .await
+            }
+            Ok(Target::Origin) => {
+                x.refuse(&mut stream, Answer::new(400, "origin_form", ORIGIN_FORM))
+                    .await
+            }
+            Ok(Target::Https) => {
+                x.refuse(
+                    &mut stream,
+                    Answer::new(400, "https_absolute", HTTPS_ABSOLUTE),
+                )
+                .await
+            }
             Ok(Target::Connect { host, port }) => {
                 x.destination = dest::shown(&host, port);
                 self.tunnel(x, stream, &host, port, &buf[head.len..]).await;
             }
             Ok(Target::Http(url)) => {
                 x.destination = crate::upstream::egress::redact(&url);
-                let host = url.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_string();
+                let host = url.host_str().unwrap_or("");
+                let host = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string();
                 let port = url.port_or_known_default().unwrap_or(80);
                 self.forward(x, stream, &host, port, buf).await;
             }
         }
     }
 
-    /// The client's address and credentials: `Err((status, reason, text, extra header))`.
-    async fn admit(
-        &self,
-        ip: IpAddr,
-        head: &Head,
-    ) -> Result<(), (u16, &'static str, String, &'static str)> {
+    /// The client's address, then its credentials when `gateway.require_auth` asks for them.
+    async fn admit(&self, ip: IpAddr, head: &Head) -> Result<(), Answer> {
         let ip = crate::net::canonical_ip(ip);
         if !self.clients.iter().any(|c| c.contains(ip)) {
-            return Err((
-                403,
-                "client",
-                format!("wharf gateway: client {ip} is not in gateway.allow_clients"),
-                "",
-            ));
+            let text = format!("client {ip} is not in gateway.allow_clients");
+            return Err(Answer::new(403, "client", text));
         }
         if !self.require_auth {
             return Ok(());
         }
-        let value = head
+        let value = match head
             .header("proxy-authorization")
-            .map(http::HeaderValue::from_bytes);
-        let value = match value {
+            .map(http::HeaderValue::from_bytes)
+        {
             Some(Ok(v)) => Some(v),
             Some(Err(_)) => return Err(unauthorized("malformed Proxy-Authorization header")),
             None => None,
@@ -219,30 +213,24 @@ impl Gateway {
             .await
         {
             Ok(()) => Ok(()),
-            Err(Denied::Busy) => Err((
+            Err(Denied::Busy) => Err(Answer::new(
                 503,
                 "busy",
-                "wharf gateway: too many password checks at once; try again shortly".into(),
-                "",
+                "too many password checks at once; try again shortly",
             )),
             Err(Denied::Unauthorized(why)) => Err(unauthorized(why)),
-            Err(Denied::Address) => {
-                Err((403, "client", "wharf gateway: client refused".into(), ""))
-            }
+            Err(Denied::Address) => Err(Answer::new(403, "client", "client refused")),
         }
     }
 
     /// A free tunnel slot, or the 503 answer.
-    fn slot(&self) -> Result<OwnedSemaphorePermit, (u16, &'static str, String)> {
+    fn slot(&self) -> Result<OwnedSemaphorePermit, Answer> {
         self.tunnels.clone().try_acquire_owned().map_err(|_| {
-            (
-                503,
-                "busy",
-                format!(
-                    "wharf gateway: gateway.max_tunnels ({}) are open; try again shortly",
-                    self.max_tunnels
-                ),
-            )
+            let text = format!(
+                "gateway.max_tunnels ({}) are open; try again shortly",
+                self.max_tunnels
+            );
+            Answer::new(503, "busy", text)
         })
     }
 
@@ -256,9 +244,7 @@ impl Gateway {
     ) {
         let _slot = match self.slot() {
             Ok(s) => s,
-            Err((status, reason, text)) => {
-                return x.refuse(&mut stream, status, reason, text, "").await;
-            }
+            Err(answer) => return x.refuse(&mut stream, answer).await,
         };
         let (mut origin, _) =
             match dest::connect(&self.policy, host, port, self.connect_timeout).await {
@@ -300,9 +286,7 @@ impl Gateway {
     ) {
         let _slot = match self.slot() {
             Ok(s) => s,
-            Err((status, reason, text)) => {
-                return x.refuse(&mut stream, status, reason, text, "").await;
-            }
+            Err(answer) => return x.refuse(&mut stream, answer).await,
         };
         let (origin, _) = match dest::connect(&self.policy, host, port, self.connect_timeout).await
         {
@@ -323,22 +307,52 @@ impl Gateway {
         )
         .await;
         x.ended = Some(ended);
-        x.status = x.activity.status.load(Ordering::Relaxed);
-        x.result = match x.status {
-            0 => "failed",
-            502 | 504 => "failed",
-            _ => "ok",
+        // 0: no answer from the origin (the client got the gateway's 502, or nothing).
+        x.status = match x.activity.status.load(Ordering::Relaxed) {
+            0 => 502,
+            s => {
+                x.result = "ok";
+                s
+            }
         };
     }
 }
 
-fn unauthorized(why: &str) -> (u16, &'static str, String, &'static str) {
-    (
-        407,
-        "auth",
-        format!("wharf gateway: {why}"),
-        "Proxy-Authenticate: Basic realm=\"wharf gateway\"\r\n",
-    )
+fn unauthorized(why: &str) -> Answer {
+    Answer {
+        extra: "Proxy-Authenticate: Basic realm=\"wharf gateway\"\r\n",
+        ..Answer::new(407, "auth", why)
+    }
+}
+
+/// What an origin-form request is told.
+const ORIGIN_FORM: &str = "this is a forward proxy; send CONNECT host:port or an absolute \
+    http:// URL (set HTTPS_PROXY / HTTP_PROXY to this address)";
+
+/// What an absolute-form `https://` request is told.
+const HTTPS_ABSOLUTE: &str =
+    "https:// URLs go through a CONNECT tunnel; send CONNECT host:443 (HTTPS_PROXY)";
+
+/// The gateway's own answer to a request it does not carry out.
+struct Answer {
+    status: u16,
+    /// For `wharf_gateway_refusals`; empty for failures that are not refusals.
+    reason: &'static str,
+    /// One line, after `wharf gateway: `.
+    text: String,
+    /// Extra header lines, each ending in CRLF.
+    extra: &'static str,
+}
+
+impl Answer {
+    fn new(status: u16, reason: &'static str, text: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            reason,
+            text: text.into(),
+            extra: "",
+        }
+    }
 }
 
 /// One exchange, logged and counted when it is dropped (however it ends, shutdown included).
@@ -382,23 +396,23 @@ impl Exchange {
     }
 
     async fn refused(&mut self, stream: &mut TcpStream, r: Refusal) {
-        let reason = r.reason.unwrap_or("");
-        self.refuse(stream, r.status, reason, r.text, "").await;
-        if r.reason.is_none() {
+        let failure = r.reason.is_none();
+        let answer = Answer::new(r.status, r.reason.unwrap_or(""), r.text);
+        self.refuse(stream, answer).await;
+        if failure {
             self.result = "failed";
         }
     }
 
-    /// Answers `status` with `text` and closes, reading (and dropping) what the client still
-    /// sends for a moment so the answer is not lost to a reset.
-    async fn refuse(
-        &mut self,
-        stream: &mut TcpStream,
-        status: u16,
-        reason: &'static str,
-        text: String,
-        extra: &str,
-    ) {
+    /// Answers with `answer` (`text/plain`) and closes, reading (and dropping) what the client
+    /// still sends for a moment so the answer is not lost to a reset.
+    async fn refuse(&mut self, stream: &mut TcpStream, answer: Answer) {
+        let Answer {
+            status,
+            reason,
+            text,
+            extra,
+        } = answer;
         self.status = status;
         self.result = match status {
             400 | 431 => "bad_request",
@@ -411,7 +425,7 @@ impl Exchange {
             self.reason = Some(reason);
             self.metrics.gateway.refused(reason);
         }
-        let body = format!("{text}\n");
+        let body = format!("wharf gateway: {text}\n");
         let phrase = http::StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())

@@ -73,6 +73,28 @@ impl Gate {
         wharf::ops::render(&self.wharf.state)
     }
 
+    /// The gateway's metrics once they stop changing (an exchange is counted when its task
+    /// ends, a moment after the client saw the connection close); at most 5 s.
+    async fn settled_metrics(&self) -> String {
+        let gateway = |t: &str| {
+            t.lines()
+                .filter(|l| l.starts_with("wharf_gateway_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let mut last = self.metrics();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let now = self.metrics();
+            if gateway(&now) == gateway(&last) {
+                return now;
+            }
+            last = now;
+        }
+        last
+    }
+
     /// Sends `bytes` on a new connection and reads until the gateway closes it (at most 5 s).
     async fn exchange(&self, bytes: &[u8]) -> String {
         let mut s = TcpStream::connect(self.addr).await.unwrap();
@@ -228,7 +250,7 @@ async fn connect_to_a_host_not_in_gateway_allow_is_refused_without_connecting() 
         "{answer}"
     );
     assert_untouched(&hits).await;
-    let m = gate.metrics();
+    let m = gate.settled_metrics().await;
     assert_eq!(
         metric(&m, "wharf_gateway_refusals_total{reason=\"host\"}"),
         1,
@@ -268,7 +290,7 @@ async fn an_allowed_name_on_loopback_is_refused_without_the_address_allowance() 
     assert_untouched(&hits).await;
     assert_eq!(
         metric(
-            &gate.metrics(),
+            &gate.settled_metrics().await,
             "wharf_gateway_refusals_total{reason=\"address\"}"
         ),
         2
@@ -300,7 +322,7 @@ async fn absolute_form_to_a_refused_host_and_ip_literals_are_refused() {
     assert_untouched(&hits).await;
     assert_eq!(
         metric(
-            &gate.metrics(),
+            &gate.settled_metrics().await,
             "wharf_gateway_refusals_total{reason=\"ip_literal\"}"
         ),
         3
@@ -434,7 +456,7 @@ allow_clients = ["10.0.0.0/8"]"#,
     assert_untouched(&conns).await;
     assert_eq!(
         metric(
-            &gate.metrics(),
+            &gate.settled_metrics().await,
             "wharf_gateway_refusals_total{reason=\"client\"}"
         ),
         2
@@ -530,7 +552,7 @@ async fn redirects_are_passed_on_not_followed() {
     );
     assert_eq!(
         metric(
-            &gate.metrics(),
+            &gate.settled_metrics().await,
             "wharf_gateway_requests_total{result=\"ok\"}"
         ),
         1
@@ -563,15 +585,7 @@ async fn a_tunnel_carries_bytes_both_ways_and_is_counted() {
         "the echo differs ({} bytes back)",
         back.len()
     );
-    let m = gate.metrics();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut m = m;
-    while metric(&m, "wharf_gateway_tunnels_total{result=\"ok\"}") == 0
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        m = gate.metrics();
-    }
+    let m = gate.settled_metrics().await;
     assert_eq!(
         metric(&m, "wharf_gateway_tunnels_total{result=\"ok\"}"),
         1,
@@ -601,11 +615,11 @@ max_tunnels = 1"#,
     .await;
     let dest = format!("origin.wharf-test:{}", origin.port());
     let (head, mut first) = gate.connect(&dest, "").await;
+    let started = tokio::time::Instant::now();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let (head, _) = gate.connect(&dest, "").await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     assert_eq!(metric(&gate.metrics(), "wharf_gateway_tunnels_open "), 1);
-    let started = tokio::time::Instant::now();
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut rest))
         .await
@@ -620,7 +634,7 @@ max_tunnels = 1"#,
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (head, _) = gate.connect(&dest, "").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let m = gate.metrics();
+    let m = gate.settled_metrics().await;
     assert_eq!(
         metric(&m, "wharf_gateway_refusals_total{reason=\"busy\"}"),
         1,
@@ -852,7 +866,7 @@ async fn skopeo_pushes_and_inspects_through_the_gateway_and_is_refused_elsewhere
         "{}",
         origin.access_log()
     );
-    let m = gate.metrics();
+    let m = gate.settled_metrics().await;
     assert!(
         metric(&m, "wharf_gateway_tunnels_total{result=\"ok\"}") >= 2,
         "{m}"
@@ -932,4 +946,38 @@ fn check_config_and_check_egress_mention_the_gateway() {
         text.contains("gateway: REFUSED: not in gateway.allow"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn an_origin_that_is_down_is_a_502_failure_not_a_refusal() {
+    let closed = free_port();
+    let gate = Gate::start(REACH_LOOPBACK, r#"allow = ["origin.wharf-test"]"#, "").await;
+    let (head, _) = gate
+        .connect(&format!("origin.wharf-test:{closed}"), "")
+        .await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let answer = gate
+        .exchange(
+            format!("GET http://origin.wharf-test:{closed}/ HTTP/1.1\r\nHost: origin.wharf-test:{closed}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+    assert!(
+        answer.contains(&format!(
+            "wharf gateway: cannot connect to origin.wharf-test:{closed}"
+        )),
+        "{answer}"
+    );
+    let m = gate.settled_metrics().await;
+    assert_eq!(
+        metric(&m, "wharf_gateway_tunnels_total{result=\"failed\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "wharf_gateway_requests_total{result=\"failed\"}"),
+        1,
+        "{m}"
+    );
+    assert!(!m.contains("wharf_gateway_refusals_total{"), "{m}");
 }

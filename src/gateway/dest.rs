@@ -52,25 +52,23 @@ pub fn shown(host: &str, port: u16) -> String {
 pub fn check_host(policy: &EgressPolicy, host: &str, port: u16) -> Result<(), Refusal> {
     let dest = shown(host, port);
     let url = Url::parse(&format!("http://{dest}/"))
-        .map_err(|_| Refusal::failed(400, format!("wharf gateway: {dest} is not a host")))?;
+        .map_err(|_| Refusal::failed(400, format!("{dest} is not a host")))?;
     match policy.check(&url) {
         Ok(()) => Ok(()),
         Err(_) if host.parse::<IpAddr>().is_ok() => Err(Refusal::refused(
             "ip_literal",
             format!(
-                "wharf gateway: {dest} is an IP address, and gateway.allow does not list it; \
+                "{dest} is an IP address, and gateway.allow does not list it; \
                  use a host name gateway.allow lists"
             ),
         )),
         Err(EgressError::PortNotAllowed { .. }) => Err(Refusal::refused(
             "host",
-            format!(
-                "wharf gateway: {dest} is not in gateway.allow (it lists {host} with other ports only)"
-            ),
+            format!("{dest} is not in gateway.allow (it lists {host} with other ports only)"),
         )),
         Err(_) => Err(Refusal::refused(
             "host",
-            format!("wharf gateway: {dest} is not in gateway.allow"),
+            format!("{dest} is not in gateway.allow"),
         )),
     }
 }
@@ -88,7 +86,7 @@ pub async fn connect(
     let resolved = policy
         .resolve(host)
         .await
-        .map_err(|_| Refusal::failed(502, format!("wharf gateway: cannot resolve {host}")))?;
+        .map_err(|_| Refusal::failed(502, format!("cannot resolve {host}")))?;
     let allowed: Vec<IpAddr> = resolved
         .iter()
         .filter(|(_, v)| v.is_ok())
@@ -96,10 +94,7 @@ pub async fn connect(
         .collect();
     if allowed.is_empty() {
         if resolved.is_empty() {
-            return Err(Refusal::failed(
-                502,
-                format!("wharf gateway: {host} has no addresses"),
-            ));
+            return Err(Refusal::failed(502, format!("{host} has no addresses")));
         }
         Refusals::count(&policy.refusals.address);
         let mut classes: Vec<String> = resolved
@@ -110,7 +105,7 @@ pub async fn connect(
         return Err(Refusal::refused(
             "address",
             format!(
-                "wharf gateway: {dest} resolves only to forbidden addresses ({}); \
+                "{dest} resolves only to forbidden addresses ({}); \
                  egress.allow_cidrs opens address ranges",
                 classes.join(", ")
             ),
@@ -129,12 +124,9 @@ pub async fn connect(
         }
     }
     Err(if timed_out {
-        Refusal::failed(
-            504,
-            format!("wharf gateway: connecting to {dest} timed out"),
-        )
+        Refusal::failed(504, format!("connecting to {dest} timed out"))
     } else {
-        Refusal::failed(502, format!("wharf gateway: cannot connect to {dest}"))
+        Refusal::failed(502, format!("cannot connect to {dest}"))
     })
 }
 
@@ -158,10 +150,7 @@ mod tests {
         assert!(check_host(&p, "a.example", 8443).is_ok());
         let r = check_host(&p, "c.example", 443).unwrap_err();
         assert_eq!((r.status, r.reason), (403, Some("host")));
-        assert_eq!(
-            r.text,
-            "wharf gateway: c.example:443 is not in gateway.allow"
-        );
+        assert_eq!(r.text, "c.example:443 is not in gateway.allow");
         let r = check_host(&p, "b.example", 22).unwrap_err();
         assert!(r.text.contains("other ports only"), "{}", r.text);
         let r = check_host(&p, "10.0.0.1", 443).unwrap_err();

@@ -258,15 +258,23 @@ pub async fn forward(
             Err(_) => return,
         };
         let origin_conn = tokio::spawn(conn);
-        let sender = Arc::new(tokio::sync::Mutex::new(sender));
+        // Taken by the first request: the one whose head was checked. hyper serves no second
+        // one without keep-alive; were it to, that request would get 400, not the origin.
+        let sender = Arc::new(tokio::sync::Mutex::new(Some(sender)));
         let seen = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let sender = sender.clone();
             let seen = seen.clone();
             async move {
-                let answer = send(&sender, req).await;
-                seen.status
-                    .store(answer.status().as_u16(), Ordering::Relaxed);
+                // Only the origin's answers are recorded; the gateway's own leave 0 (failed).
+                let answer = match send(&sender, req).await {
+                    Ok(answer) => {
+                        seen.status
+                            .store(answer.status().as_u16(), Ordering::Relaxed);
+                        answer
+                    }
+                    Err(own) => own,
+                };
                 Ok::<_, std::convert::Infallible>(answer)
             }
         });
@@ -281,11 +289,17 @@ pub async fn forward(
 }
 
 /// The request, hop-by-hop headers removed and in origin form, to the origin; its answer with
-/// hop-by-hop headers removed, or a 502 naming the failure.
+/// hop-by-hop headers removed, or (`Err`) the gateway's own answer naming the failure.
 async fn send(
-    sender: &tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Incoming>>,
+    sender: &tokio::sync::Mutex<Option<hyper::client::conn::http1::SendRequest<Incoming>>>,
     req: Request<Incoming>,
-) -> Response<Body> {
+) -> Result<Response<Body>, Response<Body>> {
+    let Some(mut sender) = sender.lock().await.take() else {
+        return Err(text(
+            400,
+            "wharf gateway: one request per connection".into(),
+        ));
+    };
     let (mut parts, body) = req.into_parts();
     let authority = parts.uri.authority().map(|a| a.to_string());
     let path = parts
@@ -300,21 +314,19 @@ async fn send(
         parts.headers.insert(header::HOST, host);
     }
     parts.version = http::Version::HTTP_11;
-    parts.uri = match path.parse() {
-        Ok(uri) => uri,
-        Err(_) => return text(400, "wharf gateway: the request path does not parse".into()),
-    };
-    let mut sender = sender.lock().await;
+    parts.uri = path
+        .parse()
+        .map_err(|_| text(400, "wharf gateway: the request path does not parse".into()))?;
     match sender.send_request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
+            Ok(Response::from_parts(parts, body.boxed()))
         }
-        Err(_) => text(
+        Err(_) => Err(text(
             502,
             "wharf gateway: the origin closed or sent an answer that does not parse".into(),
-        ),
+        )),
     }
 }
 
