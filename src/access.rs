@@ -222,6 +222,25 @@ impl AccessControl {
         }
     }
 
+    /// A forward proxy's check of `Proxy-Authorization` (the gateway): the same users, tokens,
+    /// argon2 bound and memory as `Authorization`, but credentials are always required.
+    pub async fn check_proxy_credentials(
+        &self,
+        header: Option<&http::HeaderValue>,
+    ) -> Result<(), Denied> {
+        let Some(v) = header else {
+            return Err(Denied::Unauthorized("proxy authentication required"));
+        };
+        let v = v
+            .to_str()
+            .map_err(|_| Denied::Unauthorized("malformed Proxy-Authorization header"))?;
+        if self.authenticate(v).await? {
+            Ok(())
+        } else {
+            Err(Denied::Unauthorized("proxy authentication required"))
+        }
+    }
+
     /// The password checks so far.
     pub fn password_checks(&self) -> PasswordChecks {
         let c = &self.counters;

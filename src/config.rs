@@ -65,6 +65,9 @@ pub struct Config {
     pub peers: Option<PeersConfig>,
     /// OTLP export of request and fill spans (`[traces]`); off by default.
     pub traces: Option<TracesConfig>,
+    /// The egress gateway, a forward proxy to allowed destinations (`[gateway]`); off by
+    /// default.
+    pub gateway: Option<GatewayConfig>,
     /// How often the `[[prefetch]]` list is refreshed (an entry's `every` overrides it).
     #[serde(deserialize_with = "de_duration")]
     pub prefetch_interval: Duration,
@@ -113,6 +116,163 @@ impl TracesConfig {
                 "traces.sample_ratio {} is not between 0.0 and 1.0",
                 self.sample_ratio
             ));
+        }
+        Ok(())
+    }
+}
+
+/// `[gateway]`: a second listener, an HTTP/1.1 forward proxy (`CONNECT host:port` tunnels and
+/// absolute-form `http://` requests) that lets clients reach only the destinations
+/// `gateway.allow` names, through the same egress policy (address classes, `egress.resolve`)
+/// as wharf's own upstream traffic. `gateway` enforces it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where the gateway listens (`host:port`), e.g. `127.0.0.1:3128`.
+    pub listen: SocketAddr,
+    /// Destinations clients may reach, in `egress.allow`'s form (`host`, `*.suffix`,
+    /// `host:port`). Default: the host entries of `egress.allow` that are the registries' and
+    /// Go's (every entry except sockets and the hosts of `shared`, `peers`, `traces` and
+    /// `egress.proxy`, which wharf alone talks to).
+    pub allow: Option<Vec<String>>,
+    /// Client address ranges that may use the gateway. Default: `access.allow_clients` when
+    /// it is set, else loopback and the private ranges (10/8, 172.16/12, 192.168/16, fc00::/7).
+    pub allow_clients: Option<Vec<String>>,
+    /// Require `Proxy-Authorization` with the credentials of an `[[access.user]]` (or an
+    /// `[[access.token]]`); missing or wrong ones get 407.
+    #[serde(default)]
+    pub require_auth: bool,
+    /// A tunnel or forwarded request with no byte moving either way for this long is closed.
+    #[serde(default = "default_gateway_idle", deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// The longest a tunnel or forwarded request may last, however busy.
+    #[serde(
+        default = "default_gateway_max_duration",
+        deserialize_with = "de_duration"
+    )]
+    pub max_duration: Duration,
+    /// Tunnels and forwarded requests open at once; past it a new one gets 503.
+    #[serde(default = "default_gateway_max_tunnels")]
+    pub max_tunnels: usize,
+}
+
+fn default_gateway_idle() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_gateway_max_duration() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+
+fn default_gateway_max_tunnels() -> usize {
+    256
+}
+
+/// The client ranges the gateway admits when neither `gateway.allow_clients` nor
+/// `access.allow_clients` says: loopback and the private ranges.
+pub const GATEWAY_DEFAULT_CLIENTS: [&str; 6] = [
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+];
+
+impl GatewayConfig {
+    /// `gateway.allow` as given, else the registries' and Go's entries of `egress.allow`.
+    pub fn allow_entries(&self, config: &Config) -> Vec<String> {
+        if let Some(allow) = &self.allow {
+            return allow.clone();
+        }
+        // wharf's own services: reachable by wharf, not by clients through the gateway.
+        let own: Vec<Url> = config
+            .shared
+            .iter()
+            .map(|s| s.endpoint.as_str())
+            .chain(config.traces.iter().map(|t| t.endpoint.as_str()))
+            .chain(config.egress.proxy.as_deref())
+            .chain(
+                config
+                    .peers
+                    .iter()
+                    .flat_map(|p| p.members.iter().map(String::as_str)),
+            )
+            .filter_map(|u| Url::parse(u).ok())
+            .collect();
+        config
+            .egress
+            .allow
+            .iter()
+            .filter(|e| !e.starts_with("unix:"))
+            .filter(|e| {
+                let Ok(entry) = AllowEntry::parse(e) else {
+                    return false;
+                };
+                !own.iter().any(|u| {
+                    let host = u.host_str().unwrap_or("").trim_end_matches('.');
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    entry.admits(&host.to_ascii_lowercase(), u.port_or_known_default())
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// `gateway.allow_clients` as given, else `access.allow_clients`, else the defaults.
+    pub fn client_ranges(&self, config: &Config) -> Vec<String> {
+        match &self.allow_clients {
+            Some(c) => c.clone(),
+            None if !config.access.allow_clients.is_empty() => config.access.allow_clients.clone(),
+            None => GATEWAY_DEFAULT_CLIENTS.map(String::from).to_vec(),
+        }
+    }
+
+    /// The parsed client ranges; the first bad one refused with its key.
+    pub fn parse_clients(&self, config: &Config) -> Result<Vec<Cidr>, String> {
+        self.client_ranges(config)
+            .iter()
+            .map(|c| Cidr::parse(c).map_err(|e| format!("gateway.allow_clients {c:?}: {e}")))
+            .collect()
+    }
+
+    fn validate(&self, config: &Config) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(allow) = &self.allow {
+            if allow.is_empty() {
+                return invalid(
+                    "gateway.allow is empty: the gateway would refuse every destination; \
+                     list hosts, or leave it out for the registry and Go hosts of egress.allow"
+                        .into(),
+                );
+            }
+            if let Some(s) = allow.iter().find(|e| e.starts_with("unix:")) {
+                return invalid(format!(
+                    "gateway.allow {s:?}: the gateway reaches hosts, not Unix sockets"
+                ));
+            }
+            parse_allow("gateway.allow", allow).map_err(ConfigError::Invalid)?;
+        }
+        self.parse_clients(config).map_err(ConfigError::Invalid)?;
+        if config.listen.0.contains(&ListenAddr::Tcp(self.listen)) {
+            return invalid(format!(
+                "gateway.listen {} is also in listen: give the gateway a port of its own",
+                self.listen
+            ));
+        }
+        if self.require_auth && config.access.users.is_empty() && config.access.tokens.is_empty() {
+            return invalid(
+                "gateway.require_auth needs at least one [[access.user]] (or [[access.token]])"
+                    .into(),
+            );
+        }
+        if self.idle_timeout.is_zero() || self.max_duration.is_zero() {
+            return invalid(
+                "gateway.idle_timeout and gateway.max_duration must be more than 0s".into(),
+            );
+        }
+        if self.max_tunnels == 0 {
+            return invalid("gateway.max_tunnels must be at least 1".into());
         }
         Ok(())
     }
@@ -1012,6 +1172,7 @@ impl Default for Config {
             shared: None,
             peers: None,
             traces: None,
+            gateway: None,
             prefetch_interval: Duration::from_secs(6 * 3600),
             prefetch: Vec::new(),
         }
@@ -1160,10 +1321,16 @@ impl EgressConfig {
 /// `egress.allow` host entries, parsed; the first bad one is refused with its text. Socket
 /// entries (`unix:/path`) are `parse_egress_sockets`'s.
 pub fn parse_egress_allow(allow: &[String]) -> Result<Vec<AllowEntry>, String> {
+    parse_allow("egress.allow", allow)
+}
+
+/// Host entries of the allowlist `key` (`egress.allow`, `gateway.allow`), parsed; socket
+/// entries are skipped.
+pub fn parse_allow(key: &str, allow: &[String]) -> Result<Vec<AllowEntry>, String> {
     allow
         .iter()
         .filter(|p| !p.starts_with("unix:"))
-        .map(|p| AllowEntry::parse(p).map_err(|e| format!("egress.allow {p:?}: {e}")))
+        .map(|p| AllowEntry::parse(p).map_err(|e| format!("{key} {p:?}: {e}")))
         .collect()
 }
 
@@ -1417,6 +1584,9 @@ impl Config {
         }
         if let Some(peers) = &self.peers {
             peers.validate()?;
+        }
+        if let Some(gateway) = &self.gateway {
+            gateway.validate(self)?;
         }
         let reg = &self.registry;
         if reg.upstreams.is_empty() {

@@ -19,6 +19,7 @@
 //! * `bundle`: the bundle format and its server side (plan an export, check and commit an import).
 //! * `tools`: the client side of `wharf prefetch`, `wharf export` and `wharf import`, and the one
 //!   CLI-to-server client (the running server, else the router in-process).
+//! * `gateway`: the egress gateway, a forward proxy to the destinations the egress policy allows.
 //! * `error`: start-up and command errors.
 //!
 //! Storage (blobs on disk, the sled index, fsck) is the `wharf-storage` crate.
@@ -34,6 +35,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod gateway;
 pub mod gc;
 pub mod goproxy;
 pub mod metrics;

@@ -50,6 +50,86 @@ pub struct What {
     pub kind: &'static str,
 }
 
+/// Labels of the gateway's tunnels and forwarded requests: how each ended (`ok`, `refused`,
+/// `bad_request`, `unauthorized`, `busy`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayResult {
+    pub result: &'static str,
+}
+
+/// Labels of the gateway's bytes: `to_origin` (from clients) or `to_client`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Direction {
+    pub direction: &'static str,
+}
+
+/// The egress gateway's families (`[gateway]`): bounded labels only, never a host name.
+#[derive(Default)]
+pub struct GatewayMetrics {
+    pub tunnels: Family<GatewayResult, Counter>,
+    pub requests: Family<GatewayResult, Counter>,
+    pub bytes: Family<Direction, Counter>,
+    pub refusals: Family<Why, Counter>,
+    pub open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl GatewayMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "wharf_gateway_tunnels",
+            "CONNECT tunnels through the egress gateway, by result (ok, refused, bad_request, unauthorized, busy, failed)",
+            self.tunnels.clone(),
+        );
+        r.register(
+            "wharf_gateway_requests",
+            "Absolute-form requests the egress gateway answered, by result (as for tunnels)",
+            self.requests.clone(),
+        );
+        r.register(
+            "wharf_gateway_bytes",
+            "Bytes through the egress gateway, by direction (to_origin, to_client)",
+            self.bytes.clone(),
+        );
+        r.register(
+            "wharf_gateway_refusals",
+            "Gateway requests refused, by reason (host, address, ip_literal, client, auth, malformed, https_absolute, origin_form, busy)",
+            self.refusals.clone(),
+        );
+        r.register(
+            "wharf_gateway_tunnels_open",
+            "Tunnels and forwarded requests open through the egress gateway now",
+            self.open.clone(),
+        );
+    }
+
+    /// One tunnel (`tunnel`) or forwarded request ended with `result`.
+    pub fn ended(&self, tunnel: bool, result: &'static str) {
+        let family = if tunnel {
+            &self.tunnels
+        } else {
+            &self.requests
+        };
+        family.get_or_create(&GatewayResult { result }).inc();
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.refusals.get_or_create(&Why { reason }).inc();
+    }
+
+    /// Bytes moved: `up` from the client to the origin, `down` back.
+    pub fn moved(&self, up: u64, down: u64) {
+        let b = &self.bytes;
+        b.get_or_create(&Direction {
+            direction: "to_origin",
+        })
+        .inc_by(up);
+        b.get_or_create(&Direction {
+            direction: "to_client",
+        })
+        .inc_by(down);
+    }
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The families kept by the metrics library (`prometheus-client`): histograms, and counters
@@ -101,6 +181,8 @@ pub struct Metrics {
     pub prefetch: PrefetchRuns,
     /// The store as last measured (each `cache.gc_interval`), and evictions since start.
     pub store: StoreStats,
+    /// The egress gateway (`[gateway]`); rendered only when it is configured.
+    pub gateway: GatewayMetrics,
 }
 
 /// The store as the periodic eviction check last measured it, and what eviction removed.

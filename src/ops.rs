@@ -187,6 +187,9 @@ fn render_endpoints(o: &mut Expo, app: &AppState) {
 pub fn render(app: &AppState) -> String {
     let mut registry = Registry::default();
     app.metrics.register(&mut registry);
+    if app.config.gateway.is_some() {
+        app.metrics.gateway.register(&mut registry);
+    }
     let fills = app.engine.fill_stats();
     registry.register(
         "wharf_fill_duration_seconds",

@@ -32,6 +32,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("ops", 7),
     ("web", 8),
     ("server", 9),
+    ("gateway", 9),
     ("traces", 9),
     // L6: commands and client-side tools.
     ("tools", 10),

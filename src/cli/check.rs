@@ -65,6 +65,7 @@ pub async fn check_egress(checked: &Checked, url: &str) -> Result<ExitCode, crat
             }
         }
     }
+    gateway_verdict(checked, &url, &mut o).map_err(invalid)?;
     let allowed = host_ok && any_addr;
     let _ = writeln!(
         o,
@@ -77,6 +78,48 @@ pub async fn check_egress(checked: &Checked, url: &str) -> Result<ExitCode, crat
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The gateway's host decision for `url`, when `[gateway]` is configured.
+fn gateway_verdict(checked: &Checked, url: &reqwest::Url, o: &mut String) -> Result<(), String> {
+    use std::fmt::Write as _;
+    if let Some(gateway) = crate::gateway::policy(checked.config())? {
+        let _ = match gateway.check(url) {
+            Ok(()) => writeln!(
+                o,
+                "gateway: host allowed by gateway.allow (addresses as above)"
+            ),
+            Err(_) => writeln!(o, "gateway: REFUSED: not in gateway.allow"),
+        };
+    }
+    Ok(())
+}
+
+/// `[gateway]`'s effective settings, if it is configured.
+fn print_gateway(c: &crate::config::Config, o: &mut String) {
+    use std::fmt::Write as _;
+    let d = |t: std::time::Duration| humantime::format_duration(t).to_string();
+    if let Some(g) = &c.gateway {
+        let _ = writeln!(o, "gateway.listen             = {}", g.listen);
+        let _ = writeln!(
+            o,
+            "gateway.allow              = {}",
+            g.allow_entries(c).join(", ")
+        );
+        let _ = writeln!(
+            o,
+            "gateway.allow_clients      = {}",
+            g.client_ranges(c).join(", ")
+        );
+        let _ = writeln!(
+            o,
+            "gateway                    = require_auth {}, idle {}, max {}, {} tunnels at most",
+            g.require_auth,
+            d(g.idle_timeout),
+            d(g.max_duration),
+            g.max_tunnels
+        );
+    }
 }
 
 /// The effective settings, one per line; secrets are named by their source, never printed. A
@@ -185,6 +228,7 @@ pub fn print_config(checked: &Checked) {
         c.egress.failure_threshold,
         d(c.egress.probe_interval)
     );
+    print_gateway(c, &mut o);
     if let Some(sh) = &c.shared {
         let _ = writeln!(
             o,

@@ -58,6 +58,7 @@ async fn serve(checked: Checked, activated: Option<Activated>) -> Result<ExitCod
         tokio::spawn(reload_on_sighup(t));
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let gateway = start_gateway(&state, stopped.clone())?;
     let sync = crate::tools::sync::spawn(state.clone(), stopped);
     let shutdown = async move {
         shutdown_signal().await;
@@ -67,12 +68,44 @@ async fn serve(checked: Checked, activated: Option<Activated>) -> Result<ExitCod
     if let Some(task) = sync {
         let _ = task.await;
     }
+    if let Some(task) = gateway {
+        let _ = task.await;
+    }
     result.map_err(|source| crate::Error::Io {
         context: "server error".into(),
         source,
     })?;
     tracing::info!("drained; exiting");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds `gateway.listen` and serves the egress gateway until `stopped` turns true; `None`
+/// without `[gateway]`.
+fn start_gateway(
+    state: &crate::AppState,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, crate::Error> {
+    let invalid = |m: String| crate::Error::Config(crate::config::ConfigError::Invalid(m));
+    let Some(gateway) = crate::gateway::Gateway::new(state).map_err(invalid)? else {
+        return Ok(None);
+    };
+    let addr = state.config.gateway.as_ref().map(|g| g.listen);
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|e| {
+            crate::Error::Listen(format!("cannot listen on gateway.listen {addr}: {e}"))
+        })?;
+    tracing::info!(%addr, "egress gateway listening (HTTP proxy: CONNECT and http:// requests)");
+    let shutdown = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    Ok(Some(tokio::spawn(
+        std::sync::Arc::new(gateway).serve(listener, shutdown),
+    )))
 }
 
 /// Re-reads the TLS certificate and key on every SIGHUP (certificate rotation).

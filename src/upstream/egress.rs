@@ -149,6 +149,24 @@ impl EgressPolicy {
         Ok(p)
     }
 
+    /// The gateway's policy: `egress`'s address classes (`allow_cidrs`) and pinned names
+    /// (`resolve`) with `allow` (`gateway.allow`) as the host list. No sockets, and no
+    /// `egress.proxy` host trusted: the gateway connects to destinations itself.
+    pub fn for_gateway(egress: &EgressConfig, allow: &[String]) -> Result<EgressPolicy, String> {
+        let cfg = EgressConfig {
+            allow: allow
+                .iter()
+                .filter(|e| !e.starts_with("unix:"))
+                .cloned()
+                .collect(),
+            proxy: None,
+            ..egress.clone()
+        };
+        // Parsed here first, so a bad entry is named by its own key.
+        crate::config::parse_allow("gateway.allow", &cfg.allow)?;
+        EgressPolicy::from_config(&cfg)
+    }
+
     /// The `egress.allow` entry that admits `url`'s host and port, as written in the config.
     pub fn matching_rule(&self, url: &Url) -> Option<String> {
         self.check(url).ok()?;

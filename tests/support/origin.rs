@@ -89,10 +89,20 @@ impl Origin {
     /// Starts the registry and waits until `GET /v2/` answers 200. Blocking: call it from
     /// `spawn_blocking` inside async tests.
     pub fn start(program: &Path) -> Origin {
+        Self::start_with(program, None)
+    }
+
+    /// `start` serving HTTPS with the PEM files `cert` and `key` (`http.tls`); ready once a
+    /// plain-HTTP `GET /v2/` gets the 400 Go's TLS server answers it with.
+    pub fn start_tls(program: &Path, cert: &Path, key: &Path) -> Origin {
+        Self::start_with(program, Some((cert, key)))
+    }
+
+    fn start_with(program: &Path, tls: Option<(&Path, &Path)>) -> Origin {
         let mut last_failure = String::new();
         // The port is chosen before the registry binds it; retry if someone else took it meanwhile.
         for _ in 0..3 {
-            match Self::try_start(program) {
+            match Self::try_start(program, tls) {
                 Ok(origin) => return origin,
                 Err(why) => last_failure = why,
             }
@@ -100,7 +110,7 @@ impl Origin {
         panic!("docker-registry did not start: {last_failure}");
     }
 
-    fn try_start(program: &Path) -> Result<Origin, String> {
+    fn try_start(program: &Path, tls: Option<(&Path, &Path)>) -> Result<Origin, String> {
         let dir = tempfile::Builder::new()
             .prefix("wharf-origin-")
             .tempdir()
@@ -111,9 +121,15 @@ impl Origin {
         let config = format!(
             "storage:\n  filesystem:\n    rootdirectory: {storage}\n  \
              delete:\n    enabled: true\n\
-             http:\n  addr: {addr}\n  secret: wharf-interop-test\n",
-            storage = storage.display()
+             http:\n  addr: {addr}\n  secret: wharf-interop-test\n{tls}",
+            storage = storage.display(),
+            tls = tls.map_or_else(String::new, |(cert, key)| format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ))
         );
+        let ready = if tls.is_some() { 400 } else { 200 };
         let child = spawn_registry(program, dir.path(), &config)?;
         let mut origin = Origin { addr, child, dir };
 
@@ -122,12 +138,12 @@ impl Origin {
             if let Some(status) = origin.child.try_wait().expect("poll docker-registry") {
                 return Err(format!("exited with {status}; log:\n{}", origin.log()));
             }
-            if http_status(addr, "/v2/") == Some(200) {
+            if http_status(addr, "/v2/") == Some(ready) {
                 return Ok(origin);
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "GET http://{addr}/v2/ did not answer 200 within 20 s; log:\n{}",
+                    "GET http://{addr}/v2/ did not answer {ready} within 20 s; log:\n{}",
                     origin.log()
                 ));
             }

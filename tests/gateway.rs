@@ -1,0 +1,983 @@
+//! The egress gateway (`[gateway]`) over real sockets: refusals (hosts, loopback addresses, IP
+//! literals, ambiguous heads, smuggling, clients, proxy credentials) with trap listeners that
+//! must see no connection, tunnels and forwarded requests to in-process origins on port 0,
+//! limits, metrics and the log line of a served wharf, and the real clients (curl, skopeo)
+//! through it to a TLS `docker-registry`.
+//!
+//! Destinations are named `*.wharf-test` and pinned to 127.0.0.1 with `egress.resolve`; tests
+//! that need to reach them open loopback with `egress.allow_cidrs`, tests of the address check
+//! keep the default (loopback refused).
+
+mod support;
+use support::origin::{Origin, require_tools, skopeo_dir};
+use support::*;
+use support::{oci, tlsgen};
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// `egress` keys that let the gateway reach loopback, with the test names pinned there.
+const REACH_LOOPBACK: &str = r#"allow_cidrs = ["127.0.0.0/8"]
+resolve = { "origin.wharf-test" = ["127.0.0.1"], "trap.wharf-test" = ["127.0.0.1"], "registry.wharf-test" = ["127.0.0.1"], "blocked.wharf-test" = ["127.0.0.1"] }"#;
+
+/// The test names pinned to loopback, loopback not opened.
+const PINNED_ONLY: &str =
+    r#"resolve = { "origin.wharf-test" = ["127.0.0.1"], "trap.wharf-test" = ["127.0.0.1"] }"#;
+
+const USER: &str = "builder";
+const PASSWORD: &str = "tunnel pass 7";
+
+/// wharf in-process with its gateway served on a port of its own.
+struct Gate {
+    wharf: Wharf,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    /// `egress` keys and `[gateway]` keys (besides `listen`) and any extra tables.
+    async fn start(egress: &str, gateway: &str, tables: &str) -> Gate {
+        let wharf = Wharf::in_temp_dir(|d| {
+            WharfConfig::new(d).egress(egress).tables(&format!(
+                "[gateway]\nlisten = \"127.0.0.1:9\"\n{gateway}\n{tables}"
+            ))
+        })
+        .await;
+        let gateway = wharf::gateway::Gateway::new(&wharf.state)
+            .expect("gateway config")
+            .expect("[gateway] is configured");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(Arc::new(gateway).serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Gate {
+            wharf,
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn metrics(&self) -> String {
+        wharf::ops::render(&self.wharf.state)
+    }
+
+    /// The gateway's metrics once they stop changing (an exchange is counted when its task
+    /// ends, a moment after the client saw the connection close); at most 5 s.
+    async fn settled_metrics(&self) -> String {
+        let gateway = |t: &str| {
+            t.lines()
+                .filter(|l| l.starts_with("wharf_gateway_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let mut last = self.metrics();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let now = self.metrics();
+            if gateway(&now) == gateway(&last) {
+                return now;
+            }
+            last = now;
+        }
+        last
+    }
+
+    /// Sends `bytes` on a new connection and reads until the gateway closes it (at most 5 s).
+    async fn exchange(&self, bytes: &[u8]) -> String {
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("the gateway closes the connection after its answer")
+            .ok();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// `CONNECT dest` and its answer's head; the stream is the tunnel when that was 200.
+    async fn connect(&self, dest: &str, extra: &str) -> (String, TcpStream) {
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(format!("CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n{extra}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        (head, s)
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(15), &mut self.task)
+            .await
+            .expect("the gateway stops after the shutdown signal")
+            .unwrap();
+    }
+}
+
+/// Reads one answer's head (up to the blank line), byte by byte so nothing after it is taken.
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await {
+            Ok(Ok(1)) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A listener that counts the connections it gets; none may arrive in a refusal test.
+async fn trap() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = l.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (addr, hits)
+}
+
+async fn assert_untouched(hits: &AtomicUsize) {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the trap got a connection");
+}
+
+/// An origin that echoes every byte back; the count of connections it accepted.
+async fn echo() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let seen = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+/// An HTTP origin: `/` answers `hello from origin`, `/moved` redirects elsewhere; every
+/// request's headers are kept.
+async fn web_origin() -> (SocketAddr, Arc<Mutex<Vec<http::HeaderMap>>>) {
+    use axum::response::IntoResponse;
+    let seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
+    let kept = seen.clone();
+    let app = axum::Router::new()
+        .route("/", axum::routing::any(|| async { "hello from origin" }))
+        .route(
+            "/moved",
+            axum::routing::get(|| async {
+                (
+                    http::StatusCode::FOUND,
+                    [("location", "http://trap.wharf-test/elsewhere")],
+                )
+                    .into_response()
+            }),
+        )
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let kept = kept.clone();
+                async move {
+                    kept.lock().unwrap().push(req.headers().clone());
+                    next.run(req).await
+                }
+            },
+        ));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    (addr, seen)
+}
+
+fn status_line(answer: &str) -> &str {
+    answer.lines().next().unwrap_or("")
+}
+
+fn metric(text: &str, line_start: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+fn password_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| wharf::access::hash_password(PASSWORD).expect("hash"))
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+#[tokio::test]
+async fn connect_to_a_host_not_in_gateway_allow_is_refused_without_connecting() {
+    let (trap, hits) = trap().await;
+    let gate = Gate::start(REACH_LOOPBACK, r#"allow = ["origin.wharf-test"]"#, "").await;
+    let dest = format!("trap.wharf-test:{}", trap.port());
+    let answer = gate
+        .exchange(format!("CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n\r\n").as_bytes())
+        .await;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("text/plain"), "{answer}");
+    assert!(
+        answer.contains(&format!("wharf gateway: {dest} is not in gateway.allow")),
+        "{answer}"
+    );
+    assert_untouched(&hits).await;
+    let m = gate.settled_metrics().await;
+    assert_eq!(
+        metric(&m, "wharf_gateway_refusals_total{reason=\"host\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "wharf_gateway_tunnels_total{result=\"refused\"}"),
+        1,
+        "{m}"
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn an_allowed_name_on_loopback_is_refused_without_the_address_allowance() {
+    let (trap, hits) = trap().await;
+    let gate = Gate::start(PINNED_ONLY, r#"allow = ["trap.wharf-test"]"#, "").await;
+    let (head, _) = gate
+        .connect(&format!("trap.wharf-test:{}", trap.port()), "")
+        .await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let answer = gate
+        .exchange(
+            format!(
+                "GET http://trap.wharf-test:{0}/ HTTP/1.1\r\nHost: trap.wharf-test:{0}\r\n\r\n",
+                trap.port()
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert!(
+        answer.contains("resolves only to forbidden addresses (loopback)")
+            && answer.contains("egress.allow_cidrs")
+            && !answer.contains("127.0.0.1"),
+        "{answer}"
+    );
+    assert_untouched(&hits).await;
+    assert_eq!(
+        metric(
+            &gate.settled_metrics().await,
+            "wharf_gateway_refusals_total{reason=\"address\"}"
+        ),
+        2
+    );
+}
+
+#[tokio::test]
+async fn absolute_form_to_a_refused_host_and_ip_literals_are_refused() {
+    let (trap, hits) = trap().await;
+    let gate = Gate::start(REACH_LOOPBACK, r#"allow = ["origin.wharf-test"]"#, "").await;
+    let port = trap.port();
+    let answer = gate
+        .exchange(
+            format!("GET http://trap.wharf-test:{port}/x HTTP/1.1\r\nHost: trap.wharf-test:{port}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("is not in gateway.allow"), "{answer}");
+    // Loopback is open to names, yet a literal must be listed itself.
+    for literal in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+        let (head, _) = gate.connect(&literal, "").await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{literal}: {head}");
+    }
+    let answer = gate
+        .exchange(format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n").as_bytes())
+        .await;
+    assert!(answer.contains("is an IP address"), "{answer}");
+    assert_untouched(&hits).await;
+    assert_eq!(
+        metric(
+            &gate.settled_metrics().await,
+            "wharf_gateway_refusals_total{reason=\"ip_literal\"}"
+        ),
+        3
+    );
+}
+
+#[tokio::test]
+async fn an_ip_literal_listed_in_gateway_allow_is_reached() {
+    let (origin, conns) = echo().await;
+    let gate = Gate::start(
+        r#"allow_cidrs = ["127.0.0.0/8"]"#,
+        &format!(r#"allow = ["127.0.0.1:{}"]"#, origin.port()),
+        "",
+    )
+    .await;
+    let (head, mut s) = gate
+        .connect(&format!("127.0.0.1:{}", origin.port()), "")
+        .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"ping");
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn ambiguous_heads_get_400_and_the_connection_closed() {
+    let (trap, hits) = trap().await;
+    let gate = Gate::start(REACH_LOOPBACK, r#"allow = ["trap.wharf-test"]"#, "").await;
+    let p = trap.port();
+    for (what, request) in [
+        (
+            "two Host headers",
+            format!(
+                "GET http://trap.wharf-test:{p}/ HTTP/1.1\r\nHost: trap.wharf-test:{p}\r\nHost: other.example\r\n\r\n"
+            ),
+        ),
+        (
+            "Host header disagrees",
+            format!("GET http://trap.wharf-test:{p}/ HTTP/1.1\r\nHost: other.example\r\n\r\n"),
+        ),
+        (
+            "Transfer-Encoding together with Content-Length",
+            format!(
+                "POST http://trap.wharf-test:{p}/ HTTP/1.1\r\nHost: trap.wharf-test:{p}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "obs-fold",
+            format!(
+                "GET http://trap.wharf-test:{p}/ HTTP/1.1\r\nHost: trap.wharf-test:{p}\r\nX-A: a\r\n b\r\n\r\n"
+            ),
+        ),
+        (
+            "does not parse",
+            "GET http://trap.wharf-test/ HTTP/1.1 junk\r\n\r\n".to_string(),
+        ),
+        (
+            "forward proxy",
+            format!("GET / HTTP/1.1\r\nHost: trap.wharf-test:{p}\r\n\r\n"),
+        ),
+        (
+            "CONNECT tunnel",
+            format!(
+                "GET https://trap.wharf-test:{p}/ HTTP/1.1\r\nHost: trap.wharf-test:{p}\r\n\r\n"
+            ),
+        ),
+    ] {
+        let answer = gate.exchange(request.as_bytes()).await;
+        assert!(
+            status_line(&answer).starts_with("HTTP/1.1 400"),
+            "{what}: {answer}"
+        );
+        assert!(answer.contains(what), "{what}: {answer}");
+        assert!(answer.contains("Connection: close"), "{what}: {answer}");
+    }
+    assert_untouched(&hits).await;
+}
+
+#[tokio::test]
+async fn a_request_pipelined_behind_a_connect_is_never_parsed() {
+    let (trap, hits) = trap().await;
+    let (origin, _) = echo().await;
+    let gate = Gate::start(REACH_LOOPBACK, r#"allow = ["origin.wharf-test"]"#, "").await;
+    let smuggled = format!(
+        "GET http://trap.wharf-test:{0}/ HTTP/1.1\r\nHost: trap.wharf-test:{0}\r\n\r\n",
+        trap.port()
+    );
+    // Refused CONNECT: one answer, then the connection ends; the second request is not read.
+    let answer = gate
+        .exchange(format!("CONNECT blocked.wharf-test:443 HTTP/1.1\r\n\r\n{smuggled}").as_bytes())
+        .await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    // Allowed CONNECT: what follows the head is the tunnel's first bytes, delivered as data.
+    let dest = format!("origin.wharf-test:{}", origin.port());
+    let mut s = TcpStream::connect(gate.addr).await.unwrap();
+    s.write_all(format!("CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n\r\n{smuggled}").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut echoed = vec![0u8; smuggled.len()];
+    s.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(echoed, smuggled.as_bytes());
+    assert_untouched(&hits).await;
+}
+
+#[tokio::test]
+async fn a_client_outside_allow_clients_is_refused() {
+    let (origin, conns) = echo().await;
+    let gate = Gate::start(
+        REACH_LOOPBACK,
+        r#"allow = ["origin.wharf-test"]
+allow_clients = ["10.0.0.0/8"]"#,
+        "",
+    )
+    .await;
+    let (head, _) = gate
+        .connect(&format!("origin.wharf-test:{}", origin.port()), "")
+        .await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let answer = gate
+        .exchange(b"CONNECT origin.wharf-test:1 HTTP/1.1\r\n\r\n")
+        .await;
+    assert!(
+        answer.contains("client 127.0.0.1 is not in gateway.allow_clients"),
+        "{answer}"
+    );
+    assert_untouched(&conns).await;
+    assert_eq!(
+        metric(
+            &gate.settled_metrics().await,
+            "wharf_gateway_refusals_total{reason=\"client\"}"
+        ),
+        2
+    );
+}
+
+#[tokio::test]
+async fn proxy_credentials_are_required_checked_and_never_forwarded() {
+    let (origin, seen) = web_origin().await;
+    let access = format!(
+        "[access]\n[[access.user]]\nname = \"{USER}\"\npassword_hash = \"{}\"\n",
+        password_hash()
+    );
+    let gate = Gate::start(
+        REACH_LOOPBACK,
+        r#"allow = ["origin.wharf-test"]
+require_auth = true"#,
+        &access,
+    )
+    .await;
+    let p = origin.port();
+    let request = |auth: &str| {
+        format!(
+            "GET http://origin.wharf-test:{p}/ HTTP/1.1\r\nHost: origin.wharf-test:{p}\r\n{auth}Connection: close, X-Hop\r\nX-Hop: 1\r\nX-End: kept\r\n\r\n"
+        )
+    };
+    for auth in [
+        String::new(),
+        format!("Proxy-Authorization: Basic {}\r\n", basic(USER, "wrong")),
+        format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            basic("nobody", PASSWORD)
+        ),
+    ] {
+        let answer = gate.exchange(request(&auth).as_bytes()).await;
+        assert!(
+            status_line(&answer).starts_with("HTTP/1.1 407"),
+            "{auth}: {answer}"
+        );
+        assert!(
+            answer.contains("Proxy-Authenticate: Basic realm=\"wharf gateway\""),
+            "{answer}"
+        );
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a refused request reached the origin"
+    );
+    let right = format!("Proxy-Authorization: Basic {}\r\n", basic(USER, PASSWORD));
+    let answer = gate.exchange(request(&right).as_bytes()).await;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hello from origin"), "{answer}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let h = &seen[0];
+    assert!(h.get("proxy-authorization").is_none(), "{h:?}");
+    assert!(
+        h.get("x-hop").is_none(),
+        "a header Connection names was forwarded: {h:?}"
+    );
+    assert_eq!(h.get("x-end").map(|v| v.to_str().unwrap()), Some("kept"));
+    // A tunnel needs the credentials too.
+    let (head, _) = gate.connect(&format!("origin.wharf-test:{p}"), "").await;
+    assert!(head.starts_with("HTTP/1.1 407"), "{head}");
+    let (head, _) = gate
+        .connect(&format!("origin.wharf-test:{p}"), &right)
+        .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn redirects_are_passed_on_not_followed() {
+    let (origin, seen) = web_origin().await;
+    let gate = Gate::start(REACH_LOOPBACK, r#"allow = ["origin.wharf-test"]"#, "").await;
+    let p = origin.port();
+    let answer = gate
+        .exchange(
+            format!("GET http://origin.wharf-test:{p}/moved HTTP/1.1\r\nHost: origin.wharf-test:{p}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 302"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("location: http://trap.wharf-test/elsewhere"),
+        "{answer}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "one request, no redirect followed"
+    );
+    assert_eq!(
+        metric(
+            &gate.settled_metrics().await,
+            "wharf_gateway_requests_total{result=\"ok\"}"
+        ),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_tunnel_carries_bytes_both_ways_and_is_counted() {
+    let (origin, _) = echo().await;
+    let gate = Gate::start(REACH_LOOPBACK, r#"allow = ["origin.wharf-test"]"#, "").await;
+    let (head, s) = gate
+        .connect(&format!("origin.wharf-test:{}", origin.port()), "")
+        .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let payload: Vec<u8> = (0..(3 << 20)).map(|i: u32| (i * 7 % 251) as u8).collect();
+    let (mut r, mut w) = s.into_split();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    writer.await.unwrap();
+    assert!(
+        back == payload,
+        "the echo differs ({} bytes back)",
+        back.len()
+    );
+    let m = gate.settled_metrics().await;
+    assert_eq!(
+        metric(&m, "wharf_gateway_tunnels_total{result=\"ok\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "wharf_gateway_bytes_total{direction=\"to_origin\"}"),
+        3 << 20
+    );
+    assert_eq!(
+        metric(&m, "wharf_gateway_bytes_total{direction=\"to_client\"}"),
+        3 << 20
+    );
+    assert_eq!(metric(&m, "wharf_gateway_tunnels_open "), 0, "{m}");
+}
+
+#[tokio::test]
+async fn an_idle_tunnel_is_closed_and_max_tunnels_refuses_with_503() {
+    let (origin, _) = echo().await;
+    let gate = Gate::start(
+        REACH_LOOPBACK,
+        r#"allow = ["origin.wharf-test"]
+idle_timeout = "1s"
+max_tunnels = 1"#,
+        "",
+    )
+    .await;
+    let dest = format!("origin.wharf-test:{}", origin.port());
+    let (head, mut first) = gate.connect(&dest, "").await;
+    let started = tokio::time::Instant::now();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (head, _) = gate.connect(&dest, "").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert_eq!(metric(&gate.metrics(), "wharf_gateway_tunnels_open "), 1);
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut rest))
+        .await
+        .expect("the idle tunnel is closed")
+        .ok();
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    // Its slot is free again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (head, _) = gate.connect(&dest, "").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let m = gate.settled_metrics().await;
+    assert_eq!(
+        metric(&m, "wharf_gateway_refusals_total{reason=\"busy\"}"),
+        1,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_served_gateway_logs_each_tunnel_and_stops_with_the_server() {
+    let (origin, _) = echo().await;
+    let dir = work_dir("wharf-gateway-serve-");
+    let port = free_port();
+    let config = WharfConfig::new(&dir.path().join("data"))
+        .egress(REACH_LOOPBACK)
+        .tables(&format!(
+            "[gateway]\nlisten = \"127.0.0.1:{port}\"\nallow = [\"origin.wharf-test\"]\n"
+        ))
+        .write(&dir.path().join("wharf.toml"));
+    let server = Server::start(&config, &dir.path().join("wharf.log")).await;
+    let gw = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = None;
+    for _ in 0..100 {
+        if let Ok(c) = TcpStream::connect(gw).await {
+            s = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut s = s.expect("the gateway listens on gateway.listen");
+    let dest = format!("origin.wharf-test:{}", origin.port());
+    s.write_all(format!("CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"0123456789").await.unwrap();
+    let mut b = [0u8; 10];
+    s.read_exact(&mut b).await.unwrap();
+    drop(s);
+    let metrics = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let logs = {
+        let mut logs = server.logs();
+        for _ in 0..100 {
+            if logs.contains("gateway tunnel") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            logs = server.logs();
+        }
+        logs
+    };
+    let line = logs
+        .lines()
+        .find(|l| l.contains("gateway tunnel"))
+        .unwrap_or_else(|| panic!("no gateway log line:\n{logs}"));
+    for needle in [
+        format!("destination={dest}"),
+        "status=200".into(),
+        "to_origin=10".into(),
+        "to_client=10".into(),
+        "client=127.0.0.1:".into(),
+    ] {
+        assert!(line.contains(&needle), "{needle} not in {line}");
+    }
+    assert!(metrics.contains("wharf_gateway_tunnels_open"), "{metrics}");
+    server.stop().await;
+    assert!(
+        TcpStream::connect(gw).await.is_err(),
+        "the gateway still listens after the server stopped"
+    );
+}
+
+/// `curl` through the gateway (`HTTPS_PROXY`), with the CA in `ca`.
+fn curl(program: &Path, proxy: SocketAddr, ca: &Path, url: &str) -> std::process::Output {
+    let proxy = format!("http://{proxy}");
+    Command::new(program)
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .arg(url)
+        .env("HTTPS_PROXY", &proxy)
+        .env("https_proxy", &proxy)
+        .env("http_proxy", &proxy)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run curl")
+}
+
+/// A TLS `docker-registry` known as `registry.wharf-test`, its CA in `<dir>/certs/ca.crt`.
+fn tls_origin(program: &Path, dir: &Path) -> Origin {
+    let ca = tlsgen::Ca::new("wharf gateway test CA");
+    let cert = ca.server_cert(&["registry.wharf-test", "blocked.wharf-test", "127.0.0.1"]);
+    ca.write_cert_dir(&dir.join("certs"));
+    let files = tlsgen::TlsFiles::in_dir(dir);
+    files.write(&cert);
+    Origin::start_tls(program, &files.cert, &files.key)
+}
+
+#[tokio::test]
+async fn curl_reaches_an_allowed_tls_origin_through_the_gateway_and_no_other() {
+    let Some(tools) = require_tools("curl_through_the_gateway", &["curl", "docker-registry"])
+    else {
+        return;
+    };
+    let dir = work_dir("wharf-gateway-curl-");
+    let d = dir.path().to_path_buf();
+    let registry = tools[1].clone();
+    let origin = blocking(move || tls_origin(&registry, &d)).await;
+    let gate = Gate::start(REACH_LOOPBACK, r#"allow = ["registry.wharf-test"]"#, "").await;
+    let (curl_bin, gw, ca) = (tools[0].clone(), gate.addr, dir.path().join("certs/ca.crt"));
+    let port = origin.addr.port();
+    let (ok, refused) = blocking(move || {
+        (
+            curl(
+                &curl_bin,
+                gw,
+                &ca,
+                &format!("https://registry.wharf-test:{port}/v2/"),
+            ),
+            curl(
+                &curl_bin,
+                gw,
+                &ca,
+                &format!("https://blocked.wharf-test:{port}/v2/"),
+            ),
+        )
+    })
+    .await;
+    assert!(
+        ok.status.success(),
+        "curl through the gateway failed: {}",
+        describe(&ok)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "{}");
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("403"),
+        "{}",
+        describe(&refused)
+    );
+    assert_eq!(origin.requests("GET", "/v2/"), 1, "{}", origin.access_log());
+}
+
+#[tokio::test]
+async fn skopeo_pushes_and_inspects_through_the_gateway_and_is_refused_elsewhere() {
+    let Some(tools) = require_tools("skopeo_through_the_gateway", &["skopeo", "docker-registry"])
+    else {
+        return;
+    };
+    let dir = work_dir("wharf-gateway-skopeo-");
+    let d = dir.path().to_path_buf();
+    let registry = tools[1].clone();
+    let origin = blocking(move || tls_origin(&registry, &d)).await;
+    let gate = Gate::start(REACH_LOOPBACK, r#"allow = ["registry.wharf-test"]"#, "").await;
+    let mut layout = oci::Layout::create(&dir.path().join("layout"));
+    let image = layout.add_image(&oci::ImageSpec::linux(
+        "amd64",
+        21,
+        &[oci::gzip_layer(200_000)],
+    ));
+    layout.tag(&image.manifest, "v1");
+    let (skopeo, gw, certs, root) = (
+        tools[0].clone(),
+        gate.addr,
+        dir.path().join("certs"),
+        layout.root().to_path_buf(),
+    );
+    let port = origin.addr.port();
+    let (push, inspect, refused) = blocking(move || {
+        let conf = skopeo_dir("wharf-gateway-skopeo-conf-");
+        let run = |args: &[&str]| {
+            Command::new(&skopeo)
+                .arg("--policy")
+                .arg(conf.path().join("policy.json"))
+                .arg("--registries-conf")
+                .arg(conf.path().join("registries.conf"))
+                .args(args)
+                .env("HTTPS_PROXY", format!("http://{gw}"))
+                .env("TMPDIR", conf.path())
+                .env_remove("NO_PROXY")
+                .env_remove("no_proxy")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run skopeo")
+        };
+        let certs = certs.to_string_lossy().into_owned();
+        let push = run(&[
+            "copy",
+            "--preserve-digests",
+            "--dest-cert-dir",
+            &certs,
+            &format!("oci:{}:v1", root.display()),
+            &format!("docker://registry.wharf-test:{port}/test/app:v1"),
+        ]);
+        let inspect = run(&[
+            "inspect",
+            "--cert-dir",
+            &certs,
+            &format!("docker://registry.wharf-test:{port}/test/app:v1"),
+        ]);
+        let refused = run(&[
+            "inspect",
+            "--cert-dir",
+            &certs,
+            &format!("docker://blocked.wharf-test:{port}/test/app:v1"),
+        ]);
+        (push, inspect, refused)
+    })
+    .await;
+    assert!(push.status.success(), "push: {}", describe(&push));
+    assert!(inspect.status.success(), "inspect: {}", describe(&inspect));
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(v["Digest"].as_str(), Some(image.manifest.digest.as_str()));
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("403") || why.contains("Forbidden"), "{why}");
+    assert!(
+        origin.requests("PUT", "/v2/test/app/manifests/v1") >= 1,
+        "{}",
+        origin.access_log()
+    );
+    let m = gate.settled_metrics().await;
+    assert!(
+        metric(&m, "wharf_gateway_tunnels_total{result=\"ok\"}") >= 2,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "wharf_gateway_refusals_total{reason=\"host\"}") >= 1,
+        "{m}"
+    );
+}
+
+#[test]
+fn the_gateway_config_is_validated_with_clear_errors() {
+    let parse = |t: &str| wharf::config::Config::from_toml_str(t).map(|_| ());
+    let e = parse("[gateway]\nlisten = \"127.0.0.1:3128\"\nallow = [\"unix:/run/x.sock\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gateway.allow") && e.contains("Unix"), "{e}");
+    let e = parse("[gateway]\nlisten = \"127.0.0.1:3128\"\nallow = [\"a.example/x\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gateway.allow \"a.example/x\""), "{e}");
+    let e = parse("[gateway]\nlisten = \"127.0.0.1:3128\"\nrequire_auth = true\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gateway.require_auth"), "{e}");
+    let e = parse("listen = \"127.0.0.1:3128\"\n[gateway]\nlisten = \"127.0.0.1:3128\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gateway.listen"), "{e}");
+    let e = parse("[gateway]\nlisten = \"127.0.0.1:3128\"\nallow_clients = [\"10.0.0.0/33\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gateway.allow_clients"), "{e}");
+    // The default: egress.allow's registry and Go hosts, not wharf's own services.
+    let c = wharf::config::Config::from_toml_str(
+        "[egress]\nallow = [\"registry-1.docker.io\", \"s3.internal:9000\", \"unix:/run/r.sock\"]\n\
+         [shared]\nendpoint = \"http://s3.internal:9000\"\nbucket = \"b\"\n\
+         [gateway]\nlisten = \"127.0.0.1:3128\"\n",
+    )
+    .unwrap();
+    let g = c.gateway.as_ref().unwrap();
+    assert_eq!(g.allow_entries(&c), ["registry-1.docker.io"]);
+    assert!(g.client_ranges(&c).contains(&"192.168.0.0/16".to_string()));
+}
+
+#[test]
+fn check_config_and_check_egress_mention_the_gateway() {
+    let dir = work_dir("wharf-gateway-check-");
+    let config = WharfConfig::new(dir.path())
+        .allow(&["registry-1.docker.io"])
+        .tables("[gateway]\nlisten = \"127.0.0.1:3128\"\nallow = [\"registry-1.docker.io\"]\n")
+        .write(&dir.path().join("wharf.toml"));
+    let out = wharf_command()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("gateway.listen             = 127.0.0.1:3128"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gateway.allow              = registry-1.docker.io"),
+        "{text}"
+    );
+    let out = wharf_command()
+        .args(["check-egress", "--config"])
+        .arg(&config)
+        .arg("https://elsewhere.example/")
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("gateway: REFUSED: not in gateway.allow"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn an_origin_that_is_down_is_a_502_failure_not_a_refusal() {
+    let closed = free_port();
+    let gate = Gate::start(REACH_LOOPBACK, r#"allow = ["origin.wharf-test"]"#, "").await;
+    let (head, _) = gate
+        .connect(&format!("origin.wharf-test:{closed}"), "")
+        .await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let answer = gate
+        .exchange(
+            format!("GET http://origin.wharf-test:{closed}/ HTTP/1.1\r\nHost: origin.wharf-test:{closed}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+    assert!(
+        answer.contains(&format!(
+            "wharf gateway: cannot connect to origin.wharf-test:{closed}"
+        )),
+        "{answer}"
+    );
+    let m = gate.settled_metrics().await;
+    assert_eq!(
+        metric(&m, "wharf_gateway_tunnels_total{result=\"failed\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "wharf_gateway_requests_total{result=\"failed\"}"),
+        1,
+        "{m}"
+    );
+    assert!(!m.contains("wharf_gateway_refusals_total{"), "{m}");
+}
