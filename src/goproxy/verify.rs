@@ -253,7 +253,7 @@ async fn lookup_hashes(
     let go = &app.go;
     let verifier = Verifier::new(&db.key)
         .map_err(|e| CheckError::Local(format!("go.sumdb key for {}: {e}", db.name)))?;
-    let _serial = go.sumdb_lock.lock().await;
+    let serial = go.sumdb_lock.lock().await;
     let index = &app.storage.index;
     let known = index
         .get_trust(&db.name)
@@ -270,6 +270,7 @@ async fn lookup_hashes(
         app,
         db,
         authenticated: Default::default(),
+        cached: Default::default(),
     };
     let result = verifier
         .lookup(&src, m.as_str(), v, known.as_ref())
@@ -290,6 +291,8 @@ async fn lookup_hashes(
             .put_trust(&db.name, &rec)
             .map_err(|e| CheckError::Local(e.to_string()))?;
     }
+    // The head is persisted: other lookups may go on while this one caches what it proved.
+    drop(serial);
     let lookup_path = format!(
         "lookup/{}@{}",
         super::path::escape(m.as_str()),
@@ -298,7 +301,14 @@ async fn lookup_hashes(
     let mut verified =
         std::mem::take(&mut *src.authenticated.lock().unwrap_or_else(|p| p.into_inner()));
     verified.push((lookup_path, result.response.clone()));
+    // Only what came from the database this time: a response read from the verified cache is
+    // stored already, and storing it again costs an fsync'd commit per path and lookup.
+    let cached = std::mem::take(&mut *src.cached.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut stored = std::collections::HashSet::new();
     for (path, data) in verified {
+        if cached.contains(&path) || !stored.insert(path.clone()) {
+            continue;
+        }
         if let Err(e) = store_verified(app, db, &path, data).await {
             tracing::warn!(path, error = %e, "cannot cache a verified sumdb response");
         }
@@ -334,6 +344,8 @@ struct CachedSource<'a> {
     app: &'a Arc<GoProxy>,
     db: &'a SumdbConfig,
     authenticated: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
+    /// Paths answered from the verified cache (nothing to store again).
+    cached: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl CachedSource<'_> {
@@ -347,6 +359,10 @@ impl CachedSource<'_> {
                 .blobs
                 .read_small(&rec.digest, MAX_SUMDB_BODY as u64)
         {
+            self.cached
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(path.to_string());
             return Ok(body);
         }
         match fetch(self.app, self.db, path).await {
