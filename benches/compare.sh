@@ -148,7 +148,8 @@ if [ "${#need[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
     # The nginx package may start a system-wide nginx; this script runs its own instances.
-    [ "$want_go" = 0 ] || find_xmod
+    [ "$want_go" = 0 ] || find_xmod \
+      || { echo "compare.sh: golang.org/x/mod's sources not found after the install" >&2; exit 1; }
   else
     echo "compare.sh: missing tools; install them with: apt-get install -y ${need[*]}" >&2
     exit 1
