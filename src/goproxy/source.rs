@@ -123,6 +123,10 @@ pub struct GoState {
     pub not_found_ttl: Duration,
     /// Serialises checksum-database lookups, so the trusted tree head only moves forward.
     pub sumdb_lock: tokio::sync::Mutex<()>,
+    /// Verified checksum-database responses on their way to disk (`verify::lookup_hashes`
+    /// stores them after the verdict, off the fill's path), by database and path; read like
+    /// the stored ones until they are stored.
+    pub sumdb_storing: Mutex<HashMap<(String, String), Arc<Vec<u8>>>>,
     /// Fail-fast state per checksum database.
     pub sumdb_health: HashMap<String, Arc<Health>>,
     pub offline: bool,
@@ -195,6 +199,7 @@ impl GoState {
             negative: Mutex::new(HashMap::new()),
             not_found_ttl: go.not_found_ttl,
             sumdb_lock: tokio::sync::Mutex::new(()),
+            sumdb_storing: Mutex::new(HashMap::new()),
             sumdb_health: go
                 .sumdbs
                 .iter()

@@ -54,6 +54,9 @@ pub(crate) async fn get_raw(
 ) -> Result<(Vec<u8>, Outcome), SumdbFetchError> {
     let index = &app.storage.index;
     let internal = |e: &dyn std::fmt::Display| SumdbFetchError::Internal(e.to_string());
+    if let Some(body) = storing(app, db, raw) {
+        return Ok((body.to_vec(), Outcome::Hit));
+    }
     let cached = match index.get_sumdb(&db.name, raw).map_err(|e| internal(&e))? {
         Some(rec) => app
             .engine
@@ -304,16 +307,61 @@ async fn lookup_hashes(
     // Only what came from the database this time: a response read from the verified cache is
     // stored already, and storing it again costs an fsync'd commit per path and lookup.
     let cached = std::mem::take(&mut *src.cached.lock().unwrap_or_else(|p| p.into_inner()));
-    let mut stored = std::collections::HashSet::new();
+    let mut fresh: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
     for (path, data) in verified {
-        if cached.contains(&path) || !stored.insert(path.clone()) {
-            continue;
-        }
-        if let Err(e) = store_verified(app, db, &path, data).await {
-            tracing::warn!(path, error = %e, "cannot cache a verified sumdb response");
+        if !cached.contains(&path) && !fresh.iter().any(|(p, _)| *p == path) {
+            fresh.push((path, Arc::new(data)));
         }
     }
+    store_in_background(app, db, fresh);
     Ok(result)
+}
+
+/// Stores verified responses on a task of their own, so the fill that proved them commits
+/// without waiting for their fsyncs; until each is on disk, `storing` answers for it (the go
+/// command asks for the same lookup as soon as it has the file).
+fn store_in_background(app: &Arc<GoProxy>, db: &SumdbConfig, fresh: Vec<(String, Arc<Vec<u8>>)>) {
+    if fresh.is_empty() {
+        return;
+    }
+    {
+        let mut pending = app
+            .go
+            .sumdb_storing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (path, data) in &fresh {
+            pending.insert((db.name.clone(), path.clone()), data.clone());
+        }
+    }
+    let (app, db) = (app.clone(), db.clone());
+    tokio::spawn(async move {
+        for (path, data) in fresh {
+            if let Err(e) = store_verified(&app, &db, &path, data.to_vec()).await {
+                tracing::warn!(path, error = %e, "cannot cache a verified sumdb response");
+            }
+            let key = (db.name.clone(), path);
+            let mut pending = app
+                .go
+                .sumdb_storing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // A later lookup may have put the same response again; either copy is the same.
+            if pending.get(&key).is_some_and(|d| Arc::ptr_eq(d, &data)) {
+                pending.remove(&key);
+            }
+        }
+    });
+}
+
+/// A verified response of `db` at `path` that is still being stored.
+fn storing(app: &GoProxy, db: &SumdbConfig, path: &str) -> Option<Arc<Vec<u8>>> {
+    app.go
+        .sumdb_storing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&(db.name.clone(), path.to_string()))
+        .cloned()
 }
 
 async fn store_verified(
@@ -351,6 +399,13 @@ struct CachedSource<'a> {
 impl CachedSource<'_> {
     async fn get(&self, path: &str) -> Result<Vec<u8>, super::sumdb::SourceError> {
         use super::sumdb::SourceError;
+        if let Some(body) = storing(self.app, self.db, path) {
+            self.cached
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(path.to_string());
+            return Ok(body.to_vec());
+        }
         if let Ok(Some(rec)) = self.app.storage.index.get_sumdb(&self.db.name, path)
             && rec.verified
             && let Ok(Some(body)) = self
