@@ -25,6 +25,8 @@ pub struct ModuleFileFetch {
     found: Option<(String, bool)>,
     /// The digest a record names (another replica stored it): the shared tier is asked first.
     known: Option<Digest>,
+    /// The checksum-database lookup `check` needs, started by `open` to run during the download.
+    lookup: Option<verify::PendingLookup>,
 }
 
 impl ModuleFileFetch {
@@ -36,6 +38,7 @@ impl ModuleFileFetch {
             kind,
             found: None,
             known: None,
+            lookup: None,
         }
     }
 
@@ -61,6 +64,13 @@ fn upstream(e: UpstreamError) -> FillError {
 
 impl Fetch for ModuleFileFetch {
     async fn open(&mut self) -> Result<Option<Incoming>, FillError> {
+        // Public modules only: a private module's name never reaches the checksum database.
+        if self.lookup.is_none()
+            && self.kind != FileKind::Info
+            && self.app.go.private_rule(&self.module).is_none()
+        {
+            self.lookup = verify::start_lookup(&self.app, &self.module, &self.version);
+        }
         let go = &self.app.go;
         let rest = format!("@v/{}.{}", escape(&self.version), self.kind.ext());
         for src in go.sources(&self.module) {
@@ -143,6 +153,7 @@ impl Fetch for ModuleFileFetch {
                 self.kind,
                 file,
                 public,
+                self.lookup.take(),
             )
             .await?),
         }

@@ -112,6 +112,9 @@ pub enum Fetched {
     NotFound,
 }
 
+/// Verified checksum-database responses by database and path (`GoState::sumdb_storing`).
+pub type VerifiedInFlight = HashMap<(String, String), Arc<Vec<u8>>>;
+
 pub struct GoState {
     pub http: reqwest::Client,
     pub policy: std::sync::Arc<EgressPolicy>,
@@ -126,7 +129,7 @@ pub struct GoState {
     /// Verified checksum-database responses on their way to disk (`verify::lookup_hashes`
     /// stores them after the verdict, off the fill's path), by database and path; read like
     /// the stored ones until they are stored.
-    pub sumdb_storing: Mutex<HashMap<(String, String), Arc<Vec<u8>>>>,
+    pub sumdb_storing: Mutex<VerifiedInFlight>,
     /// Fail-fast state per checksum database.
     pub sumdb_health: HashMap<String, Arc<Health>>,
     pub offline: bool,

@@ -161,10 +161,31 @@ impl From<CheckError> for crate::cache::FillError {
     }
 }
 
+/// A checksum-database lookup started when a fill opens its source (`start_lookup`), so that
+/// it runs while the file downloads; the verdict waits for it.
+pub struct PendingLookup(tokio::task::JoinHandle<Result<super::sumdb::LookupResult, CheckError>>);
+
+/// Starts the lookup that the check of a public `.mod` or `.zip` of `m@v` needs (when
+/// `go.verify` is on and a database is configured). Its failure is reported by the check that
+/// awaits it, so a fill that ends before its check (not found upstream) logs nothing for it.
+pub fn start_lookup(app: &Arc<GoProxy>, m: &ModulePath, v: &str) -> Option<PendingLookup> {
+    use tracing::Instrument as _;
+    if !app.config.go.verify {
+        return None;
+    }
+    let db = app.config.go.sumdbs.first()?.clone();
+    let (app, m, v) = (app.clone(), m.clone(), v.to_string());
+    let lookup = async move { lookup_hashes(&app, &db, &m, &v).await };
+    Some(PendingLookup(tokio::spawn(
+        lookup.instrument(tracing::Span::current()),
+    )))
+}
+
 /// Verifies a downloaded `.mod` or `.zip` (in `file`) before it is committed. Zips always pass
 /// the structural checks of golang.org/x/mod/zip; public modules are then checked against the
 /// checksum database (unless `go.verify = false`): their `h1:` must equal the authenticated
-/// record's. Errors are one-line texts for the client; both hashes are logged.
+/// record's, from `pending` when the fill started the lookup already. Errors are one-line texts
+/// for the client; both hashes are logged.
 pub async fn check_module_file(
     app: &Arc<GoProxy>,
     m: &ModulePath,
@@ -172,6 +193,7 @@ pub async fn check_module_file(
     kind: FileKind,
     file: &Arc<std::fs::File>,
     public: bool,
+    pending: Option<PendingLookup>,
 ) -> Result<(), CheckError> {
     let h1 = compute_h1(m, v, kind, file).await.inspect_err(|e| {
         if matches!(e, CheckError::Upstream(_)) {
@@ -185,7 +207,18 @@ pub async fn check_module_file(
         tracing::warn!(module = %m, version = v, "go.verify is on but no [[go.sumdb]] is configured; not verified");
         return Ok(());
     };
-    let expected = lookup_hashes(app, db, m, v).await?;
+    let expected = match pending {
+        Some(PendingLookup(task)) => task
+            .await
+            .map_err(|e| CheckError::Local(format!("the checksum-database lookup failed: {e}")))?,
+        None => lookup_hashes(app, db, m, v).await,
+    }
+    .inspect_err(|e| {
+        if let CheckError::Upstream(why) = e {
+            tracing::error!(db = %db.name, module = %m, version = v, error = %why,
+                "checksum database verification failed");
+        }
+    })?;
     let want = match kind {
         FileKind::Zip => expected.zip_hash,
         _ => expected.mod_hash,
@@ -279,7 +312,6 @@ async fn lookup_hashes(
         .lookup(&src, m.as_str(), v, known.as_ref())
         .await
         .map_err(|e| {
-            tracing::error!(db = %db.name, module = %m, version = v, error = %e, "checksum database verification failed");
             CheckError::Upstream(format!("cannot verify {m}@{v} with {}: {e}", db.name))
         })?;
     // Persist the head first: it is what keeps the database from rolling back or forking.
