@@ -29,10 +29,14 @@
 # What it does, all on 127.0.0.1:
 #   1. Checks for its tools and, as root, installs the missing Debian packages:
 #        apt-get install nginx wrk docker-registry skopeo golang-go python3 curl openssl
-#      (Rust/cargo must already be there.) The shared part also needs Garage, an S3-compatible
+#      and, for the Go part, golang-golang-x-mod-dev (golang.org/x/mod's sources, unless the Go
+#      toolchain vendors a copy with the checksum-database server). (Rust/cargo must already be
+#      there.) The shared part also needs Garage, an S3-compatible
 #      store, on PATH or in cargo's bin directory; it is built when missing with
 #        cargo install garage --version 2.5.0 --locked      (about 15 minutes on 2 cores)
-#   2. cargo build --release; builds benches/lib/fetch.go (a small concurrent GET client).
+#   2. cargo build --release; builds benches/lib/fetch.go (a small concurrent GET client) and,
+#      for the Go part, the tests' checksum-database helper tests/support/gosumdb (GOPATH mode,
+#      against golang.org/x/mod, as tests/support/gotools.rs builds it).
 #   3. benches/lib/gen.py generates, deterministically: an OCI layout with a 256 MiB-layer image,
 #      a many-small-layers image and a two-platform index (gzip "stored" layers, so skopeo keeps
 #      the digests), and a Go module tree in GOPROXY layout plus a main module requiring it all.
@@ -48,6 +52,12 @@
 #        - lazy pulling: one Range GET of the last MiB of the cold large layer (fresh caches;
 #          wharf also with registry.cold_ranges = "wait") vs. straight from the origin
 #        - `go mod download` of the module graph, cold and warm, empty GOMODCACHE each time
+#        - the same cold, verified: a local checksum database (the gosumdb helper over the
+#          generated modules' sources, so it records their real h1: hashes); a fresh wharf with
+#          go.verify = true and it as the one [[go.sumdb]], its go command set up as README says
+#          (GOSUMDB the key alone: it reads the database through wharf), against nginx static
+#          and a fresh nginx proxy_cache with the go command reading the database itself
+#          (GOSUMDB="<key> <url>"); GONOSUMDB unset
 #        - TLS: a second wharf with [tls] against nginx static with ssl, one self-signed
 #          certificate: warm blob 1 and 8 streams, CPU per GiB, manifest by tag req/s and p99
 #      and, for the shared tier (Garage as a single-node S3 store; replicas with [shared] on one
@@ -112,12 +122,34 @@ done
 if [ -n "$profile" ]; then
   command -v perf >/dev/null 2>&1 || need+=(linux-perf)
 fi
+# The Go part's checksum database is the tests' helper, built against golang.org/x/mod.
+want_go=0
+if [ -z "$only" ] || [[ ",$only," == *,go,* ]]; then
+  want_go=1
+fi
+xmod=""
+find_xmod() {
+  local dir
+  for dir in /usr/share/gocode/src/golang.org/x/mod \
+             "$(GOTOOLCHAIN=local go env GOROOT 2>/dev/null)/src/cmd/vendor/golang.org/x/mod"; do
+    if [ -f "$dir/sumdb/test.go" ] && [ -f "$dir/zip/zip.go" ]; then
+      xmod="$dir"
+      return 0
+    fi
+  done
+  return 1
+}
+if [ "$want_go" = 1 ] && ! find_xmod; then
+  need+=(golang-golang-x-mod-dev)
+fi
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$install" = 1 ] && [ "$(id -u)" = 0 ]; then
     echo "compare.sh: installing ${need[*]}" >&2
     DEBIAN_FRONTEND=noninteractive apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
     # The nginx package may start a system-wide nginx; this script runs its own instances.
+    [ "$want_go" = 0 ] || find_xmod \
+      || { echo "compare.sh: golang.org/x/mod's sources not found after the install" >&2; exit 1; }
   else
     echo "compare.sh: missing tools; install them with: apt-get install -y ${need[*]}" >&2
     exit 1
@@ -194,6 +226,19 @@ fi
 mkdir -p "$work/bin"
 GOTOOLCHAIN=local GO111MODULE=off GOFLAGS= GOPROXY=off \
   go build -o "$work/bin/fetch" "$root/benches/lib/fetch.go"
+gosumdb_bin=""
+if [ "$want_go" = 1 ]; then
+  # As tests/support/gotools.rs does it: GOPATH mode, x/mod's non-test sources copied next to
+  # the helper's main package.
+  gosrc="$work/gosumdb-build/src"
+  mkdir -p "$gosrc/golang.org/x" "$gosrc/wharf-gosumdb"
+  (cd "$xmod/.." && find mod -name testdata -prune -o -name '*.go' ! -name '*_test.go' -print0 \
+    | xargs -0 cp --parents -t "$gosrc/golang.org/x")
+  cp "$root/tests/support/gosumdb/main.go" "$gosrc/wharf-gosumdb/"
+  (cd "$gosrc/wharf-gosumdb" && GOTOOLCHAIN=local GO111MODULE=off GOFLAGS= GOPROXY=off \
+    GOPATH="$work/gosumdb-build" go build -o "$work/bin/gosumdb" .)
+  gosumdb_bin="$work/bin/gosumdb"
+fi
 
 if [ -z "$out" ]; then
   mkdir -p "$target_dir/bench"
@@ -224,7 +269,7 @@ python3 "$root/benches/lib/bench.py" \
   --work "$work" --data "$work/data" --out "$out" --command "$command_line" \
   --wharf "$wharf_bin" --wharf-version "$wharf_version" --fetch "$work/bin/fetch" \
   --only "$only" --garage "$garage_bin" --wharf-log-level "${WHARF_BENCH_LOG_LEVEL:-info}" \
-  --baseline "$baseline_bin" --baseline-version "$baseline_version" \
+  --baseline "$baseline_bin" --baseline-version "$baseline_version" --gosumdb "$gosumdb_bin" \
   "${profile_args[@]}" "${driver_args[@]}" &
 driver=$!
 wait "$driver"

@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -124,9 +125,9 @@ class Server:
         self.cwd = cwd
         self.proc = None
 
-    def start(self, port, ready_path="/", timeout=60):
+    def start(self, port, ready_path="/", timeout=60, ready=None):
         """Starts the process and waits until `ready_path` answers 200 (None: until the port
-        accepts connections)."""
+        accepts connections), or, given `ready`, until it returns true."""
         err = open(self.log_path, "ab")
         out = open(self.stdout_path, "ab") if self.stdout_path != self.log_path else err
         self.proc = subprocess.Popen(
@@ -148,7 +149,10 @@ class Server:
                     "%s exited with %s; log %s:\n%s"
                     % (self.name, self.proc.returncode, self.log_path, tail(self.log_path))
                 )
-            if (port_open(port) if ready_path is None else http_status(port, ready_path) == 200):
+            if ready is not None:
+                if ready():
+                    return self
+            elif (port_open(port) if ready_path is None else http_status(port, ready_path) == 200):
                 return self
             if time.time() > deadline:
                 raise RuntimeError("%s did not answer 200 on %s" % (self.name, ready_path or "its port"))
@@ -433,12 +437,17 @@ def start_ngcache(origin, static, name="ngcache"):
     return server
 
 
-def start_wharf(origin, static, name="wharf", tables="", port=None, tls=None, registry_keys="", binary=None):
+def start_wharf(origin, static, name="wharf", tables="", port=None, tls=None, registry_keys="", binary=None, sumdb=None):
     """wharf on an empty data directory; `tables` is appended to its config ([shared], [peers]),
     `registry_keys` to its [registry] table; with `tls` (cert, key), it serves HTTPS; `binary`
-    runs another build (--baseline)."""
+    runs another build (--baseline); with `sumdb` (a SumDb), `go.verify = true` against it as the
+    only `[[go.sumdb]]`."""
     if tls:
         tables += '[tls]\ncert = "%s"\nkey = "%s"\n' % tls
+    verify = "false"
+    if sumdb:
+        verify = "true"
+        tables += '[[go.sumdb]]\nname = "%s"\nkey = "%s"\nurl = "%s"\n' % (sumdb.name, sumdb.key, sumdb.url)
     port = port or free_port()
     d = fresh_dir(name)
     config = os.path.join(d, "wharf.toml")
@@ -449,9 +458,9 @@ def start_wharf(origin, static, name="wharf", tables="", port=None, tls=None, re
             "[log]\nlevel = \"%s\"\n"
             '[registry]\ndefault_upstream = "origin"\n%s'
             '[[registry.upstream]]\nname = "origin"\nurl = "http://127.0.0.1:%d"\n'
-            '[go]\nupstreams = ["http://127.0.0.1:%d/go"]\nverify = false\n'
+            '[go]\nupstreams = ["http://127.0.0.1:%d/go"]\nverify = %s\n'
             '[egress]\nallow = ["127.0.0.1"]\n'
-            % (port, os.path.join(d, "data"), ARGS.wharf_log_level, registry_keys, origin.port, static.port)
+            % (port, os.path.join(d, "data"), ARGS.wharf_log_level, registry_keys, origin.port, static.port, verify)
             + tables
         )
     server = Server(name, [binary or ARGS.wharf, "serve", "--config", config], os.path.join(d, "log"))
@@ -459,6 +468,49 @@ def start_wharf(origin, static, name="wharf", tables="", port=None, tls=None, re
     server.port, server.dir = port, d
     server.scheme = "https" if tls else "http"
     return server
+
+
+class SumDb:
+    """The checksum database of the generated Go tree: tests/support/gosumdb (compare.sh builds it
+    against Debian's golang.org/x/mod) over the module sources unpacked from gen.py's zips, so it
+    records the `h1:` hashes of exactly the files nginx and wharf serve (the hashes cover file
+    names and contents, not the zip's encoding). Its own GOPROXY tree (`/mod/`) goes unused."""
+
+    def __init__(self):
+        d = os.path.join(ARGS.work, "gosumdb")
+        src = os.path.join(d, "src")
+        # Zip entries are `<module>@<version>/<file>`: the helper's `-src` layout as they stand.
+        for root, _dirs, files in os.walk(os.path.join(ARGS.data, "go")):
+            for name in files:
+                if name.endswith(".zip"):
+                    with zipfile.ZipFile(os.path.join(root, name)) as z:
+                        z.extractall(src)
+        ready = os.path.join(d, "ready.json")
+        self.server = Server(
+            "checksum database",
+            [ARGS.gosumdb, "-src", src, "-out", os.path.join(d, "download")],
+            os.path.join(d, "requests.log"),
+            stdout_path=ready,
+        )
+
+        def first_line():
+            with open(ready) as f:
+                line = f.readline()
+            return json.loads(line) if line.endswith("\n") else None
+
+        self.server.start(None, ready=first_line)
+        info = first_line()
+        # The verifier key is `<name>+<hash>+<key>`; the database answers under /sumdb/.
+        self.key = info["vkey"]
+        self.name = self.key.split("+", 1)[0]
+        self.url = "http://%s/sumdb" % info["addr"]
+        want = 2 * len(ARGS.meta["go"]["modules"])
+        if len(info["modules"]) != want:
+            raise RuntimeError("the checksum database holds %d module versions, want %d" % (len(info["modules"]), want))
+
+    def direct(self):
+        """GOSUMDB for a go command that reads the database itself."""
+        return "%s %s" % (self.key, self.url)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,29 +591,30 @@ def cold_pull(port, image):
     return wall
 
 
-def go_download(proxy_url):
-    """`go mod download` of the whole generated graph, into a new, empty GOMODCACHE."""
+def go_download(proxy_url, gosumdb=None):
+    """`go mod download` of the whole generated graph, into a new, empty GOMODCACHE (and GOPATH,
+    so the go command's own checksum-database cache starts empty too). With `gosumdb` (a GOSUMDB
+    value), every module is verified against that database; without, nothing is."""
     d = fresh_dir("go")
     main = os.path.join(d, "main")
     shutil.copytree(os.path.join(ARGS.data, "gomain"), main)
+    sums = {"GOSUMDB": gosumdb} if gosumdb else {"GOSUMDB": "off", "GONOSUMDB": "*"}
     env = clean_env(
-        {
-            "HOME": d,
-            "GOPATH": os.path.join(d, "gopath"),
-            "GOMODCACHE": os.path.join(d, "modcache"),
-            "GOCACHE": os.path.join(d, "gocache"),
-            "GOENV": "off",
-            "GOPROXY": proxy_url,
-            "GOSUMDB": "off",
-            "GONOSUMCHECK": "1",
-            "GONOSUMDB": "*",
-            "GOPRIVATE": "",
-            "GONOPROXY": "",
-            "GOFLAGS": "-mod=mod",
-            "GOTOOLCHAIN": "local",
-            "GO111MODULE": "on",
-            "GOVCS": "*:off",
-        }
+        dict(
+            sums,
+            HOME=d,
+            GOPATH=os.path.join(d, "gopath"),
+            GOMODCACHE=os.path.join(d, "modcache"),
+            GOCACHE=os.path.join(d, "gocache"),
+            GOENV="off",
+            GOPROXY=proxy_url,
+            GOPRIVATE="",
+            GONOPROXY="",
+            GOFLAGS="-mod=mod",
+            GOTOOLCHAIN="local",
+            GO111MODULE="on",
+            GOVCS="*:off",
+        )
     )
     t0 = time.perf_counter()
     run([ARGS.go, "mod", "download"], env=env, cwd=main, timeout=600)
@@ -773,6 +826,29 @@ def measure_go(res, rep, static, warm):
             rmtree(server.dir)
     for kind in rotate([STATIC, WHARF, NGCACHE], rep):
         res.add("go_warm", kind, go_download(go_url(kind, warm)))
+    measure_go_verified(res, rep, static, warm)
+
+
+def measure_go_verified(res, rep, static, warm):
+    """Cold, verified as users run it: nginx (static, or proxy_cache in front of it) with the go
+    command reading the checksum database itself, against a fresh wharf with `go.verify = true`
+    whose client reaches the database through wharf (GOSUMDB: the key alone, as README says)."""
+    sumdb = warm["sumdb"]
+    for kind in rotate([STATIC, WHARF, NGCACHE], rep):
+        if kind == STATIC:
+            res.add("go_cold_verified", STATIC, go_download("http://127.0.0.1:%d/go" % static.port, sumdb.direct()))
+            continue
+        if kind == WHARF:
+            server = start_wharf(warm["origin"], static, "wharf-cold-verified", sumdb=sumdb)
+            gosumdb, port = sumdb.key, server.port
+        else:
+            server = fresh_proxy(kind, warm["origin"], static)
+            gosumdb, port = sumdb.direct(), server.go_port
+        try:
+            res.add("go_cold_verified", kind, go_download("http://127.0.0.1:%d/go" % port, gosumdb))
+        finally:
+            server.stop()
+            rmtree(server.dir)
 
 
 def go_url(kind, warm):
@@ -1099,6 +1175,7 @@ ROWS = [
     ("cold_range_wait_ms", "  the same with registry.cold_ranges = \"wait\" (ms)", 1, [WHARF], None, None),
     ("go_cold", "go mod download, cold (s)", 2, [WHARF, STATIC, NGCACHE], (WHARF, STATIC), None),
     ("go_warm", "go mod download, warm (s)", 2, [WHARF, STATIC, NGCACHE], (WHARF, STATIC), ("le", 1.1)),
+    ("go_cold_verified", "go mod download, cold, verified (s)", 2, [WHARF, STATIC, NGCACHE], (WHARF, STATIC), ("le", 1.15)),
 ]
 
 # --baseline: this build against another build of wharf, same run, same load, interleaved.
@@ -1210,10 +1287,11 @@ def table(res, rows=None, columns=COLUMNS):
         target_text, met = "", ""
         if target:
             kind, bound = target
+            shown = "%.1f" % bound if round(bound, 1) == bound else "%g" % bound
             if kind == "ge":
-                target_text, ok = "≥ %g×" % bound, ratio is not None and ratio >= bound
+                target_text, ok = "≥ %s×" % shown, ratio is not None and ratio >= bound
             elif kind == "le":
-                target_text, ok = "≤ %g×" % bound, ratio is not None and ratio <= bound
+                target_text, ok = "≤ %s×" % shown, ratio is not None and ratio <= bound
             elif kind == "abs_le":
                 target_text, ok = "< %g" % bound, wharf is not None and wharf < bound
             else:
@@ -1388,6 +1466,7 @@ def main():
     ap.add_argument("--perf", default="perf")
     ap.add_argument("--baseline", default="", help="another wharf binary, measured beside this one in the warm blob and manifest rows")
     ap.add_argument("--baseline-version", default="?")
+    ap.add_argument("--gosumdb", default="", help="the tests' checksum-database helper (tests/support/gosumdb), for the verified Go row")
     for tool in ("nginx", "registry", "skopeo", "go", "wrk"):
         ap.add_argument("--" + tool, default=tool if tool != "registry" else "docker-registry")
     ARGS = ap.parse_args()
@@ -1402,6 +1481,8 @@ def main():
     if ARGS.garage:
         ARGS.garage = shutil.which(ARGS.garage) or sys.exit("bench.py: %s not found" % ARGS.garage)
     only = set(filter(None, ARGS.only.split(",")))
+    if (not only or "go" in only) and not ARGS.gosumdb:
+        sys.exit("bench.py: the Go part needs --gosumdb")
     want = lambda part: (not only or part in only) and (part != "shared" or ARGS.garage)  # noqa: E731
 
     ARGS.load_before = os.getloadavg()
@@ -1452,6 +1533,8 @@ def bench(want, started):
     if want("go"):
         for kind in (WHARF, NGCACHE):
             go_download(go_url(kind, warm))
+        log("the checksum database of the Go tree")
+        warm["sumdb"] = SumDb()
     if want("tls"):
         log("TLS: wharf with [tls] and nginx with ssl on one certificate")
         tls_servers = prepare_tls(origin, static, images)
@@ -1547,7 +1630,8 @@ def bench(want, started):
             "Blob rows: the fetch client (Go, 1 MiB reads, HTTP/1.1) takes the layer %d times in a row for 1 stream, once per stream otherwise; CPU is utime+stime of the server's processes (nginx: all workers) per GiB delivered; peak RSS is VmHWM summed over them after resetting it (`clear_refs` 5). "
             "Manifest rows: wrk, %d threads, %d connections, %d s, `Accept` with all four manifest types. "
             "Cold rows start each proxy on an empty store (wharf: new data dir; nginx: new cache; docker-registry proxy: new storage); cold pulls are `skopeo copy docker://… dir:…`. "
-            "The docker-registry proxy asks its origin for every tag on every request, by design. Go rows: `go mod download` with an empty GOMODCACHE each time, GOSUMDB=off, wharf with `go.verify = false`; the nginx static column is also the direct origin for Go. "
+            "The docker-registry proxy asks its origin for every tag on every request, by design. Go rows: `go mod download` with an empty GOMODCACHE and GOPATH each time, GOSUMDB=off, wharf with `go.verify = false`; the nginx static column is also the direct origin for Go. "
+            "The verified row turns checking on everywhere, against a local checksum database holding every module version of the tree (tests/support/gosumdb, golang.org/x/mod's own server and hashes): wharf starts on an empty data dir each time with `go.verify = true` and that database as its only `[[go.sumdb]]`, and the go command is set up as README says (`GOPROXY` wharf, `GOSUMDB` the key alone, so it reads the database through wharf); for nginx, static or proxy_cache (a new cache each time), the go command reads the database itself (`GOSUMDB=\"<key> <url>\"`). GONOSUMDB is unset in all three. "
             "Ratios are wharf's median over the named peer's median."
             % (
                 ARGS.big_mib,

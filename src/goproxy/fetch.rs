@@ -16,7 +16,6 @@ use crate::cache::{Fetch, FillError, Incoming};
 use crate::upstream::UpstreamError;
 use crate::upstream::client::into_incoming;
 
-#[derive(Clone)]
 pub struct ModuleFileFetch {
     pub app: Arc<GoProxy>,
     pub module: ModulePath,
@@ -26,6 +25,24 @@ pub struct ModuleFileFetch {
     found: Option<(String, bool)>,
     /// The digest a record names (another replica stored it): the shared tier is asked first.
     known: Option<Digest>,
+    /// The checksum-database lookup `check` needs, started by `open` to run during the download.
+    lookup: Option<verify::PendingLookup>,
+}
+
+/// A clone (a continuation of the transfer) starts its own checksum-database lookup if it
+/// needs one: a started lookup belongs to the fetch that will check the file.
+impl Clone for ModuleFileFetch {
+    fn clone(&self) -> Self {
+        ModuleFileFetch {
+            app: self.app.clone(),
+            module: self.module.clone(),
+            version: self.version.clone(),
+            kind: self.kind,
+            found: self.found.clone(),
+            known: self.known.clone(),
+            lookup: None,
+        }
+    }
 }
 
 impl ModuleFileFetch {
@@ -37,6 +54,7 @@ impl ModuleFileFetch {
             kind,
             found: None,
             known: None,
+            lookup: None,
         }
     }
 
@@ -62,6 +80,13 @@ fn upstream(e: UpstreamError) -> FillError {
 
 impl Fetch for ModuleFileFetch {
     async fn open(&mut self) -> Result<Option<Incoming>, FillError> {
+        // Public modules only: a private module's name never reaches the checksum database.
+        if self.lookup.is_none()
+            && self.kind != FileKind::Info
+            && self.app.go.private_rule(&self.module).is_none()
+        {
+            self.lookup = verify::start_lookup(&self.app, &self.module, &self.version);
+        }
         let go = &self.app.go;
         let rest = format!("@v/{}.{}", escape(&self.version), self.kind.ext());
         for src in go.sources(&self.module) {
@@ -144,6 +169,7 @@ impl Fetch for ModuleFileFetch {
                 self.kind,
                 file,
                 public,
+                self.lookup.take(),
             )
             .await?),
         }

@@ -125,6 +125,9 @@ pub enum Fetched {
     NotFound,
 }
 
+/// Verified checksum-database responses by database and path (`GoState::sumdb_storing`).
+pub type VerifiedInFlight = HashMap<(String, String), Arc<Vec<u8>>>;
+
 pub struct GoState {
     pub http: reqwest::Client,
     pub policy: std::sync::Arc<EgressPolicy>,
@@ -136,6 +139,10 @@ pub struct GoState {
     pub not_found_ttl: Duration,
     /// Serialises checksum-database lookups, so the trusted tree head only moves forward.
     pub sumdb_lock: tokio::sync::Mutex<()>,
+    /// Verified checksum-database responses on their way to disk (`verify::lookup_hashes`
+    /// stores them after the verdict, off the fill's path), by database and path; read like
+    /// the stored ones until they are stored.
+    pub sumdb_storing: Mutex<VerifiedInFlight>,
     /// Fail-fast state per checksum database.
     pub sumdb_health: HashMap<String, Arc<Health>>,
     pub offline: bool,
@@ -208,6 +215,7 @@ impl GoState {
             negative: Mutex::new(HashMap::new()),
             not_found_ttl: go.not_found_ttl,
             sumdb_lock: tokio::sync::Mutex::new(()),
+            sumdb_storing: Mutex::new(HashMap::new()),
             sumdb_health: go
                 .sumdbs
                 .iter()

@@ -54,6 +54,9 @@ pub(crate) async fn get_raw(
 ) -> Result<(Vec<u8>, Outcome), SumdbFetchError> {
     let index = &app.storage.index;
     let internal = |e: &dyn std::fmt::Display| SumdbFetchError::Internal(e.to_string());
+    if let Some(body) = storing(app, db, raw) {
+        return Ok((body.to_vec(), Outcome::Hit));
+    }
     let cached = match index.get_sumdb(&db.name, raw).map_err(|e| internal(&e))? {
         Some(rec) => app
             .engine
@@ -158,10 +161,31 @@ impl From<CheckError> for crate::cache::FillError {
     }
 }
 
+/// A checksum-database lookup started when a fill opens its source (`start_lookup`), so that
+/// it runs while the file downloads; the verdict waits for it.
+pub struct PendingLookup(tokio::task::JoinHandle<Result<super::sumdb::LookupResult, CheckError>>);
+
+/// Starts the lookup that the check of a public `.mod` or `.zip` of `m@v` needs (when
+/// `go.verify` is on and a database is configured). Its failure is reported by the check that
+/// awaits it, so a fill that ends before its check (not found upstream) logs nothing for it.
+pub fn start_lookup(app: &Arc<GoProxy>, m: &ModulePath, v: &str) -> Option<PendingLookup> {
+    use tracing::Instrument as _;
+    if !app.config.go.verify {
+        return None;
+    }
+    let db = app.config.go.sumdbs.first()?.clone();
+    let (app, m, v) = (app.clone(), m.clone(), v.to_string());
+    let lookup = async move { lookup_hashes(&app, &db, &m, &v).await };
+    Some(PendingLookup(tokio::spawn(
+        lookup.instrument(tracing::Span::current()),
+    )))
+}
+
 /// Verifies a downloaded `.mod` or `.zip` (in `file`) before it is committed. Zips always pass
 /// the structural checks of golang.org/x/mod/zip; public modules are then checked against the
 /// checksum database (unless `go.verify = false`): their `h1:` must equal the authenticated
-/// record's. Errors are one-line texts for the client; both hashes are logged.
+/// record's, from `pending` when the fill started the lookup already. Errors are one-line texts
+/// for the client; both hashes are logged.
 pub async fn check_module_file(
     app: &Arc<GoProxy>,
     m: &ModulePath,
@@ -169,6 +193,7 @@ pub async fn check_module_file(
     kind: FileKind,
     file: &Arc<std::fs::File>,
     public: bool,
+    pending: Option<PendingLookup>,
 ) -> Result<(), CheckError> {
     let h1 = compute_h1(m, v, kind, file).await.inspect_err(|e| {
         if matches!(e, CheckError::Upstream(_)) {
@@ -182,7 +207,18 @@ pub async fn check_module_file(
         tracing::warn!(module = %m, version = v, "go.verify is on but no [[go.sumdb]] is configured; not verified");
         return Ok(());
     };
-    let expected = lookup_hashes(app, db, m, v).await?;
+    let expected = match pending {
+        Some(PendingLookup(task)) => task
+            .await
+            .map_err(|e| CheckError::Local(format!("the checksum-database lookup failed: {e}")))?,
+        None => lookup_hashes(app, db, m, v).await,
+    }
+    .inspect_err(|e| {
+        if let CheckError::Upstream(why) = e {
+            tracing::error!(db = %db.name, module = %m, version = v, error = %why,
+                "checksum database verification failed");
+        }
+    })?;
     let want = match kind {
         FileKind::Zip => expected.zip_hash,
         _ => expected.mod_hash,
@@ -253,7 +289,7 @@ async fn lookup_hashes(
     let go = &app.go;
     let verifier = Verifier::new(&db.key)
         .map_err(|e| CheckError::Local(format!("go.sumdb key for {}: {e}", db.name)))?;
-    let _serial = go.sumdb_lock.lock().await;
+    let serial = go.sumdb_lock.lock().await;
     let index = &app.storage.index;
     let known = index
         .get_trust(&db.name)
@@ -270,12 +306,12 @@ async fn lookup_hashes(
         app,
         db,
         authenticated: Default::default(),
+        cached: Default::default(),
     };
     let result = verifier
         .lookup(&src, m.as_str(), v, known.as_ref())
         .await
         .map_err(|e| {
-            tracing::error!(db = %db.name, module = %m, version = v, error = %e, "checksum database verification failed");
             CheckError::Upstream(format!("cannot verify {m}@{v} with {}: {e}", db.name))
         })?;
     // Persist the head first: it is what keeps the database from rolling back or forking.
@@ -290,6 +326,8 @@ async fn lookup_hashes(
             .put_trust(&db.name, &rec)
             .map_err(|e| CheckError::Local(e.to_string()))?;
     }
+    // The head is persisted: other lookups may go on while this one caches what it proved.
+    drop(serial);
     let lookup_path = format!(
         "lookup/{}@{}",
         super::path::escape(m.as_str()),
@@ -298,12 +336,64 @@ async fn lookup_hashes(
     let mut verified =
         std::mem::take(&mut *src.authenticated.lock().unwrap_or_else(|p| p.into_inner()));
     verified.push((lookup_path, result.response.clone()));
+    // Only what came from the database this time: a response read from the verified cache is
+    // stored already, and storing it again costs an fsync'd commit per path and lookup.
+    let cached = std::mem::take(&mut *src.cached.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut fresh: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
     for (path, data) in verified {
-        if let Err(e) = store_verified(app, db, &path, data).await {
-            tracing::warn!(path, error = %e, "cannot cache a verified sumdb response");
+        if !cached.contains(&path) && !fresh.iter().any(|(p, _)| *p == path) {
+            fresh.push((path, Arc::new(data)));
         }
     }
+    store_in_background(app, db, fresh);
     Ok(result)
+}
+
+/// Stores verified responses on a task of their own, so the fill that proved them commits
+/// without waiting for their fsyncs; until each is on disk, `storing` answers for it (the go
+/// command asks for the same lookup as soon as it has the file).
+fn store_in_background(app: &Arc<GoProxy>, db: &SumdbConfig, fresh: Vec<(String, Arc<Vec<u8>>)>) {
+    if fresh.is_empty() {
+        return;
+    }
+    {
+        let mut pending = app
+            .go
+            .sumdb_storing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (path, data) in &fresh {
+            pending.insert((db.name.clone(), path.clone()), data.clone());
+        }
+    }
+    let (app, db) = (app.clone(), db.clone());
+    tokio::spawn(async move {
+        for (path, data) in fresh {
+            if let Err(e) = store_verified(&app, &db, &path, data.to_vec()).await {
+                tracing::warn!(path, error = %e, "cannot cache a verified sumdb response");
+            }
+            let key = (db.name.clone(), path);
+            let mut pending = app
+                .go
+                .sumdb_storing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // A later lookup may have put the same response again; either copy is the same.
+            if pending.get(&key).is_some_and(|d| Arc::ptr_eq(d, &data)) {
+                pending.remove(&key);
+            }
+        }
+    });
+}
+
+/// A verified response of `db` at `path` that is still being stored.
+fn storing(app: &GoProxy, db: &SumdbConfig, path: &str) -> Option<Arc<Vec<u8>>> {
+    app.go
+        .sumdb_storing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&(db.name.clone(), path.to_string()))
+        .cloned()
 }
 
 async fn store_verified(
@@ -334,11 +424,20 @@ struct CachedSource<'a> {
     app: &'a Arc<GoProxy>,
     db: &'a SumdbConfig,
     authenticated: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
+    /// Paths answered from the verified cache (nothing to store again).
+    cached: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl CachedSource<'_> {
     async fn get(&self, path: &str) -> Result<Vec<u8>, super::sumdb::SourceError> {
         use super::sumdb::SourceError;
+        if let Some(body) = storing(self.app, self.db, path) {
+            self.cached
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(path.to_string());
+            return Ok(body.to_vec());
+        }
         if let Ok(Some(rec)) = self.app.storage.index.get_sumdb(&self.db.name, path)
             && rec.verified
             && let Ok(Some(body)) = self
@@ -347,6 +446,10 @@ impl CachedSource<'_> {
                 .blobs
                 .read_small(&rec.digest, MAX_SUMDB_BODY as u64)
         {
+            self.cached
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(path.to_string());
             return Ok(body);
         }
         match fetch(self.app, self.db, path).await {
