@@ -299,6 +299,11 @@ async fn a_zip_the_checksum_database_disagrees_with_is_refused_naming_both_hashe
             tree["modules"][0]["mod_hash"].as_str().unwrap()
         ),
     );
+    // A version no source has is a 404 that costs the checksum database nothing.
+    let asked = db.count("/lookup/");
+    let r = get(w.url("/go/example.com/mod0/@v/v9.9.9.zip")).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(db.count("/lookup/"), asked, "{:?}", db.seen());
 }
 
 #[tokio::test]

@@ -80,13 +80,6 @@ fn upstream(e: UpstreamError) -> FillError {
 
 impl Fetch for ModuleFileFetch {
     async fn open(&mut self) -> Result<Option<Incoming>, FillError> {
-        // Public modules only: a private module's name never reaches the checksum database.
-        if self.lookup.is_none()
-            && self.kind != FileKind::Info
-            && self.app.go.private_rule(&self.module).is_none()
-        {
-            self.lookup = verify::start_lookup(&self.app, &self.module, &self.version);
-        }
         let go = &self.app.go;
         let rest = format!("@v/{}.{}", escape(&self.version), self.kind.ext());
         for src in go.sources(&self.module) {
@@ -111,6 +104,16 @@ impl Fetch for ModuleFileFetch {
                 }
             };
             self.found = Some((src.label.clone(), src.public));
+            // The checksum-database lookup its check needs runs while the body downloads:
+            // public modules only (a private name never reaches the database), and only for a
+            // file a source has (made-up names cost the database nothing).
+            if self.lookup.is_none()
+                && self.kind != FileKind::Info
+                && src.public
+                && go.private_rule(&self.module).is_none()
+            {
+                self.lookup = verify::start_lookup(&self.app, &self.module, &self.version);
+            }
             return Ok(Some(incoming));
         }
         Ok(None)

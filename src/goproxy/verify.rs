@@ -161,7 +161,7 @@ impl From<CheckError> for crate::cache::FillError {
     }
 }
 
-/// A checksum-database lookup started when a fill opens its source (`start_lookup`), so that
+/// A checksum-database lookup started once a public source answered with the file (`start_lookup`), so that
 /// it runs while the file downloads; the verdict waits for it.
 pub struct PendingLookup(tokio::task::JoinHandle<Result<super::sumdb::LookupResult, CheckError>>);
 
