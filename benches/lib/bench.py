@@ -1256,9 +1256,11 @@ SHORT = {
 }
 
 
-def table(res, rows=None, columns=COLUMNS):
+def table(res, rows=None, columns=COLUMNS, paired=False):
     """The markdown table of `rows` (default ROWS) over `columns`, and each target's verdict;
-    empty text when no row was measured."""
+    empty text when no row was measured. `paired`: a ratio is the median of the per-repetition
+    ratios (two builds measured back to back each repetition, so a load that drifts during the
+    run cancels out), not the ratio of the medians."""
     head = "| measurement | " + " | ".join(label for _, label in columns) + " | wharf / peer | target | met |"
     sep = "|---|" + "---:|" * len(columns) + "---:|---|---|"
     lines = [head, sep]
@@ -1281,7 +1283,11 @@ def table(res, rows=None, columns=COLUMNS):
                 ratio_text = "%.2f× its %s" % (ratio, SELF_RATIO[ratio_spec[1]])
         elif ratio_spec:
             other = res.median(metric, ratio_spec[1])
-            if wharf is not None and other:
+            mine, theirs = (res.values.get(metric, {}).get(s) or [] for s in (WHARF, ratio_spec[1]))
+            if paired and mine and len(mine) == len(theirs) and all(theirs):
+                ratio = statistics.median(a / b for a, b in zip(mine, theirs))
+                ratio_text = "%.2f× %s" % (ratio, SHORT[ratio_spec[1]])
+            elif wharf is not None and other:
                 ratio = wharf / other
                 ratio_text = "%.2f× %s" % (ratio, SHORT[ratio_spec[1]])
         target_text, met = "", ""
@@ -1584,7 +1590,7 @@ def bench(want, started):
     verdicts.update(tls_verdicts)
     base_text = ""
     if ARGS.baseline:
-        base_text, base_verdicts = table(res, BASELINE_ROWS, BASELINE_COLUMNS)
+        base_text, base_verdicts = table(res, BASELINE_ROWS, BASELINE_COLUMNS, paired=True)
         verdicts.update({"baseline/" + k: ok for k, ok in base_verdicts.items()})
     go_bytes = 0
     for root, _dirs, files in os.walk(os.path.join(ARGS.data, "go")):
@@ -1612,7 +1618,7 @@ def bench(want, started):
         doc += [
             "### This build against a baseline build",
             "",
-            "wharf %s against wharf %s, both on the same origin and config, measured in the same repetitions as the table above (interleaved, order rotated); the target is at most 3%% cost."
+            "wharf %s against wharf %s, both on the same origin and config, measured in the same repetitions as the table above (interleaved, order rotated); a ratio is the median of the per-repetition ratios; the target is at most 3%% cost."
             % (ARGS.wharf_version, ARGS.baseline_version),
             "",
             base_text,
