@@ -4,11 +4,11 @@
 //! know only `HTTPS_PROXY`) reach `gateway.allow`'s hosts through it and nothing else.
 //!
 //! One connection, one request:
-//! 1. the head is read within `server.header_read_timeout` and `server.max_header_size`, and
-//!    refused (400, closed) when it is ambiguous (`head`);
-//! 2. the client's address must be in the gateway's client ranges (403), and with
-//!    `gateway.require_auth` its `Proxy-Authorization` must carry `[access]` credentials
-//!    (407 with `Proxy-Authenticate`), checked by `access` as `Authorization` is;
+//! 1. the client's address must be in the gateway's client ranges (403, before a byte is read);
+//! 2. the head is read within `server.header_read_timeout` and `server.max_header_size`, and
+//!    refused (400, closed) when it is ambiguous (`head`); with `gateway.require_auth` its
+//!    `Proxy-Authorization` must carry `[access]` credentials (407 with `Proxy-Authenticate`),
+//!    checked by `access` as `Authorization` is;
 //! 3. the target: `CONNECT host:port` or `http://` absolute form; origin form and `https://`
 //!    absolute form get 400 saying what to do instead;
 //! 4. the destination through the gateway's `EgressPolicy` (the very code wharf's own upstream
@@ -135,6 +135,12 @@ impl Gateway {
 
     /// One client connection: its one request, refused or carried out.
     async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        // Before reading a byte: a client outside the ranges gets no head read, parsed or kept.
+        if let Err(answer) = self.admit_address(peer.ip()) {
+            return Exchange::new(&self, peer, None)
+                .refuse(&mut stream, answer)
+                .await;
+        }
         let (head, buf) = match head::read(&mut stream, self.max_head, self.header_timeout).await {
             Ok(x) => x,
             Err(HeadError::Gone) => return,
@@ -152,7 +158,7 @@ impl Gateway {
             }
         };
         let mut x = Exchange::new(&self, peer, Some(&head));
-        if let Err(answer) = self.admit(peer.ip(), &head).await {
+        if let Err(answer) = self.admit(&head).await {
             return x.refuse(&mut stream, answer).await;
         }
         match head.target() {
@@ -188,13 +194,19 @@ impl Gateway {
         }
     }
 
-    /// The client's address, then its credentials when `gateway.require_auth` asks for them.
-    async fn admit(&self, ip: IpAddr, head: &Head) -> Result<(), Answer> {
+    /// The client's address must be in the gateway's client ranges.
+    fn admit_address(&self, ip: IpAddr) -> Result<(), Answer> {
         let ip = crate::net::canonical_ip(ip);
-        if !self.clients.iter().any(|c| c.contains(ip)) {
+        if self.clients.iter().any(|c| c.contains(ip)) {
+            Ok(())
+        } else {
             let text = format!("client {ip} is not in gateway.allow_clients");
-            return Err(Answer::new(403, "client", text));
+            Err(Answer::new(403, "client", text))
         }
+    }
+
+    /// The client's credentials, when `gateway.require_auth` asks for them.
+    async fn admit(&self, head: &Head) -> Result<(), Answer> {
         if !self.require_auth {
             return Ok(());
         }

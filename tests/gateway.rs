@@ -464,6 +464,30 @@ allow_clients = ["10.0.0.0/8"]"#,
 }
 
 #[tokio::test]
+async fn a_client_outside_allow_clients_is_refused_before_its_head_is_read() {
+    let gate = Gate::start(
+        REACH_LOOPBACK,
+        r#"allow = ["origin.wharf-test"]
+allow_clients = ["10.0.0.0/8"]"#,
+        "",
+    )
+    .await;
+    // It sends nothing: the answer must not wait for a head (server.header_read_timeout).
+    let mut s = TcpStream::connect(gate.addr).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out))
+        .await
+        .expect("refused at once, not after the head's read timeout")
+        .ok();
+    let answer = String::from_utf8_lossy(&out);
+    assert!(status_line(&answer).starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer.contains("client 127.0.0.1 is not in gateway.allow_clients"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
 async fn proxy_credentials_are_required_checked_and_never_forwarded() {
     let (origin, seen) = web_origin().await;
     let access = format!(
