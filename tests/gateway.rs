@@ -937,6 +937,22 @@ fn the_gateway_config_is_validated_with_clear_errors() {
 }
 
 #[test]
+fn the_default_gateway_allow_leaves_out_every_replica() {
+    // With peers.dns, the replicas are this one (advertise) and what the name resolves to.
+    let c = wharf::config::Config::from_toml_str(
+        "listen = \"0.0.0.0:5000\"\n\
+         [egress]\nallow = [\"registry-1.docker.io\", \"wharf-0.replicas.internal:5000\", \
+         \"replicas.internal\"]\n\
+         [peers]\ndns = \"replicas.internal\"\nadvertise = \"http://wharf-0.replicas.internal:5000\"\n\
+         secret_file = \"peer-secret\"\n\
+         [gateway]\nlisten = \"127.0.0.1:3128\"\n",
+    )
+    .unwrap();
+    let g = c.gateway.as_ref().unwrap();
+    assert_eq!(g.allow_entries(&c), ["registry-1.docker.io"]);
+}
+
+#[test]
 fn check_config_and_check_egress_mention_the_gateway() {
     let dir = work_dir("wharf-gateway-check-");
     let config = WharfConfig::new(dir.path())
