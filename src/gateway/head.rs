@@ -93,7 +93,13 @@ impl Head {
             };
         };
         let host = std::str::from_utf8(host).map_err(|_| "a Host header that is not text")?;
-        let named = Url::parse(&format!("http://{}/", host.trim()))
+        let host = host.trim();
+        // What the origin reads is this very value: nothing the URL parser would drop or
+        // decode (a `#fragment`, `%2e`, a path) may hide another name in it.
+        if !plain_authority(host) {
+            return Err("a Host header that is not host[:port]");
+        }
+        let named = Url::parse(&format!("http://{host}/"))
             .ok()
             .filter(|u| u.path() == "/" && u.username().is_empty() && u.query().is_none())
             .ok_or("a Host header that is not host[:port]")?;
@@ -128,14 +134,19 @@ fn bare(host: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Whether `text` could be `host[:port]` as written: not empty, printable ASCII, and no byte
+/// that starts a URL's other parts or an escape.
+fn plain_authority(text: &str) -> bool {
+    !text.is_empty()
+        && !text.bytes().any(|b| {
+            matches!(b, b'/' | b'@' | b'?' | b'#' | b'%' | b'\\') || b <= b' ' || b >= 0x7f
+        })
+}
+
 /// `host:port` of a CONNECT (authority form, port required); `None` for anything else
 /// (userinfo, paths, a missing or zero port).
 fn authority(text: &str) -> Option<(String, u16)> {
-    if text.is_empty()
-        || text.bytes().any(|b| {
-            matches!(b, b'/' | b'@' | b'?' | b'#' | b'%' | b'\\') || b <= b' ' || b >= 0x7f
-        })
-    {
+    if !plain_authority(text) {
         return None;
     }
     let (host, port) = text.rsplit_once(':')?;
@@ -369,6 +380,18 @@ mod tests {
         assert!(!ok(
             "GET http://a.example/ HTTP/1.1\r\nHost: a.example/x\r\n\r\n"
         ));
+        // Parts a URL parser drops or decodes would reach the origin as they are.
+        for host in [
+            "a.example#@b.example",
+            "a.example/../",
+            "a.example?b.example",
+            "a%2eexample",
+            "a.example\\b",
+            "b.example@a.example",
+        ] {
+            let t = format!("GET http://a.example/ HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(!ok(&t), "{host}");
+        }
         assert!(ok(
             "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example\r\n\r\n"
         ));
