@@ -63,6 +63,10 @@ pub struct Gateway {
     header_timeout: Duration,
     max_head: usize,
     connect_timeout: Duration,
+    /// The ports of wharf's TCP listeners (`listen`, `gateway.listen`), and the one the
+    /// gateway's listener got (`serve`): never destinations on this machine.
+    listen_ports: Vec<u16>,
+    bound: std::sync::OnceLock<u16>,
 }
 
 /// The gateway's policy from `config` (for `check-config` and `check-egress`): `gateway.allow`
@@ -96,6 +100,17 @@ impl Gateway {
             header_timeout: config.server.header_read_timeout,
             max_head: config.server.max_header_size.0 as usize,
             connect_timeout: config.egress.connect_timeout,
+            listen_ports: config
+                .listen
+                .0
+                .iter()
+                .filter_map(|l| match l {
+                    crate::config::ListenAddr::Tcp(a) => Some(a.port()),
+                    crate::config::ListenAddr::Unix(_) => None,
+                })
+                .chain([g.listen.port()])
+                .collect(),
+            bound: std::sync::OnceLock::new(),
         }))
     }
 
@@ -106,6 +121,9 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        if let Ok(a) = listener.local_addr() {
+            let _ = self.bound.set(a.port());
+        }
         let mut open = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -235,6 +253,14 @@ impl Gateway {
         }
     }
 
+    fn own_ports(&self) -> Vec<u16> {
+        self.listen_ports
+            .iter()
+            .chain(self.bound.get())
+            .copied()
+            .collect()
+    }
+
     /// A free tunnel slot, or the 503 answer.
     fn slot(&self) -> Result<OwnedSemaphorePermit, Answer> {
         self.tunnels.clone().try_acquire_owned().map_err(|_| {
@@ -258,11 +284,18 @@ impl Gateway {
             Ok(s) => s,
             Err(answer) => return x.refuse(&mut stream, answer).await,
         };
-        let (mut origin, _) =
-            match dest::connect(&self.policy, host, port, self.connect_timeout).await {
-                Ok(c) => c,
-                Err(r) => return x.refused(&mut stream, r).await,
-            };
+        let (mut origin, _) = match dest::connect(
+            &self.policy,
+            host,
+            port,
+            self.connect_timeout,
+            &self.own_ports(),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(r) => return x.refused(&mut stream, r).await,
+        };
         x.opened();
         if stream
             .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -300,7 +333,14 @@ impl Gateway {
             Ok(s) => s,
             Err(answer) => return x.refuse(&mut stream, answer).await,
         };
-        let (origin, _) = match dest::connect(&self.policy, host, port, self.connect_timeout).await
+        let (origin, _) = match dest::connect(
+            &self.policy,
+            host,
+            port,
+            self.connect_timeout,
+            &self.own_ports(),
+        )
+        .await
         {
             Ok(c) => c,
             Err(r) => return x.refused(&mut stream, r).await,

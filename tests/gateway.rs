@@ -488,6 +488,23 @@ allow_clients = ["10.0.0.0/8"]"#,
 }
 
 #[tokio::test]
+async fn the_gateway_never_connects_to_its_own_listener() {
+    let gate = Gate::start(REACH_LOOPBACK, r#"allow = ["origin.wharf-test"]"#, "").await;
+    // An allowed name on an allowed address, at the gateway's own port: a client would come
+    // back in from this machine (and could nest tunnels in it).
+    let dest = format!("origin.wharf-test:{}", gate.addr.port());
+    let (head, _) = gate.connect(&dest, "").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let answer = gate
+        .exchange(format!("GET http://{dest}/ HTTP/1.1\r\nHost: {dest}\r\n\r\n").as_bytes())
+        .await;
+    assert!(
+        answer.contains(&format!("wharf gateway: {dest} is wharf's own listener")),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
 async fn proxy_credentials_are_required_checked_and_never_forwarded() {
     let (origin, seen) = web_origin().await;
     let access = format!(
