@@ -185,7 +185,23 @@ impl GatewayConfig {
         if let Some(allow) = &self.allow {
             return allow.clone();
         }
-        // wharf's own services: reachable by wharf, not by clients through the gateway.
+        // wharf's own services: reachable by wharf, not by clients through the gateway. The
+        // replicas are `peers.members`, this one (`advertise`) and those `peers.dns` names.
+        let peers_dns = config.peers.as_ref().and_then(|p| {
+            let name = p.dns.as_deref()?;
+            let port = p.port.unwrap_or_else(|| {
+                config
+                    .listen
+                    .0
+                    .iter()
+                    .find_map(|l| match l {
+                        ListenAddr::Tcp(a) => Some(a.port()),
+                        _ => None,
+                    })
+                    .unwrap_or(80)
+            });
+            Some(format!("http://{name}:{port}/"))
+        });
         let own: Vec<Url> = config
             .shared
             .iter()
@@ -196,8 +212,9 @@ impl GatewayConfig {
                 config
                     .peers
                     .iter()
-                    .flat_map(|p| p.members.iter().map(String::as_str)),
+                    .flat_map(|p| p.members.iter().chain(&p.advertise).map(String::as_str)),
             )
+            .chain(peers_dns.as_deref())
             .filter_map(|u| Url::parse(u).ok())
             .collect();
         config

@@ -4,11 +4,11 @@
 //! know only `HTTPS_PROXY`) reach `gateway.allow`'s hosts through it and nothing else.
 //!
 //! One connection, one request:
-//! 1. the head is read within `server.header_read_timeout` and `server.max_header_size`, and
-//!    refused (400, closed) when it is ambiguous (`head`);
-//! 2. the client's address must be in the gateway's client ranges (403), and with
-//!    `gateway.require_auth` its `Proxy-Authorization` must carry `[access]` credentials
-//!    (407 with `Proxy-Authenticate`), checked by `access` as `Authorization` is;
+//! 1. the client's address must be in the gateway's client ranges (403, before a byte is read);
+//! 2. the head is read within `server.header_read_timeout` and `server.max_header_size`, and
+//!    refused (400, closed) when it is ambiguous (`head`); with `gateway.require_auth` its
+//!    `Proxy-Authorization` must carry `[access]` credentials (407 with `Proxy-Authenticate`),
+//!    checked by `access` as `Authorization` is;
 //! 3. the target: `CONNECT host:port` or `http://` absolute form; origin form and `https://`
 //!    absolute form get 400 saying what to do instead;
 //! 4. the destination through the gateway's `EgressPolicy` (the very code wharf's own upstream
@@ -63,6 +63,10 @@ pub struct Gateway {
     header_timeout: Duration,
     max_head: usize,
     connect_timeout: Duration,
+    /// The ports of wharf's TCP listeners (`listen`, `gateway.listen`), and the one the
+    /// gateway's listener got (`serve`): never destinations on this machine.
+    listen_ports: Vec<u16>,
+    bound: std::sync::OnceLock<u16>,
 }
 
 /// The gateway's policy from `config` (for `check-config` and `check-egress`): `gateway.allow`
@@ -96,6 +100,17 @@ impl Gateway {
             header_timeout: config.server.header_read_timeout,
             max_head: config.server.max_header_size.0 as usize,
             connect_timeout: config.egress.connect_timeout,
+            listen_ports: config
+                .listen
+                .0
+                .iter()
+                .filter_map(|l| match l {
+                    crate::config::ListenAddr::Tcp(a) => Some(a.port()),
+                    crate::config::ListenAddr::Unix(_) => None,
+                })
+                .chain([g.listen.port()])
+                .collect(),
+            bound: std::sync::OnceLock::new(),
         }))
     }
 
@@ -106,6 +121,9 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        if let Ok(a) = listener.local_addr() {
+            let _ = self.bound.set(a.port());
+        }
         let mut open = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -135,6 +153,12 @@ impl Gateway {
 
     /// One client connection: its one request, refused or carried out.
     async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        // Before reading a byte: a client outside the ranges gets no head read, parsed or kept.
+        if let Err(answer) = self.admit_address(peer.ip()) {
+            return Exchange::new(&self, peer, None)
+                .refuse(&mut stream, answer)
+                .await;
+        }
         let (head, buf) = match head::read(&mut stream, self.max_head, self.header_timeout).await {
             Ok(x) => x,
             Err(HeadError::Gone) => return,
@@ -152,7 +176,7 @@ impl Gateway {
             }
         };
         let mut x = Exchange::new(&self, peer, Some(&head));
-        if let Err(answer) = self.admit(peer.ip(), &head).await {
+        if let Err(answer) = self.admit(&head).await {
             return x.refuse(&mut stream, answer).await;
         }
         match head.target() {
@@ -188,13 +212,19 @@ impl Gateway {
         }
     }
 
-    /// The client's address, then its credentials when `gateway.require_auth` asks for them.
-    async fn admit(&self, ip: IpAddr, head: &Head) -> Result<(), Answer> {
+    /// The client's address must be in the gateway's client ranges.
+    fn admit_address(&self, ip: IpAddr) -> Result<(), Answer> {
         let ip = crate::net::canonical_ip(ip);
-        if !self.clients.iter().any(|c| c.contains(ip)) {
+        if self.clients.iter().any(|c| c.contains(ip)) {
+            Ok(())
+        } else {
             let text = format!("client {ip} is not in gateway.allow_clients");
-            return Err(Answer::new(403, "client", text));
+            Err(Answer::new(403, "client", text))
         }
+    }
+
+    /// The client's credentials, when `gateway.require_auth` asks for them.
+    async fn admit(&self, head: &Head) -> Result<(), Answer> {
         if !self.require_auth {
             return Ok(());
         }
@@ -223,6 +253,14 @@ impl Gateway {
         }
     }
 
+    fn own_ports(&self) -> Vec<u16> {
+        self.listen_ports
+            .iter()
+            .chain(self.bound.get())
+            .copied()
+            .collect()
+    }
+
     /// A free tunnel slot, or the 503 answer.
     fn slot(&self) -> Result<OwnedSemaphorePermit, Answer> {
         self.tunnels.clone().try_acquire_owned().map_err(|_| {
@@ -246,11 +284,18 @@ impl Gateway {
             Ok(s) => s,
             Err(answer) => return x.refuse(&mut stream, answer).await,
         };
-        let (mut origin, _) =
-            match dest::connect(&self.policy, host, port, self.connect_timeout).await {
-                Ok(c) => c,
-                Err(r) => return x.refused(&mut stream, r).await,
-            };
+        let (mut origin, _) = match dest::connect(
+            &self.policy,
+            host,
+            port,
+            self.connect_timeout,
+            &self.own_ports(),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(r) => return x.refused(&mut stream, r).await,
+        };
         x.opened();
         if stream
             .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -288,7 +333,14 @@ impl Gateway {
             Ok(s) => s,
             Err(answer) => return x.refuse(&mut stream, answer).await,
         };
-        let (origin, _) = match dest::connect(&self.policy, host, port, self.connect_timeout).await
+        let (origin, _) = match dest::connect(
+            &self.policy,
+            host,
+            port,
+            self.connect_timeout,
+            &self.own_ports(),
+        )
+        .await
         {
             Ok(c) => c,
             Err(r) => return x.refused(&mut stream, r).await,

@@ -464,6 +464,47 @@ allow_clients = ["10.0.0.0/8"]"#,
 }
 
 #[tokio::test]
+async fn a_client_outside_allow_clients_is_refused_before_its_head_is_read() {
+    let gate = Gate::start(
+        REACH_LOOPBACK,
+        r#"allow = ["origin.wharf-test"]
+allow_clients = ["10.0.0.0/8"]"#,
+        "",
+    )
+    .await;
+    // It sends nothing: the answer must not wait for a head (server.header_read_timeout).
+    let mut s = TcpStream::connect(gate.addr).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out))
+        .await
+        .expect("refused at once, not after the head's read timeout")
+        .ok();
+    let answer = String::from_utf8_lossy(&out);
+    assert!(status_line(&answer).starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer.contains("client 127.0.0.1 is not in gateway.allow_clients"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn the_gateway_never_connects_to_its_own_listener() {
+    let gate = Gate::start(REACH_LOOPBACK, r#"allow = ["origin.wharf-test"]"#, "").await;
+    // An allowed name on an allowed address, at the gateway's own port: a client would come
+    // back in from this machine (and could nest tunnels in it).
+    let dest = format!("origin.wharf-test:{}", gate.addr.port());
+    let (head, _) = gate.connect(&dest, "").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let answer = gate
+        .exchange(format!("GET http://{dest}/ HTTP/1.1\r\nHost: {dest}\r\n\r\n").as_bytes())
+        .await;
+    assert!(
+        answer.contains(&format!("wharf gateway: {dest} is wharf's own listener")),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
 async fn proxy_credentials_are_required_checked_and_never_forwarded() {
     let (origin, seen) = web_origin().await;
     let access = format!(
@@ -910,6 +951,22 @@ fn the_gateway_config_is_validated_with_clear_errors() {
     let g = c.gateway.as_ref().unwrap();
     assert_eq!(g.allow_entries(&c), ["registry-1.docker.io"]);
     assert!(g.client_ranges(&c).contains(&"192.168.0.0/16".to_string()));
+}
+
+#[test]
+fn the_default_gateway_allow_leaves_out_every_replica() {
+    // With peers.dns, the replicas are this one (advertise) and what the name resolves to.
+    let c = wharf::config::Config::from_toml_str(
+        "listen = \"0.0.0.0:5000\"\n\
+         [egress]\nallow = [\"registry-1.docker.io\", \"wharf-0.replicas.internal:5000\", \
+         \"replicas.internal\"]\n\
+         [peers]\ndns = \"replicas.internal\"\nadvertise = \"http://wharf-0.replicas.internal:5000\"\n\
+         secret_file = \"peer-secret\"\n\
+         [gateway]\nlisten = \"127.0.0.1:3128\"\n",
+    )
+    .unwrap();
+    let g = c.gateway.as_ref().unwrap();
+    assert_eq!(g.allow_entries(&c), ["registry-1.docker.io"]);
 }
 
 #[test]

@@ -73,13 +73,24 @@ pub fn check_host(policy: &EgressPolicy, host: &str, port: u16) -> Result<(), Re
     }
 }
 
+/// Whether a connection to `addr` (from `local`, once connected) reaches one of wharf's own
+/// listeners: a port in `own` on this machine (a loopback address, or one the connection's
+/// own end has too).
+fn is_own(addr: SocketAddr, local: Option<IpAddr>, own: &[u16]) -> bool {
+    let ip = crate::net::canonical_ip(addr.ip());
+    own.contains(&addr.port())
+        && (ip.is_loopback() || local.is_some_and(|l| crate::net::canonical_ip(l) == ip))
+}
+
 /// Checks `host:port` and connects to an address it resolves to that the policy allows, in
-/// the order resolved, each within `connect_timeout`.
+/// the order resolved, each within `connect_timeout`; never to wharf's own listeners (the
+/// ports `own`), which a client would reach as this machine.
 pub async fn connect(
     policy: &EgressPolicy,
     host: &str,
     port: u16,
     connect_timeout: Duration,
+    own: &[u16],
 ) -> Result<(TcpStream, SocketAddr), Refusal> {
     check_host(policy, host, port)?;
     let dest = shown(host, port);
@@ -112,16 +123,32 @@ pub async fn connect(
         ));
     }
     let mut timed_out = false;
+    let mut itself = false;
     for ip in allowed {
         let addr = SocketAddr::new(ip, port);
+        if is_own(addr, None, own) {
+            itself = true;
+            continue;
+        }
         match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
+                if is_own(addr, stream.local_addr().ok().map(|a| a.ip()), own) {
+                    itself = true;
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 return Ok((stream, addr));
             }
             Ok(Err(_)) => {}
             Err(_) => timed_out = true,
         }
+    }
+    if itself {
+        Refusals::count(&policy.refusals.address);
+        return Err(Refusal::refused(
+            "address",
+            format!("{dest} is wharf's own listener"),
+        ));
     }
     Err(if timed_out {
         Refusal::failed(504, format!("connecting to {dest} timed out"))
@@ -162,7 +189,7 @@ mod tests {
     #[tokio::test]
     async fn a_pinned_name_on_a_forbidden_address_is_refused_before_connecting() {
         let p = policy(&["reg.wharf-test"], &[("reg.wharf-test", "127.0.0.1")]);
-        let r = connect(&p, "reg.wharf-test", 9, Duration::from_secs(1))
+        let r = connect(&p, "reg.wharf-test", 9, Duration::from_secs(1), &[])
             .await
             .unwrap_err();
         assert_eq!((r.status, r.reason), (403, Some("address")));

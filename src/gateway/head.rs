@@ -93,7 +93,13 @@ impl Head {
             };
         };
         let host = std::str::from_utf8(host).map_err(|_| "a Host header that is not text")?;
-        let named = Url::parse(&format!("http://{}/", host.trim()))
+        let host = host.trim();
+        // What the origin reads is this very value: nothing the URL parser would drop or
+        // decode (a `#fragment`, `%2e`, a path) may hide another name in it.
+        if !plain_authority(host) {
+            return Err("a Host header that is not host[:port]");
+        }
+        let named = Url::parse(&format!("http://{host}/"))
             .ok()
             .filter(|u| u.path() == "/" && u.username().is_empty() && u.query().is_none())
             .ok_or("a Host header that is not host[:port]")?;
@@ -128,14 +134,19 @@ fn bare(host: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Whether `text` could be `host[:port]` as written: not empty, printable ASCII, and no byte
+/// that starts a URL's other parts or an escape.
+fn plain_authority(text: &str) -> bool {
+    !text.is_empty()
+        && !text.bytes().any(|b| {
+            matches!(b, b'/' | b'@' | b'?' | b'#' | b'%' | b'\\') || b <= b' ' || b >= 0x7f
+        })
+}
+
 /// `host:port` of a CONNECT (authority form, port required); `None` for anything else
 /// (userinfo, paths, a missing or zero port).
 fn authority(text: &str) -> Option<(String, u16)> {
-    if text.is_empty()
-        || text.bytes().any(|b| {
-            matches!(b, b'/' | b'@' | b'?' | b'#' | b'%' | b'\\') || b <= b' ' || b >= 0x7f
-        })
-    {
+    if !plain_authority(text) {
         return None;
     }
     let (host, port) = text.rsplit_once(':')?;
@@ -161,10 +172,26 @@ pub async fn read<S: AsyncRead + Unpin>(
     let mut buf = Vec::with_capacity(2048);
     let reading = async {
         let mut chunk = [0u8; 4096];
+        // How much of `buf` is known to hold no blank line ending a head: the head is parsed
+        // only once one arrives, so a head sent a byte at a time costs linear time, not a
+        // parse of everything so far per byte.
+        let mut searched = 0;
+        // Where the request line starts: the parser skips empty lines before it.
+        let mut start = None;
         loop {
-            if let Some(head) = parse(&buf)? {
+            start = start.or_else(|| {
+                buf[searched..]
+                    .iter()
+                    .position(|b| !matches!(b, b'\r' | b'\n'))
+                    .map(|i| searched + i)
+            });
+            if let Some(start) = start
+                && has_end(&buf[start..], searched.saturating_sub(start))
+                && let Some(head) = parse(&buf)?
+            {
                 return Ok(head);
             }
+            searched = buf.len();
             if buf.len() >= max {
                 return Err(HeadError::TooLarge);
             }
@@ -221,6 +248,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     };
     check_framing(&head).map_err(HeadError::Malformed)?;
     Ok(Some(head))
+}
+
+/// Whether `head` (from its request line on) holds a blank line (`\n\n` or `\n\r\n`) ending
+/// after its first `searched` bytes, which are known to hold none.
+fn has_end(head: &[u8], searched: usize) -> bool {
+    let tail = &head[searched.saturating_sub(2)..];
+    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// Where the head ends (after its blank line), if it does within `buf`.
@@ -346,6 +380,18 @@ mod tests {
         assert!(!ok(
             "GET http://a.example/ HTTP/1.1\r\nHost: a.example/x\r\n\r\n"
         ));
+        // Parts a URL parser drops or decodes would reach the origin as they are.
+        for host in [
+            "a.example#@b.example",
+            "a.example/../",
+            "a.example?b.example",
+            "a%2eexample",
+            "a.example\\b",
+            "b.example@a.example",
+        ] {
+            let t = format!("GET http://a.example/ HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(!ok(&t), "{host}");
+        }
         assert!(ok(
             "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example\r\n\r\n"
         ));
@@ -383,6 +429,44 @@ mod tests {
             head("GET http://a/ HTTP/1.1\r\nHost: a\r\n"),
             Ok(None)
         ));
+    }
+
+    /// A client that sends one byte per read.
+    struct Trickle(Vec<u8>, usize);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some(&b) = self.0.get(self.1) {
+                buf.put_slice(&[b]);
+                self.1 += 1;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_sent_a_byte_at_a_time_is_read_in_linear_time() {
+        let max = 64 << 10;
+        let long = format!(
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "y".repeat(60_000)
+        );
+        let blank_lines = format!(
+            "{}GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "\r\n".repeat(30_000)
+        );
+        for text in [long, blank_lines] {
+            let started = std::time::Instant::now();
+            let mut io = Trickle(text.into_bytes(), 0);
+            let (h, _) = read(&mut io, max, Duration::from_secs(20)).await.unwrap();
+            assert_eq!(h.target, "http://a/");
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(3), "{took:?}");
+        }
     }
 
     #[tokio::test]
