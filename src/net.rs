@@ -265,6 +265,11 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// Whether the range is a whole address family (`0.0.0.0/0`, `::/0`).
+    pub fn is_everything(&self) -> bool {
+        self.bits == 0
+    }
+
     pub fn parse(text: &str) -> Result<Cidr, String> {
         let (addr, bits) = match text.split_once('/') {
             Some((a, b)) => (a, Some(b)),
@@ -328,6 +333,22 @@ pub fn loopback_host(host: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_slash_zero_ranges_are_everything() {
+        for (range, all) in [
+            ("0.0.0.0/0", true),
+            ("::/0", true),
+            ("10.0.0.0/8", false),
+            ("127.0.0.1", false),
+        ] {
+            assert_eq!(
+                super::Cidr::parse(range).unwrap().is_everything(),
+                all,
+                "{range}"
+            );
+        }
+    }
+
     #[test]
     fn only_loopback_hosts_are_admin_hosts() {
         for ok in [

@@ -100,6 +100,15 @@ fn start_gateway(
             crate::Error::Listen(format!("cannot listen on gateway.listen {addr}: {e}"))
         })?;
     tracing::info!(%addr, "egress gateway listening (HTTP proxy: CONNECT and http:// requests)");
+    if let Some(g) = &state.config.gateway
+        && g.allow_clients.is_none()
+        && g.parse_clients(&state.config)
+            .is_ok_and(|c| c.iter().any(crate::net::Cidr::is_everything))
+    {
+        tracing::warn!(
+            "the gateway admits every client address (gateway.allow_clients defaults to access.allow_clients, which has a /0 range); set gateway.allow_clients to the site's ranges"
+        );
+    }
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };

@@ -94,9 +94,10 @@ pub async fn connect(
 ) -> Result<(TcpStream, SocketAddr), Refusal> {
     check_host(policy, host, port)?;
     let dest = shown(host, port);
-    let resolved = policy
-        .resolve(host)
+    // A resolver that never answers must not hold a tunnel slot for longer than a connect may.
+    let resolved = tokio::time::timeout(connect_timeout, policy.resolve(host))
         .await
+        .map_err(|_| Refusal::failed(504, format!("resolving {host} timed out")))?
         .map_err(|_| Refusal::failed(502, format!("cannot resolve {host}")))?;
     let allowed: Vec<IpAddr> = resolved
         .iter()
