@@ -262,6 +262,42 @@ impl Gateway {
     }
 
     /// A free tunnel slot, or the 503 answer.
+    /// A tunnel slot and a connection to the checked destination, or the client answered
+    /// with the refusal.
+    async fn open(
+        &self,
+        x: &mut Exchange,
+        stream: &mut TcpStream,
+        host: &str,
+        port: u16,
+    ) -> Option<(OwnedSemaphorePermit, TcpStream)> {
+        let slot = match self.slot() {
+            Ok(s) => s,
+            Err(answer) => {
+                x.refuse(stream, answer).await;
+                return None;
+            }
+        };
+        let connected = dest::connect(
+            &self.policy,
+            host,
+            port,
+            self.connect_timeout,
+            &self.own_ports(),
+        )
+        .await;
+        match connected {
+            Ok((origin, _)) => {
+                x.opened();
+                Some((slot, origin))
+            }
+            Err(r) => {
+                x.refused(stream, r).await;
+                None
+            }
+        }
+    }
+
     fn slot(&self) -> Result<OwnedSemaphorePermit, Answer> {
         self.tunnels.clone().try_acquire_owned().map_err(|_| {
             let text = format!(
@@ -280,23 +316,9 @@ impl Gateway {
         port: u16,
         early: &[u8],
     ) {
-        let _slot = match self.slot() {
-            Ok(s) => s,
-            Err(answer) => return x.refuse(&mut stream, answer).await,
+        let Some((_slot, mut origin)) = self.open(&mut x, &mut stream, host, port).await else {
+            return;
         };
-        let (mut origin, _) = match dest::connect(
-            &self.policy,
-            host,
-            port,
-            self.connect_timeout,
-            &self.own_ports(),
-        )
-        .await
-        {
-            Ok(c) => c,
-            Err(r) => return x.refused(&mut stream, r).await,
-        };
-        x.opened();
         if stream
             .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
             .await
@@ -329,23 +351,9 @@ impl Gateway {
         port: u16,
         buf: Vec<u8>,
     ) {
-        let _slot = match self.slot() {
-            Ok(s) => s,
-            Err(answer) => return x.refuse(&mut stream, answer).await,
+        let Some((_slot, origin)) = self.open(&mut x, &mut stream, host, port).await else {
+            return;
         };
-        let (origin, _) = match dest::connect(
-            &self.policy,
-            host,
-            port,
-            self.connect_timeout,
-            &self.own_ports(),
-        )
-        .await
-        {
-            Ok(c) => c,
-            Err(r) => return x.refused(&mut stream, r).await,
-        };
-        x.opened();
         x.activity
             .to_origin
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
