@@ -81,13 +81,20 @@ type TraceLayer = tower_http::trace::TraceLayer<
     MakeSpan,
 >;
 
+/// The most of a request's path a span keeps: the span is made before the guard refuses a URL
+/// longer than `server.max_url_length`, and `[traces]` buffers and exports every span.
+const SPAN_PATH_MAX: usize = 1024;
+
 /// One span per request, with the cache outcome recorded by the handler.
 pub fn trace_layer() -> TraceLayer {
     fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
+        let path = req.uri().path();
+        // A URI path is ASCII: any byte is a boundary.
+        let path = path.get(..path.len().min(SPAN_PATH_MAX)).unwrap_or("");
         tracing::debug_span!(
             "request",
             method = %req.method(),
-            path = %req.uri().path(),
+            path = %path,
             cache = tracing::field::Empty,
         )
     }

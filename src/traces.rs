@@ -67,6 +67,10 @@ pub fn flush() {
     }
 }
 
+/// The most of a collector's answer that is read (an OTLP answer is a few bytes; the rest of a
+/// longer one is dropped with its connection).
+const MAX_ANSWER: usize = 64 * 1024;
+
 /// The exporter's HTTP client: wharf's, checked against the egress policy. The exporter runs
 /// on a thread of its own; requests run on the server's runtime.
 #[derive(Debug)]
@@ -95,10 +99,18 @@ impl opentelemetry_http::HttpClient for TracesClient {
             .body(body);
         let target = url.clone();
         let sent = self.runtime.spawn(async move {
-            let resp = req.send().await?;
+            let mut resp = req.send().await?;
             let status = resp.status();
-            let body = resp.bytes().await?;
-            Ok::<_, reqwest::Error>((status, body))
+            // At most `MAX_ANSWER` of it: the collector's answer is never buffered whole.
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await? {
+                let room = MAX_ANSWER - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() == MAX_ANSWER {
+                    break;
+                }
+            }
+            Ok::<_, reqwest::Error>((status, Bytes::from(body)))
         });
         let (status, body) = match sent.await {
             Ok(Ok(answer)) => answer,

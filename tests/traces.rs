@@ -137,3 +137,124 @@ async fn a_collector_not_in_egress_allow_gets_nothing_and_lines_follow_the_log_l
 async fn read_body_of(url: String) -> Vec<u8> {
     read_body(get(url).await).await
 }
+
+/// A collector whose answer never ends (or is huge) is not read whole: the exporter stops at a
+/// bound and drops the connection, so wharf's memory does not grow with what it is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_answer_from_the_collector_is_not_read_whole() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let up = FakeRegistry::start().await;
+    let blob = bytes_of(10_000, 53);
+    let d = up.put_blob(&blob);
+    let sent = Arc::new(AtomicU64::new(0));
+    let count = sent.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |_body: bytes::Bytes| {
+            let count = count.clone();
+            async move {
+                let chunk = bytes::Bytes::from(vec![b' '; 64 * 1024]);
+                let endless = futures_util::stream::repeat_with(move || {
+                    count.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    Ok::<_, std::io::Error>(chunk.clone())
+                });
+                axum::body::Body::from_stream(endless)
+            }
+        }),
+    );
+    let (addr, _task) = serve_router("127.0.0.1:0", app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = WharfConfig::fake(&up.url(), &dir.path().join("data"))
+        .tables(&format!(
+            "[traces]\nendpoint = \"http://{addr}/v1/traces\"\n"
+        ))
+        .write(&dir.path().join("wharf.toml"));
+    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    let r = get(server.url(&format!("/v2/app/blobs/{d}"))).await;
+    assert_eq!(read_body(r).await, blob);
+    // Shutdown sends the spans and reads the answer (for up to 5 s before the fix).
+    server.stop().await;
+    let n = sent.load(Ordering::Relaxed);
+    assert!(n > 0, "the spans reached the collector");
+    assert!(n < 16 << 20, "{n} bytes of the answer were read");
+}
+
+/// A collector answering with a redirect is not followed, even to an allowed address; the
+/// failure is logged once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_from_the_collector_is_not_followed() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let up = FakeRegistry::start().await;
+    let blob = bytes_of(10_000, 54);
+    let d = up.put_blob(&blob);
+    // The trap: any connection to it is counted.
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap_addr = trap.local_addr().unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok(_c) = trap.accept().await {
+            h.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let posts = Arc::new(AtomicU64::new(0));
+    let p = posts.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |_body: bytes::Bytes| {
+            let p = p.clone();
+            async move {
+                p.fetch_add(1, Ordering::Relaxed);
+                (
+                    http::StatusCode::TEMPORARY_REDIRECT,
+                    [(
+                        http::header::LOCATION,
+                        format!("http://{trap_addr}/v1/traces"),
+                    )],
+                )
+            }
+        }),
+    );
+    let (addr, _task) = serve_router("127.0.0.1:0", app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = WharfConfig::fake(&up.url(), &dir.path().join("data"))
+        .tables(&format!(
+            "[traces]\nendpoint = \"http://user:hunter2@{addr}/v1/traces\"\n"
+        ))
+        .write(&dir.path().join("wharf.toml"));
+    let log = dir.path().join("serve.log");
+    let server = Server::start(&config, &log).await;
+    let r = get(server.url(&format!("/v2/app/blobs/{d}"))).await;
+    assert_eq!(read_body(r).await, blob);
+    server.stop().await;
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(posts.load(Ordering::Relaxed) > 0, "{logs}");
+    assert_eq!(hits.load(Ordering::Relaxed), 0, "the redirect was followed");
+    assert_eq!(logs.matches("answered 307").count(), 1, "{logs}");
+    assert!(!logs.contains("hunter2"), "{logs}");
+}
+
+/// A request's path goes into its span bounded: a client's overlong URL (refused with 414,
+/// after the span is made) does not make spans the size of the request head.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_overlong_path_is_exported_bounded() {
+    let up = FakeRegistry::start().await;
+    let (endpoint, got) = collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = WharfConfig::fake(&up.url(), &dir.path().join("data"))
+        .tables(&format!("[traces]\nendpoint = \"{endpoint}\"\n"))
+        .write(&dir.path().join("wharf.toml"));
+    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    let long = format!("/v2/app/manifests/{}", "a".repeat(40_000));
+    assert_eq!(status_of(server.url(&long)).await, 414);
+    server.stop().await;
+    let bodies = got.lock().unwrap().clone();
+    let all = spans(&bodies);
+    let path = all
+        .iter()
+        .filter(|s| s.0 == "request")
+        .flat_map(|s| s.3.iter())
+        .find(|a| a.starts_with("\"path\"="))
+        .unwrap_or_else(|| panic!("no path attribute: {all:?}"));
+    assert!(path.len() < 2048, "a path of {} bytes exported", path.len());
+}
