@@ -102,6 +102,12 @@ fn default_sample_ratio() -> f64 {
 impl TracesConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        // Never echoed when it may carry a password (an error goes to the terminal and the journal).
+        if self.endpoint.contains('@') {
+            return invalid(
+                "traces.endpoint must not carry a user name or password (nor an '@')".into(),
+            );
+        }
         match Url::parse(&self.endpoint) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
             _ => {
@@ -2019,6 +2025,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.go.upstreams[0].0[0].url, "unix:///run/goproxy.sock");
+    }
+
+    #[test]
+    fn a_traces_endpoint_with_a_password_is_refused_without_echoing_it() {
+        let e = Config::from_toml_str(
+            "[traces]\nendpoint = \"http://u:hunter2@otel.example/v1/traces\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("must not carry a user name or password"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -22,6 +22,9 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// `fill` spans (an interest every layer caches as "always"), so links from waiting requests
 /// went nowhere. The request line is wharf's own writer, never a `tracing` event: nothing of
 /// it is exported.
+/// Longest one export may take, answer included.
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub fn layer<S>(
     config: &TracesConfig,
     egress: &EgressConfig,
@@ -95,6 +98,8 @@ impl opentelemetry_http::HttpClient for TracesClient {
         let req = self
             .http
             .request(parts.method, url.clone())
+            // A collector that trickles its answer cannot hold the exporter for longer.
+            .timeout(EXPORT_TIMEOUT)
             .headers(parts.headers)
             .body(body);
         let target = url.clone();
