@@ -73,6 +73,12 @@ impl Gate {
         wharf::ops::render(&self.wharf.state)
     }
 
+    /// `wharf_gateway_refusals_total` for `reason`, once the metrics settle.
+    async fn refusals(&self, reason: &str) -> u64 {
+        let line = format!("wharf_gateway_refusals_total{{reason=\"{reason}\"}}");
+        metric(&self.settled_metrics().await, &line)
+    }
+
     /// The gateway's metrics once they stop changing (an exchange is counted when its task
     /// ends, a moment after the client saw the connection close); at most 5 s.
     async fn settled_metrics(&self) -> String {
@@ -288,13 +294,7 @@ async fn an_allowed_name_on_loopback_is_refused_without_the_address_allowance() 
         "{answer}"
     );
     assert_untouched(&hits).await;
-    assert_eq!(
-        metric(
-            &gate.settled_metrics().await,
-            "wharf_gateway_refusals_total{reason=\"address\"}"
-        ),
-        2
-    );
+    assert_eq!(gate.refusals("address").await, 2);
 }
 
 #[tokio::test]
@@ -320,13 +320,7 @@ async fn absolute_form_to_a_refused_host_and_ip_literals_are_refused() {
         .await;
     assert!(answer.contains("is an IP address"), "{answer}");
     assert_untouched(&hits).await;
-    assert_eq!(
-        metric(
-            &gate.settled_metrics().await,
-            "wharf_gateway_refusals_total{reason=\"ip_literal\"}"
-        ),
-        3
-    );
+    assert_eq!(gate.refusals("ip_literal").await, 3);
 }
 
 #[tokio::test]
@@ -454,13 +448,7 @@ allow_clients = ["10.0.0.0/8"]"#,
         "{answer}"
     );
     assert_untouched(&conns).await;
-    assert_eq!(
-        metric(
-            &gate.settled_metrics().await,
-            "wharf_gateway_refusals_total{reason=\"client\"}"
-        ),
-        2
-    );
+    assert_eq!(gate.refusals("client").await, 2);
 }
 
 #[tokio::test]
