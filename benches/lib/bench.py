@@ -521,10 +521,11 @@ def fetch(port, path, streams, size, repeat=1, accept=None, scheme="http"):
     return fetch_urls(["%s://127.0.0.1:%d%s" % (scheme, port, path)], streams, size, repeat, accept)
 
 
-def fetch_urls(urls, streams, size, repeat=1, accept=None, extra=(), check=True):
+def fetch_urls(urls, streams, size, repeat=1, accept=None, extra=(), check=True, cpu=None):
     """The fetch client: `streams` streams spread over `urls` (stream i asks urls[i % n]);
-    `extra` are more flags (the S3 signature). With check=False, failed GETs are returned."""
-    argv = [ARGS.fetch, "-n", str(streams), "-repeat", str(repeat), "-size", str(size)] + list(extra)
+    `extra` are more flags (the S3 signature). With check=False, failed GETs are returned.
+    `cpu`: the client runs on that CPU only."""
+    argv = (["taskset", "-c", str(cpu)] if cpu is not None else []) + [ARGS.fetch, "-n", str(streams), "-repeat", str(repeat), "-size", str(size)] + list(extra)
     if accept:
         argv += ["-accept", accept]
     argv += urls
@@ -1057,6 +1058,48 @@ def mibs(result):
     return result["bytes"] / MIB / result["wall"]
 
 
+def pin(server, cpus):
+    """Every thread of the server's processes on `cpus` (threads started later inherit it)."""
+    for pid in server.pids():
+        try:
+            tids = os.listdir("/proc/%d/task" % pid)
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except OSError:
+                pass
+
+
+def measure_tier_hit_pinned(res, rep, origin, static, garage):
+    """The tier hit again with the store on CPU 0 and the replica and the client on CPU 1 (in
+    the store column, the client on CPU 1): as when the store is a machine of its own, the
+    replica's work does not take the store's CPU. Both columns measured the same way."""
+    image = ARGS.meta["images"]["big"]
+    size = image["layer"]["size"]
+    hexd = image["layer"]["digest"][7:]
+    store = garage.server
+    everything = os.sched_getaffinity(0)
+    pin(store, {0})
+    try:
+        for kind in rotate([STORE, WHARF], rep):
+            if kind == STORE:
+                r = fetch_urls([garage.blob_url(hexd)], 1, size, extra=garage.signed(), cpu=1)
+            else:
+                b = start_wharf(origin, static, "wharf-pinned", garage.shared_table("p%d" % rep))
+                try:
+                    pin(b, {1})
+                    r = fetch_urls(["http://127.0.0.1:%d%s" % (b.port, blob_path(image))], 1, size, cpu=1)
+                finally:
+                    b.stop()
+                    rmtree(b.dir)
+            res.add("tier_pinned_mibs", kind, mibs(r))
+            res.add("tier_pinned_first_ms", kind, r["first"][0] * 1000)
+    finally:
+        pin(store, everything)
+
+
 def measure_tier_hit(res, rep, origin, static, garage):
     """A fresh replica B (empty disk, the bucket A filled) serves the layer: its first GET is a
     tier hit, its second a local-disk hit; against a GET straight from the store and nginx."""
@@ -1221,8 +1264,10 @@ SHARED_COLUMNS = [
 
 def shared_rows():
     return [
-        ("tier_mibs", "tier hit: 256 MiB blob, first GET on a fresh replica (MiB/s)", 0, [WHARF, STORE, DISK, STATIC], (WHARF, STORE), ("ge", 0.9)),
-        ("tier_first_ms", "tier hit: time to first byte (ms)", 2, [WHARF, STORE, DISK, STATIC], (WHARF, STORE), ("le", 1.5)),
+        ("tier_pinned_mibs", "tier hit: 256 MiB blob, first GET on a fresh replica, store on a CPU of its own (MiB/s)", 0, [WHARF, STORE], (WHARF, STORE), ("ge", 0.9)),
+        ("tier_pinned_first_ms", "tier hit: time to first byte, store on a CPU of its own (ms)", 2, [WHARF, STORE], (WHARF, STORE), ("le", 1.5)),
+        ("tier_mibs", "tier hit, store, replica and client on the same 2 cores (MiB/s)", 0, [WHARF, STORE, DISK, STATIC], (WHARF, STORE), None),
+        ("tier_first_ms", "  time to first byte, all on the same cores (ms)", 2, [WHARF, STORE, DISK, STATIC], (WHARF, STORE), None),
         ("tier_cpu", "  CPU per GiB served, replica + store (s)", 3, [WHARF, STORE, DISK, STATIC], (WHARF, STORE), None),
         ("tier_next_hits", "  next GET on that replica answered X-Cache: HIT (of %d)" % ARGS.reps, 0, [WHARF], None, ("abs_eq", ARGS.reps)),
         ("tier_origin_gets", "  origin GETs for those %d tier hits" % ARGS.reps, 0, [WHARF], None, ("abs_eq", 0)),
@@ -1575,6 +1620,8 @@ def bench(want, started):
             measure_tls(res, rotate(tls_servers, rep), images["big"], images["multi"])
         if want("shared"):
             measure_tier_hit(res, rep, origin, static, garage)
+            if len(os.sched_getaffinity(0)) >= 2:
+                measure_tier_hit_pinned(res, rep, origin, static, garage)
             measure_fleet(res, rep, fleet)
             measure_cross_herd(res, rep, origin, static, garage)
         log("  %.0f s so far" % (time.time() - started))
@@ -1664,6 +1711,7 @@ def bench(want, started):
             "Shared tier: the origin is Debian's docker-registry holding a %d MiB-layer image; Garage is a single-node S3 store on loopback (one bucket, default settings); every wharf replica has its own port and empty data dir, and `[shared]` on that bucket with `sync_interval = \"200ms\"`. "
             "Tier hit: replica A fills the layer from the origin and uploads it, and the driver waits until the bucket holds it and A's `/healthz` shows `shared.pending` 0; each repetition then starts a fresh replica B, without `[peers]`, whose first GET of the layer comes from the bucket and whose next GET from its own disk. "
             "The Garage column is the same fetch client getting the object (`blobs/sha256/<hex>`) from the store itself, signed with SigV4; one stream, one GET in every column; time to first byte is until the first body byte; CPU is utime+stime per GiB delivered of B and Garage together (in the Garage column, Garage; in the nginx column, nginx); peak RSS is B's VmHWM, reset before each of its two GETs. "
+            "The rows with the store on a CPU of its own (the targets) repeat the first GET with Garage's threads on CPU 0 and the replica (a fresh one each time) and the client on CPU 1, against the client on CPU 1 getting the object from Garage: a store runs on machines of its own, and on this machine's two cores the store, the replica and the client otherwise take CPU from each other (the CPU row shows the sum). "
             "Fleet rows: three replicas with `[peers]` (members, advertise, a shared secret) on the same bucket, each holding the layer on its disk; 8 streams spread over them (3 + 3 + 2) against 8 streams on one of them. "
             "Cold rows start new replicas under a new key prefix of the bucket each time, so the bucket is cold too: three with peers taking 8 concurrent GETs each, against one without peers taking one GET. "
             "Replicas, store and clients share this machine's %d cores: spreading streams over replicas adds no CPU here, so the fleet rows say nothing about scaling across machines."
