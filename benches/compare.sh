@@ -65,9 +65,10 @@
 #        - tier hit: replica A fills the large layer and uploads it (waiting for /healthz
 #          shared.pending == 0); a fresh replica B serves it from the bucket: MiB/s and time to
 #          first byte against a signed GET straight from Garage, B's next GET (a local-disk hit,
-#          X-Cache: HIT) and nginx; B's peak RSS; then the same first GET with Garage's
-#          threads on CPU 0 and the replica and the client on CPU 1 (the client alone on CPU 1
-#          against Garage), as when the store has a machine of its own: the targets' rows
+#          X-Cache: HIT) and nginx; B's peak RSS; then the same first GET (three fresh
+#          replicas per repetition) with Garage's threads on one CPU and the replica and the
+#          client on another (the client alone there against Garage), as when the store has a
+#          machine of its own: the targets' rows
 #        - warm: 8 streams spread over three replicas against 8 streams on one
 #        - cold: 3 new replicas x 8 concurrent GETs of the large layer (bucket cold too) against
 #          one GET on one new replica, and the origin's GET count
