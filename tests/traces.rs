@@ -68,13 +68,11 @@ async fn request_and_fill_spans_reach_the_collector_and_joiners_link_to_the_fill
     let d = up.put_blob(&blob);
     up.set_blob_mode(BlobMode::Slow(Duration::from_millis(20)));
     let (endpoint, got) = collector().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = WharfConfig::fake(&up.url(), &dir.path().join("data"))
-        .tables(&format!(
-            "[traces]\nendpoint = \"{endpoint}\"\nservice_name = \"wharf-test\"\n"
-        ))
-        .write(&dir.path().join("wharf.toml"));
-    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    let (server, dir) = start_with(
+        &up,
+        &format!("[traces]\nendpoint = \"{endpoint}\"\nservice_name = \"wharf-test\"\n"),
+    )
+    .await;
     // Two clients of one fill: the second joins the first's.
     let url = server.url(&format!("/v2/app/blobs/{d}"));
     let first = tokio::spawn(read_body_of(url.clone()));
@@ -83,9 +81,8 @@ async fn request_and_fill_spans_reach_the_collector_and_joiners_link_to_the_fill
     assert!(first.await.unwrap() == blob);
     assert!(second.await.unwrap() == blob);
     // Spans still buffered are sent at shutdown.
-    let log_path = dir.path().join("serve.log");
     server.stop().await;
-    let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let logs = log_of(&dir);
 
     let bodies = got.lock().unwrap().clone();
     assert!(!bodies.is_empty(), "nothing reached the collector");
@@ -113,25 +110,39 @@ async fn a_collector_not_in_egress_allow_gets_nothing_and_lines_follow_the_log_l
     let (endpoint, got) = collector().await;
     // Named by a host the egress policy does not allow (pinned to loopback).
     let endpoint = endpoint.replace("127.0.0.1", "collector.test");
-    let dir = tempfile::tempdir().unwrap();
-    let config = WharfConfig::fake(&up.url(), &dir.path().join("data"))
-        .tables(&format!(
-            "[log]\nlevel = \"warn\"\n[traces]\nendpoint = \"{endpoint}\"\n"
-        ))
-        .write(&dir.path().join("wharf.toml"));
-    let log = dir.path().join("serve.log");
-    let server = Server::start(&config, &log).await;
-    let r = get(server.url(&format!("/v2/app/blobs/{d}"))).await;
-    assert_eq!(read_body(r).await, blob);
+    let (server, dir) = start_with(
+        &up,
+        &format!("[log]\nlevel = \"warn\"\n[traces]\nendpoint = \"{endpoint}\"\n"),
+    )
+    .await;
+    assert_eq!(
+        read_body_of(server.url(&format!("/v2/app/blobs/{d}"))).await,
+        blob
+    );
     server.stop().await;
     assert!(got.lock().unwrap().is_empty());
     // The traces layer does not turn on the request lines `[log] level = "warn"` keeps off.
-    let logs = std::fs::read_to_string(&log).unwrap();
+    let logs = log_of(&dir);
     assert!(!logs.contains("wharf::access"), "{logs}");
     assert!(
         logs.contains("collector.test"),
         "the refusal is logged: {logs}"
     );
+}
+
+/// wharf in front of `up` with `tables` added to its config; the directory holds its data and
+/// its log (`log_of`).
+async fn start_with(up: &FakeRegistry, tables: &str) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = WharfConfig::fake(&up.url(), &dir.path().join("data"))
+        .tables(tables)
+        .write(&dir.path().join("wharf.toml"));
+    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    (server, dir)
+}
+
+fn log_of(dir: &tempfile::TempDir) -> String {
+    std::fs::read_to_string(dir.path().join("serve.log")).unwrap()
 }
 
 async fn read_body_of(url: String) -> Vec<u8> {
@@ -163,15 +174,15 @@ async fn an_endless_answer_from_the_collector_is_not_read_whole() {
         }),
     );
     let (addr, _task) = serve_router("127.0.0.1:0", app).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = WharfConfig::fake(&up.url(), &dir.path().join("data"))
-        .tables(&format!(
-            "[traces]\nendpoint = \"http://{addr}/v1/traces\"\n"
-        ))
-        .write(&dir.path().join("wharf.toml"));
-    let server = Server::start(&config, &dir.path().join("serve.log")).await;
-    let r = get(server.url(&format!("/v2/app/blobs/{d}"))).await;
-    assert_eq!(read_body(r).await, blob);
+    let (server, _dir) = start_with(
+        &up,
+        &format!("[traces]\nendpoint = \"http://{addr}/v1/traces\"\n"),
+    )
+    .await;
+    assert_eq!(
+        read_body_of(server.url(&format!("/v2/app/blobs/{d}"))).await,
+        blob
+    );
     // Shutdown sends the spans and reads the answer (for up to 5 s before the fix).
     server.stop().await;
     let n = sent.load(Ordering::Relaxed);
@@ -216,18 +227,17 @@ async fn a_redirect_from_the_collector_is_not_followed() {
         }),
     );
     let (addr, _task) = serve_router("127.0.0.1:0", app).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = WharfConfig::fake(&up.url(), &dir.path().join("data"))
-        .tables(&format!(
-            "[traces]\nendpoint = \"http://{addr}/v1/traces\"\n"
-        ))
-        .write(&dir.path().join("wharf.toml"));
-    let log = dir.path().join("serve.log");
-    let server = Server::start(&config, &log).await;
-    let r = get(server.url(&format!("/v2/app/blobs/{d}"))).await;
-    assert_eq!(read_body(r).await, blob);
+    let (server, dir) = start_with(
+        &up,
+        &format!("[traces]\nendpoint = \"http://{addr}/v1/traces\"\n"),
+    )
+    .await;
+    assert_eq!(
+        read_body_of(server.url(&format!("/v2/app/blobs/{d}"))).await,
+        blob
+    );
     server.stop().await;
-    let logs = std::fs::read_to_string(&log).unwrap();
+    let logs = log_of(&dir);
     assert!(posts.load(Ordering::Relaxed) > 0, "{logs}");
     assert_eq!(hits.load(Ordering::Relaxed), 0, "the redirect was followed");
     assert_eq!(logs.matches("answered 307").count(), 1, "{logs}");
@@ -239,11 +249,7 @@ async fn a_redirect_from_the_collector_is_not_followed() {
 async fn an_overlong_path_is_exported_bounded() {
     let up = FakeRegistry::start().await;
     let (endpoint, got) = collector().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = WharfConfig::fake(&up.url(), &dir.path().join("data"))
-        .tables(&format!("[traces]\nendpoint = \"{endpoint}\"\n"))
-        .write(&dir.path().join("wharf.toml"));
-    let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    let (server, _dir) = start_with(&up, &format!("[traces]\nendpoint = \"{endpoint}\"\n")).await;
     let long = format!("/v2/app/manifests/{}", "a".repeat(40_000));
     assert_eq!(status_of(server.url(&long)).await, 414);
     server.stop().await;
