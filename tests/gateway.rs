@@ -223,6 +223,13 @@ fn status_line(answer: &str) -> &str {
     answer.lines().next().unwrap_or("")
 }
 
+/// Each named sample of `text` has its value (a missing one counts as 0).
+fn assert_metrics(text: &str, want: &[(&str, u64)]) {
+    for (line_start, value) in want {
+        assert_eq!(metric(text, line_start), *value, "{line_start}\n{text}");
+    }
+}
+
 fn metric(text: &str, line_start: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(line_start))
@@ -257,15 +264,12 @@ async fn connect_to_a_host_not_in_gateway_allow_is_refused_without_connecting() 
     );
     assert_untouched(&hits).await;
     let m = gate.settled_metrics().await;
-    assert_eq!(
-        metric(&m, "wharf_gateway_refusals_total{reason=\"host\"}"),
-        1,
-        "{m}"
-    );
-    assert_eq!(
-        metric(&m, "wharf_gateway_tunnels_total{result=\"refused\"}"),
-        1,
-        "{m}"
+    assert_metrics(
+        &m,
+        &[
+            ("wharf_gateway_refusals_total{reason=\"host\"}", 1),
+            ("wharf_gateway_tunnels_total{result=\"refused\"}", 1),
+        ],
     );
     gate.stop().await;
 }
@@ -615,11 +619,7 @@ async fn a_tunnel_carries_bytes_both_ways_and_is_counted() {
         back.len()
     );
     let m = gate.settled_metrics().await;
-    assert_eq!(
-        metric(&m, "wharf_gateway_tunnels_total{result=\"ok\"}"),
-        1,
-        "{m}"
-    );
+    assert_metrics(&m, &[("wharf_gateway_tunnels_total{result=\"ok\"}", 1)]);
     assert_eq!(
         metric(&m, "wharf_gateway_bytes_total{direction=\"to_origin\"}"),
         3 << 20
@@ -664,11 +664,7 @@ max_tunnels = 1"#,
     let (head, _) = gate.connect(&dest, "").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let m = gate.settled_metrics().await;
-    assert_eq!(
-        metric(&m, "wharf_gateway_refusals_total{reason=\"busy\"}"),
-        1,
-        "{m}"
-    );
+    assert_metrics(&m, &[("wharf_gateway_refusals_total{reason=\"busy\"}", 1)]);
 }
 
 #[tokio::test]
@@ -1014,15 +1010,12 @@ async fn an_origin_that_is_down_is_a_502_failure_not_a_refusal() {
         "{answer}"
     );
     let m = gate.settled_metrics().await;
-    assert_eq!(
-        metric(&m, "wharf_gateway_tunnels_total{result=\"failed\"}"),
-        1,
-        "{m}"
-    );
-    assert_eq!(
-        metric(&m, "wharf_gateway_requests_total{result=\"failed\"}"),
-        1,
-        "{m}"
+    assert_metrics(
+        &m,
+        &[
+            ("wharf_gateway_tunnels_total{result=\"failed\"}", 1),
+            ("wharf_gateway_requests_total{result=\"failed\"}", 1),
+        ],
     );
     assert!(!m.contains("wharf_gateway_refusals_total{"), "{m}");
 }
