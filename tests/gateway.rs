@@ -631,6 +631,35 @@ async fn a_tunnel_carries_bytes_both_ways_and_is_counted() {
     assert_eq!(metric(&m, "wharf_gateway_tunnels_open "), 0, "{m}");
 }
 
+/// TCP urgent data stops `splice(2)` at its mark for good; the tunnel steps over it as a plain
+/// read does, so the bytes after it still arrive (the urgent byte itself is not forwarded).
+#[tokio::test]
+async fn urgent_data_does_not_stall_a_tunnel() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = tokio::spawn(async move {
+        let (mut c, _) = listener.accept().await.unwrap();
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).await.unwrap();
+        all
+    });
+    let gate = Gate::start(REACH_LOOPBACK, r#"allow = ["origin.wharf-test"]"#, "").await;
+    let (head, mut s) = gate.connect(&format!("origin.wharf-test:{port}"), "").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"abc").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    rustix::net::send(&s, b"X", rustix::net::SendFlags::OOB).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"def").await.unwrap();
+    s.shutdown().await.unwrap();
+    let all = tokio::time::timeout(Duration::from_secs(10), received)
+        .await
+        .expect("the origin never saw the end: the tunnel stalled at the urgent mark")
+        .unwrap();
+    assert_eq!(all, b"abcdef");
+    gate.stop().await;
+}
+
 #[tokio::test]
 async fn an_idle_tunnel_is_closed_and_max_tunnels_refuses_with_503() {
     let (origin, _) = echo().await;

@@ -214,6 +214,15 @@ pub async fn tunnel(
     limited(activity, limits, copy).await
 }
 
+/// Whether `socket` has bytes waiting that `splice` will not take: it stops at TCP urgent data,
+/// which a plain read steps over.
+fn at_urgent_mark(socket: &TcpStream) -> bool {
+    use rustix::net::{RecvFlags, recv};
+    let mut one = [0u8; 1];
+    let peeked = recv(socket, &mut one[..], RecvFlags::PEEK | RecvFlags::DONTWAIT);
+    matches!(peeked, Ok((n, _)) if n > 0)
+}
+
 /// Moves everything `from` sends to `to` through a pipe of its own, counting it in `count`;
 /// at `from`'s end, shuts down `to`'s sending side.
 async fn splice_one_way(
@@ -229,11 +238,43 @@ async fn splice_one_way(
     let _ = fcntl_setpipe_size(&pipe_in, TUNNEL_PIPE);
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     loop {
-        let n = from
+        // `None`: the splice is stuck at TCP urgent data (it never moves past the mark).
+        let spliced = from
             .async_io(Interest::READABLE, || {
-                splice(from, None, &pipe_in, None, TUNNEL_PIPE, flags).map_err(Into::into)
+                // At the mark it answers EAGAIN, or 0 once the sender has ended as well.
+                match splice(from, None, &pipe_in, None, TUNNEL_PIPE, flags) {
+                    Err(rustix::io::Errno::AGAIN) | Ok(0) if at_urgent_mark(from) => Ok(None),
+                    r => r.map(Some).map_err(Into::into),
+                }
             })
             .await?;
+        let Some(n) = spliced else {
+            // A plain read moves past the mark (as `read(2)` always did here).
+            let mut buf = [0u8; 4096];
+            let (got, _) = from
+                .async_io(Interest::READABLE, || {
+                    rustix::net::recv(from, &mut buf[..], rustix::net::RecvFlags::empty())
+                        .map_err(Into::into)
+                })
+                .await?;
+            if got == 0 {
+                let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
+                return Ok(());
+            }
+            let mut part = &buf[..got];
+            while !part.is_empty() {
+                let sent = to
+                    .async_io(Interest::WRITABLE, || {
+                        rustix::net::send(to, part, rustix::net::SendFlags::NOSIGNAL)
+                            .map_err(Into::into)
+                    })
+                    .await?;
+                part = &part[sent..];
+                count.fetch_add(sent as u64, Ordering::Relaxed);
+                activity.touch();
+            }
+            continue;
+        };
         if n == 0 {
             // The sender is done: so is the receiver's side of this direction.
             let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
