@@ -261,7 +261,6 @@ impl Gateway {
             .collect()
     }
 
-    /// A free tunnel slot, or the 503 answer.
     /// A tunnel slot and a connection to the checked destination, or the client answered
     /// with the refusal.
     async fn open(
@@ -298,6 +297,7 @@ impl Gateway {
         }
     }
 
+    /// A free tunnel slot, or the 503 answer.
     fn slot(&self) -> Result<OwnedSemaphorePermit, Answer> {
         self.tunnels.clone().try_acquire_owned().map_err(|_| {
             let text = format!(
@@ -339,8 +339,7 @@ impl Gateway {
                 .to_origin
                 .fetch_add(early.len() as u64, Ordering::Relaxed);
         }
-        let mut client = Counted::new(stream, x.activity.clone(), Vec::new());
-        x.ended = Some(relay::tunnel(&mut client, &mut origin, &x.activity, self.limits).await);
+        x.ended = Some(relay::tunnel(&stream, &origin, &x.activity, self.limits).await);
     }
 
     async fn forward(

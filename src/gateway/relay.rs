@@ -1,8 +1,9 @@
 //! Moving bytes once a destination is connected: a CONNECT tunnel (both ways at once, with
-//! backpressure, socket to socket through a pipe with `splice(2)`), and an absolute-form request forwarded once through
-//! hyper (client side served by hyper's HTTP/1.1 server for framing, origin side by its
-//! client over the connection `dest` opened). Both run under the same limits: no byte either
-//! way for `idle_timeout`, or `max_duration` in all, ends them. Hop-by-hop headers never cross.
+//! backpressure, socket to socket through a pipe with `splice(2)`), and an absolute-form
+//! request forwarded once through hyper (client side served by hyper's HTTP/1.1 server for
+//! framing, origin side by its client over the connection `dest` opened). Both run under the
+//! same limits: no byte either way for `idle_timeout`, or `max_duration` in all, ends them.
+//! Hop-by-hop headers never cross.
 //! Redirects are answers like any other: passed on, never followed.
 
 use std::pin::Pin;
@@ -15,7 +16,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -186,27 +187,13 @@ const TUNNEL_PIPE: usize = 256 << 10;
 /// The bytes go socket to pipe to socket with `splice(2)`, never through user space; when one
 /// side ends its sending, the other's is shut down once everything before it went across.
 pub async fn tunnel(
-    client: &mut Counted<TcpStream>,
-    origin: &mut TcpStream,
+    client: &TcpStream,
+    origin: &TcpStream,
     activity: &Activity,
     limits: Limits,
 ) -> Ended {
     activity.touch();
     let copy = async {
-        // Bytes read ahead of the tunnel go first (none today: a CONNECT's head ends it).
-        if !client.prefix.is_empty() {
-            let ahead = std::mem::take(&mut client.prefix);
-            if tokio::io::AsyncWriteExt::write_all(origin, &ahead)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            activity
-                .to_origin
-                .fetch_add(ahead.len() as u64, Ordering::Relaxed);
-        }
-        let client = &client.inner;
         let up = splice_one_way(client, origin, &activity.to_origin, activity);
         let down = splice_one_way(origin, client, &activity.to_client, activity);
         let _ = tokio::try_join!(up, down);
@@ -232,11 +219,14 @@ async fn splice_one_way(
     activity: &Activity,
 ) -> std::io::Result<()> {
     use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
-    use tokio::io::Interest;
     let (pipe_out, pipe_in) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
     // A larger pipe moves more per call; the default still works if it is refused.
     let _ = fcntl_setpipe_size(&pipe_in, TUNNEL_PIPE);
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+    let moved = |n: usize| {
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        activity.touch();
+    };
     loop {
         // `None`: the splice is stuck at TCP urgent data (it never moves past the mark).
         let spliced = from
@@ -248,52 +238,59 @@ async fn splice_one_way(
                 }
             })
             .await?;
-        let Some(n) = spliced else {
-            // A plain read moves past the mark (as `read(2)` always did here).
-            let mut buf = [0u8; 4096];
-            let (got, _) = from
-                .async_io(Interest::READABLE, || {
-                    rustix::net::recv(from, &mut buf[..], rustix::net::RecvFlags::empty())
-                        .map_err(Into::into)
-                })
-                .await?;
-            if got == 0 {
-                let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
-                return Ok(());
-            }
-            let mut part = &buf[..got];
-            while !part.is_empty() {
-                let sent = to
-                    .async_io(Interest::WRITABLE, || {
-                        rustix::net::send(to, part, rustix::net::SendFlags::NOSIGNAL)
-                            .map_err(Into::into)
-                    })
-                    .await?;
-                part = &part[sent..];
-                count.fetch_add(sent as u64, Ordering::Relaxed);
-                activity.touch();
-            }
-            continue;
+        // Spliced into the pipe, to drain; or sent on already, past the mark.
+        let (n, in_pipe) = match spliced {
+            Some(n) => (n, n),
+            None => (step_over_mark(from, to, moved).await?, 0),
         };
         if n == 0 {
             // The sender is done: so is the receiver's side of this direction.
             let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
             return Ok(());
         }
-        let mut left = n;
+        let mut left = in_pipe;
         while left > 0 {
-            let sent = to
-                .async_io(Interest::WRITABLE, || {
-                    splice(&pipe_out, None, to, None, left, flags).map_err(Into::into)
-                })
-                .await?;
-            if sent == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
+            let sent = write_some(to, || splice(&pipe_out, None, to, None, left, flags)).await?;
             left -= sent;
-            count.fetch_add(sent as u64, Ordering::Relaxed);
-            activity.touch();
+            moved(sent);
         }
+    }
+}
+
+/// Past TCP urgent data with a plain read (as `read(2)` always stepped over it), and what it
+/// read sent on: the bytes moved, 0 at the sender's end. The pipe is empty meanwhile.
+async fn step_over_mark(
+    from: &TcpStream,
+    to: &TcpStream,
+    moved: impl Fn(usize),
+) -> std::io::Result<usize> {
+    use rustix::net::{RecvFlags, SendFlags, recv, send};
+    let mut buf = [0u8; 4096];
+    let (got, _) = from
+        .async_io(Interest::READABLE, || {
+            recv(from, &mut buf[..], RecvFlags::empty()).map_err(Into::into)
+        })
+        .await?;
+    let mut part = &buf[..got];
+    while !part.is_empty() {
+        let sent = write_some(to, || send(to, part, SendFlags::NOSIGNAL)).await?;
+        part = &part[sent..];
+        moved(sent);
+    }
+    Ok(got)
+}
+
+/// One write to `to` once it is writable; writing nothing is an error.
+async fn write_some(
+    to: &TcpStream,
+    mut op: impl FnMut() -> rustix::io::Result<usize>,
+) -> std::io::Result<usize> {
+    match to
+        .async_io(Interest::WRITABLE, || op().map_err(Into::into))
+        .await?
+    {
+        0 => Err(std::io::ErrorKind::WriteZero.into()),
+        n => Ok(n),
     }
 }
 
