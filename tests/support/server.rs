@@ -9,13 +9,37 @@ use std::time::{Duration, Instant};
 
 use super::bin::wharf_command;
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for a child process to listen on. Chosen below
+/// the kernel's ephemeral range, so no listener on port 0 and no outgoing connection of a test
+/// running alongside takes it meanwhile (a wharf that lost its port to one looked ready to the
+/// caller), and never handed out twice by this process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, span) = if ephemeral_low > 12000 {
+        (ephemeral_low - 10000, 10000u16)
+    } else {
+        (1024, 10000u16)
+    };
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..1000 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = low + (random % u64::from(span)) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{}", low + span);
 }
 
 /// `wharf serve` as a child process; killed on Drop if still running.
