@@ -6,19 +6,22 @@
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::digest::{Digest, Hasher};
 use crate::error::StorageError;
 use crate::layout::Layout;
+use crate::spare::Spares;
 use crate::writer::{BlobWriter, Committed};
 
 /// Buffer size for hashing whole files in `verify`.
 const VERIFY_BUF: usize = 1 << 20;
 
-/// The blob directory of one data directory. Cheap to clone (a path).
+/// The blob directory of one data directory. Cheap to clone (a path and a handle).
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     layout: Layout,
+    spares: Arc<Spares>,
 }
 
 /// One file found under `blobs/sha256` by `BlobStore::list`.
@@ -39,28 +42,30 @@ pub enum BlobCheck {
 }
 
 impl BlobStore {
-    /// Creates `blobs/sha256` and `tmp/`, then deletes everything in `tmp/`: a fill left there
-    /// by an earlier process can never be completed. Only call this while holding the data
-    /// directory exclusively (`Storage::open` takes the index lock first), or a live fill of
-    /// another process would be swept away.
+    /// Creates `blobs/sha256`, `tmp/` and `spare/`, then deletes everything in `tmp/` and
+    /// `spare/`: a fill left there by an earlier process can never be completed. Only call this
+    /// while holding the data directory exclusively (`Storage::open` takes the index lock
+    /// first), or a live fill of another process would be swept away.
     pub fn open(layout: Layout) -> Result<BlobStore, StorageError> {
-        for dir in [layout.blobs_dir(), layout.tmp_dir()] {
+        for dir in [layout.blobs_dir(), layout.tmp_dir(), layout.spare_dir()] {
             fs::create_dir_all(&dir).map_err(StorageError::io(format!(
                 "create directory {}",
                 dir.display()
             )))?;
         }
         sweep(&layout.tmp_dir())?;
-        Ok(BlobStore { layout })
+        sweep(&layout.spare_dir())?;
+        let spares = Arc::new(Spares::new(layout.clone()));
+        Ok(BlobStore { layout, spares })
     }
 
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
 
-    /// Starts a fill: a new temp file in `tmp/`.
+    /// Starts a fill: a new temp file in `tmp/` (a spare made ahead when one is ready).
     pub fn writer(&self) -> Result<BlobWriter, StorageError> {
-        BlobWriter::create(self.layout.clone())
+        BlobWriter::create(self.layout.clone(), self.spares.take())
     }
 
     pub fn path(&self, digest: &Digest) -> PathBuf {

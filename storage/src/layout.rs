@@ -4,6 +4,7 @@
 //! ```text
 //! <root>/blobs/sha256/<hex[..2]>/<hex>   committed blobs, read-only
 //! <root>/tmp/<fill-pid-n-random>         fills in progress (same filesystem, so rename is atomic)
+//! <root>/spare/<spare-pid-n-random>      empty files made ahead for fills (`spare`)
 //! <root>/index/                          sled
 //! <root>/admin.token                      the running server's admin secret (mode 0600)
 //! <root>/admin.token.new                  the next one, while it is written
@@ -56,6 +57,10 @@ impl Layout {
         self.root.join("tmp")
     }
 
+    pub fn spare_dir(&self) -> PathBuf {
+        self.root.join("spare")
+    }
+
     pub fn index_dir(&self) -> PathBuf {
         self.root.join("index")
     }
@@ -76,12 +81,22 @@ impl Layout {
     /// A fresh name in `tmp/`: `fill-<pid>-<counter>-<random>`. Unique within this process by the
     /// counter; the random part guards against a reused pid meeting a file a crash left behind.
     pub fn new_temp_path(&self) -> PathBuf {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let random = RandomState::new().hash_one(n);
-        let pid = std::process::id();
-        self.tmp_dir().join(format!("fill-{pid}-{n}-{random:016x}"))
+        self.tmp_dir().join(unique_name("fill"))
     }
+
+    /// A path in `spare/` that no other call (in any process) returns.
+    pub fn new_spare_path(&self) -> PathBuf {
+        self.spare_dir().join(unique_name("spare"))
+    }
+}
+
+/// `<what>-<pid>-<n>-<random>`: unique in this process by `n`, across processes by pid and hash.
+fn unique_name(what: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let random = RandomState::new().hash_one(n);
+    let pid = std::process::id();
+    format!("{what}-{pid}-{n}-{random:016x}")
 }
 
 #[cfg(test)]

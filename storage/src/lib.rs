@@ -7,6 +7,7 @@
 //! | `digest`    | `Digest` (`sha256:<64 lowercase hex>`), incremental `Hasher`          |
 //! | `layout`    | every path under the data directory                                  |
 //! | `writer`    | `BlobWriter`: temp file, hash while writing, fsync, rename; Drop aborts |
+//! | `spare`     | empty files made ahead on a thread, so fills create no inode inline   |
 //! | `blob`      | `BlobStore`: committed blobs: open, stat, list, verify, remove        |
 //! | `keys`      | composite index keys (NUL-separated components)                      |
 //! | `index`     | sled trees and versioned records                                     |
@@ -26,6 +27,7 @@ mod index;
 mod keys;
 mod layout;
 mod outbox;
+mod spare;
 mod writer;
 
 use std::path::PathBuf;

@@ -72,19 +72,32 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
-    /// Creates a new temp file under `layout.tmp_dir()`. Called by `BlobStore::writer`.
-    pub(crate) fn create(layout: Layout) -> Result<BlobWriter, StorageError> {
-        let temp_path = layout.new_temp_path();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp_path)
-            .map_err(StorageError::io(format!(
-                "create temp file {}",
-                temp_path.display()
-            )))?;
+    /// Starts on `spare`, an empty file already in `layout.tmp_dir()`, or else on a new temp
+    /// file there. Called by `BlobStore::writer`.
+    pub(crate) fn create(
+        layout: Layout,
+        spare: Option<PathBuf>,
+    ) -> Result<BlobWriter, StorageError> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        let (temp_path, file) = match spare.map(|path| (options.open(&path), path)) {
+            Some((Ok(file), path)) => (path, file),
+            other => {
+                if let Some((_, path)) = other {
+                    let _ = fs::remove_file(path);
+                }
+                let temp_path = layout.new_temp_path();
+                let file = options
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&temp_path)
+                    .map_err(StorageError::io(format!(
+                        "create temp file {}",
+                        temp_path.display()
+                    )))?;
+                (temp_path, file)
+            }
+        };
         Ok(BlobWriter {
             layout,
             temp_path,
