@@ -80,6 +80,7 @@ impl AppState {
         let egress_policy = egress.clone();
         let metrics: Arc<crate::metrics::Metrics> = Default::default();
         let storage = Storage::open(&config.data_dir)?;
+        storage.blobs.make_spares();
         registry::visibility::backfill(&storage, config.registry.max_manifest_size.0)?;
         // Weak: the engine holds the room, and the registry holds the engine.
         let registry_cell: Arc<std::sync::OnceLock<std::sync::Weak<registry::Registry>>> =

@@ -406,7 +406,7 @@ async fn sumdb_supported_lookup_and_tiles_are_proxied_and_cached() {
 #[tokio::test]
 async fn hostile_go_paths_get_4xx_and_no_upstream_request() {
     let (up, w, dir) = setup("").await;
-    let before = files_under(dir.path()).len();
+    let before = stored_files(dir.path()).len();
     for (path, status) in [
         ("/go/example.com/m/@v/../../../etc/passwd", 400),
         ("/go/example.com/m/@v/%2e%2e.zip", 400),
@@ -425,5 +425,5 @@ async fn hostile_go_paths_get_4xx_and_no_upstream_request() {
         assert!(!body.is_empty(), "{path}: errors say why");
     }
     assert!(up.seen().is_empty(), "no upstream request: {:?}", up.seen());
-    assert_eq!(files_under(dir.path()).len(), before);
+    assert_eq!(stored_files(dir.path()).len(), before);
 }

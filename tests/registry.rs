@@ -656,7 +656,7 @@ async fn push_and_delete_are_unsupported() {
 #[tokio::test]
 async fn hostile_paths_get_4xx_and_no_upstream_request_or_file() {
     let (up, w, dir) = setup("").await;
-    let before = files_under(dir.path()).len();
+    let before = stored_files(dir.path()).len();
     let long = "a".repeat(300);
     let cases = [
         ("/v2/../etc/passwd/manifests/latest", 400),
@@ -678,7 +678,7 @@ async fn hostile_paths_get_4xx_and_no_upstream_request_or_file() {
         assert!(v["errors"][0]["code"].is_string(), "{path}: {v}");
     }
     assert_eq!(up.total(), 0, "no upstream request for invalid input");
-    assert_eq!(files_under(dir.path()).len(), before, "no file created");
+    assert_eq!(stored_files(dir.path()).len(), before, "no file created");
     assert_eq!(status_of(w.url("/v2/")).await, 200);
 }
 

@@ -63,6 +63,12 @@ impl BlobStore {
         &self.layout
     }
 
+    /// Starts making the spare files fills start on, now rather than at the first fill (which
+    /// would then share its CPU with making them). For a server; tools need not.
+    pub fn make_spares(&self) {
+        self.spares.start();
+    }
+
     /// Starts a fill: a new temp file in `tmp/` (a spare made ahead when one is ready).
     pub fn writer(&self) -> Result<BlobWriter, StorageError> {
         BlobWriter::create(self.layout.clone(), self.spares.take())

@@ -6,10 +6,10 @@
 //! the inode allocator skips every inode freed in the last minute, reading each one's table
 //! block: right after many deletions (eviction, a cleared cache) a create took 1.2 ms here, the
 //! largest single cost of a cold `.mod` fill. A fill takes a spare with a rename into `tmp/`
-//! (no allocation) and creates its own file only when none is ready. The thread starts with the
-//! first fill, keeps `READY` spares, and on an error (a full disk) waits before trying again.
-//! When the store is dropped it removes what it made; what a killed process left in `spare/`
-//! is swept at the next open, like `tmp/`.
+//! (no allocation) and creates its own file only when none is ready. The thread starts with
+//! the server (`BlobStore::make_spares`) or else with the first fill, keeps `READY` spares, and
+//! after an error (a full disk) waits before trying again. When the store is dropped it removes
+//! what it made; what a killed process left in `spare/` is swept at the next open, like `tmp/`.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -57,9 +57,9 @@ impl Spares {
         }
     }
 
-    /// A new, empty file at a fresh temp path in `tmp/`, if a spare was ready (else `None`:
-    /// the caller creates one). Starts the thread on first use.
-    pub(crate) fn take(&self) -> Option<PathBuf> {
+    /// Starts the thread (once): a server does at start, so that neither the first fills nor
+    /// the requests beside them wait for the first spares being made.
+    pub(crate) fn start(&self) {
         self.started.call_once(|| {
             let shared = self.shared.clone();
             // No thread (a limit on threads): fills create their own files, as before.
@@ -67,6 +67,12 @@ impl Spares {
                 .name("wharf-spares".into())
                 .spawn(move || make_spares(&shared));
         });
+    }
+
+    /// A new, empty file at a fresh temp path in `tmp/`, if a spare was ready (else `None`:
+    /// the caller creates one). Starts the thread on first use.
+    pub(crate) fn take(&self) -> Option<PathBuf> {
+        self.start();
         let spare = {
             let mut state = self.shared.lock();
             let spare = state.ready.pop();

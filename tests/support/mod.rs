@@ -58,6 +58,16 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
         .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
 }
 
+/// The files of a data directory that hold something: all but `spare/` (empty files a
+/// server makes ahead for its fills, whenever it likes).
+pub fn stored_files(data_dir: &Path) -> Vec<PathBuf> {
+    let spare = data_dir.join("spare");
+    files_under(data_dir)
+        .into_iter()
+        .filter(|p| !p.starts_with(&spare))
+        .collect()
+}
+
 /// Files under `dir` (recursively), for "nothing was written" checks.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
