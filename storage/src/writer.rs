@@ -71,8 +71,8 @@ pub struct BlobWriter {
     written: u64,
     /// Set once the temp file is gone (renamed, or removed); Drop then has nothing to do.
     finished: bool,
-    /// The creating thread may run on one CPU only: never hash on a thread of its own.
-    one_cpu: bool,
+    /// Past `BACKGROUND_AFTER`, the writing thread could run on one CPU only: hash inline.
+    stay_inline: bool,
 }
 
 impl BlobWriter {
@@ -109,7 +109,7 @@ impl BlobWriter {
             hashing: Hashing::Inline(Hasher::new()),
             written: 0,
             finished: false,
-            one_cpu: on_one_cpu(),
+            stay_inline: false,
         })
     }
 
@@ -144,10 +144,14 @@ impl BlobWriter {
     /// Appends `chunk` like `write_all`; a large object's chunks are hashed on another thread.
     pub fn write_bytes(&mut self, chunk: Bytes) -> io::Result<()> {
         if matches!(self.hashing, Hashing::Inline(_))
+            && !self.stay_inline
             && self.written + chunk.len() as u64 > BACKGROUND_AFTER
-            && !self.one_cpu
         {
-            self.hash_in_background()?;
+            if on_one_cpu() {
+                self.stay_inline = true;
+            } else {
+                self.hash_in_background()?;
+            }
         }
         if matches!(self.hashing, Hashing::Inline(_)) {
             return self.write_all(&chunk);
