@@ -110,15 +110,13 @@ async fn a_collector_not_in_egress_allow_gets_nothing_and_lines_follow_the_log_l
     let (endpoint, got) = collector().await;
     // Named by a host the egress policy does not allow (pinned to loopback).
     let endpoint = endpoint.replace("127.0.0.1", "collector.test");
-    let (server, dir) = start_with(
+    let (server, dir) = start_and_get_blob(
         &up,
         &format!("[log]\nlevel = \"warn\"\n[traces]\nendpoint = \"{endpoint}\"\n"),
+        &d,
+        &blob,
     )
     .await;
-    assert_eq!(
-        read_body_of(server.url(&format!("/v2/app/blobs/{d}"))).await,
-        blob
-    );
     server.stop().await;
     assert!(got.lock().unwrap().is_empty());
     // The traces layer does not turn on the request lines `[log] level = "warn"` keeps off.
@@ -138,6 +136,21 @@ async fn start_with(up: &FakeRegistry, tables: &str) -> (Server, tempfile::TempD
         .tables(tables)
         .write(&dir.path().join("wharf.toml"));
     let server = Server::start(&config, &dir.path().join("serve.log")).await;
+    (server, dir)
+}
+
+/// `start_with`, then one GET of blob `d`, whose body must be `blob`.
+async fn start_and_get_blob(
+    up: &FakeRegistry,
+    tables: &str,
+    d: &str,
+    blob: &[u8],
+) -> (Server, tempfile::TempDir) {
+    let (server, dir) = start_with(up, tables).await;
+    assert_eq!(
+        read_body_of(server.url(&format!("/v2/app/blobs/{d}"))).await,
+        blob
+    );
     (server, dir)
 }
 
@@ -174,15 +187,13 @@ async fn an_endless_answer_from_the_collector_is_not_read_whole() {
         }),
     );
     let (addr, _task) = serve_router("127.0.0.1:0", app).await;
-    let (server, _dir) = start_with(
+    let (server, _dir) = start_and_get_blob(
         &up,
         &format!("[traces]\nendpoint = \"http://{addr}/v1/traces\"\n"),
+        &d,
+        &blob,
     )
     .await;
-    assert_eq!(
-        read_body_of(server.url(&format!("/v2/app/blobs/{d}"))).await,
-        blob
-    );
     // Shutdown sends the spans and reads the answer (for up to 5 s before the fix).
     server.stop().await;
     let n = sent.load(Ordering::Relaxed);
@@ -227,15 +238,13 @@ async fn a_redirect_from_the_collector_is_not_followed() {
         }),
     );
     let (addr, _task) = serve_router("127.0.0.1:0", app).await;
-    let (server, dir) = start_with(
+    let (server, dir) = start_and_get_blob(
         &up,
         &format!("[traces]\nendpoint = \"http://{addr}/v1/traces\"\n"),
+        &d,
+        &blob,
     )
     .await;
-    assert_eq!(
-        read_body_of(server.url(&format!("/v2/app/blobs/{d}"))).await,
-        blob
-    );
     server.stop().await;
     let logs = log_of(&dir);
     assert!(posts.load(Ordering::Relaxed) > 0, "{logs}");
