@@ -11,7 +11,7 @@
 //! after an error (a full disk) waits before trying again. When the store is dropped it removes
 //! what it made; what a killed process left in `spare/` is swept at the next open, like `tmp/`.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
@@ -69,9 +69,9 @@ impl Spares {
         });
     }
 
-    /// A new, empty file at a fresh temp path in `tmp/`, if a spare was ready (else `None`:
-    /// the caller creates one). Starts the thread on first use.
-    pub(crate) fn take(&self) -> Option<PathBuf> {
+    /// A new, empty file at a fresh temp path in `tmp/`, open for reading and writing, if a
+    /// spare was ready (else `None`: the caller creates one). Starts the thread on first use.
+    pub(crate) fn take(&self) -> Option<(PathBuf, File)> {
         self.start();
         let spare = {
             let mut state = self.shared.lock();
@@ -80,10 +80,14 @@ impl Spares {
             spare?
         };
         let temp = self.shared.layout.new_temp_path();
-        match fs::rename(&spare, &temp) {
-            Ok(()) => Some(temp),
+        if fs::rename(&spare, &temp).is_err() {
+            let _ = fs::remove_file(&spare);
+            return None;
+        }
+        match OpenOptions::new().read(true).write(true).open(&temp) {
+            Ok(file) => Some((temp, file)),
             Err(_) => {
-                let _ = fs::remove_file(&spare);
+                let _ = fs::remove_file(&temp);
                 None
             }
         }
@@ -177,7 +181,9 @@ mod tests {
         wait_for("spares", || count(layout.spare_dir()) == READY);
         let mut taken = Vec::new();
         for _ in 0..READY {
-            let Some(path) = spares.take() else { continue };
+            let Some((path, _file)) = spares.take() else {
+                continue;
+            };
             assert!(path.starts_with(layout.tmp_dir()), "{}", path.display());
             assert_eq!(fs::metadata(&path).unwrap().len(), 0);
             taken.push(path);

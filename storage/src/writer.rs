@@ -76,22 +76,19 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
-    /// Starts on `spare`, an empty file already in `layout.tmp_dir()`, or else on a new temp
-    /// file there. Called by `BlobStore::writer`.
+    /// Starts on `spare` (a path in `layout.tmp_dir()` and its empty file, open), or else on a
+    /// new temp file there. Called by `BlobStore::writer`.
     pub(crate) fn create(
         layout: Layout,
-        spare: Option<PathBuf>,
+        spare: Option<(PathBuf, File)>,
     ) -> Result<BlobWriter, StorageError> {
-        let mut options = OpenOptions::new();
-        options.read(true).write(true);
-        let (temp_path, file) = match spare.map(|path| (options.open(&path), path)) {
-            Some((Ok(file), path)) => (path, file),
-            other => {
-                if let Some((_, path)) = other {
-                    let _ = fs::remove_file(path);
-                }
+        let (temp_path, file) = match spare {
+            Some(spare) => spare,
+            None => {
                 let temp_path = layout.new_temp_path();
-                let file = options
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
                     .create_new(true)
                     .mode(0o600)
                     .open(&temp_path)

@@ -14,21 +14,16 @@ use super::bin::wharf_command;
 /// running alongside takes it meanwhile (a wharf that lost its port to one looked ready to the
 /// caller), and never handed out twice by this process.
 pub fn free_port() -> u16 {
-    use std::collections::HashSet;
+    use std::collections::BTreeSet;
     use std::hash::{BuildHasher, Hasher};
     use std::sync::Mutex;
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    let (low, span) = if ephemeral_low > 12000 {
-        (ephemeral_low - 10000, 10000u16)
-    } else {
-        (1024, 10000u16)
-    };
+    let (low, span) = (ephemeral_low.saturating_sub(10_000).max(1024), 10_000u16);
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    let given = given.get_or_insert_with(HashSet::new);
     for _ in 0..1000 {
         let random = std::collections::hash_map::RandomState::new()
             .build_hasher()
