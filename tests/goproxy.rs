@@ -66,6 +66,45 @@ async fn every_endpoint_is_served_and_immutable_files_are_fetched_once() {
 }
 
 #[tokio::test]
+async fn mod_and_info_files_are_kept_in_the_index_and_served_from_it_after_a_restart() {
+    let (up, w, dir) = setup("").await;
+    let zip = publish(&up);
+    let base = w.url("/go/example.com/!mod/@v/v1.2.0");
+    let mut bodies = Vec::new();
+    for kind in ["info", "mod", "zip"] {
+        let r = get(format!("{base}.{kind}")).await;
+        expect_status(&r, 200, kind);
+        bodies.push(read_body(r).await);
+    }
+    assert_eq!(bodies[1], b"module example.com/Mod\n");
+    // Three objects (committed just after their last bytes went out), one file: the zip.
+    for _ in 0..200 {
+        if w.state.storage.blobs.list().unwrap().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(w.state.storage.blobs.list().unwrap().len(), 3);
+    let files = files_under(&dir.path().join("blobs"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::read(&files[0]).unwrap(), zip);
+    let w = w.restart().await;
+    let base = w.url("/go/example.com/!mod/@v/v1.2.0");
+    for (kind, body) in ["info", "mod", "zip"].iter().zip(&bodies) {
+        let r = get(format!("{base}.{kind}")).await;
+        expect_status(&r, 200, kind);
+        assert_eq!(r.headers()["x-cache"], "HIT", "{kind}");
+        assert_eq!(&read_body(r).await, body, "{kind}");
+        assert_eq!(
+            up.count(&format!("v1.2.0.{kind}")),
+            1,
+            "{kind} fetched once"
+        );
+    }
+    drop(w);
+}
+
+#[tokio::test]
 async fn lists_are_revalidated_after_their_ttl_and_served_stale_when_upstream_fails() {
     let (up, w, _d) = setup("list_ttl = \"0s\"").await;
     publish(&up);
@@ -299,6 +338,11 @@ async fn a_zip_the_checksum_database_disagrees_with_is_refused_naming_both_hashe
             tree["modules"][0]["mod_hash"].as_str().unwrap()
         ),
     );
+    let refused_mod = wharf_storage::Digest::of(b"module example.com/mod0\n");
+    assert!(
+        !w.state.storage.blobs.contains(&refused_mod),
+        "the refused .mod is kept"
+    );
     // A version no source has is a 404 that costs the checksum database nothing.
     let asked = db.count("/lookup/");
     let r = get(w.url("/go/example.com/mod0/@v/v9.9.9.zip")).await;
@@ -314,6 +358,10 @@ async fn info_for_another_version_is_refused() {
     let served = r.status() == 200 && r.bytes().await.is_ok();
     assert!(!served, "a mismatched .info must never be served complete");
     assert!(files_under(&dir.path().join("blobs")).is_empty());
+    assert!(
+        w.state.storage.blobs.list().unwrap().is_empty(),
+        "nor kept in the index"
+    );
 }
 
 #[tokio::test]

@@ -70,6 +70,13 @@ pub trait Fetch: Send + Clone + 'static {
     /// The owner replica answered 200 for `peer_path`: what `open` records on a 200.
     fn found_at_peer(&mut self) {}
 
+    /// Whether the object, when its source declares at most `wharf_storage::SMALL_MAX` bytes,
+    /// is kept in the index rather than in a file of its own (many tiny objects: Go `.mod` and
+    /// `.info` files).
+    fn small(&self) -> bool {
+        false
+    }
+
     /// Most bytes accepted, and the error when a source sends more.
     fn limit(&self) -> u64 {
         u64::MAX
@@ -710,15 +717,16 @@ impl Engine {
             }
             e
         };
-        let mut writer = self
-            .0
-            .storage
-            .blobs
-            .writer()
-            .map_err(local("cannot create a temp file"))?;
+        let blobs = &self.0.storage.blobs;
+        let small = incoming.len.filter(|_| fetch.small());
+        let (writer, in_memory) = match small.and_then(|n| blobs.small_writer(n)) {
+            Some(w) => (w, true),
+            None => (blobs.writer(), false),
+        };
+        let mut writer = writer.map_err(local("cannot create a temp file"))?;
         let file = writer.file();
         // Reserved up front, a full disk says so before any byte goes out, not halfway.
-        if let Some(len) = incoming.len.filter(|&n| n <= limit)
+        if let Some(len) = incoming.len.filter(|&n| n <= limit && !in_memory)
             && let Err(e) = writer.reserve(len)
         {
             if super::room::is_full(&e) {
@@ -791,10 +799,15 @@ impl Engine {
         };
         // Clients get their last bytes now; the fsync runs behind them.
         leader.verified(file.clone(), size);
-        tokio::task::spawn_blocking(move || verified.persist())
-            .await
-            .map_err(local("the commit task failed"))?
-            .map_err(local("committing failed"))?;
+        // A small object's commit is one index insert: no thread hand-off for it.
+        if in_memory {
+            verified.persist()
+        } else {
+            tokio::task::spawn_blocking(move || verified.persist())
+                .await
+                .map_err(local("the commit task failed"))?
+        }
+        .map_err(local("committing failed"))?;
         // Queued for the shared tier before the records that name it (a no-op without one).
         // What another replica holds is its to upload.
         if matches!(origin, Origin::Source) {
@@ -938,6 +951,20 @@ impl Engine {
         let digest = Digest::of(&bytes);
         let d = digest.clone();
         tokio::task::spawn_blocking(move || blobs.put_bytes(&d, &bytes))
+            .await
+            .map_err(|e| StorageError::Io {
+                context: "storing a small object".into(),
+                source: std::io::Error::other(e),
+            })??;
+        self.queue(&digest);
+        Ok(digest)
+    }
+
+    /// Stores a small object (a checksum-database record) in the index rather than in a file
+    /// of its own (a file if it is larger than `wharf_storage::SMALL_MAX`).
+    pub async fn put_indexed(&self, bytes: Vec<u8>) -> Result<Digest, StorageError> {
+        let blobs = self.0.storage.blobs.clone();
+        let digest = tokio::task::spawn_blocking(move || blobs.put_small(&bytes))
             .await
             .map_err(|e| StorageError::Io {
                 context: "storing a small object".into(),

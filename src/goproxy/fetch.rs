@@ -143,6 +143,11 @@ impl Fetch for ModuleFileFetch {
         ))
     }
 
+    /// `.mod` and `.info` files: thousands of tiny ones, kept in the index.
+    fn small(&self) -> bool {
+        self.kind != FileKind::Zip
+    }
+
     fn limit(&self) -> u64 {
         self.kind.max_size()
     }

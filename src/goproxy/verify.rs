@@ -78,7 +78,7 @@ pub(crate) async fn get_raw(
         };
         let digest = app
             .engine
-            .put_small(body.clone())
+            .put_indexed(body.clone())
             .await
             .map_err(|e| internal(&e))?;
         let rec = SumdbRecord {
@@ -250,12 +250,23 @@ async fn compute_h1(
     kind: FileKind,
     file: &Arc<std::fs::File>,
 ) -> Result<String, CheckError> {
-    let file = file.clone();
-    let (m, v) = (m.to_string(), v.to_string());
     let local = |what: &str| {
         let what = what.to_string();
         move |e: std::io::Error| CheckError::Local(format!("{what}: {e}"))
     };
+    // A `.mod` or `.info` of a few KiB (in memory, `Fetch::small`): hashed here, no hand-off.
+    if kind != FileKind::Zip
+        && let Ok(meta) = file.metadata()
+        && meta.len() <= wharf_storage::SMALL_MAX
+    {
+        use std::os::unix::fs::FileExt as _;
+        let mut bytes = vec![0; usize::try_from(meta.len()).unwrap_or(0)];
+        file.read_exact_at(&mut bytes, 0)
+            .map_err(local("cannot reread the download"))?;
+        return Ok(super::hash::h1_of_gomod(&bytes));
+    }
+    let file = file.clone();
+    let (m, v) = (m.to_string(), v.to_string());
     tokio::task::spawn_blocking(move || -> Result<String, CheckError> {
         use std::io::{Read, Seek, SeekFrom};
         let mut f = file
@@ -404,7 +415,7 @@ async fn store_verified(
 ) -> Result<(), String> {
     let digest = app
         .engine
-        .put_small(data)
+        .put_indexed(data)
         .await
         .map_err(|e| e.to_string())?;
     let rec = SumdbRecord {

@@ -1,5 +1,9 @@
 //! `BlobStore`: committed blobs on disk, addressed by digest: open, stat, list, verify, remove.
-//! Must not write into `blobs/` except through `BlobWriter::commit`, and must not touch the index.
+//! Must not write into `blobs/` except through `BlobWriter::commit`, and must not touch the index
+//! except its own `small` tree: objects of at most `SMALL_MAX` bytes that a caller chose to keep
+//! there (`small_writer`, `put_small`), so that thousands of tiny ones (Go `.mod` and `.info`
+//! files, checksum-database records) cost no file, directory entry or fsync each. They are
+//! opened as in-memory files, so readers see one kind of object.
 //!
 //! Everything here is blocking file I/O; from async code use `spawn_blocking`.
 
@@ -12,16 +16,21 @@ use crate::digest::{Digest, Hasher};
 use crate::error::StorageError;
 use crate::layout::Layout;
 use crate::spare::Spares;
-use crate::writer::{BlobWriter, Committed};
+use crate::writer::{BlobWriter, Committed, create_dir_if_missing, sync_dir};
 
 /// Buffer size for hashing whole files in `verify`.
 const VERIFY_BUF: usize = 1 << 20;
+
+/// Largest object kept in the index's `small` tree.
+pub const SMALL_MAX: u64 = 16 << 10;
 
 /// The blob directory of one data directory. Cheap to clone (a path and a handle).
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     layout: Layout,
     spares: Arc<Spares>,
+    /// Small objects (digest hex -> bytes); `None` for a store opened without an index.
+    small: Option<sled::Tree>,
 }
 
 /// One file found under `blobs/sha256` by `BlobStore::list`.
@@ -42,8 +51,10 @@ pub enum BlobCheck {
 }
 
 impl BlobStore {
-    /// Creates `blobs/sha256`, `tmp/` and `spare/`, then deletes everything in `tmp/` and
-    /// `spare/`: a fill left there by an earlier process can never be completed. Only call this
+    /// Creates `blobs/sha256` with its 256 fan-out directories (so no fill makes one: on a
+    /// file system with many recently freed inodes a `mkdir` can take milliseconds), `tmp/`
+    /// and `spare/`, then deletes everything in `tmp/` and `spare/`: a fill left there by an
+    /// earlier process can never be completed. Only call this
     /// while holding the data directory exclusively (`Storage::open` takes the index lock
     /// first), or a live fill of another process would be swept away.
     pub fn open(layout: Layout) -> Result<BlobStore, StorageError> {
@@ -53,10 +64,29 @@ impl BlobStore {
                 dir.display()
             )))?;
         }
+        make_fanouts(&layout)?;
         sweep(&layout.tmp_dir())?;
         sweep(&layout.spare_dir())?;
         let spares = Arc::new(Spares::new(layout.clone()));
-        Ok(BlobStore { layout, spares })
+        Ok(BlobStore {
+            layout,
+            spares,
+            small: None,
+        })
+    }
+
+    /// The same store, keeping small objects in `tree` (`Storage::open` passes the index's).
+    pub(crate) fn with_small(mut self, tree: sled::Tree) -> BlobStore {
+        self.small = Some(tree);
+        self
+    }
+
+    /// A small object's bytes, if it is one.
+    fn small(&self, digest: &Digest) -> io::Result<Option<sled::IVec>> {
+        match &self.small {
+            Some(tree) => tree.get(digest.hex()).map_err(io::Error::other),
+            None => Ok(None),
+        }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -74,22 +104,57 @@ impl BlobStore {
         BlobWriter::create(self.layout.clone(), self.spares.take())
     }
 
+    /// Starts a fill of an object of `len` bytes to be kept in the index: in memory, no file.
+    /// `None` when it is larger than `SMALL_MAX` or the store has no index (use `writer`).
+    pub fn small_writer(&self, len: u64) -> Option<Result<BlobWriter, StorageError>> {
+        let tree = self.small.as_ref().filter(|_| len <= SMALL_MAX)?;
+        Some(BlobWriter::create_small(self.layout.clone(), tree.clone()))
+    }
+
+    /// Keeps `bytes` (at most `SMALL_MAX`) in the index under their digest; larger ones, or
+    /// without an index, go to a file as `put_bytes` does. Blocking.
+    pub fn put_small(&self, bytes: &[u8]) -> Result<Digest, StorageError> {
+        let digest = Digest::of(bytes);
+        match self
+            .small
+            .as_ref()
+            .filter(|_| bytes.len() as u64 <= SMALL_MAX)
+        {
+            Some(tree) => {
+                tree.insert(digest.hex(), bytes)?;
+            }
+            None => {
+                self.put_bytes(&digest, bytes)?;
+            }
+        }
+        Ok(digest)
+    }
+
     pub fn path(&self, digest: &Digest) -> PathBuf {
         self.layout.blob_path(digest)
     }
 
     /// Whether a committed file exists for `digest` (not whether it is intact: see `verify`).
     pub fn contains(&self, digest: &Digest) -> bool {
-        fs::symlink_metadata(self.path(digest)).is_ok_and(|m| m.is_file())
+        matches!(self.small(digest), Ok(Some(_)))
+            || fs::symlink_metadata(self.path(digest)).is_ok_and(|m| m.is_file())
     }
 
-    /// Opens the blob for reading; `NotFound` if absent.
+    /// Opens the blob for reading (a small object as an in-memory copy); `NotFound` if absent.
     pub fn open_blob(&self, digest: &Digest) -> io::Result<File> {
+        if let Some(bytes) = self.small(digest)? {
+            let file = crate::writer::memfd("wharf-small")?;
+            std::os::unix::fs::FileExt::write_all_at(&file, &bytes, 0)?;
+            return Ok(file);
+        }
         File::open(self.path(digest))
     }
 
     /// The blob's size in bytes, or `None` if absent.
     pub fn size(&self, digest: &Digest) -> io::Result<Option<u64>> {
+        if let Some(bytes) = self.small(digest)? {
+            return Ok(Some(bytes.len() as u64));
+        }
         match fs::metadata(self.path(digest)) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -99,6 +164,14 @@ impl BlobStore {
 
     /// Deletes the blob file; false if it was not there. Does not touch the index.
     pub fn remove(&self, digest: &Digest) -> io::Result<bool> {
+        if let Some(tree) = &self.small
+            && tree
+                .remove(digest.hex())
+                .map_err(io::Error::other)?
+                .is_some()
+        {
+            return Ok(true);
+        }
         match fs::remove_file(self.path(digest)) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -109,7 +182,19 @@ impl BlobStore {
     /// Reads a whole blob (a manifest, a .mod file) into memory; `None` if absent. A blob larger
     /// than `max` bytes is an `InvalidData` error rather than a large allocation.
     pub fn read_small(&self, digest: &Digest, max: u64) -> io::Result<Option<Vec<u8>>> {
-        let file = match self.open_blob(digest) {
+        if let Some(bytes) = self.small(digest)? {
+            if bytes.len() as u64 > max {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "blob {digest} is {} bytes, more than the {max}-byte limit",
+                        bytes.len()
+                    ),
+                ));
+            }
+            return Ok(Some(bytes.to_vec()));
+        }
+        let file = match File::open(self.path(digest)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -143,10 +228,24 @@ impl BlobStore {
         writer.commit(digest, Some(bytes.len() as u64))
     }
 
-    /// Every file under `blobs/sha256`, sorted: blobs by digest, then strays by path. Files that
-    /// vanish while listing are skipped; other errors name the path.
+    /// Every file under `blobs/sha256` and every small object, sorted: blobs by digest, then
+    /// strays by path. Files that vanish while listing are skipped; other errors name the path.
     pub fn list(&self) -> io::Result<Vec<DiskEntry>> {
         let mut entries = Vec::new();
+        for item in self.small.iter().flat_map(|t| t.iter()) {
+            let (key, bytes) = item.map_err(io::Error::other)?;
+            match std::str::from_utf8(&key)
+                .ok()
+                .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+            {
+                Some(d) => entries.push(DiskEntry::Blob(d, bytes.len() as u64)),
+                None => entries.push(DiskEntry::Stray(
+                    self.layout
+                        .index_dir()
+                        .join(format!("small/{}", hex::encode(&key))),
+                )),
+            }
+        }
         for fanout in read_dir_sorted(&self.layout.blobs_dir())? {
             let Some(meta) = stat(&fanout)? else { continue };
             if !meta.is_dir() {
@@ -169,6 +268,15 @@ impl BlobStore {
 
     /// Hashes the whole file and compares with its name. Errors name the path.
     pub fn verify(&self, digest: &Digest) -> io::Result<BlobCheck> {
+        if let Some(bytes) = self.small(digest)? {
+            let actual = Digest::of(&bytes);
+            let size = bytes.len() as u64;
+            return Ok(if actual == *digest {
+                BlobCheck::Ok { size }
+            } else {
+                BlobCheck::Corrupt { actual, size }
+            });
+        }
         let path = self.path(digest);
         let mut file = match File::open(&path) {
             Ok(f) => f,
@@ -195,6 +303,19 @@ impl BlobStore {
             BlobCheck::Corrupt { actual, size }
         })
     }
+}
+
+/// Creates the fan-out directories `00`..`ff` that are missing, then makes them durable.
+fn make_fanouts(layout: &Layout) -> Result<(), StorageError> {
+    let blobs = layout.blobs_dir();
+    let mut created = false;
+    for byte in 0..=255u8 {
+        created |= create_dir_if_missing(&blobs.join(hex::encode([byte])))?;
+    }
+    if created {
+        sync_dir(&blobs)?;
+    }
+    Ok(())
 }
 
 /// Deletes every entry of `dir` (files and whole subdirectories).

@@ -23,7 +23,8 @@
 //!
 //! Composite keys come from `keys.rs`. A new key space is one more `Space` field opened in
 //! `Index::open`, a record struct, typed methods, a `pub(crate)` `*_entries` iterator, and a phase
-//! in `fsck.rs`: fsck must see every tree, or its records are never checked to decode, and blobs
+//! in `fsck.rs` (the `small` tree is not a key space: it holds `BlobStore`'s small objects and
+//! fsck sees them through `BlobStore::list`): fsck must see every tree, or its records are never checked to decode, and blobs
 //! its records name are reported as orphans. If the records name blobs, that phase says whether
 //! they own them (a blob with no `BlobRecord` is then not an orphan) and reports references to
 //! blobs that are gone. Must not touch blob files: blobs on disk are the source of truth and the
@@ -240,6 +241,11 @@ impl Index {
     /// Bytes the index takes on disk (sled's own estimate).
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// The tree `BlobStore` keeps small objects in (digest hex -> bytes); not a record space.
+    pub(crate) fn small_tree(&self) -> Result<sled::Tree, StorageError> {
+        Ok(self.db.open_tree("small")?)
     }
 
     pub fn open(path: impl AsRef<Path>) -> Result<Index, StorageError> {

@@ -8,7 +8,8 @@
 //! | `layout`    | every path under the data directory                                  |
 //! | `writer`    | `BlobWriter`: temp file, hash while writing, fsync, rename; Drop aborts |
 //! | `spare`     | empty files made ahead on a thread, so fills create no inode inline   |
-//! | `blob`      | `BlobStore`: committed blobs: open, stat, list, verify, remove        |
+//! | `blob`      | `BlobStore`: committed blobs: open, stat, list, verify, remove; small |
+//! |             | objects (<= 16 KiB, when the caller asks) in the index's `small` tree |
 //! | `keys`      | composite index keys (NUL-separated components)                      |
 //! | `index`     | sled trees and versioned records                                     |
 //! | `outbox`    | what is still to be copied to the shared tier, in commit order       |
@@ -32,7 +33,7 @@ mod writer;
 
 use std::path::PathBuf;
 
-pub use blob::{BlobCheck, BlobStore, DiskEntry};
+pub use blob::{BlobCheck, BlobStore, DiskEntry, SMALL_MAX};
 pub use digest::{Digest, DigestError, Hasher};
 pub use error::StorageError;
 pub use fsck::{FsckReport, fsck};
@@ -66,7 +67,7 @@ impl Storage {
             layout.root().display()
         )))?;
         let index = Index::open(layout.index_dir())?;
-        let blobs = BlobStore::open(layout.clone())?;
+        let blobs = BlobStore::open(layout.clone())?.with_small(index.small_tree()?);
         Ok(Storage {
             layout,
             blobs,

@@ -7,6 +7,10 @@
 //! Why two steps: a fill may release its verified bytes to clients at once and leave the fsync
 //! (which for a large blob waits for the disk) to run behind them.
 //!
+//! A small object (`BlobStore::small_writer`) is written to an anonymous in-memory file
+//! (`memfd`) instead, and `persist` puts its bytes into the index's `small` tree: no inode on the
+//! data directory's file system, no fsync (sled persists it with the records written after it).
+//!
 //! Writes are blocking file I/O and `persist` fsyncs: from async code call them through
 //! `tokio::task::spawn_blocking` (or `block_in_place`). `verify` only finishes the hash.
 //!
@@ -54,11 +58,12 @@ enum Hashing {
     },
 }
 
-/// A blob that is now in `blobs/` under its digest.
+/// A blob that is now in `blobs/` under its digest (a small object: in the index).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     pub digest: Digest,
     pub size: u64,
+    /// Its path in `blobs/` (for a small object, where it would be).
     pub path: PathBuf,
 }
 
@@ -73,6 +78,9 @@ pub struct BlobWriter {
     finished: bool,
     /// Past `BACKGROUND_AFTER`, the writing thread could run on one CPU only: hash inline.
     stay_inline: bool,
+    /// A small object: `file` is a memfd (`temp_path` names nothing) and `persist` stores the
+    /// bytes in this tree.
+    small: Option<sled::Tree>,
 }
 
 impl BlobWriter {
@@ -107,6 +115,25 @@ impl BlobWriter {
             written: 0,
             finished: false,
             stay_inline: false,
+            small: None,
+        })
+    }
+
+    /// Starts a small object in memory, to be kept in `tree` (`BlobStore::small_writer`).
+    pub(crate) fn create_small(
+        layout: Layout,
+        tree: sled::Tree,
+    ) -> Result<BlobWriter, StorageError> {
+        let file = memfd("wharf-small").map_err(StorageError::io("create an in-memory file"))?;
+        Ok(BlobWriter {
+            temp_path: layout.tmp_dir().join("(in memory)"),
+            layout,
+            file: Arc::new(file),
+            hashing: Hashing::Inline(Hasher::new()),
+            written: 0,
+            finished: false,
+            stay_inline: false,
+            small: Some(tree),
         })
     }
 
@@ -333,6 +360,9 @@ impl BlobWriter {
     fn discard(&mut self) {
         if !self.finished {
             self.finished = true;
+            if self.small.is_some() {
+                return;
+            }
             // Best effort: a leftover temp file is swept at the next start.
             let _ = fs::remove_file(&self.temp_path);
         }
@@ -363,6 +393,19 @@ impl Verified {
     pub fn persist(mut self) -> Result<Committed, StorageError> {
         let w = &mut self.writer;
         let size = w.written;
+        if let Some(tree) = w.small.take() {
+            w.finished = true;
+            let mut bytes = vec![0; usize::try_from(size).unwrap_or(0)];
+            w.file
+                .read_exact_at(&mut bytes, 0)
+                .map_err(StorageError::io("read back a small object"))?;
+            tree.insert(self.digest.hex(), bytes)?;
+            return Ok(Committed {
+                path: w.layout.blob_path(&self.digest),
+                digest: self.digest,
+                size,
+            });
+        }
         let temp = w.temp_path.display().to_string();
         w.file
             .set_permissions(Permissions::from_mode(BLOB_MODE))
@@ -427,6 +470,12 @@ impl fmt::Debug for BlobWriter {
     }
 }
 
+/// An anonymous file in memory (close-on-exec), for objects kept in the index.
+pub(crate) fn memfd(name: &str) -> io::Result<File> {
+    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
+    Ok(File::from(fd))
+}
+
 /// Whether the calling thread may run on one CPU only (an unknown answer: no).
 fn on_one_cpu() -> bool {
     rustix::thread::sched_getaffinity(None).is_ok_and(|cpus| cpus.count() == 1)
@@ -435,7 +484,7 @@ fn on_one_cpu() -> bool {
 /// Creates `dir` (its parent must exist); true if this call created it. When two fills race to
 /// create the same fan-out directory, the creator fsyncs the parent; the other may return first.
 /// That window exists once per fan-out directory, and a blob lost in it shows up in fsck as missing.
-fn create_dir_if_missing(dir: &Path) -> Result<bool, StorageError> {
+pub(crate) fn create_dir_if_missing(dir: &Path) -> Result<bool, StorageError> {
     match fs::create_dir(dir) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
 use wharf_storage::{
-    BlobCheck, BlobRecord, Digest, DiskEntry, GoListRecord, Storage, StorageError, SumdbRecord,
-    TagListRecord, TagRecord, TrustRecord, fsck,
+    BlobCheck, BlobRecord, Digest, DiskEntry, GoListRecord, SMALL_MAX, Storage, StorageError,
+    SumdbRecord, TagListRecord, TagRecord, TrustRecord, fsck,
 };
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
@@ -376,6 +376,92 @@ fn listing_reports_blobs_with_sizes_and_misplaced_files_as_strays() {
     ];
     want.sort();
     assert_eq!(storage.blobs.list().unwrap(), want);
+}
+
+#[test]
+fn a_small_object_lives_in_the_index_with_no_file_and_reads_like_a_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = b"module example.com/m\n\ngo 1.21\n";
+    let digest = Digest::of(body);
+    {
+        let storage = open(dir.path());
+        let mut w = storage
+            .blobs
+            .small_writer(body.len() as u64)
+            .unwrap()
+            .unwrap();
+        // Readers of the growing object see its bytes as they are written.
+        let reader = w.file();
+        w.write_all(&body[..10]).unwrap();
+        let mut head = [0u8; 10];
+        reader.read_exact_at(&mut head, 0).unwrap();
+        assert_eq!(&head, &body[..10]);
+        w.write_all(&body[10..]).unwrap();
+        let committed = w.commit(&digest, Some(body.len() as u64)).unwrap();
+        assert_eq!(committed.size, body.len() as u64);
+        assert!(files_in(&storage.layout.blobs_dir()).is_empty());
+        assert!(files_in(&storage.layout.tmp_dir()).is_empty());
+        // A larger one is not taken.
+        assert!(storage.blobs.small_writer(SMALL_MAX + 1).is_none());
+        let other = storage
+            .blobs
+            .put_small(b"a checksum-database record")
+            .unwrap();
+        assert_eq!(other, Digest::of(b"a checksum-database record"));
+        assert!(files_in(&storage.layout.blobs_dir()).is_empty());
+    }
+    // Durable with the index: after a reopen it opens, reads, stats, lists and verifies.
+    let storage = open(dir.path());
+    assert!(storage.blobs.contains(&digest));
+    let mut read = Vec::new();
+    storage
+        .blobs
+        .open_blob(&digest)
+        .unwrap()
+        .read_to_end(&mut read)
+        .unwrap();
+    assert_eq!(read, body);
+    assert_eq!(
+        storage.blobs.size(&digest).unwrap(),
+        Some(body.len() as u64)
+    );
+    assert_eq!(
+        storage.blobs.read_small(&digest, 1024).unwrap().unwrap(),
+        body
+    );
+    assert!(storage.blobs.read_small(&digest, 4).is_err());
+    assert!(
+        storage
+            .blobs
+            .list()
+            .unwrap()
+            .contains(&DiskEntry::Blob(digest.clone(), body.len() as u64))
+    );
+    assert_eq!(
+        storage.blobs.verify(&digest).unwrap(),
+        BlobCheck::Ok {
+            size: body.len() as u64
+        }
+    );
+    assert!(storage.blobs.remove(&digest).unwrap());
+    assert!(!storage.blobs.contains(&digest));
+    assert!(storage.blobs.open_blob(&digest).is_err());
+}
+
+#[test]
+fn a_small_object_with_the_wrong_digest_is_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let mut w = storage.blobs.small_writer(5).unwrap().unwrap();
+    w.write_all(b"wrong").unwrap();
+    let right = Digest::of(b"right");
+    assert!(matches!(
+        w.commit(&right, Some(5)),
+        Err(StorageError::DigestMismatch { .. })
+    ));
+    assert!(!storage.blobs.contains(&right));
+    assert!(!storage.blobs.contains(&Digest::of(b"wrong")));
+    assert!(storage.blobs.list().unwrap().is_empty());
 }
 
 #[test]
