@@ -196,10 +196,12 @@ async fn admin_internal_errors_do_not_leak_paths_or_os_errors() {
     let up = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (w, _) = cached_wharf(&up, dir.path()).await;
-    // No temp directory to write into: storing fails inside wharf.
-    let tmp = w.state.storage.layout.tmp_dir();
-    std::fs::remove_dir_all(&tmp).unwrap();
-    std::fs::write(&tmp, b"not a directory").unwrap();
+    // No temp or spare directory to write into: storing fails inside wharf.
+    let layout = &w.state.storage.layout;
+    for d in [layout.tmp_dir(), layout.spare_dir()] {
+        std::fs::remove_dir_all(&d).unwrap();
+        std::fs::write(&d, b"not a directory").unwrap();
+    }
     let r = client()
         .post(w.url("/admin/blobs"))
         .header(SECRET_HEADER, w.admin_secret())

@@ -230,8 +230,8 @@ async fn kill_9_during_a_fill_leaves_nothing_half_written_visible() {
     let first = resp.chunk().await.unwrap().expect("some bytes arrive");
     assert!(first.len() < blob.len(), "the fill is still running");
     assert!(
-        !files_under(&data.join("tmp")).is_empty(),
-        "a fill in progress lives in tmp/"
+        !fill_files(&data).is_empty(),
+        "a fill in progress lives in spare/ or tmp/"
     );
 
     server.signal("KILL");
@@ -247,7 +247,7 @@ async fn kill_9_during_a_fill_leaves_nothing_half_written_visible() {
         "nothing may be committed by a killed fill"
     );
     assert!(
-        !files_under(&data.join("tmp")).is_empty(),
+        !fill_files(&data).is_empty(),
         "the partial fill is left behind for the next start to sweep"
     );
 
@@ -255,9 +255,9 @@ async fn kill_9_during_a_fill_leaves_nothing_half_written_visible() {
     up.set_blob_mode(BlobMode::Normal);
     let server = Server::start(&config, &dir.path().join("serve-2.log")).await;
     assert_eq!(
-        files_under(&data.join("tmp")),
+        fill_files(&data),
         Vec::<PathBuf>::new(),
-        "tmp/ is swept on start"
+        "tmp/ and spare/ are swept on start"
     );
     let resp = get(server.url(&path)).await;
     assert_eq!(resp.status(), 200, "{}", server.logs());

@@ -1,8 +1,9 @@
-//! `BlobWriter`: the only way into `blobs/`. Bytes go to a temp file in `tmp/` and are hashed and
-//! counted as they are written; `verify` checks digest and size (`Verified`), then `persist` makes
-//! the blob durable and visible with one rename (`commit` does both). Dropping the writer or a
-//! `Verified` without persisting deletes the temp file. Must not re-read what it wrote to hash it,
-//! and must not touch the index (callers index after persisting).
+//! `BlobWriter`: the only way into `blobs/`. Bytes go to a temp file (a spare in `spare/`, or a
+//! new file in `tmp/`) and are hashed and counted as they are written; `verify` checks digest and
+//! size (`Verified`), then `persist` makes the blob durable and visible with one rename (`commit`
+//! does both). Dropping the writer or a `Verified` without persisting deletes the temp file. Must
+//! not re-read what it wrote to hash it, and must not touch the index (callers index after
+//! persisting) except the `small` tree a small object is persisted into.
 //!
 //! Why two steps: a fill may release its verified bytes to clients at once and leave the fsync
 //! (which for a large blob waits for the disk) to run behind them.
@@ -84,7 +85,7 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
-    /// Starts on `spare` (a path in `layout.tmp_dir()` and its empty file, open), or else on a
+    /// Starts on `spare` (a path in `layout.spare_dir()` and its empty file, open), or else on a
     /// new temp file there. Called by `BlobStore::writer`.
     pub(crate) fn create(
         layout: Layout,

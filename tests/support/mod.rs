@@ -68,6 +68,18 @@ pub fn stored_files(data_dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Fills in progress or left behind: every file in `tmp/`, and every spare in `spare/` that a
+/// fill has written to (the ones made ahead and not yet taken are empty).
+pub fn fill_files(data_dir: &Path) -> Vec<PathBuf> {
+    let mut out = files_under(&data_dir.join("tmp"));
+    out.extend(
+        files_under(&data_dir.join("spare"))
+            .into_iter()
+            .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0)),
+    );
+    out
+}
+
 /// Files under `dir` (recursively), for "nothing was written" checks.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
