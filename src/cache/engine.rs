@@ -32,8 +32,17 @@ use super::spill::{StartAt, checked_stream};
 use super::tier::{Peers, Tier};
 
 /// Watchers are woken at most once per this many new bytes (and at the end), not per network
-/// read: a wake-up costs more than the few kilobytes one read brings.
+/// read: a wake-up costs more than the few kilobytes one read brings. The step grows with what
+/// is written (a quarter of it) up to `PROGRESS_STEP_MAX`: small objects and the first bytes go
+/// out promptly, and a large fill wakes each watcher (and each `sendfile`) once per MiB, not 16
+/// times.
 const PROGRESS_STEP: u64 = 64 * 1024;
+const PROGRESS_STEP_MAX: u64 = 1 << 20;
+
+/// New bytes after which watchers of a fill that has announced `notified` bytes are woken.
+fn progress_step(notified: u64) -> u64 {
+    (notified / 4).clamp(PROGRESS_STEP, PROGRESS_STEP_MAX)
+}
 
 /// How a protocol fills one immutable object. Built only on a miss.
 pub trait Fetch: Send + Clone + 'static {
@@ -1207,7 +1216,7 @@ async fn copy<K: Hash + Eq + Clone>(
             }
         })?;
         // The first bytes go out at once (time to first byte); then in steps.
-        if notified == 0 || writer.written() - notified >= PROGRESS_STEP {
+        if notified == 0 || writer.written() - notified >= progress_step(notified) {
             notified = writer.written();
             leader.progress(notified);
         }
@@ -1227,6 +1236,14 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    #[test]
+    fn watchers_are_woken_in_steps_that_grow_with_the_fill_up_to_a_mib() {
+        assert_eq!(progress_step(0), PROGRESS_STEP);
+        assert_eq!(progress_step(100 << 10), PROGRESS_STEP);
+        assert_eq!(progress_step(1 << 20), 256 << 10);
+        assert_eq!(progress_step(256 << 20), PROGRESS_STEP_MAX);
+    }
 
     /// An in-memory source: `data` in two chunks, optionally failing its check locally.
     #[derive(Clone)]
