@@ -20,7 +20,7 @@ use futures_util::stream::BoxStream;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
-use wharf_storage::{BlobWriter, Digest, Index, Storage, StorageError, unix_now};
+use wharf_storage::{BlobStore, BlobWriter, Digest, Index, Storage, StorageError, unix_now};
 
 use super::body::BlobBody;
 use super::flight::{
@@ -726,13 +726,7 @@ impl Engine {
             }
             e
         };
-        let blobs = &self.0.storage.blobs;
-        let small = incoming.len.filter(|_| fetch.small());
-        let (writer, in_memory) = match small.and_then(|n| blobs.small_writer(n)) {
-            Some(w) => (w, true),
-            None => (blobs.writer(), false),
-        };
-        let mut writer = writer.map_err(local("cannot create a temp file"))?;
+        let (mut writer, in_memory) = self.writer_for(fetch, incoming.len)?;
         let file = writer.file();
         // Reserved up front, a full disk says so before any byte goes out, not halfway.
         if let Some(len) = incoming.len.filter(|&n| n <= limit && !in_memory)
@@ -829,6 +823,27 @@ impl Engine {
         }
         self.tier_of(&origin).add(size);
         Ok((file, size, !matches!(origin, Origin::Source)))
+    }
+
+    /// The writer a fill of `len` bytes starts on: in memory (true) for a small object whose
+    /// `Fetch` asks for it, else a file.
+    fn writer_for<F: Fetch>(
+        &self,
+        fetch: &F,
+        len: Option<u64>,
+    ) -> Result<(BlobWriter, bool), FillError> {
+        let blobs = &self.0.storage.blobs;
+        let (writer, in_memory) = match len
+            .filter(|_| fetch.small())
+            .and_then(|n| blobs.small_writer(n))
+        {
+            Some(w) => (w, true),
+            None => (blobs.writer(), false),
+        };
+        Ok((
+            writer.map_err(local("cannot create a temp file"))?,
+            in_memory,
+        ))
     }
 
     /// Where the objects filled from `origin` are counted.
@@ -954,26 +969,28 @@ impl Engine {
         Ok(Some(bytes))
     }
 
-    /// Stores a small object (manifest, list, checksum-database record) by its digest.
+    /// Stores a small object (manifest, list) in a file, by its digest.
     pub async fn put_small(&self, bytes: Vec<u8>) -> Result<Digest, StorageError> {
-        let blobs = self.0.storage.blobs.clone();
-        let digest = Digest::of(&bytes);
-        let d = digest.clone();
-        tokio::task::spawn_blocking(move || blobs.put_bytes(&d, &bytes))
-            .await
-            .map_err(|e| StorageError::Io {
-                context: "storing a small object".into(),
-                source: std::io::Error::other(e),
-            })??;
-        self.queue(&digest);
-        Ok(digest)
+        self.put_with(bytes, |blobs, b| {
+            blobs.put_bytes(&Digest::of(b), b).map(|c| c.digest)
+        })
+        .await
     }
 
     /// Stores a small object (a checksum-database record) in the index rather than in a file
     /// of its own (a file if it is larger than `wharf_storage::SMALL_MAX`).
     pub async fn put_indexed(&self, bytes: Vec<u8>) -> Result<Digest, StorageError> {
+        self.put_with(bytes, BlobStore::put_small).await
+    }
+
+    /// `store` on the blocking pool, then the object queued for the shared tier.
+    async fn put_with(
+        &self,
+        bytes: Vec<u8>,
+        store: fn(&BlobStore, &[u8]) -> Result<Digest, StorageError>,
+    ) -> Result<Digest, StorageError> {
         let blobs = self.0.storage.blobs.clone();
-        let digest = tokio::task::spawn_blocking(move || blobs.put_small(&bytes))
+        let digest = tokio::task::spawn_blocking(move || store(&blobs, &bytes))
             .await
             .map_err(|e| StorageError::Io {
                 context: "storing a small object".into(),

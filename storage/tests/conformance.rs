@@ -46,6 +46,29 @@ fn put_indexed(storage: &Storage, bytes: &[u8]) -> Digest {
     digest
 }
 
+/// `digest` is stored with exactly `bytes`: present, its size, read back whole, and verified.
+fn assert_stored(storage: &Storage, digest: &Digest, bytes: &[u8]) {
+    assert!(storage.blobs.contains(digest));
+    assert_eq!(
+        storage.blobs.size(digest).unwrap(),
+        Some(bytes.len() as u64)
+    );
+    let mut read = Vec::new();
+    storage
+        .blobs
+        .open_blob(digest)
+        .unwrap()
+        .read_to_end(&mut read)
+        .unwrap();
+    assert_eq!(read, bytes);
+    assert_eq!(
+        storage.blobs.verify(digest).unwrap(),
+        BlobCheck::Ok {
+            size: bytes.len() as u64
+        }
+    );
+}
+
 fn make_writable(path: &Path) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
 }
@@ -67,25 +90,7 @@ fn committed_blob_reads_back_byte_for_byte() {
     assert_eq!(committed.digest, digest);
     assert_eq!(committed.size, bytes.len() as u64);
     assert_eq!(committed.path, storage.layout.blob_path(&digest));
-    assert!(storage.blobs.contains(&digest));
-    assert_eq!(
-        storage.blobs.size(&digest).unwrap(),
-        Some(bytes.len() as u64)
-    );
-    let mut read = Vec::new();
-    storage
-        .blobs
-        .open_blob(&digest)
-        .unwrap()
-        .read_to_end(&mut read)
-        .unwrap();
-    assert_eq!(read, bytes);
-    assert_eq!(
-        storage.blobs.verify(&digest).unwrap(),
-        BlobCheck::Ok {
-            size: bytes.len() as u64
-        }
-    );
+    assert_stored(&storage, &digest, &bytes);
     assert!(files_in(&storage.layout.tmp_dir()).is_empty());
 }
 
@@ -412,19 +417,7 @@ fn a_small_object_lives_in_the_index_with_no_file_and_reads_like_a_blob() {
     }
     // Durable with the index: after a reopen it opens, reads, stats, lists and verifies.
     let storage = open(dir.path());
-    assert!(storage.blobs.contains(&digest));
-    let mut read = Vec::new();
-    storage
-        .blobs
-        .open_blob(&digest)
-        .unwrap()
-        .read_to_end(&mut read)
-        .unwrap();
-    assert_eq!(read, body);
-    assert_eq!(
-        storage.blobs.size(&digest).unwrap(),
-        Some(body.len() as u64)
-    );
+    assert_stored(&storage, &digest, body);
     assert_eq!(
         storage.blobs.read_small(&digest, 1024).unwrap().unwrap(),
         body
@@ -436,12 +429,6 @@ fn a_small_object_lives_in_the_index_with_no_file_and_reads_like_a_blob() {
             .list()
             .unwrap()
             .contains(&DiskEntry::Blob(digest.clone(), body.len() as u64))
-    );
-    assert_eq!(
-        storage.blobs.verify(&digest).unwrap(),
-        BlobCheck::Ok {
-            size: body.len() as u64
-        }
     );
     assert!(storage.blobs.remove(&digest).unwrap());
     assert!(!storage.blobs.contains(&digest));
