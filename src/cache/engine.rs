@@ -35,9 +35,11 @@ use super::tier::{Peers, Tier};
 /// read: a wake-up costs more than the few kilobytes one read brings. The step grows with what
 /// is written (a quarter of it) up to `PROGRESS_STEP_MAX`: small objects and the first bytes go
 /// out promptly, and a large fill wakes each watcher (and each `sendfile`) once per MiB, not 16
-/// times.
+/// times. Bytes written wait at most `PROGRESS_EVERY` to be announced, however slow or stalled
+/// the source, so clients (and replicas with a read timeout) keep getting them.
 const PROGRESS_STEP: u64 = 64 * 1024;
 const PROGRESS_STEP_MAX: u64 = 1 << 20;
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// New bytes after which watchers of a fill that has announced `notified` bytes are woken.
 fn progress_step(notified: u64) -> u64 {
@@ -816,7 +818,8 @@ impl Engine {
         if matches!(origin, Origin::Source) {
             self.queue(&digest);
         }
-        // The object is verified and durable. A lost record costs a refetch (Go files) or is
+        // The object is verified and durable (a small object in the index: with the records
+        // written after it, which sled persists in order). A lost record costs a refetch (Go files) or is
         // rebuilt by `fsck --repair` (blobs); the clients already have their bytes.
         if let Err(e) = fetch.record(&self.0.storage.index, &digest, size) {
             tracing::error!(error = %e, "indexing failed; the content stays on disk");
@@ -1213,7 +1216,25 @@ async fn copy<K: Hash + Eq + Clone>(
         leader.streaming(writer.file(), len);
     }
     let mut notified = writer.written();
-    while let Some(chunk) = body.next().await {
+    let mut notified_at = std::time::Instant::now();
+    loop {
+        // Bytes written but not announced wait at most `PROGRESS_EVERY`, also when the source
+        // stalls.
+        let next = if writer.written() > notified {
+            let wait = PROGRESS_EVERY.saturating_sub(notified_at.elapsed());
+            match tokio::time::timeout(wait, body.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    notified = writer.written();
+                    notified_at = std::time::Instant::now();
+                    leader.progress(notified);
+                    continue;
+                }
+            }
+        } else {
+            body.next().await
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(Copied::Failed)?;
         let after = writer.written() + chunk.len() as u64;
         match len {
@@ -1233,8 +1254,12 @@ async fn copy<K: Hash + Eq + Clone>(
             }
         })?;
         // The first bytes go out at once (time to first byte); then in steps.
-        if notified == 0 || writer.written() - notified >= progress_step(notified) {
+        if notified == 0
+            || writer.written() - notified >= progress_step(notified)
+            || notified_at.elapsed() >= PROGRESS_EVERY
+        {
             notified = writer.written();
+            notified_at = std::time::Instant::now();
             leader.progress(notified);
         }
     }
@@ -1320,6 +1345,52 @@ mod tests {
         fn record(&self, _i: &Index, _d: &Digest, _s: u64) -> Result<(), StorageError> {
             Ok(())
         }
+    }
+
+    /// A source that sends 1 KiB and then 10 KiB of a 1 MiB object, and then nothing.
+    #[derive(Clone)]
+    struct Stalling(Digest);
+
+    impl Fetch for Stalling {
+        async fn open(&mut self) -> Result<Option<Incoming>, FillError> {
+            let chunks = vec![
+                Ok(Bytes::from(vec![5u8; 1 << 10])),
+                Ok(Bytes::from(vec![5u8; 10 << 10])),
+            ];
+            Ok(Some(Incoming {
+                len: Some(1 << 20),
+                body: futures_util::stream::iter(chunks)
+                    .chain(futures_util::stream::pending())
+                    .boxed(),
+            }))
+        }
+
+        fn expected(&self) -> Option<&Digest> {
+            Some(&self.0)
+        }
+
+        fn record(&self, _i: &Index, _d: &Digest, _s: u64) -> Result<(), StorageError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_written_before_a_source_stalls_reach_the_clients() {
+        let (e, _d) = engine(false);
+        let flights = Arc::new(Flights::default());
+        let key = Digest::of(&vec![5u8; 1 << 20]);
+        let stalling = || Stalling(key.clone());
+        let served = e.fill(&flights, &key, stalling, tracing::Span::none).await;
+        let mut body = served.expect("served").into_stream();
+        let mut got = 0;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got < 11 << 10 {
+            match tokio::time::timeout_at(deadline, body.next()).await {
+                Ok(Some(Ok(chunk))) => got += chunk.len(),
+                _ => panic!("{got} of the 11 KiB written reached the client"),
+            }
+        }
+        assert_eq!(got, 11 << 10);
     }
 
     fn engine(offline: bool) -> (Engine, tempfile::TempDir) {

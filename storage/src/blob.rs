@@ -163,18 +163,19 @@ impl BlobStore {
     }
 
     /// Deletes the blob file; false if it was not there. Does not touch the index.
+    /// (Both copies, if it is kept as a small object and as a file: a byte-identical `.mod` may
+    /// arrive once with a length and once without.)
     pub fn remove(&self, digest: &Digest) -> io::Result<bool> {
-        if let Some(tree) = &self.small
-            && tree
+        let small = match &self.small {
+            Some(tree) => tree
                 .remove(digest.hex())
                 .map_err(io::Error::other)?
-                .is_some()
-        {
-            return Ok(true);
-        }
+                .is_some(),
+            None => false,
+        };
         match fs::remove_file(self.path(digest)) {
             Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(small),
             Err(e) => Err(e),
         }
     }
@@ -263,20 +264,36 @@ impl BlobStore {
             }
         }
         entries.sort();
+        // A digest kept both ways is one object.
+        entries.dedup_by(
+            |b, a| matches!((a, b), (DiskEntry::Blob(x, _), DiskEntry::Blob(y, _)) if x == y),
+        );
         Ok(entries)
     }
 
-    /// Hashes the whole file and compares with its name. Errors name the path.
+    /// Hashes the whole object and compares with its name. Errors name the path.
+    /// A digest kept both as a small object and as a file is checked both ways; either copy
+    /// corrupt is `Corrupt`.
     pub fn verify(&self, digest: &Digest) -> io::Result<BlobCheck> {
-        if let Some(bytes) = self.small(digest)? {
-            let actual = Digest::of(&bytes);
-            let size = bytes.len() as u64;
-            return Ok(if actual == *digest {
-                BlobCheck::Ok { size }
-            } else {
-                BlobCheck::Corrupt { actual, size }
-            });
+        let small = match self.small(digest)? {
+            Some(bytes) => {
+                let actual = Digest::of(&bytes);
+                let size = bytes.len() as u64;
+                if actual != *digest {
+                    return Ok(BlobCheck::Corrupt { actual, size });
+                }
+                Some(BlobCheck::Ok { size })
+            }
+            None => None,
+        };
+        match (self.verify_file(digest)?, small) {
+            (BlobCheck::Missing, Some(ok)) => Ok(ok),
+            (file, _) => Ok(file),
         }
+    }
+
+    /// `verify` of the file alone.
+    fn verify_file(&self, digest: &Digest) -> io::Result<BlobCheck> {
         let path = self.path(digest);
         let mut file = match File::open(&path) {
             Ok(f) => f,

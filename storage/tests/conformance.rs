@@ -436,6 +436,33 @@ fn a_small_object_lives_in_the_index_with_no_file_and_reads_like_a_blob() {
 }
 
 #[test]
+fn an_object_kept_both_as_a_file_and_in_the_index_is_one_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let body = b"module example.com/twice\n";
+    let digest = Digest::of(body);
+    storage.blobs.put_bytes(&digest, body).unwrap();
+    storage.blobs.put_small(body).unwrap();
+    assert_eq!(
+        storage.blobs.list().unwrap(),
+        vec![DiskEntry::Blob(digest.clone(), body.len() as u64)]
+    );
+    // A corrupt file behind a sound small copy is found.
+    let path = storage.blobs.path(&digest);
+    make_writable(&path);
+    fs::write(&path, b"module example.com/twicE\n").unwrap();
+    assert!(matches!(
+        storage.blobs.verify(&digest).unwrap(),
+        BlobCheck::Corrupt { .. }
+    ));
+    // Removing it removes both.
+    assert!(storage.blobs.remove(&digest).unwrap());
+    assert!(!storage.blobs.contains(&digest));
+    assert!(!path.exists());
+    assert!(storage.blobs.list().unwrap().is_empty());
+}
+
+#[test]
 fn a_small_object_with_the_wrong_digest_is_not_kept() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
