@@ -819,7 +819,8 @@ impl Engine {
             self.queue(&digest);
         }
         // The object is verified and durable (a small object in the index: with the records
-        // written after it, which sled persists in order). A lost record costs a refetch (Go files) or is
+        // written after it, which sled persists in order). A lost record costs a refetch (Go
+        // files) or is
         // rebuilt by `fsck --repair` (blobs); the clients already have their bytes.
         if let Err(e) = fetch.record(&self.0.storage.index, &digest, size) {
             tracing::error!(error = %e, "indexing failed; the content stays on disk");

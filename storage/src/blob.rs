@@ -54,9 +54,9 @@ impl BlobStore {
     /// Creates `blobs/sha256` with its 256 fan-out directories (so no fill makes one: on a
     /// file system with many recently freed inodes a `mkdir` can take milliseconds), `tmp/`
     /// and `spare/`, then deletes everything in `tmp/` and `spare/`: a fill left there by an
-    /// earlier process can never be completed. Only call this
-    /// while holding the data directory exclusively (`Storage::open` takes the index lock
-    /// first), or a live fill of another process would be swept away.
+    /// earlier process can never be completed. Only call this while holding the data directory
+    /// exclusively (`Storage::open` takes the index lock first), or a live fill of another
+    /// process would be swept away.
     pub fn open(layout: Layout) -> Result<BlobStore, StorageError> {
         for dir in [layout.blobs_dir(), layout.tmp_dir(), layout.spare_dir()] {
             fs::create_dir_all(&dir).map_err(StorageError::io(format!(
@@ -134,7 +134,8 @@ impl BlobStore {
         self.layout.blob_path(digest)
     }
 
-    /// Whether a committed file exists for `digest` (not whether it is intact: see `verify`).
+    /// Whether `digest` is stored, as a file or a small object (not whether it is intact: see
+    /// `verify`).
     pub fn contains(&self, digest: &Digest) -> bool {
         matches!(self.small(digest), Ok(Some(_)))
             || fs::symlink_metadata(self.path(digest)).is_ok_and(|m| m.is_file())
@@ -162,9 +163,8 @@ impl BlobStore {
         }
     }
 
-    /// Deletes the blob file; false if it was not there. Does not touch the index.
-    /// (Both copies, if it is kept as a small object and as a file: a byte-identical `.mod` may
-    /// arrive once with a length and once without.)
+    /// Deletes the blob, file and small copy alike (a byte-identical `.mod` may arrive once with
+    /// a length and once without); false if neither was there. Touches no index record.
     pub fn remove(&self, digest: &Digest) -> io::Result<bool> {
         let small = match &self.small {
             Some(tree) => tree
@@ -183,15 +183,15 @@ impl BlobStore {
     /// Reads a whole blob (a manifest, a .mod file) into memory; `None` if absent. A blob larger
     /// than `max` bytes is an `InvalidData` error rather than a large allocation.
     pub fn read_small(&self, digest: &Digest, max: u64) -> io::Result<Option<Vec<u8>>> {
+        let too_large = |len: u64| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob {digest} is {len} bytes, more than the {max}-byte limit"),
+            )
+        };
         if let Some(bytes) = self.small(digest)? {
             if bytes.len() as u64 > max {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "blob {digest} is {} bytes, more than the {max}-byte limit",
-                        bytes.len()
-                    ),
-                ));
+                return Err(too_large(bytes.len() as u64));
             }
             return Ok(Some(bytes.to_vec()));
         }
@@ -199,12 +199,6 @@ impl BlobStore {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
-        };
-        let too_large = |len: u64| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("blob {digest} is {len} bytes, more than the {max}-byte limit"),
-            )
         };
         let len = file.metadata()?.len();
         if len > max {
@@ -240,6 +234,7 @@ impl BlobStore {
                 .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
             {
                 Some(d) => entries.push(DiskEntry::Blob(d, bytes.len() as u64)),
+                // A key that is no digest: named as if it were a path under the index.
                 None => entries.push(DiskEntry::Stray(
                     self.layout
                         .index_dir()

@@ -8,9 +8,8 @@
 //! largest single cost of a cold `.mod` fill. A fill takes a spare where it is (its path leaves
 //! the ready list; no rename, which would wait for the directory lock the thread holds while it
 //! creates the next one: 0.6 ms here) and creates its own file in `tmp/` only when none is
-//! ready. The thread starts with
-//! the server (`BlobStore::make_spares`) or else with the first fill, keeps `READY` spares, and
-//! after an error (a full disk) waits before trying again. When the store is dropped it removes
+//! ready. The thread starts with the server (`BlobStore::make_spares`) or else with the first
+//! fill, keeps `READY` spares, and after an error (a full disk) waits before trying again. When the store is dropped it removes
 //! what it made; what a killed process left in `spare/` is swept at the next open, like `tmp/`.
 
 use std::fs::{self, File, OpenOptions};

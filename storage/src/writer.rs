@@ -86,7 +86,7 @@ pub struct BlobWriter {
 
 impl BlobWriter {
     /// Starts on `spare` (a path in `layout.spare_dir()` and its empty file, open), or else on a
-    /// new temp file there. Called by `BlobStore::writer`.
+    /// new temp file in `layout.tmp_dir()`. Called by `BlobStore::writer`.
     pub(crate) fn create(
         layout: Layout,
         spare: Option<(PathBuf, File)>,
