@@ -930,6 +930,73 @@ async fn every_request_leaves_one_info_line_with_its_outcome_bytes_and_client() 
     );
 }
 
+/// Request threads only append to the request log: whatever reads stderr may stall (a full pipe
+/// here, a busy journal in production) without holding up a response, and the lines arrive once
+/// it reads again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_log_reader_does_not_hold_up_responses() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &up.url(), &dir.path().join("data"));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut child = tokio::process::Command::from(wharf_command())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn wharf serve");
+    // Nobody reads the pipe (64 KiB) until the requests are done.
+    let mut stderr = child.stderr.take().unwrap();
+    let url = format!("http://{addr}/v2/");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get(&url).send().await.is_err() {
+        assert!(Instant::now() < deadline, "wharf serve did not start");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // About 130 bytes a line: 4,000 lines are 8 times what the pipe holds.
+    const REQUESTS: usize = 4000;
+    let answered = tokio::time::timeout(Duration::from_secs(60), async {
+        for _ in 0..REQUESTS {
+            let resp = client.get(&url).send().await.expect("GET /v2/");
+            assert_eq!(resp.status(), 200);
+            resp.bytes().await.expect("body");
+        }
+    })
+    .await;
+    assert!(
+        answered.is_ok(),
+        "requests stalled while the log's reader was not reading"
+    );
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut all = Vec::new();
+        stderr.read_to_end(&mut all).await.map(|_| all)
+    });
+    // The last lines are written within 100 ms of reading again; then a drained stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().unwrap().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("wharf serve stops")
+        .unwrap();
+    let logs = text(&reader.await.unwrap().unwrap());
+    let lines = logs.matches("wharf::access").count();
+    // The requests before readiness and the readiness probes count too.
+    assert!(lines > REQUESTS, "{lines} request lines of {REQUESTS}");
+    assert!(!logs.contains("dropped"), "{logs}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn request_lines_follow_the_json_log_format() {
     let up = FakeRegistry::start().await;

@@ -4,8 +4,11 @@
 //! those bytes to the response's `SentBytes` counter instead.
 //!
 //! The line is formatted here, not by the tracing subscriber (a third of a warm manifest's cost
-//! there), into a buffer written to stderr when it holds 64 KiB or every 100 ms, and at
-//! shutdown: one write for many lines. `[log] level` still decides whether lines are written.
+//! there), into a buffer that a thread of its own writes to stderr when it holds 64 KiB or every
+//! 100 ms, and at shutdown: one write for many lines. Request threads only append: a slow log
+//! consumer (a stalled pipe, a busy journal) never holds up a response. If the writer falls
+//! 8 MiB behind, further lines are dropped and counted, and the count is logged when it catches
+//! up. `[log] level` still decides whether lines are written.
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -25,8 +28,11 @@ use crate::net::Client;
 
 pub const TARGET: &str = "wharf::access";
 
-/// Bytes of lines kept before they are written.
+/// Bytes of lines that wake the writer.
 const BUFFER: usize = 64 << 10;
+
+/// Bytes of lines kept while the writer is behind; lines past it are dropped.
+const BEHIND: usize = 8 << 20;
 
 /// How long a line may wait in the buffer.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -34,7 +40,13 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Where lines go: the buffer, and whether they are JSON.
 struct Sink {
     json: bool,
+    /// Lines not yet handed to the writer (request threads append here).
     buf: Mutex<Vec<u8>>,
+    /// The writer's side: the lines being written. Held while writing, so writes keep order.
+    out: Mutex<Vec<u8>>,
+    /// Lines dropped while the writer was behind, not yet reported.
+    dropped: AtomicU64,
+    writer: OnceLock<std::thread::Thread>,
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
@@ -42,33 +54,62 @@ static SINK: OnceLock<Sink> = OnceLock::new();
 /// Sets the line format (once per process) and starts the thread that writes the buffer.
 pub fn init(json: bool) {
     let mut started = false;
-    SINK.get_or_init(|| {
+    let sink = SINK.get_or_init(|| {
         started = true;
         Sink {
             json,
             buf: Mutex::new(Vec::with_capacity(BUFFER)),
+            out: Mutex::new(Vec::with_capacity(BUFFER)),
+            dropped: AtomicU64::new(0),
+            writer: OnceLock::new(),
         }
     });
-    if started {
-        let _ = std::thread::Builder::new()
+    if started
+        && let Ok(handle) = std::thread::Builder::new()
             .name("wharf-log".into())
             .spawn(|| {
                 loop {
-                    std::thread::sleep(FLUSH_EVERY);
+                    if buffered() < BUFFER {
+                        std::thread::park_timeout(FLUSH_EVERY);
+                    }
                     flush();
                 }
-            });
+            })
+    {
+        let _ = sink.writer.set(handle.thread().clone());
     }
 }
 
-/// Writes the lines buffered so far.
+/// Bytes of lines waiting for the writer.
+fn buffered() -> usize {
+    SINK.get().map_or(0, |sink| {
+        sink.buf.lock().unwrap_or_else(|p| p.into_inner()).len()
+    })
+}
+
+/// Writes the lines buffered so far (the request threads' buffer is held only to swap it).
 pub fn flush() {
-    if let Some(sink) = SINK.get() {
+    let Some(sink) = SINK.get() else { return };
+    let mut out = sink.out.lock().unwrap_or_else(|p| p.into_inner());
+    {
         let mut buf = sink.buf.lock().unwrap_or_else(|p| p.into_inner());
-        if !buf.is_empty() {
-            let _ = std::io::stderr().write_all(&buf);
-            buf.clear();
+        if buf.is_empty() {
+            return;
         }
+        std::mem::swap(&mut *out, &mut *buf);
+    }
+    let _ = std::io::stderr().write_all(&out);
+    let dropped = sink.dropped.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "request log lines dropped: whatever reads wharf's stderr fell {} MiB behind",
+            BEHIND >> 20
+        );
+    }
+    out.clear();
+    if out.capacity() > 4 * BUFFER {
+        out.shrink_to(BUFFER);
     }
 }
 
@@ -156,6 +197,11 @@ impl Drop for Done {
         // Written straight into the shared buffer, without `fmt`: no allocation per line.
         let mut buf = sink.buf.lock().unwrap_or_else(|p| p.into_inner());
         let out = &mut *buf;
+        if out.len() >= BEHIND {
+            sink.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let line_start = out.len();
         if sink.json {
             out.extend_from_slice(br#"{"timestamp":""#);
             timestamp(out, now);
@@ -198,9 +244,12 @@ impl Drop for Done {
             out.extend_from_slice(upstream.as_bytes());
             out.push(b'\n');
         }
-        if out.len() >= BUFFER {
-            let _ = std::io::stderr().write_all(out);
-            out.clear();
+        if out.len() >= BUFFER
+            && line_start < BUFFER
+            && let Some(w) = sink.writer.get()
+        {
+            // Just reached: wake the writer once.
+            w.unpark();
         }
     }
 }
