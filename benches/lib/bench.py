@@ -1075,6 +1075,24 @@ def pin(server, cpus):
 PINNED_SAMPLES = 3
 
 
+def cpu_ticks():
+    """Per CPU: (busy, total) jiffies from /proc/stat (busy: all but idle and iowait)."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, _, rest = line.partition(" ")
+            if name.startswith("cpu") and name != "cpu":
+                v = [int(x) for x in rest.split()]
+                out[int(name[3:])] = (sum(v) - v[3] - v[4], sum(v))
+    return out
+
+
+def busy_percent(before, after, cpu):
+    busy = after[cpu][0] - before[cpu][0]
+    total = after[cpu][1] - before[cpu][1]
+    return 100.0 * busy / total if total else 0.0
+
+
 def measure_tier_hit_pinned(res, rep, origin, static, garage):
     """The tier hit again with the store on one CPU and the replica and the client on another
     (in the store column, the client on that other CPU): as when the store is a machine of its
@@ -1091,17 +1109,24 @@ def measure_tier_hit_pinned(res, rep, origin, static, garage):
         # column per repetition, so the median is not one draw.
         for kind in rotate([STORE, WHARF], rep) * PINNED_SAMPLES:
             if kind == STORE:
+                before = cpu_ticks()
                 r = fetch_urls([garage.blob_url(hexd)], 1, size, extra=garage.signed(), cpu=other_cpu)
+                after = cpu_ticks()
             else:
                 b = start_wharf(origin, static, "wharf-pinned", garage.shared_table("p%d" % rep))
                 try:
                     pin(b, {other_cpu})
+                    before = cpu_ticks()
                     r = fetch_urls(["http://127.0.0.1:%d%s" % (b.port, blob_path(image))], 1, size, cpu=other_cpu)
+                    after = cpu_ticks()
                 finally:
                     b.stop()
                     rmtree(b.dir)
             res.add("tier_pinned_mibs", kind, mibs(r))
             res.add("tier_pinned_first_ms", kind, r["first"][0] * 1000)
+            # Which CPU was the bound: busy shares over the GET (the client's start included).
+            res.add("tier_pinned_store_busy", kind, busy_percent(before, after, store_cpu))
+            res.add("tier_pinned_other_busy", kind, busy_percent(before, after, other_cpu))
     finally:
         pin(store, everything)
 
@@ -1272,6 +1297,8 @@ def shared_rows():
     return [
         ("tier_pinned_mibs", "tier hit: 256 MiB blob, first GET on a fresh replica, store on a CPU of its own (MiB/s)", 0, [WHARF, STORE], (WHARF, STORE), ("ge", 0.9)),
         ("tier_pinned_first_ms", "tier hit: time to first byte, store on a CPU of its own (ms)", 2, [WHARF, STORE], (WHARF, STORE), ("le", 1.5)),
+        ("tier_pinned_store_busy", "  the store's CPU busy during that GET (%)", 0, [WHARF, STORE], None, None),
+        ("tier_pinned_other_busy", "  the other CPU (replica and client; Garage column: client) busy (%)", 0, [WHARF, STORE], None, None),
         ("tier_mibs", "tier hit, store, replica and client on the same 2 cores (MiB/s)", 0, [WHARF, STORE, DISK, STATIC], (WHARF, STORE), None),
         ("tier_first_ms", "  time to first byte, all on the same cores (ms)", 2, [WHARF, STORE, DISK, STATIC], (WHARF, STORE), None),
         ("tier_cpu", "  CPU per GiB served, replica + store (s)", 3, [WHARF, STORE, DISK, STATIC], (WHARF, STORE), None),
