@@ -30,7 +30,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, activated)) {
+    let result = runtime.block_on(run(cli, activated));
+    // Messages the server buffered go out before the last word.
+    wharf::web::flush_log();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("wharf: {e}");

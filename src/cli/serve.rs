@@ -182,7 +182,7 @@ fn init_tracing(
     let filter = filter();
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(super::colour())
-        .with_writer(std::io::stderr);
+        .with_writer(crate::web::log::Messages);
     let fmt = match config.log.format {
         LogFormat::Json => fmt.json().boxed(),
         LogFormat::Text => fmt.boxed(),

@@ -5,10 +5,11 @@
 //!
 //! The line is formatted here, not by the tracing subscriber (a third of a warm manifest's cost
 //! there), into a buffer that a thread of its own writes to stderr when it holds 64 KiB or every
-//! 100 ms, and at shutdown: one write for many lines. Request threads only append: a slow log
-//! consumer (a stalled pipe, a busy journal) never holds up a response. If the writer falls
-//! 8 MiB behind, further lines are dropped and counted, and the count is logged when it catches
-//! up. `[log] level` still decides whether lines are written.
+//! 100 ms, and at shutdown: one write for many lines. The server's other messages go into the
+//! same buffer (`Messages`, the subscriber's writer), in order. Request threads only append: a
+//! slow log consumer (a stalled pipe, a busy journal) never holds up a response. If the writer
+//! falls 8 MiB behind, further lines are dropped and counted, and the count is logged when it
+//! catches up. `[log] level` still decides whether lines are written.
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -103,13 +104,55 @@ pub fn flush() {
     if dropped > 0 {
         tracing::warn!(
             dropped,
-            "request log lines dropped: whatever reads wharf's stderr fell {} MiB behind",
+            "log lines dropped: whatever reads wharf's stderr fell {} MiB behind",
             BEHIND >> 20
         );
     }
     out.clear();
     if out.capacity() > 4 * BUFFER {
         out.shrink_to(BUFFER);
+    }
+}
+
+/// The server's other log messages (the tracing subscriber's writer): into the same buffer as
+/// request lines once `init` ran, so they keep their order and no thread waits on stderr;
+/// before that, stderr itself. Each wakes the writer at once (they are few; request lines wait
+/// for a batch).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Messages;
+
+/// One message's writer (see `Messages`).
+pub struct MessageWriter;
+
+impl std::io::Write for MessageWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let Some(sink) = SINK.get() else {
+            return std::io::stderr().write(bytes);
+        };
+        {
+            let mut buf = sink.buf.lock().unwrap_or_else(|p| p.into_inner());
+            if buf.len() >= BEHIND {
+                sink.dropped.fetch_add(1, Ordering::Relaxed);
+                return Ok(bytes.len());
+            }
+            buf.extend_from_slice(bytes);
+        }
+        if let Some(w) = sink.writer.get() {
+            w.unpark();
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Messages {
+    type Writer = MessageWriter;
+
+    fn make_writer(&'a self) -> MessageWriter {
+        MessageWriter
     }
 }
 
