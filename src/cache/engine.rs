@@ -730,18 +730,21 @@ impl Engine {
         };
         let (mut writer, in_memory) = self.writer_for(fetch, incoming.len)?;
         let file = writer.file();
+        let mut incoming = incoming;
         // Reserved up front, a full disk says so before any byte goes out, not halfway.
-        if let Some(len) = incoming.len.filter(|&n| n <= limit && !in_memory)
-            && let Err(e) = writer.reserve(len)
-        {
-            if super::room::is_full(&e) {
-                if let Some(room) = &self.0.room {
-                    room.ran_full();
+        if let Some(len) = incoming.len.filter(|&n| n <= limit && !in_memory) {
+            let reserved;
+            (writer, reserved) = reserve(writer, len, &mut incoming).await?;
+            if let Err(e) = reserved {
+                if super::room::is_full(&e) {
+                    if let Some(room) = &self.0.room {
+                        room.ran_full();
+                    }
+                    drop(writer);
+                    return Err(self.hand_over(fetch, incoming, pass));
                 }
-                drop(writer);
-                return Err(self.hand_over(fetch, incoming, pass));
+                return Err(local("reserving disk space failed")(e));
             }
-            return Err(local("reserving disk space failed")(e));
         }
         // What the clients were told the size is: every continuation must agree.
         let announced = incoming.len;
@@ -1168,6 +1171,37 @@ enum Origin {
 
 /// Times a fill cut mid-body continues from its source.
 const MAX_RESUMES: u32 = 3;
+
+/// Objects from this size up are reserved on the blocking pool: `fallocate` of a few hundred
+/// MiB takes up to a millisecond (ext4), not to be spent on an event loop or before the source's
+/// first bytes.
+const RESERVE_ASIDE: u64 = 4 << 20;
+
+/// Reserves `len` bytes of disk for `writer`'s object (`BlobWriter::reserve`). A large one
+/// runs while the first bytes are on their way from the source; that first chunk stays at the
+/// head of `incoming`, so nothing is written, or sent, before the reservation answers.
+async fn reserve(
+    writer: BlobWriter,
+    len: u64,
+    incoming: &mut Incoming,
+) -> Result<(BlobWriter, std::io::Result<bool>), FillError> {
+    if len < RESERVE_ASIDE {
+        let reserved = writer.reserve(len);
+        return Ok((writer, reserved));
+    }
+    let reserving = tokio::task::spawn_blocking(move || {
+        let reserved = writer.reserve(len);
+        (writer, reserved)
+    });
+    let (reserved, first) = tokio::join!(reserving, incoming.body.next());
+    if let Some(first) = first {
+        let rest = std::mem::replace(&mut incoming.body, futures_util::stream::empty().boxed());
+        incoming.body = futures_util::stream::once(std::future::ready(first))
+            .chain(rest)
+            .boxed();
+    }
+    reserved.map_err(|_| FillError::Local)
+}
 
 /// `incoming` without its first `n` bytes (already written from another source).
 pub fn skip_prefix(incoming: Incoming, n: u64) -> Incoming {
