@@ -581,9 +581,9 @@ async fn gc_and_stats_reach_a_running_server_with_the_admin_secret_only_it_can_r
     );
 
     // A user who cannot read the data directory's secret is told what to do.
-    if can_run_as_nobody() {
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        fs::set_permissions(&cli, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&cli, fs::Permissions::from_mode(0o644)).unwrap();
+    if can_run_as_nobody(&cli) {
         let out = run(Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(env!("CARGO_BIN_EXE_wharf"))
@@ -812,7 +812,10 @@ async fn stats_watch_without_a_running_server_says_so_and_opens_nothing() {
 }
 
 /// Root with `setpriv` (util-linux): the test can run a command as `nobody`.
-fn can_run_as_nobody() -> bool {
+/// Whether this test can run a command as `nobody` that reads `file` (the config it is given):
+/// needs root and setpriv, and every directory above `file` open to others, which a machine's
+/// temporary directory need not be.
+fn can_run_as_nobody(file: &Path) -> bool {
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -823,8 +826,26 @@ fn can_run_as_nobody() -> bool {
         .is_ok_and(|o| o.status.success());
     if !(root && setpriv) {
         eprintln!("skipping the unreadable-secret case: needs root and setpriv");
+        return false;
     }
-    root && setpriv
+    let readable = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "test",
+            "-r",
+        ])
+        .arg(file)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !readable {
+        eprintln!(
+            "skipping the unreadable-secret case: nobody cannot reach {} (a directory above it is closed to others)",
+            file.display()
+        );
+    }
+    readable
 }
 
 #[tokio::test(flavor = "multi_thread")]
