@@ -3,7 +3,7 @@
 #
 # Usage:
 #   benches/compare.sh [--quick] [--reps N] [--out FILE] [--keep] [--no-install] [--only PARTS]
-#                      [--baseline REV]
+#                      [--baseline REV] [--hold-page-reporting]
 #
 #   --quick        2 repetitions, a 64 MiB layer, fewer layers and modules, shorter wrk runs
 #                  (about 2 minutes instead of about 10 on a quiet 2-core machine)
@@ -22,6 +22,14 @@
 #                  streams) and manifest rows, interleaved in the same repetitions, in a table of
 #                  its own (what a change costs): a git revision, built in a temporary worktree
 #                  (target dir target/baseline), or the path of a wharf binary
+#   --hold-page-reporting
+#                  on a VM whose kernel reports free pages to its host (a virtio balloon's free
+#                  page reporting, /sys/module/page_reporting), hold it off for the run (root;
+#                  restored at exit) and touch free memory once first (up to a minute). With it on,
+#                  page cache written after an idle moment faults on the host: 256 MiB written
+#                  to a new file takes 1.3-1.9 s instead of 0.12 s on the machines of the README's
+#                  runs, which falls on fills and the go command's writes, not on warm hits. The
+#                  table's header says which way the run went.
 #
 #   Environment: WHARF_BENCH_VERSION labels the wharf build in the table (default: git describe);
 #   WHARF_BENCH_LOG_LEVEL is wharf's [log] level (default: info, one line per request).
@@ -88,6 +96,7 @@ install=1
 only=""
 profile=""
 baseline=""
+hold_reporting=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -98,6 +107,7 @@ while [ $# -gt 0 ]; do
     --only) only="$2"; shift ;;
     --profile) profile="$2"; shift ;;
     --baseline) baseline="$2"; shift ;;
+    --hold-page-reporting) hold_reporting=(--hold-page-reporting) ;;
     -h|--help) usage; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -111,6 +121,7 @@ cd "$root"
 command_line="benches/compare.sh"
 [ "$quick" = 1 ] && command_line+=" --quick"
 command_line+="${reps:+ --reps $reps}${only:+ --only $only}${baseline:+ --baseline $baseline}"
+command_line+="${hold_reporting[*]:+ ${hold_reporting[*]}}"
 
 # Nothing this script starts may go through a proxy: the only traffic is loopback.
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY ftp_proxy FTP_PROXY
@@ -273,7 +284,7 @@ python3 "$root/benches/lib/bench.py" \
   --wharf "$wharf_bin" --wharf-version "$wharf_version" --fetch "$work/bin/fetch" \
   --only "$only" --garage "$garage_bin" --wharf-log-level "${WHARF_BENCH_LOG_LEVEL:-info}" \
   --baseline "$baseline_bin" --baseline-version "$baseline_version" --gosumdb "$gosumdb_bin" \
-  "${profile_args[@]}" "${driver_args[@]}" &
+  "${profile_args[@]}" "${hold_reporting[@]}" "${driver_args[@]}" &
 driver=$!
 wait "$driver"
 driver=""
