@@ -704,30 +704,7 @@ impl Engine {
             Origin::Peer { .. } => fetch.known(),
             Origin::Source => None,
         };
-        // Another replica's copy whose content fails (digest, protocol checks; not transport
-        // errors or this request's size bound) is removed from the tier, or not asked of that
-        // owner again for a while.
-        let bad_copy = |e: FillError| {
-            if matches!(e, FillError::Upstream(_)) {
-                rejected.store(true, Ordering::Relaxed);
-                match &origin {
-                    Origin::Tier(d) => {
-                        if let Some(tier) = &self.0.tier {
-                            tracing::error!(digest = %d, "the shared tier's copy failed its checks; removing it");
-                            tier.discard(d);
-                        }
-                    }
-                    Origin::Peer { owner, key } => {
-                        if let Some(peers) = &self.0.peers {
-                            tracing::error!(%owner, "the owner replica's copy failed its checks");
-                            peers.bad(owner, key);
-                        }
-                    }
-                    Origin::Source => {}
-                }
-            }
-            e
-        };
+        let bad_copy = |e: FillError| self.bad_copy(&origin, rejected, e);
         let (mut writer, in_memory) = self.writer_for(fetch, incoming.len)?;
         let file = writer.file();
         let mut incoming = incoming;
@@ -823,13 +800,37 @@ impl Engine {
         }
         // The object is verified and durable (a small object in the index: with the records
         // written after it, which sled persists in order). A lost record costs a refetch (Go
-        // files) or is
-        // rebuilt by `fsck --repair` (blobs); the clients already have their bytes.
+        // files) or is rebuilt by `fsck --repair` (blobs); the clients already have their bytes.
         if let Err(e) = fetch.record(&self.0.storage.index, &digest, size) {
             tracing::error!(error = %e, "indexing failed; the content stays on disk");
         }
         self.tier_of(&origin).add(size);
         Ok((file, size, !matches!(origin, Origin::Source)))
+    }
+
+    /// Another replica's copy whose content fails (digest, protocol checks; not transport
+    /// errors or this request's size bound) is removed from the tier, or not asked of that
+    /// owner again for a while. Returns `e`.
+    fn bad_copy(&self, origin: &Origin, rejected: &AtomicBool, e: FillError) -> FillError {
+        if matches!(e, FillError::Upstream(_)) {
+            rejected.store(true, Ordering::Relaxed);
+            match origin {
+                Origin::Tier(d) => {
+                    if let Some(tier) = &self.0.tier {
+                        tracing::error!(digest = %d, "the shared tier's copy failed its checks; removing it");
+                        tier.discard(d);
+                    }
+                }
+                Origin::Peer { owner, key } => {
+                    if let Some(peers) = &self.0.peers {
+                        tracing::error!(%owner, "the owner replica's copy failed its checks");
+                        peers.bad(owner, key);
+                    }
+                }
+                Origin::Source => {}
+            }
+        }
+        e
     }
 
     /// The writer a fill of `len` bytes starts on: in memory (true) for a small object whose
