@@ -1440,6 +1440,7 @@ def hold_page_reporting():
             f.write(PAGE_REPORTING_OFF)
     except OSError as e:
         sys.exit("bench.py: cannot hold free page reporting off (%s): --hold-page-reporting needs root" % e)
+    ARGS.reporting_restore = before  # from here on, restored whatever happens
     with open("/proc/meminfo") as f:
         free_kib = next(int(line.split()[1]) for line in f if line.startswith("MemFree:"))
     chunk = 64 << 20
@@ -1447,7 +1448,6 @@ def hold_page_reporting():
     log("free page reporting held off (was order %s); touching %.1f GiB of free memory once" % (before, count * chunk / (1 << 30)))
     held = [bytearray(b"\x01") * chunk for _ in range(count)]
     del held
-    return before
 
 
 def reporting_note():
@@ -1459,10 +1459,10 @@ def reporting_note():
     return " The VM reports free pages of order %s to its host: page cache written after an idle moment faults on the host (`--hold-page-reporting` holds it off)." % ARGS.page_reporting
 
 
-def release_page_reporting(before):
-    if before is not None:
+def release_page_reporting():
+    if ARGS.reporting_restore is not None:
         with open(PAGE_REPORTING, "w") as f:
-            f.write(before)
+            f.write(ARGS.reporting_restore)
 
 
 def versions():
@@ -1638,15 +1638,15 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     ARGS.page_reporting = page_reporting()
-    held = None
+    ARGS.reporting_restore = None
     try:
         if ARGS.hold_page_reporting:
-            held = hold_page_reporting()
+            hold_page_reporting()
         started = time.time()
         return bench(want, started)
     finally:
         stop_all()
-        release_page_reporting(held)
+        release_page_reporting()
 
 
 def bench(want, started):
