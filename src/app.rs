@@ -307,23 +307,48 @@ impl AppState {
         shared.spawn();
     }
 
-    /// Background work of a serving process: access-time flushes and eviction.
-    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
+    /// Background work of a serving process: access-time flushes and eviction (whose first
+    /// round, measuring the store on the blocking pool, starts at once).
+    pub fn spawn_background(&self) -> Background {
         let app = self.clone();
-        tokio::spawn(async move {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
             let mut flush = tokio::time::interval(app.config.cache.atime_flush_interval);
             let mut gc = tokio::time::interval(app.config.cache.gc_interval);
             flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                // A round, once started, runs to its end: `stop` is seen between rounds.
                 tokio::select! {
+                    _ = stopped.changed() => break,
                     _ = flush.tick() => app.flush_atimes().await,
                     _ = gc.tick() => {
                         app.evict_if_needed().await;
                     }
                 }
             }
-        })
+        });
+        Background { stop, task }
+    }
+}
+
+/// The background loop of a serving process (`AppState::spawn_background`).
+pub struct Background {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    /// Ends the loop after the round in progress, waiting for it at most `grace` (then it is
+    /// abandoned). Aborting it outright would leave a round's blocking work (eviction walks the
+    /// store) holding the store after the server returns, so a server started next in the same
+    /// process could find the index still locked.
+    pub async fn stop(mut self, grace: std::time::Duration) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            tracing::warn!("background work did not end in time; abandoning it");
+            self.task.abort();
+        }
     }
 }
 

@@ -203,7 +203,7 @@ pub async fn run_on(
         })
         .await;
     }
-    background.abort();
+    background.stop(FILL_GRACE).await;
     state.flush_atimes().await;
     crate::web::flush_log();
     Ok(())

@@ -756,6 +756,27 @@ async fn manifest_whose_bytes_do_not_match_the_requested_digest_is_refused() {
     assert!(files_under(&dir.path().join("blobs")).is_empty());
 }
 
+/// The background loop's first round (eviction measures the whole store on the blocking pool)
+/// is under way when the server stops: the next server of this process must still open the
+/// store (it found the index locked while an aborted round still walked the store).
+#[tokio::test]
+async fn a_server_stopped_during_its_first_background_round_releases_the_store() {
+    let up = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    Wharf::start(&up.url(), dir.path(), "").await.stop().await;
+    // Enough objects that measuring them takes a while.
+    let blobs = dir.path().join("blobs").join("sha256");
+    for i in 0..6000u32 {
+        let hex = format!("{:064x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15);
+        std::fs::write(blobs.join(&hex[..2]).join(&hex), b"x").unwrap();
+    }
+    for _ in 0..3 {
+        Wharf::start(&up.url(), dir.path(), "").await.stop().await;
+    }
+    let w = Wharf::start(&up.url(), dir.path(), "").await;
+    assert_eq!(status_of(w.url("/v2/")).await, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn the_cache_survives_a_restart() {
     let up = FakeRegistry::start().await;
