@@ -236,8 +236,6 @@ pub struct Index {
 }
 
 impl Index {
-    /// Opens (or creates) the database at `path`. sled locks it: a second open of the same
-    /// directory, from this process or another, fails while the first is alive.
     /// Bytes the index takes on disk (sled's own estimate).
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
@@ -248,6 +246,8 @@ impl Index {
         Ok(self.db.open_tree("small")?)
     }
 
+    /// Opens (or creates) the database at `path`. sled locks it: a second open of the same
+    /// directory, from this process or another, fails while the first is alive (`InUse`).
     pub fn open(path: impl AsRef<Path>) -> Result<Index, StorageError> {
         let db = sled::Config::new()
             .path(path.as_ref())
