@@ -1639,6 +1639,8 @@ def main():
     signal.signal(signal.SIGHUP, on_signal)
     ARGS.page_reporting = page_reporting()
     ARGS.reporting_restore = None
+    if ARGS.page_reporting is not None and not ARGS.hold_page_reporting:
+        log("warning: this VM reports free pages to its host (order %s): fills and other writers of fresh page cache pay host faults by timing luck; --hold-page-reporting holds it off" % ARGS.page_reporting)
     try:
         if ARGS.hold_page_reporting:
             hold_page_reporting()
