@@ -10,6 +10,7 @@ SIGTERM; their ids are also appended to WORK/pids so compare.sh can clean up aft
 
 import argparse
 import datetime
+import glob
 import http.client
 import json
 import os
@@ -1417,7 +1418,21 @@ PAGE_REPORTING_OFF = "11"
 
 def page_reporting():
     """The order of free pages this VM hands back to its host (a virtio balloon's free page
-    reporting), or None where the kernel does not report."""
+    reporting), or None where nothing reports (no balloon offering it, or no such kernel)."""
+    balloons = glob.glob("/sys/bus/virtio/devices/*")
+    reporting = False
+    for dev in balloons:
+        try:
+            with open(os.path.join(dev, "device")) as f:
+                balloon = f.read().strip() == "0x0005"
+            with open(os.path.join(dev, "features")) as f:
+                features = f.read().strip()
+        except OSError:
+            continue
+        # Feature bit 5: VIRTIO_BALLOON_F_REPORTING (the string is bit 0 first).
+        reporting |= balloon and len(features) > 5 and features[5] == "1"
+    if not reporting:
+        return None
     try:
         with open(PAGE_REPORTING) as f:
             return f.read().strip()
@@ -1433,7 +1448,7 @@ def hold_page_reporting():
     writes fresh page cache (fills, the go command) and not on a warm hit."""
     before = page_reporting()
     if before is None:
-        log("free page reporting: this kernel has none; nothing to hold")
+        log("free page reporting: nothing reports free pages here; nothing to hold")
         return None
     try:
         with open(PAGE_REPORTING, "w") as f:
