@@ -293,8 +293,8 @@ impl AppState {
     }
 
     /// Joins the shared tier: reads the records other replicas wrote (for at most `limit`, so a
-    /// store that is down does not keep the server from starting), then keeps copying and
-    /// reading in the background.
+    /// store that is down does not keep the server from starting); copying and reading go on
+    /// in `spawn_background`.
     pub async fn start_shared(&self, limit: std::time::Duration) {
         if let Some(peers) = &self.peers {
             peers.spawn();
@@ -304,15 +304,19 @@ impl AppState {
             Ok(n) => tracing::info!(records = n, "joined the shared tier"),
             Err(_) => tracing::warn!("the shared tier did not answer in time; serving meanwhile"),
         }
-        shared.spawn();
     }
 
     /// Background work of a serving process: access-time flushes and eviction (whose first
-    /// round, measuring the store on the blocking pool, starts at once).
+    /// round, measuring the store on the blocking pool, starts at once), and the shared tier's
+    /// copying, reading and housekeeping.
     pub fn spawn_background(&self) -> Background {
         let app = self.clone();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
+        let mut tasks = match &self.shared {
+            Some(shared) => shared.spawn(&stopped),
+            None => Vec::new(),
+        };
+        tasks.push(tokio::spawn(async move {
             let mut flush = tokio::time::interval(app.config.cache.atime_flush_interval);
             let mut gc = tokio::time::interval(app.config.cache.gc_interval);
             flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -327,27 +331,30 @@ impl AppState {
                     }
                 }
             }
-        });
-        Background { stop, task }
+        }));
+        Background { stop, tasks }
     }
 }
 
-/// The background loop of a serving process (`AppState::spawn_background`).
+/// The background loops of a serving process (`AppState::spawn_background`).
 pub struct Background {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Background {
-    /// Ends the loop after the round in progress, waiting for it at most `grace` (then it is
-    /// abandoned). Aborting it outright would leave a round's blocking work (eviction walks the
-    /// store) holding the store after the server returns, so a server started next in the same
-    /// process could find the index still locked.
+    /// Ends the loops after the rounds in progress, waiting for them at most `grace` (then they
+    /// are abandoned). Aborting them outright would leave a round's blocking work (eviction
+    /// walks the store) holding the store after the server returns, so a server started next in
+    /// the same process could find the index still locked.
     pub async fn stop(mut self, grace: std::time::Duration) {
         let _ = self.stop.send(true);
-        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+        let all = futures_util::future::join_all(self.tasks.iter_mut());
+        if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!("background work did not end in time; abandoning it");
-            self.task.abort();
+            for t in &self.tasks {
+                t.abort();
+            }
         }
     }
 }

@@ -227,6 +227,27 @@ async fn replicas_serve_an_image_one_of_them_filled_with_no_upstream_request() {
     );
 }
 
+/// A replica's shared-tier loops (copying, reading the bucket, housekeeping) end with its
+/// server: started again in the same process, it finds its store free (they held it open, so
+/// the index was still locked) and its content where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_and_started_again_in_one_process_finds_its_store_free() {
+    let Some((fleet, a)) = Fleet::filled("a_replica_stopped_and_started_again", "").await else {
+        return;
+    };
+    let before = fleet.origin_requests();
+    let a = a.restart().await;
+    let layer = &fleet.image.layers[1];
+    let again = a.get(&blob_path(&layer.digest), None).await;
+    assert_eq!((again.status, again.cache()), (200, "HIT"));
+    assert_eq!(again.body.len() as u64, layer.size);
+    assert_eq!(
+        fleet.origin_requests(),
+        before,
+        "the restarted replica asked the origin"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_replica_serves_stale_tags_from_the_bucket_when_the_upstream_is_down() {
     let Some((mut fleet, _a)) =

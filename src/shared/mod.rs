@@ -151,23 +151,25 @@ impl Shared {
     }
 
     /// Starts the uploader and the journal reader. Call once, in a runtime.
-    pub fn spawn(self: &Arc<Self>) {
-        let s = self.clone();
-        tokio::spawn(async move { upload::run(s).await });
-        let s = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(s.sync_interval).await;
+    pub fn spawn(
+        self: &Arc<Self>,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let (s, stopped) = (self.clone(), stop.clone());
+        let upload = tokio::spawn(async move { upload::run(s, stopped).await });
+        let (s, mut stopped) = (self.clone(), stop.clone());
+        let sync = tokio::spawn(async move {
+            while pause(&mut stopped, s.sync_interval).await {
                 s.sync().await;
             }
         });
-        let s = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(s.gc.interval).await;
+        let (s, mut stopped) = (self.clone(), stop.clone());
+        let housekeep = tokio::spawn(async move {
+            while pause(&mut stopped, s.gc.interval).await {
                 s.housekeep().await;
             }
         });
+        vec![upload, sync, housekeep]
     }
 
     /// Every `shared.gc_interval`: publish access times; on the gc replica, evict when over
@@ -349,4 +351,16 @@ fn replica_id(storage: &Storage) -> Result<String, String> {
     let id = format!("r{random}");
     std::fs::write(&path, &id).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(id)
+}
+
+/// Waits `d`, or less when the loop is told to stop: `false` then (the stop signal, or its
+/// sender gone), so a loop ends between rounds, never in one.
+async fn pause(stopped: &mut tokio::sync::watch::Receiver<bool>, d: Duration) -> bool {
+    if *stopped.borrow() {
+        return false;
+    }
+    tokio::select! {
+        r = stopped.changed() => r.is_ok() && !*stopped.borrow(),
+        () = tokio::time::sleep(d) => true,
+    }
 }

@@ -18,19 +18,27 @@ const BATCH: usize = 256;
 const SMALL: u64 = 16 << 20;
 const PARTS_IN_FLIGHT: usize = 4;
 
-pub(super) async fn run(s: Arc<Shared>) {
+/// Copies until told to stop, between passes (what is left stays in the outbox for the next
+/// start).
+pub(super) async fn run(s: Arc<Shared>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let mut failing = false;
     loop {
-        match drain(&s).await {
-            Ok(0) => tokio::time::sleep(Duration::from_millis(250)).await,
-            Ok(_) => failing = false,
+        let wait = match drain(&s).await {
+            Ok(0) => Duration::from_millis(250),
+            Ok(_) => {
+                failing = false;
+                Duration::ZERO
+            }
             Err(e) => {
                 if !failing {
                     tracing::warn!(error = %e, "copying to the shared tier failed; retrying");
                     failing = true;
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                Duration::from_secs(1)
             }
+        };
+        if !super::pause(&mut stopped, wait).await {
+            break;
         }
     }
 }
