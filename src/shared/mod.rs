@@ -150,7 +150,8 @@ impl Shared {
         }))
     }
 
-    /// Starts the uploader and the journal reader. Call once, in a runtime.
+    /// Starts the uploader, the journal reader and housekeeping, each ending between rounds once
+    /// `stop` turns true (`app::Background`). Call once, in a runtime.
     pub fn spawn(
         self: &Arc<Self>,
         stop: &tokio::sync::watch::Receiver<bool>,
