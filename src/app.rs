@@ -296,9 +296,6 @@ impl AppState {
     /// store that is down does not keep the server from starting); copying and reading go on
     /// in `spawn_background`.
     pub async fn start_shared(&self, limit: std::time::Duration) {
-        if let Some(peers) = &self.peers {
-            peers.spawn();
-        }
         let Some(shared) = &self.shared else { return };
         match tokio::time::timeout(limit, shared.sync()).await {
             Ok(n) => tracing::info!(records = n, "joined the shared tier"),
@@ -307,8 +304,8 @@ impl AppState {
     }
 
     /// Background work of a serving process: access-time flushes and eviction (whose first
-    /// round, measuring the store on the blocking pool, starts at once), and the shared tier's
-    /// copying, reading and housekeeping.
+    /// round, measuring the store on the blocking pool, starts at once), the shared tier's
+    /// copying, reading and housekeeping, and the peers' DNS refresh.
     pub fn spawn_background(&self) -> Background {
         let app = self.clone();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -316,6 +313,9 @@ impl AppState {
             Some(shared) => shared.spawn(&stopped),
             None => Vec::new(),
         };
+        if let Some(peers) = &self.peers {
+            tasks.extend(peers.spawn(&stopped));
+        }
         tasks.push(tokio::spawn(async move {
             let mut flush = tokio::time::interval(app.config.cache.atime_flush_interval);
             let mut gc = tokio::time::interval(app.config.cache.gc_interval);

@@ -169,13 +169,15 @@ impl PeerSet {
         Ok(Arc::new(set))
     }
 
-    /// Resolves `peers.dns` now and every `peers.refresh` after (no-op with static members).
-    pub fn spawn(self: &Arc<Self>) {
-        let Some((name, port)) = self.dns.clone() else {
-            return;
-        };
-        let me = self.clone();
-        tokio::spawn(async move {
+    /// Resolves `peers.dns` now and every `peers.refresh` after, until `stop` turns true (no
+    /// task with static members).
+    pub fn spawn(
+        self: &Arc<Self>,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let (name, port) = self.dns.clone()?;
+        let (me, mut stopped) = (self.clone(), stop.clone());
+        Some(tokio::spawn(async move {
             loop {
                 match tokio::net::lookup_host((name.as_str(), port)).await {
                     Ok(addrs) => {
@@ -189,9 +191,11 @@ impl PeerSet {
                         tracing::warn!(error = %e, name = %name, "resolving peers.dns failed")
                     }
                 }
-                tokio::time::sleep(me.refresh).await;
+                if !super::pause(&mut stopped, me.refresh).await {
+                    break;
+                }
             }
-        });
+        }))
     }
 
     fn set_members(&self, mut urls: Vec<String>) {
@@ -416,7 +420,8 @@ mod tests {
             Arc::new(EgressPolicy::new(&["127.0.0.1".into(), "127.0.0.2".into()]).unwrap());
         let listen = "127.0.0.1:5999".parse().unwrap();
         let set = PeerSet::new(&cfg, listen, &EgressConfig::default(), policy).unwrap();
-        set.spawn();
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        set.spawn(&stopped);
         let urls = || -> Vec<String> {
             set.report()
                 .iter()
