@@ -584,8 +584,7 @@ async fn gc_and_stats_reach_a_running_server_with_the_admin_secret_only_it_can_r
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&cli, fs::Permissions::from_mode(0o644)).unwrap();
     if can_run_as_nobody(&cli) {
-        let out = run(Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        let out = run(as_nobody()
             .arg(env!("CARGO_BIN_EXE_wharf"))
             .arg("stats")
             .arg("--config")
@@ -811,7 +810,6 @@ async fn stats_watch_without_a_running_server_says_so_and_opens_nothing() {
     );
 }
 
-/// Root with `setpriv` (util-linux): the test can run a command as `nobody`.
 /// Whether this test can run a command as `nobody` that reads `file` (the config it is given):
 /// needs root and setpriv, and every directory above `file` open to others, which a machine's
 /// temporary directory need not be.
@@ -828,14 +826,8 @@ fn can_run_as_nobody(file: &Path) -> bool {
         eprintln!("skipping the unreadable-secret case: needs root and setpriv");
         return false;
     }
-    let readable = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "test",
-            "-r",
-        ])
+    let readable = as_nobody()
+        .args(["test", "-r"])
         .arg(file)
         .status()
         .is_ok_and(|s| s.success());
@@ -846,6 +838,13 @@ fn can_run_as_nobody(file: &Path) -> bool {
         );
     }
     readable
+}
+
+/// `setpriv` (util-linux) set up to run what follows as `nobody`, with no groups.
+fn as_nobody() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    c
 }
 
 #[tokio::test(flavor = "multi_thread")]
