@@ -13,6 +13,10 @@
 //! - `log`: a warm manifest's answer with its request line (`wharf::web::log`: the body wrapped,
 //!   the line written into the buffer when the body is done) against the same answer without.
 //!   The lines go to stderr: run with `2>/dev/null`.
+//! - `gozip`: `wharf::goproxy::hash::check_and_hash_zip` on module zips shaped like the
+//!   comparison's generated tree (a dozen deflated source files of 1-24 KiB, and 16 files of
+//!   300 KiB), from a file, against reading the same entries through the `zip` crate and
+//!   hashing them on one thread (what the check did before).
 //!
 //! Run: `cargo bench --bench hot_path` (add `-- routes` etc. to pick a group). Files go to a
 //! temporary directory that is removed afterwards.
@@ -307,11 +311,75 @@ fn log(c: &mut Criterion) {
     group.finish();
 }
 
+/// A module zip of `files` deflated files of hex text (what deflate compresses least well).
+fn module_zip(files: usize, size: impl Fn(usize) -> usize) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let mut seed = 1u64;
+    for n in 0..files {
+        w.start_file(
+            format!("bench.example/m@v1.0.0/f{n:02}.go"),
+            zip::write::SimpleFileOptions::default(),
+        )
+        .expect("zip entry");
+        let mut body = String::from("package m\n\n// ");
+        while body.len() < size(n) {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            body.push_str(&format!("{seed:016x}"));
+        }
+        w.write_all(body.as_bytes()).expect("zip write");
+    }
+    w.finish().expect("zip").into_inner()
+}
+
+fn gozip(c: &mut Criterion) {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut group = c.benchmark_group("gozip");
+    for (name, zip) in [
+        ("small_12_files", module_zip(12, |n| 1024 + n * 2048)),
+        ("large_16x300KiB", module_zip(16, |_| 300 * 1024)),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &zip).expect("write zip");
+        let file = std::fs::File::open(&path).expect("open zip");
+        group.throughput(Throughput::Bytes(zip.len() as u64));
+        group.bench_function(format!("{name}/check_and_hash_zip"), |b| {
+            b.iter(|| {
+                wharf::goproxy::hash::check_and_hash_zip(&file, "bench.example/m", "v1.0.0")
+                    .expect("check")
+            })
+        });
+        group.bench_function(format!("{name}/zip_crate_one_thread"), |b| {
+            b.iter(|| {
+                let f = std::fs::File::open(&path).expect("open");
+                let mut archive = zip::ZipArchive::new(std::io::BufReader::new(f)).expect("zip");
+                let mut buf = vec![0u8; 64 * 1024];
+                for i in 0..archive.len() {
+                    let mut entry = archive.by_index(i).expect("entry");
+                    let mut hasher = Sha256::new();
+                    loop {
+                        let n = entry.read(&mut buf).expect("read");
+                        if n == 0 {
+                            break;
+                        }
+                        hasher.update(&buf[..n]);
+                    }
+                    black_box(hasher.finalize());
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = routes, index, fill, memory, log
+    targets = routes, index, fill, memory, log, gozip
 }
 criterion_main!(benches);

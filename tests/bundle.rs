@@ -450,7 +450,7 @@ async fn oci_layouts_go_module_caches_and_docker_save_tarballs_import() {
         "v1.2.0",
         &[("go.mod", GO_MOD), ("a.go", "package mod\n")],
     );
-    let h1 = wharf::goproxy::hash::h1_of_zip(std::io::Cursor::new(zip.clone())).unwrap();
+    let h1 = wharf::goproxy::hash::h1_of_zip(zip.as_slice()).unwrap();
     let cache = dir.path().join("gopath/pkg/mod");
     let v = cache.join("cache/download/example.com/!mod/@v");
     std::fs::create_dir_all(&v).unwrap();

@@ -50,8 +50,7 @@ impl Content for Stored {
 
     fn zip_h1(&self, digest: &Digest, path: &str, version: &str) -> Result<String, String> {
         let file = self.0.blobs.open_blob(digest).map_err(|e| e.to_string())?;
-        crate::goproxy::hash::check_and_hash_zip(std::io::BufReader::new(file), path, version)
-            .map_err(|e| e.to_string())
+        crate::goproxy::hash::check_and_hash_zip(&file, path, version).map_err(|e| e.to_string())
     }
 
     fn cached_sumdb(&self, db: &str, path: &str) -> Result<Option<Digest>, String> {

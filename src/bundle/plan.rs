@@ -410,7 +410,7 @@ async fn module_entry(app: Mirror<'_>, path: &str, version: &str) -> Result<Modu
                     .open_blob(&z.digest)
                     .map_err(|e| format!(".zip: {e}"))?;
                 Some(
-                    crate::goproxy::hash::check_and_hash_zip(std::io::BufReader::new(f), &p, &v)
+                    crate::goproxy::hash::check_and_hash_zip(&f, &p, &v)
                         .map_err(|e| format!(".zip: {e}"))?,
                 )
             }

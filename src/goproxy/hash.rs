@@ -6,11 +6,12 @@
 //! the sumdb hash is only meaningful for zips that obey these rules.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
+
+use super::unzip::{Cursor, Entry, ReadAt, hash_entries};
 
 /// Largest module zip, compressed or uncompressed (`zip.MaxZipFile`).
 pub const MAX_ZIP_FILE: u64 = 500 << 20;
@@ -83,17 +84,17 @@ pub fn h1_of_gomod(bytes: &[u8]) -> String {
 
 /// The zip hash in go.sum (`dirhash.HashZip`): `Hash1` over every entry, named exactly as
 /// stored (`module@version/...`). Directory entries count as empty files, as in Go.
-pub fn h1_of_zip<R: Read + Seek>(reader: R) -> Result<String, ModZipError> {
-    scan(reader, None)
+pub fn h1_of_zip<S: ReadAt + ?Sized>(src: &S) -> Result<String, ModZipError> {
+    scan(src, None)
 }
 
 /// Checks a module zip against the rules of `zip.CheckZip` (see `check_and_hash_zip`).
-pub fn check_zip<R: Read + Seek>(
-    reader: R,
+pub fn check_zip<S: ReadAt + ?Sized>(
+    src: &S,
     module_path: &str,
     version: &str,
 ) -> Result<(), ModZipError> {
-    scan(reader, Some((module_path, version))).map(|_| ())
+    scan(src, Some((module_path, version))).map(|_| ())
 }
 
 /// Checks a module zip and returns its `h1:` hash, reading it once.
@@ -105,24 +106,25 @@ pub fn check_zip<R: Read + Seek>(
 ///   backslash or shell-special characters, no Windows-reserved names);
 /// * no two paths are equal under case folding, and none is both file and directory;
 /// * `go.mod` appears only at the root, spelled exactly so, at most 16 MiB (LICENSE too);
-/// * no symlinks, and each entry holds exactly its declared number of bytes.
+/// * no symlinks, no encryption, stored or deflated only, and each entry holds exactly its
+///   declared number of bytes with its declared CRC-32.
 ///
 /// The module path and version are taken as given; validating them is the caller's job.
-pub fn check_and_hash_zip<R: Read + Seek>(
-    reader: R,
+pub fn check_and_hash_zip<S: ReadAt + ?Sized>(
+    src: &S,
     module_path: &str,
     version: &str,
 ) -> Result<String, ModZipError> {
-    scan(reader, Some((module_path, version)))
+    scan(src, Some((module_path, version)))
 }
 
-fn scan<R: Read + Seek>(mut reader: R, check: Option<(&str, &str)>) -> Result<String, ModZipError> {
+fn scan<S: ReadAt + ?Sized>(src: &S, check: Option<(&str, &str)>) -> Result<String, ModZipError> {
     let io_err = zip::result::ZipError::from;
-    let len = reader.seek(SeekFrom::End(0)).map_err(io_err)?;
+    let len = src.size().map_err(io_err)?;
     if len > MAX_ZIP_FILE {
         return Err(ModZipError::ZipTooLarge(len));
     }
-    reader.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    let reader = std::io::BufReader::new(Cursor::new(src).map_err(io_err)?);
     let mut archive = zip::ZipArchive::new(reader)?;
     if archive.has_duplicate_names() {
         return Err(ModZipError::DuplicateNames);
@@ -157,39 +159,43 @@ fn scan<R: Read + Seek>(mut reader: R, check: Option<(&str, &str)>) -> Result<St
         names.push(name);
     }
 
-    // 2. Contents: hash each entry and count its bytes against the declared size.
-    let mut files = Vec::with_capacity(names.len());
-    let mut buf = vec![0u8; 64 * 1024];
+    // 2. Where each entry's bytes are (its local header read), then the contents: each
+    //    decompressed, counted against its declared size and CRC, and hashed.
+    let mut entries = Vec::with_capacity(names.len());
     for (i, name) in names.into_iter().enumerate() {
-        let mut file = archive.by_index(i)?;
-        let declared = file.size();
-        let display = String::from_utf8_lossy(&name).into_owned();
-        let mut hasher = Sha256::new();
-        let mut actual: u64 = 0;
-        loop {
-            let n = file.read(&mut buf).map_err(|source| ModZipError::Entry {
-                name: display.clone(),
-                source,
-            })?;
-            if n == 0 {
-                break;
+        let file = archive.by_index_raw(i)?;
+        let deflated = match file.compression() {
+            zip::CompressionMethod::Stored => false,
+            zip::CompressionMethod::Deflated => true,
+            other => {
+                return Err(invalid(
+                    &String::from_utf8_lossy(&name),
+                    format!("unsupported compression method {other:?}"),
+                ));
             }
-            hasher.update(buf.get(..n).unwrap_or_default());
-            actual += n as u64;
-            if actual > declared {
-                break;
-            }
+        };
+        if file.encrypted() {
+            return Err(invalid(
+                &String::from_utf8_lossy(&name),
+                "encrypted entries are not allowed",
+            ));
         }
-        if actual != declared {
-            return Err(ModZipError::SizeMismatch {
-                name: display,
-                declared,
-                actual,
-            });
-        }
-        files.push((name, hasher.finalize().into()));
+        let data =
+            file.data_start()
+                .ok_or(ModZipError::Read(zip::result::ZipError::InvalidArchive(
+                    "no local header".into(),
+                )))?;
+        entries.push(Entry {
+            data,
+            stored: file.compressed_size(),
+            deflated,
+            size: file.size(),
+            crc: file.crc32(),
+            name,
+        });
     }
-    h1_from_digests(files)
+    let hashes = hash_entries(src, &entries)?;
+    h1_from_digests(entries.into_iter().map(|e| e.name).zip(hashes).collect())
 }
 
 fn check_entry(
@@ -367,12 +373,12 @@ mod tests {
     fn zip_hashes_match_the_go_implementation() {
         // From tests/fixtures/sumdb/gen.go (dirhash.HashZip).
         assert_eq!(
-            h1_of_zip(Cursor::new(HELLO_ZIP)).unwrap(),
+            h1_of_zip(HELLO_ZIP).unwrap(),
             "h1:O7hDq4Q2YAAmFx+TIuqbo/FqqyHkYm3E82ZVuDRZ1vU="
         );
         // Unsorted entries, stored and deflated, and a directory entry, which Go hashes too.
         assert_eq!(
-            h1_of_zip(Cursor::new(DIRS_ZIP)).unwrap(),
+            h1_of_zip(DIRS_ZIP).unwrap(),
             "h1:LOgK4d5IGQ37nRhMbkjBPvrKvxhiLF/V9JwrxMfwk8Q="
         );
     }
@@ -392,13 +398,13 @@ mod tests {
     #[test]
     fn fixture_zips_pass_the_checks_with_the_same_hash() {
         assert_eq!(
-            check_and_hash_zip(Cursor::new(HELLO_ZIP), "example.com/hello", "v1.0.0").unwrap(),
+            check_and_hash_zip(HELLO_ZIP, "example.com/hello", "v1.0.0").unwrap(),
             "h1:O7hDq4Q2YAAmFx+TIuqbo/FqqyHkYm3E82ZVuDRZ1vU="
         );
-        check_zip(Cursor::new(DIRS_ZIP), "example.com/Dirs", "v0.1.0-RC1").unwrap();
+        check_zip(DIRS_ZIP, "example.com/Dirs", "v0.1.0-RC1").unwrap();
         // The prefix is the unescaped module path.
-        assert!(check_zip(Cursor::new(DIRS_ZIP), "example.com/!dirs", "v0.1.0-!r!c1").is_err());
-        assert!(check_zip(Cursor::new(HELLO_ZIP), "example.com/hello", "v1.0.1").is_err());
+        assert!(check_zip(DIRS_ZIP, "example.com/!dirs", "v0.1.0-!r!c1").is_err());
+        assert!(check_zip(HELLO_ZIP, "example.com/hello", "v1.0.1").is_err());
     }
 
     fn make_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
@@ -415,7 +421,7 @@ mod tests {
     }
 
     fn check(entries: &[(&str, &[u8])]) -> Result<(), ModZipError> {
-        check_zip(Cursor::new(make_zip(entries)), "example.com/m", "v1.0.0")
+        check_zip(make_zip(entries).as_slice(), "example.com/m", "v1.0.0")
     }
 
     #[test]
@@ -489,10 +495,10 @@ mod tests {
             }
             i += 1;
         }
-        let err = check_zip(Cursor::new(&bytes), "example.com/m", "v1.0.0");
+        let err = check_zip(bytes.as_slice(), "example.com/m", "v1.0.0");
         assert!(matches!(err, Err(ModZipError::DuplicateNames)), "{err:?}");
         assert!(matches!(
-            h1_of_zip(Cursor::new(&bytes)),
+            h1_of_zip(bytes.as_slice()),
             Err(ModZipError::DuplicateNames)
         ));
     }
@@ -507,7 +513,7 @@ mod tests {
         )
         .unwrap();
         let bytes = w.finish().unwrap().into_inner();
-        let err = check_zip(Cursor::new(bytes), "example.com/m", "v1.0.0");
+        let err = check_zip(bytes.as_slice(), "example.com/m", "v1.0.0");
         assert!(
             matches!(err, Err(ModZipError::InvalidFile { .. })),
             "{err:?}"
@@ -532,15 +538,150 @@ mod tests {
             }
         }
         assert_eq!(patched, 2);
-        assert!(check_zip(Cursor::new(&bytes), "example.com/m", "v1.0.0").is_err());
-        assert!(h1_of_zip(Cursor::new(&bytes)).is_err());
+        assert!(check_zip(bytes.as_slice(), "example.com/m", "v1.0.0").is_err());
+        assert!(h1_of_zip(bytes.as_slice()).is_err());
+    }
+
+    /// `n` stored or deflated entries of distinct, partly incompressible contents.
+    fn contents(n: usize, each: usize) -> Vec<(String, Vec<u8>)> {
+        (0..n)
+            .map(|i| {
+                let body: Vec<u8> = (0..each.div_ceil(32))
+                    .flat_map(|j| Sha256::digest(format!("{i}/{j}")))
+                    .take(each)
+                    .collect();
+                (format!("example.com/m@v1.0.0/f{i:02}.go"), body)
+            })
+            .collect()
+    }
+
+    fn zip_of(files: &[(String, Vec<u8>)], method: zip::CompressionMethod) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let opts = SimpleFileOptions::default().compression_method(method);
+        for (name, body) in files {
+            w.start_file(name.as_str(), opts).unwrap();
+            w.write_all(body).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    /// Bytes `from` replaced by `to` wherever they occur; how many times.
+    fn patch(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
+        let mut n = 0;
+        for i in 0..=bytes.len() - from.len() {
+            if &bytes[i..i + from.len()] == from {
+                bytes[i..i + from.len()].copy_from_slice(to);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn entries_hashed_on_several_threads_give_the_one_thread_hash() {
+        // 24 x 40 KiB: past the size where the entries are spread over threads.
+        let files = contents(24, 40 * 1024);
+        let want = h1_from_digests(
+            files
+                .iter()
+                .map(|(n, b)| (n.clone().into_bytes(), Sha256::digest(b).into()))
+                .collect(),
+        )
+        .unwrap();
+        for method in [
+            zip::CompressionMethod::Deflated,
+            zip::CompressionMethod::Stored,
+        ] {
+            let bytes = zip_of(&files, method);
+            assert_eq!(
+                check_and_hash_zip(bytes.as_slice(), "example.com/m", "v1.0.0").unwrap(),
+                want
+            );
+            // From a file too, as a fill checks it.
+            let mut f = tempfile::tempfile().unwrap();
+            f.write_all(&bytes).unwrap();
+            assert_eq!(
+                check_and_hash_zip(&f, "example.com/m", "v1.0.0").unwrap(),
+                want
+            );
+        }
+        // One small entry: one thread, the same rule.
+        let one = contents(1, 100);
+        assert_eq!(
+            h1_of_zip(zip_of(&one, zip::CompressionMethod::Deflated).as_slice()).unwrap(),
+            h1_from_digests(vec![(
+                one[0].0.clone().into_bytes(),
+                Sha256::digest(&one[0].1).into()
+            )])
+            .unwrap()
+        );
+    }
+
+    #[test]
+    fn contents_that_fail_their_crc_are_rejected_on_any_thread() {
+        for n in [1, 24] {
+            let files = contents(n, 40 * 1024);
+            let mut bytes = zip_of(&files, zip::CompressionMethod::Stored);
+            // Change the last entry's contents, not its headers.
+            let last = &files[n - 1].1;
+            let at = bytes.windows(64).position(|w| w == &last[..64]).unwrap();
+            bytes[at + 1000] ^= 0x55;
+            let err = check_zip(bytes.as_slice(), "example.com/m", "v1.0.0").unwrap_err();
+            assert!(
+                err.to_string().contains(&files[n - 1].0) && err.to_string().contains("CRC"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_or_cut_deflate_data_is_rejected() {
+        let files = contents(1, 40 * 1024);
+        let good = zip_of(&files, zip::CompressionMethod::Deflated);
+        let name = files[0].0.as_bytes();
+        let data = good.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+        // Garbage in the middle of the stream.
+        let mut bad = good.clone();
+        for b in &mut bad[data + 100..data + 400] {
+            *b = 0xff;
+        }
+        assert!(h1_of_zip(bad.as_slice()).is_err());
+        // The stored length cut in both headers: the stream ends outside its entry.
+        let stored = {
+            let mut a = zip::ZipArchive::new(Cursor::new(&good)).unwrap();
+            a.by_index_raw(0).unwrap().compressed_size() as u32
+        };
+        let mut cut = good.clone();
+        assert_eq!(
+            patch(&mut cut, &stored.to_le_bytes(), &(stored / 2).to_le_bytes()),
+            2
+        );
+        let err = h1_of_zip(cut.as_slice()).unwrap_err();
+        assert!(err.to_string().contains("ends early"), "{err}");
+    }
+
+    #[test]
+    fn only_stored_and_deflated_entries_are_read() {
+        let files = contents(1, 1000);
+        let mut bytes = zip_of(&files, zip::CompressionMethod::Stored);
+        // Method 12 (bzip2) in the local header and the central directory.
+        let mut n = 0;
+        for sig in [&b"PK\x03\x04"[..], &b"PK\x01\x02"[..]] {
+            let at = bytes.windows(4).position(|w| w == sig).unwrap();
+            let field = at + if sig[2] == 3 { 8 } else { 10 };
+            assert_eq!(bytes[field..field + 2], [0, 0]);
+            bytes[field] = 12;
+            n += 1;
+        }
+        assert_eq!(n, 2);
+        assert!(check_zip(bytes.as_slice(), "example.com/m", "v1.0.0").is_err());
     }
 
     #[test]
     fn names_with_newlines_cannot_be_hashed() {
         let bytes = make_zip(&[("example.com/m@v1.0.0/a\nb", b"")]);
         assert!(matches!(
-            h1_of_zip(Cursor::new(bytes)),
+            h1_of_zip(bytes.as_slice()),
             Err(ModZipError::NewlineInName)
         ));
     }
@@ -548,7 +689,7 @@ mod tests {
     #[test]
     fn garbage_is_not_a_zip() {
         assert!(matches!(
-            h1_of_zip(Cursor::new(b"not a zip")),
+            h1_of_zip(&b"not a zip"[..]),
             Err(ModZipError::Read(_))
         ));
     }

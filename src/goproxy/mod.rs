@@ -14,6 +14,7 @@ mod service;
 mod source;
 pub use source::is_private;
 pub mod sumdb;
+pub mod unzip;
 pub mod verify;
 
 pub use handlers::{GoError, disabled, handle};

@@ -268,18 +268,17 @@ async fn compute_h1(
     let file = file.clone();
     let (m, v) = (m.to_string(), v.to_string());
     tokio::task::spawn_blocking(move || -> Result<String, CheckError> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = file
-            .try_clone()
-            .map_err(local("cannot reread the download"))?;
-        f.seek(SeekFrom::Start(0))
-            .map_err(local("cannot reread the download"))?;
         match kind {
-            FileKind::Zip => super::hash::check_and_hash_zip(std::io::BufReader::new(f), &m, &v)
+            FileKind::Zip => super::hash::check_and_hash_zip(&*file, &m, &v)
                 .map_err(|e| CheckError::Upstream(format!("invalid module zip: {e}"))),
             _ => {
-                let mut bytes = Vec::new();
-                f.read_to_end(&mut bytes)
+                use std::os::unix::fs::FileExt as _;
+                let len = file
+                    .metadata()
+                    .map_err(local("cannot reread the download"))?
+                    .len();
+                let mut bytes = vec![0; usize::try_from(len).unwrap_or(0)];
+                file.read_exact_at(&mut bytes, 0)
                     .map_err(local("cannot reread the download"))?;
                 Ok(super::hash::h1_of_gomod(&bytes))
             }

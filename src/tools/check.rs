@@ -192,9 +192,8 @@ fn hash_all(parsed: &mut Parsed, content: &mut FileContent) -> Result<(), String
             ));
         }
         if let (Some((path, version)), Some(b)) = (zip_of, &body) {
-            let h1 =
-                crate::goproxy::hash::check_and_hash_zip(std::io::Cursor::new(b), &path, &version)
-                    .map_err(|e| e.to_string());
+            let h1 = crate::goproxy::hash::check_and_hash_zip(b.as_slice(), &path, &version)
+                .map_err(|e| e.to_string());
             content.zips.insert((digest.clone(), path, version), h1);
         } else if let Some(b) = body {
             content.small.insert(digest.clone(), b);

@@ -31,8 +31,7 @@ pub fn serve_sumdb(db: &GoFake, name: &str, records: &[SumRecord<'_>]) -> String
     let mut texts: Vec<String> = records
         .iter()
         .map(|r| {
-            let zip_h1 =
-                wharf::goproxy::hash::h1_of_zip(std::io::Cursor::new(r.zip.to_vec())).unwrap();
+            let zip_h1 = wharf::goproxy::hash::h1_of_zip(r.zip).unwrap();
             let mod_h1 = wharf::goproxy::hash::h1_of_gomod(r.go_mod.as_bytes());
             format!(
                 "{p} {v} {zip_h1}\n{p} {v}/go.mod {mod_h1}\n",
