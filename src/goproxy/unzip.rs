@@ -176,9 +176,11 @@ pub fn hash_entries<S: ReadAt + ?Sized>(
     Ok(hashes)
 }
 
+/// One thread's buffers and inflater, reused from entry to entry.
 struct Buffers {
     input: Vec<u8>,
     output: Vec<u8>,
+    inflater: Option<Decompress>,
 }
 
 impl Buffers {
@@ -186,6 +188,18 @@ impl Buffers {
         Buffers {
             input: vec![0; IN_STEP],
             output: vec![0; OUT_STEP],
+            inflater: None,
+        }
+    }
+
+    /// A raw-deflate inflater in its initial state.
+    fn inflater(&mut self) -> Decompress {
+        match self.inflater.take() {
+            Some(mut z) => {
+                z.reset(false);
+                z
+            }
+            None => Decompress::new(false),
         }
     }
 }
@@ -220,7 +234,7 @@ fn hash_entry<S: ReadAt + ?Sized>(
     let mut pos = e.data;
     // Stored bytes read but not yet inflated: `input[lo..hi]`.
     let (mut lo, mut hi) = (0, 0);
-    let mut inflate = e.deflated.then(|| Decompress::new(false));
+    let mut inflate = e.deflated.then(|| bufs.inflater());
     loop {
         if lo == hi && pos < end {
             let want = usize::try_from(end - pos)
@@ -263,6 +277,9 @@ fn hash_entry<S: ReadAt + ?Sized>(
                 "deflate data ends early"
             }));
         }
+    }
+    if inflate.is_some() {
+        bufs.inflater = inflate;
     }
     if actual != e.size {
         return Err(ModZipError::SizeMismatch {
