@@ -1,6 +1,6 @@
 //! The content pass of a module-zip check: every entry decompressed, counted, CRC-checked and
-//! hashed straight from its bytes in the file, on as many threads as the machine has (entries
-//! are independent; a zip of thousands of files or one large file is the go command's wait).
+//! hashed straight from its bytes in the file, on up to four threads for a large zip (entries
+//! are independent, and the go command waits for the verdict).
 //!
 //! The zip crate parses the directories and finds each entry's data; the bytes are read here
 //! with positioned reads, so threads share one source without seeking, and inflated in large
@@ -122,7 +122,7 @@ pub fn hash_entries<S: ReadAt + ?Sized>(
     src: &S,
     entries: &[Entry],
 ) -> Result<Vec<[u8; 32]>, ModZipError> {
-    let total: u64 = entries.iter().map(|e| e.size).sum();
+    let total = entries.iter().fold(0u64, |t, e| t.saturating_add(e.size));
     let threads = if total < PARALLEL_FROM {
         1
     } else {
