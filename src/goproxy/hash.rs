@@ -49,6 +49,9 @@ pub enum ModZipError {
     ContentTooLarge,
     #[error("{name:?}: {reason}")]
     InvalidFile { name: String, reason: String },
+    /// Not laid out as Go's zip writer lays out a module zip (`zipdir`).
+    #[error("zip layout: {0}")]
+    Layout(String),
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> ModZipError {
@@ -107,7 +110,9 @@ pub fn check_zip<S: ReadAt + ?Sized>(
 /// * no two paths are equal under case folding, and none is both file and directory;
 /// * `go.mod` appears only at the root, spelled exactly so, at most 16 MiB (LICENSE too);
 /// * no symlinks, no encryption, stored or deflated only, and each entry holds exactly its
-///   declared number of bytes with its declared CRC-32.
+///   declared number of bytes with its declared CRC-32 (and its data descriptor's, if any);
+/// * the archive reads one way only: its directory as Go reads it, entries back to back from
+///   the first byte, then the directory, then the end records (`zipdir`).
 ///
 /// The module path and version are taken as given; validating them is the caller's job.
 pub fn check_and_hash_zip<S: ReadAt + ?Sized>(
@@ -124,10 +129,19 @@ fn scan<S: ReadAt + ?Sized>(src: &S, check: Option<(&str, &str)>) -> Result<Stri
     if len > MAX_ZIP_FILE {
         return Err(ModZipError::ZipTooLarge(len));
     }
+    // The directory as Go reads it, in the one layout accepted; the zip crate must agree.
+    let layout = super::zipdir::read(src)?;
     let reader = std::io::BufReader::new(Cursor::new(src).map_err(io_err)?);
-    let mut archive = zip::ZipArchive::new(reader)?;
+    let archive = zip::ZipArchive::new(reader)?;
     if archive.has_duplicate_names() {
         return Err(ModZipError::DuplicateNames);
+    }
+    if archive.len() != layout.entries.len() {
+        return Err(ModZipError::Layout(format!(
+            "{} entries one way, {} the other",
+            layout.entries.len(),
+            archive.len()
+        )));
     }
 
     // 1. Names and declared sizes, before decompressing anything.
@@ -137,6 +151,19 @@ fn scan<S: ReadAt + ?Sized>(src: &S, check: Option<(&str, &str)>) -> Result<Stri
     for i in 0..archive.len() {
         let entry = archive.by_index_data(i)?;
         let name = entry.name_raw().to_vec();
+        let go = layout.entries.get(i);
+        if go.is_none_or(|g| {
+            g.name != name
+                || g.size != entry.size()
+                || g.stored != entry.compressed_size()
+                || g.crc != entry.crc32()
+                || g.header != entry.header_start()
+        }) {
+            return Err(ModZipError::Layout(format!(
+                "entry {i} ({:?}) reads differently depending on the reader",
+                String::from_utf8_lossy(&name)
+            )));
+        }
         if name.contains(&b'\n') {
             return Err(ModZipError::NewlineInName);
         }
@@ -159,38 +186,30 @@ fn scan<S: ReadAt + ?Sized>(src: &S, check: Option<(&str, &str)>) -> Result<Stri
         names.push(name);
     }
 
-    // 2. Where each entry's bytes are (its local header read), then the contents: each
-    //    decompressed, counted against its declared size and CRC, and hashed.
+    // 2. The contents: each entry decompressed from where the layout says its data is,
+    //    counted against its declared size and CRC, and hashed.
     let mut entries = Vec::with_capacity(names.len());
-    for (i, name) in names.into_iter().enumerate() {
-        let file = archive.by_index_raw(i)?;
-        let deflated = match file.compression() {
-            zip::CompressionMethod::Stored => false,
-            zip::CompressionMethod::Deflated => true,
+    for ((name, e), data) in names.into_iter().zip(layout.entries).zip(layout.data) {
+        let lossy = String::from_utf8_lossy(&name).into_owned();
+        let deflated = match e.method {
+            0 => false,
+            8 => true,
             other => {
                 return Err(invalid(
-                    &String::from_utf8_lossy(&name),
-                    format!("unsupported compression method {other:?}"),
+                    &lossy,
+                    format!("unsupported compression method {other}"),
                 ));
             }
         };
-        if file.encrypted() {
-            return Err(invalid(
-                &String::from_utf8_lossy(&name),
-                "encrypted entries are not allowed",
-            ));
+        if e.flags & 1 != 0 {
+            return Err(invalid(&lossy, "encrypted entries are not allowed"));
         }
-        let data =
-            file.data_start()
-                .ok_or(ModZipError::Read(zip::result::ZipError::InvalidArchive(
-                    "no local header".into(),
-                )))?;
         entries.push(Entry {
             data,
-            stored: file.compressed_size(),
+            stored: e.stored,
             deflated,
-            size: file.size(),
-            crc: file.crc32(),
+            size: e.size,
+            crc: e.crc,
             name,
         });
     }
@@ -656,8 +675,9 @@ mod tests {
             patch(&mut cut, &stored.to_le_bytes(), &(stored / 2).to_le_bytes()),
             2
         );
+        // The entry now ends before the next begins: refused by the layout before inflating.
         let err = h1_of_zip(cut.as_slice()).unwrap_err();
-        assert!(err.to_string().contains("ends early"), "{err}");
+        assert!(err.to_string().contains("bytes between its data"), "{err}");
     }
 
     #[test]
@@ -677,6 +697,93 @@ mod tests {
         assert!(check_zip(bytes.as_slice(), "example.com/m", "v1.0.0").is_err());
     }
 
+    /// Archives built to be read one way by the `zip` crate and another by Go (count wraps,
+    /// earlier end records, two zip64 fields, a Unicode path field, shared or prefixed data,
+    /// data descriptors that are missing or wrong): all refused before anything is inflated.
+    /// Each was checked against go1.19's archive/zip and golang.org/x/mod/zip when found.
+    #[test]
+    fn archives_that_read_two_ways_are_refused() {
+        macro_rules! fixture {
+            ($name:literal) => {
+                (
+                    $name,
+                    &include_bytes!(concat!("../../tests/fixtures/zips/", $name))[..],
+                )
+            };
+        }
+        for (name, bytes, why) in [
+            (
+                fixture!("eocd_count_lie2.zip"),
+                "the end record names 1 entries",
+            ),
+            (
+                fixture!("eocd_fallback_z64count.zip"),
+                "the end record names 65538",
+            ),
+            (
+                fixture!("z64_double_forged.zip"),
+                "zip64 fields missing or repeated",
+            ),
+            (fixture!("upath_evil.zip"), "Unicode path"),
+            (fixture!("shared_lh.zip"), "overlaps the next entry"),
+            (
+                fixture!("dd_wrong_crc.zip"),
+                "data descriptor's CRC-32 differs",
+            ),
+            (fixture!("dd_missing.zip"), "malformed data descriptor"),
+            (
+                fixture!("eocd_appended_bogus.zip"),
+                "does not end where the end record",
+            ),
+            (
+                fixture!("base_offset.zip"),
+                "does not end where the end record",
+            ),
+            (
+                fixture!("prefix_relative.zip"),
+                "does not end where the end record",
+            ),
+            (
+                fixture!("eocd_two_rel.zip"),
+                "does not end where the end record",
+            ),
+        ]
+        .map(|((name, bytes), why)| (name, bytes, why))
+        {
+            let err = h1_of_zip(bytes).expect_err(name);
+            assert!(
+                matches!(err, ModZipError::Layout(_)) && err.to_string().contains(why),
+                "{name}: {err}"
+            );
+        }
+        // What Go's writer makes (descriptors with and without their signature, zip64 records
+        // and fields) still passes, with Go's hashes.
+        for ((name, bytes), want) in [
+            (
+                fixture!("dd_ok.zip"),
+                "h1:ph3iphZ9862CDbYMD3W+0eWGNc0hmv3dPGy8gvUVqy8=",
+            ),
+            (
+                fixture!("dd_nosig_ok.zip"),
+                "h1:ph3iphZ9862CDbYMD3W+0eWGNc0hmv3dPGy8gvUVqy8=",
+            ),
+            (
+                fixture!("zip64_count_ok.zip"),
+                "h1:ph3iphZ9862CDbYMD3W+0eWGNc0hmv3dPGy8gvUVqy8=",
+            ),
+            (
+                fixture!("z64_double_legit.zip"),
+                "h1:NazcYISiQidV8uS2p69j5y8H+IfMsmGmT4L9UKuKclc=",
+            ),
+            (
+                fixture!("count_wrap_legit.zip"),
+                "h1:NazcYISiQidV8uS2p69j5y8H+IfMsmGmT4L9UKuKclc=",
+            ),
+        ] {
+            assert_eq!(h1_of_zip(bytes).expect(name), want, "{name}");
+        }
+    }
+
     #[test]
     fn names_with_newlines_cannot_be_hashed() {
         let bytes = make_zip(&[("example.com/m@v1.0.0/a\nb", b"")]);
@@ -690,7 +797,7 @@ mod tests {
     fn garbage_is_not_a_zip() {
         assert!(matches!(
             h1_of_zip(&b"not a zip"[..]),
-            Err(ModZipError::Read(_))
+            Err(ModZipError::Layout(_))
         ));
     }
 

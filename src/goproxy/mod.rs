@@ -16,6 +16,7 @@ pub use source::is_private;
 pub mod sumdb;
 pub mod unzip;
 pub mod verify;
+mod zipdir;
 
 pub use handlers::{GoError, disabled, handle};
 pub use service::GoProxy;
