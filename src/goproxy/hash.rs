@@ -747,6 +747,15 @@ mod tests {
                 fixture!("eocd_two_rel.zip"),
                 "does not end where the end record",
             ),
+            (
+                fixture!("z64_dirsize_ffff.zip"),
+                "a zip64 locator that not every reader",
+            ),
+            (
+                fixture!("z64_locator_disks0.zip"),
+                "a zip64 locator that not every reader",
+            ),
+            (fixture!("z64_recsize_overflow.zip"), "zip64"),
         ]
         .map(|((name, bytes), why)| (name, bytes, why))
         {
@@ -778,6 +787,16 @@ mod tests {
             (
                 fixture!("count_wrap_legit.zip"),
                 "h1:NazcYISiQidV8uS2p69j5y8H+IfMsmGmT4L9UKuKclc=",
+            ),
+            // Made by golang.org/x/mod/zip itself; the second has a directory of exactly
+            // 65,535 bytes, which Go's end-record reading treats like a zip64 hint.
+            (
+                fixture!("real_tiny.zip"),
+                "h1:CJDoQhaUYSGLr9VtoaVU5oYnGzKtMQneRjmoXbazDcE=",
+            ),
+            (
+                fixture!("real_cd65535.zip"),
+                "h1:3oKsxKUHledLbwztrhunqCfDx5yLPnEPS+8jwIb+aLQ=",
             ),
         ] {
             assert_eq!(h1_of_zip(bytes).expect(name), want, "{name}");

@@ -135,22 +135,48 @@ fn end_records<S: ReadAt + ?Sized>(src: &S, len: u64) -> Result<(u64, u64, u64, 
     let records = u64::from(u16_at(&tail, at + 10));
     let size = u64::from(u32_at(&tail, at + 12));
     let offset = u64::from(u32_at(&tail, at + 16));
-    if records != 0xffff && size != 0xffff_ffff && offset != 0xffff_ffff {
+    // Go follows a zip64 locator when `records == 0xffff || size == 0xffff || offset ==
+    // 0xffffffff` (sic: 0xffff for the size) and the locator says disk 0 of 1 disk; the zip
+    // crate when any field is saturated (size 0xffffffff), whatever the disk count. Go's
+    // writer saturates all three; accept zip64 only in that form, and refuse a locator that
+    // one reader would follow and another would not.
+    let locator_at = end.checked_sub(20);
+    let mut locator = [0u8; 20];
+    let has_locator = match locator_at {
+        Some(at) => {
+            read_exact_at(src, &mut locator, at)?;
+            u32_at(&locator, 0) == LOCATOR64
+        }
+        None => false,
+    };
+    let saturated = records == 0xffff && size == 0xffff_ffff && offset == 0xffff_ffff;
+    if !saturated {
+        let any =
+            records == 0xffff || size == 0xffff || size == 0xffff_ffff || offset == 0xffff_ffff;
+        if any && has_locator {
+            return Err(bad("a zip64 locator that not every reader follows"));
+        }
+        if records == 0xffff || size == 0xffff_ffff || offset == 0xffff_ffff {
+            return Err(bad("partly saturated end record"));
+        }
         return Ok((end, records, size, offset));
     }
-    // zip64: the locator right before the end record, the zip64 record right before it.
-    let mut locator = [0u8; 20];
-    let at = end
-        .checked_sub(20)
-        .ok_or_else(|| bad("zip64 end record missing"))?;
-    read_exact_at(src, &mut locator, at)?;
-    if u32_at(&locator, 0) != LOCATOR64 {
+    let at = locator_at.ok_or_else(|| bad("zip64 end record missing"))?;
+    if !has_locator || u32_at(&locator, 4) != 0 || u32_at(&locator, 16) != 1 {
         return Err(bad("zip64 end record missing"));
     }
     let start = u64_at(&locator, 8);
     let mut rec = [0u8; 56];
     read_exact_at(src, &mut rec, start)?;
-    if u32_at(&rec, 0) != END64 || start.checked_add(12 + u64_at(&rec, 4)) != Some(at) {
+    if u32_at(&rec, 0) != END64
+        || start
+            .checked_add(12)
+            .and_then(|s| s.checked_add(u64_at(&rec, 4)))
+            != Some(at)
+        || u32_at(&rec, 16) != 0
+        || u32_at(&rec, 20) != 0
+        || u64_at(&rec, 24) != u64_at(&rec, 32)
+    {
         return Err(bad("zip64 end record missing or misplaced"));
     }
     Ok((start, u64_at(&rec, 32), u64_at(&rec, 40), u64_at(&rec, 48)))
