@@ -6,7 +6,8 @@
 #                      [--baseline REV] [--hold-page-reporting]
 #
 #   --quick        2 repetitions, a 64 MiB layer, fewer layers and modules, shorter wrk runs
-#                  (about 2 minutes instead of about 10 on a quiet 2-core machine)
+#                  (about 4 minutes instead of about 14 on a quiet 2-core machine; the Go rows
+#                  wait a minute per repetition for the file system, see bench.py `Trash`)
 #   --reps N       repetitions (default 5; the 64-stream run does min(N, 3))
 #   --out FILE     where the markdown table goes (default target/bench/compare-<UTC time>.md;
 #                  the raw samples go next to it as .json)
