@@ -313,24 +313,37 @@ fn file_name_ok(c: char) -> bool {
     if c.is_ascii() {
         c.is_ascii_alphanumeric() || "!#$%&()+,-.=@[]^_{}~ ".contains(c)
     } else {
-        c.is_alphabetic()
+        // Go's `unicode.IsLetter`: general category L (not every alphabetic character: Ⅰ, Ⓐ
+        // and combining marks are alphabetic but not letters).
+        use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory as _};
+        c.general_category_group() == GeneralCategoryGroup::Letter
     }
 }
 
-/// `zip.strToFold`: maps each character to a canonical member of its case-folding class.
-/// Approximates Go's `unicode.SimpleFold` orbit minimum with single-character case mappings.
+/// `zip.strToFold`: maps each character to a canonical member of its case-folding class: the
+/// smallest character reached by single-character case mappings from it (Go: the minimum of its
+/// `unicode.SimpleFold` orbit, which those mappings reach: Å U+212B and U+00C5, ϑ and ϴ), with
+/// A-Z as a-z.
 fn fold(s: &str) -> String {
     s.chars()
         .map(|c| {
-            let lower = single(c.to_lowercase());
-            let upper = single(c.to_uppercase());
-            let lower_of_upper = upper.and_then(|u| single(u.to_lowercase()));
-            let min = [Some(c), lower, upper, lower_of_upper]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(c);
-            min.to_ascii_lowercase()
+            let mut class = vec![c];
+            let mut i = 0;
+            // Case classes have at most four members; the bound only stops a runaway.
+            while let Some(&x) = class.get(i)
+                && class.len() < 8
+            {
+                for y in [single(x.to_lowercase()), single(x.to_uppercase())]
+                    .into_iter()
+                    .flatten()
+                {
+                    if !class.contains(&y) {
+                        class.push(y);
+                    }
+                }
+                i += 1;
+            }
+            class.into_iter().min().unwrap_or(c).to_ascii_lowercase()
         })
         .collect()
 }
@@ -826,5 +839,21 @@ mod tests {
         assert_eq!(fold("\u{212A}"), fold("k")); // Kelvin sign folds with k
         assert_eq!(fold("ÄÖÜ"), fold("äöü"));
         assert_eq!(fold("\u{17F}"), fold("S")); // long s folds with s
+        // Classes of three or four, where one mapping step does not reach the minimum.
+        assert_eq!(fold("\u{212B}"), fold("\u{C5}")); // Angstrom sign and Å
+        assert_eq!(fold("\u{2126}"), fold("\u{3A9}")); // Ohm sign and Ω
+        assert_eq!(fold("\u{3F4}"), fold("\u{3D1}")); // ϴ and ϑ
+        assert_ne!(fold("a"), fold("b"));
+    }
+
+    #[test]
+    fn only_letters_outside_ascii_are_allowed_in_names() {
+        for ok in ['é', 'ß', 'ж', '中'] {
+            assert!(file_name_ok(ok), "{ok}");
+        }
+        // Alphabetic but not letters, which the go command refuses.
+        for bad in ['\u{2160}', '\u{24B6}', '\u{345}', '٣'] {
+            assert!(!file_name_ok(bad), "{bad:?}");
+        }
     }
 }
