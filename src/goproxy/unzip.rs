@@ -126,10 +126,11 @@ pub fn hash_entries<S: ReadAt + ?Sized>(
     let threads = if total < PARALLEL_FROM {
         1
     } else {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_THREADS)
-            .min(entries.len())
+        // Asked once: on Linux it reads the cgroup's CPU quota files.
+        static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let cpus =
+            *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        cpus.min(MAX_THREADS).min(entries.len())
     };
     if threads <= 1 {
         let mut bufs = Buffers::new();
