@@ -145,12 +145,11 @@ fn scan<S: ReadAt + ?Sized>(src: &S, check: Option<(&str, &str)>) -> Result<Stri
     }
 
     // 1. Names and declared sizes, before decompressing anything.
-    let mut names: Vec<Vec<u8>> = Vec::with_capacity(archive.len());
     let mut collisions = Collisions::default();
     let mut total: u64 = 0;
     for i in 0..archive.len() {
         let entry = archive.by_index_data(i)?;
-        let name = entry.name_raw().to_vec();
+        let name = entry.name_raw();
         let go = layout.entries.get(i);
         if go.is_none_or(|g| {
             g.name != name
@@ -161,7 +160,7 @@ fn scan<S: ReadAt + ?Sized>(src: &S, check: Option<(&str, &str)>) -> Result<Stri
         }) {
             return Err(ModZipError::Layout(format!(
                 "entry {i} ({:?}) reads differently depending on the reader",
-                String::from_utf8_lossy(&name)
+                String::from_utf8_lossy(name)
             )));
         }
         if name.contains(&b'\n') {
@@ -170,7 +169,7 @@ fn scan<S: ReadAt + ?Sized>(src: &S, check: Option<(&str, &str)>) -> Result<Stri
         let size = entry.size();
         if let Some((module_path, version)) = check {
             check_entry(
-                &name,
+                name,
                 module_path,
                 version,
                 size,
@@ -183,14 +182,14 @@ fn scan<S: ReadAt + ?Sized>(src: &S, check: Option<(&str, &str)>) -> Result<Stri
         if total > MAX_ZIP_FILE {
             return Err(ModZipError::ContentTooLarge);
         }
-        names.push(name);
     }
 
     // 2. The contents: each entry decompressed from where the layout says its data is,
     //    counted against its declared size and CRC, and hashed.
-    let mut entries = Vec::with_capacity(names.len());
-    for ((name, e), data) in names.into_iter().zip(layout.entries).zip(layout.data) {
-        let lossy = String::from_utf8_lossy(&name).into_owned();
+    //    The names are the layout's, equal to the zip crate's (checked above).
+    let mut entries = Vec::with_capacity(layout.entries.len());
+    for (e, data) in layout.entries.into_iter().zip(layout.data) {
+        let lossy = String::from_utf8_lossy(&e.name).into_owned();
         let deflated = match e.method {
             0 => false,
             8 => true,
@@ -210,7 +209,7 @@ fn scan<S: ReadAt + ?Sized>(src: &S, check: Option<(&str, &str)>) -> Result<Stri
             deflated,
             size: e.size,
             crc: e.crc,
-            name,
+            name: e.name,
         });
     }
     let hashes = hash_entries(src, &entries)?;
