@@ -167,6 +167,14 @@ fn scan<S: ReadAt + ?Sized>(src: &S, check: Option<(&str, &str)>) -> Result<Stri
             return Err(ModZipError::NewlineInName);
         }
         let size = entry.size();
+        // As Go's reader since 1.21 (`dirReader`): a directory holds no data. go1.19 hashed
+        // it as a file, so the two would not agree on such a zip's hash.
+        if name.ends_with(b"/") && size != 0 {
+            return Err(invalid(
+                &String::from_utf8_lossy(name),
+                "directory entry holds data",
+            ));
+        }
         if let Some((module_path, version)) = check {
             check_entry(
                 name,
@@ -466,6 +474,22 @@ mod tests {
             ("example.com/m@v1.0.0/-dash", b"x"),
         ])
         .unwrap();
+    }
+
+    #[test]
+    fn directory_entries_with_data_are_refused() {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        w.start_file("example.com/m@v1.0.0/a/", SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(b"hidden").unwrap();
+        let zip = w.finish().unwrap().into_inner();
+        for result in [
+            check_zip(zip.as_slice(), "example.com/m", "v1.0.0").map(|_| String::new()),
+            h1_of_zip(zip.as_slice()),
+        ] {
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains("directory entry holds data"), "{err}");
+        }
     }
 
     #[test]

@@ -243,6 +243,18 @@ pub async fn check_module_file(
     Ok(())
 }
 
+/// MiB of module zips under check at once, all fills together; a larger zip is checked alone.
+const ZIP_CHECK_BUDGET: u32 = 256;
+static ZIP_CHECKS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(ZIP_CHECK_BUDGET as usize);
+
+/// A zip's share of `ZIP_CHECK_BUDGET`: its size in MiB, rounded up, at least 1 and at most all.
+fn zip_check_weight(len: u64) -> u32 {
+    u32::try_from(len.div_ceil(1 << 20))
+        .unwrap_or(u32::MAX)
+        .clamp(1, ZIP_CHECK_BUDGET)
+}
+
 /// The `h1:` of a `.mod`, or of a `.zip` after its structural checks.
 async fn compute_h1(
     m: &ModulePath,
@@ -265,6 +277,21 @@ async fn compute_h1(
             .map_err(local("cannot reread the download"))?;
         return Ok(super::hash::h1_of_gomod(&bytes));
     }
+    // A zip's check holds its directory in memory (a few hundred bytes per entry, so up to a
+    // few times the zip's size for one of tiny files): weighed by size, so that concurrent
+    // checks of hostile zips cannot take more than a bounded amount between them.
+    let _permit = match kind {
+        FileKind::Zip => {
+            let len = file.metadata().map_or(0, |m| m.len());
+            Some(
+                ZIP_CHECKS
+                    .acquire_many(zip_check_weight(len))
+                    .await
+                    .map_err(|e| CheckError::Local(format!("zip check: {e}")))?,
+            )
+        }
+        _ => None,
+    };
     let file = file.clone();
     let (m, v) = (m.to_string(), v.to_string());
     tokio::task::spawn_blocking(move || -> Result<String, CheckError> {
@@ -484,5 +511,21 @@ impl super::sumdb::SumdbSource for CachedSource<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((path.to_string(), data.to_vec()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zip_checks_are_weighed_by_size_within_the_budget() {
+        assert_eq!(zip_check_weight(0), 1);
+        assert_eq!(zip_check_weight(1), 1);
+        assert_eq!(zip_check_weight(1 << 20), 1);
+        assert_eq!(zip_check_weight((1 << 20) + 1), 2);
+        // Larger than the budget (a module zip may be 500 MiB): alone, not never.
+        assert_eq!(zip_check_weight(500 << 20), ZIP_CHECK_BUDGET);
+        assert_eq!(zip_check_weight(u64::MAX), ZIP_CHECK_BUDGET);
     }
 }
