@@ -41,7 +41,9 @@ const MAX_HEADERS: usize = 64;
 const SMALL_BODY: u64 = 64 << 10;
 
 /// Largest `sendfile` call; between calls the next part is checked to be in the page cache.
-const SENDFILE_STEP: usize = 4 << 20;
+/// Measured against 128 KiB-4 MiB (one 256 MiB hit over loopback, 2-core AMD EPYC): 512 KiB
+/// moved 1.0-1.3x the bytes of 4 MiB per second and per CPU second, for 1 and 8 streams alike.
+const SENDFILE_STEP: usize = 512 << 10;
 
 /// What became of a connection's fast path.
 pub(super) enum Outcome {
