@@ -160,6 +160,14 @@ pub struct GatewayConfig {
     /// Tunnels and forwarded requests open at once; past it a new one gets 503.
     #[serde(default = "default_gateway_max_tunnels")]
     pub max_tunnels: usize,
+    /// With `egress.proxy` set (an `http://` URL), reach destinations through it (`CONNECT`,
+    /// or absolute form for `http://` requests) instead of connecting directly.
+    #[serde(default = "default_gateway_via_egress_proxy")]
+    pub via_egress_proxy: bool,
+}
+
+fn default_gateway_via_egress_proxy() -> bool {
+    true
 }
 
 fn default_gateway_idle() -> Duration {
@@ -186,6 +194,14 @@ pub const GATEWAY_DEFAULT_CLIENTS: [&str; 6] = [
 ];
 
 impl GatewayConfig {
+    /// The proxy the gateway goes through: `egress.proxy` unless `via_egress_proxy` is off.
+    pub fn parent(&self, config: &Config) -> Result<Option<Url>, String> {
+        if !self.via_egress_proxy {
+            return Ok(None);
+        }
+        Ok(config.egress.parse()?.proxy)
+    }
+
     /// `gateway.allow` as given, else the registries' and Go's entries of `egress.allow`.
     pub fn allow_entries(&self, config: &Config) -> Vec<String> {
         if let Some(allow) = &self.allow {
@@ -296,6 +312,17 @@ impl GatewayConfig {
         }
         if self.max_tunnels == 0 {
             return invalid("gateway.max_tunnels must be at least 1".into());
+        }
+        if let Some(url) = self.parent(config).map_err(ConfigError::Invalid)?
+            && url.scheme() != "http"
+        {
+            return invalid(format!(
+                "the gateway goes through egress.proxy with http:// only ({}://{} given); use \
+                 the proxy's http:// port, or set gateway.via_egress_proxy = false to connect \
+                 directly",
+                url.scheme(),
+                url.host_str().unwrap_or("")
+            ));
         }
         Ok(())
     }
@@ -1329,7 +1356,8 @@ impl EgressConfig {
         let proxy = self
             .proxy
             .as_ref()
-            .map(|proxy| Url::parse(proxy).map_err(|e| format!("egress.proxy {proxy:?}: {e}")))
+            // Not the value itself: it may carry the proxy's password.
+            .map(|proxy| Url::parse(proxy).map_err(|e| format!("egress.proxy is not a URL: {e}")))
             .transpose()?;
         Ok(ParsedEgress {
             allow,
@@ -1720,11 +1748,13 @@ impl Config {
             return invalid("server.max_concurrent_fills must be at least 1".into());
         }
         let egress = self.egress.parse().map_err(ConfigError::Invalid)?;
-        if let (Some(proxy), Some(url)) = (&self.egress.proxy, &egress.proxy)
+        if let Some(url) = &egress.proxy
             && !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h")
         {
             return invalid(format!(
-                "egress.proxy {proxy:?}: use an http:// or https:// URL"
+                "egress.proxy {}://{}: use an http:// or https:// URL",
+                url.scheme(),
+                url.host_str().unwrap_or("")
             ));
         }
         if self.egress.max_ejection_time < self.egress.ejection_time {

@@ -23,6 +23,7 @@
 
 mod dest;
 mod head;
+mod parent;
 mod relay;
 
 use std::net::{IpAddr, SocketAddr};
@@ -67,6 +68,8 @@ pub struct Gateway {
     /// gateway's listener got (`serve`): never destinations on this machine.
     listen_ports: Vec<u16>,
     bound: std::sync::OnceLock<u16>,
+    /// `egress.proxy`, when destinations are reached through it (`parent`).
+    parent: Option<parent::Parent>,
 }
 
 /// The gateway's policy from `config` (for `check-config` and `check-egress`): `gateway.allow`
@@ -75,7 +78,8 @@ pub fn policy(config: &Config) -> Result<Option<EgressPolicy>, String> {
     let Some(g) = &config.gateway else {
         return Ok(None);
     };
-    EgressPolicy::for_gateway(&config.egress, &g.allow_entries(config)).map(Some)
+    let via_proxy = g.parent(config)?.is_some();
+    EgressPolicy::for_gateway(&config.egress, &g.allow_entries(config), via_proxy).map(Some)
 }
 
 impl Gateway {
@@ -86,7 +90,12 @@ impl Gateway {
             return Ok(None);
         };
         let policy = policy(config)?.unwrap_or_default();
+        let parent = match g.parent(config)? {
+            Some(url) => Some(parent::Parent::from_url(&url)?),
+            None => None,
+        };
         Ok(Some(Gateway {
+            parent,
             state: state.clone(),
             policy: Arc::new(policy),
             clients: g.parse_clients(config)?,
@@ -261,15 +270,17 @@ impl Gateway {
             .collect()
     }
 
-    /// A tunnel slot and a connection to the checked destination, or the client answered
-    /// with the refusal.
+    /// A tunnel slot and a connection to the checked destination (through `egress.proxy`: a
+    /// `CONNECT` tunnel when `tunnel`, else a connection to the proxy itself), with any bytes
+    /// the proxy sent past its answer; or the client answered with the refusal.
     async fn open(
         &self,
         x: &mut Exchange,
         stream: &mut TcpStream,
         host: &str,
         port: u16,
-    ) -> Option<(OwnedSemaphorePermit, TcpStream)> {
+        tunnel: bool,
+    ) -> Option<(OwnedSemaphorePermit, TcpStream, Vec<u8>)> {
         let slot = match self.slot() {
             Ok(s) => s,
             Err(answer) => {
@@ -277,18 +288,21 @@ impl Gateway {
                 return None;
             }
         };
-        let connected = dest::connect(
-            &self.policy,
-            host,
-            port,
-            self.connect_timeout,
-            &self.own_ports(),
-        )
-        .await;
+        let (timeout, own) = (self.connect_timeout, self.own_ports());
+        let connected = match &self.parent {
+            None => dest::connect(&self.policy, host, port, timeout, &own)
+                .await
+                .map(|(s, _)| (s, Vec::new())),
+            Some(p) if tunnel => p.tunnel(&self.policy, host, port, timeout, &own).await,
+            Some(p) => p
+                .open(&self.policy, host, port, timeout, &own)
+                .await
+                .map(|s| (s, Vec::new())),
+        };
         match connected {
-            Ok((origin, _)) => {
+            Ok((origin, early)) => {
                 x.opened();
-                Some((slot, origin))
+                Some((slot, origin, early))
             }
             Err(r) => {
                 x.refused(stream, r).await;
@@ -316,17 +330,20 @@ impl Gateway {
         port: u16,
         early: &[u8],
     ) {
-        let Some((_slot, mut origin)) = self.open(&mut x, &mut stream, host, port).await else {
+        let Some((_slot, mut origin, from_origin)) =
+            self.open(&mut x, &mut stream, host, port, true).await
+        else {
             return;
         };
-        if stream
-            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            .await
-            .is_err()
-        {
+        let mut answer = b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec();
+        answer.extend_from_slice(&from_origin);
+        if stream.write_all(&answer).await.is_err() {
             x.result = "failed";
             return;
         }
+        x.activity
+            .to_client
+            .fetch_add(from_origin.len() as u64, Ordering::Relaxed);
         x.status = 200;
         x.result = "ok";
         // Bytes the client sent after its CONNECT are the tunnel's first bytes, never a request.
@@ -350,9 +367,15 @@ impl Gateway {
         port: u16,
         buf: Vec<u8>,
     ) {
-        let Some((_slot, origin)) = self.open(&mut x, &mut stream, host, port).await else {
+        let Some((_slot, origin, _)) = self.open(&mut x, &mut stream, host, port, false).await
+        else {
             return;
         };
+        // Through egress.proxy: absolute form to the checked destination, its credentials.
+        let via = self.parent.as_ref().map(|p| relay::Via {
+            authority: dest::shown(host, port),
+            auth: p.auth().cloned(),
+        });
         x.activity
             .to_origin
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
@@ -360,6 +383,7 @@ impl Gateway {
         let ended = relay::forward(
             client,
             origin,
+            via,
             x.activity.clone(),
             self.limits,
             self.max_head,

@@ -1048,3 +1048,330 @@ async fn an_origin_that_is_down_is_a_502_failure_not_a_refusal() {
     );
     assert!(!m.contains("wharf_gateway_refusals_total{"), "{m}");
 }
+
+/// What a fake `egress.proxy` does with each connection after reading its head.
+#[derive(Clone, Copy)]
+enum ParentMode {
+    /// `200`, then `HELLO` (a server-first destination), then an echo.
+    Tunnel,
+    /// `407` and close.
+    AuthRequired,
+    /// An HTTP answer `from parent`, then close.
+    Http,
+}
+
+/// A fake `egress.proxy` on loopback: the heads it was sent, in order.
+async fn fake_parent(mode: ParentMode) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let head = read_head(&mut s).await;
+                seen.lock().unwrap().push(head);
+                let answer: &[u8] = match mode {
+                    ParentMode::Tunnel => b"HTTP/1.1 200 Connection established\r\n\r\nHELLO",
+                    ParentMode::AuthRequired => {
+                        b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+                          Proxy-Authenticate: Basic realm=\"corp\"\r\nContent-Length: 0\r\n\r\n"
+                    }
+                    ParentMode::Http => {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nfrom parent"
+                    }
+                };
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                if let ParentMode::Tunnel = mode {
+                    let (mut r, mut w) = s.into_split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// `[egress]` with a fake parent as `egress.proxy`, its credentials percent-encoded.
+fn via_parent(parent: SocketAddr) -> String {
+    format!("proxy = \"http://corp%5Cbuilder:par%40ent@{parent}\"")
+}
+
+/// What the fake parent must get as `Proxy-Authorization`.
+fn parent_auth() -> String {
+    format!(
+        "Proxy-Authorization: Basic {}",
+        basic("corp\\builder", "par@ent")
+    )
+}
+
+#[tokio::test]
+async fn through_egress_proxy_a_tunnel_is_a_connect_with_the_proxys_credentials() {
+    let (parent, heads) = fake_parent(ParentMode::Tunnel).await;
+    let gate = Gate::start(
+        &via_parent(parent),
+        r#"allow = ["origin.wharf-test", "127.0.0.1"]"#,
+        "",
+    )
+    .await;
+    // The client's own Proxy-Authorization is for the gateway, never passed on.
+    let (head, mut tunnel) = gate
+        .connect(
+            "origin.wharf-test:443",
+            &format!("Proxy-Authorization: Basic {}\r\n", basic(USER, PASSWORD)),
+        )
+        .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The destination's first bytes, sent with the proxy's answer, reach the client.
+    let mut hello = [0u8; 5];
+    tunnel.read_exact(&mut hello).await.unwrap();
+    assert_eq!(&hello, b"HELLO");
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut pong = [0u8; 4];
+    tunnel.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"ping");
+    drop(tunnel);
+    assert_eq!(
+        heads.lock().unwrap().clone(),
+        [format!(
+            "CONNECT origin.wharf-test:443 HTTP/1.1\r\nHost: origin.wharf-test:443\r\n{}\r\n\r\n",
+            parent_auth()
+        )]
+    );
+    // Refused by wharf before the proxy hears of it: a host not listed, and a listed address
+    // that is the gateway's own listener (the proxy resolves names; literals are checked here).
+    for dest in [
+        "trap.wharf-test:443".to_string(),
+        format!("127.0.0.1:{}", gate.addr.port()),
+    ] {
+        let (head, _) = gate.connect(&dest, "").await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{dest}: {head}");
+    }
+    assert_eq!(heads.lock().unwrap().len(), 1);
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxy_refusing_connect_is_a_502_that_never_shows_its_credentials() {
+    let (parent, heads) = fake_parent(ParentMode::AuthRequired).await;
+    let gate = Gate::start(&via_parent(parent), r#"allow = ["origin.wharf-test"]"#, "").await;
+    let answer = gate
+        .exchange(b"CONNECT origin.wharf-test:443 HTTP/1.1\r\nHost: origin.wharf-test:443\r\n\r\n")
+        .await;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(
+        answer.contains(&format!("egress.proxy {parent} asks for credentials (407)")),
+        "{answer}"
+    );
+    for secret in ["par@ent", "par%40ent", &basic("corp\\builder", "par@ent")] {
+        assert!(!answer.contains(secret), "{answer}");
+    }
+    assert_eq!(heads.lock().unwrap().len(), 1);
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn through_egress_proxy_a_forwarded_request_goes_in_absolute_form_to_the_checked_host() {
+    let (parent, heads) = fake_parent(ParentMode::Http).await;
+    let gate = Gate::start(&via_parent(parent), r#"allow = ["origin.wharf-test"]"#, "").await;
+    let answer = gate
+        .exchange(
+            format!(
+                "GET http://origin.wharf-test:8080/p?q=1 HTTP/1.1\r\nHost: origin.wharf-test:8080\r\n\
+                 Proxy-Authorization: Basic {}\r\nConnection: close\r\n\r\n",
+                basic(USER, PASSWORD)
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("from parent"), "{answer}");
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let sent = heads[0].to_ascii_lowercase();
+    assert!(
+        sent.starts_with("get http://origin.wharf-test:8080/p?q=1 http/1.1\r\n"),
+        "{sent}"
+    );
+    assert!(
+        sent.contains("\r\nhost: origin.wharf-test:8080\r\n"),
+        "{sent}"
+    );
+    assert!(
+        sent.contains(&format!("\r\n{}\r\n", parent_auth().to_ascii_lowercase())),
+        "{sent}"
+    );
+    assert!(
+        !sent.contains(&basic(USER, PASSWORD).to_ascii_lowercase()),
+        "{sent}"
+    );
+    gate.stop().await;
+}
+
+#[test]
+fn the_gateway_goes_through_an_http_egress_proxy_only() {
+    let parse = |t: &str| wharf::config::Config::from_toml_str(t).map(|_| ());
+    let e = parse(
+        "[egress]\nproxy = \"https://u:s3cret@proxy.corp:3129\"\n\
+         [gateway]\nlisten = \"127.0.0.1:3128\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("gateway.via_egress_proxy = false") && e.contains("https://proxy.corp"),
+        "{e}"
+    );
+    assert!(!e.contains("s3cret"), "{e}");
+    parse(
+        "[egress]\nproxy = \"https://u:s3cret@proxy.corp:3129\"\n\
+         [gateway]\nlisten = \"127.0.0.1:3128\"\nvia_egress_proxy = false\n",
+    )
+    .unwrap();
+    // wharf's own traffic may use any of these; the error never shows the password.
+    let e = parse("[egress]\nproxy = \"ftp://u:s3cret@proxy.corp\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("egress.proxy ftp://proxy.corp") && !e.contains("s3cret"),
+        "{e}"
+    );
+}
+
+/// A real forward proxy (Debian's `tinyproxy`) on loopback, asking for Basic credentials
+/// (its config takes no spaces or `@` in them); its log, to count what it was asked.
+struct Tinyproxy {
+    child: std::process::Child,
+    addr: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Tinyproxy {
+    fn start(program: &Path, dir: &Path, user: &str, password: &str) -> Tinyproxy {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = dir.join("tinyproxy.log");
+        let conf = dir.join("tinyproxy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 32\nLogLevel Info\n\
+                 LogFile \"{}\"\nPidFile \"{}\"\nAllow 127.0.0.1\nDisableViaHeader Yes\n\
+                 BasicAuth {user} {password}\n",
+                log.display(),
+                dir.join("tinyproxy.pid").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(program)
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tinyproxy");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tinyproxy did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Tinyproxy { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn curl_reaches_tls_and_http_origins_through_the_gateway_and_tinyproxy() {
+    let Some(tools) = require_tools(
+        "gateway_through_tinyproxy",
+        &["curl", "docker-registry", "tinyproxy"],
+    ) else {
+        return;
+    };
+    let dir = work_dir("wharf-gateway-parent-");
+    let (d, registry) = (dir.path().to_path_buf(), tools[1].clone());
+    // The proxy resolves the names, so the origins are named as it knows them: localhost.
+    let origin = blocking(move || {
+        let ca = tlsgen::Ca::new("wharf gateway parent test CA");
+        ca.write_cert_dir(&d.join("certs"));
+        let files = tlsgen::TlsFiles::in_dir(&d);
+        files.write(&ca.server_cert(&["localhost"]));
+        Origin::start_tls(&registry, &files.cert, &files.key)
+    })
+    .await;
+    let (web, web_seen) = web_origin().await;
+    let proxy = Tinyproxy::start(&tools[2], dir.path(), "corp", "parentpass7");
+    let gate = Gate::start(
+        &format!("proxy = \"http://corp:parentpass7@{}\"", proxy.addr),
+        r#"allow = ["localhost"]"#,
+        "",
+    )
+    .await;
+    let (curl_bin, gw, ca) = (tools[0].clone(), gate.addr, dir.path().join("certs/ca.crt"));
+    let (tls_port, web_port) = (origin.addr.port(), web.port());
+    let (tls, http, refused) = blocking(move || {
+        (
+            curl(
+                &curl_bin,
+                gw,
+                &ca,
+                &format!("https://localhost:{tls_port}/v2/"),
+            ),
+            curl(&curl_bin, gw, &ca, &format!("http://localhost:{web_port}/")),
+            curl(
+                &curl_bin,
+                gw,
+                &ca,
+                &format!("https://127.0.0.1:{tls_port}/v2/"),
+            ),
+        )
+    })
+    .await;
+    assert!(tls.status.success(), "{}\n{}", describe(&tls), proxy.log());
+    assert_eq!(String::from_utf8_lossy(&tls.stdout).trim(), "{}");
+    assert_eq!(origin.requests("GET", "/v2/"), 1, "{}", origin.access_log());
+    assert!(
+        http.status.success(),
+        "{}\n{}",
+        describe(&http),
+        proxy.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&http.stdout), "hello from origin");
+    assert_eq!(web_seen.lock().unwrap().len(), 1);
+    // Not in gateway.allow: refused by wharf, never asked of the proxy.
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    let log = proxy.log();
+    assert_eq!(
+        log.matches(&format!("CONNECT localhost:{tls_port}"))
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains(&format!("127.0.0.1:{tls_port}")), "{log}");
+    assert!(
+        log.contains(&format!("GET http://localhost:{web_port}/ ")),
+        "{log}"
+    );
+    gate.stop().await;
+}

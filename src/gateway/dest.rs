@@ -22,7 +22,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn refused(reason: &'static str, text: String) -> Refusal {
+    pub(super) fn refused(reason: &'static str, text: String) -> Refusal {
         Refusal {
             status: 403,
             reason: Some(reason),
@@ -30,7 +30,7 @@ impl Refusal {
         }
     }
 
-    fn failed(status: u16, text: String) -> Refusal {
+    pub(super) fn failed(status: u16, text: String) -> Refusal {
         Refusal {
             status,
             reason: None,
@@ -80,6 +80,35 @@ fn is_own(addr: SocketAddr, local: Option<IpAddr>, own: &[u16]) -> bool {
     let ip = crate::net::canonical_ip(addr.ip());
     own.contains(&addr.port())
         && (ip.is_loopback() || local.is_some_and(|l| crate::net::canonical_ip(l) == ip))
+}
+
+/// An IP-literal destination reached through `egress.proxy`: its address class must be
+/// allowed (as when connecting directly) and it must not be one of wharf's listeners on this
+/// machine. Names the proxy resolves, and these checks cannot see its answer.
+pub fn check_literal(
+    policy: &EgressPolicy,
+    ip: IpAddr,
+    port: u16,
+    own: &[u16],
+) -> Result<(), Refusal> {
+    let dest = shown(&ip.to_string(), port);
+    if let Err(class) = policy.check_addr(ip) {
+        Refusals::count(&policy.refusals.address);
+        return Err(Refusal::refused(
+            "address",
+            format!(
+                "{dest} is a forbidden address ({class}); egress.allow_cidrs opens address ranges"
+            ),
+        ));
+    }
+    if is_own(SocketAddr::new(ip, port), None, own) {
+        Refusals::count(&policy.refusals.address);
+        return Err(Refusal::refused(
+            "address",
+            format!("{dest} is wharf's own listener"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks `host:port` and connects to an address it resolves to that the policy allows, in
@@ -169,7 +198,7 @@ mod tests {
             cfg.resolve.insert(name.to_string(), vec![ip.to_string()]);
         }
         let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
-        EgressPolicy::for_gateway(&cfg, &allow).unwrap()
+        EgressPolicy::for_gateway(&cfg, &allow, false).unwrap()
     }
 
     #[test]

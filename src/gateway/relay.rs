@@ -340,11 +340,20 @@ pub fn text(status: u16, body: String) -> Response<Body> {
     r
 }
 
+/// A forwarded request's way through `egress.proxy`: the checked destination (`host:port`),
+/// which the request's target is rebuilt from, and the proxy's own credentials.
+#[derive(Clone)]
+pub struct Via {
+    pub authority: String,
+    pub auth: Option<HeaderValue>,
+}
+
 /// Forwards the one request on `client` (its head already checked, replayed from the
-/// prefix) to `origin`, and its answer back; then the connection closes.
+/// prefix) to `origin` (or through `via`), and its answer back; then the connection closes.
 pub async fn forward(
     client: Counted<TcpStream>,
     origin: TcpStream,
+    via: Option<Via>,
     activity: Arc<Activity>,
     limits: Limits,
     max_head: usize,
@@ -363,9 +372,10 @@ pub async fn forward(
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let sender = sender.clone();
             let seen = seen.clone();
+            let via = via.clone();
             async move {
                 // Only the origin's answers are recorded; the gateway's own leave 0 (failed).
-                let answer = match send(&sender, req).await {
+                let answer = match send(&sender, req, via.as_ref()).await {
                     Ok(answer) => {
                         seen.status
                             .store(answer.status().as_u16(), Ordering::Relaxed);
@@ -386,11 +396,14 @@ pub async fn forward(
     limited(&activity, limits, work).await
 }
 
-/// The request, hop-by-hop headers removed and in origin form, to the origin; its answer with
-/// hop-by-hop headers removed, or (`Err`) the gateway's own answer naming the failure.
+/// The request, hop-by-hop headers removed and in origin form, to the origin (through `via`:
+/// in absolute form to the checked destination, `Host` that destination, with the proxy's
+/// credentials); its answer with hop-by-hop headers removed, or (`Err`) the gateway's own
+/// answer naming the failure.
 async fn send(
     sender: &tokio::sync::Mutex<Option<hyper::client::conn::http1::SendRequest<Incoming>>>,
     req: Request<Incoming>,
+    via: Option<&Via>,
 ) -> Result<Response<Body>, Response<Body>> {
     let Some(mut sender) = sender.lock().await.take() else {
         return Err(text(
@@ -412,7 +425,21 @@ async fn send(
         parts.headers.insert(header::HOST, host);
     }
     parts.version = http::Version::HTTP_11;
-    parts.uri = path
+    let target = match via {
+        None => path,
+        Some(via) => {
+            let host = HeaderValue::from_str(&via.authority)
+                .map_err(|_| text(400, "wharf gateway: the destination does not parse".into()))?;
+            parts.headers.insert(header::HOST, host);
+            if let Some(auth) = &via.auth {
+                parts
+                    .headers
+                    .insert(header::PROXY_AUTHORIZATION, auth.clone());
+            }
+            format!("http://{}{path}", via.authority)
+        }
+    };
+    parts.uri = target
         .parse()
         .map_err(|_| text(400, "wharf gateway: the request path does not parse".into()))?;
     match sender.send_request(Request::from_parts(parts, body)).await {

@@ -150,16 +150,20 @@ impl EgressPolicy {
     }
 
     /// The gateway's policy: `egress`'s address classes (`allow_cidrs`) and pinned names
-    /// (`resolve`) with `allow` (`gateway.allow`) as the host list. No sockets, and no
-    /// `egress.proxy` host trusted: the gateway connects to destinations itself.
-    pub fn for_gateway(egress: &EgressConfig, allow: &[String]) -> Result<EgressPolicy, String> {
+    /// (`resolve`) with `allow` (`gateway.allow`) as the host list. No sockets; the
+    /// `egress.proxy` host trusted only when the gateway goes through it (`via_proxy`).
+    pub fn for_gateway(
+        egress: &EgressConfig,
+        allow: &[String],
+        via_proxy: bool,
+    ) -> Result<EgressPolicy, String> {
         let cfg = EgressConfig {
             allow: allow
                 .iter()
                 .filter(|e| !e.starts_with("unix:"))
                 .cloned()
                 .collect(),
-            proxy: None,
+            proxy: egress.proxy.clone().filter(|_| via_proxy),
             ..egress.clone()
         };
         // Parsed here first, so a bad entry is named by its own key.
