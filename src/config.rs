@@ -160,14 +160,11 @@ pub struct GatewayConfig {
     /// Tunnels and forwarded requests open at once; past it a new one gets 503.
     #[serde(default = "default_gateway_max_tunnels")]
     pub max_tunnels: usize,
-    /// With `egress.proxy` set (an `http://` URL), reach destinations through it (`CONNECT`,
-    /// or absolute form for `http://` requests) instead of connecting directly.
-    #[serde(default = "default_gateway_via_egress_proxy")]
-    pub via_egress_proxy: bool,
-}
-
-fn default_gateway_via_egress_proxy() -> bool {
-    true
+    /// Reach destinations through `egress.proxy` (`CONNECT`, or absolute form for `http://`
+    /// requests) instead of connecting directly. Unset: when that proxy is `http://` (the
+    /// only kind the gateway can go through); `true` with another kind is refused.
+    #[serde(default)]
+    pub via_egress_proxy: Option<bool>,
 }
 
 fn default_gateway_idle() -> Duration {
@@ -182,6 +179,28 @@ fn default_gateway_max_tunnels() -> usize {
     256
 }
 
+/// `text` with the user info of anything URL-like (`scheme://user:password@host`) replaced
+/// by `***` (over-masking an `@` later in the same word is the safe side).
+fn mask_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // Up to the next blank: a typo may have put a quote inside the password.
+        let end = tail.find(char::is_whitespace).unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The client ranges the gateway admits when neither `gateway.allow_clients` nor
 /// `access.allow_clients` says: loopback and the private ranges.
 pub const GATEWAY_DEFAULT_CLIENTS: [&str; 6] = [
@@ -194,12 +213,22 @@ pub const GATEWAY_DEFAULT_CLIENTS: [&str; 6] = [
 ];
 
 impl GatewayConfig {
-    /// The proxy the gateway goes through: `egress.proxy` unless `via_egress_proxy` is off.
+    /// The proxy the gateway goes through: `egress.proxy` when `via_egress_proxy` is on, or
+    /// unset and the proxy `http://`.
     pub fn parent(&self, config: &Config) -> Result<Option<Url>, String> {
-        if !self.via_egress_proxy {
-            return Ok(None);
-        }
-        Ok(config.egress.parse()?.proxy)
+        let proxy = config.egress.parse()?.proxy;
+        Ok(match self.via_egress_proxy {
+            Some(false) => None,
+            Some(true) => proxy,
+            None => proxy.filter(|u| u.scheme() == "http"),
+        })
+    }
+
+    /// An `egress.proxy` the gateway does not go through while `via_egress_proxy` is unset
+    /// (not `http://`): `serve` says so once at start.
+    pub fn parent_passed_over(&self, config: &Config) -> Option<Url> {
+        let proxy = config.egress.parse().ok()?.proxy?;
+        (self.via_egress_proxy.is_none() && proxy.scheme() != "http").then_some(proxy)
     }
 
     /// `gateway.allow` as given, else the registries' and Go's entries of `egress.allow`.
@@ -317,9 +346,9 @@ impl GatewayConfig {
             && url.scheme() != "http"
         {
             return invalid(format!(
-                "the gateway goes through egress.proxy with http:// only ({}://{} given); use \
-                 the proxy's http:// port, or set gateway.via_egress_proxy = false to connect \
-                 directly",
+                "gateway.via_egress_proxy: the gateway goes through an http:// egress.proxy \
+                 only ({}://{} given); use the proxy's http:// port, or leave \
+                 gateway.via_egress_proxy out (or false) to connect directly",
                 url.scheme(),
                 url.host_str().unwrap_or("")
             ));
@@ -1616,7 +1645,8 @@ impl Config {
     fn deserialize(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.map(Path::to_path_buf),
-            message: e.to_string(),
+            // The message quotes the line, which may hold a URL with a password (egress.proxy).
+            message: mask_userinfo(&e.to_string()),
         })
     }
 
@@ -2010,6 +2040,20 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_syntax_error_never_quotes_a_password() {
+        let err = Config::from_toml_str(
+            "[egress]\nproxy = \"http://corp:S3cret\"Pass@proxy.corp:3128\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("S3cret"), "{err}");
+        assert_eq!(
+            mask_userinfo("a http://u:p@h:1/x and https://h/ and s3://k@b, \"http://x:y@z\""),
+            "a http://***@h:1/x and https://h/ and s3://***@b, \"http://***@z\""
+        );
+    }
 
     #[test]
     fn listen_is_one_address_or_a_list_of_tcp_and_unix_sockets() {

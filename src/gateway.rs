@@ -188,6 +188,17 @@ impl Gateway {
         if let Err(answer) = self.admit(&head).await {
             return x.refuse(&mut stream, answer).await;
         }
+        // TRACE asks the next hop that reaches `Max-Forwards: 0` to echo the request back: an
+        // `egress.proxy` doing so would show the client the credentials wharf added for it.
+        // No registry or module client needs it.
+        if head.method.eq_ignore_ascii_case("TRACE") {
+            return x
+                .refuse(
+                    &mut stream,
+                    Answer::new(405, "method", "TRACE is not carried by the gateway"),
+                )
+                .await;
+        }
         match head.target() {
             Err(why) => {
                 x.refuse(&mut stream, Answer::new(400, "malformed", why))
@@ -211,10 +222,9 @@ impl Gateway {
             Ok(Target::Http(url)) => {
                 x.destination = crate::upstream::egress::redact(&url);
                 let host = url.host_str().unwrap_or("");
-                let host = host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string();
+                // As checked (and as a CONNECT's host is): lowercase, no trailing dots.
+                let host =
+                    crate::net::normalize_host(host.trim_start_matches('[').trim_end_matches(']'));
                 let port = url.port_or_known_default().unwrap_or(80);
                 self.forward(x, stream, &host, port, buf).await;
             }
@@ -498,7 +508,7 @@ impl Exchange {
         } = answer;
         self.status = status;
         self.result = match status {
-            400 | 431 => "bad_request",
+            400 | 405 | 431 => "bad_request",
             407 => "unauthorized",
             503 => "busy",
             403 => "refused",

@@ -92,7 +92,7 @@ impl GatewayMetrics {
         );
         r.register(
             "wharf_gateway_refusals",
-            "Gateway requests refused, by reason (host, address, ip_literal, client, auth, malformed, https_absolute, origin_form, busy)",
+            "Gateway requests refused, by reason (host, address, ip_literal, client, auth, malformed, https_absolute, origin_form, method, busy)",
             self.refusals.clone(),
         );
         r.register(

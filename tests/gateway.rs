@@ -1213,23 +1213,30 @@ async fn through_egress_proxy_a_forwarded_request_goes_in_absolute_form_to_the_c
 
 #[test]
 fn the_gateway_goes_through_an_http_egress_proxy_only() {
-    let parse = |t: &str| wharf::config::Config::from_toml_str(t).map(|_| ());
-    let e = parse(
-        "[egress]\nproxy = \"https://u:s3cret@proxy.corp:3129\"\n\
-         [gateway]\nlisten = \"127.0.0.1:3128\"\n",
-    )
-    .unwrap_err()
-    .to_string();
+    let parse = |t: &str| wharf::config::Config::from_toml_str(t);
+    let https = "[egress]\nproxy = \"https://u:s3cret@proxy.corp:3129\"\n\
+                 [gateway]\nlisten = \"127.0.0.1:3128\"\n";
+    // Unset: through an http:// proxy only; any other kind is passed over (serve warns).
+    let c = parse(https).unwrap();
+    let g = c.gateway.as_ref().unwrap();
+    assert_eq!(g.parent(&c).unwrap(), None);
+    assert!(g.parent_passed_over(&c).is_some());
+    let c = parse(&https.replace("https://", "http://")).unwrap();
+    let g = c.gateway.as_ref().unwrap();
+    assert!(g.parent(&c).unwrap().is_some());
+    assert!(g.parent_passed_over(&c).is_none());
+    // Asked for with another kind: refused, saying what to do, never showing the password.
+    let e = parse(&format!("{https}via_egress_proxy = true\n"))
+        .unwrap_err()
+        .to_string();
     assert!(
-        e.contains("gateway.via_egress_proxy = false") && e.contains("https://proxy.corp"),
+        e.contains("gateway.via_egress_proxy") && e.contains("https://proxy.corp"),
         "{e}"
     );
     assert!(!e.contains("s3cret"), "{e}");
-    parse(
-        "[egress]\nproxy = \"https://u:s3cret@proxy.corp:3129\"\n\
-         [gateway]\nlisten = \"127.0.0.1:3128\"\nvia_egress_proxy = false\n",
-    )
-    .unwrap();
+    let c = parse(&format!("{https}via_egress_proxy = false\n")).unwrap();
+    let g = c.gateway.as_ref().unwrap();
+    assert!(g.parent(&c).unwrap().is_none() && g.parent_passed_over(&c).is_none());
     // wharf's own traffic may use any of these; the error never shows the password.
     let e = parse("[egress]\nproxy = \"ftp://u:s3cret@proxy.corp\"\n")
         .unwrap_err()
@@ -1373,5 +1380,109 @@ async fn curl_reaches_tls_and_http_origins_through_the_gateway_and_tinyproxy() {
         log.contains(&format!("GET http://localhost:{web_port}/ ")),
         "{log}"
     );
+    gate.stop().await;
+}
+
+/// A fake `egress.proxy` answering every request with `status`, extra header lines `extra`
+/// and the request it was sent as its body (as proxies reflecting requests do); the heads.
+async fn reflecting_parent(
+    bind: &str,
+    status: &'static str,
+    extra: &'static str,
+) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind(bind).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let head = read_head(&mut s).await;
+                seen.lock().unwrap().push(head.clone());
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\n{extra}Content-Type: message/http\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+                    head.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[tokio::test]
+async fn the_proxys_credentials_are_never_reflected_back_to_a_client() {
+    let secret = basic("corp\\builder", "par@ent");
+    // TRACE: refused before anything is sent anywhere.
+    let (parent, heads) = reflecting_parent("127.0.0.1:0", "200 OK", "").await;
+    let gate = Gate::start(&via_parent(parent), r#"allow = ["origin.wharf-test"]"#, "").await;
+    for method in ["TRACE", "trace"] {
+        let answer = gate
+            .exchange(
+                format!(
+                    "{method} http://origin.wharf-test/ HTTP/1.1\r\nHost: origin.wharf-test\r\n\
+                     Max-Forwards: 0\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+        assert!(status_line(&answer).starts_with("HTTP/1.1 405"), "{answer}");
+    }
+    assert!(heads.lock().unwrap().is_empty());
+    // Max-Forwards never reaches the proxy (it would answer OPTIONS itself).
+    let answer = gate
+        .exchange(
+            b"OPTIONS http://origin.wharf-test/ HTTP/1.1\r\nHost: origin.wharf-test\r\n\
+              Max-Forwards: 0\r\n\r\n",
+        )
+        .await;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 200"), "{answer}");
+    let sent = heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(!sent.contains("max-forwards"), "{sent}");
+    gate.stop().await;
+    // The proxy's own error pages (which may quote the request) become the gateway's 502.
+    for (status, extra) in [
+        (
+            "407 Proxy Authentication Required",
+            "Proxy-Authenticate: Basic\r\n",
+        ),
+        (
+            "503 Service Unavailable",
+            "X-Squid-Error: ERR_CONNECT_FAIL 111\r\n",
+        ),
+    ] {
+        let (parent, _) = reflecting_parent("127.0.0.1:0", status, extra).await;
+        let gate = Gate::start(&via_parent(parent), r#"allow = ["origin.wharf-test"]"#, "").await;
+        let answer = gate
+            .exchange(
+                b"GET http://origin.wharf-test:1/ HTTP/1.1\r\nHost: origin.wharf-test:1\r\n\r\n",
+            )
+            .await;
+        assert!(status_line(&answer).starts_with("HTTP/1.1 502"), "{answer}");
+        assert!(!answer.contains(&secret), "{answer}");
+        gate.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_ipv6_literal_egress_proxy_on_loopback_is_reached() {
+    let Ok(l) = TcpListener::bind("[::1]:0").await else {
+        eprintln!("an_ipv6_literal_egress_proxy_on_loopback_is_reached: no IPv6 loopback here");
+        return;
+    };
+    drop(l);
+    let (parent, heads) = reflecting_parent("[::1]:0", "200 OK", "").await;
+    let gate = Gate::start(
+        &format!("proxy = \"http://u:p@[::1]:{}\"", parent.port()),
+        r#"allow = ["origin.wharf-test"]"#,
+        "",
+    )
+    .await;
+    let answer = gate
+        .exchange(b"GET http://origin.wharf-test/ HTTP/1.1\r\nHost: origin.wharf-test\r\n\r\n")
+        .await;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(heads.lock().unwrap().len(), 1);
     gate.stop().await;
 }

@@ -83,8 +83,18 @@ pub async fn check_egress(checked: &Checked, url: &str) -> Result<ExitCode, crat
 /// The gateway's host decision for `url`, when `[gateway]` is configured.
 fn gateway_verdict(checked: &Checked, url: &reqwest::Url, o: &mut String) -> Result<(), String> {
     use std::fmt::Write as _;
-    if let Some(gateway) = crate::gateway::policy(checked.config())? {
+    let config = checked.config();
+    if let Some(gateway) = crate::gateway::policy(config)? {
+        let via = config
+            .gateway
+            .as_ref()
+            .and_then(|g| g.parent(config).ok().flatten());
         let _ = match gateway.check(url) {
+            Ok(()) if via.is_some() => writeln!(
+                o,
+                "gateway: host allowed by gateway.allow (reached through egress.proxy, which \
+                 resolves it)"
+            ),
             Ok(()) => writeln!(
                 o,
                 "gateway: host allowed by gateway.allow (addresses as above)"
@@ -119,6 +129,15 @@ fn print_gateway(c: &crate::config::Config, o: &mut String) {
             d(g.max_duration),
             g.max_tunnels
         );
+        let via = match g.parent(c) {
+            Ok(Some(p)) => format!(
+                "through egress.proxy {}:{}",
+                p.host_str().unwrap_or(""),
+                p.port_or_known_default().unwrap_or(80)
+            ),
+            _ => "direct".to_string(),
+        };
+        let _ = writeln!(o, "gateway.via_egress_proxy   = {via}");
     }
 }
 

@@ -100,6 +100,19 @@ fn start_gateway(
             crate::Error::Listen(format!("cannot listen on gateway.listen {addr}: {e}"))
         })?;
     tracing::info!(%addr, "egress gateway listening (HTTP proxy: CONNECT and http:// requests)");
+    if let Some(g) = &state.config.gateway {
+        if let Ok(Some(p)) = g.parent(&state.config) {
+            let via = format!(
+                "{}:{}",
+                p.host_str().unwrap_or(""),
+                p.port_or_known_default().unwrap_or(80)
+            );
+            tracing::info!(%via, "the gateway reaches destinations through egress.proxy (names resolved by the proxy: egress.resolve and egress.allow_cidrs apply to IP literals only)");
+        } else if let Some(p) = g.parent_passed_over(&state.config) {
+            let proxy = format!("{}://{}", p.scheme(), p.host_str().unwrap_or(""));
+            tracing::warn!(%proxy, "the gateway connects directly: it can go through an http:// egress.proxy only (set gateway.via_egress_proxy = false to say this is intended)");
+        }
+    }
     if let Some(g) = &state.config.gateway
         && g.allow_clients.is_none()
         && g.parse_clients(&state.config)

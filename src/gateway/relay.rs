@@ -431,6 +431,9 @@ async fn send(
             let host = HeaderValue::from_str(&via.authority)
                 .map_err(|_| text(400, "wharf gateway: the destination does not parse".into()))?;
             parts.headers.insert(header::HOST, host);
+            // The proxy must forward, never answer as the final recipient (it would reflect
+            // the request, its credentials included, in a TRACE or OPTIONS answer).
+            parts.headers.remove(header::MAX_FORWARDS);
             if let Some(auth) = &via.auth {
                 parts
                     .headers
@@ -443,6 +446,17 @@ async fn send(
         .parse()
         .map_err(|_| text(400, "wharf gateway: the request path does not parse".into()))?;
     match sender.send_request(Request::from_parts(parts, body)).await {
+        Ok(resp) if via.is_some() && from_the_proxy(&resp) => {
+            // The proxy's own answer (its error pages may quote the request it was sent, the
+            // credentials wharf added included): named, never passed on.
+            Err(text(
+                502,
+                format!(
+                    "wharf gateway: egress.proxy answered {} itself",
+                    resp.status().as_u16()
+                ),
+            ))
+        }
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -453,6 +467,13 @@ async fn send(
             "wharf gateway: the origin closed or sent an answer that does not parse".into(),
         )),
     }
+}
+
+/// Whether `resp` is the proxy's own answer rather than the destination's: a `407` (for the
+/// proxy's credentials), or an error page marked as the proxy's (Squid's `X-Squid-Error`).
+fn from_the_proxy<B>(resp: &Response<B>) -> bool {
+    resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED
+        || resp.headers().contains_key("x-squid-error")
 }
 
 #[cfg(test)]

@@ -145,7 +145,8 @@ impl EgressPolicy {
             .proxy
             .as_ref()
             .and_then(|url| url.host_str())
-            .map(normalize_host);
+            // As `resolve` is asked for it: an IPv6 address without its brackets.
+            .map(|h| normalize_host(h.trim_start_matches('[').trim_end_matches(']')));
         Ok(p)
     }
 
