@@ -224,6 +224,13 @@ impl GatewayConfig {
         })
     }
 
+    /// `host:port` of the proxy the gateway goes through (no credentials), for messages.
+    pub fn parent_shown(&self, config: &Config) -> Option<String> {
+        let url = self.parent(config).ok()??;
+        let port = url.port_or_known_default().unwrap_or(80);
+        Some(format!("{}:{port}", url.host_str().unwrap_or("")))
+    }
+
     /// An `egress.proxy` the gateway does not go through while `via_egress_proxy` is unset
     /// (not `http://`): `serve` says so once at start.
     pub fn parent_passed_over(&self, config: &Config) -> Option<Url> {

@@ -1005,6 +1005,10 @@ fn check_config_and_check_egress_mention_the_gateway() {
         text.contains("gateway.allow              = registry-1.docker.io"),
         "{text}"
     );
+    assert!(
+        text.contains("gateway.via_egress_proxy   = direct"),
+        "{text}"
+    );
     let out = wharf_command()
         .args(["check-egress", "--config"])
         .arg(&config)
@@ -1016,6 +1020,37 @@ fn check_config_and_check_egress_mention_the_gateway() {
         text.contains("gateway: REFUSED: not in gateway.allow"),
         "{text}"
     );
+    // Through an http:// egress.proxy: said by both, the proxy named without its password.
+    let config = WharfConfig::new(dir.path())
+        .allow(&["registry-1.docker.io"])
+        .egress("proxy = \"http://corp:s3cret@proxy.corp:3128\"")
+        .tables("[gateway]\nlisten = \"127.0.0.1:3128\"\nallow = [\"registry-1.docker.io\"]\n")
+        .write(&dir.path().join("wharf-via.toml"));
+    let out = wharf_command()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("gateway.via_egress_proxy   = through egress.proxy proxy.corp:3128"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+    let out = wharf_command()
+        .args(["check-egress", "--config"])
+        .arg(&config)
+        .arg("https://registry-1.docker.io/v2/")
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("gateway: host allowed by gateway.allow (reached through egress.proxy"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
 }
 
 #[tokio::test]
@@ -1058,11 +1093,18 @@ enum ParentMode {
     AuthRequired,
     /// An HTTP answer `from parent`, then close.
     Http,
+    /// This status line and extra header lines, the request it was sent as the body (as
+    /// proxies reflecting requests do), then close.
+    Reflect(&'static str, &'static str),
 }
 
 /// A fake `egress.proxy` on loopback: the heads it was sent, in order.
 async fn fake_parent(mode: ParentMode) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    fake_parent_on("127.0.0.1:0", mode).await
+}
+
+async fn fake_parent_on(bind: &str, mode: ParentMode) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind(bind).await.unwrap();
     let addr = l.local_addr().unwrap();
     let heads: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen = heads.clone();
@@ -1071,18 +1113,24 @@ async fn fake_parent(mode: ParentMode) -> (SocketAddr, Arc<Mutex<Vec<String>>>) 
             let seen = seen.clone();
             tokio::spawn(async move {
                 let head = read_head(&mut s).await;
-                seen.lock().unwrap().push(head);
-                let answer: &[u8] = match mode {
-                    ParentMode::Tunnel => b"HTTP/1.1 200 Connection established\r\n\r\nHELLO",
-                    ParentMode::AuthRequired => {
-                        b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+                seen.lock().unwrap().push(head.clone());
+                let answer: Vec<u8> = match mode {
+                    ParentMode::Tunnel => b"HTTP/1.1 200 Connection established\r\n\r\nHELLO".to_vec(),
+                    ParentMode::AuthRequired => b"HTTP/1.1 407 Proxy Authentication Required\r\n\
                           Proxy-Authenticate: Basic realm=\"corp\"\r\nContent-Length: 0\r\n\r\n"
-                    }
+                        .to_vec(),
                     ParentMode::Http => {
                         b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nfrom parent"
+                            .to_vec()
                     }
+                    ParentMode::Reflect(status, extra) => format!(
+                        "HTTP/1.1 {status}\r\n{extra}Content-Type: message/http\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{head}",
+                        head.len()
+                    )
+                    .into_bytes(),
                 };
-                if s.write_all(answer).await.is_err() {
+                if s.write_all(&answer).await.is_err() {
                     return;
                 }
                 if let ParentMode::Tunnel = mode {
@@ -1383,39 +1431,11 @@ async fn curl_reaches_tls_and_http_origins_through_the_gateway_and_tinyproxy() {
     gate.stop().await;
 }
 
-/// A fake `egress.proxy` answering every request with `status`, extra header lines `extra`
-/// and the request it was sent as its body (as proxies reflecting requests do); the heads.
-async fn reflecting_parent(
-    bind: &str,
-    status: &'static str,
-    extra: &'static str,
-) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let l = TcpListener::bind(bind).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let heads: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let head = read_head(&mut s).await;
-                seen.lock().unwrap().push(head.clone());
-                let answer = format!(
-                    "HTTP/1.1 {status}\r\n{extra}Content-Type: message/http\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
-                    head.len()
-                );
-                let _ = s.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
-    (addr, heads)
-}
-
 #[tokio::test]
 async fn the_proxys_credentials_are_never_reflected_back_to_a_client() {
     let secret = basic("corp\\builder", "par@ent");
     // TRACE: refused before anything is sent anywhere.
-    let (parent, heads) = reflecting_parent("127.0.0.1:0", "200 OK", "").await;
+    let (parent, heads) = fake_parent(ParentMode::Reflect("200 OK", "")).await;
     let gate = Gate::start(&via_parent(parent), r#"allow = ["origin.wharf-test"]"#, "").await;
     for method in ["TRACE", "trace"] {
         let answer = gate
@@ -1452,7 +1472,7 @@ async fn the_proxys_credentials_are_never_reflected_back_to_a_client() {
             "X-Squid-Error: ERR_CONNECT_FAIL 111\r\n",
         ),
     ] {
-        let (parent, _) = reflecting_parent("127.0.0.1:0", status, extra).await;
+        let (parent, _) = fake_parent(ParentMode::Reflect(status, extra)).await;
         let gate = Gate::start(&via_parent(parent), r#"allow = ["origin.wharf-test"]"#, "").await;
         let answer = gate
             .exchange(
@@ -1472,7 +1492,7 @@ async fn an_ipv6_literal_egress_proxy_on_loopback_is_reached() {
         return;
     };
     drop(l);
-    let (parent, heads) = reflecting_parent("[::1]:0", "200 OK", "").await;
+    let (parent, heads) = fake_parent_on("[::1]:0", ParentMode::Reflect("200 OK", "")).await;
     let gate = Gate::start(
         &format!("proxy = \"http://u:p@[::1]:{}\"", parent.port()),
         r#"allow = ["origin.wharf-test"]"#,

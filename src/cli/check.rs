@@ -85,10 +85,7 @@ fn gateway_verdict(checked: &Checked, url: &reqwest::Url, o: &mut String) -> Res
     use std::fmt::Write as _;
     let config = checked.config();
     if let Some(gateway) = crate::gateway::policy(config)? {
-        let via = config
-            .gateway
-            .as_ref()
-            .and_then(|g| g.parent(config).ok().flatten());
+        let via = config.gateway.as_ref().and_then(|g| g.parent_shown(config));
         let _ = match gateway.check(url) {
             Ok(()) if via.is_some() => writeln!(
                 o,
@@ -129,14 +126,9 @@ fn print_gateway(c: &crate::config::Config, o: &mut String) {
             d(g.max_duration),
             g.max_tunnels
         );
-        let via = match g.parent(c) {
-            Ok(Some(p)) => format!(
-                "through egress.proxy {}:{}",
-                p.host_str().unwrap_or(""),
-                p.port_or_known_default().unwrap_or(80)
-            ),
-            _ => "direct".to_string(),
-        };
+        let via = g
+            .parent_shown(c)
+            .map_or_else(|| "direct".into(), |p| format!("through egress.proxy {p}"));
         let _ = writeln!(o, "gateway.via_egress_proxy   = {via}");
     }
 }

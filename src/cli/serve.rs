@@ -101,12 +101,7 @@ fn start_gateway(
         })?;
     tracing::info!(%addr, "egress gateway listening (HTTP proxy: CONNECT and http:// requests)");
     if let Some(g) = &state.config.gateway {
-        if let Ok(Some(p)) = g.parent(&state.config) {
-            let via = format!(
-                "{}:{}",
-                p.host_str().unwrap_or(""),
-                p.port_or_known_default().unwrap_or(80)
-            );
+        if let Some(via) = g.parent_shown(&state.config) {
             tracing::info!(%via, "the gateway reaches destinations through egress.proxy (names resolved by the proxy: egress.resolve and egress.allow_cidrs apply to IP literals only)");
         } else if let Some(p) = g.parent_passed_over(&state.config) {
             let proxy = format!("{}://{}", p.scheme(), p.host_str().unwrap_or(""));
