@@ -187,8 +187,14 @@ fn mask_userinfo(text: &str) -> String {
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        // Up to the next blank: a typo may have put a quote inside the password.
-        let end = tail.find(char::is_whitespace).unwrap_or(tail.len());
+        // Up to the end of the line or the next URL, not the next blank: a typo may have put
+        // a quote inside the password, and a password may hold a blank (the URL parser
+        // percent-encodes it, so such a URL is valid).
+        let end = [tail.find(['\n', '\r']), tail.find("://")]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(tail.len());
         match tail[..end].rfind('@') {
             Some(at) => {
                 out.push_str("***");
@@ -2059,6 +2065,10 @@ mod tests {
         assert_eq!(
             mask_userinfo("a http://u:p@h:1/x and https://h/ and s3://k@b, \"http://x:y@z\""),
             "a http://***@h:1/x and https://h/ and s3://***@b, \"http://***@z\""
+        );
+        assert_eq!(
+            mask_userinfo("3 | proxy = \"http://corp:pa ss@proxy.corp:3128\n  |  ^\nx@y"),
+            "3 | proxy = \"http://***@proxy.corp:3128\n  |  ^\nx@y"
         );
     }
 

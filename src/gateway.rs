@@ -70,6 +70,11 @@ pub struct Gateway {
     bound: std::sync::OnceLock<u16>,
     /// `egress.proxy`, when destinations are reached through it (`parent`).
     parent: Option<parent::Parent>,
+    /// `egress.proxy`'s host (normalised) and port, whichever way the gateway goes: never a
+    /// destination.
+    /// A tunnel to the proxy itself lets a client speak to it as wharf (or, through it, as the
+    /// proxy's own host), past `gateway.allow`, and reach its management pages.
+    proxy_addr: Option<(String, u16)>,
 }
 
 /// The gateway's policy from `config` (for `check-config` and `check-egress`): `gateway.allow`
@@ -94,8 +99,13 @@ impl Gateway {
             Some(url) => Some(parent::Parent::from_url(&url)?),
             None => None,
         };
+        let proxy_addr = config.egress.parse()?.proxy.as_ref().and_then(|u| {
+            let h = u.host_str()?.trim_start_matches('[').trim_end_matches(']');
+            Some((crate::net::normalize_host(h), u.port_or_known_default()?))
+        });
         Ok(Some(Gateway {
             parent,
+            proxy_addr,
             state: state.clone(),
             policy: Arc::new(policy),
             clients: g.parse_clients(config)?,
@@ -291,6 +301,18 @@ impl Gateway {
         port: u16,
         tunnel: bool,
     ) -> Option<(OwnedSemaphorePermit, TcpStream, Vec<u8>)> {
+        if self
+            .proxy_addr
+            .as_ref()
+            .is_some_and(|(h, p)| h == host && *p == port)
+        {
+            let text = format!(
+                "{} is egress.proxy: not a gateway destination",
+                dest::shown(host, port)
+            );
+            x.refuse(stream, Answer::new(403, "host", text)).await;
+            return None;
+        }
         let slot = match self.slot() {
             Ok(s) => s,
             Err(answer) => {

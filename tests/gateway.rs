@@ -1189,11 +1189,13 @@ async fn through_egress_proxy_a_tunnel_is_a_connect_with_the_proxys_credentials(
             parent_auth()
         )]
     );
-    // Refused by wharf before the proxy hears of it: a host not listed, and a listed address
-    // that is the gateway's own listener (the proxy resolves names; literals are checked here).
+    // Refused by wharf before the proxy hears of it: a host not listed, a listed address that
+    // is the gateway's own listener (the proxy resolves names; literals are checked here).
+    // The proxy itself neither: a tunnel to it would let a client speak to it as wharf.
     for dest in [
         "trap.wharf-test:443".to_string(),
         format!("127.0.0.1:{}", gate.addr.port()),
+        parent.to_string(),
     ] {
         let (head, _) = gate.connect(&dest, "").await;
         assert!(head.starts_with("HTTP/1.1 403"), "{dest}: {head}");
