@@ -1039,6 +1039,23 @@ fn check_config_and_check_egress_mention_the_gateway() {
         "{text}"
     );
     assert!(!text.contains("s3cret"), "{text}");
+    let https = WharfConfig::new(dir.path())
+        .allow(&["registry-1.docker.io"])
+        .egress("proxy = \"https://corp:s3cret@proxy.corp:3129\"")
+        .tables("[gateway]\nlisten = \"127.0.0.1:3128\"\nallow = [\"registry-1.docker.io\"]\n")
+        .write(&dir.path().join("wharf-https.toml"));
+    let out = wharf_command()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&https)
+        .output()
+        .unwrap();
+    let shown = stdout(&out);
+    assert!(
+        shown.contains("= direct (egress.proxy https://proxy.corp passed over"),
+        "{shown}"
+    );
+    assert!(!shown.contains("s3cret"), "{shown}");
     let out = wharf_command()
         .args(["check-egress", "--config"])
         .arg(&config)

@@ -126,9 +126,16 @@ fn print_gateway(c: &crate::config::Config, o: &mut String) {
             d(g.max_duration),
             g.max_tunnels
         );
-        let via = g
-            .parent_shown(c)
-            .map_or_else(|| "direct".into(), |p| format!("through egress.proxy {p}"));
+        let via = match (g.parent_shown(c), g.parent_passed_over(c)) {
+            (Some(p), _) => format!("through egress.proxy {p}"),
+            (None, Some(u)) => format!(
+                "direct (egress.proxy {}://{} passed over: the gateway goes through http:// \
+                 proxies only)",
+                u.scheme(),
+                u.host_str().unwrap_or("")
+            ),
+            (None, None) => "direct".into(),
+        };
         let _ = writeln!(o, "gateway.via_egress_proxy   = {via}");
     }
 }
