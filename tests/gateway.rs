@@ -985,89 +985,74 @@ fn the_default_gateway_allow_leaves_out_every_replica() {
 #[test]
 fn check_config_and_check_egress_mention_the_gateway() {
     let dir = work_dir("wharf-gateway-check-");
-    let config = WharfConfig::new(dir.path())
-        .allow(&["registry-1.docker.io"])
-        .tables("[gateway]\nlisten = \"127.0.0.1:3128\"\nallow = [\"registry-1.docker.io\"]\n")
-        .write(&dir.path().join("wharf.toml"));
-    let out = wharf_command()
-        .arg("check-config")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
-    let text = stdout(&out);
-    assert!(
-        text.contains("gateway.listen             = 127.0.0.1:3128"),
-        "{text}"
-    );
-    assert!(
-        text.contains("gateway.allow              = registry-1.docker.io"),
-        "{text}"
-    );
-    assert!(
-        text.contains("gateway.via_egress_proxy   = direct"),
-        "{text}"
-    );
-    let out = wharf_command()
-        .args(["check-egress", "--config"])
-        .arg(&config)
-        .arg("https://elsewhere.example/")
-        .output()
-        .unwrap();
-    let text = stdout(&out);
+    // A config with a gateway for the registry, `egress` keys added; its file.
+    let config = |name: &str, egress: &str| {
+        WharfConfig::new(dir.path())
+            .allow(&["registry-1.docker.io"])
+            .egress(egress)
+            .tables("[gateway]\nlisten = \"127.0.0.1:3128\"\nallow = [\"registry-1.docker.io\"]\n")
+            .write(&dir.path().join(name))
+    };
+    // `wharf <command> --config <config> [url]`'s standard output; it must not show a password.
+    let run = |command: &str, config: &Path, url: Option<&str>| {
+        let out = wharf_command()
+            .args([command, "--config"])
+            .arg(config)
+            .args(url)
+            .output()
+            .unwrap();
+        assert!(
+            command != "check-config" || out.status.success(),
+            "{}",
+            describe(&out)
+        );
+        let text = stdout(&out);
+        assert!(!text.contains("s3cret"), "{text}");
+        text
+    };
+    let direct = config("wharf.toml", "");
+    let text = run("check-config", &direct, None);
+    for line in [
+        "gateway.listen             = 127.0.0.1:3128",
+        "gateway.allow              = registry-1.docker.io",
+        "gateway.via_egress_proxy   = direct",
+    ] {
+        assert!(text.contains(line), "{line} not in {text}");
+    }
+    let text = run("check-egress", &direct, Some("https://elsewhere.example/"));
     assert!(
         text.contains("gateway: REFUSED: not in gateway.allow"),
         "{text}"
     );
     // Through an http:// egress.proxy: said by both, the proxy named without its password.
-    let config = WharfConfig::new(dir.path())
-        .allow(&["registry-1.docker.io"])
-        .egress("proxy = \"http://corp:s3cret@proxy.corp:3128\"")
-        .tables("[gateway]\nlisten = \"127.0.0.1:3128\"\nallow = [\"registry-1.docker.io\"]\n")
-        .write(&dir.path().join("wharf-via.toml"));
-    let out = wharf_command()
-        .arg("check-config")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
-    let text = stdout(&out);
+    let via = config(
+        "wharf-via.toml",
+        "proxy = \"http://corp:s3cret@proxy.corp:3128\"",
+    );
+    let text = run("check-config", &via, None);
     assert!(
         text.contains("gateway.via_egress_proxy   = through egress.proxy proxy.corp:3128"),
         "{text}"
     );
-    assert!(!text.contains("s3cret"), "{text}");
-    let https = WharfConfig::new(dir.path())
-        .allow(&["registry-1.docker.io"])
-        .egress("proxy = \"https://corp:s3cret@proxy.corp:3129\"")
-        .tables("[gateway]\nlisten = \"127.0.0.1:3128\"\nallow = [\"registry-1.docker.io\"]\n")
-        .write(&dir.path().join("wharf-https.toml"));
-    let out = wharf_command()
-        .arg("check-config")
-        .arg("--config")
-        .arg(&https)
-        .output()
-        .unwrap();
-    let shown = stdout(&out);
-    assert!(
-        shown.contains("= direct (egress.proxy https://proxy.corp passed over"),
-        "{shown}"
+    let text = run(
+        "check-egress",
+        &via,
+        Some("https://registry-1.docker.io/v2/"),
     );
-    assert!(!shown.contains("s3cret"), "{shown}");
-    let out = wharf_command()
-        .args(["check-egress", "--config"])
-        .arg(&config)
-        .arg("https://registry-1.docker.io/v2/")
-        .output()
-        .unwrap();
-    let text = stdout(&out);
     assert!(
         text.contains("gateway: host allowed by gateway.allow (reached through egress.proxy"),
         "{text}"
     );
-    assert!(!text.contains("s3cret"), "{text}");
+    // An https:// one is passed over, and said so.
+    let https = config(
+        "wharf-https.toml",
+        "proxy = \"https://corp:s3cret@proxy.corp:3129\"",
+    );
+    let text = run("check-config", &https, None);
+    assert!(
+        text.contains("= direct (egress.proxy https://proxy.corp passed over"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
