@@ -1030,10 +1030,12 @@ fn check_config_and_check_egress_mention_the_gateway() {
         "proxy = \"http://corp:s3cret@proxy.corp:3128\"",
     );
     let text = run("check-config", &via, None);
-    assert!(
-        text.contains("gateway.via_egress_proxy   = through egress.proxy proxy.corp:3128"),
-        "{text}"
-    );
+    for line in [
+        "gateway.via_egress_proxy   = through egress.proxy proxy.corp:3128",
+        "egress.proxy               = http://proxy.corp:3128/ (credentials from its URL, not shown)",
+    ] {
+        assert!(text.contains(line), "{line} not in {text}");
+    }
     let text = run(
         "check-egress",
         &via,

@@ -246,6 +246,18 @@ pub fn print_config(checked: &Checked) {
         c.egress.failure_threshold,
         d(c.egress.probe_interval)
     );
+    if let Ok(Some(proxy)) = c.egress.parse().map(|e| e.proxy) {
+        let creds = if proxy.username().is_empty() && proxy.password().is_none() {
+            ""
+        } else {
+            " (credentials from its URL, not shown)"
+        };
+        let _ = writeln!(
+            o,
+            "egress.proxy               = {}{creds}",
+            crate::upstream::egress::redact(&proxy)
+        );
+    }
     print_gateway(c, &mut o);
     if let Some(sh) = &c.shared {
         let _ = writeln!(
