@@ -99,10 +99,12 @@ impl Gateway {
             Some(url) => Some(parent::Parent::from_url(&url)?),
             None => None,
         };
-        let proxy_addr = config.egress.parse()?.proxy.as_ref().and_then(|u| {
-            let h = u.host_str()?.trim_start_matches('[').trim_end_matches(']');
-            Some((crate::net::normalize_host(h), u.port_or_known_default()?))
-        });
+        let proxy_addr = config
+            .egress
+            .parse()?
+            .proxy
+            .as_ref()
+            .and_then(crate::net::url_host_port);
         Ok(Some(Gateway {
             parent,
             proxy_addr,

@@ -139,6 +139,16 @@ impl HostPattern {
     }
 }
 
+/// A URL's host as the egress checks compare it (`normalize_host`, an IPv6 address without its
+/// brackets) and its port (the scheme's default when none is given).
+pub fn url_host_port(url: &Url) -> Option<(String, u16)> {
+    let host = url
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    Some((normalize_host(host), url.port_or_known_default()?))
+}
+
 /// Lower-case, trailing dot stripped, IDNA (Punycode) applied the way URLs are parsed.
 pub fn normalize_host(text: &str) -> String {
     let t = text.trim().trim_end_matches('.').to_ascii_lowercase();

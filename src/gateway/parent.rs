@@ -42,13 +42,7 @@ impl Parent {
         if url.scheme() != "http" {
             return Err("the gateway goes through an http:// egress.proxy only".into());
         }
-        let host = url
-            .host_str()
-            .ok_or("egress.proxy has no host")?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = url.port_or_known_default().unwrap_or(80);
+        let (host, port) = crate::net::url_host_port(url).ok_or("egress.proxy has no host")?;
         let auth = if url.username().is_empty() && url.password().is_none() {
             None
         } else {

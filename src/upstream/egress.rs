@@ -141,12 +141,12 @@ impl EgressPolicy {
         for (host, ips) in parsed.resolve {
             p.pinned.insert(normalize_host(&host), ips);
         }
+        // As `resolve` is asked for it: an IPv6 address without its brackets.
         p.proxy_host = parsed
             .proxy
             .as_ref()
-            .and_then(|url| url.host_str())
-            // As `resolve` is asked for it: an IPv6 address without its brackets.
-            .map(|h| normalize_host(h.trim_start_matches('[').trim_end_matches(']')));
+            .and_then(crate::net::url_host_port)
+            .map(|(host, _)| host);
         Ok(p)
     }
 
